@@ -1,0 +1,475 @@
+/*
+ * keel reactor framework: reactors, lightweight threads, messages, pollers,
+ * I/O devices and channels, the blocking-work pool, statistics and memory pools.
+ *
+ * Model
+ * -----
+ * A reactor is one pinned OS thread (named "reactor_N") per CPU of the CPU list.
+ * Reactor 0 is the main reactor and runs on the OS thread that called
+ * keel_reactors_start(). A reactor runs any number of lightweight keel threads.
+ * Every piece of state belongs to one keel thread; other threads reach it by
+ * message only (keel_thread_send_msg, keel_for_each_channel, keel_for_each_thread).
+ *
+ * The thread layer (keel_thread_*, pollers, channels) also works without reactors:
+ * keel_thread_lib_init() followed by keel_thread_create() on an unplaced thread, and
+ * the embedder calls keel_thread_poll() itself. The deterministic test harness
+ * (tests/common/ut_threads.h) runs several keel threads on one OS thread this way.
+ *
+ * Conventions
+ * -----------
+ * Every int return is 0 or a negative errno. Async calls take cb_fn, cb_arg last;
+ * a 0 return means the callback runs exactly once, later, never inside the call; a
+ * negative return means it never runs.
+ */
+#ifndef KEEL_REACTOR_H
+#define KEEL_REACTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct keel_thread;
+struct keel_poller;
+struct keel_io_channel;
+struct keel_io_channel_iter;
+struct keel_mempool;
+struct keel_mempool_cache;
+
+/** Index meaning "no particular reactor": the framework picks (round robin). */
+#define KEEL_REACTOR_ANY UINT32_MAX
+
+/* ------------------------------------------------------------------------------ */
+/* Reactors                                                                        */
+/* ------------------------------------------------------------------------------ */
+
+enum keel_reactor_mode {
+	/** Poll while pollers report work, sleep in epoll after a short idle spin. */
+	KEEL_REACTOR_MODE_ADAPTIVE = 0,
+	/** Busy loop; never sleeps. Lowest latency, burns the core. */
+	KEEL_REACTOR_MODE_POLL = 1,
+	/** Sleep in epoll_wait whenever an iteration found no work. */
+	KEEL_REACTOR_MODE_INTERRUPT = 2,
+};
+
+/** Parse "adaptive", "poll", "interrupt". \return 0 or -EINVAL. */
+int keel_reactor_mode_parse(const char *name, enum keel_reactor_mode *mode);
+/** Static name of a mode ("adaptive", ...). */
+const char *keel_reactor_mode_name(enum keel_reactor_mode mode);
+
+struct keel_reactor_opts {
+	/** CPU list such as "0-3,6"; NULL means every online CPU. */
+	const char *cpus;
+	/** Initial mode of every reactor (default adaptive). */
+	enum keel_reactor_mode mode;
+	/** Watchdog threshold in milliseconds; 0 disables the watchdog (default 1000). */
+	uint32_t watchdog_ms;
+	/** Number of blocking-work pool threads (default 2). */
+	uint32_t blocking_threads;
+	/** Message ring entries per keel thread, a power of two (default 16384). */
+	uint32_t msg_ring_size;
+	/** Idle spin in adaptive mode before sleeping, in microseconds (default 200). */
+	uint32_t adaptive_spin_us;
+	/** Do not pin reactors to CPUs (tests on busy machines). Default false. */
+	bool no_pin;
+	/**
+	 * Called on every reactor OS thread before its loop starts (e.g. prctl flags
+	 * that must be set per OS thread). May be NULL.
+	 */
+	void (*reactor_thread_init)(uint32_t reactor_idx);
+};
+
+/** Fill \p opts with the defaults documented above. */
+void keel_reactor_opts_init(struct keel_reactor_opts *opts);
+
+/**
+ * Parse a CPU list ("0-3,6") into a sorted, de-duplicated array.
+ * \return number of CPUs (> 0), -EINVAL for a malformed list or a CPU that is not
+ * online, -E2BIG if more than \p max CPUs are listed.
+ */
+int keel_cpulist_parse(const char *list, uint32_t *cpus, uint32_t max);
+
+/**
+ * Prepare the reactors (and the thread library, log, blocking pool and watchdog).
+ * Must be called once, from the OS thread that will call keel_reactors_start().
+ * \return 0, -EINVAL for bad options, -ENOMEM, -EALREADY if already initialised.
+ */
+int keel_reactors_init(const struct keel_reactor_opts *opts);
+
+typedef void (*keel_msg_fn)(void *arg);
+
+/**
+ * Start every reactor. The calling OS thread becomes reactor 0. \p start_fn runs
+ * once on a keel thread "main" of reactor 0 when all reactors run. Blocks until
+ * keel_reactors_stop() was called and every reactor has exited.
+ * \return 0 after a clean stop, or a negative errno if a reactor failed to start
+ * (nothing keeps running in that case).
+ */
+int keel_reactors_start(keel_msg_fn start_fn, void *arg);
+
+/**
+ * Ask every reactor to exit. Every keel thread is asked to exit; threads that still
+ * hold pollers or channels after a grace period (1 s) are named in a warning with
+ * their pollers and destroyed anyway, so a leak never hangs the exit.
+ * Callable from any OS thread (also a signal-safe flag write), any number of times.
+ */
+void keel_reactors_stop(void);
+
+/** Release everything keel_reactors_init() set up. Call after start returned. */
+void keel_reactors_fini(void);
+
+/** Number of reactors (0 before init). */
+uint32_t keel_reactor_count(void);
+/** Index of the reactor running the caller, or KEEL_REACTOR_ANY when not on one. */
+uint32_t keel_reactor_current(void);
+/** CPU that reactor \p idx is pinned to. */
+uint32_t keel_reactor_cpu(uint32_t idx);
+/** The main keel thread of reactor 0 (exists once start_fn runs). */
+struct keel_thread *keel_thread_get_main(void);
+
+/**
+ * Switch reactor \p idx (or all with KEEL_REACTOR_ANY) to \p mode at run time.
+ * Takes effect at the reactor's next loop iteration; nothing in flight is lost.
+ * Callable from any thread. \return 0 or -EINVAL for a bad index.
+ */
+int keel_reactor_set_mode(uint32_t idx, enum keel_reactor_mode mode);
+enum keel_reactor_mode keel_reactor_get_mode(uint32_t idx);
+
+struct keel_reactor_stats {
+	uint32_t idx;
+	uint32_t cpu;
+	int numa_node;
+	uint64_t tid;            /**< Linux thread id of the reactor's OS thread */
+	enum keel_reactor_mode mode;
+	bool sleeping;
+	uint64_t busy_ns;        /**< time in iterations where something did work */
+	uint64_t idle_ns;        /**< time in idle iterations and sleeping */
+	uint64_t loops;          /**< loop iterations */
+	uint64_t wakeups;        /**< returns from epoll_wait */
+	uint64_t msgs;           /**< messages handled by this reactor's threads */
+	uint32_t thread_count;
+};
+
+/**
+ * Read reactor statistics. Safe from any thread (counters are read atomically,
+ * each counter is consistent on its own). \return 0 or -EINVAL.
+ */
+int keel_reactor_get_stats(uint32_t idx, struct keel_reactor_stats *stats);
+
+/* ------------------------------------------------------------------------------ */
+/* Watchdog                                                                        */
+/* ------------------------------------------------------------------------------ */
+
+/**
+ * Called by the watchdog (a non-reactor pthread) when a reactor did not finish a
+ * loop iteration within the threshold. \p thread_name and \p poller_name name what
+ * was running (poller_name is "(message)" when a message handler was running).
+ * Called once per stuck episode. The default handler logs a warning.
+ */
+typedef void (*keel_watchdog_fn)(uint32_t reactor_idx, const char *thread_name,
+				 const char *poller_name, uint64_t stuck_ms, void *ctx);
+/** Add a report hook (in addition to the warning). NULL removes it. */
+void keel_watchdog_set_hook(keel_watchdog_fn fn, void *ctx);
+/** Number of stuck reports so far (tests). */
+uint64_t keel_watchdog_report_count(void);
+
+/* ------------------------------------------------------------------------------ */
+/* Lightweight threads                                                             */
+/* ------------------------------------------------------------------------------ */
+
+/**
+ * Create a keel thread on reactor \p reactor_idx (KEEL_REACTOR_ANY: round robin).
+ * Without reactors (keel_thread_lib_init only) the thread is unplaced and the
+ * embedder polls it with keel_thread_poll().
+ * \return the thread, or NULL (bad index, out of memory). Callable from any thread.
+ * Lifetime: until keel_thread_exit() completes or the reactors stop.
+ */
+struct keel_thread *keel_thread_create(const char *name, uint32_t reactor_idx);
+
+/**
+ * Create a keel thread on the first reactor whose CPU is in \p cpumask (bit N =
+ * CPU N, CPUs >= 64 not addressable here). \return NULL if none matches.
+ */
+struct keel_thread *keel_thread_create_on_cpus(const char *name, uint64_t cpumask);
+
+/** The keel thread running the caller, or NULL outside keel threads. */
+struct keel_thread *keel_thread_get_current(void);
+
+const char *keel_thread_get_name(const struct keel_thread *thread);
+/** Unique id, monotonically increasing from 1. */
+uint64_t keel_thread_get_id(const struct keel_thread *thread);
+/** Reactor index of the thread, KEEL_REACTOR_ANY when unplaced. */
+uint32_t keel_thread_get_reactor(const struct keel_thread *thread);
+
+/**
+ * Ask the thread to exit. Must be called on \p thread itself. The thread keeps
+ * running its pollers and messages until every poller is unregistered and every
+ * channel is put, then it is destroyed; after a grace period (1 s) leftovers are
+ * named in a warning and the thread is destroyed anyway.
+ */
+void keel_thread_exit(struct keel_thread *thread);
+bool keel_thread_is_exited(const struct keel_thread *thread);
+
+/**
+ * Queue fn(arg) to run on \p thread. Callable from any OS thread, including
+ * non-reactor threads. FIFO per sending thread. Never blocks, never allocates on
+ * the hot path (the message lives in a preallocated slot of the receiver's ring),
+ * never aborts.
+ *
+ * \return 0: fn will run exactly once on \p thread.
+ *         -ENOMEM: the receiver's ring is full. Nothing was queued. This is
+ *           backpressure: a keel-thread caller keeps the work on a local list and
+ *           retries from a poller or from its next completion; a non-reactor caller
+ *           may back off (sched_yield/usleep) and retry.
+ *         -ESHUTDOWN: \p thread has exited or is being destroyed.
+ */
+int keel_thread_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg);
+
+/* ------------------------------------------------------------------------------ */
+/* Embedding and the deterministic harness                                         */
+/* ------------------------------------------------------------------------------ */
+
+/**
+ * Initialise only the thread layer (no reactors), for tests and embedders.
+ * \p msg_ring_size 0 means the default. \return 0, -EALREADY, -ENOMEM.
+ */
+int keel_thread_lib_init(uint32_t msg_ring_size);
+void keel_thread_lib_fini(void);
+
+/**
+ * Run one iteration of \p thread on the calling OS thread: up to a batch of
+ * messages, every active poller, every expired timed poller; destroys the thread if
+ * its exit completed. Sets keel_thread_get_current() for the duration.
+ * \return number of units of work done (0 = idle).
+ * Threading: only the embedder (the reactor, or the test harness) calls this; a
+ * thread must never be polled by two OS threads at once.
+ */
+int keel_thread_poll(struct keel_thread *thread);
+
+/** Make \p thread current on the calling OS thread (harness only). */
+void keel_set_current_thread(struct keel_thread *thread);
+
+/* ------------------------------------------------------------------------------ */
+/* Pollers                                                                         */
+/* ------------------------------------------------------------------------------ */
+
+#define KEEL_POLLER_IDLE 0
+#define KEEL_POLLER_BUSY 1
+
+/** A poller returns KEEL_POLLER_BUSY when it did work, else KEEL_POLLER_IDLE. */
+typedef int (*keel_poller_fn)(void *arg);
+
+/**
+ * Register a poller on the current keel thread. \p period_us 0 makes an active
+ * poller (runs every iteration); otherwise a timed poller that runs every period on
+ * a monotonic clock: the next deadline is the previous deadline plus the period, so
+ * no drift accumulates (a poller that fell more than a period behind skips to the
+ * next deadline in the future rather than running a burst).
+ * In interrupt and adaptive modes a sleeping reactor wakes for the next timed
+ * poller (timerfd) and for fds registered with keel_poller_register_fd().
+ * \return the poller, or NULL when not on a keel thread or out of memory.
+ * \p name is copied (shown in statistics and watchdog reports).
+ */
+struct keel_poller *keel_poller_register(keel_poller_fn fn, void *arg, uint64_t period_us,
+					 const char *name);
+
+/**
+ * Unregister and free the poller, set *ppoller = NULL. Must be called on the owning
+ * thread; safe from inside the poller's own callback (the poller never runs again).
+ * NULL or *ppoller == NULL is a no-op.
+ */
+void keel_poller_unregister(struct keel_poller **ppoller);
+
+/** Stop / restart running the poller. Owning thread only; safe from inside it. */
+void keel_poller_pause(struct keel_poller *poller);
+void keel_poller_resume(struct keel_poller *poller);
+
+/**
+ * Tie \p fd's readiness (\p events: EPOLLIN/EPOLLOUT bits) to \p poller: a sleeping
+ * reactor wakes and runs the thread when the fd is ready (level triggered). The
+ * poller still runs on every iteration while the reactor is awake.
+ * One fd per poller; the fd stays owned by the caller, who must unregister the
+ * poller before closing it. Owning thread only.
+ * \return 0, -EEXIST if the poller already has an fd, -errno from epoll_ctl.
+ */
+int keel_poller_register_fd(struct keel_poller *poller, int fd, uint32_t events);
+/** Change the epoll events of the poller's fd. \return 0 or -errno. */
+int keel_poller_modify_fd(struct keel_poller *poller, uint32_t events);
+
+struct keel_poller_stats {
+	char name[64];
+	uint64_t period_us;
+	uint64_t run_count;
+	uint64_t busy_count;
+	bool paused;
+};
+
+struct keel_thread_stats {
+	char name[64];
+	uint64_t id;
+	uint32_t reactor;
+	uint64_t busy_ns;
+	uint64_t idle_ns;
+	uint64_t msgs;
+	uint64_t polls;
+	uint32_t active_pollers;
+	uint32_t timed_pollers;
+	uint32_t paused_pollers;
+	uint32_t io_channels;
+};
+
+/**
+ * Statistics of the current thread and up to \p max_pollers of its pollers.
+ * Must be called on \p thread (other threads read them by sending a message).
+ * \return number of poller entries written.
+ */
+uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_stats *stats,
+			       struct keel_poller_stats *pollers, uint32_t max_pollers);
+
+/* ------------------------------------------------------------------------------ */
+/* I/O devices and channels                                                        */
+/* ------------------------------------------------------------------------------ */
+
+/** Create the per-thread context of \p io_device in \p ctx_buf. \return 0 or -errno. */
+typedef int (*keel_io_channel_create_cb)(void *io_device, void *ctx_buf);
+typedef void (*keel_io_channel_destroy_cb)(void *io_device, void *ctx_buf);
+typedef void (*keel_io_device_unregister_cb)(void *io_device);
+
+/**
+ * Register any pointer as an io_device whose channels carry \p ctx_size bytes of
+ * context. \p name is copied. Callable from any keel thread.
+ * \return 0, -EEXIST if already registered, -ENOMEM.
+ */
+int keel_io_device_register(void *io_device, keel_io_channel_create_cb create_cb,
+			    keel_io_channel_destroy_cb destroy_cb, uint32_t ctx_size,
+			    const char *name);
+
+/**
+ * Unregister. New keel_get_io_channel() calls fail at once; \p unregister_cb (may be
+ * NULL) runs on the calling thread once the last channel is destroyed and no
+ * for_each_channel is in flight. Must be called on a keel thread.
+ */
+void keel_io_device_unregister(void *io_device, keel_io_device_unregister_cb unregister_cb);
+
+/**
+ * Get this thread's channel to \p io_device, creating it (create_cb on this thread)
+ * on first use. Refcounted per thread: each get needs one put.
+ * \return the channel, or NULL (not on a keel thread, unknown or unregistering
+ * device, create_cb failed, out of memory).
+ */
+struct keel_io_channel *keel_get_io_channel(void *io_device);
+
+/**
+ * Drop one reference; at zero the channel is destroyed (destroy_cb on this thread)
+ * from a message, so a get in the same iteration revives it. Owning thread only.
+ */
+void keel_put_io_channel(struct keel_io_channel *ch);
+
+void *keel_io_channel_get_ctx(struct keel_io_channel *ch);
+struct keel_io_channel *keel_io_channel_from_ctx(void *ctx);
+struct keel_thread *keel_io_channel_get_thread(struct keel_io_channel *ch);
+void *keel_io_channel_get_io_device(struct keel_io_channel *ch);
+
+typedef void (*keel_channel_msg_fn)(struct keel_io_channel_iter *iter);
+typedef void (*keel_channel_for_each_cpl)(struct keel_io_channel_iter *iter, int status);
+
+/**
+ * Visit every thread that holds a channel to \p io_device, one at a time, running
+ * \p fn on that thread. \p fn must call keel_for_each_channel_continue() exactly
+ * once (now or later, on that thread); a non-zero status stops the walk. Threads
+ * whose channel went away before their turn are skipped. \p cpl then runs on the
+ * calling thread with the last status. Must be called on a keel thread.
+ * Message-ring backpressure is retried internally: the walk never loses a hop.
+ */
+void keel_for_each_channel(void *io_device, keel_channel_msg_fn fn, void *ctx,
+			   keel_channel_for_each_cpl cpl);
+void keel_for_each_channel_continue(struct keel_io_channel_iter *iter, int status);
+void *keel_io_channel_iter_get_ctx(struct keel_io_channel_iter *iter);
+struct keel_io_channel *keel_io_channel_iter_get_channel(struct keel_io_channel_iter *iter);
+void *keel_io_channel_iter_get_io_device(struct keel_io_channel_iter *iter);
+
+/**
+ * Run \p fn(ctx) on every live keel thread, one at a time, then \p cpl(ctx) on the
+ * calling thread. Must be called on a keel thread.
+ */
+void keel_for_each_thread(keel_msg_fn fn, void *ctx, keel_msg_fn cpl);
+
+/* ------------------------------------------------------------------------------ */
+/* Blocking-work pool                                                              */
+/* ------------------------------------------------------------------------------ */
+
+/** Runs on a pool pthread; may block. \return 0 or -errno, passed to done_cb. */
+typedef int (*keel_blocking_fn)(void *arg);
+typedef void (*keel_blocking_done_cb)(void *cb_arg, int rc);
+
+/**
+ * Run \p fn(arg) on a blocking-work pthread (fsync, fallocate, open, stat, ...),
+ * then \p done_cb(cb_arg, rc) on the calling keel thread.
+ * \return 0 (done_cb runs exactly once), -EINVAL when not called on a keel thread,
+ * -ESHUTDOWN when the pool is stopped, -ENOMEM.
+ * Without reactors (thread lib only) a pool is started lazily.
+ */
+int keel_spawn_blocking(keel_blocking_fn fn, void *arg, keel_blocking_done_cb done_cb,
+			void *cb_arg);
+
+/* ------------------------------------------------------------------------------ */
+/* Time                                                                            */
+/* ------------------------------------------------------------------------------ */
+
+/** Monotonic nanoseconds (CLOCK_MONOTONIC). */
+uint64_t keel_now_ns(void);
+
+/* ------------------------------------------------------------------------------ */
+/* Memory                                                                          */
+/* ------------------------------------------------------------------------------ */
+
+/**
+ * NUMA node of reactor \p idx's CPU, or of the current reactor with
+ * KEEL_REACTOR_ANY; -1 when unknown or libnuma is unavailable.
+ */
+int keel_reactor_numa_node(uint32_t idx);
+
+/**
+ * Allocate \p size bytes, cache-line aligned and zeroed, on \p numa_node (-1: the
+ * current reactor's node, or anywhere). Free with keel_numa_free(ptr, size).
+ * \return NULL on failure.
+ */
+void *keel_numa_zalloc(size_t size, int numa_node);
+void keel_numa_free(void *ptr, size_t size);
+
+/**
+ * A pool of \p count fixed-size objects of \p elt_size bytes (cache-line aligned),
+ * allocated up front on \p numa_node (-1: anywhere). The shared free list is taken
+ * under a spinlock in batches; the hot path uses a keel_mempool_cache.
+ * \return NULL on bad arguments or allocation failure. Callable from any thread.
+ */
+struct keel_mempool *keel_mempool_create(const char *name, uint32_t count, uint32_t elt_size,
+					 int numa_node);
+/** Free the pool. Every object must have been returned (a warning names the pool if not). */
+void keel_mempool_free(struct keel_mempool *pool);
+/** Take one object from the shared list. \return NULL when empty. Any thread. */
+void *keel_mempool_get(struct keel_mempool *pool);
+void keel_mempool_put(struct keel_mempool *pool, void *obj);
+/** Objects currently in the shared free list (excludes those held by caches). */
+uint32_t keel_mempool_count(const struct keel_mempool *pool);
+
+/**
+ * A per-thread cache in front of \p pool holding up to \p size objects; refills and
+ * drains in batches of size/2. Owned by one thread (typically inside a channel).
+ * \return NULL on allocation failure.
+ */
+struct keel_mempool_cache *keel_mempool_cache_create(struct keel_mempool *pool, uint32_t size);
+/** Return every cached object to the pool and free the cache. */
+void keel_mempool_cache_free(struct keel_mempool_cache *cache);
+/** \return an object, or NULL when the cache and the pool are empty. */
+void *keel_mempool_cache_get(struct keel_mempool_cache *cache);
+void keel_mempool_cache_put(struct keel_mempool_cache *cache, void *obj);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KEEL_REACTOR_H */

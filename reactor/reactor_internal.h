@@ -1,0 +1,316 @@
+/*
+ * Private layouts and cross-file functions of the reactor library.
+ * Not an API: only the reactor sources, the unit tests and the test harness include it.
+ */
+#ifndef KEEL_REACTOR_INTERNAL_H
+#define KEEL_REACTOR_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "keel/log.h"
+#include "keel/reactor.h"
+#include "ring.h"
+
+/* glibc's sys/queue.h lacks the _SAFE variant (BSD has it). */
+#ifndef TAILQ_FOREACH_SAFE
+#define TAILQ_FOREACH_SAFE(var, head, field, tvar)                                         \
+	for ((var) = TAILQ_FIRST(head); (var) != NULL && ((tvar) = TAILQ_NEXT(var, field), 1); \
+	     (var) = (tvar))
+#endif
+
+#define KEEL_CACHE_LINE 64
+#define KEEL_NAME_MAX 64
+
+/** Messages run per poll from each source (local FIFO, ring). */
+#define THREAD_MSG_BATCH 32
+#define THREAD_DEFAULT_RING_SIZE 16384
+/** Grace period for a thread asked to exit before leftovers are torn down. */
+#define THREAD_EXIT_GRACE_NS 1000000000ULL
+
+#define keel_likely(x) __builtin_expect(!!(x), 1)
+#define keel_unlikely(x) __builtin_expect(!!(x), 0)
+
+static inline void keel_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield" ::: "memory");
+#endif
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Time (clock.c)                                                                  */
+/* ------------------------------------------------------------------------------ */
+
+/** Raw CLOCK_MONOTONIC, ignores the mock (used by reactors). */
+uint64_t clock_monotonic_ns(void);
+/**
+ * Test-only mock clock: while enabled, keel_now_ns() returns the mock value and
+ * keel_thread_poll() uses it, so timed pollers run deterministically under the harness.
+ */
+void clock_mock_enable(uint64_t now_ns);
+void clock_mock_disable(void);
+void clock_mock_advance(uint64_t delta_ns);
+
+/* ------------------------------------------------------------------------------ */
+/* Pollers (poller.c)                                                              */
+/* ------------------------------------------------------------------------------ */
+
+enum poller_state {
+	POLLER_ACTIVE = 0,
+	POLLER_PAUSED,
+	POLLER_UNREGISTERED,
+};
+
+/** Which dispatch structure currently holds the poller. */
+enum poller_where {
+	POLLER_IN_NONE = 0,
+	POLLER_IN_ACTIVE,
+	POLLER_IN_HEAP,
+};
+
+struct keel_poller {
+	/* Dispatch fields first: one cache line per poller on the hot loop. */
+	keel_poller_fn fn;
+	void *arg;
+	uint64_t run_count;
+	uint64_t busy_count;
+	uint8_t state; /* enum poller_state: what the owner asked for */
+	uint8_t where; /* enum poller_where: where dispatch holds it now */
+	uint64_t period_ns;
+	uint64_t period_us;
+	struct keel_thread *thread;
+	int fd;
+	uint32_t fd_events;
+	TAILQ_ENTRY(keel_poller) link; /* thread->pollers: every live poller */
+	char name[KEEL_NAME_MAX];
+};
+
+/** Timed pollers live in a 4-ary min-heap whose entries carry the deadline inline. */
+struct poller_heap_entry {
+	uint64_t deadline;
+	struct keel_poller *poller;
+};
+
+TAILQ_HEAD(poller_list, keel_poller);
+
+/** Run active and expired timed pollers. \return pollers that reported busy. */
+int poller_run_active(struct keel_thread *thread);
+int poller_run_timed(struct keel_thread *thread, uint64_t now);
+/** Apply pause/resume/unregister/register requests deferred during a poll. */
+void poller_fixup(struct keel_thread *thread, uint64_t now);
+/** Earliest timed poller deadline of the thread, UINT64_MAX if none. */
+uint64_t poller_next_deadline(struct keel_thread *thread);
+/** Free every poller of the thread (forced exit). */
+void poller_free_all(struct keel_thread *thread);
+
+/* ------------------------------------------------------------------------------ */
+/* Threads (thread.c)                                                              */
+/* ------------------------------------------------------------------------------ */
+
+enum thread_state {
+	THREAD_RUNNING = 0,
+	THREAD_EXITING,
+	THREAD_EXITED,
+};
+
+struct local_msg {
+	keel_msg_fn fn;
+	void *arg;
+};
+
+/** Work a thread must retry from its poll loop (message ring back-pressure). */
+struct thread_retry {
+	void (*fn)(void *arg);
+	void *arg;
+	bool queued;
+	TAILQ_ENTRY(thread_retry) link;
+};
+TAILQ_HEAD(thread_retry_list, thread_retry);
+
+struct reactor;
+struct keel_io_channel;
+TAILQ_HEAD(io_channel_list, keel_io_channel);
+
+struct keel_thread {
+	/* Remote producers write ring.head; it sits on its own cache line. */
+	struct msg_ring ring;
+
+	/* Owner-only from here on. */
+	_Alignas(KEEL_CACHE_LINE) struct local_msg *local_q;
+	uint32_t local_mask;
+	uint32_t local_head;
+	uint32_t local_tail;
+	bool local_closed;
+	bool polling; /* inside keel_thread_poll: poller changes are deferred */
+	bool dirty;   /* deferred poller changes wait for poller_fixup() */
+
+	struct keel_poller **active;
+	uint32_t active_count;
+	uint32_t active_cap;
+	struct poller_heap_entry *heap;
+	uint32_t heap_count;
+	uint32_t heap_cap;
+	struct poller_list pollers;
+	uint32_t poller_count;
+
+	struct io_channel_list channels;
+	uint32_t channel_count;
+	uint32_t for_each_count;       /* iterations started here, not completed */
+	uint32_t pending_unregister;   /* io_device unregisters waiting to call back */
+	uint32_t pending_blocking;     /* blocking jobs whose done_cb is outstanding */
+	struct thread_retry_list retries;
+
+	uint64_t exit_start_ns;
+	uint64_t last_ns;
+	uint64_t busy_ns;
+	uint64_t idle_ns;
+	uint64_t msgs;
+	uint64_t polls;
+
+	/* Set at creation, read by other threads. */
+	_Atomic int state;
+	uint64_t id;
+	struct reactor *reactor; /* NULL when unplaced */
+	uint32_t reactor_idx;
+	int numa_node;
+	char name[KEEL_NAME_MAX];
+	TAILQ_ENTRY(keel_thread) glink; /* g_threads, under the thread lib lock */
+	TAILQ_ENTRY(keel_thread) rlink; /* reactor's list (owner reactor only) */
+};
+
+TAILQ_HEAD(keel_thread_list, keel_thread);
+
+extern __thread struct keel_thread *thread_tls_current;
+
+/** Create a thread bound to \p reactor (may be NULL: unplaced). */
+struct keel_thread *thread_create(const char *name, struct reactor *reactor);
+/**
+ * One iteration of \p thread at time \p now. *destroyed tells whether the thread
+ * finished exiting during this call: its rings and arrays are freed and the closed
+ * struct is parked until keel_thread_lib_fini() (late senders get -ESHUTDOWN).
+ */
+int thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed);
+/** True when the thread has queued messages or work that must run before sleeping. */
+bool thread_has_pending(struct keel_thread *thread);
+/** Request exit on behalf of the thread (reactor shutdown); runs as the thread. */
+void thread_request_exit(struct keel_thread *thread);
+/** Queue \p retry on the current thread's retry list (message back-pressure). */
+void thread_retry_queue(struct thread_retry *retry);
+/**
+ * Send that never loses the message: on -ENOMEM the send is retried from the
+ * current thread's poll loop (or with a short sleep off keel threads).
+ * \return 0 or -ESHUTDOWN.
+ */
+int thread_send_reliable(struct keel_thread *target, keel_msg_fn fn, void *arg);
+/** Number of live threads (tests). */
+uint32_t thread_lib_thread_count(void);
+
+/* ------------------------------------------------------------------------------ */
+/* I/O channels (io_channel.c)                                                     */
+/* ------------------------------------------------------------------------------ */
+
+/** Forced teardown of every channel a thread still holds (exit grace expired). */
+void io_channel_thread_teardown(struct keel_thread *thread);
+/** Name the channels a thread holds, into \p buf. */
+void io_channel_thread_describe(struct keel_thread *thread, char *buf, size_t len);
+void io_device_lib_fini(void);
+
+/* ------------------------------------------------------------------------------ */
+/* Reactors (reactor.c)                                                            */
+/* ------------------------------------------------------------------------------ */
+
+struct reactor {
+	/* Cross-thread wake-up state, on its own line. */
+	_Alignas(KEEL_CACHE_LINE) _Atomic int sleeping;
+	_Atomic int notified;
+	int evfd;
+
+	/* Statistics and heartbeat: single writer (the reactor), any reader. */
+	_Alignas(KEEL_CACHE_LINE) _Atomic uint64_t st_busy_ns;
+	_Atomic uint64_t st_idle_ns;
+	_Atomic uint64_t st_loops;
+	_Atomic uint64_t st_wakeups;
+	_Atomic uint64_t st_msgs;
+	_Atomic uint64_t hb_start_ns;  /* start of the current iteration, 0 = asleep */
+	_Atomic(const char *) hb_thread;
+	_Atomic(const char *) hb_poller;
+	_Atomic int wd_reading;        /* watchdog is dereferencing hb_* names */
+
+	/* Settings any thread may change. */
+	_Alignas(KEEL_CACHE_LINE) _Atomic int mode;
+	_Atomic uint32_t thread_count;
+	_Atomic uint64_t tid;
+
+	/* Threads handed over by other OS threads, adopted by the loop. */
+	pthread_mutex_t incoming_lock;
+	struct keel_thread_list incoming;
+	_Atomic bool has_incoming;
+	bool exited; /* under incoming_lock: no more adoptions */
+
+	/* Reactor-private. */
+	_Alignas(KEEL_CACHE_LINE) struct keel_thread_list threads;
+	uint32_t idx;
+	uint32_t cpu;
+	int numa_node;
+	int epfd;
+	int tfd;
+	uint64_t timer_armed; /* absolute deadline the timerfd is armed for, 0 = none */
+	pthread_t pthread;
+	bool pthread_started;
+	int start_rc;
+};
+
+/** Reactor for index, NULL if out of range. */
+struct reactor *reactor_get(uint32_t idx);
+/** Hand a new thread to its reactor (any thread). \return 0 or -ESHUTDOWN. */
+int reactor_add_thread(struct reactor *reactor, struct keel_thread *thread);
+/** Wake the reactor if it sleeps; called after a message was queued. */
+void reactor_notify_slow(struct reactor *reactor);
+static inline void reactor_notify(struct reactor *reactor)
+{
+	/* seq_cst load: pairs with the reactor's seq_cst store of sleeping. */
+	if (keel_unlikely(atomic_load(&reactor->sleeping))) {
+		reactor_notify_slow(reactor);
+	}
+}
+/** Heartbeat names: set what runs now (relaxed-cost release stores). */
+static inline void reactor_hb_set(struct reactor *reactor, const char *thread, const char *poller)
+{
+	atomic_store_explicit(&reactor->hb_thread, thread, memory_order_release);
+	atomic_store_explicit(&reactor->hb_poller, poller, memory_order_release);
+}
+/**
+ * Clear the heartbeat names and wait until the watchdog no longer reads them:
+ * called before freeing a poller or thread whose name may be published.
+ */
+void reactor_hb_quiesce(struct reactor *reactor);
+int reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events, struct keel_poller *poller);
+int reactor_epoll_mod(struct reactor *reactor, int fd, uint32_t events, struct keel_poller *poller);
+void reactor_epoll_del(struct reactor *reactor, int fd);
+
+extern const char reactor_msg_name[]; /* "(message)" */
+
+/* ------------------------------------------------------------------------------ */
+/* Watchdog, blocking pool, NUMA, log                                              */
+/* ------------------------------------------------------------------------------ */
+
+int watchdog_start(uint32_t threshold_ms);
+void watchdog_stop(void);
+
+int blocking_pool_start(uint32_t nthreads);
+void blocking_pool_stop(void);
+
+int numa_node_of_cpu_safe(uint32_t cpu);
+/** Online CPUs in ascending order. \return count or -ENODEV. */
+int cpulist_online(uint32_t *cpus, uint32_t max);
+
+/** Current thread's display name for logs (keel thread name or OS thread name). */
+void log_thread_name(char *buf, size_t len);
+
+#endif /* KEEL_REACTOR_INTERNAL_H */
