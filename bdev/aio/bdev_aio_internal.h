@@ -1,0 +1,58 @@
+/*
+ * aio bdev: knobs shared between bdev_aio.c and its unit test. Not a public API.
+ */
+#ifndef KEEL_BDEV_AIO_INTERNAL_H
+#define KEEL_BDEV_AIO_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct keel_bdev;
+
+/** Default io_context depth (in-flight iocbs) of a (file, thread) channel. */
+#define BDEV_AIO_DEFAULT_QUEUE_DEPTH 256
+
+/**
+ * Depth of channels created from now on (1..4096). Tests shrink it to force the
+ * "queue full, retry on the next poll" path. \return 0 or -EINVAL.
+ */
+int bdev_aio_set_queue_depth(uint32_t depth);
+
+/**
+ * Let channels created from now on keep up to 4096 iocbs in flight whatever their
+ * io_context depth, so io_submit itself answers -EAGAIN or takes only part of a
+ * batch (tests of the "keep the rest queued" path).
+ */
+void bdev_aio_set_overcommit(bool overcommit);
+
+/**
+ * Pretend the kernel refused the aio fdsync command (\p native false) or RWF_DSYNC
+ * (\p fua_native false) on \p bdev, so the fdatasync-on-the-pool and write-then-sync
+ * fallbacks run. \return 0 or -EINVAL when \p bdev is not an aio bdev.
+ */
+int bdev_aio_set_native_sync(struct keel_bdev *bdev, bool fdsync_native, bool fua_native);
+
+/**
+ * Make creates from now on behave as if the filesystem refused O_DIRECT with EINVAL
+ * (tmpfs did before Linux 6.6; ramfs and some FUSE filesystems still do), so the
+ * buffered fallback can be tested on any machine.
+ */
+void bdev_aio_set_refuse_direct(bool refuse);
+
+/** Counters of one aio bdev, summed over every channel that existed. */
+struct bdev_aio_counters {
+	uint64_t io_submit_calls;   /**< io_submit syscalls */
+	uint64_t iocbs_submitted;
+	uint64_t submit_eagain;     /**< io_submit answered -EAGAIN or took only part */
+	uint64_t ring_reaps;        /**< events taken from the user-mapped ring */
+	uint64_t getevents_reaps;   /**< events taken with io_getevents */
+	uint64_t pool_ops;          /**< requests run on the blocking-work pool */
+};
+
+/** Read the counters (relaxed atomics; any thread). \return 0 or -EINVAL. */
+int bdev_aio_get_counters(struct keel_bdev *bdev, struct bdev_aio_counters *out);
+
+/** Whether \p bdev was opened with O_DIRECT. */
+bool bdev_aio_is_direct(struct keel_bdev *bdev);
+
+#endif /* KEEL_BDEV_AIO_INTERNAL_H */

@@ -1,0 +1,188 @@
+/*
+ * bdev core internals shared between the bdev sources and the unit tests.
+ *
+ * Layout of one pooled request object (per-channel keel_mempool):
+ *
+ *     [struct keel_bdev_io_internal][struct keel_bdev_io][driver ctx (get_ctx_size)]
+ *
+ * The internal part sits in front so the public struct can keep its flexible
+ * driver_ctx[] member last.
+ */
+#ifndef KEEL_BDEV_INTERNAL_H
+#define KEEL_BDEV_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/uio.h>
+
+#include "keel/bdev.h"
+#include "keel/bdev_module.h"
+#include "keel/reactor.h"
+
+#define BDEV_IO_NUM_IOV 16  /* iovec slots per request for split slices */
+#define BDEV_MAX_LANES 8    /* split chunks one request keeps in flight at most */
+#define BDEV_ZERO_BUF_SIZE (1024u * 1024u)
+#define BDEV_MAX_ALIGN 65536u /* largest required_alignment; the zero buffer honours it */
+#define BDEV_NOMEM_RETRY_US 100
+
+#define bdev_likely(x) __builtin_expect(!!(x), 1)
+#define bdev_unlikely(x) __builtin_expect(!!(x), 0)
+
+enum bdev_state {
+	BDEV_STATE_REGISTERED = 0,
+	BDEV_STATE_REMOVING = 1,
+};
+
+struct keel_bdev_desc {
+	struct keel_bdev *bdev;
+	struct keel_thread *thread;
+	keel_bdev_event_cb event_cb;
+	void *event_ctx;
+	bool write;
+	bool closed;
+	/* REMOVE/RESIZE messages not yet delivered: the desc outlives close until 0. */
+	uint32_t pending_events; /* atomic */
+	TAILQ_ENTRY(keel_bdev_desc) link;
+};
+
+struct keel_bdev_internal {
+	char name[KEEL_BDEV_NAME_MAX + 1];
+	char uuid_str[KEEL_UUID_STR_LEN];
+	void *io_dev;            /* (char *)bdev + 1: the bdev's own io_device */
+	uint32_t block_shift;
+	uint64_t block_mask;
+	uint32_t align_mask;     /* iov_base alignment: required_alignment - 1 */
+	uint32_t len_mask;       /* iov_len granularity: min(alignment, block size) - 1 */
+	uint32_t io_elt_size;    /* bytes of one pooled request object */
+	bool simple;             /* no boundary, no max transfer, no alignment: skip checks */
+	bool native[KEEL_BDEV_IO_NUM_TYPES];
+	int state;               /* enum bdev_state, atomic: read on every submit */
+
+	pthread_mutex_t lock;    /* descs, claim, closed_stats, channel count, teardown */
+	TAILQ_HEAD(, keel_bdev_desc) descs;
+	uint32_t open_count;
+	struct keel_bdev_module *claim_module;
+	struct keel_bdev_desc *claim_desc;
+	struct keel_bdev_io_stats closed_stats;
+	uint32_t live_channels;  /* bdev_channel structs alive, including orphans */
+	bool io_dev_unregistered;
+	bool teardown_started;
+	bool destructing;
+
+	keel_bdev_done_cb unreg_cb;
+	void *unreg_arg;
+	struct keel_thread *unreg_thread;
+};
+
+/* Why a waiting request is parked: it has no bdev_io yet. */
+struct bdev_wait {
+	TAILQ_ENTRY(bdev_wait) link;
+	struct keel_bdev_desc *desc;
+	enum keel_bdev_io_type type;
+	struct iovec *iovs;       /* the caller's, or &flat */
+	int iovcnt;
+	struct iovec flat;
+	uint64_t iov_bytes;
+	uint64_t offset_blocks;
+	uint64_t num_blocks;
+	uint32_t flags;
+	keel_bdev_io_cb cb_fn;
+	void *cb_arg;
+};
+
+struct bdev_wait_chunk {
+	struct bdev_wait_chunk *next;
+	struct bdev_wait entries[64];
+};
+
+struct keel_bdev_io_internal {
+	struct bdev_channel *ch;
+	struct keel_bdev_io *io;
+	keel_bdev_io_cb cb_fn;
+	void *cb_arg;
+	uint64_t submit_tsc;
+	int status;
+	uint8_t user_type;       /* the type the caller asked for (stats, emulation) */
+	uint8_t epoch;           /* reset epoch this request counts in */
+	bool counted;            /* counts in ch->inflight[epoch] */
+	bool is_lane;            /* a split chunk (the parent itself or a child) */
+	bool is_child;
+	bool bounce;             /* the request's buffers need bouncing */
+	TAILQ_ENTRY(keel_bdev_io_internal) link; /* deferred / nomem / bounce wait */
+
+	struct iovec flat;       /* iovec for the flat-buffer API */
+
+	/* Split state (valid in a parent that is split). */
+	struct keel_bdev_io *parent;
+	struct iovec *orig_iovs;
+	int orig_iovcnt;
+	uint64_t orig_offset;
+	uint64_t orig_num;
+	uint64_t next_block;     /* first block not yet handed to a lane */
+	int cur_iov;             /* iovec cursor of next_block */
+	uint64_t cur_off;
+	uint32_t lanes;          /* lanes currently holding a chunk */
+	int split_status;
+	uint8_t lane_type;       /* type the lanes submit */
+
+	/* Lane state. */
+	void *bounce_buf;
+	int copy_iov;            /* where this chunk's data sits in the parent's iovs */
+	uint64_t copy_off;
+	struct keel_io_channel_iter *reset_iter;
+	TAILQ_ENTRY(keel_bdev_io_internal) reset_link;
+	struct iovec lane_iovs[BDEV_IO_NUM_IOV];
+} __attribute__((aligned(64)));
+
+struct bdev_channel {
+	struct keel_bdev *bdev;
+	struct keel_thread *thread;
+	struct keel_io_channel *module_ch;
+	void (*submit_fn)(struct keel_io_channel *ch, struct keel_bdev_io *io);
+	struct keel_mempool_cache *cache;
+	uint32_t in_submit;      /* >0: completions must be deferred */
+	uint32_t outstanding;    /* user requests accepted and not yet completed */
+	bool draining;
+	bool drain_pending;
+	bool now_valid;          /* now_tsc is the batch timestamp */
+	bool destroyed;          /* io_channel gone; freed when outstanding drops to 0 */
+	uint8_t epoch;
+	uint32_t inflight[2];
+	uint64_t now_tsc;
+	TAILQ_HEAD(, keel_bdev_io_internal) deferred;
+
+	TAILQ_HEAD(, bdev_wait) waitq;
+	TAILQ_HEAD(, bdev_wait) wait_free;
+	struct bdev_wait_chunk *wait_chunks;
+
+	TAILQ_HEAD(, keel_bdev_io_internal) nomem_q;
+	struct keel_poller *nomem_poller;
+	struct keel_poller *drain_poller;
+
+	char *bounce_region;
+	void **bounce_free;
+	uint32_t bounce_nfree;
+	uint32_t bounce_count;
+	uint32_t bounce_size;
+	TAILQ_HEAD(, keel_bdev_io_internal) bounce_waitq;
+
+	TAILQ_HEAD(, keel_bdev_io_internal) reset_waiters;
+
+	struct keel_mempool *pool;
+	struct keel_bdev_io_stats stats;
+};
+
+/* Time base: TSC ticks on x86-64 (calibrated once), nanoseconds elsewhere. */
+uint64_t bdev_ticks(void);
+uint64_t bdev_ticks_to_ns(uint64_t ticks);
+void bdev_time_init(void);
+
+/* Shared read-only zero buffer (BDEV_ZERO_BUF_SIZE, 4 KiB aligned). */
+const void *bdev_zero_buf(void);
+
+/** Summed statistics, ns-converted (for tests and dump). */
+void bdev_stats_add(struct keel_bdev_io_stats *dst, const struct keel_bdev_io_stats *src);
+
+#endif /* KEEL_BDEV_INTERNAL_H */

@@ -1,0 +1,1329 @@
+/*
+ * aio bdev unit tests against real files, real reactors (cpus 0-1) and the real bdev
+ * core. CUnit runs on a plain pthread; every step is a message to a keel thread and
+ * the test waits for its callback, so the module runs exactly as in keeld.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <jansson.h>
+
+#include "keel/bdev.h"
+#include "keel/bdev_module.h"
+#include "keel/log.h"
+#include "keel/reactor.h"
+
+#include "bdev/aio/bdev_aio_internal.h"
+
+#ifndef AIO_UT_DIR
+#define AIO_UT_DIR "."
+#endif
+
+#define UT_WAIT_SECONDS 20
+#define UT_MIB (1024u * 1024u)
+
+static struct keel_thread *g_thread[2]; /* one keel thread per reactor */
+static int g_cunit_failures;
+static int g_init_status;
+
+/* ------------------------------------------------------------------------------ */
+/* Log capture                                                                     */
+/* ------------------------------------------------------------------------------ */
+
+static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char g_log_buf[16384];
+static size_t g_log_len;
+
+static void ut_log_hook(enum keel_log_level level, const char *line, void *ctx)
+{
+	size_t len = strlen(line);
+
+	if (level > KEEL_LOG_WARN)
+		return;
+	pthread_mutex_lock(&g_log_lock);
+	if (g_log_len + len + 2 < sizeof(g_log_buf)) {
+		memcpy(g_log_buf + g_log_len, line, len);
+		g_log_len += len;
+		g_log_buf[g_log_len++] = '\n';
+		g_log_buf[g_log_len] = '\0';
+	}
+	pthread_mutex_unlock(&g_log_lock);
+}
+
+static void ut_log_clear(void)
+{
+	pthread_mutex_lock(&g_log_lock);
+	g_log_len = 0;
+	g_log_buf[0] = '\0';
+	pthread_mutex_unlock(&g_log_lock);
+}
+
+/* A WARN/ERROR line containing every one of \p a and \p b. */
+static bool ut_log_has(const char *a, const char *b)
+{
+	bool found = false;
+	char *line, *save = NULL, *copy;
+
+	pthread_mutex_lock(&g_log_lock);
+	copy = strdup(g_log_buf);
+	pthread_mutex_unlock(&g_log_lock);
+	if (copy == NULL)
+		return false;
+	for (line = strtok_r(copy, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save))
+		if (strstr(line, a) != NULL && (b == NULL || strstr(line, b) != NULL))
+			found = true;
+	free(copy);
+	return found;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Running steps on keel threads                                                   */
+/* ------------------------------------------------------------------------------ */
+
+struct ut_op {
+	sem_t done;
+	int sync_rc;      /* what the API call returned */
+	int status;       /* what its callback said */
+	bool cb_ran;
+	bool in_call;     /* set while inside the API call: a callback here is a bug */
+	bool cb_in_call;
+	struct keel_bdev *bdev;
+	const char *name;
+	const char *filename;
+	uint32_t block_size;
+};
+
+static void ut_op_init(struct ut_op *op)
+{
+	memset(op, 0, sizeof(*op));
+	sem_init(&op->done, 0, 0);
+}
+
+static void ut_op_signal(struct ut_op *op, int status)
+{
+	op->status = status;
+	op->cb_ran = true;
+	if (op->in_call)
+		op->cb_in_call = true;
+	sem_post(&op->done);
+}
+
+static void ut_op_wait(struct ut_op *op)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += UT_WAIT_SECONDS;
+	while (sem_timedwait(&op->done, &ts) != 0) {
+		if (errno == EINTR)
+			continue;
+		fprintf(stderr, "aio_ut: a step did not complete within %d s\n", UT_WAIT_SECONDS);
+		abort();
+	}
+	sem_destroy(&op->done);
+}
+
+static void ut_send(struct keel_thread *thread, keel_msg_fn fn, void *arg)
+{
+	int rc;
+
+	while ((rc = keel_thread_send_msg(thread, fn, arg)) == -ENOMEM)
+		usleep(100);
+	if (rc != 0) {
+		fprintf(stderr, "aio_ut: send_msg: %s\n", strerror(-rc));
+		abort();
+	}
+}
+
+/* create / delete */
+
+static void ut_create_cb(void *cb_arg, int status, struct keel_bdev *bdev)
+{
+	struct ut_op *op = cb_arg;
+
+	op->bdev = bdev;
+	ut_op_signal(op, status);
+}
+
+static void ut_create_msg(void *arg)
+{
+	struct ut_op *op = arg;
+
+	op->in_call = true;
+	op->sync_rc = keel_bdev_aio_create(op->name, op->filename, op->block_size, ut_create_cb, op);
+	op->in_call = false;
+	if (op->sync_rc != 0)
+		sem_post(&op->done);
+}
+
+/* \return the synchronous error, else the callback's status. */
+static int ut_create(const char *name, const char *filename, uint32_t block_size,
+		     struct keel_bdev **bdev)
+{
+	struct ut_op op;
+
+	ut_op_init(&op);
+	op.name = name;
+	op.filename = filename;
+	op.block_size = block_size;
+	ut_send(g_thread[0], ut_create_msg, &op);
+	ut_op_wait(&op);
+	CU_ASSERT(!op.cb_in_call);
+	if (op.sync_rc != 0) {
+		CU_ASSERT(!op.cb_ran);
+		return op.sync_rc;
+	}
+	CU_ASSERT(op.cb_ran);
+	CU_ASSERT((op.status == 0) == (op.bdev != NULL));
+	if (bdev != NULL)
+		*bdev = op.bdev;
+	return op.status;
+}
+
+static void ut_done_cb(void *cb_arg, int status)
+{
+	ut_op_signal(cb_arg, status);
+}
+
+static void ut_delete_msg(void *arg)
+{
+	struct ut_op *op = arg;
+
+	op->in_call = true;
+	op->sync_rc = keel_bdev_aio_delete(op->name, ut_done_cb, op);
+	op->in_call = false;
+	if (op->sync_rc != 0)
+		sem_post(&op->done);
+}
+
+static int ut_delete(const char *name)
+{
+	struct ut_op op;
+
+	ut_op_init(&op);
+	op.name = name;
+	ut_send(g_thread[0], ut_delete_msg, &op);
+	ut_op_wait(&op);
+	CU_ASSERT(!op.cb_in_call);
+	if (op.sync_rc != 0) {
+		CU_ASSERT(!op.cb_ran);
+		return op.sync_rc;
+	}
+	return op.status;
+}
+
+/* descriptors and I/O; a ut_dev lives on one keel thread */
+
+struct ut_dev {
+	struct keel_thread *thread;
+	const char *name;
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	struct keel_bdev *bdev;
+	uint32_t block_size;
+	uint64_t num_blocks;
+	uint32_t align;
+	bool direct;
+};
+
+struct ut_io {
+	struct ut_op op;
+	struct ut_dev *dev;
+	enum keel_bdev_io_type type;
+	struct iovec *iov;
+	int iovcnt;
+	uint64_t offset;
+	uint64_t len;
+	uint32_t flags;
+	/* batches */
+	uint32_t count;      /* requests in the batch */
+	uint32_t qd;
+	uint32_t submitted;
+	uint32_t completed;
+	int first_error;
+	char *base;          /* batch buffer: count * len bytes */
+	uint64_t stride_offset;
+};
+
+static void ut_event_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
+{
+}
+
+static void ut_open_msg(void *arg)
+{
+	struct ut_io *io = arg;
+	struct ut_dev *dev = io->dev;
+	int rc;
+
+	rc = keel_bdev_open_ext(dev->name, true, ut_event_cb, NULL, &dev->desc);
+	if (rc == 0) {
+		dev->ch = keel_bdev_get_io_channel(dev->desc);
+		if (dev->ch == NULL) {
+			keel_bdev_close(dev->desc);
+			rc = -ENOMEM;
+		} else {
+			dev->bdev = keel_bdev_desc_get_bdev(dev->desc);
+			dev->block_size = keel_bdev_get_block_size(dev->bdev);
+			dev->num_blocks = keel_bdev_get_num_blocks(dev->bdev);
+			dev->align = keel_bdev_get_buf_align(dev->bdev);
+			dev->direct = bdev_aio_is_direct(dev->bdev);
+		}
+	}
+	ut_op_signal(&io->op, rc);
+}
+
+static int ut_open(struct ut_dev *dev, const char *name, int thread_idx)
+{
+	struct ut_io io;
+
+	memset(dev, 0, sizeof(*dev));
+	dev->thread = g_thread[thread_idx];
+	dev->name = name;
+	memset(&io, 0, sizeof(io));
+	ut_op_init(&io.op);
+	io.dev = dev;
+	ut_send(dev->thread, ut_open_msg, &io);
+	ut_op_wait(&io.op);
+	return io.op.status;
+}
+
+static void ut_close_msg(void *arg)
+{
+	struct ut_io *io = arg;
+
+	keel_put_io_channel(io->dev->ch);
+	keel_bdev_close(io->dev->desc);
+	ut_op_signal(&io->op, 0);
+}
+
+static void ut_close(struct ut_dev *dev)
+{
+	struct ut_io io;
+
+	memset(&io, 0, sizeof(io));
+	ut_op_init(&io.op);
+	io.dev = dev;
+	ut_send(dev->thread, ut_close_msg, &io);
+	ut_op_wait(&io.op);
+}
+
+static void ut_io_cb(void *cb_arg, int status)
+{
+	ut_op_signal(cb_arg, status);
+}
+
+static int ut_io_submit(struct ut_io *io, struct iovec *iov, int iovcnt, uint64_t offset,
+			uint64_t len, keel_bdev_io_cb cb, void *cb_arg)
+{
+	struct ut_dev *dev = io->dev;
+
+	switch (io->type) {
+	case KEEL_BDEV_IO_READ:
+		return keel_bdev_readv(dev->desc, dev->ch, iov, iovcnt, offset, len, cb, cb_arg);
+	case KEEL_BDEV_IO_WRITE:
+		return keel_bdev_writev(dev->desc, dev->ch, iov, iovcnt, offset, len, io->flags,
+					cb, cb_arg);
+	case KEEL_BDEV_IO_FLUSH:
+		return keel_bdev_flush(dev->desc, dev->ch, offset, len, cb, cb_arg);
+	case KEEL_BDEV_IO_UNMAP:
+		return keel_bdev_unmap(dev->desc, dev->ch, offset, len, cb, cb_arg);
+	case KEEL_BDEV_IO_WRITE_ZEROES:
+		return keel_bdev_write_zeroes(dev->desc, dev->ch, offset, len, cb, cb_arg);
+	case KEEL_BDEV_IO_RESET:
+		return keel_bdev_reset(dev->desc, dev->ch, cb, cb_arg);
+	default:
+		return -EINVAL;
+	}
+}
+
+static void ut_io_msg(void *arg)
+{
+	struct ut_io *io = arg;
+
+	io->op.in_call = true;
+	io->op.sync_rc = ut_io_submit(io, io->iov, io->iovcnt, io->offset, io->len, ut_io_cb,
+				      &io->op);
+	io->op.in_call = false;
+	if (io->op.sync_rc != 0)
+		sem_post(&io->op.done);
+}
+
+/* One request; \return the synchronous error or the completion status. */
+static int ut_iov_io(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov,
+		     int iovcnt, uint64_t offset, uint64_t len, uint32_t flags)
+{
+	struct ut_io io;
+
+	memset(&io, 0, sizeof(io));
+	ut_op_init(&io.op);
+	io.dev = dev;
+	io.type = type;
+	io.iov = iov;
+	io.iovcnt = iovcnt;
+	io.offset = offset;
+	io.len = len;
+	io.flags = flags;
+	ut_send(dev->thread, ut_io_msg, &io);
+	ut_op_wait(&io.op);
+	CU_ASSERT(!io.op.cb_in_call);
+	return io.op.sync_rc != 0 ? io.op.sync_rc : io.op.status;
+}
+
+static int ut_buf_io(struct ut_dev *dev, enum keel_bdev_io_type type, void *buf,
+		     uint64_t offset, uint64_t len, uint32_t flags)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+
+	return ut_iov_io(dev, type, &iov, 1, offset, len, flags);
+}
+
+/* Batches: keep io->qd requests of io->len bytes in flight, io->count in total. */
+static void ut_batch_submit(struct ut_io *io);
+
+static void ut_batch_cb(void *cb_arg, int status)
+{
+	struct ut_io *io = cb_arg;
+
+	io->completed++;
+	if (status != 0 && io->first_error == 0)
+		io->first_error = status;
+	if (io->completed == io->count) {
+		ut_op_signal(&io->op, io->first_error);
+		return;
+	}
+	ut_batch_submit(io);
+}
+
+static void ut_batch_submit(struct ut_io *io)
+{
+	while (io->submitted < io->count && io->submitted - io->completed < io->qd) {
+		uint32_t i = io->submitted;
+		struct iovec iov = { .iov_base = io->base + (uint64_t)i * io->len, .iov_len = io->len };
+		int rc;
+
+		/* the core copies the iovec array into the request before returning */
+		rc = ut_io_submit(io, &iov, 1, io->stride_offset + (uint64_t)i * io->len, io->len,
+				  ut_batch_cb, io);
+		if (rc != 0) {
+			fprintf(stderr, "aio_ut: batch submit failed: %s\n", strerror(-rc));
+			abort();
+		}
+		io->submitted++;
+	}
+}
+
+static void ut_batch_msg(void *arg)
+{
+	ut_batch_submit(arg);
+}
+
+static void ut_batch_start(struct ut_io *io, struct ut_dev *dev, enum keel_bdev_io_type type,
+			   char *base, uint64_t offset, uint32_t len, uint32_t count, uint32_t qd)
+{
+	memset(io, 0, sizeof(*io));
+	ut_op_init(&io->op);
+	io->dev = dev;
+	io->type = type;
+	io->base = base;
+	io->stride_offset = offset;
+	io->len = len;
+	io->count = count;
+	io->qd = qd;
+	ut_send(dev->thread, ut_batch_msg, io);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Files                                                                           */
+/* ------------------------------------------------------------------------------ */
+
+static void ut_make_file(const char *path, off_t size)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT_FATAL(ftruncate(fd, size) == 0);
+	close(fd);
+}
+
+static void ut_path(char *buf, size_t len, const char *dir, const char *leaf)
+{
+	snprintf(buf, len, "%s/aio-ut-%d-%s", dir, (int)getpid(), leaf);
+}
+
+static void *ut_alloc(size_t len)
+{
+	void *buf = aligned_alloc(4096, (len + 4095) & ~(size_t)4095);
+
+	CU_ASSERT_FATAL(buf != NULL);
+	return buf;
+}
+
+static void ut_fill(void *buf, size_t len, unsigned seed)
+{
+	unsigned char *p = buf;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		p[i] = (unsigned char)(seed * 31u + i * 7u + (i >> 9));
+}
+
+static bool ut_is_zero(const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (p[i] != 0)
+			return false;
+	return true;
+}
+
+/* What the file itself holds, bypassing keel. */
+static bool ut_file_matches(const char *path, uint64_t offset, const void *expect, size_t len)
+{
+	void *buf = malloc(len);
+	int fd = open(path, O_RDONLY);
+	bool ok;
+
+	ok = buf != NULL && fd >= 0 && pread(fd, buf, len, (off_t)offset) == (ssize_t)len &&
+	     memcmp(buf, expect, len) == 0;
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return ok;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* dump_info_json, counters                                                        */
+/* ------------------------------------------------------------------------------ */
+
+struct ut_dump {
+	struct ut_op op;
+	struct keel_bdev *bdev;
+	char text[512];
+};
+
+static void ut_dump_msg(void *arg)
+{
+	struct ut_dump *d = arg;
+	json_t *obj = json_object();
+	char *s;
+
+	d->bdev->fn_table->dump_info_json(d->bdev->ctxt, obj);
+	s = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+	snprintf(d->text, sizeof(d->text), "%s", s != NULL ? s : "");
+	free(s);
+	json_decref(obj);
+	ut_op_signal(&d->op, 0);
+}
+
+static void ut_dump(struct keel_bdev *bdev, char *out, size_t len)
+{
+	struct ut_dump d;
+
+	memset(&d, 0, sizeof(d));
+	ut_op_init(&d.op);
+	d.bdev = bdev;
+	ut_send(g_thread[0], ut_dump_msg, &d);
+	ut_op_wait(&d.op);
+	snprintf(out, len, "%s", d.text);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* The read-after-write suite every backing store goes through                     */
+/* ------------------------------------------------------------------------------ */
+
+static void ut_rw_suite(struct ut_dev *dev, const char *path)
+{
+	const uint32_t len = 64 * 1024;
+	char *wbuf = ut_alloc(len), *rbuf = ut_alloc(len + 4096);
+	struct iovec wiov[3], riov[3];
+	uint64_t bs = dev->block_size;
+	uint64_t off;
+	struct bdev_aio_counters before, after;
+
+	CU_ASSERT_FATAL(dev->num_blocks * bs >= 8 * UT_MIB);
+
+	/* write / read, one iovec */
+	ut_fill(wbuf, len, 1);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, wbuf, 0, len, 0) == 0);
+	memset(rbuf, 0xee, len);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, 0, len, 0) == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
+	if (path != NULL)
+		CU_ASSERT(ut_file_matches(path, 0, wbuf, len));
+
+	/* writev / readv with uneven block-multiple segments */
+	ut_fill(wbuf, len, 2);
+	wiov[0] = (struct iovec){ wbuf, bs };
+	wiov[1] = (struct iovec){ wbuf + bs, len - 4 * bs };
+	wiov[2] = (struct iovec){ wbuf + len - 3 * bs, 3 * bs };
+	off = UT_MIB;
+	CU_ASSERT(ut_iov_io(dev, KEEL_BDEV_IO_WRITE, wiov, 3, off, len, 0) == 0);
+	memset(rbuf, 0xee, len);
+	riov[0] = (struct iovec){ rbuf, 3 * bs };
+	riov[1] = (struct iovec){ rbuf + 3 * bs, len - 5 * bs };
+	riov[2] = (struct iovec){ rbuf + len - 2 * bs, 2 * bs };
+	CU_ASSERT(ut_iov_io(dev, KEEL_BDEV_IO_READ, riov, 3, off, len, 0) == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
+	if (path != NULL)
+		CU_ASSERT(ut_file_matches(path, off, wbuf, len));
+
+	/* FUA write (RWF_DSYNC), flush (aio fdsync) */
+	ut_fill(wbuf, len, 3);
+	off = 2 * UT_MIB;
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, wbuf, off, len, KEEL_BDEV_IO_FLAG_FUA) == 0);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_FLUSH, NULL, 0, dev->num_blocks * bs, 0) == 0);
+	memset(rbuf, 0xee, len);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, off, len, 0) == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
+
+	/* The same with the kernel "refusing" both: write+fdatasync on the pool. */
+	CU_ASSERT(bdev_aio_get_counters(dev->bdev, &before) == 0);
+	CU_ASSERT(bdev_aio_set_native_sync(dev->bdev, false, false) == 0);
+	ut_fill(wbuf, len, 4);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, wbuf, off, len, KEEL_BDEV_IO_FLAG_FUA) == 0);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_FLUSH, NULL, 0, dev->num_blocks * bs, 0) == 0);
+	CU_ASSERT(bdev_aio_get_counters(dev->bdev, &after) == 0);
+	CU_ASSERT(after.pool_ops >= before.pool_ops + 2);
+	CU_ASSERT(bdev_aio_set_native_sync(dev->bdev, true, true) == 0);
+	memset(rbuf, 0xee, len);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, off, len, 0) == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
+
+	/* unmap reads back zeroes, neighbours untouched (where the fs can punch holes) */
+	off = 3 * UT_MIB;
+	ut_fill(wbuf, len, 5);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, wbuf, off, len, 0) == 0);
+	if (keel_bdev_io_type_supported(dev->bdev, KEEL_BDEV_IO_UNMAP)) {
+		CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_UNMAP, NULL, off + 8192, 16384, 0) == 0);
+		memset(rbuf, 0xee, len);
+		CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, off, len, 0) == 0);
+		CU_ASSERT(memcmp(rbuf, wbuf, 8192) == 0);
+		CU_ASSERT(ut_is_zero(rbuf + 8192, 16384));
+		CU_ASSERT(memcmp(rbuf + 24576, wbuf + 24576, len - 24576) == 0);
+	} else {
+		printf("\n  (%s: no hole punching, unmap unsupported) ", dev->name);
+		CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_UNMAP, NULL, off, 4096, 0) == -ENOTSUP);
+	}
+
+	/* write_zeroes reads back zeroes, including a range that is not page aligned */
+	off = 4 * UT_MIB;
+	ut_fill(wbuf, len, 6);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, wbuf, off, len, 0) == 0);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE_ZEROES, NULL, off + bs, len - 3 * bs, 0) == 0);
+	memset(rbuf, 0xee, len);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, off, len, 0) == 0);
+	CU_ASSERT(memcmp(rbuf, wbuf, bs) == 0);
+	CU_ASSERT(ut_is_zero(rbuf + bs, len - 3 * bs));
+	CU_ASSERT(memcmp(rbuf + len - 2 * bs, wbuf + len - 2 * bs, 2 * bs) == 0);
+	if (path != NULL)
+		CU_ASSERT(ut_file_matches(path, off + bs, rbuf + bs, len - 3 * bs));
+
+	/* misaligned buffers: the core bounces them where O_DIRECT needs alignment */
+	off = 5 * UT_MIB;
+	ut_fill(rbuf + 8, len, 7);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, rbuf + 8, off, len, 0) == 0);
+	memcpy(wbuf, rbuf + 8, len);
+	memset(rbuf, 0xee, len + 64);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf + 24, off, len, 0) == 0);
+	CU_ASSERT(memcmp(rbuf + 24, wbuf, len) == 0);
+
+	/* reset */
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_RESET, NULL, 0, 0, 0) == 0);
+
+	/* the last block, and a read beyond the end is refused by the core */
+	off = (dev->num_blocks - 1) * bs;
+	ut_fill(wbuf, bs, 8);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_WRITE, wbuf, off, bs, 0) == 0);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, off, bs, 0) == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, bs) == 0);
+	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, off, 2 * bs, 0) == -EINVAL);
+
+	/* completions came from the mapped ring, and submission was batched */
+	CU_ASSERT(bdev_aio_get_counters(dev->bdev, &after) == 0);
+	CU_ASSERT(after.ring_reaps > 0);
+	CU_ASSERT(after.getevents_reaps == 0);
+	CU_ASSERT(after.io_submit_calls <= after.iocbs_submitted);
+
+	free(wbuf);
+	free(rbuf);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Tests                                                                           */
+/* ------------------------------------------------------------------------------ */
+
+static void test_direct_file(void)
+{
+	char path[512], json[512], expect[600];
+	struct keel_bdev *bdev = NULL;
+	struct ut_dev dev;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "direct.img");
+	ut_make_file(path, 8 * UT_MIB);
+	ut_log_clear();
+	CU_ASSERT_FATAL(ut_create("aio_direct", path, 0, &bdev) == 0);
+	CU_ASSERT(!ut_log_has("O_DIRECT", NULL));
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_direct", 0) == 0);
+	CU_ASSERT(dev.direct);
+	CU_ASSERT(dev.block_size >= 512);
+	CU_ASSERT(dev.align == dev.block_size);
+	CU_ASSERT(dev.num_blocks * dev.block_size == 8 * UT_MIB);
+	CU_ASSERT(strcmp(keel_bdev_get_module_name(dev.bdev), "aio") == 0);
+	CU_ASSERT(keel_bdev_has_write_cache(dev.bdev));
+	ut_dump(bdev, json, sizeof(json));
+	snprintf(expect, sizeof(expect), "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\"}",
+		 dev.block_size, path);
+	CU_ASSERT(strcmp(json, expect) == 0);
+
+	ut_rw_suite(&dev, path);
+
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_direct") == 0);
+	CU_ASSERT(ut_delete("aio_direct") == -ENODEV);
+	unlink(path);
+}
+
+static void test_explicit_block_size(void)
+{
+	char path[512];
+	struct ut_dev dev;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "bs4k.img");
+	ut_make_file(path, 8 * UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_bs4k", path, 4096, NULL) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_bs4k", 1) == 0);
+	CU_ASSERT(dev.block_size == 4096);
+	CU_ASSERT(dev.num_blocks == 2048);
+	CU_ASSERT(dev.direct);
+	CU_ASSERT(dev.align == 4096);
+	ut_rw_suite(&dev, path);
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_bs4k") == 0);
+	unlink(path);
+}
+
+/* Whether this kernel lets \p path be opened with O_DIRECT (tmpfs can since 6.6). */
+static bool ut_direct_allowed(const char *path)
+{
+	int fd = open(path, O_RDWR | O_DIRECT);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+static void ut_buffered_case(const char *name, const char *path, bool expect_direct)
+{
+	char json[512];
+	struct keel_bdev *bdev = NULL;
+	struct ut_dev dev;
+
+	ut_log_clear();
+	CU_ASSERT_FATAL(ut_create(name, path, 0, &bdev) == 0);
+	/* a fallback is announced, naming the file */
+	CU_ASSERT(ut_log_has("O_DIRECT", path) == !expect_direct);
+	CU_ASSERT_FATAL(ut_open(&dev, name, 1) == 0);
+	CU_ASSERT(dev.direct == expect_direct);
+	CU_ASSERT(dev.block_size == 512);
+	CU_ASSERT(expect_direct ? dev.align == 512 : dev.align <= 1);
+	ut_dump(bdev, json, sizeof(json));
+	CU_ASSERT(strstr(json, expect_direct ? "\"direct\":true" : "\"direct\":false") != NULL);
+
+	ut_rw_suite(&dev, path);
+
+	ut_close(&dev);
+	CU_ASSERT(ut_delete(name) == 0);
+}
+
+/* /dev/shm: buffered where tmpfs refuses O_DIRECT, direct where it accepts it. */
+static void test_tmpfs(void)
+{
+	char path[512];
+	struct stat st;
+
+	if (stat("/dev/shm", &st) != 0) {
+		printf("\n  (skipped: no /dev/shm) ");
+		return;
+	}
+	ut_path(path, sizeof(path), "/dev/shm", "tmpfs.img");
+	ut_make_file(path, 8 * UT_MIB);
+	ut_buffered_case("aio_tmpfs", path, ut_direct_allowed(path));
+	unlink(path);
+}
+
+/*
+ * The buffered fallback for real on ramfs (which refuses O_DIRECT) when we may mount
+ * it, and through the "refuse O_DIRECT" knob in any case.
+ */
+static void test_buffered_fallback(void)
+{
+	char dir[512], path[600], cmd[700];
+	bool mounted = false;
+
+	snprintf(dir, sizeof(dir), "%s/ramfs-%d", AIO_UT_DIR, (int)getpid());
+	if (geteuid() == 0 && mkdir(dir, 0700) == 0) {
+		snprintf(cmd, sizeof(cmd), "mount -t ramfs none '%s' 2>/dev/null", dir);
+		mounted = system(cmd) == 0;
+		if (!mounted)
+			rmdir(dir);
+	}
+	if (mounted) {
+		snprintf(path, sizeof(path), "%s/ramfs.img", dir);
+		ut_make_file(path, 8 * UT_MIB);
+		if (ut_direct_allowed(path))
+			printf("\n  (ramfs accepts O_DIRECT here) ");
+		else
+			ut_buffered_case("aio_ramfs", path, false);
+		unlink(path);
+		snprintf(cmd, sizeof(cmd), "umount '%s'", dir);
+		CU_ASSERT(system(cmd) == 0);
+		rmdir(dir);
+	} else {
+		printf("\n  (ramfs not mountable: knob only) ");
+	}
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "knob.img");
+	ut_make_file(path, 8 * UT_MIB);
+	bdev_aio_set_refuse_direct(true);
+	ut_buffered_case("aio_knob", path, false);
+	bdev_aio_set_refuse_direct(false);
+	unlink(path);
+}
+
+static void test_create_errors(void)
+{
+	char path[512], longname[KEEL_BDEV_NAME_MAX + 8];
+	struct keel_bdev *bdev = NULL;
+
+	ut_log_clear();
+	/* missing file */
+	ut_path(path, sizeof(path), AIO_UT_DIR, "missing.img");
+	unlink(path);
+	CU_ASSERT(ut_create("aio_e", path, 0, NULL) == -ENOENT);
+	CU_ASSERT(ut_log_has("aio_e", path));
+	/* a directory */
+	CU_ASSERT(ut_create("aio_e", AIO_UT_DIR, 0, NULL) == -EISDIR);
+	CU_ASSERT(ut_log_has("directory", NULL));
+	/* a path through a regular file, and a path longer than PATH_MAX */
+	{
+		char bad[5000];
+
+		ut_path(path, sizeof(path), AIO_UT_DIR, "plain.img");
+		ut_make_file(path, UT_MIB);
+		snprintf(bad, sizeof(bad), "%s/sub", path);
+		CU_ASSERT(ut_create("aio_e", bad, 0, NULL) == -ENOTDIR);
+		unlink(path);
+		memset(bad, 'x', sizeof(bad) - 1);
+		bad[0] = '/';
+		bad[sizeof(bad) - 1] = '\0';
+		CU_ASSERT(ut_create("aio_e", bad, 0, NULL) == -ENAMETOOLONG);
+	}
+	/* neither a file nor a block device */
+	CU_ASSERT(ut_create("aio_e", "/dev/null", 0, NULL) == -EINVAL);
+	/* size not a multiple of the block size */
+	ut_path(path, sizeof(path), AIO_UT_DIR, "odd.img");
+	ut_make_file(path, 1000);
+	ut_log_clear();
+	CU_ASSERT(ut_create("aio_e", path, 0, NULL) == -EINVAL);
+	CU_ASSERT(ut_log_has("not a multiple", path));
+	ut_make_file(path, 6144);
+	CU_ASSERT(ut_create("aio_e", path, 4096, NULL) == -EINVAL);
+	CU_ASSERT(ut_create("aio_e", path, 2048, NULL) == 0);
+	CU_ASSERT(ut_delete("aio_e") == 0);
+	/* empty file */
+	ut_make_file(path, 0);
+	CU_ASSERT(ut_create("aio_e", path, 0, NULL) == -EINVAL);
+	/* bad block sizes: refused at once */
+	ut_make_file(path, UT_MIB);
+	ut_log_clear();
+	CU_ASSERT(ut_create("aio_e", path, 1000, NULL) == -EINVAL);
+	CU_ASSERT(ut_log_has("block size 1000", NULL));
+	CU_ASSERT(ut_create("aio_e", path, 256, NULL) == -EINVAL);
+	CU_ASSERT(ut_create("aio_e", path, 3 * 512, NULL) == -EINVAL);
+	CU_ASSERT(ut_create("aio_e", path, 1u << 20, NULL) == -EINVAL);
+	/* bad arguments */
+	CU_ASSERT(ut_create(NULL, path, 0, NULL) == -EINVAL);
+	CU_ASSERT(ut_create("aio_e", NULL, 0, NULL) == -EINVAL);
+	CU_ASSERT(ut_create("aio_e", "", 0, NULL) == -EINVAL);
+	CU_ASSERT(ut_create("", path, 0, NULL) == -EINVAL);
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	CU_ASSERT(ut_create(longname, path, 0, NULL) == -EINVAL);
+	/* the core refuses names with '/' */
+	CU_ASSERT(ut_create("aio/e", path, 0, NULL) == -EINVAL);
+	/* duplicate name */
+	CU_ASSERT_FATAL(ut_create("aio_dup", path, 0, &bdev) == 0);
+	CU_ASSERT(ut_create("aio_dup", path, 0, NULL) == -EEXIST);
+	CU_ASSERT(keel_bdev_get_num_blocks(bdev) == UT_MIB / 512);
+	CU_ASSERT(ut_delete("aio_dup") == 0);
+	/* delete of unknown names, and of a bdev of another module */
+	CU_ASSERT(ut_delete("aio_nope") == -ENODEV);
+	CU_ASSERT(ut_delete(NULL) == -ENODEV);
+	CU_ASSERT(ut_delete("aio_dup") == -ENODEV);
+	unlink(path);
+}
+
+struct ut_malloc_op {
+	struct ut_op op;
+};
+
+static void ut_malloc_create_msg(void *arg)
+{
+	struct ut_op *op = arg;
+	struct keel_bdev *bdev;
+
+	ut_op_signal(op, keel_bdev_malloc_create("ut_malloc", NULL, 2048, 512, &bdev));
+}
+
+static void ut_malloc_delete_msg(void *arg)
+{
+	struct ut_op *op = arg;
+
+	op->sync_rc = keel_bdev_malloc_delete("ut_malloc", ut_done_cb, op);
+	if (op->sync_rc != 0)
+		sem_post(&op->done);
+}
+
+static void test_delete_other_module(void)
+{
+	struct ut_op op;
+
+	ut_op_init(&op);
+	ut_send(g_thread[0], ut_malloc_create_msg, &op);
+	ut_op_wait(&op);
+	CU_ASSERT_FATAL(op.status == 0);
+	CU_ASSERT(ut_delete("ut_malloc") == -ENODEV);
+	ut_op_init(&op);
+	ut_send(g_thread[0], ut_malloc_delete_msg, &op);
+	ut_op_wait(&op);
+	CU_ASSERT(op.sync_rc == 0 && op.status == 0);
+}
+
+static void test_two_threads(void)
+{
+	const uint32_t len = 4096, count = 512, qd = 32;
+	char path[512];
+	char *wbuf[2], *rbuf[2];
+	struct ut_dev dev[2];
+	struct ut_io io[2];
+	struct bdev_aio_counters c;
+	int t;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "mt.img");
+	ut_make_file(path, 8 * UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_mt", path, 4096, NULL) == 0);
+	for (t = 0; t < 2; t++) {
+		CU_ASSERT_FATAL(ut_open(&dev[t], "aio_mt", t) == 0);
+		wbuf[t] = ut_alloc((size_t)len * count);
+		rbuf[t] = ut_alloc((size_t)len * count);
+		ut_fill(wbuf[t], (size_t)len * count, 10u + (unsigned)t);
+		memset(rbuf[t], 0xee, (size_t)len * count);
+	}
+	/* both threads write their own half at the same time */
+	for (t = 0; t < 2; t++)
+		ut_batch_start(&io[t], &dev[t], KEEL_BDEV_IO_WRITE, wbuf[t],
+			       (uint64_t)t * 4 * UT_MIB, len, count, qd);
+	for (t = 0; t < 2; t++) {
+		ut_op_wait(&io[t].op);
+		CU_ASSERT(io[t].op.status == 0);
+		CU_ASSERT(io[t].completed == count);
+	}
+	/* and each reads the other's half back */
+	for (t = 0; t < 2; t++)
+		ut_batch_start(&io[t], &dev[t], KEEL_BDEV_IO_READ, rbuf[1 - t],
+			       (uint64_t)(1 - t) * 4 * UT_MIB, len, count, qd);
+	for (t = 0; t < 2; t++) {
+		ut_op_wait(&io[t].op);
+		CU_ASSERT(io[t].op.status == 0);
+	}
+	for (t = 0; t < 2; t++)
+		CU_ASSERT(memcmp(wbuf[t], rbuf[t], (size_t)len * count) == 0);
+	CU_ASSERT(bdev_aio_get_counters(dev[0].bdev, &c) == 0);
+	CU_ASSERT(c.iocbs_submitted == 4 * count);
+	/* batched: clearly fewer io_submit calls than iocbs at QD32 */
+	CU_ASSERT(c.io_submit_calls < c.iocbs_submitted);
+	printf("\n  (%" PRIu64 " iocbs in %" PRIu64 " io_submit calls) ", c.iocbs_submitted,
+	       c.io_submit_calls);
+
+	for (t = 0; t < 2; t++) {
+		ut_close(&dev[t]);
+		free(wbuf[t]);
+		free(rbuf[t]);
+	}
+	CU_ASSERT(ut_delete("aio_mt") == 0);
+	unlink(path);
+}
+
+/* More requests than the io_context holds: the rest waits in the channel, none is lost. */
+static void test_queue_full(void)
+{
+	const uint32_t len = 4096, count = 1024;
+	char path[512];
+	char *wbuf = ut_alloc((size_t)len * count), *rbuf = ut_alloc((size_t)len * count);
+	struct bdev_aio_counters c;
+	struct ut_dev dev;
+	struct ut_io io;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "qfull.img");
+	ut_make_file(path, 8 * UT_MIB);
+	CU_ASSERT(bdev_aio_set_queue_depth(0) == -EINVAL);
+	CU_ASSERT(bdev_aio_set_queue_depth(4) == 0);
+	CU_ASSERT_FATAL(ut_create("aio_qfull", path, 4096, NULL) == 0);
+	CU_ASSERT(bdev_aio_set_queue_depth(BDEV_AIO_DEFAULT_QUEUE_DEPTH) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_qfull", 1) == 0);
+	ut_fill(wbuf, (size_t)len * count, 20);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_WRITE, wbuf, 0, len, count, 64);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(io.completed == count);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_READ, rbuf, 0, len, count, 64);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, (size_t)len * count) == 0);
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_qfull") == 0);
+
+	/* Now past the kernel's own limit: io_submit answers EAGAIN or takes part. */
+	bdev_aio_set_overcommit(true);
+	CU_ASSERT(bdev_aio_set_queue_depth(4) == 0);
+	CU_ASSERT_FATAL(ut_create("aio_qfull", path, 4096, NULL) == 0);
+	CU_ASSERT(bdev_aio_set_queue_depth(BDEV_AIO_DEFAULT_QUEUE_DEPTH) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_qfull", 0) == 0);
+	bdev_aio_set_overcommit(false); /* read when the channel is created */
+	ut_fill(wbuf, (size_t)len * count, 21);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_WRITE, wbuf, 0, len, count, count);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(io.completed == count);
+	memset(rbuf, 0xee, (size_t)len * count);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_READ, rbuf, 0, len, count, count);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, (size_t)len * count) == 0);
+	CU_ASSERT(bdev_aio_get_counters(dev.bdev, &c) == 0);
+	CU_ASSERT(c.submit_eagain > 0);
+	CU_ASSERT(c.iocbs_submitted == 2 * count);
+	printf("\n  (%" PRIu64 " io_submit calls hit the kernel limit) ", c.submit_eagain);
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_qfull") == 0);
+	free(wbuf);
+	free(rbuf);
+	unlink(path);
+}
+
+static void test_interrupt_mode(void)
+{
+	const uint32_t len = 4096, count = 64;
+	char path[512];
+	char *wbuf = ut_alloc((size_t)len * count), *rbuf = ut_alloc((size_t)len * count);
+	struct keel_reactor_stats before, after;
+	struct ut_dev dev;
+	struct ut_io io;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "intr.img");
+	ut_make_file(path, 8 * UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_intr", path, 0, NULL) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_intr", 1) == 0);
+	CU_ASSERT(keel_reactor_set_mode(KEEL_REACTOR_ANY, KEEL_REACTOR_MODE_INTERRUPT) == 0);
+	usleep(20 * 1000);
+	CU_ASSERT(keel_reactor_get_stats(1, &before) == 0);
+
+	ut_fill(wbuf, (size_t)len * count, 30);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_WRITE, wbuf, 0, len, count, 8);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_FLUSH, NULL, 0, (size_t)len * count, 0) == 0);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_READ, rbuf, 0, len, count, 1);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, (size_t)len * count) == 0);
+
+	/* the reactor slept and woke up for the completions (the eventfd) */
+	CU_ASSERT(keel_reactor_get_stats(1, &after) == 0);
+	CU_ASSERT(after.mode == KEEL_REACTOR_MODE_INTERRUPT);
+	CU_ASSERT(after.wakeups > before.wakeups);
+	printf("\n  (reactor 1: %" PRIu64 " wakeups, %" PRIu64 " loops for %u I/Os) ",
+	       after.wakeups - before.wakeups, after.loops - before.loops, 2 * count + 1);
+	/* idle now: it must sleep rather than spin on a readable eventfd */
+	usleep(50 * 1000);
+	CU_ASSERT(keel_reactor_get_stats(1, &before) == 0);
+	usleep(100 * 1000);
+	CU_ASSERT(keel_reactor_get_stats(1, &after) == 0);
+	CU_ASSERT(after.loops - before.loops < 1000);
+
+	/*
+	 * Pure poll mode submits without the eventfd; switching to interrupt mode with
+	 * such iocbs in flight must not sleep through their completions.
+	 */
+	CU_ASSERT(keel_reactor_set_mode(KEEL_REACTOR_ANY, KEEL_REACTOR_MODE_POLL) == 0);
+	usleep(10 * 1000);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_READ, rbuf, 0, len, count, count);
+	CU_ASSERT(keel_reactor_set_mode(KEEL_REACTOR_ANY, KEEL_REACTOR_MODE_INTERRUPT) == 0);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(keel_reactor_set_mode(KEEL_REACTOR_ANY, KEEL_REACTOR_MODE_POLL) == 0);
+	ut_batch_start(&io, &dev, KEEL_BDEV_IO_READ, rbuf, 0, len, count, 4);
+	ut_op_wait(&io.op);
+	CU_ASSERT(io.op.status == 0);
+	CU_ASSERT(memcmp(wbuf, rbuf, (size_t)len * count) == 0);
+
+	CU_ASSERT(keel_reactor_set_mode(KEEL_REACTOR_ANY, KEEL_REACTOR_MODE_ADAPTIVE) == 0);
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_intr") == 0);
+	free(wbuf);
+	free(rbuf);
+	unlink(path);
+}
+
+/* A file shrunk under the bdev: reads past EOF give zeroes, not an error. */
+static void test_read_past_eof(void)
+{
+	char path[512];
+	char *buf = ut_alloc(8192);
+	struct ut_dev dev;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "shrink.img");
+	ut_make_file(path, UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_shrink", path, 4096, NULL) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_shrink", 0) == 0);
+	ut_fill(buf, 8192, 40);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE, buf, UT_MIB - 8192, 8192, 0) == 0);
+	CU_ASSERT(truncate(path, UT_MIB - 4096) == 0);
+	memset(buf, 0xee, 8192);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, buf, UT_MIB - 8192, 8192, 0) == 0);
+	CU_ASSERT(ut_is_zero(buf + 4096, 4096));
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_shrink") == 0);
+	free(buf);
+	unlink(path);
+}
+
+/*
+ * A sparse file on a 1 MiB tmpfs: writing past the space the kernel has gives a short
+ * write (-EIO: never a silent partial write) and then -ENOSPC (the kernel's errno).
+ */
+static void test_write_errors(void)
+{
+	const uint32_t len = 96 * 1024; /* 1 MiB is not a multiple: one write comes up short */
+	char dir[512], path[600], cmd[700];
+	char *buf = ut_alloc(len);
+	struct ut_dev dev;
+	int i, rc, n_eio = 0, n_enospc = 0, n_ok = 0;
+
+	snprintf(dir, sizeof(dir), "%s/small-%d", AIO_UT_DIR, (int)getpid());
+	if (geteuid() != 0 || mkdir(dir, 0700) != 0) {
+		printf("\n  (skipped: cannot mount) ");
+		free(buf);
+		return;
+	}
+	snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=1m none '%s' 2>/dev/null", dir);
+	if (system(cmd) != 0) {
+		printf("\n  (skipped: cannot mount tmpfs) ");
+		rmdir(dir);
+		free(buf);
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/sparse.img", dir);
+	ut_make_file(path, 8 * UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_full", path, 0, NULL) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_full", 0) == 0);
+	ut_fill(buf, len, 50);
+	for (i = 0; i < 16; i++) {
+		rc = ut_buf_io(&dev, KEEL_BDEV_IO_WRITE, buf, (uint64_t)i * len, len, 0);
+		if (rc == 0) {
+			CU_ASSERT(n_eio + n_enospc == 0); /* no success after a failure */
+			n_ok++;
+		} else if (rc == -EIO) {
+			n_eio++;
+		} else if (rc == -ENOSPC) {
+			n_enospc++;
+		} else {
+			CU_FAIL("unexpected write status");
+		}
+	}
+	CU_ASSERT(n_ok >= 8 && n_ok <= 10);
+	CU_ASSERT(n_eio == 1);
+	CU_ASSERT(n_enospc >= 5);
+	/* what was written is still right, and reads of never-written ranges are zero */
+	memset(buf, 0xee, len);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, buf, 0, len, 0) == 0);
+	{
+		char *expect = ut_alloc(len);
+
+		ut_fill(expect, len, 50);
+		CU_ASSERT(memcmp(buf, expect, len) == 0);
+		free(expect);
+	}
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, buf, 7 * UT_MIB, len, 0) == 0);
+	CU_ASSERT(ut_is_zero(buf, len));
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_full") == 0);
+	unlink(path);
+	snprintf(cmd, sizeof(cmd), "umount '%s'", dir);
+	CU_ASSERT(system(cmd) == 0);
+	rmdir(dir);
+	free(buf);
+}
+
+/* A loop block device: BLKSSZGET, BLKDISCARD, BLKZEROOUT. Skips without losetup. */
+static void test_block_device(void)
+{
+	char path[512], cmd[700], loopdev[64] = "";
+	struct ut_dev dev;
+	FILE *p;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "loop.img");
+	ut_make_file(path, 16 * UT_MIB);
+	snprintf(cmd, sizeof(cmd), "losetup -f --show '%s' 2>/dev/null", path);
+	p = geteuid() == 0 ? popen(cmd, "r") : NULL;
+	if (p == NULL || fgets(loopdev, sizeof(loopdev), p) == NULL ||
+	    strncmp(loopdev, "/dev/loop", 9) != 0) {
+		if (p != NULL)
+			pclose(p);
+		printf("\n  (skipped: no loop device) ");
+		unlink(path);
+		return;
+	}
+	pclose(p);
+	loopdev[strcspn(loopdev, "\n")] = '\0';
+
+	CU_ASSERT(ut_create("aio_loop", loopdev, 256, NULL) == -EINVAL);
+	if (ut_create("aio_loop", loopdev, 0, NULL) == 0) {
+		CU_ASSERT_FATAL(ut_open(&dev, "aio_loop", 1) == 0);
+		CU_ASSERT(dev.block_size == 512 || dev.block_size == 4096);
+		CU_ASSERT(dev.num_blocks * dev.block_size == 16 * UT_MIB);
+		CU_ASSERT(dev.direct);
+		ut_rw_suite(&dev, NULL);
+		ut_close(&dev);
+		CU_ASSERT(ut_delete("aio_loop") == 0);
+	} else {
+		CU_FAIL("aio bdev on a loop device");
+	}
+	snprintf(cmd, sizeof(cmd), "losetup -d %s", loopdev);
+	CU_ASSERT(system(cmd) == 0);
+	unlink(path);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* main: reactors on CPUs 0-1, CUnit on its own pthread                            */
+/* ------------------------------------------------------------------------------ */
+
+static void ut_fini_done(void *cb_arg, int status)
+{
+	keel_reactors_stop();
+}
+
+static void ut_fini_msg(void *arg)
+{
+	keel_bdev_subsystem_fini(ut_fini_done, NULL);
+}
+
+static void *ut_cunit_main(void *arg)
+{
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	g_cunit_failures = (int)CU_get_number_of_failures();
+	if (getenv("AIO_UT_SETTLE")) sleep(3);
+	ut_send(g_thread[0], ut_fini_msg, NULL);
+	return NULL;
+}
+
+static pthread_t g_cunit_thread;
+
+static void ut_init_done(void *cb_arg, int status)
+{
+	g_init_status = status;
+	if (status != 0) {
+		fprintf(stderr, "aio_ut: bdev subsystem init: %s\n", strerror(-status));
+		keel_reactors_stop();
+		return;
+	}
+	g_thread[1] = keel_thread_create("aio_ut_1", 1);
+	if (g_thread[1] == NULL || pthread_create(&g_cunit_thread, NULL, ut_cunit_main, NULL) != 0) {
+		g_init_status = -ENOMEM;
+		keel_reactors_stop();
+	}
+}
+
+static void ut_start(void *arg)
+{
+	int rc;
+
+	g_thread[0] = keel_thread_get_current();
+	rc = keel_bdev_subsystem_init(ut_init_done, NULL);
+	if (rc != 0) {
+		g_init_status = rc;
+		keel_reactors_stop();
+	}
+}
+
+static const struct {
+	const char *name;
+	CU_TestFunc fn;
+} g_tests[] = {
+	{ "create_errors", test_create_errors },
+	{ "delete_other_module", test_delete_other_module },
+	{ "direct_file", test_direct_file },
+	{ "explicit_block_size", test_explicit_block_size },
+	{ "tmpfs", test_tmpfs },
+	{ "buffered_fallback", test_buffered_fallback },
+	{ "two_threads", test_two_threads },
+	{ "queue_full", test_queue_full },
+	{ "interrupt_mode", test_interrupt_mode },
+	{ "read_past_eof", test_read_past_eof },
+	{ "write_errors", test_write_errors },
+	{ "block_device", test_block_device },
+};
+
+int main(int argc, char **argv)
+{
+	size_t i;
+	struct keel_reactor_opts opts;
+	CU_pSuite suite;
+	int rc;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 1;
+	suite = CU_add_suite("aio", NULL, NULL);
+	for (i = 0; i < sizeof(g_tests) / sizeof(g_tests[0]); i++)
+		/* AIO_UT_ONLY=name runs one test (debugging) */
+		if (getenv("AIO_UT_ONLY") == NULL || strcmp(getenv("AIO_UT_ONLY"), g_tests[i].name) == 0)
+			CU_add_test(suite, g_tests[i].name, g_tests[i].fn);
+
+	keel_log_set_hook(ut_log_hook, NULL);
+	if (getenv("AIO_UT_VERBOSE") == NULL)
+		keel_log_set_level(KEEL_LOG_WARN);
+	keel_reactor_opts_init(&opts);
+	opts.cpus = "0-1";
+	opts.no_pin = true;
+	rc = keel_reactors_init(&opts);
+	if (rc != 0) {
+		fprintf(stderr, "aio_ut: keel_reactors_init: %s\n", strerror(-rc));
+		CU_cleanup_registry();
+		return 1;
+	}
+	keel_bdev_module_register(&keel_bdev_aio_module);
+	keel_bdev_module_register(&keel_bdev_malloc_module);
+	rc = keel_reactors_start(ut_start, NULL);
+	if (g_cunit_thread)
+		pthread_join(g_cunit_thread, NULL);
+	keel_reactors_fini();
+	keel_log_set_hook(NULL, NULL);
+	CU_cleanup_registry();
+	if (rc != 0 || g_init_status != 0)
+		return 1;
+	return g_cunit_failures == 0 ? 0 : 1;
+}
