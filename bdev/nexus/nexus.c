@@ -1,0 +1,2097 @@
+/*
+ * Nexus management: create, assemble, destroy, membership changes, labels.
+ *
+ * Every membership change (fault, add, remove, assembly, create) runs as one step of
+ * a queue on the owner thread:
+ *   1. update the in-memory model (replica states);
+ *   2. if a healthy replica remains: bump the generation, freeze writes on every
+ *      channel and wait for in-flight writes, write + flush both label copies on
+ *      every member, fault the members whose label write failed (and go again);
+ *   3. publish the new configuration and apply it on every channel: dropped
+ *      replicas are detached once their in-flight I/O is done, parked writes are
+ *      acknowledged, held writes resubmitted;
+ *   4. close what was dropped and report.
+ * With no healthy replica left the labels are not touched (the last healthy
+ * replica's label keeps saying it is in sync: it holds the newest data) and every
+ * channel fails I/O at once.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "keel/log.h"
+
+#include "nexus_internal.h"
+
+static TAILQ_HEAD(, nexus) g_nexuses = TAILQ_HEAD_INITIALIZER(g_nexuses);
+
+static int nexus_module_init(void)
+{
+	return 0;
+}
+
+static uint32_t nexus_get_ctx_size(void)
+{
+	return sizeof(struct nexus_io);
+}
+
+struct keel_bdev_module keel_bdev_nexus_module = {
+	.name = "nexus",
+	.module_init = nexus_module_init,
+	.get_ctx_size = nexus_get_ctx_size,
+};
+
+static void add_label_checked(struct nexus *n);
+static void nexus_commit(struct nexus *n);
+
+const char *keel_nexus_state_name(enum keel_nexus_state state)
+{
+	switch (state) {
+	case KEEL_NEXUS_ONLINE:
+		return "online";
+	case KEEL_NEXUS_DEGRADED:
+		return "degraded";
+	case KEEL_NEXUS_FAULTED:
+		return "faulted";
+	}
+	return "unknown";
+}
+
+const char *keel_nexus_replica_state_name(enum keel_nexus_replica_state state)
+{
+	switch (state) {
+	case KEEL_NEXUS_REPLICA_HEALTHY:
+		return "healthy";
+	case KEEL_NEXUS_REPLICA_REBUILDING:
+		return "rebuilding";
+	case KEEL_NEXUS_REPLICA_FAULTED:
+		return "faulted";
+	case KEEL_NEXUS_REPLICA_OFFLINE:
+		return "offline";
+	}
+	return "unknown";
+}
+
+const char *keel_nexus_fault_reason_name(enum keel_nexus_fault_reason reason)
+{
+	switch (reason) {
+	case KEEL_NEXUS_REASON_NONE:
+		return "none";
+	case KEEL_NEXUS_REASON_IO_ERROR:
+		return "io_error";
+	case KEEL_NEXUS_REASON_REMOVED:
+		return "removed";
+	case KEEL_NEXUS_REASON_STALE:
+		return "stale";
+	case KEEL_NEXUS_REASON_ADMIN:
+		return "admin";
+	case KEEL_NEXUS_REASON_CANT_OPEN:
+		return "cant_open";
+	}
+	return "unknown";
+}
+
+static inline uint16_t bit16(unsigned s)
+{
+	return (uint16_t)(1u << s);
+}
+
+static bool replica_attached(const struct nexus_replica *r)
+{
+	return r->used && r->member && r->desc != NULL &&
+	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING);
+}
+
+bool nexus_replica_attached(const struct nexus_replica *r)
+{
+	return replica_attached(r);
+}
+
+static unsigned count_healthy(const struct nexus *n)
+{
+	unsigned c = 0;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (replica_attached(&n->replicas[s]) &&
+		    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY) {
+			c++;
+		}
+	}
+	return c;
+}
+
+static void update_state(struct nexus *n)
+{
+	bool all = true;
+
+	if (count_healthy(n) == 0) {
+		n->state = KEEL_NEXUS_FAULTED;
+		if (n->state_detail[0] == '\0') {
+			snprintf(n->state_detail, sizeof(n->state_detail), "no healthy replica");
+		}
+		return;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		const struct nexus_replica *r = &n->replicas[s];
+
+		/* A bdev labelled for another volume was never ours: listed for
+		 * the operator, it does not degrade this volume. */
+		if (r->used && !r->foreign && r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
+			all = false;
+		}
+	}
+	n->state = all ? KEEL_NEXUS_ONLINE : KEEL_NEXUS_DEGRADED;
+	if (all) {
+		n->state_detail[0] = '\0';
+	} else {
+		snprintf(n->state_detail, sizeof(n->state_detail),
+			 "some replicas are not healthy");
+	}
+}
+
+static void publish_cfg(struct nexus *n, bool frozen)
+{
+	pthread_mutex_lock(&n->cfg_lock);
+	n->cfg.frozen = frozen;
+	n->cfg.faulted = count_healthy(n) == 0;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		struct nexus_cfg_slot *slot = &n->cfg.slots[s];
+		bool att = replica_attached(r);
+
+		slot->desc = att ? r->desc : NULL;
+		slot->writable = att;
+		slot->readable = att && r->state == KEEL_NEXUS_REPLICA_HEALTHY &&
+				 !(n->unreadable_mask & bit16(s));
+	}
+	pthread_mutex_unlock(&n->cfg_lock);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Replica attach / release                                                        */
+/* ------------------------------------------------------------------------------ */
+
+static void replica_event_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
+{
+	struct nexus_replica *r = ctx;
+	struct nexus *n = r->nexus;
+
+	if (type != KEEL_BDEV_EVENT_REMOVE) {
+		return;
+	}
+	KEEL_WARNLOG("volume %s: replica %s: bdev is being removed", n->name, r->bdev_name);
+	if (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING) {
+		if (!atomic_exchange(&r->fault_requested, true)) {
+			atomic_store(&r->fault_status, -ENODEV);
+			nexus_fault_msg(r);
+		}
+	}
+}
+
+static int replica_attach(struct nexus *n, unsigned s, const char *bdev_name, char *err,
+			  size_t errlen)
+{
+	struct nexus_replica *r = &n->replicas[s];
+	struct keel_bdev *bdev;
+	uint32_t align, len;
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	r->nexus = n;
+	r->used = true;
+	snprintf(r->bdev_name, sizeof(r->bdev_name), "%s", bdev_name);
+	rc = keel_bdev_open_ext(bdev_name, true, replica_event_cb, r, &r->desc);
+	if (rc != 0) {
+		r->desc = NULL;
+		snprintf(err, errlen, "replica %s: %s", bdev_name,
+			 rc == -ENODEV ? "no such bdev" :
+			 rc == -EPERM ? "claimed by another module" : strerror(-rc));
+		return rc;
+	}
+	rc = keel_bdev_module_claim_bdev(r->desc, &keel_bdev_nexus_module);
+	if (rc != 0) {
+		const char *owner = keel_bdev_get_claim_owner(keel_bdev_desc_get_bdev(r->desc));
+
+		snprintf(err, errlen, "replica %s: claimed by module %s", bdev_name,
+			 owner ? owner : "?");
+		goto out_close;
+	}
+	bdev = keel_bdev_desc_get_bdev(r->desc);
+	align = keel_bdev_get_buf_align(bdev);
+	if (align < 4096) {
+		align = 4096;
+	}
+	len = keel_bdev_get_block_size(bdev);
+	if (len < NEXUS_LABEL_SIZE) {
+		len = NEXUS_LABEL_SIZE;
+	}
+	r->label_buf_len = len;
+	/* Two halves: assembly reads both label copies at once. */
+	if (posix_memalign((void **)&r->label_buf, align, 2 * (size_t)len) != 0) {
+		r->label_buf = NULL;
+		rc = -ENOMEM;
+		snprintf(err, errlen, "replica %s: out of memory", bdev_name);
+		goto out_release;
+	}
+	r->label_ch = keel_bdev_get_io_channel(r->desc);
+	if (r->label_ch == NULL) {
+		rc = -ENOMEM;
+		snprintf(err, errlen, "replica %s: cannot get an I/O channel", bdev_name);
+		goto out_free_buf;
+	}
+	return 0;
+
+out_free_buf:
+	free(r->label_buf);
+	r->label_buf = NULL;
+out_release:
+	keel_bdev_module_release_bdev(keel_bdev_desc_get_bdev(r->desc));
+	rc = rc ? rc : -EPERM;
+out_close:
+	keel_bdev_close(r->desc);
+	r->desc = NULL;
+	return rc;
+}
+
+static void replica_release(struct nexus_replica *r)
+{
+	if (r->label_ch != NULL) {
+		keel_put_io_channel(r->label_ch);
+		r->label_ch = NULL;
+	}
+	if (r->desc != NULL) {
+		keel_bdev_module_release_bdev(keel_bdev_desc_get_bdev(r->desc));
+		keel_bdev_close(r->desc);
+		r->desc = NULL;
+	}
+	free(r->label_buf);
+	r->label_buf = NULL;
+}
+
+static uint64_t replica_size(const struct nexus_replica *r)
+{
+	struct keel_bdev *bdev = keel_bdev_desc_get_bdev(r->desc);
+
+	return keel_bdev_get_num_blocks(bdev) * keel_bdev_get_block_size(bdev);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Label I/O                                                                       */
+/* ------------------------------------------------------------------------------ */
+
+static void labels_one_done(struct nexus *n)
+{
+	if (--n->label_pending == 0) {
+		n->label_done_fn(n);
+	}
+}
+
+static void label_write_step(void *arg, int status);
+
+static void label_write_next(struct nexus_replica *r)
+{
+	struct nexus *n = r->nexus;
+	uint64_t size = replica_size(r);
+	int rc;
+
+	switch (r->label_step++) {
+	case 0:
+		rc = keel_bdev_write(r->desc, r->label_ch, r->label_buf, NEXUS_LABEL_COPY0_OFFSET,
+				     r->label_buf_len, label_write_step, r);
+		break;
+	case 1:
+	case 3:
+		rc = keel_bdev_flush(r->desc, r->label_ch, 0, size, label_write_step, r);
+		break;
+	case 2:
+		rc = keel_bdev_write(r->desc, r->label_ch, r->label_buf, NEXUS_LABEL_COPY1_OFFSET,
+				     r->label_buf_len, label_write_step, r);
+		break;
+	default:
+		labels_one_done(n);
+		return;
+	}
+	if (rc != 0) {
+		r->label_status = rc;
+		labels_one_done(n);
+	}
+}
+
+static void label_write_step(void *arg, int status)
+{
+	struct nexus_replica *r = arg;
+
+	if (status != 0) {
+		r->label_status = status;
+		labels_one_done(r->nexus);
+		return;
+	}
+	label_write_next(r);
+}
+
+static void fill_label(struct nexus *n, struct nexus_replica *r, struct nexus_label *l, bool clean)
+{
+	memset(l, 0, sizeof(*l));
+	l->version = NEXUS_LABEL_VERSION;
+	l->flags = clean ? 0 : NEXUS_LABEL_FLAG_DIRTY;
+	l->generation = n->generation;
+	memcpy(l->volume_uuid, n->uuid, 16);
+	snprintf(l->volume_name, sizeof(l->volume_name), "%s", n->name);
+	memcpy(l->replica_uuid, r->uuid, 16);
+	l->volume_size = n->volume_size;
+	l->data_offset = n->data_offset;
+	l->block_size = n->block_size;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		const struct nexus_replica *m = &n->replicas[s];
+
+		if (!replica_attached(m)) {
+			continue;
+		}
+		memcpy(l->members[l->num_members].uuid, m->uuid, 16);
+		l->members[l->num_members].state = m->state == KEEL_NEXUS_REPLICA_HEALTHY ?
+			NEXUS_MEMBER_IN_SYNC : NEXUS_MEMBER_OUT_OF_SYNC;
+		l->num_members++;
+	}
+	nexus_bitmap_fill_label(n, l);
+}
+
+/* Write (or with wipe zero) both label copies on every slot of \p mask. */
+static void labels_write(struct nexus *n, uint16_t mask, bool wipe, bool clean,
+			 void (*done)(struct nexus *n))
+{
+	struct nexus_label l;
+
+	n->label_done_fn = done;
+	n->label_pending = 1;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!(mask & bit16(s)) || r->desc == NULL) {
+			continue;
+		}
+		memset(r->label_buf, 0, r->label_buf_len);
+		if (!wipe) {
+			fill_label(n, r, &l, clean);
+			nexus_label_encode(&l, r->label_buf);
+		}
+		r->label_status = 0;
+		r->label_step = 0;
+		n->label_pending++;
+		label_write_next(r);
+	}
+	labels_one_done(n);
+}
+
+static void label_read_done(void *arg, int status)
+{
+	struct nexus_replica *r = arg;
+	struct nexus_label l0, l1;
+	char why0[96], why1[96];
+	int rc0, rc1, which;
+
+	if (status != 0) {
+		r->label_status = status;
+		r->label_rc = status;
+		snprintf(r->label_why, sizeof(r->label_why), "label read failed: %s",
+			 strerror(-status));
+		labels_one_done(r->nexus);
+		return;
+	}
+	if (r->label_step++ == 0) {
+		int rc = keel_bdev_read(r->desc, r->label_ch, r->label_buf + r->label_buf_len,
+					NEXUS_LABEL_COPY1_OFFSET, r->label_buf_len, label_read_done, r);
+
+		if (rc != 0) {
+			label_read_done(r, rc);
+		}
+		return;
+	}
+	rc0 = nexus_label_decode(r->label_buf, &l0, why0, sizeof(why0));
+	rc1 = nexus_label_decode(r->label_buf + r->label_buf_len, &l1, why1, sizeof(why1));
+	r->label_rc = nexus_label_pick(rc0, &l0, rc1, &l1, &which);
+	if (r->label_rc == 0) {
+		r->label = which == 0 ? l0 : l1;
+		if (rc0 != rc1 || (rc0 == 0 && l0.generation != l1.generation)) {
+			KEEL_WARNLOG("volume %s: replica %s: label copies differ (%s / %s); "
+				     "using copy %d (torn label write?)", r->nexus->name,
+				     r->bdev_name, rc0 ? why0 : "ok", rc1 ? why1 : "ok", which);
+		}
+	} else {
+		snprintf(r->label_why, sizeof(r->label_why), "%s",
+			 r->label_rc == -EBADMSG ? "label checksum mismatch (both copies)" :
+			 rc0 != -ENODATA ? why0 : why1);
+	}
+	labels_one_done(r->nexus);
+}
+
+static void labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n))
+{
+	n->label_done_fn = done;
+	n->label_pending = 1;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		int rc;
+
+		if (!(mask & bit16(s)) || r->desc == NULL) {
+			continue;
+		}
+		r->label_status = 0;
+		r->label_step = 0;
+		r->label_rc = -ENODATA;
+		n->label_pending++;
+		if (replica_size(r) < (uint64_t)NEXUS_LABEL_COPY1_OFFSET + r->label_buf_len) {
+			r->label_rc = -ENODATA;
+			snprintf(r->label_why, sizeof(r->label_why), "bdev too small for a label");
+			labels_one_done(n);
+			continue;
+		}
+		rc = keel_bdev_read(r->desc, r->label_ch, r->label_buf, NEXUS_LABEL_COPY0_OFFSET,
+				    r->label_buf_len, label_read_done, r);
+		if (rc != 0) {
+			r->label_step = 1;
+			label_read_done(r, rc);
+		}
+	}
+	labels_one_done(n);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Operation queue                                                                 */
+/* ------------------------------------------------------------------------------ */
+
+static struct nexus_op *op_new(enum nexus_op_type type, keel_nexus_op_cb cb_fn, void *cb_arg)
+{
+	struct nexus_op *op = calloc(1, sizeof(*op));
+
+	if (op != NULL) {
+		op->type = type;
+		op->cb_fn = cb_fn;
+		op->cb_arg = cb_arg;
+		op->slot = -1;
+	}
+	return op;
+}
+
+__attribute__((format(printf, 3, 4)))
+static void op_fail(struct nexus_op *op, int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	op->status = status;
+	va_start(ap, fmt);
+	vsnprintf(op->errmsg, sizeof(op->errmsg), fmt, ap);
+	va_end(ap);
+}
+
+
+/* A message that must not be lost: when the target's ring is full, retry from a
+ * poller on this thread instead of spinning (the target may share our reactor). */
+struct nexus_retry_msg {
+	struct keel_thread *target;
+	keel_msg_fn fn;
+	void *arg;
+	struct keel_poller *poller;
+};
+
+static int retry_msg_poll(void *ctx)
+{
+	struct nexus_retry_msg *m = ctx;
+
+	if (keel_thread_send_msg(m->target, m->fn, m->arg) == -ENOMEM) {
+		return KEEL_POLLER_IDLE;
+	}
+	keel_poller_unregister(&m->poller);
+	free(m);
+	return KEEL_POLLER_BUSY;
+}
+
+static void send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg);
+
+void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
+{
+	send_msg_reliably(target, fn, arg);
+}
+
+void nexus_request_fault(struct nexus *n, unsigned s, int status)
+{
+	struct nexus_replica *r = &n->replicas[s];
+
+	if (atomic_exchange(&r->fault_requested, true)) {
+		return;
+	}
+	atomic_store(&r->fault_status, status);
+	send_msg_reliably(n->owner, nexus_fault_msg, r);
+}
+
+static void send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
+{
+	struct nexus_retry_msg *m;
+
+	if (keel_thread_send_msg(target, fn, arg) != -ENOMEM) {
+		return;
+	}
+	m = calloc(1, sizeof(*m));
+	if (m != NULL) {
+		m->target = target;
+		m->fn = fn;
+		m->arg = arg;
+		m->poller = keel_poller_register(retry_msg_poll, m, 100, "nexus_msg_retry");
+	}
+	if (m == NULL || m->poller == NULL) {
+		/* Out of memory too: nothing better than a bounded spin. */
+		free(m);
+		for (int i = 0; i < 1000000; i++) {
+			if (keel_thread_send_msg(target, fn, arg) != -ENOMEM) {
+				return;
+			}
+		}
+		KEEL_ERRLOG("nexus: message to thread %s lost", keel_thread_get_name(target));
+	}
+}
+
+struct op_done_msg {
+	struct nexus_op *op;
+	struct keel_nexus *nexus;
+};
+
+static void op_done_msg_fn(void *arg)
+{
+	struct op_done_msg *m = arg;
+	struct nexus_op *op = m->op;
+
+	if (op->status != 0) {
+		KEEL_ERRLOG("%s", op->errmsg);
+	}
+	if (op->cb_fn != NULL) {
+		op->cb_fn(op->cb_arg, op->status, op->status ? op->errmsg : NULL,
+			  op->status ? NULL : m->nexus);
+	}
+	free(op);
+	free(m);
+}
+
+/* Report through a message: keeps "never inside the call" true even when the op
+ * fails before any I/O was issued. */
+static void op_complete(struct nexus_op *op, struct nexus *n)
+{
+	struct op_done_msg *m = calloc(1, sizeof(*m));
+
+	if (m == NULL) {
+		/* No memory for the message: the op itself carries the result. */
+		KEEL_ERRLOG("nexus: out of memory reporting an operation");
+		if (op->cb_fn != NULL) {
+			op->cb_fn(op->cb_arg, op->status ? op->status : -ENOMEM,
+				  op->status ? op->errmsg : "out of memory", NULL);
+		}
+		free(op);
+		return;
+	}
+	m->op = op;
+	m->nexus = (struct keel_nexus *)n;
+	send_msg_reliably(keel_thread_get_current(), op_done_msg_fn, m);
+}
+
+static void nexus_free(struct nexus *n)
+{
+	nexus_rebuild_forget(n);
+	nexus_bitmap_free(n);
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		replica_release(&n->replicas[s]);
+	}
+	pthread_mutex_destroy(&n->cfg_lock);
+	free(n->bdev.name);
+	free(n);
+}
+
+static void io_device_gone_then_free(void *io_device)
+{
+	nexus_free(io_device);
+}
+
+/* Failure of create/open: nothing registered as a bdev yet. */
+static void create_abort(struct nexus *n, struct nexus_op *op)
+{
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		replica_release(&n->replicas[s]);
+	}
+	op_complete(op, NULL);
+	if (n->io_device_registered) {
+		keel_io_device_unregister(n, io_device_gone_then_free);
+	} else {
+		nexus_free(n);
+	}
+}
+
+static void op_finish(struct nexus *n)
+{
+	struct nexus_op *op = n->cur_op;
+
+	n->cur_op = NULL;
+	n->busy = false;
+	if (op != NULL) {
+		op_complete(op, n);
+	}
+	if (n->destruct_waiting) {
+		n->destruct_waiting = false;
+		nexus_destruct(n);
+		return;
+	}
+	if (n->registered) {
+		nexus_rebuild_auto(n);
+	}
+	nexus_kick(n);
+}
+
+static int register_bdev(struct nexus *n);
+
+static void commit_applied(struct keel_io_channel_iter *iter, int status)
+{
+	struct nexus *n = keel_io_channel_iter_get_io_device(iter);
+	struct nexus_op *op = n->cur_op;
+
+	(void)status;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!r->used) {
+			continue;
+		}
+		/* Faulted replicas are released so their bdev can go; replicas held out
+		 * of a volume faulted at assembly stay claimed. */
+		if (r->desc != NULL && r->state == KEEL_NEXUS_REPLICA_FAULTED) {
+			replica_release(r);
+		}
+		if (r->removing) {
+			replica_release(r);
+			memset(r, 0, sizeof(*r));
+		}
+	}
+	n->unreadable_mask = 0;
+	update_state(n);
+	if (op != NULL && (op->type == NEXUS_OP_CREATE || op->type == NEXUS_OP_OPEN)) {
+		int rc;
+
+		if (op->type == NEXUS_OP_CREATE && n->state == KEEL_NEXUS_FAULTED) {
+			op_fail(op, -EIO, "volume %s: writing the labels failed on every replica",
+				n->name);
+			n->cur_op = NULL;
+			n->busy = false;
+			create_abort(n, op);
+			return;
+		}
+		rc = register_bdev(n);
+		if (rc != 0) {
+			op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
+				strerror(-rc));
+			n->cur_op = NULL;
+			n->busy = false;
+			create_abort(n, op);
+			return;
+		}
+	}
+	op_finish(n);
+}
+
+static void apply_config(struct nexus *n, bool frozen)
+{
+	publish_cfg(n, frozen);
+	keel_for_each_channel(n, nexus_channel_apply, n, commit_applied);
+}
+
+static void commit_labels_done(struct nexus *n)
+{
+	bool again = false;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!replica_attached(r) || r->label_status == 0) {
+			continue;
+		}
+		KEEL_ERRLOG("volume %s: replica %s faulted: label write failed: %s", n->name,
+			    r->bdev_name, strerror(-r->label_status));
+		r->state = KEEL_NEXUS_REPLICA_FAULTED;
+		r->reason = KEEL_NEXUS_REASON_IO_ERROR;
+		snprintf(r->detail, sizeof(r->detail), "label write failed: %s",
+			 strerror(-r->label_status));
+		n->unreadable_mask |= bit16(s);
+		if (n->cur_op != NULL && n->cur_op->type == NEXUS_OP_ADD &&
+		    n->cur_op->slot == (int)s) {
+			r->removing = true;
+			op_fail(n->cur_op, -EIO, "volume %s: replica %s: label write failed: %s",
+				n->name, r->bdev_name, strerror(-r->label_status));
+		}
+		again = true;
+	}
+	if (again) {
+		/* The members that failed must leave the labels of the others too. */
+		nexus_commit(n);
+		return;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (replica_attached(&n->replicas[s])) {
+			n->replicas[s].generation = n->generation;
+		}
+	}
+	apply_config(n, false);
+}
+
+static void commit_synced(struct nexus *n)
+{
+	uint16_t mask = 0;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (replica_attached(&n->replicas[s])) {
+			mask |= bit16(s);
+		}
+	}
+	labels_write(n, mask, false, false, commit_labels_done);
+}
+
+/* Writes are held everywhere now: settle the rebuild jobs against the new states
+ * before any write could go out without a replica they read from. */
+static void commit_frozen(struct keel_io_channel_iter *iter, int status)
+{
+	struct nexus *n = keel_io_channel_iter_get_io_device(iter);
+
+	(void)status;
+	nexus_rebuild_sync(n, commit_synced);
+}
+
+static void commit_faulted_synced(struct nexus *n)
+{
+	apply_config(n, false);
+}
+
+static void nexus_commit(struct nexus *n)
+{
+	if (count_healthy(n) == 0) {
+		update_state(n);
+		KEEL_ERRLOG("volume %s: faulted: %s", n->name, n->state_detail);
+		nexus_rebuild_sync(n, commit_faulted_synced);
+		return;
+	}
+	n->generation++;
+	publish_cfg(n, true);
+	keel_for_each_channel(n, nexus_channel_freeze, n, commit_frozen);
+}
+
+static void run_fault_pass(struct nexus *n)
+{
+	bool changed = false;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		int st;
+
+		if (!r->fault_pending) {
+			continue;
+		}
+		r->fault_pending = false;
+		if (!r->used || (r->state != KEEL_NEXUS_REPLICA_HEALTHY &&
+				 r->state != KEEL_NEXUS_REPLICA_REBUILDING)) {
+			continue;
+		}
+		st = atomic_load(&r->fault_status);
+		KEEL_ERRLOG("volume %s: replica %s faulted: %s", n->name, r->bdev_name,
+			    strerror(-st));
+		r->state = KEEL_NEXUS_REPLICA_FAULTED;
+		r->reason = KEEL_NEXUS_REASON_IO_ERROR;
+		snprintf(r->detail, sizeof(r->detail), "I/O error: %s", strerror(-st));
+		n->unreadable_mask |= bit16(s);
+		changed = true;
+	}
+	if (!changed) {
+		n->busy = false;
+		nexus_kick(n);
+		return;
+	}
+	if (count_healthy(n) == 0) {
+		snprintf(n->state_detail, sizeof(n->state_detail),
+			 "the last healthy replica failed; its label still says in sync: it "
+			 "holds the newest data");
+	}
+	nexus_commit(n);
+}
+
+static void rebuild_done_bitmap_written(struct nexus *n, int status)
+{
+	struct nexus_replica *r = &n->replicas[n->cur_op->slot];
+
+	if (status != 0) {
+		/* The bitmap write faulted it (nexus_request_fault); the fault pass
+		 * takes it out after this step. */
+		op_fail(n->cur_op, status, "volume %s: replica %s: bitmap write failed", n->name,
+			r->bdev_name);
+		op_finish(n);
+		return;
+	}
+	KEEL_NOTICELOG("volume %s: replica %s rebuilt: healthy", n->name, r->bdev_name);
+	r->state = KEEL_NEXUS_REPLICA_HEALTHY;
+	r->detail[0] = '\0';
+	r->rejoin = false;
+	r->rb_started = false;
+	nexus_commit(n);
+}
+
+static void run_op(struct nexus *n, struct nexus_op *op)
+{
+	struct nexus_replica *r = op->slot >= 0 ? &n->replicas[op->slot] : NULL;
+
+	switch (op->type) {
+	case NEXUS_OP_ADMIN_FAULT:
+	case NEXUS_OP_REMOVE:
+		if (r->state == KEEL_NEXUS_REPLICA_HEALTHY && count_healthy(n) <= 1) {
+			op_fail(op, -EBUSY, "volume %s: replica %s is the last healthy replica; "
+				"refusing to %s it", n->name, r->bdev_name,
+				op->type == NEXUS_OP_REMOVE ? "remove" : "fault");
+			op_finish(n);
+			return;
+		}
+		if (op->type == NEXUS_OP_ADMIN_FAULT) {
+			if (r->state != KEEL_NEXUS_REPLICA_HEALTHY &&
+			    r->state != KEEL_NEXUS_REPLICA_REBUILDING) {
+				op_fail(op, -EALREADY, "volume %s: replica %s is already %s",
+					n->name, r->bdev_name,
+					keel_nexus_replica_state_name(r->state));
+				op_finish(n);
+				return;
+			}
+			r->reason = KEEL_NEXUS_REASON_ADMIN;
+			snprintf(r->detail, sizeof(r->detail), "faulted by the administrator");
+		} else {
+			r->reason = KEEL_NEXUS_REASON_REMOVED;
+			r->removing = true;
+		}
+		KEEL_NOTICELOG("volume %s: replica %s %s", n->name, r->bdev_name,
+			       op->type == NEXUS_OP_REMOVE ? "removed" : "faulted by the administrator");
+		r->state = KEEL_NEXUS_REPLICA_FAULTED;
+		n->unreadable_mask |= bit16((unsigned)op->slot);
+		nexus_commit(n);
+		return;
+	case NEXUS_OP_ADD:
+		if (count_healthy(n) == 0) {
+			op_fail(op, -EIO, "volume %s is faulted: cannot add replica %s", n->name,
+				r->bdev_name);
+			replica_release(r);
+			memset(r, 0, sizeof(*r));
+			op_finish(n);
+			return;
+		}
+		labels_read(n, bit16((unsigned)op->slot), add_label_checked);
+		return;
+	case NEXUS_OP_CREATE:
+	case NEXUS_OP_OPEN:
+		/* Model prepared by the caller; write the first labels. */
+		nexus_commit(n);
+		return;
+	case NEXUS_OP_REBUILD_DONE:
+		if (!replica_attached(r) || r->state != KEEL_NEXUS_REPLICA_REBUILDING) {
+			break;
+		}
+		if (n->bm != NULL) {
+			/* Its bitmap area holds only what was set while it rebuilt. */
+			nexus_bitmap_write_full(n, (unsigned)op->slot, rebuild_done_bitmap_written);
+			return;
+		}
+		rebuild_done_bitmap_written(n, 0);
+		return;
+	case NEXUS_OP_DESTROY:
+		break;
+	}
+	op_finish(n);
+}
+
+void nexus_kick(struct nexus *n)
+{
+	struct nexus_op *op;
+
+	if (n->busy || nexus_bitmap_busy(n)) {
+		return;
+	}
+	/* Writes waiting for their bits go before membership changes. */
+	if (nexus_bitmap_kick(n)) {
+		return;
+	}
+	if (n->faults_queued) {
+		n->faults_queued = false;
+		n->busy = true;
+		run_fault_pass(n);
+		return;
+	}
+	op = TAILQ_FIRST(&n->ops);
+	if (op == NULL) {
+		return;
+	}
+	TAILQ_REMOVE(&n->ops, op, link);
+	n->cur_op = op;
+	n->busy = true;
+	run_op(n, op);
+}
+
+void nexus_fault_msg(void *arg)
+{
+	struct nexus_replica *r = arg;
+	struct nexus *n = r->nexus;
+
+	r->fault_pending = true;
+	n->faults_queued = true;
+	nexus_kick(n);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Registration and teardown                                                       */
+/* ------------------------------------------------------------------------------ */
+
+static int register_bdev(struct nexus *n)
+{
+	struct keel_bdev *b = &n->bdev;
+	uint32_t align = 1;
+	bool mc = true, wc = false, unmap = true;
+	int rc;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		struct keel_bdev *rb;
+
+		if (!r->used || r->desc == NULL) {
+			continue;
+		}
+		rb = keel_bdev_desc_get_bdev(r->desc);
+		if (keel_bdev_get_buf_align(rb) > align) {
+			align = keel_bdev_get_buf_align(rb);
+		}
+		mc = mc && keel_bdev_is_multi_conn_safe(rb);
+		wc = wc || keel_bdev_has_write_cache(rb);
+		unmap = unmap && keel_bdev_io_type_supported(rb, KEEL_BDEV_IO_UNMAP);
+	}
+	n->supports_unmap = unmap;
+	b->name = strdup(n->name);
+	if (b->name == NULL) {
+		return -ENOMEM;
+	}
+	b->product_name = "keel nexus";
+	b->block_size = n->block_size;
+	b->num_blocks = n->volume_size / n->block_size;
+	b->required_alignment = align;
+	b->write_cache = wc;
+	b->multi_conn_safe = mc;
+	memcpy(b->uuid, n->uuid, 16);
+	b->ctxt = n;
+	b->fn_table = &g_nexus_fn_table;
+	b->module = &keel_bdev_nexus_module;
+	rc = keel_bdev_register(b);
+	if (rc != 0) {
+		free(b->name);
+		b->name = NULL;
+		return rc;
+	}
+	n->registered = true;
+	TAILQ_INSERT_TAIL(&g_nexuses, n, link);
+	KEEL_NOTICELOG("volume %s: %s, %lu bytes, generation %lu", n->name,
+		       keel_nexus_state_name(n->state), (unsigned long)n->volume_size,
+		       (unsigned long)n->generation);
+	return 0;
+}
+
+static void destruct_labels_done(struct nexus *n)
+{
+	struct nexus_op *op = n->destroy_op;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (r->used && r->desc != NULL && r->label_status != 0) {
+			KEEL_ERRLOG("volume %s: replica %s: final label write failed: %s",
+				    n->name, r->bdev_name, strerror(-r->label_status));
+		}
+		replica_release(r);
+	}
+	TAILQ_REMOVE(&g_nexuses, n, link);
+	KEEL_NOTICELOG("volume %s: stopped", n->name);
+	n->destroy_op = NULL;
+	(void)op; /* its callback comes from the unregister completion */
+	keel_bdev_destruct_done(&n->bdev);
+	/* destruct_done leaves only core-private state behind: n is ours to free. */
+	nexus_free(n);
+}
+
+static void destruct_io_device_gone(void *io_device)
+{
+	struct nexus *n = io_device;
+	uint16_t mask = 0;
+	bool wipe = n->destroy_op != NULL && n->destroy_op->wipe;
+
+	n->io_device_registered = false;
+	/* No channel is left, so no I/O: faults reported on the way out still leave
+	 * the labels, as any other fault would. */
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (r->fault_pending && replica_attached(r)) {
+			r->state = KEEL_NEXUS_REPLICA_FAULTED;
+			r->reason = KEEL_NEXUS_REASON_IO_ERROR;
+		}
+		r->fault_pending = false;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (wipe ? (r->used && r->desc != NULL) : replica_attached(r)) {
+			mask |= bit16(s);
+		}
+	}
+	if (!wipe && count_healthy(n) == 0) {
+		mask = 0; /* never write over the last healthy label */
+	}
+	if (mask != 0 && !wipe) {
+		n->generation++;
+	}
+	labels_write(n, mask, wipe, true, destruct_labels_done);
+}
+
+static void destruct_jobs_stopped(struct nexus *n)
+{
+	keel_io_device_unregister(n, destruct_io_device_gone);
+}
+
+static void destruct_msg(void *arg)
+{
+	nexus_destruct(arg);
+}
+
+int nexus_destruct(void *ctx)
+{
+	struct nexus *n = ctx;
+	struct nexus_op *op;
+
+	if (keel_thread_get_current() != n->owner) {
+		send_msg_reliably(n->owner, destruct_msg, n);
+		return 1;
+	}
+	if (n->busy) {
+		n->destruct_waiting = true;
+		return 1;
+	}
+	n->busy = true;
+	n->destroying = true;
+	while ((op = TAILQ_FIRST(&n->ops)) != NULL) {
+		TAILQ_REMOVE(&n->ops, op, link);
+		if (op->type == NEXUS_OP_ADD && op->slot >= 0) {
+			replica_release(&n->replicas[op->slot]);
+			memset(&n->replicas[op->slot], 0, sizeof(n->replicas[op->slot]));
+		}
+		op_fail(op, -ENODEV, "volume %s is being destroyed", n->name);
+		op_complete(op, NULL);
+	}
+	/* Rebuild jobs take range locks on our channels: they go first. */
+	nexus_rebuild_shutdown(n, destruct_jobs_stopped);
+	return 1;
+}
+
+static void destroy_unregistered(void *cb_arg, int status)
+{
+	struct nexus_op *op = cb_arg;
+
+	op->status = status;
+	if (status != 0) {
+		snprintf(op->errmsg, sizeof(op->errmsg), "unregister failed: %s",
+			 strerror(-status));
+	}
+	op_complete(op, NULL);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Public API                                                                      */
+/* ------------------------------------------------------------------------------ */
+
+struct keel_nexus *keel_nexus_get_by_name(const char *name)
+{
+	struct nexus *n;
+
+	if (name == NULL) {
+		return NULL;
+	}
+	TAILQ_FOREACH(n, &g_nexuses, link) {
+		if (strcmp(n->name, name) == 0 && !n->destroying) {
+			return (struct keel_nexus *)n;
+		}
+	}
+	return NULL;
+}
+
+struct keel_nexus *keel_nexus_first(void)
+{
+	struct nexus *n;
+
+	TAILQ_FOREACH(n, &g_nexuses, link) {
+		if (!n->destroying) {
+			return (struct keel_nexus *)n;
+		}
+	}
+	return NULL;
+}
+
+struct keel_nexus *keel_nexus_next(struct keel_nexus *prev)
+{
+	struct nexus *n = (struct nexus *)prev;
+
+	for (n = TAILQ_NEXT(n, link); n != NULL; n = TAILQ_NEXT(n, link)) {
+		if (!n->destroying) {
+			return (struct keel_nexus *)n;
+		}
+	}
+	return NULL;
+}
+
+const char *keel_nexus_get_name(const struct keel_nexus *nexus)
+{
+	return ((const struct nexus *)nexus)->name;
+}
+
+static bool valid_name(const char *name)
+{
+	size_t len;
+
+	if (name == NULL) {
+		return false;
+	}
+	len = strlen(name);
+	if (len == 0 || len > KEEL_NEXUS_NAME_MAX) {
+		return false;
+	}
+	for (size_t i = 0; i < len; i++) {
+		if (name[i] == '/' || name[i] == ' ' || name[i] == '\t' || name[i] == '\n' ||
+		    name[i] == '\r' || name[i] == '\v' || name[i] == '\f') {
+			return false;
+		}
+	}
+	return true;
+}
+
+static struct nexus *nexus_alloc(const char *name)
+{
+	struct nexus *n = calloc(1, sizeof(*n));
+
+	if (n == NULL) {
+		return NULL;
+	}
+	if (name != NULL) {
+		snprintf(n->name, sizeof(n->name), "%s", name);
+	}
+	n->owner = keel_thread_get_current();
+	n->data_offset = KEEL_NEXUS_DATA_OFFSET;
+	pthread_mutex_init(&n->cfg_lock, NULL);
+	TAILQ_INIT(&n->chans);
+	TAILQ_INIT(&n->ops);
+	TAILQ_INIT(&n->jobs);
+	return n;
+}
+
+static int nexus_io_device_register(struct nexus *n)
+{
+	int rc = keel_io_device_register(n, nexus_channel_create, nexus_channel_destroy,
+					 sizeof(struct nexus_channel),
+					 n->name[0] ? n->name : "nexus");
+
+	if (rc == 0) {
+		n->io_device_registered = true;
+	}
+	return rc;
+}
+
+static bool names_unique(const char *const *names, uint32_t count)
+{
+	for (uint32_t i = 0; i < count; i++) {
+		if (names[i] == NULL || names[i][0] == '\0') {
+			return false;
+		}
+		for (uint32_t j = 0; j < i; j++) {
+			if (strcmp(names[i], names[j]) == 0) {
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+static bool bitmap_wanted(void)
+{
+	struct keel_rebuild_opts o;
+
+	keel_rebuild_get_opts(&o);
+	return o.bitmap;
+}
+
+static void create_labels_checked(struct nexus *n)
+{
+	struct nexus_op *op = n->cur_op;
+	uint64_t min_avail = UINT64_MAX;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		char u[KEEL_UUID_STR_LEN];
+
+		if (!r->used) {
+			continue;
+		}
+		if (!op->force && r->label_rc == 0) {
+			nexus_uuid_fmt(r->label.volume_uuid, u);
+			op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s "
+				"(%s, generation %lu); use force to overwrite it", n->name,
+				r->bdev_name, r->label.volume_name, u,
+				(unsigned long)r->label.generation);
+			goto out_abort;
+		}
+		if (!op->force && r->label_rc != -ENODATA) {
+			op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); "
+				"use force to overwrite it", n->name, r->bdev_name, r->label_why);
+			goto out_abort;
+		}
+		if (replica_size(r) - n->data_offset < min_avail) {
+			min_avail = replica_size(r) - n->data_offset;
+		}
+	}
+	min_avail -= min_avail % n->block_size;
+	if (n->volume_size == 0) {
+		n->volume_size = min_avail;
+	} else if (n->volume_size > min_avail) {
+		op_fail(op, -ENOSPC, "volume %s: size %lu is larger than the %lu bytes the "
+			"smallest replica offers", n->name, (unsigned long)n->volume_size,
+			(unsigned long)min_avail);
+		goto out_abort;
+	}
+	if (n->volume_size == 0) {
+		op_fail(op, -EINVAL, "volume %s: replicas leave no room for data", n->name);
+		goto out_abort;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (r->used) {
+			r->member = true;
+			r->state = KEEL_NEXUS_REPLICA_HEALTHY;
+			nexus_uuid_generate(r->uuid);
+		}
+	}
+	n->generation = 0; /* the commit makes it 1 */
+	if (bitmap_wanted() && nexus_bitmap_create(n) == 0) {
+		/* A new volume: nothing to resync, the bitmap covers from here on. */
+		nexus_bitmap_init_new(n);
+	}
+	run_op(n, op);
+	return;
+
+out_abort:
+	n->cur_op = NULL;
+	n->busy = false;
+	create_abort(n, op);
+}
+
+int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_cb cb_fn,
+		      void *cb_arg)
+{
+	struct nexus *n;
+	struct nexus_op *op;
+	uint16_t mask = 0;
+	int rc;
+
+	if (opts == NULL || !valid_name(opts->name) || opts->replicas == NULL ||
+	    opts->num_replicas == 0 || opts->num_replicas > NEXUS_MAX ||
+	    !names_unique(opts->replicas, opts->num_replicas) || keel_thread_get_current() == NULL) {
+		return -EINVAL;
+	}
+	if (opts->size_bytes % 512 != 0) {
+		return -EINVAL;
+	}
+	n = nexus_alloc(opts->name);
+	op = op_new(NEXUS_OP_CREATE, cb_fn, cb_arg);
+	if (n == NULL || op == NULL) {
+		free(op);
+		if (n != NULL) {
+			nexus_free(n);
+		}
+		return -ENOMEM;
+	}
+	op->force = opts->force;
+	n->cur_op = op;
+	n->busy = true;
+	if (opts->uuid != NULL) {
+		if (nexus_uuid_parse(opts->uuid, n->uuid) != 0 || nexus_uuid_is_null(n->uuid)) {
+			free(op);
+			nexus_free(n);
+			return -EINVAL;
+		}
+	} else {
+		nexus_uuid_generate(n->uuid);
+	}
+	n->volume_size = opts->size_bytes;
+	if (keel_bdev_get_by_name(opts->name) != NULL || keel_nexus_get_by_name(opts->name)) {
+		op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", opts->name);
+		goto out_abort;
+	}
+	for (uint32_t i = 0; i < opts->num_replicas; i++) {
+		rc = replica_attach(n, i, opts->replicas[i], op->errmsg, sizeof(op->errmsg));
+		if (rc != 0) {
+			char tmp[256];
+
+			snprintf(tmp, sizeof(tmp), "%s", op->errmsg);
+			op_fail(op, rc, "volume %s: %.180s", n->name, tmp);
+			goto out_abort;
+		}
+		mask |= bit16(i);
+		if (i == 0) {
+			n->block_size = keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc));
+		} else if (keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc)) !=
+			   n->block_size) {
+			op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u",
+				n->name, opts->replicas[i],
+				keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc)),
+				n->block_size);
+			goto out_abort;
+		}
+		if (replica_size(&n->replicas[i]) <= n->data_offset) {
+			op_fail(op, -EINVAL, "volume %s: replica %s (%lu bytes) is not larger than "
+				"the %u-byte label area", n->name, opts->replicas[i],
+				(unsigned long)replica_size(&n->replicas[i]), KEEL_NEXUS_DATA_OFFSET);
+			goto out_abort;
+		}
+	}
+	if (n->volume_size % n->block_size != 0) {
+		op_fail(op, -EINVAL, "volume %s: size %lu is not a multiple of the block size %u",
+			n->name, (unsigned long)n->volume_size, n->block_size);
+		goto out_abort;
+	}
+	rc = nexus_io_device_register(n);
+	if (rc != 0) {
+		op_fail(op, rc, "volume %s: cannot register the I/O device: %s", n->name,
+			strerror(-rc));
+		goto out_abort;
+	}
+	labels_read(n, mask, create_labels_checked);
+	return 0;
+
+out_abort:
+	n->cur_op = NULL;
+	n->busy = false;
+	create_abort(n, op);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Assembly                                                                        */
+/* ------------------------------------------------------------------------------ */
+
+static void refuse(struct nexus *n, struct nexus_replica *r, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* A bdev that is not (or no longer) part of the volume: listed with the reason,
+ * released so its owner can use it. */
+static void refuse(struct nexus *n, struct nexus_replica *r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(r->detail, sizeof(r->detail), fmt, ap);
+	va_end(ap);
+	r->state = KEEL_NEXUS_REPLICA_FAULTED;
+	if (r->reason == KEEL_NEXUS_REASON_NONE) {
+		r->reason = KEEL_NEXUS_REASON_CANT_OPEN;
+	}
+	r->member = false;
+	KEEL_WARNLOG("volume %s: replica %s refused: %s", n->name[0] ? n->name : "?",
+		     r->bdev_name, r->detail);
+	replica_release(r);
+}
+
+static size_t append(char *buf, size_t len, size_t off, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static size_t append(char *buf, size_t len, size_t off, const char *fmt, ...)
+{
+	va_list ap;
+	int w;
+
+	if (off >= len) {
+		return off;
+	}
+	va_start(ap, fmt);
+	w = vsnprintf(buf + off, len - off, fmt, ap);
+	va_end(ap);
+	return w < 0 ? off : off + (size_t)w;
+}
+
+static void describe_seen(struct nexus *n, char *buf, size_t len, size_t off)
+{
+	off = append(buf, len, off, "; saw:");
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!r->used || r->bdev_name[0] == '\0') {
+			continue;
+		}
+		if (r->generation != 0) {
+			off = append(buf, len, off, " %s (generation %lu, %s%s%s)", r->bdev_name,
+				     (unsigned long)r->generation,
+				     keel_nexus_replica_state_name(r->state),
+				     r->state == KEEL_NEXUS_REPLICA_FAULTED ? " " : "",
+				     r->state == KEEL_NEXUS_REPLICA_FAULTED ?
+				     keel_nexus_fault_reason_name(r->reason) : "");
+		} else {
+			off = append(buf, len, off, " %s (%s)", r->bdev_name, r->detail);
+		}
+	}
+}
+
+static void open_bitmap_loaded(struct nexus *n)
+{
+	run_op(n, n->cur_op);
+}
+
+static void open_labels_read(struct nexus *n)
+{
+	struct nexus_op *op = n->cur_op;
+	const struct nexus_label *newest = NULL;
+	const uint8_t *vol_uuid = NULL;
+	unsigned healthy = 0, missing_healthy = 0;
+	char missing[256] = "";
+	size_t moff = 0;
+
+	/* Which volume: the expected name, or the one every label names. */
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!r->used || r->desc == NULL) {
+			continue;
+		}
+		if (r->label_rc != 0) {
+			refuse(n, r, "%s", r->label_why[0] ? r->label_why : "no keel label");
+			continue;
+		}
+		if (n->name_given && strcmp(r->label.volume_name, n->name) != 0) {
+			char u[KEEL_UUID_STR_LEN];
+
+			nexus_uuid_fmt(r->label.volume_uuid, u);
+			r->foreign = true;
+			refuse(n, r, "label belongs to another volume: %s (%s)",
+			       r->label.volume_name, u);
+			continue;
+		}
+		if (vol_uuid == NULL) {
+			vol_uuid = r->label.volume_uuid;
+			if (n->name[0] == '\0') {
+				snprintf(n->name, sizeof(n->name), "%s", r->label.volume_name);
+			}
+		} else if (memcmp(vol_uuid, r->label.volume_uuid, 16) != 0) {
+			char u1[KEEL_UUID_STR_LEN], u2[KEEL_UUID_STR_LEN];
+
+			nexus_uuid_fmt(vol_uuid, u1);
+			nexus_uuid_fmt(r->label.volume_uuid, u2);
+			op_fail(op, -EINVAL, "volume %s: replicas carry labels of different volumes "
+				"(%s and %s, replica %s); name the volume to pick one", n->name,
+				u1, u2, r->bdev_name);
+			goto out_abort;
+		}
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (r->used && r->desc != NULL &&
+		    (newest == NULL || r->label.generation > newest->generation)) {
+			newest = &r->label;
+		}
+	}
+	if (newest == NULL) {
+		size_t off = (size_t)snprintf(op->errmsg, sizeof(op->errmsg),
+					      "volume %s: no replica carries a valid label of it",
+					      n->name[0] ? n->name : "?");
+		describe_seen(n, op->errmsg, sizeof(op->errmsg), off);
+		op->status = -ENOENT;
+		goto out_abort;
+	}
+	memcpy(n->uuid, newest->volume_uuid, 16);
+	n->volume_size = newest->volume_size;
+	n->data_offset = newest->data_offset;
+	n->block_size = newest->block_size;
+	n->generation = newest->generation;
+	n->unclean_shutdown = (newest->flags & NEXUS_LABEL_FLAG_DIRTY) != 0;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		struct keel_bdev *b;
+		const struct nexus_label_member *m;
+
+		if (!r->used || r->desc == NULL) {
+			continue;
+		}
+		b = keel_bdev_desc_get_bdev(r->desc);
+		memcpy(r->uuid, r->label.replica_uuid, 16);
+		r->generation = r->label.generation;
+		if (r->label.block_size != keel_bdev_get_block_size(b)) {
+			refuse(n, r, "label says block size %u, bdev has %u", r->label.block_size,
+			       keel_bdev_get_block_size(b));
+			continue;
+		}
+		if (r->label.volume_size != n->volume_size ||
+		    r->label.data_offset != n->data_offset) {
+			refuse(n, r, "label says volume size %lu at offset %lu, newest label "
+			       "says %lu at %lu", (unsigned long)r->label.volume_size,
+			       (unsigned long)r->label.data_offset, (unsigned long)n->volume_size,
+			       (unsigned long)n->data_offset);
+			continue;
+		}
+		if (replica_size(r) < n->data_offset + n->volume_size) {
+			refuse(n, r, "bdev has %lu bytes, the volume needs %lu",
+			       (unsigned long)replica_size(r),
+			       (unsigned long)(n->data_offset + n->volume_size));
+			continue;
+		}
+		for (unsigned t = 0; t < s; t++) {
+			if (n->replicas[t].used && n->replicas[t].desc != NULL &&
+			    memcmp(n->replicas[t].uuid, r->uuid, 16) == 0) {
+				refuse(n, r, "same replica UUID as %s", n->replicas[t].bdev_name);
+				break;
+			}
+		}
+		if (r->desc == NULL) {
+			continue;
+		}
+		m = nexus_label_find_member(newest, r->uuid);
+		/* Behind the newest label by exactly one generation but listed in it:
+		 * the label update was interrupted (crash). Writes are held while
+		 * labels are written and a member whose label write fails is faulted
+		 * in a further generation, so this replica missed no acknowledged
+		 * write. Anything older, or not listed, missed a whole generation. */
+		if (m == NULL || r->generation + 1 < n->generation) {
+			r->reason = KEEL_NEXUS_REASON_STALE;
+			refuse(n, r, "stale: label generation %lu, volume is at %lu%s",
+			       (unsigned long)r->generation, (unsigned long)n->generation,
+			       m == NULL ? " and no longer lists it" : "");
+			continue;
+		}
+		if (r->generation < n->generation) {
+			KEEL_WARNLOG("volume %s: replica %s: label generation %lu, newest %lu lists "
+				     "it: an interrupted label update, accepted", n->name,
+				     r->bdev_name, (unsigned long)r->generation,
+				     (unsigned long)n->generation);
+		}
+		r->member = true;
+		if (m->state == NEXUS_MEMBER_IN_SYNC) {
+			r->state = KEEL_NEXUS_REPLICA_HEALTHY;
+			healthy++;
+		} else {
+			r->state = KEEL_NEXUS_REPLICA_REBUILDING;
+			snprintf(r->detail, sizeof(r->detail), "out of sync (label says so)");
+		}
+	}
+	/* Members of the newest generation that we did not get. */
+	for (uint32_t i = 0; i < newest->num_members; i++) {
+		const struct nexus_label_member *m = &newest->members[i];
+		bool found = false;
+		int free_slot = -1;
+		char u[KEEL_UUID_STR_LEN];
+
+		for (unsigned s = 0; s < NEXUS_MAX; s++) {
+			struct nexus_replica *r = &n->replicas[s];
+
+			if (r->used && r->member && memcmp(r->uuid, m->uuid, 16) == 0) {
+				found = true;
+			}
+			if (!r->used && free_slot < 0) {
+				free_slot = (int)s;
+			}
+		}
+		if (found) {
+			continue;
+		}
+		nexus_uuid_fmt(m->uuid, u);
+		if (m->state == NEXUS_MEMBER_IN_SYNC) {
+			missing_healthy++;
+			moff = append(missing, sizeof(missing), moff, "%s%s", moff ? ", " : "", u);
+		}
+		if (free_slot >= 0) {
+			struct nexus_replica *r = &n->replicas[free_slot];
+
+			memset(r, 0, sizeof(*r));
+			r->nexus = n;
+			r->used = true;
+			memcpy(r->uuid, m->uuid, 16);
+			r->state = KEEL_NEXUS_REPLICA_OFFLINE;
+			r->generation = n->generation;
+			snprintf(r->detail, sizeof(r->detail),
+				 "member of generation %lu (%s) not given at assembly",
+				 (unsigned long)n->generation,
+				 m->state == NEXUS_MEMBER_IN_SYNC ? "in sync" : "out of sync");
+		}
+	}
+	if (missing_healthy > 0 && !op->force) {
+		size_t off = (size_t)snprintf(n->state_detail, sizeof(n->state_detail),
+			"in-sync member(s) %s of generation %lu missing: they may hold newer "
+			"data; keel does not guess (open with force to accept the newest "
+			"replicas present)", missing, (unsigned long)n->generation);
+
+		describe_seen(n, n->state_detail, sizeof(n->state_detail), off);
+		/* Keep every replica claimed but out of the I/O path. */
+		for (unsigned s = 0; s < NEXUS_MAX; s++) {
+			if (n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY ||
+			    n->replicas[s].state == KEEL_NEXUS_REPLICA_REBUILDING) {
+				n->replicas[s].member = false;
+			}
+		}
+		n->state = KEEL_NEXUS_FAULTED;
+		KEEL_ERRLOG("volume %s: faulted at assembly: %s", n->name, n->state_detail);
+		goto out_register_faulted;
+	}
+	if (healthy == 0) {
+		size_t off = (size_t)snprintf(n->state_detail, sizeof(n->state_detail),
+			"no in-sync replica of generation %lu present", (unsigned long)n->generation);
+
+		describe_seen(n, n->state_detail, sizeof(n->state_detail), off);
+		for (unsigned s = 0; s < NEXUS_MAX; s++) {
+			n->replicas[s].member = false;
+		}
+		n->state = KEEL_NEXUS_FAULTED;
+		KEEL_ERRLOG("volume %s: faulted at assembly: %s", n->name, n->state_detail);
+		goto out_register_faulted;
+	}
+	if (missing_healthy > 0) {
+		KEEL_WARNLOG("volume %s: forced assembly without in-sync member(s) %s", n->name,
+			     missing);
+	}
+	if (keel_bdev_get_by_name(n->name) != NULL) {
+		op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
+		goto out_abort;
+	}
+	n->bm_region_hint = (uint64_t)newest->bitmap_chunk_kib * 1024;
+	if (bitmap_wanted() && nexus_bitmap_create(n) == 0) {
+		for (unsigned s = 0; s < NEXUS_MAX; s++) {
+			if (replica_attached(&n->replicas[s]) &&
+			    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY) {
+				/* Every healthy member holds the same bitmap. */
+				nexus_bitmap_load(n, s, open_bitmap_loaded);
+				return;
+			}
+		}
+	}
+	run_op(n, op); /* bumps the generation, marks the labels dirty, registers */
+	return;
+
+out_register_faulted:
+	{
+		int rc;
+
+		if (keel_bdev_get_by_name(n->name) != NULL) {
+			op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
+			goto out_abort;
+		}
+		publish_cfg(n, false);
+		rc = register_bdev(n);
+		if (rc != 0) {
+			op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
+				strerror(-rc));
+			goto out_abort;
+		}
+		n->state = KEEL_NEXUS_FAULTED;
+		op_finish(n);
+		return;
+	}
+
+out_abort:
+	n->cur_op = NULL;
+	n->busy = false;
+	create_abort(n, op);
+}
+
+int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb_fn,
+		    void *cb_arg)
+{
+	struct nexus *n;
+	struct nexus_op *op;
+	uint16_t mask = 0;
+	int rc;
+
+	if (opts == NULL || (opts->name != NULL && !valid_name(opts->name)) ||
+	    opts->replicas == NULL || opts->num_replicas == 0 ||
+	    opts->num_replicas > NEXUS_MAX || !names_unique(opts->replicas, opts->num_replicas) ||
+	    keel_thread_get_current() == NULL) {
+		return -EINVAL;
+	}
+	n = nexus_alloc(opts->name);
+	op = op_new(NEXUS_OP_OPEN, cb_fn, cb_arg);
+	if (n != NULL) {
+		n->name_given = opts->name != NULL;
+	}
+	if (n == NULL || op == NULL) {
+		free(op);
+		if (n != NULL) {
+			nexus_free(n);
+		}
+		return -ENOMEM;
+	}
+	op->force = opts->force;
+	n->cur_op = op;
+	n->busy = true;
+	if (opts->name != NULL &&
+	    (keel_bdev_get_by_name(opts->name) != NULL || keel_nexus_get_by_name(opts->name))) {
+		op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", opts->name);
+		goto out_abort;
+	}
+	for (uint32_t i = 0; i < opts->num_replicas; i++) {
+		char err[200];
+
+		rc = replica_attach(n, i, opts->replicas[i], err, sizeof(err));
+		if (rc != 0) {
+			struct nexus_replica *r = &n->replicas[i];
+
+			r->state = KEEL_NEXUS_REPLICA_FAULTED;
+			r->reason = KEEL_NEXUS_REASON_CANT_OPEN;
+			snprintf(r->detail, sizeof(r->detail), "%.150s", err);
+			KEEL_WARNLOG("volume %s: %s", opts->name ? opts->name : "?", err);
+			continue;
+		}
+		mask |= bit16(i);
+	}
+	rc = nexus_io_device_register(n);
+	if (rc != 0) {
+		op_fail(op, rc, "volume: cannot register the I/O device: %s", strerror(-rc));
+		goto out_abort;
+	}
+	labels_read(n, mask, open_labels_read);
+	return 0;
+
+out_abort:
+	n->cur_op = NULL;
+	n->busy = false;
+	create_abort(n, op);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Membership API                                                                  */
+/* ------------------------------------------------------------------------------ */
+
+int keel_nexus_destroy(const char *name, bool wipe_labels, keel_nexus_op_cb cb_fn, void *cb_arg)
+{
+	struct nexus *n = (struct nexus *)keel_nexus_get_by_name(name);
+	struct nexus_op *op;
+
+	if (n == NULL) {
+		return -ENODEV;
+	}
+	op = op_new(NEXUS_OP_DESTROY, cb_fn, cb_arg);
+	if (op == NULL) {
+		return -ENOMEM;
+	}
+	op->wipe = wipe_labels;
+	n->destroy_op = op;
+	n->destroying = true;
+	KEEL_NOTICELOG("volume %s: stopping%s", n->name, wipe_labels ? " and wiping labels" : "");
+	keel_bdev_unregister(&n->bdev, destroy_unregistered, op);
+	return 0;
+}
+
+static int find_replica(struct nexus *n, const char *replica)
+{
+	uint8_t u[16];
+	bool is_uuid = nexus_uuid_parse(replica, u) == 0;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!r->used) {
+			continue;
+		}
+		if ((r->bdev_name[0] != '\0' && strcmp(r->bdev_name, replica) == 0) ||
+		    (is_uuid && memcmp(r->uuid, u, 16) == 0)) {
+			return (int)s;
+		}
+	}
+	return -1;
+}
+
+static int queue_op(struct nexus *n, struct nexus_op *op)
+{
+	TAILQ_INSERT_TAIL(&n->ops, op, link);
+	nexus_kick(n);
+	return 0;
+}
+
+static int member_op(const char *name, const char *replica, enum nexus_op_type type,
+		     keel_nexus_op_cb cb_fn, void *cb_arg)
+{
+	struct nexus *n = (struct nexus *)keel_nexus_get_by_name(name);
+	struct nexus_op *op;
+	int s;
+
+	if (n == NULL || replica == NULL) {
+		return -ENODEV;
+	}
+	s = find_replica(n, replica);
+	if (s < 0) {
+		return -ENODEV;
+	}
+	op = op_new(type, cb_fn, cb_arg);
+	if (op == NULL) {
+		return -ENOMEM;
+	}
+	op->slot = s;
+	return queue_op(n, op);
+}
+
+int keel_nexus_remove_replica(const char *name, const char *replica, keel_nexus_op_cb cb_fn,
+			      void *cb_arg)
+{
+	return member_op(name, replica, NEXUS_OP_REMOVE, cb_fn, cb_arg);
+}
+
+int keel_nexus_fault_replica(const char *name, const char *replica, keel_nexus_op_cb cb_fn,
+			     void *cb_arg)
+{
+	return member_op(name, replica, NEXUS_OP_ADMIN_FAULT, cb_fn, cb_arg);
+}
+
+static void add_label_checked(struct nexus *n)
+{
+	struct nexus_op *op = n->cur_op;
+	struct nexus_replica *r = &n->replicas[op->slot];
+
+	if (!op->force && r->label_rc == 0 && memcmp(r->label.volume_uuid, n->uuid, 16) != 0) {
+		char u[KEEL_UUID_STR_LEN];
+
+		nexus_uuid_fmt(r->label.volume_uuid, u);
+		op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s (%s); "
+			"use force to overwrite it", n->name, r->bdev_name, r->label.volume_name, u);
+		goto out_drop;
+	}
+	if (!op->force && r->label_rc != 0 && r->label_rc != -ENODATA) {
+		op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); use "
+			"force to overwrite it", n->name, r->bdev_name, r->label_why);
+		goto out_drop;
+	}
+	r->rejoin = false;
+	if (r->label_rc == 0 && memcmp(r->label.volume_uuid, n->uuid, 16) == 0 &&
+	    !nexus_uuid_is_null(r->label.replica_uuid)) {
+		const struct nexus_label_member *m =
+			nexus_label_find_member(&r->label, r->label.replica_uuid);
+
+		/* A former member comes back: it keeps its identity, and what it
+		 * missed may be covered by the bitmap. Its old entry goes. */
+		for (unsigned s = 0; s < NEXUS_MAX; s++) {
+			struct nexus_replica *o = &n->replicas[s];
+
+			if ((int)s == op->slot || !o->used ||
+			    memcmp(o->uuid, r->label.replica_uuid, 16) != 0) {
+				continue;
+			}
+			if (replica_attached(o)) {
+				op_fail(op, -EEXIST, "volume %s: replica %s: its UUID is already an "
+					"active replica (%s)", n->name, r->bdev_name, o->bdev_name);
+				goto out_drop;
+			}
+			memset(o, 0, sizeof(*o));
+		}
+		memcpy(r->uuid, r->label.replica_uuid, 16);
+		r->rejoin = true;
+		r->rejoin_generation = r->label.generation;
+		r->rejoin_in_sync = m != NULL && m->state == NEXUS_MEMBER_IN_SYNC;
+	} else {
+		nexus_uuid_generate(r->uuid);
+	}
+	r->member = true;
+	r->state = KEEL_NEXUS_REPLICA_REBUILDING;
+	r->rb_started = false;
+	snprintf(r->detail, sizeof(r->detail), "out of sync: %s", r->rejoin ? "rejoined" : "added");
+	KEEL_NOTICELOG("volume %s: replica %s %s (out of sync)", n->name, r->bdev_name,
+		       r->rejoin ? "rejoined" : "added");
+	nexus_commit(n);
+	return;
+
+out_drop:
+	replica_release(r);
+	memset(r, 0, sizeof(*r));
+	op_finish(n);
+}
+
+int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
+			   keel_nexus_op_cb cb_fn, void *cb_arg)
+{
+	struct nexus *n = (struct nexus *)keel_nexus_get_by_name(name);
+	struct nexus_op *op;
+	struct nexus_replica *r;
+	struct keel_bdev *b;
+	int slot = -1, rc;
+
+	if (n == NULL || bdev_name == NULL) {
+		return -ENODEV;
+	}
+	op = op_new(NEXUS_OP_ADD, cb_fn, cb_arg);
+	if (op == NULL) {
+		return -ENOMEM;
+	}
+	op->force = force;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (n->replicas[s].used && strcmp(n->replicas[s].bdev_name, bdev_name) == 0 &&
+		    n->replicas[s].desc != NULL) {
+			op_fail(op, -EEXIST, "volume %s: %s is already a replica", n->name, bdev_name);
+			op_complete(op, NULL);
+			return 0;
+		}
+		if (!n->replicas[s].used && slot < 0) {
+			slot = (int)s;
+		}
+	}
+	if (slot < 0) {
+		op_fail(op, -ENOSPC, "volume %s: already %u replicas listed; remove one first",
+			n->name, NEXUS_MAX);
+		op_complete(op, NULL);
+		return 0;
+	}
+	rc = replica_attach(n, (unsigned)slot, bdev_name, op->errmsg, sizeof(op->errmsg));
+	if (rc != 0) {
+		char tmp[256];
+
+		memset(&n->replicas[slot], 0, sizeof(n->replicas[slot]));
+		snprintf(tmp, sizeof(tmp), "%s", op->errmsg);
+		op_fail(op, rc, "volume %s: %.180s", n->name, tmp);
+		op_complete(op, NULL);
+		return 0;
+	}
+	r = &n->replicas[slot];
+	r->state = KEEL_NEXUS_REPLICA_REBUILDING;
+	b = keel_bdev_desc_get_bdev(r->desc);
+	op->slot = slot;
+	if (keel_bdev_get_block_size(b) != n->block_size) {
+		op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u", n->name,
+			bdev_name, keel_bdev_get_block_size(b), n->block_size);
+		goto out_drop;
+	}
+	if (replica_size(r) < n->data_offset + n->volume_size) {
+		op_fail(op, -EINVAL, "volume %s: replica %s has %lu bytes, the volume needs %lu",
+			n->name, bdev_name, (unsigned long)replica_size(r),
+			(unsigned long)(n->data_offset + n->volume_size));
+		goto out_drop;
+	}
+	if (n->supports_unmap && !keel_bdev_io_type_supported(b, KEEL_BDEV_IO_UNMAP)) {
+		op_fail(op, -ENOTSUP, "volume %s: replica %s does not support unmap", n->name,
+			bdev_name);
+		goto out_drop;
+	}
+	/* The label check reads from the replica: run it as a step of the queue so
+	 * it does not overlap another change's label I/O. */
+	op->type = NEXUS_OP_ADD;
+	TAILQ_INSERT_TAIL(&n->ops, op, link);
+	nexus_kick(n);
+	return 0;
+
+out_drop:
+	replica_release(r);
+	memset(r, 0, sizeof(*r));
+	op_complete(op, NULL);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Info                                                                            */
+/* ------------------------------------------------------------------------------ */
+
+int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info)
+{
+	struct nexus *n = (struct nexus *)nexus;
+
+	memset(info, 0, sizeof(*info));
+	snprintf(info->name, sizeof(info->name), "%s", n->name);
+	nexus_uuid_fmt(n->uuid, info->uuid);
+	info->state = n->state;
+	snprintf(info->state_detail, sizeof(info->state_detail), "%s", n->state_detail);
+	info->size_bytes = n->volume_size;
+	info->block_size = n->block_size;
+	info->data_offset = n->data_offset;
+	info->generation = n->generation;
+	info->unclean_shutdown = n->unclean_shutdown;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		const struct nexus_replica *r = &n->replicas[s];
+		struct keel_nexus_replica_info *ri;
+
+		if (!r->used) {
+			continue;
+		}
+		ri = &info->replicas[info->num_replicas++];
+		snprintf(ri->bdev_name, sizeof(ri->bdev_name), "%s", r->bdev_name);
+		if (!nexus_uuid_is_null(r->uuid)) {
+			nexus_uuid_fmt(r->uuid, ri->uuid);
+		}
+		ri->state = r->state;
+		ri->reason = r->state == KEEL_NEXUS_REPLICA_FAULTED ? r->reason :
+			     KEEL_NEXUS_REASON_NONE;
+		ri->generation = r->generation;
+		if (r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
+			snprintf(ri->detail, sizeof(ri->detail), "%s", r->detail);
+		}
+	}
+	return 0;
+}
+
+struct json_t *keel_nexus_info_to_json(const struct keel_nexus_info *info)
+{
+	json_t *obj = json_object();
+	json_t *arr = json_array();
+
+	if (obj == NULL || arr == NULL) {
+		goto out_free;
+	}
+	json_object_set_new(obj, "name", json_string(info->name));
+	json_object_set_new(obj, "uuid", json_string(info->uuid));
+	json_object_set_new(obj, "state", json_string(keel_nexus_state_name(info->state)));
+	json_object_set_new(obj, "state_detail", json_string(info->state_detail));
+	json_object_set_new(obj, "size", json_integer((json_int_t)info->size_bytes));
+	json_object_set_new(obj, "block_size", json_integer(info->block_size));
+	json_object_set_new(obj, "data_offset", json_integer((json_int_t)info->data_offset));
+	json_object_set_new(obj, "generation", json_integer((json_int_t)info->generation));
+	json_object_set_new(obj, "unclean_shutdown", json_boolean(info->unclean_shutdown));
+	for (uint32_t i = 0; i < info->num_replicas; i++) {
+		const struct keel_nexus_replica_info *ri = &info->replicas[i];
+		json_t *r = json_object();
+
+		if (r == NULL) {
+			goto out_free;
+		}
+		json_object_set_new(r, "bdev", ri->bdev_name[0] ? json_string(ri->bdev_name) :
+				    json_null());
+		json_object_set_new(r, "uuid", json_string(ri->uuid));
+		json_object_set_new(r, "state", json_string(keel_nexus_replica_state_name(ri->state)));
+		json_object_set_new(r, "reason", json_string(keel_nexus_fault_reason_name(ri->reason)));
+		json_object_set_new(r, "generation", json_integer((json_int_t)ri->generation));
+		json_object_set_new(r, "detail", json_string(ri->detail));
+		json_array_append_new(arr, r);
+	}
+	json_object_set_new(obj, "replicas", arr);
+	return obj;
+
+out_free:
+	json_decref(arr);
+	json_decref(obj);
+	return NULL;
+}
+
+int nexus_queue_rebuild_done(struct nexus *n, unsigned s)
+{
+	struct nexus_op *op = op_new(NEXUS_OP_REBUILD_DONE, NULL, NULL);
+
+	if (op == NULL) {
+		return -ENOMEM;
+	}
+	op->slot = (int)s;
+	return queue_op(n, op);
+}
+
+int nexus_queue_rejoin(struct nexus *n, unsigned s)
+{
+	char name[KEEL_BDEV_NAME_MAX + 1];
+
+	snprintf(name, sizeof(name), "%s", n->replicas[s].bdev_name);
+	return keel_nexus_add_replica(n->name, name, false, NULL, NULL);
+}

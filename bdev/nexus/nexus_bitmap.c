@@ -1,0 +1,780 @@
+/*
+ * Write-intent bitmap (md's idea, kept by the nexus itself).
+ *
+ * One bit per region of the volume. A bit is set and durable (written and
+ * flushed on every attached replica) before a write to its region is issued, and
+ * cleared lazily by a timer once the region saw no write for a whole period,
+ * nothing is in flight to it and every replica of the volume is healthy. While a
+ * replica is out, bits are never cleared, so a replica that comes back needs only
+ * the set regions copied. `events_cleared` is the generation at which bits were
+ * last cleared: a returning replica whose label generation is older may have
+ * missed writes whose bits are gone, so it gets a full copy (md's events rule).
+ *
+ * On disk (in the 1 MiB label area of each replica, between the label copies):
+ *   NEXUS_BITMAP_OFFSET: header block (magic, version, crc32c, events_cleared,
+ *   region size, bit count, volume uuid), then the bits, one block-aligned run.
+ * Clearing writes the header (with the new events_cleared) and flushes it before
+ * the cleared bits, so a crash in between only leaves bits set.
+ *
+ * Write-path cost: a covered write loads the region's shared bit and bumps a
+ * counter of its own channel (struct nexus_channel.bm_cnt): no shared atomic
+ * write, no cache line bounced between cores, however hot the region. The first
+ * write to a cold region waits for one bitmap write, and every write arriving
+ * meanwhile joins the next batch (one write + flush per replica for all of
+ * them). Bits stay set while the region is hot.
+ *
+ * Clearing, since the in-flight counts are spread over the channels: the owner
+ * marks every set bit CLEARING, then visits each channel on its own thread
+ * (keel_for_each_channel). A channel with a write in flight to the region, or
+ * one written since the last pass, vetoes it (bit back to SET). A writer that
+ * meets CLEARING claims the bit back (CAS CLEARING -> SET) and goes on. After
+ * the walk, the owner clears a bit only if its CAS CLEARING -> 0 wins. A write
+ * in flight at that moment either started before its channel's visit (vetoed
+ * there) or after it, so it saw CLEARING and its CAS beat ours; either way the
+ * bit stays. Writers that see 0 take the slow path and wait for a set batch,
+ * which the owner runs only after the clear is on disk.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keel/log.h"
+
+#include "nexus_internal.h"
+
+#define BM_MAGIC "KEELBMP1"
+#define BM_VERSION 1u
+#define NEXUS_BITMAP_OFFSET (64u * 1024u)
+#define NEXUS_BITMAP_MAX_LEN (448u * 1024u) /* up to the second label copy */
+#define BM_HDR_LEN 64u
+
+/* bits[] values */
+#define BIT_CLEAR 0u
+#define BIT_SET 1u      /* set and durable everywhere */
+#define BIT_CLEARING 2u /* set; a clear pass is asking the channels */
+
+/* nexus_channel.bm_cnt: in flight (low bits) | touched (top bit) */
+#define CNT_TOUCHED 0x8000u
+#define CNT_MASK 0x7fffu
+
+struct bm_replica_io {
+	struct nexus_bitmap *bm;
+	unsigned slot;
+	uint32_t step;
+	uint64_t off;            /* replica offset of the run */
+	uint32_t len;
+	int status;
+};
+
+struct nexus_bitmap {
+	struct nexus *n;
+	uint64_t region_size;
+	unsigned region_shift;   /* region_size is a power of two: no division per write */
+	uint32_t nbits;
+	uint32_t blk;            /* I/O unit */
+	uint32_t image_len;      /* header block + bit blocks */
+	_Atomic uint8_t *bits;   /* BIT_* per region */
+	uint8_t *image;          /* what is (being) written: header + bits */
+	uint64_t events_cleared; /* UINT64_MAX: covers nothing (no valid bitmap yet) */
+	/* Owner thread only from here. */
+	TAILQ_HEAD(, keel_bdev_io) waiting;
+	TAILQ_HEAD(, keel_bdev_io) writing;
+	bool io_busy;
+	bool need_full;          /* write the whole image everywhere (new bitmap) */
+	uint32_t io_pending;
+	void (*io_done)(struct nexus_bitmap *bm);
+	struct bm_replica_io rio[NEXUS_MAX];
+	struct keel_poller *clear_poller;
+	uint32_t *clear_list;
+	uint32_t n_clear;
+	/* full write to one slot (rebuild completion) */
+	void (*full_done)(struct nexus *n, int status);
+	unsigned full_slot;
+	bool full_requested;
+	/* load */
+	void (*load_done)(struct nexus *n);
+};
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++) {
+		p[i] = (uint8_t)(v >> (8 * i));
+	}
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++) {
+		p[i] = (uint8_t)(v >> (8 * i));
+	}
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		v |= (uint32_t)p[i] << (8 * i);
+	}
+	return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++) {
+		v |= (uint64_t)p[i] << (8 * i);
+	}
+	return v;
+}
+
+static void encode_header(struct nexus_bitmap *bm)
+{
+	uint8_t *h = bm->image;
+
+	memset(h, 0, BM_HDR_LEN);
+	memcpy(h, BM_MAGIC, 8);
+	put32(h + 8, BM_VERSION);
+	put64(h + 16, bm->events_cleared);
+	put64(h + 24, bm->region_size);
+	put32(h + 32, bm->nbits);
+	memcpy(h + 40, bm->n->uuid, 16);
+	put32(h + 12, nexus_crc32c(0, h, BM_HDR_LEN));
+}
+
+static bool decode_header(struct nexus_bitmap *bm, const uint8_t *h, uint64_t *events)
+{
+	uint8_t tmp[BM_HDR_LEN];
+
+	if (memcmp(h, BM_MAGIC, 8) != 0 || get32(h + 8) != BM_VERSION) {
+		return false;
+	}
+	memcpy(tmp, h, BM_HDR_LEN);
+	put32(tmp + 12, 0);
+	if (nexus_crc32c(0, tmp, BM_HDR_LEN) != get32(h + 12)) {
+		return false;
+	}
+	if (get64(h + 24) != bm->region_size || get32(h + 32) != bm->nbits ||
+	    memcmp(h + 40, bm->n->uuid, 16) != 0) {
+		return false;
+	}
+	*events = get64(h + 16);
+	return true;
+}
+
+static inline uint8_t *bit_bytes(struct nexus_bitmap *bm)
+{
+	return bm->image + bm->blk;
+}
+
+static void image_set(struct nexus_bitmap *bm, uint32_t r, bool on)
+{
+	if (on) {
+		bit_bytes(bm)[r / 8] |= (uint8_t)(1u << (r % 8));
+	} else {
+		bit_bytes(bm)[r / 8] &= (uint8_t)~(1u << (r % 8));
+	}
+}
+
+static bool image_get(struct nexus_bitmap *bm, uint32_t r)
+{
+	return (bit_bytes(bm)[r / 8] >> (r % 8)) & 1u;
+}
+
+static int clear_poll(void *arg);
+
+int nexus_bitmap_create(struct nexus *n)
+{
+	struct keel_rebuild_opts o;
+	struct nexus_bitmap *bm;
+	uint64_t rs;
+	uint32_t bits_len, align = 4096;
+
+	keel_rebuild_get_opts(&o);
+	rs = n->bm_region_hint ? n->bm_region_hint : o.bitmap_region_size;
+	if (rs < 64 * 1024 || (rs & (rs - 1)) != 0) {
+		rs = o.bitmap_region_size; /* set_opts only takes powers of two */
+	}
+	bm = calloc(1, sizeof(*bm));
+	if (bm == NULL) {
+		return -ENOMEM;
+	}
+	bm->n = n;
+	bm->blk = n->block_size > 4096 ? n->block_size : 4096;
+	/* Larger regions when the volume is too big for the space (md: "or larger if
+	 * necessary to fit"). */
+	for (;;) {
+		uint64_t nb = (n->volume_size + rs - 1) / rs;
+
+		bits_len = (uint32_t)(((nb + 7) / 8 + bm->blk - 1) / bm->blk * bm->blk);
+		if (nb <= UINT32_MAX && (uint64_t)bits_len + bm->blk <= NEXUS_BITMAP_MAX_LEN) {
+			bm->nbits = (uint32_t)nb;
+			break;
+		}
+		rs *= 2;
+	}
+	bm->region_size = rs;
+	bm->region_shift = (unsigned)__builtin_ctzll(rs);
+	bm->image_len = bm->blk + bits_len;
+	bm->events_cleared = UINT64_MAX;
+	TAILQ_INIT(&bm->waiting);
+	TAILQ_INIT(&bm->writing);
+	bm->bits = calloc(bm->nbits, sizeof(*bm->bits));
+	bm->clear_list = calloc(bm->nbits, sizeof(*bm->clear_list));
+	if (posix_memalign((void **)&bm->image, align, bm->image_len) != 0) {
+		bm->image = NULL;
+	}
+	if (bm->bits == NULL || bm->clear_list == NULL || bm->image == NULL) {
+		n->bm = bm;
+		nexus_bitmap_free(n);
+		return -ENOMEM;
+	}
+	memset(bm->image, 0, bm->image_len);
+	bm->clear_poller = keel_poller_register(clear_poll, bm,
+						(uint64_t)(o.bitmap_clear_ms ? o.bitmap_clear_ms : 5000) * 1000,
+						"nexus_bitmap_clear");
+	n->bm = bm;
+	return 0;
+}
+
+void nexus_bitmap_init_new(struct nexus *n)
+{
+	n->bm->events_cleared = 1;
+	n->bm->need_full = true;
+}
+
+void nexus_bitmap_free(struct nexus *n)
+{
+	struct nexus_bitmap *bm = n->bm;
+
+	if (bm == NULL) {
+		return;
+	}
+	if (bm->clear_poller != NULL) {
+		keel_poller_unregister(&bm->clear_poller);
+	}
+	free(bm->bits);
+	free(bm->clear_list);
+	free(bm->image);
+	free(bm);
+	n->bm = NULL;
+}
+
+void nexus_bitmap_fill_label(const struct nexus *n, struct nexus_label *l)
+{
+	const struct nexus_bitmap *bm = n->bm;
+
+	if (bm == NULL) {
+		return;
+	}
+	l->bitmap_offset = NEXUS_BITMAP_OFFSET;
+	l->bitmap_len = bm->image_len;
+	l->bitmap_chunk_kib = (uint32_t)(bm->region_size / 1024);
+	l->bitmap_events_cleared = bm->events_cleared;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Write path (any thread)                                                         */
+/* ------------------------------------------------------------------------------ */
+
+int nexus_bitmap_channel_init(struct nexus_channel *nch)
+{
+	struct nexus_bitmap *bm = nch->nexus->bm;
+
+	/* The bitmap exists before the io_device is registered and lives until it
+	 * is gone, so every channel sees the same one. */
+	if (bm == NULL) {
+		nch->bm_cnt = NULL;
+		return 0;
+	}
+	nch->bm_cnt = calloc(bm->nbits, sizeof(*nch->bm_cnt));
+	return nch->bm_cnt == NULL ? -ENOMEM : 0;
+}
+
+void nexus_bitmap_channel_fini(struct nexus_channel *nch)
+{
+	free(nch->bm_cnt);
+	nch->bm_cnt = NULL;
+}
+
+bool nexus_bitmap_write_start(struct nexus_channel *nch, uint64_t off, uint64_t len)
+{
+	struct nexus_bitmap *bm = nch->nexus->bm;
+	uint32_t r0, r1;
+
+	if (bm == NULL || len == 0) {
+		return true;
+	}
+	r0 = (uint32_t)(off >> bm->region_shift);
+	r1 = (uint32_t)((off + len - 1) >> bm->region_shift);
+	/* Look at the bits first, count after: both happen inside this call, and a
+	 * clear pass reads the counts only from a message to this thread, so it
+	 * sees either both or neither. */
+	for (uint32_t r = r0; r <= r1; r++) {
+		uint8_t b = atomic_load_explicit(&bm->bits[r], memory_order_acquire);
+
+		if (b == BIT_CLEARING) {
+			uint8_t exp = BIT_CLEARING;
+
+			/* Claim it back from the clear pass; losing means it is 0 now. */
+			b = atomic_compare_exchange_strong(&bm->bits[r], &exp, BIT_SET) ?
+				BIT_SET : exp;
+		}
+		/* A saturated count (never with the default bdev_io pool of 1024
+		 * per channel) waits one trip to the owner and retries. */
+		if (b != BIT_SET || (nch->bm_cnt[r] & CNT_MASK) == CNT_MASK) {
+			return false;
+		}
+	}
+	for (uint32_t r = r0; r <= r1; r++) {
+		nch->bm_cnt[r] = (uint16_t)((nch->bm_cnt[r] + 1u) | CNT_TOUCHED);
+	}
+	return true;
+}
+
+void nexus_bitmap_write_end(struct nexus_channel *nch, uint64_t off, uint64_t len)
+{
+	struct nexus_bitmap *bm = nch->nexus->bm;
+
+	if (bm == NULL || len == 0) {
+		return;
+	}
+	for (uint32_t r = (uint32_t)(off >> bm->region_shift);
+	     r <= (uint32_t)((off + len - 1) >> bm->region_shift); r++) {
+		nch->bm_cnt[r]--; /* count > 0: never borrows from CNT_TOUCHED */
+	}
+}
+
+static void bm_request_msg(void *arg)
+{
+	struct keel_bdev_io *io = arg;
+	struct nexus_io *nio = keel_bdev_io_get_ctx(io);
+	struct nexus *n = nio->nch->nexus;
+
+	TAILQ_INSERT_TAIL(&n->bm->waiting, io, module_link);
+	nexus_kick(n);
+}
+
+void nexus_bitmap_wait(struct nexus *n, struct keel_bdev_io *io)
+{
+	nexus_send_msg_reliably(n->owner, bm_request_msg, io);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Bitmap I/O (owner thread)                                                       */
+/* ------------------------------------------------------------------------------ */
+
+static void bm_io_put(struct nexus_bitmap *bm)
+{
+	if (--bm->io_pending == 0) {
+		struct nexus *n = bm->n;
+
+		for (unsigned s = 0; s < NEXUS_MAX; s++) {
+			struct bm_replica_io *rio = &bm->rio[s];
+
+			if (rio->status != 0 && nexus_replica_attached(&n->replicas[s])) {
+				KEEL_ERRLOG("volume %s: replica %s: bitmap write failed: %s", n->name,
+					    n->replicas[s].bdev_name, strerror(-rio->status));
+				nexus_request_fault(n, s, rio->status);
+			}
+		}
+		bm->io_busy = false;
+		bm->io_done(bm);
+		nexus_kick(n);
+	}
+}
+
+static void bm_rio_step(void *arg, int status);
+
+static void bm_rio_next(struct bm_replica_io *rio)
+{
+	struct nexus_replica *r = &rio->bm->n->replicas[rio->slot];
+	int rc;
+
+	switch (rio->step++) {
+	case 0:
+		rc = keel_bdev_write(r->desc, r->label_ch,
+				     rio->bm->image + (rio->off - NEXUS_BITMAP_OFFSET), rio->off,
+				     rio->len, bm_rio_step, rio);
+		break;
+	case 1:
+		rc = keel_bdev_flush(r->desc, r->label_ch, rio->off, rio->len, bm_rio_step, rio);
+		break;
+	default:
+		bm_io_put(rio->bm);
+		return;
+	}
+	if (rc != 0) {
+		rio->status = rc;
+		bm_io_put(rio->bm);
+	}
+}
+
+static void bm_rio_step(void *arg, int status)
+{
+	struct bm_replica_io *rio = arg;
+
+	if (status != 0) {
+		rio->status = status;
+		bm_io_put(rio->bm);
+		return;
+	}
+	bm_rio_next(rio);
+}
+
+/* Write image bytes [lo, hi) to the replicas of \p mask (whole image to those in
+ * \p full_mask), each followed by a flush; then done(bm). */
+static void bm_write(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t mask,
+		     uint16_t full_mask, void (*done)(struct nexus_bitmap *bm))
+{
+	struct nexus *n = bm->n;
+
+	bm->io_busy = true;
+	bm->io_done = done;
+	bm->io_pending = 1;
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct bm_replica_io *rio = &bm->rio[s];
+		bool full = full_mask & (1u << s);
+
+		rio->status = 0;
+		if (!(mask & (1u << s)) && !full) {
+			continue;
+		}
+		if (!full && lo >= hi) {
+			continue;
+		}
+		rio->bm = bm;
+		rio->slot = s;
+		rio->step = 0;
+		rio->off = NEXUS_BITMAP_OFFSET + (full ? 0 : lo);
+		rio->len = full ? bm->image_len : hi - lo;
+		bm->io_pending++;
+		bm_rio_next(rio);
+	}
+	(void)n;
+	bm_io_put(bm);
+}
+
+static uint16_t attached_mask(struct nexus *n)
+{
+	uint16_t m = 0;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (nexus_replica_attached(&n->replicas[s])) {
+			m |= (uint16_t)(1u << s);
+		}
+	}
+	return m;
+}
+
+static void set_batch_done(struct nexus_bitmap *bm)
+{
+	struct keel_bdev_io *io;
+
+	while ((io = TAILQ_FIRST(&bm->writing)) != NULL) {
+		struct nexus_io *nio = keel_bdev_io_get_ctx(io);
+		uint64_t off = keel_bdev_io_offset_bytes(io);
+		uint64_t len = keel_bdev_io_num_bytes(io);
+
+		TAILQ_REMOVE(&bm->writing, io, module_link);
+		for (uint32_t r = (uint32_t)(off / bm->region_size);
+		     r <= (uint32_t)((off + len - 1) / bm->region_size); r++) {
+			atomic_store(&bm->bits[r], BIT_SET);
+		}
+		nexus_send_msg_reliably(keel_io_channel_get_thread(keel_io_channel_from_ctx(nio->nch)),
+					nexus_write_resume, io);
+	}
+}
+
+static void set_batch(struct nexus_bitmap *bm)
+{
+	struct keel_bdev_io *io;
+	uint32_t lo = UINT32_MAX, hi = 0;
+
+	TAILQ_CONCAT(&bm->writing, &bm->waiting, module_link);
+	TAILQ_FOREACH(io, &bm->writing, module_link) {
+		uint64_t off = keel_bdev_io_offset_bytes(io);
+		uint64_t len = keel_bdev_io_num_bytes(io);
+
+		for (uint32_t r = (uint32_t)(off / bm->region_size);
+		     r <= (uint32_t)((off + len - 1) / bm->region_size); r++) {
+			if (!image_get(bm, r)) {
+				uint32_t b = bm->blk + r / 8;
+
+				image_set(bm, r, true);
+				b -= b % bm->blk;
+				lo = b < lo ? b : lo;
+				hi = b + bm->blk > hi ? b + bm->blk : hi;
+			}
+		}
+	}
+	if (lo >= hi) {
+		/* Already on disk (a cleared-then-rewritten race): nothing to write. */
+		lo = hi = 0;
+	}
+	bm_write(bm, lo, hi, attached_mask(bm->n), 0, set_batch_done);
+}
+
+static void full_done_cb(struct nexus_bitmap *bm)
+{
+	bm->need_full = false;
+}
+
+static void full_one_done(struct nexus_bitmap *bm)
+{
+	void (*done)(struct nexus *n, int status) = bm->full_done;
+
+	bm->full_done = NULL;
+	done(bm->n, bm->rio[bm->full_slot].status);
+}
+
+/* Clearing: header with the new events_cleared first, then the bits. */
+static void clear_bits_done(struct nexus_bitmap *bm)
+{
+	KEEL_DEBUGLOG("volume %s: bitmap: cleared %u regions", bm->n->name, bm->n_clear);
+	bm->n_clear = 0;
+}
+
+static void clear_header_done(struct nexus_bitmap *bm)
+{
+	uint32_t lo = UINT32_MAX, hi = 0;
+
+	for (uint32_t i = 0; i < bm->n_clear; i++) {
+		uint32_t r = bm->clear_list[i];
+		uint32_t b = bm->blk + r / 8;
+
+		image_set(bm, r, false);
+		b -= b % bm->blk;
+		lo = b < lo ? b : lo;
+		hi = b + bm->blk > hi ? b + bm->blk : hi;
+	}
+	bm_write(bm, lo, hi, attached_mask(bm->n), 0, clear_bits_done);
+}
+
+static bool clear_allowed(struct nexus *n)
+{
+	if (n->state != KEEL_NEXUS_ONLINE || n->busy || n->faults_queued ||
+	    !TAILQ_EMPTY(&n->jobs) || n->destroying) {
+		return false;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (n->replicas[s].used && atomic_load(&n->replicas[s].fault_requested)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* On each channel's thread: veto the candidates this channel wrote to since the
+ * last pass or still has in flight, and start a new period for them. */
+static void clear_visit(struct keel_io_channel_iter *iter)
+{
+	struct nexus_channel *nch = keel_io_channel_get_ctx(keel_io_channel_iter_get_channel(iter));
+	struct nexus_bitmap *bm = keel_io_channel_iter_get_ctx(iter);
+
+	if (nch->bm_cnt != NULL) {
+		for (uint32_t i = 0; i < bm->n_clear; i++) {
+			uint32_t r = bm->clear_list[i];
+			uint16_t c = nch->bm_cnt[r];
+
+			if (c != 0) {
+				atomic_store(&bm->bits[r], BIT_SET);
+				nch->bm_cnt[r] = (uint16_t)(c & CNT_MASK);
+			}
+		}
+	}
+	keel_for_each_channel_continue(iter, 0);
+}
+
+static void clear_visit_done(struct keel_io_channel_iter *iter, int status)
+{
+	struct nexus_bitmap *bm = keel_io_channel_iter_get_ctx(iter);
+	struct nexus *n = bm->n;
+	bool allowed = status == 0 && clear_allowed(n);
+	uint32_t k = 0;
+
+	/* Something changed during the walk (a fault, a rebuild, destroy): keep
+	 * every bit; the next pass asks again. */
+	for (uint32_t i = 0; i < bm->n_clear; i++) {
+		uint32_t r = bm->clear_list[i];
+		uint8_t exp = BIT_CLEARING;
+
+		if (!allowed) {
+			(void)atomic_compare_exchange_strong(&bm->bits[r], &exp, BIT_SET);
+		} else if (atomic_compare_exchange_strong(&bm->bits[r], &exp, BIT_CLEAR)) {
+			bm->clear_list[k++] = r;
+		}
+	}
+	bm->n_clear = k;
+	if (k == 0) {
+		bm->io_busy = false;
+		nexus_kick(n);
+		return;
+	}
+	bm->events_cleared = n->generation;
+	encode_header(bm);
+	bm_write(bm, 0, bm->blk, attached_mask(n), 0, clear_header_done);
+}
+
+static void clear_pass(struct nexus_bitmap *bm)
+{
+	struct nexus *n = bm->n;
+
+	bm->n_clear = 0;
+	for (uint32_t r = 0; r < bm->nbits; r++) {
+		if (atomic_load_explicit(&bm->bits[r], memory_order_relaxed) == BIT_SET) {
+			atomic_store(&bm->bits[r], BIT_CLEARING);
+			bm->clear_list[bm->n_clear++] = r;
+		}
+	}
+	if (bm->n_clear == 0) {
+		return;
+	}
+	/* Busy while the channels are asked: membership steps and set batches wait,
+	 * and the io_device (so the bitmap) outlives the walk. */
+	bm->io_busy = true;
+	keel_for_each_channel(n, clear_visit, bm, clear_visit_done);
+}
+
+static int clear_poll(void *arg)
+{
+	struct nexus_bitmap *bm = arg;
+
+	if (bm->io_busy || !clear_allowed(bm->n)) {
+		return KEEL_POLLER_IDLE;
+	}
+	clear_pass(bm);
+	return KEEL_POLLER_BUSY;
+}
+
+bool nexus_bitmap_busy(struct nexus *n)
+{
+	return n->bm != NULL && n->bm->io_busy;
+}
+
+bool nexus_bitmap_kick(struct nexus *n)
+{
+	struct nexus_bitmap *bm = n->bm;
+
+	if (bm == NULL || bm->io_busy || n->busy || !n->registered) {
+		return false;
+	}
+	if (bm->need_full) {
+		encode_header(bm);
+		bm_write(bm, 0, 0, 0, attached_mask(n), full_done_cb);
+		return true;
+	}
+	if (!TAILQ_EMPTY(&bm->waiting)) {
+		set_batch(bm);
+		return true;
+	}
+	return false;
+}
+
+void nexus_bitmap_write_full(struct nexus *n, unsigned s, void (*done)(struct nexus *n, int status))
+{
+	struct nexus_bitmap *bm = n->bm;
+
+	bm->full_done = done;
+	bm->full_slot = s;
+	encode_header(bm);
+	bm_write(bm, 0, 0, 0, (uint16_t)(1u << s), full_one_done);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Load at assembly                                                                */
+/* ------------------------------------------------------------------------------ */
+
+static void load_done_cb(void *arg, int status)
+{
+	struct nexus_bitmap *bm = arg;
+	struct nexus *n = bm->n;
+	uint64_t events;
+	uint32_t set = 0;
+
+	if (status == 0 && decode_header(bm, bm->image, &events)) {
+		bm->events_cleared = events;
+		for (uint32_t r = 0; r < bm->nbits; r++) {
+			if (image_get(bm, r)) {
+				atomic_store(&bm->bits[r], BIT_SET);
+				set++;
+			}
+		}
+		KEEL_NOTICELOG("volume %s: write-intent bitmap loaded: %u of %u regions of %lu KiB "
+			       "set, events_cleared %lu", n->name, set, bm->nbits,
+			       (unsigned long)(bm->region_size / 1024), (unsigned long)events);
+	} else {
+		KEEL_WARNLOG("volume %s: no valid write-intent bitmap%s: returning replicas get "
+			     "full rebuilds", n->name, status ? " (read failed)" : "");
+		memset(bm->image, 0, bm->image_len);
+		bm->events_cleared = UINT64_MAX;
+		bm->need_full = true;
+	}
+	bm->load_done(n);
+}
+
+void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n))
+{
+	struct nexus_bitmap *bm = n->bm;
+	struct nexus_replica *r = &n->replicas[s];
+	int rc;
+
+	bm->load_done = done;
+	rc = keel_bdev_read(r->desc, r->label_ch, bm->image, NEXUS_BITMAP_OFFSET, bm->image_len,
+			    load_done_cb, bm);
+	if (rc != 0) {
+		/* Keep "never inside" for our own caller: finish from a message. */
+		load_done_cb(bm, rc);
+	}
+}
+
+bool nexus_bitmap_covers(const struct nexus *n, uint64_t generation)
+{
+	return n->bm != NULL && n->bm->events_cleared != UINT64_MAX &&
+	       generation >= n->bm->events_cleared;
+}
+
+uint64_t nexus_bitmap_snapshot(struct nexus *n, uint8_t *map, uint64_t *region_size,
+			       uint32_t *nbits)
+{
+	struct nexus_bitmap *bm = n->bm;
+	uint64_t c = 0;
+
+	*region_size = bm->region_size;
+	*nbits = bm->nbits;
+	for (uint32_t r = 0; r < bm->nbits; r++) {
+		/* Waiting writes have their bit in the image only once batched; a bit
+		 * set in either place may hold a write the target missed. */
+		map[r] = atomic_load(&bm->bits[r]) != BIT_CLEAR || image_get(bm, r);
+		c += map[r];
+	}
+	return c;
+}
+
+void nexus_bitmap_info(const struct nexus *n, uint64_t *region_size, uint32_t *nbits,
+		       uint32_t *set, uint64_t *events_cleared)
+{
+	struct nexus_bitmap *bm = n->bm;
+	uint32_t c = 0;
+
+	for (uint32_t r = 0; r < bm->nbits; r++) {
+		c += atomic_load(&bm->bits[r]) != BIT_CLEAR ? 1 : 0;
+	}
+	*region_size = bm->region_size;
+	*nbits = bm->nbits;
+	*set = c;
+	*events_cleared = bm->events_cleared;
+}
+
+int keel_nexus_bitmap_info(struct keel_nexus *nexus, uint64_t *region_size, uint32_t *nbits,
+			   uint32_t *bits_set, uint64_t *events_cleared)
+{
+	struct nexus *n = (struct nexus *)nexus;
+
+	if (n->bm == NULL) {
+		return -ENOENT;
+	}
+	nexus_bitmap_info(n, region_size, nbits, bits_set, events_cleared);
+	return 0;
+}

@@ -1,0 +1,306 @@
+/*
+ * Internals shared by the nexus management code (nexus.c) and data path (nexus_io.c).
+ *
+ * Ownership: struct nexus and its replicas[] belong to the owner (management)
+ * thread. Channels never read them, with two exceptions: the per-replica atomic
+ * fault flag, and the published configuration `cfg`, which is copied under
+ * cfg_lock (off the I/O path: channel creation and reconfiguration only).
+ */
+#ifndef KEEL_NEXUS_INTERNAL_H
+#define KEEL_NEXUS_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "keel/bdev.h"
+#include "keel/bdev_module.h"
+#include "keel/nexus.h"
+#include "keel/reactor.h"
+
+#include "nexus_label.h"
+
+#define NEXUS_MAX KEEL_NEXUS_MAX_REPLICAS
+/* Range locks one channel can hold at once: every task of every rebuild job of
+ * the volume holds at most one (nexus_rebuild.c caps tasks accordingly). */
+#define NEXUS_MAX_LOCKS 128
+
+struct nexus;
+struct nexus_bitmap;
+struct nexus_rebuild_job;
+
+struct nexus_replica {
+	struct nexus *nexus;
+	bool used;                 /* slot in use (listed in info) */
+	bool member;               /* recorded in the labels we write */
+	char bdev_name[KEEL_BDEV_NAME_MAX + 1];
+	uint8_t uuid[16];
+	struct keel_bdev_desc *desc;       /* NULL once released */
+	struct keel_io_channel *label_ch;  /* owner thread's channel for label I/O */
+	uint8_t *label_buf;                /* aligned, label_buf_len bytes */
+	uint32_t label_buf_len;
+	enum keel_nexus_replica_state state;
+	enum keel_nexus_fault_reason reason;
+	char detail[160];
+	uint64_t generation;
+	/* Set by the first channel that sees an I/O error; it alone sends the
+	 * message to the owner, so a burst of errors costs one message. */
+	atomic_bool fault_requested;
+	atomic_int fault_status;
+	bool fault_pending;        /* owner: a fault message arrived, not yet committed */
+	bool foreign;              /* refused: labelled for another volume */
+	/* Rejoin (re-add of a former member): what its own label said, for the
+	 * bitmap coverage check (nexus_bitmap_covers). */
+	bool rejoin;
+	bool rejoin_in_sync;
+	uint64_t rejoin_generation;
+	bool rejoin_tried;         /* a stale replica is re-added automatically once */
+	bool rb_started;           /* a rebuild job was created for this membership */
+	bool removing;             /* free the slot once the change is committed */
+	int label_status;          /* owner: result of the last label I/O */
+	uint32_t label_step;
+	/* Assembly / create: what was read from the two copies. */
+	int label_rc;
+	struct nexus_label label;
+	char label_why[96];
+};
+
+/* What channels see of a replica slot. */
+struct nexus_cfg_slot {
+	struct keel_bdev_desc *desc; /* NULL: slot not attached */
+	bool readable;               /* healthy */
+	bool writable;               /* healthy or rebuilding */
+};
+
+struct nexus_cfg {
+	bool frozen;                 /* hold new writes (a label update is in flight) */
+	bool faulted;                /* volume faulted: fail every I/O at once */
+	struct nexus_cfg_slot slots[NEXUS_MAX];
+};
+
+enum nexus_op_type {
+	NEXUS_OP_ADMIN_FAULT,
+	NEXUS_OP_REMOVE,
+	NEXUS_OP_ADD,
+	NEXUS_OP_DESTROY,
+	NEXUS_OP_CREATE,
+	NEXUS_OP_OPEN,
+	NEXUS_OP_REBUILD_DONE,  /* a rebuild completed: the target becomes healthy */
+};
+
+struct nexus_op {
+	enum nexus_op_type type;
+	int slot;
+	bool wipe;
+	bool force;
+	keel_nexus_op_cb cb_fn;
+	void *cb_arg;
+	int status;
+	char errmsg[256];
+	TAILQ_ENTRY(nexus_op) link;
+};
+
+struct nexus {
+	struct keel_bdev bdev;
+	char name[KEEL_NEXUS_NAME_MAX + 1];
+	uint8_t uuid[16];
+	struct keel_thread *owner;
+	struct nexus_replica replicas[NEXUS_MAX];
+	uint64_t generation;
+	uint64_t volume_size;
+	uint64_t data_offset;
+	uint32_t block_size;
+	bool unclean_shutdown;
+	enum keel_nexus_state state;
+	char state_detail[512];
+	bool registered;
+	bool io_device_registered;
+	bool supports_unmap;
+
+	pthread_mutex_t cfg_lock;
+	struct nexus_cfg cfg;        /* published; guarded by cfg_lock */
+	/* Every channel of the volume, guarded by cfg_lock: rebuild jobs sum their
+	 * user_ios from their own thread once per ms to see foreground load. */
+	TAILQ_HEAD(, nexus_channel) chans;
+
+	/* Membership changes run one at a time on the owner thread. */
+	TAILQ_HEAD(, nexus_op) ops;
+	struct nexus_op *cur_op;
+	bool busy;
+	bool faults_queued;          /* a fault pass should run */
+	uint32_t label_pending;
+	uint16_t unreadable_mask;    /* slots no channel may read from from now on */
+	void (*label_done_fn)(struct nexus *nexus);
+	struct nexus_op *destroy_op;
+	bool destroying;
+	bool destruct_waiting;       /* destruct arrived while a change ran */
+	bool name_given;             /* assembly: the caller named the volume */
+	/* Write-intent bitmap (nexus_bitmap.c); NULL when disabled. */
+	struct nexus_bitmap *bm;
+	/* Rebuild jobs of this volume (nexus_rebuild.c), owner thread only. */
+	TAILQ_HEAD(, nexus_rebuild_job) jobs;
+	uint32_t sync_pending;       /* rebuild jobs yet to acknowledge a sync */
+	bool rb_shutdown;            /* destroy: jobs are being stopped */
+	uint64_t bm_region_hint;     /* region size recorded in the labels (assembly) */
+	void (*sync_cont)(struct nexus *n);
+	TAILQ_ENTRY(nexus) link;
+};
+
+/* Per-request context, inside the bdev_io's driver_ctx: no allocation per I/O. */
+struct nexus_child_io {
+	struct keel_bdev_io *parent;
+	uint8_t slot;
+};
+
+struct nexus_channel;
+
+struct nexus_io {
+	struct nexus_channel *nch;
+	uint32_t pending;        /* children still to answer */
+	uint16_t healthy_mask;   /* children that were readable at submission */
+	uint16_t failed_mask;    /* children that failed (or were known bad) */
+	uint16_t ok_healthy;     /* healthy children that succeeded */
+	uint16_t tried_mask;     /* reads: children tried so far */
+	int last_err;
+	struct nexus_child_io child[NEXUS_MAX];
+};
+
+struct nexus_lock_range {
+	uint64_t start;          /* bytes, volume address space */
+	uint64_t end;            /* exclusive */
+	const void *owner;       /* the rebuild task holding it */
+};
+
+struct nexus_lock_wait {
+	const void *owner;
+	struct keel_io_channel_iter *iter;
+};
+
+struct nexus_child_ch {
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	uint32_t outstanding;
+	bool readable;
+	bool writable;
+	bool failed;             /* an error was seen here; fault requested */
+	bool detaching;          /* dropped by the config; put when outstanding == 0 */
+};
+
+struct nexus_channel {
+	struct nexus *nexus;
+	struct nexus_child_ch children[NEXUS_MAX];
+	uint8_t writers[NEXUS_MAX];
+	uint8_t readers[NEXUS_MAX];
+	uint8_t n_writers;
+	uint8_t n_readers;
+	uint32_t rr;
+	bool frozen;
+	bool faulted;
+	uint32_t writes_inflight;
+	uint32_t detaching;      /* children waiting to drain before their put */
+	struct keel_io_channel_iter *drain_iter;
+	struct keel_io_channel_iter *detach_iter;
+	TAILQ_HEAD(, keel_bdev_io) held;    /* writes waiting for a label update */
+	TAILQ_HEAD(, keel_bdev_io) parked;  /* partly failed writes waiting for the
+					     * fault to reach the labels */
+	struct keel_poller *retry_poller;
+	uint16_t retry_mask;     /* fault messages that could not be sent yet */
+	/* Rebuild range locks (nexus_rebuild.c). Writes in flight are listed so a
+	 * lock is granted only once overlapping ones are done; writes that overlap
+	 * a held lock wait in lock_waiting. */
+	TAILQ_HEAD(, keel_bdev_io) inflight;
+	TAILQ_HEAD(, keel_bdev_io) lock_waiting;
+	uint32_t n_locks;
+	uint32_t n_lock_waits;
+	struct nexus_lock_range locks[NEXUS_MAX_LOCKS];
+	struct nexus_lock_wait lock_waits[NEXUS_MAX_LOCKS];
+	/* Write-intent bitmap, this thread's share (nexus_bitmap.c): per region,
+	 * writes in flight from this channel (low 15 bits) and "written since the
+	 * last clear pass" (top bit). Only this thread touches it, so a write to a
+	 * region whose bit is set costs no shared atomic; the clear pass gathers
+	 * the counts with keel_for_each_channel. NULL without a bitmap. */
+	uint16_t *bm_cnt;
+	/* User I/O submitted on this channel (adaptive rebuild back-off). Written
+	 * by this thread only (relaxed load + store: no locked instruction), read
+	 * by rebuild jobs, for which a stale value only delays one sample. */
+	_Atomic uint64_t user_ios;
+	TAILQ_ENTRY(nexus_channel) clink;   /* nexus.chans */
+};
+
+/* Owner-independent, any thread: total user I/Os submitted on \p n so far. */
+uint64_t nexus_user_ios(struct nexus *n);
+
+/* nexus_io.c */
+extern const struct keel_bdev_fn_table g_nexus_fn_table;
+int nexus_channel_create(void *io_device, void *ctx_buf);
+void nexus_channel_destroy(void *io_device, void *ctx_buf);
+/* for_each_channel steps driven by nexus.c; ctx is the nexus. */
+void nexus_channel_freeze(struct keel_io_channel_iter *iter);
+void nexus_channel_apply(struct keel_io_channel_iter *iter);
+
+/* Range-lock steps run by keel_for_each_channel from a rebuild job; ctx is a
+ * struct nexus_lock_range. */
+void nexus_channel_lock(struct keel_io_channel_iter *iter);
+void nexus_channel_unlock(struct keel_io_channel_iter *iter);
+/* A write whose bitmap bits are now durable, back on its channel's thread. */
+void nexus_write_resume(void *arg);
+
+/* nexus.c */
+void nexus_fault_msg(void *arg);
+int nexus_destruct(void *ctx);
+/* Deliver a message that must not be lost (retries from a poller when full). */
+void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg);
+/* Ask the owner to fault replica slot \p s (from any thread; one message). */
+void nexus_request_fault(struct nexus *n, unsigned s, int status);
+bool nexus_replica_attached(const struct nexus_replica *r);
+void nexus_kick(struct nexus *n);
+/* Queue a membership step making slot \p s healthy (its rebuild completed). */
+int nexus_queue_rebuild_done(struct nexus *n, unsigned s);
+/* Queue re-adding the bdev of stale/faulted slot \p s (rejoin). */
+int nexus_queue_rejoin(struct nexus *n, unsigned s);
+
+/* nexus_bitmap.c: write-intent bitmap. Offsets are volume bytes. */
+int nexus_bitmap_create(struct nexus *n);
+void nexus_bitmap_free(struct nexus *n);
+/* A new volume: covers from generation 1, whole image written at first chance. */
+void nexus_bitmap_init_new(struct nexus *n);
+/* Write path, on the channel's thread: true = covered, the write may go (counted
+ * in flight on \p nch); false = its bits are not durable yet (or are being
+ * cleared): hand the io to nexus_bitmap_wait. */
+bool nexus_bitmap_write_start(struct nexus_channel *nch, uint64_t off, uint64_t len);
+void nexus_bitmap_write_end(struct nexus_channel *nch, uint64_t off, uint64_t len);
+/* Channel create/destroy: this thread's share of the bitmap. */
+int nexus_bitmap_channel_init(struct nexus_channel *nch);
+void nexus_bitmap_channel_fini(struct nexus_channel *nch);
+void nexus_bitmap_wait(struct nexus *n, struct keel_bdev_io *io);
+/* Owner: true when a bitmap write is in flight (membership steps wait). */
+bool nexus_bitmap_busy(struct nexus *n);
+/* Owner: start queued bitmap work if any; true if started. */
+bool nexus_bitmap_kick(struct nexus *n);
+/* Owner: write the whole image to slot \p s, then call done(n, status). */
+void nexus_bitmap_write_full(struct nexus *n, unsigned s,
+			     void (*done)(struct nexus *n, int status));
+/* Owner: read the bitmap of healthy slot \p s (assembly), then done(n). */
+void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n));
+/* Does the bitmap cover the absence of a member whose label said \p generation? */
+bool nexus_bitmap_covers(const struct nexus *n, uint64_t generation);
+/* Snapshot set regions into \p map (bytes of one bit per region); \return count. */
+uint64_t nexus_bitmap_snapshot(struct nexus *n, uint8_t *map, uint64_t *region_size,
+			       uint32_t *nbits);
+void nexus_bitmap_fill_label(const struct nexus *n, struct nexus_label *l);
+void nexus_bitmap_info(const struct nexus *n, uint64_t *region_size, uint32_t *nbits,
+		       uint32_t *set, uint64_t *events_cleared);
+
+/* nexus_rebuild.c */
+/* Owner: a membership step froze the channels; settle every job against the new
+ * replica states (switch source, cancel on a lost target) before going on. */
+void nexus_rebuild_sync(struct nexus *n, void (*cont)(struct nexus *n));
+/* Owner: stop and forget every job of \p n, then cont(n) (destroy). */
+void nexus_rebuild_shutdown(struct nexus *n, void (*cont)(struct nexus *n));
+/* Owner: after a step: start the automatic rebuilds (added/rejoined replicas). */
+void nexus_rebuild_auto(struct nexus *n);
+void nexus_rebuild_forget(struct nexus *n);
+
+#endif /* KEEL_NEXUS_INTERNAL_H */

@@ -1,0 +1,353 @@
+/*
+ * Label encoding. Fields are written byte by byte in little endian so the format
+ * does not depend on struct padding or the host byte order.
+ */
+#include "nexus_label.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+static uint32_t g_crc32c_table[256];
+static pthread_once_t g_crc32c_once = PTHREAD_ONCE_INIT;
+
+static void crc32c_init_table(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+
+		for (int k = 0; k < 8; k++) {
+			c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+		}
+		g_crc32c_table[i] = c;
+	}
+}
+
+uint32_t nexus_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	pthread_once(&g_crc32c_once, crc32c_init_table);
+	crc = ~crc;
+	while (len--) {
+		crc = g_crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+	}
+	return ~crc;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++) {
+		p[i] = (uint8_t)(v >> (8 * i));
+	}
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++) {
+		p[i] = (uint8_t)(v >> (8 * i));
+	}
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (int i = 3; i >= 0; i--) {
+		v = (v << 8) | p[i];
+	}
+	return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--) {
+		v = (v << 8) | p[i];
+	}
+	return v;
+}
+
+#define OFF_MAGIC 0
+#define OFF_VERSION 8
+#define OFF_SIZE 12
+#define OFF_CRC 16
+#define OFF_FLAGS 20
+#define OFF_GEN 24
+#define OFF_VOL_UUID 32
+#define OFF_VOL_NAME 48
+#define VOL_NAME_LEN 64
+#define OFF_REPLICA_UUID 112
+#define OFF_VOL_SIZE 128
+#define OFF_DATA_OFFSET 136
+#define OFF_BLOCK_SIZE 144
+#define OFF_NUM_MEMBERS 148
+#define OFF_BITMAP_OFFSET 152
+#define OFF_BITMAP_LEN 160
+#define OFF_BITMAP_CHUNK 168
+#define OFF_BITMAP_EVENTS 176
+#define OFF_MEMBERS 256
+#define MEMBER_SIZE 32
+
+void nexus_label_encode(const struct nexus_label *label, uint8_t *buf)
+{
+	memset(buf, 0, NEXUS_LABEL_SIZE);
+	memcpy(buf + OFF_MAGIC, NEXUS_LABEL_MAGIC, 8);
+	put32(buf + OFF_VERSION, label->version);
+	put32(buf + OFF_SIZE, NEXUS_LABEL_SIZE);
+	put32(buf + OFF_FLAGS, label->flags);
+	put64(buf + OFF_GEN, label->generation);
+	memcpy(buf + OFF_VOL_UUID, label->volume_uuid, 16);
+	memcpy(buf + OFF_VOL_NAME, label->volume_name,
+	       strnlen(label->volume_name, VOL_NAME_LEN - 1));
+	memcpy(buf + OFF_REPLICA_UUID, label->replica_uuid, 16);
+	put64(buf + OFF_VOL_SIZE, label->volume_size);
+	put64(buf + OFF_DATA_OFFSET, label->data_offset);
+	put32(buf + OFF_BLOCK_SIZE, label->block_size);
+	put32(buf + OFF_NUM_MEMBERS, label->num_members);
+	put64(buf + OFF_BITMAP_OFFSET, label->bitmap_offset);
+	put64(buf + OFF_BITMAP_LEN, label->bitmap_len);
+	put32(buf + OFF_BITMAP_CHUNK, label->bitmap_chunk_kib);
+	put64(buf + OFF_BITMAP_EVENTS, label->bitmap_events_cleared);
+	for (uint32_t i = 0; i < label->num_members && i < KEEL_NEXUS_MAX_REPLICAS; i++) {
+		uint8_t *m = buf + OFF_MEMBERS + i * MEMBER_SIZE;
+
+		memcpy(m, label->members[i].uuid, 16);
+		put32(m + 16, label->members[i].state);
+	}
+	put32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_LABEL_SIZE));
+}
+
+static bool is_pow2(uint64_t v)
+{
+	return v != 0 && (v & (v - 1)) == 0;
+}
+
+int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why, size_t whylen)
+{
+	uint8_t copy[NEXUS_LABEL_SIZE];
+	uint32_t stored_crc;
+	const char *reason = NULL;
+	int rc = -EINVAL;
+	size_t name_len;
+
+	if (why != NULL && whylen > 0) {
+		why[0] = '\0';
+	}
+	if (memcmp(buf + OFF_MAGIC, NEXUS_LABEL_MAGIC, 8) != 0) {
+		reason = "no keel label";
+		rc = -ENODATA;
+		goto out_fail;
+	}
+	/* Check the checksum before trusting any other field, including the size. */
+	memcpy(copy, buf, NEXUS_LABEL_SIZE);
+	stored_crc = get32(copy + OFF_CRC);
+	put32(copy + OFF_CRC, 0);
+	if (nexus_crc32c(0, copy, NEXUS_LABEL_SIZE) != stored_crc) {
+		reason = "label checksum mismatch";
+		rc = -EBADMSG;
+		goto out_fail;
+	}
+	memset(label, 0, sizeof(*label));
+	label->version = get32(buf + OFF_VERSION);
+	if (label->version < NEXUS_LABEL_VERSION_MIN || label->version > NEXUS_LABEL_VERSION) {
+		if (why != NULL) {
+			snprintf(why, whylen, "unsupported label version %u", label->version);
+		}
+		return -EPROTONOSUPPORT;
+	}
+	if (get32(buf + OFF_SIZE) != NEXUS_LABEL_SIZE) {
+		reason = "bad label size";
+		goto out_fail;
+	}
+	label->flags = get32(buf + OFF_FLAGS);
+	label->generation = get64(buf + OFF_GEN);
+	memcpy(label->volume_uuid, buf + OFF_VOL_UUID, 16);
+	name_len = strnlen((const char *)buf + OFF_VOL_NAME, VOL_NAME_LEN);
+	if (name_len == 0 || name_len > KEEL_NEXUS_NAME_MAX) {
+		reason = "bad volume name in label";
+		goto out_fail;
+	}
+	memcpy(label->volume_name, buf + OFF_VOL_NAME, name_len);
+	label->volume_name[name_len] = '\0';
+	memcpy(label->replica_uuid, buf + OFF_REPLICA_UUID, 16);
+	label->volume_size = get64(buf + OFF_VOL_SIZE);
+	label->data_offset = get64(buf + OFF_DATA_OFFSET);
+	label->block_size = get32(buf + OFF_BLOCK_SIZE);
+	label->num_members = get32(buf + OFF_NUM_MEMBERS);
+	label->bitmap_offset = get64(buf + OFF_BITMAP_OFFSET);
+	label->bitmap_len = get64(buf + OFF_BITMAP_LEN);
+	label->bitmap_chunk_kib = get32(buf + OFF_BITMAP_CHUNK);
+	label->bitmap_events_cleared = get64(buf + OFF_BITMAP_EVENTS);
+	if (!is_pow2(label->block_size) || label->block_size < 512 ||
+	    label->block_size > 65536) {
+		reason = "bad block size in label";
+		goto out_fail;
+	}
+	if (label->volume_size == 0 || label->volume_size % label->block_size != 0) {
+		reason = "bad volume size in label";
+		goto out_fail;
+	}
+	if (label->data_offset < KEEL_NEXUS_DATA_OFFSET ||
+	    label->data_offset % label->block_size != 0 ||
+	    label->data_offset + label->volume_size < label->data_offset) {
+		reason = "bad data offset in label";
+		goto out_fail;
+	}
+	if (label->generation == 0) {
+		reason = "bad generation in label";
+		goto out_fail;
+	}
+	if (label->num_members == 0 || label->num_members > KEEL_NEXUS_MAX_REPLICAS) {
+		reason = "bad member count in label";
+		goto out_fail;
+	}
+	for (uint32_t i = 0; i < label->num_members; i++) {
+		const uint8_t *m = buf + OFF_MEMBERS + i * MEMBER_SIZE;
+
+		memcpy(label->members[i].uuid, m, 16);
+		label->members[i].state = get32(m + 16);
+		if (label->members[i].state != NEXUS_MEMBER_IN_SYNC &&
+		    label->members[i].state != NEXUS_MEMBER_OUT_OF_SYNC) {
+			reason = "bad member state in label";
+			goto out_fail;
+		}
+	}
+	if (nexus_label_find_member(label, label->replica_uuid) == NULL) {
+		reason = "label does not list its own replica";
+		goto out_fail;
+	}
+	return 0;
+
+out_fail:
+	if (why != NULL && whylen > 0) {
+		snprintf(why, whylen, "%s", reason);
+	}
+	return rc;
+}
+
+int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1,
+		     const struct nexus_label *l1, int *out)
+{
+	if (rc0 == 0 && rc1 == 0) {
+		*out = l1->generation > l0->generation ? 1 : 0;
+		return 0;
+	}
+	if (rc0 == 0) {
+		*out = 0;
+		return 0;
+	}
+	if (rc1 == 0) {
+		*out = 1;
+		return 0;
+	}
+	if (rc0 == -EBADMSG || rc1 == -EBADMSG) {
+		return -EBADMSG;
+	}
+	if (rc0 == -ENODATA && rc1 == -ENODATA) {
+		return -ENODATA;
+	}
+	return rc0 != -ENODATA ? rc0 : rc1;
+}
+
+const struct nexus_label_member *nexus_label_find_member(const struct nexus_label *label,
+							 const uint8_t *uuid)
+{
+	for (uint32_t i = 0; i < label->num_members && i < KEEL_NEXUS_MAX_REPLICAS; i++) {
+		if (memcmp(label->members[i].uuid, uuid, 16) == 0) {
+			return &label->members[i];
+		}
+	}
+	return NULL;
+}
+
+void nexus_uuid_generate(uint8_t *uuid)
+{
+	size_t got = 0;
+
+	while (got < 16) {
+		ssize_t n = getrandom(uuid + got, 16 - got, 0);
+
+		if (n <= 0) {
+			/* getrandom only fails before the pool is seeded on ancient
+			 * kernels; fall back to time and address bits. */
+			uint64_t t = (uint64_t)(uintptr_t)uuid ^ (uint64_t)got;
+
+			for (size_t i = got; i < 16; i++) {
+				uuid[i] = (uint8_t)(t >> ((i % 8) * 8)) ^ (uint8_t)rand();
+			}
+			break;
+		}
+		got += (size_t)n;
+	}
+	uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40); /* version 4 */
+	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+}
+
+void nexus_uuid_fmt(const uint8_t *uuid, char *buf)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	for (int i = 0; i < 16; i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10) {
+			buf[o++] = '-';
+		}
+		buf[o++] = hex[uuid[i] >> 4];
+		buf[o++] = hex[uuid[i] & 0xf];
+	}
+	buf[o] = '\0';
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9') {
+		return c - '0';
+	}
+	if (c >= 'a' && c <= 'f') {
+		return c - 'a' + 10;
+	}
+	if (c >= 'A' && c <= 'F') {
+		return c - 'A' + 10;
+	}
+	return -1;
+}
+
+int nexus_uuid_parse(const char *str, uint8_t *uuid)
+{
+	size_t o = 0;
+
+	if (str == NULL || strlen(str) != 36) {
+		return -EINVAL;
+	}
+	for (int i = 0; i < 16; i++) {
+		int hi, lo;
+
+		if (i == 4 || i == 6 || i == 8 || i == 10) {
+			if (str[o++] != '-') {
+				return -EINVAL;
+			}
+		}
+		hi = hexval(str[o++]);
+		lo = hexval(str[o++]);
+		if (hi < 0 || lo < 0) {
+			return -EINVAL;
+		}
+		uuid[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+bool nexus_uuid_is_null(const uint8_t *uuid)
+{
+	for (int i = 0; i < 16; i++) {
+		if (uuid[i] != 0) {
+			return false;
+		}
+	}
+	return true;
+}

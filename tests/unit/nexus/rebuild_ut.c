@@ -1,0 +1,843 @@
+/*
+ * Rebuild engine and write-intent bitmap unit tests.
+ *
+ * Deterministic harness (the job runs on the owner thread when there are no reactors),
+ * malloc replicas, error bdevs where a replica must fail.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "keel/bdev.h"
+#include "keel/bdev_module.h"
+#include "keel/log.h"
+#include "keel/nexus.h"
+#include "keel/reactor.h"
+
+#include "bdev/nexus/nexus_label.h"
+#include "ut_cunit.h"
+#include "ut_threads.h"
+
+#define MB (1024ull * 1024ull)
+#define BS 512u
+#define REPLICA_BLOCKS ((8 * MB) / BS)
+#define DATA_OFF KEEL_NEXUS_DATA_OFFSET
+
+/* ------------------------------------------------------------------------------ */
+/* Helpers                                                                         */
+/* ------------------------------------------------------------------------------ */
+
+struct op_res {
+	bool done;
+	int status;
+	char msg[1024];
+	struct keel_nexus *nexus;
+};
+
+static void op_cb(void *arg, int status, const char *errmsg, struct keel_nexus *nexus)
+{
+	struct op_res *r = arg;
+
+	CU_ASSERT(!r->done); /* exactly once */
+	r->done = true;
+	r->status = status;
+	r->nexus = nexus;
+	snprintf(r->msg, sizeof(r->msg), "%s", errmsg ? errmsg : "");
+	if (status == 0) {
+		CU_ASSERT(errmsg == NULL);
+	} else {
+		CU_ASSERT(errmsg != NULL && errmsg[0] != '\0');
+	}
+}
+
+static void done_cb(void *arg, int status)
+{
+	struct op_res *r = arg;
+
+	r->done = true;
+	r->status = status;
+}
+
+static int wait_res(struct op_res *r)
+{
+	for (int i = 0; i < 1000 && !r->done; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT_FATAL(r->done);
+	return r->status;
+}
+
+static bool g_setup_ok;
+
+static void setup(uint32_t nthreads)
+{
+	struct op_res r = {0};
+
+	g_setup_ok = false;
+	CU_ASSERT_FATAL(ut_threads_init(nthreads) == 0);
+	ut_set_thread(0);
+	CU_ASSERT_FATAL(keel_bdev_subsystem_init(done_cb, &r) == 0);
+	CU_ASSERT_FATAL(wait_res(&r) == 0);
+	g_setup_ok = true;
+}
+
+static void teardown(void)
+{
+	struct op_res r = {0};
+
+	ut_set_thread(0);
+	keel_bdev_subsystem_fini(done_cb, &r);
+	wait_res(&r);
+	ut_threads_fini();
+}
+
+static void mk_malloc(const char *name, uint64_t blocks, uint32_t bs)
+{
+	struct keel_bdev *b;
+
+	CU_ASSERT_FATAL(keel_bdev_malloc_create(name, NULL, blocks, bs, &b) == 0);
+}
+
+static void mk_err(const char *name, const char *base)
+{
+	struct keel_bdev *b;
+
+	CU_ASSERT_FATAL(keel_bdev_error_create(name, base, &b) == 0);
+}
+
+static void ev_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
+{
+}
+
+static int create_vol(const char *name, const char *const *reps, uint32_t n, bool force,
+		      struct op_res *r)
+{
+	struct keel_nexus_create_opts o = {
+		.name = name, .replicas = reps, .num_replicas = n, .force = force,
+	};
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	ut_set_thread(0);
+	rc = keel_nexus_create(&o, op_cb, r);
+	if (rc != 0) {
+		return rc;
+	}
+	CU_ASSERT(!r->done); /* never inside the call */
+	return wait_res(r);
+}
+
+static int open_vol(const char *name, const char *const *reps, uint32_t n, bool force,
+		    struct op_res *r)
+{
+	struct keel_nexus_open_opts o = {
+		.name = name, .replicas = reps, .num_replicas = n, .force = force,
+	};
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	ut_set_thread(0);
+	rc = keel_nexus_open(&o, op_cb, r);
+	if (rc != 0) {
+		return rc;
+	}
+	CU_ASSERT(!r->done);
+	return wait_res(r);
+}
+
+static int destroy_vol(const char *name, bool wipe)
+{
+	struct op_res r = {0};
+	int rc;
+
+	ut_set_thread(0);
+	rc = keel_nexus_destroy(name, wipe, op_cb, &r);
+	if (rc != 0) {
+		return rc;
+	}
+	return wait_res(&r);
+}
+
+static int member_call(int (*fn)(const char *, const char *, keel_nexus_op_cb, void *),
+		       const char *vol, const char *rep, struct op_res *r)
+{
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	ut_set_thread(0);
+	rc = fn(vol, rep, op_cb, r);
+	if (rc != 0) {
+		return rc;
+	}
+	return wait_res(r);
+}
+
+static struct keel_nexus_info g_info;
+
+static struct keel_nexus_info *info_of(const char *vol)
+{
+	struct keel_nexus *n;
+
+	ut_set_thread(0);
+	n = keel_nexus_get_by_name(vol);
+	CU_ASSERT_FATAL(n != NULL);
+	keel_nexus_get_info(n, &g_info);
+	return &g_info;
+}
+
+static const struct keel_nexus_replica_info *rep_info(struct keel_nexus_info *info,
+						      const char *bdev)
+{
+	for (uint32_t i = 0; i < info->num_replicas; i++) {
+		if (strcmp(info->replicas[i].bdev_name, bdev) == 0) {
+			return &info->replicas[i];
+		}
+	}
+	return NULL;
+}
+
+/* A user of the volume: a descriptor and one channel per harness thread. */
+struct vol_user {
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch[4];
+	uint32_t nthreads;
+};
+
+static void user_open(struct vol_user *u, const char *name, uint32_t nthreads)
+{
+	memset(u, 0, sizeof(*u));
+	ut_set_thread(0);
+	CU_ASSERT_FATAL(keel_bdev_open_ext(name, true, ev_cb, NULL, &u->desc) == 0);
+	u->nthreads = nthreads;
+	for (uint32_t i = 0; i < nthreads; i++) {
+		ut_set_thread(i);
+		u->ch[i] = keel_bdev_get_io_channel(u->desc);
+		CU_ASSERT_FATAL(u->ch[i] != NULL);
+	}
+	ut_set_thread(0);
+}
+
+static void user_close(struct vol_user *u)
+{
+	for (uint32_t i = 0; i < u->nthreads; i++) {
+		ut_set_thread(i);
+		keel_put_io_channel(u->ch[i]);
+	}
+	ut_poll_threads();
+	ut_set_thread(0);
+	keel_bdev_close(u->desc);
+	ut_poll_threads();
+}
+
+struct io_res {
+	int done;
+	int status;
+};
+
+static void io_cb(void *arg, int status)
+{
+	struct io_res *r = arg;
+
+	r->done++;
+	r->status = status;
+}
+
+static int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
+		  uint64_t off, uint64_t len, struct io_res *r)
+{
+	ut_set_thread(t);
+	switch (type) {
+	case KEEL_BDEV_IO_READ:
+		return keel_bdev_read(u->desc, u->ch[t], buf, off, len, io_cb, r);
+	case KEEL_BDEV_IO_WRITE:
+		return keel_bdev_write(u->desc, u->ch[t], buf, off, len, io_cb, r);
+	case KEEL_BDEV_IO_FLUSH:
+		return keel_bdev_flush(u->desc, u->ch[t], off, len, io_cb, r);
+	case KEEL_BDEV_IO_UNMAP:
+		return keel_bdev_unmap(u->desc, u->ch[t], off, len, io_cb, r);
+	case KEEL_BDEV_IO_WRITE_ZEROES:
+		return keel_bdev_write_zeroes(u->desc, u->ch[t], off, len, io_cb, r);
+	default:
+		return -EINVAL;
+	}
+}
+
+static int do_io(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
+		 uint64_t off, uint64_t len)
+{
+	struct io_res r = {0};
+	int rc = submit(u, t, type, buf, off, len, &r);
+
+	CU_ASSERT_FATAL(rc == 0);
+	for (int i = 0; i < 1000 && !r.done; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT_FATAL(r.done == 1);
+	ut_set_thread(0);
+	return r.status;
+}
+
+/* Read or write a bdev directly (read-only open works on claimed bdevs). */
+static int raw_io(const char *bdev, bool write, void *buf, uint64_t off, uint64_t len)
+{
+	struct keel_bdev_desc *d;
+	struct keel_io_channel *ch;
+	struct io_res r = {0};
+	int rc;
+
+	ut_set_thread(0);
+	rc = keel_bdev_open_ext(bdev, write, ev_cb, NULL, &d);
+	if (rc != 0) {
+		return rc;
+	}
+	ch = keel_bdev_get_io_channel(d);
+	CU_ASSERT_FATAL(ch != NULL);
+	rc = write ? keel_bdev_write(d, ch, buf, off, len, io_cb, &r) :
+		     keel_bdev_read(d, ch, buf, off, len, io_cb, &r);
+	CU_ASSERT_FATAL(rc == 0);
+	while (!r.done) {
+		ut_poll_threads();
+	}
+	ut_set_thread(0);
+	keel_put_io_channel(ch);
+	ut_poll_threads();
+	keel_bdev_close(d);
+	ut_poll_threads();
+	return r.status;
+}
+
+static void *abuf(size_t len)
+{
+	void *p = aligned_alloc(4096, (len + 4095) / 4096 * 4096);
+
+	CU_ASSERT_FATAL(p != NULL);
+	return p;
+}
+
+static void fill(void *buf, size_t len, uint32_t seed)
+{
+	uint32_t *p = buf;
+
+	for (size_t i = 0; i < len / 4; i++) {
+		p[i] = seed * 2654435761u + (uint32_t)i;
+	}
+}
+
+/* Read the label a replica holds (the picked copy). \return decode result. */
+static int read_label(const char *bdev, struct nexus_label *l)
+{
+	uint8_t *b0 = abuf(NEXUS_LABEL_SIZE), *b1 = abuf(NEXUS_LABEL_SIZE);
+	struct nexus_label l0, l1;
+	int rc0, rc1, which, rc;
+
+	CU_ASSERT_FATAL(raw_io(bdev, false, b0, NEXUS_LABEL_COPY0_OFFSET, NEXUS_LABEL_SIZE) == 0);
+	CU_ASSERT_FATAL(raw_io(bdev, false, b1, NEXUS_LABEL_COPY1_OFFSET, NEXUS_LABEL_SIZE) == 0);
+	rc0 = nexus_label_decode(b0, &l0, NULL, 0);
+	rc1 = nexus_label_decode(b1, &l1, NULL, 0);
+	rc = nexus_label_pick(rc0, &l0, rc1, &l1, &which);
+	if (rc == 0) {
+		*l = which ? l1 : l0;
+	}
+	free(b0);
+	free(b1);
+	return rc;
+}
+
+static void inject(const char *err_bdev, enum keel_bdev_io_type type, int error)
+{
+	struct keel_bdev_error_rule rule = {.io_type = type, .count = 0, .error = error};
+
+	CU_ASSERT_FATAL(keel_bdev_error_inject(err_bdev, &rule) == 0);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Rebuild helpers                                                                 */
+/* ------------------------------------------------------------------------------ */
+
+#define VOL_BYTES (REPLICA_BLOCKS * BS - DATA_OFF)
+
+static struct keel_rebuild_stats g_st;
+static bool g_st_found;
+
+static void st_cb(void *ctx, const struct keel_rebuild_stats *st)
+{
+	const char *target = ctx;
+
+	if (strcmp(st->target, target) == 0) {
+		g_st = *st;
+		g_st_found = true;
+	}
+}
+
+static struct keel_rebuild_stats *stats_of(const char *vol, const char *target)
+{
+	g_st_found = false;
+	ut_set_thread(0);
+	keel_rebuild_list(vol, st_cb, (void *)target);
+	CU_ASSERT_FATAL(g_st_found);
+	return &g_st;
+}
+
+static bool job_state_is(const char *vol, const char *target, enum keel_rebuild_state st)
+{
+	g_st_found = false;
+	ut_set_thread(0);
+	keel_rebuild_list(vol, st_cb, (void *)target);
+	return g_st_found && g_st.state == st;
+}
+
+static void poll_until(const char *vol, const char *target, enum keel_rebuild_state st)
+{
+	for (int i = 0; i < 20000 && !job_state_is(vol, target, st); i++) {
+		ut_time_advance_us(100);
+		ut_poll_threads();
+	}
+	CU_ASSERT_FATAL(job_state_is(vol, target, st));
+	/* let the completion step (labels) run */
+	for (int i = 0; i < 50; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+}
+
+/* Compare the data areas of two replicas; \return number of differing 4 KiB blocks. */
+static uint64_t diff_replicas(const char *a, const char *b, uint64_t bytes)
+{
+	uint8_t *ba = abuf(MB), *bb = abuf(MB);
+	uint64_t bad = 0;
+
+	for (uint64_t off = 0; off < bytes; off += MB) {
+		uint64_t len = bytes - off < MB ? bytes - off : MB;
+
+		CU_ASSERT_FATAL(raw_io(a, false, ba, DATA_OFF + off, len) == 0);
+		CU_ASSERT_FATAL(raw_io(b, false, bb, DATA_OFF + off, len) == 0);
+		for (uint64_t k = 0; k < len; k += 4096) {
+			if (memcmp(ba + k, bb + k, 4096) != 0) {
+				bad++;
+			}
+		}
+	}
+	free(ba);
+	free(bb);
+	return bad;
+}
+
+static void set_opts(uint32_t seg, uint32_t tasks, bool autob, uint64_t region, uint32_t clear_ms)
+{
+	struct keel_rebuild_opts o;
+
+	keel_rebuild_get_opts(&o);
+	o.segment_size = seg;
+	o.tasks = tasks;
+	o.auto_rebuild = autob;
+	o.bitmap = true;
+	o.bitmap_region_size = region;
+	o.bitmap_clear_ms = clear_ms;
+	o.rate_limit_mib_s = 0;
+	o.max_concurrent = 4;
+	CU_ASSERT_FATAL(keel_rebuild_set_opts(&o) == 0);
+}
+
+/* Write random 4 KiB blocks (seeded) through the volume; several in flight while
+ * the harness polls, so they interleave with rebuild segments. */
+static void random_writes(struct vol_user *u, uint32_t count, uint32_t seed, uint64_t limit)
+{
+	enum { QD = 8 };
+	uint8_t *bufs = abuf(QD * 4096);
+	struct io_res res[QD];
+	uint32_t next = 0, done = 0;
+
+	memset(res, 0, sizeof(res));
+	srand(seed);
+	for (uint32_t i = 0; i < QD && next < count; i++, next++) {
+		uint64_t off = ((uint64_t)rand() % (limit / 4096)) * 4096;
+
+		fill(bufs + i * 4096, 4096, seed + next);
+		CU_ASSERT_FATAL(submit(u, i % u->nthreads, KEEL_BDEV_IO_WRITE, bufs + i * 4096, off,
+				       4096, &res[i]) == 0);
+	}
+	while (done < count) {
+		ut_time_advance_us(50);
+		ut_poll_threads();
+		for (uint32_t i = 0; i < QD; i++) {
+			if (res[i].done) {
+				CU_ASSERT(res[i].status == 0);
+				res[i].done = 0;
+				done++;
+				if (next < count) {
+					uint64_t off = ((uint64_t)rand() % (limit / 4096)) * 4096;
+
+					fill(bufs + i * 4096, 4096, seed + next);
+					CU_ASSERT_FATAL(submit(u, i % u->nthreads, KEEL_BDEV_IO_WRITE,
+							       bufs + i * 4096, off, 4096, &res[i]) == 0);
+					next++;
+				}
+			}
+		}
+	}
+	ut_set_thread(0);
+	free(bufs);
+}
+
+static int add_rep(const char *vol, const char *bdev)
+{
+	struct op_res r = {0};
+	int rc;
+
+	ut_set_thread(0);
+	rc = keel_nexus_add_replica(vol, bdev, false, op_cb, &r);
+	if (rc != 0) {
+		return rc;
+	}
+	return wait_res(&r);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Tests                                                                           */
+/* ------------------------------------------------------------------------------ */
+
+static void test_full_rebuild_under_writes(void)
+{
+	const char *reps[] = {"m0"};
+	struct op_res r;
+	struct vol_user u;
+	struct keel_rebuild_stats *st;
+	uint8_t *buf;
+
+	setup(2);
+	set_opts(128 * 1024, 16, true, 1 * MB, 100000);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	buf = abuf(VOL_BYTES);
+	fill(buf, VOL_BYTES, 7);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
+	/* m1 holds garbage that differs */
+	fill(buf, 4 * MB, 99);
+	CU_ASSERT(raw_io("m1", true, buf, DATA_OFF, 4 * MB) == 0);
+
+	CU_ASSERT(add_rep("vol", "m1") == 0);
+	(void)stats_of("vol", "m1"); /* a job exists */
+	random_writes(&u, 600, 1234, VOL_BYTES);
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
+	st = stats_of("vol", "m1");
+	CU_ASSERT(st->blocks_done == st->blocks_total);
+	CU_ASSERT(st->blocks_transferred == VOL_BYTES / BS);
+	CU_ASSERT(!st->is_partial);
+	CU_ASSERT(st->progress_pct == 100);
+	CU_ASSERT(strcmp(st->source, "m0") == 0);
+	CU_ASSERT(rep_info(info_of("vol"), "m1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(info_of("vol")->state == KEEL_NEXUS_ONLINE);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	/* and writes after completion keep them equal */
+	random_writes(&u, 100, 555, VOL_BYTES);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	free(buf);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	teardown();
+}
+
+static void test_control(void)
+{
+	const char *reps[] = {"m0"};
+	struct op_res r;
+	uint64_t done;
+
+	setup(2);
+	set_opts(64 * 1024, 2, true, 1 * MB, 100000);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
+	ut_set_thread(0);
+	/* no rebuild engine action on a healthy replica */
+	CU_ASSERT(keel_rebuild_start("vol", "m0") == -EINVAL);
+	CU_ASSERT(keel_rebuild_pause("vol", "nope") == -ENODEV);
+	CU_ASSERT(keel_rebuild_start("nope", "m0") == -ENODEV);
+
+	memset(&r, 0, sizeof(r));
+	CU_ASSERT(keel_nexus_add_replica("vol", "m1", false, op_cb, &r) == 0);
+	/* pause as soon as the add step is done */
+	while (!r.done) {
+		ut_poll_thread(0);
+	}
+	CU_ASSERT(r.status == 0);
+	CU_ASSERT(keel_rebuild_pause("vol", "m1") == 0);
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(job_state_is("vol", "m1", KEEL_REBUILD_PAUSED));
+	done = stats_of("vol", "m1")->blocks_done;
+	CU_ASSERT(done < VOL_BYTES / BS);
+	CU_ASSERT(stats_of("vol", "m1")->tasks_active == 0);
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(stats_of("vol", "m1")->blocks_done == done); /* paused: no progress */
+	CU_ASSERT(keel_rebuild_resume("vol", "m1") == 0);
+	CU_ASSERT(keel_rebuild_resume("vol", "m1") == -EINVAL);
+	ut_poll_thread(0);
+	ut_poll_thread(0);
+	CU_ASSERT(keel_rebuild_stop("vol", "m1") == 0);
+	poll_until("vol", "m1", KEEL_REBUILD_STOPPED);
+	CU_ASSERT(rep_info(info_of("vol"), "m1")->state == KEEL_NEXUS_REPLICA_REBUILDING);
+	CU_ASSERT(keel_rebuild_stop("vol", "m1") == -EALREADY);
+	/* start again: runs to completion */
+	CU_ASSERT(keel_rebuild_start("vol", "m1") == 0);
+	CU_ASSERT(keel_rebuild_start("vol", "m1") == -EBUSY);
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
+	CU_ASSERT(rep_info(info_of("vol"), "m1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	teardown();
+}
+
+static void test_rate_limit(void)
+{
+	const char *reps[] = {"m0"};
+	struct op_res r;
+	struct keel_rebuild_opts o;
+	uint64_t bytes;
+
+	setup(1);
+	set_opts(64 * 1024, 4, true, 1 * MB, 100000);
+	keel_rebuild_get_opts(&o);
+	o.rate_limit_mib_s = 1.0; /* 1 MiB per (mock) second */
+	CU_ASSERT_FATAL(keel_rebuild_set_opts(&o) == 0);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
+	CU_ASSERT(add_rep("vol", "m1") == 0);
+	/* 2 s of mock time in 1 ms steps */
+	for (int i = 0; i < 2000; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	bytes = stats_of("vol", "m1")->blocks_done * BS;
+	fprintf(stderr, "rate limit 1 MiB/s: %.2f MiB in 2 s\n", (double)bytes / MB);
+	CU_ASSERT(bytes >= MB && bytes <= 3 * MB);
+	CU_ASSERT(job_state_is("vol", "m1", KEEL_REBUILD_RUNNING));
+	CU_ASSERT(keel_rebuild_set_rate("vol", "m1", 0) == 0);
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
+static void test_source_failure(void)
+{
+	const char *reps2[] = {"e0", "m1"};
+	const char *reps1[] = {"e0"};
+	struct op_res r;
+	struct vol_user u;
+	uint8_t *buf;
+
+	/* with another healthy source: switch and complete */
+	setup(2);
+	set_opts(64 * 1024, 4, true, 1 * MB, 100000);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_err("e0", "m0");
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_malloc("m2", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps2, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	buf = abuf(VOL_BYTES);
+	fill(buf, VOL_BYTES, 3);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
+	inject("e0", KEEL_BDEV_IO_READ, -EIO);
+	CU_ASSERT(add_rep("vol", "m2") == 0);
+	random_writes(&u, 200, 77, VOL_BYTES);
+	poll_until("vol", "m2", KEEL_REBUILD_COMPLETED);
+	CU_ASSERT(strcmp(stats_of("vol", "m2")->source, "m1") == 0);
+	CU_ASSERT(rep_info(info_of("vol"), "e0")->state == KEEL_NEXUS_REPLICA_FAULTED);
+	CU_ASSERT(rep_info(info_of("vol"), "m2")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(diff_replicas("m1", "m2", VOL_BYTES) == 0);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	teardown();
+
+	/* without: the job fails, the volume keeps its last healthy replica */
+	setup(2);
+	set_opts(64 * 1024, 4, true, 1 * MB, 100000);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_err("e0", "m0");
+	mk_malloc("m2", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps1, 1, false, &r) == 0);
+	inject("e0", KEEL_BDEV_IO_READ, -EIO);
+	CU_ASSERT(add_rep("vol", "m2") == 0);
+	poll_until("vol", "m2", KEEL_REBUILD_FAILED);
+	CU_ASSERT(stats_of("vol", "m2")->error[0] != '\0');
+	CU_ASSERT(rep_info(info_of("vol"), "m2")->state != KEEL_NEXUS_REPLICA_HEALTHY);
+	free(buf);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	teardown();
+}
+
+static void test_target_failure(void)
+{
+	const char *reps[] = {"m0"};
+	struct op_res r;
+
+	setup(2);
+	set_opts(64 * 1024, 4, true, 1 * MB, 100000);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_err("e1", "m1");
+	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
+	memset(&r, 0, sizeof(r));
+	CU_ASSERT(keel_nexus_add_replica("vol", "e1", false, op_cb, &r) == 0);
+	while (!r.done) {
+		ut_poll_thread(0);
+	}
+	/* the label and bitmap are written; data writes fail from now on */
+	inject("e1", KEEL_BDEV_IO_WRITE, -EIO);
+	poll_until("vol", "e1", KEEL_REBUILD_FAILED);
+	CU_ASSERT(strstr(stats_of("vol", "e1")->error, "e1") != NULL);
+	CU_ASSERT(rep_info(info_of("vol"), "e1")->state == KEEL_NEXUS_REPLICA_FAULTED);
+	CU_ASSERT(info_of("vol")->state == KEEL_NEXUS_DEGRADED);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	teardown();
+}
+
+/* Write to a few regions while m1 is out, re-add it: only those are copied. */
+static void test_partial_rebuild(void)
+{
+	const char *reps[] = {"m0", "m1"};
+	struct op_res r;
+	struct vol_user u;
+	struct keel_rebuild_stats *st;
+	uint8_t *buf;
+	uint64_t rs, ec;
+	uint32_t nbits, set;
+
+	setup(2);
+	set_opts(128 * 1024, 8, true, 1 * MB, 10);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	buf = abuf(VOL_BYTES);
+	fill(buf, VOL_BYTES, 5);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
+	/* lazy clear: quiet for two periods clears every bit */
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(rs == MB && set == 0);
+	CU_ASSERT(member_call(keel_nexus_fault_replica, "vol", "m1", &r) == 0);
+	/* two regions dirtied while m1 is out */
+	fill(buf, 8192, 11);
+	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 2 * MB + 4096, 8192) == 0);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 5 * MB, 4096) == 0);
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(set == 2); /* degraded: never cleared */
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) > 0);
+	CU_ASSERT(add_rep("vol", "m1") == 0);
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
+	st = stats_of("vol", "m1");
+	CU_ASSERT(st->is_partial);
+	CU_ASSERT(st->blocks_total == 2 * MB / BS);
+	CU_ASSERT(st->blocks_transferred == 2 * MB / BS);
+	CU_ASSERT(rep_info(info_of("vol"), "m1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(info_of("vol")->num_replicas == 2);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(buf);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
+/* The bitmap survives a stop/assembly: the stale replica found at assembly is
+ * re-added and gets a partial rebuild. */
+static void test_bitmap_persisted(void)
+{
+	const char *reps[] = {"m0", "m1"};
+	struct op_res r;
+	struct vol_user u;
+	struct keel_rebuild_stats *st;
+	uint8_t *buf;
+	uint64_t rs, ec;
+	uint32_t nbits, set;
+
+	setup(2);
+	set_opts(128 * 1024, 8, true, 1 * MB, 10);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	buf = abuf(VOL_BYTES);
+	fill(buf, VOL_BYTES, 9);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(member_call(keel_nexus_fault_replica, "vol", "m1", &r) == 0);
+	fill(buf, 4096, 12);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 3 * MB, 4096) == 0);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+
+	/* "restart": assemble from the labels on the same bdevs */
+	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(set == 1);
+	{
+		struct nexus_label l;
+
+		CU_ASSERT(read_label("m0", &l) == 0);
+		CU_ASSERT(l.version == NEXUS_LABEL_VERSION && l.bitmap_chunk_kib == 1024);
+		CU_ASSERT(l.bitmap_offset == 64 * 1024 && l.bitmap_len > 0);
+	}
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
+	st = stats_of("vol", "m1");
+	CU_ASSERT(st->is_partial);
+	CU_ASSERT(st->blocks_transferred == MB / BS);
+	CU_ASSERT(rep_info(info_of("vol"), "m1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(buf);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
+static const struct ut_test g_tests[] = {
+	{"full_rebuild_under_writes", test_full_rebuild_under_writes},
+	{"control", test_control},
+	{"rate_limit", test_rate_limit},
+	{"source_failure", test_source_failure},
+	{"target_failure", test_target_failure},
+	{"partial_rebuild", test_partial_rebuild},
+	{"bitmap_persisted", test_bitmap_persisted},
+	{NULL, NULL},
+};
+
+int main(void)
+{
+	keel_bdev_module_register(&keel_bdev_malloc_module);
+	keel_bdev_module_register(&keel_bdev_error_module);
+	keel_bdev_module_register(&keel_bdev_nexus_module);
+	if (getenv("NEXUS_UT_DEBUG") == NULL) {
+		keel_log_set_level(KEEL_LOG_ERROR + 0);
+	}
+	return ut_cunit_run("rebuild", g_tests);
+}
