@@ -1,0 +1,155 @@
+/* keeld command line parsing: every mistake names the option and what it wants. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "options.h"
+#include "paths.h"
+
+#ifndef KEEL_VERSION
+#define KEEL_VERSION "0.0.0"
+#endif
+
+static void keeld_usage(FILE *f)
+{
+	char sock[108] = "?", state[PATH_MAX] = "?";
+
+	keel_path_default_socket(sock, sizeof(sock));
+	keel_path_default_state_dir(state, sizeof(state));
+	fprintf(f,
+		"Usage: keeld [OPTIONS]\n"
+		"The keel block-storage daemon. Control it with keelctl over its RPC socket.\n"
+		"\n"
+		"Options:\n"
+		"  --cpus LIST          CPUs to run reactors on, e.g. 0-3,6 (default: all online)\n"
+		"  --mode MODE          reactor mode: adaptive (default), poll or interrupt\n"
+		"  --rpc-socket PATH    unix socket for JSON-RPC (default: %s)\n"
+		"  --state-dir DIR      lock file and log (default: %s)\n"
+		"  --log-level LEVEL    error, warn, notice (default), info or debug\n"
+		"  --foreground         stay in the foreground and log to stderr; without it\n"
+		"                       keeld detaches once the socket is ready and logs to\n"
+		"                       STATE_DIR/keeld.log\n"
+		"  -h, --help           show this help\n"
+		"  -V, --version        show the version\n"
+		"\n"
+		"SIGTERM or SIGINT stop keeld gracefully (exports stop, bdevs drain, the socket\n"
+		"is removed). The environment variable KEEL_RPC_SOCKET overrides the default\n"
+		"socket for keeld and keelctl.\n",
+		sock, state);
+}
+
+static int keeld_copy_path(char *dst, size_t len, const char *src, const char *opt, FILE *err)
+{
+	if (src[0] == '\0') {
+		fprintf(err, "keeld: %s: the path is empty\n", opt);
+		return -EINVAL;
+	}
+	if (strlen(src) >= len) {
+		fprintf(err, "keeld: %s: path longer than %zu bytes: %s\n", opt, len - 1, src);
+		return -ENAMETOOLONG;
+	}
+	memcpy(dst, src, strlen(src) + 1);
+	return 0;
+}
+
+int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, FILE *err)
+{
+	enum { OPT_CPUS = 256, OPT_MODE, OPT_SOCKET, OPT_STATE, OPT_LOG, OPT_FG };
+	static const struct option longopts[] = {
+		{"cpus", required_argument, NULL, OPT_CPUS},
+		{"mode", required_argument, NULL, OPT_MODE},
+		{"rpc-socket", required_argument, NULL, OPT_SOCKET},
+		{"state-dir", required_argument, NULL, OPT_STATE},
+		{"log-level", required_argument, NULL, OPT_LOG},
+		{"foreground", no_argument, NULL, OPT_FG},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	uint32_t cpus[1024];
+	int c, rc;
+
+	memset(opts, 0, sizeof(*opts));
+	opts->mode = KEEL_REACTOR_MODE_ADAPTIVE;
+	opts->log_level = KEEL_LOG_NOTICE;
+	rc = keel_path_default_socket(opts->rpc_socket, sizeof(opts->rpc_socket));
+	if (rc == 0) {
+		rc = keel_path_default_state_dir(opts->state_dir, sizeof(opts->state_dir));
+	}
+	if (rc != 0) {
+		opts->rpc_socket[0] = opts->state_dir[0] = '\0';
+	}
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":hV", longopts, NULL)) != -1) {
+		switch (c) {
+		case OPT_CPUS:
+			rc = keel_cpulist_parse(optarg, cpus, 1024);
+			if (rc < 0) {
+				fprintf(err, "keeld: --cpus '%s': %s\n", optarg,
+					rc == -E2BIG ? "too many CPUs"
+						     : "not a list of online CPUs such as 0-3,6");
+				return -EINVAL;
+			}
+			opts->cpus = optarg;
+			break;
+		case OPT_MODE:
+			if (keel_reactor_mode_parse(optarg, &opts->mode) != 0) {
+				fprintf(err, "keeld: --mode '%s': use adaptive, poll or interrupt\n",
+					optarg);
+				return -EINVAL;
+			}
+			break;
+		case OPT_SOCKET:
+			rc = keeld_copy_path(opts->rpc_socket, sizeof(opts->rpc_socket), optarg,
+					     "--rpc-socket", err);
+			if (rc != 0) {
+				return rc;
+			}
+			break;
+		case OPT_STATE:
+			rc = keeld_copy_path(opts->state_dir, sizeof(opts->state_dir), optarg,
+					     "--state-dir", err);
+			if (rc != 0) {
+				return rc;
+			}
+			break;
+		case OPT_LOG:
+			if (keel_log_level_parse(optarg, &opts->log_level) != 0) {
+				fprintf(err, "keeld: --log-level '%s': use error, warn, notice, info "
+					"or debug\n", optarg);
+				return -EINVAL;
+			}
+			break;
+		case OPT_FG:
+			opts->foreground = true;
+			break;
+		case 'h':
+			keeld_usage(out);
+			return 1;
+		case 'V':
+			fprintf(out, "keeld %s\n", KEEL_VERSION);
+			return 1;
+		case ':':
+			fprintf(err, "keeld: option '%s' needs a value (see keeld --help)\n",
+				argv[optind - 1]);
+			return -EINVAL;
+		default:
+			fprintf(err, "keeld: unknown option '%s' (see keeld --help)\n",
+				argv[optind - 1]);
+			return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(err, "keeld: unexpected argument '%s' (see keeld --help)\n", argv[optind]);
+		return -EINVAL;
+	}
+	if (opts->rpc_socket[0] == '\0' || opts->state_dir[0] == '\0') {
+		fprintf(err, "keeld: cannot work out the default socket or state directory: "
+			"give --rpc-socket and --state-dir\n");
+		return -EINVAL;
+	}
+	return 0;
+}

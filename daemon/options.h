@@ -1,0 +1,29 @@
+/* keeld command line. */
+#ifndef KEEL_DAEMON_OPTIONS_H
+#define KEEL_DAEMON_OPTIONS_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "keel/log.h"
+#include "keel/reactor.h"
+
+struct keeld_opts {
+	const char *cpus; /* NULL: every online CPU */
+	enum keel_reactor_mode mode;
+	char rpc_socket[108]; /* sun_path */
+	char state_dir[PATH_MAX];
+	enum keel_log_level log_level;
+	bool foreground;
+};
+
+/**
+ * Parse argv into \p opts (defaults filled first). Messages go to \p out (help,
+ * version) and \p err (mistakes).
+ * \return 0 to run, 1 when --help/--version was printed (exit 0), -EINVAL after a
+ * usage error was printed (exit 2), -ENAMETOOLONG for an over-long path.
+ */
+int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, FILE *err);
+
+#endif /* KEEL_DAEMON_OPTIONS_H */

@@ -1,0 +1,761 @@
+/*
+ * bdev RPC methods: listing, statistics, create/delete of the built-in modules and
+ * error injection. Names and parameters follow SPDK where the operation is the same.
+ *
+ * Every failure from the bdev layer is sent as its negative errno with a message that
+ * says what to do, because the message is what keelctl prints to a person.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keel/bdev.h"
+#include "keel/bdev_module.h"
+#include "keel/log.h"
+#include "keel/rpc.h"
+#include "rpc_methods.h"
+
+#define RPC_BLOCK_SIZE_MIN 512u
+#define RPC_BLOCK_SIZE_MAX 65536u
+
+/* ------------------------------------------------------------------------------ */
+/* Shared checks and messages                                                      */
+/* ------------------------------------------------------------------------------ */
+
+/* Mirrors keel_bdev_register's rules so the person learns which rule they broke. */
+static bool rpc_bdev_check_name(struct keel_rpc_request *req, const char *param,
+				const char *name)
+{
+	size_t i, len = strlen(name);
+
+	if (len == 0 || len > KEEL_BDEV_NAME_MAX) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "%s: a bdev name has 1 to %d characters", param,
+				    KEEL_BDEV_NAME_MAX);
+		return false;
+	}
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)name[i];
+
+		if (c == '/' || c <= ' ' || c == 0x7f) {
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+					    "%s: '%s' is not a valid bdev name: no '/', spaces "
+					    "or control characters", param, name);
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool rpc_bdev_check_geometry(struct keel_rpc_request *req, uint64_t num_blocks,
+				    uint32_t block_size)
+{
+	if (block_size < RPC_BLOCK_SIZE_MIN || block_size > RPC_BLOCK_SIZE_MAX ||
+	    (block_size & (block_size - 1)) != 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "block_size: %u is not a power of two from 512 to 65536",
+				    block_size);
+		return false;
+	}
+	if (num_blocks == 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "num_blocks: must be greater than 0");
+		return false;
+	}
+	if (num_blocks > UINT64_MAX / block_size) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "num_blocks: %llu blocks of %u bytes overflow 64 bits",
+				    (unsigned long long)num_blocks, block_size);
+		return false;
+	}
+	return true;
+}
+
+static void rpc_bdev_send_create_error(struct keel_rpc_request *req, const char *module,
+				       const char *name, int rc)
+{
+	switch (rc) {
+	case -EEXIST:
+		keel_rpc_send_error(req, rc, "bdev '%s' already exists: choose another name or "
+				    "delete it first", name);
+		break;
+	case -ENOMEM:
+		keel_rpc_send_error(req, rc, "not enough memory for %s bdev '%s': make it "
+				    "smaller or free memory", module, name);
+		break;
+	case -EINVAL:
+		keel_rpc_send_error(req, rc, "invalid parameters for %s bdev '%s': check the "
+				    "name, size and block size", module, name);
+		break;
+	default:
+		keel_rpc_send_error(req, rc, "cannot create %s bdev '%s': %s", module, name,
+				    strerror(-rc));
+		break;
+	}
+}
+
+static void rpc_bdev_send_not_found(struct keel_rpc_request *req, const char *name)
+{
+	keel_rpc_send_error(req, -ENODEV, "bdev '%s' not found: bdev_get_bdevs (keelctl bdev "
+			    "list) shows the bdevs", name);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* bdev_get_bdevs                                                                  */
+/* ------------------------------------------------------------------------------ */
+
+static json_t *rpc_bdev_info(struct keel_bdev *bdev)
+{
+	json_t *obj, *types, *driver;
+	const char *owner = keel_bdev_get_claim_owner(bdev);
+	int t;
+
+	types = json_object();
+	for (t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
+		json_object_set_new(types, keel_bdev_io_type_name((enum keel_bdev_io_type)t),
+				    json_boolean(keel_bdev_io_type_supported(
+					    bdev, (enum keel_bdev_io_type)t)));
+	}
+	driver = json_object();
+	if (bdev->fn_table != NULL && bdev->fn_table->dump_info_json != NULL) {
+		bdev->fn_table->dump_info_json(bdev->ctxt, driver);
+	}
+	obj = json_pack("{s:s,s:[],s:s,s:s,s:i,s:I,s:s,s:i,s:i,s:i,s:b,s:b,s:b}",
+			"name", keel_bdev_get_name(bdev), "aliases",
+			"product_name", bdev->product_name != NULL ? bdev->product_name : "",
+			"module", keel_bdev_get_module_name(bdev),
+			"block_size", (int)keel_bdev_get_block_size(bdev),
+			"num_blocks", (json_int_t)keel_bdev_get_num_blocks(bdev),
+			"uuid", keel_bdev_get_uuid_str(bdev),
+			"required_alignment", (int)keel_bdev_get_buf_align(bdev),
+			"optimal_io_boundary", (int)keel_bdev_get_optimal_io_boundary(bdev),
+			"max_transfer_blocks", (int)keel_bdev_get_max_transfer_blocks(bdev),
+			"write_cache", keel_bdev_has_write_cache(bdev),
+			"multi_conn_safe", keel_bdev_is_multi_conn_safe(bdev),
+			"claimed", owner != NULL);
+	if (obj == NULL) {
+		json_decref(types);
+		json_decref(driver);
+		return NULL;
+	}
+	if (owner != NULL) {
+		json_object_set_new(obj, "claim_owner", json_string(owner));
+	}
+	json_object_set_new(obj, "supported_io_types", types);
+	json_object_set_new(obj, "driver_specific", driver);
+	return obj;
+}
+
+struct rpc_name_param {
+	const char *name;
+};
+
+static const struct keel_rpc_param g_optional_name[] = {
+	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_name_param, name), true},
+};
+
+static const struct keel_rpc_param g_required_name[] = {
+	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_name_param, name), false},
+};
+
+static void rpc_bdev_get_bdevs(struct keel_rpc_request *req, json_t *params)
+{
+	struct rpc_name_param p = {NULL};
+	struct keel_bdev *bdev;
+	json_t *arr;
+
+	if (!keel_rpc_decode_params(req, params, g_optional_name, 1, &p)) {
+		return;
+	}
+	arr = json_array();
+	if (p.name != NULL) {
+		bdev = keel_bdev_get_by_name(p.name);
+		if (bdev == NULL) {
+			json_decref(arr);
+			rpc_bdev_send_not_found(req, p.name);
+			return;
+		}
+		json_array_append_new(arr, rpc_bdev_info(bdev));
+	} else {
+		for (bdev = keel_bdev_first(); bdev != NULL; bdev = keel_bdev_next(bdev)) {
+			json_array_append_new(arr, rpc_bdev_info(bdev));
+		}
+	}
+	keel_rpc_send_result(req, arr);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* bdev_get_iostat: one bdev at a time, each summed over its channels              */
+/* ------------------------------------------------------------------------------ */
+
+struct rpc_iostat_ctx {
+	struct keel_rpc_request *req;
+	json_t *names;  /* bdev names still to visit */
+	size_t next;
+	json_t *result;
+};
+
+static void rpc_iostat_step(struct rpc_iostat_ctx *ctx);
+
+static void rpc_iostat_done(struct keel_bdev *bdev, const struct keel_bdev_io_stats *stats,
+			    void *cb_arg, int status)
+{
+	struct rpc_iostat_ctx *ctx = cb_arg;
+	json_t *obj, *io, *hist;
+	int t;
+
+	if (status == 0) {
+		io = json_object();
+		for (t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
+			json_object_set_new(
+				io, keel_bdev_io_type_name((enum keel_bdev_io_type)t),
+				json_pack("{s:I,s:I,s:I,s:I,s:I}", "ops", (json_int_t)stats->ops[t],
+					  "bytes", (json_int_t)stats->bytes[t], "errors",
+					  (json_int_t)stats->errors[t], "lat_sum_ns",
+					  (json_int_t)stats->lat_sum_ns[t], "lat_max_ns",
+					  (json_int_t)stats->lat_max_ns[t]));
+		}
+		hist = json_array();
+		for (t = 0; t < KEEL_BDEV_LAT_BUCKETS; t++) {
+			json_array_append_new(hist, json_integer((json_int_t)stats->lat_hist[t]));
+		}
+		obj = json_pack("{s:s,s:o,s:o}", "name", keel_bdev_get_name(bdev), "io", io,
+				"lat_hist_log2_us", hist);
+		json_array_append_new(ctx->result, obj);
+	}
+	rpc_iostat_step(ctx);
+}
+
+static void rpc_iostat_step(struct rpc_iostat_ctx *ctx)
+{
+	while (ctx->next < json_array_size(ctx->names)) {
+		const char *name = json_string_value(json_array_get(ctx->names, ctx->next++));
+		struct keel_bdev *bdev = keel_bdev_get_by_name(name);
+		int rc;
+
+		if (bdev == NULL) {
+			continue; /* deleted while we walked */
+		}
+		rc = keel_bdev_get_io_stats(bdev, rpc_iostat_done, ctx);
+		if (rc == 0) {
+			return;
+		}
+		KEEL_WARNLOG("rpc: bdev %s: cannot read statistics: %s", name, strerror(-rc));
+	}
+	keel_rpc_send_result(ctx->req, json_pack("{s:o}", "bdevs", ctx->result));
+	json_decref(ctx->names);
+	free(ctx);
+}
+
+static void rpc_bdev_get_iostat(struct keel_rpc_request *req, json_t *params)
+{
+	struct rpc_name_param p = {NULL};
+	struct rpc_iostat_ctx *ctx;
+	struct keel_bdev *bdev;
+
+	if (!keel_rpc_decode_params(req, params, g_optional_name, 1, &p)) {
+		return;
+	}
+	if (p.name != NULL && keel_bdev_get_by_name(p.name) == NULL) {
+		rpc_bdev_send_not_found(req, p.name);
+		return;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (ctx == NULL) {
+		keel_rpc_send_error(req, -ENOMEM, "out of memory");
+		return;
+	}
+	ctx->req = req;
+	ctx->names = json_array();
+	ctx->result = json_array();
+	if (p.name != NULL) {
+		json_array_append_new(ctx->names, json_string(p.name));
+	} else {
+		for (bdev = keel_bdev_first(); bdev != NULL; bdev = keel_bdev_next(bdev)) {
+			json_array_append_new(ctx->names, json_string(keel_bdev_get_name(bdev)));
+		}
+	}
+	rpc_iostat_step(ctx);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Deletes (asynchronous: the bdev goes once its descriptors are closed)           */
+/* ------------------------------------------------------------------------------ */
+
+struct rpc_delete_ctx {
+	struct keel_rpc_request *req;
+	char name[KEEL_BDEV_NAME_MAX + 1];
+};
+
+static void rpc_bdev_delete_done(void *cb_arg, int status)
+{
+	struct rpc_delete_ctx *ctx = cb_arg;
+
+	if (status != 0) {
+		keel_rpc_send_error(ctx->req, status, "deleting bdev '%s' failed: %s", ctx->name,
+				    strerror(-status));
+	} else {
+		KEEL_NOTICELOG("rpc: bdev %s deleted", ctx->name);
+		keel_rpc_send_result(ctx->req, NULL);
+	}
+	free(ctx);
+}
+
+typedef int (*rpc_delete_fn)(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg);
+
+static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *module,
+				 rpc_delete_fn fn, const char *name)
+{
+	struct keel_bdev *bdev = keel_bdev_get_by_name(name);
+	struct rpc_delete_ctx *ctx;
+	int rc;
+
+	if (bdev == NULL) {
+		rpc_bdev_send_not_found(req, name);
+		return;
+	}
+	if (strcmp(keel_bdev_get_module_name(bdev), module) != 0) {
+		keel_rpc_send_error(req, -ENODEV, "bdev '%s' is a %s bdev, not %s: use "
+				    "bdev_delete or bdev_%s_delete", name,
+				    keel_bdev_get_module_name(bdev), module,
+				    keel_bdev_get_module_name(bdev));
+		return;
+	}
+	if (keel_bdev_get_claim_owner(bdev) != NULL) {
+		keel_rpc_send_error(req, -EBUSY, "bdev '%s' is claimed by module '%s': delete the "
+				    "bdev built on it first", name, keel_bdev_get_claim_owner(bdev));
+		return;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (ctx == NULL) {
+		keel_rpc_send_error(req, -ENOMEM, "out of memory");
+		return;
+	}
+	ctx->req = req;
+	snprintf(ctx->name, sizeof(ctx->name), "%s", name);
+	rc = fn(name, rpc_bdev_delete_done, ctx);
+	if (rc != 0) {
+		free(ctx);
+		if (rc == -ENODEV) {
+			rpc_bdev_send_not_found(req, name);
+		} else {
+			keel_rpc_send_error(req, rc, "cannot delete bdev '%s': %s", name,
+					    strerror(-rc));
+		}
+	}
+}
+
+#define RPC_DELETE_METHOD(module)                                                          \
+	static void rpc_bdev_##module##_delete(struct keel_rpc_request *req, json_t *params)  \
+	{                                                                                  \
+		struct rpc_name_param p = {NULL};                                          \
+		if (!keel_rpc_decode_params(req, params, g_required_name, 1, &p)) {        \
+			return;                                                            \
+		}                                                                          \
+		rpc_bdev_delete_with(req, #module, keel_bdev_##module##_delete, p.name);   \
+	}
+
+RPC_DELETE_METHOD(malloc)
+RPC_DELETE_METHOD(null)
+RPC_DELETE_METHOD(aio)
+RPC_DELETE_METHOD(error)
+
+static const struct {
+	const char *module;
+	rpc_delete_fn fn;
+} g_deleters[] = {
+	{"malloc", keel_bdev_malloc_delete},
+	{"null", keel_bdev_null_delete},
+	{"aio", keel_bdev_aio_delete},
+	{"error", keel_bdev_error_delete},
+};
+
+/* keelctl's "bdev delete NAME" does not know the module; this finds it. */
+static void rpc_bdev_delete(struct keel_rpc_request *req, json_t *params)
+{
+	struct rpc_name_param p = {NULL};
+	struct keel_bdev *bdev;
+	const char *module;
+	size_t i;
+
+	if (!keel_rpc_decode_params(req, params, g_required_name, 1, &p)) {
+		return;
+	}
+	bdev = keel_bdev_get_by_name(p.name);
+	if (bdev == NULL) {
+		rpc_bdev_send_not_found(req, p.name);
+		return;
+	}
+	module = keel_bdev_get_module_name(bdev);
+	for (i = 0; i < sizeof(g_deleters) / sizeof(g_deleters[0]); i++) {
+		if (strcmp(g_deleters[i].module, module) == 0) {
+			rpc_bdev_delete_with(req, module, g_deleters[i].fn, p.name);
+			return;
+		}
+	}
+	keel_rpc_send_error(req, -ENOTSUP, "bdev '%s' is a %s bdev: delete it with that "
+			    "module's method", p.name, module);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Creates                                                                         */
+/* ------------------------------------------------------------------------------ */
+
+struct rpc_geom_params {
+	const char *name;
+	uint64_t num_blocks;
+	uint32_t block_size;
+};
+
+static const struct keel_rpc_param g_geom_table[] = {
+	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_geom_params, name), false},
+	{"num_blocks", KEEL_RPC_PARAM_UINT64, offsetof(struct rpc_geom_params, num_blocks), false},
+	{"block_size", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_geom_params, block_size), true},
+};
+
+typedef int (*rpc_create_fn)(const char *name, const uint8_t *uuid, uint64_t num_blocks,
+			     uint32_t block_size, struct keel_bdev **bdev);
+
+static void rpc_bdev_create_geom(struct keel_rpc_request *req, json_t *params,
+				 const char *module, rpc_create_fn fn)
+{
+	struct rpc_geom_params p = {.name = NULL, .num_blocks = 0, .block_size = 512};
+	struct keel_bdev *bdev = NULL;
+	int rc;
+
+	if (!keel_rpc_decode_params(req, params, g_geom_table, 3, &p)) {
+		return;
+	}
+	if (!rpc_bdev_check_name(req, "name", p.name) ||
+	    !rpc_bdev_check_geometry(req, p.num_blocks, p.block_size)) {
+		return;
+	}
+	if (keel_bdev_get_by_name(p.name) != NULL) {
+		rpc_bdev_send_create_error(req, module, p.name, -EEXIST);
+		return;
+	}
+	rc = fn(p.name, NULL, p.num_blocks, p.block_size, &bdev);
+	if (rc != 0) {
+		rpc_bdev_send_create_error(req, module, p.name, rc);
+		return;
+	}
+	KEEL_NOTICELOG("rpc: %s bdev %s created (%llu blocks of %u bytes)", module, p.name,
+		       (unsigned long long)p.num_blocks, p.block_size);
+	keel_rpc_send_result(req, json_string(p.name));
+}
+
+static void rpc_bdev_malloc_create(struct keel_rpc_request *req, json_t *params)
+{
+	rpc_bdev_create_geom(req, params, "malloc", keel_bdev_malloc_create);
+}
+
+static void rpc_bdev_null_create(struct keel_rpc_request *req, json_t *params)
+{
+	rpc_bdev_create_geom(req, params, "null", keel_bdev_null_create);
+}
+
+struct rpc_aio_params {
+	const char *name;
+	const char *filename;
+	uint32_t block_size;
+};
+
+struct rpc_aio_ctx {
+	struct keel_rpc_request *req;
+	char *name;
+	char *filename;
+};
+
+static void rpc_bdev_aio_created(void *cb_arg, int status, struct keel_bdev *bdev)
+{
+	struct rpc_aio_ctx *ctx = cb_arg;
+	struct keel_rpc_request *req = ctx->req;
+
+	switch (status) {
+	case 0:
+		KEEL_NOTICELOG("rpc: aio bdev %s created on %s", ctx->name, ctx->filename);
+		keel_rpc_send_result(req, json_string(ctx->name));
+		break;
+	case -ENOENT:
+		keel_rpc_send_error(req, status, "file '%s' does not exist: create it first "
+				    "(e.g. truncate -s 1G %s) or fix the path", ctx->filename,
+				    ctx->filename);
+		break;
+	case -EACCES:
+	case -EPERM:
+		keel_rpc_send_error(req, status, "keeld may not open '%s': check its "
+				    "permissions", ctx->filename);
+		break;
+	case -EINVAL:
+		keel_rpc_send_error(req, status, "cannot use '%s' for aio bdev '%s': its size "
+				    "must be a non-zero multiple of the block size, and the block "
+				    "size a power of two >= 512 that the device supports",
+				    ctx->filename, ctx->name);
+		break;
+	case -EISDIR:
+		keel_rpc_send_error(req, status, "'%s' is a directory: give a file or a block "
+				    "device", ctx->filename);
+		break;
+	default:
+		rpc_bdev_send_create_error(req, "aio", ctx->name, status);
+		break;
+	}
+	free(ctx->name);
+	free(ctx->filename);
+	free(ctx);
+}
+
+static void rpc_bdev_aio_create(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_aio_params, name), false},
+		{"filename", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_aio_params, filename),
+		 false},
+		{"block_size", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_aio_params, block_size),
+		 true},
+	};
+	struct rpc_aio_params p = {.name = NULL, .filename = NULL, .block_size = 0};
+	struct rpc_aio_ctx *ctx;
+	int rc;
+
+	if (!keel_rpc_decode_params(req, params, table, 3, &p)) {
+		return;
+	}
+	if (!rpc_bdev_check_name(req, "name", p.name)) {
+		return;
+	}
+	if (p.filename[0] != '/') {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "filename: '%s' is not an "
+				    "absolute path (keeld does not share your working "
+				    "directory)", p.filename);
+		return;
+	}
+	if (p.block_size != 0 && (p.block_size < RPC_BLOCK_SIZE_MIN ||
+				  p.block_size > RPC_BLOCK_SIZE_MAX ||
+				  (p.block_size & (p.block_size - 1)) != 0)) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "block_size: %u is not a "
+				    "power of two from 512 to 65536 (or 0 for automatic)",
+				    p.block_size);
+		return;
+	}
+	if (keel_bdev_get_by_name(p.name) != NULL) {
+		rpc_bdev_send_create_error(req, "aio", p.name, -EEXIST);
+		return;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (ctx == NULL) {
+		goto out_nomem;
+	}
+	ctx->req = req;
+	ctx->name = strdup(p.name);
+	ctx->filename = strdup(p.filename);
+	if (ctx->name == NULL || ctx->filename == NULL) {
+		goto out_free_ctx;
+	}
+	rc = keel_bdev_aio_create(p.name, p.filename, p.block_size, rpc_bdev_aio_created, ctx);
+	if (rc != 0) {
+		/* Same messages as an asynchronous failure. */
+		rpc_bdev_aio_created(ctx, rc, NULL);
+	}
+	return;
+
+out_free_ctx:
+	free(ctx->name);
+	free(ctx->filename);
+	free(ctx);
+out_nomem:
+	keel_rpc_send_error(req, -ENOMEM, "out of memory");
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Error bdev                                                                      */
+/* ------------------------------------------------------------------------------ */
+
+struct rpc_error_create_params {
+	const char *base_name;
+	const char *name;
+};
+
+static void rpc_bdev_error_create(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"base_name", KEEL_RPC_PARAM_STRING,
+		 offsetof(struct rpc_error_create_params, base_name), false},
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_error_create_params, name),
+		 true},
+	};
+	struct rpc_error_create_params p = {NULL, NULL};
+	char name[KEEL_BDEV_NAME_MAX + 8];
+	struct keel_bdev *bdev = NULL, *base;
+	int rc;
+
+	if (!keel_rpc_decode_params(req, params, table, 2, &p)) {
+		return;
+	}
+	/* SPDK names an error bdev EE_<base>; keep that default. */
+	snprintf(name, sizeof(name), "%s", p.name != NULL ? p.name : "");
+	if (p.name == NULL) {
+		snprintf(name, sizeof(name), "EE_%.*s", KEEL_BDEV_NAME_MAX, p.base_name);
+	}
+	if (!rpc_bdev_check_name(req, p.name != NULL ? "name" : "base_name", name)) {
+		return;
+	}
+	base = keel_bdev_get_by_name(p.base_name);
+	if (base == NULL) {
+		keel_rpc_send_error(req, -ENODEV, "base bdev '%s' not found: create it first",
+				    p.base_name);
+		return;
+	}
+	if (keel_bdev_get_claim_owner(base) != NULL) {
+		keel_rpc_send_error(req, -EPERM, "base bdev '%s' is already claimed by %s",
+				    p.base_name, keel_bdev_get_claim_owner(base));
+		return;
+	}
+	if (keel_bdev_get_by_name(name) != NULL) {
+		rpc_bdev_send_create_error(req, "error", name, -EEXIST);
+		return;
+	}
+	rc = keel_bdev_error_create(name, p.base_name, &bdev);
+	if (rc != 0) {
+		rpc_bdev_send_create_error(req, "error", name, rc);
+		return;
+	}
+	KEEL_NOTICELOG("rpc: error bdev %s created on %s", name, p.base_name);
+	keel_rpc_send_result(req, json_string(name));
+}
+
+struct rpc_inject_params {
+	const char *name;
+	const char *io_type;
+	const char *error_type;
+	uint32_t num;
+	uint32_t every_nth;
+	int64_t err;
+	uint32_t delay_us;
+};
+
+static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_inject_params, name), false},
+		{"io_type", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_inject_params, io_type),
+		 true},
+		{"error_type", KEEL_RPC_PARAM_STRING,
+		 offsetof(struct rpc_inject_params, error_type), true},
+		{"num", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_inject_params, num), true},
+		{"every_nth", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_inject_params, every_nth),
+		 true},
+		{"errno", KEEL_RPC_PARAM_INT64, offsetof(struct rpc_inject_params, err), true},
+		{"delay_us", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_inject_params, delay_us),
+		 true},
+	};
+	struct rpc_inject_params p = {.name = NULL, .io_type = "all", .error_type = "failure",
+				      .num = 1, .every_nth = 0, .err = EIO, .delay_us = 0};
+	struct keel_bdev_error_rule rule;
+	struct keel_bdev *bdev;
+	int t, rc;
+
+	if (!keel_rpc_decode_params(req, params, table, 7, &p)) {
+		return;
+	}
+	bdev = keel_bdev_get_by_name(p.name);
+	if (bdev == NULL || strcmp(keel_bdev_get_module_name(bdev), "error") != 0) {
+		keel_rpc_send_error(req, -ENODEV, "error bdev '%s' not found: create one with "
+				    "bdev_error_create", p.name);
+		return;
+	}
+	if (strcmp(p.error_type, "clear") == 0) {
+		rc = keel_bdev_error_clear(p.name);
+		if (rc != 0) {
+			keel_rpc_send_error(req, rc, "cannot clear the rules of '%s': %s", p.name,
+					    strerror(-rc));
+			return;
+		}
+		keel_rpc_send_result(req, NULL);
+		return;
+	}
+	memset(&rule, 0, sizeof(rule));
+	if (strcmp(p.io_type, "all") == 0) {
+		rule.io_type = KEEL_BDEV_IO_NUM_TYPES;
+	} else {
+		for (t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
+			if (strcmp(p.io_type, keel_bdev_io_type_name((enum keel_bdev_io_type)t)) ==
+			    0) {
+				break;
+			}
+		}
+		if (t == KEEL_BDEV_IO_NUM_TYPES) {
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "io_type: unknown '%.32s': "
+					    "use read, write, flush, unmap, write_zeroes, reset "
+					    "or all", p.io_type);
+			return;
+		}
+		rule.io_type = (enum keel_bdev_io_type)t;
+	}
+	if (p.err < 0) {
+		p.err = -p.err; /* accept either sign; the rule wants a negative errno */
+	}
+	if (p.err == 0 || p.err > 4095) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "errno: %lld is not an errno value (e.g. 5 for EIO)",
+				    (long long)p.err);
+		return;
+	}
+	if (strcmp(p.error_type, "failure") == 0) {
+		rule.error = -(int)p.err;
+		rule.delay_us = p.delay_us;
+	} else if (strcmp(p.error_type, "delay") == 0) {
+		if (p.delay_us == 0) {
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+					    "delay_us: error_type 'delay' needs delay_us > 0");
+			return;
+		}
+		rule.error = 0;
+		rule.delay_us = p.delay_us;
+	} else {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "error_type: unknown '%.32s': "
+				    "use failure, delay or clear", p.error_type);
+		return;
+	}
+	rule.count = p.num;
+	rule.every_nth = p.every_nth;
+	rc = keel_bdev_error_inject(p.name, &rule);
+	if (rc != 0) {
+		keel_rpc_send_error(req, rc, "cannot inject into '%s': %s", p.name,
+				    strerror(-rc));
+		return;
+	}
+	KEEL_NOTICELOG("rpc: error bdev %s: %s rule on %s (num %u, every_nth %u)", p.name,
+		       p.error_type, p.io_type, p.num, p.every_nth);
+	keel_rpc_send_result(req, NULL);
+}
+
+void rpc_bdev_register(void)
+{
+	keel_rpc_register_method("bdev_get_bdevs", rpc_bdev_get_bdevs,
+				 "List bdevs, or one with {name}");
+	keel_rpc_register_method("bdev_get_iostat", rpc_bdev_get_iostat,
+				 "I/O statistics of every bdev, or one with {name}");
+	keel_rpc_register_method("bdev_delete", rpc_bdev_delete,
+				 "Delete bdev {name} whatever its module");
+	keel_rpc_register_method("bdev_malloc_create", rpc_bdev_malloc_create,
+				 "RAM disk {name, num_blocks, block_size?=512}");
+	keel_rpc_register_method("bdev_malloc_delete", rpc_bdev_malloc_delete,
+				 "Delete RAM disk {name}");
+	keel_rpc_register_method("bdev_null_create", rpc_bdev_null_create,
+				 "Null disk {name, num_blocks, block_size?=512}");
+	keel_rpc_register_method("bdev_null_delete", rpc_bdev_null_delete,
+				 "Delete null disk {name}");
+	keel_rpc_register_method("bdev_aio_create", rpc_bdev_aio_create,
+				 "AIO bdev {name, filename (absolute), block_size?}");
+	keel_rpc_register_method("bdev_aio_delete", rpc_bdev_aio_delete, "Delete AIO bdev {name}");
+	keel_rpc_register_method("bdev_error_create", rpc_bdev_error_create,
+				 "Error-injection bdev {base_name, name?=EE_<base_name>}");
+	keel_rpc_register_method("bdev_error_delete", rpc_bdev_error_delete,
+				 "Delete error bdev {name}");
+	keel_rpc_register_method("bdev_error_inject_error", rpc_bdev_error_inject_error,
+				 "{name, io_type?, error_type?=failure|delay|clear, num?, "
+				 "every_nth?, errno?, delay_us?}");
+}

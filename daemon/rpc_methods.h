@@ -1,0 +1,24 @@
+/*
+ * Method tables of keeld: each daemon/rpc_<area>.c registers its methods with
+ * keel_rpc_register_method() from rpc_<area>_register(), called once by keeld's main
+ * before the server starts.
+ */
+#ifndef KEEL_DAEMON_RPC_METHODS_H
+#define KEEL_DAEMON_RPC_METHODS_H
+
+/** rpc_get_methods, keel_get_version, framework_*, thread_get_stats. */
+void rpc_framework_register(void);
+/** bdev_get_bdevs, bdev_{malloc,null,aio,error}_{create,delete}, bdev_error_inject_error ... */
+void rpc_bdev_register(void);
+/** volume_create, volume_destroy, volume_list, volume_get, volume_*_replica
+ * (daemon/rpc_volume.c). */
+void rpc_volume_register(void);
+/** rebuild_get_status, rebuild_start|stop|pause|resume, rebuild_set_options,
+ * rebuild_get_history (daemon/rpc_rebuild.c). */
+void rpc_rebuild_register(void);
+#ifdef KEEL_HAVE_NBD
+/** nbd_start_export, nbd_stop_export, nbd_get_exports (daemon/rpc_nbd.c). */
+void rpc_nbd_register(void);
+#endif
+
+#endif /* KEEL_DAEMON_RPC_METHODS_H */

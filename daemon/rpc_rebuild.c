@@ -1,0 +1,386 @@
+/*
+ * Rebuild RPCs: status, control, options, history.
+ *
+ * The history of ended jobs is keeld's (the nexus keeps only the last job per
+ * target): each ended job is appended here and the list is saved to
+ * STATE_DIR/rebuild-history.json on the blocking pool (temp file, fsync, rename,
+ * fsync of the directory), so `rebuild_get_history` survives restarts.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "keel/log.h"
+#include "keel/nexus.h"
+#include "keel/reactor.h"
+#include "keel/rpc.h"
+
+#include "rpc_methods.h"
+#include "state.h"
+
+#define HISTORY_MAX 64 /* records kept per volume */
+
+static json_t *g_history;        /* {volume: [records...]} */
+static bool g_history_loaded;
+static bool g_save_running;
+static bool g_save_again;
+
+struct history_save {
+	char path[PATH_MAX];
+	char *text;
+};
+
+static int history_path(char *buf, size_t len)
+{
+	const char *state = keeld_state_path();
+	char tmp[PATH_MAX];
+
+	if (state == NULL || state[0] == '\0') {
+		return -ENOENT;
+	}
+	snprintf(tmp, sizeof(tmp), "%s", state);
+	if ((size_t)snprintf(buf, len, "%s/rebuild-history.json", dirname(tmp)) >= len) {
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
+static void history_load(void)
+{
+	char path[PATH_MAX];
+	json_error_t err;
+
+	if (g_history_loaded) {
+		return;
+	}
+	g_history_loaded = true;
+	/* A small file read once at the first request, on the management thread:
+	 * like keeld's state file at start-up. */
+	if (history_path(path, sizeof(path)) == 0 && access(path, R_OK) == 0) {
+		g_history = json_load_file(path, 0, &err);
+		if (g_history == NULL || !json_is_object(g_history)) {
+			KEEL_WARNLOG("rebuild history %s unreadable (%s); starting empty", path,
+				     err.text);
+			json_decref(g_history);
+			g_history = NULL;
+		}
+	}
+	if (g_history == NULL) {
+		g_history = json_object();
+	}
+}
+
+static int history_write_blocking(void *arg)
+{
+	struct history_save *s = arg;
+	char tmp[PATH_MAX + 8], dir[PATH_MAX];
+	size_t len = strlen(s->text), off = 0;
+	int fd, dfd, rc = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", s->path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		return -errno;
+	}
+	while (off < len) {
+		ssize_t w = write(fd, s->text + off, len - off);
+
+		if (w < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			rc = -errno;
+			goto out_close;
+		}
+		off += (size_t)w;
+	}
+	if (fsync(fd) != 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	close(fd);
+	if (rename(tmp, s->path) != 0) {
+		rc = -errno;
+		unlink(tmp);
+		return rc;
+	}
+	snprintf(dir, sizeof(dir), "%s", s->path);
+	dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		(void)fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+
+out_close:
+	close(fd);
+	unlink(tmp);
+	return rc;
+}
+
+static void history_save(void);
+
+static void history_saved(void *cb_arg, int rc)
+{
+	struct history_save *s = cb_arg;
+
+	if (rc != 0) {
+		KEEL_ERRLOG("rebuild history %s: save failed: %s", s->path, strerror(-rc));
+	}
+	free(s->text);
+	free(s);
+	g_save_running = false;
+	if (g_save_again) {
+		g_save_again = false;
+		history_save();
+	}
+}
+
+static void history_save(void)
+{
+	struct history_save *s;
+
+	if (g_save_running) {
+		g_save_again = true;
+		return;
+	}
+	s = calloc(1, sizeof(*s));
+	if (s == NULL || history_path(s->path, sizeof(s->path)) != 0) {
+		free(s);
+		return;
+	}
+	s->text = json_dumps(g_history, JSON_INDENT(1));
+	if (s->text == NULL) {
+		free(s);
+		return;
+	}
+	g_save_running = true;
+	if (keel_spawn_blocking(history_write_blocking, s, history_saved, s) != 0) {
+		g_save_running = false;
+		free(s->text);
+		free(s);
+	}
+}
+
+static void rebuild_ended(void *ctx, const struct keel_rebuild_stats *st)
+{
+	json_t *list, *rec;
+
+	(void)ctx;
+	history_load();
+	list = json_object_get(g_history, st->volume);
+	if (list == NULL) {
+		list = json_array();
+		json_object_set_new(g_history, st->volume, list);
+	}
+	rec = keel_rebuild_stats_to_json(st);
+	if (rec == NULL) {
+		return;
+	}
+	json_object_set_new(rec, "bytes", json_integer((json_int_t)(st->blocks_transferred *
+								    st->block_size)));
+	json_array_append_new(list, rec);
+	while (json_array_size(list) > HISTORY_MAX) {
+		json_array_remove(list, 0);
+	}
+	history_save();
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Methods                                                                         */
+/* ------------------------------------------------------------------------------ */
+
+static void append_job(void *ctx, const struct keel_rebuild_stats *st)
+{
+	json_t *arr = ctx;
+	json_t *o = keel_rebuild_stats_to_json(st);
+
+	if (o != NULL) {
+		json_array_append_new(arr, o);
+	}
+}
+
+static void rpc_rebuild_get_status(struct keel_rpc_request *req, json_t *params)
+{
+	struct {
+		const char *volume;
+	} p = {NULL};
+	static const struct keel_rpc_param table[] = {
+		{"volume", KEEL_RPC_PARAM_STRING, 0, true},
+	};
+	json_t *arr;
+
+	if (!keel_rpc_decode_params(req, params, table, 1, &p)) {
+		return;
+	}
+	if (p.volume != NULL && keel_nexus_get_by_name(p.volume) == NULL) {
+		keel_rpc_send_error(req, -ENODEV, "volume %s: no such volume", p.volume);
+		return;
+	}
+	arr = json_array();
+	keel_rebuild_list(p.volume, append_job, arr);
+	keel_rpc_send_result(req, arr);
+}
+
+struct vr_params {
+	const char *volume;
+	const char *replica;
+};
+
+static const struct keel_rpc_param g_vr_table[] = {
+	{"volume", KEEL_RPC_PARAM_STRING, offsetof(struct vr_params, volume), false},
+	{"replica", KEEL_RPC_PARAM_STRING, offsetof(struct vr_params, replica), false},
+};
+
+static void control(struct keel_rpc_request *req, json_t *params,
+		    int (*fn)(const char *, const char *), const char *what)
+{
+	struct vr_params p = {0};
+	int rc;
+
+	if (!keel_rpc_decode_params(req, params, g_vr_table, 2, &p)) {
+		return;
+	}
+	rc = fn(p.volume, p.replica);
+	switch (rc) {
+	case 0:
+		keel_rpc_send_result(req, NULL);
+		return;
+	case -ENODEV:
+		keel_rpc_send_error(req, rc, "volume %s: no such volume, replica or job (%s)",
+				    p.volume, p.replica);
+		return;
+	case -EINVAL:
+		keel_rpc_send_error(req, rc, "volume %s: replica %s: cannot %s in this state "
+				    "(see rebuild_get_status)", p.volume, p.replica, what);
+		return;
+	case -EBUSY:
+		keel_rpc_send_error(req, rc, "volume %s: replica %s: a rebuild is already active",
+				    p.volume, p.replica);
+		return;
+	case -EALREADY:
+		keel_rpc_send_error(req, rc, "volume %s: replica %s: no active rebuild to stop",
+				    p.volume, p.replica);
+		return;
+	case -EIO:
+		keel_rpc_send_error(req, rc, "volume %s: no healthy replica to copy from",
+				    p.volume);
+		return;
+	default:
+		keel_rpc_send_error(req, rc, "volume %s: replica %s: %s failed: %s", p.volume,
+				    p.replica, what, strerror(-rc));
+	}
+}
+
+static void rpc_rebuild_start(struct keel_rpc_request *req, json_t *params)
+{
+	control(req, params, keel_rebuild_start, "start");
+}
+
+static void rpc_rebuild_stop(struct keel_rpc_request *req, json_t *params)
+{
+	control(req, params, keel_rebuild_stop, "stop");
+}
+
+static void rpc_rebuild_pause(struct keel_rpc_request *req, json_t *params)
+{
+	control(req, params, keel_rebuild_pause, "pause");
+}
+
+static void rpc_rebuild_resume(struct keel_rpc_request *req, json_t *params)
+{
+	control(req, params, keel_rebuild_resume, "resume");
+}
+
+static void rpc_rebuild_set_options(struct keel_rpc_request *req, json_t *params)
+{
+	struct keel_rebuild_opts o;
+	struct {
+		double rate;
+		uint32_t max_concurrent;
+		uint32_t segment_size;
+		uint32_t tasks;
+		bool auto_rebuild;
+	} p;
+	static const struct keel_rpc_param table[] = {
+		{"rate_limit_mib_s", KEEL_RPC_PARAM_DOUBLE, 0, true},
+		{"max_concurrent", KEEL_RPC_PARAM_UINT32, sizeof(double), true},
+		{"segment_size", KEEL_RPC_PARAM_UINT32, sizeof(double) + 4, true},
+		{"tasks", KEEL_RPC_PARAM_UINT32, sizeof(double) + 8, true},
+		{"auto_rebuild", KEEL_RPC_PARAM_BOOL, sizeof(double) + 12, true},
+	};
+	json_t *res;
+
+	keel_rebuild_get_opts(&o);
+	p.rate = o.rate_limit_mib_s;
+	p.max_concurrent = o.max_concurrent;
+	p.segment_size = o.segment_size;
+	p.tasks = o.tasks;
+	p.auto_rebuild = o.auto_rebuild;
+	if (!keel_rpc_decode_params(req, params, table, 5, &p)) {
+		return;
+	}
+	o.rate_limit_mib_s = p.rate;
+	o.max_concurrent = p.max_concurrent;
+	o.segment_size = p.segment_size;
+	o.tasks = p.tasks;
+	o.auto_rebuild = p.auto_rebuild;
+	if (keel_rebuild_set_opts(&o) != 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "rate_limit_mib_s must be >= 0, segment_size a multiple of 4096 "
+				    "up to 4 MiB, tasks 1..32");
+		return;
+	}
+	res = json_object();
+	json_object_set_new(res, "rate_limit_mib_s", json_real(o.rate_limit_mib_s));
+	json_object_set_new(res, "max_concurrent", json_integer(o.max_concurrent));
+	json_object_set_new(res, "segment_size", json_integer(o.segment_size));
+	json_object_set_new(res, "tasks", json_integer(o.tasks));
+	json_object_set_new(res, "auto_rebuild", json_boolean(o.auto_rebuild));
+	keel_rpc_send_result(req, res);
+}
+
+static void rpc_rebuild_get_history(struct keel_rpc_request *req, json_t *params)
+{
+	struct {
+		const char *volume;
+	} p = {NULL};
+	static const struct keel_rpc_param table[] = {
+		{"volume", KEEL_RPC_PARAM_STRING, 0, false},
+	};
+	json_t *list;
+
+	if (!keel_rpc_decode_params(req, params, table, 1, &p)) {
+		return;
+	}
+	history_load();
+	list = json_object_get(g_history, p.volume);
+	keel_rpc_send_result(req, list ? json_deep_copy(list) : json_array());
+}
+
+void rpc_rebuild_register(void)
+{
+	keel_rebuild_set_end_hook(rebuild_ended, NULL);
+	keel_rpc_register_method("rebuild_get_status", rpc_rebuild_get_status,
+				 "rebuild jobs {volume?}: state, progress, rate, ETA");
+	keel_rpc_register_method("rebuild_start", rpc_rebuild_start,
+				 "start a rebuild {volume, replica}");
+	keel_rpc_register_method("rebuild_stop", rpc_rebuild_stop,
+				 "stop a rebuild {volume, replica}");
+	keel_rpc_register_method("rebuild_pause", rpc_rebuild_pause,
+				 "pause a rebuild {volume, replica}");
+	keel_rpc_register_method("rebuild_resume", rpc_rebuild_resume,
+				 "resume a rebuild {volume, replica}");
+	keel_rpc_register_method("rebuild_set_options", rpc_rebuild_set_options,
+				 "{rate_limit_mib_s?, max_concurrent?, segment_size?, tasks?, "
+				 "auto_rebuild?}");
+	keel_rpc_register_method("rebuild_get_history", rpc_rebuild_get_history,
+				 "ended rebuilds of {volume} (kept across restarts)");
+}

@@ -1,0 +1,71 @@
+/*
+ * keel NBD internals shared by nbd_conn.c (the per-connection state machine),
+ * nbd_server.c (exports, listeners, NBD threads) and the unit tests.
+ */
+#ifndef KEEL_NBD_INTERNAL_H
+#define KEEL_NBD_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "keel/bdev.h"
+
+struct nbd_conn;
+
+/**
+ * What a handshake needs to know about an export. Immutable while any connection
+ * uses it, so NBD threads read it without messages.
+ */
+struct nbd_export_info {
+	char name[257];
+	const char *description; /* may be NULL */
+	uint64_t size;            /* bytes */
+	uint32_t block_size;
+	uint16_t tflags;          /* transmission flags incl. NBD_FLAG_HAS_FLAGS */
+	struct keel_bdev_desc *desc;
+};
+
+/**
+ * Called on the connection's thread once it is fully gone (fd closed, I/O done,
+ * memory freed): \p conn is only an identity then, never dereference it.
+ */
+typedef void (*nbd_conn_done_fn)(void *ctx, struct nbd_conn *conn);
+
+/** Handshake deadline from accept to GO/EXPORT_NAME (tests shorten it). */
+extern uint64_t g_nbd_handshake_timeout_ns;
+
+/** Transmission flags for \p bdev (\p read_only adds NBD_FLAG_READ_ONLY). */
+uint16_t nbd_tflags_for_bdev(struct keel_bdev *bdev, bool read_only);
+
+/**
+ * Serve a freshly accepted socket: handshake for \p exp, then transmission.
+ * Must be called on the keel thread that will own the connection. \p fd becomes
+ * non-blocking and owned by the connection on success.
+ * \return 0 (done_fn runs exactly once, later, on this thread), -ENOMEM, -EINVAL
+ * (not on a keel thread), -errno from fcntl/epoll.
+ */
+int nbd_conn_create_handshake(int fd, const struct nbd_export_info *exp, nbd_conn_done_fn done_fn,
+			      void *done_ctx, struct nbd_conn **connp);
+
+/**
+ * Serve \p fd with the transmission phase only (no handshake): for the kernel
+ * frontend, which negotiated nothing and passes one end of a socketpair to nbd.ko.
+ * \p desc serves the I/O on this thread's channel; \p tflags are the transmission
+ * flags the peer was told (they decide READ_ONLY/TRIM handling). Same threading,
+ * ownership and return values as nbd_conn_create_handshake.
+ */
+int nbd_conn_create_transmission(int fd, struct keel_bdev_desc *desc, uint16_t tflags,
+				 nbd_conn_done_fn done_fn, void *done_ctx,
+				 struct nbd_conn **connp);
+
+/**
+ * Hard close (export stop, hot remove): shut the socket down so a client that
+ * stopped reading cannot hold us, drop unsent replies, wait for the requests in
+ * flight on the bdev, then done_fn. Owning thread only; idempotent.
+ */
+void nbd_conn_close(struct nbd_conn *conn);
+
+/** Whether the connection reached transmission (tests, statistics). */
+bool nbd_conn_in_transmission(const struct nbd_conn *conn);
+
+#endif /* KEEL_NBD_INTERNAL_H */

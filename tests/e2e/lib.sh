@@ -1,0 +1,136 @@
+# Shared helpers of the keel e2e tests. Source it first:  . "$(dirname "$0")/lib.sh"
+#
+# Every test gets its own temp dir with its own keeld socket and state dir, and a trap
+# that stops keeld and removes the temp dir however the test ends. Exit 77 = skip.
+set -u
+
+KEEL_BIN=${KEEL_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/bin}
+E2E_NAME=$(basename "$0" .sh)
+
+skip() {
+	echo "SKIP $E2E_NAME: $*"
+	exit 77
+}
+
+fail() {
+	echo "FAIL $E2E_NAME: $*" >&2
+	if [ -n "${KEELD_LOG:-}" ] && [ -f "$KEELD_LOG" ]; then
+		echo "---- keeld log (last 40 lines) ----" >&2
+		tail -n 40 "$KEELD_LOG" >&2
+	fi
+	exit 1
+}
+
+ok() {
+	echo "ok - $*"
+}
+
+[ -x "$KEEL_BIN/keeld" ] || skip "no keeld in $KEEL_BIN (build first)"
+[ -x "$KEEL_BIN/keelctl" ] || skip "no keelctl in $KEEL_BIN (build first)"
+command -v python3 >/dev/null || skip "python3 is needed"
+
+# Unix socket paths are limited to 107 bytes: keep the temp dir short.
+E2E_TMP=$(mktemp -d /tmp/keel-e2e.XXXXXX) || fail "mktemp"
+SOCK=$E2E_TMP/keeld.sock
+STATE=$E2E_TMP/state
+KEELD_LOG=$E2E_TMP/keeld.log
+KEELD_PID=
+
+# ASan: keep leak checking, write reports into the log the test shows on failure.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+e2e_cleanup() {
+	local rc=$?
+
+	if [ -n "$KEELD_PID" ] && kill -0 "$KEELD_PID" 2>/dev/null; then
+		kill -TERM "$KEELD_PID" 2>/dev/null
+		for _ in $(seq 1 100); do
+			kill -0 "$KEELD_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$KEELD_PID" 2>/dev/null
+	fi
+	for pid in ${E2E_EXTRA_PIDS:-}; do
+		kill -KILL "$pid" 2>/dev/null
+	done
+	rm -rf "$E2E_TMP"
+	exit $rc
+}
+trap e2e_cleanup EXIT
+trap 'exit 130' INT TERM
+
+keelctl() {
+	"$KEEL_BIN/keelctl" -s "$SOCK" "$@"
+}
+
+# Wait until keeld at $SOCK answers; fail if the process $1 died first.
+wait_for_keeld() {
+	local pid=$1
+
+	for _ in $(seq 1 200); do
+		if "$KEEL_BIN/keelctl" -s "$SOCK" --timeout 5 rpc keel_get_version >/dev/null 2>&1; then
+			return 0
+		fi
+		if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+			fail "keeld exited during startup"
+		fi
+		sleep 0.1
+	done
+	fail "keeld did not answer on $SOCK within 20 s"
+}
+
+# Start keeld in the foreground (background job) with this test's socket and state dir.
+# Extra arguments go to keeld. Sets KEELD_PID.
+start_keeld() {
+	"$KEEL_BIN/keeld" --foreground --rpc-socket "$SOCK" --state-dir "$STATE" \
+		--cpus "${KEEL_E2E_CPUS:-0}" "$@" >>"$KEELD_LOG" 2>&1 &
+	KEELD_PID=$!
+	wait_for_keeld "$KEELD_PID"
+}
+
+# SIGTERM keeld and wait; returns keeld's exit status.
+stop_keeld() {
+	local rc
+
+	[ -n "$KEELD_PID" ] || return 0
+	kill -TERM "$KEELD_PID"
+	wait "$KEELD_PID"
+	rc=$?
+	KEELD_PID=
+	return $rc
+}
+
+keeld_alive() {
+	[ -n "$KEELD_PID" ] && kill -0 "$KEELD_PID" 2>/dev/null
+}
+
+# expect_fail "what" SUBSTRING CMD...: CMD must exit non-zero and print SUBSTRING.
+expect_fail() {
+	local what=$1 substr=$2 out rc
+	shift 2
+
+	out=$("$@" 2>&1)
+	rc=$?
+	[ $rc -ne 0 ] || fail "$what: succeeded but should fail: $out"
+	case "$out" in
+	*"$substr"*) ok "$what -> $(echo "$out" | head -n 1)" ;;
+	*) fail "$what: output lacks '$substr': $out" ;;
+	esac
+}
+
+# expect_ok "what" CMD...: CMD must succeed; its stdout is left in $OUT.
+expect_ok() {
+	local what=$1 rc
+	shift
+
+	OUT=$("$@" 2>&1)
+	rc=$?
+	[ $rc -eq 0 ] || fail "$what: exit $rc: $OUT"
+	ok "$what"
+}
+
+# json_get JSON PYTHON-EXPR: evaluate EXPR with the parsed JSON as 'j'.
+json_get() {
+	python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# keelctl against a live keeld: bdev create/list/delete for malloc, null and aio,
+# error paths, --json output, reactor commands, error bdev and passthrough RPCs.
+. "$(dirname "$0")/lib.sh"
+
+start_keeld
+
+# --- create and list ------------------------------------------------------------------
+expect_ok "create malloc" keelctl bdev create malloc m0 64M
+expect_ok "create null with block size" keelctl bdev create null n0 1G --block-size 4096
+truncate -s 16M "$E2E_TMP/disk.img"
+expect_ok "create aio" keelctl bdev create aio a0 "$E2E_TMP/disk.img"
+truncate -s 8M "$E2E_TMP/disk2.img"
+(cd "$E2E_TMP" && "$KEEL_BIN/keelctl" -s "$SOCK" bdev create aio a1 disk2.img --block-size 4096) \
+	>/dev/null || fail "aio with a relative path"
+ok "create aio with a relative path"
+
+expect_ok "bdev list" keelctl bdev list
+echo "$OUT"
+for want in "m0 *malloc *64 MiB *512 *131072" "n0 *null *1 GiB *4096 *262144" \
+	"a0 *aio *16 MiB *512" "a1 *aio *8 MiB *4096"; do
+	echo "$OUT" | grep -Eq "^$want" || fail "bdev list lacks a row like '$want'"
+done
+echo "$OUT" | head -n 1 | grep -q "^NAME  *MODULE  *SIZE" || fail "bdev list header"
+ok "bdev list table rows"
+
+expect_ok "bdev list --json" keelctl --json bdev list
+[ "$(json_get "$OUT" 'len(j)')" = 4 ] || fail "expected 4 bdevs: $OUT"
+[ "$(json_get "$OUT" '[b["num_blocks"] for b in j if b["name"]=="m0"][0]')" = 131072 ] ||
+	fail "m0 num_blocks"
+[ "$(json_get "$OUT" '[b["supported_io_types"]["read"] for b in j if b["name"]=="n0"][0]')" = True ] ||
+	fail "n0 supported_io_types"
+ok "--json output parses and matches"
+
+expect_ok "bdev_get_bdevs by name" keelctl rpc bdev_get_bdevs '{"name":"a0"}'
+[ "$(json_get "$OUT" 'j[0]["module"]')" = aio ] || fail "bdev_get_bdevs name=a0: $OUT"
+expect_ok "bdev_get_iostat" keelctl rpc bdev_get_iostat
+[ "$(json_get "$OUT" 'len(j["bdevs"])')" = 4 ] || fail "iostat: $OUT"
+
+# --- errors ---------------------------------------------------------------------------
+expect_fail "duplicate name" "bdev 'm0' already exists" keelctl bdev create malloc m0 1M
+expect_fail "duplicate name across modules" "already exists" keelctl bdev create null m0 1M
+expect_fail "delete unknown bdev" "bdev 'nosuch' not found" keelctl bdev delete nosuch
+expect_fail "missing file" "does not exist" keelctl bdev create aio a2 "$E2E_TMP/nope.img"
+expect_fail "bad size string" "bad size '12X'" keelctl bdev create malloc m1 12X
+expect_fail "zero size" "bad size" keelctl bdev create malloc m1 0
+expect_fail "size not a multiple of the block size" "not a multiple" \
+	keelctl bdev create malloc m1 1000
+expect_fail "bad block size" "block_size" keelctl bdev create malloc m1 1M --block-size 1000
+expect_fail "bad name" "not a valid bdev name" keelctl bdev create malloc "a/b" 1M
+expect_fail "missing argument" "missing arguments" keelctl bdev create malloc m1
+expect_fail "unknown type" "unknown bdev type 'tape'" keelctl bdev create tape t0 1M
+expect_fail "unknown option" "unknown option '--colour'" keelctl bdev list --colour
+truncate -s 1000 "$E2E_TMP/odd.img"
+expect_fail "file size not a multiple" "multiple of the block size" \
+	keelctl bdev create aio a3 "$E2E_TMP/odd.img"
+expect_fail "wrong-module delete" "is a malloc bdev, not null" \
+	keelctl rpc bdev_null_delete '{"name":"m0"}'
+
+# --- error bdev -----------------------------------------------------------------------
+expect_ok "error bdev create" keelctl rpc bdev_error_create '{"base_name":"m0"}'
+[ "$OUT" = '"EE_m0"' ] || fail "error bdev name: $OUT"
+expect_fail "base is claimed" "claimed by module 'error'" keelctl bdev delete m0
+expect_ok "inject" keelctl rpc bdev_error_inject_error \
+	'{"name":"EE_m0","io_type":"write","num":3,"errno":5}'
+expect_fail "inject bad io_type" "io_type: unknown 'sideways'" keelctl rpc \
+	bdev_error_inject_error '{"name":"EE_m0","io_type":"sideways"}'
+expect_fail "inject into a non-error bdev" "error bdev 'm0' not found" keelctl rpc \
+	bdev_error_inject_error '{"name":"m0","io_type":"read"}'
+expect_ok "clear" keelctl rpc bdev_error_inject_error '{"name":"EE_m0","error_type":"clear"}'
+expect_ok "error bdev delete" keelctl bdev delete EE_m0
+
+# --- delete ---------------------------------------------------------------------------
+for b in m0 n0 a0 a1; do
+	expect_ok "delete $b" keelctl bdev delete "$b"
+done
+expect_ok "empty list" keelctl bdev list
+case "$OUT" in *"no bdevs"*) ;; *) fail "empty list: $OUT" ;; esac
+expect_ok "empty list --json" keelctl --json bdev list
+[ "$(json_get "$OUT" 'len(j)')" = 0 ] || fail "list not empty: $OUT"
+
+# --- reactors -------------------------------------------------------------------------
+expect_ok "reactor stats" keelctl reactor stats
+echo "$OUT"
+echo "$OUT" | grep -q "^REACTOR" || fail "reactor table header"
+echo "$OUT" | grep -q "^THREAD" || fail "thread table header"
+expect_ok "reactor stats --json" keelctl --json reactor stats
+[ "$(json_get "$OUT" 'len(j["reactors"]["reactors"])')" -ge 1 ] || fail "no reactors"
+[ "$(json_get "$OUT" 'any(t["name"]=="main" for t in j["threads"]["threads"])')" = True ] ||
+	fail "no main thread in thread_get_stats"
+expect_ok "reactor mode interrupt" keelctl reactor mode interrupt
+expect_ok "mode shows" keelctl --json rpc framework_get_reactors
+[ "$(json_get "$OUT" 'j["reactors"][0]["mode"]')" = interrupt ] || fail "mode not switched"
+expect_ok "reactor mode adaptive on reactor 0" keelctl reactor mode adaptive --reactor 0
+expect_fail "bad mode" "unknown mode 'turbo'" keelctl reactor mode turbo
+expect_fail "bad reactor" "no reactor 99" keelctl reactor mode poll --reactor 99
+
+# --- passthrough ----------------------------------------------------------------------
+expect_ok "rpc_get_methods" keelctl rpc rpc_get_methods
+[ "$(json_get "$OUT" '"bdev_get_bdevs" in j and "framework_get_reactors" in j')" = True ] ||
+	fail "rpc_get_methods: $OUT"
+
+# --- exports (methods from the NBD layer, if built in) --------------------------------
+if [ "$(json_get "$OUT" '"nbd_get_exports" in j')" = True ]; then
+	expect_ok "export list (empty)" keelctl export list
+	expect_fail "export stop unknown" "nosuch" keelctl export stop nosuch
+	expect_fail "export start without a listener" "--socket" keelctl export start e0
+	expect_ok "bdev for export" keelctl bdev create malloc e0 16M
+	expect_ok "export start" keelctl export start e0 --socket "$E2E_TMP/nbd.sock" --name vol
+	expect_ok "export list" keelctl export list
+	echo "$OUT"
+	echo "$OUT" | grep -Eq "^vol +e0 +$E2E_TMP/nbd.sock" || fail "export list row: $OUT"
+	expect_ok "export list --json" keelctl --json export list
+	[ "$(json_get "$OUT" 'j[0]["bdev_name"]')" = e0 ] || fail "export json: $OUT"
+	if command -v nbdinfo >/dev/null; then
+		expect_ok "nbdinfo sees the export" nbdinfo --size "nbd+unix:///vol?socket=$E2E_TMP/nbd.sock"
+		[ "$OUT" = 16777216 ] || fail "nbdinfo size: $OUT"
+	fi
+	expect_fail "export of a missing bdev" "nosuch" \
+		keelctl export start nosuch --socket "$E2E_TMP/nbd2.sock"
+	# leave the export running: SIGTERM below must stop it and the bdev gracefully
+else
+	expect_fail "export without nbd" "Method not found" keelctl export list
+fi
+
+stop_keeld || fail "keeld exited with $? after SIGTERM"
+ok "keeld stopped cleanly"

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# NBD socket exports against real clients: nbdinfo (size, block sizes, flags),
+# qemu-io (pattern write/read, zero, discard, flush), nbdcopy (round trip with
+# checksums, multi-conn), fio's nbd engine with crc32c verify at QD32, two clients at
+# once, read-only exports, TCP, export list/stop and hot remove of the bdev.
+. "$(dirname "$0")/lib.sh"
+
+for tool in nbdinfo nbdcopy qemu-io fio sha256sum; do
+	command -v $tool >/dev/null || skip "$tool is not installed"
+done
+
+start_keeld
+NBD=$E2E_TMP/nbd.sock
+URI="nbd+unix:///disk0?socket=$NBD"
+
+expect_ok "create malloc bdev" keelctl bdev create malloc m0 64M
+expect_ok "export m0 as disk0" keelctl export start m0 --socket "$NBD" --name disk0
+expect_fail "second export on the same socket" "in use" \
+	keelctl export start m0 --socket "$NBD" --name disk1 --read-only
+expect_fail "duplicate export name" "exists" \
+	keelctl export start m0 --socket "$E2E_TMP/other.sock" --name disk0
+expect_fail "bad export name" "not a valid export name" \
+	keelctl export start m0 --socket "$E2E_TMP/x.sock" --name "a/b"
+expect_fail "missing bdev" "not found" keelctl export start nope --socket "$E2E_TMP/y.sock"
+
+# ---- nbdinfo: size, block sizes, flags ----
+J=$(nbdinfo --json "$URI") || fail "nbdinfo failed"
+[ "$(json_get "$J" 'j["exports"][0]["export-size"]')" = 67108864 ] || fail "size: $J"
+[ "$(json_get "$J" 'j["exports"][0]["block_size_minimum"]')" = 512 ] || fail "min block: $J"
+[ "$(json_get "$J" 'j["exports"][0]["block_size_preferred"]')" = 4096 ] || fail "pref block: $J"
+[ "$(json_get "$J" 'j["exports"][0]["block_size_maximum"]')" = 33554432 ] || fail "max block: $J"
+for f in can_flush can_zero can_trim can_multi_conn; do
+	[ "$(json_get "$J" "j['exports'][0]['$f']")" = True ] || fail "$f not advertised: $J"
+done
+[ "$(json_get "$J" 'j["exports"][0]["is_read_only"]')" = False ] || fail "read-only: $J"
+[ "$(json_get "$J" 'j["structured"]')" = False ] || fail "structured replies: $J"
+ok "nbdinfo: size, block sizes and flags"
+nbdinfo --list "nbd+unix:///?socket=$NBD" | grep -q 'export="disk0"' || fail "nbdinfo --list"
+ok "nbdinfo --list"
+# The default (empty) export name is this export.
+nbdinfo --size "nbd+unix:///?socket=$NBD" | grep -qx 67108864 || fail "default export"
+ok "default export name"
+expect_fail "unknown export name" "" nbdinfo "nbd+unix:///nope?socket=$NBD"
+
+# ---- qemu-io ----
+OUT=$(qemu-io -f raw "$URI" -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' \
+	-c 'write -P 0x5c 4095k 3M' -c 'read -P 0x5c 4095k 3M' -c 'read -P 0xab 0 1023k' \
+	-c 'write -z 2M 1M' -c 'read -P 0 2M 1M' -c 'discard 8M 1M' -c 'flush' \
+	-c 'write -P 0x11 -f 63M 1M' -c 'read -P 0x11 63M 1M' 2>&1) || fail "qemu-io: $OUT"
+case "$OUT" in *"Pattern verification failed"*|*"error"*|*"failed"*) fail "qemu-io: $OUT" ;; esac
+ok "qemu-io pattern write/read, zero, discard, flush, FUA"
+qemu-io -f raw "$URI" -c 'read 64M 512' 2>&1 | grep -qi "error\|out of\|invalid" || fail "read beyond end accepted"
+ok "qemu-io read beyond the end is refused"
+
+# ---- nbdcopy round trip ----
+head -c 64M /dev/urandom >"$E2E_TMP/src.img"
+nbdcopy "$E2E_TMP/src.img" "$URI" || fail "nbdcopy to export"
+nbdcopy "$URI" "$E2E_TMP/back.img" || fail "nbdcopy from export"
+[ "$(sha256sum <"$E2E_TMP/src.img")" = "$(sha256sum <"$E2E_TMP/back.img")" ] || fail "nbdcopy checksums differ"
+ok "nbdcopy round trip, checksums match"
+nbdcopy --connections=4 --requests=64 "$URI" "$E2E_TMP/back4.img" || fail "nbdcopy multi-conn"
+cmp -s "$E2E_TMP/src.img" "$E2E_TMP/back4.img" || fail "multi-conn copy differs"
+ok "nbdcopy with 4 connections"
+
+# ---- fio with verify at QD32, and two clients at once ----
+fio_verify() {
+	fio --name="$1" --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
+		--offset="$2" --size=16M --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 \
+		--output-format=json --output="$E2E_TMP/$1.json" >/dev/null 2>&1
+}
+fio_verify v1 0 || fail "fio verify QD32: $(cat "$E2E_TMP/v1.json" 2>/dev/null | tail -5)"
+ok "fio nbd engine, crc32c verify at QD32"
+fio_verify c1 0 & P1=$!
+fio_verify c2 32M & P2=$!
+wait $P1 || fail "concurrent client 1 failed"
+wait $P2 || fail "concurrent client 2 failed"
+ok "two clients at once (verify)"
+J=$(keelctl --json export list)
+[ "$(json_get "$J" 'j[0]["connections"]')" = 0 ] || fail "connections not back to 0: $J"
+ok "export list counts connections"
+
+# ---- read-only export and TCP ----
+PORT=$((20000 + RANDOM % 20000))
+expect_ok "read-only tcp export" keelctl export start m0 --name ro --socket "$E2E_TMP/ro.sock" \
+	--tcp "127.0.0.1:$PORT" --read-only
+J=$(nbdinfo --json "nbd://127.0.0.1:$PORT/ro") || fail "nbdinfo over tcp"
+[ "$(json_get "$J" 'j["exports"][0]["is_read_only"]')" = True ] || fail "not read-only: $J"
+ok "nbdinfo over TCP sees a read-only export"
+qemu-io -f raw -r "nbd+unix:///ro?socket=$E2E_TMP/ro.sock" -c 'read -P 0x11 63M 1M' 2>&1 |
+	grep -q "read 1048576" || fail "read from read-only export"
+OUT=$(qemu-io -f raw "nbd+unix:///ro?socket=$E2E_TMP/ro.sock" -c 'write 0 4k' 2>&1)
+case "$OUT" in *"wrote"*) fail "write on read-only export succeeded: $OUT" ;; esac
+ok "read-only export refuses writes"
+J=$(keelctl --json export list)
+[ "$(json_get "$J" 'len(j)')" = 2 ] || fail "export list: $J"
+[ "$(json_get "$J" '[e for e in j if e["name"]=="ro"][0]["tcp"]')" = "127.0.0.1:$PORT" ] || fail "tcp in list: $J"
+expect_ok "stop read-only export" keelctl export stop ro
+[ ! -e "$E2E_TMP/ro.sock" ] || fail "socket file left behind"
+expect_fail "stop it again" "not found" keelctl export stop ro
+
+# ---- hot remove: deleting the bdev closes clients and removes the export ----
+fio --name=hold --ioengine=nbd --uri="$URI" --rw=randread --bs=4k --iodepth=8 --size=16M \
+	--time_based --runtime=30 --output="$E2E_TMP/hold.out" >/dev/null 2>&1 &
+HOLD=$!
+E2E_EXTRA_PIDS="$HOLD"
+sleep 1
+expect_ok "delete exported bdev" keelctl bdev delete m0
+for _ in $(seq 1 50); do
+	J=$(keelctl --json export list)
+	[ "$(json_get "$J" 'len(j)')" = 0 ] && break
+	sleep 0.1
+done
+[ "$(json_get "$J" 'len(j)')" = 0 ] || fail "export still listed after hot remove: $J"
+for _ in $(seq 1 50); do kill -0 $HOLD 2>/dev/null || break; sleep 0.1; done
+kill -0 $HOLD 2>/dev/null && fail "client still connected after hot remove"
+grep -q "was removed" "$KEELD_LOG" || fail "no log line for the hot remove"
+keeld_alive || fail "keeld died"
+ok "hot remove closes connections and removes the export"
+
+stop_keeld || fail "keeld did not stop cleanly"
+ok "keeld stopped cleanly"

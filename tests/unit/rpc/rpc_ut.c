@@ -1,0 +1,665 @@
+/*
+ * Unit tests of the JSON-RPC protocol engine (daemon/rpc.c): framing, batches,
+ * validation, errors, parameter decoding and late replies. The engine is driven
+ * through rpc_conn_feed() without sockets or reactors.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+#include <jansson.h>
+
+#include "keel/rpc.h"
+#include "rpc_internal.h"
+#include "rpc_methods.h"
+
+/* ------------------------------------------------------------------------------ */
+/* Test methods                                                                    */
+/* ------------------------------------------------------------------------------ */
+
+static struct keel_rpc_request *g_later[8];
+static int g_later_count;
+static int g_echo_calls;
+
+static void ut_echo(struct keel_rpc_request *req, json_t *params)
+{
+	g_echo_calls++;
+	keel_rpc_send_result(req, params != NULL ? json_incref(params) : NULL);
+}
+
+static void ut_later(struct keel_rpc_request *req, json_t *params)
+{
+	CU_ASSERT_FATAL(g_later_count < 8);
+	g_later[g_later_count++] = req;
+}
+
+static void ut_fail(struct keel_rpc_request *req, json_t *params)
+{
+	keel_rpc_send_error(req, -EEXIST, "bdev '%s' already exists", "x");
+}
+
+struct ut_typed {
+	const char *s;
+	uint64_t u64;
+	uint32_t u32;
+	bool b;
+	int64_t i64;
+	double d;
+	json_t *j;
+};
+
+static struct ut_typed g_typed;
+
+static void ut_typed(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"s", KEEL_RPC_PARAM_STRING, offsetof(struct ut_typed, s), false},
+		{"u64", KEEL_RPC_PARAM_UINT64, offsetof(struct ut_typed, u64), true},
+		{"u32", KEEL_RPC_PARAM_UINT32, offsetof(struct ut_typed, u32), true},
+		{"b", KEEL_RPC_PARAM_BOOL, offsetof(struct ut_typed, b), true},
+		{"i64", KEEL_RPC_PARAM_INT64, offsetof(struct ut_typed, i64), true},
+		{"d", KEEL_RPC_PARAM_DOUBLE, offsetof(struct ut_typed, d), true},
+		{"j", KEEL_RPC_PARAM_JSON, offsetof(struct ut_typed, j), true},
+	};
+
+	memset(&g_typed, 0, sizeof(g_typed));
+	g_typed.u32 = 77; /* default that an absent parameter must keep */
+	if (!keel_rpc_decode_params(req, params, table, 7, &g_typed)) {
+		return;
+	}
+	keel_rpc_send_result(req, json_pack("{s:s,s:I,s:i,s:b,s:I,s:f}", "s", g_typed.s, "u64",
+					    (json_int_t)g_typed.u64, "u32", (int)g_typed.u32, "b",
+					    g_typed.b, "i64", (json_int_t)g_typed.i64, "d",
+					    g_typed.d));
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Helpers                                                                         */
+/* ------------------------------------------------------------------------------ */
+
+static struct rpc_conn *g_conn;
+
+/* Take every queued line from the connection as a JSON array of responses. */
+static json_t *ut_take(struct rpc_conn *conn)
+{
+	json_t *all = json_array();
+	size_t len, i, start = 0;
+	const char *out = rpc_conn_output(conn, &len);
+	char *copy = malloc(len + 1);
+
+	memcpy(copy, out, len);
+	copy[len] = '\0';
+	rpc_conn_consume_output(conn, len);
+	for (i = 0; i < len; i++) {
+		if (copy[i] == '\n') {
+			json_error_t err;
+			json_t *v = json_loadb(copy + start, i - start, JSON_DECODE_ANY, &err);
+
+			CU_ASSERT_PTR_NOT_NULL(v);
+			if (v != NULL) {
+				json_array_append_new(all, v);
+			}
+			start = i + 1;
+		}
+	}
+	CU_ASSERT_EQUAL(start, len); /* every response ends with a newline */
+	free(copy);
+	return all;
+}
+
+static int ut_feed(const char *text)
+{
+	return rpc_conn_feed(g_conn, text, strlen(text));
+}
+
+/* Feed \p text, expect exactly one response and return it. */
+static json_t *ut_one(const char *text)
+{
+	json_t *all, *one;
+
+	ut_feed(text);
+	all = ut_take(g_conn);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(all), 1);
+	one = json_incref(json_array_get(all, 0));
+	json_decref(all);
+	return one;
+}
+
+static int ut_error_code(json_t *resp)
+{
+	return (int)json_integer_value(json_object_get(json_object_get(resp, "error"), "code"));
+}
+
+static const char *ut_error_message(json_t *resp)
+{
+	const char *m = json_string_value(json_object_get(json_object_get(resp, "error"),
+							  "message"));
+	return m != NULL ? m : "";
+}
+
+static void ut_expect_error(const char *text, int code, const char *substr, bool id_null)
+{
+	json_t *resp = ut_one(text);
+
+	CU_ASSERT_EQUAL(ut_error_code(resp), code);
+	if (strstr(ut_error_message(resp), substr) == NULL) {
+		fprintf(stderr, "\nmessage '%s' lacks '%s'\n", ut_error_message(resp), substr);
+		CU_FAIL("error message");
+	}
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(resp, "jsonrpc")), "2.0");
+	if (id_null) {
+		CU_ASSERT(json_is_null(json_object_get(resp, "id")));
+	}
+	json_decref(resp);
+}
+
+static int ut_setup(void)
+{
+	g_conn = rpc_conn_create();
+	g_later_count = 0;
+	g_echo_calls = 0;
+	return g_conn == NULL;
+}
+
+static int ut_teardown(void)
+{
+	rpc_conn_close(g_conn);
+	g_conn = NULL;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Tests                                                                           */
+/* ------------------------------------------------------------------------------ */
+
+static void test_register(void)
+{
+	CU_ASSERT_EQUAL(keel_rpc_register_method("echo", ut_echo, "again"), -EEXIST);
+	CU_ASSERT_EQUAL(keel_rpc_register_method(NULL, ut_echo, "x"), -EINVAL);
+	CU_ASSERT_EQUAL(keel_rpc_register_method("x", NULL, "x"), -EINVAL);
+}
+
+static void test_single(void)
+{
+	json_t *resp;
+	char *text;
+
+	ut_setup();
+	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"a\":1},\"id\":7}");
+	{
+		size_t len;
+		const char *out = rpc_conn_output(g_conn, &len);
+
+		/* compact JSON followed by exactly one newline */
+		CU_ASSERT(len > 0 && out[len - 1] == '\n');
+		CU_ASSERT(memchr(out, ' ', len) == NULL);
+	}
+	resp = ut_take(g_conn);
+	text = json_dumps(json_array_get(resp, 0), JSON_COMPACT | JSON_SORT_KEYS);
+	CU_ASSERT_STRING_EQUAL(text, "{\"id\":7,\"jsonrpc\":\"2.0\",\"result\":{\"a\":1}}");
+	free(text);
+	json_decref(resp);
+	/* string ids come back as they were; absent params give true */
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":\"abc\"}");
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(resp, "id")), "abc");
+	CU_ASSERT(json_is_true(json_object_get(resp, "result")));
+	json_decref(resp);
+	ut_teardown();
+}
+
+static const char g_stream[] =
+	"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"s\":\"}{][\\\"\\\\\"},\"id\":1}"
+	"  \n\t{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":[1,[2,{\"x\":[]}]],\"id\":2}"
+	"[{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":3},"
+	"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"k\":\"\\u00e9{\"}}]"
+	"{\"jsonrpc\":\"2.0\",\"method\":\"nope\",\"id\":4}\n";
+
+static char *ut_stream_expected(void)
+{
+	char *text;
+	json_t *all;
+
+	ut_setup();
+	CU_ASSERT_EQUAL(ut_feed(g_stream), 0);
+	all = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(all), 4);
+	text = json_dumps(all, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(all);
+	ut_teardown();
+	return text;
+}
+
+static void test_back_to_back(void)
+{
+	json_t *all;
+
+	ut_setup();
+	CU_ASSERT_EQUAL(ut_feed(g_stream), 0);
+	all = ut_take(g_conn);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(all), 4);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(
+				       json_object_get(json_array_get(all, 0), "result"), "s")),
+			       "}{][\"\\");
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(all, 1), "id")), 2);
+	/* the batch answers once, as an array, without the notification */
+	CU_ASSERT(json_is_array(json_array_get(all, 2)));
+	CU_ASSERT_EQUAL(json_array_size(json_array_get(all, 2)), 1);
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(all, 3)), KEEL_RPC_METHOD_NOT_FOUND);
+	CU_ASSERT_EQUAL(g_echo_calls, 4);
+	json_decref(all);
+	ut_teardown();
+}
+
+static void test_split_every_byte(void)
+{
+	size_t n = strlen(g_stream), k;
+	char *expected = ut_stream_expected();
+
+	for (k = 0; k <= n; k++) {
+		char *got;
+		json_t *all;
+
+		ut_setup();
+		CU_ASSERT_EQUAL(rpc_conn_feed(g_conn, g_stream, k), 0);
+		CU_ASSERT_EQUAL(rpc_conn_feed(g_conn, g_stream + k, n - k), 0);
+		all = ut_take(g_conn);
+		got = json_dumps(all, JSON_COMPACT | JSON_SORT_KEYS);
+		if (strcmp(got, expected) != 0) {
+			fprintf(stderr, "\nsplit at %zu: %s\n", k, got);
+			CU_FAIL("split changed the responses");
+		}
+		free(got);
+		json_decref(all);
+		ut_teardown();
+	}
+
+	/* one byte at a time */
+	{
+		char *got;
+		json_t *all;
+
+		ut_setup();
+		for (k = 0; k < n; k++) {
+			CU_ASSERT_EQUAL(rpc_conn_feed(g_conn, g_stream + k, 1), 0);
+		}
+		all = ut_take(g_conn);
+		got = json_dumps(all, JSON_COMPACT | JSON_SORT_KEYS);
+		CU_ASSERT_STRING_EQUAL(got, expected);
+		free(got);
+		json_decref(all);
+		ut_teardown();
+	}
+	free(expected);
+}
+
+static void test_batch(void)
+{
+	json_t *resp, *e;
+	size_t i;
+
+	ut_setup();
+	resp = ut_one("[{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":[1],\"id\":1},"
+		      "{\"jsonrpc\":\"2.0\",\"method\":\"echo\"},"
+		      "5,"
+		      "{\"jsonrpc\":\"2.0\",\"method\":\"missing\",\"id\":2},"
+		      "{\"jsonrpc\":\"2.0\",\"id\":3}]");
+	CU_ASSERT_EQUAL_FATAL(json_array_size(resp), 4);
+	json_array_foreach(resp, i, e) {
+		CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(e, "jsonrpc")), "2.0");
+	}
+	CU_ASSERT(json_is_array(json_object_get(json_array_get(resp, 0), "result")));
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 1)), KEEL_RPC_INVALID_REQUEST);
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 2)), KEEL_RPC_METHOD_NOT_FOUND);
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 3)), KEEL_RPC_INVALID_REQUEST);
+	json_decref(resp);
+
+	/* a batch of notifications only: no reply at all */
+	CU_ASSERT_EQUAL(ut_feed("[{\"jsonrpc\":\"2.0\",\"method\":\"echo\"},"
+				"{\"jsonrpc\":\"2.0\",\"method\":\"unknown\"}]"), 0);
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(resp), 0);
+	json_decref(resp);
+
+	ut_expect_error("[]", KEEL_RPC_INVALID_REQUEST, "empty batch", true);
+	ut_teardown();
+}
+
+static void test_batch_async(void)
+{
+	json_t *resp;
+
+	ut_setup();
+	ut_feed("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
+		"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}]");
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(resp), 0); /* waits for the late member */
+	json_decref(resp);
+	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 1);
+	CU_ASSERT_EQUAL_FATAL(g_later_count, 1);
+	keel_rpc_send_result(g_later[0], json_string("late"));
+	resp = ut_one("");
+	CU_ASSERT_EQUAL(json_array_size(resp), 2);
+	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 0);
+	json_decref(resp);
+	ut_teardown();
+}
+
+static void test_parse_error(void)
+{
+	json_t *resp;
+
+	ut_setup();
+	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1}{\"jsonrpc\" 2.0}"
+		"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}");
+	resp = ut_take(g_conn);
+	/* the request before the garbage is answered, nothing after it */
+	CU_ASSERT_EQUAL_FATAL(json_array_size(resp), 2);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(resp, 0), "id")), 1);
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 1)), KEEL_RPC_PARSE_ERROR);
+	CU_ASSERT(strstr(ut_error_message(json_array_get(resp, 1)), "Parse error") != NULL);
+	CU_ASSERT(json_is_null(json_object_get(json_array_get(resp, 1), "id")));
+	json_decref(resp);
+	CU_ASSERT(rpc_conn_is_broken(g_conn));
+	CU_ASSERT_EQUAL(ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":3}"), -EPROTO);
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(resp), 0);
+	json_decref(resp);
+	ut_teardown();
+
+	/* stray closing bracket, bare word, invalid UTF-8 */
+	ut_setup();
+	CU_ASSERT_EQUAL(ut_feed("}"), -EPROTO);
+	json_decref(ut_take(g_conn));
+	ut_teardown();
+	ut_setup();
+	ut_expect_error("hello ", KEEL_RPC_PARSE_ERROR, "Parse error", true);
+	ut_teardown();
+	ut_setup();
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"\xff\xfe\",\"id\":1}",
+			KEEL_RPC_PARSE_ERROR, "Parse error", true);
+	ut_teardown();
+}
+
+static void test_invalid_shapes(void)
+{
+	ut_setup();
+	ut_expect_error("1 ", KEEL_RPC_INVALID_REQUEST, "expected a JSON object", true);
+	ut_expect_error("\"str\"", KEEL_RPC_INVALID_REQUEST, "expected a JSON object", true);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"id\":1}", KEEL_RPC_INVALID_REQUEST,
+			"\"method\" must be a string", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":5,\"id\":1}", KEEL_RPC_INVALID_REQUEST,
+			"\"method\" must be a string", false);
+	ut_expect_error("{\"jsonrpc\":\"1.0\",\"method\":\"echo\",\"id\":1}",
+			KEEL_RPC_INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\"", false);
+	ut_expect_error("{\"method\":\"echo\",\"id\":1}", KEEL_RPC_INVALID_REQUEST,
+			"\"jsonrpc\" must be \"2.0\"", false);
+	ut_expect_error("{\"jsonrpc\":2.0,\"method\":\"echo\",\"id\":1}",
+			KEEL_RPC_INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\"", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":{}}",
+			KEEL_RPC_INVALID_REQUEST, "\"id\" must be", true);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":[1]}",
+			KEEL_RPC_INVALID_REQUEST, "\"id\" must be", true);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":true}",
+			KEEL_RPC_INVALID_REQUEST, "\"id\" must be", true);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":\"x\",\"id\":1}",
+			KEEL_RPC_INVALID_REQUEST, "\"params\" must be", false);
+	/* the connection survives request-shape errors */
+	CU_ASSERT_FALSE(rpc_conn_is_broken(g_conn));
+	CU_ASSERT_EQUAL(g_echo_calls, 0);
+	ut_teardown();
+}
+
+static void test_unknown_method(void)
+{
+	json_t *resp;
+
+	ut_setup();
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"no_such\",\"id\":9}",
+			KEEL_RPC_METHOD_NOT_FOUND, "no_such", false);
+	/* a notification never gets a reply, not even "not found" */
+	CU_ASSERT_EQUAL(ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"no_such\"}"), 0);
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(resp), 0);
+	json_decref(resp);
+	ut_teardown();
+}
+
+static void test_errno_error(void)
+{
+	json_t *resp;
+
+	ut_setup();
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"fail\",\"id\":1}");
+	CU_ASSERT_EQUAL(ut_error_code(resp), -EEXIST);
+	CU_ASSERT_STRING_EQUAL(ut_error_message(resp), "bdev 'x' already exists");
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(resp, "id")), 1);
+	json_decref(resp);
+	ut_teardown();
+}
+
+static void test_params(void)
+{
+	json_t *resp, *r;
+
+	ut_setup();
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":{\"s\":\"hi\","
+		      "\"u64\":18446744073709551,\"b\":true,\"i64\":-5,\"d\":2,\"j\":[1]}}");
+	r = json_object_get(resp, "result");
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "s")), "hi");
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "u64")), 18446744073709551LL);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "u32")), 77); /* default kept */
+	CU_ASSERT(json_is_true(json_object_get(r, "b")));
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "i64")), -5);
+	CU_ASSERT_DOUBLE_EQUAL(json_real_value(json_object_get(r, "d")), 2.0, 1e-9);
+	json_decref(resp);
+
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1}",
+			KEEL_RPC_INVALID_PARAMS, "missing parameter 's'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":{}}",
+			KEEL_RPC_INVALID_PARAMS, "missing parameter 's'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":{\"s\":1}}",
+			KEEL_RPC_INVALID_PARAMS, "s: expected a string", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
+			"{\"s\":\"a\",\"u64\":-1}}", KEEL_RPC_INVALID_PARAMS,
+			"u64: expected an integer >= 0", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
+			"{\"s\":\"a\",\"u64\":1.5}}", KEEL_RPC_INVALID_PARAMS, "u64:", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
+			"{\"s\":\"a\",\"u32\":4294967296}}", KEEL_RPC_INVALID_PARAMS,
+			"u32: expected an integer from 0 to 4294967295", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
+			"{\"s\":\"a\",\"b\":\"yes\"}}", KEEL_RPC_INVALID_PARAMS,
+			"b: expected true or false", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
+			"{\"s\":\"a\",\"d\":\"1\"}}", KEEL_RPC_INVALID_PARAMS,
+			"d: expected a number", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
+			"{\"s\":\"a\",\"foo\":1}}", KEEL_RPC_INVALID_PARAMS,
+			"unknown parameter 'foo'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":[\"a\"]}",
+			KEEL_RPC_INVALID_PARAMS, "params must be an object", false);
+	/* null for an optional parameter means "not given" */
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":{\"s\":\"x\","
+		      "\"u32\":null}}");
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(resp, "result"),
+							   "u32")), 77);
+	json_decref(resp);
+	ut_teardown();
+}
+
+static void test_method_params(void)
+{
+	/* the daemon's own tables name the parameter too (no bdev layer needed) */
+	ut_setup();
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_malloc_create\",\"id\":1,"
+			"\"params\":{\"name\":\"m\"}}", KEEL_RPC_INVALID_PARAMS,
+			"missing parameter 'num_blocks'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_malloc_create\",\"id\":1,"
+			"\"params\":{\"name\":\"m\",\"num_blocks\":8,\"block_size\":1000}}",
+			KEEL_RPC_INVALID_PARAMS, "block_size: 1000 is not a power of two", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_null_create\",\"id\":1,"
+			"\"params\":{\"name\":\"a/b\",\"num_blocks\":8}}", KEEL_RPC_INVALID_PARAMS,
+			"name: 'a/b' is not a valid bdev name", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_null_create\",\"id\":1,"
+			"\"params\":{\"name\":\"n\",\"num_blocks\":0}}", KEEL_RPC_INVALID_PARAMS,
+			"num_blocks: must be greater than 0", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_aio_create\",\"id\":1,"
+			"\"params\":{\"name\":\"a\",\"filename\":\"rel/path\"}}",
+			KEEL_RPC_INVALID_PARAMS, "filename: 'rel/path' is not an absolute path",
+			false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"framework_set_reactor_mode\",\"id\":1,"
+			"\"params\":{\"mode\":\"turbo\"}}", KEEL_RPC_INVALID_PARAMS,
+			"mode: unknown mode 'turbo'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"keel_get_version\",\"id\":1,"
+			"\"params\":{\"x\":1}}", KEEL_RPC_INVALID_PARAMS, "unknown parameter 'x'",
+			false);
+	ut_teardown();
+}
+
+static void test_get_methods(void)
+{
+	json_t *resp, *r;
+	size_t i;
+	bool found = false;
+
+	ut_setup();
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"rpc_get_methods\",\"id\":1}");
+	r = json_object_get(resp, "result");
+	CU_ASSERT(json_array_size(r) > 5);
+	for (i = 0; i < json_array_size(r); i++) {
+		if (strcmp(json_string_value(json_array_get(r, i)), "bdev_get_bdevs") == 0) {
+			found = true;
+		}
+	}
+	CU_ASSERT(found);
+	json_decref(resp);
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"rpc_get_methods\",\"id\":1,"
+		      "\"params\":{\"include_help\":true}}");
+	r = json_array_get(json_object_get(resp, "result"), 0);
+	CU_ASSERT(json_is_string(json_object_get(r, "name")));
+	CU_ASSERT(json_is_string(json_object_get(r, "help")));
+	json_decref(resp);
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"keel_get_version\",\"id\":1}");
+	CU_ASSERT(strncmp(json_string_value(json_object_get(json_object_get(resp, "result"),
+							    "version")), "keel v", 6) == 0);
+	json_decref(resp);
+	ut_teardown();
+}
+
+static void test_oversized(void)
+{
+	size_t big = KEEL_RPC_MAX_REQUEST + 16;
+	char *buf = malloc(big + 64);
+	json_t *resp;
+	int rc;
+
+	/* an unterminated request that grows past the limit */
+	strcpy(buf, "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"s\":\"");
+	memset(buf + strlen(buf), 'a', big - strlen(buf));
+	ut_setup();
+	rc = rpc_conn_feed(g_conn, buf, big / 2);
+	CU_ASSERT_EQUAL(rc, 0);
+	rc = rpc_conn_feed(g_conn, buf + big / 2, big - big / 2);
+	CU_ASSERT_EQUAL(rc, -EMSGSIZE);
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(resp), 1);
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 0)), KEEL_RPC_INVALID_REQUEST);
+	CU_ASSERT(strstr(ut_error_message(json_array_get(resp, 0)), "limit") != NULL);
+	json_decref(resp);
+	CU_ASSERT(rpc_conn_is_broken(g_conn));
+	ut_teardown();
+
+	/* a complete request over the limit in one read */
+	buf[big - 3] = '"';
+	buf[big - 2] = '}';
+	buf[big - 1] = '}';
+	ut_setup();
+	CU_ASSERT_EQUAL(rpc_conn_feed(g_conn, buf, big), -EMSGSIZE);
+	CU_ASSERT_EQUAL(g_echo_calls, 0);
+	json_decref(ut_take(g_conn));
+	ut_teardown();
+
+	/* just under the limit works */
+	{
+		size_t ok = KEEL_RPC_MAX_REQUEST - 64;
+		char *small = malloc(ok + 64);
+		size_t n;
+
+		n = (size_t)sprintf(small, "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,"
+				    "\"params\":{\"s\":\"");
+		memset(small + n, 'b', ok - n);
+		strcpy(small + ok, "\"}}");
+		ut_setup();
+		CU_ASSERT_EQUAL(rpc_conn_feed(g_conn, small, strlen(small)), 0);
+		CU_ASSERT_EQUAL(g_echo_calls, 1);
+		json_decref(ut_take(g_conn));
+		ut_teardown();
+		free(small);
+	}
+	free(buf);
+}
+
+static void test_reply_after_close(void)
+{
+	json_t *resp;
+
+	ut_setup();
+	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1}"
+		"[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2}]"
+		"{\"jsonrpc\":\"2.0\",\"method\":\"later\"}");
+	CU_ASSERT_EQUAL(g_later_count, 3);
+	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 3);
+	/* a late reply on a live connection shows up */
+	keel_rpc_send_result(g_later[0], NULL);
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(resp), 1);
+	json_decref(resp);
+	/* the client goes away; the other replies are dropped without harm (ASan checks) */
+	rpc_conn_close(g_conn);
+	g_conn = NULL;
+	keel_rpc_send_error(g_later[1], -EIO, "too late");
+	keel_rpc_send_result(g_later[2], json_string("nobody listens"));
+}
+
+int main(void)
+{
+	CU_pSuite suite;
+	unsigned failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS) {
+		return 1;
+	}
+	keel_rpc_register_method("echo", ut_echo, "echo params");
+	keel_rpc_register_method("later", ut_later, "reply later");
+	keel_rpc_register_method("fail", ut_fail, "fail with -EEXIST");
+	keel_rpc_register_method("typed", ut_typed, "decode every type");
+	rpc_framework_register();
+	rpc_bdev_register();
+
+	suite = CU_add_suite("rpc", NULL, NULL);
+	CU_add_test(suite, "register", test_register);
+	CU_add_test(suite, "single", test_single);
+	CU_add_test(suite, "back_to_back", test_back_to_back);
+	CU_add_test(suite, "split_every_byte", test_split_every_byte);
+	CU_add_test(suite, "batch", test_batch);
+	CU_add_test(suite, "batch_async", test_batch_async);
+	CU_add_test(suite, "parse_error", test_parse_error);
+	CU_add_test(suite, "invalid_shapes", test_invalid_shapes);
+	CU_add_test(suite, "unknown_method", test_unknown_method);
+	CU_add_test(suite, "errno_error", test_errno_error);
+	CU_add_test(suite, "params", test_params);
+	CU_add_test(suite, "method_params", test_method_params);
+	CU_add_test(suite, "get_methods", test_get_methods);
+	CU_add_test(suite, "oversized", test_oversized);
+	CU_add_test(suite, "reply_after_close", test_reply_after_close);
+
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	failures = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+	CU_cleanup_registry();
+	rpc_methods_clear();
+	return failures == 0 ? 0 : 1;
+}
