@@ -71,9 +71,13 @@ static const char g_help_top[] =
 	"  volume list                                    list volumes\n"
 	"  volume show NAME                               state, replicas and exports of a volume\n"
 	"  replica add|remove|fault VOLUME PATH           change a volume's replicas\n"
+	"  rebuild status [VOLUME] [--watch]              rebuild progress, rate and ETA\n"
+	"  rebuild start|stop|pause|resume VOLUME REPLICA steer a rebuild\n"
+	"  rebuild history VOLUME                         past rebuilds of a volume\n"
 	"  export start BDEV --socket PATH [--name NAME] [--tcp HOST:PORT] [--read-only]\n"
-	"  export stop NAME                               stop an NBD export\n"
-	"  export list                                    list NBD exports\n"
+	"  export start BDEV --nbd [/dev/nbdN] [--read-only]  serve BDEV as a kernel device\n"
+	"  export stop NAME|/dev/nbdN                     stop an NBD export or kernel device\n"
+	"  export list                                    list NBD exports and kernel devices\n"
 	"  reactor stats                                  reactors and keel threads\n"
 	"  reactor mode MODE [--reactor N]                adaptive, poll or interrupt\n"
 	"  rpc METHOD [JSON-PARAMS]                       send any JSON-RPC method\n"
@@ -108,10 +112,15 @@ static const char g_help_bdev_create[] =
 static const char g_help_export[] =
 	"Usage: keelctl export VERB ...\n"
 	"  start BDEV --socket PATH [--name NAME] [--tcp HOST:PORT] [--read-only]\n"
-	"        serve BDEV over NBD on unix socket PATH (and TCP if given); the export\n"
-	"        name defaults to the bdev name\n"
+	"        serve BDEV (a bdev or volume) over NBD on unix socket PATH (and TCP if\n"
+	"        given); the export name defaults to the bdev name\n"
+	"  start BDEV --nbd [/dev/nbdN] [--read-only] [--io-timeout SEC] [--dead-timeout SEC]\n"
+	"        serve BDEV to this machine's kernel as /dev/nbdN (root, nbd module loaded);\n"
+	"        without a device the kernel picks a free one. --dead-timeout (default 60):\n"
+	"        how long the kernel holds I/O for a restarted keeld to reattach.\n"
 	"  stop NAME     stop export NAME (clients are disconnected)\n"
-	"  list          list exports\n";
+	"  stop /dev/nbdN  disconnect the kernel device (unmount it first)\n"
+	"  list          list exports and kernel devices\n";
 
 static const char g_help_volume[] =
 	"Usage: keelctl volume VERB ...\n"
@@ -291,12 +300,16 @@ static json_t *keelctl_call(const char *method, json_t *params)
 	if (error != NULL) {
 		const char *msg = json_string_value(json_object_get(error, "message"));
 		json_int_t code = json_integer_value(json_object_get(error, "code"));
+		char text_msg[4096];
 
+		/* Copied so the response is freed before exit (sanitizer builds report leaks). */
+		snprintf(text_msg, sizeof(text_msg), "%s", msg != NULL ? msg : "");
+		json_decref(resp);
 		if (code == -32601 && strncmp(method, "nbd_", 4) == 0) {
 			die(KEELCTL_EXIT_FAIL, "%s (this keeld was built without NBD support)",
-			    msg != NULL ? msg : "method not found");
+			    text_msg[0] != '\0' ? text_msg : "method not found");
 		}
-		die(KEELCTL_EXIT_FAIL, "%s", msg != NULL ? msg : "keeld returned an error");
+		die(KEELCTL_EXIT_FAIL, "%s", text_msg[0] != '\0' ? text_msg : "keeld returned an error");
 	}
 	result = json_object_get(resp, "result");
 	if (result == NULL) {
@@ -330,6 +343,10 @@ struct keelctl_args {
 	const char *tcp;
 	const char *reactor;
 	const char *size;
+	const char *io_timeout;
+	const char *dead_timeout;
+	const char *nbd_device;
+	bool nbd;
 	const char *replicas[16];
 	int nreplicas;
 	bool read_only;
@@ -374,6 +391,15 @@ static void keelctl_parse(int argc, char **argv, const char *accepted, struct ke
 			a->wipe = true;
 			continue;
 		}
+		if (strcmp(arg, "--nbd") == 0) {
+			/* The device is optional: take the next word only if it names one. */
+			a->nbd = true;
+			if (i + 1 < argc && (strncmp(argv[i + 1], "/dev/", 5) == 0 ||
+					     strncmp(argv[i + 1], "nbd", 3) == 0)) {
+				a->nbd_device = argv[++i];
+			}
+			continue;
+		}
 		if (strcmp(arg, "--replica") == 0) {
 			if (i + 1 >= argc) {
 				die(KEELCTL_EXIT_USAGE, "option %s needs a value", arg);
@@ -396,6 +422,10 @@ static void keelctl_parse(int argc, char **argv, const char *accepted, struct ke
 			slot = &a->reactor;
 		} else if (strcmp(arg, "--size") == 0) {
 			slot = &a->size;
+		} else if (strcmp(arg, "--io-timeout") == 0) {
+			slot = &a->io_timeout;
+		} else if (strcmp(arg, "--dead-timeout") == 0) {
+			slot = &a->dead_timeout;
 		} else {
 			die(KEELCTL_EXIT_USAGE, "unknown option '%s'", arg);
 		}
@@ -707,22 +737,57 @@ static void cmd_bdev(int argc, char **argv)
 /* export (methods implemented by daemon/rpc_nbd.c)                                */
 /* ------------------------------------------------------------------------------ */
 
+static const char *str_or_dash(json_t *v);
+
 static void cmd_export(int argc, char **argv)
 {
 	struct keelctl_args a;
-	json_t *params, *result, *e;
+	json_t *params, *result, *e, *disks;
 	size_t i;
 
 	if (argc == 0 || is_help(argv[0])) {
 		usage(g_help_export, argc == 0);
 	}
 	if (strcmp(argv[0], "start") == 0) {
-		keelctl_parse(argc - 1, argv + 1, "--socket --name --tcp --read-only", &a,
-			      g_help_export);
+		keelctl_parse(argc - 1, argv + 1, "--socket --name --tcp --read-only --nbd "
+			      "--io-timeout --dead-timeout", &a, g_help_export);
 		keelctl_need_pos(&a, 1, g_help_export);
+		if (a.nbd) {
+			if (a.socket != NULL || a.tcp != NULL || a.name != NULL) {
+				die(KEELCTL_EXIT_USAGE, "--nbd cannot be combined with --socket, --tcp "
+				    "or --name: a kernel device is named /dev/nbdN");
+			}
+			params = json_pack("{s:s}", "bdev_name", a.pos[0]);
+			if (a.nbd_device != NULL) {
+				json_object_set_new(params, "nbd_device", json_string(a.nbd_device));
+			}
+			if (a.io_timeout != NULL) {
+				json_object_set_new(params, "io_timeout_s", json_integer(
+					keelctl_parse_u32(a.io_timeout, "--io-timeout")));
+			}
+			if (a.dead_timeout != NULL) {
+				json_object_set_new(params, "dead_conn_timeout_s", json_integer(
+					keelctl_parse_u32(a.dead_timeout, "--dead-timeout")));
+			}
+			if (a.read_only) {
+				json_object_set_new(params, "read_only", json_true());
+			}
+			result = keelctl_call("nbd_start_disk", params);
+			if (g_json) {
+				print_json(result);
+			} else {
+				printf("serving %s as %s\n", a.pos[0], json_is_string(result) ?
+				       json_string_value(result) : "?");
+			}
+			json_decref(result);
+			return;
+		}
+		if (a.io_timeout != NULL || a.dead_timeout != NULL) {
+			die(KEELCTL_EXIT_USAGE, "--io-timeout and --dead-timeout are for --nbd");
+		}
 		if (a.socket == NULL && a.tcp == NULL) {
 			die(KEELCTL_EXIT_USAGE, "export start needs --socket PATH (or --tcp "
-			    "HOST:PORT)");
+			    "HOST:PORT, or --nbd [/dev/nbdN] for a kernel device)");
 		}
 		params = json_pack("{s:s}", "bdev_name", a.pos[0]);
 		if (a.socket != NULL) {
@@ -755,11 +820,17 @@ static void cmd_export(int argc, char **argv)
 	} else if (strcmp(argv[0], "stop") == 0) {
 		keelctl_parse(argc - 1, argv + 1, "", &a, g_help_export);
 		keelctl_need_pos(&a, 1, g_help_export);
-		result = keelctl_call("nbd_stop_export", json_pack("{s:s}", "name", a.pos[0]));
+		/* Export names cannot contain '/', so a path is always a kernel device. */
+		if (strncmp(a.pos[0], "/dev/", 5) == 0) {
+			result = keelctl_call("nbd_stop_disk",
+					      json_pack("{s:s}", "nbd_device", a.pos[0]));
+		} else {
+			result = keelctl_call("nbd_stop_export", json_pack("{s:s}", "name", a.pos[0]));
+		}
 		if (g_json) {
 			print_json(result);
 		} else {
-			printf("stopped export %s\n", a.pos[0]);
+			printf("stopped %s%s\n", a.pos[0][0] == '/' ? "" : "export ", a.pos[0]);
 		}
 	} else if (strcmp(argv[0], "list") == 0 || strcmp(argv[0], "ls") == 0) {
 		struct table t = {.ncols = 6};
@@ -767,8 +838,25 @@ static void cmd_export(int argc, char **argv)
 		keelctl_parse(argc - 1, argv + 1, "", &a, g_help_export);
 		keelctl_need_pos(&a, 0, g_help_export);
 		result = keelctl_call("nbd_get_exports", NULL);
+		disks = keelctl_call("nbd_get_disks", NULL);
 		if (g_json) {
+			/* Kernel devices join the exports' array (so scripts that read exports
+			 * keep working), named by their device; "nbd_device" tells them apart. */
+			json_array_foreach(disks, i, e) {
+				json_t *d = json_deep_copy(e);
+
+				json_object_set(d, "name", json_object_get(e, "nbd_device"));
+				json_array_append_new(result, d);
+			}
 			print_json(result);
+			json_decref(disks);
+			json_decref(result);
+			return;
+		}
+		if (json_array_size(result) == 0 && json_array_size(disks) == 0) {
+			printf("no exports\n");
+			table_free(&t);
+			json_decref(disks);
 			json_decref(result);
 			return;
 		}
@@ -778,17 +866,25 @@ static void cmd_export(int argc, char **argv)
 
 			table_row(&t, json_string_value(json_object_get(e, "name")),
 				  json_string_value(json_object_get(e, "bdev_name")),
-				  json_string_value(json_object_get(e, "socket")),
-				  json_string_value(json_object_get(e, "tcp")),
+				  str_or_dash(json_object_get(e, "socket")),
+				  str_or_dash(json_object_get(e, "tcp")),
 				  json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
 				  fmt_u64(conns, sizeof(conns), json_object_get(e, "connections")));
 		}
-		if (json_array_size(result) == 0) {
-			printf("no exports\n");
-			table_free(&t);
-		} else {
-			table_print(&t);
+		/* Kernel devices in the same table: the kernel is the client, with one
+		 * connection per queue; SOCKET says what state the device is in. */
+		json_array_foreach(disks, i, e) {
+			char conns[16], where[48];
+
+			snprintf(where, sizeof(where), "kernel (%s)",
+				 str_or_dash(json_object_get(e, "state")));
+			table_row(&t, str_or_dash(json_object_get(e, "nbd_device")),
+				  json_string_value(json_object_get(e, "bdev_name")), where, "-",
+				  json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
+				  fmt_u64(conns, sizeof(conns), json_object_get(e, "connections")));
 		}
+		table_print(&t);
+		json_decref(disks);
 	} else {
 		fprintf(stderr, "keelctl: unknown export command '%s'\n", argv[0]);
 		usage(g_help_export, true);

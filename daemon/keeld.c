@@ -39,6 +39,12 @@
 #ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
 #endif
+#include <sys/mman.h>
+#include <sys/prctl.h>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
 
 static struct keeld_opts g_opts;
 static int g_ready_fd = -1;   /* write end of the pipe to the waiting parent */
@@ -162,7 +168,27 @@ static int keeld_signal_poll(void *arg)
 /* Startup on the main keel thread                                                 */
 /* ------------------------------------------------------------------------------ */
 
+static void keeld_rpc_start(void);
+
+#ifdef KEEL_HAVE_NBD
+static void keeld_nbd_disks_restored(void *cb_arg, int status)
+{
+	keeld_rpc_start();
+}
+#endif
+
 static void keeld_volumes_restored(void *cb_arg)
+{
+#ifdef KEEL_HAVE_NBD
+	/* Kernel devices of a keeld that died come back before clients can talk to us;
+	 * their bdevs (volumes) were just restored. */
+	keel_nbd_disk_restore(keeld_nbd_disks_restored, NULL);
+#else
+	keeld_rpc_start();
+#endif
+}
+
+static void keeld_rpc_start(void)
 {
 	int rc;
 
@@ -352,6 +378,53 @@ static void keeld_daemonize(void)
 	}
 }
 
+/*
+ * keeld may be in the writeback path of its own /dev/nbdN: memory it allocates while
+ * serving I/O must not wait for reclaim that writes to that device (a deadlock the
+ * kernel's PR_SET_IO_FLUSHER exists for, Linux >= 5.6). The flag is per task and
+ * inherited by threads created later, so main() sets it before any thread exists (that
+ * covers the blocking-work pool and the watchdog), and every reactor sets it again on
+ * its own thread so it does not depend on where reactors come from.
+ */
+static bool g_io_flusher;
+
+static bool keeld_set_io_flusher(const char *who)
+{
+	if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
+		KEEL_WARNLOG("%s: prctl(PR_SET_IO_FLUSHER): %s (needs CAP_SYS_RESOURCE, Linux >= "
+			     "5.6); under memory pressure a mounted /dev/nbdN served by keeld can "
+			     "deadlock", who, strerror(errno));
+		return false;
+	}
+	return true;
+}
+
+static void keeld_reactor_thread_init(uint32_t reactor_idx)
+{
+	if (g_io_flusher) {
+		keeld_set_io_flusher("reactor");
+	}
+}
+
+static void keeld_memory_setup(void)
+{
+	if (geteuid() != 0) {
+		return; /* both need privileges; without root there is no /dev/nbdN either */
+	}
+	/* One warning is enough: reactors only retry when the main thread succeeded. */
+	g_io_flusher = keeld_set_io_flusher("keeld");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	/* The sanitizers' shadow memory is terabytes of address space: never lock it. */
+	KEEL_INFOLOG("keeld: sanitizer build: not calling mlockall");
+#else
+	/* Pages keeld needs to serve I/O must not have to be read back from swap. */
+	if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) {
+		KEEL_WARNLOG("keeld: mlockall: %s; keeld's memory may be swapped out, which can "
+			     "stall a /dev/nbdN it serves under memory pressure", strerror(errno));
+	}
+#endif
+}
+
 int main(int argc, char **argv)
 {
 	struct keel_reactor_opts ropts;
@@ -392,6 +465,18 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+#ifdef KEEL_HAVE_NBD
+	{
+		char path[PATH_MAX + 32];
+
+		/* Its own file: written by the NBD module, read back by a restarted keeld. */
+		snprintf(path, sizeof(path), "%s/nbd-disks.json", g_opts.state_dir);
+		if (keel_nbd_disk_set_state_file(path) != 0) {
+			fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
+			return 1;
+		}
+	}
+#endif
 	rc = keel_path_mkdir_parent(g_opts.rpc_socket, 0700);
 	if (rc != 0) {
 		fprintf(stderr, "keeld: cannot create the directory of %s: %s\n", g_opts.rpc_socket,
@@ -423,9 +508,11 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	keeld_memory_setup();
 	keel_reactor_opts_init(&ropts);
 	ropts.cpus = g_opts.cpus;
 	ropts.mode = g_opts.mode;
+	ropts.reactor_thread_init = keeld_reactor_thread_init;
 	rc = keel_reactors_init(&ropts);
 	if (rc != 0) {
 		char msg[256];

@@ -1,7 +1,7 @@
 /*
  * NBD RPC methods: socket exports (nbd_start_export, nbd_stop_export,
- * nbd_get_exports) and the kernel-device methods (nbd_*_disk), which answer that the
- * kernel frontend is not built yet.
+ * nbd_get_exports) and kernel devices (nbd_start_disk, nbd_stop_disk, nbd_get_disks;
+ * SPDK's names and parameters).
  *
  * Every failure is sent as its negative errno with a message that says what to do,
  * because the message is what keelctl prints to a person.
@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -206,16 +207,179 @@ static void rpc_nbd_get_exports(struct keel_rpc_request *req, json_t *params)
 	keel_rpc_send_result(req, arr);
 }
 
-/* The kernel frontend (/dev/nbdN over netlink) is a later step. */
-static void rpc_nbd_disk_unavailable(struct keel_rpc_request *req, json_t *params)
+/* ------------------------------------------------------------------------------ */
+/* Kernel devices (/dev/nbdN)                                                      */
+/* ------------------------------------------------------------------------------ */
+
+/* "/dev/nbdN" or "nbdN" -> N. \return 0 or -EINVAL. */
+static int rpc_nbd_parse_device(const char *dev, uint32_t *index)
 {
-	keel_rpc_send_error(req, -ENODEV, "the kernel NBD frontend is not built yet; use "
-			    "nbd_start_export for socket exports");
+	unsigned long v;
+	char *end;
+
+	if (strncmp(dev, "/dev/", 5) == 0) {
+		dev += 5;
+	}
+	if (strncmp(dev, "nbd", 3) != 0 || dev[3] < '0' || dev[3] > '9') {
+		return -EINVAL;
+	}
+	errno = 0;
+	v = strtoul(dev + 3, &end, 10);
+	if (errno != 0 || *end != '\0' || v > INT32_MAX) {
+		return -EINVAL;
+	}
+	*index = (uint32_t)v;
+	return 0;
+}
+
+struct rpc_nbd_start_disk {
+	const char *bdev_name;
+	const char *nbd_device;
+	uint32_t io_timeout_s;
+	uint32_t dead_conn_timeout_s;
+	bool read_only;
+};
+
+static void rpc_nbd_start_disk_done(void *cb_arg, int status, uint32_t index, const char *err)
+{
+	struct keel_rpc_request *req = cb_arg;
+	char dev[32];
+
+	if (status != 0) {
+		keel_rpc_send_error(req, status, "%s", err);
+		return;
+	}
+	snprintf(dev, sizeof(dev), "/dev/nbd%u", index);
+	keel_rpc_send_result(req, json_string(dev));
+}
+
+static void rpc_nbd_start_disk(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"bdev_name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start_disk, bdev_name), false},
+		{"nbd_device", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start_disk, nbd_device), true},
+		{"io_timeout_s", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_nbd_start_disk, io_timeout_s), true},
+		{"dead_conn_timeout_s", KEEL_RPC_PARAM_UINT32,
+		 offsetof(struct rpc_nbd_start_disk, dead_conn_timeout_s), true},
+		{"read_only", KEEL_RPC_PARAM_BOOL, offsetof(struct rpc_nbd_start_disk, read_only), true},
+	};
+	struct rpc_nbd_start_disk p = {0};
+	struct keel_nbd_disk_opts opts;
+	uint32_t index;
+	int rc;
+
+	keel_nbd_disk_opts_init(&opts);
+	p.dead_conn_timeout_s = opts.dead_conn_timeout_s;
+	if (!keel_rpc_decode_params(req, params, table, sizeof(table) / sizeof(table[0]), &p)) {
+		return;
+	}
+	opts.bdev_name = p.bdev_name;
+	opts.io_timeout_s = p.io_timeout_s;
+	opts.dead_conn_timeout_s = p.dead_conn_timeout_s;
+	opts.read_only = p.read_only;
+	if (p.nbd_device != NULL && p.nbd_device[0] != '\0') {
+		if (rpc_nbd_parse_device(p.nbd_device, &index) != 0) {
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "nbd_device: '%.64s' is not "
+					    "an nbd device: give /dev/nbdN", p.nbd_device);
+			return;
+		}
+		opts.index = (int32_t)index;
+	}
+	rc = keel_nbd_disk_start(&opts, rpc_nbd_start_disk_done, req);
+	switch (rc) {
+	case 0:
+		break;
+	case -ENODEV:
+		keel_rpc_send_error(req, rc, "bdev '%s' not found: create it first, see bdev list",
+				    p.bdev_name);
+		break;
+	case -EBUSY:
+		keel_rpc_send_error(req, rc, "%s is already served by this keeld: stop it first "
+				    "(nbd_stop_disk) or choose another device", p.nbd_device);
+		break;
+	case -EPERM:
+		keel_rpc_send_error(req, rc, "bdev '%s' is claimed by a module and cannot be "
+				    "opened for writing: use read_only", p.bdev_name);
+		break;
+	case -ESHUTDOWN:
+		keel_rpc_send_error(req, rc, "keeld is shutting down");
+		break;
+	default:
+		keel_rpc_send_error(req, rc, "cannot serve bdev '%s' as a kernel device: %s",
+				    p.bdev_name, strerror(-rc));
+		break;
+	}
+}
+
+static void rpc_nbd_stop_disk(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"nbd_device", KEEL_RPC_PARAM_STRING, 0, false},
+	};
+	const char *dev = NULL;
+	uint32_t index;
+	int rc;
+
+	if (!keel_rpc_decode_params(req, params, table, 1, &dev)) {
+		return;
+	}
+	if (rpc_nbd_parse_device(dev, &index) != 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "nbd_device: '%.64s' is not an "
+				    "nbd device: give /dev/nbdN", dev);
+		return;
+	}
+	rc = keel_nbd_disk_stop(index, rpc_nbd_stop_done, req);
+	if (rc == -ENOENT) {
+		keel_rpc_send_error(req, rc, "/dev/nbd%u is not served by this keeld (or already "
+				    "stopping): see nbd_get_disks", index);
+	} else if (rc != 0) {
+		keel_rpc_send_error(req, rc, "cannot stop /dev/nbd%u: %s", index, strerror(-rc));
+	}
 }
 
 static void rpc_nbd_get_disks(struct keel_rpc_request *req, json_t *params)
 {
-	keel_rpc_send_result(req, json_array());
+	static const struct keel_rpc_param table[] = {
+		{"nbd_device", KEEL_RPC_PARAM_STRING, 0, true},
+	};
+	const char *dev = NULL;
+	struct keel_nbd_disk *disk;
+	uint32_t index = 0;
+	json_t *arr;
+
+	if (!keel_rpc_decode_params(req, params, table, 1, &dev)) {
+		return;
+	}
+	if (dev != NULL && rpc_nbd_parse_device(dev, &index) != 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "nbd_device: '%.64s' is not an "
+				    "nbd device: give /dev/nbdN", dev);
+		return;
+	}
+	arr = json_array();
+	for (disk = keel_nbd_disk_first(); disk != NULL; disk = keel_nbd_disk_next(disk)) {
+		int32_t idx = keel_nbd_disk_get_index(disk);
+		char name[32];
+
+		if (dev != NULL && idx != (int32_t)index) {
+			continue;
+		}
+		if (idx >= 0) {
+			snprintf(name, sizeof(name), "/dev/nbd%d", idx);
+		}
+		json_array_append_new(arr, json_pack("{s:o, s:s, s:s, s:b, s:I, s:s}",
+			"nbd_device", idx >= 0 ? json_string(name) : json_null(),
+			"bdev_name", keel_nbd_disk_get_bdev_name(disk),
+			"state", keel_nbd_disk_get_state(disk),
+			"read_only", keel_nbd_disk_is_read_only(disk),
+			"connections", (json_int_t)keel_nbd_disk_get_connection_count(disk),
+			"backend_id", keel_nbd_disk_get_backend_id(disk)));
+	}
+	if (dev != NULL && json_array_size(arr) == 0) {
+		json_decref(arr);
+		keel_rpc_send_error(req, -ENOENT, "/dev/nbd%u is not served by this keeld", index);
+		return;
+	}
+	keel_rpc_send_result(req, arr);
 }
 
 void rpc_nbd_register(void)
@@ -226,10 +390,11 @@ void rpc_nbd_register(void)
 				 "stop an NBD export and close its connections: {name}");
 	keel_rpc_register_method("nbd_get_exports", rpc_nbd_get_exports,
 				 "list NBD exports: {name?}");
-	keel_rpc_register_method("nbd_start_disk", rpc_nbd_disk_unavailable,
-				 "attach a bdev to /dev/nbdN (not built yet)");
-	keel_rpc_register_method("nbd_stop_disk", rpc_nbd_disk_unavailable,
-				 "detach /dev/nbdN (not built yet)");
+	keel_rpc_register_method("nbd_start_disk", rpc_nbd_start_disk,
+				 "serve a bdev as a kernel device /dev/nbdN: {bdev_name, nbd_device?, "
+				 "io_timeout_s?, dead_conn_timeout_s?, read_only?}");
+	keel_rpc_register_method("nbd_stop_disk", rpc_nbd_stop_disk,
+				 "disconnect /dev/nbdN and close its bdev: {nbd_device}");
 	keel_rpc_register_method("nbd_get_disks", rpc_nbd_get_disks,
-				 "list kernel NBD devices (none until the kernel frontend exists)");
+				 "list kernel NBD devices: {nbd_device?}");
 }

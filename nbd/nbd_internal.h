@@ -11,6 +11,7 @@
 #include "keel/bdev.h"
 
 struct nbd_conn;
+struct keel_thread;
 
 /**
  * What a handshake needs to know about an export. Immutable while any connection
@@ -67,5 +68,25 @@ void nbd_conn_close(struct nbd_conn *conn);
 
 /** Whether the connection reached transmission (tests, statistics). */
 bool nbd_conn_in_transmission(const struct nbd_conn *conn);
+
+/*
+ * NBD threads shared by socket exports and kernel devices (nbd_server.c): one keel
+ * thread "nbd_N" per reactor, created on first use. Main thread only.
+ */
+int nbd_workers_ensure(void);
+uint32_t nbd_worker_count(void);
+struct keel_thread *nbd_worker_thread(uint32_t i);
+
+/*
+ * keel_thread_send_msg that treats a full ring as backpressure: the message is kept
+ * and retried from a poller on the calling thread. \return 0 or -ENOMEM/-errno.
+ */
+int nbd_send_msg(struct keel_thread *thread, void (*fn)(void *), void *arg);
+
+/*
+ * Kernel devices (nbd_disk.c): stop every one for keel_nbd_stop_all(); \p cb_fn runs
+ * once, later, on this thread.
+ */
+void nbd_disk_stop_all(void (*cb_fn)(void *cb_arg, int status), void *cb_arg);
 
 #endif /* KEEL_NBD_INTERNAL_H */

@@ -140,7 +140,7 @@ static int nbd_msg_retry_poll(void *arg)
 }
 
 /* A full message ring is backpressure: keep the message and retry from a poller. */
-static int nbd_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
+int nbd_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 {
 	struct nbd_msg_retry *r;
 	int rc = keel_thread_send_msg(thread, fn, arg);
@@ -167,7 +167,7 @@ static int nbd_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 /* NBD threads                                                                     */
 /* ------------------------------------------------------------------------------ */
 
-static int nbd_workers_ensure(void)
+int nbd_workers_ensure(void)
 {
 	uint32_t count = keel_reactor_count();
 
@@ -204,6 +204,16 @@ static int nbd_workers_ensure(void)
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+uint32_t nbd_worker_count(void)
+{
+	return g_num_workers;
+}
+
+struct keel_thread *nbd_worker_thread(uint32_t i)
+{
+	return g_workers[i % g_num_workers].thread;
 }
 
 static struct nbd_worker *nbd_worker_current(void)
@@ -937,6 +947,9 @@ void keel_nbd_stop_all(keel_nbd_done_cb cb_fn, void *cb_arg)
 			exp->stop_requested = true;
 		}
 	}
+	/* Kernel devices hold bdev descriptors too: they go with the exports. */
+	ctx->pending++;
+	nbd_disk_stop_all(nbd_stop_all_one_done, ctx);
 	if (nbd_send_msg(keel_thread_get_current(), nbd_stop_all_release, ctx) != 0) {
 		KEEL_ERRLOG("nbd: cannot queue the end of shutdown");
 	}

@@ -93,6 +93,103 @@ uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp)
 /** Whether \p name is a valid export name (see keel_nbd_export_opts.name). */
 bool keel_nbd_export_name_is_valid(const char *name);
 
+/* ------------------------------------------------------------------------------ */
+/* Kernel devices: a bdev as /dev/nbdN (nbd/nbd_disk.c)                            */
+/* ------------------------------------------------------------------------------ */
+
+/**
+ * A bdev served to the local kernel's nbd driver as /dev/nbdN, configured over generic
+ * netlink (include/keel/nbd_kernel.h). keel makes one socketpair per NBD thread (one per
+ * reactor) when the bdev is multi-conn safe, else one; serves its ends with the
+ * transmission phase of nbd_conn on those threads, then hands the other ends to the
+ * kernel, so the kernel's hardware queues map onto the reactors. Same threading as the
+ * exports: main keel thread only, callbacks there too.
+ */
+struct keel_nbd_disk;
+
+/** Dead-connection timeout used when the caller gives none (seconds). */
+#define KEEL_NBD_DISK_DEFAULT_DEAD_CONN_TIMEOUT_S 60u
+
+struct keel_nbd_disk_opts {
+	/** Bdev to serve (required). */
+	const char *bdev_name;
+	/** N of /dev/nbdN, or -1 (default) to let the kernel pick a free device. */
+	int32_t index;
+	/** Per-request timeout in seconds (NBD_ATTR_TIMEOUT); 0 (default) = kernel default. */
+	uint32_t io_timeout_s;
+	/**
+	 * Seconds the kernel holds I/O once every socket is dead, waiting for a restarted keeld
+	 * to hand it new sockets (default KEEL_NBD_DISK_DEFAULT_DEAD_CONN_TIMEOUT_S).
+	 */
+	uint32_t dead_conn_timeout_s;
+	/** Open the bdev read-only and tell the kernel (NBD_FLAG_READ_ONLY). */
+	bool read_only;
+};
+
+/** Fill \p opts with the defaults above. */
+void keel_nbd_disk_opts_init(struct keel_nbd_disk_opts *opts);
+
+/**
+ * Result of keel_nbd_disk_start(): \p status 0 with \p index = N of /dev/nbdN, or a
+ * negative errno with \p err, a one-line explanation for a person (never NULL):
+ * -ENODEV (nbd module not loaded), -EPERM (needs root/CAP_SYS_ADMIN), -EBUSY (device in
+ * use), -EINVAL (refused by the kernel, e.g. no such index), -ENODEV/-ESHUTDOWN (bdev
+ * removed or keeld stopping meanwhile).
+ */
+typedef void (*keel_nbd_disk_start_cb)(void *cb_arg, int status, uint32_t index,
+				       const char *err);
+
+/**
+ * Serve a bdev as /dev/nbdN. The connections are being served before CONNECT is sent on
+ * the blocking-work pool: the kernel reads (udev, partition scan) inside CONNECT.
+ * \return 0 (cb_fn runs later), -EINVAL (bad options), -ENODEV (no such bdev), -EBUSY
+ * (this keeld already serves that index), -EPERM (bdev claimed and not read_only),
+ * -ENOMEM, -ESHUTDOWN.
+ */
+int keel_nbd_disk_start(const struct keel_nbd_disk_opts *opts, keel_nbd_disk_start_cb cb_fn,
+			void *cb_arg);
+
+/**
+ * Stop /dev/nbd\p index: DISCONNECT on the blocking pool (the kernel fails requests still
+ * in flight: unmount first), then wait until keel's requests in flight on the bdev
+ * finished and every socket closed, close the bdev, then \p cb_fn(cb_arg, 0). A device
+ * waiting for its bdev after a restart is disconnected too.
+ * \return 0 (cb_fn runs later) or -ENOENT (this keeld does not serve that device, or it
+ * is already stopping).
+ */
+int keel_nbd_disk_stop(uint32_t index, keel_nbd_done_cb cb_fn, void *cb_arg);
+
+/**
+ * Where keeld remembers its devices (e.g. STATE_DIR/nbd-disks.json), so that a keeld
+ * restarted after a crash finds them. Rewritten atomically after every change. Call before
+ * keel_nbd_disk_restore(). \return 0, -ENAMETOOLONG or -ENOMEM.
+ */
+int keel_nbd_disk_set_state_file(const char *path);
+
+/**
+ * Read the state file and re-attach each device the kernel still has configured (STATUS)
+ * with new sockets (RECONFIGURE, checked by the kernel against the backend identifier
+ * given at CONNECT), so a mounted filesystem survives a daemon restart within the
+ * dead-connection timeout. A device whose bdev does not exist yet waits for it (checked
+ * every second). Also subscribes to LINK_DEAD notifications, which are logged.
+ * \p cb_fn runs once, later, when the file was read and the first attempts finished.
+ */
+void keel_nbd_disk_restore(keel_nbd_done_cb cb_fn, void *cb_arg);
+
+/** Iterate devices (every state). */
+struct keel_nbd_disk *keel_nbd_disk_first(void);
+struct keel_nbd_disk *keel_nbd_disk_next(struct keel_nbd_disk *prev);
+/** \return N of /dev/nbdN, or -1 while the kernel has not picked one yet. */
+int32_t keel_nbd_disk_get_index(const struct keel_nbd_disk *disk);
+const char *keel_nbd_disk_get_bdev_name(const struct keel_nbd_disk *disk);
+/** "starting", "running", "waiting-for-bdev", "reattaching" or "stopping". */
+const char *keel_nbd_disk_get_state(const struct keel_nbd_disk *disk);
+/** Open socket connections to the kernel. */
+uint32_t keel_nbd_disk_get_connection_count(const struct keel_nbd_disk *disk);
+bool keel_nbd_disk_is_read_only(const struct keel_nbd_disk *disk);
+/** The string given to the kernel as NBD_ATTR_BACKEND_IDENTIFIER. */
+const char *keel_nbd_disk_get_backend_id(const struct keel_nbd_disk *disk);
+
 #ifdef __cplusplus
 }
 #endif

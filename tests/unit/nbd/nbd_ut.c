@@ -1106,6 +1106,68 @@ static void test_export_start_stop(void)
 	CU_ASSERT(keel_nbd_export_start(&opts, ut_export_cb, NULL) == -ESHUTDOWN);
 }
 
+
+/* ------------------------------------------------------------------------------ */
+/* Kernel devices without a kernel nbd driver (the host has none; the VM test has)  */
+/* ------------------------------------------------------------------------------ */
+
+static int g_disk_status = 1;
+static uint32_t g_disk_index;
+static char g_disk_err[512];
+
+static void ut_disk_cb(void *cb_arg, int status, uint32_t index, const char *err)
+{
+	g_disk_status = status;
+	g_disk_index = index;
+	snprintf(g_disk_err, sizeof(g_disk_err), "%s", err);
+	g_cb_count++;
+}
+
+static void test_disk_start_fails_cleanly(void)
+{
+	struct keel_nbd_disk_opts opts;
+	int base;
+
+	keel_nbd_disk_opts_init(&opts);
+	CU_ASSERT(opts.index == -1);
+	CU_ASSERT(opts.dead_conn_timeout_s == KEEL_NBD_DISK_DEFAULT_DEAD_CONN_TIMEOUT_S);
+	CU_ASSERT(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == -EINVAL); /* no bdev */
+	opts.bdev_name = "nope";
+	CU_ASSERT(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == -ENODEV);
+	opts.bdev_name = "ut_malloc";
+	opts.index = -2;
+	CU_ASSERT(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == -EINVAL);
+	CU_ASSERT(keel_nbd_disk_stop(3, ut_export_cb, NULL) == -ENOENT);
+
+	/* The sockets are served first, then CONNECT fails (no module, or not root): the
+	 * connections are closed, the bdev released, the callback runs once, later. */
+	opts.index = 5;
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == 0);
+	CU_ASSERT(g_cb_count == base);
+	CU_ASSERT(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == -EBUSY);
+	CU_ASSERT(keel_nbd_disk_first() != NULL);
+	CU_ASSERT_FATAL(ut_wait_cb(base + 1));
+	if (g_disk_status == 0) {
+		/* A machine with the nbd module and root: stop what we started. */
+		CU_ASSERT(g_disk_index == 5);
+		base = g_cb_count;
+		CU_ASSERT_FATAL(keel_nbd_disk_stop(5, ut_export_cb, NULL) == 0);
+		CU_ASSERT(ut_wait_cb(base + 1));
+	} else {
+		CU_ASSERT(g_disk_status == -ENODEV || g_disk_status == -EPERM);
+		CU_ASSERT(g_disk_err[0] != '\0');
+		if (g_disk_status == -ENODEV) {
+			CU_ASSERT(strstr(g_disk_err, "not loaded") != NULL);
+		}
+	}
+	for (int i = 0; i < 1000 && keel_nbd_disk_first() != NULL; i++) {
+		ut_poll(1);
+	}
+	CU_ASSERT(keel_nbd_disk_first() == NULL);
+	CU_ASSERT(keel_nbd_disk_stop(5, ut_export_cb, NULL) == -ENOENT);
+}
+
 /* ------------------------------------------------------------------------------ */
 /* Setup                                                                           */
 /* ------------------------------------------------------------------------------ */
@@ -1214,6 +1276,7 @@ int main(void)
 	CU_add_test(suite, "bad_requests", test_bad_requests);
 	CU_add_test(suite, "read_only", test_read_only);
 	CU_add_test(suite, "transmission_only", test_transmission_only);
+	CU_add_test(suite, "disk_start_fails_cleanly", test_disk_start_fails_cleanly);
 	CU_add_test(suite, "export_start_stop", test_export_start_stop);
 
 	CU_basic_set_mode(CU_BRM_VERBOSE);
