@@ -1637,6 +1637,92 @@ static void vol_add_file_ready(struct vol_op *op)
 	vol_open_replicas(op, vol_add_opened);
 }
 
+/*
+ * Re-add in place: `replica add VOL PATH` of a replica this volume still lists as
+ * faulted or offline. The record stays; its aio bdev is made anew (a fresh fd:
+ * the file or the device under it may have been replaced or reattached), and the
+ * nexus recognises the label (this volume, its member UUID) and rejoins it,
+ * partial rebuild when the bitmap covers its absence.
+ */
+static enum keel_nexus_replica_state vol_replica_nexus_state(struct vol *v,
+							     const struct vol_replica *r)
+{
+	struct keel_nexus *nx = keel_nexus_get_by_name(v->name);
+	enum keel_nexus_replica_state st = KEEL_NEXUS_REPLICA_HEALTHY;
+	struct keel_nexus_info *info;
+
+	if (nx == NULL || (info = calloc(1, sizeof(*info))) == NULL) {
+		return st; /* unknown: treat as present, refuse as before */
+	}
+	keel_nexus_get_info(nx, info);
+	st = KEEL_NEXUS_REPLICA_OFFLINE; /* not listed at all: nothing attached */
+	for (uint32_t i = 0; i < info->num_replicas; i++) {
+		const struct keel_nexus_replica_info *ri = &info->replicas[i];
+
+		if ((r->bdev[0] != '\0' && strcmp(ri->bdev_name, r->bdev) == 0) ||
+		    (r->uuid[0] != '\0' && strcmp(ri->uuid, r->uuid) == 0)) {
+			st = ri->state;
+			break;
+		}
+	}
+	free(info);
+	return st;
+}
+
+static void vol_readd_nexus_done(void *cb_arg, int status, const char *errmsg,
+				 struct keel_nexus *nexus)
+{
+	struct vol_op *op = cb_arg;
+
+	(void)nexus;
+	if (status != 0) {
+		vol_op_fail(op, status, "volume %s: re-adding replica %s: %s", op->vol->name,
+			    op->rep->path, errmsg != NULL ? errmsg : strerror(-status));
+		/* The record stays (still listed as faulted); its new bdev stays open
+		 * for the next try and is deleted with the volume. */
+		vol_op_reply_error(op);
+		return;
+	}
+	vol_learn_uuids(op->vol);
+	KEEL_NOTICELOG("volume %s: replica %s re-added in place", op->vol->name, op->rep->path);
+	vol_save_then_reply(op, vol_to_json(op->vol));
+}
+
+static void vol_readd_opened(struct vol_op *op)
+{
+	int rc;
+
+	if (op->status != 0) {
+		vol_op_reply_error(op);
+		return;
+	}
+	rc = keel_nexus_add_replica(op->vol->name, op->rep->bdev, op->force, vol_readd_nexus_done,
+				    op);
+	if (rc != 0) {
+		vol_readd_nexus_done(op, rc, NULL, NULL);
+	}
+}
+
+static void vol_readd_closed(struct vol_op *op)
+{
+	vol_open_replicas(op, vol_readd_opened);
+}
+
+static void vol_readd(struct keel_rpc_request *req, struct vol *v, struct vol_replica *r,
+		      bool force)
+{
+	struct vol_op *op = vol_op_new(req, v);
+
+	if (op == NULL) {
+		return;
+	}
+	op->rep = r;
+	op->force = force;
+	v->busy = true;
+	KEEL_NOTICELOG("volume %s: re-adding faulted replica %s in place", v->name, r->path);
+	vol_close_replicas(op, vol_readd_closed);
+}
+
 static void rpc_volume_add_replica(struct keel_rpc_request *req, json_t *params)
 {
 	static const struct keel_rpc_param table[] = {
@@ -1663,6 +1749,29 @@ static void rpc_volume_add_replica(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	by_path = p.replica != NULL;
+	if (by_path) {
+		struct vol_replica *r = NULL;
+		struct vol *owner = vol_find_replica_owner(p.replica, NULL, &r);
+
+		if (owner != NULL && strcmp(owner->name, p.name) == 0) {
+			enum keel_nexus_replica_state st;
+
+			v = vol_get_for_change(req, p.name, true);
+			if (v == NULL) {
+				return;
+			}
+			st = vol_replica_nexus_state(v, r);
+			if (st == KEEL_NEXUS_REPLICA_FAULTED || st == KEEL_NEXUS_REPLICA_OFFLINE) {
+				vol_readd(req, v, r, p.force);
+				return;
+			}
+			keel_rpc_send_error(req, -EEXIST, "file '%.200s' is already a %s replica of "
+					    "volume '%s'", p.replica,
+					    st == KEEL_NEXUS_REPLICA_REBUILDING ? "rebuilding" :
+					    "healthy", v->name);
+			return;
+		}
+	}
 	list = json_pack("[s]", by_path ? p.replica : p.replica_bdev);
 	if (list == NULL) {
 		keel_rpc_send_error(req, -ENOMEM, "out of memory");

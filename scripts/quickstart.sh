@@ -187,9 +187,8 @@ for i in 1 2; do
 done
 sync
 echo "wrote 2 files while replica1 was out (degraded volume, writes go on)"
-# The faulted entry goes, the same file comes back: its label names this volume, so
-# only the regions written meanwhile (the write-intent bitmap) are copied.
-keelctl replica remove "$VOLUME" "$R1"
+# The same file comes back in place: its label names this volume, so only the
+# regions written meanwhile (the write-intent bitmap) are copied.
 keelctl replica add "$VOLUME" "$R1"
 for _ in $(seq 1 300); do
 	keelctl rebuild status "$VOLUME"

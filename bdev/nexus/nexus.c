@@ -1447,8 +1447,61 @@ static void describe_seen(struct nexus *n, char *buf, size_t len, size_t off)
 	}
 }
 
+/*
+ * Unclean shutdown (the labels were dirty): writes may have been in flight, so
+ * healthy replicas may differ where they were going, i.e. in the regions whose
+ * bits are set (md's resync). The first healthy replica (slot order, the order
+ * the volume was assembled with) is taken as the truth; the other healthy ones
+ * become rebuilding and get a partial rebuild of the set regions from it. While
+ * that runs they take every write and serve no read, so a read never sees two
+ * answers for the same block. Without a valid bitmap they get a full copy.
+ * Cost: the volume has one readable replica until the (usually tiny) copy is
+ * done; docs/rebuild.md says why this rather than per-region read routing.
+ */
+static void unclean_resync(struct nexus *n)
+{
+	uint64_t rs = 0, ec = 0;
+	uint32_t nbits = 0, set = 0;
+	bool covered;
+	int first = -1;
+
+	if (!n->unclean_shutdown) {
+		return;
+	}
+	covered = n->bm != NULL && nexus_bitmap_covers(n, n->generation);
+	if (covered) {
+		nexus_bitmap_info(n, &rs, &nbits, &set, &ec);
+		if (set == 0) {
+			KEEL_NOTICELOG("volume %s: unclean shutdown, no region marked dirty: "
+				       "nothing to resync", n->name);
+			return;
+		}
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (!replica_attached(r) || r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
+			continue;
+		}
+		if (first < 0) {
+			first = (int)s;
+			continue;
+		}
+		r->state = KEEL_NEXUS_REPLICA_REBUILDING;
+		r->rejoin = true;
+		r->rejoin_in_sync = true;
+		r->rejoin_generation = n->generation;
+		r->rb_started = false;
+		snprintf(r->detail, sizeof(r->detail), "out of sync: resync after unclean shutdown");
+		KEEL_WARNLOG("volume %s: unclean shutdown: resyncing replica %s from %s (%s)",
+			     n->name, r->bdev_name, n->replicas[first].bdev_name,
+			     covered ? "regions marked in the bitmap" : "full copy, no valid bitmap");
+	}
+}
+
 static void open_bitmap_loaded(struct nexus *n)
 {
+	unclean_resync(n);
 	run_op(n, n->cur_op);
 }
 
@@ -1677,6 +1730,7 @@ static void open_labels_read(struct nexus *n)
 			}
 		}
 	}
+	unclean_resync(n);
 	run_op(n, op); /* bumps the generation, marks the labels dirty, registers */
 	return;
 

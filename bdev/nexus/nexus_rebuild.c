@@ -19,6 +19,11 @@
  * target left drains and fails. Nothing reads a replica's descriptor after the
  * job acknowledged, so the nexus may release it.
  *
+ * Foreground first: the job samples the volume's user I/O counters each ms and,
+ * while there is user I/O, keeps one segment in flight and leaves the disk idle
+ * as long as each segment used it, unless the copy fell below RB_FG_MIN_BPS
+ * (a CPU-bound volume, where backing off only stretches the rebuild).
+ *
  * Completion goes through the nexus's membership path (NEXUS_OP_REBUILD_DONE):
  * full bitmap image to the target, target healthy, generation bumped, labels
  * rewritten.
@@ -42,6 +47,11 @@
 #define RB_FG_TASKS 1u
 /* Foreground counts as present this long after the last user I/O seen. */
 #define RB_FG_HOLD_NS (2u * 1000u * 1000u)
+/* The back-off never starves the copy: over each window the job falls below
+ * this rate (the volume is CPU-bound rather than disk-bound, segments are slow
+ * for reasons the back-off does not help), it runs all its tasks again. */
+#define RB_FG_MIN_BPS (32ull * 1024 * 1024)
+#define RB_FG_WINDOW_NS (100ull * 1000 * 1000)
 #define RB_RETRY_MAX RB_MAX_TASKS
 
 enum rb_req {
@@ -106,7 +116,10 @@ struct nexus_rebuild_job {
 	uint64_t fg_ios;         /* nexus_user_ios at the last sample */
 	uint64_t fg_seen_ns;     /* last sample that saw user I/O */
 	bool fg_active;          /* back off to RB_FG_TASKS */
+	bool fg_boost;           /* ... unless the copy fell below RB_FG_MIN_BPS */
 	uint64_t fg_next_ns;     /* back-off: no new segment before this */
+	uint64_t fg_win_ns;      /* rate window start, and blocks_done then */
+	uint64_t fg_win_blocks;
 	struct rb_task tasks[RB_MAX_TASKS];
 	/* Shared. */
 	_Atomic int state;       /* enum keel_rebuild_state */
@@ -286,7 +299,7 @@ static void task_done(struct rb_task *t)
 
 	t->busy = false;
 	atomic_fetch_sub(&job->tasks_active, 1);
-	if (job->fg_active) {
+	if (job->fg_active && !job->fg_boost) {
 		/* Leave the disk to the foreground for as long as this segment held
 		 * it: at most half of the disk's time goes to the copy. */
 		uint64_t now = keel_now_ns();
@@ -381,6 +394,7 @@ static void task_locked(struct keel_io_channel_iter *iter, int status)
 	int rc;
 
 	(void)status;
+	t->start_ns = keel_now_ns(); /* the disk's share starts now, not the lock's */
 	if (job->source_lost || job->sync_waiting || job->src_desc == NULL) {
 		task_retry_later(t);
 		task_unlock(t);
@@ -435,7 +449,6 @@ static void task_start(struct nexus_rebuild_job *job, struct rb_task *t, uint64_
 	uint64_t vol = job->n->volume_size;
 
 	t->busy = true;
-	t->start_ns = keel_now_ns();
 	t->seg = seg;
 	t->off = seg * job->seg_size;
 	t->len = (uint32_t)(vol - t->off < job->seg_size ? vol - t->off : job->seg_size);
@@ -466,7 +479,8 @@ static void job_pump(struct nexus_rebuild_job *job)
 			atomic_store(&job->state, KEEL_REBUILD_RUNNING);
 			job_run_start_clock(job);
 		}
-		uint32_t limit = job->fg_active && job->ntasks > RB_FG_TASKS ? RB_FG_TASKS :
+		bool back_off = job->fg_active && !job->fg_boost;
+		uint32_t limit = back_off && job->ntasks > RB_FG_TASKS ? RB_FG_TASKS :
 				 job->ntasks;
 
 		for (uint32_t i = 0; i < job->ntasks; i++) {
@@ -477,7 +491,7 @@ static void job_pump(struct nexus_rebuild_job *job)
 				continue;
 			}
 			if (atomic_load(&job->tasks_active) >= limit ||
-			    (job->fg_active && keel_now_ns() < job->fg_next_ns)) {
+			    (back_off && keel_now_ns() < job->fg_next_ns)) {
 				break; /* the poller pumps again within a ms */
 			}
 			if (job_throttled(job) || !job_next_seg(job, &seg)) {
@@ -525,6 +539,15 @@ static void job_sample_fg(struct nexus_rebuild_job *job)
 		job->fg_seen_ns = now;
 	}
 	job->fg_active = job->fg_seen_ns != 0 && now - job->fg_seen_ns < RB_FG_HOLD_NS;
+	if (now - job->fg_win_ns >= RB_FG_WINDOW_NS) {
+		uint64_t done = atomic_load(&job->blocks_done);
+		uint64_t bytes = (done - job->fg_win_blocks) * job->block_size;
+
+		job->fg_boost = job->fg_active &&
+				(double)bytes * 1e9 / (double)(now - job->fg_win_ns) < RB_FG_MIN_BPS;
+		job->fg_win_ns = now;
+		job->fg_win_blocks = done;
+	}
 }
 
 static int job_poll(void *arg)
@@ -561,6 +584,8 @@ static void job_run_msg(void *arg)
 	atomic_store(&job->state, KEEL_REBUILD_RUNNING);
 	job_run_start_clock(job);
 	job->fg_ios = nexus_user_ios(job->n);
+	job->fg_win_ns = keel_now_ns();
+	job->fg_win_blocks = atomic_load(&job->blocks_done);
 	job_pump(job);
 }
 

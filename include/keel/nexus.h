@@ -284,7 +284,9 @@ struct keel_rebuild_stats {
 
 struct keel_rebuild_opts {
 	uint32_t segment_size;       /**< bytes per copy task, default 128 KiB */
-	uint32_t tasks;              /**< segments in flight per job, default 16 (max 32) */
+	uint32_t tasks;              /**< segments in flight per job, default 16 (max 32); 1 while
+				      *  the volume serves user I/O (adaptive back-off,
+				      *  docs/rebuild.md) */
 	double rate_limit_mib_s;     /**< default limit of new jobs; 0 = none */
 	uint32_t max_concurrent;     /**< daemon-wide running jobs, default 4; 0 = no cap */
 	bool auto_rebuild;           /**< start jobs on add/rejoin/assembly (default true) */

@@ -146,10 +146,15 @@ out=$(qemu-io -f raw "$URI2" -c "write -P 0x11 0 2M" 2>&1) || fail "write: $out"
 expect_ok "fault f" keelctl replica fault pv "$D/f"
 out=$(qemu-io -f raw "$URI2" -c "write -P 0x22 8M 1M" -c "write -P 0x33 40M 64k" 2>&1) ||
 	fail "write with f out: $out"
-# Re-add = remove the faulted entry, add the file again: its label says it is a
-# former member, so only what the bitmap marks is copied.
-expect_ok "remove faulted f" keelctl replica remove pv "$D/f"
-expect_ok "re-add f" keelctl replica add pv "$D/f"
+# Re-add in place: the path is still listed (faulted); `replica add` reopens it and
+# its label says it is a former member, so only what the bitmap marks is copied.
+expect_fail "add of a healthy replica" "already a healthy replica" keelctl replica add pv "$D/e"
+expect_ok "re-add faulted f in place" keelctl replica add pv "$D/f"
+n_f=$(keelctl --json volume show pv | python3 -c '
+import json, sys
+print(sum(1 for r in json.load(sys.stdin)["replicas"] if r["path"] == sys.argv[1]))' "$D/f")
+[ "$n_f" = 1 ] || fail "f is listed $n_f times after the re-add"
+expect_fail "add of a rebuilding/healthy f again" "already a" keelctl replica add pv "$D/f"
 F=$(bdev_of pv "$D/f")
 wait_state pv "$F" completed 20
 wait_healthy pv "$D/f" 10

@@ -820,6 +820,152 @@ static void test_bitmap_persisted(void)
 	teardown();
 }
 
+/* Copy a whole replica (labels, bitmap, data) from one bdev to another. */
+static void clone_replica(const char *from, const char *to)
+{
+	uint64_t bytes = (uint64_t)REPLICA_BLOCKS * BS;
+	uint8_t *b = abuf(MB);
+
+	for (uint64_t off = 0; off < bytes; off += MB) {
+		CU_ASSERT_FATAL(raw_io(from, false, b, off, MB) == 0);
+		CU_ASSERT_FATAL(raw_io(to, true, b, off, MB) == 0);
+	}
+	free(b);
+}
+
+/* md's resync after an unclean shutdown: keeld "dies" with the labels dirty and
+ * the two healthy replicas differ in a region whose bit is set (a write that
+ * reached one replica only). At assembly the first healthy replica is copied to
+ * the other over the set regions only, and they end identical. */
+static void test_unclean_resync(void)
+{
+	const char *reps[] = {"m0", "m1"};
+	const char *crashed[] = {"c0", "c1"};
+	struct op_res r;
+	struct vol_user u;
+	struct keel_rebuild_stats *st;
+	struct keel_nexus_info *info;
+	uint8_t *buf;
+	uint64_t rs, ec;
+	uint32_t nbits, set;
+
+	setup(2);
+	set_opts(128 * 1024, 8, true, 1 * MB, 5000); /* no clear during the test */
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_malloc("c0", REPLICA_BLOCKS, BS);
+	mk_malloc("c1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	buf = abuf(VOL_BYTES);
+	fill(buf, VOL_BYTES, 21);
+	/* Two regions written (bits 1 and 4 set), the rest never. */
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 1 * MB, 64 * 1024) == 0);
+	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 4 * MB + 8192, 8192) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(set == 2);
+	/* The "crash": snapshot both replicas while the volume runs (labels dirty),
+	 * then let a write in flight reach only the second one. */
+	clone_replica("m0", "c0");
+	clone_replica("m1", "c1");
+	fill(buf, 8192, 22);
+	CU_ASSERT(raw_io("c1", true, buf, DATA_OFF + 4 * MB + 8192, 8192) == 0);
+	CU_ASSERT(diff_replicas("c0", "c1", VOL_BYTES) == 2);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+
+	/* "restart" on the crashed images */
+	CU_ASSERT_FATAL(open_vol("vol", crashed, 2, false, &r) == 0);
+	info = info_of("vol");
+	CU_ASSERT(info->unclean_shutdown);
+	CU_ASSERT(rep_info(info, "c0")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	/* c1 was demoted to rebuilding (the small copy may be over already) */
+	CU_ASSERT(stats_of("vol", "c1") != NULL);
+	poll_until("vol", "c1", KEEL_REBUILD_COMPLETED);
+	st = stats_of("vol", "c1");
+	CU_ASSERT(st->is_partial);
+	CU_ASSERT(st->blocks_transferred == 2 * MB / BS); /* the two set regions only */
+	CU_ASSERT(rep_info(info_of("vol"), "c1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(diff_replicas("c0", "c1", VOL_BYTES) == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+
+	/* A clean stop resyncs nothing. */
+	CU_ASSERT_FATAL(open_vol("vol", crashed, 2, false, &r) == 0);
+	info = info_of("vol");
+	CU_ASSERT(!info->unclean_shutdown);
+	CU_ASSERT(rep_info(info, "c1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(buf);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
+/* Writes racing the lazy clear's walk over the channels keep their region's bit.
+ * The clear pass marks the bit CLEARING, asks each channel on its own thread, and
+ * clears it only if no writer claimed it back: a write that arrives on thread 1
+ * after thread 1's channel was asked must still keep it. */
+static uint32_t bits_set_of(const char *vol)
+{
+	uint64_t rs, ec;
+	uint32_t nbits, set = UINT32_MAX;
+
+	ut_set_thread(0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name(vol), &rs, &nbits, &set, &ec) == 0);
+	return set;
+}
+
+static void test_bitmap_clear_race(void)
+{
+	const char *reps[] = {"m0", "m1"};
+	struct io_res io[1];
+	struct op_res r;
+	struct vol_user u;
+	uint8_t *buf;
+
+	setup(2);
+	set_opts(128 * 1024, 8, true, 1 * MB, 10);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	buf = abuf(4096);
+	fill(buf, 4096, 31);
+	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 2 * MB, 4096) == 0);
+	CU_ASSERT(bits_set_of("vol") == 1);
+	/* One period: the pass sees the region written (hot) and keeps it. */
+	ut_time_advance_us(11000);
+	ut_poll_threads();
+	CU_ASSERT(bits_set_of("vol") == 1);
+	/* Next period: step the walk by hand. The owner (thread 0) starts the pass
+	 * and asks its own channel, thread 1 is asked next; the write on thread 1
+	 * comes after that and before the walk's end reaches the owner: only the
+	 * writer's claim (CAS CLEARING -> SET) keeps the bit. */
+	ut_time_advance_us(11000);
+	memset(io, 0, sizeof(io));
+	ut_poll_thread(0);
+	ut_poll_thread(0);
+	ut_poll_thread(1);
+	CU_ASSERT(submit(&u, 1, KEEL_BDEV_IO_WRITE, buf, 2 * MB, 4096, &io[0]) == 0);
+	ut_poll_thread(0); /* the walk ends on the owner: the bit must still be set */
+	CU_ASSERT(bits_set_of("vol") == 1);
+	for (int k = 0; k < 100; k++) {
+		ut_poll_threads();
+	}
+	CU_ASSERT(io[0].done == 1 && io[0].status == 0);
+	CU_ASSERT(bits_set_of("vol") == 1);
+	/* Quiet from now on: cleared within two periods. */
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(bits_set_of("vol") == 0);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(buf);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
 static const struct ut_test g_tests[] = {
 	{"full_rebuild_under_writes", test_full_rebuild_under_writes},
 	{"control", test_control},
@@ -828,6 +974,8 @@ static const struct ut_test g_tests[] = {
 	{"target_failure", test_target_failure},
 	{"partial_rebuild", test_partial_rebuild},
 	{"bitmap_persisted", test_bitmap_persisted},
+	{"unclean_resync", test_unclean_resync},
+	{"bitmap_clear_race", test_bitmap_clear_race},
 	{NULL, NULL},
 };
 
