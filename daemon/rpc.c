@@ -19,6 +19,7 @@
 
 #include "keel/log.h"
 #include "rpc_internal.h"
+#include "rpc_methods.h"
 
 struct rpc_method {
 	const char *name;
@@ -342,6 +343,16 @@ void keel_rpc_send_error(struct keel_rpc_request *req, int code, const char *fmt
 	rpc_request_finish(req, "error",
 			   rpc_error_object(code, msg != NULL ? msg : "out of memory"));
 	free(msg);
+}
+
+void *rpc_ctx_calloc(struct keel_rpc_request *req, size_t size)
+{
+	void *ctx = calloc(1, size);
+
+	if (ctx == NULL) {
+		keel_rpc_send_error(req, -ENOMEM, "out of memory");
+	}
+	return ctx;
 }
 
 /* An error for a message that never became a request (bad shape, unknown method). */

@@ -262,9 +262,8 @@ static void rpc_bdev_get_iostat(struct keel_rpc_request *req, json_t *params)
 		rpc_bdev_send_not_found(req, p.name);
 		return;
 	}
-	ctx = calloc(1, sizeof(*ctx));
+	ctx = rpc_ctx_calloc(req, sizeof(*ctx));
 	if (ctx == NULL) {
-		keel_rpc_send_error(req, -ENOMEM, "out of memory");
 		return;
 	}
 	ctx->req = req;
@@ -328,9 +327,8 @@ static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *modul
 				    "bdev built on it first", name, keel_bdev_get_claim_owner(bdev));
 		return;
 	}
-	ctx = calloc(1, sizeof(*ctx));
+	ctx = rpc_ctx_calloc(req, sizeof(*ctx));
 	if (ctx == NULL) {
-		keel_rpc_send_error(req, -ENOMEM, "out of memory");
 		return;
 	}
 	ctx->req = req;

@@ -6,6 +6,17 @@
 #ifndef KEEL_DAEMON_RPC_METHODS_H
 #define KEEL_DAEMON_RPC_METHODS_H
 
+#include <stddef.h>
+
+struct keel_rpc_request;
+
+/**
+ * calloc(1, \p size) for the context of a method that answers later. On failure
+ * \p req is answered (-ENOMEM, "out of memory") and NULL is returned: the handler
+ * only has to return.
+ */
+void *rpc_ctx_calloc(struct keel_rpc_request *req, size_t size);
+
 /** rpc_get_methods, keel_get_version, framework_*, thread_get_stats. */
 void rpc_framework_register(void);
 /** bdev_get_bdevs, bdev_{malloc,null,aio,error}_{create,delete}, bdev_error_inject_error ... */

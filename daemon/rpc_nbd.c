@@ -116,9 +116,8 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 				    "characters without spaces or '/'", name);
 		return;
 	}
-	ctx = calloc(1, sizeof(*ctx));
+	ctx = rpc_ctx_calloc(req, sizeof(*ctx));
 	if (ctx == NULL) {
-		keel_rpc_send_error(req, -ENOMEM, "out of memory");
 		return;
 	}
 	ctx->req = req;

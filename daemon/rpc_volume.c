@@ -283,10 +283,9 @@ static int vol_pick_bdev_name(const char *vol_name, char *out, size_t len)
 
 static struct vol_op *vol_op_new(struct keel_rpc_request *req, struct vol *v)
 {
-	struct vol_op *op = calloc(1, sizeof(*op));
+	struct vol_op *op = rpc_ctx_calloc(req, sizeof(*op));
 
 	if (op == NULL) {
-		keel_rpc_send_error(req, -ENOMEM, "out of memory");
 		return NULL;
 	}
 	op->req = req;

@@ -65,12 +65,6 @@ struct nbd_disk_sock {
 	bool up;                /* main thread: the connection exists */
 };
 
-struct nbd_disk_waiter {
-	keel_nbd_done_cb cb_fn;
-	void *cb_arg;
-	TAILQ_ENTRY(nbd_disk_waiter) link;
-};
-
 struct keel_nbd_disk {
 	TAILQ_ENTRY(keel_nbd_disk) link;
 	enum nbd_disk_state state;
@@ -96,7 +90,7 @@ struct keel_nbd_disk {
 	char err[512];
 	keel_nbd_disk_start_cb start_cb;
 	void *start_arg;
-	TAILQ_HEAD(, nbd_disk_waiter) waiters;
+	struct nbd_waiter_list waiters;
 };
 
 static TAILQ_HEAD(, keel_nbd_disk) g_disks = TAILQ_HEAD_INITIALIZER(g_disks);
@@ -542,7 +536,6 @@ static void nbd_disk_free(struct keel_nbd_disk *disk)
 
 static void nbd_disk_try_finish(struct keel_nbd_disk *disk)
 {
-	struct nbd_disk_waiter *w;
 	bool was_saved;
 
 	if (disk->state != NBD_DISK_STOPPING || disk->job_running || disk->conns > 0 ||
@@ -562,11 +555,7 @@ static void nbd_disk_try_finish(struct keel_nbd_disk *disk)
 	} else if (disk->rc == 0) {
 		KEEL_NOTICELOG("nbd%d (bdev %s): stopped", disk->index, disk->bdev_name);
 	}
-	while ((w = TAILQ_FIRST(&disk->waiters)) != NULL) {
-		TAILQ_REMOVE(&disk->waiters, w, link);
-		w->cb_fn(w->cb_arg, 0);
-		free(w);
-	}
+	nbd_waiters_wake(&disk->waiters);
 	nbd_disk_free(disk);
 	if (was_saved) {
 		nbd_disk_save();
@@ -739,18 +728,13 @@ int keel_nbd_disk_start(const struct keel_nbd_disk_opts *opts, keel_nbd_disk_sta
 int keel_nbd_disk_stop(uint32_t index, keel_nbd_done_cb cb_fn, void *cb_arg)
 {
 	struct keel_nbd_disk *disk = index <= INT32_MAX ? nbd_disk_find((int32_t)index) : NULL;
-	struct nbd_disk_waiter *w;
 
 	if (disk == NULL || disk->state == NBD_DISK_STOPPING || disk->stop_requested) {
 		return -ENOENT;
 	}
-	w = calloc(1, sizeof(*w));
-	if (w == NULL) {
+	if (nbd_waiter_add(&disk->waiters, cb_fn, cb_arg) != 0) {
 		return -ENOMEM;
 	}
-	w->cb_fn = cb_fn;
-	w->cb_arg = cb_arg;
-	TAILQ_INSERT_TAIL(&disk->waiters, w, link);
 	disk->forget = true;
 	switch (disk->state) {
 	case NBD_DISK_STARTING:

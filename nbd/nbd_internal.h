@@ -7,8 +7,10 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "keel/bdev.h"
+#include "keel/nbd.h"
 
 struct nbd_conn;
 struct keel_thread;
@@ -82,6 +84,22 @@ struct keel_thread *nbd_worker_thread(uint32_t i);
  * and retried from a poller on the calling thread. \return 0 or -ENOMEM/-errno.
  */
 int nbd_send_msg(struct keel_thread *thread, void (*fn)(void *), void *arg);
+
+/*
+ * Callers waiting for an export (nbd_server.c) or a kernel device (nbd_disk.c) to
+ * be gone. Main thread only.
+ */
+struct nbd_waiter {
+	keel_nbd_done_cb cb_fn;
+	void *cb_arg;
+	TAILQ_ENTRY(nbd_waiter) link;
+};
+TAILQ_HEAD(nbd_waiter_list, nbd_waiter);
+
+/** Queue \p cb_fn(\p cb_arg, 0) for nbd_waiters_wake(). \return 0 or -ENOMEM. */
+int nbd_waiter_add(struct nbd_waiter_list *list, keel_nbd_done_cb cb_fn, void *cb_arg);
+/** Call every waiter with status 0, in order, and empty \p list. */
+void nbd_waiters_wake(struct nbd_waiter_list *list);
 
 /*
  * Kernel devices (nbd_disk.c): stop every one for keel_nbd_stop_all(); \p cb_fn runs

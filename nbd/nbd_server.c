@@ -58,12 +58,6 @@ struct nbd_listener {
 	uint64_t last_try_ns;
 };
 
-struct nbd_waiter {
-	keel_nbd_done_cb cb_fn;
-	void *cb_arg;
-	TAILQ_ENTRY(nbd_waiter) link;
-};
-
 struct keel_nbd_export {
 	TAILQ_ENTRY(keel_nbd_export) link;
 	uint64_t id;               /* names the export in messages that may outlive it */
@@ -84,7 +78,7 @@ struct keel_nbd_export {
 	/* written by the blocking-work job, read after it completed */
 	int unix_fd;
 	int tcp_fd;
-	TAILQ_HEAD(, nbd_waiter) waiters;
+	struct nbd_waiter_list waiters;
 };
 
 struct nbd_worker {
@@ -161,6 +155,30 @@ int nbd_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+int nbd_waiter_add(struct nbd_waiter_list *list, keel_nbd_done_cb cb_fn, void *cb_arg)
+{
+	struct nbd_waiter *w = calloc(1, sizeof(*w));
+
+	if (w == NULL) {
+		return -ENOMEM;
+	}
+	w->cb_fn = cb_fn;
+	w->cb_arg = cb_arg;
+	TAILQ_INSERT_TAIL(list, w, link);
+	return 0;
+}
+
+void nbd_waiters_wake(struct nbd_waiter_list *list)
+{
+	struct nbd_waiter *w;
+
+	while ((w = TAILQ_FIRST(list)) != NULL) {
+		TAILQ_REMOVE(list, w, link);
+		w->cb_fn(w->cb_arg, 0);
+		free(w);
+	}
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -579,8 +597,6 @@ static void nbd_export_free(struct keel_nbd_export *exp)
 
 static void nbd_export_try_finish(struct keel_nbd_export *exp)
 {
-	struct nbd_waiter *w;
-
 	if (exp->state != NBD_EXPORT_STOPPING || !exp->listeners_gone || exp->num_conns > 0) {
 		return;
 	}
@@ -590,11 +606,7 @@ static void nbd_export_try_finish(struct keel_nbd_export *exp)
 	}
 	TAILQ_REMOVE(&g_exports, exp, link);
 	KEEL_NOTICELOG("nbd export %s: stopped", exp->info.name);
-	while ((w = TAILQ_FIRST(&exp->waiters)) != NULL) {
-		TAILQ_REMOVE(&exp->waiters, w, link);
-		w->cb_fn(w->cb_arg, 0);
-		free(w);
-	}
+	nbd_waiters_wake(&exp->waiters);
 	nbd_export_free(exp);
 }
 
@@ -655,7 +667,6 @@ static void nbd_export_listen_done(void *cb_arg, int rc)
 	struct keel_nbd_export *exp = cb_arg;
 	keel_nbd_done_cb cb_fn = exp->start_cb;
 	void *start_arg = exp->start_arg;
-	struct nbd_waiter *w;
 
 	if (rc == 0 && exp->stop_requested) {
 		rc = -ENODEV;
@@ -684,11 +695,7 @@ static void nbd_export_listen_done(void *cb_arg, int rc)
 		TAILQ_REMOVE(&g_exports, exp, link);
 		cb_fn(start_arg, rc);
 		/* A stop that arrived while starting is satisfied: the export is gone. */
-		while ((w = TAILQ_FIRST(&exp->waiters)) != NULL) {
-			TAILQ_REMOVE(&exp->waiters, w, link);
-			w->cb_fn(w->cb_arg, 0);
-			free(w);
-		}
+		nbd_waiters_wake(&exp->waiters);
 		nbd_export_free(exp);
 		return;
 	}
@@ -858,18 +865,13 @@ out_free_exp:
 int keel_nbd_export_stop(const char *name, keel_nbd_done_cb cb_fn, void *cb_arg)
 {
 	struct keel_nbd_export *exp = name ? nbd_export_find_any(name) : NULL;
-	struct nbd_waiter *w;
 
 	if (exp == NULL || exp->state == NBD_EXPORT_STOPPING || exp->stop_requested) {
 		return -ENOENT;
 	}
-	w = calloc(1, sizeof(*w));
-	if (w == NULL) {
+	if (nbd_waiter_add(&exp->waiters, cb_fn, cb_arg) != 0) {
 		return -ENOMEM;
 	}
-	w->cb_fn = cb_fn;
-	w->cb_arg = cb_arg;
-	TAILQ_INSERT_TAIL(&exp->waiters, w, link);
 	if (exp->state == NBD_EXPORT_STARTING) {
 		/* The start then fails with -ENODEV and calls this waiter. */
 		exp->stop_requested = true;
@@ -929,16 +931,10 @@ void keel_nbd_stop_all(keel_nbd_done_cb cb_fn, void *cb_arg)
 	ctx->cb_arg = cb_arg;
 	ctx->pending = 1; /* released below, so the callback never runs inside this call */
 	for (exp = TAILQ_FIRST(&g_exports); exp != NULL; exp = tmp) {
-		struct nbd_waiter *w = calloc(1, sizeof(*w));
-
 		tmp = TAILQ_NEXT(exp, link);
-
-		if (w == NULL) {
+		if (nbd_waiter_add(&exp->waiters, nbd_stop_all_one_done, ctx) != 0) {
 			continue;
 		}
-		w->cb_fn = nbd_stop_all_one_done;
-		w->cb_arg = ctx;
-		TAILQ_INSERT_TAIL(&exp->waiters, w, link);
 		ctx->pending++;
 		if (exp->state == NBD_EXPORT_RUNNING) {
 			KEEL_NOTICELOG("nbd export %s: stopping for shutdown", exp->info.name);

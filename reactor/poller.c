@@ -91,6 +91,23 @@ static void heap_heapify(struct poller_heap_entry *heap, uint32_t count)
 /* Dispatch                                                                        */
 /* ------------------------------------------------------------------------------ */
 
+/*
+ * One run of a due poller, counted for the stats. Its name is published first so the
+ * watchdog can name a poller that hangs. \return 1 if it did work, else 0.
+ */
+static inline int poller_call(struct reactor *reactor, struct keel_poller *poller)
+{
+	int rc;
+
+	if (reactor != NULL) {
+		atomic_store_explicit(&reactor->hb_poller, poller->name, memory_order_release);
+	}
+	rc = poller->fn(poller->arg);
+	poller->run_count++;
+	poller->busy_count += rc > 0;
+	return rc > 0;
+}
+
 int poller_run_active(struct keel_thread *thread)
 {
 	struct reactor *reactor = thread->reactor;
@@ -103,18 +120,11 @@ int poller_run_active(struct keel_thread *thread)
 	/* The array is not modified during the loop: changes are deferred to the fixup. */
 	for (uint32_t i = 0; i < n; i++) {
 		struct keel_poller *poller = thread->active[i];
-		int rc;
 
 		if (keel_unlikely(poller->state != POLLER_ACTIVE)) {
 			continue;
 		}
-		if (reactor != NULL) {
-			atomic_store_explicit(&reactor->hb_poller, poller->name, memory_order_release);
-		}
-		rc = poller->fn(poller->arg);
-		poller->run_count++;
-		poller->busy_count += rc > 0;
-		busy += rc > 0;
+		busy += poller_call(reactor, poller);
 	}
 	return busy;
 }
@@ -130,7 +140,6 @@ int poller_run_timed(struct keel_thread *thread, uint64_t now)
 	while (thread->heap_count != 0 && thread->heap[0].deadline <= now) {
 		struct keel_poller *poller = thread->heap[0].poller;
 		uint64_t next;
-		int rc;
 
 		if (keel_unlikely(poller->state != POLLER_ACTIVE)) {
 			/* Paused or unregistered by another callback: the fixup owns it now. */
@@ -138,13 +147,7 @@ int poller_run_timed(struct keel_thread *thread, uint64_t now)
 			poller->where = POLLER_IN_NONE;
 			continue;
 		}
-		if (reactor != NULL) {
-			atomic_store_explicit(&reactor->hb_poller, poller->name, memory_order_release);
-		}
-		rc = poller->fn(poller->arg);
-		poller->run_count++;
-		poller->busy_count += rc > 0;
-		busy += rc > 0;
+		busy += poller_call(reactor, poller);
 		if (keel_unlikely(poller->state != POLLER_ACTIVE)) {
 			heap_pop(thread);
 			poller->where = POLLER_IN_NONE;

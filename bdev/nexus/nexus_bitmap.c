@@ -40,6 +40,7 @@
 
 #include "keel/log.h"
 
+#include "nexus_endian.h"
 #include "nexus_internal.h"
 
 #define BM_MAGIC "KEELBMP1"
@@ -95,71 +96,37 @@ struct nexus_bitmap {
 	void (*load_done)(struct nexus *n);
 };
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++) {
-		p[i] = (uint8_t)(v >> (8 * i));
-	}
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++) {
-		p[i] = (uint8_t)(v >> (8 * i));
-	}
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v = 0;
-
-	for (int i = 0; i < 4; i++) {
-		v |= (uint32_t)p[i] << (8 * i);
-	}
-	return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++) {
-		v |= (uint64_t)p[i] << (8 * i);
-	}
-	return v;
-}
-
 static void encode_header(struct nexus_bitmap *bm)
 {
 	uint8_t *h = bm->image;
 
 	memset(h, 0, BM_HDR_LEN);
 	memcpy(h, BM_MAGIC, 8);
-	put32(h + 8, BM_VERSION);
-	put64(h + 16, bm->events_cleared);
-	put64(h + 24, bm->region_size);
-	put32(h + 32, bm->nbits);
+	nexus_put_le32(h + 8, BM_VERSION);
+	nexus_put_le64(h + 16, bm->events_cleared);
+	nexus_put_le64(h + 24, bm->region_size);
+	nexus_put_le32(h + 32, bm->nbits);
 	memcpy(h + 40, bm->n->uuid, 16);
-	put32(h + 12, nexus_crc32c(0, h, BM_HDR_LEN));
+	nexus_put_le32(h + 12, nexus_crc32c(0, h, BM_HDR_LEN));
 }
 
 static bool decode_header(struct nexus_bitmap *bm, const uint8_t *h, uint64_t *events)
 {
 	uint8_t tmp[BM_HDR_LEN];
 
-	if (memcmp(h, BM_MAGIC, 8) != 0 || get32(h + 8) != BM_VERSION) {
+	if (memcmp(h, BM_MAGIC, 8) != 0 || nexus_get_le32(h + 8) != BM_VERSION) {
 		return false;
 	}
 	memcpy(tmp, h, BM_HDR_LEN);
-	put32(tmp + 12, 0);
-	if (nexus_crc32c(0, tmp, BM_HDR_LEN) != get32(h + 12)) {
+	nexus_put_le32(tmp + 12, 0);
+	if (nexus_crc32c(0, tmp, BM_HDR_LEN) != nexus_get_le32(h + 12)) {
 		return false;
 	}
-	if (get64(h + 24) != bm->region_size || get32(h + 32) != bm->nbits ||
+	if (nexus_get_le64(h + 24) != bm->region_size || nexus_get_le32(h + 32) != bm->nbits ||
 	    memcmp(h + 40, bm->n->uuid, 16) != 0) {
 		return false;
 	}
-	*events = get64(h + 16);
+	*events = nexus_get_le64(h + 16);
 	return true;
 }
 

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "nexus_endian.h"
+
 static uint32_t g_crc32c_table[256];
 static pthread_once_t g_crc32c_once = PTHREAD_ONCE_INIT;
 
@@ -38,40 +40,6 @@ uint32_t nexus_crc32c(uint32_t crc, const void *buf, size_t len)
 	return ~crc;
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++) {
-		p[i] = (uint8_t)(v >> (8 * i));
-	}
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++) {
-		p[i] = (uint8_t)(v >> (8 * i));
-	}
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v = 0;
-
-	for (int i = 3; i >= 0; i--) {
-		v = (v << 8) | p[i];
-	}
-	return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 7; i >= 0; i--) {
-		v = (v << 8) | p[i];
-	}
-	return v;
-}
-
 #define OFF_MAGIC 0
 #define OFF_VERSION 8
 #define OFF_SIZE 12
@@ -97,29 +65,29 @@ void nexus_label_encode(const struct nexus_label *label, uint8_t *buf)
 {
 	memset(buf, 0, NEXUS_LABEL_SIZE);
 	memcpy(buf + OFF_MAGIC, NEXUS_LABEL_MAGIC, 8);
-	put32(buf + OFF_VERSION, label->version);
-	put32(buf + OFF_SIZE, NEXUS_LABEL_SIZE);
-	put32(buf + OFF_FLAGS, label->flags);
-	put64(buf + OFF_GEN, label->generation);
+	nexus_put_le32(buf + OFF_VERSION, label->version);
+	nexus_put_le32(buf + OFF_SIZE, NEXUS_LABEL_SIZE);
+	nexus_put_le32(buf + OFF_FLAGS, label->flags);
+	nexus_put_le64(buf + OFF_GEN, label->generation);
 	memcpy(buf + OFF_VOL_UUID, label->volume_uuid, 16);
 	memcpy(buf + OFF_VOL_NAME, label->volume_name,
 	       strnlen(label->volume_name, VOL_NAME_LEN - 1));
 	memcpy(buf + OFF_REPLICA_UUID, label->replica_uuid, 16);
-	put64(buf + OFF_VOL_SIZE, label->volume_size);
-	put64(buf + OFF_DATA_OFFSET, label->data_offset);
-	put32(buf + OFF_BLOCK_SIZE, label->block_size);
-	put32(buf + OFF_NUM_MEMBERS, label->num_members);
-	put64(buf + OFF_BITMAP_OFFSET, label->bitmap_offset);
-	put64(buf + OFF_BITMAP_LEN, label->bitmap_len);
-	put32(buf + OFF_BITMAP_CHUNK, label->bitmap_chunk_kib);
-	put64(buf + OFF_BITMAP_EVENTS, label->bitmap_events_cleared);
+	nexus_put_le64(buf + OFF_VOL_SIZE, label->volume_size);
+	nexus_put_le64(buf + OFF_DATA_OFFSET, label->data_offset);
+	nexus_put_le32(buf + OFF_BLOCK_SIZE, label->block_size);
+	nexus_put_le32(buf + OFF_NUM_MEMBERS, label->num_members);
+	nexus_put_le64(buf + OFF_BITMAP_OFFSET, label->bitmap_offset);
+	nexus_put_le64(buf + OFF_BITMAP_LEN, label->bitmap_len);
+	nexus_put_le32(buf + OFF_BITMAP_CHUNK, label->bitmap_chunk_kib);
+	nexus_put_le64(buf + OFF_BITMAP_EVENTS, label->bitmap_events_cleared);
 	for (uint32_t i = 0; i < label->num_members && i < KEEL_NEXUS_MAX_REPLICAS; i++) {
 		uint8_t *m = buf + OFF_MEMBERS + i * MEMBER_SIZE;
 
 		memcpy(m, label->members[i].uuid, 16);
-		put32(m + 16, label->members[i].state);
+		nexus_put_le32(m + 16, label->members[i].state);
 	}
-	put32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_LABEL_SIZE));
+	nexus_put_le32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_LABEL_SIZE));
 }
 
 static bool is_pow2(uint64_t v)
@@ -145,27 +113,27 @@ int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why,
 	}
 	/* Check the checksum before trusting any other field, including the size. */
 	memcpy(copy, buf, NEXUS_LABEL_SIZE);
-	stored_crc = get32(copy + OFF_CRC);
-	put32(copy + OFF_CRC, 0);
+	stored_crc = nexus_get_le32(copy + OFF_CRC);
+	nexus_put_le32(copy + OFF_CRC, 0);
 	if (nexus_crc32c(0, copy, NEXUS_LABEL_SIZE) != stored_crc) {
 		reason = "label checksum mismatch";
 		rc = -EBADMSG;
 		goto out_fail;
 	}
 	memset(label, 0, sizeof(*label));
-	label->version = get32(buf + OFF_VERSION);
+	label->version = nexus_get_le32(buf + OFF_VERSION);
 	if (label->version < NEXUS_LABEL_VERSION_MIN || label->version > NEXUS_LABEL_VERSION) {
 		if (why != NULL) {
 			snprintf(why, whylen, "unsupported label version %u", label->version);
 		}
 		return -EPROTONOSUPPORT;
 	}
-	if (get32(buf + OFF_SIZE) != NEXUS_LABEL_SIZE) {
+	if (nexus_get_le32(buf + OFF_SIZE) != NEXUS_LABEL_SIZE) {
 		reason = "bad label size";
 		goto out_fail;
 	}
-	label->flags = get32(buf + OFF_FLAGS);
-	label->generation = get64(buf + OFF_GEN);
+	label->flags = nexus_get_le32(buf + OFF_FLAGS);
+	label->generation = nexus_get_le64(buf + OFF_GEN);
 	memcpy(label->volume_uuid, buf + OFF_VOL_UUID, 16);
 	name_len = strnlen((const char *)buf + OFF_VOL_NAME, VOL_NAME_LEN);
 	if (name_len == 0 || name_len > KEEL_NEXUS_NAME_MAX) {
@@ -175,14 +143,14 @@ int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why,
 	memcpy(label->volume_name, buf + OFF_VOL_NAME, name_len);
 	label->volume_name[name_len] = '\0';
 	memcpy(label->replica_uuid, buf + OFF_REPLICA_UUID, 16);
-	label->volume_size = get64(buf + OFF_VOL_SIZE);
-	label->data_offset = get64(buf + OFF_DATA_OFFSET);
-	label->block_size = get32(buf + OFF_BLOCK_SIZE);
-	label->num_members = get32(buf + OFF_NUM_MEMBERS);
-	label->bitmap_offset = get64(buf + OFF_BITMAP_OFFSET);
-	label->bitmap_len = get64(buf + OFF_BITMAP_LEN);
-	label->bitmap_chunk_kib = get32(buf + OFF_BITMAP_CHUNK);
-	label->bitmap_events_cleared = get64(buf + OFF_BITMAP_EVENTS);
+	label->volume_size = nexus_get_le64(buf + OFF_VOL_SIZE);
+	label->data_offset = nexus_get_le64(buf + OFF_DATA_OFFSET);
+	label->block_size = nexus_get_le32(buf + OFF_BLOCK_SIZE);
+	label->num_members = nexus_get_le32(buf + OFF_NUM_MEMBERS);
+	label->bitmap_offset = nexus_get_le64(buf + OFF_BITMAP_OFFSET);
+	label->bitmap_len = nexus_get_le64(buf + OFF_BITMAP_LEN);
+	label->bitmap_chunk_kib = nexus_get_le32(buf + OFF_BITMAP_CHUNK);
+	label->bitmap_events_cleared = nexus_get_le64(buf + OFF_BITMAP_EVENTS);
 	if (!is_pow2(label->block_size) || label->block_size < 512 ||
 	    label->block_size > 65536) {
 		reason = "bad block size in label";
@@ -210,7 +178,7 @@ int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why,
 		const uint8_t *m = buf + OFF_MEMBERS + i * MEMBER_SIZE;
 
 		memcpy(label->members[i].uuid, m, 16);
-		label->members[i].state = get32(m + 16);
+		label->members[i].state = nexus_get_le32(m + 16);
 		if (label->members[i].state != NEXUS_MEMBER_IN_SYNC &&
 		    label->members[i].state != NEXUS_MEMBER_OUT_OF_SYNC) {
 			reason = "bad member state in label";

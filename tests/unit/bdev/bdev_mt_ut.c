@@ -15,6 +15,7 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "ut_cunit.h"
+#include "ut_mt.h"
 
 #define MT_JOBS 4
 #define MT_QD 8
@@ -51,18 +52,8 @@ struct mt_job {
 };
 
 static struct mt_job g_jobs[MT_JOBS];
-static atomic_int g_errors;      /* data or protocol violations */
 static atomic_int g_jobs_left;
-static atomic_int g_first_err_line;
 static atomic_int g_jobs_running; /* opened and holding a channel */
-
-/* Count a violation and remember where the first one happened. */
-#define MT_ERR()                                                                           \
-	do {                                                                               \
-		int __zero = 0;                                                            \
-		atomic_fetch_add(&g_errors, 1);                                            \
-		atomic_compare_exchange_strong(&g_first_err_line, &__zero, __LINE__);      \
-	} while (0)
 static int g_phase;
 static int g_unreg_done;
 static const char *g_hot_victim; /* bdev the hot-remove poller deletes */
@@ -89,7 +80,7 @@ static void mt_io_done(void *arg, int status)
 	uint8_t expect[MT_BS];
 
 	if (keel_thread_get_current() != job->thread || !r->in_flight)
-		MT_ERR();
+		UT_MT_ERR();
 	r->in_flight = false;
 	r->done_count++;
 	job->inflight--;
@@ -99,17 +90,17 @@ static void mt_io_done(void *arg, int status)
 	} else {
 		job->failed++;
 		if (!job->hot_remove_phase)
-			MT_ERR();
+			UT_MT_ERR();
 	}
 	if (!job->hot_remove_phase && status == 0) {
 		if (r->phase == 1) {
 			mt_fill(expect, job->idx, r->lba, r->seq);
 			if (memcmp(expect, r->buf, MT_BS) != 0)
-				MT_ERR();
+				UT_MT_ERR();
 		} else if (r->phase == 3) {
 			for (int i = 0; i < MT_BS; i++) {
 				if (r->buf[i]) {
-					MT_ERR();
+					UT_MT_ERR();
 					break;
 				}
 			}
@@ -152,7 +143,7 @@ static void mt_req_submit(struct mt_req *r)
 	if (rc) {
 		/* Only allowed once the bdev is going away. */
 		if (!job->hot_remove_phase || rc != -ENODEV)
-			MT_ERR();
+			UT_MT_ERR();
 		job->stopping = true;
 		if (job->inflight == 0)
 			mt_job_end(job);
@@ -163,7 +154,7 @@ static void mt_req_submit(struct mt_req *r)
 	job->submitted++;
 	/* Completion never runs inside the submit call. */
 	if (r->done_count < 0 || !r->in_flight)
-		MT_ERR();
+		UT_MT_ERR();
 }
 
 static void mt_job_done_main(void *arg)
@@ -201,14 +192,14 @@ static void mt_job_start(void *arg)
 	int rc = keel_bdev_open_ext(job->bdev_name, true, mt_event, job, &job->desc);
 
 	if (rc) {
-		MT_ERR();
+		UT_MT_ERR();
 		job->ended = true;
 		keel_thread_send_msg(keel_thread_get_main(), mt_job_done_main, job);
 		return;
 	}
 	job->ch = keel_bdev_get_io_channel(job->desc);
 	if (!job->ch)
-		MT_ERR();
+		UT_MT_ERR();
 	atomic_fetch_add(&g_jobs_running, 1);
 	for (int i = 0; i < MT_QD; i++) {
 		struct mt_req *r = &job->reqs[i];
@@ -243,7 +234,7 @@ static void mt_start_jobs(const char *bdev_name, bool hot)
 		/* Round robin over both reactors. */
 		job->thread = keel_thread_create(name, (uint32_t)i % keel_reactor_count());
 		if (!job->thread || keel_thread_send_msg(job->thread, mt_job_start, job))
-			MT_ERR();
+			UT_MT_ERR();
 	}
 }
 
@@ -251,7 +242,7 @@ static void mt_unreg_done(void *arg, int status)
 {
 	g_unreg_done++;
 	if (status)
-		MT_ERR();
+		UT_MT_ERR();
 	if (g_phase == 3 || g_phase == 5)
 		mt_phase_next(NULL);
 }
@@ -266,7 +257,7 @@ static int mt_hot_remove_poll(void *arg)
 		return KEEL_POLLER_IDLE;
 	keel_poller_unregister(&g_hot_poller);
 	if (keel_bdev_malloc_delete(g_hot_victim, mt_unreg_done, NULL))
-		MT_ERR();
+		UT_MT_ERR();
 	return KEEL_POLLER_BUSY;
 }
 
@@ -284,7 +275,7 @@ static void mt_hot_collect(void)
 		g_hot_failed += g_jobs[i].failed;
 		for (int k = 0; k < MT_QD; k++) {
 			if (g_jobs[i].reqs[k].in_flight)
-				MT_ERR();
+				UT_MT_ERR();
 		}
 	}
 }
@@ -299,13 +290,13 @@ static void mt_phase_next(void *arg)
 	case 1:
 		/* Concurrent verified I/O on a malloc bdev. */
 		if (keel_bdev_malloc_create("mt_mal", NULL, MT_JOBS * MT_REGION_BLOCKS, MT_BS, &b))
-			MT_ERR();
+			UT_MT_ERR();
 		mt_start_jobs("mt_mal", false);
 		break;
 	case 2:
 		/* Hot remove under load (malloc, 4 jobs x QD 8 on two reactors). */
 		if (keel_bdev_malloc_create("mt_hot", NULL, MT_JOBS * MT_REGION_BLOCKS, MT_BS, &b))
-			MT_ERR();
+			UT_MT_ERR();
 		g_hot_victim = "mt_hot";
 		g_hot_poller_runs = 0;
 		mt_start_jobs("mt_hot", true);
@@ -323,11 +314,11 @@ static void mt_phase_next(void *arg)
 		 * requests really are in flight inside a module when the bdevs go. */
 		if (keel_bdev_malloc_create("mt_base", NULL, MT_JOBS * MT_REGION_BLOCKS, MT_BS, &b) ||
 		    keel_bdev_error_create("mt_err", "mt_base", &b))
-			MT_ERR();
+			UT_MT_ERR();
 		rule.io_type = KEEL_BDEV_IO_NUM_TYPES;
 		rule.delay_us = 200;
 		if (keel_bdev_error_inject("mt_err", &rule))
-			MT_ERR();
+			UT_MT_ERR();
 		g_hot_victim = "mt_base";
 		g_hot_poller_runs = 0;
 		mt_start_jobs("mt_err", true);
@@ -342,7 +333,7 @@ static void mt_phase_next(void *arg)
 static void mt_init_done(void *arg, int status)
 {
 	if (status)
-		MT_ERR();
+		UT_MT_ERR();
 	mt_phase_next(NULL);
 }
 
@@ -352,31 +343,20 @@ static void mt_start(void *arg)
 	keel_bdev_module_register(&keel_bdev_null_module);
 	keel_bdev_module_register(&keel_bdev_error_module);
 	if (keel_bdev_subsystem_init(mt_init_done, NULL)) {
-		MT_ERR();
+		UT_MT_ERR();
 		keel_reactors_stop();
 	}
 }
 
 static void test_mt(void)
 {
-	struct keel_reactor_opts opts;
 	uint64_t total_ok = 0;
 
-	keel_reactor_opts_init(&opts);
-	opts.cpus = "0-1";
-	opts.no_pin = true;
-	opts.watchdog_ms = 0;
-	opts.mode = KEEL_REACTOR_MODE_ADAPTIVE;
-	if (keel_reactors_init(&opts) != 0) {
-		opts.cpus = "0";
-		CU_ASSERT_EQUAL_FATAL(keel_reactors_init(&opts), 0);
-	}
-	CU_ASSERT_EQUAL(keel_reactors_start(mt_start, NULL), 0);
-	keel_reactors_fini();
-	if (atomic_load(&g_errors))
-		fprintf(stderr, "bdev_mt_ut: %d violations, first at line %d\n", atomic_load(&g_errors),
-			atomic_load(&g_first_err_line));
-	CU_ASSERT_EQUAL(atomic_load(&g_errors), 0);
+	ut_mt_run_reactors(mt_start, NULL);
+	if (atomic_load(&ut_mt_errors))
+		fprintf(stderr, "bdev_mt_ut: %d violations, first at line %d\n",
+			atomic_load(&ut_mt_errors), atomic_load(&ut_mt_first_err_line));
+	CU_ASSERT_EQUAL(atomic_load(&ut_mt_errors), 0);
 	printf("hot remove: %lu submitted, %lu ok, %lu failed\n", (unsigned long)g_hot_total_submitted,
 	       (unsigned long)g_hot_ok, (unsigned long)g_hot_failed);
 	CU_ASSERT_EQUAL(g_phase, 6);

@@ -264,6 +264,17 @@ static void teardown(void)
 	keel_bdev_set_opts(&opts);
 }
 
+/* Shrink the bdev_io pool so requests wait for one (teardown restores the default). */
+static void set_io_pool(uint32_t pool_size, uint32_t cache_size)
+{
+	struct keel_bdev_opts opts;
+
+	keel_bdev_get_opts(&opts);
+	opts.io_pool_size = pool_size;
+	opts.io_cache_size = cache_size;
+	CU_ASSERT_EQUAL(keel_bdev_set_opts(&opts), 0);
+}
+
 /* Register g_disk and open it on thread 0 with a channel. */
 static void open_disk(struct stub_disk *d, struct keel_bdev_desc **desc, struct keel_io_channel **ch)
 {
@@ -676,16 +687,12 @@ static void test_pool_exhaustion(void)
 	struct keel_bdev_desc *desc;
 	struct keel_io_channel *ch;
 	struct stub_disk *d = stub_create("pool", 0, 0, 0);
-	struct keel_bdev_opts opts;
 	struct res r[40];
 	char buf[512];
 	int done = 0;
 
 	setup(1);
-	keel_bdev_get_opts(&opts);
-	opts.io_pool_size = 4;
-	opts.io_cache_size = 2;
-	CU_ASSERT_EQUAL(keel_bdev_set_opts(&opts), 0);
+	set_io_pool(4, 2);
 	d->inline_complete = false;
 	open_disk(d, &desc, &ch);
 	memset(r, 0, sizeof(r));
@@ -712,15 +719,11 @@ static void test_pool_exhaustion_split(void)
 	struct keel_bdev_desc *desc;
 	struct keel_io_channel *ch;
 	struct stub_disk *d = stub_create("pool2", 0, 0, 2);
-	struct keel_bdev_opts opts;
 	struct res r[6];
 	uint8_t *buf = calloc(6, 64 * 512);
 
 	setup(1);
-	keel_bdev_get_opts(&opts);
-	opts.io_pool_size = 2;
-	opts.io_cache_size = 2;
-	CU_ASSERT_EQUAL(keel_bdev_set_opts(&opts), 0);
+	set_io_pool(2, 2);
 	open_disk(d, &desc, &ch);
 	memset(r, 0, sizeof(r));
 	/* Every request needs many chunks but a pool of 2 never deadlocks. */
@@ -831,15 +834,11 @@ static void test_hot_remove(void)
 	struct keel_bdev_desc *desc0, *desc1;
 	struct keel_io_channel *ch0, *ch1;
 	struct stub_disk *d = stub_create("hot", 0, 0, 0);
-	struct keel_bdev_opts opts;
 	struct res r[12];
 	char buf[12][512];
 
 	setup(2);
-	keel_bdev_get_opts(&opts);
-	opts.io_pool_size = 4;
-	opts.io_cache_size = 2;
-	keel_bdev_set_opts(&opts);
+	set_io_pool(4, 2);
 	d->inline_complete = false;
 	memset(r, 0, sizeof(r));
 	g_disk = d;
@@ -938,15 +937,11 @@ static void test_hot_remove_split_and_reset_waiting(void)
 	struct keel_bdev_desc *desc;
 	struct keel_io_channel *ch;
 	struct stub_disk *d = stub_create("hotsplit", 0, 0, 2);
-	struct keel_bdev_opts opts;
 	struct res r[3], rr = {0}, rr2 = {0};
 	uint8_t *buf = calloc(3, 16 * STUB_BS);
 
 	setup(1);
-	keel_bdev_get_opts(&opts);
-	opts.io_pool_size = 2;
-	opts.io_cache_size = 2;
-	keel_bdev_set_opts(&opts);
+	set_io_pool(2, 2);
 	d->inline_complete = false;
 	memset(r, 0, sizeof(r));
 	g_disk = d;

@@ -27,6 +27,7 @@
 #include "keel/nexus.h"
 #include "keel/reactor.h"
 #include "ut_cunit.h"
+#include "ut_mt.h"
 
 #define MB (1024ull * 1024ull)
 #define BS 4096u
@@ -41,16 +42,6 @@
 #define PARTIAL_LIMIT (4 * MB)   /* writers' range while the replica is out */
 #define CMP_CHUNK MB
 #define PHASE_TIMEOUT_NS (60ull * 1000 * 1000 * 1000)
-
-static atomic_int g_errors;
-static atomic_int g_first_err_line;
-
-#define MT_ERR()                                                                           \
-	do {                                                                               \
-		int __zero = 0;                                                            \
-		atomic_fetch_add(&g_errors, 1);                                            \
-		atomic_compare_exchange_strong(&g_first_err_line, &__zero, __LINE__);      \
-	} while (0)
 
 struct wreq {
 	struct writer *w;
@@ -143,13 +134,13 @@ static void writer_done(void *arg, int status)
 	struct writer *w = r->w;
 
 	if (keel_thread_get_current() != w->thread || !r->busy) {
-		MT_ERR();
+		UT_MT_ERR();
 	}
 	r->busy = false;
 	w->inflight--;
 	/* A healthy replica stays throughout: no write may fail. */
 	if (status != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 	}
 	w->ios++;
 	atomic_fetch_add(&g_write_ios, 1);
@@ -191,7 +182,7 @@ static void writer_submit(struct wreq *r)
 	rc = keel_bdev_write(w->desc, w->ch, r->buf, off, len, writer_done, r);
 	if (rc != 0) {
 		/* -ENOMEM would be a retry; the bdev_io pool is sized for far more. */
-		MT_ERR();
+		UT_MT_ERR();
 		r->busy = false;
 		w->inflight--;
 		if (w->inflight == 0) {
@@ -209,14 +200,14 @@ static void writer_start(void *arg)
 	struct writer *w = arg;
 
 	if (keel_bdev_open_ext("mtv", true, writer_event, w, &w->desc) != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 		w->ended = true;
 		atomic_fetch_add(&g_writers_ended, 1);
 		return;
 	}
 	w->ch = keel_bdev_get_io_channel(w->desc);
 	if (w->ch == NULL) {
-		MT_ERR();
+		UT_MT_ERR();
 	}
 	atomic_fetch_add(&g_writers_running, 1);
 	for (int i = 0; i < WQD; i++) {
@@ -250,7 +241,7 @@ static void writers_start(uint64_t limit)
 			w->thread = keel_thread_create(name, (uint32_t)i % keel_reactor_count());
 		}
 		if (w->thread == NULL || keel_thread_send_msg(w->thread, writer_start, w) != 0) {
-			MT_ERR();
+			UT_MT_ERR();
 			atomic_fetch_add(&g_writers_ended, 1);
 		}
 	}
@@ -280,14 +271,14 @@ static void cmp_next(void);
 static void cmp_read_done(void *arg, int status)
 {
 	if (status != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 	}
 	if (--g_cmp.pending > 0) {
 		return;
 	}
 	for (int i = 1; i < g_cmp.nrep; i++) {
 		if (memcmp(g_cmp.buf[0], g_cmp.buf[i], CMP_CHUNK) != 0) {
-			MT_ERR();
+			UT_MT_ERR();
 			if (!g_cmp.mismatch_logged) {
 				g_cmp.mismatch_logged = true;
 				fprintf(stderr, "rebuild_mt_ut: %s and %s differ in the MiB at "
@@ -326,7 +317,7 @@ static void cmp_next(void)
 	for (int i = 0; i < g_cmp.nrep; i++) {
 		if (keel_bdev_read(g_cmp.desc[i], g_cmp.ch[i], g_cmp.buf[i], g_cmp.off, CMP_CHUNK,
 				   cmp_read_done, NULL) != 0) {
-			MT_ERR();
+			UT_MT_ERR();
 			g_cmp.pending--;
 		}
 	}
@@ -347,7 +338,7 @@ static void cmp_start(int nrep)
 		if (keel_bdev_open_ext(g_reps[i], false, writer_event, NULL, &g_cmp.desc[i]) != 0 ||
 		    (g_cmp.ch[i] = keel_bdev_get_io_channel(g_cmp.desc[i])) == NULL ||
 		    (g_cmp.buf[i] = aligned_alloc(4096, CMP_CHUNK)) == NULL) {
-			MT_ERR();
+			UT_MT_ERR();
 			cmp_finish();
 			return;
 		}
@@ -369,7 +360,7 @@ static void op_done(void *cb_arg, int status, const char *errmsg, struct keel_ne
 {
 	if (status != 0) {
 		fprintf(stderr, "rebuild_mt_ut: phase %d: %s\n", g_phase, errmsg ? errmsg : "?");
-		MT_ERR();
+		UT_MT_ERR();
 	}
 	g_op_busy = false;
 }
@@ -399,7 +390,7 @@ static bool rebuilt(const char *target, struct keel_rebuild_stats *st, bool *see
 	bool healthy = false;
 
 	if (n == NULL) {
-		MT_ERR();
+		UT_MT_ERR();
 		return true;
 	}
 	keel_rebuild_list("mtv", find_job_fn, &f);
@@ -408,14 +399,14 @@ static bool rebuilt(const char *target, struct keel_rebuild_stats *st, bool *see
 				f.st.state == KEEL_REBUILD_STOPPED)) {
 			fprintf(stderr, "rebuild_mt_ut: rebuild of %s ended %s: %s\n", target,
 				keel_rebuild_state_name(f.st.state), f.st.error);
-			MT_ERR();
+			UT_MT_ERR();
 			return true;
 		}
 		return false;
 	}
 	info = calloc(1, sizeof(*info));
 	if (info == NULL) {
-		MT_ERR();
+		UT_MT_ERR();
 		return true;
 	}
 	keel_nexus_get_info(n, info);
@@ -448,7 +439,7 @@ static int main_poll(void *arg)
 	}
 	if (g_phase != P_DONE && keel_now_ns() - g_phase_start > PHASE_TIMEOUT_NS) {
 		fprintf(stderr, "rebuild_mt_ut: phase %d timed out\n", g_phase);
-		MT_ERR();
+		UT_MT_ERR();
 		atomic_store(&g_stop_writers, true);
 		if (atomic_load(&g_writers_ended) < NWRITERS && g_phase != P_DESTROY) {
 			return KEEL_POLLER_IDLE;
@@ -462,7 +453,7 @@ static int main_poll(void *arg)
 			g_ios_mark = atomic_load(&g_write_ios);
 			g_op_busy = true;
 			if (keel_nexus_add_replica("mtv", "mt_r2", false, op_done, NULL) != 0) {
-				MT_ERR();
+				UT_MT_ERR();
 				g_op_busy = false;
 			}
 			set_phase(P_FULL_REBUILDING);
@@ -490,7 +481,7 @@ static int main_poll(void *arg)
 		 * so what is set later was written while the replica was out. */
 		n = keel_nexus_get_by_name("mtv");
 		if (n == NULL || keel_nexus_bitmap_info(n, &rs, &nbits, &set, &ec) != 0) {
-			MT_ERR();
+			UT_MT_ERR();
 			set_phase(P_DESTROY);
 			break;
 		}
@@ -509,7 +500,7 @@ static int main_poll(void *arg)
 		    atomic_load(&g_write_ios) > g_ios_mark + 1000) {
 			g_op_busy = true;
 			if (keel_nexus_fault_replica("mtv", "mt_r1", op_done, NULL) != 0) {
-				MT_ERR();
+				UT_MT_ERR();
 				g_op_busy = false;
 			}
 			g_ios_mark = atomic_load(&g_write_ios);
@@ -521,7 +512,7 @@ static int main_poll(void *arg)
 		if (atomic_load(&g_write_ios) > g_ios_mark + 2000) {
 			g_op_busy = true;
 			if (keel_nexus_add_replica("mtv", "mt_r1", false, op_done, NULL) != 0) {
-				MT_ERR();
+				UT_MT_ERR();
 				g_op_busy = false;
 			}
 			set_phase(P_PART_ADDING);
@@ -555,7 +546,7 @@ static int main_poll(void *arg)
 		g_op_busy = true;
 		set_phase(P_DONE);
 		if (keel_nexus_destroy("mtv", false, op_done, NULL) != 0) {
-			MT_ERR();
+			UT_MT_ERR();
 			g_op_busy = false;
 		}
 		break;
@@ -573,7 +564,7 @@ static void created(void *cb_arg, int status, const char *errmsg, struct keel_ne
 {
 	if (status != 0) {
 		fprintf(stderr, "rebuild_mt_ut: create: %s\n", errmsg ? errmsg : "?");
-		MT_ERR();
+		UT_MT_ERR();
 		set_phase(P_DONE);
 		return;
 	}
@@ -590,7 +581,7 @@ static void init_done(void *arg, int status)
 	struct keel_bdev *b;
 
 	if (status != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 		keel_reactors_stop();
 		return;
 	}
@@ -603,17 +594,17 @@ static void init_done(void *arg, int status)
 	ro.bitmap_region_size = REGION;
 	ro.bitmap_clear_ms = 100;
 	if (keel_rebuild_set_opts(&ro) != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 	}
 	for (int i = 0; i < 3; i++) {
 		if (keel_bdev_malloc_create(g_reps[i], NULL, REP_BLOCKS, BS, &b) != 0) {
-			MT_ERR();
+			UT_MT_ERR();
 		}
 	}
 	g_main_poller = keel_poller_register(main_poll, NULL, 1000, "rebuild_mt_main");
 	set_phase(P_INIT);
 	if (g_main_poller == NULL || keel_nexus_create(&o, created, NULL) != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 		set_phase(P_DONE);
 	}
 }
@@ -623,29 +614,17 @@ static void mt_start(void *arg)
 	keel_bdev_module_register(&keel_bdev_malloc_module);
 	keel_bdev_module_register(&keel_bdev_nexus_module);
 	if (keel_bdev_subsystem_init(init_done, NULL) != 0) {
-		MT_ERR();
+		UT_MT_ERR();
 		keel_reactors_stop();
 	}
 }
 
 static void test_rebuild_mt(void)
 {
-	struct keel_reactor_opts opts;
-
-	keel_reactor_opts_init(&opts);
-	opts.cpus = "0-1";
-	opts.no_pin = true;
-	opts.watchdog_ms = 0;
-	opts.mode = KEEL_REACTOR_MODE_ADAPTIVE;
-	if (keel_reactors_init(&opts) != 0) {
-		opts.cpus = "0";
-		CU_ASSERT_EQUAL_FATAL(keel_reactors_init(&opts), 0);
-	}
-	CU_ASSERT_EQUAL(keel_reactors_start(mt_start, NULL), 0);
-	keel_reactors_fini();
-	if (atomic_load(&g_errors) != 0) {
+	ut_mt_run_reactors(mt_start, NULL);
+	if (atomic_load(&ut_mt_errors) != 0) {
 		fprintf(stderr, "rebuild_mt_ut: %d violations, first at line %d\n",
-			atomic_load(&g_errors), atomic_load(&g_first_err_line));
+			atomic_load(&ut_mt_errors), atomic_load(&ut_mt_first_err_line));
 	}
 	printf("\nfull rebuild: %lu blocks in %lu ms (%.0f MiB/s), %lu writes during it\n",
 	       (unsigned long)g_full_st.blocks_transferred, (unsigned long)g_full_st.duration_ms,
@@ -654,7 +633,7 @@ static void test_rebuild_mt(void)
 	       (unsigned long)g_part_st.blocks_transferred, (unsigned long)(VOL_SIZE / BS),
 	       (unsigned long)g_part_st.blocks_total, (unsigned long)g_part_st.duration_ms,
 	       (unsigned long)g_ios_during_rebuild[1]);
-	CU_ASSERT_EQUAL(atomic_load(&g_errors), 0);
+	CU_ASSERT_EQUAL(atomic_load(&ut_mt_errors), 0);
 	CU_ASSERT_EQUAL(g_phase, P_DONE);
 	/* Full rebuild: copied everything, under load. */
 	CU_ASSERT(g_full_seen);

@@ -21,348 +21,24 @@
 #include "keel/reactor.h"
 
 #include "bdev/nexus/nexus_label.h"
+#include "nexus_ut_common.h"
 #include "ut_cunit.h"
 #include "ut_threads.h"
-
-#define MB (1024ull * 1024ull)
-#define BS 512u
-#define REPLICA_BLOCKS ((8 * MB) / BS)
-#define DATA_OFF KEEL_NEXUS_DATA_OFFSET
-
-/* ------------------------------------------------------------------------------ */
-/* Helpers                                                                         */
-/* ------------------------------------------------------------------------------ */
-
-struct op_res {
-	bool done;
-	int status;
-	char msg[1024];
-	struct keel_nexus *nexus;
-};
-
-static void op_cb(void *arg, int status, const char *errmsg, struct keel_nexus *nexus)
-{
-	struct op_res *r = arg;
-
-	CU_ASSERT(!r->done); /* exactly once */
-	r->done = true;
-	r->status = status;
-	r->nexus = nexus;
-	snprintf(r->msg, sizeof(r->msg), "%s", errmsg ? errmsg : "");
-	if (status == 0) {
-		CU_ASSERT(errmsg == NULL);
-	} else {
-		CU_ASSERT(errmsg != NULL && errmsg[0] != '\0');
-	}
-}
-
-static void done_cb(void *arg, int status)
-{
-	struct op_res *r = arg;
-
-	r->done = true;
-	r->status = status;
-}
-
-static int wait_res(struct op_res *r)
-{
-	for (int i = 0; i < 1000 && !r->done; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
-	CU_ASSERT_FATAL(r->done);
-	return r->status;
-}
-
-static bool g_setup_ok;
-
-static void setup(uint32_t nthreads)
-{
-	struct op_res r = {0};
-
-	g_setup_ok = false;
-	CU_ASSERT_FATAL(ut_threads_init(nthreads) == 0);
-	ut_set_thread(0);
-	CU_ASSERT_FATAL(keel_bdev_subsystem_init(done_cb, &r) == 0);
-	CU_ASSERT_FATAL(wait_res(&r) == 0);
-	g_setup_ok = true;
-}
-
-static void teardown(void)
-{
-	struct op_res r = {0};
-
-	ut_set_thread(0);
-	keel_bdev_subsystem_fini(done_cb, &r);
-	wait_res(&r);
-	ut_threads_fini();
-}
-
-static void mk_malloc(const char *name, uint64_t blocks, uint32_t bs)
-{
-	struct keel_bdev *b;
-
-	CU_ASSERT_FATAL(keel_bdev_malloc_create(name, NULL, blocks, bs, &b) == 0);
-}
-
-static void mk_err(const char *name, const char *base)
-{
-	struct keel_bdev *b;
-
-	CU_ASSERT_FATAL(keel_bdev_error_create(name, base, &b) == 0);
-}
-
-static void ev_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
-{
-}
-
-static int create_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-		      struct op_res *r)
-{
-	struct keel_nexus_create_opts o = {
-		.name = name, .replicas = reps, .num_replicas = n, .force = force,
-	};
-	int rc;
-
-	memset(r, 0, sizeof(*r));
-	ut_set_thread(0);
-	rc = keel_nexus_create(&o, op_cb, r);
-	if (rc != 0) {
-		return rc;
-	}
-	CU_ASSERT(!r->done); /* never inside the call */
-	return wait_res(r);
-}
-
-static int open_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-		    struct op_res *r)
-{
-	struct keel_nexus_open_opts o = {
-		.name = name, .replicas = reps, .num_replicas = n, .force = force,
-	};
-	int rc;
-
-	memset(r, 0, sizeof(*r));
-	ut_set_thread(0);
-	rc = keel_nexus_open(&o, op_cb, r);
-	if (rc != 0) {
-		return rc;
-	}
-	CU_ASSERT(!r->done);
-	return wait_res(r);
-}
-
-static int destroy_vol(const char *name, bool wipe)
-{
-	struct op_res r = {0};
-	int rc;
-
-	ut_set_thread(0);
-	rc = keel_nexus_destroy(name, wipe, op_cb, &r);
-	if (rc != 0) {
-		return rc;
-	}
-	return wait_res(&r);
-}
-
-static int member_call(int (*fn)(const char *, const char *, keel_nexus_op_cb, void *),
-		       const char *vol, const char *rep, struct op_res *r)
-{
-	int rc;
-
-	memset(r, 0, sizeof(*r));
-	ut_set_thread(0);
-	rc = fn(vol, rep, op_cb, r);
-	if (rc != 0) {
-		return rc;
-	}
-	return wait_res(r);
-}
-
-static struct keel_nexus_info g_info;
-
-static struct keel_nexus_info *info_of(const char *vol)
-{
-	struct keel_nexus *n;
-
-	ut_set_thread(0);
-	n = keel_nexus_get_by_name(vol);
-	CU_ASSERT_FATAL(n != NULL);
-	keel_nexus_get_info(n, &g_info);
-	return &g_info;
-}
-
-static const struct keel_nexus_replica_info *rep_info(struct keel_nexus_info *info,
-						      const char *bdev)
-{
-	for (uint32_t i = 0; i < info->num_replicas; i++) {
-		if (strcmp(info->replicas[i].bdev_name, bdev) == 0) {
-			return &info->replicas[i];
-		}
-	}
-	return NULL;
-}
-
-/* A user of the volume: a descriptor and one channel per harness thread. */
-struct vol_user {
-	struct keel_bdev_desc *desc;
-	struct keel_io_channel *ch[4];
-	uint32_t nthreads;
-};
-
-static void user_open(struct vol_user *u, const char *name, uint32_t nthreads)
-{
-	memset(u, 0, sizeof(*u));
-	ut_set_thread(0);
-	CU_ASSERT_FATAL(keel_bdev_open_ext(name, true, ev_cb, NULL, &u->desc) == 0);
-	u->nthreads = nthreads;
-	for (uint32_t i = 0; i < nthreads; i++) {
-		ut_set_thread(i);
-		u->ch[i] = keel_bdev_get_io_channel(u->desc);
-		CU_ASSERT_FATAL(u->ch[i] != NULL);
-	}
-	ut_set_thread(0);
-}
-
-static void user_close(struct vol_user *u)
-{
-	for (uint32_t i = 0; i < u->nthreads; i++) {
-		ut_set_thread(i);
-		keel_put_io_channel(u->ch[i]);
-	}
-	ut_poll_threads();
-	ut_set_thread(0);
-	keel_bdev_close(u->desc);
-	ut_poll_threads();
-}
-
-struct io_res {
-	int done;
-	int status;
-};
-
-static void io_cb(void *arg, int status)
-{
-	struct io_res *r = arg;
-
-	r->done++;
-	r->status = status;
-}
-
-static int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
-		  uint64_t off, uint64_t len, struct io_res *r)
-{
-	ut_set_thread(t);
-	switch (type) {
-	case KEEL_BDEV_IO_READ:
-		return keel_bdev_read(u->desc, u->ch[t], buf, off, len, io_cb, r);
-	case KEEL_BDEV_IO_WRITE:
-		return keel_bdev_write(u->desc, u->ch[t], buf, off, len, io_cb, r);
-	case KEEL_BDEV_IO_FLUSH:
-		return keel_bdev_flush(u->desc, u->ch[t], off, len, io_cb, r);
-	case KEEL_BDEV_IO_UNMAP:
-		return keel_bdev_unmap(u->desc, u->ch[t], off, len, io_cb, r);
-	case KEEL_BDEV_IO_WRITE_ZEROES:
-		return keel_bdev_write_zeroes(u->desc, u->ch[t], off, len, io_cb, r);
-	default:
-		return -EINVAL;
-	}
-}
-
-static int do_io(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
-		 uint64_t off, uint64_t len)
-{
-	struct io_res r = {0};
-	int rc = submit(u, t, type, buf, off, len, &r);
-
-	CU_ASSERT_FATAL(rc == 0);
-	for (int i = 0; i < 1000 && !r.done; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
-	CU_ASSERT_FATAL(r.done == 1);
-	ut_set_thread(0);
-	return r.status;
-}
-
-/* Read or write a bdev directly (read-only open works on claimed bdevs). */
-static int raw_io(const char *bdev, bool write, void *buf, uint64_t off, uint64_t len)
-{
-	struct keel_bdev_desc *d;
-	struct keel_io_channel *ch;
-	struct io_res r = {0};
-	int rc;
-
-	ut_set_thread(0);
-	rc = keel_bdev_open_ext(bdev, write, ev_cb, NULL, &d);
-	if (rc != 0) {
-		return rc;
-	}
-	ch = keel_bdev_get_io_channel(d);
-	CU_ASSERT_FATAL(ch != NULL);
-	rc = write ? keel_bdev_write(d, ch, buf, off, len, io_cb, &r) :
-		     keel_bdev_read(d, ch, buf, off, len, io_cb, &r);
-	CU_ASSERT_FATAL(rc == 0);
-	while (!r.done) {
-		ut_poll_threads();
-	}
-	ut_set_thread(0);
-	keel_put_io_channel(ch);
-	ut_poll_threads();
-	keel_bdev_close(d);
-	ut_poll_threads();
-	return r.status;
-}
-
-static void *abuf(size_t len)
-{
-	void *p = aligned_alloc(4096, (len + 4095) / 4096 * 4096);
-
-	CU_ASSERT_FATAL(p != NULL);
-	return p;
-}
-
-static void fill(void *buf, size_t len, uint32_t seed)
-{
-	uint32_t *p = buf;
-
-	for (size_t i = 0; i < len / 4; i++) {
-		p[i] = seed * 2654435761u + (uint32_t)i;
-	}
-}
-
-/* Read the label a replica holds (the picked copy). \return decode result. */
-static int read_label(const char *bdev, struct nexus_label *l)
-{
-	uint8_t *b0 = abuf(NEXUS_LABEL_SIZE), *b1 = abuf(NEXUS_LABEL_SIZE);
-	struct nexus_label l0, l1;
-	int rc0, rc1, which, rc;
-
-	CU_ASSERT_FATAL(raw_io(bdev, false, b0, NEXUS_LABEL_COPY0_OFFSET, NEXUS_LABEL_SIZE) == 0);
-	CU_ASSERT_FATAL(raw_io(bdev, false, b1, NEXUS_LABEL_COPY1_OFFSET, NEXUS_LABEL_SIZE) == 0);
-	rc0 = nexus_label_decode(b0, &l0, NULL, 0);
-	rc1 = nexus_label_decode(b1, &l1, NULL, 0);
-	rc = nexus_label_pick(rc0, &l0, rc1, &l1, &which);
-	if (rc == 0) {
-		*l = which ? l1 : l0;
-	}
-	free(b0);
-	free(b1);
-	return rc;
-}
-
-static void inject(const char *err_bdev, enum keel_bdev_io_type type, int error)
-{
-	struct keel_bdev_error_rule rule = {.io_type = type, .count = 0, .error = error};
-
-	CU_ASSERT_FATAL(keel_bdev_error_inject(err_bdev, &rule) == 0);
-}
 
 /* ------------------------------------------------------------------------------ */
 /* Rebuild helpers                                                                 */
 /* ------------------------------------------------------------------------------ */
 
 #define VOL_BYTES (REPLICA_BLOCKS * BS - DATA_OFF)
+
+/* Let \p ms of mock time pass in 1 ms steps, every thread polled after each. */
+static void run_ms(uint32_t ms)
+{
+	for (uint32_t i = 0; i < ms; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+}
 
 static struct keel_rebuild_stats g_st;
 static bool g_st_found;
@@ -402,10 +78,7 @@ static void poll_until(const char *vol, const char *target, enum keel_rebuild_st
 	}
 	CU_ASSERT_FATAL(job_state_is(vol, target, st));
 	/* let the completion step (labels) run */
-	for (int i = 0; i < 50; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	run_ms(50);
 }
 
 /* Compare the data areas of two replicas; \return number of differing 4 KiB blocks. */
@@ -572,18 +245,12 @@ static void test_control(void)
 	}
 	CU_ASSERT(r.status == 0);
 	CU_ASSERT(keel_rebuild_pause("vol", "m1") == 0);
-	for (int i = 0; i < 100; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	run_ms(100);
 	CU_ASSERT(job_state_is("vol", "m1", KEEL_REBUILD_PAUSED));
 	done = stats_of("vol", "m1")->blocks_done;
 	CU_ASSERT(done < VOL_BYTES / BS);
 	CU_ASSERT(stats_of("vol", "m1")->tasks_active == 0);
-	for (int i = 0; i < 100; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	run_ms(100);
 	CU_ASSERT(stats_of("vol", "m1")->blocks_done == done); /* paused: no progress */
 	CU_ASSERT(keel_rebuild_resume("vol", "m1") == 0);
 	CU_ASSERT(keel_rebuild_resume("vol", "m1") == -EINVAL);
@@ -619,11 +286,7 @@ static void test_rate_limit(void)
 	mk_malloc("m1", REPLICA_BLOCKS, BS);
 	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
 	CU_ASSERT(add_rep("vol", "m1") == 0);
-	/* 2 s of mock time in 1 ms steps */
-	for (int i = 0; i < 2000; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	run_ms(2000); /* 2 s of mock time */
 	bytes = stats_of("vol", "m1")->blocks_done * BS;
 	fprintf(stderr, "rate limit 1 MiB/s: %.2f MiB in 2 s\n", (double)bytes / MB);
 	CU_ASSERT(bytes >= MB && bytes <= 3 * MB);
@@ -711,10 +374,35 @@ static void test_target_failure(void)
 	teardown();
 }
 
+/*
+ * Start of the bitmap tests: 2 harness threads, 1 MiB regions cleared after 10 ms
+ * quiet, volume "vol" mirrored on fresh m0 and m1 and opened by \p u on both threads,
+ * written in full with pattern \p seed, then quiet until every bit is clear.
+ * \return the buffer written (VOL_BYTES bytes; free it).
+ */
+static uint8_t *clean_mirror_start(struct vol_user *u, uint32_t seed)
+{
+	const char *reps[] = {"m0", "m1"};
+	struct op_res r;
+	uint8_t *buf;
+
+	setup(2);
+	set_opts(128 * 1024, 8, true, 1 * MB, 10);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(u, "vol", 2);
+	buf = abuf(VOL_BYTES);
+	fill(buf, VOL_BYTES, seed);
+	CU_ASSERT(do_io(u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
+	/* lazy clear: quiet for two periods clears every bit */
+	run_ms(100);
+	return buf;
+}
+
 /* Write to a few regions while m1 is out, re-add it: only those are copied. */
 static void test_partial_rebuild(void)
 {
-	const char *reps[] = {"m0", "m1"};
 	struct op_res r;
 	struct vol_user u;
 	struct keel_rebuild_stats *st;
@@ -722,20 +410,7 @@ static void test_partial_rebuild(void)
 	uint64_t rs, ec;
 	uint32_t nbits, set;
 
-	setup(2);
-	set_opts(128 * 1024, 8, true, 1 * MB, 10);
-	mk_malloc("m0", REPLICA_BLOCKS, BS);
-	mk_malloc("m1", REPLICA_BLOCKS, BS);
-	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
-	user_open(&u, "vol", 2);
-	buf = abuf(VOL_BYTES);
-	fill(buf, VOL_BYTES, 5);
-	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
-	/* lazy clear: quiet for two periods clears every bit */
-	for (int i = 0; i < 100; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	buf = clean_mirror_start(&u, 5);
 	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
 	CU_ASSERT(rs == MB && set == 0);
 	CU_ASSERT(member_call(keel_nexus_fault_replica, "vol", "m1", &r) == 0);
@@ -743,10 +418,7 @@ static void test_partial_rebuild(void)
 	fill(buf, 8192, 11);
 	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 2 * MB + 4096, 8192) == 0);
 	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 5 * MB, 4096) == 0);
-	for (int i = 0; i < 100; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	run_ms(100);
 	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
 	CU_ASSERT(set == 2); /* degraded: never cleared */
 	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) > 0);
@@ -778,19 +450,7 @@ static void test_bitmap_persisted(void)
 	uint64_t rs, ec;
 	uint32_t nbits, set;
 
-	setup(2);
-	set_opts(128 * 1024, 8, true, 1 * MB, 10);
-	mk_malloc("m0", REPLICA_BLOCKS, BS);
-	mk_malloc("m1", REPLICA_BLOCKS, BS);
-	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
-	user_open(&u, "vol", 2);
-	buf = abuf(VOL_BYTES);
-	fill(buf, VOL_BYTES, 9);
-	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 0, VOL_BYTES) == 0);
-	for (int i = 0; i < 100; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	buf = clean_mirror_start(&u, 9);
 	CU_ASSERT(member_call(keel_nexus_fault_replica, "vol", "m1", &r) == 0);
 	fill(buf, 4096, 12);
 	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 3 * MB, 4096) == 0);
@@ -954,10 +614,7 @@ static void test_bitmap_clear_race(void)
 	CU_ASSERT(io[0].done == 1 && io[0].status == 0);
 	CU_ASSERT(bits_set_of("vol") == 1);
 	/* Quiet from now on: cleared within two periods. */
-	for (int i = 0; i < 100; i++) {
-		ut_time_advance_us(1000);
-		ut_poll_threads();
-	}
+	run_ms(100);
 	CU_ASSERT(bits_set_of("vol") == 0);
 	user_close(&u);
 	CU_ASSERT(destroy_vol("vol", false) == 0);
@@ -981,11 +638,6 @@ static const struct ut_test g_tests[] = {
 
 int main(void)
 {
-	keel_bdev_module_register(&keel_bdev_malloc_module);
-	keel_bdev_module_register(&keel_bdev_error_module);
-	keel_bdev_module_register(&keel_bdev_nexus_module);
-	if (getenv("NEXUS_UT_DEBUG") == NULL) {
-		keel_log_set_level(KEEL_LOG_ERROR + 0);
-	}
+	nexus_ut_init();
 	return ut_cunit_run("rebuild", g_tests);
 }
