@@ -8,12 +8,10 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #include "reactor_internal.h"
 
 #define BLOCKING_DEFAULT_THREADS 2
-#define BLOCKING_RETRY_US 50
 
 struct blocking_job {
 	keel_blocking_fn fn;
@@ -51,7 +49,6 @@ static void *blocking_worker(void *arg)
 	pthread_mutex_lock(&g_blk_lock);
 	for (;;) {
 		struct blocking_job *job;
-		int rc;
 
 		while (!g_blk_stopping && TAILQ_EMPTY(&g_blk_queue)) {
 			pthread_cond_wait(&g_blk_cond, &g_blk_lock);
@@ -64,11 +61,8 @@ static void *blocking_worker(void *arg)
 		pthread_mutex_unlock(&g_blk_lock);
 
 		job->rc = job->fn(job->arg);
-		/* Never drop a completion: a full ring is back-pressure, wait it out. */
-		while ((rc = keel_thread_send_msg(job->thread, blocking_done, job)) == -ENOMEM) {
-			usleep(BLOCKING_RETRY_US);
-		}
-		if (rc != 0) {
+		/* A full ring is back-pressure, waited out; only a destroyed thread drops it. */
+		if (thread_send_reliable(job->thread, blocking_done, job) != 0) {
 			KEEL_ERRLOG("blocking job: thread %s is gone, completion dropped",
 				    job->thread->name);
 			free(job);

@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -558,6 +559,66 @@ static void test_blocking_lazy_pool(void)
 	ut_threads_fini();
 }
 
+/*
+ * A thread force-destroyed after the exit grace while its blocking job still runs:
+ * the worker's completion finds the thread gone. It must be dropped with an error
+ * naming the thread (never run, never crash), and the job must not leak (ASan).
+ */
+static atomic_bool g_blk_release;
+static atomic_int g_blk_errs;
+static char g_blk_err[256];
+
+static int blk_gated_fn(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&g_blk_release)) {
+		usleep(100);
+	}
+	return 0;
+}
+
+static void blk_err_hook(enum keel_log_level level, const char *line, void *ctx)
+{
+	(void)ctx;
+	if (level == KEEL_LOG_ERROR && strstr(line, "blocking job") != NULL) {
+		snprintf(g_blk_err, sizeof(g_blk_err), "%s", line);
+		atomic_fetch_add(&g_blk_errs, 1);
+	}
+}
+
+static void test_blocking_thread_destroyed(void)
+{
+	struct blk_ctx ctx = {.caller = pthread_self()};
+
+	CU_ASSERT_EQUAL_FATAL(ut_threads_init(2), 0);
+	atomic_store(&g_blk_release, false);
+	atomic_store(&g_blk_errs, 0);
+	g_warns = 0;
+	keel_log_set_hook(warn_hook, NULL);
+	ut_set_thread(1);
+	CU_ASSERT_EQUAL(keel_spawn_blocking(blk_gated_fn, NULL, blk_done, &ctx), 0);
+	keel_thread_exit(ut_thread(1));
+	ut_poll_threads();
+	CU_ASSERT_PTR_NOT_NULL(ut_thread(1)); /* waits for its job within the grace */
+	ut_time_advance_us(THREAD_EXIT_GRACE_NS / 1000 + 1000);
+	ut_poll_threads();
+	CU_ASSERT_PTR_NULL(ut_thread(1));
+	CU_ASSERT_EQUAL(g_warns, 1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(g_warn, "blocking jobs 1"));
+
+	keel_log_set_hook(blk_err_hook, NULL);
+	atomic_store(&g_blk_release, true);
+	for (int i = 0; i < 5000 && atomic_load(&g_blk_errs) == 0; i++) {
+		usleep(1000);
+	}
+	keel_log_set_hook(NULL, NULL);
+	CU_ASSERT_EQUAL(atomic_load(&g_blk_errs), 1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(g_blk_err, "ut_thread_1"));
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(ctx.done, 0);
+	ut_threads_fini();
+}
+
 int main(void)
 {
 	static const struct ut_test tests[] = {
@@ -575,6 +636,7 @@ int main(void)
 		{"thread_exit_leak_warns", test_thread_exit_leak_warns},
 		{"for_each_thread", test_for_each_thread},
 		{"blocking_lazy_pool", test_blocking_lazy_pool},
+		{"blocking_thread_destroyed", test_blocking_thread_destroyed},
 		{NULL, NULL},
 	};
 
