@@ -584,12 +584,6 @@ int keel_reactors_init(const struct keel_reactor_opts *user_opts)
 	if ((unsigned)g_opts.mode > KEEL_REACTOR_MODE_INTERRUPT) {
 		return -EINVAL;
 	}
-	if (g_opts.msg_ring_size == 0) {
-		g_opts.msg_ring_size = THREAD_DEFAULT_RING_SIZE;
-	}
-	if ((g_opts.msg_ring_size & (g_opts.msg_ring_size - 1)) != 0 || g_opts.msg_ring_size < 2) {
-		return -EINVAL;
-	}
 	cpus = calloc(REACTOR_MAX, sizeof(*cpus));
 	if (cpus == NULL) {
 		return -ENOMEM;
@@ -633,7 +627,7 @@ int keel_reactors_init(const struct keel_reactor_opts *user_opts)
 	if (g_opts.watchdog_ms != 0) {
 		rc = watchdog_start(g_opts.watchdog_ms);
 		if (rc != 0) {
-			goto out_stop_pool;
+			goto out_free_reactors;
 		}
 	}
 	free(cpus);
@@ -641,8 +635,6 @@ int keel_reactors_init(const struct keel_reactor_opts *user_opts)
 	g_reactors_started = false;
 	return 0;
 
-out_stop_pool:
-	blocking_pool_stop();
 out_free_reactors:
 	reactors_free_all();
 out_fini_lib:
@@ -745,8 +737,7 @@ void keel_reactors_fini(void)
 		return;
 	}
 	watchdog_stop();
-	blocking_pool_stop();
-	keel_thread_lib_fini();
+	keel_thread_lib_fini(); /* stops the blocking pool first */
 	reactors_free_all();
 	g_reactors_init = false;
 	g_reactors_started = false;

@@ -99,11 +99,9 @@ static void *watchdog_main(void *arg)
 	reported = calloc(count ? count : 1, sizeof(*reported));
 	pthread_mutex_lock(&g_wd_lock);
 	while (!g_wd_stop) {
+		uint64_t deadline = clock_monotonic_ns() + period_ns;
 		struct timespec ts;
-		uint64_t deadline;
 
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		deadline = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec + period_ns;
 		ts.tv_sec = (time_t)(deadline / 1000000000ULL);
 		ts.tv_nsec = (long)(deadline % 1000000000ULL);
 		pthread_cond_timedwait(&g_wd_cond, &g_wd_lock, &ts);
