@@ -310,6 +310,7 @@ struct wake_ctx {
 	bool msg_ok;
 	bool slept_before_timer;
 	int timer_runs_seen;
+	uint64_t timer_window_ms;
 	uint64_t wakeups_timer;
 	bool slept_before_fd;
 	bool fd_ok;
@@ -420,6 +421,7 @@ static int wake_driver(void *arg)
 		}
 		if (waited >= 300) {
 			ctx->timer_runs_seen = atomic_load(&ctx->timer_runs);
+			ctx->timer_window_ms = waited;
 			ctx->wakeups_timer = reactor1_wakeups() - ctx->wakeups_timer;
 			keel_thread_send_msg(ctx->t1, wake_t1_stop_timer_start_fd, ctx);
 			ctx->phase = 3;
@@ -474,8 +476,13 @@ static void wake_mode(enum keel_reactor_mode mode)
 	CU_ASSERT_TRUE(ctx.slept_before_msg);
 	CU_ASSERT_TRUE(ctx.msg_ok);
 	CU_ASSERT_TRUE(ctx.slept_before_timer);
-	/* 300 ms of a 20 ms timer: ~15 runs; wide bounds for loaded machines. */
-	CU_ASSERT_TRUE(ctx.timer_runs_seen >= 5 && ctx.timer_runs_seen <= 20);
+	/*
+	 * >= 300 ms of a 20 ms timer: ~15 runs. The window is what the 5 ms driver
+	 * poller measured, which a loaded machine stretches, so the upper bound (no
+	 * runaway timer) follows the real window rather than the nominal 300 ms.
+	 */
+	CU_ASSERT_TRUE(ctx.timer_runs_seen >= 5);
+	CU_ASSERT_TRUE((uint64_t)ctx.timer_runs_seen <= ctx.timer_window_ms / 20 + 5);
 	CU_ASSERT_TRUE(ctx.wakeups_timer >= 5);
 	CU_ASSERT_TRUE(ctx.slept_before_fd);
 	CU_ASSERT_TRUE(ctx.fd_ok);
