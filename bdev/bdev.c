@@ -1238,6 +1238,49 @@ out:
 	ch->in_submit--;
 }
 
+/* Start a validated request, or park it FIFO when the pool is dry or others wait. */
+static inline int bdev_start_or_wait(struct bdev_channel *ch, struct keel_bdev_desc *desc,
+				     enum keel_bdev_io_type type, struct iovec *iovs, int iovcnt,
+				     void *buf, uint64_t iov_bytes, uint64_t offset_blocks,
+				     uint64_t num_blocks, uint32_t flags, keel_bdev_io_cb cb_fn,
+				     void *cb_arg)
+{
+	struct bdev_wait *w;
+	void *obj;
+
+	assert(keel_thread_get_current() == ch->thread);
+	if (bdev_likely(TAILQ_EMPTY(&ch->waitq))) {
+		obj = keel_mempool_cache_get(ch->cache);
+		if (bdev_likely(obj != NULL)) {
+			bdev_io_start(ch, obj, desc, type, iovs, iovcnt, buf, iov_bytes,
+				      offset_blocks, num_blocks, flags, cb_fn, cb_arg);
+			return 0;
+		}
+	}
+	w = bdev_wait_get(ch);
+	if (!w)
+		return -ENOMEM;
+	w->desc = desc;
+	w->type = type;
+	if (buf) {
+		w->flat.iov_base = buf;
+		w->flat.iov_len = num_blocks << desc->bdev->internal->block_shift;
+		w->iovs = &w->flat;
+		w->iovcnt = 1;
+	} else {
+		w->iovs = iovs;
+		w->iovcnt = iovcnt;
+	}
+	w->iov_bytes = iov_bytes;
+	w->offset_blocks = offset_blocks;
+	w->num_blocks = num_blocks;
+	w->flags = flags;
+	w->cb_fn = cb_fn;
+	w->cb_arg = cb_arg;
+	TAILQ_INSERT_TAIL(&ch->waitq, w, link);
+	return 0;
+}
+
 static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,
 			      enum keel_bdev_io_type type, struct iovec *iovs, int iovcnt,
 			      void *buf, uint64_t offset, uint64_t nbytes, uint32_t flags,
@@ -1245,10 +1288,7 @@ static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channe
 {
 	struct keel_bdev *bdev;
 	struct keel_bdev_internal *bi;
-	struct bdev_channel *ch;
-	struct bdev_wait *w;
 	uint64_t offset_blocks, num_blocks, total, iov_bytes;
-	void *obj;
 
 	if (bdev_unlikely(!desc || !ioch || !cb_fn))
 		return -EINVAL;
@@ -1288,39 +1328,8 @@ static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channe
 		}
 	}
 
-	ch = bdev_ch(ioch);
-	assert(keel_thread_get_current() == ch->thread);
-	if (bdev_likely(TAILQ_EMPTY(&ch->waitq))) {
-		obj = keel_mempool_cache_get(ch->cache);
-		if (bdev_likely(obj != NULL)) {
-			bdev_io_start(ch, obj, desc, type, iovs, iovcnt, buf, iov_bytes,
-				      offset_blocks, num_blocks, flags, cb_fn, cb_arg);
-			return 0;
-		}
-	}
-	/* Pool dry (or others already wait): park the request, FIFO. */
-	w = bdev_wait_get(ch);
-	if (!w)
-		return -ENOMEM;
-	w->desc = desc;
-	w->type = type;
-	if (buf) {
-		w->flat.iov_base = buf;
-		w->flat.iov_len = nbytes;
-		w->iovs = &w->flat;
-		w->iovcnt = 1;
-	} else {
-		w->iovs = iovs;
-		w->iovcnt = iovcnt;
-	}
-	w->iov_bytes = iov_bytes;
-	w->offset_blocks = offset_blocks;
-	w->num_blocks = num_blocks;
-	w->flags = flags;
-	w->cb_fn = cb_fn;
-	w->cb_arg = cb_arg;
-	TAILQ_INSERT_TAIL(&ch->waitq, w, link);
-	return 0;
+	return bdev_start_or_wait(bdev_ch(ioch), desc, type, iovs, iovcnt, buf, iov_bytes,
+				  offset_blocks, num_blocks, flags, cb_fn, cb_arg);
 }
 
 int keel_bdev_read(struct keel_bdev_desc *desc, struct keel_io_channel *ch, void *buf,
@@ -1381,33 +1390,12 @@ int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *
 int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,
 		    keel_bdev_io_cb cb_fn, void *cb_arg)
 {
-	struct bdev_channel *ch;
-	struct bdev_wait *w;
-	void *obj;
-
 	if (!desc || !ioch || !cb_fn)
 		return -EINVAL;
 	if (__atomic_load_n(&desc->bdev->internal->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)
 		return -ENODEV;
-	ch = bdev_ch(ioch);
-	if (TAILQ_EMPTY(&ch->waitq)) {
-		obj = keel_mempool_cache_get(ch->cache);
-		if (obj) {
-			bdev_io_start(ch, obj, desc, KEEL_BDEV_IO_RESET, NULL, 0, NULL, 0, 0, 0, 0,
-				      cb_fn, cb_arg);
-			return 0;
-		}
-	}
-	w = bdev_wait_get(ch);
-	if (!w)
-		return -ENOMEM;
-	memset(w, 0, sizeof(*w));
-	w->desc = desc;
-	w->type = KEEL_BDEV_IO_RESET;
-	w->cb_fn = cb_fn;
-	w->cb_arg = cb_arg;
-	TAILQ_INSERT_TAIL(&ch->waitq, w, link);
-	return 0;
+	return bdev_start_or_wait(bdev_ch(ioch), desc, KEEL_BDEV_IO_RESET, NULL, 0, NULL, 0, 0, 0,
+				  0, cb_fn, cb_arg);
 }
 
 /* ------------------------------------------------------------------------------ */
