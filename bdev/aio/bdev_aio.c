@@ -301,6 +301,19 @@ static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
 	aio_queue_iocb(ch, io);
 }
 
+/*
+ * The kernel refused the aio fdsync command (at io_submit or in the event): flush
+ * with fdatasync on the blocking pool, for this request and from now on.
+ */
+static void aio_fdsync_refused(struct aio_disk *disk, struct keel_bdev_io *io)
+{
+	if (aio_flag_get(&disk->fdsync_native))
+		KEEL_WARNLOG("aio bdev %s: kernel refused aio fdsync on %s, using fdatasync on "
+			     "the blocking pool from now on", disk->bdev.name, disk->filename);
+	aio_flag_clear(&disk->fdsync_native);
+	aio_pool_submit(io, AIO_POOL_FDATASYNC);
+}
+
 /* Zero what a read past the end of the file did not fill. */
 static void aio_zero_tail(struct keel_bdev_io *io, uint64_t done)
 {
@@ -326,12 +339,7 @@ static void aio_event_done(struct aio_channel *ch, struct keel_bdev_io *io, long
 
 	if (ctx->stage == AIO_STAGE_FDSYNC) {
 		if (res == -EINVAL) {
-			if (aio_flag_get(&disk->fdsync_native))
-				KEEL_WARNLOG("aio bdev %s: kernel refused aio fdsync on %s, using "
-					     "fdatasync on the blocking pool from now on",
-					     disk->bdev.name, disk->filename);
-			aio_flag_clear(&disk->fdsync_native);
-			aio_pool_submit(io, AIO_POOL_FDATASYNC);
+			aio_fdsync_refused(disk, io);
 			return;
 		}
 		keel_bdev_io_complete(io, res < 0 ? (int)res : 0);
@@ -370,12 +378,7 @@ static void aio_submit_refused(struct aio_channel *ch, struct keel_bdev_io *io, 
 	struct aio_disk *disk = ch->disk;
 
 	if (ctx->stage == AIO_STAGE_FDSYNC && rc == -EINVAL) {
-		if (aio_flag_get(&disk->fdsync_native))
-			KEEL_WARNLOG("aio bdev %s: kernel has no aio fdsync for %s, using fdatasync "
-				     "on the blocking pool from now on", disk->bdev.name,
-				     disk->filename);
-		aio_flag_clear(&disk->fdsync_native);
-		aio_pool_submit(io, AIO_POOL_FDATASYNC);
+		aio_fdsync_refused(disk, io);
 		return;
 	}
 	if (ctx->iocb.aio_rw_flags != 0 && (rc == -EINVAL || rc == -EOPNOTSUPP)) {
@@ -684,8 +687,6 @@ static int aio_channel_create(void *io_device, void *ctx_buf)
 	TAILQ_INIT(&ch->pending);
 
 	rc = io_setup((int)ch->depth, &ch->ctx);
-	if (__atomic_load_n(&g_overcommit, __ATOMIC_RELAXED))
-		ch->depth = AIO_MAX_QUEUE_DEPTH;
 	if (rc < 0) {
 		if (rc == -EAGAIN)
 			KEEL_ERRLOG("aio bdev %s: io_setup(%u) failed: the system-wide AIO limit is "
@@ -696,6 +697,8 @@ static int aio_channel_create(void *io_device, void *ctx_buf)
 				    ch->depth, strerror(-rc));
 		return rc;
 	}
+	if (__atomic_load_n(&g_overcommit, __ATOMIC_RELAXED))
+		ch->depth = AIO_MAX_QUEUE_DEPTH;
 	ring = (struct aio_user_ring *)ch->ctx;
 	if (ring->magic == AIO_RING_MAGIC && ring->incompat_features == 0)
 		ch->ring = ring;
