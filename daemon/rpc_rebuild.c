@@ -28,7 +28,6 @@
 #define HISTORY_MAX 64 /* records kept per volume */
 
 static json_t *g_history;        /* {volume: [records...]} */
-static bool g_history_loaded;
 static bool g_save_running;
 static bool g_save_again;
 
@@ -57,12 +56,8 @@ static void history_load(void)
 	char path[PATH_MAX];
 	json_error_t err;
 
-	if (g_history_loaded) {
-		return;
-	}
-	g_history_loaded = true;
-	/* A small file read once at the first request, on the management thread:
-	 * like keeld's state file at start-up. */
+	/* Read once in main() before the reactors start, like keeld's state file:
+	 * never on the management reactor, where a file read would block. */
 	if (history_path(path, sizeof(path)) == 0 && access(path, R_OK) == 0) {
 		g_history = json_load_file(path, 0, &err);
 		if (g_history == NULL || !json_is_object(g_history)) {
@@ -174,7 +169,6 @@ static void rebuild_ended(void *ctx, const struct keel_rebuild_stats *st)
 	json_t *list, *rec;
 
 	(void)ctx;
-	history_load();
 	list = json_object_get(g_history, st->volume);
 	if (list == NULL) {
 		list = json_array();
@@ -360,13 +354,13 @@ static void rpc_rebuild_get_history(struct keel_rpc_request *req, json_t *params
 	if (!keel_rpc_decode_params(req, params, table, 1, &p)) {
 		return;
 	}
-	history_load();
 	list = json_object_get(g_history, p.volume);
 	keel_rpc_send_result(req, list ? json_deep_copy(list) : json_array());
 }
 
 void rpc_rebuild_register(void)
 {
+	history_load();
 	keel_rebuild_set_end_hook(rebuild_ended, NULL);
 	keel_rpc_register_method("rebuild_get_status", rpc_rebuild_get_status,
 				 "rebuild jobs {volume?}: state, progress, rate, ETA");
