@@ -223,6 +223,24 @@ static void nbd_disk_main_sock_created(void *arg)
 	nbd_disk_attach(disk);
 }
 
+/*
+ * NBD thread: tell the main thread about \p sock; it counts on hearing. Only the retry
+ * poller's allocation fails with -ENOMEM, so wait for memory; a main thread that is
+ * gone (-ESHUTDOWN) will never hear, and waiting for it would hang this reactor.
+ */
+static void nbd_disk_tell_main(keel_msg_fn fn, struct nbd_disk_sock *sock)
+{
+	int rc;
+
+	while ((rc = nbd_send_msg(g_disk_main, fn, sock)) == -ENOMEM) {
+		usleep(100);
+	}
+	if (rc != 0) {
+		KEEL_ERRLOG("nbd bdev %s: cannot reach the main thread: %s", sock->disk->bdev_name,
+			    strerror(-rc));
+	}
+}
+
 /* NBD thread: start serving one socket in transmission (the kernel does no handshake). */
 static void nbd_disk_sock_create(void *arg)
 {
@@ -235,10 +253,7 @@ static void nbd_disk_sock_create(void *arg)
 		close(sock->serve_fd);
 	}
 	sock->serve_fd = -1;
-	while (nbd_send_msg(g_disk_main, nbd_disk_main_sock_created, sock) != 0) {
-		/* Only -ENOMEM of the retry poller gets here; the main thread must hear. */
-		usleep(100);
-	}
+	nbd_disk_tell_main(nbd_disk_main_sock_created, sock);
 }
 
 static void nbd_disk_main_close_ack(void *arg)
@@ -257,9 +272,7 @@ static void nbd_disk_sock_close(void *arg)
 	if (sock->conn != NULL) {
 		nbd_conn_close(sock->conn);
 	}
-	while (nbd_send_msg(g_disk_main, nbd_disk_main_close_ack, sock) != 0) {
-		usleep(100);
-	}
+	nbd_disk_tell_main(nbd_disk_main_close_ack, sock);
 }
 
 static void nbd_disk_close_conns(struct keel_nbd_disk *disk)
