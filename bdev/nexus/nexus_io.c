@@ -228,7 +228,6 @@ static void submit_write(struct nexus_channel *nch, struct keel_bdev_io *io)
 {
 	struct nexus_io *nio = keel_bdev_io_get_ctx(io);
 
-	nio->nch = nch;
 	if (io_tracked(io)) {
 		uint64_t off = keel_bdev_io_offset_bytes(io);
 		uint64_t len = keel_bdev_io_num_bytes(io);
@@ -553,18 +552,19 @@ void nexus_channel_apply(struct keel_io_channel_iter *iter)
 	}
 	for (io = TAILQ_FIRST(&nch->parked); io != NULL; io = next) {
 		struct nexus_io *nio = keel_bdev_io_get_ctx(io);
+		bool failed = nch->faulted || nch->n_readers == 0;
 
 		next = TAILQ_NEXT(io, module_link);
-
-		if (nch->faulted || nch->n_readers == 0) {
-			TAILQ_REMOVE(&nch->parked, io, module_link);
-			keel_bdev_io_complete(io, -EIO);
-		} else if ((nio->failed_mask & attached) == 0) {
-			TAILQ_REMOVE(&nch->parked, io, module_link);
+		if (!failed && (nio->failed_mask & attached) != 0) {
+			continue;
+		}
+		TAILQ_REMOVE(&nch->parked, io, module_link);
+		/* The bitmap count write_finish kept for it (tracked I/O only). */
+		if (io_tracked(io)) {
 			nexus_bitmap_write_end(nch, keel_bdev_io_offset_bytes(io),
 					       keel_bdev_io_num_bytes(io));
-			keel_bdev_io_complete(io, 0);
 		}
+		keel_bdev_io_complete(io, failed ? -EIO : 0);
 	}
 	if (!nch->frozen) {
 		/* submit_write cannot re-hold (not frozen), so draining in place ends. */

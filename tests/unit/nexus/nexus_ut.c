@@ -420,6 +420,66 @@ static void test_write_error_faults(void)
 	teardown();
 }
 
+/* A flush is not counted in the write-intent bitmap, but it is parked like a write
+ * when it fails on a replica that is on its way out. Acknowledging it once the
+ * fault is committed must not release bitmap counts it never took: the volume
+ * keeps taking writes everywhere afterwards. */
+static void test_parked_flush_bitmap(void)
+{
+	const char *reps[] = {"e0", "e1"};
+	struct op_res r;
+	struct vol_user u;
+	struct io_res wr = {0}, fl = {0};
+	uint64_t rs, ec;
+	uint32_t nbits, set;
+	uint8_t *w = abuf(4096), *rd = abuf(4096);
+
+	setup(2);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	/* A volatile cache under e0, so flushes reach the nexus. */
+	keel_bdev_get_by_name("m0")->write_cache = true;
+	mk_err("e0", "m0");
+	mk_err("e1", "m1");
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	CU_ASSERT_FATAL(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set,
+					       &ec) == 0);
+	user_open(&u, "vol", 2);
+	fill(w, 4096, 1);
+	CU_ASSERT_FATAL(do_io(&u, 1, KEEL_BDEV_IO_WRITE, w, 0, 4096) == 0); /* bit set */
+	/* The write fails on e1 on thread 1; before the owner (thread 0) commits the
+	 * fault, a flush on thread 1 finds e1 known bad there: both are parked. */
+	inject("e1", KEEL_BDEV_IO_WRITE, -EIO);
+	CU_ASSERT_FATAL(submit(&u, 1, KEEL_BDEV_IO_WRITE, w, 0, 4096, &wr) == 0);
+	for (int i = 0; i < 100; i++) {
+		ut_poll_thread(1);
+	}
+	CU_ASSERT_FATAL(submit(&u, 1, KEEL_BDEV_IO_FLUSH, NULL, 0, 8 * MB - DATA_OFF, &fl) == 0);
+	for (int i = 0; i < 100; i++) {
+		ut_poll_thread(1);
+	}
+	CU_ASSERT(wr.done == 0);
+	CU_ASSERT(fl.done == 0);
+	for (int i = 0; i < 1000 && (wr.done == 0 || fl.done == 0); i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(wr.done == 1 && wr.status == 0);
+	CU_ASSERT(fl.done == 1 && fl.status == 0);
+	CU_ASSERT(rep_info(info_of("vol"), "e1")->state == KEEL_NEXUS_REPLICA_FAULTED);
+	/* Every region, written before or not, still takes writes on that thread. */
+	for (uint64_t off = 0; off < 8 * MB - DATA_OFF; off += rs) {
+		fill(w, 4096, (uint32_t)(off / rs) + 2);
+		CU_ASSERT_FATAL(do_io(&u, 1, KEEL_BDEV_IO_WRITE, w, off, 4096) == 0);
+		CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_READ, rd, off, 4096) == 0);
+		CU_ASSERT(memcmp(w, rd, 4096) == 0);
+	}
+	user_close(&u);
+	free(w);
+	free(rd);
+	teardown();
+}
+
 static void test_last_healthy_eio(void)
 {
 	const char *reps[] = {"e0", "e1"};
@@ -1286,6 +1346,7 @@ static const struct ut_test g_tests[] = {
 	{"mirror_write_read", test_mirror_write_read},
 	{"read_retry", test_read_retry},
 	{"write_error_faults", test_write_error_faults},
+	{"parked_flush_bitmap", test_parked_flush_bitmap},
 	{"last_healthy_eio", test_last_healthy_eio},
 	{"both_fail_eio", test_both_fail_eio},
 	{"fault_while_io_in_flight", test_fault_while_io_in_flight},
