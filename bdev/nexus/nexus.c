@@ -111,6 +111,18 @@ bool nexus_replica_attached(const struct nexus_replica *r)
 	return replica_attached(r);
 }
 
+uint16_t nexus_attached_mask(const struct nexus *n)
+{
+	uint16_t mask = 0;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (replica_attached(&n->replicas[s])) {
+			mask |= bit16(s);
+		}
+	}
+	return mask;
+}
+
 static unsigned count_healthy(const struct nexus *n)
 {
 	unsigned c = 0;
@@ -509,13 +521,6 @@ static int retry_msg_poll(void *ctx)
 	return KEEL_POLLER_BUSY;
 }
 
-static void send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg);
-
-void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
-{
-	send_msg_reliably(target, fn, arg);
-}
-
 void nexus_request_fault(struct nexus *n, unsigned s, int status)
 {
 	struct nexus_replica *r = &n->replicas[s];
@@ -524,10 +529,10 @@ void nexus_request_fault(struct nexus *n, unsigned s, int status)
 		return;
 	}
 	atomic_store(&r->fault_status, status);
-	send_msg_reliably(n->owner, nexus_fault_msg, r);
+	nexus_send_msg_reliably(n->owner, nexus_fault_msg, r);
 }
 
-static void send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
+void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
 {
 	struct nexus_retry_msg *m;
 
@@ -592,7 +597,7 @@ static void op_complete(struct nexus_op *op, struct nexus *n)
 	}
 	m->op = op;
 	m->nexus = (struct keel_nexus *)n;
-	send_msg_reliably(keel_thread_get_current(), op_done_msg_fn, m);
+	nexus_send_msg_reliably(keel_thread_get_current(), op_done_msg_fn, m);
 }
 
 static void nexus_free(struct nexus *n)
@@ -742,14 +747,7 @@ static void commit_labels_done(struct nexus *n)
 
 static void commit_synced(struct nexus *n)
 {
-	uint16_t mask = 0;
-
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if (replica_attached(&n->replicas[s])) {
-			mask |= bit16(s);
-		}
-	}
-	labels_write(n, mask, false, false, commit_labels_done);
+	labels_write(n, nexus_attached_mask(n), false, false, commit_labels_done);
 }
 
 /* Writes are held everywhere now: settle the rebuild jobs against the new states
@@ -1070,7 +1068,7 @@ int nexus_destruct(void *ctx)
 	struct nexus_op *op;
 
 	if (keel_thread_get_current() != n->owner) {
-		send_msg_reliably(n->owner, destruct_msg, n);
+		nexus_send_msg_reliably(n->owner, destruct_msg, n);
 		return 1;
 	}
 	if (n->busy) {
@@ -1848,7 +1846,7 @@ int keel_nexus_destroy(const char *name, bool wipe_labels, keel_nexus_op_cb cb_f
 	return 0;
 }
 
-static int find_replica(struct nexus *n, const char *replica)
+int nexus_find_replica(struct nexus *n, const char *replica)
 {
 	uint8_t u[16];
 	bool is_uuid = nexus_uuid_parse(replica, u) == 0;
@@ -1864,7 +1862,7 @@ static int find_replica(struct nexus *n, const char *replica)
 			return (int)s;
 		}
 	}
-	return -1;
+	return -ENODEV;
 }
 
 static int queue_op(struct nexus *n, struct nexus_op *op)
@@ -1884,9 +1882,9 @@ static int member_op(const char *name, const char *replica, enum nexus_op_type t
 	if (n == NULL || replica == NULL) {
 		return -ENODEV;
 	}
-	s = find_replica(n, replica);
+	s = nexus_find_replica(n, replica);
 	if (s < 0) {
-		return -ENODEV;
+		return s;
 	}
 	op = op_new(type, cb_fn, cb_arg);
 	if (op == NULL) {
@@ -2036,10 +2034,7 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 	}
 	/* The label check reads from the replica: run it as a step of the queue so
 	 * it does not overlap another change's label I/O. */
-	op->type = NEXUS_OP_ADD;
-	TAILQ_INSERT_TAIL(&n->ops, op, link);
-	nexus_kick(n);
-	return 0;
+	return queue_op(n, op);
 
 out_drop:
 	replica_release(r);

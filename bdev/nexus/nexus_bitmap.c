@@ -395,8 +395,6 @@ static void bm_rio_step(void *arg, int status)
 static void bm_write(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t mask,
 		     uint16_t full_mask, void (*done)(struct nexus_bitmap *bm))
 {
-	struct nexus *n = bm->n;
-
 	bm->io_busy = true;
 	bm->io_done = done;
 	bm->io_pending = 1;
@@ -419,20 +417,7 @@ static void bm_write(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t
 		bm->io_pending++;
 		bm_rio_next(rio);
 	}
-	(void)n;
 	bm_io_put(bm);
-}
-
-static uint16_t attached_mask(struct nexus *n)
-{
-	uint16_t m = 0;
-
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if (nexus_replica_attached(&n->replicas[s])) {
-			m |= (uint16_t)(1u << s);
-		}
-	}
-	return m;
 }
 
 static void set_batch_done(struct nexus_bitmap *bm)
@@ -480,7 +465,7 @@ static void set_batch(struct nexus_bitmap *bm)
 		/* Already on disk (a cleared-then-rewritten race): nothing to write. */
 		lo = hi = 0;
 	}
-	bm_write(bm, lo, hi, attached_mask(bm->n), 0, set_batch_done);
+	bm_write(bm, lo, hi, nexus_attached_mask(bm->n), 0, set_batch_done);
 }
 
 static void full_done_cb(struct nexus_bitmap *bm)
@@ -516,7 +501,7 @@ static void clear_header_done(struct nexus_bitmap *bm)
 		lo = b < lo ? b : lo;
 		hi = b + bm->blk > hi ? b + bm->blk : hi;
 	}
-	bm_write(bm, lo, hi, attached_mask(bm->n), 0, clear_bits_done);
+	bm_write(bm, lo, hi, nexus_attached_mask(bm->n), 0, clear_bits_done);
 }
 
 static bool clear_allowed(struct nexus *n)
@@ -581,7 +566,7 @@ static void clear_visit_done(struct keel_io_channel_iter *iter, int status)
 	}
 	bm->events_cleared = n->generation;
 	encode_header(bm);
-	bm_write(bm, 0, bm->blk, attached_mask(n), 0, clear_header_done);
+	bm_write(bm, 0, bm->blk, nexus_attached_mask(n), 0, clear_header_done);
 }
 
 static void clear_pass(struct nexus_bitmap *bm)
@@ -629,7 +614,7 @@ bool nexus_bitmap_kick(struct nexus *n)
 	}
 	if (bm->need_full) {
 		encode_header(bm);
-		bm_write(bm, 0, 0, 0, attached_mask(n), full_done_cb);
+		bm_write(bm, 0, 0, 0, nexus_attached_mask(n), full_done_cb);
 		return true;
 	}
 	if (!TAILQ_EMPTY(&bm->waiting)) {
@@ -691,7 +676,7 @@ void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n
 	rc = keel_bdev_read(r->desc, r->label_ch, bm->image, NEXUS_BITMAP_OFFSET, bm->image_len,
 			    load_done_cb, bm);
 	if (rc != 0) {
-		/* Keep "never inside" for our own caller: finish from a message. */
+		/* Finished inline: the only caller (assembly) returns right after. */
 		load_done_cb(bm, rc);
 	}
 }

@@ -255,6 +255,10 @@ void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *a
 /* Ask the owner to fault replica slot \p s (from any thread; one message). */
 void nexus_request_fault(struct nexus *n, unsigned s, int status);
 bool nexus_replica_attached(const struct nexus_replica *r);
+/* Slots of the attached (healthy or rebuilding) replicas. */
+uint16_t nexus_attached_mask(const struct nexus *n);
+/* Slot of the replica named \p replica (bdev name or replica UUID), or -ENODEV. */
+int nexus_find_replica(struct nexus *n, const char *replica);
 void nexus_kick(struct nexus *n);
 /* Queue a membership step making slot \p s healthy (its rebuild completed). */
 int nexus_queue_rebuild_done(struct nexus *n, unsigned s);

@@ -266,9 +266,7 @@ static void job_apply_sync(struct nexus_rebuild_job *job)
 	job->sync_waiting = false;
 	if (job->sync_cancel) {
 		if (job->error[0] == '\0') {
-			snprintf(job->error, sizeof(job->error), "%s",
-				 job->sync_src == NULL && !job->sync_cancel ? "no healthy source" :
-				 "target or source left the volume");
+			snprintf(job->error, sizeof(job->error), "target or source left the volume");
 		}
 		job_owner_msg(job, job_ack_msg);
 		job_finish(job, KEEL_REBUILD_FAILED);
@@ -846,13 +844,13 @@ static int job_create(struct nexus *n, unsigned target, bool partial)
 		}
 	}
 	if (partial && n->bm != NULL) {
-		uint64_t set, blocks = 0;
+		uint64_t blocks = 0;
 
 		job->map = calloc(1, (n->volume_size / 65536) + 65536);
 		if (job->map == NULL) {
 			goto out_free;
 		}
-		set = nexus_bitmap_snapshot(n, job->map, &job->map_region, &job->map_bits);
+		(void)nexus_bitmap_snapshot(n, job->map, &job->map_region, &job->map_bits);
 		/* Segments never straddle regions: regions are >= 64 KiB powers of two
 		 * and segments a multiple of 4 KiB; use the smaller as the step. */
 		if (job->map_region < job->seg_size) {
@@ -868,7 +866,6 @@ static int job_create(struct nexus *n, unsigned target, bool partial)
 				blocks += (end - start) / n->block_size;
 			}
 		}
-		(void)set;
 		job->partial = true;
 		atomic_store(&job->blocks_total, blocks);
 	} else {
@@ -1063,23 +1060,12 @@ void nexus_rebuild_forget(struct nexus *n)
 static int find_target(const char *volume, const char *replica, struct nexus **pn)
 {
 	struct nexus *n = (struct nexus *)keel_nexus_get_by_name(volume);
-	uint8_t u[16];
-	bool is_uuid;
 
 	if (n == NULL || replica == NULL) {
 		return -ENODEV;
 	}
-	is_uuid = nexus_uuid_parse(replica, u) == 0;
 	*pn = n;
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		struct nexus_replica *r = &n->replicas[s];
-
-		if (r->used && ((r->bdev_name[0] && strcmp(r->bdev_name, replica) == 0) ||
-				(is_uuid && memcmp(r->uuid, u, 16) == 0))) {
-			return (int)s;
-		}
-	}
-	return -ENODEV;
+	return nexus_find_replica(n, replica);
 }
 
 int keel_rebuild_start(const char *volume, const char *replica)
