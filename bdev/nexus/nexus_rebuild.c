@@ -599,11 +599,13 @@ static void job_sync_msg(void *arg)
 	job_pump(job);
 }
 
+/*
+ * Runs on the job's own thread. It must not touch the job: the owner may free an
+ * ended job (forget_older, shutdown) before this message is delivered.
+ */
 static void job_exit_msg(void *arg)
 {
-	struct nexus_rebuild_job *job = arg;
-
-	keel_thread_exit(job->thread);
+	keel_thread_exit(keel_thread_get_current());
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -804,7 +806,7 @@ static void job_ended_msg(void *arg)
 	struct nexus_rebuild_job *job = arg;
 
 	if (job->own_thread) {
-		nexus_send_msg_reliably(job->thread, job_exit_msg, job);
+		nexus_send_msg_reliably(job->thread, job_exit_msg, NULL);
 	}
 	job_end_owner(job);
 }
