@@ -7,7 +7,6 @@
  * fsync of the directory), so `rebuild_get_history` survives restarts.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -17,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
@@ -34,6 +34,7 @@ static bool g_save_again;
 struct history_save {
 	char path[PATH_MAX];
 	char *text;
+	char err[3 * PATH_MAX];
 };
 
 static int history_path(char *buf, size_t len)
@@ -75,49 +76,9 @@ static void history_load(void)
 static int history_write_blocking(void *arg)
 {
 	struct history_save *s = arg;
-	char tmp[PATH_MAX + 8], dir[PATH_MAX];
-	size_t len = strlen(s->text), off = 0;
-	int fd, dfd, rc = 0;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", s->path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		return -errno;
-	}
-	while (off < len) {
-		ssize_t w = write(fd, s->text + off, len - off);
-
-		if (w < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			rc = -errno;
-			goto out_close;
-		}
-		off += (size_t)w;
-	}
-	if (fsync(fd) != 0) {
-		rc = -errno;
-		goto out_close;
-	}
-	close(fd);
-	if (rename(tmp, s->path) != 0) {
-		rc = -errno;
-		unlink(tmp);
-		return rc;
-	}
-	snprintf(dir, sizeof(dir), "%s", s->path);
-	dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		(void)fsync(dfd);
-		close(dfd);
-	}
-	return 0;
-
-out_close:
-	close(fd);
-	unlink(tmp);
-	return rc;
+	return keel_file_write_atomic(s->path, s->text, strlen(s->text), s->err,
+				      sizeof(s->err));
 }
 
 static void history_save(void);
@@ -127,7 +88,8 @@ static void history_saved(void *cb_arg, int rc)
 	struct history_save *s = cb_arg;
 
 	if (rc != 0) {
-		KEEL_ERRLOG("rebuild history %s: save failed: %s", s->path, strerror(-rc));
+		KEEL_ERRLOG("rebuild history %s: save failed: %s", s->path,
+			    s->err[0] ? s->err : strerror(-rc));
 	}
 	free(s->text);
 	free(s);

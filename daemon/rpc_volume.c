@@ -23,7 +23,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,6 +35,7 @@
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
+#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
@@ -399,25 +399,6 @@ struct vol_files_job {
 	char err[PATH_MAX + 256];
 };
 
-static int vol_fsync_parent(const char *path)
-{
-	char *copy = strdup(path);
-	int fd, rc = 0;
-
-	if (copy == NULL) {
-		return -ENOMEM;
-	}
-	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) != 0) {
-		rc = -errno;
-	}
-	if (fd >= 0) {
-		close(fd);
-	}
-	free(copy);
-	return rc;
-}
-
 static int vol_prepare_file(struct vol_files_job *job, size_t i)
 {
 	const char *path = job->paths[i];
@@ -478,7 +459,7 @@ static int vol_prepare_file(struct vol_files_job *job, size_t i)
 		goto out_close;
 	}
 	close(fd);
-	return vol_fsync_parent(path);
+	return keel_fsync_parent_dir(path);
 
 out_close:
 	close(fd);
@@ -506,7 +487,7 @@ static int vol_files_job_fn(void *arg)
 				KEEL_WARNLOG("volume: cannot remove replica file %s: %s",
 					     job->paths[i], strerror(errno));
 			}
-			vol_fsync_parent(job->paths[i]);
+			(void)keel_fsync_parent_dir(job->paths[i]);
 			job->created[i] = false;
 		}
 	}

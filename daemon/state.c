@@ -8,7 +8,6 @@
  * older document can never be renamed over a newer one.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
@@ -39,9 +39,7 @@ struct state_write_job {
 	char err[3 * PATH_MAX];
 };
 
-static char g_dir[PATH_MAX];
 static char g_path[PATH_MAX + 32];
-static char g_tmp_path[PATH_MAX + 40];
 static keeld_state_snapshot_fn g_snapshot_fn;
 static struct state_waiter_list g_waiting = TAILQ_HEAD_INITIALIZER(g_waiting);
 /* A save without a callback whose waiter could not be allocated still needs a write. */
@@ -51,11 +49,9 @@ static char g_last_error[3 * PATH_MAX];
 
 int keeld_state_init(const char *state_dir)
 {
-	if ((size_t)snprintf(g_dir, sizeof(g_dir), "%s", state_dir) >= sizeof(g_dir) ||
+	if (strlen(state_dir) >= PATH_MAX ||
 	    (size_t)snprintf(g_path, sizeof(g_path), "%s/%s", state_dir, KEELD_STATE_FILE) >=
-		    sizeof(g_path) ||
-	    (size_t)snprintf(g_tmp_path, sizeof(g_tmp_path), "%s.tmp", g_path) >=
-		    sizeof(g_tmp_path)) {
+		    sizeof(g_path)) {
 		return -ENAMETOOLONG;
 	}
 	return 0;
@@ -297,69 +293,11 @@ bool keeld_state_busy(void)
 	return g_writing || !TAILQ_EMPTY(&g_waiting) || g_anon_pending;
 }
 
-static int state_write_all(int fd, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
-
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		if (n < 0) {
-			return -errno;
-		}
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Blocking pool. */
 static int state_write_job_fn(void *arg)
 {
 	struct state_write_job *job = arg;
-	int fd, rc;
 
-	fd = open(g_tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		rc = -errno;
-		snprintf(job->err, sizeof(job->err), "cannot create %s: %s", g_tmp_path,
-			 strerror(-rc));
-		return rc;
-	}
-	rc = state_write_all(fd, job->text, job->len);
-	if (rc == 0 && fsync(fd) != 0) {
-		rc = -errno;
-	}
-	if (close(fd) != 0 && rc == 0) {
-		rc = -errno;
-	}
-	if (rc != 0) {
-		snprintf(job->err, sizeof(job->err), "cannot write %s: %s", g_tmp_path,
-			 strerror(-rc));
-		goto out_unlink_tmp;
-	}
-	if (rename(g_tmp_path, g_path) != 0) {
-		rc = -errno;
-		snprintf(job->err, sizeof(job->err), "cannot rename %s to %s: %s", g_tmp_path,
-			 g_path, strerror(-rc));
-		goto out_unlink_tmp;
-	}
-	/* The rename is durable only once the directory is. */
-	fd = open(g_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) != 0) {
-		rc = -errno;
-		snprintf(job->err, sizeof(job->err), "cannot fsync directory %s: %s", g_dir,
-			 strerror(-rc));
-	}
-	if (fd >= 0) {
-		close(fd);
-	}
-	return rc;
-
-out_unlink_tmp:
-	unlink(g_tmp_path);
-	return rc;
+	return keel_file_write_atomic(g_path, job->text, job->len, job->err, sizeof(job->err));
 }
 
 static void state_start_write(void);

@@ -20,7 +20,6 @@
  * attach another bdev's sockets to the device.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,6 +33,7 @@
 #include <jansson.h>
 
 #include "keel/bdev.h"
+#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nbd.h"
 #include "keel/nbd_kernel.h"
@@ -1025,69 +1025,16 @@ int keel_nbd_disk_set_state_file(const char *path)
 
 struct nbd_disk_save_job {
 	char *text;
-	char err[PATH_MAX + 128];
+	char err[3 * PATH_MAX];
 };
 
 /* Blocking pool: temporary file, fsync, rename, fsync of the directory. */
 static int nbd_disk_save_job(void *arg)
 {
 	struct nbd_disk_save_job *job = arg;
-	char tmp[PATH_MAX + 8], dir[PATH_MAX];
-	size_t len = strlen(job->text), off = 0;
-	char *slash;
-	int fd, rc = 0;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", g_state_path);
-	snprintf(dir, sizeof(dir), "%s", g_state_path);
-	slash = strrchr(dir, '/');
-	if (slash == NULL) {
-		strcpy(dir, ".");
-	} else if (slash == dir) {
-		dir[1] = '\0';
-	} else {
-		*slash = '\0';
-	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		rc = -errno;
-		snprintf(job->err, sizeof(job->err), "cannot create %s: %s", tmp, strerror(errno));
-		return rc;
-	}
-	while (off < len) {
-		ssize_t n = write(fd, job->text + off, len - off);
-
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		if (n < 0) {
-			rc = -errno;
-			break;
-		}
-		off += (size_t)n;
-	}
-	if (rc == 0 && fsync(fd) != 0) {
-		rc = -errno;
-	}
-	close(fd);
-	if (rc == 0 && rename(tmp, g_state_path) != 0) {
-		rc = -errno;
-	}
-	if (rc != 0) {
-		snprintf(job->err, sizeof(job->err), "cannot write %s: %s", g_state_path,
-			 strerror(-rc));
-		unlink(tmp);
-		return rc;
-	}
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) != 0) {
-		rc = -errno;
-		snprintf(job->err, sizeof(job->err), "cannot fsync directory %s: %s", dir,
-			 strerror(errno));
-	}
-	if (fd >= 0) {
-		close(fd);
-	}
-	return rc;
+	return keel_file_write_atomic(g_state_path, job->text, strlen(job->text), job->err,
+				      sizeof(job->err));
 }
 
 static void nbd_disk_save_done(void *cb_arg, int rc)
