@@ -283,6 +283,13 @@ static void rpc_rebuild_set_options(struct keel_rpc_request *req, json_t *params
 	if (!keel_rpc_decode_params(req, params, table, 5, &p)) {
 		return;
 	}
+	/* Negated so NaN is refused too (JSON cannot carry it, the API can). */
+	if (!(p.rate >= 0 && p.rate <= KEEL_REBUILD_RATE_MAX_MIB_S)) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "rate_limit_mib_s: %g is out of range: 0 (no limit) to %.0f MiB/s",
+				    p.rate, KEEL_REBUILD_RATE_MAX_MIB_S);
+		return;
+	}
 	o.rate_limit_mib_s = p.rate;
 	o.max_concurrent = p.max_concurrent;
 	o.segment_size = p.segment_size;
@@ -290,8 +297,9 @@ static void rpc_rebuild_set_options(struct keel_rpc_request *req, json_t *params
 	o.auto_rebuild = p.auto_rebuild;
 	if (keel_rebuild_set_opts(&o) != 0) {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
-				    "rate_limit_mib_s must be >= 0, segment_size a multiple of 4096 "
-				    "up to 4 MiB, tasks 1..32");
+				    "segment_size must be a multiple of 4096 up to 4194304 (4 MiB), "
+				    "tasks 1..32, rate_limit_mib_s 0 (no limit) to %.0f",
+				    KEEL_REBUILD_RATE_MAX_MIB_S);
 		return;
 	}
 	res = json_object();

@@ -175,13 +175,25 @@ void keel_rebuild_get_opts(struct keel_rebuild_opts *opts)
 	*opts = g_opts;
 }
 
+/* The limit becomes an integer byte rate: a value out of range (or NaN, which
+ * fails every comparison) would make that conversion undefined. */
+static bool rate_valid(double mib_s)
+{
+	return mib_s >= 0 && mib_s <= KEEL_REBUILD_RATE_MAX_MIB_S;
+}
+
+static uint64_t rate_bps(double mib_s)
+{
+	return (uint64_t)(mib_s * 1024 * 1024);
+}
+
 int keel_rebuild_set_opts(const struct keel_rebuild_opts *opts)
 {
 	uint64_t rs = opts->bitmap_region_size;
 
 	if (opts->segment_size == 0 || opts->segment_size % 4096 != 0 ||
 	    opts->segment_size > 4u * 1024 * 1024 || opts->tasks == 0 ||
-	    opts->tasks > RB_MAX_TASKS || opts->rate_limit_mib_s < 0 ||
+	    opts->tasks > RB_MAX_TASKS || !rate_valid(opts->rate_limit_mib_s) ||
 	    rs < 64 * 1024 || (rs & (rs - 1)) != 0) {
 		return -EINVAL;
 	}
@@ -432,14 +444,15 @@ static bool job_next_seg(struct nexus_rebuild_job *job, uint64_t *seg)
 static bool job_throttled(struct nexus_rebuild_job *job)
 {
 	uint64_t bps = atomic_load(&job->rate_limit_bps);
-	uint64_t now, allowed;
+	double allowed;
 
 	if (bps == 0) {
 		return false;
 	}
-	now = keel_now_ns();
-	allowed = (uint64_t)((double)(now - job->run_base_ns) * (double)bps / 1e9);
-	return job->bytes_started >= allowed + job->seg_size;
+	/* In double throughout: bytes allowed after a long run at a high limit do not
+	 * fit an integer conversion. */
+	allowed = (double)(keel_now_ns() - job->run_base_ns) * (double)bps / 1e9;
+	return (double)job->bytes_started >= allowed + job->seg_size;
 }
 
 static void task_start(struct nexus_rebuild_job *job, struct rb_task *t, uint64_t seg)
@@ -828,7 +841,7 @@ static int job_create(struct nexus *n, unsigned target, bool partial)
 	job->ntasks = g_opts.tasks;
 	job->block_size = n->block_size;
 	job->nsegs = (n->volume_size + job->seg_size - 1) / job->seg_size;
-	atomic_store(&job->rate_limit_bps, (uint64_t)(g_opts.rate_limit_mib_s * 1024 * 1024));
+	atomic_store(&job->rate_limit_bps, rate_bps(g_opts.rate_limit_mib_s));
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *m = &n->replicas[s];
 
@@ -1175,14 +1188,14 @@ int keel_rebuild_set_rate(const char *volume, const char *replica, double mib_s)
 	if (s < 0) {
 		return s;
 	}
-	if (mib_s < 0) {
+	if (!rate_valid(mib_s)) {
 		return -EINVAL;
 	}
 	job = active_job(n, (unsigned)s);
 	if (job == NULL) {
 		return -ENODEV;
 	}
-	atomic_store(&job->rate_limit_bps, (uint64_t)(mib_s * 1024 * 1024));
+	atomic_store(&job->rate_limit_bps, rate_bps(mib_s));
 	return 0;
 }
 

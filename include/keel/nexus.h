@@ -282,12 +282,17 @@ struct keel_rebuild_stats {
 	char error[160];
 };
 
+/** Largest rate limit accepted, in MiB/s (1 TiB/s: far above any disk; 0 means no
+ * limit). A larger value, a negative one or NaN is refused with -EINVAL. */
+#define KEEL_REBUILD_RATE_MAX_MIB_S 1048576.0
+
 struct keel_rebuild_opts {
 	uint32_t segment_size;       /**< bytes per copy task, default 128 KiB */
 	uint32_t tasks;              /**< segments in flight per job, default 16 (max 32); 1 while
 				      *  the volume serves user I/O (adaptive back-off,
 				      *  docs/rebuild.md) */
-	double rate_limit_mib_s;     /**< default limit of new jobs; 0 = none */
+	double rate_limit_mib_s;     /**< default limit of new jobs; 0 = none; at most
+				      *  KEEL_REBUILD_RATE_MAX_MIB_S */
 	uint32_t max_concurrent;     /**< daemon-wide running jobs, default 4; 0 = no cap */
 	bool auto_rebuild;           /**< start jobs on add/rejoin/assembly (default true) */
 	bool bitmap;                 /**< keep a write-intent bitmap on new/opened volumes */
@@ -298,8 +303,9 @@ struct keel_rebuild_opts {
 /** Current options (defaults until set). Management thread only. */
 void keel_rebuild_get_opts(struct keel_rebuild_opts *opts);
 /** Replace the options. \return 0 or -EINVAL (segment not a multiple of 4 KiB or
- * > 4 MiB, tasks 0 or > 32, region not a power of two >= 64 KiB). Running jobs keep
- * their segment size and tasks; max_concurrent applies at once. */
+ * > 4 MiB, tasks 0 or > 32, rate limit not in 0..KEEL_REBUILD_RATE_MAX_MIB_S (NaN
+ * included), region not a power of two >= 64 KiB). Running jobs keep their segment
+ * size and tasks; max_concurrent applies at once. */
 int keel_rebuild_set_opts(const struct keel_rebuild_opts *opts);
 
 /**
@@ -315,7 +321,8 @@ int keel_rebuild_stop(const char *volume, const char *replica);
 int keel_rebuild_pause(const char *volume, const char *replica);
 /** Resume a paused job. -ENODEV, -EINVAL (not paused). */
 int keel_rebuild_resume(const char *volume, const char *replica);
-/** Rate limit of one job in MiB/s (0 = none). -ENODEV, -EINVAL. */
+/** Rate limit of one job in MiB/s (0 = none). -ENODEV, -EINVAL (not in
+ * 0..KEEL_REBUILD_RATE_MAX_MIB_S, NaN included). */
 int keel_rebuild_set_rate(const char *volume, const char *replica, double mib_s);
 
 /**

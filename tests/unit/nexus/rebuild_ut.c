@@ -5,6 +5,7 @@
  * malloc replicas, error bdevs where a replica must fail.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,6 +295,48 @@ static void test_rate_limit(void)
 	CU_ASSERT(keel_rebuild_set_rate("vol", "m1", 0) == 0);
 	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
 	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
+/* A rate limit becomes an integer byte rate: values that do not fit (or NaN) are
+ * refused by both calls, and the options stay as they were. */
+static void test_rate_range(void)
+{
+	static const double bad[] = {-1.0, 1e300, KEEL_REBUILD_RATE_MAX_MIB_S * 2, NAN,
+				     INFINITY, -INFINITY};
+	const char *reps[] = {"m0"};
+	struct keel_rebuild_opts o, now;
+	struct op_res r;
+
+	setup(1);
+	set_opts(64 * 1024, 4, true, 1 * MB, 100000);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		keel_rebuild_get_opts(&o);
+		o.rate_limit_mib_s = bad[i];
+		CU_ASSERT(keel_rebuild_set_opts(&o) == -EINVAL);
+		keel_rebuild_get_opts(&now);
+		CU_ASSERT(now.rate_limit_mib_s == 0);
+	}
+	keel_rebuild_get_opts(&o);
+	o.rate_limit_mib_s = KEEL_REBUILD_RATE_MAX_MIB_S;
+	CU_ASSERT(keel_rebuild_set_opts(&o) == 0);
+	/* A job created at the largest limit converts it without overflow (UBSan's
+	 * float-cast-overflow check runs in the sanitizer build). */
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
+	CU_ASSERT(add_rep("vol", "m1") == 0);
+	CU_ASSERT(stats_of("vol", "m1")->rate_limit_mib_s == KEEL_REBUILD_RATE_MAX_MIB_S);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		CU_ASSERT(keel_rebuild_set_rate("vol", "m1", bad[i]) == -EINVAL);
+	}
+	CU_ASSERT(stats_of("vol", "m1")->rate_limit_mib_s == KEEL_REBUILD_RATE_MAX_MIB_S);
+	CU_ASSERT(keel_rebuild_set_rate("vol", "m1", 0.5) == 0);
+	CU_ASSERT(stats_of("vol", "m1")->rate_limit_mib_s == 0.5);
+	CU_ASSERT(keel_rebuild_set_rate("vol", "m1", 0) == 0);
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
 	CU_ASSERT(destroy_vol("vol", false) == 0);
 	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
 	teardown();
@@ -627,6 +670,7 @@ static const struct ut_test g_tests[] = {
 	{"full_rebuild_under_writes", test_full_rebuild_under_writes},
 	{"control", test_control},
 	{"rate_limit", test_rate_limit},
+	{"rate_range", test_rate_range},
 	{"source_failure", test_source_failure},
 	{"target_failure", test_target_failure},
 	{"partial_rebuild", test_partial_rebuild},

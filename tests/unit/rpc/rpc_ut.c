@@ -519,6 +519,35 @@ static void test_method_params(void)
 	ut_teardown();
 }
 
+static void test_rebuild_rate_range(void)
+{
+	/* The rate becomes an integer byte rate: out of range is refused with the range
+	 * (1e300 would overflow that conversion), and the options are not changed. */
+	ut_setup();
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
+			"\"params\":{\"rate_limit_mib_s\":1e300}}", KEEL_RPC_INVALID_PARAMS,
+			"rate_limit_mib_s: 1e+300 is out of range: 0 (no limit) to 1048576 MiB/s",
+			false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
+			"\"params\":{\"rate_limit_mib_s\":-1}}", KEEL_RPC_INVALID_PARAMS,
+			"rate_limit_mib_s: -1 is out of range", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
+			"\"params\":{\"tasks\":0}}", KEEL_RPC_INVALID_PARAMS, "tasks 1..32", false);
+	{
+		json_t *resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\","
+				      "\"id\":1,\"params\":{\"rate_limit_mib_s\":1048576}}");
+		json_t *res = json_object_get(resp, "result");
+
+		CU_ASSERT_PTR_NOT_NULL(res);
+		CU_ASSERT(json_real_value(json_object_get(res, "rate_limit_mib_s")) == 1048576.0);
+		json_decref(resp);
+		resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
+			      "\"params\":{\"rate_limit_mib_s\":0}}");
+		json_decref(resp);
+	}
+	ut_teardown();
+}
+
 static void test_get_methods(void)
 {
 	json_t *resp, *r;
@@ -638,6 +667,7 @@ int main(void)
 	keel_rpc_register_method("typed", ut_typed, "decode every type");
 	rpc_framework_register();
 	rpc_bdev_register();
+	rpc_rebuild_register();
 
 	suite = CU_add_suite("rpc", NULL, NULL);
 	CU_add_test(suite, "register", test_register);
@@ -652,6 +682,7 @@ int main(void)
 	CU_add_test(suite, "errno_error", test_errno_error);
 	CU_add_test(suite, "params", test_params);
 	CU_add_test(suite, "method_params", test_method_params);
+	CU_add_test(suite, "rebuild_rate_range", test_rebuild_rate_range);
 	CU_add_test(suite, "get_methods", test_get_methods);
 	CU_add_test(suite, "oversized", test_oversized);
 	CU_add_test(suite, "reply_after_close", test_reply_after_close);
