@@ -12,8 +12,10 @@
  * stays in sync, and a block under copy cannot change between read and write.
  *
  * Control and bookkeeping live on the owner (management) thread; the job thread
- * owns the copy loop. They talk by message only; counters the owner reads for
- * status are atomics. Membership changes settle the jobs while the channels are
+ * owns the copy loop. They talk by message only; what the owner reads for status
+ * while the job runs is atomic (counters, state, the running-time clock), and the
+ * job thread's failure reason is written once and then published by an atomic
+ * flag, before the state says failed. Membership changes settle the jobs while the channels are
  * frozen (nexus_rebuild_sync): a job whose source left drains and switches to
  * another healthy replica before any write could miss the old source; a job whose
  * target left drains and fails. Nothing reads a replica's descriptor after the
@@ -29,6 +31,7 @@
  * rewritten.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +115,9 @@ struct nexus_rebuild_job {
 	uint64_t run_base_ns;
 	uint64_t run_ns;         /* running time before the current run */
 	uint64_t run_since_ns;   /* 0 when not running */
+	/* Why the job failed, from the job thread: written once, then job_error_set
+	 * (release); the owner reads it only after seeing the flag. */
+	char job_error[160];
 	struct keel_poller *poller;
 	uint64_t fg_ios;         /* nexus_user_ios at the last sample */
 	uint64_t fg_seen_ns;     /* last sample that saw user I/O */
@@ -129,13 +135,20 @@ struct nexus_rebuild_job {
 	_Atomic uint64_t blocks_transferred;
 	atomic_uint tasks_active;
 	_Atomic uint64_t rate_limit_bps;
-	_Atomic uint64_t run_ns_pub;
+	/* Running time for the owner in one word, so it never pairs two values from
+	 * different moments: RUN_CLOCK_ON | (keel_now_ns() at which the running time
+	 * would have been 0) while running, else the running time in ns. */
+	_Atomic uint64_t run_clock;
+	atomic_bool job_error_set;
 	_Atomic uint64_t start_ms;
 	_Atomic uint64_t end_ms;
-	char error[160];         /* written by the job thread before its ended message */
+	char error[160];         /* owner thread only */
+	uint64_t run_ns_shown;   /* owner: the running time last reported */
 	TAILQ_ENTRY(nexus_rebuild_job) link;   /* n->jobs (active) */
 	TAILQ_ENTRY(nexus_rebuild_job) glink;  /* g_jobs (all kept) */
 };
+
+#define RUN_CLOCK_ON (1ull << 63)
 
 static TAILQ_HEAD(, nexus_rebuild_job) g_jobs = TAILQ_HEAD_INITIALIZER(g_jobs);
 static struct keel_rebuild_opts g_opts = {
@@ -227,7 +240,7 @@ static void job_run_stop_clock(struct nexus_rebuild_job *job)
 		job->run_ns += keel_now_ns() - job->run_since_ns;
 		job->run_since_ns = 0;
 	}
-	atomic_store(&job->run_ns_pub, job->run_ns);
+	atomic_store(&job->run_clock, job->run_ns);
 }
 
 static void job_run_start_clock(struct nexus_rebuild_job *job)
@@ -235,6 +248,33 @@ static void job_run_start_clock(struct nexus_rebuild_job *job)
 	job->run_since_ns = keel_now_ns();
 	job->run_base_ns = job->run_since_ns;
 	job->bytes_started = 0;
+	/* run_ns <= run_since_ns: it is a sum of earlier intervals of this clock. */
+	atomic_store(&job->run_clock, RUN_CLOCK_ON | (job->run_since_ns - job->run_ns));
+}
+
+/* Job thread: record why the job fails; the first reason stays. */
+__attribute__((format(printf, 2, 3)))
+static void job_set_error(struct nexus_rebuild_job *job, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (atomic_load_explicit(&job->job_error_set, memory_order_relaxed)) {
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(job->job_error, sizeof(job->job_error), fmt, ap);
+	va_end(ap);
+	atomic_store_explicit(&job->job_error_set, true, memory_order_release);
+}
+
+/* Owner: the job thread's reason (the first cause: a write that failed comes
+ * before the fault that takes its target out), else the owner's own. */
+static const char *job_error_text(const struct nexus_rebuild_job *job)
+{
+	if (atomic_load_explicit(&job->job_error_set, memory_order_acquire)) {
+		return job->job_error;
+	}
+	return job->error;
 }
 
 static void job_owner_msg(struct nexus_rebuild_job *job, keel_msg_fn fn)
@@ -277,9 +317,7 @@ static void job_apply_sync(struct nexus_rebuild_job *job)
 {
 	job->sync_waiting = false;
 	if (job->sync_cancel) {
-		if (job->error[0] == '\0') {
-			snprintf(job->error, sizeof(job->error), "target or source left the volume");
-		}
+		/* The owner recorded why (nexus_rebuild_sync). */
 		job_owner_msg(job, job_ack_msg);
 		job_finish(job, KEEL_REBUILD_FAILED);
 		return;
@@ -293,7 +331,7 @@ static void job_apply_sync(struct nexus_rebuild_job *job)
 		job->src_ch = keel_bdev_get_io_channel(job->src_desc);
 		job->source_lost = false;
 		if (job->src_ch == NULL) {
-			snprintf(job->error, sizeof(job->error), "no I/O channel on the new source");
+			job_set_error(job, "no I/O channel on the new source");
 			job_owner_msg(job, job_ack_msg);
 			job_finish(job, KEEL_REBUILD_FAILED);
 			return;
@@ -359,10 +397,8 @@ static void task_written(void *arg, int status)
 	struct nexus_rebuild_job *job = t->job;
 
 	if (status != 0) {
-		if (job->error[0] == '\0') {
-			snprintf(job->error, sizeof(job->error), "target %s: write at %lu failed: %s",
-				 job->target_name, (unsigned long)t->off, strerror(-status));
-		}
+		job_set_error(job, "target %s: write at %lu failed: %s", job->target_name,
+			      (unsigned long)t->off, strerror(-status));
 		nexus_request_fault(job->n, job->target, status);
 		atomic_store(&job->req, RB_REQ_FAIL);
 	} else {
@@ -588,7 +624,7 @@ static void job_run_msg(void *arg)
 	job->dst_ch = keel_bdev_get_io_channel(job->dst_desc);
 	job->poller = keel_poller_register(job_poll, job, 1000, "rebuild");
 	if (job->src_ch == NULL || job->dst_ch == NULL || job->poller == NULL) {
-		snprintf(job->error, sizeof(job->error), "cannot get I/O channels");
+		job_set_error(job, "cannot get I/O channels");
 		job_finish(job, KEEL_REBUILD_FAILED);
 		return;
 	}
@@ -629,7 +665,8 @@ static void job_stats(struct nexus_rebuild_job *job, struct keel_rebuild_stats *
 {
 	uint64_t total = atomic_load(&job->blocks_total);
 	uint64_t done = atomic_load(&job->blocks_done);
-	uint64_t run_ns = atomic_load(&job->run_ns_pub);
+	uint64_t clock = atomic_load(&job->run_clock);
+	uint64_t run_ns = clock & RUN_CLOCK_ON ? keel_now_ns() - (clock & ~RUN_CLOCK_ON) : clock;
 	int state = atomic_load(&job->state);
 	double secs;
 
@@ -647,13 +684,12 @@ static void job_stats(struct nexus_rebuild_job *job, struct keel_rebuild_stats *
 	st->progress_pct = total ? (uint32_t)(done * 100 / total) : (state == KEEL_REBUILD_COMPLETED ? 100 : 0);
 	st->start_time_ms = atomic_load(&job->start_ms);
 	st->end_time_ms = atomic_load(&job->end_ms);
-	/* run_ns_pub lags while running; the wall clock since start is close enough
-	 * when no pause happened. */
-	if (state == KEEL_REBUILD_RUNNING && st->start_time_ms != 0 && run_ns == 0) {
-		run_ns = (wall_ms() - st->start_time_ms) * 1000000ull;
-	} else if (state == KEEL_REBUILD_RUNNING && job->run_since_ns != 0) {
-		run_ns = job->run_ns + (keel_now_ns() - job->run_since_ns);
+	/* A stop landing between the load and keel_now_ns() above would make the
+	 * next report a hair shorter: the time shown never goes back. */
+	if (run_ns < job->run_ns_shown) {
+		run_ns = job->run_ns_shown;
 	}
+	job->run_ns_shown = run_ns;
 	st->duration_ms = run_ns / 1000000ull;
 	secs = (double)run_ns / 1e9;
 	st->rate_mib_s = secs > 0 ? (double)(done * job->block_size) / (1024.0 * 1024.0) / secs : 0;
@@ -667,7 +703,7 @@ static void job_stats(struct nexus_rebuild_job *job, struct keel_rebuild_stats *
 	st->tasks_active = atomic_load(&job->tasks_active);
 	st->segment_size = job->seg_size;
 	st->rate_limit_mib_s = (double)atomic_load(&job->rate_limit_bps) / (1024.0 * 1024.0);
-	snprintf(st->error, sizeof(st->error), "%s", job->error);
+	snprintf(st->error, sizeof(st->error), "%s", job_error_text(job));
 }
 
 static unsigned running_jobs(void)
@@ -801,7 +837,7 @@ static void job_end_owner(struct nexus_rebuild_job *job)
 	KEEL_NOTICELOG("volume %s: rebuild of %s %s: %lu of %lu blocks copied in %.1f s%s%s",
 		       n->name, job->target_name, keel_rebuild_state_name(state),
 		       (unsigned long)st.blocks_transferred, (unsigned long)st.blocks_total,
-		       (double)st.duration_ms / 1000.0, job->error[0] ? ": " : "", job->error);
+		       (double)st.duration_ms / 1000.0, st.error[0] ? ": " : "", st.error);
 	if (g_end_fn != NULL) {
 		g_end_fn(g_end_ctx, &st);
 	}
@@ -980,7 +1016,8 @@ void nexus_rebuild_sync(struct nexus *n, void (*cont)(struct nexus *n))
 			continue;
 		}
 		job->sync_cancel = false;
-		job->sync_src = job->src_desc;
+		/* NULL keeps the job's source: src_desc is the job thread's to read. */
+		job->sync_src = NULL;
 		if (!nexus_replica_attached(t) || t->state != KEEL_NEXUS_REPLICA_REBUILDING) {
 			job->sync_cancel = true;
 			snprintf(job->error, sizeof(job->error), "target %s left the volume (%s)",
