@@ -187,6 +187,8 @@ static void publish_cfg(struct nexus *n, bool frozen)
 /* Replica attach / release                                                        */
 /* ------------------------------------------------------------------------------ */
 
+static void fault_arrived(struct nexus_replica *r);
+
 static void replica_event_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
 {
 	struct nexus_replica *r = ctx;
@@ -199,7 +201,7 @@ static void replica_event_cb(enum keel_bdev_event_type type, struct keel_bdev *b
 	if (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING) {
 		if (!atomic_exchange(&r->fault_requested, true)) {
 			atomic_store(&r->fault_status, -ENODEV);
-			nexus_fault_msg(r);
+			fault_arrived(r);
 		}
 	}
 }
@@ -521,6 +523,8 @@ static int retry_msg_poll(void *ctx)
 	return KEEL_POLLER_BUSY;
 }
 
+static void fault_msg(void *arg);
+
 void nexus_request_fault(struct nexus *n, unsigned s, int status)
 {
 	struct nexus_replica *r = &n->replicas[s];
@@ -529,7 +533,11 @@ void nexus_request_fault(struct nexus *n, unsigned s, int status)
 		return;
 	}
 	atomic_store(&r->fault_status, status);
-	nexus_send_msg_reliably(n->owner, nexus_fault_msg, r);
+	/* Counted before it can be delivered: the owner frees the struct only once
+	 * every such message ran (nexus_free). It names the volume, not the slot:
+	 * a slot may be emptied and reused before the message runs. */
+	atomic_fetch_add(&n->fault_msgs, 1);
+	nexus_send_msg_reliably(n->owner, fault_msg, n);
 }
 
 void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
@@ -600,6 +608,12 @@ static void op_complete(struct nexus_op *op, struct nexus *n)
 	nexus_send_msg_reliably(keel_thread_get_current(), op_done_msg_fn, m);
 }
 
+static void nexus_free_struct(struct nexus *n)
+{
+	free(n->bdev.name);
+	free(n);
+}
+
 static void nexus_free(struct nexus *n)
 {
 	nexus_rebuild_forget(n);
@@ -608,8 +622,13 @@ static void nexus_free(struct nexus *n)
 		replica_release(&n->replicas[s]);
 	}
 	pthread_mutex_destroy(&n->cfg_lock);
-	free(n->bdev.name);
-	free(n);
+	/* A fault message still on its way (retried by a thread whose channel is
+	 * gone) points into this struct: the last one frees it (fault_msg). */
+	if (atomic_load(&n->fault_msgs) != 0) {
+		n->free_deferred = true;
+		return;
+	}
+	nexus_free_struct(n);
 }
 
 static void io_device_gone_then_free(void *io_device)
@@ -931,14 +950,36 @@ void nexus_kick(struct nexus *n)
 	run_op(n, op);
 }
 
-void nexus_fault_msg(void *arg)
+/* Owner: a fault request reached us (by message, or from a bdev event). */
+static void fault_arrived(struct nexus_replica *r)
 {
-	struct nexus_replica *r = arg;
 	struct nexus *n = r->nexus;
 
+	r->fault_seen = true;
 	r->fault_pending = true;
 	n->faults_queued = true;
 	nexus_kick(n);
+}
+
+/* Owner: some slot of \p arg (a struct nexus) asked to be faulted. */
+static void fault_msg(void *arg)
+{
+	struct nexus *n = arg;
+
+	if (atomic_fetch_sub(&n->fault_msgs, 1) == 1 && n->free_deferred) {
+		nexus_free_struct(n); /* the volume is gone; it was the last one */
+		return;
+	}
+	if (n->free_deferred) {
+		return;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+
+		if (r->used && !r->fault_seen && atomic_load(&r->fault_requested)) {
+			fault_arrived(r);
+		}
+	}
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -1026,11 +1067,13 @@ static void destruct_io_device_gone(void *io_device)
 
 	n->io_device_registered = false;
 	/* No channel is left, so no I/O: faults reported on the way out still leave
-	 * the labels, as any other fault would. */
+	 * the labels, as any other fault would, also those whose message has not
+	 * arrived yet (the flag is set before it is sent). */
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
-		if (r->fault_pending && replica_attached(r)) {
+		if ((r->fault_pending || atomic_load(&r->fault_requested)) &&
+		    replica_attached(r)) {
 			r->state = KEEL_NEXUS_REPLICA_FAULTED;
 			r->reason = KEEL_NEXUS_REASON_IO_ERROR;
 		}

@@ -49,6 +49,7 @@ struct nexus_replica {
 	 * message to the owner, so a burst of errors costs one message. */
 	atomic_bool fault_requested;
 	atomic_int fault_status;
+	bool fault_seen;           /* owner: the request behind fault_requested arrived */
 	bool fault_pending;        /* owner: a fault message arrived, not yet committed */
 	bool foreign;              /* refused: labelled for another volume */
 	/* Rejoin (re-add of a former member): what its own label said, for the
@@ -144,6 +145,10 @@ struct nexus {
 	uint32_t sync_pending;       /* rebuild jobs yet to acknowledge a sync */
 	bool rb_shutdown;            /* destroy: jobs are being stopped */
 	uint64_t bm_region_hint;     /* region size recorded in the labels (assembly) */
+	/* Fault messages sent (or waiting to be sent) and not yet handled: the
+	 * struct outlives the volume until they are (free_deferred). */
+	atomic_uint fault_msgs;
+	bool free_deferred;
 	void (*sync_cont)(struct nexus *n);
 	TAILQ_ENTRY(nexus) link;
 };
@@ -205,8 +210,6 @@ struct nexus_channel {
 	TAILQ_HEAD(, keel_bdev_io) held;    /* writes waiting for a label update */
 	TAILQ_HEAD(, keel_bdev_io) parked;  /* partly failed writes waiting for the
 					     * fault to reach the labels */
-	struct keel_poller *retry_poller;
-	uint16_t retry_mask;     /* fault messages that could not be sent yet */
 	/* Rebuild range locks (nexus_rebuild.c). Writes in flight are listed so a
 	 * lock is granted only once overlapping ones are done; writes that overlap
 	 * a held lock wait in lock_waiting. */
@@ -248,11 +251,11 @@ void nexus_channel_unlock(struct keel_io_channel_iter *iter);
 void nexus_write_resume(void *arg);
 
 /* nexus.c */
-void nexus_fault_msg(void *arg);
 int nexus_destruct(void *ctx);
 /* Deliver a message that must not be lost (retries from a poller when full). */
 void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg);
-/* Ask the owner to fault replica slot \p s (from any thread; one message). */
+/* Ask the owner to fault replica slot \p s (from any thread; one message for the
+ * first request, retried while the owner's ring is full, never lost). */
 void nexus_request_fault(struct nexus *n, unsigned s, int status);
 bool nexus_replica_attached(const struct nexus_replica *r);
 /* Slots of the attached (healthy or rebuilding) replicas. */

@@ -69,44 +69,18 @@ static void child_put_if_drained(struct nexus_channel *nch, unsigned s)
 	}
 }
 
-static int retry_poll(void *arg)
-{
-	struct nexus_channel *nch = arg;
-	struct nexus *n = nch->nexus;
-
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if ((nch->retry_mask & bit16(s)) &&
-		    keel_thread_send_msg(n->owner, nexus_fault_msg, &n->replicas[s]) == 0) {
-			nch->retry_mask &= (uint16_t)~bit16(s);
-		}
-	}
-	if (nch->retry_mask == 0) {
-		keel_poller_pause(nch->retry_poller);
-	}
-	return KEEL_POLLER_BUSY;
-}
-
-/* Called on any thread: stop using the child here at once and tell the owner. */
+/* Called on any thread: stop using the child here at once and tell the owner.
+ * The message is retried from this thread (not this channel) while the owner's
+ * ring is full, so it survives the channel: parked writes wait for it. */
 static void report_fault(struct nexus_channel *nch, unsigned s, int status)
 {
-	struct nexus *n = nch->nexus;
-	struct nexus_replica *r = &n->replicas[s];
 	struct nexus_child_ch *cc = &nch->children[s];
 
 	if (!cc->failed) {
 		cc->failed = true;
 		channel_rebuild_lists(nch);
 	}
-	if (atomic_exchange(&r->fault_requested, true)) {
-		return;
-	}
-	atomic_store(&r->fault_status, status);
-	if (keel_thread_send_msg(n->owner, nexus_fault_msg, r) != 0) {
-		/* Ring full: the poller resends; the fault is never dropped because the
-		 * parked writes wait for it. */
-		nch->retry_mask |= bit16(s);
-		keel_poller_resume(nch->retry_poller);
-	}
+	nexus_request_fault(nch->nexus, s, status);
 }
 
 static void lock_waits_check(struct nexus_channel *nch);
@@ -459,13 +433,7 @@ int nexus_channel_create(void *io_device, void *ctx_buf)
 	TAILQ_INIT(&nch->parked);
 	TAILQ_INIT(&nch->inflight);
 	TAILQ_INIT(&nch->lock_waiting);
-	nch->retry_poller = keel_poller_register(retry_poll, nch, 1000, "nexus_fault_retry");
-	if (nch->retry_poller == NULL) {
-		return -ENOMEM;
-	}
-	keel_poller_pause(nch->retry_poller);
 	if (nexus_bitmap_channel_init(nch) != 0) {
-		keel_poller_unregister(&nch->retry_poller);
 		return -ENOMEM;
 	}
 	channel_sync(nch);
@@ -500,18 +468,6 @@ void nexus_channel_destroy(void *io_device, void *ctx_buf)
 			keel_put_io_channel(nch->children[s].ch);
 		}
 	}
-	if (nch->retry_mask != 0) {
-		/* Last chance for an unsent fault message; the owner may still be
-		 * able to take it by now. */
-		struct nexus *n = nch->nexus;
-
-		for (unsigned s = 0; s < NEXUS_MAX; s++) {
-			if (nch->retry_mask & bit16(s)) {
-				(void)keel_thread_send_msg(n->owner, nexus_fault_msg, &n->replicas[s]);
-			}
-		}
-	}
-	keel_poller_unregister(&nch->retry_poller);
 	nexus_bitmap_channel_fini(nch);
 }
 

@@ -961,6 +961,138 @@ static void test_interrupted_label_update(void)
 	teardown();
 }
 
+static void noop_msg(void *arg)
+{
+	(*(uint32_t *)arg)++;
+}
+
+/* Fill thread \p to's message ring from thread \p from. \return messages queued. */
+static uint32_t fill_ring(uint32_t from, uint32_t to, uint32_t *counter)
+{
+	uint32_t n = 0;
+
+	ut_set_thread(from);
+	while (keel_thread_send_msg(ut_thread(to), noop_msg, counter) == 0) {
+		n++;
+	}
+	return n;
+}
+
+/* Poll thread \p t alone (the owner's full ring stays full) until \p r is done. */
+static void poll_alone(uint32_t t, struct io_res *r)
+{
+	for (int i = 0; i < 1000 && (r == NULL || r->done == 0); i++) {
+		ut_time_advance_us(10);
+		ut_poll_thread(t);
+	}
+}
+
+/*
+ * Volume "vol" of e0 (error bdev) and m1, a user with channels on threads 0 and
+ * 1. A read error on thread 1 while the owner's ring is full: the fault message
+ * waits. Then thread 1's channel goes away (the client closed): the message must
+ * still reach the owner, or the replica stays "healthy" with its fault flag set,
+ * and no later error can report it again (writes that fail on it would wait for
+ * a fault that never comes).
+ */
+static void read_error_then_close(struct vol_user *u, uint32_t *noops, uint32_t *queued)
+{
+	const char *reps[] = {"e0", "m1"};
+	struct op_res r;
+	uint8_t *rd = abuf(4096);
+
+	setup(2);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_err("e0", "m0");
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(u, "vol", 2);
+	fill(rd, 4096, 3);
+	CU_ASSERT(do_io(u, 0, KEEL_BDEV_IO_WRITE, rd, 0, 4096) == 0);
+	inject("e0", KEEL_BDEV_IO_READ, -EIO);
+	*queued = fill_ring(1, 0, noops);
+	CU_ASSERT(*queued > 0);
+	/* Reads alternate between the replicas: two reach e0 at least once. */
+	for (int i = 0; i < 2; i++) {
+		struct io_res res = {0};
+
+		CU_ASSERT_FATAL(submit(u, 1, KEEL_BDEV_IO_READ, rd, 0, 4096, &res) == 0);
+		poll_alone(1, &res);
+		CU_ASSERT(res.done == 1 && res.status == 0); /* retried on m1 */
+	}
+	ut_set_thread(1);
+	keel_put_io_channel(u->ch[1]);
+	u->ch[1] = NULL;
+	u->nthreads = 1;
+	poll_alone(1, NULL);
+	free(rd);
+}
+
+static void test_fault_msg_ring_full(void)
+{
+	struct vol_user u;
+	uint8_t *w = abuf(4096);
+	uint32_t noops = 0, queued = 0;
+
+	read_error_then_close(&u, &noops, &queued);
+	/* The owner drains its ring; the fault arrives after the no-ops. */
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(noops == queued);
+	CU_ASSERT(rep_info(info_of("vol"), "e0")->state == KEEL_NEXUS_REPLICA_FAULTED);
+	/* and writes go on without it */
+	inject("e0", KEEL_BDEV_IO_WRITE, -EIO);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, w, 0, 4096) == 0);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(w);
+	teardown();
+}
+
+/*
+ * The same lost-looking fault, but the volume is destroyed (on the owner alone)
+ * before thread 1 runs again: the fault still reaches the labels (e0 is not in
+ * sync when the volume is assembled again), and the message delivered after the
+ * volume was stopped touches no freed memory (ASan).
+ */
+static void test_fault_msg_after_destroy(void)
+{
+	const char *reps[] = {"e0", "m1"};
+	struct op_res r;
+	struct vol_user u;
+	uint32_t noops = 0, queued = 0;
+	struct keel_nexus_info *info;
+
+	read_error_then_close(&u, &noops, &queued);
+	/* Thread 0 alone: drain the no-ops, close, destroy. */
+	ut_set_thread(0);
+	keel_put_io_channel(u.ch[0]);
+	keel_bdev_close(u.desc);
+	memset(&r, 0, sizeof(r));
+	CU_ASSERT_FATAL(keel_nexus_destroy("vol", false, op_cb, &r) == 0);
+	for (int i = 0; i < 1000 && !r.done; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_thread(0);
+	}
+	CU_ASSERT_FATAL(r.done && r.status == 0);
+	CU_ASSERT(keel_nexus_get_by_name("vol") == NULL);
+	/* Now thread 1 runs again: its retry delivers the fault to a stopped volume. */
+	for (int i = 0; i < 100; i++) {
+		ut_time_advance_us(1000);
+		ut_poll_threads();
+	}
+	CU_ASSERT(noops == queued);
+	keel_bdev_error_clear("e0");
+	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);
+	info = info_of("vol");
+	CU_ASSERT(rep_info(info, "m1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(rep_info(info, "e0")->state != KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	teardown();
+}
+
 /* The replica bdev goes away under a live volume: it is faulted, I/O goes on. */
 static void test_replica_hot_remove(void)
 {
@@ -1354,6 +1486,8 @@ static const struct ut_test g_tests[] = {
 	{"stale_detection", test_stale_detection},
 	{"refusals", test_refusals},
 	{"interrupted_label_update", test_interrupted_label_update},
+	{"fault_msg_ring_full", test_fault_msg_ring_full},
+	{"fault_msg_after_destroy", test_fault_msg_after_destroy},
 	{"replica_hot_remove", test_replica_hot_remove},
 	{"fault_under_load_two_reactors", test_fault_under_load_two_reactors},
 	{NULL, NULL},
