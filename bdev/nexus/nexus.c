@@ -424,8 +424,9 @@ static void label_read_done(void *arg, int status)
 		}
 		return;
 	}
-	rc0 = nexus_label_decode(r->label_buf, &l0, why0, sizeof(why0));
-	rc1 = nexus_label_decode(r->label_buf + r->label_buf_len, &l1, why1, sizeof(why1));
+	rc0 = nexus_label_decode(r->label_buf, r->label_buf_len, &l0, why0, sizeof(why0));
+	rc1 = nexus_label_decode(r->label_buf + r->label_buf_len, r->label_buf_len, &l1, why1,
+				 sizeof(why1));
 	r->label_rc = nexus_label_pick(rc0, &l0, rc1, &l1, &which);
 	if (r->label_rc == 0) {
 		r->label = which == 0 ? l0 : l1;
@@ -1194,26 +1195,6 @@ const char *keel_nexus_get_name(const struct keel_nexus *nexus)
 	return ((const struct nexus *)nexus)->name;
 }
 
-static bool valid_name(const char *name)
-{
-	size_t len;
-
-	if (name == NULL) {
-		return false;
-	}
-	len = strlen(name);
-	if (len == 0 || len > KEEL_NEXUS_NAME_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < len; i++) {
-		if (name[i] == '/' || name[i] == ' ' || name[i] == '\t' || name[i] == '\n' ||
-		    name[i] == '\r' || name[i] == '\v' || name[i] == '\f') {
-			return false;
-		}
-	}
-	return true;
-}
-
 static struct nexus *nexus_alloc(const char *name)
 {
 	struct nexus *n = calloc(1, sizeof(*n));
@@ -1341,7 +1322,7 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 	uint16_t mask = 0;
 	int rc;
 
-	if (opts == NULL || !valid_name(opts->name) || opts->replicas == NULL ||
+	if (opts == NULL || !keel_nexus_name_valid(opts->name, NULL, 0) || opts->replicas == NULL ||
 	    opts->num_replicas == 0 || opts->num_replicas > NEXUS_MAX ||
 	    !names_unique(opts->replicas, opts->num_replicas) || keel_thread_get_current() == NULL) {
 		return -EINVAL;
@@ -1809,7 +1790,7 @@ int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb
 	uint16_t mask = 0;
 	int rc;
 
-	if (opts == NULL || (opts->name != NULL && !valid_name(opts->name)) ||
+	if (opts == NULL || (opts->name != NULL && !keel_nexus_name_valid(opts->name, NULL, 0)) ||
 	    opts->replicas == NULL || opts->num_replicas == 0 ||
 	    opts->num_replicas > NEXUS_MAX || !names_unique(opts->replicas, opts->num_replicas) ||
 	    keel_thread_get_current() == NULL) {

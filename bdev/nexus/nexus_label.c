@@ -95,7 +95,8 @@ static bool is_pow2(uint64_t v)
 	return v != 0 && (v & (v - 1)) == 0;
 }
 
-int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why, size_t whylen)
+int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label, char *why,
+		       size_t whylen)
 {
 	uint8_t copy[NEXUS_LABEL_SIZE];
 	uint32_t stored_crc;
@@ -105,6 +106,10 @@ int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why,
 
 	if (why != NULL && whylen > 0) {
 		why[0] = '\0';
+	}
+	if (len < NEXUS_LABEL_SIZE) {
+		reason = "label shorter than its fixed size";
+		goto out_fail;
 	}
 	if (memcmp(buf + OFF_MAGIC, NEXUS_LABEL_MAGIC, 8) != 0) {
 		reason = "no keel label";
@@ -142,6 +147,13 @@ int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why,
 	}
 	memcpy(label->volume_name, buf + OFF_VOL_NAME, name_len);
 	label->volume_name[name_len] = '\0';
+	/* The name is logged and registered: the rule of names given over RPC. */
+	if (!keel_nexus_name_valid(label->volume_name, NULL, 0)) {
+		label->volume_name[0] = '\0';
+		reason = "volume name in label has bytes a name may not have (control, "
+			 "space, '/', non-ASCII)";
+		goto out_fail;
+	}
 	memcpy(label->replica_uuid, buf + OFF_REPLICA_UUID, 16);
 	label->volume_size = nexus_get_le64(buf + OFF_VOL_SIZE);
 	label->data_offset = nexus_get_le64(buf + OFF_DATA_OFFSET);

@@ -75,11 +75,14 @@ uint32_t nexus_crc32c(uint32_t crc, const void *buf, size_t len);
 void nexus_label_encode(const struct nexus_label *label, uint8_t *buf);
 
 /**
- * Parse and validate one copy. \return 0, -ENODATA (no magic: blank), -EBADMSG (bad
- * checksum), -EPROTONOSUPPORT (unknown version), -EINVAL (fields inconsistent).
- * \p why (may be NULL) gets a short reason on failure.
+ * Parse and validate one copy of \p len bytes (NEXUS_LABEL_SIZE are read; fewer is
+ * -EINVAL). Pure: no I/O, any input (fuzz target). \return 0, -ENODATA (no magic:
+ * blank), -EBADMSG (bad checksum), -EPROTONOSUPPORT (unknown version), -EINVAL
+ * (fields inconsistent, or a volume name keel_nexus_name_valid refuses).
+ * \p why (may be NULL) gets a short reason on failure, never the name itself.
  */
-int nexus_label_decode(const uint8_t *buf, struct nexus_label *label, char *why, size_t whylen);
+int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label, char *why,
+		       size_t whylen);
 
 /**
  * Pick the label of a replica from its two copies (decode results \p rc0, \p rc1):

@@ -28,6 +28,7 @@
 #define KEEL_NEXUS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "keel/bdev.h"
@@ -42,7 +43,7 @@ struct json_t; /* jansson */
 
 /** Most replicas one volume can have. */
 #define KEEL_NEXUS_MAX_REPLICAS 16
-/** Longest volume name (the bdev name rules apply: no '/' or whitespace). */
+/** Longest volume name (see keel_nexus_name_valid). */
 #define KEEL_NEXUS_NAME_MAX KEEL_BDEV_NAME_MAX
 /** Where user data starts on every replica; below it live the labels (and, later,
  * the write-intent bitmap). A replica must be larger than this. */
@@ -78,6 +79,15 @@ enum keel_nexus_fault_reason {
 	KEEL_NEXUS_REASON_ADMIN,     /**< faulted by keel_nexus_fault_replica */
 	KEEL_NEXUS_REASON_CANT_OPEN, /**< bdev missing, claimed, or its label refused */
 };
+
+/**
+ * The rule for volume names, wherever one comes from (create, open, a label read
+ * from a replica, keeld's RPCs): 1..KEEL_NEXUS_NAME_MAX bytes of printable ASCII
+ * (0x21-0x7e), no '/'. Names are logged and become bdev names; nothing else can
+ * smuggle terminal escapes or line breaks into a log. On false, \p why (may be
+ * NULL) says what is wrong without repeating the name. Any thread.
+ */
+bool keel_nexus_name_valid(const char *name, char *why, size_t whylen);
 
 const char *keel_nexus_state_name(enum keel_nexus_state state);          /**< "online" ... */
 const char *keel_nexus_replica_state_name(enum keel_nexus_replica_state state);

@@ -83,7 +83,7 @@ static void test_label_roundtrip(void)
 
 	sample_label(&l);
 	nexus_label_encode(&l, buf);
-	CU_ASSERT_FATAL(nexus_label_decode(buf, &d, why, sizeof(why)) == 0);
+	CU_ASSERT_FATAL(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == 0);
 	CU_ASSERT(d.version == l.version && d.flags == l.flags && d.generation == 42);
 	CU_ASSERT(memcmp(d.volume_uuid, l.volume_uuid, 16) == 0);
 	CU_ASSERT_STRING_EQUAL(d.volume_name, "vol-label");
@@ -107,54 +107,78 @@ static void test_label_corrupt(void)
 	sample_label(&l);
 	/* blank */
 	memset(buf, 0, NEXUS_LABEL_SIZE);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -ENODATA);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -ENODATA);
 	/* every single flipped bit past the magic is caught by the checksum */
 	nexus_label_encode(&l, buf);
 	for (uint32_t i = 8; i < NEXUS_LABEL_SIZE; i += 97) {
 		buf[i] ^= 0x10;
-		CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EBADMSG);
+		CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EBADMSG);
 		CU_ASSERT(strstr(why, "checksum") != NULL);
 		buf[i] ^= 0x10;
 	}
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == 0);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == 0);
 	/* a future version with a valid checksum is refused, not misread */
 	l.version = NEXUS_LABEL_VERSION + 1;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EPROTONOSUPPORT);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EPROTONOSUPPORT);
 	CU_ASSERT(strstr(why, "version 3") != NULL);
 	/* inconsistent fields with a valid checksum */
 	sample_label(&l);
 	l.num_members = 99;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	l.block_size = 1000;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	l.data_offset = 4096;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	l.volume_name[0] = '\0';
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	l.generation = 0;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	l.members[1].state = 7;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	memset(l.members[0].uuid, 0xee, 16); /* no longer lists itself */
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
 	sample_label(&l);
 	l.volume_size = UINT64_MAX - 511; /* offset + size overflows */
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, &d, why, sizeof(why)) == -EINVAL);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
+	/* A name is logged: one an RPC would refuse (terminal escapes, newlines,
+	 * spaces, '/', bytes outside printable ASCII) refuses the label, and the
+	 * reason does not repeat it. */
+	{
+		static const char *const bad[] = {"evil\x1b[2J", "a\nvolume x: fake line",
+						  "a b", "a/b", "del\x7f", "caf\xc3\xa9", "\t"};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			sample_label(&l);
+			snprintf(l.volume_name, sizeof(l.volume_name), "%s", bad[i]);
+			nexus_label_encode(&l, buf);
+			CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
+			CU_ASSERT(strstr(why, "volume name") != NULL);
+			CU_ASSERT(strstr(why, bad[i]) == NULL);
+		}
+		sample_label(&l);
+		snprintf(l.volume_name, sizeof(l.volume_name), "Vol-1.a_b:c@d+e~");
+		nexus_label_encode(&l, buf);
+		CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == 0);
+		CU_ASSERT_STRING_EQUAL(d.volume_name, "Vol-1.a_b:c@d+e~");
+		/* a buffer shorter than a label is never read past its end */
+		CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE - 1, &d, why, sizeof(why)) ==
+			  -EINVAL);
+	}
 
 	/* picking between copies: a torn copy loses to the intact one, newer wins */
 	sample_label(&l);
@@ -199,11 +223,16 @@ static void test_label_fuzz(void)
 				buf[16 + i] = (uint8_t)(crc >> (8 * i));
 			}
 		}
-		rc = nexus_label_decode(buf, &d, why, sizeof(why));
+		rc = nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why));
 		if (rc == 0) {
 			CU_ASSERT(d.num_members >= 1 && d.num_members <= KEEL_NEXUS_MAX_REPLICAS);
 			CU_ASSERT(d.block_size >= 512 && (d.block_size & (d.block_size - 1)) == 0);
 			CU_ASSERT(strlen(d.volume_name) > 0 && strlen(d.volume_name) <= 63);
+			for (size_t k = 0; d.volume_name[k] != '\0'; k++) {
+				unsigned char c = (unsigned char)d.volume_name[k];
+
+				CU_ASSERT(c > ' ' && c < 0x7f && c != '/');
+			}
 			CU_ASSERT(d.data_offset + d.volume_size > d.data_offset);
 		} else {
 			CU_ASSERT(why[0] != '\0');
@@ -1093,6 +1122,35 @@ static void test_fault_msg_after_destroy(void)
 	teardown();
 }
 
+/* Assembly of a replica whose label (checksum valid) names the volume with a
+ * terminal escape: refused with a reason that does not repeat the name. */
+static void test_label_name_refused(void)
+{
+	const char *reps[] = {"m0"};
+	struct op_res r;
+	struct nexus_label l;
+	uint8_t *buf = abuf(NEXUS_LABEL_SIZE);
+
+	setup(1);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	/* the same rule for names given to create */
+	CU_ASSERT(create_vol("vol\x1b[2J", reps, 1, false, &r) == -EINVAL);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 1, false, &r) == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	CU_ASSERT_FATAL(read_label("m0", &l) == 0);
+	snprintf(l.volume_name, sizeof(l.volume_name), "vol\x1b]0;owned\x07\n");
+	nexus_label_encode(&l, buf);
+	CU_ASSERT(raw_io("m0", true, buf, NEXUS_LABEL_COPY0_OFFSET, NEXUS_LABEL_SIZE) == 0);
+	CU_ASSERT(raw_io("m0", true, buf, NEXUS_LABEL_COPY1_OFFSET, NEXUS_LABEL_SIZE) == 0);
+	CU_ASSERT(open_vol(NULL, reps, 1, false, &r) == -ENOENT);
+	CU_ASSERT(strstr(r.msg, "m0") != NULL);
+	CU_ASSERT(strstr(r.msg, "volume name") != NULL);
+	CU_ASSERT(strchr(r.msg, '\x1b') == NULL && strchr(r.msg, '\n') == NULL);
+	CU_ASSERT(keel_bdev_get_claim_owner(keel_bdev_get_by_name("m0")) == NULL);
+	free(buf);
+	teardown();
+}
+
 /* The replica bdev goes away under a live volume: it is faulted, I/O goes on. */
 static void test_replica_hot_remove(void)
 {
@@ -1488,6 +1546,7 @@ static const struct ut_test g_tests[] = {
 	{"interrupted_label_update", test_interrupted_label_update},
 	{"fault_msg_ring_full", test_fault_msg_ring_full},
 	{"fault_msg_after_destroy", test_fault_msg_after_destroy},
+	{"label_name_refused", test_label_name_refused},
 	{"replica_hot_remove", test_replica_hot_remove},
 	{"fault_under_load_two_reactors", test_fault_under_load_two_reactors},
 	{NULL, NULL},

@@ -310,8 +310,8 @@ int read_label(const char *bdev, struct nexus_label *l)
 
 	CU_ASSERT_FATAL(raw_io(bdev, false, b0, NEXUS_LABEL_COPY0_OFFSET, NEXUS_LABEL_SIZE) == 0);
 	CU_ASSERT_FATAL(raw_io(bdev, false, b1, NEXUS_LABEL_COPY1_OFFSET, NEXUS_LABEL_SIZE) == 0);
-	rc0 = nexus_label_decode(b0, &l0, NULL, 0);
-	rc1 = nexus_label_decode(b1, &l1, NULL, 0);
+	rc0 = nexus_label_decode(b0, NEXUS_LABEL_SIZE, &l0, NULL, 0);
+	rc1 = nexus_label_decode(b1, NEXUS_LABEL_SIZE, &l1, NULL, 0);
 	rc = nexus_label_pick(rc0, &l0, rc1, &l1, &which);
 	if (rc == 0) {
 		*l = which ? l1 : l0;
