@@ -12,7 +12,10 @@
  *
  * On disk (in the 1 MiB label area of each replica, between the label copies):
  *   NEXUS_BITMAP_OFFSET: header block (magic, version, crc32c, events_cleared,
- *   region size, bit count, volume uuid), then the bits, one block-aligned run.
+ *   region size, bit count, block size, volume uuid), then the bit blocks, each
+ *   with its own checksum (nexus_bitmap_format.h). A bit block that fails its
+ *   checksum at assembly counts as all set: its regions are resynced, never
+ *   skipped. Writing a bit block costs the crc of that block alone.
  * Clearing writes the header (with the new events_cleared) and flushes it before
  * the cleared bits, so a crash in between only leaves bits set.
  *
@@ -35,19 +38,17 @@
  * which the owner runs only after the clear is on disk.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "keel/log.h"
 
-#include "nexus_endian.h"
+#include "nexus_bitmap_format.h"
 #include "nexus_internal.h"
 
-#define BM_MAGIC "KEELBMP1"
-#define BM_VERSION 1u
 #define NEXUS_BITMAP_OFFSET (64u * 1024u)
 #define NEXUS_BITMAP_MAX_LEN (448u * 1024u) /* up to the second label copy */
-#define BM_HDR_LEN 64u
 
 /* bits[] values */
 #define BIT_CLEAR 0u
@@ -73,6 +74,7 @@ struct nexus_bitmap {
 	unsigned region_shift;   /* region_size is a power of two: no division per write */
 	uint32_t nbits;
 	uint32_t blk;            /* I/O unit */
+	uint32_t bpb;            /* bits per bit block (the rest is its trailer) */
 	uint32_t image_len;      /* header block + bit blocks */
 	_Atomic uint8_t *bits;   /* BIT_* per region */
 	uint8_t *image;          /* what is (being) written: header + bits */
@@ -94,59 +96,51 @@ struct nexus_bitmap {
 	bool full_requested;
 	/* load */
 	void (*load_done)(struct nexus *n);
+	unsigned load_slot;
 };
 
 static void encode_header(struct nexus_bitmap *bm)
 {
-	uint8_t *h = bm->image;
+	struct nexus_bm_header h = {
+		.version = NEXUS_BM_VERSION,
+		.events_cleared = bm->events_cleared,
+		.region_size = bm->region_size,
+		.nbits = bm->nbits,
+		.block_size = bm->blk,
+	};
 
-	memset(h, 0, BM_HDR_LEN);
-	memcpy(h, BM_MAGIC, 8);
-	nexus_put_le32(h + 8, BM_VERSION);
-	nexus_put_le64(h + 16, bm->events_cleared);
-	nexus_put_le64(h + 24, bm->region_size);
-	nexus_put_le32(h + 32, bm->nbits);
-	memcpy(h + 40, bm->n->uuid, 16);
-	nexus_put_le32(h + 12, nexus_crc32c(0, h, BM_HDR_LEN));
+	memcpy(h.volume_uuid, bm->n->uuid, 16);
+	nexus_bm_header_encode(&h, bm->image);
 }
 
-static bool decode_header(struct nexus_bitmap *bm, const uint8_t *h, uint64_t *events)
+/* Image offset of the bit block holding region \p r. */
+static inline uint32_t block_off(const struct nexus_bitmap *bm, uint32_t r)
 {
-	uint8_t tmp[BM_HDR_LEN];
-
-	if (memcmp(h, BM_MAGIC, 8) != 0 || nexus_get_le32(h + 8) != BM_VERSION) {
-		return false;
-	}
-	memcpy(tmp, h, BM_HDR_LEN);
-	nexus_put_le32(tmp + 12, 0);
-	if (nexus_crc32c(0, tmp, BM_HDR_LEN) != nexus_get_le32(h + 12)) {
-		return false;
-	}
-	if (nexus_get_le64(h + 24) != bm->region_size || nexus_get_le32(h + 32) != bm->nbits ||
-	    memcmp(h + 40, bm->n->uuid, 16) != 0) {
-		return false;
-	}
-	*events = nexus_get_le64(h + 16);
-	return true;
-}
-
-static inline uint8_t *bit_bytes(struct nexus_bitmap *bm)
-{
-	return bm->image + bm->blk;
+	return bm->blk * (1 + r / bm->bpb);
 }
 
 static void image_set(struct nexus_bitmap *bm, uint32_t r, bool on)
 {
+	uint8_t *b = bm->image + block_off(bm, r) + (r % bm->bpb) / 8;
+
 	if (on) {
-		bit_bytes(bm)[r / 8] |= (uint8_t)(1u << (r % 8));
+		*b |= (uint8_t)(1u << (r % 8));
 	} else {
-		bit_bytes(bm)[r / 8] &= (uint8_t)~(1u << (r % 8));
+		*b &= (uint8_t)~(1u << (r % 8));
 	}
 }
 
 static bool image_get(struct nexus_bitmap *bm, uint32_t r)
 {
-	return (bit_bytes(bm)[r / 8] >> (r % 8)) & 1u;
+	return (bm->image[block_off(bm, r) + (r % bm->bpb) / 8] >> (r % 8)) & 1u;
+}
+
+/* Checksum the bit blocks in image bytes [lo, hi) before they are written. */
+static void seal_blocks(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi)
+{
+	for (uint32_t off = lo < bm->blk ? bm->blk : lo; off < hi; off += bm->blk) {
+		nexus_bm_block_seal(bm->image + off, bm->blk, off / bm->blk - 1, bm->n->uuid);
+	}
 }
 
 static int clear_poll(void *arg);
@@ -168,15 +162,17 @@ int nexus_bitmap_create(struct nexus *n)
 		return -ENOMEM;
 	}
 	bm->n = n;
-	bm->blk = n->block_size > 4096 ? n->block_size : 4096;
+	bm->blk = n->block_size > NEXUS_BM_BLOCK_MIN ? n->block_size : NEXUS_BM_BLOCK_MIN;
+	bm->bpb = nexus_bm_bits_per_block(bm->blk);
 	/* Larger regions when the volume is too big for the space (md: "or larger if
 	 * necessary to fit"). */
 	for (;;) {
 		uint64_t nb = (n->volume_size + rs - 1) / rs;
+		uint64_t nblocks = (nb + bm->bpb - 1) / bm->bpb;
 
-		bits_len = (uint32_t)(((nb + 7) / 8 + bm->blk - 1) / bm->blk * bm->blk);
-		if (nb <= UINT32_MAX && (uint64_t)bits_len + bm->blk <= NEXUS_BITMAP_MAX_LEN) {
+		if (nb <= UINT32_MAX && (nblocks + 1) * bm->blk <= NEXUS_BITMAP_MAX_LEN) {
 			bm->nbits = (uint32_t)nb;
+			bits_len = (uint32_t)(nblocks * bm->blk);
 			break;
 		}
 		rs *= 2;
@@ -420,6 +416,19 @@ static void bm_write(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t
 	bm_io_put(bm);
 }
 
+/* bm_write after sealing what it writes: the bit blocks of [lo, hi), or every
+ * bit block when some replica gets the whole image. */
+static void bm_write_sealed(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t mask,
+			    uint16_t full_mask, void (*done)(struct nexus_bitmap *bm))
+{
+	if (full_mask != 0) {
+		seal_blocks(bm, 0, bm->image_len);
+	} else {
+		seal_blocks(bm, lo, hi);
+	}
+	bm_write(bm, lo, hi, mask, full_mask, done);
+}
+
 static void set_batch_done(struct nexus_bitmap *bm)
 {
 	struct keel_bdev_io *io;
@@ -452,10 +461,9 @@ static void set_batch(struct nexus_bitmap *bm)
 		for (uint32_t r = (uint32_t)(off / bm->region_size);
 		     r <= (uint32_t)((off + len - 1) / bm->region_size); r++) {
 			if (!image_get(bm, r)) {
-				uint32_t b = bm->blk + r / 8;
+				uint32_t b = block_off(bm, r);
 
 				image_set(bm, r, true);
-				b -= b % bm->blk;
 				lo = b < lo ? b : lo;
 				hi = b + bm->blk > hi ? b + bm->blk : hi;
 			}
@@ -465,7 +473,7 @@ static void set_batch(struct nexus_bitmap *bm)
 		/* Already on disk (a cleared-then-rewritten race): nothing to write. */
 		lo = hi = 0;
 	}
-	bm_write(bm, lo, hi, nexus_attached_mask(bm->n), 0, set_batch_done);
+	bm_write_sealed(bm, lo, hi, nexus_attached_mask(bm->n), 0, set_batch_done);
 }
 
 static void full_done_cb(struct nexus_bitmap *bm)
@@ -494,14 +502,13 @@ static void clear_header_done(struct nexus_bitmap *bm)
 
 	for (uint32_t i = 0; i < bm->n_clear; i++) {
 		uint32_t r = bm->clear_list[i];
-		uint32_t b = bm->blk + r / 8;
+		uint32_t b = block_off(bm, r);
 
 		image_set(bm, r, false);
-		b -= b % bm->blk;
 		lo = b < lo ? b : lo;
 		hi = b + bm->blk > hi ? b + bm->blk : hi;
 	}
-	bm_write(bm, lo, hi, nexus_attached_mask(bm->n), 0, clear_bits_done);
+	bm_write_sealed(bm, lo, hi, nexus_attached_mask(bm->n), 0, clear_bits_done);
 }
 
 static bool clear_allowed(struct nexus *n)
@@ -614,7 +621,7 @@ bool nexus_bitmap_kick(struct nexus *n)
 	}
 	if (bm->need_full) {
 		encode_header(bm);
-		bm_write(bm, 0, 0, 0, nexus_attached_mask(n), full_done_cb);
+		bm_write_sealed(bm, 0, 0, 0, nexus_attached_mask(n), full_done_cb);
 		return true;
 	}
 	if (!TAILQ_EMPTY(&bm->waiting)) {
@@ -631,34 +638,85 @@ void nexus_bitmap_write_full(struct nexus *n, unsigned s, void (*done)(struct ne
 	bm->full_done = done;
 	bm->full_slot = s;
 	encode_header(bm);
-	bm_write(bm, 0, 0, 0, (uint16_t)(1u << s), full_one_done);
+	bm_write_sealed(bm, 0, 0, 0, (uint16_t)(1u << s), full_one_done);
 }
 
 /* ------------------------------------------------------------------------------ */
 /* Load at assembly                                                                */
 /* ------------------------------------------------------------------------------ */
 
+/* The header read at assembly describes this volume's bitmap? (why on false) */
+static bool load_header_ok(struct nexus_bitmap *bm, char *why, size_t whylen)
+{
+	struct nexus_bm_header h;
+
+	if (nexus_bm_header_decode(bm->image, bm->image_len, &h, why, whylen) != 0) {
+		return false;
+	}
+	if (h.region_size != bm->region_size || h.nbits != bm->nbits ||
+	    h.block_size != bm->blk || memcmp(h.volume_uuid, bm->n->uuid, 16) != 0) {
+		snprintf(why, whylen, "bitmap geometry or volume differs from the label's");
+		return false;
+	}
+	bm->events_cleared = h.events_cleared;
+	return true;
+}
+
+/* A bit block that fails its checksum counts as all set: those regions are
+ * resynced rather than trusted to be clean. \return the blocks found bad. */
+static uint32_t load_check_blocks(struct nexus_bitmap *bm)
+{
+	struct nexus *n = bm->n;
+	uint32_t nblocks = (bm->nbits + bm->bpb - 1) / bm->bpb, bad = 0;
+
+	for (uint32_t k = 0; k < nblocks; k++) {
+		uint8_t *b = bm->image + bm->blk * (1 + k);
+		uint32_t r0 = k * bm->bpb;
+		uint32_t r1 = bm->nbits - r0 < bm->bpb ? bm->nbits : r0 + bm->bpb;
+
+		if (nexus_bm_block_check(b, bm->blk, k, n->uuid) == 0) {
+			continue;
+		}
+		bad++;
+		KEEL_WARNLOG("volume %s: replica %s: write-intent bitmap block %u fails its "
+			     "checksum: regions %u-%u (volume bytes %lu-%lu) count as dirty and "
+			     "are resynced", n->name, n->replicas[bm->load_slot].bdev_name, k, r0,
+			     r1 - 1, (unsigned long)((uint64_t)r0 * bm->region_size),
+			     (unsigned long)((uint64_t)r1 * bm->region_size - 1));
+		for (uint32_t r = r0; r < r1; r++) {
+			image_set(bm, r, true);
+		}
+	}
+	return bad;
+}
+
 static void load_done_cb(void *arg, int status)
 {
 	struct nexus_bitmap *bm = arg;
 	struct nexus *n = bm->n;
-	uint64_t events;
-	uint32_t set = 0;
+	char why[96] = "read failed";
+	uint32_t set = 0, bad;
 
-	if (status == 0 && decode_header(bm, bm->image, &events)) {
-		bm->events_cleared = events;
+	if (status == 0 && load_header_ok(bm, why, sizeof(why))) {
+		bad = load_check_blocks(bm);
 		for (uint32_t r = 0; r < bm->nbits; r++) {
 			if (image_get(bm, r)) {
 				atomic_store(&bm->bits[r], BIT_SET);
 				set++;
 			}
 		}
+		/* Rewrite every replica's copy at first chance: the bad blocks are
+		 * repaired, and all replicas hold the same bits again. */
+		bm->need_full = bad > 0;
 		KEEL_NOTICELOG("volume %s: write-intent bitmap loaded: %u of %u regions of %lu KiB "
-			       "set, events_cleared %lu", n->name, set, bm->nbits,
-			       (unsigned long)(bm->region_size / 1024), (unsigned long)events);
+			       "set, events_cleared %lu%s", n->name, set, bm->nbits,
+			       (unsigned long)(bm->region_size / 1024),
+			       (unsigned long)bm->events_cleared,
+			       bad ? " (bad blocks counted as set, rewriting the bitmap)" : "");
 	} else {
-		KEEL_WARNLOG("volume %s: no valid write-intent bitmap%s: returning replicas get "
-			     "full rebuilds", n->name, status ? " (read failed)" : "");
+		KEEL_WARNLOG("volume %s: replica %s: no valid write-intent bitmap (%s): returning "
+			     "replicas get full rebuilds; a new bitmap is written", n->name,
+			     n->replicas[bm->load_slot].bdev_name, why);
 		memset(bm->image, 0, bm->image_len);
 		bm->events_cleared = UINT64_MAX;
 		bm->need_full = true;
@@ -673,6 +731,7 @@ void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n
 	int rc;
 
 	bm->load_done = done;
+	bm->load_slot = s;
 	rc = keel_bdev_read(r->desc, r->label_ch, bm->image, NEXUS_BITMAP_OFFSET, bm->image_len,
 			    load_done_cb, bm);
 	if (rc != 0) {

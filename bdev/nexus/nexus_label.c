@@ -40,6 +40,20 @@ uint32_t nexus_crc32c(uint32_t crc, const void *buf, size_t len)
 	return ~crc;
 }
 
+int nexus_crc_record_check(const uint8_t *buf, size_t len, const char *magic, size_t crc_off)
+{
+	static const uint8_t zero[4];
+	uint32_t crc;
+
+	if (memcmp(buf, magic, 8) != 0) {
+		return -ENODATA;
+	}
+	crc = nexus_crc32c(0, buf, crc_off);
+	crc = nexus_crc32c(crc, zero, sizeof(zero));
+	crc = nexus_crc32c(crc, buf + crc_off + 4, len - crc_off - 4);
+	return crc == nexus_get_le32(buf + crc_off) ? 0 : -EBADMSG;
+}
+
 #define OFF_MAGIC 0
 #define OFF_VERSION 8
 #define OFF_SIZE 12
@@ -98,8 +112,6 @@ static bool is_pow2(uint64_t v)
 int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label, char *why,
 		       size_t whylen)
 {
-	uint8_t copy[NEXUS_LABEL_SIZE];
-	uint32_t stored_crc;
 	const char *reason = NULL;
 	int rc = -EINVAL;
 	size_t name_len;
@@ -111,20 +123,13 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
 		reason = "label shorter than its fixed size";
 		goto out_fail;
 	}
-	if (memcmp(buf + OFF_MAGIC, NEXUS_LABEL_MAGIC, 8) != 0) {
-		reason = "no keel label";
-		rc = -ENODATA;
-		goto out_fail;
-	}
 	/* Check the checksum before trusting any other field, including the size. */
-	memcpy(copy, buf, NEXUS_LABEL_SIZE);
-	stored_crc = nexus_get_le32(copy + OFF_CRC);
-	nexus_put_le32(copy + OFF_CRC, 0);
-	if (nexus_crc32c(0, copy, NEXUS_LABEL_SIZE) != stored_crc) {
-		reason = "label checksum mismatch";
-		rc = -EBADMSG;
+	rc = nexus_crc_record_check(buf, NEXUS_LABEL_SIZE, NEXUS_LABEL_MAGIC, OFF_CRC);
+	if (rc != 0) {
+		reason = rc == -ENODATA ? "no keel label" : "label checksum mismatch";
 		goto out_fail;
 	}
+	rc = -EINVAL;
 	memset(label, 0, sizeof(*label));
 	label->version = nexus_get_le32(buf + OFF_VERSION);
 	if (label->version < NEXUS_LABEL_VERSION_MIN || label->version > NEXUS_LABEL_VERSION) {

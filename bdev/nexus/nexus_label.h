@@ -71,6 +71,13 @@ struct nexus_label {
  * nexus_crc32c(0, "123456789", 9) == 0xe3069283. Chain by passing the last value. */
 uint32_t nexus_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/**
+ * Check a checksummed record of \p len bytes (a label copy, the bitmap header): it
+ * starts with the 8-byte \p magic and holds at \p crc_off the crc32c of the whole
+ * record computed with that field zeroed. \return 0, -ENODATA (no magic), -EBADMSG.
+ */
+int nexus_crc_record_check(const uint8_t *buf, size_t len, const char *magic, size_t crc_off);
+
 /** Serialise \p label into \p buf (NEXUS_LABEL_SIZE bytes) with its checksum. */
 void nexus_label_encode(const struct nexus_label *label, uint8_t *buf);
 

@@ -21,6 +21,7 @@
 #include "keel/nexus.h"
 #include "keel/reactor.h"
 
+#include "bdev/nexus/nexus_bitmap_format.h"
 #include "bdev/nexus/nexus_label.h"
 #include "nexus_ut_common.h"
 #include "ut_cunit.h"
@@ -523,6 +524,111 @@ static void test_bitmap_persisted(void)
 	teardown();
 }
 
+/* On-disk bitmap of the test volumes: 512-byte blocks, so 4 KiB bitmap blocks. */
+#define BM_OFF (64u * 1024u)
+#define BM_BLK 4096u
+
+/* m1 is faulted, region 3 written while it is out, the volume stopped: m1 comes
+ * back stale at the next assembly and region 3 is the one it misses. */
+static void stop_with_m1_stale(uint32_t seed)
+{
+	struct op_res r;
+	struct vol_user u;
+	uint8_t *buf;
+
+	buf = clean_mirror_start(&u, seed);
+	CU_ASSERT(member_call(keel_nexus_fault_replica, "vol", "m1", &r) == 0);
+	fill(buf, 4096, seed + 1);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 3 * MB, 4096) == 0);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(buf);
+}
+
+/* Assemble again and let m1's rebuild finish; \return its stats. */
+static struct keel_rebuild_stats *reopen_and_rebuild(void)
+{
+	const char *reps[] = {"m0", "m1"};
+	struct op_res r;
+
+	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);
+	poll_until("vol", "m1", KEEL_REBUILD_COMPLETED);
+	CU_ASSERT(rep_info(info_of("vol"), "m1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	return stats_of("vol", "m1");
+}
+
+/* The bitmap on \p bdev: its header decodes and every bit block checks. */
+static bool bitmap_on_disk_valid(const char *bdev)
+{
+	uint8_t *b = abuf(2 * BM_BLK);
+	struct nexus_bm_header h;
+	bool ok;
+
+	CU_ASSERT_FATAL(raw_io(bdev, false, b, BM_OFF, 2 * BM_BLK) == 0);
+	ok = nexus_bm_header_decode(b, BM_BLK, &h, NULL, 0) == 0 && h.block_size == BM_BLK &&
+	     nexus_bm_block_check(b + BM_BLK, BM_BLK, 0, h.volume_uuid) == 0;
+	free(b);
+	return ok;
+}
+
+/* m1's rebuild copied the whole volume, the replicas are identical and both hold a
+ * valid bitmap again (rewritten); then stop and tear down. */
+static void expect_whole_copy(struct keel_rebuild_stats *st)
+{
+	CU_ASSERT(st->blocks_transferred == VOL_BYTES / BS);
+	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) == 0);
+	CU_ASSERT(bitmap_on_disk_valid("m0"));
+	CU_ASSERT(bitmap_on_disk_valid("m1"));
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
+/*
+ * Bit corruption in a bitmap block whose header is intact: region 3's bit, set
+ * because m1 missed a write there, reads back clear. A partial rebuild trusting it
+ * would skip region 3 and the replicas would silently differ; the block fails its
+ * checksum instead, counts as all set, and every region it holds is copied.
+ */
+static void test_bitmap_block_corrupt(void)
+{
+	struct keel_rebuild_stats *st;
+	uint8_t *b = abuf(BM_BLK);
+
+	stop_with_m1_stale(41);
+	CU_ASSERT_FATAL(raw_io("m0", false, b, BM_OFF + BM_BLK, BM_BLK) == 0);
+	CU_ASSERT(b[0] == 0x08); /* region 3 */
+	b[0] = 0;
+	CU_ASSERT_FATAL(raw_io("m0", true, b, BM_OFF + BM_BLK, BM_BLK) == 0);
+	free(b);
+	st = reopen_and_rebuild();
+	CU_ASSERT(st->is_partial); /* the header stays trusted: all 7 regions of the block */
+	expect_whole_copy(st);
+}
+
+/* A version 1 bitmap (no block checksums) is not trusted: the stale replica gets a
+ * full rebuild, and the bitmap is rewritten in the current version. */
+static void test_bitmap_old_version(void)
+{
+	struct keel_rebuild_stats *st;
+	uint8_t *b = abuf(BM_BLK);
+	uint32_t crc;
+
+	stop_with_m1_stale(51);
+	CU_ASSERT_FATAL(raw_io("m0", false, b, BM_OFF, BM_BLK) == 0);
+	b[8] = 1; /* version */
+	memset(b + 12, 0, 4);
+	crc = nexus_crc32c(0, b, 64);
+	for (int i = 0; i < 4; i++) {
+		b[12 + i] = (uint8_t)(crc >> (8 * i));
+	}
+	CU_ASSERT_FATAL(raw_io("m0", true, b, BM_OFF, BM_BLK) == 0);
+	free(b);
+	st = reopen_and_rebuild();
+	CU_ASSERT(!st->is_partial);
+	expect_whole_copy(st);
+}
+
 /* Copy a whole replica (labels, bitmap, data) from one bdev to another. */
 static void clone_replica(const char *from, const char *to)
 {
@@ -675,6 +781,8 @@ static const struct ut_test g_tests[] = {
 	{"target_failure", test_target_failure},
 	{"partial_rebuild", test_partial_rebuild},
 	{"bitmap_persisted", test_bitmap_persisted},
+	{"bitmap_block_corrupt", test_bitmap_block_corrupt},
+	{"bitmap_old_version", test_bitmap_old_version},
 	{"unclean_resync", test_unclean_resync},
 	{"bitmap_clear_race", test_bitmap_clear_race},
 	{NULL, NULL},
