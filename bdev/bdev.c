@@ -189,9 +189,19 @@ int keel_bdev_set_opts(const struct keel_bdev_opts *opts)
 struct bdev_ctrl_msg {
 	struct keel_thread *thread;
 	keel_msg_fn fn;
+	keel_msg_fn drop_fn;
 	void *arg;
 	struct keel_poller *poller;
 };
+
+/* The message can never be delivered (its thread is gone): say so, and let the
+ * sender release what the message held. */
+static void bdev_ctrl_lost(struct keel_thread *thread, keel_msg_fn drop_fn, void *arg, int rc)
+{
+	KEEL_ERRLOG("bdev: control message to thread %s lost: %s",
+		    thread ? keel_thread_get_name(thread) : "(null)", strerror(-rc));
+	drop_fn(arg);
+}
 
 static int bdev_ctrl_retry(void *arg)
 {
@@ -201,15 +211,16 @@ static int bdev_ctrl_retry(void *arg)
 	if (rc == -ENOMEM)
 		return KEEL_POLLER_IDLE;
 	if (rc != 0)
-		KEEL_ERRLOG("bdev: control message to thread %s lost: %s",
-			    keel_thread_get_name(m->thread), strerror(-rc));
+		bdev_ctrl_lost(m->thread, m->drop_fn, m->arg, rc);
 	keel_poller_unregister(&m->poller);
 	free(m);
 	return KEEL_POLLER_BUSY;
 }
 
-/* A full ring is backpressure: retry from a poller on this thread until it fits. */
-static void bdev_send_ctrl(struct keel_thread *thread, keel_msg_fn fn, void *arg)
+/* A full ring is backpressure: retry from a poller on this thread until it fits.
+ * fn(arg) runs on \p thread, or drop_fn(arg) here when it never can. */
+static void bdev_send_ctrl(struct keel_thread *thread, keel_msg_fn fn, keel_msg_fn drop_fn,
+			   void *arg)
 {
 	struct bdev_ctrl_msg *m;
 	int rc = keel_thread_send_msg(thread, fn, arg);
@@ -221,6 +232,7 @@ static void bdev_send_ctrl(struct keel_thread *thread, keel_msg_fn fn, void *arg
 		if (m) {
 			m->thread = thread;
 			m->fn = fn;
+			m->drop_fn = drop_fn;
 			m->arg = arg;
 			m->poller = keel_poller_register(bdev_ctrl_retry, m, 100, "bdev_ctrl_retry");
 			if (m->poller)
@@ -228,8 +240,7 @@ static void bdev_send_ctrl(struct keel_thread *thread, keel_msg_fn fn, void *arg
 			free(m);
 		}
 	}
-	KEEL_ERRLOG("bdev: control message to thread %s lost: %s",
-		    thread ? keel_thread_get_name(thread) : "(null)", strerror(-rc));
+	bdev_ctrl_lost(thread, drop_fn, arg, rc);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -1599,9 +1610,12 @@ struct bdev_event_msg {
 	enum keel_bdev_event_type type;
 };
 
-static void bdev_desc_free(struct keel_bdev_desc *desc)
+/* One count decides who frees: close and every event message, delivered or
+ * dropped, each put one reference, possibly on different threads. */
+static void bdev_desc_put(struct keel_bdev_desc *desc)
 {
-	free(desc);
+	if (__atomic_sub_fetch(&desc->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		free(desc);
 }
 
 static void bdev_event_deliver(void *arg)
@@ -1612,8 +1626,16 @@ static void bdev_event_deliver(void *arg)
 	if (!desc->closed)
 		desc->event_cb(m->type, desc->bdev, desc->event_ctx);
 	/* The callback may have closed the desc; we still hold our reference. */
-	if (__atomic_sub_fetch(&desc->pending_events, 1, __ATOMIC_ACQ_REL) == 0 && desc->closed)
-		bdev_desc_free(desc);
+	bdev_desc_put(desc);
+	free(m);
+}
+
+/* The descriptor's thread is gone: the event is not delivered, its reference is. */
+static void bdev_event_drop(void *arg)
+{
+	struct bdev_event_msg *m = arg;
+
+	bdev_desc_put(m->desc);
 	free(m);
 }
 
@@ -1629,8 +1651,8 @@ static void bdev_send_event_locked(struct keel_bdev_desc *desc, enum keel_bdev_e
 	}
 	m->desc = desc;
 	m->type = type;
-	__atomic_add_fetch(&desc->pending_events, 1, __ATOMIC_ACQ_REL);
-	bdev_send_ctrl(desc->thread, bdev_event_deliver, m);
+	__atomic_add_fetch(&desc->refs, 1, __ATOMIC_ACQ_REL);
+	bdev_send_ctrl(desc->thread, bdev_event_deliver, bdev_event_drop, m);
 }
 
 int keel_bdev_open_ext(const char *name, bool write, keel_bdev_event_cb event_cb, void *event_ctx,
@@ -1675,6 +1697,7 @@ int keel_bdev_open_ext(const char *name, bool write, keel_bdev_event_cb event_cb
 	desc->event_cb = event_cb;
 	desc->event_ctx = event_ctx;
 	desc->write = write;
+	desc->refs = 1; /* the open's; close puts it */
 	TAILQ_INSERT_TAIL(&bi->descs, desc, link);
 	bi->open_count++;
 	pthread_mutex_unlock(&bi->lock);
@@ -1713,8 +1736,7 @@ void keel_bdev_close(struct keel_bdev_desc *desc)
 	pthread_mutex_unlock(&bi->lock);
 
 	desc->closed = true;
-	if (__atomic_load_n(&desc->pending_events, __ATOMIC_ACQUIRE) == 0)
-		bdev_desc_free(desc);
+	bdev_desc_put(desc);
 	if (last)
 		bdev_teardown(bdev);
 }
@@ -1812,7 +1834,7 @@ static void bdev_post_done(struct keel_thread *thread, keel_bdev_done_cb cb_fn, 
 	m->cb_fn = cb_fn;
 	m->cb_arg = cb_arg;
 	m->status = status;
-	bdev_send_ctrl(thread, bdev_done_deliver, m);
+	bdev_send_ctrl(thread, bdev_done_deliver, free, m);
 }
 
 static void bdev_unregister_finish(struct keel_bdev_internal *bi)

@@ -42,8 +42,9 @@ struct keel_bdev_desc {
 	void *event_ctx;
 	bool write;
 	bool closed;
-	/* REMOVE/RESIZE messages not yet delivered: the desc outlives close until 0. */
-	uint32_t pending_events; /* atomic */
+	/* References (atomic): one for the open, one per REMOVE/RESIZE message not yet
+	 * delivered or dropped. The desc outlives close until the last is put. */
+	uint32_t refs;
 	TAILQ_ENTRY(keel_bdev_desc) link;
 };
 
