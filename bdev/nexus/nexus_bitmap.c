@@ -49,6 +49,8 @@
 
 #define NEXUS_BITMAP_OFFSET (64u * 1024u)
 #define NEXUS_BITMAP_MAX_LEN (448u * 1024u) /* up to the second label copy */
+#define BM_MAX_BLOCKS 128u /* >= NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN */
+_Static_assert(NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN <= BM_MAX_BLOCKS, "unsealed[] size");
 
 /* bits[] values */
 #define BIT_CLEAR 0u
@@ -76,6 +78,7 @@ struct nexus_bitmap {
 	uint32_t blk;            /* I/O unit */
 	uint32_t bpb;            /* bits per bit block (the rest is its trailer) */
 	uint32_t image_len;      /* header block + bit blocks */
+	uint64_t unsealed[BM_MAX_BLOCKS / 64]; /* bit blocks changed since sealed */
 	_Atomic uint8_t *bits;   /* BIT_* per region */
 	uint8_t *image;          /* what is (being) written: header + bits */
 	uint64_t events_cleared; /* UINT64_MAX: covers nothing (no valid bitmap yet) */
@@ -122,7 +125,9 @@ static inline uint32_t block_off(const struct nexus_bitmap *bm, uint32_t r)
 static void image_set(struct nexus_bitmap *bm, uint32_t r, bool on)
 {
 	uint8_t *b = bm->image + block_off(bm, r) + (r % bm->bpb) / 8;
+	uint32_t k = r / bm->bpb;
 
+	bm->unsealed[k / 64] |= 1ull << (k % 64);
 	if (on) {
 		*b |= (uint8_t)(1u << (r % 8));
 	} else {
@@ -135,12 +140,19 @@ static bool image_get(struct nexus_bitmap *bm, uint32_t r)
 	return (bm->image[block_off(bm, r) + (r % bm->bpb) / 8] >> (r % 8)) & 1u;
 }
 
-/* Checksum the bit blocks in image bytes [lo, hi) before they are written. */
-static void seal_blocks(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi)
+/* Checksum the bit blocks changed since they were last sealed (all of them with
+ * \p all), before they are written: a batch costs the crc of the blocks it
+ * changed, not of every block between the first and the last it writes. */
+static void seal_blocks(struct nexus_bitmap *bm, bool all)
 {
-	for (uint32_t off = lo < bm->blk ? bm->blk : lo; off < hi; off += bm->blk) {
-		nexus_bm_block_seal(bm->image + off, bm->blk, off / bm->blk - 1, bm->n->uuid);
+	uint32_t nblocks = bm->image_len / bm->blk - 1;
+
+	for (uint32_t k = 0; k < nblocks; k++) {
+		if (all || (bm->unsealed[k / 64] & (1ull << (k % 64)))) {
+			nexus_bm_block_seal(bm->image + bm->blk * (1 + k), bm->blk, k, bm->n->uuid);
+		}
 	}
+	memset(bm->unsealed, 0, sizeof(bm->unsealed));
 }
 
 static int clear_poll(void *arg);
@@ -416,16 +428,12 @@ static void bm_write(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t
 	bm_io_put(bm);
 }
 
-/* bm_write after sealing what it writes: the bit blocks of [lo, hi), or every
- * bit block when some replica gets the whole image. */
+/* bm_write after sealing what changed (every bit block when some replica gets
+ * the whole image: a loaded image may hold blocks read as bad). */
 static void bm_write_sealed(struct nexus_bitmap *bm, uint32_t lo, uint32_t hi, uint16_t mask,
 			    uint16_t full_mask, void (*done)(struct nexus_bitmap *bm))
 {
-	if (full_mask != 0) {
-		seal_blocks(bm, 0, bm->image_len);
-	} else {
-		seal_blocks(bm, lo, hi);
-	}
+	seal_blocks(bm, full_mask != 0);
 	bm_write(bm, lo, hi, mask, full_mask, done);
 }
 
