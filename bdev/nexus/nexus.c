@@ -437,8 +437,7 @@ static void label_read_done(void *arg, int status)
 		}
 	} else {
 		snprintf(r->label_why, sizeof(r->label_why), "%s",
-			 r->label_rc == -EBADMSG ? "label checksum mismatch (both copies)" :
-			 rc0 != -ENODATA ? why0 : why1);
+			 nexus_label_pick_why(r->label_rc, rc0, why0, why1));
 	}
 	labels_one_done(r->nexus);
 }

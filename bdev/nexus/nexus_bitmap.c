@@ -47,7 +47,6 @@
 #include "nexus_bitmap_format.h"
 #include "nexus_internal.h"
 
-#define NEXUS_BITMAP_OFFSET (64u * 1024u)
 #define NEXUS_BITMAP_MAX_LEN (448u * 1024u) /* up to the second label copy */
 #define BM_MAX_BLOCKS 128u /* >= NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN */
 _Static_assert(NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN <= BM_MAX_BLOCKS, "unsealed[] size");

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "nexus_bitmap_format.h"
 #include "nexus_endian.h"
 
 static uint32_t g_crc32c_table[256];
@@ -237,6 +238,46 @@ int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1,
 		return -ENODATA;
 	}
 	return rc0 != -ENODATA ? rc0 : rc1;
+}
+
+const char *nexus_label_pick_why(int rc, int rc0, const char *why0, const char *why1)
+{
+	if (rc == -EBADMSG) {
+		return "label checksum mismatch (both copies)";
+	}
+	return rc0 != -ENODATA ? why0 : why1;
+}
+
+int keel_nexus_label_inspect(const void *buf, size_t len, struct keel_nexus_label_summary *out)
+{
+	static const uint8_t blank[NEXUS_LABEL_SIZE];
+	const uint8_t *area = buf;
+	const uint8_t *copy0 = len >= NEXUS_LABEL_COPY0_OFFSET + NEXUS_LABEL_SIZE ?
+			       area + NEXUS_LABEL_COPY0_OFFSET : blank;
+	const uint8_t *copy1 = len >= NEXUS_LABEL_COPY1_OFFSET + NEXUS_LABEL_SIZE ?
+			       area + NEXUS_LABEL_COPY1_OFFSET : blank;
+	struct nexus_label l[2];
+	char why[2][96];
+	int rc0, rc1, rc, which;
+
+	memset(out, 0, sizeof(*out));
+	rc0 = nexus_label_decode(copy0, NEXUS_LABEL_SIZE, &l[0], why[0], sizeof(why[0]));
+	rc1 = nexus_label_decode(copy1, NEXUS_LABEL_SIZE, &l[1], why[1], sizeof(why[1]));
+	rc = nexus_label_pick(rc0, &l[0], rc1, &l[1], &which);
+	if (rc == 0) {
+		snprintf(out->volume_name, sizeof(out->volume_name), "%s", l[which].volume_name);
+		nexus_uuid_fmt(l[which].volume_uuid, out->volume_uuid);
+		nexus_uuid_fmt(l[which].replica_uuid, out->replica_uuid);
+		out->generation = l[which].generation;
+		return 0;
+	}
+	if (rc == -ENODATA) {
+		out->wiped = len >= NEXUS_BITMAP_OFFSET + 8 &&
+			     memcmp(area + NEXUS_BITMAP_OFFSET, NEXUS_BM_MAGIC, 8) == 0;
+		return rc;
+	}
+	snprintf(out->why, sizeof(out->why), "%s", nexus_label_pick_why(rc, rc0, why[0], why[1]));
+	return rc;
 }
 
 const struct nexus_label_member *nexus_label_find_member(const struct nexus_label *label,

@@ -36,6 +36,10 @@
  * written one after the other, each followed by a flush. */
 #define NEXUS_LABEL_COPY0_OFFSET 0u
 #define NEXUS_LABEL_COPY1_OFFSET (512u * 1024u)
+/* The write-intent bitmap (nexus_bitmap.c) lives between the copies and starts with
+ * NEXUS_BM_MAGIC (nexus_bitmap_format.h); a wiped replica keeps it, so it alone
+ * marks a former replica. */
+#define NEXUS_BITMAP_OFFSET (64u * 1024u)
 
 #define NEXUS_LABEL_FLAG_DIRTY (1u << 0)
 
@@ -99,6 +103,10 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
  */
 int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1,
 		     const struct nexus_label *l1, int *out);
+
+/** Why a replica's label is refused, from nexus_label_pick's \p rc and the decode
+ * reasons of both copies (for messages). */
+const char *nexus_label_pick_why(int rc, int rc0, const char *why0, const char *why1);
 
 /** The member entry of \p uuid, or NULL. */
 const struct nexus_label_member *nexus_label_find_member(const struct nexus_label *label,

@@ -230,6 +230,31 @@ struct keel_nexus_info {
 	struct keel_nexus_replica_info replicas[KEEL_NEXUS_MAX_REPLICAS];
 };
 
+/** What the label area of a replica says (keel_nexus_label_inspect). */
+struct keel_nexus_label_summary {
+	char volume_name[KEEL_NEXUS_NAME_MAX + 1]; /**< a valid label: its volume */
+	char volume_uuid[KEEL_UUID_STR_LEN];
+	char replica_uuid[KEEL_UUID_STR_LEN];
+	uint64_t generation;
+	/** No label, but the write-intent bitmap is still there: a former replica whose
+	 * labels were wiped (keel_nexus_destroy with wipe_labels). */
+	bool wiped;
+	char why[96]; /**< a label the nexus would refuse: why ("label checksum mismatch") */
+};
+
+/**
+ * Read the labels of a replica from \p buf, its first \p len bytes (all
+ * KEEL_NEXUS_DATA_OFFSET of them to see both copies; what a shorter buffer lacks
+ * counts as blank), as the nexus reads them at assembly: for a tool that looks at a
+ * file or device before it hands it to the nexus.
+ *
+ * Threading: any thread; no I/O, no state.
+ * \return 0 (a valid label: \p out describes the newer copy), -ENODATA (no label;
+ * out->wiped may be set), or the nexus's reason to refuse it: -EBADMSG (checksum),
+ * -EPROTONOSUPPORT (unknown version), -EINVAL (inconsistent fields), with out->why.
+ */
+int keel_nexus_label_inspect(const void *buf, size_t len, struct keel_nexus_label_summary *out);
+
 /** Look up a volume by name. \return NULL if none. Management thread only. */
 struct keel_nexus *keel_nexus_get_by_name(const char *name);
 /** Iterate volumes: first then next(prev). Management thread only. */
