@@ -127,8 +127,9 @@ static const char g_help_volume[] =
 	"  create NAME --size SIZE --replica PATH [--replica PATH ...] [--force]\n"
 	"        create a volume of SIZE bytes (K, M, G, T suffixes; a multiple of 4K)\n"
 	"        mirrored on every replica file; missing files are created with SIZE\n"
-	"        plus 1 MiB for the labels. --force overwrites files that carry another\n"
-	"        volume's label.\n"
+	"        plus 1 MiB for the labels. An existing file or device must be empty\n"
+	"        (zeros at both ends): --force overwrites data, a filesystem, a partition\n"
+	"        table or another volume's label. One file is never two replicas.\n"
 	"  destroy NAME [--wipe]   stop the volume's exports and the volume; the replica\n"
 	"                          files stay (--wipe erases their labels)\n"
 	"  list                    table of volumes\n"
@@ -139,7 +140,8 @@ static const char g_help_volume[] =
 static const char g_help_replica[] =
 	"Usage: keelctl replica VERB VOLUME PATH\n"
 	"  add VOLUME PATH [--force]  add replica file PATH (created if missing); it takes\n"
-	"                             writes but is not read until rebuilt in sync\n"
+	"                             writes but is not read until rebuilt in sync;\n"
+	"                             --force overwrites what PATH holds (see volume --help)\n"
 	"  remove VOLUME PATH         take replica PATH out of the volume (not the last\n"
 	"                             healthy one); the file stays\n"
 	"  fault VOLUME PATH          mark replica PATH faulted: no more I/O to it\n";

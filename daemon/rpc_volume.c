@@ -40,6 +40,7 @@
 #include "keel/nexus.h"
 #include "keel/reactor.h"
 #include "keel/rpc.h"
+#include "replica_probe.h"
 #include "rpc_methods.h"
 #include "state.h"
 #include "volume.h"
@@ -395,39 +396,42 @@ struct vol_files_job {
 	size_t n;
 	uint64_t need;      /* bytes each replica file needs */
 	bool unlink;        /* remove the created files instead */
+	bool force;         /* overwrite targets that hold data or another label */
+	char volume_uuid[KEEL_UUID_STR_LEN]; /* add: a label of this volume is welcome */
+	struct keeld_replica_set *in_use;    /* replicas of every volume, by identity */
 	vol_step_fn done;
-	char err[PATH_MAX + 256];
+	char err[2 * PATH_MAX + 256];
 };
 
 static int vol_prepare_file(struct vol_files_job *job, size_t i)
 {
 	const char *path = job->paths[i];
-	struct stat st;
+	struct keeld_replica_probe probe;
+	struct keeld_replica_id id;
 	int fd, rc;
 
-	if (stat(path, &st) == 0) {
-		if (S_ISBLK(st.st_mode)) {
-			return 0; /* the nexus checks that it is large enough */
+	/* Never write over data by mistake: see daemon/replica_probe.h. */
+	rc = keeld_replica_probe(path, &probe, job->err, sizeof(job->err));
+	if (rc == 0) {
+		rc = keeld_replica_set_check(job->in_use, path, &probe.id, job->err,
+					     sizeof(job->err));
+		if (rc == 0) {
+			rc = keeld_replica_probe_check(&probe, path, job->volume_uuid[0] != '\0' ?
+						       job->volume_uuid : NULL, job->force,
+						       job->err, sizeof(job->err));
 		}
-		if (!S_ISREG(st.st_mode)) {
-			snprintf(job->err, sizeof(job->err), "replica %s is neither a regular file "
-				 "nor a block device", path);
-			return -EINVAL;
-		}
-		if ((uint64_t)st.st_size < job->need) {
+		if (rc == 0 && !probe.id.blockdev && probe.size < job->need) {
+			/* Files only: the nexus checks that a block device is large enough. */
 			snprintf(job->err, sizeof(job->err), "replica file %s has %llu bytes, the "
 				 "volume needs %llu (its size plus %u bytes of labels): remove the "
 				 "file to let keeld create it, or grow it", path,
-				 (unsigned long long)st.st_size, (unsigned long long)job->need,
+				 (unsigned long long)probe.size, (unsigned long long)job->need,
 				 KEEL_NEXUS_DATA_OFFSET);
-			return -ENOSPC;
+			rc = -ENOSPC;
 		}
-		return 0;
+		return rc != 0 ? rc : keeld_replica_set_add_target(job->in_use, path, &probe.id);
 	}
-	if (errno != ENOENT) {
-		rc = -errno;
-		snprintf(job->err, sizeof(job->err), "cannot look at replica %s: %s", path,
-			 strerror(-rc));
+	if (rc != -ENOENT) {
 		return rc;
 	}
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -458,6 +462,16 @@ static int vol_prepare_file(struct vol_files_job *job, size_t i)
 			 strerror(-rc));
 		goto out_close;
 	}
+	/* A later target of this request may name the file just made (a//x after a/x). */
+	rc = keeld_replica_id_of_fd(fd, &id);
+	if (rc == 0) {
+		rc = keeld_replica_set_add_target(job->in_use, path, &id);
+	}
+	if (rc != 0) {
+		snprintf(job->err, sizeof(job->err), "cannot note replica file %s: %s", path,
+			 strerror(-rc));
+		goto out_close;
+	}
 	close(fd);
 	return keel_fsync_parent_dir(path);
 
@@ -473,6 +487,7 @@ static int vol_files_job_fn(void *arg)
 	int rc = 0;
 
 	if (!job->unlink) {
+		keeld_replica_set_stat(job->in_use);
 		for (i = 0; i < job->n && rc == 0; i++) {
 			rc = vol_prepare_file(job, i);
 		}
@@ -519,8 +534,34 @@ static void vol_files_job_done(void *cb_arg, int rc)
 	}
 	free(job->paths);
 	free(job->created);
+	keeld_replica_set_free(job->in_use);
 	job->done(op);
 	free(job);
+}
+
+/* Every replica path of every volume but the targets of \p op, so the blocking job
+ * finds a target that is one of them under another name. NULL: out of memory. */
+static struct keeld_replica_set *vol_replicas_in_use(const struct vol_op *op)
+{
+	struct keeld_replica_set *set = keeld_replica_set_new();
+	struct vol_replica *r;
+	struct vol *v;
+
+	if (set == NULL) {
+		return NULL;
+	}
+	TAILQ_FOREACH(v, &g_vols, link) {
+		TAILQ_FOREACH(r, &v->replicas, link) {
+			if (r->path == NULL || r == op->rep || (v == op->vol && op->rep == NULL)) {
+				continue;
+			}
+			if (keeld_replica_set_add(set, r->path, v->name) != 0) {
+				keeld_replica_set_free(set);
+				return NULL;
+			}
+		}
+	}
+	return set;
 }
 
 /*
@@ -559,6 +600,13 @@ static void vol_files(struct vol_op *op, bool unlink, vol_step_fn done)
 	job->op = op;
 	job->need = op->vol->size + KEEL_NEXUS_DATA_OFFSET;
 	job->unlink = unlink;
+	job->force = op->force;
+	if (op->rep != NULL) {
+		snprintf(job->volume_uuid, sizeof(job->volume_uuid), "%s", op->vol->uuid);
+	}
+	if (!unlink && (job->in_use = vol_replicas_in_use(op)) == NULL) {
+		goto out_free;
+	}
 	job->done = done;
 	rc = keel_spawn_blocking(vol_files_job_fn, job, vol_files_job_done, job);
 	if (rc == 0) {
@@ -577,6 +625,7 @@ out_free_paths:
 	}
 	free(job->paths);
 	free(job->created);
+	keeld_replica_set_free(job->in_use);
 	free(job);
 	done(op);
 	return;
