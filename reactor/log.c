@@ -167,3 +167,39 @@ void keel_log(enum keel_log_level level, const char *file, int line, const char 
 	keel_vlog(level, file, line, fmt, ap);
 	va_end(ap);
 }
+
+bool keel_log_ratelimit_pass(struct keel_log_ratelimit *rl, uint32_t *suppressed)
+{
+	uint64_t now = keel_now_ns();
+	uint64_t next = __atomic_load_n(&rl->next_ns, __ATOMIC_RELAXED);
+
+	/* One winner per interval even when several threads hit the site at once. */
+	if (now < next || !__atomic_compare_exchange_n(&rl->next_ns, &next, now + rl->interval_ns,
+						       false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+		__atomic_fetch_add(&rl->suppressed, 1, __ATOMIC_RELAXED);
+		return false;
+	}
+	*suppressed = __atomic_exchange_n(&rl->suppressed, 0, __ATOMIC_RELAXED);
+	return true;
+}
+
+void keel_log_ratelimited(struct keel_log_ratelimit *rl, enum keel_log_level level,
+			  const char *file, int line, const char *fmt, ...)
+{
+	char msg[LOG_LINE_MAX];
+	uint32_t suppressed;
+	va_list ap;
+
+	if ((int)level > atomic_load_explicit(&g_log_level, memory_order_relaxed) ||
+	    !keel_log_ratelimit_pass(rl, &suppressed)) {
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (suppressed == 0) {
+		keel_log(level, file, line, "%s", msg);
+	} else {
+		keel_log(level, file, line, "%s (%u similar lines not shown)", msg, suppressed);
+	}
+}
