@@ -197,7 +197,7 @@ static void keeld_rpc_start(void)
 		keeld_volumes_shutdown(keeld_volumes_stopped, NULL);
 		return;
 	}
-	rc = keel_rpc_server_start(g_opts.rpc_socket);
+	rc = keel_rpc_server_start(g_opts.rpc_socket, &g_opts.rpc);
 	if (rc != 0) {
 		if (rc == -EADDRINUSE) {
 			keeld_startup_failed("another keeld is already answering on %s: stop it "

@@ -1,7 +1,9 @@
 /* keeld command line parsing: every mistake names the option and what it wants. */
 #include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "options.h"
@@ -27,6 +29,12 @@ static void keeld_usage(FILE *f)
 		"  --rpc-socket PATH    unix socket for JSON-RPC (default: %s)\n"
 		"  --state-dir DIR      lock file and log (default: %s)\n"
 		"  --log-level LEVEL    error, warn, notice (default), info or debug\n"
+		"  --rpc-max-connections N  RPC connections open at once (default %u); at\n"
+		"                       the limit the one idle the longest makes room\n"
+		"  --rpc-idle-timeout SEC  close an RPC connection idle this long (default\n"
+		"                       %u; 0 never)\n"
+		"  --rpc-max-batch N    requests in one JSON-RPC batch (default %u)\n"
+		"  --rpc-max-response BYTES  bytes of one RPC response (default %u)\n"
 		"  --foreground         stay in the foreground and log to stderr; without it\n"
 		"                       keeld detaches once the socket is ready and logs to\n"
 		"                       STATE_DIR/keeld.log\n"
@@ -36,7 +44,8 @@ static void keeld_usage(FILE *f)
 		"SIGTERM or SIGINT stop keeld gracefully (exports stop, bdevs drain, the socket\n"
 		"is removed). The environment variable KEEL_RPC_SOCKET overrides the default\n"
 		"socket for keeld and keelctl.\n",
-		sock, state);
+		sock, state, KEEL_RPC_DEFAULT_MAX_CONNECTIONS, KEEL_RPC_DEFAULT_IDLE_TIMEOUT_MS / 1000,
+		KEEL_RPC_DEFAULT_MAX_BATCH, KEEL_RPC_DEFAULT_MAX_RESPONSE);
 }
 
 static int keeld_copy_path(char *dst, size_t len, const char *src, const char *opt, FILE *err)
@@ -53,9 +62,30 @@ static int keeld_copy_path(char *dst, size_t len, const char *src, const char *o
 	return 0;
 }
 
+/* A whole number from \p min to \p max; a mistake names the option and the range. */
+static int keeld_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *out,
+			   const char *opt, FILE *err)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	v = strtoull(text, &end, 10);
+	if (text[0] < '0' || text[0] > '9' || *end != '\0' || errno != 0 || v < min || v > max) {
+		fprintf(err, "keeld: %s '%s': expected a whole number from %u to %u\n", opt, text,
+			min, max);
+		return -EINVAL;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}
+
 int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, FILE *err)
 {
-	enum { OPT_CPUS = 256, OPT_MODE, OPT_SOCKET, OPT_STATE, OPT_LOG, OPT_FG };
+	enum {
+		OPT_CPUS = 256, OPT_MODE, OPT_SOCKET, OPT_STATE, OPT_LOG, OPT_FG,
+		OPT_RPC_CONNS, OPT_RPC_IDLE, OPT_RPC_BATCH, OPT_RPC_RESPONSE,
+	};
 	static const struct option longopts[] = {
 		{"cpus", required_argument, NULL, OPT_CPUS},
 		{"mode", required_argument, NULL, OPT_MODE},
@@ -63,16 +93,21 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		{"state-dir", required_argument, NULL, OPT_STATE},
 		{"log-level", required_argument, NULL, OPT_LOG},
 		{"foreground", no_argument, NULL, OPT_FG},
+		{"rpc-max-connections", required_argument, NULL, OPT_RPC_CONNS},
+		{"rpc-idle-timeout", required_argument, NULL, OPT_RPC_IDLE},
+		{"rpc-max-batch", required_argument, NULL, OPT_RPC_BATCH},
+		{"rpc-max-response", required_argument, NULL, OPT_RPC_RESPONSE},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
-	uint32_t cpus[1024];
+	uint32_t cpus[1024], idle_s;
 	int c, rc;
 
 	memset(opts, 0, sizeof(*opts));
 	opts->mode = KEEL_REACTOR_MODE_ADAPTIVE;
 	opts->log_level = KEEL_LOG_NOTICE;
+	keel_rpc_server_opts_init(&opts->rpc);
 	rc = keel_path_default_socket(opts->rpc_socket, sizeof(opts->rpc_socket));
 	if (rc == 0) {
 		rc = keel_path_default_state_dir(opts->state_dir, sizeof(opts->state_dir));
@@ -125,6 +160,31 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 			break;
 		case OPT_FG:
 			opts->foreground = true;
+			break;
+		case OPT_RPC_CONNS:
+			if (keeld_parse_u32(optarg, 1, 65536, &opts->rpc.max_connections,
+					    "--rpc-max-connections", err) != 0) {
+				return -EINVAL;
+			}
+			break;
+		case OPT_RPC_IDLE:
+			if (keeld_parse_u32(optarg, 0, 86400, &idle_s, "--rpc-idle-timeout",
+					    err) != 0) {
+				return -EINVAL;
+			}
+			opts->rpc.idle_timeout_ms = idle_s * 1000u;
+			break;
+		case OPT_RPC_BATCH:
+			if (keeld_parse_u32(optarg, 1, 65536, &opts->rpc.max_batch,
+					    "--rpc-max-batch", err) != 0) {
+				return -EINVAL;
+			}
+			break;
+		case OPT_RPC_RESPONSE:
+			if (keeld_parse_u32(optarg, 1024, 1u << 30, &opts->rpc.max_response,
+					    "--rpc-max-response", err) != 0) {
+				return -EINVAL;
+			}
 			break;
 		case 'h':
 			keeld_usage(out);

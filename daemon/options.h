@@ -8,6 +8,7 @@
 
 #include "keel/log.h"
 #include "keel/reactor.h"
+#include "keel/rpc.h"
 
 struct keeld_opts {
 	const char *cpus; /* NULL: every online CPU */
@@ -16,6 +17,7 @@ struct keeld_opts {
 	char state_dir[PATH_MAX];
 	enum keel_log_level log_level;
 	bool foreground;
+	struct keel_rpc_server_opts rpc; /* --rpc-max-connections, --rpc-idle-timeout, ... */
 };
 
 /**

@@ -7,9 +7,31 @@
  * complete value. There is no resync point after malformed JSON, so a parse error
  * answers -32700 and ends the connection (the caller closes it after flushing).
  *
+ * Bounded work per call: rpc_conn_process() handles at most RPC_CONN_BUDGET requests
+ * (batch members count one each), and stops early once RPC_CONN_SLICE_NS have passed,
+ * then returns; so one client with a large batch or a long pipeline holds the main
+ * reactor for about one request plus a millisecond at a time; the socket layer calls
+ * it again on its next run. Nothing new is dispatched while the client leaves RPC_OUTPUT_PAUSE
+ * bytes of replies unread or max_batch requests are still being handled: a client
+ * that does not read stops being served instead of being buffered for.
+ *
+ * Batches are never held as one JSON tree. The scanner records where the top-level
+ * commas of an array are; the batch is parsed once to check it is valid JSON (and
+ * freed at once), then each member is parsed from its own bytes when its turn comes.
+ * Responses are streamed: "[" before the first, "," between, "]\n" after the last, so
+ * a batch is one array on the wire but never one tree or one string in memory. While
+ * a batch's array is open nothing else may be written on the connection, so a batch
+ * starts only once every earlier request was answered, and nothing after it starts
+ * before its last member answered.
+ *
+ * Every response is encoded straight into the output buffer with a size limit: one
+ * over max_response bytes, or one that would leave more than max_response +
+ * RPC_OUTPUT_PAUSE bytes unread, is replaced by a short error naming the limit.
+ *
  * Lifetime: a connection is reference counted. The socket layer holds one reference,
- * each request (or batch) waiting for its handler holds one. A reply that comes after
- * the socket closed is dropped and releases its reference; the last one frees.
+ * each request waiting for its handler holds one. A reply that comes after the socket
+ * closed is dropped and releases its reference; the last one frees. Batch members not
+ * started when the socket closes are never run.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -18,8 +40,17 @@
 #include <string.h>
 
 #include "keel/log.h"
+#include "keel/reactor.h"
 #include "rpc_internal.h"
 #include "rpc_methods.h"
+
+/* Requests (or batch members) handled per rpc_conn_process() call, and its time. */
+#define RPC_CONN_BUDGET 16
+#define RPC_CONN_SLICE_NS 1000000u
+/* Stop dispatching while this many reply bytes wait for the client to read them. */
+#define RPC_OUTPUT_PAUSE (256u << 10)
+/* Buffers larger than this are freed when they empty, so idle connections stay small. */
+#define RPC_BUF_KEEP (64u << 10)
 
 struct rpc_method {
 	const char *name;
@@ -29,6 +60,18 @@ struct rpc_method {
 };
 
 static struct rpc_method *g_methods;
+
+static uint32_t g_max_batch = KEEL_RPC_DEFAULT_MAX_BATCH;
+static uint32_t g_max_response = KEEL_RPC_DEFAULT_MAX_RESPONSE;
+
+/* The one batch a connection may be answering. */
+struct rpc_batch {
+	bool active;
+	bool opened;          /* "[" was written */
+	uint32_t count;       /* members */
+	uint32_t next;        /* next member to dispatch */
+	uint32_t outstanding; /* dispatched members whose handler has not replied */
+};
 
 struct rpc_conn {
 	uint32_t refs;
@@ -41,30 +84,30 @@ struct rpc_conn {
 
 	/* scanner state for the value being assembled, offsets into in */
 	bool started;
+	bool complete; /* in[start, pos) is one whole value that was not handled yet */
 	size_t start;
 	size_t pos;
 	int depth;
 	bool in_str;
 	bool esc;
-	char kind; /* '{' container, '"' top-level string, 't' other token */
+	char kind;       /* '{' object, '[' array, '"' top-level string, 't' other token */
+	uint32_t nseps;  /* top-level commas of an array value (members - 1) */
+	uint32_t *seps;  /* offsets from start of the first seps_cap of them */
+	uint32_t seps_cap;
+
+	struct rpc_batch batch;
 
 	char *out;
 	size_t out_off; /* first unwritten byte */
 	size_t out_len;
 	size_t out_cap;
 
-	uint32_t pending;
-};
-
-struct rpc_batch {
-	struct rpc_conn *conn;
-	json_t *responses;
-	uint32_t outstanding; /* requests not answered, plus one while dispatching */
+	uint32_t inflight; /* requests handed to handlers that have not replied */
 };
 
 struct keel_rpc_request {
 	struct rpc_conn *conn;
-	struct rpc_batch *batch; /* NULL for a single request */
+	bool in_batch;
 	json_t *id;              /* NULL for a notification */
 	char method[64];         /* for log lines */
 };
@@ -134,6 +177,16 @@ void rpc_methods_clear(void)
 }
 
 /* ------------------------------------------------------------------------------ */
+/* Limits                                                                          */
+/* ------------------------------------------------------------------------------ */
+
+void rpc_set_limits(uint32_t max_batch, uint32_t max_response)
+{
+	g_max_batch = max_batch != 0 ? max_batch : KEEL_RPC_DEFAULT_MAX_BATCH;
+	g_max_response = max_response != 0 ? max_response : KEEL_RPC_DEFAULT_MAX_RESPONSE;
+}
+
+/* ------------------------------------------------------------------------------ */
 /* Connection buffers                                                              */
 /* ------------------------------------------------------------------------------ */
 
@@ -159,7 +212,17 @@ static void rpc_conn_put(struct rpc_conn *conn)
 	}
 	free(conn->in);
 	free(conn->out);
+	free(conn->seps);
 	free(conn);
+}
+
+static void rpc_conn_free_input(struct rpc_conn *conn)
+{
+	free(conn->in);
+	conn->in = NULL;
+	conn->in_len = conn->in_cap = conn->pos = conn->start = 0;
+	conn->started = conn->complete = false;
+	conn->batch.active = false;
 }
 
 void rpc_conn_close(struct rpc_conn *conn)
@@ -172,26 +235,38 @@ void rpc_conn_close(struct rpc_conn *conn)
 	free(conn->out);
 	conn->out = NULL;
 	conn->out_off = conn->out_len = conn->out_cap = 0;
+	rpc_conn_free_input(conn);
 	rpc_conn_put(conn);
+}
+
+static size_t rpc_out_pending(const struct rpc_conn *conn)
+{
+	return conn->out_len - conn->out_off;
 }
 
 const char *rpc_conn_output(struct rpc_conn *conn, size_t *len)
 {
-	*len = conn->out_len - conn->out_off;
+	*len = rpc_out_pending(conn);
 	return conn->out != NULL ? conn->out + conn->out_off : "";
 }
 
 void rpc_conn_consume_output(struct rpc_conn *conn, size_t n)
 {
 	conn->out_off += n;
-	if (conn->out_off >= conn->out_len) {
-		conn->out_off = conn->out_len = 0;
+	if (conn->out_off < conn->out_len) {
+		return;
+	}
+	conn->out_off = conn->out_len = 0;
+	if (conn->out_cap > RPC_BUF_KEEP) {
+		free(conn->out);
+		conn->out = NULL;
+		conn->out_cap = 0;
 	}
 }
 
 uint32_t rpc_conn_pending(const struct rpc_conn *conn)
 {
-	return conn->pending;
+	return conn->inflight;
 }
 
 bool rpc_conn_is_broken(const struct rpc_conn *conn)
@@ -220,33 +295,22 @@ static int rpc_buf_reserve(char **buf, size_t *cap, size_t need)
 	return 0;
 }
 
-/* Queue one JSON value as a compact line. Dropped when the socket is gone. */
-static void rpc_conn_send_json(struct rpc_conn *conn, json_t *value)
+/* Append to the output; the unread part moves to the front when it is short. */
+static int rpc_out_append(struct rpc_conn *conn, const char *data, size_t len)
 {
-	char *text;
-	size_t len;
+	size_t pending = rpc_out_pending(conn);
 
-	if (conn->closed) {
-		return;
+	if (conn->out_off > 0 && (pending == 0 || conn->out_off >= conn->out_cap / 2)) {
+		memmove(conn->out, conn->out + conn->out_off, pending);
+		conn->out_off = 0;
+		conn->out_len = pending;
 	}
-	text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
-	if (text == NULL) {
-		KEEL_ERRLOG("rpc: out of memory encoding a reply; reply dropped");
-		return;
+	if (rpc_buf_reserve(&conn->out, &conn->out_cap, conn->out_len + len) != 0) {
+		return -ENOMEM;
 	}
-	len = strlen(text);
-	if (conn->out_off > 0 && conn->out_off == conn->out_len) {
-		conn->out_off = conn->out_len = 0;
-	}
-	if (rpc_buf_reserve(&conn->out, &conn->out_cap, conn->out_len + len + 1) != 0) {
-		KEEL_ERRLOG("rpc: out of memory queueing a reply of %zu bytes; reply dropped", len);
-		free(text);
-		return;
-	}
-	memcpy(conn->out + conn->out_len, text, len);
-	conn->out[conn->out_len + len] = '\n';
-	conn->out_len += len + 1;
-	free(text);
+	memcpy(conn->out + conn->out_len, data, len);
+	conn->out_len += len;
+	return 0;
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -273,34 +337,136 @@ static json_t *rpc_response(json_t *id, const char *key, json_t *payload)
 	return resp;
 }
 
-/* A response that belongs to \p batch (or is sent on its own when batch is NULL). */
-static void rpc_emit(struct rpc_conn *conn, struct rpc_batch *batch, json_t *resp)
+struct rpc_dump {
+	struct rpc_conn *conn;
+	size_t written;
+	size_t limit;
+	bool over; /* stopped at the limit (not out of memory) */
+};
+
+static int rpc_dump_cb(const char *buf, size_t size, void *data)
 {
+	struct rpc_dump *d = data;
+
+	if (d->written + size > d->limit) {
+		d->over = true;
+		return -1;
+	}
+	if (rpc_out_append(d->conn, buf, size) != 0) {
+		return -1;
+	}
+	d->written += size;
+	return 0;
+}
+
+/*
+ * Encode \p value at the end of the output, at most \p limit bytes.
+ * \return 0, -EMSGSIZE when it is longer (nothing is left in the output), -ENOMEM.
+ */
+static int rpc_out_value(struct rpc_conn *conn, json_t *value, size_t limit)
+{
+	struct rpc_dump d = {.conn = conn, .limit = limit};
+	size_t keep = rpc_out_pending(conn);
+
+	if (json_dump_callback(value, rpc_dump_cb, &d, JSON_COMPACT | JSON_ENCODE_ANY) == 0) {
+		return 0;
+	}
+	/* Drop the partial value; appending may have moved the unread bytes to the front. */
+	conn->out_len = conn->out_off + keep;
+	return d.over ? -EMSGSIZE : -ENOMEM;
+}
+
+static void rpc_conn_consume_value(struct rpc_conn *conn)
+{
+	conn->started = false;
+	conn->complete = false;
+}
+
+/* A batch whose members were all dispatched and answered closes its array. */
+static void rpc_batch_maybe_end(struct rpc_conn *conn)
+{
+	struct rpc_batch *b = &conn->batch;
+
+	if (!b->active || b->next < b->count || b->outstanding > 0) {
+		return;
+	}
+	if (b->opened && !conn->closed && rpc_out_append(conn, "]\n", 2) != 0) {
+		KEEL_ERRLOG("rpc: out of memory ending a batch reply; closing the connection");
+		conn->broken = true;
+	}
+	memset(b, 0, sizeof(*b));
+	rpc_conn_consume_value(conn);
+}
+
+/*
+ * Write one response: a line of its own, or the next member of the open batch array.
+ * A response over max_response bytes, or one that does not fit next to the replies the
+ * client left unread, is replaced by an error for the same id that names the limit.
+ * Steals \p payload. \p what names the method for log lines (NULL: no request).
+ */
+static void rpc_emit(struct rpc_conn *conn, bool in_batch, json_t *id, const char *key,
+		     json_t *payload, const char *what)
+{
+	size_t keep = rpc_out_pending(conn);
+	size_t hard = (size_t)g_max_response + RPC_OUTPUT_PAUSE;
+	size_t limit = g_max_response;
+	json_t *resp;
+	int rc = 0;
+
+	if (conn->closed) {
+		json_decref(payload);
+		return;
+	}
+	resp = rpc_response(id, key, payload);
 	if (resp == NULL) {
 		KEEL_ERRLOG("rpc: out of memory building a reply; reply dropped");
 		return;
 	}
-	if (batch != NULL) {
-		json_array_append_new(batch->responses, resp);
-	} else {
-		rpc_conn_send_json(conn, resp);
-		json_decref(resp);
+	if (keep + limit > hard) {
+		limit = keep < hard ? hard - keep : 0;
 	}
-}
+	if (in_batch) {
+		rc = rpc_out_append(conn, conn->batch.opened ? "," : "[", 1);
+	}
+	if (rc == 0) {
+		rc = rpc_out_value(conn, resp, limit);
+	}
+	if (rc == -EMSGSIZE) {
+		char msg[300];
+		int code;
 
-static void rpc_batch_put(struct rpc_batch *batch)
-{
-	if (--batch->outstanding > 0) {
+		if (limit == g_max_response) {
+			code = -EMSGSIZE;
+			snprintf(msg, sizeof(msg), "the response is larger than the limit of %u "
+				 "bytes (keeld --rpc-max-response); ask for less, for example one "
+				 "object by name", g_max_response);
+		} else {
+			code = -ENOBUFS;
+			snprintf(msg, sizeof(msg), "reply not sent: %zu bytes of earlier replies "
+				 "on this connection are still unread and at most %zu may wait "
+				 "(keeld --rpc-max-response + %u); read the replies before sending "
+				 "more requests", keep, hard, RPC_OUTPUT_PAUSE);
+		}
+		KEEL_WARNLOG_RATELIMITED(10000, "rpc: reply to %s not sent: %s",
+					 what != NULL ? what : "an invalid request", msg);
+		json_decref(resp);
+		resp = rpc_response(id, "error", rpc_error_object(code, msg));
+		/* A short error always goes out: at most one per request in flight. */
+		rc = resp != NULL ? rpc_out_value(conn, resp, SIZE_MAX) : -ENOMEM;
+	}
+	if (rc == 0 && !in_batch) {
+		rc = rpc_out_append(conn, "\n", 1);
+	}
+	json_decref(resp);
+	if (rc != 0) {
+		conn->out_len = conn->out_off + keep;
+		KEEL_ERRLOG("rpc: out of memory writing the reply to %s; reply dropped",
+			    what != NULL ? what : "an invalid request");
 		return;
 	}
-	/* A batch of notifications only gets no reply at all (JSON-RPC 2.0 section 6). */
-	if (json_array_size(batch->responses) > 0) {
-		rpc_conn_send_json(batch->conn, batch->responses);
+	if (in_batch) {
+		conn->batch.opened = true;
 	}
-	json_decref(batch->responses);
-	batch->conn->pending--;
-	rpc_conn_put(batch->conn);
-	free(batch);
 }
 
 static void rpc_request_finish(struct keel_rpc_request *req, const char *key, json_t *payload)
@@ -308,18 +474,18 @@ static void rpc_request_finish(struct keel_rpc_request *req, const char *key, js
 	struct rpc_conn *conn = req->conn;
 
 	if (req->id != NULL) {
-		rpc_emit(conn, req->batch, rpc_response(req->id, key, payload));
+		rpc_emit(conn, req->in_batch, req->id, key, payload, req->method);
 	} else {
 		json_decref(payload);
 	}
 	json_decref(req->id);
-	if (req->batch != NULL) {
-		rpc_batch_put(req->batch);
-	} else {
-		conn->pending--;
-		rpc_conn_put(conn);
+	conn->inflight--;
+	if (req->in_batch) {
+		conn->batch.outstanding--;
+		rpc_batch_maybe_end(conn);
 	}
 	free(req);
+	rpc_conn_put(conn);
 }
 
 void keel_rpc_send_result(struct keel_rpc_request *req, json_t *result)
@@ -356,11 +522,11 @@ void *rpc_ctx_calloc(struct keel_rpc_request *req, size_t size)
 }
 
 /* An error for a message that never became a request (bad shape, unknown method). */
-static void rpc_send_early_error(struct rpc_conn *conn, struct rpc_batch *batch, json_t *id,
-				 int code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void rpc_send_early_error(struct rpc_conn *conn, bool in_batch, json_t *id, int code,
+				 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-static void rpc_send_early_error(struct rpc_conn *conn, struct rpc_batch *batch, json_t *id,
-				 int code, const char *fmt, ...)
+static void rpc_send_early_error(struct rpc_conn *conn, bool in_batch, json_t *id, int code,
+				 const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -368,14 +534,41 @@ static void rpc_send_early_error(struct rpc_conn *conn, struct rpc_batch *batch,
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	rpc_emit(conn, batch, rpc_response(id, "error", rpc_error_object(code, msg)));
+	rpc_emit(conn, in_batch, id, "error", rpc_error_object(code, msg), NULL);
+}
+
+bool rpc_conn_notice(struct rpc_conn *conn, int code, const char *msg)
+{
+	/* Inside an open batch array a line of its own would break the client's framing. */
+	if (conn->closed || conn->batch.opened) {
+		return false;
+	}
+	rpc_send_early_error(conn, false, NULL, code, "%s", msg);
+	return true;
+}
+
+int rpc_error_line(char *buf, size_t size, int code, const char *msg)
+{
+	json_t *resp = rpc_response(NULL, "error", rpc_error_object(code, msg));
+	size_t n;
+
+	if (resp == NULL) {
+		return -ENOMEM;
+	}
+	n = size > 1 ? json_dumpb(resp, buf, size - 1, JSON_COMPACT) : 0;
+	json_decref(resp);
+	if (n == 0 || n > size - 1) {
+		return -ENOSPC;
+	}
+	buf[n] = '\n';
+	return (int)n + 1;
 }
 
 /* ------------------------------------------------------------------------------ */
 /* Dispatch                                                                        */
 /* ------------------------------------------------------------------------------ */
 
-static void rpc_dispatch_one(struct rpc_conn *conn, struct rpc_batch *batch, json_t *msg)
+static void rpc_dispatch_one(struct rpc_conn *conn, bool in_batch, json_t *msg)
 {
 	struct keel_rpc_request *req;
 	struct rpc_method *m;
@@ -383,31 +576,31 @@ static void rpc_dispatch_one(struct rpc_conn *conn, struct rpc_batch *batch, jso
 	const char *name;
 
 	if (!json_is_object(msg)) {
-		rpc_send_early_error(conn, batch, NULL, KEEL_RPC_INVALID_REQUEST,
+		rpc_send_early_error(conn, in_batch, NULL, KEEL_RPC_INVALID_REQUEST,
 				     "Invalid request: expected a JSON object");
 		return;
 	}
 	id = json_object_get(msg, "id");
 	if (id != NULL && !json_is_string(id) && !json_is_number(id) && !json_is_null(id)) {
-		rpc_send_early_error(conn, batch, NULL, KEEL_RPC_INVALID_REQUEST,
+		rpc_send_early_error(conn, in_batch, NULL, KEEL_RPC_INVALID_REQUEST,
 				     "Invalid request: \"id\" must be a string, a number or null");
 		return;
 	}
 	version = json_object_get(msg, "jsonrpc");
 	if (!json_is_string(version) || strcmp(json_string_value(version), "2.0") != 0) {
-		rpc_send_early_error(conn, batch, id, KEEL_RPC_INVALID_REQUEST,
+		rpc_send_early_error(conn, in_batch, id, KEEL_RPC_INVALID_REQUEST,
 				     "Invalid request: \"jsonrpc\" must be \"2.0\"");
 		return;
 	}
 	method = json_object_get(msg, "method");
 	if (!json_is_string(method)) {
-		rpc_send_early_error(conn, batch, id, KEEL_RPC_INVALID_REQUEST,
+		rpc_send_early_error(conn, in_batch, id, KEEL_RPC_INVALID_REQUEST,
 				     "Invalid request: \"method\" must be a string");
 		return;
 	}
 	params = json_object_get(msg, "params");
 	if (params != NULL && !json_is_object(params) && !json_is_array(params)) {
-		rpc_send_early_error(conn, batch, id, KEEL_RPC_INVALID_REQUEST,
+		rpc_send_early_error(conn, in_batch, id, KEEL_RPC_INVALID_REQUEST,
 				     "Invalid request: \"params\" must be an object or an array");
 		return;
 	}
@@ -416,7 +609,7 @@ static void rpc_dispatch_one(struct rpc_conn *conn, struct rpc_batch *batch, jso
 	if (m == NULL) {
 		/* Notifications never get a reply, not even an error. */
 		if (id != NULL) {
-			rpc_send_early_error(conn, batch, id, KEEL_RPC_METHOD_NOT_FOUND,
+			rpc_send_early_error(conn, in_batch, id, KEEL_RPC_METHOD_NOT_FOUND,
 					     "Method not found: '%.128s' (rpc_get_methods lists "
 					     "the methods)", name);
 		}
@@ -426,53 +619,22 @@ static void rpc_dispatch_one(struct rpc_conn *conn, struct rpc_batch *batch, jso
 	req = calloc(1, sizeof(*req));
 	if (req == NULL) {
 		if (id != NULL) {
-			rpc_send_early_error(conn, batch, id, KEEL_RPC_INTERNAL_ERROR,
+			rpc_send_early_error(conn, in_batch, id, KEEL_RPC_INTERNAL_ERROR,
 					     "Out of memory");
 		}
 		return;
 	}
 	req->conn = conn;
-	req->batch = batch;
+	req->in_batch = in_batch;
 	req->id = id != NULL ? json_incref(id) : NULL;
 	snprintf(req->method, sizeof(req->method), "%s", name);
-	if (batch != NULL) {
-		batch->outstanding++;
-	} else {
-		conn->pending++;
-		rpc_conn_get(conn);
+	conn->inflight++;
+	if (in_batch) {
+		conn->batch.outstanding++;
 	}
+	rpc_conn_get(conn);
 	KEEL_DEBUGLOG("rpc: calling %s", name);
 	m->fn(req, params);
-}
-
-static void rpc_dispatch(struct rpc_conn *conn, json_t *msg)
-{
-	struct rpc_batch *batch;
-	size_t i;
-
-	if (!json_is_array(msg)) {
-		rpc_dispatch_one(conn, NULL, msg);
-		return;
-	}
-	if (json_array_size(msg) == 0) {
-		rpc_send_early_error(conn, NULL, NULL, KEEL_RPC_INVALID_REQUEST,
-				     "Invalid request: empty batch");
-		return;
-	}
-	batch = calloc(1, sizeof(*batch));
-	if (batch == NULL || (batch->responses = json_array()) == NULL) {
-		free(batch);
-		rpc_send_early_error(conn, NULL, NULL, KEEL_RPC_INTERNAL_ERROR, "Out of memory");
-		return;
-	}
-	batch->conn = conn;
-	batch->outstanding = 1; /* dispatching; dropped below */
-	conn->pending++;
-	rpc_conn_get(conn);
-	for (i = 0; i < json_array_size(msg); i++) {
-		rpc_dispatch_one(conn, batch, json_array_get(msg, i));
-	}
-	rpc_batch_put(batch);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -490,10 +652,35 @@ static bool rpc_is_delim(char c)
 	       c == ':' || c == '"';
 }
 
-/*
- * Advance the scanner. \return true when in[start, pos) is one complete value.
- */
-static bool rpc_scan(struct rpc_conn *conn)
+/* Remember where a top-level comma of an array is: it ends a batch member. */
+static void rpc_scan_sep(struct rpc_conn *conn)
+{
+	if (conn->nseps < conn->seps_cap) {
+		conn->seps[conn->nseps] = (uint32_t)(conn->pos - 1 - conn->start);
+	}
+	if (conn->nseps < UINT32_MAX) {
+		conn->nseps++;
+	}
+}
+
+static void rpc_scan_begin_array(struct rpc_conn *conn)
+{
+	uint32_t *seps;
+
+	conn->nseps = 0;
+	if (conn->seps_cap >= g_max_batch) {
+		return;
+	}
+	/* On failure nothing is recorded and the batch is refused as out of memory. */
+	seps = realloc(conn->seps, (size_t)g_max_batch * sizeof(*seps));
+	if (seps != NULL) {
+		conn->seps = seps;
+		conn->seps_cap = g_max_batch;
+	}
+}
+
+/* Advance the scanner. \return true when in[start, pos) is one complete value. */
+static bool rpc_scan_bytes(struct rpc_conn *conn)
 {
 	while (conn->pos < conn->in_len) {
 		char c = conn->in[conn->pos];
@@ -510,12 +697,16 @@ static bool rpc_scan(struct rpc_conn *conn)
 			conn->esc = false;
 			conn->pos++;
 			if (c == '{' || c == '[') {
-				conn->kind = '{';
+				conn->kind = c;
 				conn->depth = 1;
+				if (c == '[') {
+					rpc_scan_begin_array(conn);
+				}
 			} else if (c == '"') {
 				conn->kind = '"';
 				conn->in_str = true;
 			} else if (c == '}' || c == ']' || c == ',' || c == ':') {
+				conn->kind = 't';
 				return true; /* a stray delimiter: jansson names the error */
 			} else {
 				conn->kind = 't';
@@ -549,9 +740,19 @@ static bool rpc_scan(struct rpc_conn *conn)
 			if (--conn->depth == 0) {
 				return true;
 			}
+		} else if (c == ',' && conn->depth == 1 && conn->kind == '[') {
+			rpc_scan_sep(conn);
 		}
 	}
 	return false;
+}
+
+static bool rpc_scan(struct rpc_conn *conn)
+{
+	if (!conn->complete && rpc_scan_bytes(conn)) {
+		conn->complete = true;
+	}
+	return conn->complete;
 }
 
 static void rpc_conn_compact_input(struct rpc_conn *conn)
@@ -567,16 +768,18 @@ static void rpc_conn_compact_input(struct rpc_conn *conn)
 	if (conn->started) {
 		conn->start = 0;
 	}
+	if (conn->in_len == 0 && conn->in_cap > RPC_BUF_KEEP) {
+		free(conn->in);
+		conn->in = NULL;
+		conn->in_cap = 0;
+	}
 }
 
 static int rpc_conn_fail(struct rpc_conn *conn, int code, int rc, const char *msg)
 {
-	rpc_send_early_error(conn, NULL, NULL, code, "%s", msg);
+	rpc_send_early_error(conn, false, NULL, code, "%s", msg);
 	conn->broken = true;
-	free(conn->in);
-	conn->in = NULL;
-	conn->in_len = conn->in_cap = conn->pos = conn->start = 0;
-	conn->started = false;
+	rpc_conn_free_input(conn);
 	return rc;
 }
 
@@ -591,57 +794,191 @@ static int rpc_conn_oversized(struct rpc_conn *conn)
 	return rpc_conn_fail(conn, KEEL_RPC_INVALID_REQUEST, -EMSGSIZE, msg);
 }
 
+static int rpc_conn_parse_error(struct rpc_conn *conn, const json_error_t *err)
+{
+	char text[300];
+
+	snprintf(text, sizeof(text), "Parse error: %s (at byte %d of the request); "
+		 "the connection is closed", err->text, err->position);
+	KEEL_INFOLOG("rpc: %s", text);
+	return rpc_conn_fail(conn, KEEL_RPC_PARSE_ERROR, -EPROTO, text);
+}
+
+static bool rpc_conn_can_dispatch(const struct rpc_conn *conn)
+{
+	return !conn->closed && !conn->broken && rpc_out_pending(conn) < RPC_OUTPUT_PAUSE &&
+	       conn->inflight < g_max_batch;
+}
+
+static int rpc_single_start(struct rpc_conn *conn)
+{
+	json_error_t err;
+	json_t *msg;
+
+	msg = json_loadb(conn->in + conn->start, conn->pos - conn->start, JSON_DECODE_ANY, &err);
+	if (msg == NULL) {
+		return rpc_conn_parse_error(conn, &err);
+	}
+	rpc_conn_consume_value(conn);
+	rpc_dispatch_one(conn, false, msg);
+	json_decref(msg);
+	return 1;
+}
+
+static int rpc_batch_start(struct rpc_conn *conn)
+{
+	uint64_t members = (uint64_t)conn->nseps + 1;
+	json_error_t err;
+	json_t *msg;
+	size_t n;
+
+	/* Counted by the scanner: a batch over the limit costs no parsing at all. */
+	if (members > g_max_batch) {
+		rpc_conn_consume_value(conn);
+		KEEL_WARNLOG_RATELIMITED(10000, "rpc: batch of %llu requests refused (limit %u)",
+					 (unsigned long long)members, g_max_batch);
+		rpc_send_early_error(conn, false, NULL, KEEL_RPC_INVALID_REQUEST,
+				     "Invalid request: a batch of %llu requests is over the limit "
+				     "of %u (keeld --rpc-max-batch); send smaller batches",
+				     (unsigned long long)members, g_max_batch);
+		return 1;
+	}
+	if (conn->inflight > 0) {
+		return 0; /* their replies must not land inside the batch's array */
+	}
+	/* Checked whole so invalid JSON anywhere gets -32700 before any member runs. */
+	msg = json_loadb(conn->in + conn->start, conn->pos - conn->start, JSON_DECODE_ANY, &err);
+	if (msg == NULL) {
+		return rpc_conn_parse_error(conn, &err);
+	}
+	n = json_array_size(msg);
+	json_decref(msg);
+	if (n == 0) {
+		rpc_conn_consume_value(conn);
+		rpc_send_early_error(conn, false, NULL, KEEL_RPC_INVALID_REQUEST,
+				     "Invalid request: empty batch");
+		return 1;
+	}
+	if (n != members || conn->nseps > conn->seps_cap) {
+		rpc_conn_consume_value(conn);
+		rpc_send_early_error(conn, false, NULL, KEEL_RPC_INTERNAL_ERROR, "Out of memory");
+		return 1;
+	}
+	memset(&conn->batch, 0, sizeof(conn->batch));
+	conn->batch.active = true;
+	conn->batch.count = (uint32_t)n;
+	return 1;
+}
+
+static void rpc_batch_dispatch_next(struct rpc_conn *conn)
+{
+	struct rpc_batch *b = &conn->batch;
+	uint32_t i = b->next++;
+	size_t from = i == 0 ? 1 : (size_t)conn->seps[i - 1] + 1;
+	size_t to = i + 1 == b->count ? conn->pos - conn->start - 1 : conn->seps[i];
+	json_error_t err;
+	json_t *msg;
+
+	msg = json_loadb(conn->in + conn->start + from, to - from, JSON_DECODE_ANY, &err);
+	if (msg == NULL) {
+		/* The whole batch parsed before: only memory can fail here. */
+		rpc_send_early_error(conn, true, NULL, KEEL_RPC_INTERNAL_ERROR, "Out of memory");
+	} else {
+		rpc_dispatch_one(conn, true, msg);
+		json_decref(msg);
+	}
+	rpc_batch_maybe_end(conn);
+}
+
+/* \return 1 when a request or batch member was handled, 0 when nothing can be done now. */
+static int rpc_conn_step(struct rpc_conn *conn)
+{
+	if (conn->batch.active) {
+		if (conn->batch.next == conn->batch.count || !rpc_conn_can_dispatch(conn)) {
+			return 0;
+		}
+		rpc_batch_dispatch_next(conn);
+		return 1;
+	}
+	if (!rpc_scan(conn)) {
+		if (conn->started && conn->in_len - conn->start > KEEL_RPC_MAX_REQUEST) {
+			return rpc_conn_oversized(conn);
+		}
+		return 0;
+	}
+	if (conn->pos - conn->start > KEEL_RPC_MAX_REQUEST) {
+		return rpc_conn_oversized(conn);
+	}
+	if (!rpc_conn_can_dispatch(conn)) {
+		return 0;
+	}
+	return conn->kind == '[' ? rpc_batch_start(conn) : rpc_single_start(conn);
+}
+
+int rpc_conn_process(struct rpc_conn *conn)
+{
+	int done = 0, rc = 0;
+	uint64_t start;
+
+	if (conn->broken) {
+		return -EPROTO;
+	}
+	if (conn->closed) {
+		return 0;
+	}
+	/* Handlers may close the server (and this connection) from inside dispatch. */
+	rpc_conn_get(conn);
+	start = keel_now_ns();
+	while (done < RPC_CONN_BUDGET && !conn->closed && !conn->broken) {
+		rc = rpc_conn_step(conn);
+		if (rc <= 0) {
+			break;
+		}
+		/* Requests can be costly (rpc_get_methods with help is ~4 ms under ASan). */
+		if (++done < RPC_CONN_BUDGET && keel_now_ns() - start >= RPC_CONN_SLICE_NS) {
+			break;
+		}
+	}
+	rpc_conn_put(conn);
+	return rc < 0 ? rc : done;
+}
+
 int rpc_conn_feed(struct rpc_conn *conn, const char *data, size_t len)
 {
-	int rc = 0;
+	int rc;
 
 	if (conn->broken || conn->closed) {
 		return conn->broken ? -EPROTO : 0;
 	}
-	if (len == 0) {
-		return 0;
-	}
-	rpc_conn_compact_input(conn);
-	if (rpc_buf_reserve(&conn->in, &conn->in_cap, conn->in_len + len) != 0) {
-		return -ENOMEM;
-	}
-	memcpy(conn->in + conn->in_len, data, len);
-	conn->in_len += len;
-
-	/* Handlers may close the server (and this connection) from inside dispatch. */
-	rpc_conn_get(conn);
-	while (!conn->closed) {
-		json_error_t err;
-		json_t *msg;
-		size_t vlen;
-
-		if (!rpc_scan(conn)) {
-			if (conn->started && conn->in_len - conn->start > KEEL_RPC_MAX_REQUEST) {
-				rc = rpc_conn_oversized(conn);
-			}
-			break;
+	if (len > 0) {
+		rpc_conn_compact_input(conn);
+		if (rpc_buf_reserve(&conn->in, &conn->in_cap, conn->in_len + len) != 0) {
+			return -ENOMEM;
 		}
-		vlen = conn->pos - conn->start;
-		if (vlen > KEEL_RPC_MAX_REQUEST) {
-			rc = rpc_conn_oversized(conn);
-			break;
-		}
-		msg = json_loadb(conn->in + conn->start, vlen, JSON_DECODE_ANY, &err);
-		conn->started = false;
-		if (msg == NULL) {
-			char text[300];
-
-			snprintf(text, sizeof(text), "Parse error: %s (at byte %d of the request); "
-				 "the connection is closed", err.text, err.position);
-			KEEL_INFOLOG("rpc: %s", text);
-			rc = rpc_conn_fail(conn, KEEL_RPC_PARSE_ERROR, -EPROTO, text);
-			break;
-		}
-		rpc_dispatch(conn, msg);
-		json_decref(msg);
+		memcpy(conn->in + conn->in_len, data, len);
+		conn->in_len += len;
 	}
-	rpc_conn_put(conn);
-	return rc;
+	rc = rpc_conn_process(conn);
+	return rc < 0 ? rc : 0;
+}
+
+bool rpc_conn_wants_input(struct rpc_conn *conn)
+{
+	return !conn->closed && !conn->broken && !conn->batch.active && !rpc_scan(conn);
+}
+
+bool rpc_conn_has_work(struct rpc_conn *conn)
+{
+	if (!rpc_conn_can_dispatch(conn)) {
+		return false;
+	}
+	if (conn->batch.active) {
+		return conn->batch.next < conn->batch.count;
+	}
+	if (!rpc_scan(conn)) {
+		return false;
+	}
+	return conn->kind != '[' || conn->inflight == 0 || conn->nseps >= g_max_batch;
 }
 
 /* ------------------------------------------------------------------------------ */

@@ -1,14 +1,24 @@
 /*
  * JSON-RPC unix socket server: non-blocking listen socket and connections, each
- * driven by an fd poller on the main keel thread. The protocol lives in rpc.c; this
- * file only moves bytes.
+ * driven by a poller on the main keel thread with its fd registered, so a sleeping
+ * reactor wakes on readiness. The protocol lives in rpc.c; this file moves bytes and
+ * decides who gets a connection and for how long.
  *
- * Pollers are active (period 0) with their fd registered, so a sleeping reactor wakes
- * on readiness and a reply that a handler sends later from a message is flushed on the
- * next iteration without any extra signalling.
+ * - Each run of a connection's poller reads at most one chunk and lets the engine
+ *   handle at most its budget of requests, so a large batch or pipeline is served a
+ *   slice at a time while the other connections (and NBD on the same reactor) run.
+ * - At the connection limit a new client still gets in: the connection idle the
+ *   longest is told why and closed. Only when every connection is handling a request
+ *   is the new one answered with an error naming the limit and closed.
+ * - Idle connections are closed by one timed poller armed for the earliest deadline;
+ *   it exists only while connections do.
+ * - When accept4() fails for lack of fds or memory the listener is paused with a
+ *   doubling back-off (a waiting connection keeps the socket readable, so retrying
+ *   would spin) and the warning is rate limited.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +28,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "keel/backoff.h"
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "rpc_internal.h"
@@ -31,9 +42,15 @@
  */
 #define RPC_POLL_PERIOD_US 1000
 
-/* Stop reading from a client that does not read its replies. */
-#define RPC_OUTPUT_HIGH_WATER (8u << 20)
-#define RPC_MAX_CONNECTIONS 64
+/* One read per connection per run: with the engine's budget, a slice of bounded size. */
+#define RPC_READ_CHUNK 65536
+/* Connections accepted per listener run, so a connect storm cannot hold the reactor. */
+#define RPC_ACCEPT_BATCH 16
+/* Listener pause after accept4() fails for lack of fds or memory: doubling, capped. */
+#define RPC_ACCEPT_BACKOFF_MIN_US 10000
+#define RPC_ACCEPT_BACKOFF_MAX_US 1000000
+/* At most one line per this interval for what a client can make repeat. */
+#define RPC_LOG_INTERVAL_MS 10000
 
 struct rpc_sock_conn {
 	int fd;
@@ -42,15 +59,29 @@ struct rpc_sock_conn {
 	struct keel_poller *poller;
 	uint32_t events;
 	bool eof;       /* peer finished sending (or protocol error): flush, then close */
+	uint64_t last_active_ns; /* last byte moved or request handled */
 	struct rpc_sock_conn *next;
 };
 
+static struct keel_rpc_server_opts g_opts;
 static int g_listen_fd = -1;
 static struct keel_poller *g_listen_poller;
+static struct keel_poller_backoff *g_listen_backoff;
+static bool g_listen_starved; /* accept4() failed for lack of a resource */
+static struct keel_poller *g_idle_poller; /* exists only while connections do */
 static char g_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct rpc_sock_conn *g_conns;
 static uint32_t g_conn_count;
 static uint32_t g_next_conn_id;
+
+void keel_rpc_server_opts_init(struct keel_rpc_server_opts *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->max_connections = KEEL_RPC_DEFAULT_MAX_CONNECTIONS;
+	opts->idle_timeout_ms = KEEL_RPC_DEFAULT_IDLE_TIMEOUT_MS;
+	opts->max_batch = KEEL_RPC_DEFAULT_MAX_BATCH;
+	opts->max_response = KEEL_RPC_DEFAULT_MAX_RESPONSE;
+}
 
 int rpc_socket_address(const char *path, struct sockaddr_un *addr)
 {
@@ -109,6 +140,9 @@ static void rpc_sock_conn_close(struct rpc_sock_conn *sc)
 	close(sc->fd);
 	rpc_conn_close(sc->conn);
 	free(sc);
+	if (g_conn_count == 0) {
+		keel_poller_unregister(&g_idle_poller);
+	}
 }
 
 static void rpc_sock_conn_set_events(struct rpc_sock_conn *sc, uint32_t events)
@@ -145,41 +179,69 @@ static int rpc_sock_conn_flush(struct rpc_sock_conn *sc)
 			return -1;
 		}
 		rpc_conn_consume_output(sc->conn, (size_t)n);
+		sc->last_active_ns = keel_now_ns();
 		moved = 1;
 	}
+}
+
+/* Tell the client why (when the stream allows it), send what can go now, close. */
+static void rpc_sock_conn_end(struct rpc_sock_conn *sc, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void rpc_sock_conn_end(struct rpc_sock_conn *sc, int code, const char *fmt, ...)
+{
+	char msg[300];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (rpc_conn_notice(sc->conn, code, msg) && rpc_sock_conn_flush(sc) < 0) {
+		return; /* the flush found the peer gone and closed it */
+	}
+	rpc_sock_conn_close(sc);
 }
 
 static int rpc_sock_conn_poll(void *arg)
 {
 	struct rpc_sock_conn *sc = arg;
-	char buf[65536];
+	char buf[RPC_READ_CHUNK];
 	size_t pending_out;
 	uint32_t events;
 	int busy = 0;
-	ssize_t n;
+	ssize_t n = -1;
 	int rc;
 
-	rpc_conn_output(sc->conn, &pending_out);
-	if (!sc->eof && pending_out < RPC_OUTPUT_HIGH_WATER) {
+	if (!sc->eof && rpc_conn_wants_input(sc->conn)) {
 		n = recv(sc->fd, buf, sizeof(buf), MSG_DONTWAIT);
-		if (n > 0) {
-			busy = 1;
-			rc = rpc_conn_feed(sc->conn, buf, (size_t)n);
-			if (rc == -ENOMEM) {
-				KEEL_ERRLOG("rpc: connection %u: out of memory; closing", sc->id);
-				rpc_sock_conn_close(sc);
-				return KEEL_POLLER_BUSY;
-			}
-			if (rc != 0) {
-				sc->eof = true; /* error reply queued; close once it is out */
-			}
-		} else if (n == 0) {
+		if (n == 0) {
 			busy = 1;
 			sc->eof = true;
-		} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+		} else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 			rpc_sock_conn_close(sc);
 			return KEEL_POLLER_BUSY;
 		}
+	}
+	if (n > 0) {
+		busy = 1;
+		sc->last_active_ns = keel_now_ns();
+		rc = rpc_conn_feed(sc->conn, buf, (size_t)n);
+	} else {
+		/* Work left from an earlier run: the engine's budget, or a reply came. */
+		rc = rpc_conn_process(sc->conn);
+		if (rc > 0) {
+			busy = 1;
+			sc->last_active_ns = keel_now_ns();
+			rc = 0;
+		}
+	}
+	if (rc == -ENOMEM) {
+		KEEL_ERRLOG("rpc: connection %u: out of memory; closing", sc->id);
+		rpc_sock_conn_close(sc);
+		return KEEL_POLLER_BUSY;
+	}
+	if (rc != 0) {
+		sc->eof = true; /* error reply queued; close once it is out */
 	}
 
 	rc = rpc_sock_conn_flush(sc);
@@ -189,14 +251,15 @@ static int rpc_sock_conn_poll(void *arg)
 	busy |= rc;
 
 	rpc_conn_output(sc->conn, &pending_out);
-	if (sc->eof && pending_out == 0 &&
-	    (rpc_conn_pending(sc->conn) == 0 || rpc_conn_is_broken(sc->conn))) {
+	if (pending_out == 0 &&
+	    (rpc_conn_is_broken(sc->conn) ||
+	     (sc->eof && rpc_conn_pending(sc->conn) == 0 && !rpc_conn_has_work(sc->conn)))) {
 		rpc_sock_conn_close(sc);
 		return KEEL_POLLER_BUSY;
 	}
 	/* Level-triggered: only ask for what this connection can act on now. */
 	events = 0;
-	if (!sc->eof && pending_out < RPC_OUTPUT_HIGH_WATER) {
+	if (!sc->eof && rpc_conn_wants_input(sc->conn)) {
 		events |= EPOLLIN;
 	}
 	if (pending_out > 0) {
@@ -206,15 +269,121 @@ static int rpc_sock_conn_poll(void *arg)
 	return busy ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
 }
 
+/* ------------------------------------------------------------------------------ */
+/* Idle connections                                                                */
+/* ------------------------------------------------------------------------------ */
+
+static int rpc_idle_poll(void *arg);
+
+/*
+ * (Re)arm the one timer for the earliest idle deadline of any connection, or none
+ * when there is no connection. A connection handling a request cannot expire before
+ * the request ends plus the timeout, so "now + timeout" is a safe stand-in for it.
+ */
+static void rpc_idle_arm(uint64_t now)
+{
+	uint64_t timeout = (uint64_t)g_opts.idle_timeout_ms * 1000000u;
+	uint64_t next = UINT64_MAX, period_us;
+	struct rpc_sock_conn *sc;
+
+	keel_poller_unregister(&g_idle_poller);
+	if (timeout == 0) {
+		return;
+	}
+	for (sc = g_conns; sc != NULL; sc = sc->next) {
+		uint64_t d = rpc_conn_pending(sc->conn) > 0 ? now + timeout
+							     : sc->last_active_ns + timeout;
+
+		next = d < next ? d : next;
+	}
+	if (next == UINT64_MAX) {
+		return;
+	}
+	period_us = next > now ? (next - now + 999) / 1000 : 1;
+	g_idle_poller = keel_poller_register(rpc_idle_poll, NULL, period_us, "rpc_idle");
+	if (g_idle_poller == NULL) {
+		KEEL_ERRLOG("rpc: out of memory arming the idle timeout; idle connections stay "
+			    "open until the next one is accepted");
+	}
+}
+
+static int rpc_idle_poll(void *arg)
+{
+	uint64_t timeout = (uint64_t)g_opts.idle_timeout_ms * 1000000u;
+	uint64_t now = keel_now_ns();
+	struct rpc_sock_conn *sc, *next;
+
+	for (sc = g_conns; sc != NULL; sc = next) {
+		next = sc->next;
+		if (rpc_conn_pending(sc->conn) == 0 && now - sc->last_active_ns >= timeout) {
+			KEEL_INFOLOG("rpc: connection %u idle for %u ms; closing it", sc->id,
+				     g_opts.idle_timeout_ms);
+			rpc_sock_conn_end(sc, -ETIMEDOUT, "connection closed after %u ms without "
+					  "a request (keeld --rpc-idle-timeout)",
+					  g_opts.idle_timeout_ms);
+		}
+	}
+	rpc_idle_arm(now);
+	return KEEL_POLLER_BUSY;
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Accepting                                                                       */
+/* ------------------------------------------------------------------------------ */
+
+/* The connection idle the longest, among those handling no request. */
+static struct rpc_sock_conn *rpc_evict_candidate(void)
+{
+	struct rpc_sock_conn *sc, *best = NULL;
+
+	for (sc = g_conns; sc != NULL; sc = sc->next) {
+		if (rpc_conn_pending(sc->conn) == 0 &&
+		    (best == NULL || sc->last_active_ns < best->last_active_ns)) {
+			best = sc;
+		}
+	}
+	return best;
+}
+
+/* Answer a connection that gets no room with one error line, then close it. */
+static void rpc_refuse(int fd)
+{
+	char msg[300], line[512];
+	int n;
+
+	snprintf(msg, sizeof(msg), "keeld has %u RPC connections open, its limit (keeld "
+		 "--rpc-max-connections), and every one is handling a request; retry when "
+		 "one finishes", g_conn_count);
+	n = rpc_error_line(line, sizeof(line), -EUSERS, msg);
+	if (n > 0) {
+		/* A fresh socket has room for one line; the client may already be gone. */
+		(void)!send(fd, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
+	close(fd);
+}
+
 static void rpc_accept_one(int fd)
 {
-	struct rpc_sock_conn *sc;
+	struct rpc_sock_conn *sc, *victim;
 	char name[48];
 
-	if (g_conn_count >= RPC_MAX_CONNECTIONS) {
-		KEEL_WARNLOG("rpc: %u connections open; refusing another", g_conn_count);
-		close(fd);
-		return;
+	if (g_conn_count >= g_opts.max_connections) {
+		victim = rpc_evict_candidate();
+		if (victim == NULL) {
+			KEEL_WARNLOG_RATELIMITED(RPC_LOG_INTERVAL_MS, "rpc: %u connections open "
+						 "(the limit), each handling a request; refusing a "
+						 "new one", g_conn_count);
+			rpc_refuse(fd);
+			return;
+		}
+		KEEL_LOG_RATELIMITED(KEEL_LOG_NOTICE, RPC_LOG_INTERVAL_MS,
+				     "rpc: %u connections open (the limit); closing connection %u, "
+				     "idle for %llu ms, to make room for a new one", g_conn_count,
+				     victim->id, (unsigned long long)((keel_now_ns() -
+				     victim->last_active_ns) / 1000000u));
+		rpc_sock_conn_end(victim, -EUSERS, "connection closed to make room for a new one: "
+				  "keeld allows %u RPC connections (keeld --rpc-max-connections) "
+				  "and this one was idle the longest", g_opts.max_connections);
 	}
 	sc = calloc(1, sizeof(*sc));
 	if (sc == NULL) {
@@ -222,6 +391,7 @@ static void rpc_accept_one(int fd)
 	}
 	sc->fd = fd;
 	sc->id = ++g_next_conn_id;
+	sc->last_active_ns = keel_now_ns();
 	sc->conn = rpc_conn_create();
 	if (sc->conn == NULL) {
 		goto out_free_sc;
@@ -238,6 +408,9 @@ static void rpc_accept_one(int fd)
 	sc->next = g_conns;
 	g_conns = sc;
 	g_conn_count++;
+	if (g_idle_poller == NULL) {
+		rpc_idle_arm(sc->last_active_ns);
+	}
 	KEEL_DEBUGLOG("rpc: connection %u accepted", sc->id);
 	return;
 
@@ -255,27 +428,45 @@ out_close_fd:
 static int rpc_listen_poll(void *arg)
 {
 	int busy = KEEL_POLLER_IDLE;
+	uint64_t delay_us;
 	int i;
 
-	/* Bounded so a connect storm cannot starve the reactor. */
-	for (i = 0; i < 16; i++) {
+	for (i = 0; i < RPC_ACCEPT_BATCH; i++) {
 		int fd = accept4(g_listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int err = errno;
 
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-			    errno != ECONNABORTED) {
-				KEEL_WARNLOG("rpc: accept on %s failed: %s", g_path,
-					     strerror(errno));
+			if (err == EAGAIN || err == EWOULDBLOCK) {
+				break;
 			}
-			break;
+			if (!keel_accept_should_back_off(err)) {
+				continue;
+			}
+			/*
+			 * Out of fds (or memory): a waiting connection keeps the socket
+			 * readable, so retrying would spin. Pause until the back-off ends.
+			 */
+			delay_us = keel_poller_backoff_pause(g_listen_backoff);
+			g_listen_starved = true;
+			KEEL_WARNLOG_RATELIMITED(RPC_LOG_INTERVAL_MS, "rpc: cannot accept a "
+						 "connection on %s: %s; pausing the listener for %llu "
+						 "ms (raise the open file limit, ulimit -n, or close "
+						 "clients)", g_path, strerror(err),
+						 (unsigned long long)delay_us / 1000u);
+			return KEEL_POLLER_BUSY;
 		}
+		if (g_listen_starved) {
+			g_listen_starved = false;
+			KEEL_NOTICELOG("rpc: accepting connections on %s again", g_path);
+		}
+		keel_poller_backoff_reset(g_listen_backoff);
 		busy = KEEL_POLLER_BUSY;
 		rpc_accept_one(fd);
 	}
 	return busy;
 }
 
-int keel_rpc_server_start(const char *path)
+int keel_rpc_server_start(const char *path, const struct keel_rpc_server_opts *opts)
 {
 	struct sockaddr_un addr;
 	mode_t old_mask;
@@ -284,6 +475,20 @@ int keel_rpc_server_start(const char *path)
 	if (g_listen_fd >= 0) {
 		return -EALREADY;
 	}
+	keel_rpc_server_opts_init(&g_opts);
+	if (opts != NULL) {
+		g_opts.idle_timeout_ms = opts->idle_timeout_ms;
+		if (opts->max_connections != 0) {
+			g_opts.max_connections = opts->max_connections;
+		}
+		if (opts->max_batch != 0) {
+			g_opts.max_batch = opts->max_batch;
+		}
+		if (opts->max_response != 0) {
+			g_opts.max_response = opts->max_response;
+		}
+	}
+	rpc_set_limits(g_opts.max_batch, g_opts.max_response);
 	rc = rpc_socket_address(path, &addr);
 	if (rc != 0) {
 		return rc;
@@ -319,15 +524,26 @@ int keel_rpc_server_start(const char *path)
 		rc = -ENOMEM;
 		goto out_unlink;
 	}
-	rc = keel_poller_register_fd(g_listen_poller, fd, EPOLLIN);
-	if (rc != 0) {
+	g_listen_backoff = keel_poller_backoff_create(g_listen_poller, RPC_ACCEPT_BACKOFF_MIN_US,
+						      RPC_ACCEPT_BACKOFF_MAX_US);
+	if (g_listen_backoff == NULL) {
+		rc = -ENOMEM;
 		goto out_unregister;
 	}
+	rc = keel_poller_register_fd(g_listen_poller, fd, EPOLLIN);
+	if (rc != 0) {
+		goto out_free_backoff;
+	}
 	g_listen_fd = fd;
+	g_listen_starved = false;
 	snprintf(g_path, sizeof(g_path), "%s", path);
-	KEEL_NOTICELOG("rpc: listening on %s", path);
+	KEEL_NOTICELOG("rpc: listening on %s (at most %u connections, idle timeout %u ms, "
+		       "batches of %u, responses of %u bytes)", path, g_opts.max_connections,
+		       g_opts.idle_timeout_ms, g_opts.max_batch, g_opts.max_response);
 	return 0;
 
+out_free_backoff:
+	keel_poller_backoff_free(&g_listen_backoff);
 out_unregister:
 	keel_poller_unregister(&g_listen_poller);
 out_unlink:
@@ -342,9 +558,11 @@ void keel_rpc_server_stop(void)
 	while (g_conns != NULL) {
 		rpc_sock_conn_close(g_conns);
 	}
+	keel_poller_unregister(&g_idle_poller);
 	if (g_listen_fd < 0) {
 		return;
 	}
+	keel_poller_backoff_free(&g_listen_backoff);
 	keel_poller_unregister(&g_listen_poller);
 	close(g_listen_fd);
 	g_listen_fd = -1;

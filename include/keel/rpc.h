@@ -4,7 +4,9 @@
  * The server listens on a unix socket (mode 0600) from fd pollers on the main keel
  * thread; it never blocks a reactor. Requests are JSON objects sent back to back
  * (no delimiter needed, they may arrive split across reads); batches (arrays) are
- * allowed; each response is compact JSON followed by a newline.
+ * allowed; each response is compact JSON followed by a newline. Every client is
+ * served a few requests at a time, so none holds the main reactor for long, and what
+ * a client can make keeld hold is limited (struct keel_rpc_server_opts).
  *
  * Threading: handlers run on the main keel thread. A handler either replies before
  * returning or keeps \p req and replies later, on the main thread, exactly once.
@@ -95,12 +97,55 @@ bool keel_rpc_decode_params(struct keel_rpc_request *req, json_t *params,
 /** Largest request accepted on one connection (bytes); larger ones are refused. */
 #define KEEL_RPC_MAX_REQUEST (4u << 20)
 
+/** Defaults of struct keel_rpc_server_opts (see there for why). */
+#define KEEL_RPC_DEFAULT_MAX_CONNECTIONS 64
+#define KEEL_RPC_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define KEEL_RPC_DEFAULT_MAX_BATCH 128
+#define KEEL_RPC_DEFAULT_MAX_RESPONSE (4u << 20)
+
 /**
- * Listen on \p path (mode 0600) on the current keel thread (the main thread).
- * Refuses a path where another server answers (-EADDRINUSE); removes a stale socket.
- * \return 0 or a negative errno.
+ * Limits of the server: what one client can make keeld hold. Each one reached gives
+ * the client an error that names it (docs/rpc.md, "Limits").
  */
-int keel_rpc_server_start(const char *path);
+struct keel_rpc_server_opts {
+	/**
+	 * Connections open at once. When a new one comes at the limit, the open
+	 * connection that has been idle the longest (no request being handled) is told
+	 * why and closed to make room, so keelctl gets in even past a crowd of silent
+	 * clients; only when every connection is handling a request is the new one
+	 * refused with an error.
+	 */
+	uint32_t max_connections;
+	/**
+	 * A connection with no request being handled and no byte moved either way for
+	 * this long is told why and closed; 0 never closes. Default 60 s: far above any
+	 * pause of a script between two calls on one connection, short enough that
+	 * clients that hung or forgot a connection give it back within a minute.
+	 */
+	uint32_t idle_timeout_ms;
+	/**
+	 * Requests in one batch (a longer batch is refused with -32600 before it is
+	 * parsed), and also the most requests of one connection handled at once.
+	 */
+	uint32_t max_batch;
+	/**
+	 * Bytes of one response; a larger one is replaced by an error (-EMSGSIZE) for the
+	 * same id. A connection may also leave at most this plus 256 KiB of replies
+	 * unread: a reply that does not fit is replaced by an error (-ENOBUFS).
+	 */
+	uint32_t max_response;
+};
+
+/** Fill \p opts with the defaults (KEEL_RPC_DEFAULT_*). */
+void keel_rpc_server_opts_init(struct keel_rpc_server_opts *opts);
+
+/**
+ * Listen on \p path (mode 0600) on the current keel thread (the main thread), with
+ * \p opts (NULL: the defaults; a 0 field takes its default, except idle_timeout_ms
+ * where 0 means never). Refuses a path where another server answers (-EADDRINUSE);
+ * removes a stale socket. \return 0 or a negative errno.
+ */
+int keel_rpc_server_start(const char *path, const struct keel_rpc_server_opts *opts);
 /** Stop accepting, close every connection, remove the socket file. Main thread. */
 void keel_rpc_server_stop(void);
 

@@ -1,7 +1,8 @@
 /*
  * Unit tests of the JSON-RPC protocol engine (daemon/rpc.c): framing, batches,
- * validation, errors, parameter decoding and late replies. The engine is driven
- * through rpc_conn_feed() without sockets or reactors.
+ * validation, errors, parameter decoding, late replies and the limits (batch length,
+ * response size, unread replies, work per call). The engine is driven through
+ * rpc_conn_feed() and rpc_conn_process() without sockets or reactors.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include "keel/rpc.h"
 #include "rpc_internal.h"
 #include "rpc_methods.h"
+#include "ut_threads.h"
 
 /* ------------------------------------------------------------------------------ */
 /* Test methods                                                                    */
@@ -34,6 +36,16 @@ static void ut_later(struct keel_rpc_request *req, json_t *params)
 {
 	CU_ASSERT_FATAL(g_later_count < 8);
 	g_later[g_later_count++] = req;
+}
+
+static int g_slow_calls;
+
+/* A request that costs 600 us (of mock time). */
+static void ut_slow(struct keel_rpc_request *req, json_t *params)
+{
+	g_slow_calls++;
+	ut_time_advance_us(600);
+	keel_rpc_send_result(req, NULL);
 }
 
 static void ut_fail(struct keel_rpc_request *req, json_t *params)
@@ -149,7 +161,8 @@ static void ut_expect_error(const char *text, int code, const char *substr, bool
 		fprintf(stderr, "\nmessage '%s' lacks '%s'\n", ut_error_message(resp), substr);
 		CU_FAIL("error message");
 	}
-	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(resp, "jsonrpc")), "2.0");
+	CU_ASSERT(json_is_string(json_object_get(resp, "jsonrpc")) &&
+		  strcmp(json_string_value(json_object_get(resp, "jsonrpc")), "2.0") == 0);
 	if (id_null) {
 		CU_ASSERT(json_is_null(json_object_get(resp, "id")));
 	}
@@ -327,21 +340,36 @@ static void test_batch(void)
 	ut_teardown();
 }
 
+/* The output queued so far, as a string (not consumed). */
+static char *ut_peek(struct rpc_conn *conn)
+{
+	size_t len;
+	const char *out = rpc_conn_output(conn, &len);
+
+	return strndup(out, len);
+}
+
 static void test_batch_async(void)
 {
 	json_t *resp;
+	char *raw;
 
 	ut_setup();
 	ut_feed("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
 		"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}]");
-	resp = ut_take(g_conn);
-	CU_ASSERT_EQUAL(json_array_size(resp), 0); /* waits for the late member */
-	json_decref(resp);
+	/* responses stream in completion order: the array is open, not closed */
+	raw = ut_peek(g_conn);
+	CU_ASSERT(raw[0] == '[');
+	CU_ASSERT(strstr(raw, "\"id\":2") != NULL);
+	CU_ASSERT(strchr(raw, '\n') == NULL);
+	free(raw);
 	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 1);
 	CU_ASSERT_EQUAL_FATAL(g_later_count, 1);
 	keel_rpc_send_result(g_later[0], json_string("late"));
 	resp = ut_one("");
-	CU_ASSERT_EQUAL(json_array_size(resp), 2);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(resp), 2);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(resp, 0), "id")), 2);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(resp, 1), "id")), 1);
 	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 0);
 	json_decref(resp);
 	ut_teardown();
@@ -637,20 +665,319 @@ static void test_reply_after_close(void)
 
 	ut_setup();
 	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1}"
-		"[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2}]"
+		"[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2},"
+		"{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":3}]"
 		"{\"jsonrpc\":\"2.0\",\"method\":\"later\"}");
-	CU_ASSERT_EQUAL(g_later_count, 3);
-	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 3);
+	/* the batch waits for the request before it, so their replies cannot mix */
+	CU_ASSERT_EQUAL(g_later_count, 1);
+	CU_ASSERT_FALSE(rpc_conn_has_work(g_conn));
 	/* a late reply on a live connection shows up */
 	keel_rpc_send_result(g_later[0], NULL);
 	resp = ut_take(g_conn);
 	CU_ASSERT_EQUAL(json_array_size(resp), 1);
 	json_decref(resp);
+	CU_ASSERT(rpc_conn_has_work(g_conn));
+	CU_ASSERT(rpc_conn_process(g_conn) > 0);
+	/* the notification after the batch waits for the batch */
+	CU_ASSERT_EQUAL(g_later_count, 3);
+	CU_ASSERT_EQUAL(rpc_conn_pending(g_conn), 2);
 	/* the client goes away; the other replies are dropped without harm (ASan checks) */
 	rpc_conn_close(g_conn);
 	g_conn = NULL;
 	keel_rpc_send_error(g_later[1], -EIO, "too late");
 	keel_rpc_send_result(g_later[2], json_string("nobody listens"));
+	CU_ASSERT_EQUAL(g_later_count, 3); /* the notification never ran */
+}
+
+
+/* A batch (or stream) of \p n copies of \p member with ids 0..n-1 ("%d" in member). */
+static char *ut_repeat(const char *member, int n, bool batch)
+{
+	size_t cap = (strlen(member) + 16) * (size_t)n + 8, len = 0;
+	char *buf = malloc(cap);
+	int i;
+
+	CU_ASSERT_FATAL(buf != NULL);
+	if (batch) {
+		buf[len++] = '[';
+	}
+	for (i = 0; i < n; i++) {
+		if (batch && i > 0) {
+			buf[len++] = ',';
+		}
+		len += (size_t)snprintf(buf + len, cap - len, member, i);
+	}
+	if (batch) {
+		buf[len++] = ']';
+	}
+	buf[len] = '\0';
+	return buf;
+}
+
+static void test_batch_limit(void)
+{
+	char *text;
+	json_t *resp;
+
+	rpc_set_limits(4, 0);
+	ut_setup();
+	text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d}", 5, true);
+	ut_expect_error(text, KEEL_RPC_INVALID_REQUEST, "a batch of 5 requests is over the limit "
+			"of 4 (keeld --rpc-max-batch)", true);
+	free(text);
+	CU_ASSERT_EQUAL(g_echo_calls, 0);
+	CU_ASSERT_FALSE(rpc_conn_is_broken(g_conn));
+	/* at the limit it runs, on the same connection */
+	text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d}", 4, true);
+	resp = ut_one(text);
+	free(text);
+	CU_ASSERT_EQUAL(json_array_size(resp), 4);
+	CU_ASSERT_EQUAL(g_echo_calls, 4);
+	json_decref(resp);
+	ut_teardown();
+	rpc_set_limits(0, 0);
+}
+
+/*
+ * The issue's reproduction: a 4 MiB batch of 48,000 rpc_get_methods{include_help}.
+ * It used to cost ~2 GB and stall the reactor for ~27 s; now it is refused from the
+ * scanner's count, before anything is parsed or run.
+ */
+static void test_huge_batch(void)
+{
+	char *text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"rpc_get_methods\",\"id\":%d,"
+			       "\"params\":{\"include_help\":true}}", 48000, true);
+	size_t len;
+
+	CU_ASSERT(strlen(text) < KEEL_RPC_MAX_REQUEST);
+	ut_setup();
+	ut_expect_error(text, KEEL_RPC_INVALID_REQUEST, "a batch of 48000 requests is over the "
+			"limit of 128", true);
+	rpc_conn_output(g_conn, &len);
+	CU_ASSERT_EQUAL(len, 0);
+	CU_ASSERT_FALSE(rpc_conn_has_work(g_conn));
+	ut_teardown();
+	free(text);
+}
+
+static void test_batch_incremental(void)
+{
+	char *text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":[%d],\"id\":1}",
+			       100, true);
+	bool seen[100] = {false};
+	json_t *all, *arr, *e;
+	int loops = 0, n;
+	size_t i;
+
+	ut_setup();
+	/* a request after the batch must wait for the whole array */
+	CU_ASSERT_EQUAL(ut_feed(text), 0);
+	CU_ASSERT_EQUAL(ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":\"after\"}"), 0);
+	CU_ASSERT(g_echo_calls > 0 && g_echo_calls < 100);
+	CU_ASSERT(rpc_conn_has_work(g_conn));
+	CU_ASSERT_FALSE(rpc_conn_wants_input(g_conn));
+	while (rpc_conn_has_work(g_conn)) {
+		n = rpc_conn_process(g_conn);
+		CU_ASSERT(n > 0 && n < 100);
+		if (n <= 0 || ++loops > 100) {
+			break;
+		}
+	}
+	CU_ASSERT(loops >= 2);
+	CU_ASSERT_EQUAL(g_echo_calls, 101);
+	all = ut_take(g_conn);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(all), 2);
+	arr = json_array_get(all, 0);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(arr), 100);
+	json_array_foreach(arr, i, e) {
+		json_int_t v = json_integer_value(json_array_get(json_object_get(e, "result"), 0));
+
+		CU_ASSERT(v >= 0 && v < 100 && !seen[v]);
+		if (v >= 0 && v < 100) {
+			seen[v] = true;
+		}
+	}
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(all, 1), "id")),
+			       "after");
+	json_decref(all);
+	CU_ASSERT(rpc_conn_wants_input(g_conn));
+	ut_teardown();
+
+	/* a client that goes away mid-batch: the members not started never run */
+	ut_setup();
+	CU_ASSERT_EQUAL(ut_feed(text), 0);
+	n = g_echo_calls;
+	CU_ASSERT(n < 100);
+	ut_teardown();
+	CU_ASSERT_EQUAL(g_echo_calls, n);
+	free(text);
+}
+
+/* A client that does not read its replies stops being served, it is not buffered for. */
+static void test_unread_output(void)
+{
+	char *big = malloc(40000), *text;
+	size_t len, before;
+	int answered = 0, rounds = 0, calls;
+
+	memset(big, 'x', 32768);
+	big[32768] = '\0';
+	text = malloc(20 * 33000);
+	text[0] = '\0';
+	for (int i = 0; i < 20; i++) {
+		sprintf(text + strlen(text), "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d,"
+			"\"params\":[\"%s\"]}", i, big);
+	}
+	ut_setup();
+	CU_ASSERT_EQUAL(ut_feed(text), 0);
+	calls = g_echo_calls;
+	CU_ASSERT(calls > 0 && calls < 20);
+	rpc_conn_output(g_conn, &len);
+	CU_ASSERT(len >= (256u << 10) && len < (256u << 10) + 40000);
+	CU_ASSERT_FALSE(rpc_conn_has_work(g_conn));
+	CU_ASSERT_FALSE(rpc_conn_wants_input(g_conn));
+	CU_ASSERT_EQUAL(rpc_conn_process(g_conn), 0);
+	CU_ASSERT_EQUAL(g_echo_calls, calls);
+	/* reading lets it go on */
+	while (answered < 20 && rounds++ < 100) {
+		json_t *got = ut_take(g_conn);
+
+		answered += (int)json_array_size(got);
+		json_decref(got);
+		before = (size_t)g_echo_calls;
+		rpc_conn_process(g_conn);
+		CU_ASSERT(answered == 20 || (size_t)g_echo_calls > before);
+	}
+	CU_ASSERT_EQUAL(answered, 20);
+	ut_teardown();
+	free(text);
+	free(big);
+}
+
+static void test_response_cap(void)
+{
+	char text[4096], big[2001];
+	json_t *resp;
+
+	memset(big, 'y', 2000);
+	big[2000] = '\0';
+	rpc_set_limits(0, 1024);
+	ut_setup();
+	snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":5,"
+		 "\"params\":[\"%s\"]}", big);
+	resp = ut_one(text);
+	CU_ASSERT_EQUAL(ut_error_code(resp), -EMSGSIZE);
+	CU_ASSERT(strstr(ut_error_message(resp), "larger than the limit of 1024 bytes "
+			 "(keeld --rpc-max-response)") != NULL);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(resp, "id")), 5);
+	json_decref(resp);
+	/* small ones still go out, in a batch too */
+	snprintf(text, sizeof(text), "[{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,"
+		 "\"params\":[\"%s\"]},{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}]", big);
+	resp = ut_one(text);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(resp), 2);
+	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 0)), -EMSGSIZE);
+	CU_ASSERT(json_is_true(json_object_get(json_array_get(resp, 1), "result")));
+	json_decref(resp);
+	ut_teardown();
+	rpc_set_limits(0, 0);
+}
+
+/* Late replies that do not fit next to the unread ones become a short error. */
+static void test_unread_cap(void)
+{
+	char *big = malloc(60001), *text = malloc(5 * 61000);
+	json_t *all, *r1 = NULL, *r2 = NULL, *e;
+	size_t i;
+
+	memset(big, 'z', 60000);
+	big[60000] = '\0';
+	rpc_set_limits(0, 64u << 10); /* at most 64 KiB + 256 KiB unread */
+	ut_setup();
+	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1}"
+		"{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2}");
+	text[0] = '\0';
+	for (int k = 0; k < 5; k++) {
+		sprintf(text + strlen(text), "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d,"
+			"\"params\":[\"%s\"]}", 10 + k, big);
+	}
+	ut_feed(text);
+	CU_ASSERT_EQUAL(g_echo_calls, 5); /* ~300 KB unread now */
+	big[30000] = '\0';
+	keel_rpc_send_result(g_later[0], json_string(big));
+	keel_rpc_send_result(g_later[1], json_string("short"));
+	all = ut_take(g_conn);
+	json_array_foreach(all, i, e) {
+		if (json_integer_value(json_object_get(e, "id")) == 1) {
+			r1 = e;
+		} else if (json_integer_value(json_object_get(e, "id")) == 2) {
+			r2 = e;
+		}
+	}
+	CU_ASSERT_FATAL(r1 != NULL && r2 != NULL);
+	CU_ASSERT_EQUAL(ut_error_code(r1), -ENOBUFS);
+	CU_ASSERT(strstr(ut_error_message(r1), "still unread") != NULL);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r2, "result")), "short");
+	json_decref(all);
+	ut_teardown();
+	rpc_set_limits(0, 0);
+	free(text);
+	free(big);
+}
+
+/* A slice also ends after about a millisecond of work, however few requests it had. */
+static void test_slice_time(void)
+{
+	char *text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"slow\",\"id\":%d}", 10, false);
+	json_t *all;
+
+	ut_setup();
+	g_slow_calls = 0;
+	CU_ASSERT_EQUAL(ut_feed(text), 0);
+	CU_ASSERT_EQUAL(g_slow_calls, 2); /* 1.2 ms after the second */
+	CU_ASSERT(rpc_conn_has_work(g_conn));
+	CU_ASSERT_EQUAL(rpc_conn_process(g_conn), 2);
+	CU_ASSERT_EQUAL(g_slow_calls, 4);
+	while (rpc_conn_has_work(g_conn)) {
+		rpc_conn_process(g_conn);
+	}
+	CU_ASSERT_EQUAL(g_slow_calls, 10);
+	all = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(all), 10);
+	json_decref(all);
+	ut_teardown();
+	free(text);
+}
+
+static void test_notice(void)
+{
+	char line[256];
+	json_t *resp;
+	int n;
+
+	ut_setup();
+	CU_ASSERT(rpc_conn_notice(g_conn, -ETIMEDOUT, "closed: idle"));
+	resp = ut_one("");
+	CU_ASSERT_EQUAL(ut_error_code(resp), -ETIMEDOUT);
+	CU_ASSERT_STRING_EQUAL(ut_error_message(resp), "closed: idle");
+	CU_ASSERT(json_is_null(json_object_get(resp, "id")));
+	json_decref(resp);
+	/* never inside an open batch array */
+	ut_feed("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
+		"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}]");
+	CU_ASSERT_FALSE(rpc_conn_notice(g_conn, -ETIMEDOUT, "closed: idle"));
+	keel_rpc_send_result(g_later[0], NULL);
+	json_decref(ut_take(g_conn));
+	ut_teardown();
+
+	n = rpc_error_line(line, sizeof(line), -EUSERS, "too many \"clients\"");
+	CU_ASSERT_FATAL(n > 0);
+	CU_ASSERT_EQUAL(line[n - 1], '\n');
+	resp = json_loadb(line, (size_t)n, 0, NULL);
+	CU_ASSERT_EQUAL(ut_error_code(resp), -EUSERS);
+	CU_ASSERT_STRING_EQUAL(ut_error_message(resp), "too many \"clients\"");
+	json_decref(resp);
+	CU_ASSERT_EQUAL(rpc_error_line(line, 10, -EUSERS, "too many clients"), -ENOSPC);
 }
 
 int main(void)
@@ -661,10 +988,15 @@ int main(void)
 	if (CU_initialize_registry() != CUE_SUCCESS) {
 		return 1;
 	}
+	/* For the mock clock: time moves only when a test says, so slices are by count. */
+	if (ut_threads_init(1) != 0) {
+		return 1;
+	}
 	keel_rpc_register_method("echo", ut_echo, "echo params");
 	keel_rpc_register_method("later", ut_later, "reply later");
 	keel_rpc_register_method("fail", ut_fail, "fail with -EEXIST");
 	keel_rpc_register_method("typed", ut_typed, "decode every type");
+	keel_rpc_register_method("slow", ut_slow, "take 600 us of mock time");
 	rpc_framework_register();
 	rpc_bdev_register();
 	rpc_rebuild_register();
@@ -686,11 +1018,20 @@ int main(void)
 	CU_add_test(suite, "get_methods", test_get_methods);
 	CU_add_test(suite, "oversized", test_oversized);
 	CU_add_test(suite, "reply_after_close", test_reply_after_close);
+	CU_add_test(suite, "batch_limit", test_batch_limit);
+	CU_add_test(suite, "huge_batch", test_huge_batch);
+	CU_add_test(suite, "batch_incremental", test_batch_incremental);
+	CU_add_test(suite, "unread_output", test_unread_output);
+	CU_add_test(suite, "response_cap", test_response_cap);
+	CU_add_test(suite, "unread_cap", test_unread_cap);
+	CU_add_test(suite, "slice_time", test_slice_time);
+	CU_add_test(suite, "notice", test_notice);
 
 	CU_basic_set_mode(CU_BRM_VERBOSE);
 	CU_basic_run_tests();
 	failures = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
 	CU_cleanup_registry();
 	rpc_methods_clear();
+	ut_threads_fini();
 	return failures == 0 ? 0 : 1;
 }
