@@ -197,13 +197,20 @@ static int keelctl_connect(void)
 	return fd;
 }
 
-static void keelctl_send_all(int fd, const char *buf, size_t len)
+/*
+ * \return 0, or -EPIPE / -ECONNRESET when keeld closed the connection first: then it
+ * may have said why (connection limit), and the caller reads that like an answer.
+ */
+static int keelctl_send_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
 		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
 
 		if (n < 0 && errno == EINTR) {
 			continue;
+		}
+		if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+			return -errno;
 		}
 		if (n < 0) {
 			die(KEELCTL_EXIT_FAIL, "sending to keeld at %s failed: %s", g_socket,
@@ -212,6 +219,7 @@ static void keelctl_send_all(int fd, const char *buf, size_t len)
 		buf += n;
 		len -= (size_t)n;
 	}
+	return 0;
 }
 
 /* Read until a newline ends a complete JSON value. */
@@ -293,8 +301,9 @@ static json_t *keelctl_call(const char *method, json_t *params)
 		die(KEELCTL_EXIT_FAIL, "out of memory");
 	}
 	fd = keelctl_connect();
-	keelctl_send_all(fd, text, strlen(text));
+	(void)keelctl_send_all(fd, text, strlen(text));
 	free(text);
+	/* Even when the send failed: a refused connection carries keeld's reason. */
 	resp = keelctl_read_response(fd);
 	close(fd);
 

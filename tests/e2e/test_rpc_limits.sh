@@ -86,6 +86,35 @@ expect_ok "help names the limits" "$KEEL_BIN/keeld" --help
 case "$OUT" in *"--rpc-max-connections"*"--rpc-idle-timeout"*"--rpc-max-batch"*"--rpc-max-response"*) ;;
 *) fail "keeld --help lacks the RPC limits: $OUT" ;; esac
 
+# --- keelctl shows why a server refused it ----------------------------------------------
+# A stand-in server that answers every connection with the refusal keeld sends at its
+# connection limit, then closes: keelctl must print that reason, not a broken pipe.
+FAKE=$E2E_TMP/fake.sock
+"$PY" - "$FAKE" >"$E2E_TMP/fake.out" 2>&1 <<'PY' &
+import json, os, socket, sys
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sys.argv[1]); srv.listen(8)
+line = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -87, "message":
+       "keeld has 64 RPC connections open, its limit (keeld --rpc-max-connections)"}})
+open(sys.argv[1] + ".ready", "w").close()
+for _ in range(2):
+    c, _ = srv.accept()
+    c.sendall(line.encode() + b"\n")
+    c.close()
+PY
+FAKE_PID=$!
+E2E_EXTRA_PIDS="$FAKE_PID"
+for _ in $(seq 1 100); do [ -e "$FAKE.ready" ] && break; sleep 0.1; done
+expect_fail "keelctl prints the refusal" "its limit (keeld --rpc-max-connections)" \
+	"$KEEL_BIN/keelctl" -s "$FAKE" rpc keel_get_version
+# A request larger than the socket buffer: the close reaches keelctl while it is still
+# sending (EPIPE), and it must still read and print the reason. Each 1e300 is sent as
+# 1.0000000000000001e+300, so 120 KB of argument make about 480 KB on the wire.
+BIG=$(printf '1e300,%.0s' $(seq 1 20000))
+expect_fail "keelctl prints the refusal while still sending" "its limit" \
+	"$KEEL_BIN/keelctl" -s "$FAKE" rpc bdev_get_bdevs "[${BIG}1]"
+wait "$FAKE_PID" 2>/dev/null
+
 # --- phase 1: default limits -------------------------------------------------------------
 start_keeld
 
