@@ -5,14 +5,18 @@
  *                   --qd 32 --seconds 5 [--cores N] [--mode poll|adaptive|interrupt]
  *                   [--json]
  *
- * TYPE: null, malloc[:SIZE] (default 1g), aio:PATH, or nexus:null, nexus:malloc[:SIZE],
- * nexus:aio:PATH1,PATH2 (a 2-way nexus volume over two such bdevs; --bitmap on|off
- * and --bitmap-region SIZE set its write-intent bitmap). One reactor per core, one job
+ * TYPE: null, malloc[:SIZE] (default 1g), aio:PATH, error[:N] (an error bdev over a
+ * null bdev failing every Nth request, default every one), or nexus:null,
+ * nexus:malloc[:SIZE], nexus:aio:PATH1,PATH2 (a 2-way nexus volume over two such
+ * bdevs; --bitmap on|off and --bitmap-region SIZE set its write-intent bitmap). One reactor per core, one job
  * thread per reactor, each keeping QD requests in flight on its own descriptor and
  * channel. Average and p99 latency come from sampled requests: every 16th request is
  * timed with the TSC, so the measurement does not dominate a tens-of-nanoseconds
  * path. cpu_pct is process CPU time over wall time (100 per fully busy core): on a
  * shared machine, iops / (cpu_pct / 100) tells the cost per busy core.
+ *
+ * A run in which any request failed exits 1 and says how many failed: a figure
+ * measured over failing I/O is not a measurement of the path.
  *
  * Adding a bdev type (e.g. the nexus): add an entry to g_bench_types whose create
  * function registers the bdev named g_bdev_name and returns 0, or returns 1 and
@@ -137,8 +141,11 @@ static void usage(FILE *out)
 		"                  [--mode poll|adaptive|interrupt] [--json]\n"
 		"                  [--bitmap on|off] [--bitmap-region SIZE]\n"
 		"  TYPE: null | malloc[:SIZE] (default 1g) | aio:PATH |\n"
+		"        error[:N] (null behind an error bdev failing every Nth request) |\n"
 		"        nexus:null | nexus:malloc[:SIZE] | nexus:aio:PATH1,PATH2 (2 replicas)\n"
-		"  JSON keys: iops, mib_per_s, lat_avg_us, lat_p99_us, cpu_pct\n");
+		"  JSON keys: iops, mib_per_s, lat_avg_us, lat_p99_us, cpu_pct, errors\n"
+		"  Exit status: 0 when every request succeeded, 1 when any failed or the\n"
+		"  run could not start, 2 for a bad command line.\n");
 }
 
 static int parse_args(int argc, char **argv)
@@ -495,7 +502,8 @@ static void bench_calibrate(void)
 #endif
 }
 
-static void bench_report(void)
+/* \return the number of failed requests (the report is printed either way). */
+static uint64_t bench_report(void)
 {
 	static uint64_t hist[BENCH_HIST_BUCKETS];
 	uint64_t ios = 0, errors = 0, samples = 0, acc = 0, p99_ticks = 0, lat_sum = 0;
@@ -553,6 +561,12 @@ static void bench_report(void)
 		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, errors);
 	}
 	fflush(stdout);
+	if (errors != 0) {
+		fprintf(stderr, "keel-bench bdev: failed: %" PRIu64 " of %" PRIu64 " requests "
+			"completed with an error; the figures above do not measure the path\n",
+			errors, ios);
+	}
+	return errors;
 }
 
 static void bench_fini_done(void *arg, int status)
@@ -563,9 +577,10 @@ static void bench_fini_done(void *arg, int status)
 static void bench_finish(int status)
 {
 	g_result = status;
-	if (status == 0)
-		bench_report();
-	else
+	if (status == 0) {
+		if (bench_report() != 0)
+			g_result = -EIO;
+	} else
 		fprintf(stderr, "keel-bench bdev: failed: %s\n", strerror(-status));
 	keel_bdev_subsystem_fini(bench_fini_done, NULL);
 }
@@ -618,6 +633,33 @@ static int bench_create_malloc(const char *arg)
 		return -EINVAL;
 	}
 	return keel_bdev_malloc_create(g_bdev_name, NULL, size / 512, 512, &b);
+}
+
+/*
+ * error[:N]: a null base bench0.base behind an error bdev bench0 that fails every Nth
+ * request of every type with -EIO (N = 1 by default: all of them). It exists so the
+ * benchmark's own failure path can be exercised.
+ */
+static int bench_create_error(const char *arg)
+{
+	struct keel_bdev_error_rule rule = {
+		.io_type = KEEL_BDEV_IO_NUM_TYPES, .error = -EIO, .every_nth = 1,
+	};
+	struct keel_bdev *b;
+	uint64_t nth = 1;
+	int rc;
+
+	if (arg[0] && (parse_size(arg, &nth) || nth > UINT32_MAX)) {
+		fprintf(stderr, "keel-bench bdev: bad error period '%s' (error:N, N >= 1)\n", arg);
+		return -EINVAL;
+	}
+	rule.every_nth = (uint32_t)nth;
+	rc = keel_bdev_null_create("bench0.base", NULL, (1ull << 30) / 512, 512, &b);
+	if (rc == 0)
+		rc = keel_bdev_error_create(g_bdev_name, "bench0.base", &b);
+	if (rc == 0)
+		rc = keel_bdev_error_inject(g_bdev_name, &rule);
+	return rc;
 }
 
 static void bench_aio_created(void *cb_arg, int status, struct keel_bdev *bdev)
@@ -745,6 +787,7 @@ static const struct {
 	{"null", bench_create_null},
 	{"malloc", bench_create_malloc},
 	{"aio", bench_create_aio},
+	{"error", bench_create_error},
 	{"nexus", bench_create_nexus},
 };
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # keel-bench bdev: bad command lines get a clear error and a non-zero exit (never a
-# crash); short valid runs print the JSON keys. $1 = path to keel-bench.
+# crash); runs whose requests fail exit non-zero; short valid runs exit 0 and print
+# the JSON keys. $1 = path to keel-bench.
 BENCH="$1"
 [ -x "$BENCH" ] || { echo "keel-bench not built: skip"; exit 77; }
 fail=0
@@ -34,6 +35,17 @@ expect_err "cannot create" --bdev aio:/nonexistent/keel-bench-file --seconds 1
 expect_err "bad malloc size" --bdev malloc:lots --seconds 1
 expect_err "unexpected argument" --seconds 1 stray
 expect_err "bad malloc size" --bdev malloc:4k --bs 8k --seconds 1
+expect_err "bad error period" --bdev error:0 --seconds 1
+
+# Failed I/O makes the run fail: every request failing, and one in 64 failing (the
+# figures of such a run are not a measurement). The report is still printed, and
+# stderr says how many requests failed.
+expect_err "completed with an error" --bdev error --qd 4 --seconds 1
+expect_err "completed with an error" --bdev error:64 --rw randwrite --qd 4 --seconds 1
+out=$("$BENCH" bdev --bdev error --qd 4 --seconds 1 --json 2>/dev/null)
+if ! printf '%s' "$out" | grep -q '"errors": [1-9]'; then
+	echo "FAIL: bdev --bdev error: no failed requests counted in: $out"; fail=1
+fi
 
 for args in "--bdev null --qd 4" "--bdev malloc:64m --rw randwrite --qd 8" \
 	    "--bdev malloc:64m --rw read --bs 64k --qd 2 --cores 2"; do
