@@ -1,28 +1,27 @@
 #!/usr/bin/env bash
-# keeld vs nbdkit as NBD servers over a unix socket, side by side in one run.
+# keeld vs nbdkit as NBD servers over a unix socket, side by side in one run
+# (benchmark, not a test: it asserts nothing).
 #
-# Same 1 GiB file in /dev/shm behind both servers (keeld: aio bdev, which falls back
-# to buffered I/O on tmpfs; nbdkit: file plugin), fio's nbd engine as the client,
-# one connection. Prints a table with keeld/nbdkit per row and ends with
-# `min_ratio=X`. A benchmark, not a test: it asserts nothing.
-#
-# The machine is shared and noisy (the client and both servers compete for 2 CPUs,
-# and other work may run): each row alternates keeld and nbdkit ROUNDS times and
-# keeps each server's best run, so a burst of outside load does not decide a row.
+# Same 1 GiB file in /dev/shm, written in full, behind both servers (keeld: aio bdev;
+# nbdkit: file plugin), fio's nbd engine as the client, one connection. For each keeld
+# reactor mode in KEEL_MODES (switched with `keelctl reactor mode`) and each row, ROUNDS
+# rounds run keeld, nbdkit, nbdkit, keeld (A B B A: a linear drift of outside load hits
+# both alike); a round's figure per server is the mean of its two runs, a row's the
+# median over the rounds. Prints a table per mode with keeld/nbdkit per row and what
+# both sides ran with, and ends with `min_ratio=X` per mode.
 #
 # Environment: KEEL_BIN (default build/bin), RUNTIME (seconds per run, default 3),
-# ROUNDS (runs per server and row, default 2),
-# KEEL_CPUS (keeld --cpus, default 0), KEEL_MODE (adaptive|poll|interrupt, default
-# adaptive), SIZE_MB (default 1024), CLIENT_CPUS (taskset list for fio, default none),
-# NBDKIT_CPUS (taskset list for nbdkit, default none).
+# ROUNDS (default 3), KEEL_MODES (default "adaptive interrupt"), KEEL_CPUS (keeld
+# --cpus, default 0), SIZE_MB (default 1024), CLIENT_CPUS (taskset list for fio,
+# default none), NBDKIT_CPUS (taskset list for nbdkit, default none).
 set -u
 
 SRC_DIR=$(cd "$(dirname "$0")/../.." && pwd)
 KEEL_BIN=${KEEL_BIN:-$SRC_DIR/build/bin}
 RUNTIME=${RUNTIME:-3}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
+KEEL_MODES=${KEEL_MODES:-adaptive interrupt}
 KEEL_CPUS=${KEEL_CPUS:-0}
-KEEL_MODE=${KEEL_MODE:-adaptive}
 SIZE_MB=${SIZE_MB:-1024}
 CLIENT_CPUS=${CLIENT_CPUS:-}
 NBDKIT_CPUS=${NBDKIT_CPUS:-}
@@ -32,7 +31,7 @@ pin() { # pin CPULIST CMD...: run CMD on those CPUs when CPULIST is set
 	if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
 }
 
-for tool in fio nbdkit python3; do
+for tool in fio nbdkit jq; do
 	command -v $tool >/dev/null || { echo "SKIP: $tool is needed"; exit 77; }
 done
 [ -x "$KEEL_BIN/keeld" ] || { echo "SKIP: no keeld in $KEEL_BIN"; exit 77; }
@@ -52,13 +51,13 @@ trap cleanup EXIT
 dd if=/dev/urandom of="$IMG" bs=1M count="$SIZE_MB" status=none
 
 "$KEEL_BIN/keeld" --foreground --rpc-socket "$TMP/keeld.sock" --state-dir "$TMP/state" \
-	--cpus "$KEEL_CPUS" --mode "$KEEL_MODE" --log-level warn >"$TMP/keeld.log" 2>&1 &
+	--cpus "$KEEL_CPUS" --log-level warn >"$TMP/keeld.log" 2>&1 &
 KEELD_PID=$!
+KCTL() { "$KEEL_BIN/keelctl" -s "$TMP/keeld.sock" --timeout 5 "$@"; }
 for _ in $(seq 1 100); do
-	"$KEEL_BIN/keelctl" -s "$TMP/keeld.sock" --timeout 2 rpc keel_get_version >/dev/null 2>&1 && break
+	KCTL rpc keel_get_version >/dev/null 2>&1 && break
 	sleep 0.1
 done
-KCTL() { "$KEEL_BIN/keelctl" -s "$TMP/keeld.sock" "$@"; }
 KCTL bdev create aio bench "$IMG" >/dev/null || { cat "$TMP/keeld.log"; exit 1; }
 KCTL export start bench --socket "$TMP/keel.nbd" >/dev/null || { cat "$TMP/keeld.log"; exit 1; }
 
@@ -73,43 +72,57 @@ run_fio() {
 	pin "$CLIENT_CPUS" fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
 		--size="${SIZE_MB}M" --runtime="$RUNTIME" --time_based --ramp_time=1 \
 		--output-format=json --output="$out" >/dev/null 2>&1 || { echo "0 0 0"; return; }
-	python3 - "$out" "$rw" <<'PY'
-import json, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
-d = j["read"] if "read" in sys.argv[2] else j["write"]
-p50 = d.get("clat_ns", {}).get("percentile", {}).get("50.000000", 0) / 1000.0
-print("%.0f %.0f %.1f" % (d["iops"], d["bw_bytes"], p50))
-PY
+	jq -r --arg rw "$rw" '.jobs[0] | (if ($rw | test("read")) then .read else .write end) |
+		"\(.iops) \(.bw_bytes) \((.clat_ns.percentile["50.000000"] // 0) / 1000)"' "$out"
 }
+# mean2 A B, median of stdin: numbers as awk prints them.
+mean2() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + b) / 2 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 KEEL_URI="nbd+unix:///bench?socket=$TMP/keel.nbd"
 KIT_URI="nbd+unix:///?socket=$TMP/nbdkit.nbd"
 
-printf "%-22s %14s %14s %8s\n" "workload" "keeld" "nbdkit" "ratio"
-min_ratio=
-for row in "randread 4k 32" "randwrite 4k 32" "randread 4k 1" "read 128k 8" "write 128k 8"; do
-	set -- $row
-	k_iops=0; n_iops=0
-	for _ in $(seq 1 "$ROUNDS"); do
-		read -r i b p <<<"$(run_fio "$KEEL_URI" "$1" "$2" "$3")"
-		if [ "${i%.*}" -gt "${k_iops%.*}" ]; then k_iops=$i; k_bw=$b; k_p50=$p; fi
-		read -r i b p <<<"$(run_fio "$KIT_URI" "$1" "$2" "$3")"
-		if [ "${i%.*}" -gt "${n_iops%.*}" ]; then n_iops=$i; n_bw=$b; n_p50=$p; fi
+echo "both: fio nbd engine, one connection over a unix socket, ${RUNTIME} s per run after 1 s of"
+echo "  ramp, on the same ${SIZE_MB} MiB file in /dev/shm written in full; A B B A per round,"
+echo "  median of $ROUNDS rounds of the per-round mean; fio cpus ${CLIENT_CPUS:-any}"
+echo "keeld: aio bdev on the file, --cpus $KEEL_CPUS, mode per table (keelctl reactor mode)"
+echo "nbdkit: file plugin on the file, cpus ${NBDKIT_CPUS:-any}, its default threads"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+for mode in $KEEL_MODES; do
+	KCTL reactor mode "$mode" >/dev/null || { echo "keelctl reactor mode $mode failed"; exit 1; }
+	echo
+	echo "keeld --mode $mode"
+	printf "%-22s %14s %14s %8s\n" "workload" "keeld" "nbdkit" "ratio"
+	min_ratio=
+	for row in "randread 4k 32" "randwrite 4k 32" "randread 4k 1" "read 128k 8" "write 128k 8"; do
+		set -- $row
+		ki=() kb=() kp=() ni=() nb=() np=()
+		for _ in $(seq 1 "$ROUNDS"); do
+			read -r i1 b1 p1 <<<"$(run_fio "$KEEL_URI" "$1" "$2" "$3")"
+			read -r i2 b2 p2 <<<"$(run_fio "$KIT_URI" "$1" "$2" "$3")"
+			read -r i3 b3 p3 <<<"$(run_fio "$KIT_URI" "$1" "$2" "$3")"
+			read -r i4 b4 p4 <<<"$(run_fio "$KEEL_URI" "$1" "$2" "$3")"
+			ki+=("$(mean2 "$i1" "$i4")") kb+=("$(mean2 "$b1" "$b4")") kp+=("$(mean2 "$p1" "$p4")")
+			ni+=("$(mean2 "$i2" "$i3")") nb+=("$(mean2 "$b2" "$b3")") np+=("$(mean2 "$p2" "$p3")")
+		done
+		k_iops=$(printf '%s\n' "${ki[@]}" | median) n_iops=$(printf '%s\n' "${ni[@]}" | median)
+		k_bw=$(printf '%s\n' "${kb[@]}" | median) n_bw=$(printf '%s\n' "${nb[@]}" | median)
+		k_p50=$(printf '%s\n' "${kp[@]}" | median) n_p50=$(printf '%s\n' "${np[@]}" | median)
+		if [ "$2" = 128k ]; then
+			kv=$(awk -v v="$k_bw" 'BEGIN { printf "%.2f GB/s", v / 1e9 }')
+			nv=$(awk -v v="$n_bw" 'BEGIN { printf "%.2f GB/s", v / 1e9 }')
+		elif [ "$3" = 1 ]; then
+			kv=$(awk -v v="$k_iops" -v p="$k_p50" 'BEGIN { printf "%.1fk (%.0fus)", v / 1e3, p }')
+			nv=$(awk -v v="$n_iops" -v p="$n_p50" 'BEGIN { printf "%.1fk (%.0fus)", v / 1e3, p }')
+		else
+			kv=$(awk -v v="$k_iops" 'BEGIN { printf "%.0fk IOPS", v / 1e3 }')
+			nv=$(awk -v v="$n_iops" 'BEGIN { printf "%.0fk IOPS", v / 1e3 }')
+		fi
+		ratio=$(awk -v k="$k_iops" -v n="$n_iops" 'BEGIN { printf "%.2f", (n > 0) ? k / n : 0 }')
+		printf "%-22s %14s %14s %8s\n" "$1 $2 QD$3" "$kv" "$nv" "$ratio"
+		min_ratio=$(awk -v a="$min_ratio" -v r="$ratio" 'BEGIN { print (a == "" || r < a) ? r : a }')
 	done
-	if [ "$2" = 128k ]; then
-		kv=$(python3 -c "print('%.2f GB/s' % ($k_bw/1e9))")
-		nv=$(python3 -c "print('%.2f GB/s' % ($n_bw/1e9))")
-	elif [ "$3" = 1 ]; then
-		kv=$(python3 -c "print('%.1fk (%.0fus)' % ($k_iops/1e3, $k_p50))")
-		nv=$(python3 -c "print('%.1fk (%.0fus)' % ($n_iops/1e3, $n_p50))")
-	else
-		kv=$(python3 -c "print('%.0fk IOPS' % ($k_iops/1e3))")
-		nv=$(python3 -c "print('%.0fk IOPS' % ($n_iops/1e3))")
-	fi
-	ratio=$(python3 -c "print('%.2f' % ($k_iops / $n_iops if $n_iops else 0))")
-	printf "%-22s %14s %14s %8s\n" "$1 $2 QD$3" "$kv" "$nv" "$ratio"
-	min_ratio=$(python3 -c "a='$min_ratio'; print(min(float(a), $ratio) if a else $ratio)")
+	echo "min_ratio=$min_ratio ($mode)"
 done
 kill -0 "$KEELD_PID" 2>/dev/null || { echo "keeld died:"; tail -20 "$TMP/keeld.log"; exit 1; }
-echo "keeld: --cpus $KEEL_CPUS --mode $KEEL_MODE; fio cpus ${CLIENT_CPUS:-any}, nbdkit cpus ${NBDKIT_CPUS:-any}; best of $ROUNDS runs of ${RUNTIME}s per server and row, one connection each"
-echo "min_ratio=$min_ratio"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
