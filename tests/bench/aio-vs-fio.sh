@@ -27,6 +27,8 @@
 # Both files are removed at the end. Exits 0 unless a tool fails, 77 when fio, jq or
 # keel-bench is missing.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-${KEEL_BUILD:-$repo/build}}
@@ -86,7 +88,6 @@ run() {
 	esac
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
 # measure FILE SIDE... : ROUNDS rounds, the order reversed every other round (A B ..
 # then .. B A) so drift on a shared machine hits every side alike; sets med[SIDE].
@@ -127,7 +128,7 @@ row() {
 }
 
 echo "== disk: ${size_mib} MiB file $disk_file, 4k randread QD32, O_DIRECT, ${seconds} s per run, median of $rounds rounds"
-echo "   load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "   load average at start: $(loadavg)"
 rm -f "$disk_file"
 # Written with real data: reads of unwritten extents never reach the device.
 dd if=/dev/zero of="$disk_file" bs=1M count="$size_mib" oflag=direct conv=fsync status=none
@@ -141,7 +142,7 @@ rm -f "$disk_file"
 # back to buffered I/O with a warning. Either way this measures the CPU cost of the path.
 echo
 echo "== tmpfs: ${size_mib} MiB file $shm_file, 4k randread QD32, ${seconds} s per run, median of $rounds rounds"
-echo "   load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "   load average at start: $(loadavg)"
 dd if=/dev/zero of="$shm_file" bs=1M count="$size_mib" status=none
 measure "$shm_file" fio_poll keel_poll keel_adaptive
 for mode in poll adaptive; do

@@ -14,6 +14,8 @@
 # tmpfs file, rounds alternating the two.
 # Exits 0 unless keel-bench fails, 77 when it or jq is missing.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-${KEEL_BUILD:-$repo/build}}
@@ -32,7 +34,6 @@ kb() {
 	"$bench" bdev --cores 1 --mode poll --seconds "$seconds" --json "$@" 2>/dev/null |
 		jq -r '.iops | floor' || { echo "bdev-targets: keel-bench bdev $* failed" >&2; exit 1; }
 }
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 # row WHAT TARGET_IOPS SPDK_RESULT SPDK_RUN ARGS...: median of ROUNDS runs of ARGS
 row() {
 	local what=$1 target=$2 spdk=$3 spdk_run=$4 all=() m
@@ -47,7 +48,7 @@ row() {
 }
 
 echo "keel-bench bdev against bdevperf, median of $rounds runs of ${seconds} s;" \
-	"load average $(cut -d' ' -f1-3 /proc/loadavg)"
+	"load average $(loadavg)"
 row "null, 4k randread QD128" 25000000 "12.7-12.9M" \
 	"bdevperf -m 0x1, null bdev, -q 128 -o 4096 -w randread" \
 	--bdev null --rw randread --bs 4k --qd 128

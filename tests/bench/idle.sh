@@ -16,6 +16,8 @@
 # < 1% of one core (design.md: "an idle daemon costs well under 1% of a core").
 # Exits 0 unless keeld or a tool fails; 77 when keeld is not built.
 set -u
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${KEEL_BIN:-$SRC/build/bin}
@@ -60,7 +62,7 @@ hz=$(getconf CLK_TCK)
 # utime + stime (fields 14 and 15; the name in field 2 may hold spaces: cut after ')').
 ticks() { sed 's/.*) //' "$1" | awk '{ print $12 + $13 }'; }
 declare -A t0=()
-for f in /proc/$KPID/task/*/stat; do t0[$f]=$(ticks "$f"); done
+for f in /proc/"$KPID"/task/*/stat; do t0[$f]=$(ticks "$f"); done
 p0=$(ticks /proc/$KPID/stat)
 w0=$(date +%s%N)
 sleep "$SECS"
@@ -78,7 +80,7 @@ echo "  keeld ran with: mode ${MODE}$([ "$MODE" = default ] && echo ' (keeld --h
 	"cpus ${KEEL_CPUS:-all online} (${reactors:-?} reactors), $EXPORTS exports" \
 	"(null bdev 64 MiB each, unix socket, no client), settled ${SETTLE} s;" \
 	"utime+stime of the process from /proc/$KPID/stat, tick $((1000 / hz)) ms"
-echo "  load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "  load average: $(loadavg)"
 echo "  busiest threads (% of one core):"
 for f in "${!t1[@]}"; do
 	[ -n "${t1[$f]}" ] || continue # the thread exited

@@ -15,6 +15,8 @@
 # --cpus, default 0), SIZE_MB (default 1024), CLIENT_CPUS (taskset list for fio,
 # default none), NBDKIT_CPUS (taskset list for nbdkit, default none).
 set -u
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SRC_DIR=$(cd "$(dirname "$0")/../.." && pwd)
 KEEL_BIN=${KEEL_BIN:-$SRC_DIR/build/bin}
@@ -75,9 +77,8 @@ run_fio() {
 	jq -r --arg rw "$rw" '.jobs[0] | (if ($rw | test("read")) then .read else .write end) |
 		"\(.iops) \(.bw_bytes) \((.clat_ns.percentile["50.000000"] // 0) / 1000)"' "$out"
 }
-# mean2 A B, median of stdin: numbers as awk prints them.
+# mean2 A B: their mean, as awk prints numbers.
 mean2() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + b) / 2 }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 KEEL_URI="nbd+unix:///bench?socket=$TMP/keel.nbd"
 KIT_URI="nbd+unix:///?socket=$TMP/nbdkit.nbd"
@@ -87,7 +88,7 @@ echo "  ramp, on the same ${SIZE_MB} MiB file in /dev/shm written in full; A B B
 echo "  median of $ROUNDS rounds of the per-round mean; fio cpus ${CLIENT_CPUS:-any}"
 echo "keeld: aio bdev on the file, --cpus $KEEL_CPUS, mode per table (keelctl reactor mode)"
 echo "nbdkit: file plugin on the file, cpus ${NBDKIT_CPUS:-any}, its default threads"
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average at start: $(loadavg)"
 for mode in $KEEL_MODES; do
 	KCTL reactor mode "$mode" >/dev/null || { echo "keelctl reactor mode $mode failed"; exit 1; }
 	echo
@@ -125,4 +126,4 @@ for mode in $KEEL_MODES; do
 	echo "min_ratio=$min_ratio ($mode)"
 done
 kill -0 "$KEELD_PID" 2>/dev/null || { echo "keeld died:"; tail -20 "$TMP/keeld.log"; exit 1; }
-echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average at the end: $(loadavg)"

@@ -22,6 +22,8 @@
 # IOPS during a rebuild >= 0.7x before it; partial rebuild after ~1% of the regions
 # were dirtied < 5% of the full rebuild time.
 set -u
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-${KEEL_BIN:-$SRC/build/bin}}
@@ -106,7 +108,7 @@ SEG=$(jq -r .segment_size <<<"$OPTS")
 TASKS=$(jq -r .tasks <<<"$OPTS")
 K volume create rbb --size "${SIZE_MB}M" --replica "$T/a" --replica "$T/b" >/dev/null || die "create"
 K export start rbb --socket "$S/rbb.nbd" >/dev/null || die "export"
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD0=$(loadavg)
 
 # Real data everywhere: a sparse source would flatter both the copy and the rebuild.
 echo "filling the ${SIZE_MB} MiB volume..."
@@ -252,7 +254,7 @@ if [ "$FLOOR_MB" != 0 ]; then
 	K volume destroy rbf >/dev/null || die "destroy rbf"
 	rm -rf "$SHM"
 fi
-LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD1=$(loadavg)
 
 row() { # what value ratio target verdict
 	printf "| %-54s | %-24s | %7s | %8s | %-6s |\n" "$@"
