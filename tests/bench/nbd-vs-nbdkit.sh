@@ -12,8 +12,9 @@
 #
 # Environment: KEEL_BIN (default build/bin), RUNTIME (seconds per run, default 3),
 # ROUNDS (default 3), KEEL_MODES (default "adaptive interrupt"), KEEL_CPUS (keeld
-# --cpus, default 0), SIZE_MB (default 1024), CLIENT_CPUS (taskset list for fio,
-# default none), NBDKIT_CPUS (taskset list for nbdkit, default none).
+# --cpus, default 0), NBDKIT_CPUS (taskset list for nbdkit, default KEEL_CPUS: both
+# servers get the same CPUs), SIZE_MB (default 1024), CLIENT_CPUS (taskset list for
+# fio, default none: the client may use any CPU, for both servers alike).
 set -u
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -26,7 +27,7 @@ KEEL_MODES=${KEEL_MODES:-adaptive interrupt}
 KEEL_CPUS=${KEEL_CPUS:-0}
 SIZE_MB=${SIZE_MB:-1024}
 CLIENT_CPUS=${CLIENT_CPUS:-}
-NBDKIT_CPUS=${NBDKIT_CPUS:-}
+NBDKIT_CPUS=${NBDKIT_CPUS-$KEEL_CPUS}
 pin() { # pin CPULIST CMD...: run CMD on those CPUs when CPULIST is set
 	local cpus=$1
 	shift
