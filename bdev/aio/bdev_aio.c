@@ -1,13 +1,12 @@
 /*
  * aio bdev: a regular file or block device driven through Linux native AIO (libaio).
  *
- * One io_context per (file, thread) channel, so the data path takes no lock. Requests
- * queue their iocb during submit_request and the channel's poller hands the whole
- * batch to the kernel with one io_submit per poll. Completions are read straight
- * from the completion ring the kernel maps into our address space (no syscall);
- * io_getevents with a zero timeout is the fallback when the ring header is not the
- * layout we know. Every iocb also signals an eventfd that is tied to the poller, so
- * a reactor in interrupt mode sleeps until the kernel completes something.
+ * Requests prepare their iocb during submit_request and queue it on the channel; the
+ * io_context, eventfd and poller are shared by every aio bdev of the keel thread
+ * (aio_group.c), which submits what all of them queued with one io_submit and reaps
+ * every completion from one ring. Nothing is shared between threads, so the data
+ * path takes no lock. This file is the bdev: open, request preparation, what each
+ * kernel answer means (short transfers, refused fdsync or RWF_DSYNC), pool work.
  *
  * Nothing here blocks a reactor: open/stat/ioctl at create, fdatasync when the kernel
  * lacks the aio fdsync command, fallocate/BLKDISCARD/BLKZEROOUT, io_destroy and close
@@ -22,10 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -34,6 +31,7 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 
+#include "aio_group.h"
 #include "bdev_aio_internal.h"
 
 /* <linux/fs.h> redefines RWF_* that <sys/uio.h> already has, so take only the ioctls. */
@@ -53,33 +51,11 @@
 #define RWF_DSYNC 0x00000002
 #endif
 
-#define AIO_RING_MAGIC 0xa10a10a1u
-#define AIO_IOCB_FLAG_RESFD (1u << 0) /* linux/aio_abi.h IOCB_FLAG_RESFD, as io_set_eventfd sets it */
 #define AIO_MAX_BLOCK_SIZE 65536u
 #define AIO_MAX_QUEUE_DEPTH 4096u
-/* Events taken per poll; bounds the stack array and the time one poll may take. */
-#define AIO_REAP_BATCH 128
-#define AIO_SUBMIT_BATCH 256
 
 #define AIO_CONTAINER_OF(ptr, type, member) \
 	((type *)((char *)(ptr) - offsetof(type, member)))
-
-/*
- * The header of the completion ring the kernel maps at the address io_setup returns
- * (fs/aio.c, struct aio_ring). Stable since 2.6; the magic and incompat_features tell
- * us whether this is still the layout.
- */
-struct aio_user_ring {
-	uint32_t id;
-	uint32_t nr;
-	uint32_t head;
-	uint32_t tail;
-	uint32_t magic;
-	uint32_t compat_features;
-	uint32_t incompat_features;
-	uint32_t header_length;
-	struct io_event events[];
-};
 
 enum aio_pool_op {
 	AIO_POOL_FDATASYNC,
@@ -98,7 +74,7 @@ struct aio_disk {
 	bool fdsync_native;
 	bool fua_native;
 	bool zero_range_ok;
-	uint32_t queue_depth;
+	uint32_t queue_depth;     /* per-channel cap on iocbs in the kernel */
 	char io_device_name[KEEL_BDEV_NAME_MAX + 8];
 
 	/* create */
@@ -111,20 +87,13 @@ struct aio_disk {
 	struct bdev_aio_counters counters; /* relaxed atomics */
 };
 
+/*
+ * A (file, thread) channel: one per replica per thread, so it stays small. Its
+ * queue hangs on the thread's shared context; it has no fd, context or poller.
+ */
 struct aio_channel {
 	struct aio_disk *disk;
-	io_context_t ctx;
-	struct aio_user_ring *ring; /* NULL: use io_getevents */
-	int efd;
-	uint32_t depth;
-	uint32_t inflight;          /* iocbs the kernel holds */
-	uint32_t inflight_silent;   /* of which submitted without the eventfd */
-	uint32_t reactor_idx;       /* KEEL_REACTOR_ANY: unplaced thread (harness) */
-	bool kernel_full;           /* last io_submit hit the kernel's limit */
-	uint64_t reaped;            /* completions taken, for the eventfd drain rule */
-	uint64_t drained;           /* eventfd counts read */
-	struct keel_poller *poller;
-	TAILQ_HEAD(, keel_bdev_io) pending; /* iocbs prepared, not yet submitted */
+	struct aio_queue queue;
 };
 
 enum aio_io_stage {
@@ -134,9 +103,8 @@ enum aio_io_stage {
 };
 
 struct aio_io_ctx {
-	struct iocb iocb;
+	struct aio_req req;         /* first: the iocb and queue the group works with */
 	enum aio_io_stage stage;
-	bool silent;                /* submitted without IOCB_FLAG_RESFD */
 	/* blocking-pool request: copied values so the pool thread reads nothing shared */
 	enum aio_pool_op pool_op;
 	int fd;
@@ -146,17 +114,13 @@ struct aio_io_ctx {
 	struct aio_disk *disk;
 };
 
+/* The group finds its aio_req at the start of every request's context. */
+_Static_assert(offsetof(struct aio_io_ctx, req) == 0, "aio_req must come first");
+
 static uint32_t g_queue_depth = BDEV_AIO_DEFAULT_QUEUE_DEPTH;
 static bool g_refuse_direct; /* test knobs */
-static bool g_overcommit;
 
 static const struct keel_bdev_fn_table g_aio_fn_table;
-
-static inline void aio_counter_add(uint64_t *counter, uint64_t n)
-{
-	if (n != 0)
-		__atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
-}
 
 static inline bool aio_flag_get(const bool *flag)
 {
@@ -183,96 +147,35 @@ static void aio_disk_free(struct aio_disk *disk)
 }
 
 /* ------------------------------------------------------------------------------ */
-/* Blocking-pool helpers                                                           */
-/* ------------------------------------------------------------------------------ */
-
-struct aio_close_req {
-	int fd;
-	int efd;
-	io_context_t ctx;
-	bool has_ctx;
-};
-
-/*
- * io_destroy waits for an RCU grace period and close may flush, so both run on the
- * pool. The job frees its own request: the thread that queued it may be gone by the
- * time it finishes (channel destroyed during thread exit).
- */
-static int aio_close_job(void *arg)
-{
-	struct aio_close_req *req = arg;
-
-	if (req->has_ctx)
-		io_destroy(req->ctx);
-	if (req->efd >= 0)
-		close(req->efd);
-	if (req->fd >= 0)
-		close(req->fd);
-	free(req);
-	return 0;
-}
-
-static void aio_close_job_done(void *cb_arg, int rc)
-{
-}
-
-/*
- * Close in the background. Only without a pool (not on a keel thread, pool stopped)
- * or without memory does it happen right here: better a stall than a leaked fd.
- */
-static void aio_close_async(int fd, int efd, io_context_t ctx, bool has_ctx)
-{
-	struct aio_close_req *req = calloc(1, sizeof(*req));
-
-	if (req == NULL) {
-		if (has_ctx)
-			io_destroy(ctx);
-		if (efd >= 0)
-			close(efd);
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	req->fd = fd;
-	req->efd = efd;
-	req->ctx = ctx;
-	req->has_ctx = has_ctx;
-	if (keel_thread_get_current() == NULL ||
-	    keel_spawn_blocking(aio_close_job, req, aio_close_job_done, NULL) != 0)
-		aio_close_job(req);
-}
-
-/* ------------------------------------------------------------------------------ */
 /* Data path                                                                       */
 /* ------------------------------------------------------------------------------ */
 
 static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op);
 
-static void aio_queue_iocb(struct aio_channel *ch, struct keel_bdev_io *io)
+static inline struct aio_disk *aio_disk_of(struct keel_bdev_io *io)
 {
-	struct aio_io_ctx *ctx = keel_bdev_io_get_ctx(io);
-
-	/* The eventfd is chosen at io_submit time (aio_channel_submit). */
-	ctx->iocb.data = io;
-	TAILQ_INSERT_TAIL(&ch->pending, io, module_link);
+	return AIO_CONTAINER_OF(io->bdev, struct aio_disk, bdev);
 }
 
-static void aio_prep_fdsync(struct aio_channel *ch, struct keel_bdev_io *io)
+/* The eventfd is chosen at io_submit time (aio_group.c). */
+static void aio_prep_fdsync(struct aio_queue *q, struct keel_bdev_io *io)
 {
 	struct aio_io_ctx *ctx = keel_bdev_io_get_ctx(io);
+	struct aio_disk *disk = aio_disk_of(io);
 
 	ctx->stage = AIO_STAGE_FDSYNC;
-	if (!aio_flag_get(&ch->disk->fdsync_native)) {
+	if (!aio_flag_get(&disk->fdsync_native)) {
 		aio_pool_submit(io, AIO_POOL_FDATASYNC);
 		return;
 	}
-	io_prep_fdsync(&ctx->iocb, ch->disk->fd);
-	aio_queue_iocb(ch, io);
+	io_prep_fdsync(&ctx->req.iocb, disk->fd);
+	aio_queue_push(q, io, false);
 }
 
 static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
 {
 	struct aio_io_ctx *ctx = keel_bdev_io_get_ctx(io);
+	struct iocb *iocb = &ctx->req.iocb;
 	struct aio_disk *disk = ch->disk;
 	long long offset = (long long)keel_bdev_io_offset_bytes(io);
 	bool write = io->type == KEEL_BDEV_IO_WRITE;
@@ -280,25 +183,25 @@ static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
 	if (io->iovcnt == 1) {
 		/* PREAD/PWRITE skip the kernel's iovec import. */
 		if (write)
-			io_prep_pwrite(&ctx->iocb, disk->fd, io->iovs[0].iov_base,
+			io_prep_pwrite(iocb, disk->fd, io->iovs[0].iov_base,
 				       io->iovs[0].iov_len, offset);
 		else
-			io_prep_pread(&ctx->iocb, disk->fd, io->iovs[0].iov_base,
+			io_prep_pread(iocb, disk->fd, io->iovs[0].iov_base,
 				      io->iovs[0].iov_len, offset);
 	} else {
 		if (write)
-			io_prep_pwritev(&ctx->iocb, disk->fd, io->iovs, io->iovcnt, offset);
+			io_prep_pwritev(iocb, disk->fd, io->iovs, io->iovcnt, offset);
 		else
-			io_prep_preadv(&ctx->iocb, disk->fd, io->iovs, io->iovcnt, offset);
+			io_prep_preadv(iocb, disk->fd, io->iovs, io->iovcnt, offset);
 	}
 	ctx->stage = AIO_STAGE_RW;
 	if (write && (io->flags & KEEL_BDEV_IO_FLAG_FUA)) {
 		if (aio_flag_get(&disk->fua_native))
-			ctx->iocb.aio_rw_flags = RWF_DSYNC;
+			iocb->aio_rw_flags = RWF_DSYNC;
 		else
 			ctx->stage = AIO_STAGE_WRITE_THEN_SYNC;
 	}
-	aio_queue_iocb(ch, io);
+	aio_queue_push(&ch->queue, io, false);
 }
 
 /*
@@ -331,10 +234,10 @@ static void aio_zero_tail(struct keel_bdev_io *io, uint64_t done)
 	}
 }
 
-static void aio_event_done(struct aio_channel *ch, struct keel_bdev_io *io, long res)
+void bdev_aio_event(struct keel_bdev_io *io, long res)
 {
 	struct aio_io_ctx *ctx = keel_bdev_io_get_ctx(io);
-	struct aio_disk *disk = ch->disk;
+	struct aio_disk *disk = aio_disk_of(io);
 	uint64_t want;
 
 	if (ctx->stage == AIO_STAGE_FDSYNC) {
@@ -365,192 +268,33 @@ static void aio_event_done(struct aio_channel *ch, struct keel_bdev_io *io, long
 		}
 	}
 	if (ctx->stage == AIO_STAGE_WRITE_THEN_SYNC) {
-		aio_prep_fdsync(ch, io);
+		aio_prep_fdsync(ctx->req.queue, io);
 		return;
 	}
 	keel_bdev_io_complete(io, 0);
 }
 
 /* The kernel refused the first iocb of a batch outright (io_submit < 0). */
-static void aio_submit_refused(struct aio_channel *ch, struct keel_bdev_io *io, int rc)
+void bdev_aio_refused(struct keel_bdev_io *io, int rc)
 {
 	struct aio_io_ctx *ctx = keel_bdev_io_get_ctx(io);
-	struct aio_disk *disk = ch->disk;
+	struct aio_disk *disk = aio_disk_of(io);
 
 	if (ctx->stage == AIO_STAGE_FDSYNC && rc == -EINVAL) {
 		aio_fdsync_refused(disk, io);
 		return;
 	}
-	if (ctx->iocb.aio_rw_flags != 0 && (rc == -EINVAL || rc == -EOPNOTSUPP)) {
+	if (ctx->req.iocb.aio_rw_flags != 0 && (rc == -EINVAL || rc == -EOPNOTSUPP)) {
 		if (aio_flag_get(&disk->fua_native))
 			KEEL_WARNLOG("aio bdev %s: kernel refused RWF_DSYNC on %s, FUA writes become "
 				     "write + fdsync", disk->bdev.name, disk->filename);
 		aio_flag_clear(&disk->fua_native);
-		ctx->iocb.aio_rw_flags = 0;
+		ctx->req.iocb.aio_rw_flags = 0;
 		ctx->stage = AIO_STAGE_WRITE_THEN_SYNC;
-		TAILQ_INSERT_HEAD(&ch->pending, io, module_link);
+		aio_queue_push(ctx->req.queue, io, true);
 		return;
 	}
 	keel_bdev_io_complete(io, rc);
-}
-
-/* One io_submit for everything queued (up to the free depth). \return iocbs taken. */
-static int aio_channel_submit(struct aio_channel *ch)
-{
-	struct iocb *iocbs[AIO_SUBMIT_BATCH];
-	struct keel_bdev_io *io;
-	uint32_t room = ch->depth - ch->inflight;
-	int n = 0, rc, i;
-	bool signal;
-
-	/* After EAGAIN, wait for a completion to free a slot instead of asking again. */
-	if (ch->kernel_full && ch->inflight > 0)
-		return 0;
-	ch->kernel_full = false;
-	TAILQ_FOREACH(io, &ch->pending, module_link) {
-		if ((uint32_t)n == room || n == AIO_SUBMIT_BATCH)
-			break;
-		iocbs[n++] = &((struct aio_io_ctx *)keel_bdev_io_get_ctx(io))->iocb;
-	}
-	if (n == 0)
-		return 0;
-
-	/*
-	 * Every iocb signals the eventfd so a sleeping reactor wakes, except in pure poll
-	 * mode: nothing sleeps there and the signal costs a spinlock per completion.
-	 * Unsignalled iocbs keep the poller busy until they complete, so a switch to
-	 * interrupt mode never sleeps on them.
-	 */
-	signal = ch->reactor_idx == KEEL_REACTOR_ANY ||
-		 keel_reactor_get_mode(ch->reactor_idx) != KEEL_REACTOR_MODE_POLL;
-	for (i = 0; i < n; i++) {
-		if (signal)
-			io_set_eventfd(iocbs[i], ch->efd);
-		else
-			iocbs[i]->u.c.flags &= ~AIO_IOCB_FLAG_RESFD;
-	}
-
-	rc = io_submit(ch->ctx, n, iocbs);
-	aio_counter_add(&ch->disk->counters.io_submit_calls, 1);
-	if (rc == -EAGAIN || rc == -EINTR || rc == 0) {
-		/* Kernel out of resources: everything stays queued for the next poll. */
-		aio_counter_add(&ch->disk->counters.submit_eagain, 1);
-		ch->kernel_full = true;
-		return 0;
-	}
-	if (rc < 0) {
-		io = TAILQ_FIRST(&ch->pending);
-		TAILQ_REMOVE(&ch->pending, io, module_link);
-		aio_submit_refused(ch, io, rc);
-		return 1;
-	}
-	if (rc < n) {
-		aio_counter_add(&ch->disk->counters.submit_eagain, 1);
-		ch->kernel_full = true;
-	}
-	for (i = 0; i < rc; i++) {
-		io = TAILQ_FIRST(&ch->pending);
-		TAILQ_REMOVE(&ch->pending, io, module_link);
-		((struct aio_io_ctx *)keel_bdev_io_get_ctx(io))->silent = !signal;
-	}
-	ch->inflight += (uint32_t)rc;
-	if (!signal)
-		ch->inflight_silent += (uint32_t)rc;
-	aio_counter_add(&ch->disk->counters.iocbs_submitted, (uint64_t)rc);
-	return rc;
-}
-
-/*
- * Take completed events from the user-mapped ring: the kernel publishes tail after
- * writing the event (so acquire it), and reads head when it checks for room (so
- * release our new head only after the events were copied out).
- */
-static int aio_ring_reap(struct aio_user_ring *ring, struct io_event *events, int max)
-{
-	uint32_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED);
-	uint32_t tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
-	uint32_t nr = ring->nr;
-	int n = 0;
-
-	while (head != tail && n < max) {
-		events[n++] = ring->events[head];
-		head = head + 1 == nr ? 0 : head + 1;
-	}
-	if (n > 0)
-		__atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
-	return n;
-}
-
-static int aio_channel_reap(struct aio_channel *ch)
-{
-	struct io_event events[AIO_REAP_BATCH];
-	int n, i;
-
-	if (ch->inflight == 0)
-		return 0;
-	if (ch->ring != NULL) {
-		n = aio_ring_reap(ch->ring, events, AIO_REAP_BATCH);
-		aio_counter_add(&ch->disk->counters.ring_reaps, (uint64_t)n);
-	} else {
-		struct timespec zero = { 0, 0 };
-
-		n = io_getevents(ch->ctx, 0, AIO_REAP_BATCH, events, &zero);
-		if (n < 0) {
-			if (n != -EINTR)
-				KEEL_ERRLOG("aio bdev %s: io_getevents: %s", ch->disk->bdev.name,
-					    strerror(-n));
-			return 0;
-		}
-		aio_counter_add(&ch->disk->counters.getevents_reaps, (uint64_t)n);
-	}
-	assert((uint32_t)n <= ch->inflight);
-	ch->inflight -= (uint32_t)n;
-	if (n > 0)
-		ch->kernel_full = false;
-	ch->reaped += (uint64_t)n;
-	for (i = 0; i < n; i++) {
-		struct iocb *iocb = events[i].obj;
-		struct keel_bdev_io *io = iocb->data;
-
-		if (((struct aio_io_ctx *)keel_bdev_io_get_ctx(io))->silent)
-			ch->inflight_silent--;
-		aio_event_done(ch, io, (long)events[i].res);
-	}
-	return n;
-}
-
-/*
- * Drain the eventfd only when it holds counts for completions we already took, and
- * only on an iteration that found nothing: a busy channel makes no read() syscalls,
- * and the reap that follows the drain closes the race with a completion that
- * arrived in between, so a sleeping reactor never misses one.
- */
-static int aio_channel_drain_eventfd(struct aio_channel *ch)
-{
-	uint64_t count;
-
-	if ((int64_t)(ch->reaped - ch->drained) <= 0)
-		return 0;
-	if (read(ch->efd, &count, sizeof(count)) == (ssize_t)sizeof(count))
-		ch->drained += count;
-	else
-		ch->drained = ch->reaped; /* EAGAIN: already zero */
-	return aio_channel_reap(ch);
-}
-
-static int aio_channel_poll(void *arg)
-{
-	struct aio_channel *ch = arg;
-	int submitted, reaped;
-
-	submitted = aio_channel_submit(ch);
-	reaped = aio_channel_reap(ch);
-	if (reaped == 0)
-		reaped = aio_channel_drain_eventfd(ch);
-	/* Work still queued, or completions no eventfd will announce, keep it awake. */
-	return (submitted + reaped > 0 || !TAILQ_EMPTY(&ch->pending) || ch->inflight_silent > 0)
-		       ? KEEL_POLLER_BUSY
-		       : KEEL_POLLER_IDLE;
 }
 
 static int aio_pool_job(void *arg)
@@ -606,7 +350,7 @@ static void aio_pool_job_done(void *cb_arg, int rc)
 static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op)
 {
 	struct aio_io_ctx *ctx = keel_bdev_io_get_ctx(io);
-	struct aio_disk *disk = AIO_CONTAINER_OF(io->bdev, struct aio_disk, bdev);
+	struct aio_disk *disk = aio_disk_of(io);
 	int rc;
 
 	ctx->pool_op = op;
@@ -615,7 +359,7 @@ static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op)
 	ctx->offset = keel_bdev_io_offset_bytes(io);
 	ctx->len = keel_bdev_io_num_bytes(io);
 	ctx->disk = disk;
-	aio_counter_add(&disk->counters.pool_ops, 1);
+	__atomic_fetch_add(&disk->counters.pool_ops, 1, __ATOMIC_RELAXED);
 	rc = keel_spawn_blocking(aio_pool_job, ctx, aio_pool_job_done, io);
 	if (rc != 0)
 		/* -ENOMEM makes the core retry; anything else is final. */
@@ -632,7 +376,7 @@ static void aio_submit_request(struct keel_io_channel *_ch, struct keel_bdev_io 
 		aio_prep_rw(ch, io);
 		break;
 	case KEEL_BDEV_IO_FLUSH:
-		aio_prep_fdsync(ch, io);
+		aio_prep_fdsync(&ch->queue, io);
 		break;
 	case KEEL_BDEV_IO_UNMAP:
 		aio_pool_submit(io, AIO_POOL_UNMAP);
@@ -677,62 +421,9 @@ static int aio_channel_create(void *io_device, void *ctx_buf)
 {
 	struct aio_disk *disk = io_device;
 	struct aio_channel *ch = ctx_buf;
-	struct aio_user_ring *ring;
-	int rc;
 
-	memset(ch, 0, sizeof(*ch));
 	ch->disk = disk;
-	ch->depth = disk->queue_depth;
-	ch->reactor_idx = keel_reactor_current();
-	TAILQ_INIT(&ch->pending);
-
-	rc = io_setup((int)ch->depth, &ch->ctx);
-	if (rc < 0) {
-		if (rc == -EAGAIN)
-			KEEL_ERRLOG("aio bdev %s: io_setup(%u) failed: the system-wide AIO limit is "
-				    "reached; raise it with sysctl fs.aio-max-nr", disk->bdev.name,
-				    ch->depth);
-		else
-			KEEL_ERRLOG("aio bdev %s: io_setup(%u) failed: %s", disk->bdev.name,
-				    ch->depth, strerror(-rc));
-		return rc;
-	}
-	if (__atomic_load_n(&g_overcommit, __ATOMIC_RELAXED))
-		ch->depth = AIO_MAX_QUEUE_DEPTH;
-	ring = (struct aio_user_ring *)ch->ctx;
-	if (ring->magic == AIO_RING_MAGIC && ring->incompat_features == 0)
-		ch->ring = ring;
-	else
-		KEEL_NOTICELOG("aio bdev %s: unknown aio ring layout (magic %#x), reaping with "
-			       "io_getevents", disk->bdev.name, ring->magic);
-
-	ch->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (ch->efd < 0) {
-		rc = -errno;
-		KEEL_ERRLOG("aio bdev %s: eventfd: %s", disk->bdev.name, strerror(-rc));
-		goto out_destroy_ctx;
-	}
-	ch->poller = keel_poller_register(aio_channel_poll, ch, 0, disk->io_device_name);
-	if (ch->poller == NULL) {
-		rc = -ENOMEM;
-		goto out_close_efd;
-	}
-	rc = keel_poller_register_fd(ch->poller, ch->efd, EPOLLIN);
-	if (rc != 0) {
-		KEEL_ERRLOG("aio bdev %s: cannot watch the completion eventfd: %s",
-			    disk->bdev.name, strerror(-rc));
-		goto out_unregister_poller;
-	}
-	return 0;
-
-out_unregister_poller:
-	keel_poller_unregister(&ch->poller);
-out_close_efd:
-	aio_close_async(-1, ch->efd, ch->ctx, true);
-	return rc;
-out_destroy_ctx:
-	aio_close_async(-1, -1, ch->ctx, true);
-	return rc;
+	return aio_queue_init(&ch->queue, disk->queue_depth, &disk->counters, disk->bdev.name);
 }
 
 static void aio_channel_destroy(void *io_device, void *ctx_buf)
@@ -740,11 +431,11 @@ static void aio_channel_destroy(void *io_device, void *ctx_buf)
 	struct aio_channel *ch = ctx_buf;
 
 	/* The core drains a bdev channel before it puts ours. */
-	if (ch->inflight != 0 || !TAILQ_EMPTY(&ch->pending))
+	if (ch->queue.inflight != 0 || !TAILQ_EMPTY(&ch->queue.pending)) {
 		KEEL_ERRLOG("aio bdev %s: channel destroyed with %u requests in flight",
-			    ch->disk->bdev.name, ch->inflight);
-	keel_poller_unregister(&ch->poller);
-	aio_close_async(-1, ch->efd, ch->ctx, true);
+			    ch->disk->bdev.name, ch->queue.inflight);
+	}
+	aio_queue_fini(&ch->queue);
 }
 
 static struct keel_io_channel *aio_get_io_channel(void *ctxt)
@@ -1115,11 +806,6 @@ int bdev_aio_set_queue_depth(uint32_t depth)
 		return -EINVAL;
 	__atomic_store_n(&g_queue_depth, depth, __ATOMIC_RELAXED);
 	return 0;
-}
-
-void bdev_aio_set_overcommit(bool overcommit)
-{
-	__atomic_store_n(&g_overcommit, overcommit, __ATOMIC_RELAXED);
 }
 
 void bdev_aio_set_refuse_direct(bool refuse)

@@ -9,19 +9,34 @@
 
 struct keel_bdev;
 
-/** Default io_context depth (in-flight iocbs) of a (file, thread) channel. */
+/**
+ * Default cap on the iocbs one (file, thread) channel keeps in the kernel: more wait
+ * in the channel, so one busy bdev cannot take a whole thread's context.
+ */
 #define BDEV_AIO_DEFAULT_QUEUE_DEPTH 256
 
 /**
- * Depth of channels created from now on (1..4096). Tests shrink it to force the
- * "queue full, retry on the next poll" path. \return 0 or -EINVAL.
+ * Default depth of the io_context that every aio bdev on a keel thread shares: what
+ * each such thread takes of the system-wide fs.aio-max-nr.
+ */
+#define BDEV_AIO_DEFAULT_CONTEXT_DEPTH 1024
+
+/**
+ * Per-channel cap of bdevs created from now on (1..4096). Tests shrink it to force
+ * the "queue full, retry on the next poll" path. \return 0 or -EINVAL.
  */
 int bdev_aio_set_queue_depth(uint32_t depth);
 
 /**
- * Let channels created from now on keep up to 4096 iocbs in flight whatever their
- * io_context depth, so io_submit itself answers -EAGAIN or takes only part of a
- * batch (tests of the "keep the rest queued" path).
+ * Depth of the thread contexts created from now on (1..4096); a context is created
+ * with the first aio channel of a thread. \return 0 or -EINVAL.
+ */
+int bdev_aio_set_context_depth(uint32_t depth);
+
+/**
+ * Let channels and contexts created from now on keep up to 4096 iocbs in flight
+ * whatever the io_context depth, so io_submit itself answers -EAGAIN or takes only
+ * part of a batch (tests of the "keep the rest queued" path).
  */
 void bdev_aio_set_overcommit(bool overcommit);
 
@@ -41,7 +56,7 @@ void bdev_aio_set_refuse_direct(bool refuse);
 
 /** Counters of one aio bdev, summed over every channel that existed. */
 struct bdev_aio_counters {
-	uint64_t io_submit_calls;   /**< io_submit syscalls */
+	uint64_t io_submit_calls;   /**< io_submit syscalls that carried iocbs of this bdev */
 	uint64_t iocbs_submitted;
 	uint64_t submit_eagain;     /**< io_submit answered -EAGAIN or took only part */
 	uint64_t ring_reaps;        /**< events taken from the user-mapped ring */
@@ -51,6 +66,17 @@ struct bdev_aio_counters {
 
 /** Read the counters (relaxed atomics; any thread). \return 0 or -EINVAL. */
 int bdev_aio_get_counters(struct keel_bdev *bdev, struct bdev_aio_counters *out);
+
+/** The module as a whole (relaxed atomics; any thread). */
+struct bdev_aio_module_stats {
+	uint32_t contexts;          /**< live io_contexts: one per keel thread doing aio */
+	uint64_t context_events;    /**< their depths summed: what keel takes of fs.aio-max-nr */
+	uint32_t queues;            /**< live (bdev, thread) channels */
+	uint64_t context_full;      /**< io_submit batches the context's size cut short */
+	uint64_t io_submit_calls;   /**< io_submit syscalls, all bdevs together */
+};
+
+void bdev_aio_get_module_stats(struct bdev_aio_module_stats *out);
 
 /** Whether \p bdev was opened with O_DIRECT. */
 bool bdev_aio_is_direct(struct keel_bdev *bdev);
