@@ -95,7 +95,8 @@ static pthread_mutex_t g_groups_lock = PTHREAD_MUTEX_INITIALIZER;
 static TAILQ_HEAD(, aio_group) g_groups = TAILQ_HEAD_INITIALIZER(g_groups);
 
 static uint32_t g_context_depth = BDEV_AIO_DEFAULT_CONTEXT_DEPTH;
-static bool g_overcommit; /* test knob */
+static bool g_overcommit; /* test knobs */
+static int g_setup_error;
 static struct bdev_aio_module_stats g_stats; /* relaxed atomics */
 
 static inline void aio_counter_add(uint64_t *counter, uint64_t n)
@@ -530,7 +531,10 @@ static int aio_group_create(struct keel_thread *thread, const char *name, struct
 	g->efd = -1;
 	TAILQ_INIT(&g->ready);
 
-	rc = io_setup((int)g->depth, &g->ctx);
+	rc = __atomic_exchange_n(&g_setup_error, 0, __ATOMIC_RELAXED);
+	if (rc == 0) {
+		rc = io_setup((int)g->depth, &g->ctx);
+	}
 	if (rc < 0) {
 		if (rc == -EAGAIN) {
 			KEEL_ERRLOG("aio bdev %s: cannot set up the I/O context of thread %s: "
@@ -678,6 +682,11 @@ bool aio_overcommit(void)
 void bdev_aio_set_overcommit(bool overcommit)
 {
 	__atomic_store_n(&g_overcommit, overcommit, __ATOMIC_RELAXED);
+}
+
+void bdev_aio_set_context_setup_error(int err)
+{
+	__atomic_store_n(&g_setup_error, err, __ATOMIC_RELAXED);
 }
 
 int bdev_aio_set_context_depth(uint32_t depth)

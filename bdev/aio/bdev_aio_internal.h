@@ -34,6 +34,12 @@ int bdev_aio_set_queue_depth(uint32_t depth);
 int bdev_aio_set_context_depth(uint32_t depth);
 
 /**
+ * Make the next thread context fail to set up with \p err as io_setup's answer (0:
+ * off), once: the "fs.aio-max-nr is exhausted" path without exhausting it.
+ */
+void bdev_aio_set_context_setup_error(int err);
+
+/**
  * Let channels and contexts created from now on keep up to 4096 iocbs in flight
  * whatever the io_context depth, so io_submit itself answers -EAGAIN or takes only
  * part of a batch (tests of the "keep the rest queued" path).

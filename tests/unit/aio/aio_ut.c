@@ -1490,6 +1490,40 @@ static void test_context_full(void)
 	CU_ASSERT(ut_aio_contexts() == 0);
 }
 
+/*
+ * fs.aio-max-nr used up by others: the thread's first channel fails with an error
+ * that names the bdev and the sysctl, nothing is left half made, and once the
+ * kernel has room again the same bdev opens and works.
+ */
+static void test_context_setup_fails(void)
+{
+	char path[512], *buf = ut_alloc(4096);
+	struct bdev_aio_module_stats st;
+	struct ut_dev dev;
+
+	CU_ASSERT(ut_aio_contexts() == 0);
+	ut_path(path, sizeof(path), AIO_UT_DIR, "nosetup.img");
+	ut_make_file(path, UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_nosetup", path, 4096, NULL) == 0);
+	ut_log_clear();
+	bdev_aio_set_context_setup_error(-EAGAIN);
+	CU_ASSERT(ut_open(&dev, "aio_nosetup", 1) != 0);
+	CU_ASSERT(ut_log_has("aio_nosetup", "sysctl fs.aio-max-nr"));
+	bdev_aio_get_module_stats(&st);
+	CU_ASSERT(st.contexts == 0 && st.queues == 0 && st.context_events == 0);
+
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_nosetup", 1) == 0);
+	ut_fill(buf, 4096, 500);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE, buf, 0, 4096, 0) == 0);
+	CU_ASSERT(ut_file_matches(path, 0, buf, 4096));
+	CU_ASSERT(ut_aio_contexts() == 1);
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_nosetup") == 0);
+	CU_ASSERT(ut_aio_contexts() == 0);
+	unlink(path);
+	free(buf);
+}
+
 /* Two 8 MiB files as bdevs aio_<tag>_a and aio_<tag>_b, open on keel thread \p t. */
 static void ut_two_devs(const char *tag, int t, char paths[2][512], char names[2][32],
 			struct ut_dev devs[2])
@@ -1804,6 +1838,7 @@ static const struct {
 	{ "context_full", test_context_full },
 	{ "delete_in_flight", test_delete_in_flight },
 	{ "interleaved", test_interleaved },
+	{ "context_setup_fails", test_context_setup_fails },
 	{ "read_past_eof", test_read_past_eof },
 	{ "write_errors", test_write_errors },
 	{ "block_device", test_block_device },
