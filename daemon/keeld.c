@@ -246,8 +246,8 @@ static void keeld_start(void *arg)
 		keeld_startup_failed("signalfd: %s", strerror(errno));
 		return;
 	}
-	/* Timed, not active: a read of the signalfd on every loop would tax the data path. */
-	g_signal_poller = keel_poller_register(keeld_signal_poll, NULL, 10000, "keeld_signals");
+	/* An event poller: it runs only when a signal is pending, never on a timer. */
+	g_signal_poller = keel_poller_register(keeld_signal_poll, NULL, 0, "keeld_signals");
 	if (g_signal_poller == NULL ||
 	    keel_poller_register_fd(g_signal_poller, g_signal_fd, EPOLLIN) != 0) {
 		keeld_startup_failed("cannot watch for signals (out of memory?)");

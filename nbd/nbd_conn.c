@@ -412,6 +412,7 @@ void nbd_conn_close(struct nbd_conn *conn)
 {
 	KEEL_INFOLOG("%s: closing on request", conn->label);
 	nbd_conn_abort(conn);
+	keel_poller_wake(conn->poller); /* the poller finishes the close */
 }
 
 bool nbd_conn_in_transmission(const struct nbd_conn *conn)
@@ -647,6 +648,9 @@ static void nbd_req_done(void *cb_arg, int status)
 
 	req->in_bdev = false;
 	conn->in_bdev--;
+	/* The connection's poller is parked while its socket is quiet: a completion is
+	 * a reason to run (a reply to send, a retry, a read to resume, a close to end). */
+	keel_poller_wake(conn->poller);
 	if (status == -ENOMEM && !conn->closing) {
 		TAILQ_INSERT_TAIL(&conn->nomem, req, link);
 		return;
@@ -1036,6 +1040,7 @@ static void nbd_conn_enter_transmission(struct nbd_conn *conn)
 {
 	conn->phase = NBD_PHASE_TRANSMISSION;
 	conn->rx = NBD_RX_HEADER;
+	keel_poller_disarm(conn->poller); /* the handshake deadline no longer applies */
 	KEEL_INFOLOG("%s: transmission (size %lu, flags 0x%x)", conn->label,
 		     (unsigned long)conn->size, conn->tflags);
 }
@@ -1491,7 +1496,8 @@ static int nbd_conn_poll(void *arg)
 		}
 	}
 	nbd_conn_update_events(conn);
-	return work ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
+	/* Requests waiting for memory are retried on every iteration until they go. */
+	return work || !TAILQ_EMPTY(&conn->nomem) ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -1575,6 +1581,8 @@ int nbd_conn_create_handshake(int fd, const struct nbd_export_info *exp, nbd_con
 		nbd_conn_free(conn);
 		return rc;
 	}
+	/* The poller sleeps on the socket: its timer is what ends a silent handshake. */
+	keel_poller_arm(conn->poller, g_nbd_handshake_timeout_ns / 1000 + 1);
 	KEEL_INFOLOG("%s: accepted", conn->label);
 	*connp = conn;
 	return 0;

@@ -24,7 +24,22 @@
  * adaptive_spin_us without work it sleeps exactly like interrupt mode. During the
  * idle spin the loop backs off with exponentially more pause instructions between
  * iterations (up to 64), which frees the sibling hyperthread and the memory bus
- * while still reacting within about a microsecond. Each wake-up restarts the spin.
+ * while still reacting within about a microsecond. Only work starts the spin: a
+ * wake-up whose iteration finds nothing to do (a timer with nothing to do, a stray
+ * eventfd write) goes straight back to sleep, so a periodic poller on an idle
+ * reactor costs one iteration per period, not a spin window.
+ *
+ * Event pollers (an fd registered with keel_poller_register_fd) that are parked wait
+ * for epoll. A sleeping reactor learns of them from its blocking epoll_wait. An awake
+ * one collects readiness with a non-blocking epoll_wait, and only while some event
+ * poller is parked: on every idle iteration (nothing else to do, so the syscall
+ * displaces nothing), and at most every REACTOR_FD_POLL_BUSY_NS while iterations are
+ * busy, so a busy data path pays one epoll_wait per interval, not a syscall per
+ * iteration, and a busy poller (which stays queued) pays nothing at all.
+ *
+ * Every return from a blocking epoll_wait is a wake-up, and each reason present is
+ * counted: the eventfd as a message, the timerfd for the pollers whose deadline is
+ * due, and each ready fd for its poller.
  *
  * Accounting: the clock is read once per iteration; with one keel thread on the
  * reactor (the common case) that read also closes the previous iteration's busy or
@@ -44,7 +59,9 @@
 #include "reactor_internal.h"
 
 #define REACTOR_MAX 1024
-#define REACTOR_EPOLL_BATCH 16
+#define REACTOR_EPOLL_BATCH 64
+/* While busy, parked event pollers' fds are checked at most this often. */
+#define REACTOR_FD_POLL_BUSY_NS 20000ULL
 #define REACTOR_EPOLL_TAG_EVENT ((uint64_t)1)
 #define REACTOR_EPOLL_TAG_TIMER ((uint64_t)2)
 /* Sleep bound while exits are pending or sends are retried, so they make progress. */
@@ -270,12 +287,94 @@ static void reactor_arm_timer(struct reactor *reactor, uint64_t deadline)
 	}
 }
 
-/* Sleep in epoll unless the re-check finds something to do. */
-static void reactor_sleep(struct reactor *reactor, bool stopping)
+static void reactor_count(_Atomic uint64_t *counter)
+{
+	/* Single writer: a plain load and store, no locked instruction. */
+	atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1,
+			      memory_order_relaxed);
+}
+
+/*
+ * Hand the events of an epoll_wait to their owners: drain the eventfd and timerfd,
+ * queue event pollers whose fd is ready. \p woke: this ended a sleep, so count the
+ * reasons.
+ */
+static void reactor_dispatch(struct reactor *reactor, struct epoll_event *events, int n,
+			     bool woke)
+{
+	bool msg = false, timer = false, fd = false;
+	struct keel_thread *thread;
+
+	for (int i = 0; i < n; i++) {
+		uint64_t val;
+
+		if (events[i].data.u64 == REACTOR_EPOLL_TAG_EVENT) {
+			(void)!read(reactor->evfd, &val, sizeof(val));
+			msg = true;
+		} else if (events[i].data.u64 == REACTOR_EPOLL_TAG_TIMER) {
+			(void)!read(reactor->tfd, &val, sizeof(val));
+			reactor->timer_armed = UINT64_MAX; /* one-shot: it disarmed itself */
+			timer = true;
+		} else {
+			struct keel_poller *poller = events[i].data.ptr;
+
+			/* A fd in epoll belongs to a live, unpaused poller of this reactor:
+			 * unregister and pause remove it before anything can free the poller. */
+			poller_fd_ready(poller);
+			if (woke) {
+				poller->wake_count++;
+				fd = true;
+			}
+		}
+	}
+	if (!woke) {
+		return;
+	}
+	reactor_count(&reactor->st_wakeups);
+	if (msg) {
+		reactor_count(&reactor->st_wake_msg);
+	}
+	if (fd) {
+		reactor_count(&reactor->st_wake_fd);
+	}
+	if (timer) {
+		uint64_t now = clock_monotonic_ns();
+
+		reactor_count(&reactor->st_wake_timer);
+		/* The poller at the top of each heap is the one the timer was armed for. */
+		TAILQ_FOREACH(thread, &reactor->threads, rlink) {
+			if (thread->heap_count != 0 && thread->heap[0].deadline <= now) {
+				thread->heap[0].poller->wake_count++;
+			}
+		}
+	}
+	if (!msg && !timer && !fd) {
+		reactor_count(&reactor->st_wake_other);
+	}
+}
+
+/* Readiness of parked event pollers' fds, without sleeping. */
+static void reactor_fd_poll(struct reactor *reactor)
 {
 	struct epoll_event events[REACTOR_EPOLL_BATCH];
-	uint64_t deadline = UINT64_MAX;
+	int n = epoll_wait(reactor->epfd, events, REACTOR_EPOLL_BATCH, 0);
+
+	reactor_count(&reactor->st_fd_polls);
+	if (n > 0) {
+		reactor_dispatch(reactor, events, n, false);
+	}
+}
+
+/*
+ * Sleep in epoll unless the re-check finds something to do.
+ * \return true when it slept (and so collected fd readiness on the way out).
+ */
+static bool reactor_sleep(struct reactor *reactor, bool stopping)
+{
+	struct epoll_event events[REACTOR_EPOLL_BATCH];
+	uint64_t deadline = UINT64_MAX, start;
 	struct keel_thread *thread;
+	bool slept = false;
 	int timeout = -1;
 	int n;
 
@@ -303,24 +402,20 @@ static void reactor_sleep(struct reactor *reactor, bool stopping)
 	}
 	reactor_arm_timer(reactor, deadline);
 
+	start = clock_monotonic_ns();
 	n = epoll_wait(reactor->epfd, events, REACTOR_EPOLL_BATCH, timeout);
-	for (int i = 0; i < n; i++) {
-		uint64_t val;
-
-		if (events[i].data.u64 == REACTOR_EPOLL_TAG_EVENT) {
-			(void)!read(reactor->evfd, &val, sizeof(val));
-		} else if (events[i].data.u64 == REACTOR_EPOLL_TAG_TIMER) {
-			(void)!read(reactor->tfd, &val, sizeof(val));
-			reactor->timer_armed = UINT64_MAX; /* one-shot: it disarmed itself */
-		}
-		/* Poller fds: readiness only wakes us, the poller consumes it. */
-	}
-	atomic_store_explicit(&reactor->st_wakeups,
-			      atomic_load_explicit(&reactor->st_wakeups, memory_order_relaxed) + 1,
+	atomic_store_explicit(&reactor->st_sleep_ns,
+			      atomic_load_explicit(&reactor->st_sleep_ns, memory_order_relaxed) +
+				      (clock_monotonic_ns() - start),
 			      memory_order_relaxed);
+	if (n >= 0) {
+		reactor_dispatch(reactor, events, n, true);
+		slept = true;
+	}
 out_awake:
 	atomic_store(&reactor->sleeping, 0);
 	atomic_store(&reactor->notified, 0);
+	return slept;
 }
 
 static void reactor_publish(_Atomic uint64_t *counter, uint64_t value)
@@ -334,9 +429,11 @@ static void reactor_run(struct reactor *reactor)
 	uint64_t now, last, last_work;
 	uint64_t busy_ns = 0, idle_ns = 0, loops = 0, msgs = 0;
 	struct keel_thread *acct_thread = NULL; /* single thread: charged at the next start */
+	uint64_t last_fd_poll = 0;
 	uint32_t backoff = 1;
 	bool stopping = false;
 	bool prev_busy = false;
+	bool fd_fresh = false; /* readiness was just collected by a sleep */
 
 	last = clock_monotonic_ns();
 	last_work = last;
@@ -372,6 +469,12 @@ static void reactor_run(struct reactor *reactor)
 		if (keel_unlikely(atomic_load_explicit(&reactor->has_incoming, memory_order_relaxed))) {
 			reactor_adopt(reactor, stopping);
 		}
+		if (atomic_load_explicit(&reactor->fd_parked, memory_order_relaxed) != 0 && !fd_fresh &&
+		    (!prev_busy || now - last_fd_poll >= REACTOR_FD_POLL_BUSY_NS)) {
+			reactor_fd_poll(reactor);
+			last_fd_poll = now;
+		}
+		fd_fresh = false;
 
 		thread = TAILQ_FIRST(&reactor->threads);
 		if (thread != NULL && TAILQ_NEXT(thread, rlink) == NULL) {
@@ -441,10 +544,9 @@ static void reactor_run(struct reactor *reactor)
 			}
 			continue;
 		}
-		reactor_sleep(reactor, stopping);
+		/* No spin window after this: only an iteration that does work starts one. */
+		fd_fresh = reactor_sleep(reactor, stopping);
 		backoff = 1;
-		/* A wake-up restarts the adaptive spin window. */
-		last_work = clock_monotonic_ns();
 	}
 	atomic_store_explicit(&reactor->hb_start_ns, 0, memory_order_relaxed);
 }
@@ -795,8 +897,15 @@ int keel_reactor_get_stats(uint32_t idx, struct keel_reactor_stats *stats)
 	stats->sleeping = atomic_load_explicit(&reactor->sleeping, memory_order_relaxed) != 0;
 	stats->busy_ns = atomic_load_explicit(&reactor->st_busy_ns, memory_order_relaxed);
 	stats->idle_ns = atomic_load_explicit(&reactor->st_idle_ns, memory_order_relaxed);
+	stats->sleep_ns = atomic_load_explicit(&reactor->st_sleep_ns, memory_order_relaxed);
 	stats->loops = atomic_load_explicit(&reactor->st_loops, memory_order_relaxed);
 	stats->wakeups = atomic_load_explicit(&reactor->st_wakeups, memory_order_relaxed);
+	stats->wakeups_msg = atomic_load_explicit(&reactor->st_wake_msg, memory_order_relaxed);
+	stats->wakeups_timer = atomic_load_explicit(&reactor->st_wake_timer, memory_order_relaxed);
+	stats->wakeups_fd = atomic_load_explicit(&reactor->st_wake_fd, memory_order_relaxed);
+	stats->wakeups_other = atomic_load_explicit(&reactor->st_wake_other, memory_order_relaxed);
+	stats->fd_polls = atomic_load_explicit(&reactor->st_fd_polls, memory_order_relaxed);
+	stats->fd_waiting = atomic_load_explicit(&reactor->fd_parked, memory_order_relaxed);
 	stats->msgs = atomic_load_explicit(&reactor->st_msgs, memory_order_relaxed);
 	stats->thread_count = atomic_load_explicit(&reactor->thread_count, memory_order_relaxed);
 	return 0;

@@ -67,11 +67,18 @@ enum poller_state {
 	POLLER_UNREGISTERED,
 };
 
-/** Which dispatch structure currently holds the poller. */
+/** Which of the two fixed dispatch structures holds the poller (fixup-managed). */
 enum poller_where {
 	POLLER_IN_NONE = 0,
 	POLLER_IN_ACTIVE,
 	POLLER_IN_HEAP,
+};
+
+/** How the poller's fd (if any) schedules it. */
+enum poller_fd_mode {
+	POLLER_FD_NONE = 0,
+	POLLER_FD_EVENT,  /* keel_poller_register_fd: runs when the fd is ready */
+	POLLER_FD_WAKEUP, /* keel_poller_register_wakeup_fd: the fd only wakes the reactor */
 };
 
 struct keel_poller {
@@ -80,10 +87,18 @@ struct keel_poller {
 	void *arg;
 	uint64_t run_count;
 	uint64_t busy_count;
-	uint8_t state; /* enum poller_state: what the owner asked for */
-	uint8_t where; /* enum poller_where: where dispatch holds it now */
+	uint8_t state;    /* enum poller_state: what the owner asked for */
+	uint8_t where;    /* enum poller_where: active array or timer heap */
+	uint8_t fd_mode;  /* enum poller_fd_mode */
+	bool queued;      /* in thread->runq: runs at the next pass over it */
+	bool parked;      /* event poller waiting for its fd (counted in thread->parked) */
+	bool armed;       /* has a deadline (periodic, or one-shot from keel_poller_arm) */
+	bool timer_dirty; /* armed or deadline changed: the fixup re-places the heap entry */
+	bool period_start; /* deadline = one period after the fixup that places it */
+	uint64_t deadline;
 	uint64_t period_ns;
 	uint64_t period_us;
+	uint64_t wake_count; /* times it was a reason its sleeping reactor woke */
 	struct keel_thread *thread;
 	int fd;
 	uint32_t fd_events;
@@ -99,15 +114,23 @@ struct poller_heap_entry {
 
 TAILQ_HEAD(poller_list, keel_poller);
 
-/** Run active and expired timed pollers. \return pollers that reported busy. */
+/** Run active, expired timed and queued pollers. \return pollers that reported busy. */
 int poller_run_active(struct keel_thread *thread);
 int poller_run_timed(struct keel_thread *thread, uint64_t now);
-/** Apply pause/resume/unregister/register requests deferred during a poll. */
+int poller_run_queued(struct keel_thread *thread);
+/** Apply pause/resume/unregister/register/arm requests deferred during a poll. */
 void poller_fixup(struct keel_thread *thread, uint64_t now);
 /** Earliest timed poller deadline of the thread, UINT64_MAX if none. */
 uint64_t poller_next_deadline(struct keel_thread *thread);
 /** Free every poller of the thread (forced exit). */
 void poller_free_all(struct keel_thread *thread);
+/**
+ * The poller's fd was reported ready (epoll on a reactor, poll(2) without one): an
+ * event poller is queued to run. Owner OS thread only.
+ */
+void poller_fd_ready(struct keel_poller *poller);
+/** Without a reactor: check the fds of parked event pollers with poll(2), no wait. */
+void poller_check_parked_fds(struct keel_thread *thread);
 
 /* ------------------------------------------------------------------------------ */
 /* Threads (thread.c)                                                              */
@@ -152,10 +175,12 @@ struct keel_thread {
 
 	struct keel_poller **active;
 	uint32_t active_count;
-	uint32_t active_cap;
 	struct poller_heap_entry *heap;
 	uint32_t heap_count;
-	uint32_t heap_cap;
+	struct keel_poller **runq; /* event pollers to run: fd ready, woken, or still busy */
+	uint32_t runq_count;
+	uint32_t parked;    /* event pollers waiting for their fd */
+	uint32_t poller_cap; /* capacity of active, heap and runq: >= poller_count */
 	struct poller_list pollers;
 	uint32_t poller_count;
 
@@ -234,8 +259,14 @@ struct reactor {
 	/* Statistics and heartbeat: single writer (the reactor), any reader. */
 	_Alignas(KEEL_CACHE_LINE) _Atomic uint64_t st_busy_ns;
 	_Atomic uint64_t st_idle_ns;
+	_Atomic uint64_t st_sleep_ns;   /* part of idle spent in a blocking epoll_wait */
 	_Atomic uint64_t st_loops;
 	_Atomic uint64_t st_wakeups;
+	_Atomic uint64_t st_wake_msg;   /* wake-ups with the eventfd (messages, mode, stop) */
+	_Atomic uint64_t st_wake_timer; /* wake-ups with the timerfd */
+	_Atomic uint64_t st_wake_fd;    /* wake-ups with at least one poller fd */
+	_Atomic uint64_t st_wake_other; /* wake-ups with none of these (timeouts) */
+	_Atomic uint64_t st_fd_polls;   /* non-blocking readiness checks while awake */
 	_Atomic uint64_t st_msgs;
 	_Atomic uint64_t hb_start_ns;  /* start of the current iteration, 0 = asleep */
 	_Atomic(const char *) hb_thread;
@@ -260,7 +291,8 @@ struct reactor {
 	int numa_node;
 	int epfd;
 	int tfd;
-	uint64_t timer_armed; /* absolute deadline the timerfd is armed for, 0 = none */
+	uint64_t timer_armed; /* absolute deadline the timerfd is armed for, UINT64_MAX = none */
+	_Atomic uint32_t fd_parked; /* event pollers of its threads waiting for their fd */
 	pthread_t pthread;
 	bool pthread_started;
 	int start_rc;
@@ -278,6 +310,14 @@ static inline void reactor_notify(struct reactor *reactor)
 	if (keel_unlikely(atomic_load(&reactor->sleeping))) {
 		reactor_notify_slow(reactor);
 	}
+}
+/** Count event pollers that park (+1) or leave parking (-1). Reactor OS thread only. */
+static inline void reactor_fd_parked_add(struct reactor *reactor, int delta)
+{
+	/* Single writer: a plain load and store, no locked instruction. */
+	uint32_t v = atomic_load_explicit(&reactor->fd_parked, memory_order_relaxed);
+
+	atomic_store_explicit(&reactor->fd_parked, v + (uint32_t)delta, memory_order_relaxed);
 }
 /** Heartbeat names: set what runs now (relaxed-cost release stores). */
 static inline void reactor_hb_set(struct reactor *reactor, const char *thread, const char *poller)

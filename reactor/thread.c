@@ -97,6 +97,10 @@ static void thread_free_buffers(struct keel_thread *thread)
 	thread->active = NULL;
 	free(thread->heap);
 	thread->heap = NULL;
+	free(thread->runq);
+	thread->runq = NULL;
+	thread->runq_count = 0;
+	thread->poller_cap = 0;
 	keel_numa_free(thread->local_q, (size_t)(thread->local_mask + 1) * sizeof(struct local_msg));
 	thread->local_q = NULL;
 	msg_ring_fini(&thread->ring);
@@ -401,7 +405,7 @@ static int thread_run_msgs(struct keel_thread *thread)
 bool thread_has_pending(struct keel_thread *thread)
 {
 	return thread->local_head != thread->local_tail || !msg_ring_empty(&thread->ring) ||
-	       !TAILQ_EMPTY(&thread->retries) || thread->dirty;
+	       !TAILQ_EMPTY(&thread->retries) || thread->dirty || thread->runq_count != 0;
 }
 
 static bool thread_is_idle_for_exit(struct keel_thread *thread)
@@ -513,6 +517,10 @@ int thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed)
 	int work;
 
 	*destroyed = false;
+	/* No reactor and no epoll: parked event pollers learn of their fd from poll(2). */
+	if (thread->reactor == NULL && thread->parked != 0) {
+		poller_check_parked_fds(thread);
+	}
 	thread_tls_current = thread;
 	thread->polling = true;
 	work = thread_run_msgs(thread);
@@ -522,12 +530,20 @@ int thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed)
 	if (thread->heap_count != 0 && thread->heap[0].deadline <= now) {
 		work += poller_run_timed(thread, now);
 	}
+	if (thread->runq_count != 0) {
+		work += poller_run_queued(thread);
+	}
 	thread->polling = false;
 	if (keel_unlikely(thread->dirty)) {
 		poller_fixup(thread, now);
 	}
 	if (keel_unlikely(!TAILQ_EMPTY(&thread->retries))) {
 		work += thread_run_retries(thread);
+	}
+	if (thread->reactor == NULL && work == 0 && thread->runq_count != 0) {
+		/* Whoever polls until idle must come back for a poller woken meanwhile (a
+		 * reactor does: it never sleeps on a queued poller). */
+		work = 1;
 	}
 	thread->polls++;
 	if (keel_unlikely(atomic_load_explicit(&thread->state, memory_order_relaxed) ==
@@ -563,6 +579,17 @@ int keel_thread_poll(struct keel_thread *thread)
 /* Statistics                                                                      */
 /* ------------------------------------------------------------------------------ */
 
+static void thread_poller_stats(struct keel_poller_stats *ps, const struct keel_poller *poller)
+{
+	memset(ps, 0, sizeof(*ps));
+	snprintf(ps->name, sizeof(ps->name), "%s", poller->name);
+	ps->period_us = poller->period_us;
+	ps->run_count = poller->run_count;
+	ps->busy_count = poller->busy_count;
+	ps->wakeups = poller->wake_count;
+	ps->paused = poller->state == POLLER_PAUSED;
+}
+
 uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_stats *stats,
 			       struct keel_poller_stats *pollers, uint32_t max_pollers)
 {
@@ -595,15 +622,44 @@ uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_st
 			}
 		}
 		if (pollers != NULL && n < max_pollers) {
-			struct keel_poller_stats *ps = &pollers[n++];
-
-			memset(ps, 0, sizeof(*ps));
-			snprintf(ps->name, sizeof(ps->name), "%s", poller->name);
-			ps->period_us = poller->period_us;
-			ps->run_count = poller->run_count;
-			ps->busy_count = poller->busy_count;
-			ps->paused = poller->state == POLLER_PAUSED;
+			thread_poller_stats(&pollers[n++], poller);
 		}
+	}
+	return n;
+}
+
+uint32_t keel_thread_get_wakers(struct keel_thread *thread, struct keel_poller_stats *pollers,
+				uint32_t max_pollers)
+{
+	struct keel_poller *top[KEEL_THREAD_WAKERS_MAX];
+	struct keel_poller *poller;
+	uint32_t n = 0;
+
+	assert(thread == thread_tls_current);
+	if (max_pollers > KEEL_THREAD_WAKERS_MAX) {
+		max_pollers = KEEL_THREAD_WAKERS_MAX;
+	}
+	/* Insertion into a short sorted list: max_pollers is a handful. */
+	TAILQ_FOREACH(poller, &thread->pollers, link) {
+		uint32_t i;
+
+		if (poller->wake_count == 0 || poller->state == POLLER_UNREGISTERED) {
+			continue;
+		}
+		for (i = n; i > 0 && top[i - 1]->wake_count < poller->wake_count; i--) {
+			if (i < max_pollers) {
+				top[i] = top[i - 1];
+			}
+		}
+		if (i < max_pollers) {
+			top[i] = poller;
+			if (n < max_pollers) {
+				n++;
+			}
+		}
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		thread_poller_stats(&pollers[i], top[i]);
 	}
 	return n;
 }

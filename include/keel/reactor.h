@@ -147,8 +147,16 @@ struct keel_reactor_stats {
 	bool sleeping;
 	uint64_t busy_ns;        /**< time in iterations where something did work */
 	uint64_t idle_ns;        /**< time in idle iterations and sleeping */
+	uint64_t sleep_ns;       /**< the part of idle_ns spent asleep in epoll_wait */
 	uint64_t loops;          /**< loop iterations */
-	uint64_t wakeups;        /**< returns from epoll_wait */
+	uint64_t wakeups;        /**< returns from a sleeping (blocking) epoll_wait */
+	/* Reasons of those wake-ups; one wake-up may have several (the sum may exceed it). */
+	uint64_t wakeups_msg;    /**< the eventfd: a message, a mode change, a stop, a thread */
+	uint64_t wakeups_timer;  /**< the timerfd: a poller's deadline */
+	uint64_t wakeups_fd;     /**< a poller's fd (per poller: keel_poller_stats.wakeups) */
+	uint64_t wakeups_other;  /**< none of these (a bounded sleep while threads exit) */
+	uint64_t fd_polls;       /**< non-blocking readiness checks made while awake */
+	uint32_t fd_waiting;     /**< event pollers parked until their fd is ready */
 	uint64_t msgs;           /**< messages handled by this reactor's threads */
 	uint32_t thread_count;
 };
@@ -241,9 +249,13 @@ void keel_thread_lib_fini(void);
 
 /**
  * Run one iteration of \p thread on the calling OS thread: up to a batch of
- * messages, every active poller, every expired timed poller; destroys the thread if
- * its exit completed. Sets keel_thread_get_current() for the duration.
- * \return number of units of work done (0 = idle).
+ * messages, every active poller, every expired timed poller, every queued event
+ * poller; destroys the thread if its exit completed. Sets keel_thread_get_current()
+ * for the duration. Without a reactor there is no epoll: each call first checks the
+ * fds of parked event pollers with poll(2) (no wait), so event pollers follow the same
+ * rules as on a reactor, with readiness looked at once per call.
+ * \return number of units of work done (0 = idle); a poller woken during the call
+ * (it runs at the next call) counts as one, so "poll until 0" runs it.
  * Threading: only the embedder (the reactor, or the test harness) calls this; a
  * thread must never be polled by two OS threads at once.
  */
@@ -262,14 +274,55 @@ void keel_set_current_thread(struct keel_thread *thread);
 /** A poller returns KEEL_POLLER_BUSY when it did work, else KEEL_POLLER_IDLE. */
 typedef int (*keel_poller_fn)(void *arg);
 
+/*
+ * Kinds of pollers, and what runs them
+ * ------------------------------------
+ * - Active (period 0, no fd): runs on every loop iteration of its thread. For work
+ *   that has no fd and cannot say when it is due; keep such pollers rare, they keep
+ *   an awake reactor busy checking.
+ * - Timed (period > 0): runs at each deadline (keel_poller_register). The timer can be
+ *   cancelled and re-armed (keel_poller_disarm, keel_poller_arm) so a poller whose
+ *   deadline exists only some of the time costs nothing in between.
+ * - Event (an fd tied with keel_poller_register_fd): runs when a reason exists: its
+ *   fd is ready (level triggered), keel_poller_wake() was called, or its timer is due
+ *   (a period, or a deadline set with keel_poller_arm). Once running it runs again on
+ *   every iteration for as long as it returns KEEL_POLLER_BUSY (a busy socket costs no
+ *   epoll round trip per request); the first KEEL_POLLER_IDLE parks it until the next
+ *   reason. Parked pollers cost nothing per iteration.
+ *   With a period as well, the period paces it: it runs at every deadline and, in
+ *   between, once each time its fd is reported ready or it is woken; busy does not
+ *   bring its next run forward (the daemon's RPC connections: prompt on a new
+ *   request, a slice per millisecond for a long batch).
+ *   Anything that gives an event poller work other than through its fd (a completion
+ *   queueing a reply, an -ENOMEM retry list, a close request) must call
+ *   keel_poller_wake(), or return BUSY while the work waits. A poller that cannot
+ *   consume what makes its fd ready (e.g. it stopped reading at a high-water mark)
+ *   must drop that event with keel_poller_modify_fd(), or it runs on every readiness
+ *   check (level triggered).
+ * - Wake-up fd (keel_poller_register_wakeup_fd): an active poller whose fd only wakes
+ *   a sleeping reactor; it keeps running every iteration while the reactor is awake.
+ *   For pollers whose own readiness check is cheaper than a syscall (a completion
+ *   ring mapped in memory, as the aio bdev's).
+ *
+ * An awake reactor learns of ready fds of parked event pollers from a non-blocking
+ * epoll_wait: on every idle iteration, and at most every 20 us while iterations are
+ * busy; a sleeping reactor from its blocking epoll_wait. Without a reactor
+ * (keel_thread_poll by the harness or an embedder) each poll checks them with poll(2).
+ *
+ * Every pointer to a registered poller is valid on its owning thread until it is
+ * unregistered; every call below except keel_poller_register must be made on that
+ * thread, and all of them are safe from inside any poller callback of the thread
+ * (including the poller's own).
+ */
+
 /**
  * Register a poller on the current keel thread. \p period_us 0 makes an active
- * poller (runs every iteration); otherwise a timed poller that runs every period on
- * a monotonic clock: the next deadline is the previous deadline plus the period, so
- * no drift accumulates (a poller that fell more than a period behind skips to the
- * next deadline in the future rather than running a burst).
- * In interrupt and adaptive modes a sleeping reactor wakes for the next timed
- * poller (timerfd) and for fds registered with keel_poller_register_fd().
+ * poller; otherwise a timed poller that runs every period on a monotonic clock: the
+ * next deadline is the previous deadline plus the period, so no drift accumulates (a
+ * poller that fell more than a period behind skips to the next deadline in the future
+ * rather than running a burst). The first deadline is one period from now.
+ * In interrupt and adaptive modes a sleeping reactor wakes for the next deadline
+ * (timerfd) and for fds registered with keel_poller_register_fd().
  * \return the poller, or NULL when not on a keel thread or out of memory.
  * \p name is copied (shown in statistics and watchdog reports).
  */
@@ -279,31 +332,73 @@ struct keel_poller *keel_poller_register(keel_poller_fn fn, void *arg, uint64_t 
 /**
  * Unregister and free the poller, set *ppoller = NULL. Must be called on the owning
  * thread; safe from inside the poller's own callback (the poller never runs again).
+ * Its fd (if any) leaves epoll at once, so the caller may close it right after.
  * NULL or *ppoller == NULL is a no-op.
  */
 void keel_poller_unregister(struct keel_poller **ppoller);
 
-/** Stop / restart running the poller. Owning thread only; safe from inside it. */
+/**
+ * Stop / restart running the poller. Owning thread only; safe from inside it. A paused
+ * poller's fd leaves epoll, its wake-ups are ignored and its timer does not fire. On
+ * resume a timed poller's period restarts from now, and an event poller runs once
+ * (whatever happened while it was paused is looked at).
+ */
 void keel_poller_pause(struct keel_poller *poller);
 void keel_poller_resume(struct keel_poller *poller);
 
 /**
- * Tie \p fd's readiness (\p events: EPOLLIN/EPOLLOUT bits) to \p poller: a sleeping
- * reactor wakes and runs the thread when the fd is ready (level triggered). The
- * poller still runs on every iteration while the reactor is awake.
+ * Make \p poller an event poller of \p fd's readiness (\p events: EPOLLIN, EPOLLOUT,
+ * EPOLLRDHUP...; EPOLLERR and EPOLLHUP are always reported), level triggered. It runs
+ * once at the next iteration (work queued at creation, such as a greeting to send,
+ * needs no readiness), then by the rules above (a poller that also has a period
+ * runs at each deadline, and busy does not make it run again before the next one).
  * One fd per poller; the fd stays owned by the caller, who must unregister the
  * poller before closing it. Owning thread only.
- * \return 0, -EEXIST if the poller already has an fd, -errno from epoll_ctl.
+ * \return 0, -EINVAL for a negative fd, -EEXIST if the poller already has an fd,
+ * -errno from epoll_ctl.
  */
 int keel_poller_register_fd(struct keel_poller *poller, int fd, uint32_t events);
-/** Change the epoll events of the poller's fd. \return 0 or -errno. */
+
+/**
+ * Tie \p fd to \p poller only to wake its sleeping reactor (level triggered); the
+ * poller keeps its kind (an active poller still runs on every iteration while the
+ * reactor is awake). Same rules and errors as keel_poller_register_fd().
+ */
+int keel_poller_register_wakeup_fd(struct keel_poller *poller, int fd, uint32_t events);
+
+/** Change the epoll events of the poller's fd. \return 0, -ENOENT without fd, -errno. */
 int keel_poller_modify_fd(struct keel_poller *poller, uint32_t events);
+
+/**
+ * Give \p poller a reason to run at the next iteration of its thread: an event poller
+ * is queued (then follows the rules above); a timed poller runs at the next iteration
+ * and its period continues from there (as keel_poller_arm(poller, 0)); an active
+ * poller runs anyway. Ignored for a paused poller. Owning thread only; never fails,
+ * never allocates: cheap enough for every completion.
+ */
+void keel_poller_wake(struct keel_poller *poller);
+
+/**
+ * Set the poller's deadline to \p delay_us from now, replacing any earlier one. A
+ * timed poller runs then and continues every period from that run. An event poller
+ * runs once then (a one-shot timeout: a handshake deadline, a retry later), in
+ * addition to its fd. Owning thread only; no allocation.
+ * \return 0, or -EINVAL for an active poller (it runs on every iteration anyway).
+ */
+int keel_poller_arm(struct keel_poller *poller, uint64_t delay_us);
+
+/**
+ * Cancel the poller's deadline: a timed poller stops running until keel_poller_arm()
+ * (or keel_poller_wake); an event poller keeps its fd. No-op when not armed.
+ */
+void keel_poller_disarm(struct keel_poller *poller);
 
 struct keel_poller_stats {
 	char name[64];
 	uint64_t period_us;
 	uint64_t run_count;
 	uint64_t busy_count;
+	uint64_t wakeups; /**< times it was a reason its sleeping reactor woke (fd or timer) */
 	bool paused;
 };
 
@@ -328,6 +423,17 @@ struct keel_thread_stats {
  */
 uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_stats *stats,
 			       struct keel_poller_stats *pollers, uint32_t max_pollers);
+
+/** Most entries keel_thread_get_wakers() returns. */
+#define KEEL_THREAD_WAKERS_MAX 16
+
+/**
+ * The pollers of \p thread that woke its reactor most often (wakeups > 0), most
+ * first, up to \p max_pollers (at most KEEL_THREAD_WAKERS_MAX). Must be called on
+ * \p thread. \return number of entries written.
+ */
+uint32_t keel_thread_get_wakers(struct keel_thread *thread, struct keel_poller_stats *pollers,
+				uint32_t max_pollers);
 
 /* ------------------------------------------------------------------------------ */
 /* I/O devices and channels                                                        */

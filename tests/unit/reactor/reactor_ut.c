@@ -1,6 +1,7 @@
 /*
  * Real reactors on CPUs 0-1: start/stop, cross-reactor messages in every mode,
- * wake-ups by message, timer and fd, mode switches under load, watchdog, shutdown
+ * wake-ups by message, timer and fd, event pollers woken only by their fd, no
+ * adaptive spin after an idle wake-up, mode switches under load, watchdog, shutdown
  * with a leaked poller, blocking pool, statistics.
  *
  * Only reactor 0 (the test's own OS thread) calls CU_ASSERT; code running on
@@ -501,6 +502,369 @@ static void test_wake_adaptive(void)
 }
 
 /* ------------------------------------------------------------------------------ */
+/* Event pollers: an idle reactor is woken by the fd alone                         */
+/* ------------------------------------------------------------------------------ */
+
+struct evw_ctx {
+	struct keel_thread *t1;
+	struct keel_poller *driver;
+	int phase;
+	int round;
+	int pings_sent;
+	uint64_t phase_start_ms;
+	int pipe[2];
+	/* Written on reactor 1. */
+	struct keel_poller *ev;
+	_Atomic int runs;
+	_Atomic int bytes;
+	_Atomic int pings;
+	_Atomic int lazy;          /* do not read: the fd stays readable */
+	_Atomic int pause_self;    /* pause from inside the callback */
+	_Atomic int unreg_self;    /* unregister from inside the callback */
+	_Atomic uint64_t own_wakeups; /* the poller's wake-up count, as it reads it */
+	/* Snapshots taken on reactor 0 (the driver). */
+	struct keel_reactor_stats base;
+	int base_runs;
+	/* Results. */
+	int silent_rounds_ok;
+	bool paused_silent;
+	bool resumed_ran;
+	bool unregistered_silent;
+	uint64_t fd_wakeups_seen;
+	bool timeout;
+};
+
+static int evw_fn(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+	struct keel_poller_stats ps;
+	char buf[64];
+	ssize_t n;
+	int busy = KEEL_POLLER_IDLE;
+
+	atomic_fetch_add(&ctx->runs, 1);
+	if (keel_thread_get_wakers(keel_thread_get_current(), &ps, 1) == 1) {
+		atomic_store(&ctx->own_wakeups, ps.wakeups);
+	}
+	if (atomic_load(&ctx->unreg_self)) {
+		keel_poller_unregister(&ctx->ev);
+		return KEEL_POLLER_BUSY;
+	}
+	if (atomic_load(&ctx->pause_self)) {
+		atomic_store(&ctx->pause_self, 0);
+		keel_poller_pause(ctx->ev);
+		return KEEL_POLLER_IDLE;
+	}
+	while (!atomic_load(&ctx->lazy) && (n = read(ctx->pipe[0], buf, sizeof(buf))) > 0) {
+		atomic_fetch_add(&ctx->bytes, (int)n);
+		busy = KEEL_POLLER_BUSY;
+	}
+	return busy;
+}
+
+static void evw_t1_setup(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+
+	ctx->ev = keel_poller_register(evw_fn, ctx, 0, "evw_fd");
+	if (ctx->ev == NULL || keel_poller_register_fd(ctx->ev, ctx->pipe[0], EPOLLIN) != 0) {
+		keel_poller_unregister(&ctx->ev);
+	}
+}
+
+static void evw_t1_ping(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+
+	atomic_fetch_add(&ctx->pings, 1);
+}
+
+static void evw_t1_resume(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+
+	atomic_store(&ctx->lazy, 0);
+	keel_poller_resume(ctx->ev);
+}
+
+static void evw_t1_cleanup(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+
+	keel_poller_unregister(&ctx->ev);
+	keel_thread_exit(keel_thread_get_current());
+}
+
+static struct keel_reactor_stats reactor1_stats(void)
+{
+	struct keel_reactor_stats st;
+
+	keel_reactor_get_stats(1, &st);
+	return st;
+}
+
+static void evw_next(struct evw_ctx *ctx, int phase)
+{
+	ctx->phase = phase;
+	ctx->phase_start_ms = now_ms();
+}
+
+/*
+ * Send pings to t1 one at a time, each after the previous one was handled and
+ * reactor 1 went back to sleep. \return true once \p total were handled.
+ */
+static bool evw_pinged(struct evw_ctx *ctx, int total)
+{
+	if (atomic_load(&ctx->pings) != ctx->pings_sent) {
+		return false;
+	}
+	if (ctx->pings_sent == total) {
+		return true;
+	}
+	keel_thread_send_msg(ctx->t1, evw_t1_ping, ctx);
+	ctx->pings_sent++;
+	return false;
+}
+
+/*
+ * Phases (the driver is a timed poller on reactor 0; nothing else runs on reactor 1):
+ * 0  t1's poller made its first run and reactor 1 sleeps: snapshot, write one byte.
+ * 1  the poller read it (busy), ran once more (idle) and reactor 1 sleeps again: it
+ *    woke exactly once, for the fd, and the poller ran exactly twice. Three rounds.
+ * 2  the next byte makes the poller pause itself without reading; two pings later
+ *    (each handled, reactor asleep in between) the readable fd has not woken it.
+ * 3  a message resumes it: it runs, reads, parks.
+ * 4  the next byte makes it unregister itself without reading; two pings later the
+ *    still readable fd has woken nothing.
+ */
+static int evw_driver(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+	struct keel_reactor_stats st = reactor1_stats();
+	int runs = atomic_load(&ctx->runs);
+
+	if (now_ms() - ctx->phase_start_ms > 10000) {
+		ctx->timeout = true;
+		ctx->phase = 100;
+	}
+	switch (ctx->phase) {
+	case 0:
+		if (runs < 1 || !st.sleeping) {
+			break;
+		}
+		ctx->base = st;
+		ctx->base_runs = runs;
+		(void)!write(ctx->pipe[1], "x", 1);
+		evw_next(ctx, 1);
+		break;
+	case 1:
+		if (runs < ctx->base_runs + 2 || !st.sleeping) {
+			break;
+		}
+		if (runs == ctx->base_runs + 2 && st.wakeups == ctx->base.wakeups + 1 &&
+		    st.wakeups_fd == ctx->base.wakeups_fd + 1 &&
+		    st.wakeups_msg == ctx->base.wakeups_msg &&
+		    st.wakeups_timer == ctx->base.wakeups_timer && st.fd_waiting == 1) {
+			ctx->silent_rounds_ok++;
+		}
+		if (++ctx->round < 3) {
+			evw_next(ctx, 0);
+			break;
+		}
+		ctx->fd_wakeups_seen = atomic_load(&ctx->own_wakeups);
+		ctx->base = st;
+		ctx->base_runs = runs;
+		atomic_store(&ctx->lazy, 1);
+		atomic_store(&ctx->pause_self, 1);
+		(void)!write(ctx->pipe[1], "y", 1);
+		evw_next(ctx, 2);
+		break;
+	case 2:
+		/* Paused with a readable fd; ping twice, waiting for each. */
+		if (runs < ctx->base_runs + 1 || !st.sleeping) {
+			break;
+		}
+		if (evw_pinged(ctx, 2)) {
+			/* One wake-up for the byte, none since: pausing took the fd out of epoll. */
+			ctx->paused_silent = runs == ctx->base_runs + 1 &&
+					     st.wakeups_fd == ctx->base.wakeups_fd + 1;
+			ctx->base_runs = runs;
+			keel_thread_send_msg(ctx->t1, evw_t1_resume, ctx);
+			evw_next(ctx, 3);
+		}
+		break;
+	case 3:
+		/* Resume runs it once: it reads "y" (busy), runs again (idle), parks. */
+		if (runs < ctx->base_runs + 2 || !st.sleeping) {
+			break;
+		}
+		ctx->resumed_ran = runs == ctx->base_runs + 2 && atomic_load(&ctx->bytes) == 4;
+		ctx->base = st;
+		ctx->base_runs = runs;
+		atomic_store(&ctx->lazy, 1);
+		atomic_store(&ctx->unreg_self, 1);
+		(void)!write(ctx->pipe[1], "z", 1);
+		evw_next(ctx, 4);
+		break;
+	case 4:
+		if (runs < ctx->base_runs + 1 || !st.sleeping) {
+			break;
+		}
+		if (evw_pinged(ctx, 4)) {
+			/* One wake-up for the byte, none since: unregistering took the fd out. */
+			ctx->unregistered_silent = runs == ctx->base_runs + 1 &&
+						   st.wakeups_fd == ctx->base.wakeups_fd + 1 &&
+						   st.fd_waiting == 0;
+			ctx->phase = 100;
+		}
+		break;
+	default:
+		break;
+	}
+	if (ctx->phase == 100) {
+		keel_thread_send_msg(ctx->t1, evw_t1_cleanup, ctx);
+		keel_poller_unregister(&ctx->driver);
+		keel_thread_send_msg(keel_thread_get_current(), stop_msg, NULL);
+	}
+	return KEEL_POLLER_IDLE;
+}
+
+static void evw_start(void *arg)
+{
+	struct evw_ctx *ctx = arg;
+
+	ctx->t1 = keel_thread_create("t1", 1);
+	keel_thread_send_msg(ctx->t1, evw_t1_setup, ctx);
+	ctx->phase_start_ms = now_ms();
+	ctx->driver = keel_poller_register(evw_driver, ctx, 2000, "driver");
+}
+
+static void event_wake_mode(enum keel_reactor_mode mode)
+{
+	struct keel_reactor_opts opts;
+	struct evw_ctx ctx = {0};
+
+	CU_ASSERT_EQUAL_FATAL(pipe2(ctx.pipe, O_NONBLOCK), 0);
+	opts_for(&opts, mode);
+	CU_ASSERT_EQUAL(run_reactors(&opts, evw_start, &ctx), 0);
+	CU_ASSERT_FALSE(ctx.timeout);
+	CU_ASSERT_EQUAL(ctx.silent_rounds_ok, 3);
+	CU_ASSERT_EQUAL(ctx.fd_wakeups_seen, 3);
+	CU_ASSERT_TRUE(ctx.paused_silent);
+	CU_ASSERT_TRUE(ctx.resumed_ran);
+	CU_ASSERT_TRUE(ctx.unregistered_silent);
+	close(ctx.pipe[0]);
+	close(ctx.pipe[1]);
+}
+
+static void test_event_wake_interrupt(void)
+{
+	event_wake_mode(KEEL_REACTOR_MODE_INTERRUPT);
+}
+
+static void test_event_wake_adaptive(void)
+{
+	event_wake_mode(KEEL_REACTOR_MODE_ADAPTIVE);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* Adaptive mode: no spin after a wake-up that found no work                       */
+/* ------------------------------------------------------------------------------ */
+
+struct nospin_ctx {
+	struct keel_thread *t1;
+	struct keel_poller *driver;
+	struct keel_poller *tick;  /* on t1: a 2 ms timer that never finds work */
+	_Atomic int ticks;
+	int phase;
+	int base_ticks;
+	uint64_t start_ms;
+	struct keel_reactor_stats base;
+	uint64_t loops;
+	uint64_t wakeups;
+	bool timeout;
+};
+
+static int nospin_tick(void *arg)
+{
+	struct nospin_ctx *ctx = arg;
+
+	atomic_fetch_add(&ctx->ticks, 1);
+	return KEEL_POLLER_IDLE;
+}
+
+static void nospin_t1_setup(void *arg)
+{
+	struct nospin_ctx *ctx = arg;
+
+	ctx->tick = keel_poller_register(nospin_tick, ctx, 2000, "idle_tick");
+}
+
+static void nospin_t1_cleanup(void *arg)
+{
+	struct nospin_ctx *ctx = arg;
+
+	keel_poller_unregister(&ctx->tick);
+	keel_thread_exit(keel_thread_get_current());
+}
+
+static int nospin_driver(void *arg)
+{
+	struct nospin_ctx *ctx = arg;
+	struct keel_reactor_stats st = reactor1_stats();
+	int ticks = atomic_load(&ctx->ticks);
+
+	if (now_ms() - ctx->start_ms > 20000) {
+		ctx->timeout = true;
+		ctx->phase = 100;
+	}
+	if (ctx->phase == 0 && ticks >= 3) {
+		ctx->base = st;
+		ctx->base_ticks = ticks;
+		ctx->phase = 1;
+	} else if (ctx->phase == 1 && ticks >= ctx->base_ticks + 30) {
+		ctx->loops = st.loops - ctx->base.loops;
+		ctx->wakeups = st.wakeups - ctx->base.wakeups;
+		ctx->phase = 100;
+	}
+	if (ctx->phase == 100) {
+		keel_thread_send_msg(ctx->t1, nospin_t1_cleanup, ctx);
+		keel_poller_unregister(&ctx->driver);
+		keel_thread_send_msg(keel_thread_get_current(), stop_msg, NULL);
+	}
+	return KEEL_POLLER_IDLE;
+}
+
+static void nospin_start(void *arg)
+{
+	struct nospin_ctx *ctx = arg;
+
+	ctx->t1 = keel_thread_create("t1", 1);
+	keel_thread_send_msg(ctx->t1, nospin_t1_setup, ctx);
+	ctx->start_ms = now_ms();
+	ctx->driver = keel_poller_register(nospin_driver, ctx, 7000, "driver");
+}
+
+static void test_adaptive_no_spin_after_idle_wake(void)
+{
+	struct keel_reactor_opts opts;
+	struct nospin_ctx ctx = {0};
+
+	opts_for(&opts, KEEL_REACTOR_MODE_ADAPTIVE);
+	opts.adaptive_spin_us = 1000; /* a spin would be hundreds of loops per wake-up */
+	CU_ASSERT_EQUAL(run_reactors(&opts, nospin_start, &ctx), 0);
+	CU_ASSERT_FALSE(ctx.timeout);
+	/* Every tick is a timer wake-up, and nothing else wakes reactor 1. */
+	CU_ASSERT_TRUE(ctx.wakeups >= 25);
+	/* One loop per wake-up; the margin covers the two snapshots' edges. */
+	CU_ASSERT_TRUE(ctx.loops <= ctx.wakeups + 4);
+	if (ctx.loops > ctx.wakeups + 4) {
+		fprintf(stderr, "adaptive idle wake-ups: %llu loops for %llu wake-ups\n",
+			(unsigned long long)ctx.loops, (unsigned long long)ctx.wakeups);
+	}
+}
+
+/* ------------------------------------------------------------------------------ */
 /* Mode switches under load: nothing lost                                          */
 /* ------------------------------------------------------------------------------ */
 
@@ -890,6 +1254,10 @@ static void test_stats(void)
 	CU_ASSERT_EQUAL(ctx.ps[0].period_us, 1000);
 	CU_ASSERT_EQUAL(ctx.ps[0].run_count, 19); /* counted after the callback returns */
 	CU_ASSERT_EQUAL(ctx.ps[0].busy_count, 19);
+	/* Interrupt mode, a 1 ms timer and nothing else: its deadlines woke the reactor. */
+	CU_ASSERT_TRUE(ctx.ps[0].wakeups >= 1);
+	CU_ASSERT_TRUE(ctx.ps[0].wakeups <= ctx.st0.wakeups_timer);
+	CU_ASSERT_TRUE(ctx.st0.sleep_ns > 0);
 }
 
 int main(void)
@@ -901,6 +1269,9 @@ int main(void)
 		{"flood_adaptive", test_flood_adaptive},
 		{"wake_interrupt", test_wake_interrupt},
 		{"wake_adaptive", test_wake_adaptive},
+		{"event_wake_interrupt", test_event_wake_interrupt},
+		{"event_wake_adaptive", test_event_wake_adaptive},
+		{"adaptive_no_spin_after_idle_wake", test_adaptive_no_spin_after_idle_wake},
 		{"mode_switch_under_load", test_mode_switch_under_load},
 		{"watchdog", test_watchdog},
 		{"shutdown_leak", test_shutdown_leak},
