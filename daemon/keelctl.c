@@ -78,7 +78,7 @@ static const char g_help_top[] =
 	"  export start BDEV --nbd [/dev/nbdN] [--read-only]  serve BDEV as a kernel device\n"
 	"  export stop NAME|/dev/nbdN                     stop an NBD export or kernel device\n"
 	"  export list                                    list NBD exports and kernel devices\n"
-	"  reactor stats                                  reactors and keel threads\n"
+	"  reactor stats [--interval MS]                  reactors, wake-ups and keel threads\n"
 	"  reactor mode MODE [--reactor N]                adaptive, poll or interrupt\n"
 	"  rpc METHOD [JSON-PARAMS]                       send any JSON-RPC method\n"
 	"\n"
@@ -148,7 +148,10 @@ static const char g_help_replica[] =
 
 static const char g_help_reactor[] =
 	"Usage: keelctl reactor VERB ...\n"
-	"  stats                     reactors (CPU, mode, busy %%) and keel threads\n"
+	"  stats [--interval MS]     per reactor: busy, idle and asleep time, wake-ups and\n"
+	"                            loops per second over MS milliseconds (default 1000;\n"
+	"                            0: one sample, averages since start), the pollers\n"
+	"                            that woke it most (total counts); then keel threads\n"
 	"  mode MODE [--reactor N]   switch all reactors (or reactor N) to adaptive, poll\n"
 	"                            or interrupt mode at run time\n";
 
@@ -353,6 +356,7 @@ struct keelctl_args {
 	const char *name;
 	const char *tcp;
 	const char *reactor;
+	const char *interval;
 	const char *size;
 	const char *io_timeout;
 	const char *dead_timeout;
@@ -431,6 +435,8 @@ static void keelctl_parse(int argc, char **argv, const char *accepted, struct ke
 			slot = &a->tcp;
 		} else if (strcmp(arg, "--reactor") == 0) {
 			slot = &a->reactor;
+		} else if (strcmp(arg, "--interval") == 0) {
+			slot = &a->interval;
 		} else if (strcmp(arg, "--size") == 0) {
 			slot = &a->size;
 		} else if (strcmp(arg, "--io-timeout") == 0) {
@@ -1202,63 +1208,169 @@ static const char *fmt_pct(char *buf, size_t len, json_t *obj)
 	return buf;
 }
 
+static uint64_t keelctl_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Counter \p key of \p now minus the same counter of \p before (0 without one). */
+static double reactor_delta(json_t *now, json_t *before, const char *key)
+{
+	json_int_t b = before != NULL ? json_integer_value(json_object_get(before, key)) : 0;
+
+	return (double)(json_integer_value(json_object_get(now, key)) - b);
+}
+
+/*
+ * Add per-second and percent figures to each reactor of \p now: over the \p elapsed_ns
+ * since \p then (two samples), or since the reactor started when \p then is NULL (its
+ * busy + idle time is its age). The counters keep their names; the rates are new keys.
+ */
+static void reactor_rates(json_t *now, json_t *then, uint64_t elapsed_ns)
+{
+	json_t *r;
+	size_t i;
+
+	json_array_foreach(json_object_get(now, "reactors"), i, r) {
+		json_t *before = then != NULL ? json_array_get(json_object_get(then, "reactors"), i)
+					      : NULL;
+		double busy = reactor_delta(r, before, "busy");
+		double sleep = reactor_delta(r, before, "sleep");
+		double secs = then != NULL ? (double)elapsed_ns / 1e9
+					   : (busy + reactor_delta(r, NULL, "idle")) / 1e9;
+
+		if (secs <= 0) {
+			secs = 1e-9;
+		}
+		/* A sleeping reactor publishes its idle time when it wakes: derive idle. */
+		busy = busy / 1e9 / secs * 100.0;
+		sleep = sleep / 1e9 / secs * 100.0;
+		busy = busy > 100.0 ? 100.0 : busy;
+		sleep = sleep > 100.0 - busy ? 100.0 - busy : sleep;
+		json_object_set_new(r, "busy_pct", json_real(busy));
+		json_object_set_new(r, "idle_pct", json_real(100.0 - busy));
+		json_object_set_new(r, "sleep_pct", json_real(sleep));
+		json_object_set_new(r, "wakeups_per_sec",
+				    json_real(reactor_delta(r, before, "wakeups") / secs));
+		json_object_set_new(r, "loops_per_sec",
+				    json_real(reactor_delta(r, before, "loops") / secs));
+	}
+	json_object_set_new(now, "interval_ms", json_integer(then != NULL ?
+							      (json_int_t)(elapsed_ns / 1000000) : 0));
+}
+
+static const char *fmt_real(char *buf, size_t len, json_t *v, const char *suffix)
+{
+	snprintf(buf, len, "%.1f%s", json_real_value(v), suffix);
+	return buf;
+}
+
+static void cmd_reactor_stats(int argc, char **argv)
+{
+	struct keelctl_args a;
+	struct table t = {.ncols = 9};
+	json_t *reactors, *first = NULL, *threads, *r, *th, *w;
+	uint32_t interval_ms = 1000;
+	uint64_t start = 0;
+	size_t i, j;
+
+	keelctl_parse(argc, argv, "--interval", &a, g_help_reactor);
+	keelctl_need_pos(&a, 0, g_help_reactor);
+	if (a.interval != NULL) {
+		interval_ms = keelctl_parse_u32(a.interval, "--interval");
+		if (interval_ms > 3600 * 1000) {
+			die(KEELCTL_EXIT_USAGE, "--interval %s is more than an hour: give milliseconds",
+			    a.interval);
+		}
+	}
+	if (interval_ms > 0) {
+		first = keelctl_call("framework_get_reactors", NULL);
+		start = keelctl_now_ns();
+		usleep((useconds_t)interval_ms * 1000);
+	}
+	reactors = keelctl_call("framework_get_reactors", NULL);
+	reactor_rates(reactors, first, keelctl_now_ns() - start);
+	json_decref(first);
+	threads = keelctl_call("thread_get_stats", NULL);
+	if (g_json) {
+		json_t *both = json_pack("{s:O,s:O}", "reactors", reactors, "threads", threads);
+
+		print_json(both);
+		json_decref(both);
+		json_decref(reactors);
+		json_decref(threads);
+		return;
+	}
+	if (interval_ms > 0) {
+		printf("over %u ms:\n", interval_ms);
+	} else {
+		printf("averages since each reactor started:\n");
+	}
+	table_row(&t, "REACTOR", "CPU", "MODE", "BUSY", "IDLE", "ASLEEP", "WAKE/S", "LOOPS/S",
+		  "THREADS");
+	json_array_foreach(json_object_get(reactors, "reactors"), i, r) {
+		char idx[16], cpu[16], busy[16], idle[16], sleep[16], wake[24], loops[24], nthr[16];
+
+		snprintf(nthr, sizeof(nthr), "%zu",
+			 json_array_size(json_object_get(r, "lw_threads")));
+		table_row(&t, fmt_u64(idx, sizeof(idx), json_object_get(r, "reactor")),
+			  fmt_u64(cpu, sizeof(cpu), json_object_get(r, "lcore")),
+			  json_string_value(json_object_get(r, "mode")),
+			  fmt_real(busy, sizeof(busy), json_object_get(r, "busy_pct"), "%"),
+			  fmt_real(idle, sizeof(idle), json_object_get(r, "idle_pct"), "%"),
+			  fmt_real(sleep, sizeof(sleep), json_object_get(r, "sleep_pct"), "%"),
+			  fmt_real(wake, sizeof(wake), json_object_get(r, "wakeups_per_sec"), ""),
+			  fmt_real(loops, sizeof(loops), json_object_get(r, "loops_per_sec"), ""),
+			  nthr);
+	}
+	table_print(&t);
+	printf("\n");
+	t.ncols = 4;
+	table_row(&t, "REACTOR", "WOKEN BY", "THREAD", "WAKE-UPS");
+	json_array_foreach(json_object_get(reactors, "reactors"), i, r) {
+		json_array_foreach(json_object_get(r, "wakers"), j, w) {
+			char idx[16], count[24];
+			json_t *thr = json_object_get(w, "thread");
+
+			table_row(&t, fmt_u64(idx, sizeof(idx), json_object_get(r, "reactor")),
+				  json_string_value(json_object_get(w, "name")),
+				  json_is_string(thr) ? json_string_value(thr) : "-",
+				  fmt_u64(count, sizeof(count), json_object_get(w, "wakeups")));
+		}
+	}
+	table_print(&t);
+	printf("\n");
+	t.ncols = 7;
+	table_row(&t, "THREAD", "ID", "REACTOR", "BUSY", "ACTIVE", "TIMED", "PAUSED");
+	json_array_foreach(json_object_get(threads, "threads"), i, th) {
+		char id[24], re[16], pct[16], ac[16], ti[16], pa[16];
+
+		table_row(&t, json_string_value(json_object_get(th, "name")),
+			  fmt_u64(id, sizeof(id), json_object_get(th, "id")),
+			  fmt_u64(re, sizeof(re), json_object_get(th, "reactor")),
+			  fmt_pct(pct, sizeof(pct), th),
+			  fmt_u64(ac, sizeof(ac), json_object_get(th, "active_pollers_count")),
+			  fmt_u64(ti, sizeof(ti), json_object_get(th, "timed_pollers_count")),
+			  fmt_u64(pa, sizeof(pa), json_object_get(th, "paused_pollers_count")));
+	}
+	table_print(&t);
+	json_decref(reactors);
+	json_decref(threads);
+}
+
 static void cmd_reactor(int argc, char **argv)
 {
 	struct keelctl_args a;
-	json_t *reactors, *threads, *r, *th, *params, *result;
-	size_t i;
+	json_t *params, *result;
 
 	if (argc == 0 || is_help(argv[0])) {
 		usage(g_help_reactor, argc == 0);
 	}
 	if (strcmp(argv[0], "stats") == 0) {
-		struct table t = {.ncols = 7};
-
-		keelctl_parse(argc - 1, argv + 1, "", &a, g_help_reactor);
-		keelctl_need_pos(&a, 0, g_help_reactor);
-		reactors = keelctl_call("framework_get_reactors", NULL);
-		threads = keelctl_call("thread_get_stats", NULL);
-		if (g_json) {
-			json_t *both = json_pack("{s:O,s:O}", "reactors", reactors, "threads",
-						 threads);
-
-			print_json(both);
-			json_decref(both);
-			json_decref(reactors);
-			json_decref(threads);
-			return;
-		}
-		table_row(&t, "REACTOR", "CPU", "NUMA", "TID", "MODE", "BUSY", "THREADS");
-		json_array_foreach(json_object_get(reactors, "reactors"), i, r) {
-			char idx[16], cpu[16], numa[16], tid[24], pct[16], nthr[16];
-
-			snprintf(nthr, sizeof(nthr), "%zu",
-				 json_array_size(json_object_get(r, "lw_threads")));
-			table_row(&t, fmt_u64(idx, sizeof(idx), json_object_get(r, "reactor")),
-				  fmt_u64(cpu, sizeof(cpu), json_object_get(r, "lcore")),
-				  fmt_u64(numa, sizeof(numa), json_object_get(r, "numa_id")),
-				  fmt_u64(tid, sizeof(tid), json_object_get(r, "tid")),
-				  json_string_value(json_object_get(r, "mode")),
-				  fmt_pct(pct, sizeof(pct), r), nthr);
-		}
-		table_print(&t);
-		printf("\n");
-		t.ncols = 7;
-		table_row(&t, "THREAD", "ID", "REACTOR", "BUSY", "ACTIVE", "TIMED", "PAUSED");
-		json_array_foreach(json_object_get(threads, "threads"), i, th) {
-			char id[24], re[16], pct[16], ac[16], ti[16], pa[16];
-
-			table_row(&t, json_string_value(json_object_get(th, "name")),
-				  fmt_u64(id, sizeof(id), json_object_get(th, "id")),
-				  fmt_u64(re, sizeof(re), json_object_get(th, "reactor")),
-				  fmt_pct(pct, sizeof(pct), th),
-				  fmt_u64(ac, sizeof(ac), json_object_get(th, "active_pollers_count")),
-				  fmt_u64(ti, sizeof(ti), json_object_get(th, "timed_pollers_count")),
-				  fmt_u64(pa, sizeof(pa), json_object_get(th, "paused_pollers_count")));
-		}
-		table_print(&t);
-		json_decref(reactors);
-		json_decref(threads);
+		cmd_reactor_stats(argc - 1, argv + 1);
 	} else if (strcmp(argv[0], "mode") == 0) {
 		keelctl_parse(argc - 1, argv + 1, "--reactor", &a, g_help_reactor);
 		keelctl_need_pos(&a, 1, g_help_reactor);

@@ -21,6 +21,8 @@
 #endif
 
 #define RPC_MAX_POLLERS_SHOWN 64
+/* Pollers that woke a reactor most, per reactor ("(message)" competes with them). */
+#define RPC_WAKERS_SHOWN 5
 
 /* ------------------------------------------------------------------------------ */
 
@@ -113,19 +115,68 @@ static void rpc_stats_visit(void *arg)
 	if (obj == NULL) {
 		return;
 	}
-	if (!ctx->reactors) {
-		plist = json_array();
-		for (i = 0; i < n; i++) {
-			json_array_append_new(
-				plist, json_pack("{s:s,s:I,s:I,s:I,s:b}", "name", pollers[i].name,
-						 "period_us", (json_int_t)pollers[i].period_us,
-						 "run_count", (json_int_t)pollers[i].run_count,
-						 "busy_count", (json_int_t)pollers[i].busy_count,
-						 "paused", pollers[i].paused));
-		}
-		json_object_set_new(obj, "pollers", plist);
+	if (ctx->reactors) {
+		/* Candidates for the reactor's "wakers"; rpc_reactors_json merges them. */
+		n = keel_thread_get_wakers(thread, pollers, RPC_WAKERS_SHOWN);
 	}
+	plist = json_array();
+	for (i = 0; i < n; i++) {
+		json_array_append_new(
+			plist, json_pack("{s:s,s:I,s:I,s:I,s:I,s:b}", "name", pollers[i].name,
+					 "period_us", (json_int_t)pollers[i].period_us,
+					 "run_count", (json_int_t)pollers[i].run_count,
+					 "busy_count", (json_int_t)pollers[i].busy_count,
+					 "wakeups", (json_int_t)pollers[i].wakeups, "paused",
+					 pollers[i].paused));
+	}
+	json_object_set_new(obj, "pollers", plist);
 	json_array_append_new(ctx->threads, obj);
+}
+
+static int rpc_waker_cmp(const void *a, const void *b)
+{
+	json_int_t wa = json_integer_value(json_object_get(*(json_t *const *)a, "wakeups"));
+	json_int_t wb = json_integer_value(json_object_get(*(json_t *const *)b, "wakeups"));
+
+	return wa < wb ? 1 : wa > wb ? -1 : 0;
+}
+
+/*
+ * The pollers of reactor \p idx that woke it most, from each thread's own top list,
+ * with "(message)" (the eventfd) as one more contender. Sorted, most first.
+ */
+static json_t *rpc_reactor_wakers(json_t *threads, uint32_t idx, uint64_t msg_wakeups)
+{
+	json_t *cand[RPC_WAKERS_SHOWN * 64 + 1];
+	json_t *wakers = json_array(), *t, *p;
+	size_t j, k, n = 0;
+
+	if (msg_wakeups > 0) {
+		cand[n++] = json_pack("{s:s,s:n,s:I}", "name", "(message)", "thread",
+				      "wakeups", (json_int_t)msg_wakeups);
+	}
+	json_array_foreach(threads, j, t) {
+		if (json_integer_value(json_object_get(t, "reactor")) != (json_int_t)idx) {
+			continue;
+		}
+		json_array_foreach(json_object_get(t, "pollers"), k, p) {
+			if (n == sizeof(cand) / sizeof(cand[0])) {
+				break;
+			}
+			cand[n++] = json_pack("{s:O,s:O,s:O}", "name", json_object_get(p, "name"),
+					      "thread", json_object_get(t, "name"), "wakeups",
+					      json_object_get(p, "wakeups"));
+		}
+	}
+	qsort(cand, n, sizeof(cand[0]), rpc_waker_cmp);
+	for (j = 0; j < n; j++) {
+		if (j < RPC_WAKERS_SHOWN && cand[j] != NULL) {
+			json_array_append_new(wakers, cand[j]);
+		} else {
+			json_decref(cand[j]);
+		}
+	}
+	return wakers;
 }
 
 static json_t *rpc_reactors_json(json_t *threads)
@@ -154,13 +205,20 @@ static json_t *rpc_reactors_json(json_t *threads)
 		}
 		json_array_append_new(
 			reactors,
-			json_pack("{s:i,s:i,s:i,s:I,s:I,s:I,s:b,s:s,s:I,s:I,s:I,s:o}", "lcore",
-				  (int)rs.cpu, "reactor", (int)i, "numa_id", rs.numa_node, "tid",
-				  (json_int_t)rs.tid, "busy", (json_int_t)rs.busy_ns, "idle",
-				  (json_int_t)rs.idle_ns, "in_interrupt", rs.sleeping, "mode",
+			json_pack("{s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+				  "s:i,s:I,s:o,s:o}",
+				  "lcore", (int)rs.cpu, "reactor", (int)i, "numa_id", rs.numa_node,
+				  "tid", (json_int_t)rs.tid, "busy", (json_int_t)rs.busy_ns, "idle",
+				  (json_int_t)rs.idle_ns, "sleep", (json_int_t)rs.sleep_ns,
+				  "in_interrupt", rs.sleeping, "mode",
 				  keel_reactor_mode_name(rs.mode), "loops", (json_int_t)rs.loops,
-				  "wakeups", (json_int_t)rs.wakeups, "msgs", (json_int_t)rs.msgs,
-				  "lw_threads", lw));
+				  "wakeups", (json_int_t)rs.wakeups, "wakeups_msg",
+				  (json_int_t)rs.wakeups_msg, "wakeups_timer",
+				  (json_int_t)rs.wakeups_timer, "wakeups_fd", (json_int_t)rs.wakeups_fd,
+				  "wakeups_other", (json_int_t)rs.wakeups_other, "fd_polls",
+				  (json_int_t)rs.fd_polls, "fd_waiting", (int)rs.fd_waiting, "msgs",
+				  (json_int_t)rs.msgs, "wakers",
+				  rpc_reactor_wakers(threads, i, rs.wakeups_msg), "lw_threads", lw));
 	}
 	return reactors;
 }

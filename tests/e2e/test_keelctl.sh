@@ -84,10 +84,23 @@ expect_ok "reactor stats" keelctl reactor stats
 echo "$OUT"
 echo "$OUT" | grep -q "^REACTOR" || fail "reactor table header"
 echo "$OUT" | grep -q "^THREAD" || fail "thread table header"
-expect_ok "reactor stats --json" keelctl --json reactor stats
+echo "$OUT" | grep -q "WOKEN BY" || fail "no table of the pollers that woke the reactors"
+expect_ok "reactor stats --json" keelctl --json reactor stats --interval 200
 [ "$(json_get "$OUT" 'len(j["reactors"]["reactors"])')" -ge 1 ] || fail "no reactors"
 [ "$(json_get "$OUT" 'any(t["name"]=="main" for t in j["threads"]["threads"])')" = True ] ||
 	fail "no main thread in thread_get_stats"
+[ "$(json_get "$OUT" 'j["reactors"]["interval_ms"] >= 200 and all(
+	r["wakeups_per_sec"] >= 0 and 0 <= r["busy_pct"] <= 100 and
+	all(w["wakeups"] > 0 and w["name"] for w in r["wakers"])
+	for r in j["reactors"]["reactors"])')" = True ] || fail "reactor rates or wakers: $OUT"
+# Dozens of RPCs so far, each one a reason for reactor 0 to wake (its socket, a timer).
+[ "$(json_get "$OUT" '(j["reactors"]["reactors"][0]["wakeups"] > 0 and
+	len(j["reactors"]["reactors"][0]["wakers"]) > 0)')" = True ] ||
+	fail "reactor 0 names nothing that woke it: $OUT"
+expect_ok "reactor stats --interval 0 (since start)" keelctl reactor stats --interval 0
+echo "$OUT" | grep -q "since each reactor started" || fail "interval 0: $OUT"
+expect_fail "bad interval" "--interval 'abc' is not a number" keelctl reactor stats --interval abc
+expect_fail "huge interval" "more than an hour" keelctl reactor stats --interval 99999999
 expect_ok "reactor mode interrupt" keelctl reactor mode interrupt
 expect_ok "mode shows" keelctl --json rpc framework_get_reactors
 [ "$(json_get "$OUT" 'j["reactors"][0]["mode"]')" = interrupt ] || fail "mode not switched"
