@@ -2,7 +2,7 @@
 # function that installs whichever are missing (or names them when not root).
 
 KEEL_BUILD_PACKAGES="build-essential cmake pkg-config libaio-dev libnuma-dev libnl-genl-3-dev libjansson-dev libblkid-dev"
-KEEL_TEST_PACKAGES="libcunit1-dev python3 nbdkit libnbd-bin fuse3 qemu-utils fio e2fsprogs util-linux fdisk jq kmod"
+KEEL_TEST_PACKAGES="libcunit1-dev python3 jq nbdkit libnbd-bin fuse3 qemu-utils fio e2fsprogs util-linux fdisk kmod"
 KEEL_VM_PACKAGES="qemu-system-x86 busybox-static cpio"
 
 # keel_missing_packages PKG...: print the packages that are not installed.

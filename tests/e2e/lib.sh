@@ -6,6 +6,7 @@ set -u
 
 KEEL_BIN=${KEEL_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/bin}
 E2E_NAME=$(basename "$0" .sh)
+E2E_DIR=$(cd "$(dirname "$0")" && pwd) # this test's directory (tests may cd elsewhere)
 
 skip() {
 	echo "SKIP $E2E_NAME: $*"
@@ -28,6 +29,9 @@ ok() {
 [ -x "$KEEL_BIN/keeld" ] || skip "no keeld in $KEEL_BIN (build first)"
 [ -x "$KEEL_BIN/keelctl" ] || skip "no keelctl in $KEEL_BIN (build first)"
 command -v python3 >/dev/null || skip "python3 is needed"
+command -v jq >/dev/null || skip "jq is needed (package jq)"
+# python3 on PATH may be a pyenv shim that takes ~0.5 s to start: use the system one.
+if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
 
 # Unix socket paths are limited to 107 bytes: keep the temp dir short.
 E2E_TMP=$(mktemp -d /tmp/keel-e2e.XXXXXX) || fail "mktemp"
@@ -130,7 +134,31 @@ expect_ok() {
 	ok "$what"
 }
 
-# json_get JSON PYTHON-EXPR: evaluate EXPR with the parsed JSON as 'j'.
+# json_get JSON PYTHON-EXPR: evaluate EXPR with the parsed JSON as 'j'. One interpreter
+# per call: prefer jget in anything that runs often.
 json_get() {
-	python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"
+	"$PY" -c 'import json,sys; j=json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"
 }
+
+# jget JSON [JQ-OPTIONS...] FILTER: FILTER's result (strings raw), one cheap jq process.
+#   jget "$OUT" --arg p "$path" '.replicas[] | select(.path == $p) | .state'
+jget() {
+	local json=$1
+	shift
+	jq -r "$@" <<<"$json"
+}
+
+# wait_until SECONDS WHAT CMD...: poll CMD (cheap: keelctl, jq, test) every 0.1 s until
+# it succeeds; fail naming WHAT after SECONDS. The timeout only bounds a hang: size it
+# far beyond what the state change needs on a loaded machine.
+wait_until() {
+	local secs=$1 what=$2 end
+	shift 2
+
+	end=$((SECONDS + secs))
+	while ! "$@"; do
+		[ $SECONDS -lt $end ] || fail "$what: not within $secs s"
+		sleep 0.1
+	done
+}
+

@@ -26,7 +26,7 @@ expect_fail "socket path is a file" "is not a socket" "$KEEL_BIN/keeld" --foregr
 	--rpc-socket "$E2E_TMP/notasocket" --state-dir "$STATE"
 
 # a stale socket (nobody listens) is removed
-python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$SOCK"
+"$PY" -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$SOCK"
 [ -S "$SOCK" ] || fail "could not make a stale socket"
 start_keeld
 ok "started over a stale socket"

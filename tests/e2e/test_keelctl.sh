@@ -25,17 +25,17 @@ echo "$OUT" | head -n 1 | grep -q "^NAME  *MODULE  *SIZE" || fail "bdev list hea
 ok "bdev list table rows"
 
 expect_ok "bdev list --json" keelctl --json bdev list
-[ "$(json_get "$OUT" 'len(j)')" = 4 ] || fail "expected 4 bdevs: $OUT"
-[ "$(json_get "$OUT" '[b["num_blocks"] for b in j if b["name"]=="m0"][0]')" = 131072 ] ||
+[ "$(jget "$OUT" 'length')" = 4 ] || fail "expected 4 bdevs: $OUT"
+[ "$(jget "$OUT" '.[] | select(.name == "m0") | .num_blocks')" = 131072 ] ||
 	fail "m0 num_blocks"
-[ "$(json_get "$OUT" '[b["supported_io_types"]["read"] for b in j if b["name"]=="n0"][0]')" = True ] ||
+[ "$(jget "$OUT" '.[] | select(.name == "n0") | .supported_io_types.read')" = true ] ||
 	fail "n0 supported_io_types"
 ok "--json output parses and matches"
 
 expect_ok "bdev_get_bdevs by name" keelctl rpc bdev_get_bdevs '{"name":"a0"}'
-[ "$(json_get "$OUT" 'j[0]["module"]')" = aio ] || fail "bdev_get_bdevs name=a0: $OUT"
+[ "$(jget "$OUT" '.[0].module')" = aio ] || fail "bdev_get_bdevs name=a0: $OUT"
 expect_ok "bdev_get_iostat" keelctl rpc bdev_get_iostat
-[ "$(json_get "$OUT" 'len(j["bdevs"])')" = 4 ] || fail "iostat: $OUT"
+[ "$(jget "$OUT" '.bdevs | length')" = 4 ] || fail "iostat: $OUT"
 
 # --- errors ---------------------------------------------------------------------------
 expect_fail "duplicate name" "bdev 'm0' already exists" keelctl bdev create malloc m0 1M
@@ -77,7 +77,7 @@ done
 expect_ok "empty list" keelctl bdev list
 case "$OUT" in *"no bdevs"*) ;; *) fail "empty list: $OUT" ;; esac
 expect_ok "empty list --json" keelctl --json bdev list
-[ "$(json_get "$OUT" 'len(j)')" = 0 ] || fail "list not empty: $OUT"
+[ "$(jget "$OUT" 'length')" = 0 ] || fail "list not empty: $OUT"
 
 # --- reactors -------------------------------------------------------------------------
 expect_ok "reactor stats" keelctl reactor stats
@@ -86,16 +86,15 @@ echo "$OUT" | grep -q "^REACTOR" || fail "reactor table header"
 echo "$OUT" | grep -q "^THREAD" || fail "thread table header"
 echo "$OUT" | grep -q "WOKEN BY" || fail "no table of the pollers that woke the reactors"
 expect_ok "reactor stats --json" keelctl --json reactor stats --interval 200
-[ "$(json_get "$OUT" 'len(j["reactors"]["reactors"])')" -ge 1 ] || fail "no reactors"
-[ "$(json_get "$OUT" 'any(t["name"]=="main" for t in j["threads"]["threads"])')" = True ] ||
+[ "$(jget "$OUT" '.reactors.reactors | length')" -ge 1 ] || fail "no reactors"
+[ "$(jget "$OUT" 'any(.threads.threads[]; .name == "main")')" = true ] ||
 	fail "no main thread in thread_get_stats"
-[ "$(json_get "$OUT" 'j["reactors"]["interval_ms"] >= 200 and all(
-	r["wakeups_per_sec"] >= 0 and 0 <= r["busy_pct"] <= 100 and
-	all(w["wakeups"] > 0 and w["name"] for w in r["wakers"])
-	for r in j["reactors"]["reactors"])')" = True ] || fail "reactor rates or wakers: $OUT"
+[ "$(jget "$OUT" '.reactors.interval_ms >= 200 and all(.reactors.reactors[];
+	.wakeups_per_sec >= 0 and .busy_pct >= 0 and .busy_pct <= 100 and
+	all(.wakers[]; .wakeups > 0 and (.name | length) > 0))')" = true ] || fail "reactor rates or wakers: $OUT"
 # Dozens of RPCs so far, each one a reason for reactor 0 to wake (its socket, a timer).
-[ "$(json_get "$OUT" '(j["reactors"]["reactors"][0]["wakeups"] > 0 and
-	len(j["reactors"]["reactors"][0]["wakers"]) > 0)')" = True ] ||
+[ "$(jget "$OUT" '.reactors.reactors[0].wakeups > 0 and
+	(.reactors.reactors[0].wakers | length) > 0')" = true ] ||
 	fail "reactor 0 names nothing that woke it: $OUT"
 expect_ok "reactor stats --interval 0 (since start)" keelctl reactor stats --interval 0
 echo "$OUT" | grep -q "since each reactor started" || fail "interval 0: $OUT"
@@ -103,18 +102,18 @@ expect_fail "bad interval" "--interval 'abc' is not a number" keelctl reactor st
 expect_fail "huge interval" "more than an hour" keelctl reactor stats --interval 99999999
 expect_ok "reactor mode interrupt" keelctl reactor mode interrupt
 expect_ok "mode shows" keelctl --json rpc framework_get_reactors
-[ "$(json_get "$OUT" 'j["reactors"][0]["mode"]')" = interrupt ] || fail "mode not switched"
+[ "$(jget "$OUT" '.reactors[0].mode')" = interrupt ] || fail "mode not switched"
 expect_ok "reactor mode adaptive on reactor 0" keelctl reactor mode adaptive --reactor 0
 expect_fail "bad mode" "unknown mode 'turbo'" keelctl reactor mode turbo
 expect_fail "bad reactor" "no reactor 99" keelctl reactor mode poll --reactor 99
 
 # --- passthrough ----------------------------------------------------------------------
 expect_ok "rpc_get_methods" keelctl rpc rpc_get_methods
-[ "$(json_get "$OUT" '"bdev_get_bdevs" in j and "framework_get_reactors" in j')" = True ] ||
+[ "$(jget "$OUT" 'index("bdev_get_bdevs") != null and index("framework_get_reactors") != null')" = true ] ||
 	fail "rpc_get_methods: $OUT"
 
 # --- exports (methods from the NBD layer, if built in) --------------------------------
-if [ "$(json_get "$OUT" '"nbd_get_exports" in j')" = True ]; then
+if [ "$(jget "$OUT" 'index("nbd_get_exports") != null')" = true ]; then
 	expect_ok "export list (empty)" keelctl export list
 	expect_fail "export stop unknown" "nosuch" keelctl export stop nosuch
 	expect_fail "export start without a listener" "--socket" keelctl export start e0
@@ -124,7 +123,7 @@ if [ "$(json_get "$OUT" '"nbd_get_exports" in j')" = True ]; then
 	echo "$OUT"
 	echo "$OUT" | grep -Eq "^vol +e0 +$E2E_TMP/nbd.sock" || fail "export list row: $OUT"
 	expect_ok "export list --json" keelctl --json export list
-	[ "$(json_get "$OUT" 'j[0]["bdev_name"]')" = e0 ] || fail "export json: $OUT"
+	[ "$(jget "$OUT" '.[0].bdev_name')" = e0 ] || fail "export json: $OUT"
 	if command -v nbdinfo >/dev/null; then
 		expect_ok "nbdinfo sees the export" nbdinfo --size "nbd+unix:///vol?socket=$E2E_TMP/nbd.sock"
 		[ "$OUT" = 16777216 ] || fail "nbdinfo size: $OUT"

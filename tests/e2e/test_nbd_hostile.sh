@@ -18,11 +18,15 @@ fio --name=bystander --ioengine=nbd --uri="nbd+unix:///disk0?socket=$NBD" --rw=r
 	--output="$E2E_TMP/bystander.out" >/dev/null 2>&1 &
 BYSTANDER=$!
 E2E_EXTRA_PIDS=$BYSTANDER
+bystander_connected() {
+	[ "$(keelctl --json export list | jq -r '.[] | select(.name == "disk0") | .connections')" -ge 1 ] 2>/dev/null
+}
+wait_until 60 "the well-behaved client connected" bystander_connected
 
 for scenario in bad-option-magic unknown-options huge-option truncated-option bad-magic \
 	truncated-header unknown-command out-of-range oversized-length disconnect-mid-payload \
 	many-in-flight-then-vanish disc; do
-	python3 "$HOSTILE" "$NBD" disk0 "$scenario" || fail "scenario $scenario"
+	"$PY" "$HOSTILE" "$NBD" disk0 "$scenario" || fail "scenario $scenario"
 	keeld_alive || fail "keeld died after $scenario"
 	nbdinfo --size "nbd+unix:///disk0?socket=$NBD" | grep -qx 67108864 ||
 		fail "nbdinfo after $scenario"

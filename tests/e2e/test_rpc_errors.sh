@@ -18,7 +18,7 @@ expect_fail "params not an object" "params must be an object" \
 expect_fail "params not JSON (client side)" "not valid JSON" keelctl rpc bdev_get_bdevs '{oops'
 
 # --- raw bytes on the socket -----------------------------------------------------------
-python3 - "$SOCK" <<'PY' || fail "raw socket checks"
+"$PY" - "$SOCK" <<'PY' || fail "raw socket checks"
 import json, socket, sys, time
 
 path = sys.argv[1]
@@ -139,7 +139,7 @@ sleep 0.5
 keeld_alive || fail "keeld died"
 expect_ok "keeld still answers" keelctl rpc keel_get_version
 expect_ok "no stray bdevs from vanished clients" keelctl --json bdev list
-[ "$(json_get "$OUT" 'len(j)')" = 0 ] || fail "unexpected bdevs: $OUT"
+[ "$(jget "$OUT" length)" = 0 ] || fail "unexpected bdevs: $OUT"
 
 stop_keeld || fail "keeld exited with $? after SIGTERM"
 ok "keeld stopped cleanly"

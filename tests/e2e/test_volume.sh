@@ -18,10 +18,10 @@ case "$OUT" in *vol1*online*"2/2"*) ;; *) fail "volume list: $OUT" ;; esac
 expect_ok "volume show" keelctl volume show vol1
 case "$OUT" in *"state:       online"*"$D/a"*healthy*"$D/b"*healthy*) ;; *) fail "volume show: $OUT" ;; esac
 expect_ok "volume get json" keelctl rpc volume_get '{"name":"vol1"}'
-[ "$(json_get "$OUT" "j['size']")" = 16777216 ] || fail "size in volume_get"
-[ "$(json_get "$OUT" "len(j['replicas'])")" = 2 ] || fail "replicas in volume_get"
+[ "$(jget "$OUT" .size)" = 16777216 ] || fail "size in volume_get"
+[ "$(jget "$OUT" '.replicas | length')" = 2 ] || fail "replicas in volume_get"
 expect_ok "the volume is a bdev" keelctl rpc bdev_get_bdevs '{"name":"vol1"}'
-[ "$(json_get "$OUT" "j[0]['module']")" = nexus ] || fail "vol1 is not a nexus bdev: $OUT"
+[ "$(jget "$OUT" '.[0].module')" = nexus ] || fail "vol1 is not a nexus bdev: $OUT"
 grep -q "\"$D/a\"" "$STATE/state.json" || fail "state file does not list the volume"
 
 # --- bad input ------------------------------------------------------------------

@@ -22,7 +22,7 @@ expect_ok "aio r1" keelctl bdev create aio r1 "$D/r1"
 expect_ok "error bdev e0 over r0" keelctl rpc bdev_error_create '{"base_name":"r0","name":"e0"}'
 expect_ok "volume over e0 and r1" keelctl rpc volume_create \
 	'{"name":"fv","size":67108864,"replica_bdevs":["e0","r1"]}'
-[ "$(json_get "$OUT" "j['persistent']")" = False ] || fail "a replica_bdevs volume must be transient"
+[ "$(jget "$OUT" .persistent)" = false ] || fail "a replica_bdevs volume must be transient"
 expect_ok "export fv" keelctl export start fv --socket "$NBD"
 
 # Every 200th write to e0 fails, a few times: the first failure faults the replica.
@@ -40,20 +40,20 @@ fio_run() {
 
 fio_run "$E2E_TMP/write.json" --do_verify=0 || fail "fio write pass failed: $(cat "$E2E_TMP/write.json.err")"
 for f in write; do
-	err=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(sum(x["error"] + x.get("total_err",0) for x in j["jobs"]))' "$E2E_TMP/$f.json")
+	err=$(jq '[.jobs[] | .error + (.total_err // 0)] | add' "$E2E_TMP/$f.json")
 	[ "$err" = 0 ] || fail "fio $f pass saw $err errors"
 done
 ok "fio wrote 64 MiB with no client error"
 
 expect_ok "volume get" keelctl rpc volume_get '{"name":"fv"}'
-state=$(json_get "$OUT" "j['state']")
-r0=$(json_get "$OUT" "[r for r in j['replicas'] if r['bdev']=='e0'][0]")
-case "$r0" in *"'state': 'faulted'"*"'reason': 'io_error'"*) ok "e0 faulted: $r0" ;;
+state=$(jget "$OUT" .state)
+r0=$(jget "$OUT" -c '.replicas[] | select(.bdev == "e0") | {state, reason}')
+case "$r0" in '{"state":"faulted","reason":"io_error"}') ok "e0 faulted: $r0" ;;
 *) fail "e0 not faulted after write errors: $r0" ;; esac
 [ "$state" = degraded ] || fail "volume state $state, expected degraded"
 
 fio_run "$E2E_TMP/verify.json" --verify_only=1 || fail "fio verify pass failed: $(cat "$E2E_TMP/verify.json.err")"
-err=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(sum(x["error"] + x.get("total_err",0) for x in j["jobs"]))' "$E2E_TMP/verify.json")
+err=$(jq '[.jobs[] | .error + (.total_err // 0)] | add' "$E2E_TMP/verify.json")
 [ "$err" = 0 ] || fail "fio verify pass saw $err errors"
 grep -q "verify" "$E2E_TMP/verify.json.err" && fail "fio reported verify failures: $(cat "$E2E_TMP/verify.json.err")"
 ok "every block verifies (crc32c) from the surviving replica"

@@ -76,13 +76,17 @@ done
 expect_ok "remove the stale replica" keelctl replica remove rv "$D/b"
 restart
 expect_ok "show after removing b" keelctl --json volume show rv
-[ "$(json_get "$OUT" "len(j['replicas'])")" = 1 ] || fail "removed replica came back: $OUT"
-[ "$(json_get "$OUT" "j['state']")" = online ] || fail "rv not online: $OUT"
+[ "$(jget "$OUT" '.replicas | length')" = 1 ] || fail "removed replica came back: $OUT"
+[ "$(jget "$OUT" .state)" = online ] || fail "rv not online: $OUT"
 expect_pattern 0xbb "data intact"
 
 # --- state file written even when keeld is killed ----------------------------------
 expect_ok "stop export" keelctl export stop rv
-sleep 1.5 # exports are saved by a watcher within a second
+# Exports are saved by a watcher: wait until the state file no longer lists rv's.
+state_without_export() {
+	jq -e --arg s "$NBD" '[.exports[] | select(.socket == $s)] | length == 0' "$STATE/state.json" >/dev/null 2>&1
+}
+wait_until 60 "state file without the stopped export" state_without_export
 kill -KILL "$KEELD_PID"
 wait "$KEELD_PID" 2>/dev/null
 KEELD_PID=
