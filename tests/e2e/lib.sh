@@ -162,3 +162,26 @@ wait_until() {
 	done
 }
 
+# qemu_io_ok WHAT URI [-r] CMD...: run the qemu-io commands on URI (-r: read-only). qemu-io
+# must exit 0 and print no failure: it prints "read N/N bytes" even after "Pattern
+# verification failed", so that line proves nothing.
+qemu_io_ok() {
+	local what=$1 uri=$2 out rc c
+	local args=(-f raw)
+	shift 2
+
+	if [ "${1:-}" = -r ]; then
+		args+=(-r)
+		shift
+	fi
+	for c in "$@"; do
+		args+=(-c "$c")
+	done
+	out=$(qemu-io "${args[@]}" "$uri" 2>&1)
+	rc=$?
+	[ $rc -eq 0 ] || fail "$what: qemu-io exited with $rc: $out"
+	case "$out" in
+	*"verification failed"* | *[Ee]rror* | *[Ff]ailed*) fail "$what: $out" ;;
+	esac
+	ok "$what"
+}

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Rebuild through keeld, with real NBD clients writing while it runs:
-#  - full rebuild of an added replica under fio load, replicas byte-identical after;
+#  - an added replica is copied while fio writes (copy progress and fio's writes are
+#    seen moving together), then rebuilt in full under that load: replicas identical;
 #  - pause / resume / stop / start through keelctl; the rate limit bounds the bytes
 #    copied by rate x elapsed time;
-#  - fault, write, re-add: a partial rebuild that copies only what was written;
-#  - keeld killed with -9 during a rebuild, and during writes with a replica out:
-#    after the restart the rebuild completes and the replicas are identical;
+#  - fault, write, re-add: a partial rebuild that copies exactly the written regions;
+#  - keeld killed with -9 in the middle of a copy, and during acknowledged writes with
+#    a replica out: after the restart every acknowledged write is there, the rebuild
+#    completes and the replicas are identical;
 #  - the rebuild history survives restarts.
-# A job the test must catch mid-way is rate-limited far below anything that could
-# finish during the test, and every step waits on job states.
+# No step races the copy: a job the test must catch mid-way is rate-limited far below
+# anything that could finish during the test, and every step waits on job states.
 . "$(dirname "$0")/lib.sh"
 
 command -v fio >/dev/null || skip "fio is needed"
@@ -19,6 +21,7 @@ D=$E2E_TMP/disks
 mkdir -p "$D"
 cd "$E2E_TMP" || fail "cd"   # fio and qemu-io leave nothing in the caller's cwd
 DATA_OFF=1048576             # replica label area: differs per replica by design
+ACKED_IO=$E2E_DIR/nbd/acked_io.py
 export KEEL_E2E_CPUS=${KEEL_E2E_CPUS:-0-1}
 
 # Data regions of replica files $1 and $2 must be identical.
@@ -70,6 +73,19 @@ wait_healthy() {
 	done
 }
 
+# write_ops BDEV: writes the bdev (a volume: the users' writes) has completed.
+write_ops() {
+	local out
+	out=$(keelctl rpc bdev_get_iostat "{\"name\":\"$1\"}" 2>&1) || { echo -1; return; }
+	jget "$out" '.bdevs[0].io.write.ops'
+}
+
+# Both the copy of TARGET and the volume's writes moved past the given counts.
+copy_and_writes_moved() { # VOL TARGET BLOCKS WRITES
+	[ "$(job "$1" "$2" .blocks_transferred)" -gt "$3" ] 2>/dev/null &&
+		[ "$(write_ops "$1")" -gt "$4" ] 2>/dev/null
+}
+writes_above() { [ "$(write_ops "$1")" -gt "$2" ] 2>/dev/null; }
 done_above() { [ "$(job "$1" "$2" .blocks_done)" -gt "$3" ] 2>/dev/null; }
 now_ms() { date +%s%3N; }
 
@@ -81,34 +97,46 @@ rate_bound() {
 	echo $(($1 * 1024 * ($3 - $2) / 1000 + 2 * $4 * $5))
 }
 
-fio_load() { # fio_load URI SECONDS OUTPUT [extra fio args]: 4k random writes, QD8
-	local uri=$1 secs=$2 out=$3
-	shift 3
-	fio --name=load --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=8 \
-		--time_based --runtime="$secs" --verify_state_save=0 --output="$out" "$@" \
-		>/dev/null 2>&1
-}
-
 start_keeld
 
-# --- full rebuild under fio load ------------------------------------------------------
+# --- copy under fio load ----------------------------------------------------------------
 URI="nbd+unix:///rb?socket=$E2E_TMP/rb.nbd"
 expect_ok "create rb" keelctl volume create rb --size 128M --replica "$D/a" --replica "$D/b"
 expect_ok "export rb" keelctl export start rb --socket "$E2E_TMP/rb.nbd"
-fio_load "$URI" 6 "$E2E_TMP/fio1.out" &
+# fio writes (4k random, QD8) until the test stops it: it cannot run out during the
+# rebuild. Started directly so that $! is fio itself, which SIGTERM stops cleanly.
+fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=8 \
+	--time_based --runtime=600 --verify_state_save=0 --output="$E2E_TMP/fio1.out" >/dev/null 2>&1 &
 FIO=$!
-sleep 1
+E2E_EXTRA_PIDS=$FIO
+wait_until 60 "fio writing to rb" writes_above rb 0
+# At 1 MiB/s the 128 MiB copy takes minutes: it is surely running while we look.
+expect_ok "rate limit 1 MiB/s" keelctl rpc rebuild_set_options '{"rate_limit_mib_s": 1}'
 expect_ok "add replica c while fio writes" keelctl replica add rb "$D/c"
 C=$(bdev_of rb "$D/c")
-wait_state rb "$C" completed 30
-wait_healthy rb "$D/c" 10
+wait_state rb "$C" running 30
+b1=$(job rb "$C" .blocks_transferred)
+w1=$(write_ops rb)
+wait_until 60 "copy of c and fio's writes both moving" copy_and_writes_moved rb "$C" "$b1" "$w1"
+[ "$(job rb "$C" .state)" = running ] || fail "copy of c not running: $(keelctl rebuild status rb)"
+ok "copy of c and fio's writes moved together (c: $b1 -> $(job rb "$C" .blocks_transferred) blocks, job running)"
+expect_ok "stop the limited copy of c" keelctl rebuild stop rb "$C"
+wait_state rb "$C" stopped 30
+expect_ok "lift the rate limit" keelctl rpc rebuild_set_options '{"rate_limit_mib_s": 0}'
+expect_ok "start c again at full speed, fio still writing" keelctl rebuild start rb "$C"
+wait_state rb "$C" completed 120
+wait_healthy rb "$D/c" 30
 [ "$(job rb "$C" .is_partial)" = false ] || fail "a new replica got a partial rebuild"
 [ "$(job rb "$C" '.blocks_transferred == .blocks_total')" = true ] || fail "full rebuild copied less than the volume"
 ok "full rebuild of c completed at $(job rb "$C" '.rate_mib_s | floor') MiB/s"
-kill -0 $FIO 2>/dev/null && ok "fio was still writing when the rebuild completed"
-wait $FIO || fail "fio failed during the rebuild: $(tail -n 5 "$E2E_TMP/fio1.out")"
-grep -q "IOPS=" "$E2E_TMP/fio1.out" || fail "fio reported nothing"
-ok "fio during rebuild: $(grep -o 'IOPS=[^,]*' "$E2E_TMP/fio1.out" | head -n 1), no errors"
+kill -0 $FIO 2>/dev/null || fail "fio stopped during the rebuild: $(tail -n 5 "$E2E_TMP/fio1.out")"
+kill -TERM $FIO
+wait $FIO
+rc=$?
+E2E_EXTRA_PIDS=
+grep -q "IOPS=" "$E2E_TMP/fio1.out" || fail "fio (exit $rc) reported nothing: $(tail -n 5 "$E2E_TMP/fio1.out")"
+grep -q "err= 0" "$E2E_TMP/fio1.out" || fail "fio saw errors during the rebuild: $(grep err= "$E2E_TMP/fio1.out")"
+ok "fio wrote through both copies: $(grep -o 'IOPS=[^,]*' "$E2E_TMP/fio1.out" | head -n 1), no errors"
 same_data "$D/a" "$D/b" "after full rebuild"
 same_data "$D/a" "$D/c" "after full rebuild"
 ok "data regions of a, b, c identical"
@@ -162,14 +190,20 @@ ok "restarted rebuild completed, d identical"
 expect_ok "remove d" keelctl replica remove rb "$D/d"
 
 # --- fault, write, re-add: partial rebuild --------------------------------------------
-# A fresh volume: its bitmap starts empty, so what is set is what was written.
+# A fresh volume and nothing written before the fault: the bits set are exactly the
+# regions written while f was out.
 URI2="nbd+unix:///pv?socket=$E2E_TMP/pv.nbd"
 expect_ok "create pv" keelctl volume create pv --size 64M --replica "$D/e" --replica "$D/f"
 expect_ok "export pv" keelctl export start pv --socket "$E2E_TMP/pv.nbd"
-out=$(qemu-io -f raw "$URI2" -c "write -P 0x11 0 2M" 2>&1) || fail "write: $out"
+expect_ok "show pv" keelctl --json volume show pv
+RS=$(jget "$OUT" .bitmap.region_size)
+[ "$(jget "$OUT" .bitmap.bits_set)" = 0 ] || fail "fresh volume has bits set: $OUT"
 expect_ok "fault f" keelctl replica fault pv "$D/f"
-out=$(qemu-io -f raw "$URI2" -c "write -P 0x22 8M 1M" -c "write -P 0x33 40M 64k" 2>&1) ||
-	fail "write with f out: $out"
+qemu_io_ok "write with f out" "$URI2" "write -P 0x22 8M 1M" "write -P 0x33 40M 64k"
+# regions touched: [8M, 9M) and [40M, 40M + 64k)
+regions=$(( ((9 << 20) - 1) / RS - (8 << 20) / RS + 1 + ((40 << 20) + 65535) / RS - (40 << 20) / RS + 1 ))
+expect_ok "show pv" keelctl --json volume show pv
+[ "$(jget "$OUT" .bitmap.bits_set)" = "$regions" ] || fail "bits set after the writes: $(jget "$OUT" .bitmap), expected $regions"
 # Re-add in place: the path is still listed (faulted); `replica add` reopens it and
 # its label says it is a former member, so only what the bitmap marks is copied.
 expect_fail "add of a healthy replica" "already a healthy replica" keelctl replica add pv "$D/e"
@@ -179,59 +213,78 @@ expect_ok "show pv" keelctl --json volume show pv
 	fail "f is not listed once after the re-add: $OUT"
 expect_fail "add of a rebuilding/healthy f again" "already a" keelctl replica add pv "$D/f"
 F=$(bdev_of pv "$D/f")
-wait_state pv "$F" completed 20
-wait_healthy pv "$D/f" 10
+wait_state pv "$F" completed 60
+wait_healthy pv "$D/f" 30
 [ "$(job pv "$F" .is_partial)" = true ] || fail "re-added replica got a full rebuild: $(keelctl rebuild status pv)"
+total=$(job pv "$F" '.blocks_total * .block_size')
 xfer=$(job pv "$F" '.blocks_transferred * .block_size')
-[ "$xfer" -le $((8 * 1048576)) ] || fail "partial rebuild copied $xfer bytes for 1.06 MiB written"
-ok "partial rebuild: is_partial, $((xfer / 1048576)) MiB copied of 64 MiB"
+[ "$total" = $((regions * RS)) ] || fail "partial rebuild covers $total bytes, the written regions are $((regions * RS))"
+[ "$xfer" = "$total" ] || fail "partial rebuild copied $xfer of the $total bytes it covers"
+ok "partial rebuild copied exactly the $regions written regions ($((xfer / 1048576)) MiB of 64 MiB)"
 same_data "$D/e" "$D/f" "after partial rebuild"
+qemu_io_ok "data written while f was out" "$URI2" "read -P 0x22 8M 1M" "read -P 0x33 40M 64k" \
+	"read -P 0 0 8M" "read -P 0 9M 31M"
 ok "e and f identical after the partial rebuild"
 
 # --- keeld killed during a rebuild ----------------------------------------------------
-expect_ok "rate limit 16 MiB/s" keelctl rpc rebuild_set_options '{"rate_limit_mib_s": 16}'
+expect_ok "rate limit 0.25 MiB/s" keelctl rpc rebuild_set_options '{"rate_limit_mib_s": 0.25}'
 expect_ok "add g to pv" keelctl replica add pv "$D/g"
 G=$(bdev_of pv "$D/g")
-wait_state pv "$G" running 5
-sleep 1
+wait_state pv "$G" running 30
+wait_until 30 "g copy started" done_above pv "$G" 0
+st=$(job pv "$G" '.state + " " + (.blocks_done < .blocks_total | tostring)')
+[ "$st" = "running true" ] || fail "copy of g not in progress before the kill: $(keelctl rebuild status pv)"
 kill -KILL "$KEELD_PID"
 wait "$KEELD_PID" 2>/dev/null
 KEELD_PID=
-ok "keeld killed with -9 during the rebuild of g"
+ok "keeld killed with -9 in the middle of the copy of g"
 start_keeld
-wait_healthy pv "$D/g" 30
+wait_healthy pv "$D/g" 60
+[ "$(job pv "$(bdev_of pv "$D/g")" .state)" = completed ] || fail "no completed rebuild of g after the restart: $(keelctl rebuild status pv)"
 same_data "$D/e" "$D/g" "after kill -9 during a rebuild"
 ok "after restart the rebuild of g completed, e and g identical"
 
-# --- keeld killed during writes with a replica out ------------------------------------
+# --- keeld killed during acknowledged writes with a replica out -----------------------
 expect_ok "fault g" keelctl replica fault pv "$D/g"
-fio_load "$URI2" 20 "$E2E_TMP/fio2.out" --size=16M &
-FIO=$!
-sleep 2
+"$PY" "$ACKED_IO" "$E2E_TMP/pv.nbd" pv write $((16 << 20)) $((16 << 20)) "$E2E_TMP/acked.json" \
+	>"$E2E_TMP/acked.out" 2>&1 &
+W=$!
+E2E_EXTRA_PIDS=$W
+acked_at_least() {
+	local n
+	n=$(grep -o '^acked [0-9]*' "$E2E_TMP/acked.out" | tail -n 1 | cut -d' ' -f2)
+	[ "${n:-0}" -ge "$1" ]
+}
+wait_until 60 "500 writes acknowledged" acked_at_least 500
+kill -0 $W 2>/dev/null || fail "the writer stopped before keeld was killed: $(cat "$E2E_TMP/acked.out")"
 kill -KILL "$KEELD_PID"
 wait "$KEELD_PID" 2>/dev/null
 KEELD_PID=
-wait $FIO 2>/dev/null # fio fails: its server died
-ok "keeld killed with -9 during writes with g out"
+wait $W || fail "writer: $(cat "$E2E_TMP/acked.out")"
+E2E_EXTRA_PIDS=
+grep -q "connection ended" "$E2E_TMP/acked.out" || fail "writer: $(cat "$E2E_TMP/acked.out")"
+ok "keeld killed with -9 during writes with g out: $(tail -n 1 "$E2E_TMP/acked.out")"
 start_keeld
 # g's label is behind: stale at assembly, re-added and rebuilt by itself.
-wait_healthy pv "$D/g" 30
-wait_healthy pv "$D/f" 10
+wait_healthy pv "$D/g" 60
+wait_healthy pv "$D/f" 60
 same_data "$D/e" "$D/f" "after kill -9 during writes"
 same_data "$D/e" "$D/g" "after kill -9 during writes"
 ok "after restart g was rebuilt; e, f, g identical"
-out=$(qemu-io -f raw "$URI2" -c "read -P 0x11 0 2M" -c "read -P 0x22 8M 1M" 2>&1)
-case "$out" in *"read 1048576/1048576"*) ok "acknowledged data intact" ;; *) fail "data lost: $out" ;; esac
+out=$("$PY" "$ACKED_IO" "$E2E_TMP/pv.nbd" pv verify $((16 << 20)) $((16 << 20)) "$E2E_TMP/acked.json" 2>&1) ||
+	fail "acknowledged writes lost: $out"
+ok "every acknowledged write survived: $out"
+qemu_io_ok "data written before the crashes" "$URI2" "read -P 0x22 8M 1M" "read -P 0x33 40M 64k"
 
 # --- history survives restarts --------------------------------------------------------
 stop_keeld || fail "keeld exited with an error"
 start_keeld
-expect_ok "history rb" keelctl rebuild history rb
-n=$(echo "$OUT" | grep -c completed)
-[ "$n" -ge 2 ] || fail "history of rb lacks completed jobs: $OUT"
-case "$OUT" in *stopped*) ;; *) fail "history of rb lacks the stopped job: $OUT" ;; esac
-ok "rebuild history of rb survives restarts ($n completed, 1 stopped)"
-expect_ok "history pv" keelctl rebuild history pv --json
+expect_ok "history rb" keelctl --json rebuild history rb
+n=$(jget "$OUT" '[.[] | select(.state == "completed")] | length')
+s=$(jget "$OUT" '[.[] | select(.state == "stopped")] | length')
+[ "$n" -ge 2 ] && [ "$s" -ge 2 ] || fail "history of rb lacks jobs (completed $n, stopped $s): $OUT"
+ok "rebuild history of rb survives restarts ($n completed, $s stopped)"
+expect_ok "history pv" keelctl --json rebuild history pv
 [ "$(jget "$OUT" '[.[] | select(.state == "completed" and .is_partial)] | length')" -ge 1 ] ||
 	fail "history of pv lacks the partial rebuild: $OUT"
 ok "history of pv has the partial rebuild"
