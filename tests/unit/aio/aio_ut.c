@@ -24,6 +24,7 @@
 #include "keel/reactor.h"
 
 #include "bdev/aio/bdev_aio_internal.h"
+#include "ut_cunit.h"
 
 #ifndef AIO_UT_DIR
 #define AIO_UT_DIR "."
@@ -764,7 +765,7 @@ static void test_tmpfs(void)
 	struct stat st;
 
 	if (stat("/dev/shm", &st) != 0) {
-		printf("\n  (skipped: no /dev/shm) ");
+		ut_skip("no /dev/shm");
 		return;
 	}
 	ut_path(path, sizeof(path), "/dev/shm", "tmpfs.img");
@@ -793,7 +794,8 @@ static void test_buffered_fallback(void)
 		snprintf(path, sizeof(path), "%s/ramfs.img", dir);
 		ut_make_file(path, 8 * UT_MIB);
 		if (ut_direct_allowed(path))
-			printf("\n  (ramfs accepts O_DIRECT here) ");
+			ut_skip("ramfs accepts O_DIRECT on this kernel: no real fallback to test "
+				"there (the knob case below still runs)");
 		else
 			ut_buffered_case("aio_ramfs", path, false);
 		unlink(path);
@@ -801,7 +803,8 @@ static void test_buffered_fallback(void)
 		CU_ASSERT(system(cmd) == 0);
 		rmdir(dir);
 	} else {
-		printf("\n  (ramfs not mountable: knob only) ");
+		ut_skip("%s: the fallback runs through the knob only",
+			geteuid() != 0 ? "not root, cannot mount ramfs" : "mount -t ramfs failed");
 	}
 
 	ut_path(path, sizeof(path), AIO_UT_DIR, "knob.img");
@@ -1676,13 +1679,14 @@ static void test_write_errors(void)
 
 	snprintf(dir, sizeof(dir), "%s/small-%d", AIO_UT_DIR, (int)getpid());
 	if (geteuid() != 0 || mkdir(dir, 0700) != 0) {
-		printf("\n  (skipped: cannot mount) ");
+		ut_skip("%s", geteuid() != 0 ? "not root: cannot mount a small tmpfs" :
+			"cannot make the mount point");
 		free(buf);
 		return;
 	}
 	snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=1m none '%s' 2>/dev/null", dir);
 	if (system(cmd) != 0) {
-		printf("\n  (skipped: cannot mount tmpfs) ");
+		ut_skip("mount -t tmpfs failed");
 		rmdir(dir);
 		free(buf);
 		return;
@@ -1744,7 +1748,8 @@ static void test_block_device(void)
 	    strncmp(loopdev, "/dev/loop", 9) != 0) {
 		if (p != NULL)
 			pclose(p);
-		printf("\n  (skipped: no loop device) ");
+		ut_skip("%s", geteuid() != 0 ? "not root: no loop device" :
+			"losetup could not attach a loop device");
 		unlink(path);
 		return;
 	}
@@ -1881,5 +1886,5 @@ int main(int argc, char **argv)
 	CU_cleanup_registry();
 	if (rc != 0 || g_init_status != 0)
 		return 1;
-	return g_cunit_failures == 0 ? 0 : 1;
+	return ut_cunit_exit_code((unsigned)g_cunit_failures);
 }

@@ -352,7 +352,9 @@ static void test_mt(void)
 {
 	uint64_t total_ok = 0;
 
-	ut_mt_run_reactors(mt_start, NULL);
+	if (!ut_mt_run_reactors(mt_start, NULL)) {
+		return;
+	}
 	if (atomic_load(&ut_mt_errors))
 		fprintf(stderr, "bdev_mt_ut: %d violations, first at line %d\n",
 			atomic_load(&ut_mt_errors), atomic_load(&ut_mt_first_err_line));

@@ -1623,7 +1623,7 @@ static void test_fault_under_load_two_reactors(void)
 	int rc;
 
 	if (ncpu < 2) {
-		fprintf(stderr, "skipping: needs 2 CPUs\n");
+		ut_skip("needs 2 online CPUs for 2 reactors, this machine has %ld", ncpu);
 		return;
 	}
 	keel_reactor_opts_init(&opts);

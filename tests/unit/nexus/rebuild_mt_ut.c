@@ -621,7 +621,9 @@ static void mt_start(void *arg)
 
 static void test_rebuild_mt(void)
 {
-	ut_mt_run_reactors(mt_start, NULL);
+	if (!ut_mt_run_reactors(mt_start, NULL)) {
+		return;
+	}
 	if (atomic_load(&ut_mt_errors) != 0) {
 		fprintf(stderr, "rebuild_mt_ut: %d violations, first at line %d\n",
 			atomic_load(&ut_mt_errors), atomic_load(&ut_mt_first_err_line));

@@ -116,6 +116,8 @@ static void test_cpulist(void)
 		CU_ASSERT_EQUAL(cpus[0], 0);
 		CU_ASSERT_EQUAL(cpus[1], 1);
 		CU_ASSERT_EQUAL(keel_cpulist_parse("0-1", cpus, 1), -E2BIG);
+	} else {
+		ut_skip("lists of 2 CPUs need 2 online CPUs, this machine has %ld", n);
 	}
 }
 
