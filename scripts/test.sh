@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what is missing, build keel with warnings as errors, run the whole test
-# suite through ctest, then the sanitizer passes: ASan+UBSan over every unit test,
-# TSan over the reactor and bdev tests. Exits non-zero on any failure.
+# suite through ctest, then the sanitizer passes: ASan+UBSan over every unit test and
+# every e2e test (keeld, keelctl built with ASan: a report or a leak fails the test),
+# TSan over the reactor, bdev, nbd and rpc tests. The VM tests run in the main pass
+# only. Exits non-zero on any failure.
 # Idempotent: re-running reuses the build directories.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +37,8 @@ run_pass() {
 
 mkdir -p build
 run_pass "main" build "" "--timeout 600"
-run_pass "asan+ubsan" build-asan "-DKEEL_SANITIZE=address" "-L unit"
-run_pass "tsan" build-tsan "-DKEEL_SANITIZE=thread" "-L reactor|bdev"
+run_pass "asan+ubsan" build-asan "-DKEEL_SANITIZE=address" "-L unit|e2e"
+run_pass "tsan" build-tsan "-DKEEL_SANITIZE=thread" "-L reactor|bdev|nbd|rpc"
 
 echo "==== summary"
 printf "%s" "$summary"

@@ -40,24 +40,63 @@ STATE=$E2E_TMP/state
 KEELD_LOG=$E2E_TMP/keeld.log
 KEELD_PID=
 
-# ASan: keep leak checking, write reports into the log the test shows on failure.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# Sanitized builds (build-asan): keep leak checking and write every report of every
+# keel process (keeld, daemonized keeld, keelctl) to files in SAN_DIR, which the
+# cleanup turns into a failure: a report is a bug even when the test passed.
+SAN_DIR=$E2E_TMP/sanitizer
+mkdir -p "$SAN_DIR"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}:log_path=$SAN_DIR/asan"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}:log_path=$SAN_DIR/ubsan"
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0}:log_path=$SAN_DIR/tsan"
+
+# Print the sanitizer reports of this test's keel processes; false when there are none.
+sanitizer_reports() {
+	local f found=1
+
+	for f in "$SAN_DIR"/*; do
+		[ -s "$f" ] || continue
+		echo "---- sanitizer report $(basename "$f") ----"
+		head -n 60 "$f"
+		found=0
+	done
+	if [ -n "${KEELD_LOG:-}" ] && grep -qE "ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error:" "$KEELD_LOG" 2>/dev/null; then
+		echo "---- sanitizer report in the keeld log ----"
+		grep -E -A 30 "ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error:" "$KEELD_LOG" | head -n 60
+		found=0
+	fi
+	return $found
+}
 
 e2e_cleanup() {
-	local rc=$?
+	local rc=$? krc
 
-	if [ -n "$KEELD_PID" ] && kill -0 "$KEELD_PID" 2>/dev/null; then
-		kill -TERM "$KEELD_PID" 2>/dev/null
-		for _ in $(seq 1 100); do
-			kill -0 "$KEELD_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$KEELD_PID" 2>/dev/null
-	fi
 	for pid in ${E2E_EXTRA_PIDS:-}; do
 		kill -KILL "$pid" 2>/dev/null
 	done
+	if [ -n "$KEELD_PID" ] && kill -0 "$KEELD_PID" 2>/dev/null; then
+		kill -TERM "$KEELD_PID" 2>/dev/null
+		for _ in $(seq 1 300); do
+			kill -0 "$KEELD_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$KEELD_PID" 2>/dev/null; then
+			kill -KILL "$KEELD_PID" 2>/dev/null
+			echo "FAIL $E2E_NAME: keeld did not exit within 30 s of SIGTERM" >&2
+			rc=1
+		fi
+		# Our child: its exit status says whether it stopped cleanly (a sanitizer
+		# report at exit, a leak, makes it non-zero). 127: not our child.
+		wait "$KEELD_PID" 2>/dev/null
+		krc=$?
+		if [ $rc -eq 0 ] && [ $krc -ne 0 ] && [ $krc -ne 127 ]; then
+			echo "FAIL $E2E_NAME: keeld exited with status $krc after SIGTERM" >&2
+			rc=1
+		fi
+	fi
+	if sanitizer_reports >&2; then
+		echo "FAIL $E2E_NAME: sanitizer report (above)" >&2
+		rc=1
+	fi
 	rm -rf "$E2E_TMP"
 	exit $rc
 }
