@@ -111,7 +111,7 @@ keelctl() {
 wait_for_keeld() {
 	local pid=$1
 
-	for _ in $(seq 1 200); do
+	for _ in $(seq 1 600); do
 		if "$KEEL_BIN/keelctl" -s "$SOCK" --timeout 5 rpc keel_get_version >/dev/null 2>&1; then
 			return 0
 		fi
@@ -120,7 +120,7 @@ wait_for_keeld() {
 		fi
 		sleep 0.1
 	done
-	fail "keeld did not answer on $SOCK within 20 s"
+	fail "keeld did not answer on $SOCK within 60 s"
 }
 
 # Start keeld in the foreground (background job) with this test's socket and state dir.

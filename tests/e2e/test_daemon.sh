@@ -66,11 +66,8 @@ expect_fail "second daemonized keeld refused" "already" \
 	"$KEEL_BIN/keeld" --rpc-socket "$SOCK" --state-dir "$STATE" --cpus 0
 [ -f "$STATE/keeld.log" ] || fail "daemon has no log file"
 kill -TERM "$KEELD_PID"
-for _ in $(seq 1 100); do
-	kill -0 "$KEELD_PID" 2>/dev/null || break
-	sleep 0.1
-done
-kill -0 "$KEELD_PID" 2>/dev/null && fail "daemon did not exit after SIGTERM"
+daemon_gone() { ! kill -0 "$KEELD_PID" 2>/dev/null; }
+wait_until 60 "the daemon exiting after SIGTERM" daemon_gone
 KEELD_PID=
 [ ! -e "$SOCK" ] || fail "socket still exists after the daemon stopped"
 grep -q "exiting with status 0" "$STATE/keeld.log" || fail "daemon log lacks a clean exit: $(tail "$STATE/keeld.log")"

@@ -36,8 +36,7 @@ trap fs_cleanup EXIT
 attach() {
 	nbdfuse "$FUSEDIR/nbd" "nbd+unix:///disk0?socket=$NBD" &
 	FUSE_PID=$!
-	for _ in $(seq 1 100); do [ -e "$FUSEDIR/nbd" ] && break; sleep 0.1; done
-	[ -e "$FUSEDIR/nbd" ] || fail "nbdfuse did not show the export"
+	wait_until 60 "nbdfuse showing the export" test -e "$FUSEDIR/nbd"
 	LOOP=$(losetup -f --show "$FUSEDIR/nbd") || fail "losetup"
 }
 
