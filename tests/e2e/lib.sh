@@ -18,6 +18,12 @@ fail() {
 	if [ -n "${KEELD_LOG:-}" ] && [ -f "$KEELD_LOG" ]; then
 		echo "---- keeld log (last 40 lines) ----" >&2
 		tail -n 40 "$KEELD_LOG" >&2
+		# fs.aio-max-nr is one pool for the whole machine: say so when it ran dry.
+		if grep -q "system-wide AIO limit is reached" "$KEELD_LOG"; then
+			echo "NOTE: io_setup found fs.aio-max-nr ($(cat /proc/sys/fs/aio-max-nr)) used up" \
+				"system-wide (aio-nr now $(cat /proc/sys/fs/aio-nr)); other processes" \
+				"on this machine hold AIO contexts too" >&2
+		fi
 	fi
 	exit 1
 }
