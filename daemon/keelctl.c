@@ -61,6 +61,7 @@ static const char g_help_top[] =
 	"\n"
 	"Commands:\n"
 	"  bdev create aio NAME FILE [--block-size N]     AIO bdev on a file or block device\n"
+	"  bdev create uring NAME FILE [--block-size N]   io_uring bdev on a file or block device\n"
 	"  bdev create malloc NAME SIZE [--block-size N]  RAM disk (SIZE like 64M, 1G)\n"
 	"  bdev create null NAME SIZE [--block-size N]    null disk (writes vanish, reads zeroes)\n"
 	"  bdev delete NAME                               delete any bdev\n"
@@ -94,6 +95,8 @@ static const char g_help_bdev[] =
 	"Usage: keelctl bdev VERB ...\n"
 	"  create aio NAME FILE [--block-size N]     AIO bdev on FILE (a file or block device);\n"
 	"                                            block size defaults to the device's (512 for files)\n"
+	"  create uring NAME FILE [--block-size N]   the same through io_uring (needs a kernel and\n"
+	"                                            container that allow io_uring)\n"
 	"  create malloc NAME SIZE [--block-size N]  RAM disk of SIZE bytes (K, M, G, T suffixes)\n"
 	"  create null NAME SIZE [--block-size N]    null disk of SIZE bytes\n"
 	"  delete NAME                               delete a bdev (its I/O drains first)\n"
@@ -103,6 +106,7 @@ static const char g_help_bdev_create[] =
 	"Usage: keelctl bdev create TYPE NAME ARG [--block-size N]\n"
 	"  aio NAME FILE      FILE is an existing file or block device; its size must be a\n"
 	"                     multiple of the block size\n"
+	"  uring NAME FILE    the same, driven through io_uring\n"
 	"  malloc NAME SIZE   RAM disk; SIZE is bytes with an optional K, M, G or T suffix\n"
 	"                     (powers of 1024), e.g. 64M\n"
 	"  null NAME SIZE     null disk of SIZE bytes\n"
@@ -629,8 +633,8 @@ static void cmd_bdev_create(int argc, char **argv)
 		block_size = keelctl_parse_u32(a.block_size, "--block-size");
 	}
 
-	if (strcmp(type, "aio") == 0) {
-		char abs[PATH_MAX], cwd[PATH_MAX];
+	if (strcmp(type, "aio") == 0 || strcmp(type, "uring") == 0) {
+		char abs[PATH_MAX], cwd[PATH_MAX], method[32];
 		const char *file = a.pos[1];
 
 		/* keeld runs in / : send an absolute path. */
@@ -648,7 +652,8 @@ static void cmd_bdev_create(int argc, char **argv)
 		if (block_size != 0) {
 			json_object_set_new(params, "block_size", json_integer(block_size));
 		}
-		result = keelctl_call("bdev_aio_create", params);
+		snprintf(method, sizeof(method), "bdev_%s_create", type);
+		result = keelctl_call(method, params);
 	} else if (strcmp(type, "malloc") == 0 || strcmp(type, "null") == 0) {
 		char method[32];
 

@@ -26,6 +26,7 @@
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
+#include "keel/bdev_uring.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
@@ -526,6 +527,7 @@ int main(int argc, char **argv)
 	keel_bdev_module_register(&keel_bdev_malloc_module);
 	keel_bdev_module_register(&keel_bdev_null_module);
 	keel_bdev_module_register(&keel_bdev_aio_module);
+	keel_bdev_module_register(&keel_bdev_uring_module);
 	keel_bdev_module_register(&keel_bdev_error_module);
 	keel_bdev_module_register(&keel_bdev_nexus_module);
 

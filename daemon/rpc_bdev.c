@@ -13,6 +13,7 @@
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
+#include "keel/bdev_uring.h"
 #include "keel/log.h"
 #include "keel/rpc.h"
 #include "rpc_methods.h"
@@ -358,6 +359,7 @@ static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *modul
 RPC_DELETE_METHOD(malloc)
 RPC_DELETE_METHOD(null)
 RPC_DELETE_METHOD(aio)
+RPC_DELETE_METHOD(uring)
 RPC_DELETE_METHOD(error)
 
 static const struct {
@@ -367,6 +369,7 @@ static const struct {
 	{"malloc", keel_bdev_malloc_delete},
 	{"null", keel_bdev_null_delete},
 	{"aio", keel_bdev_aio_delete},
+	{"uring", keel_bdev_uring_delete},
 	{"error", keel_bdev_error_delete},
 };
 
@@ -454,26 +457,33 @@ static void rpc_bdev_null_create(struct keel_rpc_request *req, json_t *params)
 	rpc_bdev_create_geom(req, params, "null", keel_bdev_null_create);
 }
 
-struct rpc_aio_params {
+/* aio and uring: a bdev over a file or block device, created on the blocking pool. */
+typedef int (*rpc_file_create_fn)(const char *name, const char *filename, uint32_t block_size,
+				  keel_bdev_create_cb cb_fn, void *cb_arg);
+
+struct rpc_file_params {
 	const char *name;
 	const char *filename;
 	uint32_t block_size;
 };
 
-struct rpc_aio_ctx {
+struct rpc_file_ctx {
 	struct keel_rpc_request *req;
+	const char *module;
 	char *name;
 	char *filename;
 };
 
-static void rpc_bdev_aio_created(void *cb_arg, int status, struct keel_bdev *bdev)
+static void rpc_bdev_file_created(void *cb_arg, int status, struct keel_bdev *bdev)
 {
-	struct rpc_aio_ctx *ctx = cb_arg;
+	struct rpc_file_ctx *ctx = cb_arg;
 	struct keel_rpc_request *req = ctx->req;
+	char why[200];
 
 	switch (status) {
 	case 0:
-		KEEL_NOTICELOG("rpc: aio bdev %s created on %s", ctx->name, ctx->filename);
+		KEEL_NOTICELOG("rpc: %s bdev %s created on %s", ctx->module, ctx->name,
+			       ctx->filename);
 		keel_rpc_send_result(req, json_string(ctx->name));
 		break;
 	case -ENOENT:
@@ -487,17 +497,24 @@ static void rpc_bdev_aio_created(void *cb_arg, int status, struct keel_bdev *bde
 				    "permissions", ctx->filename);
 		break;
 	case -EINVAL:
-		keel_rpc_send_error(req, status, "cannot use '%s' for aio bdev '%s': its size "
+		keel_rpc_send_error(req, status, "cannot use '%s' for %s bdev '%s': its size "
 				    "must be a non-zero multiple of the block size, and the block "
 				    "size a power of two >= 512 that the device supports",
-				    ctx->filename, ctx->name);
+				    ctx->filename, ctx->module, ctx->name);
 		break;
 	case -EISDIR:
 		keel_rpc_send_error(req, status, "'%s' is a directory: give a file or a block "
 				    "device", ctx->filename);
 		break;
+	case -ENOTSUP:
+		/* Only uring says this: the kernel or a filter refused io_uring. */
+		keel_bdev_uring_available(why, sizeof(why));
+		keel_rpc_send_error(req, status, "io_uring is unavailable to keeld: %s; create "
+				    "an aio bdev instead (bdev_aio_create, keelctl bdev create "
+				    "aio)", why[0] != '\0' ? why : "see keeld's log");
+		break;
 	default:
-		rpc_bdev_send_create_error(req, "aio", ctx->name, status);
+		rpc_bdev_send_create_error(req, ctx->module, ctx->name, status);
 		break;
 	}
 	free(ctx->name);
@@ -505,17 +522,18 @@ static void rpc_bdev_aio_created(void *cb_arg, int status, struct keel_bdev *bde
 	free(ctx);
 }
 
-static void rpc_bdev_aio_create(struct keel_rpc_request *req, json_t *params)
+static void rpc_bdev_file_create(struct keel_rpc_request *req, json_t *params,
+				 const char *module, rpc_file_create_fn fn)
 {
 	static const struct keel_rpc_param table[] = {
-		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_aio_params, name), false},
-		{"filename", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_aio_params, filename),
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_file_params, name), false},
+		{"filename", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_file_params, filename),
 		 false},
-		{"block_size", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_aio_params, block_size),
+		{"block_size", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_file_params, block_size),
 		 true},
 	};
-	struct rpc_aio_params p = {.name = NULL, .filename = NULL, .block_size = 0};
-	struct rpc_aio_ctx *ctx;
+	struct rpc_file_params p = {.name = NULL, .filename = NULL, .block_size = 0};
+	struct rpc_file_ctx *ctx;
 	int rc;
 
 	if (!keel_rpc_decode_params(req, params, table, 3, &p)) {
@@ -539,7 +557,7 @@ static void rpc_bdev_aio_create(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	if (keel_bdev_get_by_name(p.name) != NULL) {
-		rpc_bdev_send_create_error(req, "aio", p.name, -EEXIST);
+		rpc_bdev_send_create_error(req, module, p.name, -EEXIST);
 		return;
 	}
 	ctx = calloc(1, sizeof(*ctx));
@@ -547,15 +565,16 @@ static void rpc_bdev_aio_create(struct keel_rpc_request *req, json_t *params)
 		goto out_nomem;
 	}
 	ctx->req = req;
+	ctx->module = module;
 	ctx->name = strdup(p.name);
 	ctx->filename = strdup(p.filename);
 	if (ctx->name == NULL || ctx->filename == NULL) {
 		goto out_free_ctx;
 	}
-	rc = keel_bdev_aio_create(p.name, p.filename, p.block_size, rpc_bdev_aio_created, ctx);
+	rc = fn(p.name, p.filename, p.block_size, rpc_bdev_file_created, ctx);
 	if (rc != 0) {
 		/* Same messages as an asynchronous failure. */
-		rpc_bdev_aio_created(ctx, rc, NULL);
+		rpc_bdev_file_created(ctx, rc, NULL);
 	}
 	return;
 
@@ -565,6 +584,16 @@ out_free_ctx:
 	free(ctx);
 out_nomem:
 	keel_rpc_send_error(req, -ENOMEM, "out of memory");
+}
+
+static void rpc_bdev_aio_create(struct keel_rpc_request *req, json_t *params)
+{
+	rpc_bdev_file_create(req, params, "aio", keel_bdev_aio_create);
+}
+
+static void rpc_bdev_uring_create(struct keel_rpc_request *req, json_t *params)
+{
+	rpc_bdev_file_create(req, params, "uring", keel_bdev_uring_create);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -749,6 +778,10 @@ void rpc_bdev_register(void)
 	keel_rpc_register_method("bdev_aio_create", rpc_bdev_aio_create,
 				 "AIO bdev {name, filename (absolute), block_size?}");
 	keel_rpc_register_method("bdev_aio_delete", rpc_bdev_aio_delete, "Delete AIO bdev {name}");
+	keel_rpc_register_method("bdev_uring_create", rpc_bdev_uring_create,
+				 "io_uring bdev {name, filename (absolute), block_size?}");
+	keel_rpc_register_method("bdev_uring_delete", rpc_bdev_uring_delete,
+				 "Delete io_uring bdev {name}");
 	keel_rpc_register_method("bdev_error_create", rpc_bdev_error_create,
 				 "Error-injection bdev {base_name, name?=EE_<base_name>}");
 	keel_rpc_register_method("bdev_error_delete", rpc_bdev_error_delete,
