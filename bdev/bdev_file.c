@@ -5,8 +5,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -90,6 +92,22 @@ static uint32_t bdev_file_dio_align(int fd)
 		return stx.stx_dio_offset_align;
 #endif
 	return 0;
+}
+
+/* One read of the first block with RWF_NOWAIT: only "not supported" says no. */
+static bool bdev_file_probe_nowait(int fd, uint32_t block_size)
+{
+	struct iovec iov;
+	void *buf;
+	bool nowait;
+
+	if (posix_memalign(&buf, block_size > 4096 ? block_size : 4096, block_size) != 0)
+		return true;
+	iov.iov_base = buf;
+	iov.iov_len = block_size;
+	nowait = preadv2(fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP;
+	free(buf);
+	return nowait;
 }
 
 int bdev_file_open(const char *module, const char *name, const char *filename,
@@ -183,6 +201,7 @@ int bdev_file_open(const char *module, const char *name, const char *filename,
 	if (!out->is_blockdev)
 		out->punch_hole_ok = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					       (off_t)size, block_size) == 0;
+	out->nowait = bdev_file_probe_nowait(fd, block_size);
 	out->fd = fd;
 	out->block_size = block_size;
 	out->num_blocks = size / block_size;

@@ -12,7 +12,7 @@
  *  - A file whose O_DIRECT offset alignment (statx STATX_DIOALIGN) is larger than the
  *    block size is reopened buffered rather than failing every request.
  *  - Whether the filesystem can punch holes is probed (beyond EOF, which changes
- *    nothing).
+ *    nothing), and whether it honours RWF_NOWAIT (one read of the first block).
  *
  * Threading: bdev_file_open BLOCKS (open, fstat, ioctl, statx, fallocate): call it on
  * the blocking-work pool only.
@@ -31,6 +31,12 @@ struct bdev_file {
 	bool direct;            /**< opened with O_DIRECT */
 	bool is_blockdev;
 	bool punch_hole_ok;     /**< files: FALLOC_FL_PUNCH_HOLE works here */
+	/**
+	 * The filesystem honours RWF_NOWAIT (a read that would block says so instead).
+	 * Without it (tmpfs, ramfs) io_uring cannot issue a request inline and hands
+	 * every one to a kernel worker thread.
+	 */
+	bool nowait;
 	uint32_t block_size;
 	uint64_t num_blocks;
 	/** Why O_DIRECT was not used (an errno, 0 when direct), for the caller's log line. */

@@ -50,6 +50,7 @@ struct uring_disk {
 	bool direct;
 	bool is_blockdev;
 	bool punch_hole_ok;       /* files: probed at create */
+	bool inline_issue;        /* the kernel issues requests inline (RWF_NOWAIT works) */
 	/* Flipped to false (once, from any thread) when the kernel refuses the feature. */
 	bool fua_native;          /* RWF_DSYNC on writes */
 	bool zero_range_ok;       /* files: FALLOC_FL_ZERO_RANGE */
@@ -464,6 +465,7 @@ static void uring_dump_info_json(void *ctxt, struct json_t *obj)
 	json_object_set_new(obj, "filename", json_string(disk->filename));
 	json_object_set_new(obj, "block_size", json_integer(disk->bdev.block_size));
 	json_object_set_new(obj, "direct", json_boolean(disk->direct));
+	json_object_set_new(obj, "inline_issue", json_boolean(disk->inline_issue));
 }
 
 static const struct keel_bdev_fn_table g_uring_fn_table = {
@@ -512,6 +514,7 @@ static int uring_open_job(void *arg)
 	disk->direct = f.direct;
 	disk->is_blockdev = f.is_blockdev;
 	disk->punch_hole_ok = f.punch_hole_ok;
+	disk->inline_issue = f.nowait;
 	disk->direct_errno = f.direct_errno;
 	disk->dio_align = f.dio_align;
 	disk->bdev.block_size = f.block_size;
@@ -556,6 +559,12 @@ static void uring_open_done(void *cb_arg, int rc)
 		KEEL_WARNLOG("uring bdev %s: %s does not support O_DIRECT (%s); using buffered "
 			     "I/O through the page cache", disk->bdev.name, disk->filename,
 			     strerror(disk->direct_errno));
+
+	if (!disk->inline_issue)
+		KEEL_NOTICELOG("uring bdev %s: the filesystem of %s cannot say when a request "
+			       "would block (no RWF_NOWAIT, e.g. tmpfs), so io_uring hands every "
+			       "request to a kernel worker thread: an aio bdev costs less CPU here",
+			       disk->bdev.name, disk->filename);
 
 	rc = keel_io_device_register(disk, uring_channel_create, uring_channel_destroy,
 				     sizeof(struct uring_channel), disk->io_device_name);

@@ -29,6 +29,20 @@ struct io_uring_params;
  */
 int bdev_uring_set_ring_size(uint32_t sq_entries, uint32_t cq_entries);
 
+/** How completions that need the submitting thread reach it (see uring_group.c). */
+enum bdev_uring_taskrun {
+	BDEV_URING_TASKRUN_IPI,   /**< the kernel's default: an interrupt per batch */
+	BDEV_URING_TASKRUN_COOP,  /**< at the reactor's next syscall; the poller makes one */
+	BDEV_URING_TASKRUN_DEFER, /**< only when the poller asks, in one batch */
+};
+#define BDEV_URING_TASKRUN_DEFAULT BDEV_URING_TASKRUN_COOP
+
+/**
+ * Mode of the rings created from now on (a kernel without it gets the next best).
+ * The benchmark compares them. \return 0 or -EINVAL.
+ */
+int bdev_uring_set_taskrun(enum bdev_uring_taskrun mode);
+
 /**
  * Whether rings created from now on register each bdev's file with the ring (fixed
  * files: the kernel skips the per-request file lookup). Default on; the benchmark
@@ -77,6 +91,7 @@ struct bdev_uring_module_stats {
 	uint64_t enter_calls;       /**< io_uring_enter syscalls that submitted */
 	uint64_t sqes;              /**< requests they carried */
 	uint64_t eventfd_reads;     /**< eventfd drains (one per busy-to-idle switch) */
+	uint64_t getevents_calls;   /**< syscalls made only to run completion task work */
 };
 
 void bdev_uring_get_module_stats(struct bdev_uring_module_stats *out);

@@ -66,6 +66,7 @@ static TAILQ_HEAD(, uring_group) g_groups = TAILQ_HEAD_INITIALIZER(g_groups);
 static uint32_t g_sq_entries = BDEV_URING_DEFAULT_SQ_ENTRIES;
 static uint32_t g_cq_entries = BDEV_URING_DEFAULT_CQ_ENTRIES;
 static bool g_register_files = true;
+static enum bdev_uring_taskrun g_taskrun = BDEV_URING_TASKRUN_DEFAULT;
 static bdev_uring_queue_init_fn g_queue_init; /* NULL: io_uring_queue_init_params */
 
 /* The availability probe's answer, made once (uring_probe). */
@@ -98,27 +99,57 @@ static int uring_queue_init_call(unsigned entries, struct io_uring *ring,
 	return fn != NULL ? fn(entries, ring, p) : io_uring_queue_init_params(entries, ring, p);
 }
 
+/*
+ * Ring flags, best first; a kernel that does not know one answers EINVAL and the next
+ * set is tried.
+ *  - SUBMIT_ALL (5.18): a request the kernel refuses at submission still gets its CQE
+ *    and the rest of the batch goes on; without it the flush submits the rest on its
+ *    next call.
+ *  - How completions that need the submitting task (most: the CQE is posted from task
+ *    work) reach it. By default the kernel interrupts the reactor with an IPI for each
+ *    batch; under a hypervisor that is a VM exit. COOP_TASKRUN (5.19) does without: the
+ *    work runs at the reactor's next syscall, and TASKRUN_FLAG tells the poller when it
+ *    should make one (io_uring_get_events) because nothing else will. DEFER_TASKRUN
+ *    (6.1, with SINGLE_ISSUER: only the ring's own thread submits, which holds for a
+ *    ring per keel thread) runs it only when asked, in one batch.
+ */
 static int uring_ring_init(struct io_uring *ring, uint32_t sq_entries, uint32_t cq_entries)
 {
+	const uint32_t base = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+	const uint32_t coop = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+	const uint32_t defer = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+			       IORING_SETUP_TASKRUN_FLAG;
+	uint32_t tries[4];
 	struct io_uring_params p;
-	int rc;
+	size_t n = 0, i;
+	int rc = -EINVAL;
 
-	/*
-	 * SUBMIT_ALL: a request the kernel refuses at submission still gets its CQE and
-	 * the rest of the batch goes on (Linux 5.18); older kernels stop the batch there,
-	 * which the flush handles by submitting the rest on its next call.
-	 */
-	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
-	p.cq_entries = cq_entries;
-	rc = uring_queue_init_call(sq_entries, ring, &p);
-	if (rc == -EINVAL) {
+	switch (__atomic_load_n(&g_taskrun, __ATOMIC_RELAXED)) {
+	case BDEV_URING_TASKRUN_DEFER:
+		tries[n++] = base | defer;
+		/* fall through */
+	case BDEV_URING_TASKRUN_COOP:
+		tries[n++] = base | coop;
+		/* fall through */
+	case BDEV_URING_TASKRUN_IPI:
+		break;
+	}
+	tries[n++] = base;
+	tries[n++] = IORING_SETUP_CQSIZE;
+	for (i = 0; i < n && rc == -EINVAL; i++) {
 		memset(&p, 0, sizeof(p));
-		p.flags = IORING_SETUP_CQSIZE;
+		p.flags = tries[i];
 		p.cq_entries = cq_entries;
 		rc = uring_queue_init_call(sq_entries, ring, &p);
 	}
 	return rc;
+}
+
+/* Completions wait as task work that only a syscall of ours will run. */
+static inline bool uring_taskrun_pending(const struct io_uring *ring)
+{
+	return (ring->flags & IORING_SETUP_TASKRUN_FLAG) &&
+	       (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN);
 }
 
 /* What /proc/sys/kernel/io_uring_disabled says (-1: absent, before Linux 6.6). */
@@ -374,6 +405,10 @@ static int uring_group_reap(struct uring_group *g)
 	unsigned head;
 	int n, i, total = 0, pass;
 
+	if (io_uring_cq_ready(&g->ring) == 0 && uring_taskrun_pending(&g->ring)) {
+		io_uring_get_events(&g->ring);
+		uring_stat_add(&g_stats.getevents_calls, 1);
+	}
 	for (pass = 0; pass < URING_REAP_PASSES; pass++) {
 		n = 0;
 		io_uring_for_each_cqe(&g->ring, head, cqe) {
@@ -417,7 +452,7 @@ static bool uring_group_drain_eventfd(struct uring_group *g)
 	(void)n; /* EAGAIN: nothing was counted */
 	uring_stat_add(&g_stats.eventfd_reads, 1);
 	g->reaped_since_drain = 0;
-	return io_uring_cq_ready(&g->ring) > 0;
+	return io_uring_cq_ready(&g->ring) > 0 || uring_taskrun_pending(&g->ring);
 }
 
 static int uring_group_poll(void *arg)
@@ -696,6 +731,15 @@ int bdev_uring_set_ring_size(uint32_t sq_entries, uint32_t cq_entries)
 	return 0;
 }
 
+int bdev_uring_set_taskrun(enum bdev_uring_taskrun mode)
+{
+	if (mode != BDEV_URING_TASKRUN_IPI && mode != BDEV_URING_TASKRUN_COOP &&
+	    mode != BDEV_URING_TASKRUN_DEFER)
+		return -EINVAL;
+	__atomic_store_n(&g_taskrun, mode, __ATOMIC_RELAXED);
+	return 0;
+}
+
 void bdev_uring_set_register_files(bool on)
 {
 	__atomic_store_n(&g_register_files, on, __ATOMIC_RELAXED);
@@ -717,6 +761,7 @@ void bdev_uring_get_module_stats(struct bdev_uring_module_stats *out)
 	out->enter_calls = __atomic_load_n(&g_stats.enter_calls, __ATOMIC_RELAXED);
 	out->sqes = __atomic_load_n(&g_stats.sqes, __ATOMIC_RELAXED);
 	out->eventfd_reads = __atomic_load_n(&g_stats.eventfd_reads, __ATOMIC_RELAXED);
+	out->getevents_calls = __atomic_load_n(&g_stats.getevents_calls, __ATOMIC_RELAXED);
 }
 
 /* The current keel thread's group (owning thread only). */

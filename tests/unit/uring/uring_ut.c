@@ -812,8 +812,8 @@ static void test_direct_file(void)
 	CU_ASSERT(keel_bdev_has_write_cache(dev.bdev));
 	CU_ASSERT(keel_bdev_get_max_transfer_blocks(dev.bdev) * dev.block_size == 1u << 30);
 	ut_dump(bdev, json, sizeof(json));
-	snprintf(expect, sizeof(expect), "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\"}",
-		 dev.block_size, path);
+	snprintf(expect, sizeof(expect), "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\","
+		 "\"inline_issue\":true}", dev.block_size, path);
 	CU_ASSERT_STRING_EQUAL(json, expect);
 	ut_rw_suite(&dev, path);
 	ut_close(&dev);
@@ -854,7 +854,8 @@ static bool ut_direct_allowed(const char *path)
 	return true;
 }
 
-static void ut_store_case(const char *name, const char *path, bool expect_direct)
+static void ut_store_case(const char *name, const char *path, bool expect_direct,
+			  bool expect_inline)
 {
 	char json[600];
 	struct keel_bdev *bdev = NULL;
@@ -870,6 +871,9 @@ static void ut_store_case(const char *name, const char *path, bool expect_direct
 	CU_ASSERT(expect_direct ? dev.align == 512 : dev.align <= 1);
 	ut_dump(bdev, json, sizeof(json));
 	CU_ASSERT(strstr(json, expect_direct ? "\"direct\":true" : "\"direct\":false") != NULL);
+	/* tmpfs has no RWF_NOWAIT: io_uring runs its requests on kernel workers */
+	CU_ASSERT(strstr(json, expect_inline ? "\"inline_issue\":true" :
+					       "\"inline_issue\":false") != NULL);
 	ut_rw_suite(&dev, path);
 	ut_close(&dev);
 	CU_ASSERT(ut_delete(name) == 0);
@@ -887,16 +891,16 @@ static void test_tmpfs_and_buffered(void)
 	if (stat("/dev/shm", &st) == 0) {
 		ut_path(shm, sizeof(shm), "/dev/shm", "tmpfs.img");
 		ut_make_file(shm, 8 * UT_MIB);
-		ut_store_case("ur_tmpfs", shm, ut_direct_allowed(shm));
+		ut_store_case("ur_tmpfs", shm, ut_direct_allowed(shm), false);
 		bdev_uring_set_refuse_direct(true);
-		ut_store_case("ur_tmpfs_buf", shm, false);
+		ut_store_case("ur_tmpfs_buf", shm, false, false);
 		bdev_uring_set_refuse_direct(false);
 		unlink(shm);
 	} else {
 		printf("\n  (no /dev/shm) ");
 	}
 	bdev_uring_set_refuse_direct(true);
-	ut_store_case("ur_disk_buf", disk, false);
+	ut_store_case("ur_disk_buf", disk, false, true);
 	bdev_uring_set_refuse_direct(false);
 	ut_teardown();
 	unlink(disk);
