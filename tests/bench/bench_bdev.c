@@ -5,8 +5,9 @@
  *                   --qd 32 --seconds 5 [--cores N] [--mode poll|adaptive|interrupt]
  *                   [--json]
  *
- * TYPE: null, malloc[:SIZE] (default 1g), aio:PATH, error[:N] (an error bdev over a
- * null bdev failing every Nth request, default every one), or nexus:null,
+ * TYPE: null, malloc[:SIZE] (default 1g), aio:PATH, uring:PATH (--buffered: open the
+ * file without O_DIRECT, aio and uring alike), error[:N] (an error bdev over a null
+ * bdev failing every Nth request, default every one), or nexus:null,
  * nexus:malloc[:SIZE], nexus:aio:PATH1,PATH2 (a 2-way nexus volume over two such
  * bdevs; --bitmap on|off and --bitmap-region SIZE set its write-intent bitmap). One reactor per core, one job
  * thread per reactor, each keeping QD requests in flight on its own descriptor and
@@ -14,6 +15,8 @@
  * timed with the TSC, so the measurement does not dominate a tens-of-nanoseconds
  * path. cpu_pct is process CPU time over wall time (100 per fully busy core): on a
  * shared machine, iops / (cpu_pct / 100) tells the cost per busy core.
+ * Each job thread also runs a 1 ms timed poller and reports how late it ran at worst
+ * (timer_late_max_us): what a request that blocks the reactor costs everything else.
  *
  * A run in which any request failed exits 1 and says how many failed: a figure
  * measured over failing I/O is not a measurement of the path.
@@ -34,9 +37,13 @@
 #include "bench.h"
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
+#include "keel/bdev_uring.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
+
+#include "bdev/aio/bdev_aio_internal.h"
+#include "bdev/uring/bdev_uring_internal.h"
 
 #if defined(__x86_64__)
 #include <x86intrin.h>
@@ -48,6 +55,7 @@
 #define BENCH_MAX_CORES 64
 #define BENCH_SAMPLE_MASK 15
 #define BENCH_HIST_BUCKETS 2048 /* 64 linear sub-buckets per power of two */
+#define BENCH_TIMER_US 1000
 
 struct bench_opts {
 	char type[32];
@@ -62,6 +70,7 @@ struct bench_opts {
 	bool json;
 	int bitmap;             /* nexus: -1 default, 0 off, 1 on */
 	uint64_t bitmap_region; /* nexus: 0 = default */
+	bool buffered;          /* aio, uring: no O_DIRECT */
 };
 
 struct bench_task {
@@ -92,6 +101,9 @@ struct bench_job {
 	uint64_t lat_sum_ticks; /* over sampled requests */
 	uint64_t hist[BENCH_HIST_BUCKETS];
 	struct keel_poller *stop_poller;
+	struct keel_poller *timer_poller; /* 1 ms: how late the reactor runs it */
+	uint64_t timer_last_ns;
+	uint64_t timer_late_max_ns;
 	int status;
 };
 
@@ -139,11 +151,13 @@ static void usage(FILE *out)
 		"usage: keel-bench bdev --bdev TYPE[:ARG] --rw randread|randwrite|read|write\n"
 		"                  [--bs 4k] [--qd 32] [--seconds 5] [--cores 1]\n"
 		"                  [--mode poll|adaptive|interrupt] [--json]\n"
-		"                  [--bitmap on|off] [--bitmap-region SIZE]\n"
-		"  TYPE: null | malloc[:SIZE] (default 1g) | aio:PATH |\n"
+		"                  [--bitmap on|off] [--bitmap-region SIZE] [--buffered]\n"
+		"  TYPE: null | malloc[:SIZE] (default 1g) | aio:PATH | uring:PATH |\n"
 		"        error[:N] (null behind an error bdev failing every Nth request) |\n"
 		"        nexus:null | nexus:malloc[:SIZE] | nexus:aio:PATH1,PATH2 (2 replicas)\n"
-		"  JSON keys: iops, mib_per_s, lat_avg_us, lat_p99_us, cpu_pct, errors\n"
+		"  --buffered: aio and uring open the file without O_DIRECT\n"
+		"  JSON keys: iops, mib_per_s, lat_avg_us, lat_p99_us, cpu_pct, errors,\n"
+		"             timer_late_max_us\n"
 		"  Exit status: 0 when every request succeeded, 1 when any failed or the\n"
 		"  run could not start, 2 for a bad command line.\n");
 }
@@ -161,6 +175,7 @@ static int parse_args(int argc, char **argv)
 		{"json", no_argument, NULL, 'j'},
 		{"bitmap", required_argument, NULL, 'B'},
 		{"bitmap-region", required_argument, NULL, 'R'},
+		{"buffered", no_argument, NULL, 'D'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -264,6 +279,9 @@ static int parse_args(int argc, char **argv)
 				return -EINVAL;
 			}
 			g_opts.bitmap_region = v;
+			break;
+		case 'D':
+			g_opts.buffered = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -382,6 +400,19 @@ static int bench_stop_poll(void *arg)
 	return KEEL_POLLER_BUSY;
 }
 
+/* The reactor runs this every 1 ms unless something holds it: record the worst delay. */
+static int bench_timer_poll(void *arg)
+{
+	struct bench_job *job = arg;
+	uint64_t now = keel_now_ns();
+
+	if (job->timer_last_ns != 0 && now - job->timer_last_ns > BENCH_TIMER_US * 1000ull &&
+	    now - job->timer_last_ns - BENCH_TIMER_US * 1000ull > job->timer_late_max_ns)
+		job->timer_late_max_ns = now - job->timer_last_ns - BENCH_TIMER_US * 1000ull;
+	job->timer_last_ns = now;
+	return KEEL_POLLER_IDLE;
+}
+
 static void bench_job_done_main(void *arg)
 {
 	struct bench_job *job = arg;
@@ -400,6 +431,7 @@ static void bench_job_end(struct bench_job *job)
 	if (!job->end_ns)
 		job->end_ns = keel_now_ns();
 	keel_poller_unregister(&job->stop_poller);
+	keel_poller_unregister(&job->timer_poller);
 	if (job->ch)
 		keel_put_io_channel(job->ch);
 	job->ch = NULL;
@@ -461,6 +493,7 @@ static void bench_job_start(void *arg)
 	job->seq = job->nblocks / g_opts.cores * job->idx;
 	job->stop_poller = keel_poller_register(bench_stop_poll, job,
 						(uint64_t)g_opts.seconds * 1000000, "bench_stop");
+	job->timer_poller = keel_poller_register(bench_timer_poll, job, BENCH_TIMER_US, "bench_timer");
 	job->start_ns = keel_now_ns();
 	for (uint32_t i = 0; i < g_opts.qd && !job->stopping; i++) {
 		job->tasks[i].job = job;
@@ -507,6 +540,7 @@ static uint64_t bench_report(void)
 {
 	static uint64_t hist[BENCH_HIST_BUCKETS];
 	uint64_t ios = 0, errors = 0, samples = 0, acc = 0, p99_ticks = 0, lat_sum = 0;
+	uint64_t timer_late_ns = 0;
 	double secs = 0, iops = 0, lat_avg_us = 0, cpu_pct, wall, cpu_s;
 	struct rusage ru1;
 
@@ -529,6 +563,8 @@ static uint64_t bench_report(void)
 		if (js > secs)
 			secs = js;
 		lat_sum += job->lat_sum_ticks;
+		if (job->timer_late_max_ns > timer_late_ns)
+			timer_late_ns = job->timer_late_max_ns;
 		for (uint32_t b = 0; b < BENCH_HIST_BUCKETS; b++) {
 			hist[b] += job->hist[b];
 			samples += job->hist[b];
@@ -547,18 +583,20 @@ static uint64_t bench_report(void)
 		printf("{\"bdev\": \"%s%s%s\", \"rw\": \"%s%s\", \"bs\": %u, \"qd\": %u, "
 		       "\"cores\": %u, \"seconds\": %.3f, \"ios\": %" PRIu64 ", \"errors\": %" PRIu64
 		       ", \"iops\": %.0f, \"mib_per_s\": %.2f, \"lat_avg_us\": %.3f, "
-		       "\"lat_p99_us\": %.3f, \"cpu_pct\": %.1f}\n",
+		       "\"lat_p99_us\": %.3f, \"cpu_pct\": %.1f, \"timer_late_max_us\": %.1f}\n",
 		       g_opts.type, g_opts.arg[0] ? ":" : "", g_opts.arg, g_opts.rand ? "rand" : "",
 		       g_opts.write ? "write" : "read", g_opts.bs, g_opts.qd, g_opts.cores, secs, ios,
 		       errors, iops, iops * g_opts.bs / 1048576.0, lat_avg_us,
-		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct);
+		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, timer_late_ns / 1000.0);
 	} else {
 		printf("bdev %s%s%s %s%s bs=%u qd=%u cores=%u: %.0f IOPS, %.2f MiB/s, "
-		       "lat avg %.3f us, p99 %.3f us, cpu %.1f%%, errors %" PRIu64 "\n",
+		       "lat avg %.3f us, p99 %.3f us, cpu %.1f%%, errors %" PRIu64
+		       ", 1 ms timer late by %.1f us at worst\n",
 		       g_opts.type, g_opts.arg[0] ? ":" : "", g_opts.arg, g_opts.rand ? "rand" : "",
 		       g_opts.write ? "write" : "read", g_opts.bs, g_opts.qd, g_opts.cores, iops,
 		       iops * g_opts.bs / 1048576.0, lat_avg_us,
-		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, errors);
+		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, errors,
+		       timer_late_ns / 1000.0);
 	}
 	fflush(stdout);
 	if (errors != 0) {
@@ -667,15 +705,21 @@ static void bench_aio_created(void *cb_arg, int status, struct keel_bdev *bdev)
 	bench_created(status);
 }
 
-static int bench_create_aio(const char *arg)
+/* aio:PATH and uring:PATH. */
+static int bench_create_file(const char *arg)
 {
+	bool uring = strcmp(g_opts.type, "uring") == 0;
 	int rc;
 
 	if (!arg[0]) {
-		fprintf(stderr, "keel-bench bdev: aio needs a path: --bdev aio:PATH\n");
+		fprintf(stderr, "keel-bench bdev: %s needs a path: --bdev %s:PATH\n", g_opts.type,
+			g_opts.type);
 		return -EINVAL;
 	}
-	rc = keel_bdev_aio_create(g_bdev_name, arg, 0, bench_aio_created, NULL);
+	bdev_aio_set_refuse_direct(g_opts.buffered);
+	bdev_uring_set_refuse_direct(g_opts.buffered);
+	rc = (uring ? keel_bdev_uring_create : keel_bdev_aio_create)(g_bdev_name, arg, 0,
+								     bench_aio_created, NULL);
 	return rc ? rc : 1;
 }
 
@@ -786,7 +830,8 @@ static const struct {
 } g_bench_types[] = {
 	{"null", bench_create_null},
 	{"malloc", bench_create_malloc},
-	{"aio", bench_create_aio},
+	{"aio", bench_create_file},
+	{"uring", bench_create_file},
 	{"error", bench_create_error},
 	{"nexus", bench_create_nexus},
 };
@@ -821,6 +866,7 @@ static void bench_main_start(void *arg)
 	keel_bdev_module_register(&keel_bdev_malloc_module);
 	keel_bdev_module_register(&keel_bdev_null_module);
 	keel_bdev_module_register(&keel_bdev_aio_module);
+	keel_bdev_module_register(&keel_bdev_uring_module);
 	keel_bdev_module_register(&keel_bdev_error_module);
 	keel_bdev_module_register(&keel_bdev_nexus_module);
 	rc = keel_bdev_subsystem_init(bench_subsystem_ready, NULL);
