@@ -14,7 +14,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -329,11 +328,6 @@ static void uring_submit_request(struct keel_io_channel *_ch, struct keel_bdev_i
 	switch (io->type) {
 	case KEEL_BDEV_IO_READ:
 	case KEEL_BDEV_IO_WRITE:
-		if (io->iovcnt > IOV_MAX) {
-			/* The kernel takes at most IOV_MAX segments per request. */
-			keel_bdev_io_complete(io, -EINVAL);
-			return;
-		}
 		uring_prep_rw(io);
 		break;
 	case KEEL_BDEV_IO_FLUSH:
