@@ -32,6 +32,8 @@ expect_err "bad --mode" --mode turbo
 expect_err "bad --bdev" --bdev :x
 expect_err "aio needs a path" --bdev aio --seconds 1
 expect_err "cannot create" --bdev aio:/nonexistent/keel-bench-file --seconds 1
+expect_err "uring needs a path" --bdev uring --buffered --seconds 1
+expect_err "cannot create" --bdev uring:/nonexistent/keel-bench-file --seconds 1
 expect_err "bad malloc size" --bdev malloc:lots --seconds 1
 expect_err "unexpected argument" --seconds 1 stray
 expect_err "bad malloc size" --bdev malloc:4k --bs 8k --seconds 1
