@@ -16,7 +16,10 @@
  * path. cpu_pct is process CPU time over wall time (100 per fully busy core): on a
  * shared machine, iops / (cpu_pct / 100) tells the cost per busy core.
  * Each job thread also runs a 1 ms timed poller and reports how late it ran at worst
- * (timer_late_max_us): what a request that blocks the reactor costs everything else.
+ * (timer_late_max_us): what a request that blocks the reactor costs everything else,
+ * and how often its OS thread went to sleep in the kernel (reactor_sleeps: voluntary
+ * context switches; in poll mode each is a syscall that blocked, which a loaded machine
+ * does not add to, unlike lateness).
  *
  * A run in which any request failed exits 1 and says how many failed: a figure
  * measured over failing I/O is not a measurement of the path.
@@ -104,6 +107,8 @@ struct bench_job {
 	struct keel_poller *timer_poller; /* 1 ms: how late the reactor runs it */
 	uint64_t timer_last_ns;
 	uint64_t timer_late_max_ns;
+	long nvcsw_start;       /* voluntary context switches of the reactor thread */
+	long nvcsw;
 	int status;
 };
 
@@ -157,7 +162,7 @@ static void usage(FILE *out)
 		"        nexus:null | nexus:malloc[:SIZE] | nexus:aio:PATH1,PATH2 (2 replicas)\n"
 		"  --buffered: aio and uring open the file without O_DIRECT\n"
 		"  JSON keys: iops, mib_per_s, lat_avg_us, lat_p99_us, cpu_pct, errors,\n"
-		"             timer_late_max_us\n"
+		"             timer_late_max_us, reactor_sleeps\n"
 		"  Exit status: 0 when every request succeeded, 1 when any failed or the\n"
 		"  run could not start, 2 for a bad command line.\n");
 }
@@ -430,6 +435,12 @@ static void bench_job_end(struct bench_job *job)
 	job->ended = true;
 	if (!job->end_ns)
 		job->end_ns = keel_now_ns();
+	{
+		struct rusage ru;
+
+		if (getrusage(RUSAGE_THREAD, &ru) == 0)
+			job->nvcsw = ru.ru_nvcsw - job->nvcsw_start;
+	}
 	keel_poller_unregister(&job->stop_poller);
 	keel_poller_unregister(&job->timer_poller);
 	if (job->ch)
@@ -494,6 +505,12 @@ static void bench_job_start(void *arg)
 	job->stop_poller = keel_poller_register(bench_stop_poll, job,
 						(uint64_t)g_opts.seconds * 1000000, "bench_stop");
 	job->timer_poller = keel_poller_register(bench_timer_poll, job, BENCH_TIMER_US, "bench_timer");
+	{
+		struct rusage ru;
+
+		if (getrusage(RUSAGE_THREAD, &ru) == 0)
+			job->nvcsw_start = ru.ru_nvcsw;
+	}
 	job->start_ns = keel_now_ns();
 	for (uint32_t i = 0; i < g_opts.qd && !job->stopping; i++) {
 		job->tasks[i].job = job;
@@ -541,6 +558,7 @@ static uint64_t bench_report(void)
 	static uint64_t hist[BENCH_HIST_BUCKETS];
 	uint64_t ios = 0, errors = 0, samples = 0, acc = 0, p99_ticks = 0, lat_sum = 0;
 	uint64_t timer_late_ns = 0;
+	long sleeps = 0;
 	double secs = 0, iops = 0, lat_avg_us = 0, cpu_pct, wall, cpu_s;
 	struct rusage ru1;
 
@@ -565,6 +583,7 @@ static uint64_t bench_report(void)
 		lat_sum += job->lat_sum_ticks;
 		if (job->timer_late_max_ns > timer_late_ns)
 			timer_late_ns = job->timer_late_max_ns;
+		sleeps += job->nvcsw;
 		for (uint32_t b = 0; b < BENCH_HIST_BUCKETS; b++) {
 			hist[b] += job->hist[b];
 			samples += job->hist[b];
@@ -583,20 +602,21 @@ static uint64_t bench_report(void)
 		printf("{\"bdev\": \"%s%s%s\", \"rw\": \"%s%s\", \"bs\": %u, \"qd\": %u, "
 		       "\"cores\": %u, \"seconds\": %.3f, \"ios\": %" PRIu64 ", \"errors\": %" PRIu64
 		       ", \"iops\": %.0f, \"mib_per_s\": %.2f, \"lat_avg_us\": %.3f, "
-		       "\"lat_p99_us\": %.3f, \"cpu_pct\": %.1f, \"timer_late_max_us\": %.1f}\n",
+		       "\"lat_p99_us\": %.3f, \"cpu_pct\": %.1f, \"timer_late_max_us\": %.1f, \"reactor_sleeps\": %ld}\n",
 		       g_opts.type, g_opts.arg[0] ? ":" : "", g_opts.arg, g_opts.rand ? "rand" : "",
 		       g_opts.write ? "write" : "read", g_opts.bs, g_opts.qd, g_opts.cores, secs, ios,
 		       errors, iops, iops * g_opts.bs / 1048576.0, lat_avg_us,
-		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, timer_late_ns / 1000.0);
+		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, timer_late_ns / 1000.0,
+		       sleeps);
 	} else {
 		printf("bdev %s%s%s %s%s bs=%u qd=%u cores=%u: %.0f IOPS, %.2f MiB/s, "
 		       "lat avg %.3f us, p99 %.3f us, cpu %.1f%%, errors %" PRIu64
-		       ", 1 ms timer late by %.1f us at worst\n",
+		       ", 1 ms timer late by %.1f us at worst, reactor slept %ld times\n",
 		       g_opts.type, g_opts.arg[0] ? ":" : "", g_opts.arg, g_opts.rand ? "rand" : "",
 		       g_opts.write ? "write" : "read", g_opts.bs, g_opts.qd, g_opts.cores, iops,
 		       iops * g_opts.bs / 1048576.0, lat_avg_us,
 		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, errors,
-		       timer_late_ns / 1000.0);
+		       timer_late_ns / 1000.0, sleeps);
 	}
 	fflush(stdout);
 	if (errors != 0) {

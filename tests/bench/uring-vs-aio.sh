@@ -12,9 +12,11 @@
 #         cost of the path, target uring >= 1.0x keel aio in IOPS per busy core;
 # and a buffered row: the disk file opened without O_DIRECT, its page cache dropped
 # before each run, 4k randread QD32: aio blocks inside io_submit on every cache miss,
-# io_uring does not (target uring >= 2x aio). With it, the worst lateness of a 1 ms
-# timed poller on the same reactor (keel-bench's timer_late_max_us): what a blocked
-# reactor costs everything else on it; the null bdev's figure is the machine's own.
+# io_uring does not (target uring >= 2x aio). With it, what a blocked reactor costs
+# everything else on it: the worst lateness of a 1 ms timed poller on the same reactor
+# (keel-bench's timer_late_max_us; the null bdev's figure is the machine's own), and how
+# often the reactor thread slept in the kernel (reactor_sleeps: voluntary context
+# switches; a poll-mode reactor makes none unless a syscall blocks, whatever the load).
 #
 # Every side is pinned with taskset to CPU $CPU. keel-bench runs --mode poll and times
 # 1 request in 16; fio runs io_uring with --fixedbufs --registerfiles --sqthread_poll=0
@@ -45,14 +47,14 @@ if [[ ! -x $bench ]] || ! "$bench" bdev --help 2>/dev/null | grep -q uring; then
 	exit 77
 fi
 
-# keel SIDE FILE RW QD [EXTRA...] -> "iops cpu_pct timer_late_max_us"
+# keel SIDE FILE RW QD [EXTRA...] -> "iops cpu_pct timer_late_max_us reactor_sleeps"
 keel() {
 	local side=$1 file=$2 rw=$3 qd=$4 out
 	shift 4
 	out=$(taskset -c "$cpu" "$bench" bdev --bdev "$side:$file" --rw "$rw" --bs 4k --qd "$qd" \
 		--seconds "$seconds" --mode poll --json "$@" 2>/dev/null) ||
 		{ echo "uring-vs-aio: keel-bench $side $rw qd$qd failed" >&2; exit 1; }
-	jq -r '"\(.iops | floor) \(.cpu_pct) \(.timer_late_max_us)"' <<<"$out"
+	jq -r '"\(.iops | floor) \(.cpu_pct) \(.timer_late_max_us) \(.reactor_sleeps)"' <<<"$out"
 }
 
 # fio_uring FILE RW QD DIRECT -> "iops cpu_pct"
@@ -124,5 +126,7 @@ row "buffered randread qd32" "$u" "$a" "$f" 2
 n=$(keel null "" randread 32)
 echo "  1 ms timer on the reactor, worst lateness: uring $(cut -d' ' -f3 <<<"$u") us," \
 	"aio $(cut -d' ' -f3 <<<"$a") us; null bdev (the machine's own) $(cut -d' ' -f3 <<<"$n") us"
+echo "  reactor thread slept in the kernel: uring $(cut -d' ' -f4 <<<"$u") times," \
+	"aio $(cut -d' ' -f4 <<<"$a") times, null bdev $(cut -d' ' -f4 <<<"$n") times"
 echo
 echo "  uptime at end: $(uptime)"
