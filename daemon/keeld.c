@@ -33,9 +33,11 @@
 #include "keel/rpc.h"
 #include "options.h"
 #include "paths.h"
+#include "rebuild_history.h"
 #include "rpc_methods.h"
 #include "server.h"
 #include "state.h"
+#include "store.h"
 #include "volume.h"
 #ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
@@ -268,7 +270,7 @@ static void keeld_start(void *arg)
 
 static int keeld_lock_state_dir(void)
 {
-	char path[PATH_MAX + 16], pid[32] = "";
+	char path[PATH_MAX], pid[32] = "";
 	int fd, rc;
 	ssize_t n;
 
@@ -278,7 +280,11 @@ static int keeld_lock_state_dir(void)
 			strerror(-rc));
 		return -1;
 	}
-	snprintf(path, sizeof(path), "%s/keeld.lock", g_opts.state_dir);
+	if (keel_path_state_file(g_opts.state_dir, KEEL_STATE_FILE_LOCK, path,
+				 sizeof(path)) != 0) {
+		fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
+		return -1;
+	}
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		fprintf(stderr, "keeld: cannot open lock file %s: %s\n", path, strerror(errno));
@@ -313,12 +319,16 @@ static void keeld_write_pid(int lock_fd)
  */
 static void keeld_daemonize(void)
 {
-	char path[PATH_MAX + 16], buf[1100];
+	char path[PATH_MAX], buf[1100];
 	int pipefd[2], logfd, nullfd;
 	size_t len = 0;
 	ssize_t n;
 	pid_t pid;
 
+	if (keel_path_state_file(g_opts.state_dir, KEEL_STATE_FILE_LOG, path, sizeof(path)) != 0) {
+		fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
+		exit(1);
+	}
 	if (pipe2(pipefd, O_CLOEXEC) != 0) {
 		fprintf(stderr, "keeld: pipe: %s\n", strerror(errno));
 		exit(1);
@@ -345,8 +355,7 @@ static void keeld_daemonize(void)
 			exit(0);
 		}
 		if (len == 0) {
-			fprintf(stderr, "keeld: the daemon exited during startup; see %s/keeld.log\n",
-				g_opts.state_dir);
+			fprintf(stderr, "keeld: the daemon exited during startup; see %s\n", path);
 		} else {
 			fprintf(stderr, "keeld: %s\n", buf);
 		}
@@ -359,7 +368,6 @@ static void keeld_daemonize(void)
 		/* Only fails for a process group leader, which a fresh child is not. */
 		fprintf(stderr, "keeld: setsid: %s\n", strerror(errno));
 	}
-	snprintf(path, sizeof(path), "%s/keeld.log", g_opts.state_dir);
 	logfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	nullfd = open("/dev/null", O_RDWR);
 	if (nullfd >= 0) {
@@ -447,7 +455,7 @@ int main(int argc, char **argv)
 	}
 	/* Read under the lock and before detaching, so a bad file is reported to the
 	 * person starting keeld, and keeld does not run without its volumes. */
-	if (keeld_state_init(g_opts.state_dir) != 0) {
+	if (keeld_store_init(g_opts.state_dir) != 0) {
 		fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
 		return 1;
 	}
@@ -462,17 +470,20 @@ int main(int argc, char **argv)
 		rc = keeld_volumes_load(doc);
 		json_decref(doc);
 		if (rc != 0) {
-			fprintf(stderr, "keeld: out of memory loading %s\n", keeld_state_path());
+			fprintf(stderr, "keeld: out of memory loading %s\n",
+				keeld_store_path(KEELD_DOC_STATE));
 			return 1;
 		}
 	}
+	keeld_rebuild_history_init();
 #ifdef KEEL_HAVE_NBD
 	{
-		char path[PATH_MAX + 32];
+		char path[PATH_MAX];
 
 		/* Its own file: written by the NBD module, read back by a restarted keeld. */
-		snprintf(path, sizeof(path), "%s/nbd-disks.json", g_opts.state_dir);
-		if (keel_nbd_disk_set_state_file(path) != 0) {
+		if (keel_path_state_file(g_opts.state_dir, KEEL_STATE_FILE_NBD_DISKS, path,
+					 sizeof(path)) != 0 ||
+		    keel_nbd_disk_set_state_file(path) != 0) {
 			fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
 			return 1;
 		}
@@ -550,6 +561,7 @@ int main(int argc, char **argv)
 	}
 	keel_reactors_fini();
 	keeld_volumes_fini();
+	keeld_rebuild_history_fini();
 	if (g_ready_fd >= 0) {
 		keeld_report("stopped before it was ready");
 	}

@@ -103,3 +103,20 @@ int keel_path_mkdir_parent(const char *path, mode_t mode)
 	*slash = '\0';
 	return keel_path_mkdir_p(dir, mode);
 }
+
+int keel_path_state_file(const char *state_dir, enum keel_state_file file, char *buf,
+			 size_t len)
+{
+	static const char *const names[] = {
+		[KEEL_STATE_FILE_STATE] = "/state.json",
+		[KEEL_STATE_FILE_REBUILD_HISTORY] = "/rebuild-history.json",
+		[KEEL_STATE_FILE_NBD_DISKS] = "/nbd-disks.json",
+		[KEEL_STATE_FILE_LOCK] = "/keeld.lock",
+		[KEEL_STATE_FILE_LOG] = "/keeld.log",
+	};
+
+	if ((size_t)file >= sizeof(names) / sizeof(names[0])) {
+		return -EINVAL;
+	}
+	return keel_path_fmt(buf, len, state_dir, names[file]);
+}

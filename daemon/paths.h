@@ -27,4 +27,17 @@ int keel_path_mkdir_p(const char *dir, mode_t mode);
 /** Create the directory that will hold file \p path. \return 0 or -errno. */
 int keel_path_mkdir_parent(const char *path, mode_t mode);
 
+/** The files keeld keeps in its state directory (their names live in paths.c only). */
+enum keel_state_file {
+	KEEL_STATE_FILE_STATE,           /**< state.json: volumes and exports */
+	KEEL_STATE_FILE_REBUILD_HISTORY, /**< rebuild-history.json */
+	KEEL_STATE_FILE_NBD_DISKS,       /**< nbd-disks.json: kernel devices */
+	KEEL_STATE_FILE_LOCK,            /**< keeld.lock: one keeld per directory, its pid */
+	KEEL_STATE_FILE_LOG,             /**< keeld.log: stderr of a detached keeld */
+};
+
+/** "STATE_DIR/<name of file>". \return 0, -EINVAL (unknown file) or -ENAMETOOLONG. */
+int keel_path_state_file(const char *state_dir, enum keel_state_file file, char *buf,
+			 size_t len);
+
 #endif /* KEEL_DAEMON_PATHS_H */

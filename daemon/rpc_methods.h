@@ -25,8 +25,7 @@ void rpc_bdev_register(void);
  * (daemon/rpc_volume.c). */
 void rpc_volume_register(void);
 /** rebuild_get_status, rebuild_start|stop|pause|resume, rebuild_set_options,
- * rebuild_get_history (daemon/rpc_rebuild.c). Reads the rebuild history file: call
- * after keeld_state_init(), before the reactors start. */
+ * rebuild_get_history (daemon/rpc_rebuild.c). */
 void rpc_rebuild_register(void);
 #ifdef KEEL_HAVE_NBD
 /** nbd_start_export, nbd_stop_export, nbd_get_exports (daemon/rpc_nbd.c). */

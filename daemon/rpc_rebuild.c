@@ -1,153 +1,18 @@
 /*
- * Rebuild RPCs: status, control, options, history.
- *
- * The history of ended jobs is keeld's (the nexus keeps only the last job per
- * target): each ended job is appended here and the list is saved to
- * STATE_DIR/rebuild-history.json on the blocking pool (temp file, fsync, rename,
- * fsync of the directory), so `rebuild_get_history` survives restarts.
+ * Rebuild RPCs: status, control, options, history (kept by daemon/rebuild_history.c).
  */
 #include <errno.h>
-#include <libgen.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <jansson.h>
 
-#include "keel/file.h"
-#include "keel/log.h"
 #include "keel/nexus.h"
-#include "keel/reactor.h"
 #include "keel/rpc.h"
 
+#include "rebuild_history.h"
 #include "rpc_methods.h"
-#include "state.h"
-
-#define HISTORY_MAX 64 /* records kept per volume */
-
-static json_t *g_history;        /* {volume: [records...]} */
-static bool g_save_running;
-static bool g_save_again;
-
-struct history_save {
-	char path[PATH_MAX];
-	char *text;
-	char err[3 * PATH_MAX];
-};
-
-static int history_path(char *buf, size_t len)
-{
-	const char *state = keeld_state_path();
-	char tmp[PATH_MAX];
-
-	if (state == NULL || state[0] == '\0') {
-		return -ENOENT;
-	}
-	snprintf(tmp, sizeof(tmp), "%s", state);
-	if ((size_t)snprintf(buf, len, "%s/rebuild-history.json", dirname(tmp)) >= len) {
-		return -ENAMETOOLONG;
-	}
-	return 0;
-}
-
-static void history_load(void)
-{
-	char path[PATH_MAX];
-	json_error_t err;
-
-	/* Read once in main() before the reactors start, like keeld's state file:
-	 * never on the management reactor, where a file read would block. */
-	if (history_path(path, sizeof(path)) == 0 && access(path, R_OK) == 0) {
-		g_history = json_load_file(path, 0, &err);
-		if (g_history == NULL || !json_is_object(g_history)) {
-			KEEL_WARNLOG("rebuild history %s unreadable (%s); starting empty", path,
-				     err.text);
-			json_decref(g_history);
-			g_history = NULL;
-		}
-	}
-	if (g_history == NULL) {
-		g_history = json_object();
-	}
-}
-
-static int history_write_blocking(void *arg)
-{
-	struct history_save *s = arg;
-
-	return keel_file_write_atomic(s->path, s->text, strlen(s->text), s->err,
-				      sizeof(s->err));
-}
-
-static void history_save(void);
-
-static void history_saved(void *cb_arg, int rc)
-{
-	struct history_save *s = cb_arg;
-
-	if (rc != 0) {
-		KEEL_ERRLOG("rebuild history %s: save failed: %s", s->path,
-			    s->err[0] ? s->err : strerror(-rc));
-	}
-	free(s->text);
-	free(s);
-	g_save_running = false;
-	if (g_save_again) {
-		g_save_again = false;
-		history_save();
-	}
-}
-
-static void history_save(void)
-{
-	struct history_save *s;
-
-	if (g_save_running) {
-		g_save_again = true;
-		return;
-	}
-	s = calloc(1, sizeof(*s));
-	if (s == NULL || history_path(s->path, sizeof(s->path)) != 0) {
-		free(s);
-		return;
-	}
-	s->text = json_dumps(g_history, JSON_INDENT(1));
-	if (s->text == NULL) {
-		free(s);
-		return;
-	}
-	g_save_running = true;
-	if (keel_spawn_blocking(history_write_blocking, s, history_saved, s) != 0) {
-		g_save_running = false;
-		free(s->text);
-		free(s);
-	}
-}
-
-static void rebuild_ended(void *ctx, const struct keel_rebuild_stats *st)
-{
-	json_t *list, *rec;
-
-	(void)ctx;
-	list = json_object_get(g_history, st->volume);
-	if (list == NULL) {
-		list = json_array();
-		json_object_set_new(g_history, st->volume, list);
-	}
-	rec = keel_rebuild_stats_to_json(st);
-	if (rec == NULL) {
-		return;
-	}
-	json_object_set_new(rec, "bytes", json_integer((json_int_t)(st->blocks_transferred *
-								    st->block_size)));
-	json_array_append_new(list, rec);
-	while (json_array_size(list) > HISTORY_MAX) {
-		json_array_remove(list, 0);
-	}
-	history_save();
-}
 
 /* ------------------------------------------------------------------------------ */
 /* Methods                                                                         */
@@ -324,14 +189,16 @@ static void rpc_rebuild_get_history(struct keel_rpc_request *req, json_t *params
 	if (!keel_rpc_decode_params(req, params, table, 1, &p)) {
 		return;
 	}
-	list = json_object_get(g_history, p.volume);
-	keel_rpc_send_result(req, list ? json_deep_copy(list) : json_array());
+	list = keeld_rebuild_history_get(p.volume);
+	if (list == NULL) {
+		keel_rpc_send_error(req, -ENOMEM, "out of memory");
+		return;
+	}
+	keel_rpc_send_result(req, list);
 }
 
 void rpc_rebuild_register(void)
 {
-	history_load();
-	keel_rebuild_set_end_hook(rebuild_ended, NULL);
 	keel_rpc_register_method("rebuild_get_status", rpc_rebuild_get_status,
 				 "rebuild jobs {volume?}: state, progress, rate, ETA");
 	keel_rpc_register_method("rebuild_start", rpc_rebuild_start,

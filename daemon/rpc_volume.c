@@ -43,6 +43,7 @@
 #include "replica_probe.h"
 #include "rpc_methods.h"
 #include "state.h"
+#include "store.h"
 #include "volume.h"
 #ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
@@ -1029,7 +1030,7 @@ static json_t *vol_exports_state(void)
 	return arr;
 }
 
-static json_t *vol_state_snapshot(void)
+static json_t *vol_state_snapshot(void *ctx)
 {
 	json_t *doc, *vols, *exports;
 	struct vol *v;
@@ -1079,7 +1080,7 @@ out_nomem:
 void keeld_volumes_exports_changed(void)
 {
 	if (!g_shutting_down) {
-		keeld_state_save(NULL, NULL);
+		keeld_store_save(KEELD_DOC_STATE, NULL, NULL);
 	}
 }
 
@@ -1091,7 +1092,7 @@ static int vol_export_watch(void *arg)
 	char *text;
 	bool changed;
 
-	if (g_shutting_down || keeld_state_busy()) {
+	if (g_shutting_down || keeld_store_busy(KEELD_DOC_STATE)) {
 		return KEEL_POLLER_IDLE;
 	}
 	exports = vol_exports_state();
@@ -1103,7 +1104,7 @@ static int vol_export_watch(void *arg)
 	changed = g_saved_exports_text == NULL || strcmp(text, g_saved_exports_text) != 0;
 	free(text);
 	if (changed) {
-		keeld_state_save(NULL, NULL);
+		keeld_store_save(KEELD_DOC_STATE, NULL, NULL);
 		return KEEL_POLLER_BUSY;
 	}
 	return KEEL_POLLER_IDLE;
@@ -1120,8 +1121,9 @@ static void vol_saved(void *cb_arg, int status)
 			json_decref(result);
 			keel_rpc_send_error(op->req, status, "the change was made, but keeld could "
 					    "not save it to %s (%s): it will be forgotten at the next "
-					    "restart unless a later save works", keeld_state_path(),
-					    keeld_state_last_error());
+					    "restart unless a later save works",
+					    keeld_store_path(KEELD_DOC_STATE),
+					    keeld_store_last_error(KEELD_DOC_STATE));
 		} else {
 			keel_rpc_send_result(op->req, result);
 		}
@@ -1138,7 +1140,7 @@ static void vol_save_then_reply(struct vol_op *op, json_t *result)
 	if (op->vol != NULL) {
 		op->vol->busy = false;
 	}
-	if (keeld_state_save(vol_saved, op) != 0) {
+	if (keeld_store_save(KEELD_DOC_STATE, vol_saved, op) != 0) {
 		vol_saved(op, -ENOMEM);
 	}
 }
@@ -2040,7 +2042,7 @@ static void vol_restore_complete(void)
 			     "changes");
 	}
 	/* Saves the UUIDs learnt and drops exports that could not be kept. */
-	keeld_state_save(NULL, NULL);
+	keeld_store_save(KEELD_DOC_STATE, NULL, NULL);
 	cb(arg);
 }
 
@@ -2217,7 +2219,7 @@ void keeld_volumes_restore(keeld_volumes_done_cb cb_fn, void *cb_arg)
 {
 	struct vol_op *op = calloc(1, sizeof(*op));
 
-	keeld_state_set_snapshot(vol_state_snapshot);
+	keeld_store_set_snapshot(KEELD_DOC_STATE, vol_state_snapshot, NULL);
 	if (op == NULL) {
 		KEEL_ERRLOG("keeld: out of memory restoring volumes");
 		cb_fn(cb_arg);
@@ -2260,7 +2262,8 @@ void keeld_volumes_shutdown(keeld_volumes_done_cb cb_fn, void *cb_arg)
 	ctx->cb_fn = cb_fn;
 	ctx->cb_arg = cb_arg;
 	/* Only once restore ran is the registry worth writing. */
-	if (g_saved_exports_text != NULL && keeld_state_save(vol_shutdown_saved, ctx) == 0) {
+	if (g_saved_exports_text != NULL &&
+	    keeld_store_save(KEELD_DOC_STATE, vol_shutdown_saved, ctx) == 0) {
 		g_shutting_down = true;
 		return;
 	}

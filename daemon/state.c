@@ -3,69 +3,21 @@
  * cannot be read or does not match the format stops keeld with a message naming the
  * file and the field; nothing here guesses or repairs.
  *
- * Writes are serialised: one write in flight at a time, and requests that arrive
- * meanwhile share the next write, whose document is built when it starts. So an
- * older document can never be renamed over a newer one.
+ * Writing is the store's (daemon/store.c), with the content the volume manager builds.
  */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
-#include "keel/reactor.h"
 #include "state.h"
+#include "store.h"
 #include "volume.h"
-
-struct state_waiter {
-	keeld_state_done_cb cb_fn;
-	void *cb_arg;
-	TAILQ_ENTRY(state_waiter) link;
-};
-
-TAILQ_HEAD(state_waiter_list, state_waiter);
-
-struct state_write_job {
-	char *text;
-	size_t len;
-	struct state_waiter_list waiters;
-	int rc;
-	char err[3 * PATH_MAX];
-};
-
-static char g_path[PATH_MAX + 32];
-static keeld_state_snapshot_fn g_snapshot_fn;
-static struct state_waiter_list g_waiting = TAILQ_HEAD_INITIALIZER(g_waiting);
-/* A save without a callback whose waiter could not be allocated still needs a write. */
-static bool g_anon_pending;
-static bool g_writing;
-static char g_last_error[3 * PATH_MAX];
-
-int keeld_state_init(const char *state_dir)
-{
-	if (strlen(state_dir) >= PATH_MAX ||
-	    (size_t)snprintf(g_path, sizeof(g_path), "%s/%s", state_dir, KEELD_STATE_FILE) >=
-		    sizeof(g_path)) {
-		return -ENAMETOOLONG;
-	}
-	return 0;
-}
-
-const char *keeld_state_path(void)
-{
-	return g_path;
-}
-
-const char *keeld_state_last_error(void)
-{
-	return g_last_error;
-}
 
 /* ------------------------------------------------------------------------------ */
 /* Format check                                                                    */
@@ -243,178 +195,39 @@ int keeld_state_read(json_t **out, char *err, size_t errlen)
 				   "move it aside to start with no volumes";
 	json_error_t jerr;
 	char why[256];
+	const char *path = keeld_store_path(KEELD_DOC_STATE);
 	json_t *doc;
 	struct stat st;
 
 	*out = NULL;
-	if (stat(g_path, &st) != 0) {
+	if (stat(path, &st) != 0) {
 		if (errno == ENOENT) {
 			return 0;
 		}
-		snprintf(err, errlen, "cannot read state file %s: %s; %s", g_path,
+		snprintf(err, errlen, "cannot read state file %s: %s; %s", path,
 			 strerror(errno), hint);
 		return -errno;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "state file %s is not a regular file; %s", g_path, hint);
+		snprintf(err, errlen, "state file %s is not a regular file; %s", path, hint);
 		return -EINVAL;
 	}
-	doc = json_load_file(g_path, JSON_REJECT_DUPLICATES, &jerr);
+	doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
 	if (doc == NULL) {
-		if (jerr.position == 0 && st.st_size != 0 && access(g_path, R_OK) != 0) {
-			snprintf(err, errlen, "cannot read state file %s: %s; %s", g_path,
+		if (jerr.position == 0 && st.st_size != 0 && access(path, R_OK) != 0) {
+			snprintf(err, errlen, "cannot read state file %s: %s; %s", path,
 				 strerror(errno), hint);
 			return -EACCES;
 		}
 		snprintf(err, errlen, "state file %s is corrupt (not JSON: %s at line %d); %s",
-			 g_path, jerr.text, jerr.line, hint);
+			 path, jerr.text, jerr.line, hint);
 		return -EINVAL;
 	}
 	if (!keeld_state_validate(doc, why, sizeof(why))) {
-		snprintf(err, errlen, "state file %s is invalid: %s; %s", g_path, why, hint);
+		snprintf(err, errlen, "state file %s is invalid: %s; %s", path, why, hint);
 		json_decref(doc);
 		return -EINVAL;
 	}
 	*out = doc;
-	return 0;
-}
-
-/* ------------------------------------------------------------------------------ */
-/* Writing (main keel thread, file I/O on the blocking pool)                       */
-/* ------------------------------------------------------------------------------ */
-
-void keeld_state_set_snapshot(keeld_state_snapshot_fn fn)
-{
-	g_snapshot_fn = fn;
-}
-
-bool keeld_state_busy(void)
-{
-	return g_writing || !TAILQ_EMPTY(&g_waiting) || g_anon_pending;
-}
-
-static int state_write_job_fn(void *arg)
-{
-	struct state_write_job *job = arg;
-
-	return keel_file_write_atomic(g_path, job->text, job->len, job->err, sizeof(job->err));
-}
-
-static void state_start_write(void);
-
-static void state_finish_job(struct state_write_job *job, int rc)
-{
-	struct state_waiter *w;
-
-	if (rc != 0) {
-		snprintf(g_last_error, sizeof(g_last_error), "%s", job->err[0] ? job->err :
-			 strerror(-rc));
-		KEEL_ERRLOG("keeld: saving state: %s", g_last_error);
-	} else {
-		g_last_error[0] = '\0';
-	}
-	while ((w = TAILQ_FIRST(&job->waiters)) != NULL) {
-		TAILQ_REMOVE(&job->waiters, w, link);
-		if (w->cb_fn != NULL) {
-			w->cb_fn(w->cb_arg, rc);
-		}
-		free(w);
-	}
-	free(job->text);
-	free(job);
-}
-
-static void state_write_done(void *cb_arg, int rc)
-{
-	g_writing = false;
-	state_finish_job(cb_arg, rc);
-	if (!TAILQ_EMPTY(&g_waiting) || g_anon_pending) {
-		state_start_write();
-	}
-}
-
-static void state_fail_msg(void *arg)
-{
-	struct state_write_job *job = arg;
-
-	state_write_done(job, job->rc);
-}
-
-static void state_start_write(void)
-{
-	struct state_write_job *job;
-	json_t *doc = NULL;
-	int rc = -ENOMEM;
-
-	job = calloc(1, sizeof(*job));
-	if (job == NULL) {
-		/* Nothing else to do: the waiters stay queued for the next save. */
-		KEEL_ERRLOG("keeld: saving state: out of memory");
-		return;
-	}
-	TAILQ_INIT(&job->waiters);
-	TAILQ_CONCAT(&job->waiters, &g_waiting, link);
-	g_anon_pending = false;
-	if (g_snapshot_fn != NULL) {
-		doc = g_snapshot_fn();
-	}
-	if (doc != NULL) {
-		char *text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-
-		json_decref(doc);
-		if (text != NULL) {
-			/* Room for the trailing newline; json_dumps output is exact-sized. */
-			size_t len = strlen(text);
-			char *grown = malloc(len + 2);
-
-			if (grown != NULL) {
-				memcpy(grown, text, len);
-				grown[len++] = '\n';
-				grown[len] = '\0';
-				job->text = grown;
-				job->len = len;
-			}
-			free(text);
-		}
-	}
-	if (job->text == NULL) {
-		snprintf(job->err, sizeof(job->err), "out of memory building the state document");
-		goto out_fail;
-	}
-	rc = keel_spawn_blocking(state_write_job_fn, job, state_write_done, job);
-	if (rc != 0) {
-		snprintf(job->err, sizeof(job->err), "cannot queue the write: %s", strerror(-rc));
-		goto out_fail;
-	}
-	g_writing = true;
-	return;
-
-out_fail:
-	/* Callbacks never run inside keeld_state_save: report from a message. */
-	job->rc = rc;
-	g_writing = true;
-	if (keel_thread_send_msg(keel_thread_get_current(), state_fail_msg, job) != 0) {
-		g_writing = false;
-		state_finish_job(job, rc);
-	}
-}
-
-int keeld_state_save(keeld_state_done_cb cb_fn, void *cb_arg)
-{
-	struct state_waiter *w = calloc(1, sizeof(*w));
-
-	if (w == NULL) {
-		if (cb_fn != NULL) {
-			return -ENOMEM;
-		}
-		g_anon_pending = true;
-	} else {
-		w->cb_fn = cb_fn;
-		w->cb_arg = cb_arg;
-		TAILQ_INSERT_TAIL(&g_waiting, w, link);
-	}
-	if (!g_writing) {
-		state_start_write();
-	}
 	return 0;
 }
