@@ -38,7 +38,7 @@
 #include "server.h"
 #include "state.h"
 #include "store.h"
-#include "volume.h"
+#include "volume_manager.h"
 #ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
 #endif

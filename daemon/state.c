@@ -17,7 +17,7 @@
 #include "keel/nexus.h"
 #include "state.h"
 #include "store.h"
-#include "volume.h"
+#include "volume_manager.h"
 
 /* ------------------------------------------------------------------------------ */
 /* Format check                                                                    */
