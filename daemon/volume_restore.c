@@ -17,14 +17,10 @@
 #include "keel/nbd.h"
 #endif
 
-#define VOL_EXPORT_WATCH_US 1000000u
-
 static json_t *g_loaded_exports;    /* exports from the state file, until restored */
 static bool g_restored;             /* restore ran: the registry is worth writing */
 static bool g_stopping;             /* shutdown began: no new operation */
 static json_t *g_final_exports;     /* exports when shutdown began, for the last saves */
-static struct keel_poller *g_export_watcher;
-static char *g_saved_exports_text;  /* exports as last handed to the store */
 static keeld_volumes_done_cb g_shutdown_cb;
 static void *g_shutdown_arg;
 static bool g_shutdown_waiting;     /* for the operations in flight to end */
@@ -45,10 +41,6 @@ static json_t *vol_snapshot(void *ctx)
 	(void)ctx;
 	/* Shutting down stops the exports; the file must still list them. */
 	exports = g_final_exports != NULL ? json_incref(g_final_exports) : vol_exports_state();
-	if (exports != NULL) {
-		free(g_saved_exports_text);
-		g_saved_exports_text = json_dumps(exports, JSON_COMPACT);
-	}
 	return vol_state_document(exports);
 }
 
@@ -62,32 +54,17 @@ bool vol_stopping(void)
 	return g_stopping;
 }
 
-/* Exports are started and stopped by rpc_nbd.c, which knows nothing of volumes:
- * notice the change here and save. */
-static int vol_export_watch(void *arg)
+#ifdef KEEL_HAVE_NBD
+/* Exports are started and stopped by rpc_nbd.c (or stop when their bdev goes), which
+ * knows nothing of volumes: the NBD server says when, and the state is saved. */
+static void vol_exports_changed(void *ctx)
 {
-	json_t *exports;
-	char *text;
-	bool changed;
-
-	(void)arg;
-	if (g_stopping || keeld_store_busy(KEELD_DOC_STATE)) {
-		return KEEL_POLLER_IDLE;
-	}
-	exports = vol_exports_state();
-	text = exports != NULL ? json_dumps(exports, JSON_COMPACT) : NULL;
-	json_decref(exports);
-	if (text == NULL) {
-		return KEEL_POLLER_IDLE;
-	}
-	changed = g_saved_exports_text == NULL || strcmp(text, g_saved_exports_text) != 0;
-	free(text);
-	if (changed) {
+	(void)ctx;
+	if (!g_stopping) {
 		vol_state_save(NULL, NULL);
-		return KEEL_POLLER_BUSY;
 	}
-	return KEEL_POLLER_IDLE;
 }
+#endif
 
 /* ------------------------------------------------------------------------------ */
 /* Load (main(), before the reactors)                                              */
@@ -147,12 +124,9 @@ static void vol_restore_complete(void)
 	g_restore_op = NULL;
 	g_restored = true;
 	vol_op_free(op);
-	g_export_watcher = keel_poller_register(vol_export_watch, NULL, VOL_EXPORT_WATCH_US,
-						"keeld_export_watch");
-	if (g_export_watcher == NULL) {
-		KEEL_WARNLOG("keeld: cannot watch exports: exports are saved only with volume "
-			     "changes");
-	}
+#ifdef KEEL_HAVE_NBD
+	keel_nbd_set_export_listener(vol_exports_changed, NULL);
+#endif
 	/* Saves the UUIDs learnt and drops exports that could not be kept. */
 	vol_state_save(NULL, NULL);
 	cb(arg);
@@ -397,7 +371,9 @@ static void vol_shutdown_kick_msg(void *arg)
 
 void keeld_volumes_shutdown(keeld_volumes_done_cb cb_fn, void *cb_arg)
 {
-	keel_poller_unregister(&g_export_watcher);
+#ifdef KEEL_HAVE_NBD
+	keel_nbd_set_export_listener(NULL, NULL);
+#endif
 	g_stopping = true;
 	g_shutdown_cb = cb_fn;
 	g_shutdown_arg = cb_arg;
@@ -417,8 +393,6 @@ void vol_restore_fini(void)
 	g_loaded_exports = NULL;
 	json_decref(g_final_exports);
 	g_final_exports = NULL;
-	free(g_saved_exports_text);
-	g_saved_exports_text = NULL;
 	g_restored = false;
 	g_stopping = false;
 	g_shutdown_waiting = false;

@@ -108,6 +108,8 @@ static uint32_t g_next_worker;
 static struct keel_thread *g_main_thread;
 static bool g_shutdown;
 static uint64_t g_next_export_id = 1;
+static keel_nbd_export_listener_fn g_export_listener;
+static void *g_export_listener_ctx;
 
 static void nbd_export_try_finish(struct keel_nbd_export *exp);
 static void nbd_export_begin_stop(struct keel_nbd_export *exp);
@@ -629,9 +631,24 @@ static void nbd_export_unlink_done(void *cb_arg, int rc)
 	nbd_export_try_finish(exp);
 }
 
+void keel_nbd_set_export_listener(keel_nbd_export_listener_fn fn, void *ctx)
+{
+	g_export_listener = fn;
+	g_export_listener_ctx = ctx;
+}
+
+/* The list of running exports changed: tell whoever persists it. */
+static void nbd_exports_changed(void)
+{
+	if (g_export_listener != NULL) {
+		g_export_listener(g_export_listener_ctx);
+	}
+}
+
 static void nbd_export_begin_stop(struct keel_nbd_export *exp)
 {
 	exp->state = NBD_EXPORT_STOPPING;
+	nbd_exports_changed();
 	nbd_listeners_close(exp);
 	if (exp->socket_path == NULL ||
 	    keel_spawn_blocking(nbd_unlink_blocking, exp, nbd_export_unlink_done, exp) != 0) {
@@ -700,6 +717,7 @@ static void nbd_export_listen_done(void *cb_arg, int rc)
 		return;
 	}
 	exp->state = NBD_EXPORT_RUNNING;
+	nbd_exports_changed();
 	KEEL_NOTICELOG("nbd export %s: serving bdev %s (%lu bytes, block size %u%s) on%s%s%s%s",
 		       exp->info.name, exp->bdev_name, (unsigned long)exp->info.size,
 		       exp->info.block_size, exp->read_only ? ", read-only" : "",

@@ -93,6 +93,18 @@ uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp)
 /** Whether \p name is a valid export name (see keel_nbd_export_opts.name). */
 bool keel_nbd_export_name_is_valid(const char *name);
 
+/**
+ * Called each time the list of running exports changes: an export started serving,
+ * or one began to stop (for any reason: keel_nbd_export_stop, its bdev removed,
+ * keel_nbd_stop_all), so it is no longer listed by keel_nbd_export_first(). Runs on
+ * the main keel thread right after the change, possibly inside keel_nbd_export_stop()
+ * or keel_nbd_stop_all(): it may read the exports but must not start or stop one.
+ */
+typedef void (*keel_nbd_export_listener_fn)(void *ctx);
+
+/** Set the one listener (NULL: none). Main keel thread. */
+void keel_nbd_set_export_listener(keel_nbd_export_listener_fn fn, void *ctx);
+
 /* ------------------------------------------------------------------------------ */
 /* Kernel devices: a bdev as /dev/nbdN (nbd/nbd_disk.c)                            */
 /* ------------------------------------------------------------------------------ */

@@ -25,9 +25,18 @@ restart() {
 	start_keeld
 }
 
+# The NBD server tells keeld when an export starts or stops and keeld saves its state
+# then: state_lists_export N holds once the state file lists N exports on rv's socket.
+state_lists_export() {
+	jq -e --arg s "$NBD" --argjson n "$1" '[.exports[] | select(.socket == $s)] | length == $n' \
+		"$STATE/state.json" >/dev/null 2>&1
+}
+
 start_keeld
 expect_ok "create rv" keelctl volume create rv --size 32M --replica "$D/a" --replica "$D/b"
 expect_ok "export rv" keelctl export start rv --socket "$NBD"
+wait_until 60 "the started export in the state file" state_lists_export 1
+ok "the started export is in the state file"
 qemu_io_ok "write 0xaa" "$URI" "write -P 0xaa 0 1M"
 
 # --- plain restart: volume and export come back ---------------------------------------
@@ -102,11 +111,8 @@ expect_pattern 0xcc "data intact"
 
 # --- state file written even when keeld is killed ----------------------------------
 expect_ok "stop export" keelctl export stop rv
-# Exports are saved by a watcher: wait until the state file no longer lists rv's.
-state_without_export() {
-	jq -e --arg s "$NBD" '[.exports[] | select(.socket == $s)] | length == 0' "$STATE/state.json" >/dev/null 2>&1
-}
-wait_until 60 "state file without the stopped export" state_without_export
+wait_until 60 "state file without the stopped export" state_lists_export 0
+ok "the stopped export left the state file"
 kill -KILL "$KEELD_PID"
 wait "$KEELD_PID" 2>/dev/null
 KEELD_PID=
