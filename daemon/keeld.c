@@ -60,6 +60,10 @@ static bool g_stopping;
 static bool g_restoring;          /* volumes from the state file are being brought up */
 static bool g_shutdown_deferred;  /* shutdown came while restoring */
 static int g_exit_code;
+#ifdef KEEL_HAVE_NBD
+/* The kernel devices an earlier keeld left, read in main(); handed over at restore. */
+static json_t *g_nbd_disks_doc;
+#endif
 
 /* Tell the parent (or the terminal) that startup failed, then shut down. */
 static void keeld_startup_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -103,11 +107,8 @@ static void keeld_bdev_fini_done(void *cb_arg, int status)
 	keel_reactors_stop();
 }
 
-static void keeld_nbd_stopped(void *cb_arg, int status)
+static void keeld_nbd_saved(void *cb_arg, int status)
 {
-	if (status != 0) {
-		KEEL_WARNLOG("keeld: stopping NBD exports: %s", strerror(-status));
-	}
 	if (g_bdev_init_pending) {
 		g_fini_deferred = true;
 		return;
@@ -119,6 +120,24 @@ static void keeld_nbd_stopped(void *cb_arg, int status)
 	} else {
 		keel_reactors_stop();
 	}
+}
+
+static void keeld_nbd_stopped(void *cb_arg, int status)
+{
+	if (status != 0) {
+		KEEL_WARNLOG("keeld: stopping NBD exports: %s", strerror(-status));
+	}
+#ifdef KEEL_HAVE_NBD
+	/* The kernel devices' last change reaches the disk before keeld exits. */
+	keel_nbd_disk_set_listener(NULL, NULL);
+	json_decref(g_nbd_disks_doc); /* shut down before the restore */
+	g_nbd_disks_doc = NULL;
+	if (keeld_store_busy(KEELD_DOC_NBD_DISKS) &&
+	    keeld_store_save(KEELD_DOC_NBD_DISKS, keeld_nbd_saved, NULL) == 0) {
+		return;
+	}
+#endif
+	keeld_nbd_saved(NULL, 0);
 }
 
 static void keeld_volumes_stopped(void *arg)
@@ -178,6 +197,17 @@ static void keeld_nbd_disks_restored(void *cb_arg, int status)
 {
 	keeld_rpc_start();
 }
+
+/* The NBD library keeps its device records; keeld stores them. */
+static json_t *keeld_nbd_disks_snapshot(void *ctx)
+{
+	return keel_nbd_disk_snapshot();
+}
+
+static void keeld_nbd_disks_changed(void *ctx)
+{
+	keeld_store_save(KEELD_DOC_NBD_DISKS, NULL, NULL);
+}
 #endif
 
 static void keeld_volumes_restored(void *cb_arg)
@@ -185,7 +215,9 @@ static void keeld_volumes_restored(void *cb_arg)
 #ifdef KEEL_HAVE_NBD
 	/* Kernel devices of a keeld that died come back before clients can talk to us;
 	 * their bdevs (volumes) were just restored. */
-	keel_nbd_disk_restore(keeld_nbd_disks_restored, NULL);
+	keel_nbd_disk_restore(g_nbd_disks_doc, keeld_nbd_disks_restored, NULL);
+	json_decref(g_nbd_disks_doc);
+	g_nbd_disks_doc = NULL;
 #else
 	keeld_rpc_start();
 #endif
@@ -224,7 +256,7 @@ static void keeld_bdev_init_done(void *cb_arg, int status)
 	g_bdev_init_pending = false;
 	g_bdev_up = status == 0;
 	if (g_fini_deferred) {
-		keeld_nbd_stopped(NULL, 0);
+		keeld_nbd_saved(NULL, 0);
 		return;
 	}
 	if (status != 0) {
@@ -478,15 +510,15 @@ int main(int argc, char **argv)
 	keeld_rebuild_history_init();
 #ifdef KEEL_HAVE_NBD
 	{
-		char path[PATH_MAX];
+		char err[PATH_MAX + 256];
 
-		/* Its own file: written by the NBD module, read back by a restarted keeld. */
-		if (keel_path_state_file(g_opts.state_dir, KEEL_STATE_FILE_NBD_DISKS, path,
-					 sizeof(path)) != 0 ||
-		    keel_nbd_disk_set_state_file(path) != 0) {
-			fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
-			return 1;
+		/* Not fatal: volumes and exports come back without it. */
+		if (keeld_store_read(KEELD_DOC_NBD_DISKS, &g_nbd_disks_doc, err, sizeof(err)) != 0) {
+			KEEL_ERRLOG("keeld: %s; kernel devices of an earlier keeld are not "
+				    "reattached", err);
 		}
+		keeld_store_set_snapshot(KEELD_DOC_NBD_DISKS, keeld_nbd_disks_snapshot, NULL);
+		keel_nbd_disk_set_listener(keeld_nbd_disks_changed, NULL);
 	}
 #endif
 	rc = keel_path_mkdir_parent(g_opts.rpc_socket, 0700);

@@ -2,7 +2,7 @@
  * Rebuild history: a JSON object {volume: [records...]} kept in memory and handed to
  * the store, which writes it.
  */
-#include <unistd.h>
+#include <limits.h>
 
 #include "keel/log.h"
 #include "keel/nexus.h"
@@ -42,19 +42,17 @@ static void history_job_ended(void *ctx, const struct keel_rebuild_stats *st)
 
 void keeld_rebuild_history_init(void)
 {
-	const char *path = keeld_store_path(KEELD_DOC_REBUILD_HISTORY);
-	json_error_t err;
+	char err[PATH_MAX + 256];
 
 	json_decref(g_history);
 	g_history = NULL;
-	if (path[0] != '\0' && access(path, R_OK) == 0) {
-		g_history = json_load_file(path, 0, &err);
-		if (g_history == NULL || !json_is_object(g_history)) {
-			KEEL_WARNLOG("rebuild history %s unreadable (%s); starting empty", path,
-				     g_history == NULL ? err.text : "not a JSON object");
-			json_decref(g_history);
-			g_history = NULL;
-		}
+	if (keeld_store_read(KEELD_DOC_REBUILD_HISTORY, &g_history, err, sizeof(err)) != 0) {
+		KEEL_WARNLOG("keeld: %s; starting with an empty rebuild history", err);
+	} else if (g_history != NULL && !json_is_object(g_history)) {
+		KEEL_WARNLOG("keeld: rebuild history file %s is not a JSON object; starting with "
+			     "an empty rebuild history", keeld_store_path(KEELD_DOC_REBUILD_HISTORY));
+		json_decref(g_history);
+		g_history = NULL;
 	}
 	if (g_history == NULL) {
 		g_history = json_object();

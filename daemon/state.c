@@ -10,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "keel/log.h"
 #include "keel/nexus.h"
@@ -193,38 +191,19 @@ int keeld_state_read(json_t **out, char *err, size_t errlen)
 {
 	static const char hint[] = "keeld will not start without its volumes: fix the file, or "
 				   "move it aside to start with no volumes";
-	json_error_t jerr;
-	char why[256];
-	const char *path = keeld_store_path(KEELD_DOC_STATE);
+	char why[PATH_MAX + 256];
 	json_t *doc;
-	struct stat st;
+	int rc;
 
 	*out = NULL;
-	if (stat(path, &st) != 0) {
-		if (errno == ENOENT) {
-			return 0;
-		}
-		snprintf(err, errlen, "cannot read state file %s: %s; %s", path,
-			 strerror(errno), hint);
-		return -errno;
+	rc = keeld_store_read(KEELD_DOC_STATE, &doc, why, sizeof(why));
+	if (rc != 0) {
+		snprintf(err, errlen, "%s; %s", why, hint);
+		return rc;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "state file %s is not a regular file; %s", path, hint);
-		return -EINVAL;
-	}
-	doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-	if (doc == NULL) {
-		if (jerr.position == 0 && st.st_size != 0 && access(path, R_OK) != 0) {
-			snprintf(err, errlen, "cannot read state file %s: %s; %s", path,
-				 strerror(errno), hint);
-			return -EACCES;
-		}
-		snprintf(err, errlen, "state file %s is corrupt (not JSON: %s at line %d); %s",
-			 path, jerr.text, jerr.line, hint);
-		return -EINVAL;
-	}
-	if (!keeld_state_validate(doc, why, sizeof(why))) {
-		snprintf(err, errlen, "state file %s is invalid: %s; %s", path, why, hint);
+	if (doc != NULL && !keeld_state_validate(doc, why, sizeof(why))) {
+		snprintf(err, errlen, "state file %s is invalid: %s; %s",
+			 keeld_store_path(KEELD_DOC_STATE), why, hint);
 		json_decref(doc);
 		return -EINVAL;
 	}

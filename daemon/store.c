@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "keel/file.h"
 #include "keel/log.h"
@@ -26,6 +28,7 @@ TAILQ_HEAD(store_waiter_list, store_waiter);
 
 struct store_doc {
 	const char *what;                 /* for log lines: "state", "rebuild history" */
+	const char *file_what;            /* for read errors: "state file" */
 	enum keel_state_file file;
 	char path[PATH_MAX];
 	keeld_store_snapshot_fn snapshot_fn;
@@ -47,9 +50,13 @@ struct store_write {
 };
 
 static struct store_doc g_docs[KEELD_DOC_COUNT] = {
-	[KEELD_DOC_STATE] = {.what = "state", .file = KEEL_STATE_FILE_STATE},
+	[KEELD_DOC_STATE] = {.what = "state", .file_what = "state file",
+			     .file = KEEL_STATE_FILE_STATE},
 	[KEELD_DOC_REBUILD_HISTORY] = {.what = "rebuild history",
+				       .file_what = "rebuild history file",
 				       .file = KEEL_STATE_FILE_REBUILD_HISTORY},
+	[KEELD_DOC_NBD_DISKS] = {.what = "kernel devices", .file_what = "kernel device file",
+				 .file = KEEL_STATE_FILE_NBD_DISKS},
 };
 
 int keeld_store_init(const char *state_dir)
@@ -75,6 +82,43 @@ int keeld_store_init(const char *state_dir)
 const char *keeld_store_path(enum keeld_doc doc)
 {
 	return g_docs[doc].path;
+}
+
+int keeld_store_read(enum keeld_doc id, json_t **out, char *err, size_t errlen)
+{
+	struct store_doc *doc = &g_docs[id];
+	json_error_t jerr;
+	struct stat st;
+	int rc;
+
+	*out = NULL;
+	if (stat(doc->path, &st) != 0) {
+		rc = -errno;
+		if (rc == -ENOENT) {
+			return 0;
+		}
+		snprintf(err, errlen, "cannot read %s %s: %s", doc->file_what, doc->path,
+			 strerror(-rc));
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s %s is not a regular file", doc->file_what, doc->path);
+		return -EINVAL;
+	}
+	*out = json_load_file(doc->path, JSON_REJECT_DUPLICATES, &jerr);
+	if (*out != NULL) {
+		return 0;
+	}
+	/* jansson says only "unable to open": ask the kernel why. */
+	if (jerr.position == 0 && st.st_size != 0 && access(doc->path, R_OK) != 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot read %s %s: %s", doc->file_what, doc->path,
+			 strerror(-rc));
+		return rc;
+	}
+	snprintf(err, errlen, "%s %s is corrupt (not JSON: %s at line %d)", doc->file_what,
+		 doc->path, jerr.text, jerr.line);
+	return -EINVAL;
 }
 
 const char *keeld_store_last_error(enum keeld_doc doc)

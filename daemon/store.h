@@ -1,7 +1,7 @@
 /*
  * keeld's documents on disk: one store for every JSON file keeld rewrites in its state
- * directory (the volume state, the rebuild history). Each document has one writer
- * here, so the rules hold for all of them:
+ * directory (the volume state, the rebuild history, the kernel devices). Each document
+ * has one reader and one writer here, so the rules hold for all of them:
  *
  * - Atomic: a write replaces the file through keel_file_write_atomic() (temporary file,
  *   fsync, rename, fsync of the directory), on the blocking-work pool.
@@ -10,10 +10,12 @@
  *   function runs) when that write starts. So an older document never replaces a
  *   newer one, and a burst of changes costs at most two writes.
  * - The owner of a document hands the store its content (a snapshot function); the
- *   store alone knows paths (computed once, from daemon/paths.c) and writes files.
+ *   store alone knows paths (computed once, from daemon/paths.c), reads and writes
+ *   files. Libraries (the NBD kernel devices) hand the daemon their snapshot and are
+ *   told theirs at restart; they write no file.
  *
- * Threading: keeld_store_init() and keeld_store_path() may run in main() before the
- * reactors start; everything else runs on the main keel thread (the one that runs the
+ * Threading: keeld_store_init(), keeld_store_path() and keeld_store_read() run in
+ * main() before the reactors start (keeld_store_read blocks); everything else runs on the main keel thread (the one that runs the
  * RPC handlers), and callbacks run there too.
  *
  * Errors: int returns are 0 or a negative errno.
@@ -29,6 +31,7 @@
 enum keeld_doc {
 	KEELD_DOC_STATE,           /**< volumes and their exports (daemon/state.h) */
 	KEELD_DOC_REBUILD_HISTORY, /**< ended rebuild jobs per volume */
+	KEELD_DOC_NBD_DISKS,       /**< kernel devices to reattach (keel_nbd_disk_snapshot) */
 	KEELD_DOC_COUNT,
 };
 
@@ -41,6 +44,15 @@ int keeld_store_init(const char *state_dir);
 
 /** Full path of \p doc ("" before keeld_store_init). Lifetime: until the next init. */
 const char *keeld_store_path(enum keeld_doc doc);
+
+/**
+ * Read \p doc as the last write left it. \p *out is the parsed document (the caller owns
+ * it), or NULL when there is no file yet. Blocks: main() only, before the reactors.
+ * \return 0, or a negative errno with \p err naming the document and its file: cannot
+ * be read (-errno of stat or open), not a regular file or not JSON (-EINVAL). Whether
+ * the content is what the owner expects is the owner's check.
+ */
+int keeld_store_read(enum keeld_doc doc, json_t **out, char *err, size_t errlen);
 
 /**
  * Builds the content of a document: a new reference (the store releases it), or NULL

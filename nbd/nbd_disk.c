@@ -33,7 +33,6 @@
 #include <jansson.h>
 
 #include "keel/bdev.h"
-#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nbd.h"
 #include "keel/nbd_kernel.h"
@@ -96,20 +95,20 @@ struct keel_nbd_disk {
 static TAILQ_HEAD(, keel_nbd_disk) g_disks = TAILQ_HEAD_INITIALIZER(g_disks);
 static struct keel_thread *g_disk_main;
 static bool g_disk_shutdown;
-static char *g_state_path;
-static bool g_save_running;
-static bool g_save_again;
+/* Told when the device records change (keel_nbd_disk_set_listener). */
+static keel_nbd_disk_listener_fn g_listener;
+static void *g_listener_ctx;
 static struct keel_poller *g_wait_poller;
 static struct keel_nbd_kernel_monitor *g_monitor;
 static struct keel_poller *g_monitor_poller;
-/* keel_nbd_stop_all: called once every device is gone and the state file is written. */
+/* keel_nbd_stop_all: called once every device is gone. */
 static keel_nbd_done_cb g_stop_all_cb;
 static void *g_stop_all_arg;
 
 static void nbd_disk_try_finish(struct keel_nbd_disk *disk);
 static void nbd_disk_begin_stop(struct keel_nbd_disk *disk);
 static void nbd_disk_attach(struct keel_nbd_disk *disk);
-static void nbd_disk_save(void);
+static void nbd_disk_changed(void);
 static void nbd_disk_check_stop_all(void);
 static void nbd_disk_close_kernel_fds(struct keel_nbd_disk *disk);
 
@@ -506,7 +505,7 @@ static void nbd_disk_attach_done(void *cb_arg, int rc)
 		       "backend %s)", disk->index, reattach ? "reattached to" : "serving",
 		       disk->bdev_name, (unsigned long)disk->size, disk->block_size, disk->nsocks,
 		       disk->tflags, disk->read_only ? ", read-only" : "", disk->backend_id);
-	nbd_disk_save();
+	nbd_disk_changed();
 	if (disk->start_cb != NULL) {
 		keel_nbd_disk_start_cb cb_fn = disk->start_cb;
 
@@ -571,7 +570,7 @@ static void nbd_disk_try_finish(struct keel_nbd_disk *disk)
 	nbd_waiters_wake(&disk->waiters);
 	nbd_disk_free(disk);
 	if (was_saved) {
-		nbd_disk_save();
+		nbd_disk_changed();
 	}
 	nbd_disk_check_stop_all();
 }
@@ -852,42 +851,42 @@ struct nbd_disk_restore_ctx {
 	void *cb_arg;
 	struct nbd_disk_restore_rec *recs;
 	size_t nrecs;
+	int parse_rc;
 	char err[512];
 	struct keel_nbd_kernel_monitor *monitor;
 	char monitor_err[KEEL_NBD_KERNEL_ERRLEN];
 	int monitor_rc;
 };
 
-/* Blocking pool: read the state file and open the LINK_DEAD monitor. */
+/* Blocking pool: open the LINK_DEAD monitor. */
 static int nbd_disk_restore_job(void *arg)
 {
 	struct nbd_disk_restore_ctx *ctx = arg;
-	json_error_t jerr;
-	json_t *doc, *disks, *d;
-	size_t i;
 
 	ctx->monitor_rc = keel_nbd_kernel_monitor_open(&ctx->monitor, ctx->monitor_err,
 						       sizeof(ctx->monitor_err));
-	if (access(g_state_path, F_OK) != 0) {
+	return 0;
+}
+
+/* The records of \p doc (keel_nbd_disk_snapshot's format) into ctx->recs; malformed
+ * entries are skipped with a warning. \return 0, -EINVAL (not such a document, said in
+ * ctx->err) or -ENOMEM. */
+static int nbd_disk_restore_parse(struct nbd_disk_restore_ctx *ctx, const json_t *doc)
+{
+	json_t *disks = json_object_get(doc, "disks"), *d;
+	size_t i;
+
+	if (doc == NULL) {
 		return 0;
 	}
-	doc = json_load_file(g_state_path, 0, &jerr);
-	if (doc == NULL) {
-		snprintf(ctx->err, sizeof(ctx->err), "%s: %s (line %d)", g_state_path, jerr.text,
-			 jerr.line);
-		return -EINVAL;
-	}
-	disks = json_object_get(doc, "disks");
 	if (json_integer_value(json_object_get(doc, "version")) != NBD_DISK_STATE_VERSION ||
 	    !json_is_array(disks)) {
-		snprintf(ctx->err, sizeof(ctx->err), "%s: not a version %d nbd-disks file",
-			 g_state_path, NBD_DISK_STATE_VERSION);
-		json_decref(doc);
+		snprintf(ctx->err, sizeof(ctx->err), "not a version %d list of kernel devices",
+			 NBD_DISK_STATE_VERSION);
 		return -EINVAL;
 	}
 	ctx->recs = calloc(json_array_size(disks) + 1, sizeof(*ctx->recs));
 	if (ctx->recs == NULL) {
-		json_decref(doc);
 		return -ENOMEM;
 	}
 	json_array_foreach(disks, i, d) {
@@ -899,7 +898,7 @@ static int nbd_disk_restore_job(void *arg)
 		if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
 		    json_integer_value(idx) > INT32_MAX || bdev == NULL || backend == NULL ||
 		    strlen(bdev) >= sizeof(r->bdev_name) || strlen(backend) >= sizeof(r->backend_id)) {
-			KEEL_WARNLOG("nbd: %s: disks[%zu] is malformed; skipped", g_state_path, i);
+			KEEL_WARNLOG("nbd: kernel devices: disks[%zu] is malformed; skipped", i);
 			continue;
 		}
 		r->index = (int32_t)json_integer_value(idx);
@@ -911,7 +910,6 @@ static int nbd_disk_restore_job(void *arg)
 			(uint32_t)json_integer_value(json_object_get(d, "dead_conn_timeout_s"));
 		ctx->nrecs++;
 	}
-	json_decref(doc);
 	return 0;
 }
 
@@ -932,9 +930,9 @@ static void nbd_disk_restore_done(void *cb_arg, int rc)
 	} else {
 		KEEL_INFOLOG("nbd: LINK_DEAD notifications not watched: %s", ctx->monitor_err);
 	}
-	if (rc != 0) {
-		KEEL_ERRLOG("nbd: cannot read the kernel device list %s; devices of an earlier "
-			    "keeld are not reattached", ctx->err[0] ? ctx->err : strerror(-rc));
+	if (ctx->parse_rc != 0) {
+		KEEL_ERRLOG("nbd: kernel devices of an earlier keeld are not reattached: %s",
+			    ctx->err[0] ? ctx->err : strerror(-ctx->parse_rc));
 	}
 	for (size_t i = 0; i < ctx->nrecs && !g_disk_shutdown; i++) {
 		struct nbd_disk_restore_rec *r = &ctx->recs[i];
@@ -976,7 +974,7 @@ static void nbd_disk_restore_now(void *arg)
 	nbd_disk_restore_done(ctx, 0);
 }
 
-void keel_nbd_disk_restore(keel_nbd_done_cb cb_fn, void *cb_arg)
+void keel_nbd_disk_restore(const json_t *doc, keel_nbd_done_cb cb_fn, void *cb_arg)
 {
 	struct nbd_disk_restore_ctx *ctx = calloc(1, sizeof(*ctx));
 	int rc = nbd_disk_main_init();
@@ -991,8 +989,9 @@ void keel_nbd_disk_restore(keel_nbd_done_cb cb_fn, void *cb_arg)
 	ctx->cb_fn = cb_fn;
 	ctx->cb_arg = cb_arg;
 	ctx->monitor_rc = -ENODEV;
-	snprintf(ctx->monitor_err, sizeof(ctx->monitor_err), "no state file configured");
-	if (rc != 0 || g_state_path == NULL ||
+	snprintf(ctx->monitor_err, sizeof(ctx->monitor_err), "keel could not start the job");
+	ctx->parse_rc = nbd_disk_restore_parse(ctx, doc);
+	if (rc != 0 ||
 	    keel_spawn_blocking(nbd_disk_restore_job, ctx, nbd_disk_restore_done, ctx) != 0) {
 		if (rc != 0) {
 			KEEL_ERRLOG("nbd: cannot restore kernel devices: %s", strerror(-rc));
@@ -1004,63 +1003,28 @@ void keel_nbd_disk_restore(keel_nbd_done_cb cb_fn, void *cb_arg)
 }
 
 /* ------------------------------------------------------------------------------ */
-/* State file                                                                      */
+/* Records for a restarted keeld                                                   */
 /* ------------------------------------------------------------------------------ */
 
-int keel_nbd_disk_set_state_file(const char *path)
+void keel_nbd_disk_set_listener(keel_nbd_disk_listener_fn fn, void *ctx)
 {
-	char *copy;
-
-	if (path == NULL || strlen(path) + 8 >= PATH_MAX) {
-		return -ENAMETOOLONG;
-	}
-	copy = strdup(path);
-	if (copy == NULL) {
-		return -ENOMEM;
-	}
-	free(g_state_path);
-	g_state_path = copy;
-	return 0;
+	g_listener = fn;
+	g_listener_ctx = ctx;
 }
 
-struct nbd_disk_save_job {
-	char *text;
-	char err[3 * PATH_MAX];
-};
-
-/* Blocking pool: temporary file, fsync, rename, fsync of the directory. */
-static int nbd_disk_save_job(void *arg)
+static void nbd_disk_changed(void)
 {
-	struct nbd_disk_save_job *job = arg;
-
-	return keel_file_write_atomic(g_state_path, job->text, strlen(job->text), job->err,
-				      sizeof(job->err));
-}
-
-static void nbd_disk_save_done(void *cb_arg, int rc)
-{
-	struct nbd_disk_save_job *job = cb_arg;
-
-	if (rc != 0) {
-		KEEL_ERRLOG("nbd: %s; a restarted keeld may not reattach its devices", job->err);
+	if (g_listener != NULL) {
+		g_listener(g_listener_ctx);
 	}
-	free(job->text);
-	free(job);
-	g_save_running = false;
-	if (g_save_again) {
-		g_save_again = false;
-		nbd_disk_save();
-	}
-	nbd_disk_check_stop_all();
 }
 
 /* What a restarted keeld needs: running devices and those still waiting for a bdev. */
-static char *nbd_disk_snapshot(void)
+json_t *keel_nbd_disk_snapshot(void)
 {
 	json_t *doc = json_pack("{s:i, s:[]}", "version", NBD_DISK_STATE_VERSION, "disks");
 	json_t *arr = json_object_get(doc, "disks");
 	struct keel_nbd_disk *disk;
-	char *text;
 
 	if (doc == NULL) {
 		return NULL;
@@ -1074,44 +1038,16 @@ static char *nbd_disk_snapshot(void)
 			continue;
 		}
 		snprintf(dev, sizeof(dev), "/dev/nbd%d", disk->index);
-		json_array_append_new(arr, json_pack("{s:s, s:i, s:s, s:s, s:b, s:I, s:I}",
+		if (json_array_append_new(arr, json_pack("{s:s, s:i, s:s, s:s, s:b, s:I, s:I}",
 			"nbd_device", dev, "index", (int)disk->index, "bdev_name", disk->bdev_name,
 			"backend_id", disk->backend_id, "read_only", disk->read_only,
 			"io_timeout_s", (json_int_t)disk->io_timeout_s,
-			"dead_conn_timeout_s", (json_int_t)disk->dead_conn_timeout_s));
+			"dead_conn_timeout_s", (json_int_t)disk->dead_conn_timeout_s)) != 0) {
+			json_decref(doc);
+			return NULL;
+		}
 	}
-	text = json_dumps(doc, JSON_INDENT(2));
-	json_decref(doc);
-	return text;
-}
-
-static void nbd_disk_save(void)
-{
-	struct nbd_disk_save_job *job;
-	int rc;
-
-	if (g_state_path == NULL) {
-		return;
-	}
-	if (g_save_running) {
-		/* Folded into one write after the running one: writes never overtake. */
-		g_save_again = true;
-		return;
-	}
-	job = calloc(1, sizeof(*job));
-	if (job == NULL || (job->text = nbd_disk_snapshot()) == NULL) {
-		KEEL_ERRLOG("nbd: out of memory writing %s", g_state_path);
-		free(job);
-		return;
-	}
-	g_save_running = true;
-	rc = keel_spawn_blocking(nbd_disk_save_job, job, nbd_disk_save_done, job);
-	if (rc != 0) {
-		g_save_running = false;
-		KEEL_ERRLOG("nbd: cannot write %s: %s", g_state_path, strerror(-rc));
-		free(job->text);
-		free(job);
-	}
+	return doc;
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -1122,7 +1058,7 @@ static void nbd_disk_check_stop_all(void)
 {
 	keel_nbd_done_cb cb_fn = g_stop_all_cb;
 
-	if (cb_fn == NULL || !TAILQ_EMPTY(&g_disks) || g_save_running) {
+	if (cb_fn == NULL || !TAILQ_EMPTY(&g_disks)) {
 		return;
 	}
 	g_stop_all_cb = NULL;

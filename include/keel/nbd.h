@@ -20,6 +20,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -172,21 +174,35 @@ int keel_nbd_disk_start(const struct keel_nbd_disk_opts *opts, keel_nbd_disk_sta
 int keel_nbd_disk_stop(uint32_t index, keel_nbd_done_cb cb_fn, void *cb_arg);
 
 /**
- * Where keeld remembers its devices (e.g. STATE_DIR/nbd-disks.json), so that a keeld
- * restarted after a crash finds them. Rewritten atomically after every change. Call before
- * keel_nbd_disk_restore(). \return 0, -ENAMETOOLONG or -ENOMEM.
+ * Called when the records a restarted keeld needs (keel_nbd_disk_snapshot()) changed: a
+ * device started or reattached, or one that was recorded is gone. Runs on the main keel
+ * thread right after the change; it may take a snapshot but must not start or stop a
+ * device. The library writes no file: the caller keeps the records (keeld saves them
+ * in its state directory) and hands them to keel_nbd_disk_restore() after a restart.
  */
-int keel_nbd_disk_set_state_file(const char *path);
+typedef void (*keel_nbd_disk_listener_fn)(void *ctx);
+
+/** Set the one listener (NULL: none). Main keel thread. */
+void keel_nbd_disk_set_listener(keel_nbd_disk_listener_fn fn, void *ctx);
 
 /**
- * Read the state file and re-attach each device the kernel still has configured (STATUS)
- * with new sockets (RECONFIGURE, checked by the kernel against the backend identifier
- * given at CONNECT), so a mounted filesystem survives a daemon restart within the
- * dead-connection timeout. A device whose bdev does not exist yet waits for it (checked
- * every second). Also subscribes to LINK_DEAD notifications, which are logged.
- * \p cb_fn runs once, later, when the file was read and the first attempts finished.
+ * The devices a restarted keeld should reattach (running ones and those still waiting
+ * for their bdev), as a versioned JSON document for keel_nbd_disk_restore(). Main keel
+ * thread. \return a new reference, or NULL when out of memory.
  */
-void keel_nbd_disk_restore(keel_nbd_done_cb cb_fn, void *cb_arg);
+json_t *keel_nbd_disk_snapshot(void);
+
+/**
+ * Re-attach each device of \p doc (a keel_nbd_disk_snapshot() of an earlier keeld; NULL:
+ * none) that the kernel still has configured (STATUS) with new sockets (RECONFIGURE,
+ * checked by the kernel against the backend identifier given at CONNECT), so a mounted
+ * filesystem survives a daemon restart within the dead-connection timeout. A device
+ * whose bdev does not exist yet waits for it (checked every second). A document of
+ * another format is logged and ignored; malformed entries are skipped. Also subscribes
+ * to LINK_DEAD notifications, which are logged. \p doc is read inside the call only.
+ * \p cb_fn runs once, later, when the first attempts finished.
+ */
+void keel_nbd_disk_restore(const json_t *doc, keel_nbd_done_cb cb_fn, void *cb_arg);
 
 /** Iterate devices (every state). */
 struct keel_nbd_disk *keel_nbd_disk_first(void);

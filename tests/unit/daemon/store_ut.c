@@ -178,6 +178,67 @@ static void test_no_content(void)
 	teardown();
 }
 
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	CU_ASSERT(fputs(text, f) >= 0);
+	CU_ASSERT_EQUAL(fclose(f), 0);
+}
+
+/* Reading back: what a write left, nothing when there is no file, and an error that
+ * names the document and its file when it cannot be used. The kernel devices are a
+ * document like the others: a write then a read gives the snapshot back. */
+static void test_read(void)
+{
+	const char *path = keeld_store_path(KEELD_DOC_NBD_DISKS);
+	struct save_res a = {0};
+	char err[PATH_MAX + 256];
+	json_t *doc = (json_t *)1;
+
+	setup();
+	CU_ASSERT_PTR_NOT_NULL(strstr(path, "/nbd-disks.json"));
+	CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_NBD_DISKS, &doc, err, sizeof(err)), 0);
+	CU_ASSERT_PTR_NULL(doc);
+
+	keeld_store_set_snapshot(KEELD_DOC_NBD_DISKS, counting_snapshot, &g_snapshots);
+	CU_ASSERT_EQUAL(keeld_store_save(KEELD_DOC_NBD_DISKS, save_cb, &a), 0);
+	wait_save(&a);
+	CU_ASSERT_EQUAL(a.status, 0);
+	keeld_store_set_snapshot(KEELD_DOC_NBD_DISKS, NULL, NULL);
+	CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_NBD_DISKS, &doc, err, sizeof(err)), 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(doc, "n")), 1);
+	json_decref(doc);
+
+	write_file(path, "{\"n\": 1,");
+	CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_NBD_DISKS, &doc, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NULL(doc);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "kernel device file "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, path));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "is corrupt (not JSON"));
+
+	write_file(path, "{\"n\": 1, \"n\": 2}");
+	CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_NBD_DISKS, &doc, err, sizeof(err)), -EINVAL);
+
+	CU_ASSERT_EQUAL(unlink(path), 0);
+	CU_ASSERT_EQUAL(mkdir(path, 0700), 0);
+	CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_NBD_DISKS, &doc, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "is not a regular file"));
+	CU_ASSERT_EQUAL(rmdir(path), 0);
+
+	/* A state directory that cannot be searched: the reason, not "no file". */
+	if (geteuid() != 0) {
+		CU_ASSERT_EQUAL(chmod(g_dir, 0), 0);
+		CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_STATE, &doc, err, sizeof(err)),
+				-EACCES);
+		CU_ASSERT_PTR_NOT_NULL(strstr(err, "cannot read state file "));
+		CU_ASSERT_EQUAL(chmod(g_dir, 0700), 0);
+	}
+	teardown();
+}
+
 int main(void)
 {
 	static const struct ut_test tests[] = {
@@ -185,6 +246,7 @@ int main(void)
 		{"debounce", test_debounce},
 		{"write_error", test_write_error},
 		{"no_content", test_no_content},
+		{"read", test_read},
 		{NULL, NULL},
 	};
 

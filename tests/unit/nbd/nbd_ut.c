@@ -1172,6 +1172,75 @@ static void test_disk_start_fails_cleanly(void)
 	CU_ASSERT(keel_nbd_disk_stop(5, ut_export_cb, NULL) == -ENOENT);
 }
 
+static int g_disk_changes;
+
+static void ut_disk_listener(void *ctx)
+{
+	g_disk_changes++;
+}
+
+/* The library writes no file: it takes its records from the caller at restore, gives
+ * them back as a snapshot, and says when they change. A device whose bdev does not
+ * exist waits for it, so no kernel is needed to see the records travel. */
+static void test_disk_records_handed_over(void)
+{
+	json_t *doc, *snap, *d;
+	struct keel_nbd_disk *disk;
+	int base, changes;
+
+	keel_nbd_disk_set_listener(ut_disk_listener, NULL);
+	doc = json_pack("{s:i, s:[{s:s, s:i, s:s, s:s, s:b, s:i, s:i}, {s:s}]}", "version", 1,
+			"disks", "nbd_device", "/dev/nbd7", "index", 7, "bdev_name", "ut_later",
+			"backend_id", "keel-bdev:ut_later", "read_only", 1, "io_timeout_s", 30,
+			"dead_conn_timeout_s", 90, "index", "not a number");
+	CU_ASSERT_FATAL(doc != NULL);
+	base = g_cb_count;
+	keel_nbd_disk_restore(doc, ut_export_cb, NULL);
+	json_decref(doc); /* read inside the call only */
+	CU_ASSERT(g_cb_count == base);
+	CU_ASSERT_FATAL(ut_wait_cb(base + 1));
+
+	/* the malformed entry is skipped; the other waits for its bdev */
+	disk = keel_nbd_disk_first();
+	CU_ASSERT_FATAL(disk != NULL);
+	CU_ASSERT(keel_nbd_disk_next(disk) == NULL);
+	CU_ASSERT(keel_nbd_disk_get_index(disk) == 7);
+	CU_ASSERT_STRING_EQUAL(keel_nbd_disk_get_state(disk), "waiting-for-bdev");
+	CU_ASSERT(keel_nbd_disk_is_read_only(disk));
+
+	/* the snapshot gives back what a restarted keeld needs, field for field */
+	snap = keel_nbd_disk_snapshot();
+	CU_ASSERT_FATAL(snap != NULL);
+	CU_ASSERT(json_integer_value(json_object_get(snap, "version")) == 1);
+	CU_ASSERT_FATAL(json_array_size(json_object_get(snap, "disks")) == 1);
+	d = json_array_get(json_object_get(snap, "disks"), 0);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(d, "nbd_device")), "/dev/nbd7");
+	CU_ASSERT(json_integer_value(json_object_get(d, "index")) == 7);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(d, "bdev_name")), "ut_later");
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(d, "backend_id")),
+			       "keel-bdev:ut_later");
+	CU_ASSERT(json_is_true(json_object_get(d, "read_only")));
+	CU_ASSERT(json_integer_value(json_object_get(d, "io_timeout_s")) == 30);
+	CU_ASSERT(json_integer_value(json_object_get(d, "dead_conn_timeout_s")) == 90);
+	json_decref(snap);
+
+	/* stopping it changes the records: the listener hears, the snapshot is empty */
+	changes = g_disk_changes;
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_disk_stop(7, ut_export_cb, NULL) == 0);
+	CU_ASSERT(ut_wait_cb(base + 1));
+	for (int i = 0; i < 1000 && keel_nbd_disk_first() != NULL; i++) {
+		ut_poll(1);
+	}
+	CU_ASSERT(keel_nbd_disk_first() == NULL);
+	CU_ASSERT(g_disk_changes > changes);
+	snap = keel_nbd_disk_snapshot();
+	CU_ASSERT_FATAL(snap != NULL);
+	CU_ASSERT(json_array_size(json_object_get(snap, "disks")) == 0);
+	json_decref(snap);
+	keel_nbd_disk_set_listener(NULL, NULL);
+}
+
 /* ------------------------------------------------------------------------------ */
 /* Setup                                                                           */
 /* ------------------------------------------------------------------------------ */
@@ -1281,6 +1350,7 @@ int main(void)
 	CU_add_test(suite, "read_only", test_read_only);
 	CU_add_test(suite, "transmission_only", test_transmission_only);
 	CU_add_test(suite, "disk_start_fails_cleanly", test_disk_start_fails_cleanly);
+	CU_add_test(suite, "disk_records_handed_over", test_disk_records_handed_over);
 	CU_add_test(suite, "export_start_stop", test_export_start_stop);
 
 	CU_basic_set_mode(CU_BRM_VERBOSE);
