@@ -103,6 +103,9 @@ struct rpc_conn {
 	size_t out_cap;
 
 	uint32_t inflight; /* requests handed to handlers that have not replied */
+
+	void (*wake_fn)(void *arg); /* a request ended: the socket layer has a look */
+	void *wake_arg;
 };
 
 struct keel_rpc_request {
@@ -216,6 +219,12 @@ static void rpc_conn_put(struct rpc_conn *conn)
 	free(conn);
 }
 
+void rpc_conn_set_wake(struct rpc_conn *conn, void (*fn)(void *arg), void *arg)
+{
+	conn->wake_fn = fn;
+	conn->wake_arg = arg;
+}
+
 static void rpc_conn_free_input(struct rpc_conn *conn)
 {
 	free(conn->in);
@@ -231,6 +240,7 @@ void rpc_conn_close(struct rpc_conn *conn)
 		return;
 	}
 	conn->closed = true;
+	conn->wake_fn = NULL;
 	/* Nobody will read these any more; pending replies only release references. */
 	free(conn->out);
 	conn->out = NULL;
@@ -485,6 +495,9 @@ static void rpc_request_finish(struct keel_rpc_request *req, const char *key, js
 		rpc_batch_maybe_end(conn);
 	}
 	free(req);
+	if (conn->wake_fn != NULL) {
+		conn->wake_fn(conn->wake_arg);
+	}
 	rpc_conn_put(conn);
 }
 

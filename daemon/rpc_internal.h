@@ -58,6 +58,16 @@ bool rpc_conn_wants_input(struct rpc_conn *conn);
  */
 bool rpc_conn_has_work(struct rpc_conn *conn);
 
+/**
+ * Have \p fn(\p arg) called each time a request of the connection ends (its reply is
+ * queued, or it was a notification): there may be output to send, a batch to go on
+ * with, or a close that waited for it. This is how the socket layer learns of a
+ * handler that answers later, so it needs no timer to look. Also called for requests
+ * that end inside rpc_conn_feed()/rpc_conn_process(); never after rpc_conn_close().
+ * Main thread, like every reply. \p fn NULL turns it off.
+ */
+void rpc_conn_set_wake(struct rpc_conn *conn, void (*fn)(void *arg), void *arg);
+
 /** Queued response bytes not yet written (\p *len may be 0). */
 const char *rpc_conn_output(struct rpc_conn *conn, size_t *len);
 /** Drop \p n bytes from the front of the output (they were written). */

@@ -1,12 +1,15 @@
 /*
  * JSON-RPC unix socket server: non-blocking listen socket and connections, each
- * driven by a poller on the main keel thread with its fd registered, so a sleeping
- * reactor wakes on readiness. The protocol lives in rpc.c; this file moves bytes and
- * decides who gets a connection and for how long.
+ * driven by an event poller on the main keel thread: it runs when its fd is ready or
+ * when the engine says a request ended (a handler that answered later), and at no
+ * other time, so an idle server never wakes its reactor. The protocol lives in rpc.c;
+ * this file moves bytes and decides who gets a connection and for how long.
  *
  * - Each run of a connection's poller reads at most one chunk and lets the engine
  *   handle at most its budget of requests, so a large batch or pipeline is served a
  *   slice at a time while the other connections (and NBD on the same reactor) run.
+ *   A connection with work left after its slice gets its next turn RPC_TURN_US later
+ *   (the poller's period, armed only while such work waits), not at once.
  * - At the connection limit a new client still gets in: the connection idle the
  *   longest is told why and closed. Only when every connection is handling a request
  *   is the new one answered with an error naming the limit and closed.
@@ -35,12 +38,13 @@
 #include "server.h"
 
 /*
- * The control plane shares reactor 0 with the data path. An active poller would call
- * accept4/recv on every loop of a busy reactor (measured: a quarter of keeld's CPU in
- * a 4k NBD benchmark), so RPC pollers run at most once per millisecond; their fds
- * still wake a sleeping reactor.
+ * The control plane shares reactor 0 with the data path. A connection with a long
+ * batch or pipeline takes one slice (the engine's budget, at most about a millisecond)
+ * per turn, and its turns are this far apart, so the data path keeps most of the
+ * reactor meanwhile. The pacing timer is armed only while such work is left over: an
+ * idle connection, or one waiting for its client or a handler, has no timer at all.
  */
-#define RPC_POLL_PERIOD_US 1000
+#define RPC_TURN_US 1000
 
 /* One read per connection per run: with the engine's budget, a slice of bounded size. */
 #define RPC_READ_CHUNK 65536
@@ -59,6 +63,7 @@ struct rpc_sock_conn {
 	struct keel_poller *poller;
 	uint32_t events;
 	bool eof;       /* peer finished sending (or protocol error): flush, then close */
+	bool paced;     /* work left after a slice: its next turn is armed */
 	uint64_t last_active_ns; /* last byte moved or request handled */
 	struct rpc_sock_conn *next;
 };
@@ -68,7 +73,8 @@ static int g_listen_fd = -1;
 static struct keel_poller *g_listen_poller;
 static struct keel_poller_backoff *g_listen_backoff;
 static bool g_listen_starved; /* accept4() failed for lack of a resource */
-static struct keel_poller *g_idle_poller; /* exists only while connections do */
+static struct keel_poller *g_idle_poller; /* with a timeout; armed while connections exist */
+static bool g_idle_armed;
 static char g_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct rpc_sock_conn *g_conns;
 static uint32_t g_conn_count;
@@ -140,8 +146,9 @@ static void rpc_sock_conn_close(struct rpc_sock_conn *sc)
 	close(sc->fd);
 	rpc_conn_close(sc->conn);
 	free(sc);
-	if (g_conn_count == 0) {
-		keel_poller_unregister(&g_idle_poller);
+	if (g_conn_count == 0 && g_idle_armed) {
+		keel_poller_disarm(g_idle_poller);
+		g_idle_armed = false;
 	}
 }
 
@@ -200,6 +207,24 @@ static void rpc_sock_conn_end(struct rpc_sock_conn *sc, int code, const char *fm
 		return; /* the flush found the peer gone and closed it */
 	}
 	rpc_sock_conn_close(sc);
+}
+
+/*
+ * Arm the next turn while the engine has work left after its slice (nothing else
+ * would run the poller for it: the input it needs is already buffered), and cancel
+ * it once there is none. A busy poller with a period is not run again before its
+ * deadline, which is what spaces the turns.
+ */
+static void rpc_sock_conn_pace(struct rpc_sock_conn *sc)
+{
+	bool more = rpc_conn_has_work(sc->conn);
+
+	if (more && !sc->paced) {
+		sc->paced = keel_poller_arm(sc->poller, RPC_TURN_US) == 0;
+	} else if (!more && sc->paced) {
+		keel_poller_disarm(sc->poller);
+		sc->paced = false;
+	}
 }
 
 static int rpc_sock_conn_poll(void *arg)
@@ -266,7 +291,16 @@ static int rpc_sock_conn_poll(void *arg)
 		events |= EPOLLOUT;
 	}
 	rpc_sock_conn_set_events(sc, events);
+	rpc_sock_conn_pace(sc);
 	return busy ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
+}
+
+/* A request ended, maybe long after the run that started it: have a look. */
+static void rpc_sock_conn_wake(void *arg)
+{
+	struct rpc_sock_conn *sc = arg;
+
+	keel_poller_wake(sc->poller);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -276,19 +310,20 @@ static int rpc_sock_conn_poll(void *arg)
 static int rpc_idle_poll(void *arg);
 
 /*
- * (Re)arm the one timer for the earliest idle deadline of any connection, or none
- * when there is no connection. A connection handling a request cannot expire before
- * the request ends plus the timeout, so "now + timeout" is a safe stand-in for it.
+ * Arm the one idle timer for the earliest idle deadline of any connection, or disarm
+ * it when there is no connection. A connection handling a request cannot expire
+ * before the request ends plus the timeout, so "now + timeout" is a safe stand-in for
+ * it. Activity does not move the timer: when it fires early it re-arms for the new
+ * earliest deadline, so a busy server pays one timer per timeout, not per request.
  */
 static void rpc_idle_arm(uint64_t now)
 {
 	uint64_t timeout = (uint64_t)g_opts.idle_timeout_ms * 1000000u;
-	uint64_t next = UINT64_MAX, period_us;
+	uint64_t next = UINT64_MAX;
 	struct rpc_sock_conn *sc;
 
-	keel_poller_unregister(&g_idle_poller);
-	if (timeout == 0) {
-		return;
+	if (g_idle_poller == NULL) {
+		return; /* no idle timeout */
 	}
 	for (sc = g_conns; sc != NULL; sc = sc->next) {
 		uint64_t d = rpc_conn_pending(sc->conn) > 0 ? now + timeout
@@ -297,14 +332,12 @@ static void rpc_idle_arm(uint64_t now)
 		next = d < next ? d : next;
 	}
 	if (next == UINT64_MAX) {
+		keel_poller_disarm(g_idle_poller);
+		g_idle_armed = false;
 		return;
 	}
-	period_us = next > now ? (next - now + 999) / 1000 : 1;
-	g_idle_poller = keel_poller_register(rpc_idle_poll, NULL, period_us, "rpc_idle");
-	if (g_idle_poller == NULL) {
-		KEEL_ERRLOG("rpc: out of memory arming the idle timeout; idle connections stay "
-			    "open until the next one is accepted");
-	}
+	g_idle_armed = keel_poller_arm(g_idle_poller, next > now ? (next - now + 999) / 1000
+								  : 0) == 0;
 }
 
 static int rpc_idle_poll(void *arg)
@@ -397,18 +430,21 @@ static void rpc_accept_one(int fd)
 		goto out_free_sc;
 	}
 	snprintf(name, sizeof(name), "rpc_conn_%u", sc->id);
-	sc->poller = keel_poller_register(rpc_sock_conn_poll, sc, RPC_POLL_PERIOD_US, name);
+	/* The period spaces the turns of a long batch; it is armed only for them. */
+	sc->poller = keel_poller_register(rpc_sock_conn_poll, sc, RPC_TURN_US, name);
 	if (sc->poller == NULL) {
 		goto out_close_conn;
 	}
+	keel_poller_disarm(sc->poller);
 	sc->events = EPOLLIN;
 	if (keel_poller_register_fd(sc->poller, fd, EPOLLIN) != 0) {
 		goto out_unregister;
 	}
+	rpc_conn_set_wake(sc->conn, rpc_sock_conn_wake, sc);
 	sc->next = g_conns;
 	g_conns = sc;
 	g_conn_count++;
-	if (g_idle_poller == NULL) {
+	if (!g_idle_armed) {
 		rpc_idle_arm(sc->last_active_ns);
 	}
 	KEEL_DEBUGLOG("rpc: connection %u accepted", sc->id);
@@ -519,7 +555,8 @@ int keel_rpc_server_start(const char *path, const struct keel_rpc_server_opts *o
 		rc = -errno;
 		goto out_unlink;
 	}
-	g_listen_poller = keel_poller_register(rpc_listen_poll, NULL, RPC_POLL_PERIOD_US, "rpc_listen");
+	/* An event poller: runs when a client waits in the backlog, at no other time. */
+	g_listen_poller = keel_poller_register(rpc_listen_poll, NULL, 0, "rpc_listen");
 	if (g_listen_poller == NULL) {
 		rc = -ENOMEM;
 		goto out_unlink;
@@ -534,6 +571,18 @@ int keel_rpc_server_start(const char *path, const struct keel_rpc_server_opts *o
 	if (rc != 0) {
 		goto out_free_backoff;
 	}
+	if (g_opts.idle_timeout_ms != 0) {
+		/* A deadline only: armed while connections exist (rpc_idle_arm). */
+		g_idle_poller = keel_poller_register(rpc_idle_poll, NULL,
+						     (uint64_t)g_opts.idle_timeout_ms * 1000u,
+						     "rpc_idle");
+		if (g_idle_poller == NULL) {
+			rc = -ENOMEM;
+			goto out_free_backoff;
+		}
+		keel_poller_disarm(g_idle_poller);
+	}
+	g_idle_armed = false;
 	g_listen_fd = fd;
 	g_listen_starved = false;
 	snprintf(g_path, sizeof(g_path), "%s", path);
@@ -559,6 +608,7 @@ void keel_rpc_server_stop(void)
 		rpc_sock_conn_close(g_conns);
 	}
 	keel_poller_unregister(&g_idle_poller);
+	g_idle_armed = false;
 	if (g_listen_fd < 0) {
 		return;
 	}

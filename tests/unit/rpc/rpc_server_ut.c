@@ -1,7 +1,8 @@
 /*
  * Unit tests of the JSON-RPC socket server (daemon/server.c): fair slices between
- * clients, the connection limit with eviction and refusal, the idle timeout, and the
- * listener's back-off when accept4() runs out of file descriptors.
+ * clients, the connection limit with eviction and refusal, the idle timeout, the
+ * listener's back-off when accept4() runs out of file descriptors, and that an idle
+ * server runs nothing until a socket or a late reply gives it a reason.
  *
  * The server runs on a harness thread (tests/common/ut_threads.h) with the mock
  * clock, so every timed poller runs exactly when the test advances time; the sockets
@@ -359,6 +360,78 @@ static void test_idle_timeout(void)
 	ut_server_stop();
 }
 
+/* Runs of every poller of the server's thread, summed. */
+static uint64_t ut_total_runs(void)
+{
+	struct keel_poller_stats ps[64];
+	struct keel_thread_stats ts;
+	uint32_t n = keel_thread_get_stats(ut_thread(0), &ts, ps, 64);
+	uint64_t runs = 0;
+
+	CU_ASSERT_FATAL(n < 64);
+	for (uint32_t i = 0; i < n; i++) {
+		runs += ps[i].run_count;
+	}
+	return runs;
+}
+
+/*
+ * Idle means idle: with connections open (one waiting for a handler) and time
+ * passing, no poller runs; a request runs its connection and a late reply wakes its
+ * own without any time passing; with no connection the idle timer is not armed.
+ */
+static void test_idle_runs_nothing(void)
+{
+	struct keel_rpc_server_opts opts;
+	uint64_t runs;
+	int quiet, waiting, chatty;
+	bool eof;
+	json_t *resp;
+
+	keel_rpc_server_opts_init(&opts);
+	opts.idle_timeout_ms = 60000;
+	ut_server_start(&opts);
+	quiet = ut_connect();
+	waiting = ut_connect();
+	chatty = ut_connect();
+	ut_step_ms(1);
+	ut_send(waiting, g_later_req);
+	ut_step_ms(1);
+	CU_ASSERT_EQUAL_FATAL(g_later_count, 1);
+	ut_expect_served(chatty, 1);
+
+	runs = ut_total_runs();
+	for (int i = 0; i < 10000; i++) {
+		ut_step_ms(1); /* 10 s, a millisecond at a time */
+	}
+	CU_ASSERT_EQUAL(ut_total_runs(), runs);
+
+	/* A request: answered with no time passing (its fd alone ran it). */
+	ut_send(chatty, "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}");
+	ut_poll_threads();
+	resp = ut_recv_line(chatty, &eof);
+	CU_ASSERT(resp != NULL && json_integer_value(json_object_get(resp, "id")) == 2);
+	json_decref(resp);
+	/* A late reply: sent with no time passing (the reply woke its connection). */
+	keel_rpc_send_result(g_later[0], NULL);
+	ut_poll_threads();
+	resp = ut_recv_line(waiting, &eof);
+	CU_ASSERT(resp != NULL && json_integer_value(json_object_get(resp, "id")) == 99);
+	json_decref(resp);
+	ut_expect_open(quiet);
+
+	/* Without connections even the idle timer rests: 10 minutes run nothing. */
+	close(quiet);
+	close(waiting);
+	close(chatty);
+	ut_poll_threads();
+	runs = ut_total_runs();
+	ut_step_ms(600000);
+	ut_step_ms(600000);
+	CU_ASSERT_EQUAL(ut_total_runs(), runs);
+	ut_server_stop();
+}
+
 static int g_accept_warnings;
 static int g_accept_again;
 
@@ -445,6 +518,7 @@ int main(void)
 		{"connection_limit", test_connection_limit},
 		{"idle_timeout", test_idle_timeout},
 		{"accept_backoff", test_accept_backoff},
+		{"idle_runs_nothing", test_idle_runs_nothing},
 		{NULL, NULL},
 	};
 	int rc;
