@@ -43,8 +43,8 @@
 #define NBD_DISK_STATE_VERSION 1
 /* How often a device restored from the state file looks for its bdev. */
 #define NBD_DISK_WAIT_PERIOD_US (1000u * 1000u)
-/* The monitor is read from a timed poller: LINK_DEAD is rare and only logged. */
-#define NBD_DISK_MONITOR_PERIOD_US (100u * 1000u)
+/* At most one line per this interval for a monitor that keeps failing. */
+#define NBD_DISK_MONITOR_LOG_MS 10000
 
 enum nbd_disk_state {
 	NBD_DISK_STARTING,    /* connections being created, then CONNECT */
@@ -829,10 +829,13 @@ static int nbd_disk_monitor_poll(void *arg)
 {
 	int rc = keel_nbd_kernel_monitor_dispatch(g_monitor, nbd_disk_link_dead, NULL);
 
+	/* An event poller now runs at every readiness, so what can repeat is rate limited. */
 	if (rc == -ENOBUFS) {
-		KEEL_WARNLOG("nbd: LINK_DEAD notifications were lost (socket buffer full)");
+		KEEL_WARNLOG_RATELIMITED(NBD_DISK_MONITOR_LOG_MS, "nbd: LINK_DEAD notifications "
+					 "were lost (socket buffer full)");
 	} else if (rc < 0 && rc != -EAGAIN) {
-		KEEL_WARNLOG("nbd: reading LINK_DEAD notifications: %s", strerror(-rc));
+		KEEL_WARNLOG_RATELIMITED(NBD_DISK_MONITOR_LOG_MS, "nbd: reading LINK_DEAD "
+					 "notifications: %s", strerror(-rc));
 	}
 	return rc > 0 ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
 }
@@ -920,8 +923,10 @@ static void nbd_disk_restore_done(void *cb_arg, int rc)
 
 	if (ctx->monitor_rc == 0) {
 		g_monitor = ctx->monitor;
-		g_monitor_poller = keel_poller_register(nbd_disk_monitor_poll, NULL,
-							NBD_DISK_MONITOR_PERIOD_US, "nbd_link_dead");
+		/* Run by its netlink socket alone: LINK_DEAD is rare, a timer would only
+		 * wake an idle reactor to find nothing. */
+		g_monitor_poller = keel_poller_register(nbd_disk_monitor_poll, NULL, 0,
+							"nbd_link_dead");
 		if (g_monitor_poller == NULL ||
 		    keel_poller_register_fd(g_monitor_poller, keel_nbd_kernel_monitor_fd(g_monitor),
 					    EPOLLIN) != 0) {
