@@ -230,3 +230,31 @@ qemu_io_ok() {
 	esac
 	ok "$what"
 }
+
+# need_aio_free EVENTS: skip unless EVENTS of the system-wide fs.aio-max-nr are free
+# (keeld takes one context of 1024 events per keel thread doing aio).
+need_aio_free() {
+	local need=$1 max used
+
+	max=$(cat /proc/sys/fs/aio-max-nr) || skip "no /proc/sys/fs/aio-max-nr"
+	used=$(cat /proc/sys/fs/aio-nr)
+	[ "$max" -ge "$need" ] || skip "fs.aio-max-nr is $max; keeld needs $need (sysctl fs.aio-max-nr=65536)"
+	[ $((max - used)) -ge "$need" ] ||
+		skip "other processes hold $used of fs.aio-max-nr=$max; keeld needs $need free"
+}
+
+# make_volumes N: volumes v1..vN of 64 MiB, 2 replicas each on sparse files of the full
+# replica size in $E2E_TMP/disks (keeld uses them as they are: only labels are written),
+# four keelctl at a time to hide the round trips.
+make_volumes() {
+	local n=$1 d=$E2E_TMP/disks i
+
+	mkdir -p "$d"
+	for i in $(seq 1 "$n"); do
+		truncate -s 65M "$d/v$i.a" "$d/v$i.b" || fail "truncate $d/v$i.*"
+	done
+	if ! seq 1 "$n" | xargs -P 4 -I{} "$KEEL_BIN/keelctl" -s "$SOCK" volume create v{} \
+		--size 64M --replica "$d/v{}.a" --replica "$d/v{}.b" >"$E2E_TMP/create.out" 2>&1; then
+		fail "volume create failed: $(grep -v '^created' "$E2E_TMP/create.out" | head -n 3)"
+	fi
+}

@@ -16,24 +16,13 @@ NEED=$((4 * 1024))
 
 command -v nbdinfo >/dev/null || skip "nbdinfo is needed (package libnbd-bin)"
 [ "$(nproc)" -ge 2 ] || skip "needs 2 CPUs for keeld --cpus 0-1"
-max=$(cat /proc/sys/fs/aio-max-nr) || skip "no /proc/sys/fs/aio-max-nr"
-used=$(cat /proc/sys/fs/aio-nr)
-[ $((max - used)) -ge "$NEED" ] ||
-	skip "other processes hold $used of fs.aio-max-nr=$max; keeld needs $NEED free"
+need_aio_free "$NEED"
 
-D=$E2E_TMP/disks
-mkdir -p "$D"
-for i in $(seq 1 "$N"); do
-	truncate -s 65M "$D/v$i.a" "$D/v$i.b" || fail "truncate $D/v$i.*"
-done
 # The default mode (adaptive): what users run, and the one a timer hurts most (each
 # wake-up used to start a spin window).
 KEEL_E2E_CPUS=0-1 start_keeld
 
-if ! seq 1 "$N" | xargs -P 4 -I{} "$KEEL_BIN/keelctl" -s "$SOCK" volume create v{} --size 64M \
-	--replica "$D/v{}.a" --replica "$D/v{}.b" >"$E2E_TMP/create.out" 2>&1; then
-	fail "volume create failed: $(grep -v '^created' "$E2E_TMP/create.out" | head -n 3)"
-fi
+make_volumes "$N"
 for i in $(seq 1 "$N"); do
 	keelctl export start "v$i" --socket "$E2E_TMP/v$i.nbd" >/dev/null || fail "export start v$i"
 done

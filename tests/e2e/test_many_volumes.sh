@@ -14,26 +14,10 @@ NEED=$((4 * 1024))
 command -v jq >/dev/null || skip "jq is needed"
 command -v qemu-io >/dev/null || skip "qemu-io is needed (package qemu-utils)"
 [ "$(nproc)" -ge 2 ] || skip "needs 2 CPUs for keeld --cpus 0-1"
-max=$(cat /proc/sys/fs/aio-max-nr) || skip "no /proc/sys/fs/aio-max-nr"
-used=$(cat /proc/sys/fs/aio-nr)
-[ "$max" -ge "$NEED" ] || skip "fs.aio-max-nr is $max; keeld on 2 reactors needs $NEED (sysctl fs.aio-max-nr=65536)"
-[ $((max - used)) -ge "$NEED" ] ||
-	skip "other processes hold $used of fs.aio-max-nr=$max; keeld needs $NEED free"
-
-D=$E2E_TMP/disks
-mkdir -p "$D"
-# Sparse files of the full replica size (volume + 1 MiB of labels): keeld uses them as
-# they are, so only the labels are written (a new file would be fallocated).
-for i in $(seq 1 "$N"); do
-	truncate -s 65M "$D/v$i.a" "$D/v$i.b" || fail "truncate $D/v$i.*"
-done
+need_aio_free "$NEED"
 KEEL_E2E_CPUS=0-1 start_keeld
 
-# Four keelctl at a time hide the round trips; keeld serialises nothing per volume here.
-if ! seq 1 "$N" | xargs -P 4 -I{} "$KEEL_BIN/keelctl" -s "$SOCK" volume create v{} --size 64M \
-	--replica "$D/v{}.a" --replica "$D/v{}.b" >"$E2E_TMP/create.out" 2>&1; then
-	fail "volume create failed: $(grep -v '^created' "$E2E_TMP/create.out" | head -n 3)"
-fi
+make_volumes "$N"
 ok "created $N volumes"
 
 keelctl --json volume list >"$E2E_TMP/list.json" || fail "volume list"
