@@ -57,16 +57,22 @@ static int evp_fn(void *arg)
 	return busy;
 }
 
-static void evp_open(struct evp *e)
+/* An event poller on a fresh pipe, with a period when \p period_us is not 0. */
+static void evp_open_period(struct evp *e, uint64_t period_us, const char *name)
 {
 	int fds[2];
 
 	CU_ASSERT_EQUAL_FATAL(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
 	e->fd = fds[0];
 	e->wfd = fds[1];
-	e->poller = keel_poller_register(evp_fn, e, 0, "evp");
+	e->poller = keel_poller_register(evp_fn, e, period_us, name);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(e->poller);
 	CU_ASSERT_EQUAL_FATAL(keel_poller_register_fd(e->poller, e->fd, EPOLLIN), 0);
+}
+
+static void evp_open(struct evp *e)
+{
+	evp_open_period(e, 0, "evp");
 }
 
 static void evp_close(struct evp *e)
@@ -127,6 +133,51 @@ static void test_event_runs_on_fd_only(void)
 	CU_ASSERT_EQUAL(ut_thread(0)->parked, 1);
 	evp_close(&e);
 	CU_ASSERT_EQUAL(ut_thread(0)->parked, 0);
+	ut_threads_fini();
+}
+
+/*
+ * Idle means no deadline: a thread whose only poller waits on an fd gives its reactor
+ * nothing to wake for (the next deadline is "never"), and time passing runs nothing;
+ * the fd alone does. The same holds for an event poller whose pacing period is
+ * disarmed until it has work (the RPC server's connections), until it is armed.
+ */
+static void test_event_idle_no_deadline(void)
+{
+	struct evp e = {0}, paced = {0};
+
+	CU_ASSERT_EQUAL_FATAL(ut_threads_init(1), 0);
+	evp_open(&e);
+	evp_open_period(&paced, 1000, "paced");
+	keel_poller_disarm(paced.poller);
+	poll_n(3);
+	CU_ASSERT_EQUAL(e.runs, 1);
+	CU_ASSERT_EQUAL(paced.runs, 1);
+	CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	for (int i = 0; i < 10000; i++) {
+		ut_time_advance_us(1000); /* 10 s, a millisecond at a time */
+		CU_ASSERT_EQUAL(ut_poll_thread(0), 0);
+	}
+	CU_ASSERT_EQUAL(e.runs, 1);
+	CU_ASSERT_EQUAL(paced.runs, 1);
+	evp_write(&e, "x");
+	poll_n(3);
+	CU_ASSERT_EQUAL(e.runs, 3); /* read (busy), one idle run, parked */
+	CU_ASSERT_EQUAL(paced.runs, 1);
+	CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	/* Armed, the paced one has a deadline and runs at it, every period. */
+	CU_ASSERT_EQUAL(keel_poller_arm(paced.poller, 1000), 0);
+	CU_ASSERT_NOT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	ut_time_advance_us(1000);
+	poll_n(1);
+	CU_ASSERT_EQUAL(paced.runs, 2);
+	ut_time_advance_us(1000);
+	poll_n(1);
+	CU_ASSERT_EQUAL(paced.runs, 3);
+	keel_poller_disarm(paced.poller);
+	CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	evp_close(&paced);
+	evp_close(&e);
 	ut_threads_fini();
 }
 
@@ -323,14 +374,9 @@ static void test_event_arm(void)
 static void test_event_with_period(void)
 {
 	struct evp e = {0};
-	int fds[2];
 
 	CU_ASSERT_EQUAL_FATAL(ut_threads_init(1), 0);
-	CU_ASSERT_EQUAL_FATAL(pipe2(fds, O_NONBLOCK), 0);
-	e.fd = fds[0];
-	e.wfd = fds[1];
-	e.poller = keel_poller_register(evp_fn, &e, 1000, "paced");
-	CU_ASSERT_EQUAL_FATAL(keel_poller_register_fd(e.poller, e.fd, EPOLLIN), 0);
+	evp_open_period(&e, 1000, "paced");
 	poll_n(3);
 	CU_ASSERT_EQUAL(e.runs, 1); /* the run after registration */
 	evp_write(&e, "ab");
@@ -452,6 +498,7 @@ int main(void)
 {
 	static const struct ut_test tests[] = {
 		{"event_runs_on_fd_only", test_event_runs_on_fd_only},
+		{"event_idle_no_deadline", test_event_idle_no_deadline},
 		{"event_level_and_modify", test_event_level_and_modify},
 		{"event_wake", test_event_wake},
 		{"event_wake_ping_pong", test_event_wake_ping_pong},
