@@ -1337,11 +1337,19 @@ static void cmd_reactor_stats(int argc, char **argv)
 	table_row(&t, "REACTOR", "WOKEN BY", "THREAD", "WAKE-UPS");
 	json_array_foreach(json_object_get(reactors, "reactors"), i, r) {
 		json_array_foreach(json_object_get(r, "wakers"), j, w) {
-			char idx[16], count[24];
+			char idx[16], count[24], name[96];
 			json_t *thr = json_object_get(w, "thread");
+			json_int_t inst = json_integer_value(json_object_get(w, "instances"));
 
-			table_row(&t, fmt_u64(idx, sizeof(idx), json_object_get(r, "reactor")),
-				  json_string_value(json_object_get(w, "name")),
+			/* Many pollers of one name (a timer per volume) are one row. */
+			if (inst > 1) {
+				snprintf(name, sizeof(name), "%s (x%lld)",
+					 json_string_value(json_object_get(w, "name")), (long long)inst);
+			} else {
+				snprintf(name, sizeof(name), "%s",
+					 json_string_value(json_object_get(w, "name")));
+			}
+			table_row(&t, fmt_u64(idx, sizeof(idx), json_object_get(r, "reactor")), name,
 				  json_is_string(thr) ? json_string_value(thr) : "-",
 				  fmt_u64(count, sizeof(count), json_object_get(w, "wakeups")));
 		}

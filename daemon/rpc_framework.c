@@ -122,12 +122,13 @@ static void rpc_stats_visit(void *arg)
 	plist = json_array();
 	for (i = 0; i < n; i++) {
 		json_array_append_new(
-			plist, json_pack("{s:s,s:I,s:I,s:I,s:I,s:b}", "name", pollers[i].name,
+			plist, json_pack("{s:s,s:I,s:I,s:I,s:I,s:b,s:I}", "name", pollers[i].name,
 					 "period_us", (json_int_t)pollers[i].period_us,
 					 "run_count", (json_int_t)pollers[i].run_count,
 					 "busy_count", (json_int_t)pollers[i].busy_count,
 					 "wakeups", (json_int_t)pollers[i].wakeups, "paused",
-					 pollers[i].paused));
+					 pollers[i].paused, "instances",
+					 (json_int_t)pollers[i].instances));
 	}
 	json_object_set_new(obj, "pollers", plist);
 	json_array_append_new(ctx->threads, obj);
@@ -152,8 +153,8 @@ static json_t *rpc_reactor_wakers(json_t *threads, uint32_t idx, uint64_t msg_wa
 	size_t j, k, n = 0;
 
 	if (msg_wakeups > 0) {
-		cand[n++] = json_pack("{s:s,s:n,s:I}", "name", "(message)", "thread",
-				      "wakeups", (json_int_t)msg_wakeups);
+		cand[n++] = json_pack("{s:s,s:n,s:I,s:i}", "name", "(message)", "thread",
+				      "wakeups", (json_int_t)msg_wakeups, "instances", 1);
 	}
 	json_array_foreach(threads, j, t) {
 		if (json_integer_value(json_object_get(t, "reactor")) != (json_int_t)idx) {
@@ -163,9 +164,10 @@ static json_t *rpc_reactor_wakers(json_t *threads, uint32_t idx, uint64_t msg_wa
 			if (n == sizeof(cand) / sizeof(cand[0])) {
 				break;
 			}
-			cand[n++] = json_pack("{s:O,s:O,s:O}", "name", json_object_get(p, "name"),
+			cand[n++] = json_pack("{s:O,s:O,s:O,s:O}", "name", json_object_get(p, "name"),
 					      "thread", json_object_get(t, "name"), "wakeups",
-					      json_object_get(p, "wakeups"));
+					      json_object_get(p, "wakeups"), "instances",
+					      json_object_get(p, "instances"));
 		}
 	}
 	qsort(cand, n, sizeof(cand[0]), rpc_waker_cmp);

@@ -588,6 +588,7 @@ static void thread_poller_stats(struct keel_poller_stats *ps, const struct keel_
 	ps->busy_count = poller->busy_count;
 	ps->wakeups = poller->wake_count;
 	ps->paused = poller->state == POLLER_PAUSED;
+	ps->instances = 1;
 }
 
 uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_stats *stats,
@@ -628,38 +629,62 @@ uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_st
 	return n;
 }
 
+/* Distinct poller names keel_thread_get_wakers() groups; the rest are left out. */
+#define THREAD_WAKER_GROUPS_MAX 64
+
 uint32_t keel_thread_get_wakers(struct keel_thread *thread, struct keel_poller_stats *pollers,
 				uint32_t max_pollers)
 {
-	struct keel_poller *top[KEEL_THREAD_WAKERS_MAX];
+	/*
+	 * Grouped by name: a thousand volumes each with a 5 s timer wake the reactor 200
+	 * times a second, yet no single poller of them would make a top list.
+	 */
+	struct keel_poller_stats groups[THREAD_WAKER_GROUPS_MAX];
 	struct keel_poller *poller;
-	uint32_t n = 0;
+	uint32_t ngroups = 0, n = 0, i;
 
 	assert(thread == thread_tls_current);
 	if (max_pollers > KEEL_THREAD_WAKERS_MAX) {
 		max_pollers = KEEL_THREAD_WAKERS_MAX;
 	}
-	/* Insertion into a short sorted list: max_pollers is a handful. */
 	TAILQ_FOREACH(poller, &thread->pollers, link) {
-		uint32_t i;
+		struct keel_poller_stats *g = NULL;
 
 		if (poller->wake_count == 0 || poller->state == POLLER_UNREGISTERED) {
 			continue;
 		}
-		for (i = n; i > 0 && top[i - 1]->wake_count < poller->wake_count; i--) {
-			if (i < max_pollers) {
-				top[i] = top[i - 1];
+		for (i = 0; i < ngroups; i++) {
+			if (strncmp(groups[i].name, poller->name, sizeof(groups[i].name) - 1) == 0) {
+				g = &groups[i];
+				break;
 			}
 		}
-		if (i < max_pollers) {
-			top[i] = poller;
-			if (n < max_pollers) {
-				n++;
+		if (g == NULL) {
+			if (ngroups == THREAD_WAKER_GROUPS_MAX) {
+				continue;
 			}
+			g = &groups[ngroups++];
+			thread_poller_stats(g, poller);
+			continue;
 		}
+		g->run_count += poller->run_count;
+		g->busy_count += poller->busy_count;
+		g->wakeups += poller->wake_count;
+		g->paused = g->paused && poller->state == POLLER_PAUSED;
+		g->instances++;
 	}
-	for (uint32_t i = 0; i < n; i++) {
-		thread_poller_stats(&pollers[i], top[i]);
+	/* Selection of the top max_pollers: max_pollers is a handful. */
+	while (n < max_pollers && n < ngroups) {
+		uint32_t best = n;
+
+		for (i = n + 1; i < ngroups; i++) {
+			if (groups[i].wakeups > groups[best].wakeups) {
+				best = i;
+			}
+		}
+		pollers[n] = groups[best];
+		groups[best] = groups[n];
+		n++;
 	}
 	return n;
 }

@@ -400,6 +400,7 @@ struct keel_poller_stats {
 	uint64_t busy_count;
 	uint64_t wakeups; /**< times it was a reason its sleeping reactor woke (fd or timer) */
 	bool paused;
+	uint32_t instances; /**< pollers summed in this entry (keel_thread_get_wakers groups by name) */
 };
 
 struct keel_thread_stats {
@@ -429,8 +430,10 @@ uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_st
 
 /**
  * The pollers of \p thread that woke its reactor most often (wakeups > 0), most
- * first, up to \p max_pollers (at most KEEL_THREAD_WAKERS_MAX). Must be called on
- * \p thread. \return number of entries written.
+ * first, up to \p max_pollers (at most KEEL_THREAD_WAKERS_MAX). Pollers of the same
+ * name are one entry, their counts summed and `instances` saying how many: many small
+ * timers add up to a reason to wake. Only the first 64 distinct names are grouped.
+ * Must be called on \p thread. \return number of entries written.
  */
 uint32_t keel_thread_get_wakers(struct keel_thread *thread, struct keel_poller_stats *pollers,
 				uint32_t max_pollers);

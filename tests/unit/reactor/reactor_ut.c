@@ -865,6 +865,100 @@ static void test_adaptive_no_spin_after_idle_wake(void)
 }
 
 /* ------------------------------------------------------------------------------ */
+/* Wakers: pollers of one name add up                                              */
+/* ------------------------------------------------------------------------------ */
+
+#define GRP_POLLERS 3
+
+struct grp_ctx {
+	struct keel_thread *t1;
+	struct keel_poller *grp[GRP_POLLERS];
+	struct keel_poller *solo;
+	int ticks;
+	bool done;
+	/* Results, taken on t1 at one moment. */
+	struct keel_poller_stats wakers[KEEL_THREAD_WAKERS_MAX];
+	uint32_t nwakers;
+	uint64_t grp_sum;
+};
+
+static int grp_tick(void *arg)
+{
+	struct grp_ctx *ctx = arg;
+	struct keel_poller_stats all[8];
+	uint32_t n, i;
+
+	/* The 30th tick: enough for each poller to have woken reactor 1 a few times. */
+	if (ctx->done || ++ctx->ticks < 30) {
+		return KEEL_POLLER_IDLE;
+	}
+	ctx->done = true;
+	ctx->nwakers = keel_thread_get_wakers(keel_thread_get_current(), ctx->wakers,
+					      KEEL_THREAD_WAKERS_MAX);
+	n = keel_thread_get_stats(keel_thread_get_current(), NULL, all, 8);
+	for (i = 0; i < n && i < 8; i++) {
+		if (strcmp(all[i].name, "grp_tick") == 0) {
+			ctx->grp_sum += all[i].wakeups;
+		}
+	}
+	for (i = 0; i < GRP_POLLERS; i++) {
+		keel_poller_unregister(&ctx->grp[i]);
+	}
+	keel_poller_unregister(&ctx->solo);
+	keel_thread_exit(keel_thread_get_current());
+	keel_thread_send_msg(keel_thread_get_main(), stop_msg, NULL);
+	return KEEL_POLLER_BUSY;
+}
+
+static void grp_t1_setup(void *arg)
+{
+	struct grp_ctx *ctx = arg;
+	int i;
+
+	for (i = 0; i < GRP_POLLERS; i++) {
+		ctx->grp[i] = keel_poller_register(grp_tick, ctx, 2000 + 700 * i, "grp_tick");
+	}
+	ctx->solo = keel_poller_register(grp_tick, ctx, 5000, "solo_tick");
+}
+
+static void grp_start(void *arg)
+{
+	struct grp_ctx *ctx = arg;
+
+	ctx->t1 = keel_thread_create("t1", 1);
+	keel_thread_send_msg(ctx->t1, grp_t1_setup, ctx);
+}
+
+static void test_wakers_grouped_by_name(void)
+{
+	struct keel_reactor_opts opts;
+	struct grp_ctx ctx = {0};
+	bool seen_grp = false, seen_solo = false;
+	uint32_t i;
+
+	opts_for(&opts, KEEL_REACTOR_MODE_INTERRUPT);
+	CU_ASSERT_EQUAL(run_reactors(&opts, grp_start, &ctx), 0);
+	CU_ASSERT_TRUE(ctx.done);
+	for (i = 0; i < ctx.nwakers; i++) {
+		if (strcmp(ctx.wakers[i].name, "grp_tick") == 0) {
+			CU_ASSERT_FALSE(seen_grp); /* one entry for the three */
+			seen_grp = true;
+			CU_ASSERT_EQUAL(ctx.wakers[i].instances, GRP_POLLERS);
+			CU_ASSERT_EQUAL(ctx.wakers[i].wakeups, ctx.grp_sum);
+			CU_ASSERT_TRUE(ctx.wakers[i].wakeups > 0);
+		} else if (strcmp(ctx.wakers[i].name, "solo_tick") == 0) {
+			seen_solo = true;
+			CU_ASSERT_EQUAL(ctx.wakers[i].instances, 1);
+		}
+		if (i > 0) {
+			CU_ASSERT_TRUE(ctx.wakers[i - 1].wakeups >= ctx.wakers[i].wakeups);
+		}
+	}
+	CU_ASSERT_TRUE(seen_grp);
+	(void)seen_solo; /* it may have been due with a grp_tick each time it woke */
+}
+
+/* ------------------------------------------------------------------------------ */
 /* Mode switches under load: nothing lost                                          */
 /* ------------------------------------------------------------------------------ */
 
@@ -1272,6 +1366,7 @@ int main(void)
 		{"event_wake_interrupt", test_event_wake_interrupt},
 		{"event_wake_adaptive", test_event_wake_adaptive},
 		{"adaptive_no_spin_after_idle_wake", test_adaptive_no_spin_after_idle_wake},
+		{"wakers_grouped_by_name", test_wakers_grouped_by_name},
 		{"mode_switch_under_load", test_mode_switch_under_load},
 		{"watchdog", test_watchdog},
 		{"shutdown_leak", test_shutdown_leak},
