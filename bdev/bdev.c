@@ -559,7 +559,7 @@ static void bdev_channel_free(struct bdev_channel *ch)
 
 static inline void bdev_channel_maybe_free(struct bdev_channel *ch)
 {
-	if (bdev_unlikely(ch->destroyed) && ch->outstanding == 0 && !ch->drain_pending &&
+	if (keel_unlikely(ch->destroyed) && ch->outstanding == 0 && !ch->drain_pending &&
 	    !ch->draining && TAILQ_EMPTY(&ch->deferred) && TAILQ_EMPTY(&ch->nomem_q))
 		bdev_channel_free(ch);
 }
@@ -615,7 +615,7 @@ static inline void bdev_io_free(struct bdev_channel *ch, struct keel_bdev_io *io
 {
 	struct bdev_wait *w = TAILQ_FIRST(&ch->waitq);
 
-	if (bdev_likely(!w)) {
+	if (keel_likely(!w)) {
 		keel_mempool_cache_put(ch->cache, io->internal);
 		return;
 	}
@@ -655,7 +655,7 @@ static void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_inte
 
 	if (in->counted) {
 		ch->inflight[in->epoch]--;
-		if (bdev_unlikely(!TAILQ_EMPTY(&ch->reset_waiters)))
+		if (keel_unlikely(!TAILQ_EMPTY(&ch->reset_waiters)))
 			bdev_reset_check(ch);
 	}
 	ch->outstanding--;
@@ -665,7 +665,7 @@ static void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_inte
 
 static inline void bdev_io_done(struct bdev_channel *ch, struct keel_bdev_io_internal *in)
 {
-	if (bdev_unlikely(in->is_lane))
+	if (keel_unlikely(in->is_lane))
 		bdev_lane_done(ch, in);
 	else
 		bdev_user_complete(ch, in);
@@ -673,7 +673,7 @@ static inline void bdev_io_done(struct bdev_channel *ch, struct keel_bdev_io_int
 
 static inline void bdev_after_completion(struct bdev_channel *ch)
 {
-	if (bdev_unlikely(!TAILQ_EMPTY(&ch->nomem_q)))
+	if (keel_unlikely(!TAILQ_EMPTY(&ch->nomem_q)))
 		bdev_nomem_retry(ch);
 	bdev_channel_maybe_free(ch);
 }
@@ -717,7 +717,7 @@ static void bdev_defer(struct bdev_channel *ch, struct keel_bdev_io_internal *in
 		return;
 	ch->drain_pending = true;
 	rc = keel_thread_send_msg(ch->thread, bdev_drain, ch);
-	if (bdev_likely(rc == 0))
+	if (keel_likely(rc == 0))
 		return;
 	/* Own ring full: drain from a poller instead; it runs on the next iteration. */
 	if (!ch->drain_poller)
@@ -765,7 +765,7 @@ void keel_bdev_io_complete(struct keel_bdev_io *io, int status)
 	struct bdev_channel *ch = in->ch;
 
 	assert(keel_thread_get_current() == ch->thread);
-	if (bdev_unlikely(status == -ENOMEM)) {
+	if (keel_unlikely(status == -ENOMEM)) {
 		/* Out of module resources: retry later, never fail the request. */
 		TAILQ_INSERT_TAIL(&ch->nomem_q, in, link);
 		if (!ch->nomem_poller)
@@ -1188,7 +1188,7 @@ static void bdev_io_start(struct bdev_channel *ch, void *obj, struct keel_bdev_d
 	ch->outstanding++;
 	ch->in_submit++;
 
-	if (bdev_unlikely(type == KEEL_BDEV_IO_RESET)) {
+	if (keel_unlikely(type == KEEL_BDEV_IO_RESET)) {
 		in->counted = false;
 		keel_for_each_channel(bi->io_dev, bdev_reset_visit, in, bdev_reset_drained);
 		goto out;
@@ -1197,14 +1197,14 @@ static void bdev_io_start(struct bdev_channel *ch, void *obj, struct keel_bdev_d
 	in->epoch = ch->epoch;
 	ch->inflight[in->epoch]++;
 
-	if (bdev_unlikely(__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)) {
+	if (keel_unlikely(__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)) {
 		/* Was waiting for an object while the bdev went away. */
 		in->status = -ENODEV;
 		bdev_defer(ch, in);
 		goto out;
 	}
 
-	if (bdev_likely(bi->simple && iov_bytes == (num_blocks << bi->block_shift)) &&
+	if (keel_likely(bi->simple && iov_bytes == (num_blocks << bi->block_shift)) &&
 	    type != KEEL_BDEV_IO_FLUSH && (type != KEEL_BDEV_IO_WRITE_ZEROES ||
 					  bi->native[KEEL_BDEV_IO_WRITE_ZEROES])) {
 		ch->submit_fn(ch->module_ch, io);
@@ -1260,9 +1260,9 @@ static inline int bdev_start_or_wait(struct bdev_channel *ch, struct keel_bdev_d
 	void *obj;
 
 	assert(keel_thread_get_current() == ch->thread);
-	if (bdev_likely(TAILQ_EMPTY(&ch->waitq))) {
+	if (keel_likely(TAILQ_EMPTY(&ch->waitq))) {
 		obj = keel_mempool_cache_get(ch->cache);
-		if (bdev_likely(obj != NULL)) {
+		if (keel_likely(obj != NULL)) {
 			bdev_io_start(ch, obj, desc, type, iovs, iovcnt, buf, iov_bytes,
 				      offset_blocks, num_blocks, flags, cb_fn, cb_arg);
 			return 0;
@@ -1301,40 +1301,40 @@ static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channe
 	struct keel_bdev_internal *bi;
 	uint64_t offset_blocks, num_blocks, total, iov_bytes;
 
-	if (bdev_unlikely(!desc || !ioch || !cb_fn))
+	if (keel_unlikely(!desc || !ioch || !cb_fn))
 		return -EINVAL;
 	bdev = desc->bdev;
 	bi = bdev->internal;
-	if (bdev_unlikely(((offset | nbytes) & bi->block_mask) || nbytes == 0))
+	if (keel_unlikely(((offset | nbytes) & bi->block_mask) || nbytes == 0))
 		return -EINVAL;
 	offset_blocks = offset >> bi->block_shift;
 	num_blocks = nbytes >> bi->block_shift;
 	total = __atomic_load_n(&bdev->num_blocks, __ATOMIC_RELAXED);
-	if (bdev_unlikely(offset_blocks >= total || num_blocks > total - offset_blocks))
+	if (keel_unlikely(offset_blocks >= total || num_blocks > total - offset_blocks))
 		return -EINVAL;
-	if (bdev_unlikely(type != KEEL_BDEV_IO_READ && !desc->write))
+	if (keel_unlikely(type != KEEL_BDEV_IO_READ && !desc->write))
 		return -EBADF;
-	if (bdev_unlikely((type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE ||
+	if (keel_unlikely((type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE ||
 			   type == KEEL_BDEV_IO_UNMAP) && !bi->native[type]))
 		return -ENOTSUP;
-	if (bdev_unlikely(__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED))
+	if (keel_unlikely(__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED))
 		return -ENODEV;
 
 	iov_bytes = nbytes;
 	if (type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE) {
 		if (!iovs) {
-			if (bdev_unlikely(!buf))
+			if (keel_unlikely(!buf))
 				return -EINVAL;
 		} else {
-			if (bdev_unlikely(iovcnt <= 0))
+			if (keel_unlikely(iovcnt <= 0))
 				return -EINVAL;
 			iov_bytes = 0;
 			for (int i = 0; i < iovcnt; i++) {
-				if (bdev_unlikely(!iovs[i].iov_base && iovs[i].iov_len))
+				if (keel_unlikely(!iovs[i].iov_base && iovs[i].iov_len))
 					return -EINVAL;
 				iov_bytes += iovs[i].iov_len;
 			}
-			if (bdev_unlikely(iov_bytes < nbytes))
+			if (keel_unlikely(iov_bytes < nbytes))
 				return -EINVAL;
 		}
 	}

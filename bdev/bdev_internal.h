@@ -20,15 +20,13 @@
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
 #include "keel/reactor.h"
+#include "keel/util.h"
 
 #define BDEV_IO_NUM_IOV 16  /* iovec slots per request for split slices */
 #define BDEV_MAX_LANES 8    /* split chunks one request keeps in flight at most */
 #define BDEV_ZERO_BUF_SIZE (1024u * 1024u)
 #define BDEV_MAX_ALIGN 65536u /* largest required_alignment; the zero buffer honours it */
 #define BDEV_NOMEM_RETRY_US 100
-
-#define bdev_likely(x) __builtin_expect(!!(x), 1)
-#define bdev_unlikely(x) __builtin_expect(!!(x), 0)
 
 enum bdev_state {
 	BDEV_STATE_REGISTERED = 0,

@@ -13,6 +13,7 @@
 
 #include "keel/log.h"
 #include "keel/reactor.h"
+#include "keel/util.h"
 #include "ring.h"
 
 /* glibc's sys/queue.h lacks the _SAFE variant (BSD has it). */
@@ -30,9 +31,6 @@
 #define THREAD_DEFAULT_RING_SIZE 16384
 /** Grace period for a thread asked to exit before leftovers are torn down. */
 #define THREAD_EXIT_GRACE_NS 1000000000ULL
-
-#define keel_likely(x) __builtin_expect(!!(x), 1)
-#define keel_unlikely(x) __builtin_expect(!!(x), 0)
 
 static inline void keel_cpu_relax(void)
 {

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "nexus_endian.h"
+#include "keel/util.h"
 #include "nexus_label.h"
 
 #define OFF_MAGIC 0
@@ -29,13 +29,13 @@ void nexus_bm_header_encode(const struct nexus_bm_header *h, uint8_t *buf)
 {
 	memset(buf, 0, NEXUS_BM_HDR_LEN);
 	memcpy(buf + OFF_MAGIC, NEXUS_BM_MAGIC, 8);
-	nexus_put_le32(buf + OFF_VERSION, h->version);
-	nexus_put_le64(buf + OFF_EVENTS, h->events_cleared);
-	nexus_put_le64(buf + OFF_REGION, h->region_size);
-	nexus_put_le32(buf + OFF_NBITS, h->nbits);
-	nexus_put_le32(buf + OFF_BLOCK, h->block_size);
+	keel_put_le32(buf + OFF_VERSION, h->version);
+	keel_put_le64(buf + OFF_EVENTS, h->events_cleared);
+	keel_put_le64(buf + OFF_REGION, h->region_size);
+	keel_put_le32(buf + OFF_NBITS, h->nbits);
+	keel_put_le32(buf + OFF_BLOCK, h->block_size);
 	memcpy(buf + OFF_UUID, h->volume_uuid, 16);
-	nexus_put_le32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_BM_HDR_LEN));
+	keel_put_le32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_BM_HDR_LEN));
 }
 
 int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_header *h,
@@ -56,17 +56,17 @@ int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_heade
 		goto out_fail;
 	}
 	rc = -EINVAL;
-	h->version = nexus_get_le32(buf + OFF_VERSION);
+	h->version = keel_get_le32(buf + OFF_VERSION);
 	if (h->version != NEXUS_BM_VERSION) {
 		reason = h->version == 1 ? "bitmap version 1 (no block checksums)" :
 					   "unknown bitmap version";
 		rc = -EPROTONOSUPPORT;
 		goto out_fail;
 	}
-	h->events_cleared = nexus_get_le64(buf + OFF_EVENTS);
-	h->region_size = nexus_get_le64(buf + OFF_REGION);
-	h->nbits = nexus_get_le32(buf + OFF_NBITS);
-	h->block_size = nexus_get_le32(buf + OFF_BLOCK);
+	h->events_cleared = keel_get_le64(buf + OFF_EVENTS);
+	h->region_size = keel_get_le64(buf + OFF_REGION);
+	h->nbits = keel_get_le32(buf + OFF_NBITS);
+	h->block_size = keel_get_le32(buf + OFF_BLOCK);
 	memcpy(h->volume_uuid, buf + OFF_UUID, 16);
 	if (!pow2(h->block_size) || h->block_size < NEXUS_BM_BLOCK_MIN ||
 	    h->block_size > NEXUS_BM_BLOCK_MAX || !pow2(h->region_size) ||
@@ -92,8 +92,8 @@ static uint32_t block_crc(const uint8_t *buf, size_t len, const uint8_t *volume_
 void nexus_bm_block_seal(uint8_t *buf, uint32_t block_size, uint32_t index,
 			 const uint8_t *volume_uuid)
 {
-	nexus_put_le32(buf + block_size - NEXUS_BM_TRAILER, index);
-	nexus_put_le32(buf + block_size - 4, block_crc(buf, block_size, volume_uuid));
+	keel_put_le32(buf + block_size - NEXUS_BM_TRAILER, index);
+	keel_put_le32(buf + block_size - 4, block_crc(buf, block_size, volume_uuid));
 }
 
 int nexus_bm_block_check(const uint8_t *buf, size_t len, uint32_t index,
@@ -102,8 +102,8 @@ int nexus_bm_block_check(const uint8_t *buf, size_t len, uint32_t index,
 	if (len <= NEXUS_BM_TRAILER) {
 		return -EINVAL;
 	}
-	if (nexus_get_le32(buf + len - NEXUS_BM_TRAILER) != index ||
-	    nexus_get_le32(buf + len - 4) != block_crc(buf, len, volume_uuid)) {
+	if (keel_get_le32(buf + len - NEXUS_BM_TRAILER) != index ||
+	    keel_get_le32(buf + len - 4) != block_crc(buf, len, volume_uuid)) {
 		return -EBADMSG;
 	}
 	return 0;

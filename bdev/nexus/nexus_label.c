@@ -11,8 +11,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "keel/util.h"
 #include "nexus_bitmap_format.h"
-#include "nexus_endian.h"
 
 static uint32_t g_crc32c_table[256];
 static pthread_once_t g_crc32c_once = PTHREAD_ONCE_INIT;
@@ -52,7 +52,7 @@ int nexus_crc_record_check(const uint8_t *buf, size_t len, const char *magic, si
 	crc = nexus_crc32c(0, buf, crc_off);
 	crc = nexus_crc32c(crc, zero, sizeof(zero));
 	crc = nexus_crc32c(crc, buf + crc_off + 4, len - crc_off - 4);
-	return crc == nexus_get_le32(buf + crc_off) ? 0 : -EBADMSG;
+	return crc == keel_get_le32(buf + crc_off) ? 0 : -EBADMSG;
 }
 
 #define OFF_MAGIC 0
@@ -80,29 +80,29 @@ void nexus_label_encode(const struct nexus_label *label, uint8_t *buf)
 {
 	memset(buf, 0, NEXUS_LABEL_SIZE);
 	memcpy(buf + OFF_MAGIC, NEXUS_LABEL_MAGIC, 8);
-	nexus_put_le32(buf + OFF_VERSION, label->version);
-	nexus_put_le32(buf + OFF_SIZE, NEXUS_LABEL_SIZE);
-	nexus_put_le32(buf + OFF_FLAGS, label->flags);
-	nexus_put_le64(buf + OFF_GEN, label->generation);
+	keel_put_le32(buf + OFF_VERSION, label->version);
+	keel_put_le32(buf + OFF_SIZE, NEXUS_LABEL_SIZE);
+	keel_put_le32(buf + OFF_FLAGS, label->flags);
+	keel_put_le64(buf + OFF_GEN, label->generation);
 	memcpy(buf + OFF_VOL_UUID, label->volume_uuid, 16);
 	memcpy(buf + OFF_VOL_NAME, label->volume_name,
 	       strnlen(label->volume_name, VOL_NAME_LEN - 1));
 	memcpy(buf + OFF_REPLICA_UUID, label->replica_uuid, 16);
-	nexus_put_le64(buf + OFF_VOL_SIZE, label->volume_size);
-	nexus_put_le64(buf + OFF_DATA_OFFSET, label->data_offset);
-	nexus_put_le32(buf + OFF_BLOCK_SIZE, label->block_size);
-	nexus_put_le32(buf + OFF_NUM_MEMBERS, label->num_members);
-	nexus_put_le64(buf + OFF_BITMAP_OFFSET, label->bitmap_offset);
-	nexus_put_le64(buf + OFF_BITMAP_LEN, label->bitmap_len);
-	nexus_put_le32(buf + OFF_BITMAP_CHUNK, label->bitmap_chunk_kib);
-	nexus_put_le64(buf + OFF_BITMAP_EVENTS, label->bitmap_events_cleared);
+	keel_put_le64(buf + OFF_VOL_SIZE, label->volume_size);
+	keel_put_le64(buf + OFF_DATA_OFFSET, label->data_offset);
+	keel_put_le32(buf + OFF_BLOCK_SIZE, label->block_size);
+	keel_put_le32(buf + OFF_NUM_MEMBERS, label->num_members);
+	keel_put_le64(buf + OFF_BITMAP_OFFSET, label->bitmap_offset);
+	keel_put_le64(buf + OFF_BITMAP_LEN, label->bitmap_len);
+	keel_put_le32(buf + OFF_BITMAP_CHUNK, label->bitmap_chunk_kib);
+	keel_put_le64(buf + OFF_BITMAP_EVENTS, label->bitmap_events_cleared);
 	for (uint32_t i = 0; i < label->num_members && i < KEEL_NEXUS_MAX_REPLICAS; i++) {
 		uint8_t *m = buf + OFF_MEMBERS + i * MEMBER_SIZE;
 
 		memcpy(m, label->members[i].uuid, 16);
-		nexus_put_le32(m + 16, label->members[i].state);
+		keel_put_le32(m + 16, label->members[i].state);
 	}
-	nexus_put_le32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_LABEL_SIZE));
+	keel_put_le32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_LABEL_SIZE));
 }
 
 static bool is_pow2(uint64_t v)
@@ -132,19 +132,19 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
 	}
 	rc = -EINVAL;
 	memset(label, 0, sizeof(*label));
-	label->version = nexus_get_le32(buf + OFF_VERSION);
+	label->version = keel_get_le32(buf + OFF_VERSION);
 	if (label->version < NEXUS_LABEL_VERSION_MIN || label->version > NEXUS_LABEL_VERSION) {
 		if (why != NULL) {
 			snprintf(why, whylen, "unsupported label version %u", label->version);
 		}
 		return -EPROTONOSUPPORT;
 	}
-	if (nexus_get_le32(buf + OFF_SIZE) != NEXUS_LABEL_SIZE) {
+	if (keel_get_le32(buf + OFF_SIZE) != NEXUS_LABEL_SIZE) {
 		reason = "bad label size";
 		goto out_fail;
 	}
-	label->flags = nexus_get_le32(buf + OFF_FLAGS);
-	label->generation = nexus_get_le64(buf + OFF_GEN);
+	label->flags = keel_get_le32(buf + OFF_FLAGS);
+	label->generation = keel_get_le64(buf + OFF_GEN);
 	memcpy(label->volume_uuid, buf + OFF_VOL_UUID, 16);
 	name_len = strnlen((const char *)buf + OFF_VOL_NAME, VOL_NAME_LEN);
 	if (name_len == 0 || name_len > KEEL_NEXUS_NAME_MAX) {
@@ -161,14 +161,14 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
 		goto out_fail;
 	}
 	memcpy(label->replica_uuid, buf + OFF_REPLICA_UUID, 16);
-	label->volume_size = nexus_get_le64(buf + OFF_VOL_SIZE);
-	label->data_offset = nexus_get_le64(buf + OFF_DATA_OFFSET);
-	label->block_size = nexus_get_le32(buf + OFF_BLOCK_SIZE);
-	label->num_members = nexus_get_le32(buf + OFF_NUM_MEMBERS);
-	label->bitmap_offset = nexus_get_le64(buf + OFF_BITMAP_OFFSET);
-	label->bitmap_len = nexus_get_le64(buf + OFF_BITMAP_LEN);
-	label->bitmap_chunk_kib = nexus_get_le32(buf + OFF_BITMAP_CHUNK);
-	label->bitmap_events_cleared = nexus_get_le64(buf + OFF_BITMAP_EVENTS);
+	label->volume_size = keel_get_le64(buf + OFF_VOL_SIZE);
+	label->data_offset = keel_get_le64(buf + OFF_DATA_OFFSET);
+	label->block_size = keel_get_le32(buf + OFF_BLOCK_SIZE);
+	label->num_members = keel_get_le32(buf + OFF_NUM_MEMBERS);
+	label->bitmap_offset = keel_get_le64(buf + OFF_BITMAP_OFFSET);
+	label->bitmap_len = keel_get_le64(buf + OFF_BITMAP_LEN);
+	label->bitmap_chunk_kib = keel_get_le32(buf + OFF_BITMAP_CHUNK);
+	label->bitmap_events_cleared = keel_get_le64(buf + OFF_BITMAP_EVENTS);
 	if (!is_pow2(label->block_size) || label->block_size < 512 ||
 	    label->block_size > 65536) {
 		reason = "bad block size in label";
@@ -196,7 +196,7 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
 		const uint8_t *m = buf + OFF_MEMBERS + i * MEMBER_SIZE;
 
 		memcpy(label->members[i].uuid, m, 16);
-		label->members[i].state = nexus_get_le32(m + 16);
+		label->members[i].state = keel_get_le32(m + 16);
 		if (label->members[i].state != NEXUS_MEMBER_IN_SYNC &&
 		    label->members[i].state != NEXUS_MEMBER_OUT_OF_SYNC) {
 			reason = "bad member state in label";
