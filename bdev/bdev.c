@@ -14,16 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <time.h>
 
 #include <jansson.h>
 
 #include "keel/log.h"
 #include "bdev_internal.h"
-
-#if defined(__x86_64__)
-#include <x86intrin.h>
-#endif
 
 /* ------------------------------------------------------------------------------ */
 /* Globals                                                                         */
@@ -43,7 +38,6 @@ static struct keel_bdev_opts g_opts = {
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void *g_zero_buf;
-static double g_ns_per_tick = 1.0;
 static uint64_t g_us_mult; /* (ticks * g_us_mult) >> 32 == microseconds */
 
 static const char *const g_io_type_names[KEEL_BDEV_IO_NUM_TYPES] = {
@@ -66,54 +60,12 @@ const char *keel_bdev_io_type_name(enum keel_bdev_io_type type)
 /* Time                                                                            */
 /* ------------------------------------------------------------------------------ */
 
-static inline uint64_t bdev_ticks_inline(void)
-{
-#if defined(__x86_64__)
-	return __rdtsc();
-#else
-	return keel_now_ns();
-#endif
-}
-
-uint64_t bdev_ticks(void)
-{
-	return bdev_ticks_inline();
-}
-
-uint64_t bdev_ticks_to_ns(uint64_t ticks)
-{
-	return (uint64_t)((double)ticks * g_ns_per_tick);
-}
-
-#if defined(__x86_64__)
-static uint64_t bdev_mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-#endif
-
 static void bdev_once(void)
 {
-	double ticks_per_us = 1000.0;
-#if defined(__x86_64__)
-	/* Calibrate the TSC against CLOCK_MONOTONIC once; 2 ms gives ~1e-5 precision.
-	 * Read the clock directly: keel_now_ns() is mocked under the test harness. */
-	uint64_t ns0 = bdev_mono_ns(), t0 = __rdtsc(), ns1, t1;
-
-	do {
-		ns1 = bdev_mono_ns();
-	} while (ns1 - ns0 < 2000000);
-	t1 = __rdtsc();
-	if (t1 > t0)
-		ticks_per_us = (double)(t1 - t0) * 1000.0 / (double)(ns1 - ns0);
-#endif
-	if (ticks_per_us < 1.0)
-		ticks_per_us = 1.0;
-	g_ns_per_tick = 1000.0 / ticks_per_us;
-	g_us_mult = (uint64_t)(4294967296.0 / ticks_per_us);
+	/* Latency buckets are powers of two of microseconds: (ticks * g_us_mult) >> 32
+	 * converts without a division on the completion path. keel_ticks_per_us()
+	 * calibrates the tick clock here, at the first registration, not on a request. */
+	g_us_mult = (uint64_t)(4294967296.0 / keel_ticks_per_us());
 
 	/* Shared by every thread, never written after this: zero-write source. */
 	if (posix_memalign(&g_zero_buf, BDEV_MAX_ALIGN, BDEV_ZERO_BUF_SIZE) == 0)
@@ -639,7 +591,7 @@ static void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_inte
 {
 	struct keel_bdev_io_stats *s = &ch->stats;
 	unsigned t = in->user_type;
-	uint64_t now = ch->now_valid ? ch->now_tsc : bdev_ticks_inline();
+	uint64_t now = ch->now_valid ? ch->now_tsc : keel_ticks();
 	uint64_t lat = now > in->submit_tsc ? now - in->submit_tsc : 0;
 	keel_bdev_io_cb cb_fn = in->cb_fn;
 	void *cb_arg = in->cb_arg;
@@ -687,7 +639,7 @@ static void bdev_drain(void *arg)
 	ch->drain_pending = false;
 	TAILQ_CONCAT(&batch, &ch->deferred, link);
 	/* One clock read for the whole batch, reused by submits from its callbacks. */
-	ch->now_tsc = bdev_ticks_inline();
+	ch->now_tsc = keel_ticks();
 	ch->now_valid = true;
 	ch->draining = true;
 	while ((in = TAILQ_FIRST(&batch))) {
@@ -1169,7 +1121,7 @@ static void bdev_io_start(struct bdev_channel *ch, void *obj, struct keel_bdev_d
 	in->is_lane = false;
 	in->is_child = false;
 	in->bounce_buf = NULL;
-	in->submit_tsc = ch->now_valid ? ch->now_tsc : bdev_ticks_inline();
+	in->submit_tsc = ch->now_valid ? ch->now_tsc : keel_ticks();
 	io->internal = in;
 	io->bdev = bdev;
 	io->type = type;
@@ -1437,10 +1389,10 @@ static void bdev_stats_done(struct keel_io_channel_iter *iter, int status)
 	pthread_mutex_lock(&bi->lock);
 	bdev_stats_add(&ctx->stats, &bi->closed_stats);
 	pthread_mutex_unlock(&bi->lock);
-	/* Channels count in TSC ticks; callers get nanoseconds. */
+	/* Channels count in keel_ticks(); callers get nanoseconds. */
 	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
-		ctx->stats.lat_sum_ns[t] = bdev_ticks_to_ns(ctx->stats.lat_sum_ns[t]);
-		ctx->stats.lat_max_ns[t] = bdev_ticks_to_ns(ctx->stats.lat_max_ns[t]);
+		ctx->stats.lat_sum_ns[t] = keel_ticks_to_ns(ctx->stats.lat_sum_ns[t]);
+		ctx->stats.lat_max_ns[t] = keel_ticks_to_ns(ctx->stats.lat_max_ns[t]);
 	}
 	ctx->cb_fn(ctx->bdev, &ctx->stats, ctx->cb_arg, status);
 	free(ctx);

@@ -173,9 +173,8 @@ struct bdev_channel {
 	struct keel_bdev_io_stats stats;
 };
 
-/* Time base: TSC ticks on x86-64 (calibrated once), nanoseconds elsewhere. */
-uint64_t bdev_ticks(void);
-uint64_t bdev_ticks_to_ns(uint64_t ticks);
+/* Once per process: the latency-bucket factor and the zero buffer. Latencies are
+ * counted in keel_ticks() (reactor.h) and converted to ns when read. */
 void bdev_time_init(void);
 
 /* Shared read-only zero buffer (BDEV_ZERO_BUF_SIZE, 4 KiB aligned). */

@@ -531,6 +531,32 @@ int keel_spawn_blocking(keel_blocking_fn fn, void *arg, keel_blocking_done_cb do
 /** Monotonic nanoseconds (CLOCK_MONOTONIC). */
 uint64_t keel_now_ns(void);
 
+/**
+ * Fast timestamp for timing intervals on the I/O path (latency statistics): the TSC
+ * on x86-64, keel_now_ns() elsewhere. Only the difference of two readings means
+ * anything; keel_ticks_to_ns() converts it. Unlike keel_now_ns() it is not driven by
+ * the unit-test mock clock on x86-64. Any thread.
+ */
+static inline uint64_t keel_ticks(void)
+{
+#if defined(__x86_64__)
+	return __builtin_ia32_rdtsc();
+#else
+	return keel_now_ns();
+#endif
+}
+
+/**
+ * Ticks per microsecond (1000 where ticks are nanoseconds). The first call measures
+ * it against CLOCK_MONOTONIC, spinning for about 2 ms: make it at start-up (the bdev
+ * layer does, when its first bdev registers), not on a reactor's hot path. Any thread;
+ * the value never changes afterwards.
+ */
+double keel_ticks_per_us(void);
+
+/** A difference of keel_ticks() readings, in nanoseconds. Any thread. */
+uint64_t keel_ticks_to_ns(uint64_t ticks);
+
 /* ------------------------------------------------------------------------------ */
 /* Memory                                                                          */
 /* ------------------------------------------------------------------------------ */

@@ -35,7 +35,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "bench.h"
 #include "keel/bdev.h"
@@ -47,13 +46,6 @@
 
 #include "bdev/aio/bdev_aio_internal.h"
 #include "bdev/uring/bdev_uring_internal.h"
-
-#if defined(__x86_64__)
-#include <x86intrin.h>
-#define bench_ticks() __rdtsc()
-#else
-#define bench_ticks() keel_now_ns()
-#endif
 
 #define BENCH_MAX_CORES 64
 #define BENCH_SAMPLE_MASK 15
@@ -356,7 +348,7 @@ static inline void bench_submit(struct bench_task *t)
 
 	t->sampled = (job->ios & BENCH_SAMPLE_MASK) == 0;
 	if (t->sampled)
-		t->start_tsc = bench_ticks();
+		t->start_tsc = keel_ticks();
 	if (g_opts.write)
 		rc = keel_bdev_write(job->desc, job->ch, t->buf, off, g_opts.bs, bench_io_done, t);
 	else
@@ -380,7 +372,7 @@ static void bench_io_done(void *arg, int status)
 	if (status)
 		job->errors++;
 	if (t->sampled) {
-		uint64_t lat = bench_ticks() - t->start_tsc;
+		uint64_t lat = keel_ticks() - t->start_tsc;
 
 		job->lat_sum_ticks += lat;
 		job->hist[hist_bucket(lat)]++;
@@ -530,26 +522,10 @@ out_end:
 /* Setup and report                                                                */
 /* ------------------------------------------------------------------------------ */
 
-static uint64_t bench_mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
+/* The reactor library's tick clock and its one calibration (keel_ticks). */
 static void bench_calibrate(void)
 {
-#if defined(__x86_64__)
-	uint64_t n0 = bench_mono_ns(), t0 = __rdtsc(), n1, t1;
-
-	do {
-		n1 = bench_mono_ns();
-	} while (n1 - n0 < 5000000);
-	t1 = __rdtsc();
-	if (t1 > t0)
-		g_ns_per_tick = (double)(n1 - n0) / (double)(t1 - t0);
-#endif
+	g_ns_per_tick = 1000.0 / keel_ticks_per_us();
 }
 
 /* \return the number of failed requests (the report is printed either way). */
@@ -563,7 +539,7 @@ static uint64_t bench_report(void)
 	struct rusage ru1;
 
 	getrusage(RUSAGE_SELF, &ru1);
-	wall = (double)(bench_mono_ns() - g_wall0) / 1e9;
+	wall = (double)(keel_now_ns() - g_wall0) / 1e9;
 	cpu_s = (double)(ru1.ru_utime.tv_sec - g_ru0.ru_utime.tv_sec) +
 		(double)(ru1.ru_utime.tv_usec - g_ru0.ru_utime.tv_usec) / 1e6 +
 		(double)(ru1.ru_stime.tv_sec - g_ru0.ru_stime.tv_sec) +
@@ -646,7 +622,7 @@ static void bench_finish(int status)
 static void bench_start_jobs(void)
 {
 	getrusage(RUSAGE_SELF, &g_ru0);
-	g_wall0 = bench_mono_ns();
+	g_wall0 = keel_now_ns();
 	for (uint32_t i = 0; i < g_opts.cores; i++) {
 		char name[32];
 		struct bench_job *job = &g_jobs[i];
