@@ -533,10 +533,7 @@ static void bdev_channel_destroy(void *io_dev, void *ctx_buf)
 /* Request objects                                                                 */
 /* ------------------------------------------------------------------------------ */
 
-static void bdev_io_start(struct bdev_channel *ch, void *obj, struct keel_bdev_desc *desc,
-			  enum keel_bdev_io_type type, struct iovec *iovs, int iovcnt, void *buf,
-			  uint64_t iov_bytes, uint64_t offset_blocks, uint64_t num_blocks,
-			  uint32_t flags, keel_bdev_io_cb cb_fn, void *cb_arg);
+static void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req);
 
 static void bdev_wait_put(struct bdev_channel *ch, struct bdev_wait *w)
 {
@@ -573,9 +570,7 @@ static inline void bdev_io_free(struct bdev_channel *ch, struct keel_bdev_io *io
 	}
 	/* Hand the object straight to the oldest waiter: no queue jumping. */
 	TAILQ_REMOVE(&ch->waitq, w, link);
-	bdev_io_start(ch, io->internal, w->desc, w->type, w->iovs == &w->flat ? NULL : w->iovs,
-		      w->iovcnt, w->iovs == &w->flat ? w->flat.iov_base : NULL, w->iov_bytes,
-		      w->offset_blocks, w->num_blocks, w->flags, w->cb_fn, w->cb_arg);
+	bdev_io_start(ch, io->internal, &w->req);
 	bdev_wait_put(ch, w);
 }
 
@@ -1101,21 +1096,22 @@ static void bdev_reset_drained(struct keel_io_channel_iter *iter, int status)
 
 
 
-static void bdev_io_start(struct bdev_channel *ch, void *obj, struct keel_bdev_desc *desc,
-			  enum keel_bdev_io_type type, struct iovec *iovs, int iovcnt, void *buf,
-			  uint64_t iov_bytes, uint64_t offset_blocks, uint64_t num_blocks,
-			  uint32_t flags, keel_bdev_io_cb cb_fn, void *cb_arg)
+static void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req)
 {
 	struct keel_bdev_io_internal *in = obj;
 	struct keel_bdev_io *io = (struct keel_bdev_io *)(in + 1);
 	struct keel_bdev *bdev = ch->bdev;
 	struct keel_bdev_internal *bi = bdev->internal;
+	enum keel_bdev_io_type type = req->type;
+	uint64_t offset_blocks = req->offset_blocks;
+	uint64_t num_blocks = req->num_blocks;
+	uint64_t iov_bytes = req->iov_bytes;
 	bool split, bounce;
 
 	in->io = io;
 	in->ch = ch;
-	in->cb_fn = cb_fn;
-	in->cb_arg = cb_arg;
+	in->cb_fn = req->cb_fn;
+	in->cb_arg = req->cb_arg;
 	in->status = 0;
 	in->user_type = type;
 	in->is_lane = false;
@@ -1127,15 +1123,15 @@ static void bdev_io_start(struct bdev_channel *ch, void *obj, struct keel_bdev_d
 	io->type = type;
 	io->offset_blocks = offset_blocks;
 	io->num_blocks = num_blocks;
-	io->flags = flags;
-	if (buf) {
-		in->flat.iov_base = buf;
+	io->flags = req->flags;
+	if (req->buf) {
+		in->flat.iov_base = req->buf;
 		in->flat.iov_len = num_blocks << bi->block_shift;
 		io->iovs = &in->flat;
 		io->iovcnt = 1;
 	} else {
-		io->iovs = iovs;
-		io->iovcnt = iovcnt;
+		io->iovs = req->iovs;
+		io->iovcnt = req->iovcnt;
 	}
 	ch->outstanding++;
 	ch->in_submit++;
@@ -1202,11 +1198,7 @@ out:
 }
 
 /* Start a validated request, or park it FIFO when the pool is dry or others wait. */
-static inline int bdev_start_or_wait(struct bdev_channel *ch, struct keel_bdev_desc *desc,
-				     enum keel_bdev_io_type type, struct iovec *iovs, int iovcnt,
-				     void *buf, uint64_t iov_bytes, uint64_t offset_blocks,
-				     uint64_t num_blocks, uint32_t flags, keel_bdev_io_cb cb_fn,
-				     void *cb_arg)
+static inline int bdev_start_or_wait(struct bdev_channel *ch, const struct bdev_request *req)
 {
 	struct bdev_wait *w;
 	void *obj;
@@ -1215,45 +1207,35 @@ static inline int bdev_start_or_wait(struct bdev_channel *ch, struct keel_bdev_d
 	if (keel_likely(TAILQ_EMPTY(&ch->waitq))) {
 		obj = keel_mempool_cache_get(ch->cache);
 		if (keel_likely(obj != NULL)) {
-			bdev_io_start(ch, obj, desc, type, iovs, iovcnt, buf, iov_bytes,
-				      offset_blocks, num_blocks, flags, cb_fn, cb_arg);
+			bdev_io_start(ch, obj, req);
 			return 0;
 		}
 	}
 	w = bdev_wait_get(ch);
 	if (!w)
 		return -ENOMEM;
-	w->desc = desc;
-	w->type = type;
-	if (buf) {
-		w->flat.iov_base = buf;
-		w->flat.iov_len = num_blocks << desc->bdev->internal->block_shift;
-		w->iovs = &w->flat;
-		w->iovcnt = 1;
-	} else {
-		w->iovs = iovs;
-		w->iovcnt = iovcnt;
-	}
-	w->iov_bytes = iov_bytes;
-	w->offset_blocks = offset_blocks;
-	w->num_blocks = num_blocks;
-	w->flags = flags;
-	w->cb_fn = cb_fn;
-	w->cb_arg = cb_arg;
+	w->req = *req;
 	TAILQ_INSERT_TAIL(&ch->waitq, w, link);
 	return 0;
 }
 
-static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,
-			      enum keel_bdev_io_type type, struct iovec *iovs, int iovcnt,
-			      void *buf, uint64_t offset, uint64_t nbytes, uint32_t flags,
-			      keel_bdev_io_cb cb_fn, void *cb_arg)
+/* Validate \p req (type, buffers, callback filled in by the caller) for \p nbytes at
+ * byte \p offset, fill in its block range and iovec size, and start it. Inlined into
+ * each entry point, as the parameter lists were before the request struct: the
+ * compiler then builds only the fields that entry point sets, and the hot path
+ * gains no call. */
+__attribute__((always_inline))
+static inline int bdev_submit(struct keel_io_channel *ioch, struct bdev_request *req,
+			      uint64_t offset, uint64_t nbytes)
 {
+	struct keel_bdev_desc *desc = req->desc;
+	enum keel_bdev_io_type type = req->type;
+	struct iovec *iovs = req->iovs;
 	struct keel_bdev *bdev;
 	struct keel_bdev_internal *bi;
 	uint64_t offset_blocks, num_blocks, total, iov_bytes;
 
-	if (keel_unlikely(!desc || !ioch || !cb_fn))
+	if (keel_unlikely(!desc || !ioch || !req->cb_fn))
 		return -EINVAL;
 	bdev = desc->bdev;
 	bi = bdev->internal;
@@ -1275,13 +1257,13 @@ static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channe
 	iov_bytes = nbytes;
 	if (type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE) {
 		if (!iovs) {
-			if (keel_unlikely(!buf))
+			if (keel_unlikely(!req->buf))
 				return -EINVAL;
 		} else {
-			if (keel_unlikely(iovcnt <= 0))
+			if (keel_unlikely(req->iovcnt <= 0))
 				return -EINVAL;
 			iov_bytes = 0;
-			for (int i = 0; i < iovcnt; i++) {
+			for (int i = 0; i < req->iovcnt; i++) {
 				if (keel_unlikely(!iovs[i].iov_base && iovs[i].iov_len))
 					return -EINVAL;
 				iov_bytes += iovs[i].iov_len;
@@ -1290,75 +1272,103 @@ static inline int bdev_submit(struct keel_bdev_desc *desc, struct keel_io_channe
 				return -EINVAL;
 		}
 	}
-
-	return bdev_start_or_wait(bdev_ch(ioch), desc, type, iovs, iovcnt, buf, iov_bytes,
-				  offset_blocks, num_blocks, flags, cb_fn, cb_arg);
+	req->iov_bytes = iov_bytes;
+	req->offset_blocks = offset_blocks;
+	req->num_blocks = num_blocks;
+	return bdev_start_or_wait(bdev_ch(ioch), req);
 }
 
 int keel_bdev_read(struct keel_bdev_desc *desc, struct keel_io_channel *ch, void *buf,
 		   uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_READ, NULL, 0, buf, offset, nbytes, 0, cb_fn,
-			   cb_arg);
+	struct bdev_request req = {
+		.desc = desc, .type = KEEL_BDEV_IO_READ, .buf = buf, .cb_fn = cb_fn, .cb_arg = cb_arg,
+	};
+
+	return bdev_submit(ch, &req, offset, nbytes);
 }
 
 int keel_bdev_readv(struct keel_bdev_desc *desc, struct keel_io_channel *ch, struct iovec *iov,
 		    int iovcnt, uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn,
 		    void *cb_arg)
 {
+	struct bdev_request req = {
+		.desc = desc, .type = KEEL_BDEV_IO_READ, .iovs = iov, .iovcnt = iovcnt,
+		.cb_fn = cb_fn, .cb_arg = cb_arg,
+	};
+
 	if (!iov)
 		return -EINVAL;
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_READ, iov, iovcnt, NULL, offset, nbytes, 0, cb_fn,
-			   cb_arg);
+	return bdev_submit(ch, &req, offset, nbytes);
 }
 
 int keel_bdev_write(struct keel_bdev_desc *desc, struct keel_io_channel *ch, void *buf,
 		    uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_WRITE, NULL, 0, buf, offset, nbytes, 0, cb_fn,
-			   cb_arg);
+	struct bdev_request req = {
+		.desc = desc, .type = KEEL_BDEV_IO_WRITE, .buf = buf, .cb_fn = cb_fn, .cb_arg = cb_arg,
+	};
+
+	return bdev_submit(ch, &req, offset, nbytes);
 }
 
 int keel_bdev_writev(struct keel_bdev_desc *desc, struct keel_io_channel *ch, struct iovec *iov,
 		     int iovcnt, uint64_t offset, uint64_t nbytes, uint32_t flags,
 		     keel_bdev_io_cb cb_fn, void *cb_arg)
 {
+	struct bdev_request req = {
+		.desc = desc, .type = KEEL_BDEV_IO_WRITE, .iovs = iov, .iovcnt = iovcnt,
+		.flags = flags, .cb_fn = cb_fn, .cb_arg = cb_arg,
+	};
+
 	if (!iov || (flags & ~KEEL_BDEV_IO_FLAG_FUA))
 		return -EINVAL;
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_WRITE, iov, iovcnt, NULL, offset, nbytes, flags,
-			   cb_fn, cb_arg);
+	return bdev_submit(ch, &req, offset, nbytes);
+}
+
+/* The data-less requests: flush, unmap, write_zeroes. */
+static int bdev_submit_range(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
+			     enum keel_bdev_io_type type, uint64_t offset, uint64_t nbytes,
+			     keel_bdev_io_cb cb_fn, void *cb_arg)
+{
+	struct bdev_request req = {
+		.desc = desc, .type = type, .cb_fn = cb_fn, .cb_arg = cb_arg,
+	};
+
+	return bdev_submit(ch, &req, offset, nbytes);
 }
 
 int keel_bdev_flush(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
 		    uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_FLUSH, NULL, 0, NULL, offset, nbytes, 0, cb_fn,
-			   cb_arg);
+	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_FLUSH, offset, nbytes, cb_fn, cb_arg);
 }
 
 int keel_bdev_unmap(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
 		    uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_UNMAP, NULL, 0, NULL, offset, nbytes, 0, cb_fn,
-			   cb_arg);
+	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_UNMAP, offset, nbytes, cb_fn, cb_arg);
 }
 
 int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
 			   uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
-	return bdev_submit(desc, ch, KEEL_BDEV_IO_WRITE_ZEROES, NULL, 0, NULL, offset, nbytes, 0,
-			   cb_fn, cb_arg);
+	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_WRITE_ZEROES, offset, nbytes, cb_fn,
+				 cb_arg);
 }
 
 int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,
 		    keel_bdev_io_cb cb_fn, void *cb_arg)
 {
+	struct bdev_request req = {
+		.desc = desc, .type = KEEL_BDEV_IO_RESET, .cb_fn = cb_fn, .cb_arg = cb_arg,
+	};
+
 	if (!desc || !ioch || !cb_fn)
 		return -EINVAL;
 	if (__atomic_load_n(&desc->bdev->internal->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)
 		return -ENODEV;
-	return bdev_start_or_wait(bdev_ch(ioch), desc, KEEL_BDEV_IO_RESET, NULL, 0, NULL, 0, 0, 0,
-				  0, cb_fn, cb_arg);
+	return bdev_start_or_wait(bdev_ch(ioch), &req);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -1846,8 +1856,8 @@ static void bdev_remove_visit(struct keel_io_channel_iter *iter)
 
 	/* Requests that never reached the module fail; those in flight finish normally. */
 	while ((w = TAILQ_FIRST(&ch->waitq))) {
-		keel_bdev_io_cb cb_fn = w->cb_fn;
-		void *cb_arg = w->cb_arg;
+		keel_bdev_io_cb cb_fn = w->req.cb_fn;
+		void *cb_arg = w->req.cb_arg;
 
 		TAILQ_REMOVE(&ch->waitq, w, link);
 		bdev_wait_put(ch, w);

@@ -75,20 +75,28 @@ struct keel_bdev_internal {
 	struct keel_thread *unreg_thread;
 };
 
-/* Why a waiting request is parked: it has no bdev_io yet. */
-struct bdev_wait {
-	TAILQ_ENTRY(bdev_wait) link;
+/*
+ * One request as the caller described it, validated (bdev_submit): what a bdev_io is
+ * started from, and all a request parked for want of a pooled object keeps.
+ */
+struct bdev_request {
 	struct keel_bdev_desc *desc;
 	enum keel_bdev_io_type type;
-	struct iovec *iovs;       /* the caller's, or &flat */
+	struct iovec *iovs;       /* the caller's; NULL: flat buffer \p buf (or no data) */
 	int iovcnt;
-	struct iovec flat;
-	uint64_t iov_bytes;
+	void *buf;
+	uint64_t iov_bytes;       /* bytes the iovecs hold: >= the request's length */
 	uint64_t offset_blocks;
 	uint64_t num_blocks;
 	uint32_t flags;
 	keel_bdev_io_cb cb_fn;
 	void *cb_arg;
+};
+
+/* A request parked until a pooled object frees up (FIFO per channel). */
+struct bdev_wait {
+	TAILQ_ENTRY(bdev_wait) link;
+	struct bdev_request req;
 };
 
 struct bdev_wait_chunk {

@@ -32,6 +32,7 @@ struct stub_rec {
 	uint64_t offset;
 	uint64_t num;
 	int iovcnt;
+	uint32_t flags;
 	bool aligned;
 	bool zero_src;     /* a write whose data was all zero */
 };
@@ -81,6 +82,7 @@ static void stub_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 	r->offset = io->offset_blocks;
 	r->num = io->num_blocks;
 	r->iovcnt = io->iovcnt;
+	r->flags = io->flags;
 	r->aligned = true;
 	r->zero_src = true;
 	CU_ASSERT(io->offset_blocks + io->num_blocks <= io->bdev->num_blocks);
@@ -714,6 +716,83 @@ static void test_pool_exhaustion(void)
 	teardown();
 }
 
+/* Requests parked for want of a pooled object reach the module as they were asked
+ * for: type, range, buffers (flat or iovecs) and flags, each kind. */
+static void test_pool_wait_keeps_request(void)
+{
+	static const struct {
+		enum keel_bdev_io_type type;
+		uint64_t offset;
+		uint64_t num;
+		int iovcnt;
+		uint32_t flags;
+	} want[] = {
+		{KEEL_BDEV_IO_WRITE, 100, 2, 1, 0},
+		{KEEL_BDEV_IO_WRITE, 200, 2, 2, KEEL_BDEV_IO_FLAG_FUA},
+		{KEEL_BDEV_IO_READ, 100, 3, 3, 0},
+		{KEEL_BDEV_IO_READ, 200, 2, 1, 0},
+		{KEEL_BDEV_IO_UNMAP, 300, 4, 0, 0},
+		{KEEL_BDEV_IO_WRITE_ZEROES, 400, 8, 0, 0},
+	};
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	struct stub_disk *d = stub_create("waitreq", 0, 0, 0);
+	struct res r[4 + 6];
+	char fill[4][512], wbuf[1024], rbuf[1024], v0[512], v1[512], rv[3][512];
+	struct iovec wiov[2] = {{v0, 512}, {v1, 512}};
+	struct iovec riov[3] = {{rv[0], 512}, {rv[1], 512}, {rv[2], 512}};
+	uint64_t first;
+
+	setup(1);
+	set_io_pool(4, 2);
+	d->inline_complete = false;
+	open_disk(d, &desc, &ch);
+	memset(r, 0, sizeof(r));
+	memset(d->data + 102 * STUB_BS, 0x44, STUB_BS);
+	memset(wbuf, 0x11, sizeof(wbuf));
+	memset(v0, 0x22, sizeof(v0));
+	memset(v1, 0x33, sizeof(v1));
+	/* Take every object, then queue one request of each kind behind them. */
+	for (int i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, fill[i], (uint64_t)(10 + i) * STUB_BS,
+					       STUB_BS, io_done, &r[i]), 0);
+	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, wbuf, 100 * STUB_BS, 1024, io_done, &r[4]), 0);
+	CU_ASSERT_EQUAL(keel_bdev_writev(desc, ch, wiov, 2, 200 * STUB_BS, 1024,
+					 KEEL_BDEV_IO_FLAG_FUA, io_done, &r[5]), 0);
+	CU_ASSERT_EQUAL(keel_bdev_readv(desc, ch, riov, 3, 100 * STUB_BS, 1536, io_done, &r[6]), 0);
+	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, rbuf, 200 * STUB_BS, 1024, io_done, &r[7]), 0);
+	CU_ASSERT_EQUAL(keel_bdev_unmap(desc, ch, 300 * STUB_BS, 4 * STUB_BS, io_done, &r[8]), 0);
+	CU_ASSERT_EQUAL(keel_bdev_write_zeroes(desc, ch, 400 * STUB_BS, 8 * STUB_BS, io_done,
+					       &r[9]), 0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(stub_pending(), 4);
+	first = (uint64_t)g_nrecs;
+	while (stub_pending()) {
+		stub_complete(0, 1);
+		ut_poll_threads();
+	}
+	CU_ASSERT_EQUAL_FATAL((uint64_t)g_nrecs, first + 6);
+	for (int i = 0; i < 6; i++) {
+		struct stub_rec *rec = &g_recs[first + (uint64_t)i];
+
+		CU_ASSERT_EQUAL(rec->type, want[i].type);
+		CU_ASSERT_EQUAL(rec->offset, want[i].offset);
+		CU_ASSERT_EQUAL(rec->num, want[i].num);
+		CU_ASSERT_EQUAL(rec->iovcnt, want[i].iovcnt);
+		CU_ASSERT_EQUAL(rec->flags, want[i].flags);
+	}
+	for (int i = 0; i < 10; i++) {
+		CU_ASSERT_EQUAL(r[i].done, 1);
+		CU_ASSERT_EQUAL(r[i].status, 0);
+	}
+	/* Data went through the right buffers. */
+	CU_ASSERT(rv[0][0] == 0x11 && rv[0][511] == 0x11 && rv[1][0] == 0x11);
+	CU_ASSERT(rv[2][0] == 0x44 && rv[2][511] == 0x44);
+	CU_ASSERT(rbuf[0] == 0x22 && rbuf[511] == 0x22 && rbuf[512] == 0x33 && rbuf[1023] == 0x33);
+	close_disk(desc, ch);
+	teardown();
+}
+
 static void test_pool_exhaustion_split(void)
 {
 	struct keel_bdev_desc *desc;
@@ -1245,6 +1324,7 @@ int main(void)
 		{"write_zeroes_emulated", test_write_zeroes_emulated},
 		{"pool_exhaustion", test_pool_exhaustion},
 		{"pool_exhaustion_split", test_pool_exhaustion_split},
+		{"pool_wait_keeps_request", test_pool_wait_keeps_request},
 		{"nomem_retry", test_nomem_retry},
 		{"reset", test_reset},
 		{"hot_remove", test_hot_remove},
