@@ -1,7 +1,8 @@
 /*
  * bdev core: registry, descriptors, claims, channels, the request path (validation,
  * pooled requests, waiting, splitting, bounce buffers, write_zeroes emulation,
- * -ENOMEM retry, deferred completion), reset, hot remove and statistics.
+ * -ENOMEM retry, deferred completion), reset and hot remove. Statistics:
+ * bdev_stats.c.
  *
  * Hot path budget: a null-module request must cost tens of nanoseconds, so the
  * common case (in-range, aligned, no split) touches one channel, one cached request
@@ -36,9 +37,8 @@ static struct keel_bdev_opts g_opts = {
 	.bounce_buf_size = 65536,
 };
 
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static pthread_once_t g_zero_once = PTHREAD_ONCE_INIT;
 static void *g_zero_buf;
-static uint64_t g_us_mult; /* (ticks * g_us_mult) >> 32 == microseconds */
 
 static const char *const g_io_type_names[KEEL_BDEV_IO_NUM_TYPES] = {
 	[KEEL_BDEV_IO_READ] = "read",
@@ -57,16 +57,11 @@ const char *keel_bdev_io_type_name(enum keel_bdev_io_type type)
 }
 
 /* ------------------------------------------------------------------------------ */
-/* Time                                                                            */
+/* Zero buffer                                                                     */
 /* ------------------------------------------------------------------------------ */
 
-static void bdev_once(void)
+static void bdev_zero_buf_alloc(void)
 {
-	/* Latency buckets are powers of two of microseconds: (ticks * g_us_mult) >> 32
-	 * converts without a division on the completion path. keel_ticks_per_us()
-	 * calibrates the tick clock here, at the first registration, not on a request. */
-	g_us_mult = (uint64_t)(4294967296.0 / keel_ticks_per_us());
-
 	/* Shared by every thread, never written after this: zero-write source. */
 	if (posix_memalign(&g_zero_buf, BDEV_MAX_ALIGN, BDEV_ZERO_BUF_SIZE) == 0)
 		memset(g_zero_buf, 0, BDEV_ZERO_BUF_SIZE);
@@ -74,40 +69,10 @@ static void bdev_once(void)
 		g_zero_buf = NULL;
 }
 
-void bdev_time_init(void)
-{
-	pthread_once(&g_once, bdev_once);
-}
-
 const void *bdev_zero_buf(void)
 {
-	bdev_time_init();
+	pthread_once(&g_zero_once, bdev_zero_buf_alloc);
 	return g_zero_buf;
-}
-
-static inline uint32_t bdev_lat_bucket(uint64_t ticks)
-{
-	uint64_t us = (ticks * g_us_mult) >> 32;
-	uint32_t b;
-
-	if (us < 2)
-		return 0;
-	b = 63 - (uint32_t)__builtin_clzll(us);
-	return b < KEEL_BDEV_LAT_BUCKETS ? b : KEEL_BDEV_LAT_BUCKETS - 1;
-}
-
-void bdev_stats_add(struct keel_bdev_io_stats *dst, const struct keel_bdev_io_stats *src)
-{
-	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
-		dst->ops[t] += src->ops[t];
-		dst->bytes[t] += src->bytes[t];
-		dst->errors[t] += src->errors[t];
-		dst->lat_sum_ns[t] += src->lat_sum_ns[t];
-		if (src->lat_max_ns[t] > dst->lat_max_ns[t])
-			dst->lat_max_ns[t] = src->lat_max_ns[t];
-	}
-	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++)
-		dst->lat_hist[b] += src->lat_hist[b];
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -408,16 +373,6 @@ out_put:
 /* Channels                                                                        */
 /* ------------------------------------------------------------------------------ */
 
-static inline struct keel_bdev *bdev_from_io_dev(void *io_dev)
-{
-	return (struct keel_bdev *)((char *)io_dev - 1);
-}
-
-static inline struct bdev_channel *bdev_ch(struct keel_io_channel *ioch)
-{
-	return *(struct bdev_channel **)keel_io_channel_get_ctx(ioch);
-}
-
 static void bdev_destruct(struct keel_bdev *bdev);
 
 static int bdev_channel_create(void *io_dev, void *ctx_buf)
@@ -435,6 +390,7 @@ static int bdev_channel_create(void *io_dev, void *ctx_buf)
 	ch->bdev = bdev;
 	ch->thread = keel_thread_get_current();
 	ch->submit_fn = bdev->fn_table->submit_request;
+	ch->lat_us_mult = bdev_stats_us_mult();
 	TAILQ_INIT(&ch->deferred);
 	TAILQ_INIT(&ch->waitq);
 	TAILQ_INIT(&ch->wait_free);
@@ -584,21 +540,14 @@ static void bdev_nomem_retry(struct bdev_channel *ch);
 
 static void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_internal *in)
 {
-	struct keel_bdev_io_stats *s = &ch->stats;
-	unsigned t = in->user_type;
 	uint64_t now = ch->now_valid ? ch->now_tsc : keel_ticks();
 	uint64_t lat = now > in->submit_tsc ? now - in->submit_tsc : 0;
 	keel_bdev_io_cb cb_fn = in->cb_fn;
 	void *cb_arg = in->cb_arg;
 	int status = in->status;
 
-	s->ops[t]++;
-	s->bytes[t] += in->io->num_blocks << ch->bdev->internal->block_shift;
-	s->errors[t] += status != 0;
-	s->lat_sum_ns[t] += lat;
-	if (lat > s->lat_max_ns[t])
-		s->lat_max_ns[t] = lat;
-	s->lat_hist[bdev_lat_bucket(lat)]++;
+	bdev_stats_record(ch, in->user_type, in->io->num_blocks << ch->bdev->internal->block_shift,
+			  status, lat);
 
 	if (in->counted) {
 		ch->inflight[in->epoch]--;
@@ -1372,59 +1321,6 @@ int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,
 }
 
 /* ------------------------------------------------------------------------------ */
-/* Statistics                                                                      */
-/* ------------------------------------------------------------------------------ */
-
-struct bdev_stats_ctx {
-	struct keel_bdev *bdev;
-	keel_bdev_stats_cb cb_fn;
-	void *cb_arg;
-	struct keel_bdev_io_stats stats;
-};
-
-static void bdev_stats_visit(struct keel_io_channel_iter *iter)
-{
-	struct bdev_stats_ctx *ctx = keel_io_channel_iter_get_ctx(iter);
-	struct bdev_channel *ch = bdev_ch(keel_io_channel_iter_get_channel(iter));
-
-	bdev_stats_add(&ctx->stats, &ch->stats);
-	keel_for_each_channel_continue(iter, 0);
-}
-
-static void bdev_stats_done(struct keel_io_channel_iter *iter, int status)
-{
-	struct bdev_stats_ctx *ctx = keel_io_channel_iter_get_ctx(iter);
-	struct keel_bdev_internal *bi = ctx->bdev->internal;
-
-	pthread_mutex_lock(&bi->lock);
-	bdev_stats_add(&ctx->stats, &bi->closed_stats);
-	pthread_mutex_unlock(&bi->lock);
-	/* Channels count in keel_ticks(); callers get nanoseconds. */
-	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
-		ctx->stats.lat_sum_ns[t] = keel_ticks_to_ns(ctx->stats.lat_sum_ns[t]);
-		ctx->stats.lat_max_ns[t] = keel_ticks_to_ns(ctx->stats.lat_max_ns[t]);
-	}
-	ctx->cb_fn(ctx->bdev, &ctx->stats, ctx->cb_arg, status);
-	free(ctx);
-}
-
-int keel_bdev_get_io_stats(struct keel_bdev *bdev, keel_bdev_stats_cb cb_fn, void *cb_arg)
-{
-	struct bdev_stats_ctx *ctx;
-
-	if (!bdev || !cb_fn || !keel_thread_get_current())
-		return -EINVAL;
-	ctx = calloc(1, sizeof(*ctx));
-	if (!ctx)
-		return -ENOMEM;
-	ctx->bdev = bdev;
-	ctx->cb_fn = cb_fn;
-	ctx->cb_arg = cb_arg;
-	keel_for_each_channel(bdev->internal->io_dev, bdev_stats_visit, ctx, bdev_stats_done);
-	return 0;
-}
-
-/* ------------------------------------------------------------------------------ */
 /* Registration                                                                    */
 /* ------------------------------------------------------------------------------ */
 
@@ -1498,7 +1394,8 @@ int keel_bdev_register(struct keel_bdev *bdev)
 			    bdev->required_alignment);
 		return -EINVAL;
 	}
-	bdev_time_init();
+	bdev_stats_init();
+	(void)bdev_zero_buf(); /* now, not on a reactor at the first emulated write */
 
 	bi = calloc(1, sizeof(*bi));
 	if (!bi)
@@ -1932,8 +1829,8 @@ int keel_bdev_subsystem_init(keel_bdev_done_cb cb_fn, void *cb_arg)
 
 	if (!thread || !cb_fn)
 		return -EINVAL;
-	bdev_time_init();
-	if (!g_zero_buf)
+	bdev_stats_init();
+	if (!bdev_zero_buf())
 		return -ENOMEM;
 	/* The module list is fixed before init; module_init may register bdevs. */
 	TAILQ_FOREACH(m, &g_modules, link) {

@@ -178,17 +178,57 @@ struct bdev_channel {
 	TAILQ_HEAD(, keel_bdev_io_internal) reset_waiters;
 
 	struct keel_mempool *pool;
+	uint64_t lat_us_mult;    /* bdev_stats_us_mult(), next to the stats it serves */
 	struct keel_bdev_io_stats stats;
 };
 
-/* Once per process: the latency-bucket factor and the zero buffer. Latencies are
- * counted in keel_ticks() (reactor.h) and converted to ns when read. */
-void bdev_time_init(void);
+static inline struct keel_bdev *bdev_from_io_dev(void *io_dev)
+{
+	return (struct keel_bdev *)((char *)io_dev - 1);
+}
 
-/* Shared read-only zero buffer (BDEV_ZERO_BUF_SIZE, 4 KiB aligned). */
+static inline struct bdev_channel *bdev_ch(struct keel_io_channel *ioch)
+{
+	return *(struct bdev_channel **)keel_io_channel_get_ctx(ioch);
+}
+
+/* Shared read-only zero buffer (BDEV_ZERO_BUF_SIZE, BDEV_MAX_ALIGN aligned), allocated
+ * by the first call; NULL when that allocation failed. */
 const void *bdev_zero_buf(void);
 
-/** Summed statistics, ns-converted (for tests and dump). */
+/* ------------------------------------------------------------------------------ */
+/* Statistics (bdev_stats.c)                                                       */
+/* ------------------------------------------------------------------------------ */
+
+/* Once per process, before the first channel: calibrates keel_ticks(). */
+void bdev_stats_init(void);
+/* Factor f with (ticks * f) >> 32 == microseconds; channels keep a copy. */
+uint64_t bdev_stats_us_mult(void);
+/* Add the counters of \p src to \p dst (same units). */
 void bdev_stats_add(struct keel_bdev_io_stats *dst, const struct keel_bdev_io_stats *src);
+
+/* Account one completed user request of \p type on \p ch: \p lat in keel_ticks(). */
+static inline void bdev_stats_record(struct bdev_channel *ch, unsigned type, uint64_t bytes,
+				     int status, uint64_t lat)
+{
+	struct keel_bdev_io_stats *s = &ch->stats;
+	uint64_t us = (lat * ch->lat_us_mult) >> 32;
+	uint32_t b = 0;
+
+	if (us >= 2) {
+		b = 63 - (uint32_t)__builtin_clzll(us);
+		if (b >= KEEL_BDEV_LAT_BUCKETS) {
+			b = KEEL_BDEV_LAT_BUCKETS - 1;
+		}
+	}
+	s->ops[type]++;
+	s->bytes[type] += bytes;
+	s->errors[type] += status != 0;
+	s->lat_sum_ns[type] += lat;
+	if (lat > s->lat_max_ns[type]) {
+		s->lat_max_ns[type] = lat;
+	}
+	s->lat_hist[b]++;
+}
 
 #endif /* KEEL_BDEV_INTERNAL_H */

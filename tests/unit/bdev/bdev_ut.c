@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
@@ -1132,6 +1133,38 @@ static void test_stats(void)
 	teardown();
 }
 
+/* A request that stayed in the module at least 3 ms counts in the latency bucket of
+ * 2048-4095 us or above (the sleep bounds the latency from below only). */
+static void test_stats_latency_bucket(void)
+{
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	struct stub_disk *d = stub_create("statslat", 0, 0, 0);
+	struct res r = {0};
+	char buf[512];
+	uint64_t slow = 0;
+
+	setup(1);
+	d->inline_complete = false;
+	open_disk(d, &desc, &ch);
+	g_stats_done = 0;
+	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, 0, 512, io_done, &r), 0);
+	ut_poll_threads();
+	usleep(3000);
+	CU_ASSERT_EQUAL(stub_complete(0, 1), 1);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(r.done, 1);
+	CU_ASSERT_EQUAL(keel_bdev_get_io_stats(&d->bdev, stats_cb, NULL), 0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL_FATAL(g_stats_done, 1);
+	for (int b = 11; b < KEEL_BDEV_LAT_BUCKETS; b++)
+		slow += g_stats.lat_hist[b];
+	CU_ASSERT_EQUAL(slow, 1);
+	CU_ASSERT(g_stats.lat_max_ns[KEEL_BDEV_IO_READ] >= 3000000);
+	close_disk(desc, ch);
+	teardown();
+}
+
 static void test_resize_event(void)
 {
 	struct keel_bdev_desc *desc;
@@ -1331,6 +1364,7 @@ int main(void)
 		{"hot_remove_auto_close_and_orphan", test_hot_remove_auto_close_and_orphan},
 		{"hot_remove_split_and_reset_waiting", test_hot_remove_split_and_reset_waiting},
 		{"stats", test_stats},
+		{"stats_latency_bucket", test_stats_latency_bucket},
 		{"resize_event", test_resize_event},
 		{"random_split_bounce", test_random_split_bounce},
 		{"opts", test_opts},
