@@ -395,15 +395,8 @@ static int bdev_channel_create(void *io_dev, void *ctx_buf)
 	TAILQ_INIT(&ch->waitq);
 	TAILQ_INIT(&ch->wait_free);
 	TAILQ_INIT(&ch->nomem_q);
-	TAILQ_INIT(&ch->bounce_waitq);
 	TAILQ_INIT(&ch->reset_waiters);
-	ch->bounce_count = opts.bounce_buf_count;
-	/* Each buffer must hold a block and keep the alignment (all are powers of two). */
-	ch->bounce_size = opts.bounce_buf_size;
-	if (ch->bounce_size < bdev->block_size)
-		ch->bounce_size = bdev->block_size;
-	if (ch->bounce_size < bdev->required_alignment)
-		ch->bounce_size = bdev->required_alignment;
+	bdev_bounce_channel_init(ch, &opts);
 
 	ch->module_ch = bdev->fn_table->get_io_channel(bdev->ctxt);
 	if (!ch->module_ch) {
@@ -446,8 +439,7 @@ static void bdev_channel_free(struct bdev_channel *ch)
 	keel_mempool_cache_free(ch->cache);
 	keel_mempool_free(ch->pool);
 	keel_put_io_channel(ch->module_ch);
-	free(ch->bounce_region);
-	free(ch->bounce_free);
+	bdev_bounce_channel_fini(ch);
 	while ((c = ch->wait_chunks)) {
 		ch->wait_chunks = c->next;
 		free(c);
@@ -690,62 +682,6 @@ void keel_bdev_io_complete(struct keel_bdev_io *io, int status)
  * when the last lane finishes. The first error stops handing out chunks.
  */
 
-/*
- * The module's buffer rule: every iov_base aligned to required_alignment and every
- * iov_len a multiple of min(alignment, block size) (O_DIRECT wants both at the
- * logical block size; a larger alignment cannot be asked of a one-block length).
- */
-static bool bdev_iovs_misaligned(const struct keel_bdev_internal *bi, const struct iovec *iovs,
-				 int iovcnt)
-{
-	for (int i = 0; i < iovcnt; i++) {
-		if (((uintptr_t)iovs[i].iov_base & bi->align_mask) || (iovs[i].iov_len & bi->len_mask))
-			return true;
-	}
-	return false;
-}
-
-static bool bdev_bounce_get(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
-{
-	if (!ch->bounce_region) {
-		size_t align = ch->bdev->required_alignment > 4096 ? ch->bdev->required_alignment : 4096;
-
-		if (posix_memalign((void **)&ch->bounce_region, align,
-				   (size_t)ch->bounce_count * ch->bounce_size) != 0) {
-			ch->bounce_region = NULL;
-			return false;
-		}
-		ch->bounce_free = calloc(ch->bounce_count, sizeof(void *));
-		if (!ch->bounce_free) {
-			free(ch->bounce_region);
-			ch->bounce_region = NULL;
-			return false;
-		}
-		for (uint32_t i = 0; i < ch->bounce_count; i++)
-			ch->bounce_free[i] = ch->bounce_region + (size_t)i * ch->bounce_size;
-		ch->bounce_nfree = ch->bounce_count;
-	}
-	if (ch->bounce_nfree == 0)
-		return false;
-	lin->bounce_buf = ch->bounce_free[--ch->bounce_nfree];
-	return true;
-}
-
-static void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
-
-static void bdev_bounce_put(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
-{
-	struct keel_bdev_io_internal *w;
-
-	ch->bounce_free[ch->bounce_nfree++] = lin->bounce_buf;
-	lin->bounce_buf = NULL;
-	w = TAILQ_FIRST(&ch->bounce_waitq);
-	if (w) {
-		TAILQ_REMOVE(&ch->bounce_waitq, w, link);
-		bdev_lane_next(ch, w);
-	}
-}
-
 /* Move (idx, off) forward by \p bytes through \p iovs. */
 static void bdev_iov_advance(const struct iovec *iovs, int iovcnt, int *idx, uint64_t *off,
 			     uint64_t bytes)
@@ -810,7 +746,7 @@ static void bdev_lane_finish(struct bdev_channel *ch, struct keel_bdev_io_intern
 	bdev_user_complete(ch, p);
 }
 
-static void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
+void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 {
 	struct keel_bdev_io_internal *p = lin->parent->internal;
 	struct keel_bdev *bdev = ch->bdev;

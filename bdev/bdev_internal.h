@@ -197,6 +197,29 @@ static inline struct bdev_channel *bdev_ch(struct keel_io_channel *ioch)
 const void *bdev_zero_buf(void);
 
 /* ------------------------------------------------------------------------------ */
+/* Bounce buffers (bdev_bounce.c)                                                  */
+/* ------------------------------------------------------------------------------ */
+
+/* Channel create: the buffer count and size from \p opts (nothing allocated yet). */
+void bdev_bounce_channel_init(struct bdev_channel *ch, const struct keel_bdev_opts *opts);
+void bdev_bounce_channel_fini(struct bdev_channel *ch);
+/* true when \p iovs break the module's alignment rule (bi->align_mask, len_mask). */
+bool bdev_iovs_misaligned(const struct keel_bdev_internal *bi, const struct iovec *iovs,
+			  int iovcnt);
+/* Give lane \p lin a bounce buffer: false when none is free (or none could be
+ * allocated); the caller then queues it in ch->bounce_waitq. */
+bool bdev_bounce_get(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
+/* Return the lane's buffer; the first lane waiting for one resumes with it. */
+void bdev_bounce_put(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
+
+/* ------------------------------------------------------------------------------ */
+/* Lanes: splitting, bouncing, write_zeroes emulation                              */
+/* ------------------------------------------------------------------------------ */
+
+/* Hand lane \p lin its next chunk of its parent, or finish it. */
+void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
+
+/* ------------------------------------------------------------------------------ */
 /* Statistics (bdev_stats.c)                                                       */
 /* ------------------------------------------------------------------------------ */
 
