@@ -1,8 +1,8 @@
 /*
  * bdev core: registry, descriptors, claims, channels, the request path (validation,
- * pooled requests, waiting, splitting, bounce buffers, write_zeroes emulation,
- * -ENOMEM retry, deferred completion), reset and hot remove. Statistics:
- * bdev_stats.c.
+ * pooled requests, waiting, -ENOMEM retry, deferred completion), reset and hot
+ * remove. Lanes (splitting, write_zeroes emulation): bdev_split.c; bounce buffers:
+ * bdev_bounce.c; statistics: bdev_stats.c.
  *
  * Hot path budget: a null-module request must cost tens of nanoseconds, so the
  * common case (in-range, aligned, no split) touches one channel, one cached request
@@ -37,8 +37,6 @@ static struct keel_bdev_opts g_opts = {
 	.bounce_buf_size = 65536,
 };
 
-static pthread_once_t g_zero_once = PTHREAD_ONCE_INIT;
-static void *g_zero_buf;
 
 static const char *const g_io_type_names[KEEL_BDEV_IO_NUM_TYPES] = {
 	[KEEL_BDEV_IO_READ] = "read",
@@ -54,25 +52,6 @@ const char *keel_bdev_io_type_name(enum keel_bdev_io_type type)
 	if ((unsigned)type >= KEEL_BDEV_IO_NUM_TYPES)
 		return "unknown";
 	return g_io_type_names[type];
-}
-
-/* ------------------------------------------------------------------------------ */
-/* Zero buffer                                                                     */
-/* ------------------------------------------------------------------------------ */
-
-static void bdev_zero_buf_alloc(void)
-{
-	/* Shared by every thread, never written after this: zero-write source. */
-	if (posix_memalign(&g_zero_buf, BDEV_MAX_ALIGN, BDEV_ZERO_BUF_SIZE) == 0)
-		memset(g_zero_buf, 0, BDEV_ZERO_BUF_SIZE);
-	else
-		g_zero_buf = NULL;
-}
-
-const void *bdev_zero_buf(void)
-{
-	pthread_once(&g_zero_once, bdev_zero_buf_alloc);
-	return g_zero_buf;
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -481,13 +460,6 @@ static void bdev_channel_destroy(void *io_dev, void *ctx_buf)
 /* Request objects                                                                 */
 /* ------------------------------------------------------------------------------ */
 
-static void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req);
-
-static void bdev_wait_put(struct bdev_channel *ch, struct bdev_wait *w)
-{
-	TAILQ_INSERT_HEAD(&ch->wait_free, w, link);
-}
-
 static struct bdev_wait *bdev_wait_get(struct bdev_channel *ch)
 {
 	struct bdev_wait_chunk *c;
@@ -508,29 +480,14 @@ static struct bdev_wait *bdev_wait_get(struct bdev_channel *ch)
 	return w;
 }
 
-static inline void bdev_io_free(struct bdev_channel *ch, struct keel_bdev_io *io)
-{
-	struct bdev_wait *w = TAILQ_FIRST(&ch->waitq);
-
-	if (keel_likely(!w)) {
-		keel_mempool_cache_put(ch->cache, io->internal);
-		return;
-	}
-	/* Hand the object straight to the oldest waiter: no queue jumping. */
-	TAILQ_REMOVE(&ch->waitq, w, link);
-	bdev_io_start(ch, io->internal, &w->req);
-	bdev_wait_put(ch, w);
-}
-
 /* ------------------------------------------------------------------------------ */
 /* Completion                                                                      */
 /* ------------------------------------------------------------------------------ */
 
-static void bdev_lane_done(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
 static void bdev_reset_check(struct bdev_channel *ch);
 static void bdev_nomem_retry(struct bdev_channel *ch);
 
-static void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_internal *in)
+void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_internal *in)
 {
 	uint64_t now = ch->now_valid ? ch->now_tsc : keel_ticks();
 	uint64_t lat = now > in->submit_tsc ? now - in->submit_tsc : 0;
@@ -628,13 +585,6 @@ static int bdev_nomem_poll(void *arg)
 	return KEEL_POLLER_BUSY;
 }
 
-static inline void bdev_submit_module(struct bdev_channel *ch, struct keel_bdev_io *io)
-{
-	ch->in_submit++;
-	ch->submit_fn(ch->module_ch, io);
-	ch->in_submit--;
-}
-
 static void bdev_nomem_retry(struct bdev_channel *ch)
 {
 	struct keel_bdev_io_internal *in;
@@ -668,262 +618,6 @@ void keel_bdev_io_complete(struct keel_bdev_io *io, int status)
 	}
 	bdev_io_done(ch, in);
 	bdev_after_completion(ch);
-}
-
-/* ------------------------------------------------------------------------------ */
-/* Splitting, bouncing and write_zeroes emulation: "lanes"                         */
-/* ------------------------------------------------------------------------------ */
-/*
- * A request that must be cut into chunks runs its chunks on up to BDEV_MAX_LANES
- * lanes. The request object itself is always the first lane, so a request never
- * needs a second pool object to make progress (a tiny pool cannot deadlock);
- * further lanes are child objects taken only when the pool has spare ones and no
- * one waits. A lane that finishes a chunk takes the next one; the request completes
- * when the last lane finishes. The first error stops handing out chunks.
- */
-
-/* Move (idx, off) forward by \p bytes through \p iovs. */
-static void bdev_iov_advance(const struct iovec *iovs, int iovcnt, int *idx, uint64_t *off,
-			     uint64_t bytes)
-{
-	while (bytes && *idx < iovcnt) {
-		uint64_t avail = iovs[*idx].iov_len - *off;
-
-		if (bytes < avail) {
-			*off += bytes;
-			return;
-		}
-		bytes -= avail;
-		(*idx)++;
-		*off = 0;
-	}
-	while (*idx < iovcnt && iovs[*idx].iov_len == 0)
-		(*idx)++;
-}
-
-/* Copy between a flat buffer and iovs starting at (idx, off); to_iovs picks the way. */
-static void bdev_iov_copy(const struct iovec *iovs, int iovcnt, int idx, uint64_t off, void *flat,
-			  uint64_t bytes, bool to_iovs)
-{
-	char *p = flat;
-
-	while (bytes && idx < iovcnt) {
-		uint64_t n = iovs[idx].iov_len - off;
-
-		if (n > bytes)
-			n = bytes;
-		if (to_iovs)
-			memcpy((char *)iovs[idx].iov_base + off, p, n);
-		else
-			memcpy(p, (char *)iovs[idx].iov_base + off, n);
-		p += n;
-		bytes -= n;
-		idx++;
-		off = 0;
-	}
-}
-
-static void bdev_lane_finish(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
-{
-	struct keel_bdev_io_internal *p = lin->parent->internal;
-	struct keel_bdev_io *pio = p->io;
-
-	if (lin->bounce_buf)
-		bdev_bounce_put(ch, lin);
-	p->lanes--;
-	if (lin->is_child)
-		bdev_io_free(ch, lin->io);
-	if (p->lanes)
-		return;
-	/* Last lane: restore what the caller asked for and complete once. */
-	pio->type = p->user_type;
-	pio->iovs = p->orig_iovs;
-	pio->iovcnt = p->orig_iovcnt;
-	pio->offset_blocks = p->orig_offset;
-	pio->num_blocks = p->orig_num;
-	p->is_lane = false;
-	p->status = p->split_status;
-	bdev_user_complete(ch, p);
-}
-
-void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
-{
-	struct keel_bdev_io_internal *p = lin->parent->internal;
-	struct keel_bdev *bdev = ch->bdev;
-	struct keel_bdev_internal *bi = bdev->internal;
-	struct keel_bdev_io *lio = lin->io;
-	uint64_t remaining, abs, nb, bytes, got;
-	int n, idx;
-	uint64_t off;
-	bool data = p->lane_type == KEEL_BDEV_IO_READ || p->lane_type == KEEL_BDEV_IO_WRITE;
-	bool zeroes = p->user_type == KEEL_BDEV_IO_WRITE_ZEROES && p->lane_type == KEEL_BDEV_IO_WRITE;
-
-	if (p->split_status != 0 || p->next_block >= p->orig_num) {
-		bdev_lane_finish(ch, lin);
-		return;
-	}
-	if (data && !zeroes && p->bounce && !lin->bounce_buf && !bdev_bounce_get(ch, lin)) {
-		TAILQ_INSERT_TAIL(&ch->bounce_waitq, lin, link);
-		return;
-	}
-
-	remaining = p->orig_num - p->next_block;
-	abs = p->orig_offset + p->next_block;
-	nb = remaining;
-	if (bdev->optimal_io_boundary) {
-		uint64_t to_boundary = bdev->optimal_io_boundary - abs % bdev->optimal_io_boundary;
-
-		if (nb > to_boundary)
-			nb = to_boundary;
-	}
-	if (bdev->max_transfer_blocks && nb > bdev->max_transfer_blocks)
-		nb = bdev->max_transfer_blocks;
-
-	lio->type = p->lane_type;
-	lio->offset_blocks = abs;
-	lio->flags = p->io->flags;
-	lio->iovs = NULL;
-	lio->iovcnt = 0;
-
-	if (zeroes) {
-		if (nb > (BDEV_ZERO_BUF_SIZE >> bi->block_shift))
-			nb = BDEV_ZERO_BUF_SIZE >> bi->block_shift;
-		lin->lane_iovs[0].iov_base = (void *)bdev_zero_buf();
-		lin->lane_iovs[0].iov_len = nb << bi->block_shift;
-		lio->iovs = lin->lane_iovs;
-		lio->iovcnt = 1;
-	} else if (data && lin->bounce_buf) {
-		if (nb > (ch->bounce_size >> bi->block_shift))
-			nb = ch->bounce_size >> bi->block_shift;
-		bytes = nb << bi->block_shift;
-		lin->copy_iov = p->cur_iov;
-		lin->copy_off = p->cur_off;
-		if (p->lane_type == KEEL_BDEV_IO_WRITE)
-			bdev_iov_copy(p->orig_iovs, p->orig_iovcnt, p->cur_iov, p->cur_off,
-				      lin->bounce_buf, bytes, false);
-		lin->lane_iovs[0].iov_base = lin->bounce_buf;
-		lin->lane_iovs[0].iov_len = bytes;
-		lio->iovs = lin->lane_iovs;
-		lio->iovcnt = 1;
-		bdev_iov_advance(p->orig_iovs, p->orig_iovcnt, &p->cur_iov, &p->cur_off, bytes);
-	} else if (data) {
-		bytes = nb << bi->block_shift;
-		n = 0;
-		got = 0;
-		idx = p->cur_iov;
-		off = p->cur_off;
-		while (got < bytes && n < BDEV_IO_NUM_IOV && idx < p->orig_iovcnt) {
-			uint64_t take = p->orig_iovs[idx].iov_len - off;
-
-			if (take > bytes - got)
-				take = bytes - got;
-			if (take) {
-				lin->lane_iovs[n].iov_base = (char *)p->orig_iovs[idx].iov_base + off;
-				lin->lane_iovs[n].iov_len = take;
-				n++;
-				got += take;
-			}
-			off += take;
-			if (off == p->orig_iovs[idx].iov_len) {
-				idx++;
-				off = 0;
-			}
-		}
-		if (got < bytes) {
-			/* Out of iovec slots: cut back to whole blocks. */
-			uint64_t keep = got & ~bi->block_mask, excess = got - keep;
-
-			if (keep == 0) {
-				/* One block spans more than BDEV_IO_NUM_IOV pieces: bounce the rest. */
-				p->bounce = true;
-				bdev_lane_next(ch, lin);
-				return;
-			}
-			while (excess) {
-				if (lin->lane_iovs[n - 1].iov_len <= excess) {
-					excess -= lin->lane_iovs[n - 1].iov_len;
-					n--;
-				} else {
-					lin->lane_iovs[n - 1].iov_len -= excess;
-					excess = 0;
-				}
-			}
-			bytes = keep;
-			nb = keep >> bi->block_shift;
-		}
-		if (bi->align_mask && bdev_iovs_misaligned(bi, lin->lane_iovs, n)) {
-			/* A cut inside an aligned iovec can land off the alignment
-			 * (alignment larger than a block): bounce from here on. */
-			p->bounce = true;
-			bdev_lane_next(ch, lin);
-			return;
-		}
-		lio->iovs = lin->lane_iovs;
-		lio->iovcnt = n;
-		bdev_iov_advance(p->orig_iovs, p->orig_iovcnt, &p->cur_iov, &p->cur_off, bytes);
-	}
-	lio->num_blocks = nb;
-	p->next_block += nb;
-	bdev_submit_module(ch, lio);
-}
-
-static void bdev_lane_done(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
-{
-	struct keel_bdev_io_internal *p = lin->parent->internal;
-	struct keel_bdev_io *lio = lin->io;
-
-	if (lin->status != 0 && p->split_status == 0)
-		p->split_status = lin->status;
-	if (lin->status == 0 && lin->bounce_buf && p->user_type == KEEL_BDEV_IO_READ)
-		bdev_iov_copy(p->orig_iovs, p->orig_iovcnt, lin->copy_iov, lin->copy_off,
-			      lin->bounce_buf, lio->num_blocks << ch->bdev->internal->block_shift,
-			      true);
-	bdev_lane_next(ch, lin);
-}
-
-static void bdev_split_start(struct bdev_channel *ch, struct keel_bdev_io_internal *p,
-			     enum keel_bdev_io_type lane_type, bool bounce)
-{
-	struct keel_bdev_io *pio = p->io;
-
-	p->orig_iovs = pio->iovs;
-	p->orig_iovcnt = pio->iovcnt;
-	p->orig_offset = pio->offset_blocks;
-	p->orig_num = pio->num_blocks;
-	p->next_block = 0;
-	p->cur_iov = 0;
-	p->cur_off = 0;
-	p->split_status = 0;
-	p->lane_type = lane_type;
-	p->bounce = bounce;
-	p->is_lane = true;
-	p->parent = pio;
-	p->lanes = 1;
-	if (pio->iovs)
-		bdev_iov_advance(pio->iovs, pio->iovcnt, &p->cur_iov, &p->cur_off, 0);
-	bdev_lane_next(ch, p);
-
-	/* Extra lanes only from spare objects, and never ahead of waiting requests. */
-	while (p->lanes < BDEV_MAX_LANES && p->next_block < p->orig_num && p->split_status == 0 &&
-	       TAILQ_EMPTY(&ch->waitq) && (!p->bounce || ch->bounce_nfree > 0)) {
-		struct keel_bdev_io_internal *c = keel_mempool_cache_get(ch->cache);
-		struct keel_bdev_io *cio;
-
-		if (!c)
-			break;
-		cio = (struct keel_bdev_io *)(c + 1);
-		c->io = cio;
-		c->ch = ch;
-		c->is_lane = true;
-		c->is_child = true;
-		c->parent = pio;
-		c->bounce_buf = NULL;
-		c->status = 0;
-		cio->internal = c;
-		cio->bdev = pio->bdev;
-		p->lanes++;
-		bdev_lane_next(ch, c);
-	}
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -981,7 +675,7 @@ static void bdev_reset_drained(struct keel_io_channel_iter *iter, int status)
 
 
 
-static void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req)
+void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req)
 {
 	struct keel_bdev_io_internal *in = obj;
 	struct keel_bdev_io *io = (struct keel_bdev_io *)(in + 1);

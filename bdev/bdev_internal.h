@@ -192,7 +192,43 @@ static inline struct bdev_channel *bdev_ch(struct keel_io_channel *ioch)
 	return *(struct bdev_channel **)keel_io_channel_get_ctx(ioch);
 }
 
-/* Shared read-only zero buffer (BDEV_ZERO_BUF_SIZE, BDEV_MAX_ALIGN aligned), allocated
+/* ------------------------------------------------------------------------------ */
+/* The request path (bdev.c)                                                       */
+/* ------------------------------------------------------------------------------ */
+
+/* Start \p req on pooled object \p obj of \p ch. */
+void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req);
+/* A user request is done (status in in->status): account, free, call back. */
+void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_internal *in);
+
+static inline void bdev_submit_module(struct bdev_channel *ch, struct keel_bdev_io *io)
+{
+	ch->in_submit++;
+	ch->submit_fn(ch->module_ch, io);
+	ch->in_submit--;
+}
+
+static inline void bdev_wait_put(struct bdev_channel *ch, struct bdev_wait *w)
+{
+	TAILQ_INSERT_HEAD(&ch->wait_free, w, link);
+}
+
+/* Return a request object to the cache, or straight to the oldest waiting request. */
+static inline void bdev_io_free(struct bdev_channel *ch, struct keel_bdev_io *io)
+{
+	struct bdev_wait *w = TAILQ_FIRST(&ch->waitq);
+
+	if (keel_likely(!w)) {
+		keel_mempool_cache_put(ch->cache, io->internal);
+		return;
+	}
+	/* Hand the object straight to the oldest waiter: no queue jumping. */
+	TAILQ_REMOVE(&ch->waitq, w, link);
+	bdev_io_start(ch, io->internal, &w->req);
+	bdev_wait_put(ch, w);
+}
+
+/* bdev_split.c: shared read-only zero buffer (BDEV_ZERO_BUF_SIZE, BDEV_MAX_ALIGN aligned), allocated
  * by the first call; NULL when that allocation failed. */
 const void *bdev_zero_buf(void);
 
@@ -216,8 +252,13 @@ void bdev_bounce_put(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 /* Lanes: splitting, bouncing, write_zeroes emulation                              */
 /* ------------------------------------------------------------------------------ */
 
+/* Start request \p p as lanes of \p lane_type chunks (\p bounce: through bounce buffers). */
+void bdev_split_start(struct bdev_channel *ch, struct keel_bdev_io_internal *p,
+		      enum keel_bdev_io_type lane_type, bool bounce);
 /* Hand lane \p lin its next chunk of its parent, or finish it. */
 void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
+/* A lane's chunk completed (the module answered; status in lin->status). */
+void bdev_lane_done(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
 
 /* ------------------------------------------------------------------------------ */
 /* Statistics (bdev_stats.c)                                                       */
