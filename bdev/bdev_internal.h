@@ -1,6 +1,15 @@
 /*
  * bdev core internals shared between the bdev sources and the unit tests.
  *
+ * Where things live:
+ *   bdev.c         control plane: options, modules, registry, registration,
+ *                  descriptors, claims, events, unregister, subsystem
+ *   bdev_io.c      request path: channels, pooled requests, submission, waiting,
+ *                  completion, -ENOMEM retry, reset
+ *   bdev_split.c   lanes: splitting, write_zeroes emulation, the zero buffer
+ *   bdev_bounce.c  bounce buffers for misaligned data
+ *   bdev_stats.c   statistics
+ *
  * Layout of one pooled request object (per-channel keel_mempool):
  *
  *     [struct keel_bdev_io_internal][struct keel_bdev_io][driver ctx (get_ctx_size)]
@@ -192,10 +201,18 @@ static inline struct bdev_channel *bdev_ch(struct keel_io_channel *ioch)
 	return *(struct bdev_channel **)keel_io_channel_get_ctx(ioch);
 }
 
+/* bdev.c: the module's destruct, once the last channel and the io_device are gone. */
+void bdev_destruct(struct keel_bdev *bdev);
+
 /* ------------------------------------------------------------------------------ */
-/* The request path (bdev.c)                                                       */
+/* The request path (bdev_io.c)                                                    */
 /* ------------------------------------------------------------------------------ */
 
+/* io_device callbacks of every bdev (keel_bdev_register). */
+int bdev_channel_create(void *io_dev, void *ctx_buf);
+void bdev_channel_destroy(void *io_dev, void *ctx_buf);
+/* Fail with \p status the requests of \p ch that have not reached the module. */
+void bdev_channel_fail_queued(struct bdev_channel *ch, int status);
 /* Start \p req on pooled object \p obj of \p ch. */
 void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req);
 /* A user request is done (status in in->status): account, free, call back. */
@@ -249,7 +266,7 @@ bool bdev_bounce_get(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 void bdev_bounce_put(struct bdev_channel *ch, struct keel_bdev_io_internal *lin);
 
 /* ------------------------------------------------------------------------------ */
-/* Lanes: splitting, bouncing, write_zeroes emulation                              */
+/* Lanes: splitting, bouncing, write_zeroes emulation (bdev_split.c)              */
 /* ------------------------------------------------------------------------------ */
 
 /* Start request \p p as lanes of \p lane_type chunks (\p bounce: through bounce buffers). */
