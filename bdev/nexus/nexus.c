@@ -1,5 +1,7 @@
 /*
- * Nexus management: create, assemble, destroy, membership changes, labels.
+ * Nexus management: create, assemble, destroy, membership changes, labels. The
+ * queue that runs the changes one at a time is in nexus_op.c, what a volume shows
+ * (info, JSON) in nexus_info.c.
  *
  * Every membership change (fault, add, remove, assembly, create) runs as one step of
  * a queue on the owner thread:
@@ -43,43 +45,24 @@ struct keel_bdev_module keel_bdev_nexus_module = {
 	.get_ctx_size = nexus_get_ctx_size,
 };
 
-static void add_label_checked(struct nexus *n);
-static void nexus_commit(struct nexus *n);
-
-static inline uint16_t bit16(unsigned s)
-{
-	return (uint16_t)(1u << s);
-}
-
-static bool replica_attached(const struct nexus_replica *r)
-{
-	return r->used && r->member && r->desc != NULL &&
-	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING);
-}
-
-bool nexus_replica_attached(const struct nexus_replica *r)
-{
-	return replica_attached(r);
-}
-
 uint16_t nexus_attached_mask(const struct nexus *n)
 {
 	uint16_t mask = 0;
 
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if (replica_attached(&n->replicas[s])) {
-			mask |= bit16(s);
+		if (nexus_replica_attached(&n->replicas[s])) {
+			mask |= nexus_bit(s);
 		}
 	}
 	return mask;
 }
 
-static unsigned count_healthy(const struct nexus *n)
+unsigned nexus_count_healthy(const struct nexus *n)
 {
 	unsigned c = 0;
 
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if (replica_attached(&n->replicas[s]) &&
+		if (nexus_replica_attached(&n->replicas[s]) &&
 		    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY) {
 			c++;
 		}
@@ -91,7 +74,7 @@ static void update_state(struct nexus *n)
 {
 	bool all = true;
 
-	if (count_healthy(n) == 0) {
+	if (nexus_count_healthy(n) == 0) {
 		n->state = KEEL_NEXUS_FAULTED;
 		if (n->state_detail[0] == '\0') {
 			snprintf(n->state_detail, sizeof(n->state_detail), "no healthy replica");
@@ -120,16 +103,16 @@ static void publish_cfg(struct nexus *n, bool frozen)
 {
 	pthread_mutex_lock(&n->cfg_lock);
 	n->cfg.frozen = frozen;
-	n->cfg.faulted = count_healthy(n) == 0;
+	n->cfg.faulted = nexus_count_healthy(n) == 0;
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 		struct nexus_cfg_slot *slot = &n->cfg.slots[s];
-		bool att = replica_attached(r);
+		bool att = nexus_replica_attached(r);
 
 		slot->desc = att ? r->desc : NULL;
 		slot->writable = att;
 		slot->readable = att && r->state == KEEL_NEXUS_REPLICA_HEALTHY &&
-				 !(n->unreadable_mask & bit16(s));
+				 !(n->unreadable_mask & nexus_bit(s));
 	}
 	pthread_mutex_unlock(&n->cfg_lock);
 }
@@ -137,8 +120,6 @@ static void publish_cfg(struct nexus *n, bool frozen)
 /* ------------------------------------------------------------------------------ */
 /* Replica attach / release                                                        */
 /* ------------------------------------------------------------------------------ */
-
-static void fault_arrived(struct nexus_replica *r);
 
 static void replica_event_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
 {
@@ -152,7 +133,7 @@ static void replica_event_cb(enum keel_bdev_event_type type, struct keel_bdev *b
 	if (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING) {
 		if (!atomic_exchange(&r->fault_requested, true)) {
 			atomic_store(&r->fault_status, -ENODEV);
-			fault_arrived(r);
+			nexus_fault_arrived(r);
 		}
 	}
 }
@@ -222,7 +203,7 @@ out_close:
 	return rc;
 }
 
-static void replica_release(struct nexus_replica *r)
+void nexus_replica_release(struct nexus_replica *r)
 {
 	if (r->label_ch != NULL) {
 		keel_put_io_channel(r->label_ch);
@@ -313,7 +294,7 @@ static void fill_label(struct nexus *n, struct nexus_replica *r, struct nexus_la
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		const struct nexus_replica *m = &n->replicas[s];
 
-		if (!replica_attached(m)) {
+		if (!nexus_replica_attached(m)) {
 			continue;
 		}
 		memcpy(l->members[l->num_members].uuid, m->uuid, 16);
@@ -335,7 +316,7 @@ static void labels_write(struct nexus *n, uint16_t mask, bool wipe, bool clean,
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
-		if (!(mask & bit16(s)) || r->desc == NULL) {
+		if (!(mask & nexus_bit(s)) || r->desc == NULL) {
 			continue;
 		}
 		memset(r->label_buf, 0, r->label_buf_len);
@@ -393,7 +374,7 @@ static void label_read_done(void *arg, int status)
 	labels_one_done(r->nexus);
 }
 
-static void labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n))
+void nexus_labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n))
 {
 	n->label_done_fn = done;
 	n->label_pending = 1;
@@ -401,7 +382,7 @@ static void labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexu
 		struct nexus_replica *r = &n->replicas[s];
 		int rc;
 
-		if (!(mask & bit16(s)) || r->desc == NULL) {
+		if (!(mask & nexus_bit(s)) || r->desc == NULL) {
 			continue;
 		}
 		r->label_status = 0;
@@ -424,142 +405,7 @@ static void labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexu
 	labels_one_done(n);
 }
 
-/* ------------------------------------------------------------------------------ */
-/* Operation queue                                                                 */
-/* ------------------------------------------------------------------------------ */
-
-static struct nexus_op *op_new(enum nexus_op_type type, keel_nexus_op_cb cb_fn, void *cb_arg)
-{
-	struct nexus_op *op = calloc(1, sizeof(*op));
-
-	if (op != NULL) {
-		op->type = type;
-		op->cb_fn = cb_fn;
-		op->cb_arg = cb_arg;
-		op->slot = -1;
-	}
-	return op;
-}
-
-__attribute__((format(printf, 3, 4)))
-static void op_fail(struct nexus_op *op, int status, const char *fmt, ...)
-{
-	va_list ap;
-
-	op->status = status;
-	va_start(ap, fmt);
-	vsnprintf(op->errmsg, sizeof(op->errmsg), fmt, ap);
-	va_end(ap);
-}
-
-
-/* A message that must not be lost: when the target's ring is full, retry from a
- * poller on this thread instead of spinning (the target may share our reactor). */
-struct nexus_retry_msg {
-	struct keel_thread *target;
-	keel_msg_fn fn;
-	void *arg;
-	struct keel_poller *poller;
-};
-
-static int retry_msg_poll(void *ctx)
-{
-	struct nexus_retry_msg *m = ctx;
-
-	if (keel_thread_send_msg(m->target, m->fn, m->arg) == -ENOMEM) {
-		return KEEL_POLLER_IDLE;
-	}
-	keel_poller_unregister(&m->poller);
-	free(m);
-	return KEEL_POLLER_BUSY;
-}
-
-static void fault_msg(void *arg);
-
-void nexus_request_fault(struct nexus *n, unsigned s, int status)
-{
-	struct nexus_replica *r = &n->replicas[s];
-
-	if (atomic_exchange(&r->fault_requested, true)) {
-		return;
-	}
-	atomic_store(&r->fault_status, status);
-	/* Counted before it can be delivered: the owner frees the struct only once
-	 * every such message ran (nexus_free). It names the volume, not the slot:
-	 * a slot may be emptied and reused before the message runs. */
-	atomic_fetch_add(&n->fault_msgs, 1);
-	nexus_send_msg_reliably(n->owner, fault_msg, n);
-}
-
-void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
-{
-	struct nexus_retry_msg *m;
-
-	if (keel_thread_send_msg(target, fn, arg) != -ENOMEM) {
-		return;
-	}
-	m = calloc(1, sizeof(*m));
-	if (m != NULL) {
-		m->target = target;
-		m->fn = fn;
-		m->arg = arg;
-		m->poller = keel_poller_register(retry_msg_poll, m, 100, "nexus_msg_retry");
-	}
-	if (m == NULL || m->poller == NULL) {
-		/* Out of memory too: nothing better than a bounded spin. */
-		free(m);
-		for (int i = 0; i < 1000000; i++) {
-			if (keel_thread_send_msg(target, fn, arg) != -ENOMEM) {
-				return;
-			}
-		}
-		KEEL_ERRLOG("nexus: message to thread %s lost", keel_thread_get_name(target));
-	}
-}
-
-struct op_done_msg {
-	struct nexus_op *op;
-	struct keel_nexus *nexus;
-};
-
-static void op_done_msg_fn(void *arg)
-{
-	struct op_done_msg *m = arg;
-	struct nexus_op *op = m->op;
-
-	if (op->status != 0) {
-		KEEL_ERRLOG("%s", op->errmsg);
-	}
-	if (op->cb_fn != NULL) {
-		op->cb_fn(op->cb_arg, op->status, op->status ? op->errmsg : NULL,
-			  op->status ? NULL : m->nexus);
-	}
-	free(op);
-	free(m);
-}
-
-/* Report through a message: keeps "never inside the call" true even when the op
- * fails before any I/O was issued. */
-static void op_complete(struct nexus_op *op, struct nexus *n)
-{
-	struct op_done_msg *m = calloc(1, sizeof(*m));
-
-	if (m == NULL) {
-		/* No memory for the message: the op itself carries the result. */
-		KEEL_ERRLOG("nexus: out of memory reporting an operation");
-		if (op->cb_fn != NULL) {
-			op->cb_fn(op->cb_arg, op->status ? op->status : -ENOMEM,
-				  op->status ? op->errmsg : "out of memory", NULL);
-		}
-		free(op);
-		return;
-	}
-	m->op = op;
-	m->nexus = (struct keel_nexus *)n;
-	nexus_send_msg_reliably(keel_thread_get_current(), op_done_msg_fn, m);
-}
-
-static void nexus_free_struct(struct nexus *n)
+void nexus_free_struct(struct nexus *n)
 {
 	free(n->bdev.name);
 	free(n);
@@ -570,7 +416,7 @@ static void nexus_free(struct nexus *n)
 	nexus_rebuild_forget(n);
 	nexus_bitmap_free(n);
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		replica_release(&n->replicas[s]);
+		nexus_replica_release(&n->replicas[s]);
 	}
 	pthread_mutex_destroy(&n->cfg_lock);
 	/* A fault message still on its way (retried by a thread whose channel is
@@ -591,34 +437,14 @@ static void io_device_gone_then_free(void *io_device)
 static void create_abort(struct nexus *n, struct nexus_op *op)
 {
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		replica_release(&n->replicas[s]);
+		nexus_replica_release(&n->replicas[s]);
 	}
-	op_complete(op, NULL);
+	nexus_op_complete(op, NULL);
 	if (n->io_device_registered) {
 		keel_io_device_unregister(n, io_device_gone_then_free);
 	} else {
 		nexus_free(n);
 	}
-}
-
-static void op_finish(struct nexus *n)
-{
-	struct nexus_op *op = n->cur_op;
-
-	n->cur_op = NULL;
-	n->busy = false;
-	if (op != NULL) {
-		op_complete(op, n);
-	}
-	if (n->destruct_waiting) {
-		n->destruct_waiting = false;
-		nexus_destruct(n);
-		return;
-	}
-	if (n->registered) {
-		nexus_rebuild_auto(n);
-	}
-	nexus_kick(n);
 }
 
 static int register_bdev(struct nexus *n);
@@ -638,10 +464,10 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 		/* Faulted replicas are released so their bdev can go; replicas held out
 		 * of a volume faulted at assembly stay claimed. */
 		if (r->desc != NULL && r->state == KEEL_NEXUS_REPLICA_FAULTED) {
-			replica_release(r);
+			nexus_replica_release(r);
 		}
 		if (r->removing) {
-			replica_release(r);
+			nexus_replica_release(r);
 			memset(r, 0, sizeof(*r));
 		}
 	}
@@ -651,7 +477,7 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 		int rc;
 
 		if (op->type == NEXUS_OP_CREATE && n->state == KEEL_NEXUS_FAULTED) {
-			op_fail(op, -EIO, "volume %s: writing the labels failed on every replica",
+			nexus_op_fail(op, -EIO, "volume %s: writing the labels failed on every replica",
 				n->name);
 			n->cur_op = NULL;
 			n->busy = false;
@@ -660,7 +486,7 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 		}
 		rc = register_bdev(n);
 		if (rc != 0) {
-			op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
+			nexus_op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
 				strerror(-rc));
 			n->cur_op = NULL;
 			n->busy = false;
@@ -668,7 +494,7 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 			return;
 		}
 	}
-	op_finish(n);
+	nexus_op_finish(n);
 }
 
 static void apply_config(struct nexus *n, bool frozen)
@@ -684,7 +510,7 @@ static void commit_labels_done(struct nexus *n)
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
-		if (!replica_attached(r) || r->label_status == 0) {
+		if (!nexus_replica_attached(r) || r->label_status == 0) {
 			continue;
 		}
 		KEEL_ERRLOG("volume %s: replica %s faulted: label write failed: %s", n->name,
@@ -693,11 +519,11 @@ static void commit_labels_done(struct nexus *n)
 		r->reason = KEEL_NEXUS_REASON_IO_ERROR;
 		snprintf(r->detail, sizeof(r->detail), "label write failed: %s",
 			 strerror(-r->label_status));
-		n->unreadable_mask |= bit16(s);
+		n->unreadable_mask |= nexus_bit(s);
 		if (n->cur_op != NULL && n->cur_op->type == NEXUS_OP_ADD &&
 		    n->cur_op->slot == (int)s) {
 			r->removing = true;
-			op_fail(n->cur_op, -EIO, "volume %s: replica %s: label write failed: %s",
+			nexus_op_fail(n->cur_op, -EIO, "volume %s: replica %s: label write failed: %s",
 				n->name, r->bdev_name, strerror(-r->label_status));
 		}
 		again = true;
@@ -708,7 +534,7 @@ static void commit_labels_done(struct nexus *n)
 		return;
 	}
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if (replica_attached(&n->replicas[s])) {
+		if (nexus_replica_attached(&n->replicas[s])) {
 			n->replicas[s].generation = n->generation;
 		}
 	}
@@ -735,9 +561,9 @@ static void commit_faulted_synced(struct nexus *n)
 	apply_config(n, false);
 }
 
-static void nexus_commit(struct nexus *n)
+void nexus_commit(struct nexus *n)
 {
-	if (count_healthy(n) == 0) {
+	if (nexus_count_healthy(n) == 0) {
 		update_state(n);
 		KEEL_ERRLOG("volume %s: faulted: %s", n->name, n->state_detail);
 		nexus_rebuild_sync(n, commit_faulted_synced);
@@ -746,191 +572,6 @@ static void nexus_commit(struct nexus *n)
 	n->generation++;
 	publish_cfg(n, true);
 	keel_for_each_channel(n, nexus_channel_freeze, n, commit_frozen);
-}
-
-static void run_fault_pass(struct nexus *n)
-{
-	bool changed = false;
-
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		struct nexus_replica *r = &n->replicas[s];
-		int st;
-
-		if (!r->fault_pending) {
-			continue;
-		}
-		r->fault_pending = false;
-		if (!r->used || (r->state != KEEL_NEXUS_REPLICA_HEALTHY &&
-				 r->state != KEEL_NEXUS_REPLICA_REBUILDING)) {
-			continue;
-		}
-		st = atomic_load(&r->fault_status);
-		KEEL_ERRLOG("volume %s: replica %s faulted: %s", n->name, r->bdev_name,
-			    strerror(-st));
-		r->state = KEEL_NEXUS_REPLICA_FAULTED;
-		r->reason = KEEL_NEXUS_REASON_IO_ERROR;
-		snprintf(r->detail, sizeof(r->detail), "I/O error: %s", strerror(-st));
-		n->unreadable_mask |= bit16(s);
-		changed = true;
-	}
-	if (!changed) {
-		n->busy = false;
-		nexus_kick(n);
-		return;
-	}
-	if (count_healthy(n) == 0) {
-		snprintf(n->state_detail, sizeof(n->state_detail),
-			 "the last healthy replica failed; its label still says in sync: it "
-			 "holds the newest data");
-	}
-	nexus_commit(n);
-}
-
-static void rebuild_done_bitmap_written(struct nexus *n, int status)
-{
-	struct nexus_replica *r = &n->replicas[n->cur_op->slot];
-
-	if (status != 0) {
-		/* The bitmap write faulted it (nexus_request_fault); the fault pass
-		 * takes it out after this step. */
-		op_fail(n->cur_op, status, "volume %s: replica %s: bitmap write failed", n->name,
-			r->bdev_name);
-		op_finish(n);
-		return;
-	}
-	KEEL_NOTICELOG("volume %s: replica %s rebuilt: healthy", n->name, r->bdev_name);
-	r->state = KEEL_NEXUS_REPLICA_HEALTHY;
-	r->detail[0] = '\0';
-	r->rejoin = false;
-	r->rb_started = false;
-	nexus_commit(n);
-}
-
-static void run_op(struct nexus *n, struct nexus_op *op)
-{
-	struct nexus_replica *r = op->slot >= 0 ? &n->replicas[op->slot] : NULL;
-
-	switch (op->type) {
-	case NEXUS_OP_ADMIN_FAULT:
-	case NEXUS_OP_REMOVE:
-		if (r->state == KEEL_NEXUS_REPLICA_HEALTHY && count_healthy(n) <= 1) {
-			op_fail(op, -EBUSY, "volume %s: replica %s is the last healthy replica; "
-				"refusing to %s it", n->name, r->bdev_name,
-				op->type == NEXUS_OP_REMOVE ? "remove" : "fault");
-			op_finish(n);
-			return;
-		}
-		if (op->type == NEXUS_OP_ADMIN_FAULT) {
-			if (r->state != KEEL_NEXUS_REPLICA_HEALTHY &&
-			    r->state != KEEL_NEXUS_REPLICA_REBUILDING) {
-				op_fail(op, -EALREADY, "volume %s: replica %s is already %s",
-					n->name, r->bdev_name,
-					keel_nexus_replica_state_name(r->state));
-				op_finish(n);
-				return;
-			}
-			r->reason = KEEL_NEXUS_REASON_ADMIN;
-			snprintf(r->detail, sizeof(r->detail), "faulted by the administrator");
-		} else {
-			r->reason = KEEL_NEXUS_REASON_REMOVED;
-			r->removing = true;
-		}
-		KEEL_NOTICELOG("volume %s: replica %s %s", n->name, r->bdev_name,
-			       op->type == NEXUS_OP_REMOVE ? "removed" : "faulted by the administrator");
-		r->state = KEEL_NEXUS_REPLICA_FAULTED;
-		n->unreadable_mask |= bit16((unsigned)op->slot);
-		nexus_commit(n);
-		return;
-	case NEXUS_OP_ADD:
-		if (count_healthy(n) == 0) {
-			op_fail(op, -EIO, "volume %s is faulted: cannot add replica %s", n->name,
-				r->bdev_name);
-			replica_release(r);
-			memset(r, 0, sizeof(*r));
-			op_finish(n);
-			return;
-		}
-		labels_read(n, bit16((unsigned)op->slot), add_label_checked);
-		return;
-	case NEXUS_OP_CREATE:
-	case NEXUS_OP_OPEN:
-		/* Model prepared by the caller; write the first labels. */
-		nexus_commit(n);
-		return;
-	case NEXUS_OP_REBUILD_DONE:
-		if (!replica_attached(r) || r->state != KEEL_NEXUS_REPLICA_REBUILDING) {
-			break;
-		}
-		if (n->bm != NULL) {
-			/* Its bitmap area holds only what was set while it rebuilt. */
-			nexus_bitmap_write_full(n, (unsigned)op->slot, rebuild_done_bitmap_written);
-			return;
-		}
-		rebuild_done_bitmap_written(n, 0);
-		return;
-	case NEXUS_OP_DESTROY:
-		break;
-	}
-	op_finish(n);
-}
-
-void nexus_kick(struct nexus *n)
-{
-	struct nexus_op *op;
-
-	if (n->busy || nexus_bitmap_busy(n)) {
-		return;
-	}
-	/* Writes waiting for their bits go before membership changes. */
-	if (nexus_bitmap_kick(n)) {
-		return;
-	}
-	if (n->faults_queued) {
-		n->faults_queued = false;
-		n->busy = true;
-		run_fault_pass(n);
-		return;
-	}
-	op = TAILQ_FIRST(&n->ops);
-	if (op == NULL) {
-		return;
-	}
-	TAILQ_REMOVE(&n->ops, op, link);
-	n->cur_op = op;
-	n->busy = true;
-	run_op(n, op);
-}
-
-/* Owner: a fault request reached us (by message, or from a bdev event). */
-static void fault_arrived(struct nexus_replica *r)
-{
-	struct nexus *n = r->nexus;
-
-	r->fault_seen = true;
-	r->fault_pending = true;
-	n->faults_queued = true;
-	nexus_kick(n);
-}
-
-/* Owner: some slot of \p arg (a struct nexus) asked to be faulted. */
-static void fault_msg(void *arg)
-{
-	struct nexus *n = arg;
-
-	if (atomic_fetch_sub(&n->fault_msgs, 1) == 1 && n->free_deferred) {
-		nexus_free_struct(n); /* the volume is gone; it was the last one */
-		return;
-	}
-	if (n->free_deferred) {
-		return;
-	}
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		struct nexus_replica *r = &n->replicas[s];
-
-		if (r->used && !r->fault_seen && atomic_load(&r->fault_requested)) {
-			fault_arrived(r);
-		}
-	}
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -999,7 +640,7 @@ static void destruct_labels_done(struct nexus *n)
 			KEEL_ERRLOG("volume %s: replica %s: final label write failed: %s",
 				    n->name, r->bdev_name, strerror(-r->label_status));
 		}
-		replica_release(r);
+		nexus_replica_release(r);
 	}
 	TAILQ_REMOVE(&g_nexuses, n, link);
 	KEEL_NOTICELOG("volume %s: stopped", n->name);
@@ -1024,7 +665,7 @@ static void destruct_io_device_gone(void *io_device)
 		struct nexus_replica *r = &n->replicas[s];
 
 		if ((r->fault_pending || atomic_load(&r->fault_requested)) &&
-		    replica_attached(r)) {
+		    nexus_replica_attached(r)) {
 			r->state = KEEL_NEXUS_REPLICA_FAULTED;
 			r->reason = KEEL_NEXUS_REASON_IO_ERROR;
 		}
@@ -1033,11 +674,11 @@ static void destruct_io_device_gone(void *io_device)
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
-		if (wipe ? (r->used && r->desc != NULL) : replica_attached(r)) {
-			mask |= bit16(s);
+		if (wipe ? (r->used && r->desc != NULL) : nexus_replica_attached(r)) {
+			mask |= nexus_bit(s);
 		}
 	}
-	if (!wipe && count_healthy(n) == 0) {
+	if (!wipe && nexus_count_healthy(n) == 0) {
 		mask = 0; /* never write over the last healthy label */
 	}
 	if (mask != 0 && !wipe) {
@@ -1074,11 +715,11 @@ int nexus_destruct(void *ctx)
 	while ((op = TAILQ_FIRST(&n->ops)) != NULL) {
 		TAILQ_REMOVE(&n->ops, op, link);
 		if (op->type == NEXUS_OP_ADD && op->slot >= 0) {
-			replica_release(&n->replicas[op->slot]);
+			nexus_replica_release(&n->replicas[op->slot]);
 			memset(&n->replicas[op->slot], 0, sizeof(n->replicas[op->slot]));
 		}
-		op_fail(op, -ENODEV, "volume %s is being destroyed", n->name);
-		op_complete(op, NULL);
+		nexus_op_fail(op, -ENODEV, "volume %s is being destroyed", n->name);
+		nexus_op_complete(op, NULL);
 	}
 	/* Rebuild jobs take range locks on our channels: they go first. */
 	nexus_rebuild_shutdown(n, destruct_jobs_stopped);
@@ -1094,7 +735,7 @@ static void destroy_unregistered(void *cb_arg, int status)
 		snprintf(op->errmsg, sizeof(op->errmsg), "unregister failed: %s",
 			 strerror(-status));
 	}
-	op_complete(op, NULL);
+	nexus_op_complete(op, NULL);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -1213,14 +854,14 @@ static void create_labels_checked(struct nexus *n)
 		}
 		if (!op->force && r->label_rc == 0) {
 			nexus_uuid_fmt(r->label.volume_uuid, u);
-			op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s "
+			nexus_op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s "
 				"(%s, generation %lu); use force to overwrite it", n->name,
 				r->bdev_name, r->label.volume_name, u,
 				(unsigned long)r->label.generation);
 			goto out_abort;
 		}
 		if (!op->force && r->label_rc != -ENODATA) {
-			op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); "
+			nexus_op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); "
 				"use force to overwrite it", n->name, r->bdev_name, r->label_why);
 			goto out_abort;
 		}
@@ -1232,13 +873,13 @@ static void create_labels_checked(struct nexus *n)
 	if (n->volume_size == 0) {
 		n->volume_size = min_avail;
 	} else if (n->volume_size > min_avail) {
-		op_fail(op, -ENOSPC, "volume %s: size %lu is larger than the %lu bytes the "
+		nexus_op_fail(op, -ENOSPC, "volume %s: size %lu is larger than the %lu bytes the "
 			"smallest replica offers", n->name, (unsigned long)n->volume_size,
 			(unsigned long)min_avail);
 		goto out_abort;
 	}
 	if (n->volume_size == 0) {
-		op_fail(op, -EINVAL, "volume %s: replicas leave no room for data", n->name);
+		nexus_op_fail(op, -EINVAL, "volume %s: replicas leave no room for data", n->name);
 		goto out_abort;
 	}
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
@@ -1255,7 +896,7 @@ static void create_labels_checked(struct nexus *n)
 		/* A new volume: nothing to resync, the bitmap covers from here on. */
 		nexus_bitmap_init_new(n);
 	}
-	run_op(n, op);
+	nexus_op_run(n, op);
 	return;
 
 out_abort:
@@ -1281,7 +922,7 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 		return -EINVAL;
 	}
 	n = nexus_alloc(opts->name);
-	op = op_new(NEXUS_OP_CREATE, cb_fn, cb_arg);
+	op = nexus_op_new(NEXUS_OP_CREATE, cb_fn, cb_arg);
 	if (n == NULL || op == NULL) {
 		free(op);
 		if (n != NULL) {
@@ -1303,7 +944,7 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 	}
 	n->volume_size = opts->size_bytes;
 	if (keel_bdev_get_by_name(opts->name) != NULL || keel_nexus_get_by_name(opts->name)) {
-		op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", opts->name);
+		nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", opts->name);
 		goto out_abort;
 	}
 	for (uint32_t i = 0; i < opts->num_replicas; i++) {
@@ -1312,39 +953,39 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 			char tmp[256];
 
 			snprintf(tmp, sizeof(tmp), "%s", op->errmsg);
-			op_fail(op, rc, "volume %s: %.180s", n->name, tmp);
+			nexus_op_fail(op, rc, "volume %s: %.180s", n->name, tmp);
 			goto out_abort;
 		}
-		mask |= bit16(i);
+		mask |= nexus_bit(i);
 		if (i == 0) {
 			n->block_size = keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc));
 		} else if (keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc)) !=
 			   n->block_size) {
-			op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u",
+			nexus_op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u",
 				n->name, opts->replicas[i],
 				keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc)),
 				n->block_size);
 			goto out_abort;
 		}
 		if (replica_size(&n->replicas[i]) <= n->data_offset) {
-			op_fail(op, -EINVAL, "volume %s: replica %s (%lu bytes) is not larger than "
+			nexus_op_fail(op, -EINVAL, "volume %s: replica %s (%lu bytes) is not larger than "
 				"the %u-byte label area", n->name, opts->replicas[i],
 				(unsigned long)replica_size(&n->replicas[i]), KEEL_NEXUS_DATA_OFFSET);
 			goto out_abort;
 		}
 	}
 	if (n->volume_size % n->block_size != 0) {
-		op_fail(op, -EINVAL, "volume %s: size %lu is not a multiple of the block size %u",
+		nexus_op_fail(op, -EINVAL, "volume %s: size %lu is not a multiple of the block size %u",
 			n->name, (unsigned long)n->volume_size, n->block_size);
 		goto out_abort;
 	}
 	rc = nexus_io_device_register(n);
 	if (rc != 0) {
-		op_fail(op, rc, "volume %s: cannot register the I/O device: %s", n->name,
+		nexus_op_fail(op, rc, "volume %s: cannot register the I/O device: %s", n->name,
 			strerror(-rc));
 		goto out_abort;
 	}
-	labels_read(n, mask, create_labels_checked);
+	nexus_labels_read(n, mask, create_labels_checked);
 	return 0;
 
 out_abort:
@@ -1377,7 +1018,7 @@ static void refuse(struct nexus *n, struct nexus_replica *r, const char *fmt, ..
 	r->member = false;
 	KEEL_WARNLOG("volume %s: replica %s refused: %s", n->name[0] ? n->name : "?",
 		     r->bdev_name, r->detail);
-	replica_release(r);
+	nexus_replica_release(r);
 }
 
 static size_t append(char *buf, size_t len, size_t off, const char *fmt, ...)
@@ -1452,7 +1093,7 @@ static void unclean_resync(struct nexus *n)
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
-		if (!replica_attached(r) || r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
+		if (!nexus_replica_attached(r) || r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
 			continue;
 		}
 		if (first < 0) {
@@ -1474,7 +1115,7 @@ static void unclean_resync(struct nexus *n)
 static void open_bitmap_loaded(struct nexus *n)
 {
 	unclean_resync(n);
-	run_op(n, n->cur_op);
+	nexus_op_run(n, n->cur_op);
 }
 
 static void open_labels_read(struct nexus *n)
@@ -1516,7 +1157,7 @@ static void open_labels_read(struct nexus *n)
 
 			nexus_uuid_fmt(vol_uuid, u1);
 			nexus_uuid_fmt(r->label.volume_uuid, u2);
-			op_fail(op, -EINVAL, "volume %s: replicas carry labels of different volumes "
+			nexus_op_fail(op, -EINVAL, "volume %s: replicas carry labels of different volumes "
 				"(%s and %s, replica %s); name the volume to pick one", n->name,
 				u1, u2, r->bdev_name);
 			goto out_abort;
@@ -1688,13 +1329,13 @@ static void open_labels_read(struct nexus *n)
 			     missing);
 	}
 	if (keel_bdev_get_by_name(n->name) != NULL) {
-		op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
+		nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
 		goto out_abort;
 	}
 	n->bm_region_hint = (uint64_t)newest->bitmap_chunk_kib * 1024;
 	if (bitmap_wanted() && nexus_bitmap_create(n) == 0) {
 		for (unsigned s = 0; s < NEXUS_MAX; s++) {
-			if (replica_attached(&n->replicas[s]) &&
+			if (nexus_replica_attached(&n->replicas[s]) &&
 			    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY) {
 				/* Every healthy member holds the same bitmap. */
 				nexus_bitmap_load(n, s, open_bitmap_loaded);
@@ -1703,7 +1344,7 @@ static void open_labels_read(struct nexus *n)
 		}
 	}
 	unclean_resync(n);
-	run_op(n, op); /* bumps the generation, marks the labels dirty, registers */
+	nexus_op_run(n, op); /* bumps the generation, marks the labels dirty, registers */
 	return;
 
 out_register_faulted:
@@ -1711,18 +1352,18 @@ out_register_faulted:
 		int rc;
 
 		if (keel_bdev_get_by_name(n->name) != NULL) {
-			op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
+			nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
 			goto out_abort;
 		}
 		publish_cfg(n, false);
 		rc = register_bdev(n);
 		if (rc != 0) {
-			op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
+			nexus_op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
 				strerror(-rc));
 			goto out_abort;
 		}
 		n->state = KEEL_NEXUS_FAULTED;
-		op_finish(n);
+		nexus_op_finish(n);
 		return;
 	}
 
@@ -1747,7 +1388,7 @@ int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb
 		return -EINVAL;
 	}
 	n = nexus_alloc(opts->name);
-	op = op_new(NEXUS_OP_OPEN, cb_fn, cb_arg);
+	op = nexus_op_new(NEXUS_OP_OPEN, cb_fn, cb_arg);
 	if (n != NULL) {
 		n->name_given = opts->name != NULL;
 	}
@@ -1763,7 +1404,7 @@ int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb
 	n->busy = true;
 	if (opts->name != NULL &&
 	    (keel_bdev_get_by_name(opts->name) != NULL || keel_nexus_get_by_name(opts->name))) {
-		op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", opts->name);
+		nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", opts->name);
 		goto out_abort;
 	}
 	for (uint32_t i = 0; i < opts->num_replicas; i++) {
@@ -1779,14 +1420,14 @@ int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb
 			KEEL_WARNLOG("volume %s: %s", opts->name ? opts->name : "?", err);
 			continue;
 		}
-		mask |= bit16(i);
+		mask |= nexus_bit(i);
 	}
 	rc = nexus_io_device_register(n);
 	if (rc != 0) {
-		op_fail(op, rc, "volume: cannot register the I/O device: %s", strerror(-rc));
+		nexus_op_fail(op, rc, "volume: cannot register the I/O device: %s", strerror(-rc));
 		goto out_abort;
 	}
-	labels_read(n, mask, open_labels_read);
+	nexus_labels_read(n, mask, open_labels_read);
 	return 0;
 
 out_abort:
@@ -1808,7 +1449,7 @@ int keel_nexus_destroy(const char *name, bool wipe_labels, keel_nexus_op_cb cb_f
 	if (n == NULL) {
 		return -ENODEV;
 	}
-	op = op_new(NEXUS_OP_DESTROY, cb_fn, cb_arg);
+	op = nexus_op_new(NEXUS_OP_DESTROY, cb_fn, cb_arg);
 	if (op == NULL) {
 		return -ENOMEM;
 	}
@@ -1839,13 +1480,6 @@ int nexus_find_replica(struct nexus *n, const char *replica)
 	return -ENODEV;
 }
 
-static int queue_op(struct nexus *n, struct nexus_op *op)
-{
-	TAILQ_INSERT_TAIL(&n->ops, op, link);
-	nexus_kick(n);
-	return 0;
-}
-
 static int member_op(const char *name, const char *replica, enum nexus_op_type type,
 		     keel_nexus_op_cb cb_fn, void *cb_arg)
 {
@@ -1860,12 +1494,12 @@ static int member_op(const char *name, const char *replica, enum nexus_op_type t
 	if (s < 0) {
 		return s;
 	}
-	op = op_new(type, cb_fn, cb_arg);
+	op = nexus_op_new(type, cb_fn, cb_arg);
 	if (op == NULL) {
 		return -ENOMEM;
 	}
 	op->slot = s;
-	return queue_op(n, op);
+	return nexus_op_queue(n, op);
 }
 
 int keel_nexus_remove_replica(const char *name, const char *replica, keel_nexus_op_cb cb_fn,
@@ -1880,7 +1514,7 @@ int keel_nexus_fault_replica(const char *name, const char *replica, keel_nexus_o
 	return member_op(name, replica, NEXUS_OP_ADMIN_FAULT, cb_fn, cb_arg);
 }
 
-static void add_label_checked(struct nexus *n)
+void nexus_add_label_checked(struct nexus *n)
 {
 	struct nexus_op *op = n->cur_op;
 	struct nexus_replica *r = &n->replicas[op->slot];
@@ -1889,12 +1523,12 @@ static void add_label_checked(struct nexus *n)
 		char u[KEEL_UUID_STR_LEN];
 
 		nexus_uuid_fmt(r->label.volume_uuid, u);
-		op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s (%s); "
+		nexus_op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s (%s); "
 			"use force to overwrite it", n->name, r->bdev_name, r->label.volume_name, u);
 		goto out_drop;
 	}
 	if (!op->force && r->label_rc != 0 && r->label_rc != -ENODATA) {
-		op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); use "
+		nexus_op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); use "
 			"force to overwrite it", n->name, r->bdev_name, r->label_why);
 		goto out_drop;
 	}
@@ -1913,8 +1547,8 @@ static void add_label_checked(struct nexus *n)
 			    memcmp(o->uuid, r->label.replica_uuid, 16) != 0) {
 				continue;
 			}
-			if (replica_attached(o)) {
-				op_fail(op, -EEXIST, "volume %s: replica %s: its UUID is already an "
+			if (nexus_replica_attached(o)) {
+				nexus_op_fail(op, -EEXIST, "volume %s: replica %s: its UUID is already an "
 					"active replica (%s)", n->name, r->bdev_name, o->bdev_name);
 				goto out_drop;
 			}
@@ -1937,9 +1571,9 @@ static void add_label_checked(struct nexus *n)
 	return;
 
 out_drop:
-	replica_release(r);
+	nexus_replica_release(r);
 	memset(r, 0, sizeof(*r));
-	op_finish(n);
+	nexus_op_finish(n);
 }
 
 int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
@@ -1954,7 +1588,7 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 	if (n == NULL || bdev_name == NULL) {
 		return -ENODEV;
 	}
-	op = op_new(NEXUS_OP_ADD, cb_fn, cb_arg);
+	op = nexus_op_new(NEXUS_OP_ADD, cb_fn, cb_arg);
 	if (op == NULL) {
 		return -ENOMEM;
 	}
@@ -1962,8 +1596,8 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		if (n->replicas[s].used && strcmp(n->replicas[s].bdev_name, bdev_name) == 0 &&
 		    n->replicas[s].desc != NULL) {
-			op_fail(op, -EEXIST, "volume %s: %s is already a replica", n->name, bdev_name);
-			op_complete(op, NULL);
+			nexus_op_fail(op, -EEXIST, "volume %s: %s is already a replica", n->name, bdev_name);
+			nexus_op_complete(op, NULL);
 			return 0;
 		}
 		if (!n->replicas[s].used && slot < 0) {
@@ -1971,9 +1605,9 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 		}
 	}
 	if (slot < 0) {
-		op_fail(op, -ENOSPC, "volume %s: already %u replicas listed; remove one first",
+		nexus_op_fail(op, -ENOSPC, "volume %s: already %u replicas listed; remove one first",
 			n->name, NEXUS_MAX);
-		op_complete(op, NULL);
+		nexus_op_complete(op, NULL);
 		return 0;
 	}
 	rc = replica_attach(n, (unsigned)slot, bdev_name, op->errmsg, sizeof(op->errmsg));
@@ -1982,8 +1616,8 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 
 		memset(&n->replicas[slot], 0, sizeof(n->replicas[slot]));
 		snprintf(tmp, sizeof(tmp), "%s", op->errmsg);
-		op_fail(op, rc, "volume %s: %.180s", n->name, tmp);
-		op_complete(op, NULL);
+		nexus_op_fail(op, rc, "volume %s: %.180s", n->name, tmp);
+		nexus_op_complete(op, NULL);
 		return 0;
 	}
 	r = &n->replicas[slot];
@@ -1991,47 +1625,28 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 	b = keel_bdev_desc_get_bdev(r->desc);
 	op->slot = slot;
 	if (keel_bdev_get_block_size(b) != n->block_size) {
-		op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u", n->name,
+		nexus_op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u", n->name,
 			bdev_name, keel_bdev_get_block_size(b), n->block_size);
 		goto out_drop;
 	}
 	if (replica_size(r) < n->data_offset + n->volume_size) {
-		op_fail(op, -EINVAL, "volume %s: replica %s has %lu bytes, the volume needs %lu",
+		nexus_op_fail(op, -EINVAL, "volume %s: replica %s has %lu bytes, the volume needs %lu",
 			n->name, bdev_name, (unsigned long)replica_size(r),
 			(unsigned long)(n->data_offset + n->volume_size));
 		goto out_drop;
 	}
 	if (n->supports_unmap && !keel_bdev_io_type_supported(b, KEEL_BDEV_IO_UNMAP)) {
-		op_fail(op, -ENOTSUP, "volume %s: replica %s does not support unmap", n->name,
+		nexus_op_fail(op, -ENOTSUP, "volume %s: replica %s does not support unmap", n->name,
 			bdev_name);
 		goto out_drop;
 	}
 	/* The label check reads from the replica: run it as a step of the queue so
 	 * it does not overlap another change's label I/O. */
-	return queue_op(n, op);
+	return nexus_op_queue(n, op);
 
 out_drop:
-	replica_release(r);
+	nexus_replica_release(r);
 	memset(r, 0, sizeof(*r));
-	op_complete(op, NULL);
+	nexus_op_complete(op, NULL);
 	return 0;
-}
-
-int nexus_queue_rebuild_done(struct nexus *n, unsigned s)
-{
-	struct nexus_op *op = op_new(NEXUS_OP_REBUILD_DONE, NULL, NULL);
-
-	if (op == NULL) {
-		return -ENOMEM;
-	}
-	op->slot = (int)s;
-	return queue_op(n, op);
-}
-
-int nexus_queue_rejoin(struct nexus *n, unsigned s)
-{
-	char name[KEEL_BDEV_NAME_MAX + 1];
-
-	snprintf(name, sizeof(name), "%s", n->replicas[s].bdev_name);
-	return keel_nexus_add_replica(n->name, name, false, NULL, NULL);
 }

@@ -250,19 +250,59 @@ void nexus_channel_unlock(struct keel_io_channel_iter *iter);
 /* A write whose bitmap bits are now durable, back on its channel's thread. */
 void nexus_write_resume(void *arg);
 
-/* nexus.c */
+static inline uint16_t nexus_bit(unsigned s)
+{
+	return (uint16_t)(1u << s);
+}
+
+/* In the I/O path: a member, open, and healthy or rebuilding. */
+static inline bool nexus_replica_attached(const struct nexus_replica *r)
+{
+	return r->used && r->member && r->desc != NULL &&
+	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING);
+}
+
+/* nexus.c: lifecycle, replicas, labels, the membership step */
 int nexus_destruct(void *ctx);
-/* Deliver a message that must not be lost (retries from a poller when full). */
+/* Free the struct itself (the last fault message of a destroyed volume does). */
+void nexus_free_struct(struct nexus *n);
+/* Slots of the attached (healthy or rebuilding) replicas. */
+uint16_t nexus_attached_mask(const struct nexus *n);
+unsigned nexus_count_healthy(const struct nexus *n);
+/* Close the bdev of \p r and drop its label buffer and channel (slot stays listed). */
+void nexus_replica_release(struct nexus_replica *r);
+/* Read both label copies of the slots in \p mask (into label_rc, label), then done(n). */
+void nexus_labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n));
+/* One membership step: new generation, labels on every member, new config (or,
+ * with no healthy replica left, the volume faulted); ends with nexus_op_finish. */
+void nexus_commit(struct nexus *n);
+/* Slot of the replica named \p replica (bdev name or replica UUID), or -ENODEV. */
+int nexus_find_replica(struct nexus *n, const char *replica);
+/* The add op's step once the new replica's labels were read. */
+void nexus_add_label_checked(struct nexus *n);
+
+/* nexus_op.c: the operation queue (owner thread unless said otherwise) */
+struct nexus_op *nexus_op_new(enum nexus_op_type type, keel_nexus_op_cb cb_fn, void *cb_arg);
+/* Record the failure of \p op: status and message for its callback. */
+void nexus_op_fail(struct nexus_op *op, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Report \p op by message on this thread and free it (\p n: the volume, on success). */
+void nexus_op_complete(struct nexus_op *op, struct nexus *n);
+/* Append \p op and run the queue. \return 0. */
+int nexus_op_queue(struct nexus *n, struct nexus_op *op);
+/* Run \p op now (the queue chose it, or create/open prepared it). */
+void nexus_op_run(struct nexus *n, struct nexus_op *op);
+/* The current op is done: report it, then the next one (or a waiting destruct). */
+void nexus_op_finish(struct nexus *n);
+/* Start the next piece of work if nothing runs: bitmap writes, faults, ops. */
+void nexus_kick(struct nexus *n);
+/* A fault request for \p r reached the owner (message or bdev event). */
+void nexus_fault_arrived(struct nexus_replica *r);
+/* Deliver a message that must not be lost (retries from a poller when full). Any thread. */
 void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg);
 /* Ask the owner to fault replica slot \p s (from any thread; one message for the
  * first request, retried while the owner's ring is full, never lost). */
 void nexus_request_fault(struct nexus *n, unsigned s, int status);
-bool nexus_replica_attached(const struct nexus_replica *r);
-/* Slots of the attached (healthy or rebuilding) replicas. */
-uint16_t nexus_attached_mask(const struct nexus *n);
-/* Slot of the replica named \p replica (bdev name or replica UUID), or -ENODEV. */
-int nexus_find_replica(struct nexus *n, const char *replica);
-void nexus_kick(struct nexus *n);
 /* Queue a membership step making slot \p s healthy (its rebuild completed). */
 int nexus_queue_rebuild_done(struct nexus *n, unsigned s);
 /* Queue re-adding the bdev of stale/faulted slot \p s (rejoin). */

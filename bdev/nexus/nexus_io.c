@@ -16,11 +16,6 @@
 
 #include "nexus_internal.h"
 
-static inline uint16_t bit16(unsigned s)
-{
-	return (uint16_t)(1u << s);
-}
-
 static void channel_rebuild_lists(struct nexus_channel *nch)
 {
 	nch->n_writers = 0;
@@ -137,11 +132,11 @@ static void write_put(struct keel_bdev_io *io)
 static void write_child_result(struct nexus_io *nio, unsigned s, int status)
 {
 	if (status == 0) {
-		if (nio->healthy_mask & bit16(s)) {
+		if (nio->healthy_mask & nexus_bit(s)) {
 			nio->ok_healthy++;
 		}
 	} else {
-		nio->failed_mask |= bit16(s);
+		nio->failed_mask |= nexus_bit(s);
 		nio->last_err = status;
 		report_fault(nio->nch, s, status);
 	}
@@ -223,7 +218,7 @@ static void submit_write(struct nexus_channel *nch, struct keel_bdev_io *io)
 	nio->last_err = 0;
 	nio->healthy_mask = 0;
 	for (unsigned i = 0; i < nch->n_readers; i++) {
-		nio->healthy_mask |= bit16(nch->readers[i]);
+		nio->healthy_mask |= nexus_bit(nch->readers[i]);
 	}
 	nch->writes_inflight++;
 	for (unsigned i = 0; i < nch->n_writers; i++) {
@@ -235,7 +230,7 @@ static void submit_write(struct nexus_channel *nch, struct keel_bdev_io *io)
 		if (cc->failed) {
 			/* Known bad here: count it as failed so the acknowledgement
 			 * waits for its fault to be committed. */
-			nio->failed_mask |= bit16(s);
+			nio->failed_mask |= nexus_bit(s);
 			continue;
 		}
 		cio->parent = io;
@@ -285,7 +280,7 @@ static int pick_reader(struct nexus_channel *nch, uint16_t exclude)
 		unsigned s = nch->readers[(nch->rr + k) % n];
 		struct nexus_child_ch *cc = &nch->children[s];
 
-		if ((exclude & bit16(s)) || cc->failed) {
+		if ((exclude & nexus_bit(s)) || cc->failed) {
 			continue;
 		}
 		if (cc->outstanding < best_out) {
@@ -318,7 +313,7 @@ static void submit_read(struct nexus_channel *nch, struct keel_bdev_io *io)
 		cio = &nio->child[s];
 		cio->parent = io;
 		cio->slot = (uint8_t)s;
-		nio->tried_mask |= bit16((unsigned)s);
+		nio->tried_mask |= nexus_bit((unsigned)s);
 		cc->outstanding++;
 		rc = keel_bdev_readv(cc->desc, cc->ch, io->iovs, io->iovcnt,
 				     keel_bdev_io_offset_bytes(io) + n->data_offset,
@@ -480,7 +475,7 @@ void nexus_channel_freeze(struct keel_io_channel_iter *iter)
 	/* Replicas on their way out are not read from again anywhere: a write that
 	 * failed on them is acknowledged only after this walk. */
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		if (n->unreadable_mask & bit16(s)) {
+		if (n->unreadable_mask & nexus_bit(s)) {
 			nch->children[s].readable = false;
 		}
 	}
@@ -503,7 +498,7 @@ void nexus_channel_apply(struct keel_io_channel_iter *iter)
 		struct nexus_child_ch *cc = &nch->children[s];
 
 		if (cc->desc != NULL && !cc->detaching && cc->writable) {
-			attached |= bit16(s);
+			attached |= nexus_bit(s);
 		}
 	}
 	for (io = TAILQ_FIRST(&nch->parked); io != NULL; io = next) {
