@@ -335,9 +335,7 @@ static void labels_write(struct nexus *n, uint16_t mask, bool wipe, bool clean,
 static void label_read_done(void *arg, int status)
 {
 	struct nexus_replica *r = arg;
-	struct nexus_label l0, l1;
-	char why0[96], why1[96];
-	int rc0, rc1, which;
+	struct nexus_label_copies c;
 
 	if (status != 0) {
 		r->label_status = status;
@@ -356,20 +354,13 @@ static void label_read_done(void *arg, int status)
 		}
 		return;
 	}
-	rc0 = nexus_label_decode(r->label_buf, r->label_buf_len, &l0, why0, sizeof(why0));
-	rc1 = nexus_label_decode(r->label_buf + r->label_buf_len, r->label_buf_len, &l1, why1,
-				 sizeof(why1));
-	r->label_rc = nexus_label_pick(rc0, &l0, rc1, &l1, &which);
-	if (r->label_rc == 0) {
-		r->label = which == 0 ? l0 : l1;
-		if (rc0 != rc1 || (rc0 == 0 && l0.generation != l1.generation)) {
-			KEEL_WARNLOG("volume %s: replica %s: label copies differ (%s / %s); "
-				     "using copy %d (torn label write?)", r->nexus->name,
-				     r->bdev_name, rc0 ? why0 : "ok", rc1 ? why1 : "ok", which);
-		}
-	} else {
-		snprintf(r->label_why, sizeof(r->label_why), "%s",
-			 nexus_label_pick_why(r->label_rc, rc0, why0, why1));
+	r->label_rc = nexus_label_read_copies(r->label_buf, r->label_buf + r->label_buf_len,
+					      r->label_buf_len, &r->label, r->label_why,
+					      sizeof(r->label_why), &c);
+	if (r->label_rc == 0 && c.differ) {
+		KEEL_WARNLOG("volume %s: replica %s: label copies differ (%s / %s); "
+			     "using copy %d (torn label write?)", r->nexus->name, r->bdev_name,
+			     c.rc[0] ? c.why[0] : "ok", c.rc[1] ? c.why[1] : "ok", c.which);
 	}
 	labels_one_done(r->nexus);
 }

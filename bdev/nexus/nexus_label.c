@@ -248,6 +248,32 @@ const char *nexus_label_pick_why(int rc, int rc0, const char *why0, const char *
 	return rc0 != -ENODATA ? why0 : why1;
 }
 
+int nexus_label_read_copies(const uint8_t *copy0, const uint8_t *copy1, size_t len,
+			    struct nexus_label *label, char *why, size_t whylen,
+			    struct nexus_label_copies *info)
+{
+	struct nexus_label_copies local;
+	struct nexus_label l[2];
+	int rc;
+
+	if (info == NULL) {
+		info = &local;
+	}
+	memset(info, 0, sizeof(*info));
+	info->rc[0] = nexus_label_decode(copy0, len, &l[0], info->why[0], sizeof(info->why[0]));
+	info->rc[1] = nexus_label_decode(copy1, len, &l[1], info->why[1], sizeof(info->why[1]));
+	rc = nexus_label_pick(info->rc[0], &l[0], info->rc[1], &l[1], &info->which);
+	if (rc == 0) {
+		*label = l[info->which];
+		info->differ = info->rc[0] != info->rc[1] ||
+			       (info->rc[0] == 0 && l[0].generation != l[1].generation);
+	} else if (why != NULL && whylen > 0) {
+		snprintf(why, whylen, "%s",
+			 nexus_label_pick_why(rc, info->rc[0], info->why[0], info->why[1]));
+	}
+	return rc;
+}
+
 int keel_nexus_label_inspect(const void *buf, size_t len, struct keel_nexus_label_summary *out)
 {
 	static const uint8_t blank[NEXUS_LABEL_SIZE];
@@ -256,27 +282,24 @@ int keel_nexus_label_inspect(const void *buf, size_t len, struct keel_nexus_labe
 			       area + NEXUS_LABEL_COPY0_OFFSET : blank;
 	const uint8_t *copy1 = len >= NEXUS_LABEL_COPY1_OFFSET + NEXUS_LABEL_SIZE ?
 			       area + NEXUS_LABEL_COPY1_OFFSET : blank;
-	struct nexus_label l[2];
-	char why[2][96];
-	int rc0, rc1, rc, which;
+	struct nexus_label l;
+	int rc;
 
 	memset(out, 0, sizeof(*out));
-	rc0 = nexus_label_decode(copy0, NEXUS_LABEL_SIZE, &l[0], why[0], sizeof(why[0]));
-	rc1 = nexus_label_decode(copy1, NEXUS_LABEL_SIZE, &l[1], why[1], sizeof(why[1]));
-	rc = nexus_label_pick(rc0, &l[0], rc1, &l[1], &which);
+	rc = nexus_label_read_copies(copy0, copy1, NEXUS_LABEL_SIZE, &l, out->why,
+				     sizeof(out->why), NULL);
 	if (rc == 0) {
-		snprintf(out->volume_name, sizeof(out->volume_name), "%s", l[which].volume_name);
-		nexus_uuid_fmt(l[which].volume_uuid, out->volume_uuid);
-		nexus_uuid_fmt(l[which].replica_uuid, out->replica_uuid);
-		out->generation = l[which].generation;
+		snprintf(out->volume_name, sizeof(out->volume_name), "%s", l.volume_name);
+		nexus_uuid_fmt(l.volume_uuid, out->volume_uuid);
+		nexus_uuid_fmt(l.replica_uuid, out->replica_uuid);
+		out->generation = l.generation;
 		return 0;
 	}
 	if (rc == -ENODATA) {
+		out->why[0] = '\0';
 		out->wiped = len >= NEXUS_BITMAP_OFFSET + 8 &&
 			     memcmp(area + NEXUS_BITMAP_OFFSET, NEXUS_BM_MAGIC, 8) == 0;
-		return rc;
 	}
-	snprintf(out->why, sizeof(out->why), "%s", nexus_label_pick_why(rc, rc0, why[0], why[1]));
 	return rc;
 }
 

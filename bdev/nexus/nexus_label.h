@@ -108,6 +108,24 @@ int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1,
  * reasons of both copies (for messages). */
 const char *nexus_label_pick_why(int rc, int rc0, const char *why0, const char *why1);
 
+/** What nexus_label_read_copies found in each copy of a replica's label. */
+struct nexus_label_copies {
+	int rc[2];          /* nexus_label_decode of copy 0 and of copy 1 */
+	char why[2][96];    /* their reasons (empty where rc is 0) */
+	int which;          /* the copy used, when one was */
+	bool differ;        /* one was used, but the copies disagree: a write torn by a
+			     * crash, or interrupted between the two copies */
+};
+
+/**
+ * The label of a replica from its two copies (\p len bytes each): decode both and
+ * pick (nexus_label_pick). Pure. \p info (may be NULL) gets the details.
+ * \return 0 and *label, or nexus_label_pick's error with the reason in \p why.
+ */
+int nexus_label_read_copies(const uint8_t *copy0, const uint8_t *copy1, size_t len,
+			    struct nexus_label *label, char *why, size_t whylen,
+			    struct nexus_label_copies *info);
+
 /** The member entry of \p uuid, or NULL. */
 const struct nexus_label_member *nexus_label_find_member(const struct nexus_label *label,
 							 const uint8_t *uuid);
