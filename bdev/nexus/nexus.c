@@ -1,6 +1,7 @@
 /*
  * Nexus management: create, assemble, destroy, membership changes, labels. The
- * queue that runs the changes one at a time is in nexus_op.c, what a volume shows
+ * queue that runs the changes one at a time is in nexus_op.c, the assembly rules
+ * (a pure decision that open applies) in nexus_assemble.c, what a volume shows
  * (info, JSON) in nexus_info.c.
  *
  * Every membership change (fault, add, remove, assembly, create) runs as one step of
@@ -1012,26 +1013,9 @@ static void refuse(struct nexus *n, struct nexus_replica *r, const char *fmt, ..
 	nexus_replica_release(r);
 }
 
-static size_t append(char *buf, size_t len, size_t off, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static size_t append(char *buf, size_t len, size_t off, const char *fmt, ...)
-{
-	va_list ap;
-	int w;
-
-	if (off >= len) {
-		return off;
-	}
-	va_start(ap, fmt);
-	w = vsnprintf(buf + off, len - off, fmt, ap);
-	va_end(ap);
-	return w < 0 ? off : off + (size_t)w;
-}
-
 static void describe_seen(struct nexus *n, char *buf, size_t len, size_t off)
 {
-	off = append(buf, len, off, "; saw:");
+	off = nexus_append(buf, len, off, "; saw:");
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
@@ -1039,14 +1023,14 @@ static void describe_seen(struct nexus *n, char *buf, size_t len, size_t off)
 			continue;
 		}
 		if (r->generation != 0) {
-			off = append(buf, len, off, " %s (generation %lu, %s%s%s)", r->bdev_name,
-				     (unsigned long)r->generation,
-				     keel_nexus_replica_state_name(r->state),
-				     r->state == KEEL_NEXUS_REPLICA_FAULTED ? " " : "",
-				     r->state == KEEL_NEXUS_REPLICA_FAULTED ?
-				     keel_nexus_fault_reason_name(r->reason) : "");
+			off = nexus_append(buf, len, off, " %s (generation %lu, %s%s%s)",
+					   r->bdev_name, (unsigned long)r->generation,
+					   keel_nexus_replica_state_name(r->state),
+					   r->state == KEEL_NEXUS_REPLICA_FAULTED ? " " : "",
+					   r->state == KEEL_NEXUS_REPLICA_FAULTED ?
+					   keel_nexus_fault_reason_name(r->reason) : "");
 		} else {
-			off = append(buf, len, off, " %s (%s)", r->bdev_name, r->detail);
+			off = nexus_append(buf, len, off, " %s (%s)", r->bdev_name, r->detail);
 		}
 	}
 }
@@ -1066,8 +1050,9 @@ static void unclean_resync(struct nexus *n)
 {
 	uint64_t rs = 0, ec = 0;
 	uint32_t nbits = 0, set = 0;
+	uint16_t healthy = 0, resync;
 	bool covered;
-	int first = -1;
+	int first;
 
 	if (!n->unclean_shutdown) {
 		return;
@@ -1075,20 +1060,22 @@ static void unclean_resync(struct nexus *n)
 	covered = n->bm != NULL && nexus_bitmap_covers(n, n->generation);
 	if (covered) {
 		nexus_bitmap_info(n, &rs, &nbits, &set, &ec);
-		if (set == 0) {
-			KEEL_NOTICELOG("volume %s: unclean shutdown, no region marked dirty: "
-				       "nothing to resync", n->name);
-			return;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		if (nexus_replica_attached(&n->replicas[s]) &&
+		    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY) {
+			healthy |= nexus_bit(s);
 		}
+	}
+	resync = nexus_assemble_resync(true, covered, set, healthy, &first);
+	if (covered && set == 0) {
+		KEEL_NOTICELOG("volume %s: unclean shutdown, no region marked dirty: "
+			       "nothing to resync", n->name);
 	}
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
 
-		if (!nexus_replica_attached(r) || r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
-			continue;
-		}
-		if (first < 0) {
-			first = (int)s;
+		if (!(resync & nexus_bit(s))) {
 			continue;
 		}
 		r->state = KEEL_NEXUS_REPLICA_REBUILDING;
@@ -1109,192 +1096,126 @@ static void open_bitmap_loaded(struct nexus *n)
 	nexus_op_run(n, n->cur_op);
 }
 
-static void open_labels_read(struct nexus *n)
+/* Apply the decision for slot \p s: take it as a member, or refuse it. */
+static void assemble_apply_slot(struct nexus *n, unsigned s, const struct nexus_assemble_slot *d)
 {
-	struct nexus_op *op = n->cur_op;
-	const struct nexus_label *newest = NULL;
-	const uint8_t *vol_uuid = NULL;
-	unsigned healthy = 0, missing_healthy = 0;
-	char missing[256] = "";
-	size_t moff = 0;
+	struct nexus_replica *r = &n->replicas[s];
 
-	/* Which volume: the expected name, or the one every label names. */
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		struct nexus_replica *r = &n->replicas[s];
-
-		if (!r->used || r->desc == NULL) {
-			continue;
-		}
-		if (r->label_rc != 0) {
-			refuse(n, r, "%s", r->label_why[0] ? r->label_why : "no keel label");
-			continue;
-		}
-		if (n->name_given && strcmp(r->label.volume_name, n->name) != 0) {
-			char u[KEEL_UUID_STR_LEN];
-
-			nexus_uuid_fmt(r->label.volume_uuid, u);
-			r->foreign = true;
-			refuse(n, r, "label belongs to another volume: %s (%s)",
-			       r->label.volume_name, u);
-			continue;
-		}
-		if (vol_uuid == NULL) {
-			vol_uuid = r->label.volume_uuid;
-			if (n->name[0] == '\0') {
-				snprintf(n->name, sizeof(n->name), "%s", r->label.volume_name);
-			}
-		} else if (memcmp(vol_uuid, r->label.volume_uuid, 16) != 0) {
-			char u1[KEEL_UUID_STR_LEN], u2[KEEL_UUID_STR_LEN];
-
-			nexus_uuid_fmt(vol_uuid, u1);
-			nexus_uuid_fmt(r->label.volume_uuid, u2);
-			nexus_op_fail(op, -EINVAL, "volume %s: replicas carry labels of different volumes "
-				"(%s and %s, replica %s); name the volume to pick one", n->name,
-				u1, u2, r->bdev_name);
-			goto out_abort;
-		}
-	}
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		struct nexus_replica *r = &n->replicas[s];
-
-		if (r->used && r->desc != NULL &&
-		    (newest == NULL || r->label.generation > newest->generation)) {
-			newest = &r->label;
-		}
-	}
-	if (newest == NULL) {
-		size_t off = (size_t)snprintf(op->errmsg, sizeof(op->errmsg),
-					      "volume %s: no replica carries a valid label of it",
-					      n->name[0] ? n->name : "?");
-		describe_seen(n, op->errmsg, sizeof(op->errmsg), off);
-		op->status = -ENOENT;
-		goto out_abort;
-	}
-	memcpy(n->uuid, newest->volume_uuid, 16);
-	n->volume_size = newest->volume_size;
-	n->data_offset = newest->data_offset;
-	n->block_size = newest->block_size;
-	n->generation = newest->generation;
-	n->unclean_shutdown = (newest->flags & NEXUS_LABEL_FLAG_DIRTY) != 0;
-
-	for (unsigned s = 0; s < NEXUS_MAX; s++) {
-		struct nexus_replica *r = &n->replicas[s];
-		struct keel_bdev *b;
-		const struct nexus_label_member *m;
-
-		if (!r->used || r->desc == NULL) {
-			continue;
-		}
-		b = keel_bdev_desc_get_bdev(r->desc);
+	if (d->labelled) {
 		memcpy(r->uuid, r->label.replica_uuid, 16);
 		r->generation = r->label.generation;
-		if (r->label.block_size != keel_bdev_get_block_size(b)) {
-			refuse(n, r, "label says block size %u, bdev has %u", r->label.block_size,
-			       keel_bdev_get_block_size(b));
-			continue;
-		}
-		if (r->label.volume_size != n->volume_size ||
-		    r->label.data_offset != n->data_offset) {
-			refuse(n, r, "label says volume size %lu at offset %lu, newest label "
-			       "says %lu at %lu", (unsigned long)r->label.volume_size,
-			       (unsigned long)r->label.data_offset, (unsigned long)n->volume_size,
-			       (unsigned long)n->data_offset);
-			continue;
-		}
-		if (replica_size(r) < n->data_offset + n->volume_size) {
-			refuse(n, r, "bdev has %lu bytes, the volume needs %lu",
-			       (unsigned long)replica_size(r),
-			       (unsigned long)(n->data_offset + n->volume_size));
-			continue;
-		}
-		for (unsigned t = 0; t < s; t++) {
-			if (n->replicas[t].used && n->replicas[t].desc != NULL &&
-			    memcmp(n->replicas[t].uuid, r->uuid, 16) == 0) {
-				refuse(n, r, "same replica UUID as %s", n->replicas[t].bdev_name);
-				break;
-			}
-		}
-		if (r->desc == NULL) {
-			continue;
-		}
-		m = nexus_label_find_member(newest, r->uuid);
-		/* Behind the newest label by exactly one generation but listed in it:
-		 * the label update was interrupted (crash). Writes are held while
-		 * labels are written and a member whose label write fails is faulted
-		 * in a further generation, so this replica missed no acknowledged
-		 * write. Anything older, or not listed, missed a whole generation. */
-		if (m == NULL || r->generation + 1 < n->generation) {
-			r->reason = KEEL_NEXUS_REASON_STALE;
-			refuse(n, r, "stale: label generation %lu, volume is at %lu%s",
-			       (unsigned long)r->generation, (unsigned long)n->generation,
-			       m == NULL ? " and no longer lists it" : "");
-			continue;
-		}
-		if (r->generation < n->generation) {
+	}
+	switch (d->verdict) {
+	case NEXUS_SLOT_UNDECIDED:
+		return;
+	case NEXUS_SLOT_HEALTHY:
+	case NEXUS_SLOT_OUT_OF_SYNC:
+		if (d->behind) {
 			KEEL_WARNLOG("volume %s: replica %s: label generation %lu, newest %lu lists "
 				     "it: an interrupted label update, accepted", n->name,
 				     r->bdev_name, (unsigned long)r->generation,
 				     (unsigned long)n->generation);
 		}
 		r->member = true;
-		if (m->state == NEXUS_MEMBER_IN_SYNC) {
+		if (d->verdict == NEXUS_SLOT_HEALTHY) {
 			r->state = KEEL_NEXUS_REPLICA_HEALTHY;
-			healthy++;
 		} else {
 			r->state = KEEL_NEXUS_REPLICA_REBUILDING;
-			snprintf(r->detail, sizeof(r->detail), "out of sync (label says so)");
+			snprintf(r->detail, sizeof(r->detail), "%s", d->detail);
 		}
+		return;
+	case NEXUS_SLOT_FOREIGN:
+		r->foreign = true;
+		break;
+	case NEXUS_SLOT_STALE:
+		r->reason = KEEL_NEXUS_REASON_STALE;
+		break;
+	case NEXUS_SLOT_NO_LABEL:
+	case NEXUS_SLOT_MISMATCH:
+	case NEXUS_SLOT_DUPLICATE:
+		break;
 	}
-	/* Members of the newest generation that we did not get. */
-	for (uint32_t i = 0; i < newest->num_members; i++) {
-		const struct nexus_label_member *m = &newest->members[i];
-		bool found = false;
-		int free_slot = -1;
-		char u[KEEL_UUID_STR_LEN];
+	refuse(n, r, "%s", d->detail);
+}
 
-		for (unsigned s = 0; s < NEXUS_MAX; s++) {
-			struct nexus_replica *r = &n->replicas[s];
+/* A member of the newest generation that was not handed to us: listed offline in
+ * the first free slot (none free: not listed). */
+static void assemble_list_missing(struct nexus *n, const struct nexus_assemble_missing *m)
+{
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
 
-			if (r->used && r->member && memcmp(r->uuid, m->uuid, 16) == 0) {
-				found = true;
-			}
-			if (!r->used && free_slot < 0) {
-				free_slot = (int)s;
-			}
-		}
-		if (found) {
+		if (r->used) {
 			continue;
 		}
-		nexus_uuid_fmt(m->uuid, u);
-		if (m->state == NEXUS_MEMBER_IN_SYNC) {
-			missing_healthy++;
-			moff = append(missing, sizeof(missing), moff, "%s%s", moff ? ", " : "", u);
-		}
-		if (free_slot >= 0) {
-			struct nexus_replica *r = &n->replicas[free_slot];
-
-			memset(r, 0, sizeof(*r));
-			r->nexus = n;
-			r->used = true;
-			memcpy(r->uuid, m->uuid, 16);
-			r->state = KEEL_NEXUS_REPLICA_OFFLINE;
-			r->generation = n->generation;
-			snprintf(r->detail, sizeof(r->detail),
-				 "member of generation %lu (%s) not given at assembly",
-				 (unsigned long)n->generation,
-				 m->state == NEXUS_MEMBER_IN_SYNC ? "in sync" : "out of sync");
-		}
+		memset(r, 0, sizeof(*r));
+		r->nexus = n;
+		r->used = true;
+		memcpy(r->uuid, m->uuid, 16);
+		r->state = KEEL_NEXUS_REPLICA_OFFLINE;
+		r->generation = n->generation;
+		snprintf(r->detail, sizeof(r->detail),
+			 "member of generation %lu (%s) not given at assembly",
+			 (unsigned long)n->generation, m->in_sync ? "in sync" : "out of sync");
+		return;
 	}
-	if (missing_healthy > 0 && !op->force) {
-		size_t off = (size_t)snprintf(n->state_detail, sizeof(n->state_detail),
-			"in-sync member(s) %s of generation %lu missing: they may hold newer "
-			"data; keel does not guess (open with force to accept the newest "
-			"replicas present)", missing, (unsigned long)n->generation);
+}
 
-		describe_seen(n, n->state_detail, sizeof(n->state_detail), off);
+/* The labels of every given bdev are read: decide (nexus_assemble.c), then apply. */
+static void open_labels_read(struct nexus *n)
+{
+	struct nexus_op *op = n->cur_op;
+	struct nexus_assemble_in in[NEXUS_MAX];
+	struct nexus_assembly a;
+	const struct nexus_label *newest;
+
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		struct nexus_replica *r = &n->replicas[s];
+		bool present = r->used && r->desc != NULL;
+
+		in[s] = (struct nexus_assemble_in){
+			.bdev_name = r->bdev_name,
+			.present = present,
+			.label_rc = r->label_rc,
+			.label_why = r->label_why,
+			.label = &r->label,
+			.block_size = present ?
+				keel_bdev_get_block_size(keel_bdev_desc_get_bdev(r->desc)) : 0,
+			.size = present ? replica_size(r) : 0,
+		};
+	}
+	nexus_assemble(in, NEXUS_MAX, n->name_given ? n->name : NULL, op->force, &a);
+	snprintf(n->name, sizeof(n->name), "%s", a.name);
+	newest = a.newest >= 0 ? &n->replicas[a.newest].label : NULL;
+	if (newest != NULL) {
+		memcpy(n->uuid, newest->volume_uuid, 16);
+		n->volume_size = newest->volume_size;
+		n->data_offset = newest->data_offset;
+		n->block_size = newest->block_size;
+		n->generation = a.generation;
+		n->unclean_shutdown = a.unclean;
+	}
+	for (unsigned s = 0; s < NEXUS_MAX; s++) {
+		assemble_apply_slot(n, s, &a.slots[s]);
+	}
+	if (a.outcome == NEXUS_ASSEMBLE_FAILED) {
+		nexus_op_fail(op, a.status, "%s", a.why);
+		if (a.status == -ENOENT) {
+			describe_seen(n, op->errmsg, sizeof(op->errmsg), strlen(op->errmsg));
+		}
+		goto out_abort;
+	}
+	for (unsigned i = 0; i < a.num_missing; i++) {
+		assemble_list_missing(n, &a.missing[i]);
+	}
+	if (a.outcome != NEXUS_ASSEMBLE_RUN) {
+		snprintf(n->state_detail, sizeof(n->state_detail), "%s", a.why);
+		describe_seen(n, n->state_detail, sizeof(n->state_detail),
+			      strlen(n->state_detail));
 		/* Keep every replica claimed but out of the I/O path. */
 		for (unsigned s = 0; s < NEXUS_MAX; s++) {
-			if (n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY ||
+			if (a.outcome == NEXUS_ASSEMBLE_FAULTED_NO_INSYNC ||
+			    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY ||
 			    n->replicas[s].state == KEEL_NEXUS_REPLICA_REBUILDING) {
 				n->replicas[s].member = false;
 			}
@@ -1303,21 +1224,9 @@ static void open_labels_read(struct nexus *n)
 		KEEL_ERRLOG("volume %s: faulted at assembly: %s", n->name, n->state_detail);
 		goto out_register_faulted;
 	}
-	if (healthy == 0) {
-		size_t off = (size_t)snprintf(n->state_detail, sizeof(n->state_detail),
-			"no in-sync replica of generation %lu present", (unsigned long)n->generation);
-
-		describe_seen(n, n->state_detail, sizeof(n->state_detail), off);
-		for (unsigned s = 0; s < NEXUS_MAX; s++) {
-			n->replicas[s].member = false;
-		}
-		n->state = KEEL_NEXUS_FAULTED;
-		KEEL_ERRLOG("volume %s: faulted at assembly: %s", n->name, n->state_detail);
-		goto out_register_faulted;
-	}
-	if (missing_healthy > 0) {
+	if (a.forced) {
 		KEEL_WARNLOG("volume %s: forced assembly without in-sync member(s) %s", n->name,
-			     missing);
+			     a.missing_list);
 	}
 	if (keel_bdev_get_by_name(n->name) != NULL) {
 		nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);

@@ -749,8 +749,7 @@ void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n
 
 bool nexus_bitmap_covers(const struct nexus *n, uint64_t generation)
 {
-	return n->bm != NULL && n->bm->events_cleared != UINT64_MAX &&
-	       generation >= n->bm->events_cleared;
+	return n->bm != NULL && nexus_assemble_covers(n->bm->events_cleared, generation);
 }
 
 uint64_t nexus_bitmap_snapshot(struct nexus *n, uint8_t *map, uint64_t *region_size,

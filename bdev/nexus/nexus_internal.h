@@ -20,6 +20,7 @@
 #include "keel/nexus.h"
 #include "keel/reactor.h"
 
+#include "nexus_assemble.h"
 #include "nexus_label.h"
 
 #define NEXUS_MAX KEEL_NEXUS_MAX_REPLICAS

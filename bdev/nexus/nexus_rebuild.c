@@ -939,6 +939,14 @@ out_free:
 	return -ENOMEM;
 }
 
+/* A replica that comes back copies only what the bitmap marked when it was in sync
+ * when it left and the bitmap has covered its absence since (md's events rule,
+ * nexus_assemble_covers); anything else is copied whole. */
+static bool rejoin_partial(const struct nexus *n, const struct nexus_replica *r)
+{
+	return r->rejoin && r->rejoin_in_sync && nexus_bitmap_covers(n, r->rejoin_generation);
+}
+
 static struct nexus_rebuild_job *active_job(struct nexus *n, unsigned target)
 {
 	struct nexus_rebuild_job *job;
@@ -977,8 +985,7 @@ void nexus_rebuild_auto(struct nexus *n)
 			continue;
 		}
 		r->rb_started = true;
-		partial = r->rejoin && r->rejoin_in_sync &&
-			  nexus_bitmap_covers(n, r->rejoin_generation);
+		partial = rejoin_partial(n, r);
 		if (r->rejoin) {
 			KEEL_NOTICELOG("volume %s: replica %s rejoins at generation %lu (%s): %s rebuild",
 				       n->name, r->bdev_name, (unsigned long)r->rejoin_generation,
@@ -1143,8 +1150,7 @@ int keel_rebuild_start(const char *volume, const char *replica)
 	/* A restarted job copies everything: what the stopped one did is not known
 	 * to be intact behind the writes that went on since (they did reach the
 	 * target, but a partial map may have been consumed). */
-	return job_create(n, (unsigned)s, r->rejoin && r->rejoin_in_sync &&
-			  nexus_bitmap_covers(n, r->rejoin_generation));
+	return job_create(n, (unsigned)s, rejoin_partial(n, r));
 }
 
 static int control(const char *volume, const char *replica, int req)
