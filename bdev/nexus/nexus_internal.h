@@ -270,10 +270,6 @@ void nexus_free_struct(struct nexus *n);
 /* Slots of the attached (healthy or rebuilding) replicas. */
 uint16_t nexus_attached_mask(const struct nexus *n);
 unsigned nexus_count_healthy(const struct nexus *n);
-/* Close the bdev of \p r and drop its label buffer and channel (slot stays listed). */
-void nexus_replica_release(struct nexus_replica *r);
-/* Read both label copies of the slots in \p mask (into label_rc, label), then done(n). */
-void nexus_labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n));
 /* One membership step: new generation, labels on every member, new config (or,
  * with no healthy replica left, the volume faulted); ends with nexus_op_finish. */
 void nexus_commit(struct nexus *n);
@@ -281,6 +277,22 @@ void nexus_commit(struct nexus *n);
 int nexus_find_replica(struct nexus *n, const char *replica);
 /* The add op's step once the new replica's labels were read. */
 void nexus_add_label_checked(struct nexus *n);
+
+/* nexus_replica.c: replica bdevs and their label I/O (owner thread) */
+/* Open and claim \p bdev_name into slot \p s (reset first). \return 0, or -errno with
+ * the reason in \p err. */
+int nexus_replica_attach(struct nexus *n, unsigned s, const char *bdev_name, char *err,
+			 size_t errlen);
+/* Close the bdev of \p r and drop its label buffer and channel (slot stays listed). */
+void nexus_replica_release(struct nexus_replica *r);
+/* Bytes of the replica's bdev (attached). */
+uint64_t nexus_replica_size(const struct nexus_replica *r);
+/* Read both label copies of the slots in \p mask (into label_rc, label), then done(n). */
+void nexus_labels_read(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n));
+/* Write (\p wipe: zero) both label copies of the slots in \p mask, \p clean or dirty;
+ * per-slot result in label_status; then done(n). */
+void nexus_labels_write(struct nexus *n, uint16_t mask, bool wipe, bool clean,
+			void (*done)(struct nexus *n));
 
 /* nexus_op.c: the operation queue (owner thread unless said otherwise) */
 struct nexus_op *nexus_op_new(enum nexus_op_type type, keel_nexus_op_cb cb_fn, void *cb_arg);
