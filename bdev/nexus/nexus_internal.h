@@ -263,16 +263,26 @@ static inline bool nexus_replica_attached(const struct nexus_replica *r)
 	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING);
 }
 
-/* nexus.c: lifecycle, replicas, labels, the membership step */
+/* nexus.c: lifecycle */
 int nexus_destruct(void *ctx);
 /* Free the struct itself (the last fault message of a destroyed volume does). */
 void nexus_free_struct(struct nexus *n);
+/* Create or open failed before the bdev was registered: release, report \p op, free. */
+void nexus_create_abort(struct nexus *n, struct nexus_op *op);
+/* Register the volume as a bdev (and list it). \return 0 or -errno. */
+int nexus_register_bdev(struct nexus *n);
+
+/* nexus_commit.c: the membership step */
 /* Slots of the attached (healthy or rebuilding) replicas. */
 uint16_t nexus_attached_mask(const struct nexus *n);
 unsigned nexus_count_healthy(const struct nexus *n);
+/* Publish the configuration channels apply (under cfg_lock). */
+void nexus_publish_cfg(struct nexus *n, bool frozen);
 /* One membership step: new generation, labels on every member, new config (or,
  * with no healthy replica left, the volume faulted); ends with nexus_op_finish. */
 void nexus_commit(struct nexus *n);
+
+/* nexus.c: membership API */
 /* Slot of the replica named \p replica (bdev name or replica UUID), or -ENODEV. */
 int nexus_find_replica(struct nexus *n, const char *replica);
 /* The add op's step once the new replica's labels were read. */
