@@ -282,7 +282,7 @@ void nexus_publish_cfg(struct nexus *n, bool frozen);
  * with no healthy replica left, the volume faulted); ends with nexus_op_finish. */
 void nexus_commit(struct nexus *n);
 
-/* nexus.c: membership API */
+/* nexus_member.c: membership API */
 /* Slot of the replica named \p replica (bdev name or replica UUID), or -ENODEV. */
 int nexus_find_replica(struct nexus *n, const char *replica);
 /* The add op's step once the new replica's labels were read. */
