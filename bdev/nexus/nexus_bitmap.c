@@ -89,7 +89,9 @@ struct nexus_bitmap {
 	uint32_t io_pending;
 	void (*io_done)(struct nexus_bitmap *bm);
 	struct bm_replica_io rio[NEXUS_MAX];
-	struct keel_poller *clear_poller;
+	struct keel_poller *clear_poller; /* armed only while a bit may be set */
+	uint64_t clear_period_us;
+	bool clear_armed;
 	uint32_t *clear_list;
 	uint32_t n_clear;
 	/* full write to one slot (rebuild completion) */
@@ -156,6 +158,19 @@ static void seal_blocks(struct nexus_bitmap *bm, bool all)
 
 static int clear_poll(void *arg);
 
+/*
+ * Owner thread: a bit was set, so a clear pass is due one period from now. The
+ * poller is disarmed again by the first pass that finds nothing to clear: an idle
+ * volume's bitmap costs no wake-ups (1000 volumes each woken every 5 s were 200
+ * wake-ups a second).
+ */
+static void clear_schedule(struct nexus_bitmap *bm)
+{
+	if (!bm->clear_armed && bm->clear_poller != NULL) {
+		bm->clear_armed = keel_poller_arm(bm->clear_poller, bm->clear_period_us) == 0;
+	}
+}
+
 int nexus_bitmap_create(struct nexus *n)
 {
 	struct keel_rebuild_opts o;
@@ -205,9 +220,12 @@ int nexus_bitmap_create(struct nexus *n)
 		return -ENOMEM;
 	}
 	memset(bm->image, 0, bm->image_len);
-	bm->clear_poller = keel_poller_register(clear_poll, bm,
-						(uint64_t)(o.bitmap_clear_ms ? o.bitmap_clear_ms : 5000) * 1000,
+	bm->clear_period_us = (uint64_t)(o.bitmap_clear_ms ? o.bitmap_clear_ms : 5000) * 1000;
+	bm->clear_poller = keel_poller_register(clear_poll, bm, bm->clear_period_us,
 						"nexus_bitmap_clear");
+	if (bm->clear_poller != NULL) {
+		keel_poller_disarm(bm->clear_poller); /* nothing set yet */
+	}
 	n->bm = bm;
 	return 0;
 }
@@ -450,6 +468,7 @@ static void set_batch_done(struct nexus_bitmap *bm)
 		     r <= (uint32_t)((off + len - 1) / bm->region_size); r++) {
 			atomic_store(&bm->bits[r], BIT_SET);
 		}
+		clear_schedule(bm);
 		nexus_send_msg_reliably(keel_io_channel_get_thread(keel_io_channel_from_ctx(nio->nch)),
 					nexus_write_resume, io);
 	}
@@ -595,6 +614,11 @@ static void clear_pass(struct nexus_bitmap *bm)
 		}
 	}
 	if (bm->n_clear == 0) {
+		/* Bits are set only on this thread (a batch, a load) and those arm the
+		 * poller again; regions claimed back during a pass stay BIT_SET while it
+		 * is armed, so nothing set is ever left without a pass to come. */
+		keel_poller_disarm(bm->clear_poller);
+		bm->clear_armed = false;
 		return;
 	}
 	/* Busy while the channels are asked: membership steps and set batches wait,
@@ -711,6 +735,9 @@ static void load_done_cb(void *arg, int status)
 				atomic_store(&bm->bits[r], BIT_SET);
 				set++;
 			}
+		}
+		if (set > 0) {
+			clear_schedule(bm);
 		}
 		/* Rewrite every replica's copy at first chance: the bad blocks are
 		 * repaired, and all replicas hold the same bits again. */

@@ -24,6 +24,7 @@
 #include "bdev/nexus/nexus_bitmap_format.h"
 #include "bdev/nexus/nexus_label.h"
 #include "nexus_ut_common.h"
+#include "reactor/reactor_internal.h"
 #include "ut_cunit.h"
 #include "ut_threads.h"
 
@@ -444,6 +445,45 @@ static uint8_t *clean_mirror_start(struct vol_user *u, uint32_t seed)
 	return buf;
 }
 
+/*
+ * A quiet volume's bitmap wakes no one: once a clear pass found nothing set, no thread
+ * has a deadline left (1000 volumes each with a 5 s timer were 200 wake-ups a second),
+ * and the next write arms the clear again.
+ */
+static void test_bitmap_clear_disarms(void)
+{
+	struct vol_user u;
+	uint64_t rs, ec;
+	uint32_t nbits, set, i;
+	uint8_t *buf;
+
+	buf = clean_mirror_start(&u, 3);
+	run_ms(100); /* a pass that finds nothing disarms the timer */
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(set == 0);
+	for (i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(i)), UINT64_MAX);
+	}
+	/* A write sets a bit and arms the clear again; quiet clears it. */
+	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 3 * MB, 4096) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(set == 1);
+	CU_ASSERT(poller_next_deadline(ut_thread(0)) != UINT64_MAX ||
+		  poller_next_deadline(ut_thread(1)) != UINT64_MAX);
+	run_ms(100);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(set == 0);
+	run_ms(100);
+	for (i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(i)), UINT64_MAX);
+	}
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	free(buf);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
 /* Write to a few regions while m1 is out, re-add it: only those are copied. */
 static void test_partial_rebuild(void)
 {
@@ -785,6 +825,7 @@ static const struct ut_test g_tests[] = {
 	{"bitmap_old_version", test_bitmap_old_version},
 	{"unclean_resync", test_unclean_resync},
 	{"bitmap_clear_race", test_bitmap_clear_race},
+	{"bitmap_clear_disarms", test_bitmap_clear_disarms},
 	{NULL, NULL},
 };
 
