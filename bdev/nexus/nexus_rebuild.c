@@ -783,13 +783,21 @@ static void schedule(void)
 	}
 }
 
+/* The copy buffers and the partial map: only a job that may still run needs them. */
+static void job_free_buffers(struct nexus_rebuild_job *job)
+{
+	for (uint32_t i = 0; i < RB_MAX_TASKS; i++) {
+		free(job->tasks[i].buf);
+		job->tasks[i].buf = NULL;
+	}
+	free(job->map);
+	job->map = NULL;
+}
+
 static void job_free(struct nexus_rebuild_job *job)
 {
 	TAILQ_REMOVE(&g_jobs, job, glink);
-	for (uint32_t i = 0; i < RB_MAX_TASKS; i++) {
-		free(job->tasks[i].buf);
-	}
-	free(job->map);
+	job_free_buffers(job);
 	free(job);
 }
 
@@ -833,6 +841,10 @@ static void job_end_owner(struct nexus_rebuild_job *job)
 
 	job->ended = true;
 	TAILQ_REMOVE(&n->jobs, job, link);
+	/* The job thread finished with every task before it sent the end (job_finish
+	 * runs with no task active); an ended job is kept for its statistics only, and
+	 * keeping 2 MiB of buffers per rebuilt replica grew keeld without bound. */
+	job_free_buffers(job);
 	job_stats(job, &st);
 	KEEL_NOTICELOG("volume %s: rebuild of %s %s: %lu of %lu blocks copied in %.1f s%s%s",
 		       n->name, job->target_name, keel_rebuild_state_name(state),
@@ -931,10 +943,7 @@ static int job_create(struct nexus *n, unsigned target, bool partial)
 	return 0;
 
 out_free:
-	for (uint32_t i = 0; i < RB_MAX_TASKS; i++) {
-		free(job->tasks[i].buf);
-	}
-	free(job->map);
+	job_free_buffers(job);
 	free(job);
 	return -ENOMEM;
 }
