@@ -208,7 +208,12 @@ int nexus_destruct(void *ctx)
 		nexus_send_msg_reliably(n->owner, destruct_msg, n);
 		return 1;
 	}
-	if (n->busy) {
+	/*
+	 * Bitmap I/O in flight (the first full write after a create, a clear pass) must
+	 * end first: it writes through the replicas' descriptors and completes into the
+	 * bitmap, both released below. nexus_kick resumes us when it ends.
+	 */
+	if (n->busy || nexus_bitmap_busy(n)) {
 		n->destruct_waiting = true;
 		return 1;
 	}

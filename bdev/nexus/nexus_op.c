@@ -305,6 +305,12 @@ void nexus_kick(struct nexus *n)
 	if (nexus_bitmap_kick(n)) {
 		return;
 	}
+	/* A destroy that waited for bitmap I/O to end (nexus_destruct). */
+	if (n->destruct_waiting) {
+		n->destruct_waiting = false;
+		nexus_destruct(n);
+		return;
+	}
 	if (n->faults_queued) {
 		n->faults_queued = false;
 		n->busy = true;

@@ -27,6 +27,7 @@ size_t __sanitizer_get_current_allocated_bytes(void);
 #include "keel/reactor.h"
 
 #include "bdev/nexus/nexus_bitmap_format.h"
+#include "bdev/nexus/nexus_internal.h"
 #include "bdev/nexus/nexus_label.h"
 #include "nexus_ut_common.h"
 #include "reactor/reactor_internal.h"
@@ -489,6 +490,42 @@ static void test_bitmap_clear_disarms(void)
 	teardown();
 }
 
+/*
+ * Destroy right after create, while the new bitmap's first full write is still on
+ * its way to the replicas: the destroy waits for it. It used to release the replicas
+ * under it ("channel released with 1 requests outstanding") and free the bitmap the
+ * write then completed into (keeld crashed in e2e test_volume, once).
+ */
+static void test_destroy_waits_for_bitmap_io(void)
+{
+	const char *reps[] = {"e0", "e1"};
+	struct keel_bdev_error_rule slow = {
+		.io_type = KEEL_BDEV_IO_WRITE, .error = 0, .delay_us = 50000,
+	};
+	struct op_res r;
+
+	setup(2);
+	set_opts(128 * 1024, 8, true, 1 * MB, 10);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_err("e0", "m0");
+	mk_err("e1", "m1");
+	/* Writes take 50 ms of the mock clock while the volume is created, so the
+	 * bitmap's first full write (issued as the create ends) is still in flight when
+	 * the create's answer comes; later writes (the destroy's labels) are fast and
+	 * would overtake it, as aio completions can. */
+	CU_ASSERT_FATAL(keel_bdev_error_inject("e0", &slow) == 0);
+	CU_ASSERT_FATAL(keel_bdev_error_inject("e1", &slow) == 0);
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	CU_ASSERT(nexus_bitmap_busy((struct nexus *)keel_nexus_get_by_name("vol")));
+	CU_ASSERT(keel_bdev_error_clear("e0") == 0);
+	CU_ASSERT(keel_bdev_error_clear("e1") == 0);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	CU_ASSERT(keel_nexus_get_by_name("vol") == NULL);
+	set_opts(128 * 1024, 16, true, 2 * MB, 5000);
+	teardown();
+}
+
 /* Write to a few regions while m1 is out, re-add it: only those are copied. */
 static void test_partial_rebuild(void)
 {
@@ -882,6 +919,7 @@ static const struct ut_test g_tests[] = {
 	{"unclean_resync", test_unclean_resync},
 	{"bitmap_clear_race", test_bitmap_clear_race},
 	{"bitmap_clear_disarms", test_bitmap_clear_disarms},
+	{"destroy_waits_for_bitmap_io", test_destroy_waits_for_bitmap_io},
 	{"ended_job_frees_buffers", test_ended_job_frees_buffers},
 	{NULL, NULL},
 };
