@@ -111,6 +111,8 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 			nexus_replica_release(r);
 		}
 		if (r->removing) {
+			/* Its ended rebuild, kept for statistics, describes nothing now. */
+			nexus_rebuild_forget_target(n, r->uuid);
 			nexus_replica_release(r);
 			memset(r, 0, sizeof(*r));
 		}

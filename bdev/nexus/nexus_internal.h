@@ -372,5 +372,8 @@ void nexus_rebuild_shutdown(struct nexus *n, void (*cont)(struct nexus *n));
 /* Owner: after a step: start the automatic rebuilds (added/rejoined replicas). */
 void nexus_rebuild_auto(struct nexus *n);
 void nexus_rebuild_forget(struct nexus *n);
+/* Owner: drop the ended jobs whose target is replica \p uuid (being removed), so a
+ * volume whose replicas are replaced again and again does not grow. */
+void nexus_rebuild_forget_target(struct nexus *n, const uint8_t *uuid);
 
 #endif /* KEEL_NEXUS_INTERNAL_H */

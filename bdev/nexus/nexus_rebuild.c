@@ -1121,6 +1121,21 @@ void nexus_rebuild_forget(struct nexus *n)
 	}
 }
 
+void nexus_rebuild_forget_target(struct nexus *n, const uint8_t *uuid)
+{
+	struct nexus_rebuild_job *job, *next;
+	char target[KEEL_UUID_STR_LEN];
+
+	nexus_uuid_fmt(uuid, target);
+	for (job = TAILQ_FIRST(&g_jobs); job != NULL; job = next) {
+		next = TAILQ_NEXT(job, glink);
+		if (job->n == n && job->ended && job->acks_outstanding == 0 &&
+		    strcmp(job->target_uuid, target) == 0) {
+			job_free(job);
+		}
+	}
+}
+
 /* ------------------------------------------------------------------------------ */
 /* Public control                                                                  */
 /* ------------------------------------------------------------------------------ */

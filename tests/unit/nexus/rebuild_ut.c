@@ -890,6 +890,8 @@ static void test_ended_job_frees_buffers(void)
 		CU_ASSERT_FATAL(add_rep("vol", name) == 0);
 		poll_until("vol", name, KEEL_REBUILD_COMPLETED);
 		CU_ASSERT(member_call(keel_nexus_remove_replica, "vol", name, &r) == 0);
+		/* Its ended job describes a replica that is gone: dropped with it. */
+		CU_ASSERT(!job_state_is("vol", name, KEEL_REBUILD_COMPLETED));
 		if (i == 1) {
 			before = heap_in_use();
 		}
