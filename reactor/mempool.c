@@ -1,8 +1,12 @@
 /*
- * Fixed-size object pools. Objects are carved from one NUMA-local block up front;
- * the shared free list is a stack of pointers under a spinlock (critical sections
- * are a few loads and stores), and per-thread caches move objects in batches of
- * half their size so the lock is taken once per many gets or puts.
+ * Fixed-size object pools. Objects are carved from NUMA-local segments: a first small
+ * one at creation, then segments that double what the pool holds, each made the first
+ * time the free list runs dry, up to the pool's count. A bdev channel's pool of 1024
+ * requests (~440 KiB) was allocated whole for every channel, and keeld locks its
+ * memory, so 1000 idle volumes held 1.5 GB; most channels never use more than a few
+ * dozen. The shared free list is a stack of pointers under a spinlock (critical
+ * sections are a few loads and stores), and per-thread caches move objects in batches
+ * of half their size so the lock is taken once per many gets or puts.
  */
 #include <assert.h>
 #include <errno.h>
@@ -13,14 +17,25 @@
 
 #include "reactor_internal.h"
 
-struct keel_mempool {
-	pthread_spinlock_t lock;
-	void **free_objs;
-	_Atomic uint32_t free_count; /* written under the lock, read lock-free by count() */
-	uint32_t count;
-	uint32_t elt_size;
+/* Objects in a pool's first segment. */
+#define MEMPOOL_FIRST_SEGMENT 32
+
+struct mempool_segment {
+	struct mempool_segment *next;
 	uint8_t *mem;
 	size_t mem_size;
+};
+
+struct keel_mempool {
+	pthread_spinlock_t lock;
+	void **free_objs;            /* room for count pointers */
+	_Atomic uint32_t free_count; /* written under the lock, read lock-free by count() */
+	_Atomic uint32_t allocated;  /* objects carved so far; written under grow_lock + lock */
+	uint32_t count;
+	uint32_t elt_size;
+	int numa_node;
+	pthread_mutex_t grow_lock;   /* one grower at a time, allocating outside the spinlock */
+	struct mempool_segment *segments;
 	char name[KEEL_NAME_MAX];
 };
 
@@ -31,6 +46,57 @@ struct keel_mempool_cache {
 	uint32_t count;
 	void *objs[];
 };
+
+/*
+ * Carve \p n more objects into a new segment and push them. Takes the spinlock only
+ * to publish them. \return 0, or -ENOMEM.
+ */
+static int mempool_grow(struct keel_mempool *pool, uint32_t n)
+{
+	struct mempool_segment *seg = calloc(1, sizeof(*seg));
+	uint32_t free_count;
+
+	if (seg == NULL) {
+		return -ENOMEM;
+	}
+	seg->mem_size = (size_t)pool->elt_size * n;
+	seg->mem = keel_numa_zalloc(seg->mem_size, pool->numa_node);
+	if (seg->mem == NULL) {
+		free(seg);
+		return -ENOMEM;
+	}
+	pthread_spin_lock(&pool->lock);
+	/* Linked under the lock: debug builds' puts walk the list under it. */
+	seg->next = pool->segments;
+	pool->segments = seg;
+	free_count = atomic_load_explicit(&pool->free_count, memory_order_relaxed);
+	/* Below what is already free: the objects freed last are reused first, and the
+	 * lowest addresses of the new segment come out first. */
+	memmove(&pool->free_objs[n], pool->free_objs, (size_t)free_count * sizeof(void *));
+	for (uint32_t i = 0; i < n; i++) {
+		pool->free_objs[i] = seg->mem + (size_t)(n - 1 - i) * pool->elt_size;
+	}
+	atomic_store_explicit(&pool->free_count, free_count + n, memory_order_relaxed);
+	atomic_store_explicit(&pool->allocated, atomic_load(&pool->allocated) + n,
+			      memory_order_relaxed);
+	pthread_spin_unlock(&pool->lock);
+	return 0;
+}
+
+/* The free list ran dry: double what the pool holds, up to its count. */
+static void mempool_grow_more(struct keel_mempool *pool)
+{
+	uint32_t allocated, n;
+
+	pthread_mutex_lock(&pool->grow_lock);
+	allocated = atomic_load(&pool->allocated);
+	/* Another thread may have grown it while we waited for the lock. */
+	if (atomic_load(&pool->free_count) == 0 && allocated < pool->count) {
+		n = allocated < pool->count - allocated ? allocated : pool->count - allocated;
+		(void)mempool_grow(pool, n > 0 ? n : 1);
+	}
+	pthread_mutex_unlock(&pool->grow_lock);
+}
 
 struct keel_mempool *keel_mempool_create(const char *name, uint32_t count, uint32_t elt_size,
 					 int numa_node)
@@ -49,32 +115,33 @@ struct keel_mempool *keel_mempool_create(const char *name, uint32_t count, uint3
 	if (pool == NULL) {
 		return NULL;
 	}
-	pool->mem_size = stride * count;
-	pool->mem = keel_numa_zalloc(pool->mem_size, numa_node);
-	if (pool->mem == NULL) {
-		goto out_free_pool;
-	}
 	pool->free_objs = malloc((size_t)count * sizeof(void *));
 	if (pool->free_objs == NULL) {
-		goto out_free_mem;
+		goto out_free_pool;
 	}
 	if (pthread_spin_init(&pool->lock, PTHREAD_PROCESS_PRIVATE) != 0) {
 		goto out_free_list;
 	}
+	if (pthread_mutex_init(&pool->grow_lock, NULL) != 0) {
+		goto out_destroy_spin;
+	}
 	pool->count = count;
 	pool->elt_size = (uint32_t)stride;
+	pool->numa_node = numa_node;
 	snprintf(pool->name, sizeof(pool->name), "%s", name ? name : "mempool");
-	/* Lowest addresses on top of the stack: first gets walk memory in order. */
-	for (uint32_t i = 0; i < count; i++) {
-		pool->free_objs[i] = pool->mem + (size_t)(count - 1 - i) * stride;
+	atomic_init(&pool->free_count, 0);
+	atomic_init(&pool->allocated, 0);
+	if (mempool_grow(pool, count < MEMPOOL_FIRST_SEGMENT ? count : MEMPOOL_FIRST_SEGMENT) != 0) {
+		goto out_destroy_mutex;
 	}
-	atomic_init(&pool->free_count, count);
 	return pool;
 
+out_destroy_mutex:
+	pthread_mutex_destroy(&pool->grow_lock);
+out_destroy_spin:
+	pthread_spin_destroy(&pool->lock);
 out_free_list:
 	free(pool->free_objs);
-out_free_mem:
-	keel_numa_free(pool->mem, pool->mem_size);
 out_free_pool:
 	free(pool);
 	return NULL;
@@ -82,27 +149,38 @@ out_free_pool:
 
 void keel_mempool_free(struct keel_mempool *pool)
 {
-	uint32_t free_count;
+	struct mempool_segment *seg;
+	uint32_t free_count, allocated;
 
 	if (pool == NULL) {
 		return;
 	}
 	free_count = atomic_load(&pool->free_count);
-	if (free_count != pool->count) {
+	allocated = atomic_load(&pool->allocated);
+	if (free_count != allocated) {
 		KEEL_WARNLOG("mempool %s: freed with %u of %u objects still in use", pool->name,
-			     pool->count - free_count, pool->count);
+			     allocated - free_count, pool->count);
 	}
+	while ((seg = pool->segments) != NULL) {
+		pool->segments = seg->next;
+		keel_numa_free(seg->mem, seg->mem_size);
+		free(seg);
+	}
+	pthread_mutex_destroy(&pool->grow_lock);
 	pthread_spin_destroy(&pool->lock);
 	free(pool->free_objs);
-	keel_numa_free(pool->mem, pool->mem_size);
 	free(pool);
 }
 
-/* \return how many objects were taken (up to n). */
+/* \return how many objects were taken (up to n); grows the pool when it is dry. */
 static uint32_t mempool_get_bulk(struct keel_mempool *pool, void **objs, uint32_t n)
 {
 	uint32_t avail;
 
+	if (keel_unlikely(atomic_load_explicit(&pool->free_count, memory_order_relaxed) == 0 &&
+			  atomic_load_explicit(&pool->allocated, memory_order_relaxed) < pool->count)) {
+		mempool_grow_more(pool);
+	}
 	pthread_spin_lock(&pool->lock);
 	avail = atomic_load_explicit(&pool->free_count, memory_order_relaxed);
 	if (n > avail) {
@@ -115,19 +193,31 @@ static uint32_t mempool_get_bulk(struct keel_mempool *pool, void **objs, uint32_
 	return n;
 }
 
+#ifndef NDEBUG
+/* Debug builds, under the pool's lock: \p obj is one of the pool's objects. */
+static bool mempool_owns(struct keel_mempool *pool, const void *obj)
+{
+	for (struct mempool_segment *seg = pool->segments; seg != NULL; seg = seg->next) {
+		if ((const uint8_t *)obj >= seg->mem && (const uint8_t *)obj < seg->mem + seg->mem_size) {
+			return true;
+		}
+	}
+	return false;
+}
+#endif
+
 static void mempool_put_bulk(struct keel_mempool *pool, void *const *objs, uint32_t n)
 {
 	uint32_t used;
 
+	pthread_spin_lock(&pool->lock);
 #ifndef NDEBUG
 	for (uint32_t i = 0; i < n; i++) {
-		assert((uint8_t *)objs[i] >= pool->mem &&
-		       (uint8_t *)objs[i] < pool->mem + pool->mem_size);
+		assert(mempool_owns(pool, objs[i]));
 	}
 #endif
-	pthread_spin_lock(&pool->lock);
 	used = atomic_load_explicit(&pool->free_count, memory_order_relaxed);
-	assert(used + n <= pool->count);
+	assert(used + n <= atomic_load_explicit(&pool->allocated, memory_order_relaxed));
 	memcpy(&pool->free_objs[used], objs, (size_t)n * sizeof(void *));
 	atomic_store_explicit(&pool->free_count, used + n, memory_order_relaxed);
 	pthread_spin_unlock(&pool->lock);
@@ -147,7 +237,9 @@ void keel_mempool_put(struct keel_mempool *pool, void *obj)
 
 uint32_t keel_mempool_count(const struct keel_mempool *pool)
 {
-	return atomic_load_explicit(&pool->free_count, memory_order_relaxed);
+	/* Objects not carved yet can still be had. */
+	return atomic_load_explicit(&pool->free_count, memory_order_relaxed) + pool->count -
+	       atomic_load_explicit(&pool->allocated, memory_order_relaxed);
 }
 
 struct keel_mempool_cache *keel_mempool_cache_create(struct keel_mempool *pool, uint32_t size)

@@ -576,9 +576,13 @@ void *keel_numa_zalloc(size_t size, int numa_node);
 void keel_numa_free(void *ptr, size_t size);
 
 /**
- * A pool of \p count fixed-size objects of \p elt_size bytes (cache-line aligned),
- * allocated up front on \p numa_node (-1: anywhere). The shared free list is taken
- * under a spinlock in batches; the hot path uses a keel_mempool_cache.
+ * A pool of up to \p count fixed-size objects of \p elt_size bytes (cache-line
+ * aligned) on \p numa_node (-1: anywhere). 32 objects are allocated at creation; the
+ * first get that finds the pool dry doubles what it holds (up to \p count), so a pool
+ * costs what its busiest moment needed. Growing never fails a get that other objects
+ * can serve; when memory runs out the get sees an empty pool. Memory stays with the
+ * pool until keel_mempool_free. The shared free list is taken under a spinlock in
+ * batches; the hot path uses a keel_mempool_cache.
  * \return NULL on bad arguments or allocation failure. Callable from any thread.
  */
 struct keel_mempool *keel_mempool_create(const char *name, uint32_t count, uint32_t elt_size,
@@ -588,7 +592,8 @@ void keel_mempool_free(struct keel_mempool *pool);
 /** Take one object from the shared list. \return NULL when empty. Any thread. */
 void *keel_mempool_get(struct keel_mempool *pool);
 void keel_mempool_put(struct keel_mempool *pool, void *obj);
-/** Objects currently in the shared free list (excludes those held by caches). */
+/** Objects a get could still have: the shared free list (excludes those held by
+ * caches) plus those not allocated yet. */
 uint32_t keel_mempool_count(const struct keel_mempool *pool);
 
 /**

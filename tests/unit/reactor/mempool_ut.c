@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,6 +36,87 @@ static void test_mempool_basic(void)
 		keel_mempool_put(pool, objs[i]);
 	}
 	CU_ASSERT_EQUAL(keel_mempool_count(pool), 16);
+	keel_mempool_free(pool);
+}
+
+static int ptr_cmp(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * A pool starts small and grows as it runs dry, up to its count: every object up to
+ * the count can be had, distinct, aligned and whole (ASan sees a segment too short).
+ */
+#define GROW_COUNT 1000
+#define GROW_THREADS 2
+
+static void *grow_worker(void *arg)
+{
+	struct keel_mempool *pool = arg;
+	void **objs = calloc(GROW_COUNT / GROW_THREADS, sizeof(void *));
+	uintptr_t bad = 0;
+
+	for (int round = 0; round < 3 && objs != NULL; round++) {
+		for (int i = 0; i < GROW_COUNT / GROW_THREADS; i++) {
+			objs[i] = keel_mempool_get(pool);
+			if (objs[i] == NULL || (uintptr_t)objs[i] % 64 != 0) {
+				bad++;
+				continue;
+			}
+			memset(objs[i], round, 200);
+		}
+		for (int i = 0; i < GROW_COUNT / GROW_THREADS; i++) {
+			if (objs[i] != NULL) {
+				keel_mempool_put(pool, objs[i]);
+			}
+		}
+	}
+	free(objs);
+	return (void *)bad;
+}
+
+static void test_mempool_grows(void)
+{
+	struct keel_mempool *pool = keel_mempool_create("g", GROW_COUNT, 200, -1);
+	static void *objs[GROW_COUNT];
+	pthread_t t[GROW_THREADS];
+	void *bad;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(pool);
+	CU_ASSERT_EQUAL(keel_mempool_count(pool), GROW_COUNT);
+	for (int i = 0; i < GROW_COUNT; i++) {
+		objs[i] = keel_mempool_get(pool);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(objs[i]);
+		CU_ASSERT_EQUAL((uintptr_t)objs[i] % 64, 0);
+		memset(objs[i], 0xcd, 200);
+	}
+	CU_ASSERT_EQUAL(keel_mempool_count(pool), 0);
+	CU_ASSERT_PTR_NULL(keel_mempool_get(pool));
+	/* Distinct: sorted addresses at least one stride apart. */
+	qsort(objs, GROW_COUNT, sizeof(void *), ptr_cmp);
+	for (int i = 1; i < GROW_COUNT; i++) {
+		CU_ASSERT((uintptr_t)objs[i] - (uintptr_t)objs[i - 1] >= 256);
+	}
+	for (int i = 0; i < GROW_COUNT; i++) {
+		keel_mempool_put(pool, objs[i]);
+	}
+	CU_ASSERT_EQUAL(keel_mempool_count(pool), GROW_COUNT);
+	keel_mempool_free(pool);
+
+	/* Threads growing one pool at once (run under TSan too). */
+	pool = keel_mempool_create("g2", GROW_COUNT, 200, -1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(pool);
+	for (int i = 0; i < GROW_THREADS; i++) {
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, grow_worker, pool), 0);
+	}
+	for (int i = 0; i < GROW_THREADS; i++) {
+		pthread_join(t[i], &bad);
+		CU_ASSERT_PTR_NULL(bad);
+	}
+	CU_ASSERT_EQUAL(keel_mempool_count(pool), GROW_COUNT);
 	keel_mempool_free(pool);
 }
 
@@ -201,6 +283,7 @@ int main(void)
 	static const struct ut_test tests[] = {
 		{"mempool_basic", test_mempool_basic},
 		{"mempool_cache", test_mempool_cache},
+		{"mempool_grows", test_mempool_grows},
 		{"numa_alloc", test_numa_alloc},
 		{"cpulist", test_cpulist},
 		{"log", test_log},
