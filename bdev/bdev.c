@@ -78,61 +78,18 @@ int keel_bdev_set_opts(const struct keel_bdev_opts *opts)
 /* Control-plane messages that must not get lost                                   */
 /* ------------------------------------------------------------------------------ */
 
-struct bdev_ctrl_msg {
-	struct keel_thread *thread;
-	keel_msg_fn fn;
-	keel_msg_fn drop_fn;
-	void *arg;
-	struct keel_poller *poller;
-};
-
-/* The message can never be delivered (its thread is gone): say so, and let the
- * sender release what the message held. */
-static void bdev_ctrl_lost(struct keel_thread *thread, keel_msg_fn drop_fn, void *arg, int rc)
-{
-	KEEL_ERRLOG("bdev: control message to thread %s lost: %s",
-		    thread ? keel_thread_get_name(thread) : "(null)", strerror(-rc));
-	drop_fn(arg);
-}
-
-static int bdev_ctrl_retry(void *arg)
-{
-	struct bdev_ctrl_msg *m = arg;
-	int rc = keel_thread_send_msg(m->thread, m->fn, m->arg);
-
-	if (rc == -ENOMEM)
-		return KEEL_POLLER_IDLE;
-	if (rc != 0)
-		bdev_ctrl_lost(m->thread, m->drop_fn, m->arg, rc);
-	keel_poller_unregister(&m->poller);
-	free(m);
-	return KEEL_POLLER_BUSY;
-}
-
-/* A full ring is backpressure: retry from a poller on this thread until it fits.
- * fn(arg) runs on \p thread, or drop_fn(arg) here when it never can. */
+/* fn(arg) runs on \p thread, or drop_fn(arg) here when it never can (the thread
+ * is gone): the sender releases what the message held. */
 static void bdev_send_ctrl(struct keel_thread *thread, keel_msg_fn fn, keel_msg_fn drop_fn,
 			   void *arg)
 {
-	struct bdev_ctrl_msg *m;
-	int rc = keel_thread_send_msg(thread, fn, arg);
+	int rc = keel_thread_send_msg_reliable(thread, fn, arg, drop_fn);
 
-	if (rc == 0)
-		return;
-	if (rc == -ENOMEM) {
-		m = calloc(1, sizeof(*m));
-		if (m) {
-			m->thread = thread;
-			m->fn = fn;
-			m->drop_fn = drop_fn;
-			m->arg = arg;
-			m->poller = keel_poller_register(bdev_ctrl_retry, m, 100, "bdev_ctrl_retry");
-			if (m->poller)
-				return;
-			free(m);
-		}
+	if (rc != 0) {
+		KEEL_ERRLOG("bdev: control message to thread %s lost: %s",
+			    keel_thread_get_name(thread), strerror(-rc));
+		drop_fn(arg);
 	}
-	bdev_ctrl_lost(thread, drop_fn, arg, rc);
 }
 
 /* ------------------------------------------------------------------------------ */

@@ -62,7 +62,7 @@ static void *blocking_worker(void *arg)
 
 		job->rc = job->fn(job->arg);
 		/* A full ring is back-pressure, waited out; only a destroyed thread drops it. */
-		if (thread_send_reliable(job->thread, blocking_done, job) != 0) {
+		if (keel_thread_send_msg_reliable(job->thread, blocking_done, job, NULL) != 0) {
 			KEEL_ERRLOG("blocking job: thread %s is gone, completion dropped",
 				    job->thread->name);
 			free(job);

@@ -130,7 +130,8 @@ static void io_device_maybe_finalize_locked(struct io_device *dev)
 	}
 	dev->finalizing = true;
 	TAILQ_REMOVE(&g_devices, dev, link);
-	if (thread_send_reliable(dev->unregister_thread, io_device_unregister_done, dev) != 0) {
+	if (keel_thread_send_msg_reliable(dev->unregister_thread, io_device_unregister_done, dev,
+					  NULL) != 0) {
 		KEEL_ERRLOG("io_device %s: unregistering thread is gone, no callback", dev->name);
 		free(dev);
 	}
@@ -365,7 +366,7 @@ static void channel_iter_done(void *arg)
 
 static void channel_iter_finish(struct keel_io_channel_iter *it)
 {
-	if (thread_send_reliable(it->orig, channel_iter_done, it) != 0) {
+	if (keel_thread_send_msg_reliable(it->orig, channel_iter_done, it, NULL) != 0) {
 		KEEL_ERRLOG("io_device %p: for_each_channel origin thread is gone", it->io_device);
 	}
 }

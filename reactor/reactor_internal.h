@@ -188,6 +188,10 @@ struct keel_thread {
 	uint32_t pending_unregister;   /* io_device unregisters waiting to call back */
 	uint32_t pending_blocking;     /* blocking jobs whose done_cb is outstanding */
 	struct thread_retry_list retries;
+	/* keel_thread_send_msg_reliable: messages waiting for room, in send order, and
+	 * the retry that re-sends them from the poll loop (msg_reliable.c). */
+	TAILQ_HEAD(, reliable_msg) reliable;
+	struct thread_retry reliable_retry;
 
 	uint64_t exit_start_ns;
 	uint64_t last_ns;
@@ -225,12 +229,10 @@ bool thread_has_pending(struct keel_thread *thread);
 void thread_request_exit(struct keel_thread *thread);
 /** Queue \p retry on the current thread's retry list (message back-pressure). */
 void thread_retry_queue(struct thread_retry *retry);
-/**
- * Send that never loses the message: on -ENOMEM the send is retried from the
- * current thread's poll loop (or with a short sleep off keel threads).
- * \return 0 or -ESHUTDOWN.
- */
-int thread_send_reliable(struct keel_thread *target, keel_msg_fn fn, void *arg);
+/** Set up the waiting list of keel_thread_send_msg_reliable (msg_reliable.c). */
+void thread_reliable_init(struct keel_thread *thread);
+/** Exit grace expired: drop (drop_fn or log) every message still waiting. */
+void thread_reliable_drop_all(struct keel_thread *thread);
 /** Number of live threads (tests). */
 uint32_t thread_lib_thread_count(void);
 

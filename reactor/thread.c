@@ -136,6 +136,7 @@ struct keel_thread *thread_create(const char *name, struct reactor *reactor)
 	TAILQ_INIT(&thread->pollers);
 	TAILQ_INIT(&thread->channels);
 	TAILQ_INIT(&thread->retries);
+	thread_reliable_init(thread);
 	atomic_init(&thread->state, THREAD_RUNNING);
 	thread->id = atomic_fetch_add(&g_thread_next_id, 1);
 	thread->reactor = reactor;
@@ -297,59 +298,6 @@ void thread_retry_queue(struct thread_retry *retry)
 	}
 }
 
-struct reliable_msg {
-	struct thread_retry retry;
-	struct keel_thread *target;
-	keel_msg_fn fn;
-	void *arg;
-};
-
-static void reliable_msg_retry(void *arg)
-{
-	struct reliable_msg *rm = arg;
-	int rc = keel_thread_send_msg(rm->target, rm->fn, rm->arg);
-
-	if (rc == -ENOMEM) {
-		thread_retry_queue(&rm->retry);
-		return;
-	}
-	if (rc != 0) {
-		KEEL_ERRLOG("thread %s: dropped a message: target is gone", rm->target->name);
-	}
-	free(rm);
-}
-
-int thread_send_reliable(struct keel_thread *target, keel_msg_fn fn, void *arg)
-{
-	struct reliable_msg *rm;
-	int rc;
-
-	for (;;) {
-		rc = keel_thread_send_msg(target, fn, arg);
-		if (rc != -ENOMEM) {
-			return rc;
-		}
-		if (thread_tls_current == NULL) {
-			/* Not on a keel thread: nothing else to run, back off and retry. */
-			usleep(20);
-			continue;
-		}
-		rm = calloc(1, sizeof(*rm));
-		if (rm == NULL) {
-			/* Out of memory as well: the receiver is draining, spin briefly. */
-			usleep(20);
-			continue;
-		}
-		rm->target = target;
-		rm->fn = fn;
-		rm->arg = arg;
-		rm->retry.fn = reliable_msg_retry;
-		rm->retry.arg = rm;
-		thread_retry_queue(&rm->retry);
-		return 0;
-	}
-}
-
 static int thread_run_retries(struct keel_thread *thread)
 {
 	struct thread_retry_list list = TAILQ_HEAD_INITIALIZER(list);
@@ -504,6 +452,7 @@ static bool thread_exit_check(struct keel_thread *thread, uint64_t now)
 		thread_warn_leftovers(thread);
 		/* Retries refer to work that can no longer finish here. */
 		TAILQ_INIT(&thread->retries);
+		thread_reliable_drop_all(thread);
 		thread_destroy(thread, true);
 		return true;
 	}
@@ -749,7 +698,7 @@ static void thread_iter_next(void *arg)
 		/* -ESHUTDOWN: being destroyed, skip it. */
 	}
 	pthread_mutex_unlock(&g_threads_lock);
-	thread_send_reliable(it->orig, thread_iter_done, it);
+	keel_thread_send_msg_reliable(it->orig, thread_iter_done, it, NULL);
 }
 
 void keel_for_each_thread(keel_msg_fn fn, void *ctx, keel_msg_fn cpl)

@@ -205,7 +205,7 @@ int nexus_destruct(void *ctx)
 	struct nexus_op *op;
 
 	if (keel_thread_get_current() != n->owner) {
-		nexus_send_msg_reliably(n->owner, destruct_msg, n);
+		keel_thread_send_msg_reliable(n->owner, destruct_msg, n, NULL);
 		return 1;
 	}
 	/*

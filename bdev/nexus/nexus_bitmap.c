@@ -350,7 +350,7 @@ static void bm_request_msg(void *arg)
 
 void nexus_bitmap_wait(struct nexus *n, struct keel_bdev_io *io)
 {
-	nexus_send_msg_reliably(n->owner, bm_request_msg, io);
+	keel_thread_send_msg_reliable(n->owner, bm_request_msg, io, NULL);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -469,8 +469,9 @@ static void set_batch_done(struct nexus_bitmap *bm)
 			atomic_store(&bm->bits[r], BIT_SET);
 		}
 		clear_schedule(bm);
-		nexus_send_msg_reliably(keel_io_channel_get_thread(keel_io_channel_from_ctx(nio->nch)),
-					nexus_write_resume, io);
+		keel_thread_send_msg_reliable(
+			keel_io_channel_get_thread(keel_io_channel_from_ctx(nio->nch)),
+			nexus_write_resume, io, NULL);
 	}
 }
 

@@ -321,8 +321,6 @@ void nexus_op_finish(struct nexus *n);
 void nexus_kick(struct nexus *n);
 /* A fault request for \p r reached the owner (message or bdev event). */
 void nexus_fault_arrived(struct nexus_replica *r);
-/* Deliver a message that must not be lost (retries from a poller when full). Any thread. */
-void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg);
 /* Ask the owner to fault replica slot \p s (from any thread; one message for the
  * first request, retried while the owner's ring is full, never lost). */
 void nexus_request_fault(struct nexus *n, unsigned s, int status);

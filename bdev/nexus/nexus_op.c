@@ -42,27 +42,6 @@ void nexus_op_fail(struct nexus_op *op, int status, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* A message that must not be lost: when the target's ring is full, retry from a
- * poller on this thread instead of spinning (the target may share our reactor). */
-struct nexus_retry_msg {
-	struct keel_thread *target;
-	keel_msg_fn fn;
-	void *arg;
-	struct keel_poller *poller;
-};
-
-static int retry_msg_poll(void *ctx)
-{
-	struct nexus_retry_msg *m = ctx;
-
-	if (keel_thread_send_msg(m->target, m->fn, m->arg) == -ENOMEM) {
-		return KEEL_POLLER_IDLE;
-	}
-	keel_poller_unregister(&m->poller);
-	free(m);
-	return KEEL_POLLER_BUSY;
-}
-
 static void fault_msg(void *arg);
 
 void nexus_request_fault(struct nexus *n, unsigned s, int status)
@@ -77,33 +56,7 @@ void nexus_request_fault(struct nexus *n, unsigned s, int status)
 	 * every such message ran (nexus_free). It names the volume, not the slot:
 	 * a slot may be emptied and reused before the message runs. */
 	atomic_fetch_add(&n->fault_msgs, 1);
-	nexus_send_msg_reliably(n->owner, fault_msg, n);
-}
-
-void nexus_send_msg_reliably(struct keel_thread *target, keel_msg_fn fn, void *arg)
-{
-	struct nexus_retry_msg *m;
-
-	if (keel_thread_send_msg(target, fn, arg) != -ENOMEM) {
-		return;
-	}
-	m = calloc(1, sizeof(*m));
-	if (m != NULL) {
-		m->target = target;
-		m->fn = fn;
-		m->arg = arg;
-		m->poller = keel_poller_register(retry_msg_poll, m, 100, "nexus_msg_retry");
-	}
-	if (m == NULL || m->poller == NULL) {
-		/* Out of memory too: nothing better than a bounded spin. */
-		free(m);
-		for (int i = 0; i < 1000000; i++) {
-			if (keel_thread_send_msg(target, fn, arg) != -ENOMEM) {
-				return;
-			}
-		}
-		KEEL_ERRLOG("nexus: message to thread %s lost", keel_thread_get_name(target));
-	}
+	keel_thread_send_msg_reliable(n->owner, fault_msg, n, NULL);
 }
 
 struct op_done_msg {
@@ -145,7 +98,7 @@ void nexus_op_complete(struct nexus_op *op, struct nexus *n)
 	}
 	m->op = op;
 	m->nexus = (struct keel_nexus *)n;
-	nexus_send_msg_reliably(keel_thread_get_current(), op_done_msg_fn, m);
+	keel_thread_send_msg_reliable(keel_thread_get_current(), op_done_msg_fn, m, NULL);
 }
 
 void nexus_op_finish(struct nexus *n)

@@ -279,7 +279,7 @@ static const char *job_error_text(const struct nexus_rebuild_job *job)
 
 static void job_owner_msg(struct nexus_rebuild_job *job, keel_msg_fn fn)
 {
-	nexus_send_msg_reliably(job->n->owner, fn, job);
+	keel_thread_send_msg_reliable(job->n->owner, fn, job, NULL);
 }
 
 static void job_ended_msg(void *arg);
@@ -765,7 +765,7 @@ static void job_start(struct nexus_rebuild_job *job)
 	KEEL_NOTICELOG("volume %s: rebuild of %s from %s started (%s, %lu blocks)", n->name,
 		       job->target_name, job->source_name, job->partial ? "partial" : "full",
 		       (unsigned long)atomic_load(&job->blocks_total));
-	nexus_send_msg_reliably(job->thread, job_run_msg, job);
+	keel_thread_send_msg_reliable(job->thread, job_run_msg, job, NULL);
 }
 
 static void schedule(void)
@@ -867,7 +867,7 @@ static void job_ended_msg(void *arg)
 	struct nexus_rebuild_job *job = arg;
 
 	if (job->own_thread) {
-		nexus_send_msg_reliably(job->thread, job_exit_msg, NULL);
+		keel_thread_send_msg_reliable(job->thread, job_exit_msg, NULL, NULL);
 	}
 	job_end_owner(job);
 }
@@ -1055,7 +1055,7 @@ void nexus_rebuild_sync(struct nexus *n, void (*cont)(struct nexus *n))
 		}
 		n->sync_pending++;
 		job->acks_outstanding++;
-		nexus_send_msg_reliably(job->thread, job_sync_msg, job);
+		keel_thread_send_msg_reliable(job->thread, job_sync_msg, job, NULL);
 	}
 	/* Unstarted jobs that lost their target end here. */
 	for (job = TAILQ_FIRST(&n->jobs); job != NULL;) {
@@ -1094,7 +1094,7 @@ void nexus_rebuild_shutdown(struct nexus *n, void (*cont)(struct nexus *n))
 		n->sync_pending++;
 		snprintf(job->error, sizeof(job->error), "volume stopped");
 		atomic_store(&job->req, RB_REQ_STOP);
-		nexus_send_msg_reliably(job->thread, job_kick_msg, job);
+		keel_thread_send_msg_reliable(job->thread, job_kick_msg, job, NULL);
 	}
 	/* Ended jobs of this volume are forgotten with it (their records went to the
 	 * end hook). */
@@ -1227,7 +1227,7 @@ static int control(const char *volume, const char *replica, int req)
 	default:
 		return -EINVAL;
 	}
-	nexus_send_msg_reliably(job->thread, job_kick_msg, job);
+	keel_thread_send_msg_reliable(job->thread, job_kick_msg, job, NULL);
 	return 0;
 }
 

@@ -229,12 +229,30 @@ bool keel_thread_is_exited(const struct keel_thread *thread);
  *
  * \return 0: fn will run exactly once on \p thread.
  *         -ENOMEM: the receiver's ring is full. Nothing was queued. This is
- *           backpressure: a keel-thread caller keeps the work on a local list and
- *           retries from a poller or from its next completion; a non-reactor caller
- *           may back off (sched_yield/usleep) and retry.
+ *           backpressure: the caller keeps the work and retries from its next
+ *           completion, or uses keel_thread_send_msg_reliable().
  *         -ESHUTDOWN: \p thread has exited or is being destroyed.
  */
 int keel_thread_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg);
+
+/**
+ * Queue fn(arg) to run on \p thread, for a message that must not be lost to a full
+ * ring (a completion, a fault, a teardown step). When the ring is full, the message
+ * waits on the calling keel thread and its poll loop sends it again: the caller never
+ * sleeps or spins, and its other work goes on meanwhile. The reliable messages of
+ * one keel thread are sent in the order of the calls. Called off a keel thread (a
+ * blocking-pool worker, a test's main), it waits in the call until the ring has room.
+ *
+ * \param drop_fn  NULL, or run with \p arg on the calling thread when \p thread
+ *                 exits before a waiting message could be sent (then it releases
+ *                 what the message held). The loss is logged either way.
+ * \return 0: fn will run on \p thread, or drop_fn here if \p thread exits first.
+ *         -ESHUTDOWN: \p thread has exited; nothing was queued, drop_fn is not run.
+ * Aborts the process if it cannot allocate the 48 bytes a waiting message needs:
+ * losing the message instead could lose data.
+ */
+int keel_thread_send_msg_reliable(struct keel_thread *thread, keel_msg_fn fn, void *arg,
+				  keel_msg_fn drop_fn);
 
 /* ------------------------------------------------------------------------------ */
 /* Embedding and the deterministic harness                                         */

@@ -179,6 +179,73 @@ static void test_send_msg_full(void)
 	ut_threads_fini();
 }
 
+/*
+ * keel_thread_send_msg_reliable: on a full ring the messages wait on the sender, which
+ * goes on and re-sends them in order from its poll loop; a receiver that exits before
+ * they fit gets them dropped through drop_fn, on the sender.
+ */
+static uintptr_t g_rel_next, g_rel_errors, g_rel_dropped;
+
+static void rel_msg(void *arg)
+{
+	if ((uintptr_t)arg != g_rel_next) {
+		g_rel_errors++;
+	}
+	g_rel_next = (uintptr_t)arg + 1;
+}
+
+static void rel_drop(void *arg)
+{
+	(void)arg;
+	g_rel_dropped++;
+}
+
+static void test_send_msg_reliable(void)
+{
+	struct keel_thread *t1;
+
+	CU_ASSERT_EQUAL_FATAL(ut_threads_init_ring(2, 16), 0);
+	g_rel_next = g_rel_errors = g_rel_dropped = 0;
+	t1 = ut_thread(1);
+	ut_set_thread(0);
+	for (uintptr_t i = 0; i < 40; i++) {
+		CU_ASSERT_EQUAL(keel_thread_send_msg_reliable(t1, rel_msg, (void *)i, rel_drop), 0);
+	}
+	/* 16 fit, 24 wait on thread 0, which therefore must not go to sleep. */
+	CU_ASSERT_TRUE(thread_has_pending(ut_thread(0)));
+	ut_poll_thread(1);
+	CU_ASSERT_EQUAL(g_rel_next, 16);
+	/* The ring has room again, but a new send queues behind the waiting ones. */
+	ut_set_thread(0);
+	CU_ASSERT_EQUAL(keel_thread_send_msg_reliable(t1, rel_msg, (void *)40, rel_drop), 0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(g_rel_next, 41);
+	CU_ASSERT_EQUAL(g_rel_errors, 0);
+	CU_ASSERT_EQUAL(g_rel_dropped, 0);
+	CU_ASSERT_FALSE(thread_has_pending(ut_thread(0)));
+
+	/* 16 fit, 4 wait; thread 1 runs its 16 and exits before the 4 could be sent. */
+	ut_set_thread(0);
+	for (uintptr_t i = 41; i < 61; i++) {
+		CU_ASSERT_EQUAL(keel_thread_send_msg_reliable(t1, rel_msg, (void *)i, rel_drop), 0);
+	}
+	ut_set_thread(1);
+	keel_thread_exit(t1);
+	while (ut_thread(1) != NULL) {
+		ut_poll_thread(1);
+	}
+	CU_ASSERT_EQUAL(g_rel_next, 57);
+	ut_poll_thread(0);
+	CU_ASSERT_EQUAL(g_rel_dropped, 4);
+	CU_ASSERT_FALSE(thread_has_pending(ut_thread(0)));
+	/* Gone before the call: -ESHUTDOWN, and drop_fn is the caller's business. */
+	ut_set_thread(0);
+	CU_ASSERT_EQUAL(keel_thread_send_msg_reliable(t1, rel_msg, NULL, rel_drop), -ESHUTDOWN);
+	CU_ASSERT_EQUAL(g_rel_dropped, 4);
+	CU_ASSERT_EQUAL(g_rel_errors, 0);
+	ut_threads_fini();
+}
+
 /* Several OS threads sending to one keel thread through the public API. */
 struct send_producer {
 	struct keel_thread *target;
@@ -249,6 +316,7 @@ int main(void)
 		{"ring_close", test_ring_close},
 		{"ring_mpsc", test_ring_mpsc},
 		{"send_msg_full", test_send_msg_full},
+		{"send_msg_reliable", test_send_msg_reliable},
 		{"send_msg_many_os_threads", test_send_msg_many_os_threads},
 		{NULL, NULL},
 	};
