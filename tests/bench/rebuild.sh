@@ -15,7 +15,8 @@
 #   env: SIZE_MB (1024), FG_SECS (6: the windows before and after the rebuild),
 #        RATE (24: MiB/s of the rate-limit row; 0 skips it), FLOOR_MB (256: size of
 #        the tmpfs volume of the back-off floor row; 0 skips it), KEEL_CPUS (0-1),
-#        RB_OPTS (rebuild_set_options JSON for tuning runs)
+#        RB_OPTS (rebuild_set_options JSON for tuning runs), ROUNDS (3: copy ceiling
+#        and idle full rebuild alternate this many times; the medians are compared)
 #
 # Replicas are files in a temp dir under the build tree (on the disk, O_DIRECT), not
 # in /tmp. Targets (docs/rebuild.md): idle rebuild >= 0.9x the copy ceiling; foreground
@@ -30,6 +31,8 @@ BIN=${1:-${KEEL_BIN:-$SRC/build/bin}}
 SIZE_MB=${SIZE_MB:-1024}
 FG_SECS=${FG_SECS:-6}
 RATE=${RATE:-24}
+ROUNDS=${ROUNDS:-3}
+case $ROUNDS in "" | *[!0-9]* | 0) echo "ROUNDS must be a whole number >= 1" >&2; exit 2 ;; esac
 FLOOR_MB=${FLOOR_MB:-256}
 [ -x "$BIN/keeld" ] && [ -x "$BIN/keelctl" ] || { echo "no keeld/keelctl in $BIN"; exit 77; }
 for tool in fio jq fallocate; do
@@ -77,7 +80,8 @@ replace() {
 	K replica remove "$1" "$2" >/dev/null || die "remove $2"
 	dd if=/dev/zero of="$2" bs=1M count=1 conv=notrunc oflag=direct status=none || die "wipe $2"
 	[ "$2" = "$3" ] || mv "$2" "$3"
-	K replica add "$1" "$3" >/dev/null || die "add $3"
+	# Its old data is still there past the label: adding it as new needs --force.
+	K replica add "$1" "$3" --force >/dev/null || die "add $3"
 	bdev_of "$1" "$3"
 }
 URI="nbd+unix:///rbb?socket=$S/rbb.nbd"
@@ -116,33 +120,41 @@ fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --siz
 	--verify_state_save=0 --output="$T/fill.out" >/dev/null 2>&1 || die "fill failed"
 sync
 
-# 1. copy ceilings of the disk, on the same source file
-echo "copy ceiling (fio, ${TASKS} x $((SEG / 1024)) KiB in flight)..."
+# 1 and 2, ROUNDS times, alternating (A B A B ...): the copy ceiling of the disk on
+# the same source file, and an idle full rebuild onto a new replica file (keeld
+# fallocates it, as fio's target was). The verdict compares the medians.
 RD_QD=$(( (TASKS + 1) / 2 ))
 WR_QD=$(( TASKS / 2 > 0 ? TASKS / 2 : 1 ))
-fallocate -l "$(stat -c %s "$T/a")" "$T/raw" || die "fallocate"
-fio --output-format=json --output="$T/copy.json" --ioengine=libaio --direct=1 --bs="$SEG" \
-	--size="${SIZE_MB}M" \
-	--name=read --filename="$T/a" --rw=read --iodepth="$RD_QD" \
-	--name=write --filename="$T/raw" --rw=write --iodepth="$WR_QD" >/dev/null 2>&1 ||
-	die "fio copy ceiling failed"
-CEIL=$(jq -r --argjson mb "$SIZE_MB" '$mb / ([.jobs[].job_runtime] | max / 1000)' "$T/copy.json")
-rm -f "$T/raw"
-t0=$(date +%s%N)
-dd if="$T/a" of="$T/raw" bs=1M count="$SIZE_MB" iflag=direct oflag=direct status=none || die "dd"
-t1=$(date +%s%N)
-DD=$(awk -v mb="$SIZE_MB" -v ns=$((t1 - t0)) 'BEGIN { print mb / (ns / 1e9) }')
-rm -f "$T/raw"
+CEILS=() DDS=() RATES=() MSS=()
+for ((round = 1; round <= ROUNDS; round++)); do
+	echo "round $round of $ROUNDS: copy ceiling (fio, ${TASKS} x $((SEG / 1024)) KiB in flight)..."
+	fallocate -l "$(stat -c %s "$T/a")" "$T/raw" || die "fallocate"
+	fio --output-format=json --output="$T/copy.json" --ioengine=libaio --direct=1 --bs="$SEG" \
+		--size="${SIZE_MB}M" \
+		--name=read --filename="$T/a" --rw=read --iodepth="$RD_QD" \
+		--name=write --filename="$T/raw" --rw=write --iodepth="$WR_QD" >/dev/null 2>&1 ||
+		die "fio copy ceiling failed"
+	CEILS+=("$(jq -r --argjson mb "$SIZE_MB" '$mb / ([.jobs[].job_runtime] | max / 1000)' "$T/copy.json")")
+	rm -f "$T/raw"
+	t0=$(date +%s%N)
+	dd if="$T/a" of="$T/raw" bs=1M count="$SIZE_MB" iflag=direct oflag=direct status=none || die "dd"
+	t1=$(date +%s%N)
+	DDS+=("$(awk -v mb="$SIZE_MB" -v ns=$((t1 - t0)) 'BEGIN { print mb / (ns / 1e9) }')")
+	rm -f "$T/raw"
 
-# 2. idle full rebuild onto a new replica file (keeld fallocates it, as fio's target was)
-echo "idle full rebuild..."
-K replica add rbb "$T/c" >/dev/null || die "add c"
-C=$(bdev_of rbb "$T/c")
-wait_done rbb "$C"
-FULL_RATE=$(job rbb "$C" .rate_mib_s)
-FULL_MS=$(job rbb "$C" .duration_ms)
-K replica remove rbb "$T/c" >/dev/null || die "remove c"
-rm -f "$T/c"
+	echo "round $round of $ROUNDS: idle full rebuild..."
+	K replica add rbb "$T/c" >/dev/null || die "add c"
+	C=$(bdev_of rbb "$T/c")
+	wait_done rbb "$C"
+	RATES+=("$(job rbb "$C" .rate_mib_s)")
+	MSS+=("$(job rbb "$C" .duration_ms)")
+	K replica remove rbb "$T/c" >/dev/null || die "remove c"
+	rm -f "$T/c"
+done
+CEIL=$(printf "%s\n" "${CEILS[@]}" | median)
+DD=$(printf "%s\n" "${DDS[@]}" | median)
+FULL_RATE=$(printf "%s\n" "${RATES[@]}" | median)
+FULL_MS=$(printf "%s\n" "${MSS[@]}" | median)
 
 # 3. foreground before, during and after the rebuild of a replaced replica, one fio run.
 # The volume has the same two replica files throughout: b fails, comes back as a new
@@ -271,11 +283,13 @@ row "what" "value" "ratio" "target" "result"
 row "------------------------------------------------------" "------------------------" "-------" "--------" "------"
 row "copy ceiling: fio read a + write new file, ${RD_QD}+${WR_QD} x $((SEG / 1024))K" \
 	"$(printf '%.0f MiB/s' "$CEIL")" "1.00" "" ""
+row "  median of $ROUNDS; each round" "$(printf '%.0f ' "${CEILS[@]}")" "" "" ""
 row "  (extra) dd bs=1M iflag/oflag=direct, 1 in flight" "$(printf '%.0f MiB/s' "$DD")" \
 	"$(ratio "$DD" "$CEIL")" "" ""
 r=$(ratio "$FULL_RATE" "$CEIL")
 row "idle full rebuild onto a new file" "$(printf '%.0f MiB/s (%.1f s)' "$FULL_RATE" "$(awk -v m="$FULL_MS" 'BEGIN{print m/1000}')")" \
 	"$r" ">= 0.90" "$(ok "$r" ">=" 0.9)"
+row "  median of $ROUNDS; each round (MiB/s)" "$(printf '%.0f ' "${RATES[@]}")" "" "" ""
 row "fio 4k randrw QD8 IOPS, before (2 replicas)" "$FG_BEFORE" "1.00" "" ""
 r=$(ratio "$FG_DURING" "$FG_BEFORE")
 row "same fio run, during the rebuild ($((RB_T1 - RB_T0)) ms)" "$FG_DURING" "$r" ">= 0.70" "$(ok "$r" ">=" 0.7)"
