@@ -185,7 +185,7 @@ static void nbd_disk_conn_done(void *ctx, struct nbd_conn *conn)
 	struct nbd_disk_sock *sock = ctx;
 
 	sock->conn = NULL;
-	if (nbd_send_msg(g_disk_main, nbd_disk_main_sock_gone, sock) != 0) {
+	if (keel_thread_send_msg_reliable(g_disk_main, nbd_disk_main_sock_gone, sock, NULL) != 0) {
 		KEEL_ERRLOG("nbd bdev %s: lost track of a closed kernel connection",
 			    sock->disk->bdev_name);
 	}
@@ -223,17 +223,13 @@ static void nbd_disk_main_sock_created(void *arg)
 }
 
 /*
- * NBD thread: tell the main thread about \p sock; it counts on hearing. Only the retry
- * poller's allocation fails with -ENOMEM, so wait for memory; a main thread that is
- * gone (-ESHUTDOWN) will never hear, and waiting for it would hang this reactor.
+ * NBD thread: tell the main thread about \p sock; it counts on hearing. A main thread
+ * that is gone (-ESHUTDOWN) will never hear: say so.
  */
 static void nbd_disk_tell_main(keel_msg_fn fn, struct nbd_disk_sock *sock)
 {
-	int rc;
+	int rc = keel_thread_send_msg_reliable(g_disk_main, fn, sock, NULL);
 
-	while ((rc = nbd_send_msg(g_disk_main, fn, sock)) == -ENOMEM) {
-		usleep(100);
-	}
 	if (rc != 0) {
 		KEEL_ERRLOG("nbd bdev %s: cannot reach the main thread: %s", sock->disk->bdev_name,
 			    strerror(-rc));
@@ -283,7 +279,8 @@ static void nbd_disk_close_conns(struct keel_nbd_disk *disk)
 			continue;
 		}
 		disk->pending++;
-		if (nbd_send_msg(sock->thread, nbd_disk_sock_close, sock) != 0) {
+		if (keel_thread_send_msg_reliable(sock->thread, nbd_disk_sock_close, sock, NULL) !=
+		    0) {
 			disk->pending--;
 			KEEL_ERRLOG("nbd%d: cannot reach thread %s to close a connection",
 				    disk->index, keel_thread_get_name(sock->thread));
@@ -326,7 +323,8 @@ static int nbd_disk_open_socks(struct keel_nbd_disk *disk)
 		struct nbd_disk_sock *sock = &disk->socks[i];
 
 		disk->pending++;
-		if (nbd_send_msg(sock->thread, nbd_disk_sock_create, sock) != 0) {
+		if (keel_thread_send_msg_reliable(sock->thread, nbd_disk_sock_create, sock, NULL) !=
+		    0) {
 			/* Earlier creations are under way: fail through the normal path. */
 			disk->pending--;
 			close(sock->serve_fd);
@@ -1001,7 +999,8 @@ void keel_nbd_disk_restore(const json_t *doc, keel_nbd_done_cb cb_fn, void *cb_a
 		if (rc != 0) {
 			KEEL_ERRLOG("nbd: cannot restore kernel devices: %s", strerror(-rc));
 		}
-		if (nbd_send_msg(keel_thread_get_current(), nbd_disk_restore_now, ctx) != 0) {
+		if (keel_thread_send_msg_reliable(keel_thread_get_current(), nbd_disk_restore_now,
+						  ctx, NULL) != 0) {
 			nbd_disk_restore_now(ctx);
 		}
 	}
@@ -1111,7 +1110,8 @@ void nbd_disk_stop_all(void (*cb_fn)(void *cb_arg, int status), void *cb_arg)
 	}
 	/* Later, never inside the call (and after any save the loop started). */
 	if (keel_thread_get_current() == NULL ||
-	    nbd_send_msg(keel_thread_get_current(), nbd_disk_stop_all_kick, NULL) != 0) {
+	    keel_thread_send_msg_reliable(keel_thread_get_current(), nbd_disk_stop_all_kick, NULL,
+					  NULL) != 0) {
 		KEEL_ERRLOG("nbd: cannot queue the end of the kernel devices' shutdown");
 	}
 }

@@ -80,12 +80,6 @@ uint32_t nbd_worker_count(void);
 struct keel_thread *nbd_worker_thread(uint32_t i);
 
 /*
- * keel_thread_send_msg that treats a full ring as backpressure: the message is kept
- * and retried from a poller on the calling thread. \return 0 or -ENOMEM/-errno.
- */
-int nbd_send_msg(struct keel_thread *thread, void (*fn)(void *), void *arg);
-
-/*
  * Callers waiting for an export (nbd_server.c) or a kernel device (nbd_disk.c) to
  * be gone. Main thread only.
  */

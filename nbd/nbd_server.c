@@ -94,13 +94,6 @@ struct nbd_srv_conn {
 	TAILQ_ENTRY(nbd_srv_conn) link;
 };
 
-struct nbd_msg_retry {
-	struct keel_thread *thread;
-	keel_msg_fn fn;
-	void *arg;
-	struct keel_poller *poller;
-};
-
 static TAILQ_HEAD(, keel_nbd_export) g_exports = TAILQ_HEAD_INITIALIZER(g_exports);
 static struct nbd_worker *g_workers;
 static uint32_t g_num_workers;
@@ -113,51 +106,6 @@ static void *g_export_listener_ctx;
 
 static void nbd_export_try_finish(struct keel_nbd_export *exp);
 static void nbd_export_begin_stop(struct keel_nbd_export *exp);
-
-/* ------------------------------------------------------------------------------ */
-/* Messages that are never lost                                                    */
-/* ------------------------------------------------------------------------------ */
-
-static int nbd_msg_retry_poll(void *arg)
-{
-	struct nbd_msg_retry *r = arg;
-	int rc = keel_thread_send_msg(r->thread, r->fn, r->arg);
-
-	if (rc == -ENOMEM) {
-		return KEEL_POLLER_IDLE;
-	}
-	if (rc != 0) {
-		KEEL_ERRLOG("nbd: message to thread %s lost: %s", keel_thread_get_name(r->thread),
-			    strerror(-rc));
-	}
-	keel_poller_unregister(&r->poller);
-	free(r);
-	return KEEL_POLLER_BUSY;
-}
-
-/* A full message ring is backpressure: keep the message and retry from a poller. */
-int nbd_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
-{
-	struct nbd_msg_retry *r;
-	int rc = keel_thread_send_msg(thread, fn, arg);
-
-	if (rc != -ENOMEM) {
-		return rc;
-	}
-	r = calloc(1, sizeof(*r));
-	if (r == NULL) {
-		return -ENOMEM;
-	}
-	r->thread = thread;
-	r->fn = fn;
-	r->arg = arg;
-	r->poller = keel_poller_register(nbd_msg_retry_poll, r, 100, "nbd_msg_retry");
-	if (r->poller == NULL) {
-		free(r);
-		return -ENOMEM;
-	}
-	return 0;
-}
 
 int nbd_waiter_add(struct nbd_waiter_list *list, keel_nbd_done_cb cb_fn, void *cb_arg)
 {
@@ -263,7 +211,7 @@ static void nbd_worker_conn_done(void *ctx, struct nbd_conn *conn)
 	struct nbd_srv_conn *sc = ctx;
 
 	TAILQ_REMOVE(&sc->worker->conns, sc, link);
-	if (nbd_send_msg(g_main_thread, nbd_main_conn_gone, sc) != 0) {
+	if (keel_thread_send_msg_reliable(g_main_thread, nbd_main_conn_gone, sc, NULL) != 0) {
 		KEEL_ERRLOG("nbd export %s: lost track of a closed connection", sc->exp->info.name);
 	}
 }
@@ -622,8 +570,8 @@ static void nbd_export_unlink_done(void *cb_arg, int rc)
 	}
 	exp->listeners_gone = true;
 	for (uint32_t i = 0; i < g_num_workers; i++) {
-		if (nbd_send_msg(g_workers[i].thread, nbd_worker_close_export,
-				 (void *)(uintptr_t)exp->id) != 0) {
+		if (keel_thread_send_msg_reliable(g_workers[i].thread, nbd_worker_close_export,
+						  (void *)(uintptr_t)exp->id, NULL) != 0) {
 			KEEL_ERRLOG("nbd export %s: cannot reach thread %s to close connections",
 				    exp->info.name, keel_thread_get_name(g_workers[i].thread));
 		}
@@ -964,7 +912,8 @@ void keel_nbd_stop_all(keel_nbd_done_cb cb_fn, void *cb_arg)
 	/* Kernel devices hold bdev descriptors too: they go with the exports. */
 	ctx->pending++;
 	nbd_disk_stop_all(nbd_stop_all_one_done, ctx);
-	if (nbd_send_msg(keel_thread_get_current(), nbd_stop_all_release, ctx) != 0) {
+	if (keel_thread_send_msg_reliable(keel_thread_get_current(), nbd_stop_all_release, ctx,
+					  NULL) != 0) {
 		KEEL_ERRLOG("nbd: cannot queue the end of shutdown");
 	}
 }
