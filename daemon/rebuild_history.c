@@ -40,22 +40,33 @@ static void history_job_ended(void *ctx, const struct keel_rebuild_stats *st)
 	keeld_store_save(KEELD_DOC_REBUILD_HISTORY, NULL, NULL);
 }
 
+json_t *keeld_rebuild_history_from_doc(json_t *doc, const char **why)
+{
+	if (doc != NULL && !json_is_object(doc)) {
+		if (why != NULL) {
+			*why = "is not a JSON object";
+		}
+		json_decref(doc);
+		doc = NULL;
+	}
+	return doc != NULL ? doc : json_object();
+}
+
 void keeld_rebuild_history_init(void)
 {
 	char err[PATH_MAX + 256];
+	json_t *doc = NULL;
+	const char *why = NULL;
 
 	json_decref(g_history);
 	g_history = NULL;
-	if (keeld_store_read(KEELD_DOC_REBUILD_HISTORY, &g_history, err, sizeof(err)) != 0) {
+	if (keeld_store_read(KEELD_DOC_REBUILD_HISTORY, &doc, err, sizeof(err)) != 0) {
 		KEEL_WARNLOG("keeld: %s; starting with an empty rebuild history", err);
-	} else if (g_history != NULL && !json_is_object(g_history)) {
-		KEEL_WARNLOG("keeld: rebuild history file %s is not a JSON object; starting with "
-			     "an empty rebuild history", keeld_store_path(KEELD_DOC_REBUILD_HISTORY));
-		json_decref(g_history);
-		g_history = NULL;
 	}
-	if (g_history == NULL) {
-		g_history = json_object();
+	g_history = keeld_rebuild_history_from_doc(doc, &why);
+	if (why != NULL) {
+		KEEL_WARNLOG("keeld: rebuild history file %s %s; starting with an empty rebuild "
+			     "history", keeld_store_path(KEELD_DOC_REBUILD_HISTORY), why);
 	}
 	keeld_store_set_snapshot(KEELD_DOC_REBUILD_HISTORY, history_snapshot, NULL);
 	keel_rebuild_set_end_hook(history_job_ended, NULL);

@@ -24,6 +24,14 @@
  */
 void keeld_rebuild_history_init(void);
 
+/**
+ * The history held in a document as read from the store (\p doc may be NULL: no
+ * file): \p doc itself (the reference passes to the result) when it is a JSON object,
+ * else an empty history, with \p *why (may be NULL) saying why the document was
+ * dropped. Pure (fuzz target). \return the history, or NULL on out of memory.
+ */
+json_t *keeld_rebuild_history_from_doc(json_t *doc, const char **why);
+
 /** The ended jobs of \p volume, oldest first: a new reference (an empty array when
  * there are none), or NULL on out of memory. */
 json_t *keeld_rebuild_history_get(const char *volume);

@@ -105,7 +105,7 @@ int keeld_store_read(enum keeld_doc id, json_t **out, char *err, size_t errlen)
 		snprintf(err, errlen, "%s %s is not a regular file", doc->file_what, doc->path);
 		return -EINVAL;
 	}
-	*out = json_load_file(doc->path, JSON_REJECT_DUPLICATES, &jerr);
+	*out = json_load_file(doc->path, KEELD_STORE_JSON_FLAGS, &jerr);
 	if (*out != NULL) {
 		return 0;
 	}

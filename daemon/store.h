@@ -45,6 +45,10 @@ int keeld_store_init(const char *state_dir);
 /** Full path of \p doc ("" before keeld_store_init). Lifetime: until the next init. */
 const char *keeld_store_path(enum keeld_doc doc);
 
+/** How every document is parsed (keeld_store_read): one object per key, so a file
+ * edited by hand cannot say one thing twice. The fuzz harnesses parse the same way. */
+#define KEELD_STORE_JSON_FLAGS JSON_REJECT_DUPLICATES
+
 /**
  * Read \p doc as the last write left it. \p *out is the parsed document (the caller owns
  * it), or NULL when there is no file yet. Blocks: main() only, before the reactors.

@@ -914,6 +914,17 @@ static int nbd_disk_restore_parse(struct nbd_disk_restore_ctx *ctx, const json_t
 	return 0;
 }
 
+int nbd_disk_records_parse(const json_t *doc)
+{
+	struct nbd_disk_restore_ctx ctx;
+	int rc;
+
+	memset(&ctx, 0, sizeof(ctx));
+	rc = nbd_disk_restore_parse(&ctx, doc);
+	free(ctx.recs);
+	return rc != 0 ? rc : (int)ctx.nrecs;
+}
+
 static void nbd_disk_restore_done(void *cb_arg, int rc)
 {
 	struct nbd_disk_restore_ctx *ctx = cb_arg;

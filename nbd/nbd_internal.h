@@ -101,4 +101,12 @@ void nbd_waiters_wake(struct nbd_waiter_list *list);
  */
 void nbd_disk_stop_all(void (*cb_fn)(void *cb_arg, int status), void *cb_arg);
 
+/**
+ * Parse a kernel devices document (keel_nbd_disk_snapshot's format) the way
+ * keel_nbd_disk_restore() does, and drop the records. Pure: no I/O, no devices, any
+ * thread (fuzz target). \return the number of records kept (malformed ones are
+ * skipped with a warning), -EINVAL (not such a document) or -ENOMEM.
+ */
+int nbd_disk_records_parse(const json_t *doc);
+
 #endif /* KEEL_NBD_INTERNAL_H */

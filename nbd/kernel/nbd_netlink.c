@@ -13,6 +13,7 @@
 #include "nbd_netlink.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -334,15 +335,15 @@ static struct nla_policy g_device_policy[NBD_DEVICE_ATTR_MAX + 1] = {
 	[NBD_DEVICE_CONNECTED] = {.type = NLA_U8},
 };
 
-static int request_valid_cb(struct nl_msg *msg, void *arg)
+/* One reply message: parse its attributes and hand them to the command's parser. */
+static int request_valid_cb_hdr(struct nlmsghdr *nlh, struct nbd_request *req)
 {
-	struct nbd_request *req = arg;
 	struct nlattr *tb[NBD_ATTR_MAX + 1];
 	int rc;
 
 	if (req->on_reply == NULL)
 		return NL_OK;
-	rc = genlmsg_parse(nlmsg_hdr(msg), 0, tb, NBD_ATTR_MAX, g_attr_policy);
+	rc = genlmsg_parse(nlh, 0, tb, NBD_ATTR_MAX, g_attr_policy);
 	if (rc < 0) {
 		req->reply_rc = -EPROTO;
 		return NL_OK;
@@ -351,6 +352,11 @@ static int request_valid_cb(struct nl_msg *msg, void *arg)
 	if (rc != 0 && req->reply_rc == 0)
 		req->reply_rc = rc;
 	return NL_OK;
+}
+
+static int request_valid_cb(struct nl_msg *msg, void *arg)
+{
+	return request_valid_cb_hdr(nlmsg_hdr(msg), arg);
 }
 
 static int request_ack_cb(struct nl_msg *msg, void *arg)
@@ -642,6 +648,24 @@ static int status_on_reply(struct nlattr **tb, void *arg)
 		s->count++;
 	}
 	return 0;
+}
+
+int nbd_netlink_status_decode(const void *buf, size_t len, keel_nbd_kernel_status_fn fn,
+			      void *ctx)
+{
+	struct status_arg s = {.index = -1, .fn = fn, .ctx = ctx};
+	struct nbd_request req = {.what = "STATUS", .on_reply = status_on_reply, .reply_arg = &s};
+	const struct nlmsghdr *nlh;
+	int left = len > INT_MAX ? INT_MAX : (int)len;
+
+	/* What libnl hands request_valid_cb: each whole message of the datagram. */
+	for (nlh = buf; nlmsg_ok(nlh, left); nlh = nlmsg_next((struct nlmsghdr *)nlh, &left)) {
+		if (nlh->nlmsg_type < NLMSG_MIN_TYPE) {
+			continue; /* NOOP, ERROR, DONE: libnl's own callbacks */
+		}
+		request_valid_cb_hdr((struct nlmsghdr *)nlh, &req);
+	}
+	return req.reply_rc != 0 ? req.reply_rc : s.count;
 }
 
 static int build_status(struct nl_msg *msg, int family, const void *arg)
