@@ -4,6 +4,8 @@
 KEEL_BUILD_PACKAGES="build-essential cmake pkg-config libaio-dev liburing-dev libnuma-dev libnl-genl-3-dev libjansson-dev libblkid-dev"
 KEEL_TEST_PACKAGES="libcunit1-dev python3 jq nbdkit libnbd-bin fuse3 qemu-utils fio e2fsprogs util-linux fdisk kmod"
 KEEL_VM_PACKAGES="qemu-system-x86 busybox-static cpio"
+# The fuzz pass (tests/fuzz/): clang with libFuzzer and its sanitizer runtimes.
+KEEL_FUZZ_PACKAGES="clang libfuzzer-14-dev libclang-rt-14-dev"
 
 # keel_missing_packages PKG...: print the packages that are not installed.
 keel_missing_packages() {

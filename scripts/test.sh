@@ -2,8 +2,10 @@
 # Install what is missing, build keel with warnings as errors, run the whole test
 # suite through ctest, then the sanitizer passes: ASan+UBSan over every unit test and
 # every e2e test (keeld, keelctl built with ASan: a report or a leak fails the test),
-# TSan over the reactor, bdev, nbd and rpc tests. The VM tests run in the main pass
-# only. Exits non-zero on any failure.
+# TSan over the reactor, bdev, nbd and rpc tests, then the fuzz pass: every libFuzzer
+# harness of tests/fuzz/ for 30 s (a crash, leak or UBSan report fails the suite; no
+# clang with libFuzzer: skipped, and the summary says why). The VM tests run in the
+# main pass only. Exits non-zero on any failure.
 # Idempotent: re-running reuses the build directories.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,8 @@ cd "$(dirname "$0")/.."
 keel_install_packages $KEEL_BUILD_PACKAGES $KEEL_TEST_PACKAGES || exit 1
 # The VM test needs these; if they cannot be installed it skips (exit 77) and says why.
 keel_install_packages $KEEL_VM_PACKAGES || echo "keel: VM packages unavailable; the kernel NBD test will be skipped"
+# Without them tests/fuzz/toolchain.sh makes the fuzz pass skip (77) and say why.
+keel_install_packages $KEEL_FUZZ_PACKAGES || echo "keel: fuzz packages unavailable; the fuzz pass will be skipped"
 
 JOBS=$(nproc)
 failed=0
@@ -39,6 +43,21 @@ mkdir -p build
 run_pass "main" build "" "--timeout 600"
 run_pass "asan+ubsan" build-asan "-DKEEL_SANITIZE=address" "-L unit|e2e"
 run_pass "tsan" build-tsan "-DKEEL_SANITIZE=thread" "-L reactor|bdev|nbd|rpc"
+
+# fuzz_pass: each harness for 30 s (tests/fuzz/run.sh); a finding fails the suite.
+fuzz_pass() {
+	local rc log=build-fuzz.run.log
+	echo "==== fuzz: libFuzzer harnesses, 30 s each (tests/fuzz/run.sh)"
+	tests/fuzz/run.sh 30 2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	case $rc in
+	0) summary="${summary}fuzz: $(grep -cE ' ok$' "$log") targets, no findings"$'\n' ;;
+	77) summary="${summary}fuzz: skipped (77): $(grep -E '^fuzz: ' "$log" | tail -n 1 | sed 's/^fuzz: //')"$'\n' ;;
+	*) failed=1
+	   summary="${summary}fuzz: FAILED: $(grep -cE 'FINDING' "$log") targets with findings (exit $rc; $log)"$'\n' ;;
+	esac
+}
+fuzz_pass
 
 echo "==== summary"
 printf "%s" "$summary"
