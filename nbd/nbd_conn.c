@@ -44,6 +44,14 @@
 #define NBD_RX_ROUNDS 4
 /* Stop parsing options while this many handshake reply bytes wait to be sent. */
 #define NBD_HS_WBUF_HIGH (64u * 1024u)
+/*
+ * Reply bytes one NBD_OPT_INFO/GO may produce. Each info type is answered once, so
+ * the replies are small by construction; the cap also bounds the description, the
+ * one string whose length is not fixed by the protocol.
+ */
+#define NBD_INFO_REPLY_MAX 4096u
+/* Longest NAME/DESCRIPTION string sent: all four info replies then fit the cap. */
+#define NBD_INFO_STRING_MAX 2048u
 
 #define NBD_BUF_MIN_SHIFT 12u
 #define NBD_BUF_MAX_SHIFT 20u
@@ -1096,11 +1104,11 @@ static int nbd_send_info_export(struct nbd_conn *conn, uint32_t option)
 static int nbd_send_info_string(struct nbd_conn *conn, uint32_t option, uint16_t type,
 				const char *str)
 {
-	uint8_t buf[2 + 4096];
+	uint8_t buf[2 + NBD_INFO_STRING_MAX];
 	size_t len = strlen(str);
 
-	if (len > 4096) {
-		len = 4096;
+	if (len > NBD_INFO_STRING_MAX) {
+		len = NBD_INFO_STRING_MAX;
 	}
 	type = htobe16(type);
 	memcpy(buf, &type, 2);
@@ -1127,6 +1135,8 @@ static void nbd_opt_info_go(struct nbd_conn *conn, uint32_t option, const uint8_
 	uint32_t name_len;
 	uint16_t nreq;
 	const uint8_t *reqs;
+	uint32_t answered = 1u << NBD_INFO_EXPORT;
+	size_t reply_start;
 	char msg[320];
 	int rc;
 
@@ -1162,13 +1172,27 @@ static void nbd_opt_info_go(struct nbd_conn *conn, uint32_t option, const uint8_
 			return;
 		}
 	}
+	if (conn->wsent == conn->wlen) {
+		conn->wsent = conn->wlen = 0; /* so wlen only grows while this option is answered */
+	}
+	reply_start = conn->wlen;
 	rc = nbd_send_info_export(conn, option);
 	reqs = data + 4 + name_len + 2;
+	/*
+	 * A client may repeat an info type thousands of times in one 8 KiB option: each
+	 * type is answered once (INFO_EXPORT always, first), so what one option costs is
+	 * bounded by the info types keel knows, not by what the client asks.
+	 */
 	for (uint16_t i = 0; rc == 0 && i < nreq; i++) {
 		uint16_t type;
 
 		memcpy(&type, reqs + 2 * i, 2);
-		switch (be16toh(type)) {
+		type = be16toh(type);
+		if (type >= 32 || (answered & (1u << type)) != 0) {
+			continue; /* unknown or already answered */
+		}
+		answered |= 1u << type;
+		switch (type) {
 		case NBD_INFO_NAME:
 			rc = nbd_send_info_string(conn, option, NBD_INFO_NAME, conn->exp->name);
 			break;
@@ -1184,6 +1208,11 @@ static void nbd_opt_info_go(struct nbd_conn *conn, uint32_t option, const uint8_
 		default:
 			break; /* unknown information requests are ignored */
 		}
+	}
+	if (rc == 0 && conn->wlen - reply_start > NBD_INFO_REPLY_MAX - sizeof(struct nbd_opt_reply)) {
+		KEEL_ERRLOG("%s: info replies of %zu bytes exceed the cap", conn->label,
+			    conn->wlen - reply_start);
+		rc = -E2BIG;
 	}
 	if (rc == 0) {
 		rc = nbd_send_opt_reply(conn, option, NBD_REP_ACK, NULL, 0);

@@ -540,6 +540,57 @@ static void test_options(void)
 	ut_close(&u);
 }
 
+/*
+ * One 8 KiB INFO option repeating every info type: each type is answered once and
+ * the replies of the option stay within 4 KiB, whatever the client asks.
+ */
+static void test_info_duplicates(void)
+{
+	static const uint16_t kinds[] = {NBD_INFO_NAME, NBD_INFO_DESCRIPTION, NBD_INFO_BLOCK_SIZE,
+					 NBD_INFO_EXPORT, 77};
+	uint16_t infos[4000];
+	uint8_t *opt = malloc(8192);
+	uint8_t buf[4200];
+	uint32_t option, type, len, opt_len;
+	uint32_t seen[4] = {0};
+	size_t total = 0;
+	struct ut_conn u;
+
+	CU_ASSERT_FATAL(opt != NULL);
+	for (size_t i = 0; i < sizeof(infos) / sizeof(infos[0]); i++) {
+		infos[i] = kinds[i % (sizeof(kinds) / sizeof(kinds[0]))];
+	}
+	opt_len = ut_build_go(opt, g_exp.name, infos, 4000);
+	CU_ASSERT_FATAL(opt_len > 8000 && opt_len <= NBD_MAX_OPT_LEN);
+
+	ut_open(&u, &g_exp);
+	ut_recv_greeting(&u);
+	ut_send_cflags(&u, NBD_FLAG_C_FIXED_NEWSTYLE);
+	for (int round = 0; round < 2; round++) {
+		memset(seen, 0, sizeof(seen));
+		total = 0;
+		ut_send_opt(&u, round == 0 ? NBD_OPT_INFO : NBD_OPT_GO, opt, opt_len);
+		for (;;) {
+			CU_ASSERT_FATAL(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+			total += sizeof(struct nbd_opt_reply) + len;
+			if (type != NBD_REP_INFO) {
+				break;
+			}
+			CU_ASSERT_FATAL(len >= 2);
+			CU_ASSERT_FATAL(be16toh(*(uint16_t *)buf) < 4);
+			seen[be16toh(*(uint16_t *)buf)]++;
+		}
+		CU_ASSERT(type == NBD_REP_ACK);
+		CU_ASSERT(total <= 4096);
+		for (int t = 0; t < 4; t++) {
+			CU_ASSERT(seen[t] == 1);
+		}
+	}
+	free(opt);
+	CU_ASSERT(nbd_conn_in_transmission(u.conn));
+	ut_close(&u);
+}
+
 static void ut_export_name(bool no_zeroes)
 {
 	struct nbd_export_name_reply rep;
@@ -1338,6 +1389,7 @@ int main(void)
 	CU_add_test(suite, "handshake_byte_by_byte", test_handshake_byte_by_byte);
 	CU_add_test(suite, "handshake_every_split", test_handshake_every_split);
 	CU_add_test(suite, "options", test_options);
+	CU_add_test(suite, "info_duplicates", test_info_duplicates);
 	CU_add_test(suite, "export_name_zeroes", test_export_name_zeroes);
 	CU_add_test(suite, "export_name_no_zeroes", test_export_name_no_zeroes);
 	CU_add_test(suite, "handshake_hard_closes", test_handshake_hard_closes);
