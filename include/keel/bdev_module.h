@@ -191,7 +191,7 @@ const char *keel_bdev_get_claim_owner(const struct keel_bdev *bdev);
  * \p uuid may be NULL. \return 0 and *bdev, -EINVAL, -EEXIST, -ENOMEM. */
 int keel_bdev_malloc_create(const char *name, const uint8_t *uuid, uint64_t num_blocks,
 			    uint32_t block_size, struct keel_bdev **bdev);
-/** Null disk: writes discarded, reads return zeroes without touching memory. */
+/** Null disk: writes discarded, reads return zeroes (the read buffer is zero-filled). */
 int keel_bdev_null_create(const char *name, const uint8_t *uuid, uint64_t num_blocks,
 			  uint32_t block_size, struct keel_bdev **bdev);
 /**
