@@ -456,11 +456,17 @@ static int nbd_listen_unix(const char *path, int *fdp)
 	if (fd < 0) {
 		return -errno;
 	}
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+	/*
+	 * The file bind() creates takes its mode from the socket's inode (minus the
+	 * umask), so it is born 0600: no window where others may connect, and no chmod of
+	 * the path after bind, which would follow a symlink swapped in meanwhile. The
+	 * umask is process-wide and other threads create files: it is left alone.
+	 */
+	if (fchmod(fd, 0600) != 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
 		rc = -errno;
 		goto out_close_fd;
 	}
-	if (chmod(path, 0600) != 0 || listen(fd, NBD_LISTEN_BACKLOG) != 0) {
+	if (listen(fd, NBD_LISTEN_BACKLOG) != 0) {
 		rc = -errno;
 		unlink(path);
 		goto out_close_fd;

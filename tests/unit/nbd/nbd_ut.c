@@ -1065,6 +1065,46 @@ static bool ut_wait_cb(int want)
 	return g_cb_count >= want;
 }
 
+/*
+ * chmod of a socket path after bind follows a symlink swapped in meanwhile. This
+ * definition takes the place of libc's for the whole test binary: it only counts, so
+ * an export socket is 0600 only if its mode was set before bind.
+ */
+static int g_chmod_calls;
+
+int chmod(const char *path, mode_t mode)
+{
+	g_chmod_calls++;
+	return 0;
+}
+
+static void test_unix_socket_mode(void)
+{
+	char path[108];
+	struct keel_nbd_export_opts opts = {
+		.bdev_name = "ut_malloc", .name = "modeexp", .socket_path = path,
+	};
+	mode_t saved = umask(0);
+	struct stat st;
+	int base;
+
+	snprintf(path, sizeof(path), "/tmp/keel_nbd_ut_mode.%d.sock", getpid());
+	unlink(path);
+	g_chmod_calls = 0;
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_export_start(&opts, ut_export_cb, NULL) == 0);
+	CU_ASSERT_FATAL(ut_wait_cb(base + 1));
+	umask(saved);
+	CU_ASSERT_FATAL(g_cb_status == 0);
+	CU_ASSERT(lstat(path, &st) == 0 && S_ISSOCK(st.st_mode));
+	CU_ASSERT((st.st_mode & 0777) == 0600);
+	CU_ASSERT(g_chmod_calls == 0);
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_export_stop("modeexp", ut_export_cb, NULL) == 0);
+	CU_ASSERT(ut_wait_cb(base + 1));
+	CU_ASSERT(lstat(path, &st) != 0);
+}
+
 static void test_export_start_stop(void)
 {
 	char path[108];
@@ -1403,6 +1443,8 @@ int main(void)
 	CU_add_test(suite, "transmission_only", test_transmission_only);
 	CU_add_test(suite, "disk_start_fails_cleanly", test_disk_start_fails_cleanly);
 	CU_add_test(suite, "disk_records_handed_over", test_disk_records_handed_over);
+	CU_add_test(suite, "unix_socket_mode", test_unix_socket_mode);
+	/* last: it ends with keel_nbd_stop_all, after which no export starts */
 	CU_add_test(suite, "export_start_stop", test_export_start_stop);
 
 	CU_basic_set_mode(CU_BRM_VERBOSE);
