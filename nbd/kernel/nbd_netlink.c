@@ -800,9 +800,44 @@ int keel_nbd_kernel_monitor_fd(const struct keel_nbd_kernel_monitor *monitor)
 	return nl_socket_get_fd(monitor->sk);
 }
 
+int nbd_netlink_link_dead_decode(const void *buf, size_t len, uint32_t sender_pid, int family,
+				 keel_nbd_kernel_link_dead_fn fn, void *ctx)
+{
+	const struct nlmsghdr *nlh;
+	int left = len > INT_MAX ? INT_MAX : (int)len;
+	int handled = 0;
+
+	/*
+	 * Only the kernel (port id 0) announces a dead link. Any local process may send
+	 * to our port: a forged LINK_DEAD must not make keeld act on a device.
+	 */
+	if (sender_pid != 0)
+		return 0;
+	for (nlh = buf; nlmsg_ok(nlh, left); nlh = nlmsg_next((struct nlmsghdr *)nlh, &left)) {
+		struct nlattr *tb[NBD_ATTR_MAX + 1];
+		struct genlmsghdr *gh;
+
+		if (nlh->nlmsg_type != family)
+			continue;
+		if (nlh->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN)
+			continue;
+		gh = nlmsg_data(nlh);
+		if (gh->cmd != NBD_CMD_LINK_DEAD)
+			continue;
+		if (genlmsg_parse((struct nlmsghdr *)nlh, 0, tb, NBD_ATTR_MAX, g_attr_policy) < 0 ||
+		    tb[NBD_ATTR_INDEX] == NULL)
+			continue;
+		handled++;
+		if (fn != NULL)
+			fn(nla_get_u32(tb[NBD_ATTR_INDEX]), ctx);
+	}
+	return handled;
+}
+
 /*
- * Plain recv() instead of nl_recvmsgs(): libnl folds ENOBUFS (notifications lost) into
- * NLE_NOMEM, and the caller must be able to tell "lost events, resync" from other errors.
+ * Plain recvfrom() instead of nl_recvmsgs(): libnl folds ENOBUFS (notifications lost)
+ * into NLE_NOMEM, and the caller must be able to tell "lost events, resync" from other
+ * errors. The source address says who sent each datagram.
  */
 int keel_nbd_kernel_monitor_dispatch(struct keel_nbd_kernel_monitor *monitor,
 				     keel_nbd_kernel_link_dead_fn fn, void *ctx)
@@ -812,11 +847,12 @@ int keel_nbd_kernel_monitor_dispatch(struct keel_nbd_kernel_monitor *monitor,
 	int handled = 0;
 
 	for (;;) {
-		struct nlmsghdr *nlh;
+		struct sockaddr_nl from;
+		socklen_t from_len = sizeof(from);
 		ssize_t n;
-		int len;
 
-		n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		memset(&from, 0, sizeof(from));
+		n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &from_len);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -826,25 +862,10 @@ int keel_nbd_kernel_monitor_dispatch(struct keel_nbd_kernel_monitor *monitor,
 		}
 		if (n == 0)
 			return handled;
-		len = (int)n;
-		for (nlh = (struct nlmsghdr *)buf; nlmsg_ok(nlh, len); nlh = nlmsg_next(nlh, &len)) {
-			struct nlattr *tb[NBD_ATTR_MAX + 1];
-			struct genlmsghdr *gh;
-
-			if (nlh->nlmsg_type != monitor->family)
-				continue;
-			if (nlh->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN)
-				continue;
-			gh = nlmsg_data(nlh);
-			if (gh->cmd != NBD_CMD_LINK_DEAD)
-				continue;
-			if (genlmsg_parse(nlh, 0, tb, NBD_ATTR_MAX, g_attr_policy) < 0 ||
-			    tb[NBD_ATTR_INDEX] == NULL)
-				continue;
-			handled++;
-			if (fn != NULL)
-				fn(nla_get_u32(tb[NBD_ATTR_INDEX]), ctx);
-		}
+		if (from_len < sizeof(from) || from.nl_family != AF_NETLINK)
+			continue;
+		handled += nbd_netlink_link_dead_decode(buf, (size_t)n, from.nl_pid, monitor->family,
+							fn, ctx);
 	}
 }
 

@@ -49,4 +49,13 @@ int nbd_netlink_put_disconnect(struct nl_msg *msg, int family, uint32_t index);
 /* \p index < 0: all devices. */
 int nbd_netlink_put_status(struct nl_msg *msg, int family, int64_t index);
 
+/*
+ * Decode one datagram of the LINK_DEAD monitor (\p len bytes from port id \p sender_pid)
+ * and call \p fn for each NBD_CMD_LINK_DEAD of family \p family. Datagrams from anyone
+ * but the kernel (sender_pid != 0) and malformed messages are ignored.
+ * \return the number of LINK_DEAD messages handled. Pure: no I/O, any thread.
+ */
+int nbd_netlink_link_dead_decode(const void *buf, size_t len, uint32_t sender_pid, int family,
+				 keel_nbd_kernel_link_dead_fn fn, void *ctx);
+
 #endif /* KEEL_NBD_NETLINK_H */

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <linux/nbd-netlink.h>
+#include <netlink/genl/genl.h>
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
@@ -25,6 +27,7 @@
 #include "keel/reactor.h"
 #include "nbd/nbd_internal.h"
 #include "nbd/nbd_proto.h"
+#include "nbd/kernel/nbd_netlink.h"
 
 #define UT_BLOCK_SIZE 512u
 #define UT_NUM_BLOCKS 131072u /* 64 MiB */
@@ -1332,6 +1335,43 @@ static void test_disk_records_handed_over(void)
 	keel_nbd_disk_set_listener(NULL, NULL);
 }
 
+static uint32_t g_link_dead_index;
+
+static void ut_link_dead(uint32_t index, void *ctx)
+{
+	g_link_dead_index = index;
+}
+
+/* Only the kernel (port id 0) may announce a dead link: a local process sending a
+ * well-formed LINK_DEAD to keeld's monitor port is ignored. */
+static void test_link_dead_sender(void)
+{
+	const int family = 33;
+	struct nl_msg *msg = nlmsg_alloc();
+	struct nlmsghdr *nlh;
+
+	CU_ASSERT_FATAL(msg != NULL);
+	CU_ASSERT_FATAL(genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, 0,
+				    NBD_CMD_LINK_DEAD, 1) != NULL);
+	CU_ASSERT_FATAL(nla_put_u32(msg, NBD_ATTR_INDEX, 5) == 0);
+	nlh = nlmsg_hdr(msg);
+
+	g_link_dead_index = 0;
+	CU_ASSERT(nbd_netlink_link_dead_decode(nlh, nlh->nlmsg_len, 4242, family, ut_link_dead,
+					       NULL) == 0);
+	CU_ASSERT(g_link_dead_index == 0);
+	/* the same bytes from the kernel are a LINK_DEAD for /dev/nbd5 */
+	CU_ASSERT(nbd_netlink_link_dead_decode(nlh, nlh->nlmsg_len, 0, family, ut_link_dead,
+					       NULL) == 1);
+	CU_ASSERT(g_link_dead_index == 5);
+	/* another family, a truncated datagram: ignored */
+	CU_ASSERT(nbd_netlink_link_dead_decode(nlh, nlh->nlmsg_len, 0, family + 1, ut_link_dead,
+					       NULL) == 0);
+	CU_ASSERT(nbd_netlink_link_dead_decode(nlh, NLMSG_HDRLEN + 2, 0, family, ut_link_dead,
+					       NULL) == 0);
+	nlmsg_free(msg);
+}
+
 /* ------------------------------------------------------------------------------ */
 /* Setup                                                                           */
 /* ------------------------------------------------------------------------------ */
@@ -1444,6 +1484,7 @@ int main(void)
 	CU_add_test(suite, "disk_start_fails_cleanly", test_disk_start_fails_cleanly);
 	CU_add_test(suite, "disk_records_handed_over", test_disk_records_handed_over);
 	CU_add_test(suite, "unix_socket_mode", test_unix_socket_mode);
+	CU_add_test(suite, "link_dead_sender", test_link_dead_sender);
 	/* last: it ends with keel_nbd_stop_all, after which no export starts */
 	CU_add_test(suite, "export_start_stop", test_export_start_stop);
 
