@@ -272,6 +272,13 @@ static void rpc_nbd_start_disk(struct keel_rpc_request *req, json_t *params)
 	if (!keel_rpc_decode_params(req, params, table, sizeof(table) / sizeof(table[0]), &p)) {
 		return;
 	}
+	if (p.io_timeout_s > KEEL_NBD_DISK_MAX_TIMEOUT_S ||
+	    p.dead_conn_timeout_s > KEEL_NBD_DISK_MAX_TIMEOUT_S) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "io_timeout_s and "
+				    "dead_conn_timeout_s must be at most %u seconds (7 days)",
+				    KEEL_NBD_DISK_MAX_TIMEOUT_S);
+		return;
+	}
 	opts.bdev_name = p.bdev_name;
 	opts.io_timeout_s = p.io_timeout_s;
 	opts.dead_conn_timeout_s = p.dead_conn_timeout_s;

@@ -698,7 +698,8 @@ int keel_nbd_disk_start(const struct keel_nbd_disk_opts *opts, keel_nbd_disk_sta
 	}
 	if (opts == NULL || opts->bdev_name == NULL || opts->bdev_name[0] == '\0' ||
 	    strlen(opts->bdev_name) > KEEL_NBD_EXPORT_NAME_MAX || cb_fn == NULL ||
-	    opts->index < -1) {
+	    opts->index < -1 || opts->io_timeout_s > KEEL_NBD_DISK_MAX_TIMEOUT_S ||
+	    opts->dead_conn_timeout_s > KEEL_NBD_DISK_MAX_TIMEOUT_S) {
 		return -EINVAL;
 	}
 	if (nbd_disk_find(opts->index) != NULL) {
@@ -872,6 +873,14 @@ static int nbd_disk_restore_job(void *arg)
 /* The records of \p doc (keel_nbd_disk_snapshot's format) into ctx->recs; malformed
  * entries are skipped with a warning. \return 0, -EINVAL (not such a document, said in
  * ctx->err) or -ENOMEM. */
+/* A recorded timeout is absent (0: default) or an integer the kernel will be given as
+ * is: a negative or huge value in a damaged file must not wrap into a uint32. */
+static bool nbd_disk_timeout_ok(const json_t *v)
+{
+	return v == NULL || (json_is_integer(v) && json_integer_value(v) >= 0 &&
+			     json_integer_value(v) <= KEEL_NBD_DISK_MAX_TIMEOUT_S);
+}
+
 static int nbd_disk_restore_parse(struct nbd_disk_restore_ctx *ctx, const json_t *doc)
 {
 	json_t *disks = json_object_get(doc, "disks"), *d;
@@ -898,7 +907,9 @@ static int nbd_disk_restore_parse(struct nbd_disk_restore_ctx *ctx, const json_t
 
 		if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
 		    json_integer_value(idx) > INT32_MAX || bdev == NULL || backend == NULL ||
-		    strlen(bdev) >= sizeof(r->bdev_name) || strlen(backend) >= sizeof(r->backend_id)) {
+		    strlen(bdev) >= sizeof(r->bdev_name) || strlen(backend) >= sizeof(r->backend_id) ||
+		    !nbd_disk_timeout_ok(json_object_get(d, "io_timeout_s")) ||
+		    !nbd_disk_timeout_ok(json_object_get(d, "dead_conn_timeout_s"))) {
 			KEEL_WARNLOG("nbd: kernel devices: disks[%zu] is malformed; skipped", i);
 			continue;
 		}

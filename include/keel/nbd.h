@@ -123,13 +123,18 @@ struct keel_nbd_disk;
 
 /** Dead-connection timeout used when the caller gives none (seconds). */
 #define KEEL_NBD_DISK_DEFAULT_DEAD_CONN_TIMEOUT_S 60u
+/** Largest io_timeout_s and dead_conn_timeout_s accepted (7 days, in seconds). */
+#define KEEL_NBD_DISK_MAX_TIMEOUT_S 604800u
 
 struct keel_nbd_disk_opts {
 	/** Bdev to serve (required). */
 	const char *bdev_name;
 	/** N of /dev/nbdN, or -1 (default) to let the kernel pick a free device. */
 	int32_t index;
-	/** Per-request timeout in seconds (NBD_ATTR_TIMEOUT); 0 (default) = kernel default. */
+	/**
+	 * Per-request timeout in seconds (NBD_ATTR_TIMEOUT); 0 (default) = kernel default.
+	 * This and dead_conn_timeout_s are at most KEEL_NBD_DISK_MAX_TIMEOUT_S.
+	 */
 	uint32_t io_timeout_s;
 	/**
 	 * Seconds the kernel holds I/O once every socket is dead, waiting for a restarted keeld
@@ -198,7 +203,8 @@ json_t *keel_nbd_disk_snapshot(void);
  * checked by the kernel against the backend identifier given at CONNECT), so a mounted
  * filesystem survives a daemon restart within the dead-connection timeout. A device
  * whose bdev does not exist yet waits for it (checked every second). A document of
- * another format is logged and ignored; malformed entries are skipped. Also subscribes
+ * another format is logged and ignored; malformed entries (including timeouts that are
+ * not integers in 0..KEEL_NBD_DISK_MAX_TIMEOUT_S) are skipped with a warning. Also subscribes
  * to LINK_DEAD notifications, which are logged. \p doc is read inside the call only.
  * \p cb_fn runs once, later, when the first attempts finished.
  */

@@ -1335,6 +1335,53 @@ static void test_disk_records_handed_over(void)
 	keel_nbd_disk_set_listener(NULL, NULL);
 }
 
+/* A damaged record file must not hand the kernel a wrapped or absurd timeout: a
+ * timeout that is negative, huge or not an integer makes its entry malformed. */
+static void test_disk_restore_timeouts(void)
+{
+	json_t *doc;
+	struct keel_nbd_disk *disk;
+	struct keel_nbd_disk_opts opts;
+	int base;
+
+	doc = json_pack("{s:i, s:[{s:i, s:s, s:s, s:i}, {s:i, s:s, s:s, s:I}, {s:i, s:s, s:s, s:s},"
+			" {s:i, s:s, s:s, s:i, s:i}]}", "version", 1, "disks",
+			"index", 8, "bdev_name", "ut_t8", "backend_id", "keel-bdev:ut_t8",
+			"io_timeout_s", -5,
+			"index", 9, "bdev_name", "ut_t9", "backend_id", "keel-bdev:ut_t9",
+			"dead_conn_timeout_s", (json_int_t)1 << 40,
+			"index", 10, "bdev_name", "ut_t10", "backend_id", "keel-bdev:ut_t10",
+			"io_timeout_s", "30",
+			"index", 11, "bdev_name", "ut_t11", "backend_id", "keel-bdev:ut_t11",
+			"io_timeout_s", 30, "dead_conn_timeout_s", (int)KEEL_NBD_DISK_MAX_TIMEOUT_S);
+	CU_ASSERT_FATAL(doc != NULL);
+	base = g_cb_count;
+	keel_nbd_disk_restore(doc, ut_export_cb, NULL);
+	json_decref(doc);
+	CU_ASSERT_FATAL(ut_wait_cb(base + 1));
+	disk = keel_nbd_disk_first();
+	CU_ASSERT_FATAL(disk != NULL);
+	CU_ASSERT(keel_nbd_disk_get_index(disk) == 11);
+	CU_ASSERT(keel_nbd_disk_next(disk) == NULL);
+
+	/* the same bound when a device is started */
+	keel_nbd_disk_opts_init(&opts);
+	opts.bdev_name = "ut_malloc";
+	opts.io_timeout_s = KEEL_NBD_DISK_MAX_TIMEOUT_S + 1;
+	CU_ASSERT(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == -EINVAL);
+	opts.io_timeout_s = 0;
+	opts.dead_conn_timeout_s = UINT32_MAX;
+	CU_ASSERT(keel_nbd_disk_start(&opts, ut_disk_cb, NULL) == -EINVAL);
+
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_disk_stop(11, ut_export_cb, NULL) == 0);
+	CU_ASSERT(ut_wait_cb(base + 1));
+	for (int i = 0; i < 1000 && keel_nbd_disk_first() != NULL; i++) {
+		ut_poll(1);
+	}
+	CU_ASSERT(keel_nbd_disk_first() == NULL);
+}
+
 static uint32_t g_link_dead_index;
 
 static void ut_link_dead(uint32_t index, void *ctx)
@@ -1483,6 +1530,7 @@ int main(void)
 	CU_add_test(suite, "transmission_only", test_transmission_only);
 	CU_add_test(suite, "disk_start_fails_cleanly", test_disk_start_fails_cleanly);
 	CU_add_test(suite, "disk_records_handed_over", test_disk_records_handed_over);
+	CU_add_test(suite, "disk_restore_timeouts", test_disk_restore_timeouts);
 	CU_add_test(suite, "unix_socket_mode", test_unix_socket_mode);
 	CU_add_test(suite, "link_dead_sender", test_link_dead_sender);
 	/* last: it ends with keel_nbd_stop_all, after which no export starts */
