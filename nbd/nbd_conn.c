@@ -10,8 +10,14 @@
  * many queued requests as fit into one large receive buffer with one recv(), submits
  * them all, and sends every reply that completed with one sendmsg() (header and read
  * data as iovecs, no copy). Requests come from a preallocated per-connection array;
- * payload buffers from per-connection free lists by power-of-two size class, so the
- * steady state does not allocate.
+ * payload buffers from a cache per thread by power-of-two size class (nbd_buf_cache.c),
+ * so the steady state does not allocate.
+ *
+ * Every client is bounded in memory and time (nbd_limits.c): payload bytes come out of a
+ * daemon-wide budget (over it, the connection stops reading requests until buffers
+ * free), and one deadline on the connection's own poller ends a handshake that takes
+ * too long and a client that stops reading replies or sending a payload. The deadline is
+ * armed only while something waits on the client: an idle connection has no timer.
  */
 #include <endian.h>
 #include <errno.h>
@@ -53,12 +59,8 @@
 /* Longest NAME/DESCRIPTION string sent: all four info replies then fit the cap. */
 #define NBD_INFO_STRING_MAX 2048u
 
-#define NBD_BUF_MIN_SHIFT 12u
-#define NBD_BUF_MAX_SHIFT 20u
-#define NBD_BUF_CLASSES (NBD_BUF_MAX_SHIFT - NBD_BUF_MIN_SHIFT + 1u)
-/* Bytes of idle buffers a connection keeps per size class. */
-#define NBD_BUF_CACHE_BYTES (4u << 20)
-#define NBD_BUF_PREALLOC_SMALL 32u
+/* A connection waiting for the buffer budget looks again this often (microseconds). */
+#define NBD_BUDGET_RETRY_US 1000u
 /*
  * Payload bytes a connection may hold at once. Without a cap, 256 requests of 32 MiB
  * would be 8 GiB of buffers for one client; the kernel and nbdcopy keep about 16 MiB in
@@ -106,15 +108,12 @@ struct nbd_req {
 	bool flush_after;      /* FUA on trim / write_zeroes: flush the range after it */
 	bool in_bdev;
 	int buf_class;         /* -1: allocated for this request only */
+	uint32_t budget;       /* bytes of the buffer budget this request holds */
 	void *buf;
 	struct iovec iov;
 };
 
 TAILQ_HEAD(nbd_req_list, nbd_req);
-
-struct nbd_buf_link {
-	struct nbd_buf_link *next;
-};
 
 struct nbd_conn {
 	int fd;
@@ -164,19 +163,21 @@ struct nbd_conn {
 	uint32_t nfree;
 	uint32_t in_bdev;
 	uint64_t buf_bytes;   /* payload bytes held by requests */
+	uint32_t reserved;    /* budget taken for the request being parsed */
+	bool budget_wait;     /* the next request waits for the buffer budget */
+	bool cache_ref;       /* holds a reference on this thread's buffer cache */
 
 	bool closing;
 	bool shut;
 	uint64_t created_ns;
-
-	struct nbd_buf_link *buf_free[NBD_BUF_CLASSES];
-	uint32_t buf_count[NBD_BUF_CLASSES];
+	/* deadlines: when the client started keeping us waiting (0: it does not) */
+	uint64_t tx_wait_since_ns;  /* replies it does not read */
+	uint64_t rx_wait_since_ns;  /* a write payload it does not send */
+	uint64_t timer_due_ns;      /* when the poller's timer fires (0: not armed) */
+	char *refuse;               /* refuse the first option with this message */
 
 	struct iovec iov[NBD_CONN_IOV_MAX];
 };
-
-/* A client that connects and never picks an export must not hold an fd forever. */
-uint64_t g_nbd_handshake_timeout_ns = 30ull * 1000 * 1000 * 1000;
 
 static int nbd_conn_poll(void *arg);
 static void nbd_req_submit(struct nbd_req *req);
@@ -236,77 +237,31 @@ static uint32_t nbd_wire_errno(int status)
 	}
 }
 
-static int nbd_buf_class(uint32_t len)
-{
-	uint32_t shift;
-
-	if (len > (1u << NBD_BUF_MAX_SHIFT)) {
-		return -1;
-	}
-	shift = len <= (1u << NBD_BUF_MIN_SHIFT) ? NBD_BUF_MIN_SHIFT
-						   : 32u - (uint32_t)__builtin_clz(len - 1);
-	return (int)(shift - NBD_BUF_MIN_SHIFT);
-}
-
-static void *nbd_buf_get(struct nbd_conn *conn, uint32_t len, int *classp)
-{
-	int c = nbd_buf_class(len);
-	size_t size;
-	void *buf = NULL;
-
-	*classp = c;
-	if (c >= 0 && conn->buf_free[c] != NULL) {
-		struct nbd_buf_link *link = conn->buf_free[c];
-
-		conn->buf_free[c] = link->next;
-		conn->buf_count[c]--;
-		return link;
-	}
-	size = c >= 0 ? (size_t)1 << (c + (int)NBD_BUF_MIN_SHIFT)
-		      : (len + conn->buf_align - 1) / conn->buf_align * conn->buf_align;
-	if (posix_memalign(&buf, conn->buf_align, size) != 0) {
-		return NULL;
-	}
-	return buf;
-}
-
-static void nbd_buf_put(struct nbd_conn *conn, void *buf, int c)
-{
-	struct nbd_buf_link *link = buf;
-
-	if (c < 0 ||
-	    ((size_t)conn->buf_count[c] + 1) << (c + (int)NBD_BUF_MIN_SHIFT) > NBD_BUF_CACHE_BYTES) {
-		free(buf);
-		return;
-	}
-	link->next = conn->buf_free[c];
-	conn->buf_free[c] = link;
-	conn->buf_count[c]++;
-}
-
-static void nbd_buf_free_all(struct nbd_conn *conn)
-{
-	for (uint32_t c = 0; c < NBD_BUF_CLASSES; c++) {
-		while (conn->buf_free[c] != NULL) {
-			struct nbd_buf_link *link = conn->buf_free[c];
-
-			conn->buf_free[c] = link->next;
-			free(link);
-		}
-		conn->buf_count[c] = 0;
-	}
-}
-
 static int nbd_req_alloc_buf(struct nbd_req *req)
 {
 	struct nbd_conn *conn = req->conn;
 
-	req->buf = nbd_buf_get(conn, req->len, &req->buf_class);
+	req->buf = nbd_buf_get(req->len, conn->buf_align, &req->buf_class);
 	if (req->buf == NULL) {
 		return -ENOMEM;
 	}
 	conn->buf_bytes += req->len;
+	req->budget = conn->reserved; /* taken when its header was parsed */
+	conn->reserved = 0;
 	return 0;
+}
+
+static void nbd_req_free_buf(struct nbd_req *req)
+{
+	if (req->buf != NULL) {
+		nbd_buf_put(req->buf, req->buf_class);
+		req->buf = NULL;
+		req->conn->buf_bytes -= req->len;
+	}
+	if (req->budget != 0) {
+		nbd_budget_release(req->budget);
+		req->budget = 0;
+	}
 }
 
 static struct nbd_req *nbd_req_get(struct nbd_conn *conn)
@@ -320,6 +275,7 @@ static struct nbd_req *nbd_req_get(struct nbd_conn *conn)
 	req->got = 0;
 	req->buf = NULL;
 	req->buf_class = -1;
+	req->budget = 0;
 	req->op = NBD_OP_NONE;
 	req->flush_after = false;
 	req->in_bdev = false;
@@ -332,11 +288,7 @@ static void nbd_req_put(struct nbd_req *req)
 {
 	struct nbd_conn *conn = req->conn;
 
-	if (req->buf != NULL) {
-		nbd_buf_put(conn, req->buf, req->buf_class);
-		req->buf = NULL;
-		conn->buf_bytes -= req->len;
-	}
+	nbd_req_free_buf(req);
 	conn->free_reqs[conn->nfree++] = req;
 	conn->rx_stalled = false;
 }
@@ -439,12 +391,16 @@ static void nbd_conn_free(struct nbd_conn *conn)
 	}
 	if (conn->reqs != NULL) {
 		for (uint32_t i = 0; i < NBD_CONN_MAX_REQS; i++) {
-			if (conn->reqs[i].buf != NULL) {
-				nbd_buf_put(conn, conn->reqs[i].buf, conn->reqs[i].buf_class);
-			}
+			nbd_req_free_buf(&conn->reqs[i]);
 		}
 	}
-	nbd_buf_free_all(conn);
+	if (conn->reserved != 0) {
+		nbd_budget_release(conn->reserved);
+	}
+	if (conn->cache_ref) {
+		nbd_buf_cache_unref();
+	}
+	free(conn->refuse);
 	free(conn->reqs);
 	free(conn->free_reqs);
 	free(conn->rbuf);
@@ -571,6 +527,7 @@ static int nbd_conn_tx(struct nbd_conn *conn)
 			return 1;
 		}
 		conn->wsent += (size_t)n;
+		conn->tx_wait_since_ns = 0;
 		work = 1;
 	}
 	if (conn->close_after_flush) {
@@ -621,6 +578,7 @@ static int nbd_conn_tx(struct nbd_conn *conn)
 			return 1;
 		}
 		work = 1;
+		conn->tx_wait_since_ns = 0;
 		/* Retire every reply that went out completely. */
 		{
 			size_t left = (size_t)n + conn->reply_sent;
@@ -929,6 +887,31 @@ static bool nbd_req_needs_buf(const struct nbd_request *wire)
 	       be32toh(wire->len) <= NBD_MAX_PAYLOAD;
 }
 
+/*
+ * Payload bytes for the request whose header is next: within the connection's own cap
+ * and the daemon-wide budget, or the connection stops reading (rx_stalled) until its
+ * own replies free buffers or, for the budget, until a retry finds room.
+ */
+static bool nbd_conn_take_budget(struct nbd_conn *conn, uint32_t len)
+{
+	if (conn->buf_bytes > 0 && conn->buf_bytes + len > NBD_CONN_MAX_BUF_BYTES) {
+		conn->rx_stalled = true;
+		return false;
+	}
+	if (!nbd_budget_reserve(len)) {
+		if (!conn->budget_wait) {
+			nbd_stat_inc(NBD_STAT_BUFFER_WAITS);
+			KEEL_DEBUGLOG("%s: waiting for the NBD buffer budget", conn->label);
+		}
+		conn->budget_wait = true;
+		conn->rx_stalled = true;
+		return false;
+	}
+	conn->budget_wait = false;
+	conn->reserved = len;
+	return true;
+}
+
 /* Consume what the receive buffer holds in transmission. */
 static void nbd_parse_transmission(struct nbd_conn *conn)
 {
@@ -947,13 +930,15 @@ static void nbd_parse_transmission(struct nbd_conn *conn)
 				return;
 			}
 			memcpy(&wire, conn->rbuf + conn->rpos, sizeof(wire));
-			if (conn->buf_bytes > 0 && nbd_req_needs_buf(&wire) &&
-			    conn->buf_bytes + be32toh(wire.len) > NBD_CONN_MAX_BUF_BYTES) {
-				conn->rx_stalled = true;
+			if (nbd_req_needs_buf(&wire) && !nbd_conn_take_budget(conn, be32toh(wire.len))) {
 				return;
 			}
 			conn->rpos += sizeof(wire);
 			nbd_handle_request(conn, &wire);
+			if (conn->reserved != 0) { /* refused, or no memory: no buffer took it */
+				nbd_budget_release(conn->reserved);
+				conn->reserved = 0;
+			}
 			break;
 		}
 		case NBD_RX_PAYLOAD: {
@@ -1023,15 +1008,8 @@ static int nbd_conn_setup_transmission(struct nbd_conn *conn)
 		conn->free_reqs[NBD_CONN_MAX_REQS - 1 - i] = &conn->reqs[i];
 	}
 	conn->nfree = NBD_CONN_MAX_REQS;
-	/* Warm the smallest class so 4 KiB traffic never allocates. */
-	for (uint32_t i = 0; i < NBD_BUF_PREALLOC_SMALL; i++) {
-		void *buf = NULL;
-
-		if (posix_memalign(&buf, conn->buf_align, 1u << NBD_BUF_MIN_SHIFT) != 0) {
-			break;
-		}
-		nbd_buf_put(conn, buf, 0);
-	}
+	nbd_buf_cache_ref();
+	conn->cache_ref = true;
 	return 0;
 
 out_put_channel:
@@ -1049,6 +1027,7 @@ static void nbd_conn_enter_transmission(struct nbd_conn *conn)
 	conn->phase = NBD_PHASE_TRANSMISSION;
 	conn->rx = NBD_RX_HEADER;
 	keel_poller_disarm(conn->poller); /* the handshake deadline no longer applies */
+	conn->timer_due_ns = 0;
 	KEEL_INFOLOG("%s: transmission (size %lu, flags 0x%x)", conn->label,
 		     (unsigned long)conn->size, conn->tflags);
 }
@@ -1244,10 +1223,39 @@ static void nbd_opt_list(struct nbd_conn *conn, uint32_t len)
 	}
 }
 
+void nbd_conn_refuse(struct nbd_conn *conn, const char *why)
+{
+	free(conn->refuse);
+	conn->refuse = strdup(why);
+	if (conn->refuse == NULL) {
+		nbd_conn_abort(conn); /* no memory for the message: refuse by closing */
+		keel_poller_wake(conn->poller);
+	}
+}
+
+/* A connection over a limit: the first option gets the reason, then the close. */
+static void nbd_refuse_option(struct nbd_conn *conn, uint32_t option)
+{
+	KEEL_INFOLOG("%s: refused: %s", conn->label, conn->refuse);
+	if (option == NBD_OPT_EXPORT_NAME ||
+	    nbd_send_opt_reply(conn, option, NBD_REP_ERR_POLICY, conn->refuse,
+			       strlen(conn->refuse)) != 0) {
+		nbd_conn_abort(conn); /* EXPORT_NAME has no error reply */
+		return;
+	}
+	conn->rx_stop = true;
+	conn->close_after_flush = true;
+}
+
 static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint8_t *data,
 			      uint32_t len)
 {
 	char msg[96];
+
+	if (conn->refuse != NULL && option != NBD_OPT_ABORT) {
+		nbd_refuse_option(conn, option);
+		return;
+	}
 
 	switch (option) {
 	case NBD_OPT_EXPORT_NAME:
@@ -1430,6 +1438,7 @@ static int nbd_conn_rx(struct nbd_conn *conn)
 			n = recvmsg(conn->fd, &msg, MSG_DONTWAIT);
 			if (n > 0) {
 				work = 1;
+				conn->rx_wait_since_ns = 0;
 				if ((size_t)n < pay) {
 					req->got += (uint32_t)n;
 					break; /* socket drained */
@@ -1460,6 +1469,7 @@ static int nbd_conn_rx(struct nbd_conn *conn)
 			n = recv(conn->fd, conn->rbuf + conn->rlen, want, MSG_DONTWAIT);
 			if (n > 0) {
 				work = 1;
+				conn->rx_wait_since_ns = 0;
 				conn->rlen += (size_t)n;
 				nbd_parse(conn);
 				if ((size_t)n < want) {
@@ -1485,6 +1495,91 @@ static int nbd_conn_rx(struct nbd_conn *conn)
 	return work;
 }
 
+/* Close a client whose deadline passed: the handshake, or a stall in transmission. */
+static void nbd_conn_expire(struct nbd_conn *conn)
+{
+	uint64_t now = keel_now_ns();
+	uint64_t stall = nbd_stall_timeout_ns();
+
+	if (conn->tx_dead) {
+		return; /* already closing hard: only the bdev is waited for */
+	}
+	if (conn->phase == NBD_PHASE_HANDSHAKE) {
+		if (now - conn->created_ns >= nbd_handshake_timeout_ns()) {
+			KEEL_WARNLOG("%s: no export chosen within %lu ms (handshake timeout), "
+				     "closing", conn->label,
+				     (unsigned long)(nbd_handshake_timeout_ns() / 1000000ull));
+			nbd_stat_inc(NBD_STAT_HANDSHAKE_TIMEOUTS);
+			nbd_conn_abort(conn);
+		}
+		return;
+	}
+	if (conn->tx_wait_since_ns != 0 && now - conn->tx_wait_since_ns >= stall) {
+		KEEL_WARNLOG("%s: client has not read its replies for %lu ms (stall timeout), "
+			     "closing", conn->label, (unsigned long)(stall / 1000000ull));
+		nbd_stat_inc(NBD_STAT_STALL_TIMEOUTS);
+		nbd_conn_abort(conn);
+	} else if (conn->rx_wait_since_ns != 0 && now - conn->rx_wait_since_ns >= stall) {
+		KEEL_WARNLOG("%s: client stopped sending a write payload for %lu ms (stall "
+			     "timeout), closing", conn->label, (unsigned long)(stall / 1000000ull));
+		nbd_stat_inc(NBD_STAT_STALL_TIMEOUTS);
+		nbd_conn_abort(conn);
+	}
+}
+
+/*
+ * Arm the poller's one timer for the earliest thing that waits on the client. Lazy: a
+ * timer already due earlier is left alone (when it fires, nbd_conn_expire finds nothing
+ * and this arms the next), so a busy connection does not re-arm on every poll, and a
+ * connection with nothing waiting has no timer at all.
+ */
+static void nbd_conn_update_deadline(struct nbd_conn *conn)
+{
+	uint64_t now = 0, want = UINT64_MAX;
+	bool tx_wait, rx_wait;
+
+	if (conn->tx_dead || conn->poller == NULL) {
+		return;
+	}
+	if (conn->phase == NBD_PHASE_HANDSHAKE) {
+		want = conn->created_ns + nbd_handshake_timeout_ns();
+	} else {
+		tx_wait = conn->tx_blocked &&
+			  (!TAILQ_EMPTY(&conn->replies) || conn->wsent < conn->wlen);
+		rx_wait = !conn->rx_stop && (conn->rx == NBD_RX_PAYLOAD || conn->rx == NBD_RX_DISCARD);
+		if (!tx_wait) {
+			conn->tx_wait_since_ns = 0;
+		} else if (conn->tx_wait_since_ns == 0) {
+			conn->tx_wait_since_ns = now = keel_now_ns();
+		}
+		if (!rx_wait) {
+			conn->rx_wait_since_ns = 0;
+		} else if (conn->rx_wait_since_ns == 0) {
+			conn->rx_wait_since_ns = now = now ? now : keel_now_ns();
+		}
+		if (conn->tx_wait_since_ns != 0) {
+			want = conn->tx_wait_since_ns + nbd_stall_timeout_ns();
+		}
+		if (conn->rx_wait_since_ns != 0 &&
+		    conn->rx_wait_since_ns + nbd_stall_timeout_ns() < want) {
+			want = conn->rx_wait_since_ns + nbd_stall_timeout_ns();
+		}
+	}
+	if (conn->budget_wait) {
+		now = now ? now : keel_now_ns();
+		if (now + NBD_BUDGET_RETRY_US * 1000ull < want) {
+			want = now + NBD_BUDGET_RETRY_US * 1000ull;
+		}
+	}
+	if (want == UINT64_MAX || (conn->timer_due_ns != 0 && conn->timer_due_ns <= want)) {
+		return;
+	}
+	now = now ? now : keel_now_ns();
+	if (keel_poller_arm(conn->poller, want > now ? (want - now) / 1000 + 1 : 1) == 0) {
+		conn->timer_due_ns = want;
+	}
+}
+
 static int nbd_conn_poll(void *arg)
 {
 	struct nbd_conn *conn = arg;
@@ -1501,15 +1596,15 @@ static int nbd_conn_poll(void *arg)
 	if (!TAILQ_EMPTY(&conn->replies) || conn->wsent < conn->wlen) {
 		work |= nbd_conn_tx(conn);
 	}
+	if (conn->timer_due_ns != 0 && keel_now_ns() >= conn->timer_due_ns) {
+		conn->timer_due_ns = 0;
+		nbd_conn_expire(conn);
+	}
+	if (conn->budget_wait) {
+		conn->rx_stalled = false; /* look at the budget again */
+	}
 	if (!conn->rx_stop) {
-		if (conn->phase == NBD_PHASE_HANDSHAKE &&
-		    keel_now_ns() - conn->created_ns > g_nbd_handshake_timeout_ns) {
-			KEEL_WARNLOG("%s: no export chosen within %lu s, closing", conn->label,
-				     (unsigned long)(g_nbd_handshake_timeout_ns / 1000000000ull));
-			nbd_conn_abort(conn);
-		} else {
-			work |= nbd_conn_rx(conn);
-		}
+		work |= nbd_conn_rx(conn);
 	}
 	if (!conn->tx_blocked && (!TAILQ_EMPTY(&conn->replies) || conn->wsent < conn->wlen ||
 				  conn->close_after_flush)) {
@@ -1524,6 +1619,7 @@ static int nbd_conn_poll(void *arg)
 			return KEEL_POLLER_BUSY;
 		}
 	}
+	nbd_conn_update_deadline(conn);
 	nbd_conn_update_events(conn);
 	/* Requests waiting for memory are retried on every iteration until they go. */
 	return work || !TAILQ_EMPTY(&conn->nomem) ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
@@ -1611,7 +1707,7 @@ int nbd_conn_create_handshake(int fd, const struct nbd_export_info *exp, nbd_con
 		return rc;
 	}
 	/* The poller sleeps on the socket: its timer is what ends a silent handshake. */
-	keel_poller_arm(conn->poller, g_nbd_handshake_timeout_ns / 1000 + 1);
+	nbd_conn_update_deadline(conn);
 	KEEL_INFOLOG("%s: accepted", conn->label);
 	*connp = conn;
 	return 0;

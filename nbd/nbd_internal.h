@@ -34,8 +34,48 @@ struct nbd_export_info {
  */
 typedef void (*nbd_conn_done_fn)(void *ctx, struct nbd_conn *conn);
 
-/** Handshake deadline from accept to GO/EXPORT_NAME (tests shorten it). */
-extern uint64_t g_nbd_handshake_timeout_ns;
+/*
+ * Limits in force (nbd_limits.c, set by keel_nbd_set_options): any thread reads them.
+ */
+uint64_t nbd_handshake_timeout_ns(void);
+uint64_t nbd_stall_timeout_ns(void);
+uint32_t nbd_max_connections(void);
+uint32_t nbd_max_export_connections(void);
+/** Open socket connections, for keel_nbd_get_stats (main thread sets it). */
+void nbd_connections_set(uint32_t n);
+
+/**
+ * Take \p len bytes of the daemon-wide buffer budget. \return false when they do not
+ * fit (the caller waits and retries); true when they fit or nothing else holds any.
+ * Any thread.
+ */
+bool nbd_budget_reserve(uint64_t len);
+/** Give back what nbd_budget_reserve() took. Any thread. */
+void nbd_budget_release(uint64_t len);
+
+enum nbd_stat {
+	NBD_STAT_REFUSED,
+	NBD_STAT_BUFFER_WAITS,
+	NBD_STAT_HANDSHAKE_TIMEOUTS,
+	NBD_STAT_STALL_TIMEOUTS,
+	NBD_STAT_COUNT,
+};
+
+/** Count one event for keel_nbd_get_stats. Any thread. */
+void nbd_stat_inc(enum nbd_stat stat);
+
+/*
+ * Payload buffers (nbd_buf_cache.c): a cache per OS thread shared by its connections.
+ * Each connection holds a reference while it lives; the last one frees the cache.
+ */
+/** A buffer of at least \p len bytes aligned to \p align; *classp says how to put it. */
+void *nbd_buf_get(uint32_t len, size_t align, int *classp);
+/** Return a buffer of class \p c (from nbd_buf_get) to the cache or free it. */
+void nbd_buf_put(void *buf, int c);
+void nbd_buf_cache_ref(void);
+void nbd_buf_cache_unref(void);
+/** Idle bytes in every thread's cache. Any thread. */
+uint64_t nbd_buf_cached_bytes(void);
 
 /** Transmission flags for \p bdev (\p read_only adds NBD_FLAG_READ_ONLY). */
 uint16_t nbd_tflags_for_bdev(struct keel_bdev *bdev, bool read_only);
@@ -70,6 +110,13 @@ void nbd_conn_close(struct nbd_conn *conn);
 
 /** Whether the connection reached transmission (tests, statistics). */
 bool nbd_conn_in_transmission(const struct nbd_conn *conn);
+
+/**
+ * Serve \p conn (just created by nbd_conn_create_handshake) only to refuse it: the first
+ * option is answered with NBD_REP_ERR_POLICY and \p why (EXPORT_NAME, which has no error
+ * reply, with a close), then the connection closes. \p why is copied. Owning thread.
+ */
+void nbd_conn_refuse(struct nbd_conn *conn, const char *why);
 
 /*
  * NBD threads shared by socket exports and kernel devices (nbd_server.c): one keel

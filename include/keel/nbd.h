@@ -108,6 +108,79 @@ typedef void (*keel_nbd_export_listener_fn)(void *ctx);
 void keel_nbd_set_export_listener(keel_nbd_export_listener_fn fn, void *ctx);
 
 /* ------------------------------------------------------------------------------ */
+/* Limits: what any client can make keeld hold (nbd/nbd_limits.c)                  */
+/* ------------------------------------------------------------------------------ */
+
+/** Defaults of struct keel_nbd_options. */
+#define KEEL_NBD_DEFAULT_BUFFER_BUDGET (512ull << 20)
+#define KEEL_NBD_DEFAULT_MAX_CONNECTIONS 1024u
+#define KEEL_NBD_DEFAULT_MAX_EXPORT_CONNECTIONS 256u
+#define KEEL_NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS 30000u
+#define KEEL_NBD_DEFAULT_STALL_TIMEOUT_MS 60000u
+
+/** Accepted ranges (inclusive) of struct keel_nbd_options. */
+#define KEEL_NBD_MIN_BUFFER_BUDGET (1ull << 20)
+#define KEEL_NBD_MAX_BUFFER_BUDGET (1ull << 40)
+#define KEEL_NBD_MAX_CONNECTIONS_LIMIT 65536u
+#define KEEL_NBD_MIN_TIMEOUT_MS 10u
+#define KEEL_NBD_MAX_TIMEOUT_MS (24u * 3600u * 1000u)
+
+/**
+ * Daemon-wide NBD limits. They apply to socket exports; the buffer budget and the stall
+ * timeout also to kernel devices (/dev/nbdN), whose connections are NBD connections too.
+ */
+struct keel_nbd_options {
+	/**
+	 * Payload bytes all NBD connections together may hold for requests (read data
+	 * waiting to be sent, write data being received or written). A connection that
+	 * would go over it waits (its next request is not read) until buffers free; it is
+	 * not dropped. A single request larger than the budget runs when nothing else
+	 * holds buffers. 1 MiB .. 1 TiB, default 512 MiB.
+	 */
+	uint64_t buffer_budget;
+	/** Open socket connections over all exports; 1..65536, default 1024. */
+	uint32_t max_connections;
+	/** Open socket connections per export; 1..65536, default 256. */
+	uint32_t max_export_connections;
+	/** From accept to NBD_OPT_GO/EXPORT_NAME; 10 ms .. 24 h, default 30 s. */
+	uint32_t handshake_timeout_ms;
+	/**
+	 * How long a connection may wait on its client in transmission: replies it does
+	 * not read (also after DISC or EOF), or a write payload it stops sending. Then it is
+	 * closed. 10 ms .. 24 h, default 60 s.
+	 */
+	uint32_t stall_timeout_ms;
+};
+
+/** Fill \p opts with the defaults. */
+void keel_nbd_options_init(struct keel_nbd_options *opts);
+
+/**
+ * Set every limit at once (take keel_nbd_get_options() first to change one). New values
+ * apply to new requests and connections, and to deadlines as they are next checked;
+ * open connections over a lowered connection limit stay. Main keel thread.
+ * \return 0, or -EINVAL with a one-line explanation naming the field and its range in
+ * \p err (nothing changes then).
+ */
+int keel_nbd_set_options(const struct keel_nbd_options *opts, char *err, size_t err_len);
+
+/** The limits in force. Any thread. */
+void keel_nbd_get_options(struct keel_nbd_options *opts);
+
+struct keel_nbd_stats {
+	uint32_t connections;          /**< open socket connections (all exports) */
+	uint64_t connections_refused;  /**< refused because a connection limit was reached */
+	uint64_t buffer_bytes;         /**< payload bytes requests hold now */
+	uint64_t buffer_waits;         /**< times a connection waited for the buffer budget */
+	uint64_t handshake_timeouts;   /**< connections closed for choosing no export in time */
+	uint64_t stall_timeouts;       /**< connections closed for a stalled client */
+	uint64_t cached_buffer_bytes;  /**< idle buffers kept by the NBD threads' caches */
+};
+
+/** Counters since start. Main keel thread (the counters are read without a lock). */
+void keel_nbd_get_stats(struct keel_nbd_stats *stats);
+
+/* ------------------------------------------------------------------------------ */
 /* Kernel devices: a bdev as /dev/nbdN (nbd/nbd_disk.c)                            */
 /* ------------------------------------------------------------------------------ */
 
