@@ -43,6 +43,14 @@
  */
 #define NBD_ACCEPT_INTERVAL_NS (1000u * 1000u)
 #define NBD_LISTEN_BACKLOG 128
+/*
+ * Connections over a limit that are being told why (greeting, one error reply, close).
+ * Past this many at once, more are closed at accept without a word: telling costs an
+ * fd and a little memory each, and a flood must not turn that into a new way in.
+ */
+#define NBD_MAX_REFUSING 16u
+/* At most one "connection refused" warning per this interval; the rest are counted. */
+#define NBD_REFUSE_LOG_INTERVAL_NS (1000ull * 1000 * 1000)
 
 enum nbd_export_state {
 	NBD_EXPORT_STARTING,
@@ -72,7 +80,8 @@ struct keel_nbd_export {
 	bool listeners_gone;       /* socket file removed, connections told to close */
 	struct nbd_listener listeners[2];
 	uint32_t nlisteners;
-	uint32_t num_conns;
+	uint32_t num_conns;        /* every open connection, refused ones included */
+	uint32_t num_refusing;     /* those only being told they are over a limit */
 	keel_nbd_done_cb start_cb;
 	void *start_arg;
 	/* written by the blocking-work job, read after it completed */
@@ -88,6 +97,7 @@ struct nbd_worker {
 
 struct nbd_srv_conn {
 	int fd;
+	char *refuse;              /* over a limit: why, told to the client; else NULL */
 	struct keel_nbd_export *exp;
 	struct nbd_worker *worker;
 	struct nbd_conn *conn;
@@ -101,6 +111,10 @@ static uint32_t g_next_worker;
 static struct keel_thread *g_main_thread;
 static bool g_shutdown;
 static uint64_t g_next_export_id = 1;
+static uint32_t g_num_conns;     /* served socket connections, all exports */
+static uint32_t g_num_refusing;  /* connections being refused, all exports */
+static uint64_t g_refuse_logged_ns;
+static uint64_t g_refuse_unlogged;
 static keel_nbd_export_listener_fn g_export_listener;
 static void *g_export_listener_ctx;
 
@@ -196,11 +210,26 @@ static struct nbd_worker *nbd_worker_current(void)
 	return NULL;
 }
 
+/* Undo nbd_conn_admit: the connection is gone (or never started). */
+static void nbd_conn_unadmit(struct keel_nbd_export *exp, struct nbd_srv_conn *sc)
+{
+	if (sc->refuse != NULL) {
+		exp->num_refusing--;
+		g_num_refusing--;
+		free(sc->refuse);
+		sc->refuse = NULL;
+	} else {
+		g_num_conns--;
+		nbd_connections_set(g_num_conns);
+	}
+}
+
 static void nbd_main_conn_gone(void *arg)
 {
 	struct nbd_srv_conn *sc = arg;
 	struct keel_nbd_export *exp = sc->exp;
 
+	nbd_conn_unadmit(exp, sc);
 	free(sc);
 	exp->num_conns--;
 	nbd_export_try_finish(exp);
@@ -223,6 +252,9 @@ static void nbd_worker_conn_start(void *arg)
 
 	TAILQ_INSERT_TAIL(&sc->worker->conns, sc, link);
 	rc = nbd_conn_create_handshake(sc->fd, &sc->exp->info, nbd_worker_conn_done, sc, &sc->conn);
+	if (rc == 0 && sc->refuse != NULL) {
+		nbd_conn_refuse(sc->conn, sc->refuse);
+	}
 	if (rc != 0) {
 		KEEL_WARNLOG("nbd export %s: cannot serve a new connection: %s", sc->exp->info.name,
 			     strerror(-rc));
@@ -254,6 +286,50 @@ static void nbd_worker_close_export(void *arg)
 /* ------------------------------------------------------------------------------ */
 /* Listeners                                                                       */
 /* ------------------------------------------------------------------------------ */
+
+/*
+ * Count a new connection against the limits. Over one, \p sc carries the reason to tell
+ * the client (refusing it costs a connection for a moment), or, with too many refusals
+ * in progress, \return false: close it at once. A warning names the limit, at most once
+ * a second; the refusals are counted in keel_nbd_get_stats either way.
+ */
+static bool nbd_conn_admit(struct keel_nbd_export *exp, struct nbd_srv_conn *sc)
+{
+	char why[400];
+	uint64_t now;
+
+	if (exp->num_conns - exp->num_refusing >= nbd_max_export_connections()) {
+		snprintf(why, sizeof(why), "export %s has reached its limit of %u connections "
+			 "(nbd max_export_connections)", exp->info.name, nbd_max_export_connections());
+	} else if (g_num_conns >= nbd_max_connections()) {
+		snprintf(why, sizeof(why), "keeld has reached its limit of %u NBD connections "
+			 "(nbd max_connections)", nbd_max_connections());
+	} else {
+		g_num_conns++;
+		nbd_connections_set(g_num_conns);
+		return true;
+	}
+	nbd_stat_inc(NBD_STAT_REFUSED);
+	now = keel_now_ns();
+	if (now - g_refuse_logged_ns >= NBD_REFUSE_LOG_INTERVAL_NS) {
+		KEEL_WARNLOG("nbd: connection refused: %s (%lu more refused since the last "
+			     "warning)", why, (unsigned long)g_refuse_unlogged);
+		g_refuse_logged_ns = now;
+		g_refuse_unlogged = 0;
+	} else {
+		g_refuse_unlogged++;
+	}
+	if (g_num_refusing >= NBD_MAX_REFUSING) {
+		return false;
+	}
+	sc->refuse = strdup(why);
+	if (sc->refuse == NULL) {
+		return false;
+	}
+	exp->num_refusing++;
+	g_num_refusing++;
+	return true;
+}
 
 static int nbd_listener_poll(void *arg)
 {
@@ -295,6 +371,11 @@ static int nbd_listener_poll(void *arg)
 		}
 		sc->fd = fd;
 		sc->exp = exp;
+		if (!nbd_conn_admit(exp, sc)) {
+			close(fd);
+			free(sc);
+			continue;
+		}
 		sc->worker = &g_workers[g_next_worker++ % g_num_workers];
 		/* Not retried: refusing a connection under backpressure is fine, and the
 		 * export's close message must never overtake a connection start. */
@@ -303,6 +384,7 @@ static int nbd_listener_poll(void *arg)
 			KEEL_WARNLOG("nbd export %s: connection refused: NBD thread busy (%s)",
 				     exp->info.name, strerror(-rc));
 			close(fd);
+			nbd_conn_unadmit(exp, sc);
 			free(sc);
 			continue;
 		}
@@ -980,5 +1062,5 @@ bool keel_nbd_export_is_read_only(const struct keel_nbd_export *exp)
 
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp)
 {
-	return exp->num_conns;
+	return exp->num_conns - exp->num_refusing;
 }

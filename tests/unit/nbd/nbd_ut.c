@@ -1648,6 +1648,108 @@ static void test_idle_buffers_bounded(void)
 	free(buf);
 }
 
+static void ut_connect_unix(struct ut_conn *u, const char *path)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+
+	memset(u, 0, sizeof(*u));
+	u->cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CU_ASSERT_FATAL(u->cfd >= 0);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	CU_ASSERT_FATAL(connect(u->cfd, (struct sockaddr *)&sun, sizeof(sun)) == 0);
+	CU_ASSERT_FATAL(fcntl(u->cfd, F_SETFL, O_NONBLOCK) == 0);
+	ut_recv_greeting(u);
+	ut_send_cflags(u, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+}
+
+/* A refused client gets NBD_REP_ERR_POLICY naming the limit, then the close. */
+static void ut_expect_refused(const char *path, const char *name, const char *limit_text)
+{
+	struct ut_conn u;
+	uint8_t buf[600];
+	uint32_t option, type, len;
+
+	ut_connect_unix(&u, path);
+	ut_send_opt(&u, NBD_OPT_GO, buf, ut_build_go(buf, name, NULL, 0));
+	CU_ASSERT_FATAL(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf) - 1, &len));
+	buf[len] = '\0';
+	CU_ASSERT(type == NBD_REP_ERR_POLICY);
+	CU_ASSERT(strstr((char *)buf, limit_text) != NULL);
+	CU_ASSERT(ut_expect_eof(&u));
+	close(u.cfd);
+}
+
+static void ut_wait_conns(const char *name, uint32_t want)
+{
+	for (int i = 0; i < 100000; i++) {
+		struct keel_nbd_export *exp = keel_nbd_export_find(name);
+
+		if (exp != NULL && keel_nbd_export_get_connection_count(exp) == want) {
+			return;
+		}
+		ut_poll(1);
+	}
+	CU_FAIL("connection count not reached");
+}
+
+static void test_export_limits(void)
+{
+	char p1[108], p2[108];
+	struct ut_conn a, b, c;
+	uint64_t refused = ut_stats().connections_refused;
+	int base;
+
+	snprintf(p1, sizeof(p1), "/tmp/keel_nbd_ut_lim1.%d.sock", getpid());
+	snprintf(p2, sizeof(p2), "/tmp/keel_nbd_ut_lim2.%d.sock", getpid());
+	ut_limits_set(512ull << 20, 3, 2, 60000);
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_export_start(&(struct keel_nbd_export_opts){
+		.bdev_name = "ut_malloc", .name = "lim1", .socket_path = p1}, ut_export_cb, NULL) == 0);
+	CU_ASSERT_FATAL(keel_nbd_export_start(&(struct keel_nbd_export_opts){
+		.bdev_name = "ut_malloc", .name = "lim2", .socket_path = p2, .read_only = true},
+		ut_export_cb, NULL) == 0);
+	CU_ASSERT_FATAL(ut_wait_cb(base + 2));
+
+	/* per export: the third client of lim1 is told why */
+	ut_connect_unix(&a, p1);
+	ut_go(&a, "lim1", UT_SIZE);
+	ut_connect_unix(&b, p1);
+	ut_go(&b, "lim1", UT_SIZE);
+	ut_wait_conns("lim1", 2);
+	ut_expect_refused(p1, "lim1", "export lim1 has reached its limit of 2 connections");
+	CU_ASSERT(ut_stats().connections_refused == refused + 1);
+	CU_ASSERT(ut_stats().connections == 2);
+
+	/* daemon-wide: the fourth client of keeld is told why */
+	ut_connect_unix(&c, p2);
+	ut_go(&c, "lim2", UT_SIZE);
+	ut_wait_conns("lim2", 1);
+	ut_expect_refused(p2, "lim2", "limit of 3 NBD connections");
+	CU_ASSERT(ut_stats().connections_refused == refused + 2);
+
+	/* room again once a client leaves; the ones served never noticed */
+	close(a.cfd);
+	ut_wait_conns("lim1", 1);
+	ut_connect_unix(&a, p1);
+	ut_go(&a, "lim1", UT_SIZE);
+	{
+		uint8_t r[512];
+
+		CU_ASSERT(ut_cmd(&a, NBD_CMD_READ, 0, 0, 512, NULL, r) == 0);
+		CU_ASSERT(ut_cmd(&b, NBD_CMD_READ, 0, 0, 512, NULL, r) == 0);
+		CU_ASSERT(ut_cmd(&c, NBD_CMD_READ, 0, 0, 512, NULL, r) == 0);
+	}
+	close(a.cfd);
+	close(b.cfd);
+	close(c.cfd);
+	base = g_cb_count;
+	CU_ASSERT_FATAL(keel_nbd_export_stop("lim1", ut_export_cb, NULL) == 0);
+	CU_ASSERT_FATAL(keel_nbd_export_stop("lim2", ut_export_cb, NULL) == 0);
+	CU_ASSERT(ut_wait_cb(base + 2));
+	CU_ASSERT(ut_stats().connections == 0);
+	ut_limits_restore();
+}
+
 /* ------------------------------------------------------------------------------ */
 /* Setup                                                                           */
 /* ------------------------------------------------------------------------------ */
@@ -1765,6 +1867,7 @@ int main(void)
 	CU_add_test(suite, "budget_waits", test_budget_waits);
 	CU_add_test(suite, "stall_timeout", test_stall_timeout);
 	CU_add_test(suite, "idle_buffers_bounded", test_idle_buffers_bounded);
+	CU_add_test(suite, "export_limits", test_export_limits);
 	CU_add_test(suite, "link_dead_sender", test_link_dead_sender);
 	/* last: it ends with keel_nbd_stop_all, after which no export starts */
 	CU_add_test(suite, "export_start_stop", test_export_start_stop);
