@@ -1233,7 +1233,7 @@ void nbd_conn_refuse(struct nbd_conn *conn, const char *why)
 	}
 }
 
-/* A connection over a limit: the first option gets the reason, then the close. */
+/* A connection over a limit: every option gets the reason. */
 static void nbd_refuse_option(struct nbd_conn *conn, uint32_t option)
 {
 	KEEL_INFOLOG("%s: refused: %s", conn->label, conn->refuse);
@@ -1241,10 +1241,9 @@ static void nbd_refuse_option(struct nbd_conn *conn, uint32_t option)
 	    nbd_send_opt_reply(conn, option, NBD_REP_ERR_POLICY, conn->refuse,
 			       strlen(conn->refuse)) != 0) {
 		nbd_conn_abort(conn); /* EXPORT_NAME has no error reply */
-		return;
 	}
-	conn->rx_stop = true;
-	conn->close_after_flush = true;
+	/* Every later option is refused too (clients pipeline them and read the replies
+	 * after): the client ends with ABORT or a close, or the handshake timeout does. */
 }
 
 static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint8_t *data,

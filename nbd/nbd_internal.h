@@ -112,9 +112,10 @@ void nbd_conn_close(struct nbd_conn *conn);
 bool nbd_conn_in_transmission(const struct nbd_conn *conn);
 
 /**
- * Serve \p conn (just created by nbd_conn_create_handshake) only to refuse it: the first
- * option is answered with NBD_REP_ERR_POLICY and \p why (EXPORT_NAME, which has no error
- * reply, with a close), then the connection closes. \p why is copied. Owning thread.
+ * Serve \p conn (just created by nbd_conn_create_handshake) only to refuse it: every
+ * option but ABORT is answered with NBD_REP_ERR_POLICY and \p why (EXPORT_NAME, which has
+ * no error reply, with a close) until the client leaves or the handshake timeout ends
+ * it. \p why is copied. Owning thread.
  */
 void nbd_conn_refuse(struct nbd_conn *conn, const char *why);
 

@@ -1662,7 +1662,7 @@ static void ut_connect_unix(struct ut_conn *u, const char *path)
 	ut_send_cflags(u, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 }
 
-/* A refused client gets NBD_REP_ERR_POLICY naming the limit, then the close. */
+/* A refused client gets NBD_REP_ERR_POLICY naming the limit; ABORT ends it. */
 static void ut_expect_refused(const char *path, const char *name, const char *limit_text)
 {
 	struct ut_conn u;
@@ -1675,6 +1675,9 @@ static void ut_expect_refused(const char *path, const char *name, const char *li
 	buf[len] = '\0';
 	CU_ASSERT(type == NBD_REP_ERR_POLICY);
 	CU_ASSERT(strstr((char *)buf, limit_text) != NULL);
+	ut_send_opt(&u, NBD_OPT_ABORT, NULL, 0);
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf) - 1, &len));
+	CU_ASSERT(type == NBD_REP_ACK);
 	CU_ASSERT(ut_expect_eof(&u));
 	close(u.cfd);
 }
