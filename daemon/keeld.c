@@ -519,6 +519,11 @@ int main(int argc, char **argv)
 		}
 		keeld_store_set_snapshot(KEELD_DOC_NBD_DISKS, keeld_nbd_disks_snapshot, NULL);
 		keel_nbd_disk_set_listener(keeld_nbd_disks_changed, NULL);
+		/* The options parser checked every range: this cannot fail. */
+		if (keel_nbd_set_options(&g_opts.nbd, err, sizeof(err)) != 0) {
+			fprintf(stderr, "keeld: %s\n", err);
+			return 2;
+		}
 	}
 #endif
 	rc = keel_path_mkdir_parent(g_opts.rpc_socket, 0700);

@@ -35,6 +35,14 @@ static void keeld_usage(FILE *f)
 		"                       %u; 0 never)\n"
 		"  --rpc-max-batch N    requests in one JSON-RPC batch (default %u)\n"
 		"  --rpc-max-response BYTES  bytes of one RPC response (default %u)\n"
+		"  --nbd-buffer-budget MIB  payload MiB all NBD clients may hold together\n"
+		"                       (default %llu); over it a client waits, it is not dropped\n"
+		"  --nbd-max-connections N  NBD socket connections over all exports (default %u)\n"
+		"  --nbd-max-export-connections N  NBD connections per export (default %u)\n"
+		"  --nbd-handshake-timeout SEC  close an NBD client that chose no export in\n"
+		"                       this time (default %u)\n"
+		"  --nbd-stall-timeout SEC  close an NBD client that stops reading its replies\n"
+		"                       or sending a write payload for this long (default %u)\n"
 		"  --foreground         stay in the foreground and log to stderr; without it\n"
 		"                       keeld detaches once the socket is ready and logs to\n"
 		"                       STATE_DIR/keeld.log\n"
@@ -45,7 +53,10 @@ static void keeld_usage(FILE *f)
 		"is removed). The environment variable KEEL_RPC_SOCKET overrides the default\n"
 		"socket for keeld and keelctl.\n",
 		sock, state, KEEL_RPC_DEFAULT_MAX_CONNECTIONS, KEEL_RPC_DEFAULT_IDLE_TIMEOUT_MS / 1000,
-		KEEL_RPC_DEFAULT_MAX_BATCH, KEEL_RPC_DEFAULT_MAX_RESPONSE);
+		KEEL_RPC_DEFAULT_MAX_BATCH, KEEL_RPC_DEFAULT_MAX_RESPONSE,
+		(unsigned long long)(KEEL_NBD_DEFAULT_BUFFER_BUDGET >> 20),
+		KEEL_NBD_DEFAULT_MAX_CONNECTIONS, KEEL_NBD_DEFAULT_MAX_EXPORT_CONNECTIONS,
+		KEEL_NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000, KEEL_NBD_DEFAULT_STALL_TIMEOUT_MS / 1000);
 }
 
 static int keeld_copy_path(char *dst, size_t len, const char *src, const char *opt, FILE *err)
@@ -85,6 +96,7 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 	enum {
 		OPT_CPUS = 256, OPT_MODE, OPT_SOCKET, OPT_STATE, OPT_LOG, OPT_FG,
 		OPT_RPC_CONNS, OPT_RPC_IDLE, OPT_RPC_BATCH, OPT_RPC_RESPONSE,
+		OPT_NBD_BUDGET, OPT_NBD_CONNS, OPT_NBD_EXPORT_CONNS, OPT_NBD_HANDSHAKE, OPT_NBD_STALL,
 	};
 	static const struct option longopts[] = {
 		{"cpus", required_argument, NULL, OPT_CPUS},
@@ -97,17 +109,23 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		{"rpc-idle-timeout", required_argument, NULL, OPT_RPC_IDLE},
 		{"rpc-max-batch", required_argument, NULL, OPT_RPC_BATCH},
 		{"rpc-max-response", required_argument, NULL, OPT_RPC_RESPONSE},
+		{"nbd-buffer-budget", required_argument, NULL, OPT_NBD_BUDGET},
+		{"nbd-max-connections", required_argument, NULL, OPT_NBD_CONNS},
+		{"nbd-max-export-connections", required_argument, NULL, OPT_NBD_EXPORT_CONNS},
+		{"nbd-handshake-timeout", required_argument, NULL, OPT_NBD_HANDSHAKE},
+		{"nbd-stall-timeout", required_argument, NULL, OPT_NBD_STALL},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
-	uint32_t cpus[1024], idle_s;
+	uint32_t cpus[1024], idle_s, v;
 	int c, rc;
 
 	memset(opts, 0, sizeof(*opts));
 	opts->mode = KEEL_REACTOR_MODE_ADAPTIVE;
 	opts->log_level = KEEL_LOG_NOTICE;
 	keel_rpc_server_opts_init(&opts->rpc);
+	keel_nbd_options_init(&opts->nbd);
 	rc = keel_path_default_socket(opts->rpc_socket, sizeof(opts->rpc_socket));
 	if (rc == 0) {
 		rc = keel_path_default_state_dir(opts->state_dir, sizeof(opts->state_dir));
@@ -184,6 +202,41 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 			if (keeld_parse_u32(optarg, 1024, 1u << 30, &opts->rpc.max_response,
 					    "--rpc-max-response", err) != 0) {
 				return -EINVAL;
+			}
+			break;
+		case OPT_NBD_BUDGET:
+			if (keeld_parse_u32(optarg, KEEL_NBD_MIN_BUFFER_BUDGET >> 20,
+					    KEEL_NBD_MAX_BUFFER_BUDGET >> 20, &v, "--nbd-buffer-budget",
+					    err) != 0) {
+				return -EINVAL;
+			}
+			opts->nbd.buffer_budget = (uint64_t)v << 20;
+			break;
+		case OPT_NBD_CONNS:
+			if (keeld_parse_u32(optarg, 1, KEEL_NBD_MAX_CONNECTIONS_LIMIT,
+					    &opts->nbd.max_connections, "--nbd-max-connections",
+					    err) != 0) {
+				return -EINVAL;
+			}
+			break;
+		case OPT_NBD_EXPORT_CONNS:
+			if (keeld_parse_u32(optarg, 1, KEEL_NBD_MAX_CONNECTIONS_LIMIT,
+					    &opts->nbd.max_export_connections,
+					    "--nbd-max-export-connections", err) != 0) {
+				return -EINVAL;
+			}
+			break;
+		case OPT_NBD_HANDSHAKE:
+		case OPT_NBD_STALL:
+			if (keeld_parse_u32(optarg, 1, KEEL_NBD_MAX_TIMEOUT_MS / 1000, &v,
+					    c == OPT_NBD_STALL ? "--nbd-stall-timeout"
+							       : "--nbd-handshake-timeout", err) != 0) {
+				return -EINVAL;
+			}
+			if (c == OPT_NBD_STALL) {
+				opts->nbd.stall_timeout_ms = v * 1000u;
+			} else {
+				opts->nbd.handshake_timeout_ms = v * 1000u;
 			}
 			break;
 		case 'h':

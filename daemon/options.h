@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "keel/log.h"
+#include "keel/nbd.h"
 #include "keel/reactor.h"
 #include "keel/rpc.h"
 
@@ -18,6 +19,7 @@ struct keeld_opts {
 	enum keel_log_level log_level;
 	bool foreground;
 	struct keel_rpc_server_opts rpc; /* --rpc-max-connections, --rpc-idle-timeout, ... */
+	struct keel_nbd_options nbd;     /* --nbd-buffer-budget, --nbd-max-connections, ... */
 };
 
 /**

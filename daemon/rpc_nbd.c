@@ -388,6 +388,73 @@ static void rpc_nbd_get_disks(struct keel_rpc_request *req, json_t *params)
 	keel_rpc_send_result(req, arr);
 }
 
+static json_t *rpc_nbd_options_json(void)
+{
+	struct keel_nbd_options o;
+
+	keel_nbd_get_options(&o);
+	return json_pack("{s:I, s:I, s:I, s:I, s:I}",
+			 "buffer_budget", (json_int_t)o.buffer_budget,
+			 "max_connections", (json_int_t)o.max_connections,
+			 "max_export_connections", (json_int_t)o.max_export_connections,
+			 "handshake_timeout_ms", (json_int_t)o.handshake_timeout_ms,
+			 "stall_timeout_ms", (json_int_t)o.stall_timeout_ms);
+}
+
+static void rpc_nbd_set_options(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"buffer_budget", KEEL_RPC_PARAM_UINT64,
+		 offsetof(struct keel_nbd_options, buffer_budget), true},
+		{"max_connections", KEEL_RPC_PARAM_UINT32,
+		 offsetof(struct keel_nbd_options, max_connections), true},
+		{"max_export_connections", KEEL_RPC_PARAM_UINT32,
+		 offsetof(struct keel_nbd_options, max_export_connections), true},
+		{"handshake_timeout_ms", KEEL_RPC_PARAM_UINT32,
+		 offsetof(struct keel_nbd_options, handshake_timeout_ms), true},
+		{"stall_timeout_ms", KEEL_RPC_PARAM_UINT32,
+		 offsetof(struct keel_nbd_options, stall_timeout_ms), true},
+	};
+	struct keel_nbd_options o;
+	char err[200];
+
+	keel_nbd_get_options(&o); /* what is not given stays */
+	if (!keel_rpc_decode_params(req, params, table, sizeof(table) / sizeof(table[0]), &o)) {
+		return;
+	}
+	if (keel_nbd_set_options(&o, err, sizeof(err)) != 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "%s", err);
+		return;
+	}
+	keel_rpc_send_result(req, rpc_nbd_options_json());
+}
+
+static void rpc_nbd_get_options(struct keel_rpc_request *req, json_t *params)
+{
+	if (!keel_rpc_decode_params(req, params, NULL, 0, NULL)) {
+		return;
+	}
+	keel_rpc_send_result(req, rpc_nbd_options_json());
+}
+
+static void rpc_nbd_get_stats(struct keel_rpc_request *req, json_t *params)
+{
+	struct keel_nbd_stats st;
+
+	if (!keel_rpc_decode_params(req, params, NULL, 0, NULL)) {
+		return;
+	}
+	keel_nbd_get_stats(&st);
+	keel_rpc_send_result(req, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+		"connections", (json_int_t)st.connections,
+		"connections_refused", (json_int_t)st.connections_refused,
+		"buffer_bytes", (json_int_t)st.buffer_bytes,
+		"buffer_waits", (json_int_t)st.buffer_waits,
+		"handshake_timeouts", (json_int_t)st.handshake_timeouts,
+		"stall_timeouts", (json_int_t)st.stall_timeouts,
+		"cached_buffer_bytes", (json_int_t)st.cached_buffer_bytes));
+}
+
 void rpc_nbd_register(void)
 {
 	keel_rpc_register_method("nbd_start_export", rpc_nbd_start_export,
@@ -403,4 +470,11 @@ void rpc_nbd_register(void)
 				 "disconnect /dev/nbdN and close its bdev: {nbd_device}");
 	keel_rpc_register_method("nbd_get_disks", rpc_nbd_get_disks,
 				 "list kernel NBD devices: {nbd_device?}");
+	keel_rpc_register_method("nbd_set_options", rpc_nbd_set_options,
+				 "set NBD limits, each optional: {buffer_budget?, max_connections?, "
+				 "max_export_connections?, handshake_timeout_ms?, stall_timeout_ms?}");
+	keel_rpc_register_method("nbd_get_options", rpc_nbd_get_options,
+				 "the NBD limits in force");
+	keel_rpc_register_method("nbd_get_stats", rpc_nbd_get_stats,
+				 "NBD connections, buffers and what the limits refused or closed");
 }
