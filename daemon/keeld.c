@@ -39,9 +39,7 @@
 #include "state.h"
 #include "store.h"
 #include "volume_manager.h"
-#ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
-#endif
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -60,10 +58,8 @@ static bool g_stopping;
 static bool g_restoring;          /* volumes from the state file are being brought up */
 static bool g_shutdown_deferred;  /* shutdown came while restoring */
 static int g_exit_code;
-#ifdef KEEL_HAVE_NBD
 /* The kernel devices an earlier keeld left, read in main(); handed over at restore. */
 static json_t *g_nbd_disks_doc;
-#endif
 
 /* Tell the parent (or the terminal) that startup failed, then shut down. */
 static void keeld_startup_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -127,7 +123,6 @@ static void keeld_nbd_stopped(void *cb_arg, int status)
 	if (status != 0) {
 		KEEL_WARNLOG("keeld: stopping NBD exports: %s", strerror(-status));
 	}
-#ifdef KEEL_HAVE_NBD
 	/* The kernel devices' last change reaches the disk before keeld exits. */
 	keel_nbd_disk_set_listener(NULL, NULL);
 	json_decref(g_nbd_disks_doc); /* shut down before the restore */
@@ -136,18 +131,13 @@ static void keeld_nbd_stopped(void *cb_arg, int status)
 	    keeld_store_save(KEELD_DOC_NBD_DISKS, keeld_nbd_saved, NULL) == 0) {
 		return;
 	}
-#endif
 	keeld_nbd_saved(NULL, 0);
 }
 
 static void keeld_volumes_stopped(void *arg)
 {
-#ifdef KEEL_HAVE_NBD
 	/* Exports hold bdev descriptors: they go before the bdev layer. */
 	keel_nbd_stop_all(keeld_nbd_stopped, NULL);
-#else
-	keeld_nbd_stopped(NULL, 0);
-#endif
 }
 
 static void keeld_shutdown(void)
@@ -192,7 +182,6 @@ static int keeld_signal_poll(void *arg)
 
 static void keeld_rpc_start(void);
 
-#ifdef KEEL_HAVE_NBD
 static void keeld_nbd_disks_restored(void *cb_arg, int status)
 {
 	keeld_rpc_start();
@@ -208,19 +197,14 @@ static void keeld_nbd_disks_changed(void *ctx)
 {
 	keeld_store_save(KEELD_DOC_NBD_DISKS, NULL, NULL);
 }
-#endif
 
 static void keeld_volumes_restored(void *cb_arg)
 {
-#ifdef KEEL_HAVE_NBD
 	/* Kernel devices of a keeld that died come back before clients can talk to us;
 	 * their bdevs (volumes) were just restored. */
 	keel_nbd_disk_restore(g_nbd_disks_doc, keeld_nbd_disks_restored, NULL);
 	json_decref(g_nbd_disks_doc);
 	g_nbd_disks_doc = NULL;
-#else
-	keeld_rpc_start();
-#endif
 }
 
 static void keeld_rpc_start(void)
@@ -508,7 +492,6 @@ int main(int argc, char **argv)
 		}
 	}
 	keeld_rebuild_history_init();
-#ifdef KEEL_HAVE_NBD
 	{
 		char err[PATH_MAX + 256];
 
@@ -525,7 +508,6 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-#endif
 	rc = keel_path_mkdir_parent(g_opts.rpc_socket, 0700);
 	if (rc != 0) {
 		fprintf(stderr, "keeld: cannot create the directory of %s: %s\n", g_opts.rpc_socket,
@@ -583,9 +565,7 @@ int main(int argc, char **argv)
 	rpc_bdev_register();
 	rpc_volume_register();
 	rpc_rebuild_register();
-#ifdef KEEL_HAVE_NBD
 	rpc_nbd_register();
-#endif
 
 	rc = keel_reactors_start(keeld_start, NULL);
 	if (rc != 0) {

@@ -27,9 +27,7 @@ void rpc_volume_register(void);
 /** rebuild_get_status, rebuild_start|stop|pause|resume, rebuild_set_options,
  * rebuild_get_history (daemon/rpc_rebuild.c). */
 void rpc_rebuild_register(void);
-#ifdef KEEL_HAVE_NBD
 /** nbd_start_export, nbd_stop_export, nbd_get_exports (daemon/rpc_nbd.c). */
 void rpc_nbd_register(void);
-#endif
 
 #endif /* KEEL_DAEMON_RPC_METHODS_H */

@@ -12,9 +12,7 @@
 #include "state.h"
 #include "volume_internal.h"
 #include "volume_json.h"
-#ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
-#endif
 
 /* ------------------------------------------------------------------------------ */
 /* A volume                                                                        */
@@ -28,7 +26,6 @@ static json_t *vol_str_or_null(const char *s)
 static json_t *vol_exports_json(const struct keeld_volume *v)
 {
 	json_t *arr = json_array();
-#ifdef KEEL_HAVE_NBD
 	struct keel_nbd_export *e;
 
 	for (e = keel_nbd_export_first(); e != NULL; e = keel_nbd_export_next(e)) {
@@ -42,7 +39,6 @@ static json_t *vol_exports_json(const struct keeld_volume *v)
 			"read_only", keel_nbd_export_is_read_only(e),
 			"connections", (json_int_t)keel_nbd_export_get_connection_count(e)));
 	}
-#endif
 	return arr;
 }
 
@@ -228,7 +224,6 @@ json_t *vol_exports_state(void)
 	if (arr == NULL) {
 		return NULL;
 	}
-#ifdef KEEL_HAVE_NBD
 	{
 		struct keel_nbd_export *x;
 
@@ -244,7 +239,6 @@ json_t *vol_exports_state(void)
 				"read_only", keel_nbd_export_is_read_only(x)));
 		}
 	}
-#endif
 	/* An unassembled volume keeps the exports it had, for when it comes back. */
 	for (v = keeld_volume_first(); v != NULL; v = keeld_volume_next(v)) {
 		if (v->status == VOL_UNASSEMBLED && v->pending_exports != NULL) {

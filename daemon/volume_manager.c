@@ -23,9 +23,7 @@
 #include "replica_probe.h"
 #include "store.h"
 #include "volume_internal.h"
-#ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
-#endif
 
 static TAILQ_HEAD(, keeld_volume) g_vols = TAILQ_HEAD_INITIALIZER(g_vols);
 static const struct keeld_replica_backend *g_backend = &keeld_replica_backend_files;

@@ -13,9 +13,7 @@
 #include "keel/reactor.h"
 #include "store.h"
 #include "volume_internal.h"
-#ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
-#endif
 
 static json_t *g_loaded_exports;    /* exports from the state file, until restored */
 static bool g_restored;             /* restore ran: the registry is worth writing */
@@ -64,7 +62,6 @@ bool vol_stopping(void)
 	return g_stopping;
 }
 
-#ifdef KEEL_HAVE_NBD
 /* Exports are started and stopped by rpc_nbd.c (or stop when their bdev goes), which
  * knows nothing of volumes: the NBD server says when, and the state is saved. */
 static void vol_exports_changed(void *ctx)
@@ -74,7 +71,6 @@ static void vol_exports_changed(void *ctx)
 		vol_state_save(NULL, NULL);
 	}
 }
-#endif
 
 /* ------------------------------------------------------------------------------ */
 /* Load (main(), before the reactors)                                              */
@@ -132,15 +128,12 @@ static void vol_restore_complete(void)
 
 	g_restore_done_fn = NULL;
 	g_restored = true;
-#ifdef KEEL_HAVE_NBD
 	keel_nbd_set_export_listener(vol_exports_changed, NULL);
-#endif
 	/* Saves the UUIDs learnt and drops exports that could not be kept. */
 	vol_state_save(NULL, NULL);
 	cb(arg);
 }
 
-#ifdef KEEL_HAVE_NBD
 static void vol_restore_export_done(void *cb_arg, int status)
 {
 	char *name = cb_arg;
@@ -175,7 +168,6 @@ static void vol_restore_export(json_t *e, const char *name, const char *bdev)
 		g_restoring_exports++;
 	}
 }
-#endif
 
 /* Start the saved exports of assembled volumes; keep those of unassembled ones. */
 static void vol_restore_exports(void)
@@ -203,11 +195,7 @@ static void vol_restore_exports(void)
 				     name, bdev);
 			continue;
 		}
-#ifdef KEEL_HAVE_NBD
 		vol_restore_export(e, name, bdev);
-#else
-		KEEL_WARNLOG("keeld: export %s not restored: built without NBD", name);
-#endif
 	}
 	json_decref(g_loaded_exports);
 	g_loaded_exports = NULL;
@@ -401,9 +389,7 @@ static void vol_shutdown_kick_msg(void *arg)
 
 void keeld_volumes_shutdown(keeld_volumes_done_cb cb_fn, void *cb_arg)
 {
-#ifdef KEEL_HAVE_NBD
 	keel_nbd_set_export_listener(NULL, NULL);
-#endif
 	g_stopping = true;
 	g_shutdown_cb = cb_fn;
 	g_shutdown_arg = cb_arg;

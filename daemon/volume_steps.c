@@ -16,9 +16,7 @@
 #include "keel/reactor.h"
 #include "replica_probe.h"
 #include "volume_internal.h"
-#ifdef KEEL_HAVE_NBD
 #include "keel/nbd.h"
-#endif
 
 /* ------------------------------------------------------------------------------ */
 /* Replica targets (blocking pool)                                                 */
@@ -309,7 +307,6 @@ void vol_op_fail_nexus(struct vol_op *op, int status, const char *errmsg)
 	}
 }
 
-#ifdef KEEL_HAVE_NBD
 static void vol_stop_next_export(struct vol_op *op);
 
 static void vol_export_stopped(void *cb_arg, int status)
@@ -335,12 +332,10 @@ static void vol_stop_next_export(struct vol_op *op)
 	}
 	op->next(op);
 }
-#endif
 
 void vol_stop_exports(struct vol_op *op, vol_step_fn next)
 {
 	op->next = next;
-#ifdef KEEL_HAVE_NBD
 	struct keel_nbd_export *e;
 	size_t n = 0;
 
@@ -361,7 +356,4 @@ void vol_stop_exports(struct vol_op *op, vol_step_fn next)
 	}
 	op->idx = 0;
 	vol_stop_next_export(op);
-#else
-	next(op);
-#endif
 }
