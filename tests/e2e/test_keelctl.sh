@@ -1,7 +1,34 @@
 #!/usr/bin/env bash
 # keelctl against a live keeld: bdev create/list/delete for malloc, null and aio,
-# error paths, --json output, reactor commands, error bdev and passthrough RPCs.
+# error paths, --json output, reactor commands, error bdev and passthrough RPCs, and
+# the option parser: usage mistakes exit 2 and name the option, --help works everywhere.
 . "$(dirname "$0")/lib.sh"
+
+# expect_usage "what" SUBSTRING CMD...: CMD must exit 2 (a usage mistake) and print
+# SUBSTRING. Usage mistakes never reach keeld, so running CMD twice costs nothing.
+expect_usage() {
+	local what=$1 substr=$2 rc
+	shift 2
+
+	"$@" >/dev/null 2>&1
+	rc=$?
+	[ $rc -eq 2 ] || fail "$what: exit $rc, want 2 (a usage mistake)"
+	expect_fail "$what" "$substr" "$@"
+}
+
+# expect_help "what" SUBSTRING CMD...: CMD must exit 0 and print SUBSTRING on stdout.
+expect_help() {
+	local what=$1 substr=$2 out rc
+	shift 2
+
+	out=$("$@" 2>/dev/null)
+	rc=$?
+	[ $rc -eq 0 ] || fail "$what: exit $rc: $out"
+	case "$out" in
+	*"$substr"*) ok "$what" ;;
+	*) fail "$what: help lacks '$substr': $out" ;;
+	esac
+}
 
 start_keeld
 
@@ -56,6 +83,57 @@ expect_fail "file size not a multiple" "multiple of the block size" \
 	keelctl bdev create aio a3 "$E2E_TMP/odd.img"
 expect_fail "wrong-module delete" "is a malloc bdev, not null" \
 	keelctl rpc bdev_null_delete '{"name":"m0"}'
+
+# --- option parsing: usage mistakes exit 2 and name the option ----------------------
+expect_usage "unknown option, exit 2" "unknown option '--colour'" keelctl bdev list --colour
+expect_usage "unknown global option" "unknown option '--bogus'" keelctl --bogus bdev list
+expect_usage "global option without its value" "option '--timeout' needs a value" \
+	"$KEEL_BIN/keelctl" -s "$SOCK" --timeout
+expect_usage "missing value at the end" "option '--block-size' needs a value" \
+	keelctl bdev create malloc m1 1M --block-size
+expect_usage "missing --size value" "option '--size' needs a value" \
+	keelctl volume create v1 --replica "$E2E_TMP/r1" --size
+expect_usage "missing --replica value" "option '--replica' needs a value" \
+	keelctl volume create v1 --size 1M --replica
+expect_usage "missing --interval value" "option '--interval' needs a value" \
+	keelctl reactor stats --interval
+expect_usage "option of another command" "unknown option '--wipe'" \
+	keelctl volume create v1 --size 1M --replica "$E2E_TMP/r1" --wipe
+expect_usage "a flag given a value" "option '--force' takes no value" \
+	keelctl volume create v1 --size 1M --replica "$E2E_TMP/r1" --force=yes
+expect_usage "an abbreviated option" "unknown option '--block' (did you mean '--block-size'?)" \
+	keelctl bdev create malloc m1 1M --block 4096
+expect_usage "stray argument" "unexpected argument 'extra'" keelctl volume list extra
+expect_usage "stray argument to rebuild status" "unexpected argument 'extra'" \
+	keelctl rebuild status v1 extra
+expect_usage "rebuild history without a volume" "missing arguments" keelctl rebuild history
+expect_usage "unknown option to rebuild" "unknown option '--colour'" \
+	keelctl rebuild status --colour
+expect_usage "unknown rebuild verb" "unknown rebuild command 'spin'" keelctl rebuild spin
+expect_usage "rpc with two params" "at most one JSON argument" keelctl rpc m '{}' '{}'
+expect_usage "--nbd with a unix socket" "--nbd cannot be combined with --socket" \
+	keelctl export start e0 --nbd --socket "$E2E_TMP/x.sock"
+expect_usage "--nbd-device without a value" "option '--nbd-device' needs a value" \
+	keelctl export start e0 --nbd-device
+expect_usage "two devices" "unexpected argument '/dev/nbd2'" \
+	keelctl export start e0 --nbd /dev/nbd1 /dev/nbd2
+expect_usage "device twice" "the device is given twice" \
+	keelctl export start e0 --nbd-device /dev/nbd1 /dev/nbd2
+expect_usage "a device without --nbd" "unexpected argument '/dev/nbd1'" \
+	keelctl export start e0 --socket "$E2E_TMP/x.sock" /dev/nbd1
+
+# --help on every group and command: exit 0, the command's usage on stdout.
+for cmd in "bdev" "bdev create" "bdev list" "bdev delete" "volume" "volume create" \
+	"volume destroy" "volume list" "volume show" "replica" "replica add" "export" \
+	"export start" "export stop" "export list" "reactor" "reactor stats" "reactor mode" \
+	"rebuild" "rebuild status" "rebuild start" "rebuild history" "rpc"; do
+	group=${cmd%% *}
+	# shellcheck disable=SC2086 # split "GROUP VERB" into words
+	expect_help "keelctl $cmd --help" "Usage: keelctl $group" keelctl $cmd --help
+done
+expect_help "keelctl --help" "Usage: keelctl" keelctl --help
+expect_help "keelctl export start --help explains --nbd-device" "--nbd-device" \
+	keelctl export start --help
 
 # --- error bdev -----------------------------------------------------------------------
 expect_ok "error bdev create" keelctl rpc bdev_error_create '{"base_name":"m0"}'
@@ -128,6 +206,18 @@ if [ "$(jget "$OUT" 'index("nbd_get_exports") != null')" = true ]; then
 		expect_ok "nbdinfo sees the export" nbdinfo --size "nbd+unix:///vol?socket=$E2E_TMP/nbd.sock"
 		[ "$OUT" = 16777216 ] || fail "nbdinfo size: $OUT"
 	fi
+	# The kernel device of --nbd: a second word, --nbd-device DEV or --nbd=DEV all
+	# reach keeld (which refuses a non-nbd path and names it), --nbd alone picks one.
+	expect_fail "--nbd DEV" "nbd_device: '/dev/sda1' is not an nbd device" \
+		keelctl export start e0 --nbd /dev/sda1
+	expect_fail "--nbd-device DEV" "nbd_device: '/dev/sda2' is not an nbd device" \
+		keelctl export start e0 --nbd-device /dev/sda2
+	expect_fail "--nbd=DEV" "nbd_device: '/dev/sda3' is not an nbd device" \
+		keelctl export start e0 --nbd=/dev/sda3
+	expect_fail "--nbd before the bdev" "nbd_device: '/dev/sda4' is not an nbd device" \
+		keelctl export start --nbd-device /dev/sda4 e0
+	expect_fail "--nbd without a device" "bdev 'nosuch' not found" \
+		keelctl export start nosuch --nbd
 	expect_fail "export of a missing bdev" "nosuch" \
 		keelctl export start nosuch --socket "$E2E_TMP/nbd2.sock"
 	# leave the export running: SIGTERM below must stop it and the bdev gracefully

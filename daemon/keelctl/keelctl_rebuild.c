@@ -1,6 +1,6 @@
 /*
  * keelctl rebuild: status [VOLUME] [--watch] [--json], start|stop|pause|resume
- * VOLUME REPLICA, history VOLUME.
+ * VOLUME REPLICA, history VOLUME. The methods live in daemon/rpc_rebuild.c.
  *
  * Status on a terminal draws one progress bar per job with rate and ETA (redrawn
  * in place with --watch); otherwise plain lines, one per job, so scripts and logs
@@ -12,12 +12,24 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "keelctl_rebuild.h"
+#include "keelctl_commands.h"
+#include "keelctl_table.h"
+#include "keelctl_transport.h"
+
+enum {
+	REBUILD_OPT_WATCH = 'w',
+	REBUILD_OPT_JSON = 256,
+};
 
 static const char g_help[] =
-	"usage: keelctl rebuild status [VOLUME] [--watch] [--json]\n"
-	"       keelctl rebuild start|stop|pause|resume VOLUME REPLICA\n"
-	"       keelctl rebuild history VOLUME [--json]\n";
+	"Usage: keelctl rebuild VERB ...\n"
+	"  status [VOLUME] [--watch|-w] [--json]\n"
+	"        progress, rate and ETA of each rebuild job (of VOLUME); --watch redraws\n"
+	"        every second until no job is running, pending or paused\n"
+	"  start|stop|pause|resume VOLUME REPLICA [--json]\n"
+	"        steer the rebuild of replica REPLICA (its path) of VOLUME\n"
+	"  history VOLUME [--json]\n"
+	"        past rebuilds of VOLUME: end time, result, bytes and duration\n";
 
 static const char *jstr(json_t *o, const char *k)
 {
@@ -93,8 +105,7 @@ static bool any_active(json_t *arr)
 	return false;
 }
 
-static int cmd_status(const struct keelctl_rebuild_ctx *ctx, const char *volume, bool watch,
-		      bool json)
+static int cmd_status(const char *volume, bool watch, bool json)
 {
 	bool tty = isatty(STDOUT_FILENO);
 	size_t lines = 0;
@@ -107,12 +118,9 @@ static int cmd_status(const struct keelctl_rebuild_ctx *ctx, const char *volume,
 		if (volume != NULL) {
 			json_object_set_new(params, "volume", json_string(volume));
 		}
-		res = ctx->call("rebuild_get_status", params);
+		res = keelctl_call("rebuild_get_status", params);
 		if (json) {
-			char *s = json_dumps(res, JSON_INDENT(2));
-
-			printf("%s\n", s ? s : "[]");
-			free(s);
+			keelctl_print_json(res);
 		} else {
 			if (tty && watch && lines > 0) {
 				printf("\033[%zuA\033[J", lines); /* redraw in place */
@@ -137,19 +145,16 @@ static int cmd_status(const struct keelctl_rebuild_ctx *ctx, const char *volume,
 	}
 }
 
-static int cmd_history(const struct keelctl_rebuild_ctx *ctx, const char *volume, bool json)
+static int cmd_history(const char *volume, bool json)
 {
 	json_t *params = json_object();
 	json_t *res, *j;
 	size_t i;
 
 	json_object_set_new(params, "volume", json_string(volume));
-	res = ctx->call("rebuild_get_history", params);
+	res = keelctl_call("rebuild_get_history", params);
 	if (json) {
-		char *s = json_dumps(res, JSON_INDENT(2));
-
-		printf("%s\n", s ? s : "[]");
-		free(s);
+		keelctl_print_json(res);
 		json_decref(res);
 		return 0;
 	}
@@ -172,61 +177,82 @@ static int cmd_history(const struct keelctl_rebuild_ctx *ctx, const char *volume
 	return 0;
 }
 
-int keelctl_rebuild_main(const struct keelctl_rebuild_ctx *ctx, int argc, char **argv)
+static const struct option g_status_options[] = {
+	{"watch", no_argument, NULL, REBUILD_OPT_WATCH},
+	{"json", no_argument, NULL, REBUILD_OPT_JSON},
+	KEELCTL_HELP_OPTION,
+	{0},
+};
+
+/* Parse a verb's options (--json, and --watch for status) and min..max positionals. */
+static void rebuild_parse(struct keelctl_getopt *g, int argc, char **argv, bool status,
+			  int min, int max, bool *watch, bool *json)
 {
-	const char *pos[3] = {NULL, NULL, NULL};
-	int npos = 0;
+	int c;
+
+	/* Only status watches: the others see a table without --watch. */
+	keelctl_getopt_init(g, argc, argv, status ? g_status_options : g_status_options + 1,
+			    g_help, false);
+	while ((c = keelctl_getopt_next(g)) != -1) {
+		if (c == REBUILD_OPT_WATCH) {
+			*watch = true;
+		} else {
+			*json = true;
+		}
+	}
+	keelctl_need_pos(g, min, max);
+}
+
+static int rebuild_status(const struct keelctl_ctx *ctx, int argc, char **argv)
+{
+	struct keelctl_getopt g;
 	bool watch = false, json = ctx->json;
-	const char *verb;
 
-	if (argc < 1 || strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0 ||
-	    strcmp(argv[0], "help") == 0) {
-		fputs(g_help, argc < 1 ? stderr : stdout);
-		return argc < 1 ? 2 : 0;
-	}
-	verb = argv[0];
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--watch") == 0 || strcmp(argv[i], "-w") == 0) {
-			watch = true;
-		} else if (strcmp(argv[i], "--json") == 0) {
-			json = true;
-		} else if (argv[i][0] == '-') {
-			fprintf(stderr, "keelctl rebuild: unknown option %s\n%s", argv[i], g_help);
-			return 2;
-		} else if (npos < 3) {
-			pos[npos++] = argv[i];
-		}
-	}
-	if (strcmp(verb, "status") == 0 || strcmp(verb, "list") == 0) {
-		return cmd_status(ctx, pos[0], watch, json);
-	}
-	if (strcmp(verb, "history") == 0) {
-		if (npos != 1) {
-			fputs(g_help, stderr);
-			return 2;
-		}
-		return cmd_history(ctx, pos[0], json);
-	}
-	if (strcmp(verb, "start") == 0 || strcmp(verb, "stop") == 0 ||
-	    strcmp(verb, "pause") == 0 || strcmp(verb, "resume") == 0) {
-		char method[32];
-		json_t *params, *res;
+	rebuild_parse(&g, argc, argv, true, 0, 1, &watch, &json);
+	return cmd_status(g.npos == 1 ? g.pos[0] : NULL, watch, json);
+}
 
-		if (npos != 2) {
-			fputs(g_help, stderr);
-			return 2;
-		}
-		params = json_object();
-		json_object_set_new(params, "volume", json_string(pos[0]));
-		json_object_set_new(params, "replica", json_string(pos[1]));
-		snprintf(method, sizeof(method), "rebuild_%s", verb);
-		res = ctx->call(method, params);
-		json_decref(res);
-		if (!json) {
-			printf("rebuild of %s/%s: %s requested\n", pos[0], pos[1], verb);
-		}
-		return 0;
+static int rebuild_history(const struct keelctl_ctx *ctx, int argc, char **argv)
+{
+	struct keelctl_getopt g;
+	bool watch = false, json = ctx->json;
+
+	rebuild_parse(&g, argc, argv, false, 1, 1, &watch, &json);
+	return cmd_history(g.pos[0], json);
+}
+
+/* start, stop, pause and resume: rebuild_VERB with the volume and the replica. */
+static int rebuild_steer(const struct keelctl_ctx *ctx, int argc, char **argv)
+{
+	struct keelctl_getopt g;
+	bool watch = false, json = ctx->json;
+	char method[32];
+	json_t *params, *res;
+
+	rebuild_parse(&g, argc, argv, false, 2, 2, &watch, &json);
+	params = json_object();
+	json_object_set_new(params, "volume", json_string(g.pos[0]));
+	json_object_set_new(params, "replica", json_string(g.pos[1]));
+	snprintf(method, sizeof(method), "rebuild_%s", argv[0]);
+	res = keelctl_call(method, params);
+	json_decref(res);
+	if (!json) {
+		printf("rebuild of %s/%s: %s requested\n", g.pos[0], g.pos[1], argv[0]);
 	}
-	fprintf(stderr, "keelctl rebuild: unknown verb %s\n%s", verb, g_help);
-	return 2;
+	return 0;
+}
+
+int keelctl_rebuild_main(const struct keelctl_ctx *ctx, int argc, char **argv)
+{
+	static const struct keelctl_verb verbs[] = {
+		{"status", "list", rebuild_status},
+		{"history", NULL, rebuild_history},
+		{"start", NULL, rebuild_steer},
+		{"stop", NULL, rebuild_steer},
+		{"pause", NULL, rebuild_steer},
+		{"resume", NULL, rebuild_steer},
+	};
+
+	return keelctl_dispatch(ctx, argc, argv, verbs, sizeof(verbs) / sizeof(verbs[0]),
+				g_help);
 }
