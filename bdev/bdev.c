@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <jansson.h>
 
@@ -321,36 +320,8 @@ static bool bdev_name_valid(const char *name)
 	return true;
 }
 
-static void bdev_uuid_fmt(const uint8_t *u, char *out)
-{
-	snprintf(out, KEEL_UUID_STR_LEN,
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-		 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-		 u[15]);
-}
-
-static int bdev_uuid_generate(uint8_t *u)
-{
-	size_t got = 0;
-
-	while (got < 16) {
-		ssize_t n = getrandom(u + got, 16 - got, 0);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		got += (size_t)n;
-	}
-	u[6] = (u[6] & 0x0f) | 0x40; /* version 4 */
-	u[8] = (u[8] & 0x3f) | 0x80; /* RFC 4122 variant */
-	return 0;
-}
-
 int keel_bdev_register(struct keel_bdev *bdev)
 {
-	static const uint8_t zero_uuid[16];
 	struct keel_bdev_internal *bi;
 	struct keel_bdev *b;
 	uint32_t ctx_size = 0;
@@ -382,12 +353,9 @@ int keel_bdev_register(struct keel_bdev *bdev)
 	if (!bi)
 		return -ENOMEM;
 	snprintf(bi->name, sizeof(bi->name), "%s", bdev->name);
-	if (memcmp(bdev->uuid, zero_uuid, 16) == 0) {
-		rc = bdev_uuid_generate(bdev->uuid);
-		if (rc)
-			goto out_free_internal;
-	}
-	bdev_uuid_fmt(bdev->uuid, bi->uuid_str);
+	if (keel_uuid_is_null(bdev->uuid))
+		keel_uuid_generate(bdev->uuid);
+	keel_uuid_fmt(bdev->uuid, bi->uuid_str);
 	bi->io_dev = (char *)bdev + 1;
 	bi->block_shift = (uint32_t)__builtin_ctz(bdev->block_size);
 	bi->block_mask = bdev->block_size - 1;
@@ -436,7 +404,6 @@ out_unlock:
 	pthread_mutex_unlock(&g_bdev_lock);
 	pthread_mutex_destroy(&bi->lock);
 	bdev->internal = NULL;
-out_free_internal:
 	free(bi);
 	return rc;
 }

@@ -360,7 +360,7 @@ static void create_labels_checked(struct nexus *n)
 			continue;
 		}
 		if (!op->force && r->label_rc == 0) {
-			nexus_uuid_fmt(r->label.volume_uuid, u);
+			keel_uuid_fmt(r->label.volume_uuid, u);
 			nexus_op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s "
 				"(%s, generation %lu); use force to overwrite it", n->name,
 				r->bdev_name, r->label.volume_name, u,
@@ -395,7 +395,7 @@ static void create_labels_checked(struct nexus *n)
 		if (r->used) {
 			r->member = true;
 			r->state = KEEL_NEXUS_REPLICA_HEALTHY;
-			nexus_uuid_generate(r->uuid);
+			keel_uuid_generate(r->uuid);
 		}
 	}
 	n->generation = 0; /* the commit makes it 1 */
@@ -441,13 +441,13 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 	n->cur_op = op;
 	n->busy = true;
 	if (opts->uuid != NULL) {
-		if (nexus_uuid_parse(opts->uuid, n->uuid) != 0 || nexus_uuid_is_null(n->uuid)) {
+		if (keel_uuid_parse(opts->uuid, n->uuid) != 0 || keel_uuid_is_null(n->uuid)) {
 			free(op);
 			nexus_free(n);
 			return -EINVAL;
 		}
 	} else {
-		nexus_uuid_generate(n->uuid);
+		keel_uuid_generate(n->uuid);
 	}
 	n->volume_size = opts->size_bytes;
 	if (keel_bdev_get_by_name(opts->name) != NULL || keel_nexus_get_by_name(opts->name)) {

@@ -60,7 +60,7 @@ static bool decide_identity(const struct nexus_assemble_in *in, unsigned count,
 			continue;
 		}
 		if (name != NULL && strcmp(r->label->volume_name, name) != 0) {
-			nexus_uuid_fmt(r->label->volume_uuid, u1);
+			keel_uuid_fmt(r->label->volume_uuid, u1);
 			verdict(slot, NEXUS_SLOT_FOREIGN, "label belongs to another volume: %s (%s)",
 				r->label->volume_name, u1);
 			continue;
@@ -71,8 +71,8 @@ static bool decide_identity(const struct nexus_assemble_in *in, unsigned count,
 				snprintf(out->name, sizeof(out->name), "%s", first->volume_name);
 			}
 		} else if (memcmp(first->volume_uuid, r->label->volume_uuid, 16) != 0) {
-			nexus_uuid_fmt(first->volume_uuid, u1);
-			nexus_uuid_fmt(r->label->volume_uuid, u2);
+			keel_uuid_fmt(first->volume_uuid, u1);
+			keel_uuid_fmt(r->label->volume_uuid, u2);
 			out->status = -EINVAL;
 			snprintf(out->why, sizeof(out->why), "volume %s: replicas carry labels of "
 				 "different volumes (%s and %s, replica %s); name the volume to "
@@ -162,7 +162,7 @@ static void decide_missing(unsigned count, const struct nexus_assemble_in *in,
 		memcpy(mi->uuid, m->uuid, 16);
 		mi->in_sync = m->state == NEXUS_MEMBER_IN_SYNC;
 		if (mi->in_sync) {
-			nexus_uuid_fmt(m->uuid, u);
+			keel_uuid_fmt(m->uuid, u);
 			out->missing_in_sync++;
 			off = nexus_append(out->missing_list, sizeof(out->missing_list), off, "%s%s",
 					   off ? ", " : "", u);

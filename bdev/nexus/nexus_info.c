@@ -62,7 +62,7 @@ int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info)
 
 	memset(info, 0, sizeof(*info));
 	snprintf(info->name, sizeof(info->name), "%s", n->name);
-	nexus_uuid_fmt(n->uuid, info->uuid);
+	keel_uuid_fmt(n->uuid, info->uuid);
 	info->state = n->state;
 	snprintf(info->state_detail, sizeof(info->state_detail), "%s", n->state_detail);
 	info->size_bytes = n->volume_size;
@@ -79,8 +79,8 @@ int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info)
 		}
 		ri = &info->replicas[info->num_replicas++];
 		snprintf(ri->bdev_name, sizeof(ri->bdev_name), "%s", r->bdev_name);
-		if (!nexus_uuid_is_null(r->uuid)) {
-			nexus_uuid_fmt(r->uuid, ri->uuid);
+		if (!keel_uuid_is_null(r->uuid)) {
+			keel_uuid_fmt(r->uuid, ri->uuid);
 		}
 		ri->state = r->state;
 		ri->reason = r->state == KEEL_NEXUS_REPLICA_FAULTED ? r->reason :

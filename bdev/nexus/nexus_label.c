@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "keel/util.h"
 #include "nexus_bitmap_format.h"
@@ -290,8 +289,8 @@ int keel_nexus_label_inspect(const void *buf, size_t len, struct keel_nexus_labe
 				     sizeof(out->why), NULL);
 	if (rc == 0) {
 		snprintf(out->volume_name, sizeof(out->volume_name), "%s", l.volume_name);
-		nexus_uuid_fmt(l.volume_uuid, out->volume_uuid);
-		nexus_uuid_fmt(l.replica_uuid, out->replica_uuid);
+		keel_uuid_fmt(l.volume_uuid, out->volume_uuid);
+		keel_uuid_fmt(l.replica_uuid, out->replica_uuid);
 		out->generation = l.generation;
 		return 0;
 	}
@@ -312,91 +311,4 @@ const struct nexus_label_member *nexus_label_find_member(const struct nexus_labe
 		}
 	}
 	return NULL;
-}
-
-void nexus_uuid_generate(uint8_t *uuid)
-{
-	size_t got = 0;
-
-	while (got < 16) {
-		ssize_t n = getrandom(uuid + got, 16 - got, 0);
-
-		if (n <= 0) {
-			/* getrandom only fails before the pool is seeded on ancient
-			 * kernels; fall back to time and address bits. */
-			uint64_t t = (uint64_t)(uintptr_t)uuid ^ (uint64_t)got;
-
-			for (size_t i = got; i < 16; i++) {
-				uuid[i] = (uint8_t)(t >> ((i % 8) * 8)) ^ (uint8_t)rand();
-			}
-			break;
-		}
-		got += (size_t)n;
-	}
-	uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40); /* version 4 */
-	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-}
-
-void nexus_uuid_fmt(const uint8_t *uuid, char *buf)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-
-	for (int i = 0; i < 16; i++) {
-		if (i == 4 || i == 6 || i == 8 || i == 10) {
-			buf[o++] = '-';
-		}
-		buf[o++] = hex[uuid[i] >> 4];
-		buf[o++] = hex[uuid[i] & 0xf];
-	}
-	buf[o] = '\0';
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9') {
-		return c - '0';
-	}
-	if (c >= 'a' && c <= 'f') {
-		return c - 'a' + 10;
-	}
-	if (c >= 'A' && c <= 'F') {
-		return c - 'A' + 10;
-	}
-	return -1;
-}
-
-int nexus_uuid_parse(const char *str, uint8_t *uuid)
-{
-	size_t o = 0;
-
-	if (str == NULL || strlen(str) != 36) {
-		return -EINVAL;
-	}
-	for (int i = 0; i < 16; i++) {
-		int hi, lo;
-
-		if (i == 4 || i == 6 || i == 8 || i == 10) {
-			if (str[o++] != '-') {
-				return -EINVAL;
-			}
-		}
-		hi = hexval(str[o++]);
-		lo = hexval(str[o++]);
-		if (hi < 0 || lo < 0) {
-			return -EINVAL;
-		}
-		uuid[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return 0;
-}
-
-bool nexus_uuid_is_null(const uint8_t *uuid)
-{
-	for (int i = 0; i < 16; i++) {
-		if (uuid[i] != 0) {
-			return false;
-		}
-	}
-	return true;
 }

@@ -130,11 +130,4 @@ int nexus_label_read_copies(const uint8_t *copy0, const uint8_t *copy1, size_t l
 const struct nexus_label_member *nexus_label_find_member(const struct nexus_label *label,
 							 const uint8_t *uuid);
 
-void nexus_uuid_generate(uint8_t *uuid);
-/** Format 16 bytes as a lower-case 36-character string (buf >= KEEL_UUID_STR_LEN). */
-void nexus_uuid_fmt(const uint8_t *uuid, char *buf);
-/** Parse "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx". \return 0 or -EINVAL. */
-int nexus_uuid_parse(const char *str, uint8_t *uuid);
-bool nexus_uuid_is_null(const uint8_t *uuid);
-
 #endif /* KEEL_NEXUS_LABEL_H */

@@ -17,7 +17,7 @@
 int nexus_find_replica(struct nexus *n, const char *replica)
 {
 	uint8_t u[16];
-	bool is_uuid = nexus_uuid_parse(replica, u) == 0;
+	bool is_uuid = keel_uuid_parse(replica, u) == 0;
 
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
@@ -75,7 +75,7 @@ void nexus_add_label_checked(struct nexus *n)
 	if (!op->force && r->label_rc == 0 && memcmp(r->label.volume_uuid, n->uuid, 16) != 0) {
 		char u[KEEL_UUID_STR_LEN];
 
-		nexus_uuid_fmt(r->label.volume_uuid, u);
+		keel_uuid_fmt(r->label.volume_uuid, u);
 		nexus_op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s (%s); "
 			"use force to overwrite it", n->name, r->bdev_name, r->label.volume_name, u);
 		goto out_drop;
@@ -87,7 +87,7 @@ void nexus_add_label_checked(struct nexus *n)
 	}
 	r->rejoin = false;
 	if (r->label_rc == 0 && memcmp(r->label.volume_uuid, n->uuid, 16) == 0 &&
-	    !nexus_uuid_is_null(r->label.replica_uuid)) {
+	    !keel_uuid_is_null(r->label.replica_uuid)) {
 		const struct nexus_label_member *m =
 			nexus_label_find_member(&r->label, r->label.replica_uuid);
 
@@ -112,7 +112,7 @@ void nexus_add_label_checked(struct nexus *n)
 		r->rejoin_generation = r->label.generation;
 		r->rejoin_in_sync = m != NULL && m->state == NEXUS_MEMBER_IN_SYNC;
 	} else {
-		nexus_uuid_generate(r->uuid);
+		keel_uuid_generate(r->uuid);
 	}
 	r->member = true;
 	r->state = KEEL_NEXUS_REPLICA_REBUILDING;

@@ -884,7 +884,7 @@ static int job_create(struct nexus *n, unsigned target, bool partial)
 	job->n = n;
 	job->target = target;
 	snprintf(job->target_name, sizeof(job->target_name), "%s", r->bdev_name);
-	nexus_uuid_fmt(r->uuid, job->target_uuid);
+	keel_uuid_fmt(r->uuid, job->target_uuid);
 	job->seg_size = g_opts.segment_size;
 	job->ntasks = g_opts.tasks;
 	job->block_size = n->block_size;
@@ -1126,7 +1126,7 @@ void nexus_rebuild_forget_target(struct nexus *n, const uint8_t *uuid)
 	struct nexus_rebuild_job *job, *next;
 	char target[KEEL_UUID_STR_LEN];
 
-	nexus_uuid_fmt(uuid, target);
+	keel_uuid_fmt(uuid, target);
 	for (job = TAILQ_FIRST(&g_jobs); job != NULL; job = next) {
 		next = TAILQ_NEXT(job, glink);
 		if (job->n == n && job->ended && job->acks_outstanding == 0 &&

@@ -32,6 +32,7 @@
 #include <sys/uio.h>
 
 #include "keel/reactor.h"
+#include "keel/uuid.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,7 +42,6 @@ struct keel_bdev;
 struct keel_bdev_desc;
 
 #define KEEL_BDEV_NAME_MAX 63
-#define KEEL_UUID_STR_LEN 37 /* 36 characters and the NUL */
 
 enum keel_bdev_io_type {
 	KEEL_BDEV_IO_READ = 0,

@@ -176,7 +176,7 @@ static void write_label(const char *path, const char *volume, const uint8_t *vol
 	l.generation = generation;
 	memcpy(l.volume_uuid, vol_uuid, 16);
 	snprintf(l.volume_name, sizeof(l.volume_name), "%s", volume);
-	nexus_uuid_generate(l.replica_uuid);
+	keel_uuid_generate(l.replica_uuid);
 	l.volume_size = 4 * MIB;
 	l.data_offset = KEEL_NEXUS_DATA_OFFSET;
 	l.block_size = 512;
@@ -195,10 +195,10 @@ static void test_keel_labels(void)
 	uint8_t vol_uuid[16], other_uuid[16];
 
 	make_dir();
-	nexus_uuid_generate(vol_uuid);
-	nexus_uuid_fmt(vol_uuid, uuid);
-	nexus_uuid_generate(other_uuid);
-	nexus_uuid_fmt(other_uuid, other);
+	keel_uuid_generate(vol_uuid);
+	keel_uuid_fmt(vol_uuid, uuid);
+	keel_uuid_generate(other_uuid);
+	keel_uuid_fmt(other_uuid, other);
 	join(path, sizeof(path), "labelled");
 	make_file(path, 5 * MIB);
 	write_label(path, "vol7", vol_uuid, 9);

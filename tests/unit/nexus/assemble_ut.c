@@ -369,10 +369,10 @@ static void test_assemble_missing_list(void)
 	CU_ASSERT(memcmp(a.missing[0].uuid, u, 16) == 0 && !a.missing[0].in_sync);
 	replica_uuid(2, u);
 	CU_ASSERT(memcmp(a.missing[1].uuid, u, 16) == 0 && a.missing[1].in_sync);
-	nexus_uuid_fmt(u, u2);
+	keel_uuid_fmt(u, u2);
 	replica_uuid(4, u);
 	CU_ASSERT(memcmp(a.missing[2].uuid, u, 16) == 0 && a.missing[2].in_sync);
-	nexus_uuid_fmt(u, u4);
+	keel_uuid_fmt(u, u4);
 	snprintf(want, sizeof(want), "%s, %s", u2, u4);
 	CU_ASSERT_STRING_EQUAL(a.missing_list, want);
 	CU_ASSERT(a.outcome == NEXUS_ASSEMBLE_RUN && a.forced);

@@ -37,16 +37,16 @@ static void sample_label(struct nexus_label *l)
 	l->version = NEXUS_LABEL_VERSION;
 	l->flags = NEXUS_LABEL_FLAG_DIRTY;
 	l->generation = 42;
-	nexus_uuid_generate(l->volume_uuid);
+	keel_uuid_generate(l->volume_uuid);
 	snprintf(l->volume_name, sizeof(l->volume_name), "vol-label");
-	nexus_uuid_generate(l->replica_uuid);
+	keel_uuid_generate(l->replica_uuid);
 	l->volume_size = 64 * MB;
 	l->data_offset = DATA_OFF;
 	l->block_size = 4096;
 	l->num_members = 2;
 	memcpy(l->members[0].uuid, l->replica_uuid, 16);
 	l->members[0].state = NEXUS_MEMBER_IN_SYNC;
-	nexus_uuid_generate(l->members[1].uuid);
+	keel_uuid_generate(l->members[1].uuid);
 	l->members[1].state = NEXUS_MEMBER_OUT_OF_SYNC;
 }
 
@@ -58,22 +58,6 @@ static void test_crc32c(void)
 	CU_ASSERT_EQUAL(nexus_crc32c(0, "", 0), 0u);
 	/* chaining equals one pass */
 	CU_ASSERT_EQUAL(nexus_crc32c(nexus_crc32c(0, check, 4), check + 4, 5), 0xe3069283u);
-}
-
-static void test_uuid(void)
-{
-	uint8_t u[16], v[16];
-	char s[KEEL_UUID_STR_LEN];
-
-	nexus_uuid_generate(u);
-	nexus_uuid_fmt(u, s);
-	CU_ASSERT_EQUAL(strlen(s), 36);
-	CU_ASSERT(nexus_uuid_parse(s, v) == 0);
-	CU_ASSERT(memcmp(u, v, 16) == 0);
-	CU_ASSERT(nexus_uuid_parse("not-a-uuid", v) == -EINVAL);
-	CU_ASSERT(nexus_uuid_parse("0123456789abcdef0123456789abcdef0123", v) == -EINVAL);
-	CU_ASSERT(nexus_uuid_parse("0123456z-89ab-cdef-0123-456789abcdef", v) == -EINVAL);
-	CU_ASSERT(nexus_uuid_parse(NULL, v) == -EINVAL);
 }
 
 static void test_label_roundtrip(void)
@@ -249,9 +233,9 @@ static void test_label_inspect(void)
 	nexus_label_encode(&l, area + NEXUS_LABEL_COPY1_OFFSET);
 	CU_ASSERT_EQUAL(keel_nexus_label_inspect(area, KEEL_NEXUS_DATA_OFFSET, &sum), 0);
 	CU_ASSERT_STRING_EQUAL(sum.volume_name, "vol-label");
-	nexus_uuid_fmt(l.volume_uuid, uuid);
+	keel_uuid_fmt(l.volume_uuid, uuid);
 	CU_ASSERT_STRING_EQUAL(sum.volume_uuid, uuid);
-	nexus_uuid_fmt(l.replica_uuid, uuid);
+	keel_uuid_fmt(l.replica_uuid, uuid);
 	CU_ASSERT_STRING_EQUAL(sum.replica_uuid, uuid);
 	CU_ASSERT_EQUAL(sum.generation, 43);
 	CU_ASSERT_FALSE(sum.wiped);
@@ -1693,7 +1677,6 @@ static void test_fault_under_load_two_reactors(void)
 
 static const struct ut_test g_tests[] = {
 	{"crc32c", test_crc32c},
-	{"uuid", test_uuid},
 	{"label_roundtrip", test_label_roundtrip},
 	{"label_layout", test_label_layout},
 	{"label_corrupt", test_label_corrupt},
