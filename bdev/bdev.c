@@ -22,8 +22,8 @@
 
 static pthread_mutex_t g_bdev_lock = PTHREAD_MUTEX_INITIALIZER; /* registry + modules */
 static TAILQ_HEAD(keel_bdev_list_head, keel_bdev) g_bdevs = TAILQ_HEAD_INITIALIZER(g_bdevs);
-static TAILQ_HEAD(keel_bdev_module_list_head, keel_bdev_module) g_modules =
-	TAILQ_HEAD_INITIALIZER(g_modules);
+static TAILQ_HEAD(keel_bdev_module_list_head,
+		  keel_bdev_module) g_modules = TAILQ_HEAD_INITIALIZER(g_modules);
 
 static struct keel_bdev_opts g_opts = {
 	.io_pool_size = 1024,
@@ -31,7 +31,6 @@ static struct keel_bdev_opts g_opts = {
 	.bounce_buf_count = 8,
 	.bounce_buf_size = 65536,
 };
-
 
 static const char *const g_io_type_names[KEEL_BDEV_IO_NUM_TYPES] = {
 	[KEEL_BDEV_IO_READ] = "read",
@@ -44,8 +43,9 @@ static const char *const g_io_type_names[KEEL_BDEV_IO_NUM_TYPES] = {
 
 const char *keel_bdev_io_type_name(enum keel_bdev_io_type type)
 {
-	if ((unsigned)type >= KEEL_BDEV_IO_NUM_TYPES)
+	if ((unsigned)type >= KEEL_BDEV_IO_NUM_TYPES) {
 		return "unknown";
+	}
 	return g_io_type_names[type];
 }
 
@@ -65,8 +65,9 @@ int keel_bdev_set_opts(const struct keel_bdev_opts *opts)
 	if (!opts || opts->io_pool_size < 1 || opts->io_cache_size < 2 ||
 	    opts->bounce_buf_count < 1 || opts->bounce_buf_size < 4096 ||
 	    opts->bounce_buf_size > 16 * 1024 * 1024 ||
-	    (opts->bounce_buf_size & (opts->bounce_buf_size - 1)))
+	    (opts->bounce_buf_size & (opts->bounce_buf_size - 1))) {
 		return -EINVAL;
+	}
 	pthread_mutex_lock(&g_bdev_lock);
 	g_opts = *opts;
 	pthread_mutex_unlock(&g_bdev_lock);
@@ -101,11 +102,13 @@ void keel_bdev_module_register(struct keel_bdev_module *module)
 
 	pthread_mutex_lock(&g_bdev_lock);
 	TAILQ_FOREACH(m, &g_modules, link) {
-		if (m == module)
+		if (m == module) {
 			break;
+		}
 	}
-	if (!m)
+	if (!m) {
 		TAILQ_INSERT_TAIL(&g_modules, module, link);
+	}
 	pthread_mutex_unlock(&g_bdev_lock);
 }
 
@@ -118,8 +121,9 @@ static struct keel_bdev *bdev_find_locked(const char *name)
 	struct keel_bdev *b;
 
 	TAILQ_FOREACH(b, &g_bdevs, link) {
-		if (strcmp(b->internal->name, name) == 0)
+		if (strcmp(b->internal->name, name) == 0) {
 			return b;
+		}
 	}
 	return NULL;
 }
@@ -128,8 +132,9 @@ struct keel_bdev *keel_bdev_get_by_name(const char *name)
 {
 	struct keel_bdev *b;
 
-	if (!name)
+	if (!name) {
 		return NULL;
+	}
 	pthread_mutex_lock(&g_bdev_lock);
 	b = bdev_find_locked(name);
 	pthread_mutex_unlock(&g_bdev_lock);
@@ -140,12 +145,14 @@ struct keel_bdev *keel_bdev_get_by_uuid(const char *uuid)
 {
 	struct keel_bdev *b;
 
-	if (!uuid)
+	if (!uuid) {
 		return NULL;
+	}
 	pthread_mutex_lock(&g_bdev_lock);
 	TAILQ_FOREACH(b, &g_bdevs, link) {
-		if (strcasecmp(b->internal->uuid_str, uuid) == 0)
+		if (strcasecmp(b->internal->uuid_str, uuid) == 0) {
 			break;
+		}
 	}
 	pthread_mutex_unlock(&g_bdev_lock);
 	return b;
@@ -165,8 +172,9 @@ struct keel_bdev *keel_bdev_next(struct keel_bdev *prev)
 {
 	struct keel_bdev *b;
 
-	if (!prev)
+	if (!prev) {
 		return keel_bdev_first();
+	}
 	pthread_mutex_lock(&g_bdev_lock);
 	b = TAILQ_NEXT(prev, link);
 	pthread_mutex_unlock(&g_bdev_lock);
@@ -261,8 +269,9 @@ int keel_bdev_dump_info_json(struct keel_bdev *bdev, struct json_t *obj)
 	const char *owner;
 	int rc = 0;
 
-	if (!bdev || !obj)
+	if (!bdev || !obj) {
 		return -EINVAL;
+	}
 	types = json_array();
 	drv = json_object();
 	if (!types || !drv) {
@@ -270,8 +279,9 @@ int keel_bdev_dump_info_json(struct keel_bdev *bdev, struct json_t *obj)
 		goto out_put;
 	}
 	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
-		if (keel_bdev_io_type_supported(bdev, t))
+		if (keel_bdev_io_type_supported(bdev, t)) {
 			json_array_append_new(types, json_string(keel_bdev_io_type_name(t)));
+		}
 	}
 	owner = keel_bdev_get_claim_owner(bdev);
 	json_object_set_new(obj, "name", json_string(keel_bdev_get_name(bdev)));
@@ -280,7 +290,8 @@ int keel_bdev_dump_info_json(struct keel_bdev *bdev, struct json_t *obj)
 	json_object_set_new(obj, "product_name",
 			    json_string(bdev->product_name ? bdev->product_name : ""));
 	json_object_set_new(obj, "block_size", json_integer(bdev->block_size));
-	json_object_set_new(obj, "num_blocks", json_integer((json_int_t)keel_bdev_get_num_blocks(bdev)));
+	json_object_set_new(obj, "num_blocks",
+			    json_integer((json_int_t)keel_bdev_get_num_blocks(bdev)));
 	json_object_set_new(obj, "required_alignment", json_integer(keel_bdev_get_buf_align(bdev)));
 	json_object_set_new(obj, "optimal_io_boundary", json_integer(bdev->optimal_io_boundary));
 	json_object_set_new(obj, "max_transfer_blocks", json_integer(bdev->max_transfer_blocks));
@@ -289,8 +300,9 @@ int keel_bdev_dump_info_json(struct keel_bdev *bdev, struct json_t *obj)
 	json_object_set_new(obj, "claimed_by", owner ? json_string(owner) : json_null());
 	json_object_set_new(obj, "supported_io_types", types);
 	types = NULL;
-	if (bdev->fn_table->dump_info_json)
+	if (bdev->fn_table->dump_info_json) {
 		bdev->fn_table->dump_info_json(bdev->ctxt, drv);
+	}
 	json_object_set_new(obj, "driver_specific", drv);
 	return 0;
 
@@ -308,14 +320,18 @@ static bool bdev_name_valid(const char *name)
 {
 	size_t len;
 
-	if (!name)
+	if (!name) {
 		return false;
+	}
 	len = strlen(name);
-	if (len == 0 || len > KEEL_BDEV_NAME_MAX)
+	if (len == 0 || len > KEEL_BDEV_NAME_MAX) {
 		return false;
+	}
 	for (size_t i = 0; i < len; i++) {
-		if (name[i] == '/' || isspace((unsigned char)name[i]) || !isprint((unsigned char)name[i]))
+		if (name[i] == '/' || isspace((unsigned char)name[i]) ||
+		    !isprint((unsigned char)name[i])) {
 			return false;
+		}
 	}
 	return true;
 }
@@ -329,32 +345,36 @@ int keel_bdev_register(struct keel_bdev *bdev)
 	int rc;
 
 	if (!bdev || !bdev->fn_table || !bdev->fn_table->submit_request ||
-	    !bdev->fn_table->get_io_channel || !bdev->module)
+	    !bdev->fn_table->get_io_channel || !bdev->module) {
 		return -EINVAL;
+	}
 	if (!bdev_name_valid(bdev->name)) {
 		KEEL_ERRLOG("bdev register: invalid name '%s' (1..%d printable characters, no '/' "
-			    "or whitespace)", bdev->name ? bdev->name : "(null)", KEEL_BDEV_NAME_MAX);
+			    "or whitespace)",
+			    bdev->name ? bdev->name : "(null)", KEEL_BDEV_NAME_MAX);
 		return -EINVAL;
 	}
 	if (bdev->block_size < 512 || (bdev->block_size & (bdev->block_size - 1)) ||
-	    bdev->num_blocks == 0 ||
-	    bdev->required_alignment > BDEV_MAX_ALIGN ||
+	    bdev->num_blocks == 0 || bdev->required_alignment > BDEV_MAX_ALIGN ||
 	    (bdev->required_alignment > 1 &&
 	     (bdev->required_alignment & (bdev->required_alignment - 1)))) {
-		KEEL_ERRLOG("bdev %s: invalid geometry: block_size %u, num_blocks %lu, alignment %u",
-			    bdev->name, bdev->block_size, (unsigned long)bdev->num_blocks,
-			    bdev->required_alignment);
+		KEEL_ERRLOG(
+			"bdev %s: invalid geometry: block_size %u, num_blocks %lu, alignment %u",
+			bdev->name, bdev->block_size, (unsigned long)bdev->num_blocks,
+			bdev->required_alignment);
 		return -EINVAL;
 	}
 	bdev_stats_init();
 	(void)bdev_zero_buf(); /* now, not on a reactor at the first emulated write */
 
 	bi = calloc(1, sizeof(*bi));
-	if (!bi)
+	if (!bi) {
 		return -ENOMEM;
+	}
 	snprintf(bi->name, sizeof(bi->name), "%s", bdev->name);
-	if (keel_uuid_is_null(bdev->uuid))
+	if (keel_uuid_is_null(bdev->uuid)) {
 		keel_uuid_generate(bdev->uuid);
+	}
 	keel_uuid_fmt(bdev->uuid, bi->uuid_str);
 	bi->io_dev = (char *)bdev + 1;
 	bi->block_shift = (uint32_t)__builtin_ctz(bdev->block_size);
@@ -363,13 +383,15 @@ int keel_bdev_register(struct keel_bdev *bdev)
 	bi->len_mask = bi->align_mask < bi->block_mask ? bi->align_mask : (uint32_t)bi->block_mask;
 	bi->simple = !bdev->optimal_io_boundary && !bdev->max_transfer_blocks && !bi->align_mask;
 	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
-		if (bdev->fn_table->io_type_supported)
+		if (bdev->fn_table->io_type_supported) {
 			bi->native[t] = bdev->fn_table->io_type_supported(bdev->ctxt, t);
-		else
+		} else {
 			bi->native[t] = t == KEEL_BDEV_IO_READ || t == KEEL_BDEV_IO_WRITE;
+		}
 	}
-	if (bdev->module->get_ctx_size)
+	if (bdev->module->get_ctx_size) {
 		ctx_size = bdev->module->get_ctx_size();
+	}
 	elt = sizeof(struct keel_bdev_io_internal) + sizeof(struct keel_bdev_io) + ctx_size;
 	bi->io_elt_size = (uint32_t)((elt + 63) & ~(size_t)63);
 	pthread_mutex_init(&bi->lock, NULL);
@@ -379,8 +401,10 @@ int keel_bdev_register(struct keel_bdev *bdev)
 
 	pthread_mutex_lock(&g_bdev_lock);
 	TAILQ_FOREACH(b, &g_bdevs, link) {
-		if (strcmp(b->internal->name, bi->name) == 0 || memcmp(b->uuid, bdev->uuid, 16) == 0)
+		if (strcmp(b->internal->name, bi->name) == 0 ||
+		    memcmp(b->uuid, bdev->uuid, 16) == 0) {
 			break;
+		}
 	}
 	if (b) {
 		KEEL_ERRLOG("bdev %s: %s already taken by bdev %s", bi->name,
@@ -391,8 +415,9 @@ int keel_bdev_register(struct keel_bdev *bdev)
 	}
 	rc = keel_io_device_register(bi->io_dev, bdev_channel_create, bdev_channel_destroy,
 				     sizeof(struct bdev_channel *), bi->name);
-	if (rc)
+	if (rc) {
 		goto out_unlock;
+	}
 	TAILQ_INSERT_TAIL(&g_bdevs, bdev, link);
 	pthread_mutex_unlock(&g_bdev_lock);
 	KEEL_INFOLOG("bdev %s: registered (%s, %lu blocks of %u bytes, uuid %s)", bi->name,
@@ -421,8 +446,9 @@ struct bdev_event_msg {
  * dropped, each put one reference, possibly on different threads. */
 static void bdev_desc_put(struct keel_bdev_desc *desc)
 {
-	if (__atomic_sub_fetch(&desc->refs, 1, __ATOMIC_ACQ_REL) == 0)
+	if (__atomic_sub_fetch(&desc->refs, 1, __ATOMIC_ACQ_REL) == 0) {
 		free(desc);
+	}
 }
 
 static void bdev_event_deliver(void *arg)
@@ -430,8 +456,9 @@ static void bdev_event_deliver(void *arg)
 	struct bdev_event_msg *m = arg;
 	struct keel_bdev_desc *desc = m->desc;
 
-	if (!desc->closed)
+	if (!desc->closed) {
 		desc->event_cb(m->type, desc->bdev, desc->event_ctx);
+	}
 	/* The callback may have closed the desc; we still hold our reference. */
 	bdev_desc_put(desc);
 	free(m);
@@ -470,11 +497,13 @@ int keel_bdev_open_ext(const char *name, bool write, keel_bdev_event_cb event_cb
 	struct keel_bdev_desc *desc;
 	struct keel_bdev *bdev;
 
-	if (!name || !event_cb || !desc_out || !thread)
+	if (!name || !event_cb || !desc_out || !thread) {
 		return -EINVAL;
+	}
 	desc = calloc(1, sizeof(*desc));
-	if (!desc)
+	if (!desc) {
 		return -ENOMEM;
+	}
 
 	pthread_mutex_lock(&g_bdev_lock);
 	bdev = bdev_find_locked(name);
@@ -521,15 +550,18 @@ void keel_bdev_close(struct keel_bdev_desc *desc)
 	struct keel_bdev_internal *bi;
 	bool last;
 
-	if (!desc)
+	if (!desc) {
 		return;
+	}
 	bdev = desc->bdev;
 	bi = bdev->internal;
-	if (desc->thread != keel_thread_get_current())
+	if (desc->thread != keel_thread_get_current()) {
 		KEEL_ERRLOG("bdev %s: descriptor closed on thread %s, opened on %s", bi->name,
-			    keel_thread_get_current() ?
-			    keel_thread_get_name(keel_thread_get_current()) : "(none)",
+			    keel_thread_get_current()
+				    ? keel_thread_get_name(keel_thread_get_current())
+				    : "(none)",
 			    keel_thread_get_name(desc->thread));
+	}
 	pthread_mutex_lock(&bi->lock);
 	TAILQ_REMOVE(&bi->descs, desc, link);
 	bi->open_count--;
@@ -538,14 +570,16 @@ void keel_bdev_close(struct keel_bdev_desc *desc)
 		bi->claim_module = NULL;
 	}
 	last = bi->open_count == 0 && bi->state == BDEV_STATE_REMOVING && !bi->teardown_started;
-	if (last)
+	if (last) {
 		bi->teardown_started = true;
+	}
 	pthread_mutex_unlock(&bi->lock);
 
 	desc->closed = true;
 	bdev_desc_put(desc);
-	if (last)
+	if (last) {
 		bdev_teardown(bdev);
+	}
 }
 
 struct keel_bdev *keel_bdev_desc_get_bdev(struct keel_bdev_desc *desc)
@@ -557,11 +591,13 @@ struct keel_io_channel *keel_bdev_get_io_channel(struct keel_bdev_desc *desc)
 {
 	struct keel_bdev_internal *bi;
 
-	if (!desc)
+	if (!desc) {
 		return NULL;
+	}
 	bi = desc->bdev->internal;
-	if (__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)
+	if (__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED) {
 		return NULL;
+	}
 	return keel_get_io_channel(bi->io_dev);
 }
 
@@ -569,8 +605,9 @@ int keel_bdev_module_claim_bdev(struct keel_bdev_desc *desc, struct keel_bdev_mo
 {
 	struct keel_bdev_internal *bi;
 
-	if (!desc || !module)
+	if (!desc || !module) {
 		return -EINVAL;
+	}
 	bi = desc->bdev->internal;
 	pthread_mutex_lock(&bi->lock);
 	if (bi->claim_module) {
@@ -603,8 +640,9 @@ void keel_bdev_notify_resize(struct keel_bdev *bdev, uint64_t new_num_blocks)
 
 	__atomic_store_n(&bdev->num_blocks, new_num_blocks, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&bi->lock);
-	TAILQ_FOREACH(desc, &bi->descs, link)
+	TAILQ_FOREACH(desc, &bi->descs, link) {
 		bdev_send_event_locked(desc, KEEL_BDEV_EVENT_RESIZE);
+	}
 	pthread_mutex_unlock(&bi->lock);
 }
 
@@ -631,8 +669,9 @@ static void bdev_post_done(struct keel_thread *thread, keel_bdev_done_cb cb_fn, 
 {
 	struct bdev_done_msg *m;
 
-	if (!cb_fn)
+	if (!cb_fn) {
 		return;
+	}
 	m = calloc(1, sizeof(*m));
 	if (!m) {
 		KEEL_ERRLOG("bdev: out of memory delivering a completion");
@@ -658,12 +697,15 @@ void bdev_destruct(struct keel_bdev *bdev)
 	int rc = 0;
 
 	/* After destruct returns 0 the module may have freed bdev: keep only bi. */
-	if (bdev->fn_table->destruct)
+	if (bdev->fn_table->destruct) {
 		rc = bdev->fn_table->destruct(bdev->ctxt);
-	if (rc == 1)
+	}
+	if (rc == 1) {
 		return; /* keel_bdev_destruct_done() follows */
-	if (rc < 0)
+	}
+	if (rc < 0) {
 		KEEL_ERRLOG("bdev %s: destruct failed: %s", bi->name, strerror(-rc));
+	}
 	bdev_unregister_finish(bi);
 }
 
@@ -681,11 +723,13 @@ static void bdev_io_dev_unregistered(void *io_dev)
 	pthread_mutex_lock(&bi->lock);
 	bi->io_dev_unregistered = true;
 	destruct = bi->live_channels == 0 && !bi->destructing;
-	if (destruct)
+	if (destruct) {
 		bi->destructing = true;
+	}
 	pthread_mutex_unlock(&bi->lock);
-	if (destruct)
+	if (destruct) {
 		bdev_destruct(bdev);
+	}
 }
 
 static void bdev_teardown(struct keel_bdev *bdev)
@@ -707,14 +751,17 @@ static void bdev_remove_notify(struct keel_io_channel_iter *iter, int status)
 	bool teardown;
 
 	pthread_mutex_lock(&bi->lock);
-	TAILQ_FOREACH(desc, &bi->descs, link)
+	TAILQ_FOREACH(desc, &bi->descs, link) {
 		bdev_send_event_locked(desc, KEEL_BDEV_EVENT_REMOVE);
+	}
 	teardown = bi->open_count == 0 && !bi->teardown_started;
-	if (teardown)
+	if (teardown) {
 		bi->teardown_started = true;
+	}
 	pthread_mutex_unlock(&bi->lock);
-	if (teardown)
+	if (teardown) {
 		bdev_teardown(bdev);
+	}
 }
 
 void keel_bdev_unregister(struct keel_bdev *bdev, keel_bdev_done_cb cb_fn, void *cb_arg)
@@ -723,9 +770,11 @@ void keel_bdev_unregister(struct keel_bdev *bdev, keel_bdev_done_cb cb_fn, void 
 	struct keel_bdev_internal *bi;
 
 	if (!bdev || !bdev->internal || !thread) {
-		KEEL_ERRLOG("bdev unregister: %s", !thread ? "not on a keel thread" : "no such bdev");
-		if (thread)
+		KEEL_ERRLOG("bdev unregister: %s",
+			    !thread ? "not on a keel thread" : "no such bdev");
+		if (thread) {
 			bdev_post_done(thread, cb_fn, cb_arg, -ENODEV);
+		}
 		return;
 	}
 	bi = bdev->internal;
@@ -758,17 +807,20 @@ int keel_bdev_subsystem_init(keel_bdev_done_cb cb_fn, void *cb_arg)
 	struct keel_bdev_module *m;
 	int rc = 0;
 
-	if (!thread || !cb_fn)
+	if (!thread || !cb_fn) {
 		return -EINVAL;
+	}
 	bdev_stats_init();
-	if (!bdev_zero_buf())
+	if (!bdev_zero_buf()) {
 		return -ENOMEM;
+	}
 	/* The module list is fixed before init; module_init may register bdevs. */
 	TAILQ_FOREACH(m, &g_modules, link) {
 		if (m->module_init) {
 			rc = m->module_init();
 			if (rc) {
-				KEEL_ERRLOG("bdev module %s: init failed: %s", m->name, strerror(-rc));
+				KEEL_ERRLOG("bdev module %s: init failed: %s", m->name,
+					    strerror(-rc));
 				break;
 			}
 		}
@@ -798,11 +850,13 @@ static void bdev_fini_next(void *arg, int status)
 		return;
 	}
 	TAILQ_FOREACH_REVERSE(m, &g_modules, keel_bdev_module_list_head, link) {
-		if (m->module_fini)
+		if (m->module_fini) {
 			m->module_fini();
+		}
 	}
-	if (ctx->cb_fn)
+	if (ctx->cb_fn) {
 		ctx->cb_fn(ctx->cb_arg, 0);
+	}
 	free(ctx);
 }
 
@@ -812,10 +866,12 @@ void keel_bdev_subsystem_fini(keel_bdev_done_cb cb_fn, void *cb_arg)
 	struct bdev_fini_ctx *ctx = calloc(1, sizeof(*ctx));
 
 	if (!ctx || !thread) {
-		KEEL_ERRLOG("bdev subsystem fini: %s", !thread ? "not on a keel thread" : "out of memory");
+		KEEL_ERRLOG("bdev subsystem fini: %s",
+			    !thread ? "not on a keel thread" : "out of memory");
 		free(ctx);
-		if (thread && cb_fn)
+		if (thread && cb_fn) {
 			bdev_post_done(thread, cb_fn, cb_arg, -ENOMEM);
+		}
 		return;
 	}
 	ctx->cb_fn = cb_fn;

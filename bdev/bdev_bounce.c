@@ -18,10 +18,12 @@ void bdev_bounce_channel_init(struct bdev_channel *ch, const struct keel_bdev_op
 	ch->bounce_count = opts->bounce_buf_count;
 	/* Each buffer must hold a block and keep the alignment (all are powers of two). */
 	ch->bounce_size = opts->bounce_buf_size;
-	if (ch->bounce_size < bdev->block_size)
+	if (ch->bounce_size < bdev->block_size) {
 		ch->bounce_size = bdev->block_size;
-	if (ch->bounce_size < bdev->required_alignment)
+	}
+	if (ch->bounce_size < bdev->required_alignment) {
 		ch->bounce_size = bdev->required_alignment;
+	}
 }
 
 void bdev_bounce_channel_fini(struct bdev_channel *ch)
@@ -35,12 +37,13 @@ void bdev_bounce_channel_fini(struct bdev_channel *ch)
  * iov_len a multiple of min(alignment, block size) (O_DIRECT wants both at the
  * logical block size; a larger alignment cannot be asked of a one-block length).
  */
-bool bdev_iovs_misaligned(const struct keel_bdev_internal *bi, const struct iovec *iovs,
-			  int iovcnt)
+bool bdev_iovs_misaligned(const struct keel_bdev_internal *bi, const struct iovec *iovs, int iovcnt)
 {
 	for (int i = 0; i < iovcnt; i++) {
-		if (((uintptr_t)iovs[i].iov_base & bi->align_mask) || (iovs[i].iov_len & bi->len_mask))
+		if (((uintptr_t)iovs[i].iov_base & bi->align_mask) ||
+		    (iovs[i].iov_len & bi->len_mask)) {
 			return true;
+		}
 	}
 	return false;
 }
@@ -48,7 +51,8 @@ bool bdev_iovs_misaligned(const struct keel_bdev_internal *bi, const struct iove
 bool bdev_bounce_get(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 {
 	if (!ch->bounce_region) {
-		size_t align = ch->bdev->required_alignment > 4096 ? ch->bdev->required_alignment : 4096;
+		size_t align = ch->bdev->required_alignment > 4096 ? ch->bdev->required_alignment
+								   : 4096;
 
 		if (posix_memalign((void **)&ch->bounce_region, align,
 				   (size_t)ch->bounce_count * ch->bounce_size) != 0) {
@@ -61,12 +65,14 @@ bool bdev_bounce_get(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 			ch->bounce_region = NULL;
 			return false;
 		}
-		for (uint32_t i = 0; i < ch->bounce_count; i++)
+		for (uint32_t i = 0; i < ch->bounce_count; i++) {
 			ch->bounce_free[i] = ch->bounce_region + (size_t)i * ch->bounce_size;
+		}
 		ch->bounce_nfree = ch->bounce_count;
 	}
-	if (ch->bounce_nfree == 0)
+	if (ch->bounce_nfree == 0) {
 		return false;
+	}
 	lin->bounce_buf = ch->bounce_free[--ch->bounce_nfree];
 	return true;
 }

@@ -35,8 +35,9 @@ bool bdev_file_block_size_ok(uint32_t block_size)
 int bdev_file_check_create(const char *module, const char *name, const char *filename,
 			   uint32_t block_size, bool have_cb)
 {
-	if (name == NULL || filename == NULL || !have_cb || filename[0] == '\0')
+	if (name == NULL || filename == NULL || !have_cb || filename[0] == '\0') {
 		return -EINVAL;
+	}
 	if (name[0] == '\0' || strlen(name) > KEEL_BDEV_NAME_MAX) {
 		KEEL_ERRLOG("%s bdev: name '%s' is empty or longer than %d characters", module,
 			    name, KEEL_BDEV_NAME_MAX);
@@ -47,8 +48,9 @@ int bdev_file_check_create(const char *module, const char *name, const char *fil
 			    name, block_size, BDEV_FILE_MAX_BLOCK_SIZE);
 		return -EINVAL;
 	}
-	if (keel_thread_get_current() == NULL)
+	if (keel_thread_get_current() == NULL) {
 		return -EINVAL;
+	}
 	if (keel_bdev_get_by_name(name) != NULL) {
 		KEEL_ERRLOG("%s bdev %s: a bdev with this name exists", module, name);
 		return -EEXIST;
@@ -71,12 +73,14 @@ static int bdev_file_open_fd(const char *filename, bool refuse_direct, struct bd
 		return fd;
 	}
 	/* tmpfs (before 6.6), ramfs and some FUSE filesystems refuse O_DIRECT with EINVAL. */
-	if (errno != EINVAL)
+	if (errno != EINVAL) {
 		return -errno;
+	}
 	out->direct_errno = EINVAL;
 	fd = open(filename, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
+	if (fd < 0) {
 		return -errno;
+	}
 	out->direct = false;
 	return fd;
 }
@@ -88,8 +92,9 @@ static uint32_t bdev_file_dio_align(int fd)
 	struct statx stx;
 
 	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-	    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align != 0)
+	    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align != 0) {
 		return stx.stx_dio_offset_align;
+	}
 #endif
 	return 0;
 }
@@ -101,8 +106,9 @@ static bool bdev_file_probe_nowait(int fd, uint32_t block_size)
 	void *buf;
 	bool nowait;
 
-	if (posix_memalign(&buf, block_size > 4096 ? block_size : 4096, block_size) != 0)
+	if (posix_memalign(&buf, block_size > 4096 ? block_size : 4096, block_size) != 0) {
 		return true;
+	}
 	iov.iov_base = buf;
 	iov.iov_len = block_size;
 	nowait = preadv2(fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP;
@@ -110,8 +116,8 @@ static bool bdev_file_probe_nowait(int fd, uint32_t block_size)
 	return nowait;
 }
 
-int bdev_file_open(const char *module, const char *name, const char *filename,
-		   uint32_t block_size, bool refuse_direct, struct bdev_file *out)
+int bdev_file_open(const char *module, const char *name, const char *filename, uint32_t block_size,
+		   bool refuse_direct, struct bdev_file *out)
 {
 	uint32_t dio_align = 0;
 	uint64_t size;
@@ -123,12 +129,13 @@ int bdev_file_open(const char *module, const char *name, const char *filename,
 	fd = bdev_file_open_fd(filename, refuse_direct, out);
 	if (fd < 0) {
 		rc = fd;
-		if (rc == -EISDIR)
+		if (rc == -EISDIR) {
 			KEEL_ERRLOG("%s bdev %s: %s is a directory, not a file or block device",
 				    module, name, filename);
-		else
+		} else {
 			KEEL_ERRLOG("%s bdev %s: cannot open %s: %s", module, name, filename,
 				    strerror(-rc));
+		}
 		return rc;
 	}
 	if (fstat(fd, &st) != 0) {
@@ -152,15 +159,18 @@ int bdev_file_open(const char *module, const char *name, const char *filename,
 		} else if (block_size < (uint32_t)lbs) {
 			rc = -EINVAL;
 			KEEL_ERRLOG("%s bdev %s: block size %u is smaller than the logical block "
-				    "size %d of %s", module, name, block_size, lbs, filename);
+				    "size %d of %s",
+				    module, name, block_size, lbs, filename);
 			goto out_close_fd;
 		}
 	} else if (S_ISREG(st.st_mode)) {
 		size = (uint64_t)st.st_size;
-		if (block_size == 0)
+		if (block_size == 0) {
 			block_size = 512;
-		if (out->direct)
+		}
+		if (out->direct) {
 			dio_align = bdev_file_dio_align(fd);
+		}
 	} else {
 		rc = -EINVAL;
 		KEEL_ERRLOG("%s bdev %s: %s is neither a regular file nor a block device", module,
@@ -187,8 +197,8 @@ int bdev_file_open(const char *module, const char *name, const char *filename,
 
 		if (buffered < 0) {
 			rc = -errno;
-			KEEL_ERRLOG("%s bdev %s: cannot reopen %s without O_DIRECT: %s", module, name,
-				    filename, strerror(-rc));
+			KEEL_ERRLOG("%s bdev %s: cannot reopen %s without O_DIRECT: %s", module,
+				    name, filename, strerror(-rc));
 			goto out_close_fd;
 		}
 		close(fd);
@@ -198,9 +208,10 @@ int bdev_file_open(const char *module, const char *name, const char *filename,
 		out->dio_align = dio_align;
 	}
 
-	if (!out->is_blockdev)
+	if (!out->is_blockdev) {
 		out->punch_hole_ok = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					       (off_t)size, block_size) == 0;
+	}
 	out->nowait = bdev_file_probe_nowait(fd, block_size);
 	out->fd = fd;
 	out->block_size = block_size;

@@ -28,9 +28,9 @@
 /** What bdev_file_open found. */
 struct bdev_file {
 	int fd;
-	bool direct;            /**< opened with O_DIRECT */
+	bool direct; /**< opened with O_DIRECT */
 	bool is_blockdev;
-	bool punch_hole_ok;     /**< files: FALLOC_FL_PUNCH_HOLE works here */
+	bool punch_hole_ok; /**< files: FALLOC_FL_PUNCH_HOLE works here */
 	/**
 	 * The filesystem honours RWF_NOWAIT (a read that would block says so instead).
 	 * Without it (tmpfs, ramfs) io_uring cannot issue a request inline and hands
@@ -66,7 +66,7 @@ int bdev_file_check_create(const char *module, const char *name, const char *fil
  * -ENOTDIR, -ENAMETOOLONG (and other errno of open/fstat/ioctl), -EINVAL (neither file
  * nor block device, bad block size, size 0 or not a multiple of the block size).
  */
-int bdev_file_open(const char *module, const char *name, const char *filename,
-		   uint32_t block_size, bool refuse_direct, struct bdev_file *out);
+int bdev_file_open(const char *module, const char *name, const char *filename, uint32_t block_size,
+		   bool refuse_direct, struct bdev_file *out);
 
 #endif /* KEEL_BDEV_FILE_H */

@@ -31,8 +31,8 @@
 #include "keel/reactor.h"
 #include "keel/util.h"
 
-#define BDEV_IO_NUM_IOV 16  /* iovec slots per request for split slices */
-#define BDEV_MAX_LANES 8    /* split chunks one request keeps in flight at most */
+#define BDEV_IO_NUM_IOV 16 /* iovec slots per request for split slices */
+#define BDEV_MAX_LANES 8   /* split chunks one request keeps in flight at most */
 #define BDEV_ZERO_BUF_SIZE (1024u * 1024u)
 #define BDEV_MAX_ALIGN 65536u /* largest required_alignment; the zero buffer honours it */
 #define BDEV_NOMEM_RETRY_US 100
@@ -58,23 +58,23 @@ struct keel_bdev_desc {
 struct keel_bdev_internal {
 	char name[KEEL_BDEV_NAME_MAX + 1];
 	char uuid_str[KEEL_UUID_STR_LEN];
-	void *io_dev;            /* (char *)bdev + 1: the bdev's own io_device */
+	void *io_dev; /* (char *)bdev + 1: the bdev's own io_device */
 	uint32_t block_shift;
 	uint64_t block_mask;
-	uint32_t align_mask;     /* iov_base alignment: required_alignment - 1 */
-	uint32_t len_mask;       /* iov_len granularity: min(alignment, block size) - 1 */
-	uint32_t io_elt_size;    /* bytes of one pooled request object */
-	bool simple;             /* no boundary, no max transfer, no alignment: skip checks */
+	uint32_t align_mask;  /* iov_base alignment: required_alignment - 1 */
+	uint32_t len_mask;    /* iov_len granularity: min(alignment, block size) - 1 */
+	uint32_t io_elt_size; /* bytes of one pooled request object */
+	bool simple;          /* no boundary, no max transfer, no alignment: skip checks */
 	bool native[KEEL_BDEV_IO_NUM_TYPES];
-	int state;               /* enum bdev_state, atomic: read on every submit */
+	int state; /* enum bdev_state, atomic: read on every submit */
 
-	pthread_mutex_t lock;    /* descs, claim, closed_stats, channel count, teardown */
+	pthread_mutex_t lock; /* descs, claim, closed_stats, channel count, teardown */
 	TAILQ_HEAD(, keel_bdev_desc) descs;
 	uint32_t open_count;
 	struct keel_bdev_module *claim_module;
 	struct keel_bdev_desc *claim_desc;
 	struct keel_bdev_io_stats closed_stats;
-	uint32_t live_channels;  /* bdev_channel structs alive, including orphans */
+	uint32_t live_channels; /* bdev_channel structs alive, including orphans */
 	bool io_dev_unregistered;
 	bool teardown_started;
 	bool destructing;
@@ -91,10 +91,10 @@ struct keel_bdev_internal {
 struct bdev_request {
 	struct keel_bdev_desc *desc;
 	enum keel_bdev_io_type type;
-	struct iovec *iovs;       /* the caller's; NULL: flat buffer \p buf (or no data) */
+	struct iovec *iovs; /* the caller's; NULL: flat buffer \p buf (or no data) */
 	int iovcnt;
 	void *buf;
-	uint64_t iov_bytes;       /* bytes the iovecs hold: >= the request's length */
+	uint64_t iov_bytes; /* bytes the iovecs hold: >= the request's length */
 	uint64_t offset_blocks;
 	uint64_t num_blocks;
 	uint32_t flags;
@@ -120,15 +120,15 @@ struct keel_bdev_io_internal {
 	void *cb_arg;
 	uint64_t submit_tsc;
 	int status;
-	uint8_t user_type;       /* the type the caller asked for (stats, emulation) */
-	uint8_t epoch;           /* reset epoch this request counts in */
-	bool counted;            /* counts in ch->inflight[epoch] */
-	bool is_lane;            /* a split chunk (the parent itself or a child) */
+	uint8_t user_type; /* the type the caller asked for (stats, emulation) */
+	uint8_t epoch;     /* reset epoch this request counts in */
+	bool counted;      /* counts in ch->inflight[epoch] */
+	bool is_lane;      /* a split chunk (the parent itself or a child) */
 	bool is_child;
-	bool bounce;             /* the request's buffers need bouncing */
+	bool bounce;                             /* the request's buffers need bouncing */
 	TAILQ_ENTRY(keel_bdev_io_internal) link; /* deferred / nomem / bounce wait */
 
-	struct iovec flat;       /* iovec for the flat-buffer API */
+	struct iovec flat; /* iovec for the flat-buffer API */
 
 	/* Split state (valid in a parent that is split). */
 	struct keel_bdev_io *parent;
@@ -136,16 +136,16 @@ struct keel_bdev_io_internal {
 	int orig_iovcnt;
 	uint64_t orig_offset;
 	uint64_t orig_num;
-	uint64_t next_block;     /* first block not yet handed to a lane */
-	int cur_iov;             /* iovec cursor of next_block */
+	uint64_t next_block; /* first block not yet handed to a lane */
+	int cur_iov;         /* iovec cursor of next_block */
 	uint64_t cur_off;
-	uint32_t lanes;          /* lanes currently holding a chunk */
+	uint32_t lanes; /* lanes currently holding a chunk */
 	int split_status;
-	uint8_t lane_type;       /* type the lanes submit */
+	uint8_t lane_type; /* type the lanes submit */
 
 	/* Lane state. */
 	void *bounce_buf;
-	int copy_iov;            /* where this chunk's data sits in the parent's iovs */
+	int copy_iov; /* where this chunk's data sits in the parent's iovs */
 	uint64_t copy_off;
 	struct keel_io_channel_iter *reset_iter;
 	TAILQ_ENTRY(keel_bdev_io_internal) reset_link;
@@ -158,12 +158,12 @@ struct bdev_channel {
 	struct keel_io_channel *module_ch;
 	void (*submit_fn)(struct keel_io_channel *ch, struct keel_bdev_io *io);
 	struct keel_mempool_cache *cache;
-	uint32_t in_submit;      /* >0: completions must be deferred */
-	uint32_t outstanding;    /* user requests accepted and not yet completed */
+	uint32_t in_submit;   /* >0: completions must be deferred */
+	uint32_t outstanding; /* user requests accepted and not yet completed */
 	bool draining;
 	bool drain_pending;
-	bool now_valid;          /* now_tsc is the batch timestamp */
-	bool destroyed;          /* io_channel gone; freed when outstanding drops to 0 */
+	bool now_valid; /* now_tsc is the batch timestamp */
+	bool destroyed; /* io_channel gone; freed when outstanding drops to 0 */
 	uint8_t epoch;
 	uint32_t inflight[2];
 	uint64_t now_tsc;
@@ -187,7 +187,7 @@ struct bdev_channel {
 	TAILQ_HEAD(, keel_bdev_io_internal) reset_waiters;
 
 	struct keel_mempool *pool;
-	uint64_t lat_us_mult;    /* bdev_stats_us_mult(), next to the stats it serves */
+	uint64_t lat_us_mult; /* bdev_stats_us_mult(), next to the stats it serves */
 	struct keel_bdev_io_stats stats;
 };
 

@@ -30,8 +30,9 @@ int bdev_channel_create(void *io_dev, void *ctx_buf)
 	char name[KEEL_BDEV_NAME_MAX + 16];
 
 	keel_bdev_get_opts(&opts);
-	if (posix_memalign((void **)&ch, 64, sizeof(*ch)) != 0)
+	if (posix_memalign((void **)&ch, 64, sizeof(*ch)) != 0) {
 		return -ENOMEM;
+	}
 	memset(ch, 0, sizeof(*ch));
 	ch->bdev = bdev;
 	ch->thread = keel_thread_get_current();
@@ -52,11 +53,13 @@ int bdev_channel_create(void *io_dev, void *ctx_buf)
 	}
 	snprintf(name, sizeof(name), "bdev_io_%s", bi->name);
 	ch->pool = keel_mempool_create(name, opts.io_pool_size, bi->io_elt_size, -1);
-	if (!ch->pool)
+	if (!ch->pool) {
 		goto out_put_module_ch;
+	}
 	ch->cache = keel_mempool_cache_create(ch->pool, opts.io_cache_size);
-	if (!ch->cache)
+	if (!ch->cache) {
 		goto out_free_pool;
+	}
 
 	pthread_mutex_lock(&bi->lock);
 	bi->live_channels++;
@@ -95,19 +98,22 @@ static void bdev_channel_free(struct bdev_channel *ch)
 	bdev_stats_add(&bi->closed_stats, &ch->stats);
 	bi->live_channels--;
 	destruct = bi->live_channels == 0 && bi->io_dev_unregistered && !bi->destructing;
-	if (destruct)
+	if (destruct) {
 		bi->destructing = true;
+	}
 	pthread_mutex_unlock(&bi->lock);
 	free(ch);
-	if (destruct)
+	if (destruct) {
 		bdev_destruct(bdev);
+	}
 }
 
 static inline void bdev_channel_maybe_free(struct bdev_channel *ch)
 {
 	if (keel_unlikely(ch->destroyed) && ch->outstanding == 0 && !ch->drain_pending &&
-	    !ch->draining && TAILQ_EMPTY(&ch->deferred) && TAILQ_EMPTY(&ch->nomem_q))
+	    !ch->draining && TAILQ_EMPTY(&ch->deferred) && TAILQ_EMPTY(&ch->nomem_q)) {
 		bdev_channel_free(ch);
+	}
 }
 
 void bdev_channel_destroy(void *io_dev, void *ctx_buf)
@@ -116,9 +122,10 @@ void bdev_channel_destroy(void *io_dev, void *ctx_buf)
 
 	/* Requests still in flight keep the channel (and the module channel) alive as an
 	 * orphan until they complete, so a consumer that puts early cannot crash us. */
-	if (ch->outstanding)
+	if (ch->outstanding) {
 		KEEL_WARNLOG("bdev %s: channel released with %u requests outstanding",
 			     ch->bdev->internal->name, ch->outstanding);
+	}
 	ch->destroyed = true;
 	bdev_channel_maybe_free(ch);
 }
@@ -135,12 +142,14 @@ static struct bdev_wait *bdev_wait_get(struct bdev_channel *ch)
 	if (!w) {
 		/* Only when the pool is dry; chunks stay with the channel afterwards. */
 		c = calloc(1, sizeof(*c));
-		if (!c)
+		if (!c) {
 			return NULL;
+		}
 		c->next = ch->wait_chunks;
 		ch->wait_chunks = c;
-		for (size_t i = 0; i < sizeof(c->entries) / sizeof(c->entries[0]); i++)
+		for (size_t i = 0; i < sizeof(c->entries) / sizeof(c->entries[0]); i++) {
 			TAILQ_INSERT_TAIL(&ch->wait_free, &c->entries[i], link);
+		}
 		w = TAILQ_FIRST(&ch->wait_free);
 	}
 	TAILQ_REMOVE(&ch->wait_free, w, link);
@@ -167,8 +176,9 @@ void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_internal *i
 
 	if (in->counted) {
 		ch->inflight[in->epoch]--;
-		if (keel_unlikely(!TAILQ_EMPTY(&ch->reset_waiters)))
+		if (keel_unlikely(!TAILQ_EMPTY(&ch->reset_waiters))) {
 			bdev_reset_check(ch);
+		}
 	}
 	ch->outstanding--;
 	bdev_io_free(ch, in->io);
@@ -177,16 +187,18 @@ void bdev_user_complete(struct bdev_channel *ch, struct keel_bdev_io_internal *i
 
 static inline void bdev_io_done(struct bdev_channel *ch, struct keel_bdev_io_internal *in)
 {
-	if (keel_unlikely(in->is_lane))
+	if (keel_unlikely(in->is_lane)) {
 		bdev_lane_done(ch, in);
-	else
+	} else {
 		bdev_user_complete(ch, in);
+	}
 }
 
 static inline void bdev_after_completion(struct bdev_channel *ch)
 {
-	if (keel_unlikely(!TAILQ_EMPTY(&ch->nomem_q)))
+	if (keel_unlikely(!TAILQ_EMPTY(&ch->nomem_q))) {
 		bdev_nomem_retry(ch);
+	}
 	bdev_channel_maybe_free(ch);
 }
 
@@ -225,18 +237,22 @@ static void bdev_defer(struct bdev_channel *ch, struct keel_bdev_io_internal *in
 	int rc;
 
 	TAILQ_INSERT_TAIL(&ch->deferred, in, link);
-	if (ch->drain_pending)
+	if (ch->drain_pending) {
 		return;
+	}
 	ch->drain_pending = true;
 	rc = keel_thread_send_msg(ch->thread, bdev_drain, ch);
-	if (keel_likely(rc == 0))
+	if (keel_likely(rc == 0)) {
 		return;
+	}
 	/* Own ring full: drain from a poller instead; it runs on the next iteration. */
-	if (!ch->drain_poller)
+	if (!ch->drain_poller) {
 		ch->drain_poller = keel_poller_register(bdev_drain_poll, ch, 0, "bdev_drain");
-	if (!ch->drain_poller)
+	}
+	if (!ch->drain_poller) {
 		KEEL_ERRLOG("bdev %s: cannot schedule completions: %s", ch->bdev->internal->name,
 			    strerror(-rc));
+	}
 }
 
 static int bdev_nomem_poll(void *arg)
@@ -273,9 +289,10 @@ void keel_bdev_io_complete(struct keel_bdev_io *io, int status)
 	if (keel_unlikely(status == -ENOMEM)) {
 		/* Out of module resources: retry later, never fail the request. */
 		TAILQ_INSERT_TAIL(&ch->nomem_q, in, link);
-		if (!ch->nomem_poller)
+		if (!ch->nomem_poller) {
 			ch->nomem_poller = keel_poller_register(bdev_nomem_poll, ch,
-							       BDEV_NOMEM_RETRY_US, "bdev_nomem");
+								BDEV_NOMEM_RETRY_US, "bdev_nomem");
+		}
 		return;
 	}
 	in->status = status;
@@ -325,8 +342,9 @@ static void bdev_reset_check(struct bdev_channel *ch)
 
 	while ((rin = TAILQ_FIRST(&ch->reset_waiters)) && ch->inflight[ch->epoch ^ 1] == 0) {
 		TAILQ_REMOVE(&ch->reset_waiters, rin, reset_link);
-		if (!TAILQ_EMPTY(&ch->reset_waiters))
+		if (!TAILQ_EMPTY(&ch->reset_waiters)) {
 			ch->epoch ^= 1;
+		}
 		keel_for_each_channel_continue(rin->reset_iter, 0);
 	}
 }
@@ -352,17 +370,16 @@ static void bdev_reset_drained(struct keel_io_channel_iter *iter, int status)
 	struct keel_bdev_io_internal *rin = keel_io_channel_iter_get_ctx(iter);
 	struct bdev_channel *ch = rin->ch;
 
-	if (ch->bdev->internal->native[KEEL_BDEV_IO_RESET])
+	if (ch->bdev->internal->native[KEEL_BDEV_IO_RESET]) {
 		bdev_submit_module(ch, rin->io);
-	else
+	} else {
 		keel_bdev_io_complete(rin->io, 0);
+	}
 }
 
 /* ------------------------------------------------------------------------------ */
 /* Submission                                                                      */
 /* ------------------------------------------------------------------------------ */
-
-
 
 void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request *req)
 {
@@ -421,8 +438,8 @@ void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request
 	}
 
 	if (keel_likely(bi->simple && iov_bytes == (num_blocks << bi->block_shift)) &&
-	    type != KEEL_BDEV_IO_FLUSH && (type != KEEL_BDEV_IO_WRITE_ZEROES ||
-					  bi->native[KEEL_BDEV_IO_WRITE_ZEROES])) {
+	    type != KEEL_BDEV_IO_FLUSH &&
+	    (type != KEEL_BDEV_IO_WRITE_ZEROES || bi->native[KEEL_BDEV_IO_WRITE_ZEROES])) {
 		ch->submit_fn(ch->module_ch, io);
 		goto out;
 	}
@@ -450,17 +467,19 @@ void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request
 
 	split = (bdev->max_transfer_blocks && num_blocks > bdev->max_transfer_blocks) ||
 		(bdev->optimal_io_boundary &&
-		 offset_blocks % bdev->optimal_io_boundary + num_blocks > bdev->optimal_io_boundary);
+		 offset_blocks % bdev->optimal_io_boundary + num_blocks >
+			 bdev->optimal_io_boundary);
 	bounce = false;
 	if (type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE) {
 		bounce = bi->align_mask && bdev_iovs_misaligned(bi, io->iovs, io->iovcnt);
 		/* iovecs longer than the request are trimmed by the slicing path. */
 		split = split || bounce || iov_bytes != (num_blocks << bi->block_shift);
 	}
-	if (split)
+	if (split) {
 		bdev_split_start(ch, in, type, bounce);
-	else
+	} else {
 		ch->submit_fn(ch->module_ch, io);
+	}
 out:
 	ch->in_submit--;
 }
@@ -480,8 +499,9 @@ static inline int bdev_start_or_wait(struct bdev_channel *ch, const struct bdev_
 		}
 	}
 	w = bdev_wait_get(ch);
-	if (!w)
+	if (!w) {
 		return -ENOMEM;
+	}
 	w->req = *req;
 	TAILQ_INSERT_TAIL(&ch->waitq, w, link);
 	return 0;
@@ -492,9 +512,9 @@ static inline int bdev_start_or_wait(struct bdev_channel *ch, const struct bdev_
  * each entry point, as the parameter lists were before the request struct: the
  * compiler then builds only the fields that entry point sets, and the hot path
  * gains no call. */
-__attribute__((always_inline))
-static inline int bdev_submit(struct keel_io_channel *ioch, struct bdev_request *req,
-			      uint64_t offset, uint64_t nbytes)
+__attribute__((always_inline)) static inline int bdev_submit(struct keel_io_channel *ioch,
+							     struct bdev_request *req,
+							     uint64_t offset, uint64_t nbytes)
 {
 	struct keel_bdev_desc *desc = req->desc;
 	enum keel_bdev_io_type type = req->type;
@@ -503,41 +523,52 @@ static inline int bdev_submit(struct keel_io_channel *ioch, struct bdev_request 
 	struct keel_bdev_internal *bi;
 	uint64_t offset_blocks, num_blocks, total, iov_bytes;
 
-	if (keel_unlikely(!desc || !ioch || !req->cb_fn))
+	if (keel_unlikely(!desc || !ioch || !req->cb_fn)) {
 		return -EINVAL;
+	}
 	bdev = desc->bdev;
 	bi = bdev->internal;
-	if (keel_unlikely(((offset | nbytes) & bi->block_mask) || nbytes == 0))
+	if (keel_unlikely(((offset | nbytes) & bi->block_mask) || nbytes == 0)) {
 		return -EINVAL;
+	}
 	offset_blocks = offset >> bi->block_shift;
 	num_blocks = nbytes >> bi->block_shift;
 	total = __atomic_load_n(&bdev->num_blocks, __ATOMIC_RELAXED);
-	if (keel_unlikely(offset_blocks >= total || num_blocks > total - offset_blocks))
+	if (keel_unlikely(offset_blocks >= total || num_blocks > total - offset_blocks)) {
 		return -EINVAL;
-	if (keel_unlikely(type != KEEL_BDEV_IO_READ && !desc->write))
+	}
+	if (keel_unlikely(type != KEEL_BDEV_IO_READ && !desc->write)) {
 		return -EBADF;
+	}
 	if (keel_unlikely((type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE ||
-			   type == KEEL_BDEV_IO_UNMAP) && !bi->native[type]))
+			   type == KEEL_BDEV_IO_UNMAP) &&
+			  !bi->native[type])) {
 		return -ENOTSUP;
-	if (keel_unlikely(__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED))
+	}
+	if (keel_unlikely(__atomic_load_n(&bi->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)) {
 		return -ENODEV;
+	}
 
 	iov_bytes = nbytes;
 	if (type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE) {
 		if (!iovs) {
-			if (keel_unlikely(!req->buf))
+			if (keel_unlikely(!req->buf)) {
 				return -EINVAL;
+			}
 		} else {
-			if (keel_unlikely(req->iovcnt <= 0))
+			if (keel_unlikely(req->iovcnt <= 0)) {
 				return -EINVAL;
+			}
 			iov_bytes = 0;
 			for (int i = 0; i < req->iovcnt; i++) {
-				if (keel_unlikely(!iovs[i].iov_base && iovs[i].iov_len))
+				if (keel_unlikely(!iovs[i].iov_base && iovs[i].iov_len)) {
 					return -EINVAL;
+				}
 				iov_bytes += iovs[i].iov_len;
 			}
-			if (keel_unlikely(iov_bytes < nbytes))
+			if (keel_unlikely(iov_bytes < nbytes)) {
 				return -EINVAL;
+			}
 		}
 	}
 	req->iov_bytes = iov_bytes;
@@ -550,7 +581,11 @@ int keel_bdev_read(struct keel_bdev_desc *desc, struct keel_io_channel *ch, void
 		   uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	struct bdev_request req = {
-		.desc = desc, .type = KEEL_BDEV_IO_READ, .buf = buf, .cb_fn = cb_fn, .cb_arg = cb_arg,
+		.desc = desc,
+		.type = KEEL_BDEV_IO_READ,
+		.buf = buf,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
 	};
 
 	return bdev_submit(ch, &req, offset, nbytes);
@@ -561,12 +596,17 @@ int keel_bdev_readv(struct keel_bdev_desc *desc, struct keel_io_channel *ch, str
 		    void *cb_arg)
 {
 	struct bdev_request req = {
-		.desc = desc, .type = KEEL_BDEV_IO_READ, .iovs = iov, .iovcnt = iovcnt,
-		.cb_fn = cb_fn, .cb_arg = cb_arg,
+		.desc = desc,
+		.type = KEEL_BDEV_IO_READ,
+		.iovs = iov,
+		.iovcnt = iovcnt,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
 	};
 
-	if (!iov)
+	if (!iov) {
 		return -EINVAL;
+	}
 	return bdev_submit(ch, &req, offset, nbytes);
 }
 
@@ -574,7 +614,11 @@ int keel_bdev_write(struct keel_bdev_desc *desc, struct keel_io_channel *ch, voi
 		    uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	struct bdev_request req = {
-		.desc = desc, .type = KEEL_BDEV_IO_WRITE, .buf = buf, .cb_fn = cb_fn, .cb_arg = cb_arg,
+		.desc = desc,
+		.type = KEEL_BDEV_IO_WRITE,
+		.buf = buf,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
 	};
 
 	return bdev_submit(ch, &req, offset, nbytes);
@@ -585,12 +629,18 @@ int keel_bdev_writev(struct keel_bdev_desc *desc, struct keel_io_channel *ch, st
 		     keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	struct bdev_request req = {
-		.desc = desc, .type = KEEL_BDEV_IO_WRITE, .iovs = iov, .iovcnt = iovcnt,
-		.flags = flags, .cb_fn = cb_fn, .cb_arg = cb_arg,
+		.desc = desc,
+		.type = KEEL_BDEV_IO_WRITE,
+		.iovs = iov,
+		.iovcnt = iovcnt,
+		.flags = flags,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
 	};
 
-	if (!iov || (flags & ~KEEL_BDEV_IO_FLAG_FUA))
+	if (!iov || (flags & ~KEEL_BDEV_IO_FLAG_FUA)) {
 		return -EINVAL;
+	}
 	return bdev_submit(ch, &req, offset, nbytes);
 }
 
@@ -600,7 +650,10 @@ static int bdev_submit_range(struct keel_bdev_desc *desc, struct keel_io_channel
 			     keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	struct bdev_request req = {
-		.desc = desc, .type = type, .cb_fn = cb_fn, .cb_arg = cb_arg,
+		.desc = desc,
+		.type = type,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
 	};
 
 	return bdev_submit(ch, &req, offset, nbytes);
@@ -618,8 +671,8 @@ int keel_bdev_unmap(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uin
 	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_UNMAP, offset, nbytes, cb_fn, cb_arg);
 }
 
-int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
-			   uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
+int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
+			   uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_WRITE_ZEROES, offset, nbytes, cb_fn,
 				 cb_arg);
@@ -629,12 +682,18 @@ int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,
 		    keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	struct bdev_request req = {
-		.desc = desc, .type = KEEL_BDEV_IO_RESET, .cb_fn = cb_fn, .cb_arg = cb_arg,
+		.desc = desc,
+		.type = KEEL_BDEV_IO_RESET,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
 	};
 
-	if (!desc || !ioch || !cb_fn)
+	if (!desc || !ioch || !cb_fn) {
 		return -EINVAL;
-	if (__atomic_load_n(&desc->bdev->internal->state, __ATOMIC_RELAXED) != BDEV_STATE_REGISTERED)
+	}
+	if (__atomic_load_n(&desc->bdev->internal->state, __ATOMIC_RELAXED) !=
+	    BDEV_STATE_REGISTERED) {
 		return -ENODEV;
+	}
 	return bdev_start_or_wait(bdev_ch(ioch), &req);
 }

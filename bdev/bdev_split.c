@@ -24,10 +24,11 @@ static void *g_zero_buf;
 static void bdev_zero_buf_alloc(void)
 {
 	/* Shared by every thread, never written after this: zero-write source. */
-	if (posix_memalign(&g_zero_buf, BDEV_MAX_ALIGN, BDEV_ZERO_BUF_SIZE) == 0)
+	if (posix_memalign(&g_zero_buf, BDEV_MAX_ALIGN, BDEV_ZERO_BUF_SIZE) == 0) {
 		memset(g_zero_buf, 0, BDEV_ZERO_BUF_SIZE);
-	else
+	} else {
 		g_zero_buf = NULL;
+	}
 }
 
 const void *bdev_zero_buf(void)
@@ -51,8 +52,9 @@ static void bdev_iov_advance(const struct iovec *iovs, int iovcnt, int *idx, uin
 		(*idx)++;
 		*off = 0;
 	}
-	while (*idx < iovcnt && iovs[*idx].iov_len == 0)
+	while (*idx < iovcnt && iovs[*idx].iov_len == 0) {
 		(*idx)++;
+	}
 }
 
 /* Copy between a flat buffer and iovs starting at (idx, off); to_iovs picks the way. */
@@ -64,12 +66,14 @@ static void bdev_iov_copy(const struct iovec *iovs, int iovcnt, int idx, uint64_
 	while (bytes && idx < iovcnt) {
 		uint64_t n = iovs[idx].iov_len - off;
 
-		if (n > bytes)
+		if (n > bytes) {
 			n = bytes;
-		if (to_iovs)
+		}
+		if (to_iovs) {
 			memcpy((char *)iovs[idx].iov_base + off, p, n);
-		else
+		} else {
 			memcpy(p, (char *)iovs[idx].iov_base + off, n);
+		}
 		p += n;
 		bytes -= n;
 		idx++;
@@ -82,13 +86,16 @@ static void bdev_lane_finish(struct bdev_channel *ch, struct keel_bdev_io_intern
 	struct keel_bdev_io_internal *p = lin->parent->internal;
 	struct keel_bdev_io *pio = p->io;
 
-	if (lin->bounce_buf)
+	if (lin->bounce_buf) {
 		bdev_bounce_put(ch, lin);
+	}
 	p->lanes--;
-	if (lin->is_child)
+	if (lin->is_child) {
 		bdev_io_free(ch, lin->io);
-	if (p->lanes)
+	}
+	if (p->lanes) {
 		return;
+	}
 	/* Last lane: restore what the caller asked for and complete once. */
 	pio->type = p->user_type;
 	pio->iovs = p->orig_iovs;
@@ -110,7 +117,8 @@ void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 	int n, idx;
 	uint64_t off;
 	bool data = p->lane_type == KEEL_BDEV_IO_READ || p->lane_type == KEEL_BDEV_IO_WRITE;
-	bool zeroes = p->user_type == KEEL_BDEV_IO_WRITE_ZEROES && p->lane_type == KEEL_BDEV_IO_WRITE;
+	bool zeroes = p->user_type == KEEL_BDEV_IO_WRITE_ZEROES &&
+		      p->lane_type == KEEL_BDEV_IO_WRITE;
 
 	if (p->split_status != 0 || p->next_block >= p->orig_num) {
 		bdev_lane_finish(ch, lin);
@@ -127,11 +135,13 @@ void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 	if (bdev->optimal_io_boundary) {
 		uint64_t to_boundary = bdev->optimal_io_boundary - abs % bdev->optimal_io_boundary;
 
-		if (nb > to_boundary)
+		if (nb > to_boundary) {
 			nb = to_boundary;
+		}
 	}
-	if (bdev->max_transfer_blocks && nb > bdev->max_transfer_blocks)
+	if (bdev->max_transfer_blocks && nb > bdev->max_transfer_blocks) {
 		nb = bdev->max_transfer_blocks;
+	}
 
 	lio->type = p->lane_type;
 	lio->offset_blocks = abs;
@@ -140,21 +150,24 @@ void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 	lio->iovcnt = 0;
 
 	if (zeroes) {
-		if (nb > (BDEV_ZERO_BUF_SIZE >> bi->block_shift))
+		if (nb > (BDEV_ZERO_BUF_SIZE >> bi->block_shift)) {
 			nb = BDEV_ZERO_BUF_SIZE >> bi->block_shift;
+		}
 		lin->lane_iovs[0].iov_base = (void *)bdev_zero_buf();
 		lin->lane_iovs[0].iov_len = nb << bi->block_shift;
 		lio->iovs = lin->lane_iovs;
 		lio->iovcnt = 1;
 	} else if (data && lin->bounce_buf) {
-		if (nb > (ch->bounce_size >> bi->block_shift))
+		if (nb > (ch->bounce_size >> bi->block_shift)) {
 			nb = ch->bounce_size >> bi->block_shift;
+		}
 		bytes = nb << bi->block_shift;
 		lin->copy_iov = p->cur_iov;
 		lin->copy_off = p->cur_off;
-		if (p->lane_type == KEEL_BDEV_IO_WRITE)
+		if (p->lane_type == KEEL_BDEV_IO_WRITE) {
 			bdev_iov_copy(p->orig_iovs, p->orig_iovcnt, p->cur_iov, p->cur_off,
 				      lin->bounce_buf, bytes, false);
+		}
 		lin->lane_iovs[0].iov_base = lin->bounce_buf;
 		lin->lane_iovs[0].iov_len = bytes;
 		lio->iovs = lin->lane_iovs;
@@ -169,10 +182,12 @@ void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 		while (got < bytes && n < BDEV_IO_NUM_IOV && idx < p->orig_iovcnt) {
 			uint64_t take = p->orig_iovs[idx].iov_len - off;
 
-			if (take > bytes - got)
+			if (take > bytes - got) {
 				take = bytes - got;
+			}
 			if (take) {
-				lin->lane_iovs[n].iov_base = (char *)p->orig_iovs[idx].iov_base + off;
+				lin->lane_iovs[n].iov_base = (char *)p->orig_iovs[idx].iov_base +
+							     off;
 				lin->lane_iovs[n].iov_len = take;
 				n++;
 				got += take;
@@ -226,12 +241,14 @@ void bdev_lane_done(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 	struct keel_bdev_io_internal *p = lin->parent->internal;
 	struct keel_bdev_io *lio = lin->io;
 
-	if (lin->status != 0 && p->split_status == 0)
+	if (lin->status != 0 && p->split_status == 0) {
 		p->split_status = lin->status;
-	if (lin->status == 0 && lin->bounce_buf && p->user_type == KEEL_BDEV_IO_READ)
+	}
+	if (lin->status == 0 && lin->bounce_buf && p->user_type == KEEL_BDEV_IO_READ) {
 		bdev_iov_copy(p->orig_iovs, p->orig_iovcnt, lin->copy_iov, lin->copy_off,
 			      lin->bounce_buf, lio->num_blocks << ch->bdev->internal->block_shift,
 			      true);
+	}
 	bdev_lane_next(ch, lin);
 }
 
@@ -253,8 +270,9 @@ void bdev_split_start(struct bdev_channel *ch, struct keel_bdev_io_internal *p,
 	p->is_lane = true;
 	p->parent = pio;
 	p->lanes = 1;
-	if (pio->iovs)
+	if (pio->iovs) {
 		bdev_iov_advance(pio->iovs, pio->iovcnt, &p->cur_iov, &p->cur_off, 0);
+	}
 	bdev_lane_next(ch, p);
 
 	/* Extra lanes only from spare objects, and never ahead of waiting requests. */
@@ -263,8 +281,9 @@ void bdev_split_start(struct bdev_channel *ch, struct keel_bdev_io_internal *p,
 		struct keel_bdev_io_internal *c = keel_mempool_cache_get(ch->cache);
 		struct keel_bdev_io *cio;
 
-		if (!c)
+		if (!c) {
 			break;
+		}
 		cio = (struct keel_bdev_io *)(c + 1);
 		c->io = cio;
 		c->ch = ch;

@@ -40,11 +40,13 @@ void bdev_stats_add(struct keel_bdev_io_stats *dst, const struct keel_bdev_io_st
 		dst->bytes[t] += src->bytes[t];
 		dst->errors[t] += src->errors[t];
 		dst->lat_sum_ns[t] += src->lat_sum_ns[t];
-		if (src->lat_max_ns[t] > dst->lat_max_ns[t])
+		if (src->lat_max_ns[t] > dst->lat_max_ns[t]) {
 			dst->lat_max_ns[t] = src->lat_max_ns[t];
+		}
 	}
-	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++)
+	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++) {
 		dst->lat_hist[b] += src->lat_hist[b];
+	}
 }
 
 struct bdev_stats_ctx {
@@ -84,15 +86,16 @@ int keel_bdev_get_io_stats(struct keel_bdev *bdev, keel_bdev_stats_cb cb_fn, voi
 {
 	struct bdev_stats_ctx *ctx;
 
-	if (!bdev || !cb_fn || !keel_thread_get_current())
+	if (!bdev || !cb_fn || !keel_thread_get_current()) {
 		return -EINVAL;
+	}
 	ctx = calloc(1, sizeof(*ctx));
-	if (!ctx)
+	if (!ctx) {
 		return -ENOMEM;
+	}
 	ctx->bdev = bdev;
 	ctx->cb_fn = cb_fn;
 	ctx->cb_arg = cb_arg;
 	keel_for_each_channel(bdev->internal->io_dev, bdev_stats_visit, ctx, bdev_stats_done);
 	return 0;
 }
-

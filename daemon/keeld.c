@@ -48,15 +48,15 @@
 #endif
 
 static struct keeld_opts g_opts;
-static int g_ready_fd = -1;   /* write end of the pipe to the waiting parent */
+static int g_ready_fd = -1; /* write end of the pipe to the waiting parent */
 static int g_signal_fd = -1;
 static struct keel_poller *g_signal_poller;
 static bool g_bdev_up;
 static bool g_bdev_init_pending;
 static bool g_fini_deferred; /* shutdown came while the bdev layer was starting */
 static bool g_stopping;
-static bool g_restoring;          /* volumes from the state file are being brought up */
-static bool g_shutdown_deferred;  /* shutdown came while restoring */
+static bool g_restoring;         /* volumes from the state file are being brought up */
+static bool g_shutdown_deferred; /* shutdown came while restoring */
 static int g_exit_code;
 /* The kernel devices an earlier keeld left, read in main(); handed over at restore. */
 static json_t *g_nbd_disks_doc;
@@ -220,10 +220,12 @@ static void keeld_rpc_start(void)
 	if (rc != 0) {
 		if (rc == -EADDRINUSE) {
 			keeld_startup_failed("another keeld is already answering on %s: stop it "
-					     "first or choose --rpc-socket", g_opts.rpc_socket);
+					     "first or choose --rpc-socket",
+					     g_opts.rpc_socket);
 		} else if (rc == -EEXIST) {
 			keeld_startup_failed("%s exists and is not a socket: remove it or choose "
-					     "--rpc-socket", g_opts.rpc_socket);
+					     "--rpc-socket",
+					     g_opts.rpc_socket);
 		} else {
 			keeld_startup_failed("cannot listen on %s: %s", g_opts.rpc_socket,
 					     strerror(-rc));
@@ -296,8 +298,7 @@ static int keeld_lock_state_dir(void)
 			strerror(-rc));
 		return -1;
 	}
-	if (keel_path_state_file(g_opts.state_dir, KEEL_STATE_FILE_LOCK, path,
-				 sizeof(path)) != 0) {
+	if (keel_path_state_file(g_opts.state_dir, KEEL_STATE_FILE_LOCK, path, sizeof(path)) != 0) {
 		fprintf(stderr, "keeld: state directory path too long: %s\n", g_opts.state_dir);
 		return -1;
 	}
@@ -310,7 +311,8 @@ static int keeld_lock_state_dir(void)
 		n = pread(fd, pid, sizeof(pid) - 1, 0);
 		pid[n > 0 ? n : 0] = '\0';
 		pid[strcspn(pid, "\n")] = '\0';
-		fprintf(stderr, "keeld: another keeld%s%s is already running with state directory "
+		fprintf(stderr,
+			"keeld: another keeld%s%s is already running with state directory "
 			"%s (%s is locked): stop it first or choose --state-dir\n",
 			pid[0] != '\0' ? " with pid " : "", pid, g_opts.state_dir, path);
 		close(fd);
@@ -418,7 +420,8 @@ static bool keeld_set_io_flusher(const char *who)
 	if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
 		KEEL_WARNLOG("%s: prctl(PR_SET_IO_FLUSHER): %s (needs CAP_SYS_RESOURCE, Linux >= "
 			     "5.6); under memory pressure a mounted /dev/nbdN served by keeld can "
-			     "deadlock", who, strerror(errno));
+			     "deadlock",
+			     who, strerror(errno));
 		return false;
 	}
 	return true;
@@ -445,7 +448,8 @@ static void keeld_memory_setup(void)
 	/* Pages keeld needs to serve I/O must not have to be read back from swap. */
 	if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) {
 		KEEL_WARNLOG("keeld: mlockall: %s; keeld's memory may be swapped out, which can "
-			     "stall a /dev/nbdN it serves under memory pressure", strerror(errno));
+			     "stall a /dev/nbdN it serves under memory pressure",
+			     strerror(errno));
 	}
 #endif
 }
@@ -496,9 +500,11 @@ int main(int argc, char **argv)
 		char err[PATH_MAX + 256];
 
 		/* Not fatal: volumes and exports come back without it. */
-		if (keeld_store_read(KEELD_DOC_NBD_DISKS, &g_nbd_disks_doc, err, sizeof(err)) != 0) {
+		if (keeld_store_read(KEELD_DOC_NBD_DISKS, &g_nbd_disks_doc, err, sizeof(err)) !=
+		    0) {
 			KEEL_ERRLOG("keeld: %s; kernel devices of an earlier keeld are not "
-				    "reattached", err);
+				    "reattached",
+				    err);
 		}
 		keeld_store_set_snapshot(KEELD_DOC_NBD_DISKS, keeld_nbd_disks_snapshot, NULL);
 		keel_nbd_disk_set_listener(keeld_nbd_disks_changed, NULL);
@@ -517,13 +523,17 @@ int main(int argc, char **argv)
 	/* Checked here too so the person sees it before keeld detaches. */
 	rc = rpc_socket_probe(g_opts.rpc_socket);
 	if (rc == -EADDRINUSE) {
-		fprintf(stderr, "keeld: another keeld is already answering on %s: stop it first "
-			"or choose --rpc-socket\n", g_opts.rpc_socket);
+		fprintf(stderr,
+			"keeld: another keeld is already answering on %s: stop it first "
+			"or choose --rpc-socket\n",
+			g_opts.rpc_socket);
 		return 1;
 	}
 	if (rc == -EEXIST) {
-		fprintf(stderr, "keeld: %s exists and is not a socket: remove it or choose "
-			"--rpc-socket\n", g_opts.rpc_socket);
+		fprintf(stderr,
+			"keeld: %s exists and is not a socket: remove it or choose "
+			"--rpc-socket\n",
+			g_opts.rpc_socket);
 		return 1;
 	}
 

@@ -52,11 +52,13 @@ static void keeld_usage(FILE *f)
 		"SIGTERM or SIGINT stop keeld gracefully (exports stop, bdevs drain, the socket\n"
 		"is removed). The environment variable KEEL_RPC_SOCKET overrides the default\n"
 		"socket for keeld and keelctl.\n",
-		sock, state, KEEL_RPC_DEFAULT_MAX_CONNECTIONS, KEEL_RPC_DEFAULT_IDLE_TIMEOUT_MS / 1000,
-		KEEL_RPC_DEFAULT_MAX_BATCH, KEEL_RPC_DEFAULT_MAX_RESPONSE,
+		sock, state, KEEL_RPC_DEFAULT_MAX_CONNECTIONS,
+		KEEL_RPC_DEFAULT_IDLE_TIMEOUT_MS / 1000, KEEL_RPC_DEFAULT_MAX_BATCH,
+		KEEL_RPC_DEFAULT_MAX_RESPONSE,
 		(unsigned long long)(KEEL_NBD_DEFAULT_BUFFER_BUDGET >> 20),
 		KEEL_NBD_DEFAULT_MAX_CONNECTIONS, KEEL_NBD_DEFAULT_MAX_EXPORT_CONNECTIONS,
-		KEEL_NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000, KEEL_NBD_DEFAULT_STALL_TIMEOUT_MS / 1000);
+		KEEL_NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000,
+		KEEL_NBD_DEFAULT_STALL_TIMEOUT_MS / 1000);
 }
 
 static int keeld_copy_path(char *dst, size_t len, const char *src, const char *opt, FILE *err)
@@ -94,9 +96,21 @@ static int keeld_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_
 int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, FILE *err)
 {
 	enum {
-		OPT_CPUS = 256, OPT_MODE, OPT_SOCKET, OPT_STATE, OPT_LOG, OPT_FG,
-		OPT_RPC_CONNS, OPT_RPC_IDLE, OPT_RPC_BATCH, OPT_RPC_RESPONSE,
-		OPT_NBD_BUDGET, OPT_NBD_CONNS, OPT_NBD_EXPORT_CONNS, OPT_NBD_HANDSHAKE, OPT_NBD_STALL,
+		OPT_CPUS = 256,
+		OPT_MODE,
+		OPT_SOCKET,
+		OPT_STATE,
+		OPT_LOG,
+		OPT_FG,
+		OPT_RPC_CONNS,
+		OPT_RPC_IDLE,
+		OPT_RPC_BATCH,
+		OPT_RPC_RESPONSE,
+		OPT_NBD_BUDGET,
+		OPT_NBD_CONNS,
+		OPT_NBD_EXPORT_CONNS,
+		OPT_NBD_HANDSHAKE,
+		OPT_NBD_STALL,
 	};
 	static const struct option longopts[] = {
 		{"cpus", required_argument, NULL, OPT_CPUS},
@@ -150,7 +164,8 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 			break;
 		case OPT_MODE:
 			if (keel_reactor_mode_parse(optarg, &opts->mode) != 0) {
-				fprintf(err, "keeld: --mode '%s': use adaptive, poll or interrupt\n",
+				fprintf(err,
+					"keeld: --mode '%s': use adaptive, poll or interrupt\n",
 					optarg);
 				return -EINVAL;
 			}
@@ -171,8 +186,10 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 			break;
 		case OPT_LOG:
 			if (keel_log_level_parse(optarg, &opts->log_level) != 0) {
-				fprintf(err, "keeld: --log-level '%s': use error, warn, notice, info "
-					"or debug\n", optarg);
+				fprintf(err,
+					"keeld: --log-level '%s': use error, warn, notice, info "
+					"or debug\n",
+					optarg);
 				return -EINVAL;
 			}
 			break;
@@ -186,8 +203,8 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 			}
 			break;
 		case OPT_RPC_IDLE:
-			if (keeld_parse_u32(optarg, 0, 86400, &idle_s, "--rpc-idle-timeout",
-					    err) != 0) {
+			if (keeld_parse_u32(optarg, 0, 86400, &idle_s, "--rpc-idle-timeout", err) !=
+			    0) {
 				return -EINVAL;
 			}
 			opts->rpc.idle_timeout_ms = idle_s * 1000u;
@@ -206,8 +223,8 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 			break;
 		case OPT_NBD_BUDGET:
 			if (keeld_parse_u32(optarg, KEEL_NBD_MIN_BUFFER_BUDGET >> 20,
-					    KEEL_NBD_MAX_BUFFER_BUDGET >> 20, &v, "--nbd-buffer-budget",
-					    err) != 0) {
+					    KEEL_NBD_MAX_BUFFER_BUDGET >> 20, &v,
+					    "--nbd-buffer-budget", err) != 0) {
 				return -EINVAL;
 			}
 			opts->nbd.buffer_budget = (uint64_t)v << 20;
@@ -230,7 +247,8 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		case OPT_NBD_STALL:
 			if (keeld_parse_u32(optarg, 1, KEEL_NBD_MAX_TIMEOUT_MS / 1000, &v,
 					    c == OPT_NBD_STALL ? "--nbd-stall-timeout"
-							       : "--nbd-handshake-timeout", err) != 0) {
+							       : "--nbd-handshake-timeout",
+					    err) != 0) {
 				return -EINVAL;
 			}
 			if (c == OPT_NBD_STALL) {
@@ -261,7 +279,7 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 	}
 	if (opts->rpc_socket[0] == '\0' || opts->state_dir[0] == '\0') {
 		fprintf(err, "keeld: cannot work out the default socket or state directory: "
-			"give --rpc-socket and --state-dir\n");
+			     "give --rpc-socket and --state-dir\n");
 		return -EINVAL;
 	}
 	return 0;

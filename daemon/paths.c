@@ -104,8 +104,7 @@ int keel_path_mkdir_parent(const char *path, mode_t mode)
 	return keel_path_mkdir_p(dir, mode);
 }
 
-int keel_path_state_file(const char *state_dir, enum keel_state_file file, char *buf,
-			 size_t len)
+int keel_path_state_file(const char *state_dir, enum keel_state_file file, char *buf, size_t len)
 {
 	static const char *const names[] = {
 		[KEEL_STATE_FILE_STATE] = "/state.json",

@@ -37,7 +37,6 @@ enum keel_state_file {
 };
 
 /** "STATE_DIR/<name of file>". \return 0, -EINVAL (unknown file) or -ENAMETOOLONG. */
-int keel_path_state_file(const char *state_dir, enum keel_state_file file, char *buf,
-			 size_t len);
+int keel_path_state_file(const char *state_dir, enum keel_state_file file, char *buf, size_t len);
 
 #endif /* KEEL_DAEMON_PATHS_H */

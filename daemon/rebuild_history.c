@@ -31,8 +31,8 @@ static void history_job_ended(void *ctx, const struct keel_rebuild_stats *st)
 	if (rec == NULL) {
 		return;
 	}
-	json_object_set_new(rec, "bytes", json_integer((json_int_t)(st->blocks_transferred *
-								    st->block_size)));
+	json_object_set_new(rec, "bytes",
+			    json_integer((json_int_t)(st->blocks_transferred * st->block_size)));
 	json_array_append_new(list, rec);
 	while (json_array_size(list) > KEELD_REBUILD_HISTORY_MAX) {
 		json_array_remove(list, 0);
@@ -66,7 +66,8 @@ void keeld_rebuild_history_init(void)
 	g_history = keeld_rebuild_history_from_doc(doc, &why);
 	if (why != NULL) {
 		KEEL_WARNLOG("keeld: rebuild history file %s %s; starting with an empty rebuild "
-			     "history", keeld_store_path(KEELD_DOC_REBUILD_HISTORY), why);
+			     "history",
+			     keeld_store_path(KEELD_DOC_REBUILD_HISTORY), why);
 	}
 	keeld_store_set_snapshot(KEELD_DOC_REBUILD_HISTORY, history_snapshot, NULL);
 	keel_rebuild_set_end_hook(history_job_ended, NULL);

@@ -29,12 +29,12 @@ struct keeld_replica_set;
 /** The targets of one operation, handed to prepare and unprepare. */
 struct keeld_replica_prep {
 	size_t n;
-	char **locators;        /**< the targets, in the volume's order */
+	char **locators; /**< the targets, in the volume's order */
 	/** Per target: this operation created it. prepare sets it for each target it
 	 * creates; unprepare removes exactly those and clears the flags. */
 	bool *created;
-	uint64_t need;          /**< bytes each target must hold (volume size + labels) */
-	bool force;             /**< overwrite data and foreign labels */
+	uint64_t need; /**< bytes each target must hold (volume size + labels) */
+	bool force;    /**< overwrite data and foreign labels */
 	/** The volume a replica is added to: a label of it is a former member (welcome).
 	 * "" for a new volume, where every label is another volume's. */
 	char volume_uuid[KEEL_UUID_STR_LEN];

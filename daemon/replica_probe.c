@@ -205,8 +205,8 @@ out_free_probe:
 
 /* Fill out->content and out->what from the open target \p fd; \p buf holds
  * KEELD_REPLICA_PROBE_SPAN bytes. */
-static int probe_content(int fd, const char *path, struct keeld_replica_probe *out,
-			 uint8_t *buf, char *err, size_t errlen)
+static int probe_content(int fd, const char *path, struct keeld_replica_probe *out, uint8_t *buf,
+			 char *err, size_t errlen)
 {
 	uint64_t nonzero = UINT64_MAX, tail_off;
 	ssize_t head, tail;
@@ -236,13 +236,15 @@ static int probe_content(int fd, const char *path, struct keeld_replica_probe *o
 			nonzero = at;
 		}
 	}
-	tail_off = out->size > KEELD_REPLICA_PROBE_SPAN * 2u ?
-		   out->size - KEELD_REPLICA_PROBE_SPAN : (uint64_t)head;
+	tail_off = out->size > KEELD_REPLICA_PROBE_SPAN * 2u ? out->size - KEELD_REPLICA_PROBE_SPAN
+							     : (uint64_t)head;
 	if (nonzero == UINT64_MAX && out->size > tail_off) {
 		tail = probe_read(fd, buf, KEELD_REPLICA_PROBE_SPAN, tail_off);
 		if (tail < 0) {
-			snprintf(err, errlen, "cannot read the end of replica %s to look at it: "
-				 "%s", path, strerror((int)-tail));
+			snprintf(err, errlen,
+				 "cannot read the end of replica %s to look at it: "
+				 "%s",
+				 path, strerror((int)-tail));
 			return (int)tail;
 		}
 		at = probe_first_nonzero(buf, (size_t)tail);
@@ -252,8 +254,10 @@ static int probe_content(int fd, const char *path, struct keeld_replica_probe *o
 	}
 	rc = probe_signatures(fd, out->what, sizeof(out->what));
 	if (rc < 0) {
-		snprintf(err, errlen, "cannot look for filesystem signatures on replica %s: "
-			 "libblkid failed (%s)", path, strerror(-rc));
+		snprintf(err, errlen,
+			 "cannot look for filesystem signatures on replica %s: "
+			 "libblkid failed (%s)",
+			 path, strerror(-rc));
 		return rc;
 	}
 	if (rc > 0) {
@@ -268,8 +272,7 @@ static int probe_content(int fd, const char *path, struct keeld_replica_probe *o
 	return 0;
 }
 
-int keeld_replica_probe(const char *path, struct keeld_replica_probe *out, char *err,
-			size_t errlen)
+int keeld_replica_probe(const char *path, struct keeld_replica_probe *out, char *err, size_t errlen)
 {
 	struct stat st;
 	uint8_t *buf;
@@ -347,14 +350,17 @@ int keeld_replica_probe_check(const struct keeld_replica_probe *probe, const cha
 		if (volume_uuid != NULL && strcmp(l->volume_uuid, volume_uuid) == 0) {
 			return 0; /* a former member of this volume: the nexus rejoins it */
 		}
-		snprintf(err, errlen, "replica %s carries the keel label of volume %s (uuid %s, "
+		snprintf(err, errlen,
+			 "replica %s carries the keel label of volume %s (uuid %s, "
 			 "generation %llu): it may hold that volume's data; pass --force to "
-			 "overwrite it", path, l->volume_name, l->volume_uuid,
-			 (unsigned long long)l->generation);
+			 "overwrite it",
+			 path, l->volume_name, l->volume_uuid, (unsigned long long)l->generation);
 		return -EEXIST;
 	case KEELD_REPLICA_DAMAGED:
-		snprintf(err, errlen, "replica %s has a damaged keel label (%s); pass --force to "
-			 "overwrite it", path, probe->what);
+		snprintf(err, errlen,
+			 "replica %s has a damaged keel label (%s); pass --force to "
+			 "overwrite it",
+			 path, probe->what);
 		return -EEXIST;
 	case KEELD_REPLICA_DATA:
 	default:
@@ -370,7 +376,7 @@ int keeld_replica_probe_check(const struct keeld_replica_probe *probe, const cha
 
 struct replica_set_entry {
 	char *path;
-	char *volume;    /* NULL: a target of the request being checked */
+	char *volume; /* NULL: a target of the request being checked */
 	bool have_id;
 	struct keeld_replica_id id;
 };

@@ -32,28 +32,28 @@
  */
 struct keeld_replica_id {
 	bool blockdev;
-	dev_t dev;         /**< file: st_dev; block device: st_rdev */
-	ino_t ino;         /**< file: st_ino; block device: 0 */
-	bool loop;         /**< a bound loop device: backing_* name its file */
+	dev_t dev; /**< file: st_dev; block device: st_rdev */
+	ino_t ino; /**< file: st_ino; block device: 0 */
+	bool loop; /**< a bound loop device: backing_* name its file */
 	dev_t backing_dev;
 	ino_t backing_ino;
 };
 
 enum keeld_replica_content {
-	KEELD_REPLICA_EMPTY,     /**< zeros where keeld looked, no signature */
-	KEELD_REPLICA_LABELLED,  /**< a valid keel label (probe.label says whose) */
-	KEELD_REPLICA_DAMAGED,   /**< a keel label the nexus would refuse (probe.what) */
-	KEELD_REPLICA_DATA,      /**< a signature or non-zero bytes (probe.what) */
+	KEELD_REPLICA_EMPTY,    /**< zeros where keeld looked, no signature */
+	KEELD_REPLICA_LABELLED, /**< a valid keel label (probe.label says whose) */
+	KEELD_REPLICA_DAMAGED,  /**< a keel label the nexus would refuse (probe.what) */
+	KEELD_REPLICA_DATA,     /**< a signature or non-zero bytes (probe.what) */
 };
 
 struct keeld_replica_probe {
 	struct keeld_replica_id id;
-	uint64_t size;                           /**< bytes */
+	uint64_t size; /**< bytes */
 	enum keeld_replica_content content;
 	/** DATA: "an ext4 filesystem", "a dos partition table", "data (a non-zero byte
 	 * at offset 4096)"; DAMAGED: what is wrong with the label. */
 	char what[192];
-	struct keel_nexus_label_summary label;   /**< LABELLED: the label */
+	struct keel_nexus_label_summary label; /**< LABELLED: the label */
 };
 
 /**

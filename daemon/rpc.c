@@ -75,8 +75,8 @@ struct rpc_batch {
 
 struct rpc_conn {
 	uint32_t refs;
-	bool closed;  /* the socket layer let go; output is discarded */
-	bool broken;  /* protocol error: input is ignored from now on */
+	bool closed; /* the socket layer let go; output is discarded */
+	bool broken; /* protocol error: input is ignored from now on */
 
 	char *in;
 	size_t in_len;
@@ -90,9 +90,9 @@ struct rpc_conn {
 	int depth;
 	bool in_str;
 	bool esc;
-	char kind;       /* '{' object, '[' array, '"' top-level string, 't' other token */
-	uint32_t nseps;  /* top-level commas of an array value (members - 1) */
-	uint32_t *seps;  /* offsets from start of the first seps_cap of them */
+	char kind;      /* '{' object, '[' array, '"' top-level string, 't' other token */
+	uint32_t nseps; /* top-level commas of an array value (members - 1) */
+	uint32_t *seps; /* offsets from start of the first seps_cap of them */
 	uint32_t seps_cap;
 
 	struct rpc_batch batch;
@@ -111,8 +111,8 @@ struct rpc_conn {
 struct keel_rpc_request {
 	struct rpc_conn *conn;
 	bool in_batch;
-	json_t *id;              /* NULL for a notification */
-	char method[64];         /* for log lines */
+	json_t *id;      /* NULL for a notification */
+	char method[64]; /* for log lines */
 };
 
 /* ------------------------------------------------------------------------------ */
@@ -447,15 +447,19 @@ static void rpc_emit(struct rpc_conn *conn, bool in_batch, json_t *id, const cha
 
 		if (limit == g_max_response) {
 			code = -EMSGSIZE;
-			snprintf(msg, sizeof(msg), "the response is larger than the limit of %u "
+			snprintf(msg, sizeof(msg),
+				 "the response is larger than the limit of %u "
 				 "bytes (keeld --rpc-max-response); ask for less, for example one "
-				 "object by name", g_max_response);
+				 "object by name",
+				 g_max_response);
 		} else {
 			code = -ENOBUFS;
-			snprintf(msg, sizeof(msg), "reply not sent: %zu bytes of earlier replies "
+			snprintf(msg, sizeof(msg),
+				 "reply not sent: %zu bytes of earlier replies "
 				 "on this connection are still unread and at most %zu may wait "
 				 "(keeld --rpc-max-response + %u); read the replies before sending "
-				 "more requests", keep, hard, RPC_OUTPUT_PAUSE);
+				 "more requests",
+				 keep, hard, RPC_OUTPUT_PAUSE);
 		}
 		KEEL_WARNLOG_RATELIMITED(10000, "rpc: reply to %s not sent: %s",
 					 what != NULL ? what : "an invalid request", msg);
@@ -624,7 +628,8 @@ static void rpc_dispatch_one(struct rpc_conn *conn, bool in_batch, json_t *msg)
 		if (id != NULL) {
 			rpc_send_early_error(conn, in_batch, id, KEEL_RPC_METHOD_NOT_FOUND,
 					     "Method not found: '%.128s' (rpc_get_methods lists "
-					     "the methods)", name);
+					     "the methods)",
+					     name);
 		}
 		return;
 	}
@@ -800,8 +805,10 @@ static int rpc_conn_oversized(struct rpc_conn *conn)
 {
 	char msg[160];
 
-	snprintf(msg, sizeof(msg), "Invalid request: larger than the limit of %u bytes; "
-		 "the connection is closed", KEEL_RPC_MAX_REQUEST);
+	snprintf(msg, sizeof(msg),
+		 "Invalid request: larger than the limit of %u bytes; "
+		 "the connection is closed",
+		 KEEL_RPC_MAX_REQUEST);
 	KEEL_WARNLOG("rpc: request larger than %u bytes; closing the connection",
 		     KEEL_RPC_MAX_REQUEST);
 	return rpc_conn_fail(conn, KEEL_RPC_INVALID_REQUEST, -EMSGSIZE, msg);
@@ -811,8 +818,10 @@ static int rpc_conn_parse_error(struct rpc_conn *conn, const json_error_t *err)
 {
 	char text[300];
 
-	snprintf(text, sizeof(text), "Parse error: %s (at byte %d of the request); "
-		 "the connection is closed", err->text, err->position);
+	snprintf(text, sizeof(text),
+		 "Parse error: %s (at byte %d of the request); "
+		 "the connection is closed",
+		 err->text, err->position);
 	KEEL_INFOLOG("rpc: %s", text);
 	return rpc_conn_fail(conn, KEEL_RPC_PARSE_ERROR, -EPROTO, text);
 }
@@ -1099,7 +1108,8 @@ bool keel_rpc_decode_params(struct keel_rpc_request *req, json_t *params,
 
 		v = params != NULL ? json_object_get(params, p->name) : NULL;
 		/* An explicit null reads as "not given" for optional parameters. */
-		if (v == NULL || (json_is_null(v) && p->optional && p->type != KEEL_RPC_PARAM_JSON)) {
+		if (v == NULL ||
+		    (json_is_null(v) && p->optional && p->type != KEEL_RPC_PARAM_JSON)) {
 			if (!p->optional) {
 				keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 						    "missing parameter '%s'", p->name);

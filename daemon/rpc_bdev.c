@@ -26,8 +26,7 @@
 /* ------------------------------------------------------------------------------ */
 
 /* Mirrors keel_bdev_register's rules so the person learns which rule they broke. */
-static bool rpc_bdev_check_name(struct keel_rpc_request *req, const char *param,
-				const char *name)
+static bool rpc_bdev_check_name(struct keel_rpc_request *req, const char *param, const char *name)
 {
 	size_t i, len = strlen(name);
 
@@ -43,7 +42,8 @@ static bool rpc_bdev_check_name(struct keel_rpc_request *req, const char *param,
 		if (c == '/' || c <= ' ' || c == 0x7f) {
 			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 					    "%s: '%s' is not a valid bdev name: no '/', spaces "
-					    "or control characters", param, name);
+					    "or control characters",
+					    param, name);
 			return false;
 		}
 	}
@@ -79,16 +79,22 @@ static void rpc_bdev_send_create_error(struct keel_rpc_request *req, const char 
 {
 	switch (rc) {
 	case -EEXIST:
-		keel_rpc_send_error(req, rc, "bdev '%s' already exists: choose another name or "
-				    "delete it first", name);
+		keel_rpc_send_error(req, rc,
+				    "bdev '%s' already exists: choose another name or "
+				    "delete it first",
+				    name);
 		break;
 	case -ENOMEM:
-		keel_rpc_send_error(req, rc, "not enough memory for %s bdev '%s': make it "
-				    "smaller or free memory", module, name);
+		keel_rpc_send_error(req, rc,
+				    "not enough memory for %s bdev '%s': make it "
+				    "smaller or free memory",
+				    module, name);
 		break;
 	case -EINVAL:
-		keel_rpc_send_error(req, rc, "invalid parameters for %s bdev '%s': check the "
-				    "name, size and block size", module, name);
+		keel_rpc_send_error(req, rc,
+				    "invalid parameters for %s bdev '%s': check the "
+				    "name, size and block size",
+				    module, name);
 		break;
 	default:
 		keel_rpc_send_error(req, rc, "cannot create %s bdev '%s': %s", module, name,
@@ -99,8 +105,10 @@ static void rpc_bdev_send_create_error(struct keel_rpc_request *req, const char 
 
 static void rpc_bdev_send_not_found(struct keel_rpc_request *req, const char *name)
 {
-	keel_rpc_send_error(req, -ENODEV, "bdev '%s' not found: bdev_get_bdevs (keelctl bdev "
-			    "list) shows the bdevs", name);
+	keel_rpc_send_error(req, -ENODEV,
+			    "bdev '%s' not found: bdev_get_bdevs (keelctl bdev "
+			    "list) shows the bdevs",
+			    name);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -115,27 +123,26 @@ static json_t *rpc_bdev_info(struct keel_bdev *bdev)
 
 	types = json_object();
 	for (t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
-		json_object_set_new(types, keel_bdev_io_type_name((enum keel_bdev_io_type)t),
-				    json_boolean(keel_bdev_io_type_supported(
-					    bdev, (enum keel_bdev_io_type)t)));
+		json_object_set_new(
+			types, keel_bdev_io_type_name((enum keel_bdev_io_type)t),
+			json_boolean(keel_bdev_io_type_supported(bdev, (enum keel_bdev_io_type)t)));
 	}
 	driver = json_object();
 	if (bdev->fn_table != NULL && bdev->fn_table->dump_info_json != NULL) {
 		bdev->fn_table->dump_info_json(bdev->ctxt, driver);
 	}
-	obj = json_pack("{s:s,s:[],s:s,s:s,s:i,s:I,s:s,s:i,s:i,s:i,s:b,s:b,s:b}",
-			"name", keel_bdev_get_name(bdev), "aliases",
-			"product_name", bdev->product_name != NULL ? bdev->product_name : "",
-			"module", keel_bdev_get_module_name(bdev),
-			"block_size", (int)keel_bdev_get_block_size(bdev),
-			"num_blocks", (json_int_t)keel_bdev_get_num_blocks(bdev),
-			"uuid", keel_bdev_get_uuid_str(bdev),
-			"required_alignment", (int)keel_bdev_get_buf_align(bdev),
-			"optimal_io_boundary", (int)keel_bdev_get_optimal_io_boundary(bdev),
-			"max_transfer_blocks", (int)keel_bdev_get_max_transfer_blocks(bdev),
-			"write_cache", keel_bdev_has_write_cache(bdev),
-			"multi_conn_safe", keel_bdev_is_multi_conn_safe(bdev),
-			"claimed", owner != NULL);
+	obj = json_pack("{s:s,s:[],s:s,s:s,s:i,s:I,s:s,s:i,s:i,s:i,s:b,s:b,s:b}", "name",
+			keel_bdev_get_name(bdev), "aliases", "product_name",
+			bdev->product_name != NULL ? bdev->product_name : "", "module",
+			keel_bdev_get_module_name(bdev), "block_size",
+			(int)keel_bdev_get_block_size(bdev), "num_blocks",
+			(json_int_t)keel_bdev_get_num_blocks(bdev), "uuid",
+			keel_bdev_get_uuid_str(bdev), "required_alignment",
+			(int)keel_bdev_get_buf_align(bdev), "optimal_io_boundary",
+			(int)keel_bdev_get_optimal_io_boundary(bdev), "max_transfer_blocks",
+			(int)keel_bdev_get_max_transfer_blocks(bdev), "write_cache",
+			keel_bdev_has_write_cache(bdev), "multi_conn_safe",
+			keel_bdev_is_multi_conn_safe(bdev), "claimed", owner != NULL);
 	if (obj == NULL) {
 		json_decref(types);
 		json_decref(driver);
@@ -193,7 +200,7 @@ static void rpc_bdev_get_bdevs(struct keel_rpc_request *req, json_t *params)
 
 struct rpc_iostat_ctx {
 	struct keel_rpc_request *req;
-	json_t *names;  /* bdev names still to visit */
+	json_t *names; /* bdev names still to visit */
 	size_t next;
 	json_t *result;
 };
@@ -305,8 +312,8 @@ static void rpc_bdev_delete_done(void *cb_arg, int status)
 
 typedef int (*rpc_delete_fn)(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg);
 
-static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *module,
-				 rpc_delete_fn fn, const char *name)
+static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *module, rpc_delete_fn fn,
+				 const char *name)
 {
 	struct keel_bdev *bdev = keel_bdev_get_by_name(name);
 	struct rpc_delete_ctx *ctx;
@@ -317,15 +324,18 @@ static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *modul
 		return;
 	}
 	if (strcmp(keel_bdev_get_module_name(bdev), module) != 0) {
-		keel_rpc_send_error(req, -ENODEV, "bdev '%s' is a %s bdev, not %s: use "
-				    "bdev_delete or bdev_%s_delete", name,
-				    keel_bdev_get_module_name(bdev), module,
+		keel_rpc_send_error(req, -ENODEV,
+				    "bdev '%s' is a %s bdev, not %s: use "
+				    "bdev_delete or bdev_%s_delete",
+				    name, keel_bdev_get_module_name(bdev), module,
 				    keel_bdev_get_module_name(bdev));
 		return;
 	}
 	if (keel_bdev_get_claim_owner(bdev) != NULL) {
-		keel_rpc_send_error(req, -EBUSY, "bdev '%s' is claimed by module '%s': delete the "
-				    "bdev built on it first", name, keel_bdev_get_claim_owner(bdev));
+		keel_rpc_send_error(req, -EBUSY,
+				    "bdev '%s' is claimed by module '%s': delete the "
+				    "bdev built on it first",
+				    name, keel_bdev_get_claim_owner(bdev));
 		return;
 	}
 	ctx = rpc_ctx_calloc(req, sizeof(*ctx));
@@ -346,14 +356,14 @@ static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *modul
 	}
 }
 
-#define RPC_DELETE_METHOD(module)                                                          \
-	static void rpc_bdev_##module##_delete(struct keel_rpc_request *req, json_t *params)  \
-	{                                                                                  \
-		struct rpc_name_param p = {NULL};                                          \
-		if (!keel_rpc_decode_params(req, params, g_required_name, 1, &p)) {        \
-			return;                                                            \
-		}                                                                          \
-		rpc_bdev_delete_with(req, #module, keel_bdev_##module##_delete, p.name);   \
+#define RPC_DELETE_METHOD(module)                                                            \
+	static void rpc_bdev_##module##_delete(struct keel_rpc_request *req, json_t *params) \
+	{                                                                                    \
+		struct rpc_name_param p = {NULL};                                            \
+		if (!keel_rpc_decode_params(req, params, g_required_name, 1, &p)) {          \
+			return;                                                              \
+		}                                                                            \
+		rpc_bdev_delete_with(req, #module, keel_bdev_##module##_delete, p.name);     \
 	}
 
 RPC_DELETE_METHOD(malloc)
@@ -366,10 +376,8 @@ static const struct {
 	const char *module;
 	rpc_delete_fn fn;
 } g_deleters[] = {
-	{"malloc", keel_bdev_malloc_delete},
-	{"null", keel_bdev_null_delete},
-	{"aio", keel_bdev_aio_delete},
-	{"uring", keel_bdev_uring_delete},
+	{"malloc", keel_bdev_malloc_delete}, {"null", keel_bdev_null_delete},
+	{"aio", keel_bdev_aio_delete},       {"uring", keel_bdev_uring_delete},
 	{"error", keel_bdev_error_delete},
 };
 
@@ -396,8 +404,10 @@ static void rpc_bdev_delete(struct keel_rpc_request *req, json_t *params)
 			return;
 		}
 	}
-	keel_rpc_send_error(req, -ENOTSUP, "bdev '%s' is a %s bdev: delete it with that "
-			    "module's method", p.name, module);
+	keel_rpc_send_error(req, -ENOTSUP,
+			    "bdev '%s' is a %s bdev: delete it with that "
+			    "module's method",
+			    p.name, module);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -419,8 +429,8 @@ static const struct keel_rpc_param g_geom_table[] = {
 typedef int (*rpc_create_fn)(const char *name, const uint8_t *uuid, uint64_t num_blocks,
 			     uint32_t block_size, struct keel_bdev **bdev);
 
-static void rpc_bdev_create_geom(struct keel_rpc_request *req, json_t *params,
-				 const char *module, rpc_create_fn fn)
+static void rpc_bdev_create_geom(struct keel_rpc_request *req, json_t *params, const char *module,
+				 rpc_create_fn fn)
 {
 	struct rpc_geom_params p = {.name = NULL, .num_blocks = 0, .block_size = 512};
 	struct keel_bdev *bdev = NULL;
@@ -487,31 +497,39 @@ static void rpc_bdev_file_created(void *cb_arg, int status, struct keel_bdev *bd
 		keel_rpc_send_result(req, json_string(ctx->name));
 		break;
 	case -ENOENT:
-		keel_rpc_send_error(req, status, "file '%s' does not exist: create it first "
-				    "(e.g. truncate -s 1G %s) or fix the path", ctx->filename,
-				    ctx->filename);
+		keel_rpc_send_error(req, status,
+				    "file '%s' does not exist: create it first "
+				    "(e.g. truncate -s 1G %s) or fix the path",
+				    ctx->filename, ctx->filename);
 		break;
 	case -EACCES:
 	case -EPERM:
-		keel_rpc_send_error(req, status, "keeld may not open '%s': check its "
-				    "permissions", ctx->filename);
+		keel_rpc_send_error(req, status,
+				    "keeld may not open '%s': check its "
+				    "permissions",
+				    ctx->filename);
 		break;
 	case -EINVAL:
-		keel_rpc_send_error(req, status, "cannot use '%s' for %s bdev '%s': its size "
+		keel_rpc_send_error(req, status,
+				    "cannot use '%s' for %s bdev '%s': its size "
 				    "must be a non-zero multiple of the block size, and the block "
 				    "size a power of two >= 512 that the device supports",
 				    ctx->filename, ctx->module, ctx->name);
 		break;
 	case -EISDIR:
-		keel_rpc_send_error(req, status, "'%s' is a directory: give a file or a block "
-				    "device", ctx->filename);
+		keel_rpc_send_error(req, status,
+				    "'%s' is a directory: give a file or a block "
+				    "device",
+				    ctx->filename);
 		break;
 	case -ENOTSUP:
 		/* Only uring says this: the kernel or a filter refused io_uring. */
 		keel_bdev_uring_available(why, sizeof(why));
-		keel_rpc_send_error(req, status, "io_uring is unavailable to keeld: %s; create "
+		keel_rpc_send_error(req, status,
+				    "io_uring is unavailable to keeld: %s; create "
 				    "an aio bdev instead (bdev_aio_create, keelctl bdev create "
-				    "aio)", why[0] != '\0' ? why : "see keeld's log");
+				    "aio)",
+				    why[0] != '\0' ? why : "see keeld's log");
 		break;
 	default:
 		rpc_bdev_send_create_error(req, ctx->module, ctx->name, status);
@@ -522,8 +540,8 @@ static void rpc_bdev_file_created(void *cb_arg, int status, struct keel_bdev *bd
 	free(ctx);
 }
 
-static void rpc_bdev_file_create(struct keel_rpc_request *req, json_t *params,
-				 const char *module, rpc_file_create_fn fn)
+static void rpc_bdev_file_create(struct keel_rpc_request *req, json_t *params, const char *module,
+				 rpc_file_create_fn fn)
 {
 	static const struct keel_rpc_param table[] = {
 		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_file_params, name), false},
@@ -543,15 +561,18 @@ static void rpc_bdev_file_create(struct keel_rpc_request *req, json_t *params,
 		return;
 	}
 	if (p.filename[0] != '/') {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "filename: '%s' is not an "
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "filename: '%s' is not an "
 				    "absolute path (keeld does not share your working "
-				    "directory)", p.filename);
+				    "directory)",
+				    p.filename);
 		return;
 	}
-	if (p.block_size != 0 && (p.block_size < RPC_BLOCK_SIZE_MIN ||
-				  p.block_size > RPC_BLOCK_SIZE_MAX ||
-				  (p.block_size & (p.block_size - 1)) != 0)) {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "block_size: %u is not a "
+	if (p.block_size != 0 &&
+	    (p.block_size < RPC_BLOCK_SIZE_MIN || p.block_size > RPC_BLOCK_SIZE_MAX ||
+	     (p.block_size & (p.block_size - 1)) != 0)) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "block_size: %u is not a "
 				    "power of two from 512 to 65536 (or 0 for automatic)",
 				    p.block_size);
 		return;
@@ -678,8 +699,13 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 		{"delay_us", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_inject_params, delay_us),
 		 true},
 	};
-	struct rpc_inject_params p = {.name = NULL, .io_type = "all", .error_type = "failure",
-				      .num = 1, .every_nth = 0, .err = EIO, .delay_us = 0};
+	struct rpc_inject_params p = {.name = NULL,
+				      .io_type = "all",
+				      .error_type = "failure",
+				      .num = 1,
+				      .every_nth = 0,
+				      .err = EIO,
+				      .delay_us = 0};
 	struct keel_bdev_error_rule rule;
 	struct keel_bdev *bdev;
 	int t, rc;
@@ -689,8 +715,10 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 	}
 	bdev = keel_bdev_get_by_name(p.name);
 	if (bdev == NULL || strcmp(keel_bdev_get_module_name(bdev), "error") != 0) {
-		keel_rpc_send_error(req, -ENODEV, "error bdev '%s' not found: create one with "
-				    "bdev_error_create", p.name);
+		keel_rpc_send_error(req, -ENODEV,
+				    "error bdev '%s' not found: create one with "
+				    "bdev_error_create",
+				    p.name);
 		return;
 	}
 	if (strcmp(p.error_type, "clear") == 0) {
@@ -714,9 +742,11 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 			}
 		}
 		if (t == KEEL_BDEV_IO_NUM_TYPES) {
-			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "io_type: unknown '%.32s': "
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+					    "io_type: unknown '%.32s': "
 					    "use read, write, flush, unmap, write_zeroes, reset "
-					    "or all", p.io_type);
+					    "or all",
+					    p.io_type);
 			return;
 		}
 		rule.io_type = (enum keel_bdev_io_type)t;
@@ -742,16 +772,17 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 		rule.error = 0;
 		rule.delay_us = p.delay_us;
 	} else {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "error_type: unknown '%.32s': "
-				    "use failure, delay or clear", p.error_type);
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "error_type: unknown '%.32s': "
+				    "use failure, delay or clear",
+				    p.error_type);
 		return;
 	}
 	rule.count = p.num;
 	rule.every_nth = p.every_nth;
 	rc = keel_bdev_error_inject(p.name, &rule);
 	if (rc != 0) {
-		keel_rpc_send_error(req, rc, "cannot inject into '%s': %s", p.name,
-				    strerror(-rc));
+		keel_rpc_send_error(req, rc, "cannot inject into '%s': %s", p.name, strerror(-rc));
 		return;
 	}
 	KEEL_NOTICELOG("rpc: error bdev %s: %s rule on %s (num %u, every_nth %u)", p.name,

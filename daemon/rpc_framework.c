@@ -72,9 +72,9 @@ static void rpc_keel_get_version(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	sscanf(KEEL_VERSION, "%u.%u.%u", &major, &minor, &patch);
-	keel_rpc_send_result(req, json_pack("{s:s,s:{s:i,s:i,s:i}}", "version",
-					    "keel v" KEEL_VERSION, "fields", "major", major,
-					    "minor", minor, "patch", patch));
+	keel_rpc_send_result(req,
+			     json_pack("{s:s,s:{s:i,s:i,s:i}}", "version", "keel v" KEEL_VERSION,
+				       "fields", "major", major, "minor", minor, "patch", patch));
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -104,14 +104,13 @@ static void rpc_stats_visit(void *arg)
 	if (n > RPC_MAX_POLLERS_SHOWN) {
 		n = RPC_MAX_POLLERS_SHOWN;
 	}
-	obj = json_pack("{s:s,s:I,s:i,s:I,s:I,s:I,s:I,s:i,s:i,s:i,s:i}", "name", st.name,
-			"id", (json_int_t)st.id, "reactor",
-			st.reactor == KEEL_REACTOR_ANY ? -1 : (int)st.reactor, "busy",
-			(json_int_t)st.busy_ns, "idle", (json_int_t)st.idle_ns, "msgs",
-			(json_int_t)st.msgs, "polls", (json_int_t)st.polls,
-			"active_pollers_count", (int)st.active_pollers, "timed_pollers_count",
-			(int)st.timed_pollers, "paused_pollers_count", (int)st.paused_pollers,
-			"io_channels", (int)st.io_channels);
+	obj = json_pack(
+		"{s:s,s:I,s:i,s:I,s:I,s:I,s:I,s:i,s:i,s:i,s:i}", "name", st.name, "id",
+		(json_int_t)st.id, "reactor", st.reactor == KEEL_REACTOR_ANY ? -1 : (int)st.reactor,
+		"busy", (json_int_t)st.busy_ns, "idle", (json_int_t)st.idle_ns, "msgs",
+		(json_int_t)st.msgs, "polls", (json_int_t)st.polls, "active_pollers_count",
+		(int)st.active_pollers, "timed_pollers_count", (int)st.timed_pollers,
+		"paused_pollers_count", (int)st.paused_pollers, "io_channels", (int)st.io_channels);
 	if (obj == NULL) {
 		return;
 	}
@@ -122,13 +121,13 @@ static void rpc_stats_visit(void *arg)
 	plist = json_array();
 	for (i = 0; i < n; i++) {
 		json_array_append_new(
-			plist, json_pack("{s:s,s:I,s:I,s:I,s:I,s:b,s:I}", "name", pollers[i].name,
-					 "period_us", (json_int_t)pollers[i].period_us,
-					 "run_count", (json_int_t)pollers[i].run_count,
-					 "busy_count", (json_int_t)pollers[i].busy_count,
-					 "wakeups", (json_int_t)pollers[i].wakeups, "paused",
-					 pollers[i].paused, "instances",
-					 (json_int_t)pollers[i].instances));
+			plist,
+			json_pack("{s:s,s:I,s:I,s:I,s:I,s:b,s:I}", "name", pollers[i].name,
+				  "period_us", (json_int_t)pollers[i].period_us, "run_count",
+				  (json_int_t)pollers[i].run_count, "busy_count",
+				  (json_int_t)pollers[i].busy_count, "wakeups",
+				  (json_int_t)pollers[i].wakeups, "paused", pollers[i].paused,
+				  "instances", (json_int_t)pollers[i].instances));
 	}
 	json_object_set_new(obj, "pollers", plist);
 	json_array_append_new(ctx->threads, obj);
@@ -153,8 +152,8 @@ static json_t *rpc_reactor_wakers(json_t *threads, uint32_t idx, uint64_t msg_wa
 	size_t j, k, n = 0;
 
 	if (msg_wakeups > 0) {
-		cand[n++] = json_pack("{s:s,s:n,s:I,s:i}", "name", "(message)", "thread",
-				      "wakeups", (json_int_t)msg_wakeups, "instances", 1);
+		cand[n++] = json_pack("{s:s,s:n,s:I,s:i}", "name", "(message)", "thread", "wakeups",
+				      (json_int_t)msg_wakeups, "instances", 1);
 	}
 	json_array_foreach(threads, j, t) {
 		if (json_integer_value(json_object_get(t, "reactor")) != (json_int_t)idx) {
@@ -164,8 +163,9 @@ static json_t *rpc_reactor_wakers(json_t *threads, uint32_t idx, uint64_t msg_wa
 			if (n == sizeof(cand) / sizeof(cand[0])) {
 				break;
 			}
-			cand[n++] = json_pack("{s:O,s:O,s:O,s:O}", "name", json_object_get(p, "name"),
-					      "thread", json_object_get(t, "name"), "wakeups",
+			cand[n++] = json_pack("{s:O,s:O,s:O,s:O}", "name",
+					      json_object_get(p, "name"), "thread",
+					      json_object_get(t, "name"), "wakeups",
 					      json_object_get(p, "wakeups"), "instances",
 					      json_object_get(p, "instances"));
 		}
@@ -197,30 +197,32 @@ static json_t *rpc_reactors_json(json_t *threads)
 		}
 		json_array_foreach(threads, j, t) {
 			if (json_integer_value(json_object_get(t, "reactor")) == (json_int_t)i) {
-				json_array_append_new(
-					lw, json_pack("{s:O,s:O,s:O,s:O}", "name",
-						      json_object_get(t, "name"), "id",
-						      json_object_get(t, "id"), "busy",
-						      json_object_get(t, "busy"), "idle",
-						      json_object_get(t, "idle")));
+				json_array_append_new(lw,
+						      json_pack("{s:O,s:O,s:O,s:O}", "name",
+								json_object_get(t, "name"), "id",
+								json_object_get(t, "id"), "busy",
+								json_object_get(t, "busy"), "idle",
+								json_object_get(t, "idle")));
 			}
 		}
 		json_array_append_new(
 			reactors,
-			json_pack("{s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
-				  "s:i,s:I,s:o,s:o}",
-				  "lcore", (int)rs.cpu, "reactor", (int)i, "numa_id", rs.numa_node,
-				  "tid", (json_int_t)rs.tid, "busy", (json_int_t)rs.busy_ns, "idle",
-				  (json_int_t)rs.idle_ns, "sleep", (json_int_t)rs.sleep_ns,
-				  "in_interrupt", rs.sleeping, "mode",
-				  keel_reactor_mode_name(rs.mode), "loops", (json_int_t)rs.loops,
-				  "wakeups", (json_int_t)rs.wakeups, "wakeups_msg",
-				  (json_int_t)rs.wakeups_msg, "wakeups_timer",
-				  (json_int_t)rs.wakeups_timer, "wakeups_fd", (json_int_t)rs.wakeups_fd,
-				  "wakeups_other", (json_int_t)rs.wakeups_other, "fd_polls",
-				  (json_int_t)rs.fd_polls, "fd_waiting", (int)rs.fd_waiting, "msgs",
-				  (json_int_t)rs.msgs, "wakers",
-				  rpc_reactor_wakers(threads, i, rs.wakeups_msg), "lw_threads", lw));
+			json_pack(
+				"{s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+				"s:i,s:I,s:o,s:o}",
+				"lcore", (int)rs.cpu, "reactor", (int)i, "numa_id", rs.numa_node,
+				"tid", (json_int_t)rs.tid, "busy", (json_int_t)rs.busy_ns, "idle",
+				(json_int_t)rs.idle_ns, "sleep", (json_int_t)rs.sleep_ns,
+				"in_interrupt", rs.sleeping, "mode",
+				keel_reactor_mode_name(rs.mode), "loops", (json_int_t)rs.loops,
+				"wakeups", (json_int_t)rs.wakeups, "wakeups_msg",
+				(json_int_t)rs.wakeups_msg, "wakeups_timer",
+				(json_int_t)rs.wakeups_timer, "wakeups_fd",
+				(json_int_t)rs.wakeups_fd, "wakeups_other",
+				(json_int_t)rs.wakeups_other, "fd_polls", (json_int_t)rs.fd_polls,
+				"fd_waiting", (int)rs.fd_waiting, "msgs", (json_int_t)rs.msgs,
+				"wakers", rpc_reactor_wakers(threads, i, rs.wakeups_msg),
+				"lw_threads", lw));
 	}
 	return reactors;
 }
@@ -231,9 +233,8 @@ static void rpc_stats_done(void *arg)
 	json_t *result;
 
 	if (ctx->reactors) {
-		result = json_pack("{s:I,s:i,s:o}", "tick_rate", (json_int_t)1000000000,
-				   "pid", (int)getpid(), "reactors",
-				   rpc_reactors_json(ctx->threads));
+		result = json_pack("{s:I,s:i,s:o}", "tick_rate", (json_int_t)1000000000, "pid",
+				   (int)getpid(), "reactors", rpc_reactors_json(ctx->threads));
 	} else {
 		result = json_pack("{s:I,s:O}", "tick_rate", (json_int_t)1000000000, "threads",
 				   ctx->threads);
@@ -306,7 +307,8 @@ static void rpc_framework_set_reactor_mode(struct keel_rpc_request *req, json_t 
 	if (p.reactor < -1 || p.reactor >= (int64_t)keel_reactor_count()) {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 				    "reactor: no reactor %lld: there are %u (0 to %u), or omit it "
-				    "for all", (long long)p.reactor, keel_reactor_count(),
+				    "for all",
+				    (long long)p.reactor, keel_reactor_count(),
 				    keel_reactor_count() - 1);
 		return;
 	}
@@ -328,8 +330,7 @@ void rpc_framework_register(void)
 {
 	keel_rpc_register_method("rpc_get_methods", rpc_get_methods,
 				 "List the methods; {include_help: true} adds a line of help");
-	keel_rpc_register_method("keel_get_version", rpc_keel_get_version,
-				 "Version of keeld");
+	keel_rpc_register_method("keel_get_version", rpc_keel_get_version, "Version of keeld");
 	keel_rpc_register_method("framework_get_reactors", rpc_framework_get_reactors,
 				 "Reactors: CPU, NUMA node, busy/idle ns, mode, threads");
 	keel_rpc_register_method("thread_get_stats", rpc_thread_get_stats,

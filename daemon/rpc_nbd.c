@@ -37,29 +37,40 @@ static void rpc_nbd_send_start_error(struct keel_rpc_request *req, const char *n
 				     const char *bdev_name, const char *where, int rc, bool async)
 {
 	if (rc == -EEXIST && async) {
-		keel_rpc_send_error(req, rc, "%s exists and is not a socket: remove it or choose "
-				    "another path", where);
+		keel_rpc_send_error(req, rc,
+				    "%s exists and is not a socket: remove it or choose "
+				    "another path",
+				    where);
 		return;
 	}
 	switch (rc) {
 	case -ENODEV:
-		keel_rpc_send_error(req, rc, "bdev '%s' not found (or removed while starting): "
-				    "create it first, see bdev list", bdev_name);
+		keel_rpc_send_error(req, rc,
+				    "bdev '%s' not found (or removed while starting): "
+				    "create it first, see bdev list",
+				    bdev_name);
 		break;
 	case -EEXIST:
-		keel_rpc_send_error(req, rc, "export '%s' already exists: choose another name "
-				    "or stop it first", name);
+		keel_rpc_send_error(req, rc,
+				    "export '%s' already exists: choose another name "
+				    "or stop it first",
+				    name);
 		break;
 	case -EADDRINUSE:
-		keel_rpc_send_error(req, rc, "%s is already in use by another server or export: "
-				    "stop it or choose another address", where);
+		keel_rpc_send_error(req, rc,
+				    "%s is already in use by another server or export: "
+				    "stop it or choose another address",
+				    where);
 		break;
 	case -EPERM:
-		keel_rpc_send_error(req, rc, "bdev '%s' is claimed by a module and cannot be "
-				    "opened for writing: export it with read_only", bdev_name);
+		keel_rpc_send_error(req, rc,
+				    "bdev '%s' is claimed by a module and cannot be "
+				    "opened for writing: export it with read_only",
+				    bdev_name);
 		break;
 	case -EINVAL:
-		keel_rpc_send_error(req, rc, "invalid export: the name must have 1-256 printable "
+		keel_rpc_send_error(req, rc,
+				    "invalid export: the name must have 1-256 printable "
 				    "characters without spaces or '/', socket paths at most 107 "
 				    "bytes, tcp HOST:PORT with a numeric host");
 		break;
@@ -89,7 +100,8 @@ static void rpc_nbd_start_done(void *cb_arg, int status)
 static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 {
 	static const struct keel_rpc_param table[] = {
-		{"bdev_name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, bdev_name), false},
+		{"bdev_name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, bdev_name),
+		 false},
 		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, name), true},
 		{"socket", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, socket), true},
 		{"tcp", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, tcp), true},
@@ -113,7 +125,8 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 	if (!keel_nbd_export_name_is_valid(name)) {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 				    "name: '%.64s' is not a valid export name: 1-256 printable "
-				    "characters without spaces or '/'", name);
+				    "characters without spaces or '/'",
+				    name);
 		return;
 	}
 	ctx = rpc_ctx_calloc(req, sizeof(*ctx));
@@ -123,9 +136,9 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 	ctx->req = req;
 	snprintf(ctx->name, sizeof(ctx->name), "%s", name);
 	snprintf(ctx->bdev_name, sizeof(ctx->bdev_name), "%s", p.bdev_name);
-	snprintf(ctx->where, sizeof(ctx->where), "%s%s%s%s%s",
-		 p.socket ? "socket " : "", p.socket ? p.socket : "",
-		 p.socket && p.tcp ? " / " : "", p.tcp ? "tcp " : "", p.tcp ? p.tcp : "");
+	snprintf(ctx->where, sizeof(ctx->where), "%s%s%s%s%s", p.socket ? "socket " : "",
+		 p.socket ? p.socket : "", p.socket && p.tcp ? " / " : "", p.tcp ? "tcp " : "",
+		 p.tcp ? p.tcp : "");
 	opts.bdev_name = p.bdev_name;
 	opts.name = name;
 	opts.socket_path = p.socket;
@@ -143,7 +156,8 @@ static void rpc_nbd_stop_done(void *cb_arg, int status)
 	struct keel_rpc_request *req = cb_arg;
 
 	if (status != 0) {
-		keel_rpc_send_error(req, status, "stopping the export failed: %s", strerror(-status));
+		keel_rpc_send_error(req, status, "stopping the export failed: %s",
+				    strerror(-status));
 		return;
 	}
 	keel_rpc_send_result(req, NULL);
@@ -162,8 +176,10 @@ static void rpc_nbd_stop_export(struct keel_rpc_request *req, json_t *params)
 	}
 	rc = keel_nbd_export_stop(name, rpc_nbd_stop_done, req);
 	if (rc == -ENOENT) {
-		keel_rpc_send_error(req, rc, "export '%s' not found (or already stopping): see "
-				    "nbd_get_exports", name);
+		keel_rpc_send_error(req, rc,
+				    "export '%s' not found (or already stopping): see "
+				    "nbd_get_exports",
+				    name);
 	} else if (rc != 0) {
 		keel_rpc_send_error(req, rc, "cannot stop export '%s': %s", name, strerror(-rc));
 	}
@@ -195,13 +211,15 @@ static void rpc_nbd_get_exports(struct keel_rpc_request *req, json_t *params)
 		if (name != NULL && strcmp(name, keel_nbd_export_get_name(exp)) != 0) {
 			continue;
 		}
-		json_array_append_new(arr, json_pack("{s:s, s:s, s:o, s:o, s:b, s:I}",
-			"name", keel_nbd_export_get_name(exp),
-			"bdev_name", keel_nbd_export_get_bdev_name(exp),
-			"socket", rpc_nbd_string_or_null(keel_nbd_export_get_socket_path(exp)),
-			"tcp", rpc_nbd_string_or_null(keel_nbd_export_get_tcp(exp)),
-			"read_only", keel_nbd_export_is_read_only(exp),
-			"connections", (json_int_t)keel_nbd_export_get_connection_count(exp)));
+		json_array_append_new(
+			arr,
+			json_pack("{s:s, s:s, s:o, s:o, s:b, s:I}", "name",
+				  keel_nbd_export_get_name(exp), "bdev_name",
+				  keel_nbd_export_get_bdev_name(exp), "socket",
+				  rpc_nbd_string_or_null(keel_nbd_export_get_socket_path(exp)),
+				  "tcp", rpc_nbd_string_or_null(keel_nbd_export_get_tcp(exp)),
+				  "read_only", keel_nbd_export_is_read_only(exp), "connections",
+				  (json_int_t)keel_nbd_export_get_connection_count(exp)));
 	}
 	keel_rpc_send_result(req, arr);
 }
@@ -255,12 +273,16 @@ static void rpc_nbd_start_disk_done(void *cb_arg, int status, uint32_t index, co
 static void rpc_nbd_start_disk(struct keel_rpc_request *req, json_t *params)
 {
 	static const struct keel_rpc_param table[] = {
-		{"bdev_name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start_disk, bdev_name), false},
-		{"nbd_device", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start_disk, nbd_device), true},
-		{"io_timeout_s", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_nbd_start_disk, io_timeout_s), true},
+		{"bdev_name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start_disk, bdev_name),
+		 false},
+		{"nbd_device", KEEL_RPC_PARAM_STRING,
+		 offsetof(struct rpc_nbd_start_disk, nbd_device), true},
+		{"io_timeout_s", KEEL_RPC_PARAM_UINT32,
+		 offsetof(struct rpc_nbd_start_disk, io_timeout_s), true},
 		{"dead_conn_timeout_s", KEEL_RPC_PARAM_UINT32,
 		 offsetof(struct rpc_nbd_start_disk, dead_conn_timeout_s), true},
-		{"read_only", KEEL_RPC_PARAM_BOOL, offsetof(struct rpc_nbd_start_disk, read_only), true},
+		{"read_only", KEEL_RPC_PARAM_BOOL, offsetof(struct rpc_nbd_start_disk, read_only),
+		 true},
 	};
 	struct rpc_nbd_start_disk p = {0};
 	struct keel_nbd_disk_opts opts;
@@ -274,7 +296,8 @@ static void rpc_nbd_start_disk(struct keel_rpc_request *req, json_t *params)
 	}
 	if (p.io_timeout_s > KEEL_NBD_DISK_MAX_TIMEOUT_S ||
 	    p.dead_conn_timeout_s > KEEL_NBD_DISK_MAX_TIMEOUT_S) {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "io_timeout_s and "
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "io_timeout_s and "
 				    "dead_conn_timeout_s must be at most %u seconds (7 days)",
 				    KEEL_NBD_DISK_MAX_TIMEOUT_S);
 		return;
@@ -285,8 +308,10 @@ static void rpc_nbd_start_disk(struct keel_rpc_request *req, json_t *params)
 	opts.read_only = p.read_only;
 	if (p.nbd_device != NULL && p.nbd_device[0] != '\0') {
 		if (rpc_nbd_parse_device(p.nbd_device, &index) != 0) {
-			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "nbd_device: '%.64s' is not "
-					    "an nbd device: give /dev/nbdN", p.nbd_device);
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+					    "nbd_device: '%.64s' is not "
+					    "an nbd device: give /dev/nbdN",
+					    p.nbd_device);
 			return;
 		}
 		opts.index = (int32_t)index;
@@ -300,12 +325,16 @@ static void rpc_nbd_start_disk(struct keel_rpc_request *req, json_t *params)
 				    p.bdev_name);
 		break;
 	case -EBUSY:
-		keel_rpc_send_error(req, rc, "%s is already served by this keeld: stop it first "
-				    "(nbd_stop_disk) or choose another device", p.nbd_device);
+		keel_rpc_send_error(req, rc,
+				    "%s is already served by this keeld: stop it first "
+				    "(nbd_stop_disk) or choose another device",
+				    p.nbd_device);
 		break;
 	case -EPERM:
-		keel_rpc_send_error(req, rc, "bdev '%s' is claimed by a module and cannot be "
-				    "opened for writing: use read_only", p.bdev_name);
+		keel_rpc_send_error(req, rc,
+				    "bdev '%s' is claimed by a module and cannot be "
+				    "opened for writing: use read_only",
+				    p.bdev_name);
 		break;
 	case -ESHUTDOWN:
 		keel_rpc_send_error(req, rc, "keeld is shutting down");
@@ -330,14 +359,18 @@ static void rpc_nbd_stop_disk(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	if (rpc_nbd_parse_device(dev, &index) != 0) {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "nbd_device: '%.64s' is not an "
-				    "nbd device: give /dev/nbdN", dev);
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "nbd_device: '%.64s' is not an "
+				    "nbd device: give /dev/nbdN",
+				    dev);
 		return;
 	}
 	rc = keel_nbd_disk_stop(index, rpc_nbd_stop_done, req);
 	if (rc == -ENOENT) {
-		keel_rpc_send_error(req, rc, "/dev/nbd%u is not served by this keeld (or already "
-				    "stopping): see nbd_get_disks", index);
+		keel_rpc_send_error(req, rc,
+				    "/dev/nbd%u is not served by this keeld (or already "
+				    "stopping): see nbd_get_disks",
+				    index);
 	} else if (rc != 0) {
 		keel_rpc_send_error(req, rc, "cannot stop /dev/nbd%u: %s", index, strerror(-rc));
 	}
@@ -357,8 +390,10 @@ static void rpc_nbd_get_disks(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	if (dev != NULL && rpc_nbd_parse_device(dev, &index) != 0) {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "nbd_device: '%.64s' is not an "
-				    "nbd device: give /dev/nbdN", dev);
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "nbd_device: '%.64s' is not an "
+				    "nbd device: give /dev/nbdN",
+				    dev);
 		return;
 	}
 	arr = json_array();
@@ -372,13 +407,14 @@ static void rpc_nbd_get_disks(struct keel_rpc_request *req, json_t *params)
 		if (idx >= 0) {
 			snprintf(name, sizeof(name), "/dev/nbd%d", idx);
 		}
-		json_array_append_new(arr, json_pack("{s:o, s:s, s:s, s:b, s:I, s:s}",
-			"nbd_device", idx >= 0 ? json_string(name) : json_null(),
-			"bdev_name", keel_nbd_disk_get_bdev_name(disk),
-			"state", keel_nbd_disk_get_state(disk),
-			"read_only", keel_nbd_disk_is_read_only(disk),
-			"connections", (json_int_t)keel_nbd_disk_get_connection_count(disk),
-			"backend_id", keel_nbd_disk_get_backend_id(disk)));
+		json_array_append_new(
+			arr, json_pack("{s:o, s:s, s:s, s:b, s:I, s:s}", "nbd_device",
+				       idx >= 0 ? json_string(name) : json_null(), "bdev_name",
+				       keel_nbd_disk_get_bdev_name(disk), "state",
+				       keel_nbd_disk_get_state(disk), "read_only",
+				       keel_nbd_disk_is_read_only(disk), "connections",
+				       (json_int_t)keel_nbd_disk_get_connection_count(disk),
+				       "backend_id", keel_nbd_disk_get_backend_id(disk)));
 	}
 	if (dev != NULL && json_array_size(arr) == 0) {
 		json_decref(arr);
@@ -393,12 +429,11 @@ static json_t *rpc_nbd_options_json(void)
 	struct keel_nbd_options o;
 
 	keel_nbd_get_options(&o);
-	return json_pack("{s:I, s:I, s:I, s:I, s:I}",
-			 "buffer_budget", (json_int_t)o.buffer_budget,
-			 "max_connections", (json_int_t)o.max_connections,
-			 "max_export_connections", (json_int_t)o.max_export_connections,
-			 "handshake_timeout_ms", (json_int_t)o.handshake_timeout_ms,
-			 "stall_timeout_ms", (json_int_t)o.stall_timeout_ms);
+	return json_pack("{s:I, s:I, s:I, s:I, s:I}", "buffer_budget", (json_int_t)o.buffer_budget,
+			 "max_connections", (json_int_t)o.max_connections, "max_export_connections",
+			 (json_int_t)o.max_export_connections, "handshake_timeout_ms",
+			 (json_int_t)o.handshake_timeout_ms, "stall_timeout_ms",
+			 (json_int_t)o.stall_timeout_ms);
 }
 
 static void rpc_nbd_set_options(struct keel_rpc_request *req, json_t *params)
@@ -445,36 +480,38 @@ static void rpc_nbd_get_stats(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	keel_nbd_get_stats(&st);
-	keel_rpc_send_result(req, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-		"connections", (json_int_t)st.connections,
-		"connections_refused", (json_int_t)st.connections_refused,
-		"buffer_bytes", (json_int_t)st.buffer_bytes,
-		"buffer_waits", (json_int_t)st.buffer_waits,
-		"handshake_timeouts", (json_int_t)st.handshake_timeouts,
-		"stall_timeouts", (json_int_t)st.stall_timeouts,
-		"cached_buffer_bytes", (json_int_t)st.cached_buffer_bytes));
+	keel_rpc_send_result(req, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
+					    (json_int_t)st.connections, "connections_refused",
+					    (json_int_t)st.connections_refused, "buffer_bytes",
+					    (json_int_t)st.buffer_bytes, "buffer_waits",
+					    (json_int_t)st.buffer_waits, "handshake_timeouts",
+					    (json_int_t)st.handshake_timeouts, "stall_timeouts",
+					    (json_int_t)st.stall_timeouts, "cached_buffer_bytes",
+					    (json_int_t)st.cached_buffer_bytes));
 }
 
 void rpc_nbd_register(void)
 {
-	keel_rpc_register_method("nbd_start_export", rpc_nbd_start_export,
-				 "export a bdev over NBD: {bdev_name, name?, socket?, tcp?, read_only?}");
+	keel_rpc_register_method(
+		"nbd_start_export", rpc_nbd_start_export,
+		"export a bdev over NBD: {bdev_name, name?, socket?, tcp?, read_only?}");
 	keel_rpc_register_method("nbd_stop_export", rpc_nbd_stop_export,
 				 "stop an NBD export and close its connections: {name}");
 	keel_rpc_register_method("nbd_get_exports", rpc_nbd_get_exports,
 				 "list NBD exports: {name?}");
-	keel_rpc_register_method("nbd_start_disk", rpc_nbd_start_disk,
-				 "serve a bdev as a kernel device /dev/nbdN: {bdev_name, nbd_device?, "
-				 "io_timeout_s?, dead_conn_timeout_s?, read_only?}");
+	keel_rpc_register_method(
+		"nbd_start_disk", rpc_nbd_start_disk,
+		"serve a bdev as a kernel device /dev/nbdN: {bdev_name, nbd_device?, "
+		"io_timeout_s?, dead_conn_timeout_s?, read_only?}");
 	keel_rpc_register_method("nbd_stop_disk", rpc_nbd_stop_disk,
 				 "disconnect /dev/nbdN and close its bdev: {nbd_device}");
 	keel_rpc_register_method("nbd_get_disks", rpc_nbd_get_disks,
 				 "list kernel NBD devices: {nbd_device?}");
-	keel_rpc_register_method("nbd_set_options", rpc_nbd_set_options,
-				 "set NBD limits, each optional: {buffer_budget?, max_connections?, "
-				 "max_export_connections?, handshake_timeout_ms?, stall_timeout_ms?}");
-	keel_rpc_register_method("nbd_get_options", rpc_nbd_get_options,
-				 "the NBD limits in force");
+	keel_rpc_register_method(
+		"nbd_set_options", rpc_nbd_set_options,
+		"set NBD limits, each optional: {buffer_budget?, max_connections?, "
+		"max_export_connections?, handshake_timeout_ms?, stall_timeout_ms?}");
+	keel_rpc_register_method("nbd_get_options", rpc_nbd_get_options, "the NBD limits in force");
 	keel_rpc_register_method("nbd_get_stats", rpc_nbd_get_stats,
 				 "NBD connections, buffers and what the limits refused or closed");
 }

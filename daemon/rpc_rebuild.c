@@ -79,8 +79,10 @@ static void control(struct keel_rpc_request *req, json_t *params,
 				    p.volume, p.replica);
 		return;
 	case -EINVAL:
-		keel_rpc_send_error(req, rc, "volume %s: replica %s: cannot %s in this state "
-				    "(see rebuild_get_status)", p.volume, p.replica, what);
+		keel_rpc_send_error(req, rc,
+				    "volume %s: replica %s: cannot %s in this state "
+				    "(see rebuild_get_status)",
+				    p.volume, p.replica, what);
 		return;
 	case -EBUSY:
 		keel_rpc_send_error(req, rc, "volume %s: replica %s: a rebuild is already active",
@@ -150,9 +152,10 @@ static void rpc_rebuild_set_options(struct keel_rpc_request *req, json_t *params
 	}
 	/* Negated so NaN is refused too (JSON cannot carry it, the API can). */
 	if (!(p.rate >= 0 && p.rate <= KEEL_REBUILD_RATE_MAX_MIB_S)) {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
-				    "rate_limit_mib_s: %g is out of range: 0 (no limit) to %.0f MiB/s",
-				    p.rate, KEEL_REBUILD_RATE_MAX_MIB_S);
+		keel_rpc_send_error(
+			req, KEEL_RPC_INVALID_PARAMS,
+			"rate_limit_mib_s: %g is out of range: 0 (no limit) to %.0f MiB/s", p.rate,
+			KEEL_REBUILD_RATE_MAX_MIB_S);
 		return;
 	}
 	o.rate_limit_mib_s = p.rate;
@@ -161,10 +164,11 @@ static void rpc_rebuild_set_options(struct keel_rpc_request *req, json_t *params
 	o.tasks = p.tasks;
 	o.auto_rebuild = p.auto_rebuild;
 	if (keel_rebuild_set_opts(&o) != 0) {
-		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
-				    "segment_size must be a multiple of 4096 up to 4194304 (4 MiB), "
-				    "tasks 1..32, rate_limit_mib_s 0 (no limit) to %.0f",
-				    KEEL_REBUILD_RATE_MAX_MIB_S);
+		keel_rpc_send_error(
+			req, KEEL_RPC_INVALID_PARAMS,
+			"segment_size must be a multiple of 4096 up to 4194304 (4 MiB), "
+			"tasks 1..32, rate_limit_mib_s 0 (no limit) to %.0f",
+			KEEL_REBUILD_RATE_MAX_MIB_S);
 		return;
 	}
 	res = json_object();

@@ -18,8 +18,7 @@
 #include "volume_manager.h"
 
 /* The manager's answer as the RPC's: a volume as JSON, or true after a destroy. */
-static void rpc_volume_done(void *cb_arg, int status, const char *errmsg,
-			    struct keeld_volume *vol)
+static void rpc_volume_done(void *cb_arg, int status, const char *errmsg, struct keeld_volume *vol)
 {
 	struct keel_rpc_request *req = cb_arg;
 	json_t *o;
@@ -46,8 +45,10 @@ static void rpc_volume_not_started(struct keel_rpc_request *req, int rc)
 	if (rc == 0) {
 		return;
 	}
-	keel_rpc_send_error(req, rc, "%s", rc == -ENOMEM ? "out of memory" :
-			    rc == -ESHUTDOWN ? "keeld is shutting down" : strerror(-rc));
+	keel_rpc_send_error(req, rc, "%s",
+			    rc == -ENOMEM      ? "out of memory"
+			    : rc == -ESHUTDOWN ? "keeld is shutting down"
+					       : strerror(-rc));
 }
 
 /*
@@ -239,8 +240,8 @@ static void rpc_volume_remove_replica(struct keel_rpc_request *req, json_t *para
 	if (!keel_rpc_decode_params(req, params, g_replica_table, 2, &p)) {
 		return;
 	}
-	rpc_volume_not_started(req, keeld_volume_remove_replica(p.name, p.replica,
-								rpc_volume_done, req));
+	rpc_volume_not_started(
+		req, keeld_volume_remove_replica(p.name, p.replica, rpc_volume_done, req));
 }
 
 static void rpc_volume_fault_replica(struct keel_rpc_request *req, json_t *params)
@@ -250,8 +251,8 @@ static void rpc_volume_fault_replica(struct keel_rpc_request *req, json_t *param
 	if (!keel_rpc_decode_params(req, params, g_replica_table, 2, &p)) {
 		return;
 	}
-	rpc_volume_not_started(req, keeld_volume_fault_replica(p.name, p.replica,
-							       rpc_volume_done, req));
+	rpc_volume_not_started(req,
+			       keeld_volume_fault_replica(p.name, p.replica, rpc_volume_done, req));
 }
 
 void rpc_volume_register(void)

@@ -62,8 +62,8 @@ struct rpc_sock_conn {
 	struct rpc_conn *conn;
 	struct keel_poller *poller;
 	uint32_t events;
-	bool eof;       /* peer finished sending (or protocol error): flush, then close */
-	bool paced;     /* work left after a slice: its next turn is armed */
+	bool eof;                /* peer finished sending (or protocol error): flush, then close */
+	bool paced;              /* work left after a slice: its next turn is armed */
 	uint64_t last_active_ns; /* last byte moved or request handled */
 	struct rpc_sock_conn *next;
 };
@@ -72,7 +72,7 @@ static struct keel_rpc_server_opts g_opts;
 static int g_listen_fd = -1;
 static struct keel_poller *g_listen_poller;
 static struct keel_poller_backoff *g_listen_backoff;
-static bool g_listen_starved; /* accept4() failed for lack of a resource */
+static bool g_listen_starved;             /* accept4() failed for lack of a resource */
 static struct keel_poller *g_idle_poller; /* with a timeout; armed while connections exist */
 static bool g_idle_armed;
 static char g_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -140,8 +140,8 @@ static void rpc_sock_conn_close(struct rpc_sock_conn *sc)
 		}
 	}
 	g_conn_count--;
-	KEEL_DEBUGLOG("rpc: connection %u closed (%u replies still pending are dropped)",
-		      sc->id, rpc_conn_pending(sc->conn));
+	KEEL_DEBUGLOG("rpc: connection %u closed (%u replies still pending are dropped)", sc->id,
+		      rpc_conn_pending(sc->conn));
 	keel_poller_unregister(&sc->poller);
 	close(sc->fd);
 	rpc_conn_close(sc->conn);
@@ -327,7 +327,7 @@ static void rpc_idle_arm(uint64_t now)
 	}
 	for (sc = g_conns; sc != NULL; sc = sc->next) {
 		uint64_t d = rpc_conn_pending(sc->conn) > 0 ? now + timeout
-							     : sc->last_active_ns + timeout;
+							    : sc->last_active_ns + timeout;
 
 		next = d < next ? d : next;
 	}
@@ -336,8 +336,8 @@ static void rpc_idle_arm(uint64_t now)
 		g_idle_armed = false;
 		return;
 	}
-	g_idle_armed = keel_poller_arm(g_idle_poller, next > now ? (next - now + 999) / 1000
-								  : 0) == 0;
+	g_idle_armed = keel_poller_arm(g_idle_poller, next > now ? (next - now + 999) / 1000 : 0) ==
+		       0;
 }
 
 static int rpc_idle_poll(void *arg)
@@ -351,7 +351,8 @@ static int rpc_idle_poll(void *arg)
 		if (rpc_conn_pending(sc->conn) == 0 && now - sc->last_active_ns >= timeout) {
 			KEEL_INFOLOG("rpc: connection %u idle for %u ms; closing it", sc->id,
 				     g_opts.idle_timeout_ms);
-			rpc_sock_conn_end(sc, -ETIMEDOUT, "connection closed after %u ms without "
+			rpc_sock_conn_end(sc, -ETIMEDOUT,
+					  "connection closed after %u ms without "
 					  "a request (keeld --rpc-idle-timeout)",
 					  g_opts.idle_timeout_ms);
 		}
@@ -384,9 +385,11 @@ static void rpc_refuse(int fd)
 	char msg[300], line[512];
 	int n;
 
-	snprintf(msg, sizeof(msg), "keeld has %u RPC connections open, its limit (keeld "
+	snprintf(msg, sizeof(msg),
+		 "keeld has %u RPC connections open, its limit (keeld "
 		 "--rpc-max-connections), and every one is handling a request; retry when "
-		 "one finishes", g_conn_count);
+		 "one finishes",
+		 g_conn_count);
 	n = rpc_error_line(line, sizeof(line), -EUSERS, msg);
 	if (n > 0) {
 		/* A fresh socket has room for one line; the client may already be gone. */
@@ -403,20 +406,25 @@ static void rpc_accept_one(int fd)
 	if (g_conn_count >= g_opts.max_connections) {
 		victim = rpc_evict_candidate();
 		if (victim == NULL) {
-			KEEL_WARNLOG_RATELIMITED(RPC_LOG_INTERVAL_MS, "rpc: %u connections open "
+			KEEL_WARNLOG_RATELIMITED(RPC_LOG_INTERVAL_MS,
+						 "rpc: %u connections open "
 						 "(the limit), each handling a request; refusing a "
-						 "new one", g_conn_count);
+						 "new one",
+						 g_conn_count);
 			rpc_refuse(fd);
 			return;
 		}
-		KEEL_LOG_RATELIMITED(KEEL_LOG_NOTICE, RPC_LOG_INTERVAL_MS,
-				     "rpc: %u connections open (the limit); closing connection %u, "
-				     "idle for %llu ms, to make room for a new one", g_conn_count,
-				     victim->id, (unsigned long long)((keel_now_ns() -
-				     victim->last_active_ns) / 1000000u));
-		rpc_sock_conn_end(victim, -EUSERS, "connection closed to make room for a new one: "
+		KEEL_LOG_RATELIMITED(
+			KEEL_LOG_NOTICE, RPC_LOG_INTERVAL_MS,
+			"rpc: %u connections open (the limit); closing connection %u, "
+			"idle for %llu ms, to make room for a new one",
+			g_conn_count, victim->id,
+			(unsigned long long)((keel_now_ns() - victim->last_active_ns) / 1000000u));
+		rpc_sock_conn_end(victim, -EUSERS,
+				  "connection closed to make room for a new one: "
 				  "keeld allows %u RPC connections (keeld --rpc-max-connections) "
-				  "and this one was idle the longest", g_opts.max_connections);
+				  "and this one was idle the longest",
+				  g_opts.max_connections);
 	}
 	sc = calloc(1, sizeof(*sc));
 	if (sc == NULL) {
@@ -484,11 +492,13 @@ static int rpc_listen_poll(void *arg)
 			 */
 			delay_us = keel_poller_backoff_pause(g_listen_backoff);
 			g_listen_starved = true;
-			KEEL_WARNLOG_RATELIMITED(RPC_LOG_INTERVAL_MS, "rpc: cannot accept a "
-						 "connection on %s: %s; pausing the listener for %llu "
-						 "ms (raise the open file limit, ulimit -n, or close "
-						 "clients)", g_path, strerror(err),
-						 (unsigned long long)delay_us / 1000u);
+			KEEL_WARNLOG_RATELIMITED(
+				RPC_LOG_INTERVAL_MS,
+				"rpc: cannot accept a "
+				"connection on %s: %s; pausing the listener for %llu "
+				"ms (raise the open file limit, ulimit -n, or close "
+				"clients)",
+				g_path, strerror(err), (unsigned long long)delay_us / 1000u);
 			return KEEL_POLLER_BUSY;
 		}
 		if (g_listen_starved) {
@@ -573,9 +583,8 @@ int keel_rpc_server_start(const char *path, const struct keel_rpc_server_opts *o
 	}
 	if (g_opts.idle_timeout_ms != 0) {
 		/* A deadline only: armed while connections exist (rpc_idle_arm). */
-		g_idle_poller = keel_poller_register(rpc_idle_poll, NULL,
-						     (uint64_t)g_opts.idle_timeout_ms * 1000u,
-						     "rpc_idle");
+		g_idle_poller = keel_poller_register(
+			rpc_idle_poll, NULL, (uint64_t)g_opts.idle_timeout_ms * 1000u, "rpc_idle");
 		if (g_idle_poller == NULL) {
 			rc = -ENOMEM;
 			goto out_free_backoff;
@@ -587,8 +596,9 @@ int keel_rpc_server_start(const char *path, const struct keel_rpc_server_opts *o
 	g_listen_starved = false;
 	snprintf(g_path, sizeof(g_path), "%s", path);
 	KEEL_NOTICELOG("rpc: listening on %s (at most %u connections, idle timeout %u ms, "
-		       "batches of %u, responses of %u bytes)", path, g_opts.max_connections,
-		       g_opts.idle_timeout_ms, g_opts.max_batch, g_opts.max_response);
+		       "batches of %u, responses of %u bytes)",
+		       path, g_opts.max_connections, g_opts.idle_timeout_ms, g_opts.max_batch,
+		       g_opts.max_response);
 	return 0;
 
 out_free_backoff:

@@ -66,8 +66,10 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 	}
 	if (!json_is_array(replicas) || json_array_size(replicas) == 0 ||
 	    json_array_size(replicas) > KEEL_NEXUS_MAX_REPLICAS) {
-		snprintf(err, errlen, "volumes[%zu].replicas: expected an array of 1 to %d "
-			 "replicas", i, KEEL_NEXUS_MAX_REPLICAS);
+		snprintf(err, errlen,
+			 "volumes[%zu].replicas: expected an array of 1 to %d "
+			 "replicas",
+			 i, KEEL_NEXUS_MAX_REPLICAS);
 		return false;
 	}
 	json_array_foreach(replicas, j, rep) {
@@ -76,8 +78,10 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 		if (!json_is_object(rep) || !json_is_string(path) ||
 		    json_string_value(path)[0] != '/' ||
 		    strlen(json_string_value(path)) >= PATH_MAX) {
-			snprintf(err, errlen, "volumes[%zu].replicas[%zu].path: expected an "
-				 "absolute path", i, j);
+			snprintf(err, errlen,
+				 "volumes[%zu].replicas[%zu].path: expected an "
+				 "absolute path",
+				 i, j);
 			return false;
 		}
 		if (!state_opt_string(rep, "uuid")) {
@@ -86,8 +90,10 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 			return false;
 		}
 		if (json_object_get(seen_paths, json_string_value(path)) != NULL) {
-			snprintf(err, errlen, "volumes[%zu].replicas[%zu].path: %s is listed "
-				 "twice", i, j, json_string_value(path));
+			snprintf(err, errlen,
+				 "volumes[%zu].replicas[%zu].path: %s is listed "
+				 "twice",
+				 i, j, json_string_value(path));
 			return false;
 		}
 		json_object_set_new(seen_paths, json_string_value(path), json_true());

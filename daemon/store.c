@@ -27,8 +27,8 @@ struct store_waiter {
 TAILQ_HEAD(store_waiter_list, store_waiter);
 
 struct store_doc {
-	const char *what;                 /* for log lines: "state", "rebuild history" */
-	const char *file_what;            /* for read errors: "state file" */
+	const char *what;      /* for log lines: "state", "rebuild history" */
+	const char *file_what; /* for read errors: "state file" */
 	enum keel_state_file file;
 	char path[PATH_MAX];
 	keeld_store_snapshot_fn snapshot_fn;
@@ -50,12 +50,14 @@ struct store_write {
 };
 
 static struct store_doc g_docs[KEELD_DOC_COUNT] = {
-	[KEELD_DOC_STATE] = {.what = "state", .file_what = "state file",
+	[KEELD_DOC_STATE] = {.what = "state",
+			     .file_what = "state file",
 			     .file = KEEL_STATE_FILE_STATE},
 	[KEELD_DOC_REBUILD_HISTORY] = {.what = "rebuild history",
 				       .file_what = "rebuild history file",
 				       .file = KEEL_STATE_FILE_REBUILD_HISTORY},
-	[KEELD_DOC_NBD_DISKS] = {.what = "kernel devices", .file_what = "kernel device file",
+	[KEELD_DOC_NBD_DISKS] = {.what = "kernel devices",
+				 .file_what = "kernel device file",
 				 .file = KEEL_STATE_FILE_NBD_DISKS},
 };
 
@@ -154,8 +156,8 @@ static void store_finish(struct store_write *w, int rc)
 	struct store_waiter *waiter;
 
 	if (rc != 0) {
-		snprintf(doc->last_error, sizeof(doc->last_error), "%s", w->err[0] ? w->err :
-			 strerror(-rc));
+		snprintf(doc->last_error, sizeof(doc->last_error), "%s",
+			 w->err[0] ? w->err : strerror(-rc));
 		KEEL_ERRLOG("keeld: saving %s: %s", doc->what, doc->last_error);
 	} else {
 		doc->last_error[0] = '\0';

@@ -24,19 +24,19 @@ static int files_check_existing(struct keeld_replica_prep *prep, const char *pat
 {
 	int rc;
 
-	rc = keeld_replica_set_check(prep->in_use, path, &probe->id, prep->err,
-				     sizeof(prep->err));
+	rc = keeld_replica_set_check(prep->in_use, path, &probe->id, prep->err, sizeof(prep->err));
 	if (rc == 0) {
-		rc = keeld_replica_probe_check(probe, path, prep->volume_uuid[0] != '\0' ?
-					       prep->volume_uuid : NULL, prep->force, prep->err,
-					       sizeof(prep->err));
+		rc = keeld_replica_probe_check(
+			probe, path, prep->volume_uuid[0] != '\0' ? prep->volume_uuid : NULL,
+			prep->force, prep->err, sizeof(prep->err));
 	}
 	if (rc == 0 && !probe->id.blockdev && probe->size < prep->need) {
 		/* Files only: the nexus checks that a block device is large enough. */
-		snprintf(prep->err, sizeof(prep->err), "replica file %s has %llu bytes, the "
+		snprintf(prep->err, sizeof(prep->err),
+			 "replica file %s has %llu bytes, the "
 			 "volume needs %llu (its size plus %u bytes of labels): remove the "
-			 "file to let keeld create it, or grow it", path,
-			 (unsigned long long)probe->size, (unsigned long long)prep->need,
+			 "file to let keeld create it, or grow it",
+			 path, (unsigned long long)probe->size, (unsigned long long)prep->need,
 			 KEEL_NEXUS_DATA_OFFSET);
 		rc = -ENOSPC;
 	}
@@ -53,24 +53,27 @@ static int files_create(struct keeld_replica_prep *prep, size_t i)
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = -errno;
-		snprintf(prep->err, sizeof(prep->err), "cannot create replica file %s: %s%s",
-			 path, strerror(-rc), rc == -ENOENT ? " (its directory does not exist)" :
-			 "");
+		snprintf(prep->err, sizeof(prep->err), "cannot create replica file %s: %s%s", path,
+			 strerror(-rc), rc == -ENOENT ? " (its directory does not exist)" : "");
 		return rc;
 	}
 	prep->created[i] = true;
 	if (ftruncate(fd, (off_t)prep->need) != 0) {
 		rc = -errno;
-		snprintf(prep->err, sizeof(prep->err), "cannot size replica file %s to %llu "
-			 "bytes: %s", path, (unsigned long long)prep->need, strerror(-rc));
+		snprintf(prep->err, sizeof(prep->err),
+			 "cannot size replica file %s to %llu "
+			 "bytes: %s",
+			 path, (unsigned long long)prep->need, strerror(-rc));
 		goto out_close;
 	}
 	/* Reserve the space now so the volume does not run out of it under writes;
 	 * filesystems without fallocate (some FUSE ones) keep a sparse file. */
 	if (fallocate(fd, 0, 0, (off_t)prep->need) != 0 && errno != EOPNOTSUPP) {
 		rc = -errno;
-		snprintf(prep->err, sizeof(prep->err), "cannot allocate %llu bytes for replica "
-			 "file %s: %s", (unsigned long long)prep->need, path, strerror(-rc));
+		snprintf(prep->err, sizeof(prep->err),
+			 "cannot allocate %llu bytes for replica "
+			 "file %s: %s",
+			 (unsigned long long)prep->need, path, strerror(-rc));
 		goto out_close;
 	}
 	if (fsync(fd) != 0) {

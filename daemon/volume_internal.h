@@ -29,12 +29,12 @@ enum vol_status {
 };
 
 struct vol_replica {
-	char *path;                             /* NULL: a given bdev (test hook) */
-	char bdev[KEEL_BDEV_NAME_MAX + 1];      /* "" while it has no bdev */
-	char uuid[KEEL_UUID_STR_LEN];           /* replica UUID from its label, "" unknown */
-	bool owned;                             /* the backend opened the bdev: keeld closes it */
-	bool created_file;                      /* this operation created the target */
-	int open_error;                         /* why the target could not be opened (restore) */
+	char *path;                        /* NULL: a given bdev (test hook) */
+	char bdev[KEEL_BDEV_NAME_MAX + 1]; /* "" while it has no bdev */
+	char uuid[KEEL_UUID_STR_LEN];      /* replica UUID from its label, "" unknown */
+	bool owned;                        /* the backend opened the bdev: keeld closes it */
+	bool created_file;                 /* this operation created the target */
+	int open_error;                    /* why the target could not be opened (restore) */
 	TAILQ_ENTRY(vol_replica) link;
 };
 
@@ -45,10 +45,10 @@ struct keeld_volume {
 	char uuid[KEEL_UUID_STR_LEN];
 	uint64_t size;
 	enum vol_status status;
-	bool busy;                /* an operation owns the volume until it answered */
-	bool transient;           /* made from replica_bdevs: never saved */
-	char error[600];          /* why it is unassembled */
-	json_t *pending_exports;  /* saved exports of an unassembled volume, kept verbatim */
+	bool busy;               /* an operation owns the volume until it answered */
+	bool transient;          /* made from replica_bdevs: never saved */
+	char error[600];         /* why it is unassembled */
+	json_t *pending_exports; /* saved exports of an unassembled volume, kept verbatim */
 	struct vol_replica_list replicas;
 	TAILQ_ENTRY(keeld_volume) link;
 };
@@ -59,15 +59,15 @@ typedef void (*vol_step_fn)(struct vol_op *op);
 /* One operation in flight: a change to one volume, or the restore of them all. */
 struct vol_op {
 	struct keeld_volume *vol;
-	struct vol_replica *rep;      /* the replica a replica operation is about */
-	struct vol_replica *cur;      /* iteration cursor */
+	struct vol_replica *rep; /* the replica a replica operation is about */
+	struct vol_replica *cur; /* iteration cursor */
 	bool force;
 	bool wipe;
-	bool restoring;               /* open what can be opened instead of stopping */
+	bool restoring; /* open what can be opened instead of stopping */
 	int status;
 	char errmsg[1024];
-	vol_step_fn next;             /* where a sequence of steps continues */
-	char **names;                 /* exports to stop */
+	vol_step_fn next; /* where a sequence of steps continues */
+	char **names;     /* exports to stop */
 	size_t nnames;
 	size_t idx;
 	keeld_volume_op_cb cb_fn;
@@ -81,8 +81,7 @@ struct keeld_volume *vol_new(const char *name, uint64_t size);
 void vol_free(struct keeld_volume *v);
 void vol_register(struct keeld_volume *v);
 void vol_unregister(struct keeld_volume *v);
-struct vol_replica *vol_add_replica_rec(struct keeld_volume *v, const char *path,
-					const char *bdev);
+struct vol_replica *vol_add_replica_rec(struct keeld_volume *v, const char *path, const char *bdev);
 void vol_replica_free(struct keeld_volume *v, struct vol_replica *r);
 uint32_t vol_replica_count(const struct keeld_volume *v);
 /* The volume (and replica) a path or bdev name already belongs to, or NULL. */
@@ -121,8 +120,7 @@ void vol_op_answer_error(struct vol_op *op);
 void vol_save_then_answer(struct vol_op *op);
 /* A volume that can take a change now (exists, not busy, assembled when
  * \p need_assembled), or NULL with the failure recorded in \p op. */
-struct keeld_volume *vol_get_for_change(struct vol_op *op, const char *name,
-					bool need_assembled);
+struct keeld_volume *vol_get_for_change(struct vol_op *op, const char *name, bool need_assembled);
 
 /* Steps (volume_steps.c): each continues with \p next/\p done, a failure recorded. */
 /* Prepare the targets of \p op (op->rep, or every replica with a path) through the

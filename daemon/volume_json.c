@@ -32,12 +32,13 @@ static json_t *vol_exports_json(const struct keeld_volume *v)
 		if (strcmp(keel_nbd_export_get_bdev_name(e), v->name) != 0) {
 			continue;
 		}
-		json_array_append_new(arr, json_pack("{s:s, s:o, s:o, s:b, s:I}",
-			"name", keel_nbd_export_get_name(e),
-			"socket", vol_str_or_null(keel_nbd_export_get_socket_path(e)),
-			"tcp", vol_str_or_null(keel_nbd_export_get_tcp(e)),
-			"read_only", keel_nbd_export_is_read_only(e),
-			"connections", (json_int_t)keel_nbd_export_get_connection_count(e)));
+		json_array_append_new(
+			arr,
+			json_pack("{s:s, s:o, s:o, s:b, s:I}", "name", keel_nbd_export_get_name(e),
+				  "socket", vol_str_or_null(keel_nbd_export_get_socket_path(e)),
+				  "tcp", vol_str_or_null(keel_nbd_export_get_tcp(e)), "read_only",
+				  keel_nbd_export_is_read_only(e), "connections",
+				  (json_int_t)keel_nbd_export_get_connection_count(e)));
 	}
 	return arr;
 }
@@ -49,15 +50,17 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	char detail[400];
 
 	json_object_set_new(o, "path", vol_str_or_null(r != NULL ? r->path : NULL));
-	json_object_set_new(o, "bdev", vol_str_or_null(ri != NULL && ri->bdev_name[0] ?
-						       ri->bdev_name :
-						       (r != NULL ? r->bdev : NULL)));
-	json_object_set_new(o, "uuid", vol_str_or_null(ri != NULL ? ri->uuid :
-						       (r != NULL ? r->uuid : NULL)));
+	json_object_set_new(o, "bdev",
+			    vol_str_or_null(ri != NULL && ri->bdev_name[0]
+						    ? ri->bdev_name
+						    : (r != NULL ? r->bdev : NULL)));
+	json_object_set_new(o, "uuid",
+			    vol_str_or_null(ri != NULL ? ri->uuid : (r != NULL ? r->uuid : NULL)));
 	detail[0] = '\0';
 	if (r != NULL && r->open_error != 0) {
-		snprintf(detail, sizeof(detail), "%s: %s", r->open_error == -ENOENT ?
-			 "missing" : "cannot open", vol_backend()->open_error_text(r->open_error));
+		snprintf(detail, sizeof(detail), "%s: %s",
+			 r->open_error == -ENOENT ? "missing" : "cannot open",
+			 vol_backend()->open_error_text(r->open_error));
 	} else if (ri != NULL) {
 		snprintf(detail, sizeof(detail), "%s", ri->detail);
 	} else if (r != NULL && r->bdev[0] == '\0') {
@@ -66,15 +69,20 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	if (ri != NULL) {
 		json_object_set_new(o, "state",
 				    json_string(keel_nexus_replica_state_name(ri->state)));
-		json_object_set_new(o, "reason", json_string(r != NULL && r->open_error == -ENOENT ?
-			"missing" : keel_nexus_fault_reason_name(ri->reason)));
+		json_object_set_new(
+			o, "reason",
+			json_string(r != NULL && r->open_error == -ENOENT
+					    ? "missing"
+					    : keel_nexus_fault_reason_name(ri->reason)));
 		json_object_set_new(o, "generation", json_integer((json_int_t)ri->generation));
 	} else {
-		json_object_set_new(o, "state", json_string(r != NULL && r->open_error != 0 ?
-							     "offline" : "unknown"));
-		json_object_set_new(o, "reason", json_string(r != NULL && r->open_error == -ENOENT ?
-							     "missing" : r != NULL && r->open_error ?
-							     "cant_open" : "none"));
+		json_object_set_new(
+			o, "state",
+			json_string(r != NULL && r->open_error != 0 ? "offline" : "unknown"));
+		json_object_set_new(o, "reason",
+				    json_string(r != NULL && r->open_error == -ENOENT ? "missing"
+						: r != NULL && r->open_error          ? "cant_open"
+										      : "none"));
 		json_object_set_new(o, "generation", json_null());
 	}
 	json_object_set_new(o, "detail", json_string(detail));
@@ -135,12 +143,15 @@ json_t *keeld_volume_to_json(struct keeld_volume *v)
 		json_object_set_new(o, "generation", json_integer((json_int_t)info->generation));
 		json_object_set_new(o, "unclean_shutdown", json_boolean(info->unclean_shutdown));
 	} else {
-		const char *state = v->status == VOL_CREATING ? "creating" :
-				    v->status == VOL_DESTROYING ? "destroying" :
-				    v->status == VOL_UNASSEMBLED ? "unassembled" : "stopped";
-		const char *detail = v->status == VOL_UNASSEMBLED ? v->error :
-				     v->status == VOL_READY ? "the volume bdev was deleted "
-				     "outside volume_destroy: destroy the volume" : "";
+		const char *state = v->status == VOL_CREATING      ? "creating"
+				    : v->status == VOL_DESTROYING  ? "destroying"
+				    : v->status == VOL_UNASSEMBLED ? "unassembled"
+								   : "stopped";
+		const char *detail = v->status == VOL_UNASSEMBLED ? v->error
+				     : v->status == VOL_READY
+					     ? "the volume bdev was deleted "
+					       "outside volume_destroy: destroy the volume"
+					     : "";
 
 		json_object_set_new(o, "state", json_string(state));
 		json_object_set_new(o, "state_detail", json_string(detail));
@@ -168,8 +179,9 @@ json_t *keeld_volume_to_json(struct keeld_volume *v)
 			}
 		}
 		/* Without a recorded UUID, a missing file is the next unclaimed offline member. */
-		for (i = 0; info != NULL && i < info->num_replicas && ri == NULL &&
-			    r->bdev[0] == '\0'; i++) {
+		for (i = 0;
+		     info != NULL && i < info->num_replicas && ri == NULL && r->bdev[0] == '\0';
+		     i++) {
 			if (!matched[i] && info->replicas[i].state == KEEL_NEXUS_REPLICA_OFFLINE) {
 				matched[i] = true;
 				ri = &info->replicas[i];
@@ -191,10 +203,12 @@ json_t *keeld_volume_to_json(struct keeld_volume *v)
 		json_object_set_new(o, "rebuilds", vol_rebuilds_json(v->name));
 		/* The write-intent bitmap: how much a returning replica would need. */
 		if (keel_nexus_bitmap_info(nx, &rs, &nbits, &set, &ec) == 0) {
-			json_object_set_new(o, "bitmap", json_pack("{s:I,s:i,s:i,s:I}",
-				"region_size", (json_int_t)rs, "bits", (int)nbits,
-				"bits_set", (int)set, "events_cleared",
-				(json_int_t)(ec == UINT64_MAX ? -1 : (int64_t)ec)));
+			json_object_set_new(
+				o, "bitmap",
+				json_pack("{s:I,s:i,s:i,s:I}", "region_size", (json_int_t)rs,
+					  "bits", (int)nbits, "bits_set", (int)set,
+					  "events_cleared",
+					  (json_int_t)(ec == UINT64_MAX ? -1 : (int64_t)ec)));
 		} else {
 			json_object_set_new(o, "bitmap", json_null());
 		}
@@ -231,12 +245,13 @@ json_t *vol_exports_state(void)
 			if (!vol_is_persisted_volume(keel_nbd_export_get_bdev_name(x))) {
 				continue;
 			}
-			json_array_append_new(arr, json_pack("{s:s, s:s, s:o, s:o, s:b}",
-				"name", keel_nbd_export_get_name(x),
-				"bdev", keel_nbd_export_get_bdev_name(x),
-				"socket", vol_str_or_null(keel_nbd_export_get_socket_path(x)),
-				"tcp", vol_str_or_null(keel_nbd_export_get_tcp(x)),
-				"read_only", keel_nbd_export_is_read_only(x)));
+			json_array_append_new(
+				arr, json_pack("{s:s, s:s, s:o, s:o, s:b}", "name",
+					       keel_nbd_export_get_name(x), "bdev",
+					       keel_nbd_export_get_bdev_name(x), "socket",
+					       vol_str_or_null(keel_nbd_export_get_socket_path(x)),
+					       "tcp", vol_str_or_null(keel_nbd_export_get_tcp(x)),
+					       "read_only", keel_nbd_export_is_read_only(x)));
 		}
 	}
 	/* An unassembled volume keeps the exports it had, for when it comes back. */
@@ -269,12 +284,12 @@ json_t *vol_state_document(json_t *exports)
 		}
 		reps = json_array();
 		TAILQ_FOREACH(r, &v->replicas, link) {
-			json_array_append_new(reps, json_pack("{s:s, s:o}", "path", r->path,
-							      "uuid", vol_str_or_null(r->uuid)));
+			json_array_append_new(reps, json_pack("{s:s, s:o}", "path", r->path, "uuid",
+							      vol_str_or_null(r->uuid)));
 		}
 		o = json_pack("{s:s, s:o, s:I, s:o}", "name", v->name, "uuid",
-			      vol_str_or_null(v->uuid), "size", (json_int_t)v->size,
-			      "replicas", reps);
+			      vol_str_or_null(v->uuid), "size", (json_int_t)v->size, "replicas",
+			      reps);
 		if (o == NULL) {
 			goto out_nomem;
 		}

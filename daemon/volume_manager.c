@@ -42,8 +42,8 @@ bool keeld_volume_name_valid(const char *name, char *why, size_t len)
 	}
 	if (why != NULL && len > 0) {
 		/* The name is not repeated: it may hold what a log must not print. */
-		if (name != NULL && name[0] != '\0' && strnlen(name, KEEL_NEXUS_NAME_MAX + 1) <=
-							   KEEL_NEXUS_NAME_MAX) {
+		if (name != NULL && name[0] != '\0' &&
+		    strnlen(name, KEEL_NEXUS_NAME_MAX + 1) <= KEEL_NEXUS_NAME_MAX) {
 			snprintf(why, len, "not a valid volume name: %s", rule);
 		} else {
 			snprintf(why, len, "%s", rule);
@@ -94,7 +94,7 @@ struct keeld_volume *keeld_volume_find(const char *name, char *err, size_t errle
 }
 
 struct keeld_volume *vol_find_replica_owner(const char *path, const char *bdev,
-						   struct vol_replica **rep_out)
+					    struct vol_replica **rep_out)
 {
 	struct keeld_volume *v;
 	struct vol_replica *r;
@@ -149,8 +149,7 @@ void vol_unregister(struct keeld_volume *v)
 	TAILQ_REMOVE(&g_vols, v, link);
 }
 
-struct vol_replica *vol_add_replica_rec(struct keeld_volume *v, const char *path,
-					const char *bdev)
+struct vol_replica *vol_add_replica_rec(struct keeld_volume *v, const char *path, const char *bdev)
 {
 	struct vol_replica *r = calloc(1, sizeof(*r));
 
@@ -278,8 +277,10 @@ static bool vol_replica_list_valid(const char *const *list, uint32_t n, bool pat
 			return vol_why(why, len, "%s[%u]: expected a non-empty string", field, i);
 		}
 		if (paths && (s[0] != '/' || strlen(s) >= PATH_MAX)) {
-			return vol_why(why, len, "%s[%u]: '%.200s' is not an absolute path (keeld "
-				       "does not share your working directory)", field, i, s);
+			return vol_why(why, len,
+				       "%s[%u]: '%.200s' is not an absolute path (keeld "
+				       "does not share your working directory)",
+				       field, i, s);
 		}
 		if (!paths && strlen(s) > KEEL_BDEV_NAME_MAX) {
 			return vol_why(why, len, "%s[%u]: bdev names have at most %d characters",
@@ -319,15 +320,16 @@ bool keeld_volume_create_opts_valid(const struct keeld_volume_create_opts *opts,
 	if ((by_path || opts->size != 0) &&
 	    (opts->size == 0 || opts->size % KEELD_VOLUME_SIZE_ALIGN != 0 ||
 	     opts->size > (uint64_t)INT64_MAX - KEEL_NEXUS_DATA_OFFSET)) {
-		return vol_why(why, len, "size: %llu is not a usable volume size: a positive "
-			       "multiple of %u bytes", (unsigned long long)opts->size,
-			       KEELD_VOLUME_SIZE_ALIGN);
+		return vol_why(why, len,
+			       "size: %llu is not a usable volume size: a positive "
+			       "multiple of %u bytes",
+			       (unsigned long long)opts->size, KEELD_VOLUME_SIZE_ALIGN);
 	}
 	return true;
 }
 
-bool keeld_volume_add_replica_valid(const char *name, const char *replica,
-				    const char *replica_bdev, char *why, size_t len)
+bool keeld_volume_add_replica_valid(const char *name, const char *replica, const char *replica_bdev,
+				    char *why, size_t len)
 {
 	struct keeld_volume *v;
 	bool by_path = replica != NULL;
@@ -466,8 +468,7 @@ int vol_op_refuse(struct vol_op *op)
 	return rc;
 }
 
-struct keeld_volume *vol_get_for_change(struct vol_op *op, const char *name,
-					       bool need_assembled)
+struct keeld_volume *vol_get_for_change(struct vol_op *op, const char *name, bool need_assembled)
 {
 	struct keeld_volume *v = keeld_volume_find(name, op->errmsg, sizeof(op->errmsg));
 
@@ -481,13 +482,17 @@ struct keeld_volume *vol_get_for_change(struct vol_op *op, const char *name,
 		return NULL;
 	}
 	if (v->busy) {
-		vol_op_fail(op, -EBUSY, "volume '%s' is busy with another change: try again when "
-			    "it finished", name);
+		vol_op_fail(op, -EBUSY,
+			    "volume '%s' is busy with another change: try again when "
+			    "it finished",
+			    name);
 		return NULL;
 	}
 	if (need_assembled && (v->status != VOL_READY || keel_nexus_get_by_name(name) == NULL)) {
-		vol_op_fail(op, -ENODEV, "volume '%s' is not assembled%s%s: only volume_destroy "
-			    "works on it", name, v->error[0] ? ": " : "", v->error);
+		vol_op_fail(op, -ENODEV,
+			    "volume '%s' is not assembled%s%s: only volume_destroy "
+			    "works on it",
+			    name, v->error[0] ? ": " : "", v->error);
 		return NULL;
 	}
 	return v;
@@ -499,9 +504,11 @@ static void vol_saved(void *cb_arg, int status)
 
 	if (status != 0) {
 		op->status = status;
-		snprintf(op->errmsg, sizeof(op->errmsg), "the change was made, but keeld could "
+		snprintf(op->errmsg, sizeof(op->errmsg),
+			 "the change was made, but keeld could "
 			 "not save it to %s (%s): it will be forgotten at the next restart unless "
-			 "a later save works", keeld_store_path(KEELD_DOC_STATE),
+			 "a later save works",
+			 keeld_store_path(KEELD_DOC_STATE),
 			 keeld_store_last_error(KEELD_DOC_STATE));
 	}
 	vol_op_answer(op);

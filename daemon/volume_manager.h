@@ -128,8 +128,8 @@ int keeld_volume_destroy(const char *name, bool wipe, keeld_volume_op_cb cb_fn, 
  * was made from (files, or bdevs with the test hook). \return true, or false with
  * \p why.
  */
-bool keeld_volume_add_replica_valid(const char *name, const char *replica,
-				    const char *replica_bdev, char *why, size_t len);
+bool keeld_volume_add_replica_valid(const char *name, const char *replica, const char *replica_bdev,
+				    char *why, size_t len);
 
 /**
  * Add a replica to assembled volume \p name: prepare the target (as create does;

@@ -119,8 +119,7 @@ static void vol_create_start(struct vol_op *op)
 }
 
 /* Targets of a new volume that are taken, or bdevs that do not exist. */
-static bool vol_create_targets_free(struct vol_op *op,
-				    const struct keeld_volume_create_opts *opts)
+static bool vol_create_targets_free(struct vol_op *op, const struct keeld_volume_create_opts *opts)
 {
 	bool by_path = opts->replicas != NULL;
 
@@ -135,19 +134,25 @@ static bool vol_create_targets_free(struct vol_op *op,
 			return false;
 		}
 		if (!by_path && keel_bdev_get_by_name(s) == NULL) {
-			vol_op_fail(op, -ENODEV, "bdev '%.64s' not found: create it first (see "
-				    "bdev_get_bdevs)", s);
+			vol_op_fail(op, -ENODEV,
+				    "bdev '%.64s' not found: create it first (see "
+				    "bdev_get_bdevs)",
+				    s);
 			return false;
 		}
 	}
 	if (keeld_volume_find(opts->name, NULL, 0) != NULL) {
-		vol_op_fail(op, -EEXIST, "volume '%s' already exists: choose another name or "
-			    "destroy it first", opts->name);
+		vol_op_fail(op, -EEXIST,
+			    "volume '%s' already exists: choose another name or "
+			    "destroy it first",
+			    opts->name);
 		return false;
 	}
 	if (keel_bdev_get_by_name(opts->name) != NULL) {
-		vol_op_fail(op, -EEXIST, "a bdev named '%s' exists and the volume's bdev would take "
-			    "that name: choose another volume name", opts->name);
+		vol_op_fail(op, -EEXIST,
+			    "a bdev named '%s' exists and the volume's bdev would take "
+			    "that name: choose another volume name",
+			    opts->name);
 		return false;
 	}
 	return true;
@@ -483,8 +488,10 @@ int keeld_volume_add_replica(const char *name, const char *replica, const char *
 		return vol_op_refuse(op);
 	}
 	if (replica_bdev != NULL && keel_bdev_get_by_name(replica_bdev) == NULL) {
-		vol_op_fail(op, -ENODEV, "bdev '%.64s' not found: create it first (see "
-			    "bdev_get_bdevs)", replica_bdev);
+		vol_op_fail(op, -ENODEV,
+			    "bdev '%.64s' not found: create it first (see "
+			    "bdev_get_bdevs)",
+			    replica_bdev);
 		return vol_op_refuse(op);
 	}
 	v = vol_get_for_change(op, name, true);
@@ -492,8 +499,10 @@ int keeld_volume_add_replica(const char *name, const char *replica, const char *
 		return vol_op_refuse(op);
 	}
 	if (vol_replica_count(v) >= KEEL_NEXUS_MAX_REPLICAS) {
-		vol_op_fail(op, -ENOSPC, "volume '%s' has the most replicas a volume can have "
-			    "(%d): remove one first", v->name, KEEL_NEXUS_MAX_REPLICAS);
+		vol_op_fail(op, -ENOSPC,
+			    "volume '%s' has the most replicas a volume can have "
+			    "(%d): remove one first",
+			    v->name, KEEL_NEXUS_MAX_REPLICAS);
 		return vol_op_refuse(op);
 	}
 	r = vol_add_replica_rec(v, replica, replica_bdev);
@@ -544,8 +553,9 @@ static void vol_remove_nexus_done(void *cb_arg, int status, const char *errmsg,
 	if (status != 0) {
 		if (status == -EBUSY) {
 			vol_op_fail(op, status, "%s (destroy the volume instead)",
-				    errmsg != NULL ? errmsg : "the last healthy replica cannot be "
-				    "removed");
+				    errmsg != NULL ? errmsg
+						   : "the last healthy replica cannot be "
+						     "removed");
 		} else {
 			vol_op_fail(op, status, "%s", errmsg != NULL ? errmsg : strerror(-status));
 		}
@@ -560,8 +570,8 @@ static void vol_remove_start(struct vol_op *op)
 	const char *id = vol_replica_nexus_id(op->rep);
 	int rc;
 
-	rc = id != NULL ? keel_nexus_remove_replica(op->vol->name, id, vol_remove_nexus_done, op) :
-			  -ENODEV;
+	rc = id != NULL ? keel_nexus_remove_replica(op->vol->name, id, vol_remove_nexus_done, op)
+			: -ENODEV;
 	if (rc != 0) {
 		vol_remove_nexus_done(op, rc, NULL, NULL);
 	}
@@ -575,11 +585,13 @@ static void vol_fault_nexus_done(void *cb_arg, int status, const char *errmsg,
 
 	(void)nexus;
 	if (status == -EALREADY) {
-		vol_op_fail(op, status, "replica %s of volume %s is not healthy or rebuilding: "
-			    "nothing to fault", which, op->vol->name);
+		vol_op_fail(op, status,
+			    "replica %s of volume %s is not healthy or rebuilding: "
+			    "nothing to fault",
+			    which, op->vol->name);
 	} else if (status == -EBUSY) {
-		vol_op_fail(op, status, "%s", errmsg != NULL ? errmsg :
-			    "the last healthy replica cannot be faulted");
+		vol_op_fail(op, status, "%s",
+			    errmsg != NULL ? errmsg : "the last healthy replica cannot be faulted");
 	} else if (status != 0) {
 		vol_op_fail(op, status, "%s", errmsg != NULL ? errmsg : strerror(-status));
 	}
@@ -587,8 +599,7 @@ static void vol_fault_nexus_done(void *cb_arg, int status, const char *errmsg,
 		vol_op_answer_error(op);
 		return;
 	}
-	KEEL_NOTICELOG("volume %s: replica %s faulted by the administrator", op->vol->name,
-		       which);
+	KEEL_NOTICELOG("volume %s: replica %s faulted by the administrator", op->vol->name, which);
 	vol_op_answer(op);
 }
 
@@ -597,12 +608,13 @@ static void vol_fault_start(struct vol_op *op)
 	const char *id = vol_replica_nexus_id(op->rep);
 	int rc;
 
-	rc = id != NULL ? keel_nexus_fault_replica(op->vol->name, id, vol_fault_nexus_done, op) :
-			  -ENODEV;
+	rc = id != NULL ? keel_nexus_fault_replica(op->vol->name, id, vol_fault_nexus_done, op)
+			: -ENODEV;
 	if (rc == -ENODEV) {
-		vol_op_fail(op, rc, "replica %s of volume %s is not in the assembled volume "
-			    "(missing file?): nothing to fault", op->rep->path != NULL ?
-			    op->rep->path : op->rep->bdev, op->vol->name);
+		vol_op_fail(op, rc,
+			    "replica %s of volume %s is not in the assembled volume "
+			    "(missing file?): nothing to fault",
+			    op->rep->path != NULL ? op->rep->path : op->rep->bdev, op->vol->name);
 		vol_op_answer_error(op);
 	} else if (rc != 0) {
 		vol_fault_nexus_done(op, rc, NULL, NULL);
@@ -630,8 +642,10 @@ static int vol_replica_change(const char *name, const char *replica, vol_step_fn
 	}
 	r = vol_find_replica(v, replica);
 	if (r == NULL) {
-		vol_op_fail(op, -ENOENT, "volume '%s' has no replica '%.200s': volume_get lists "
-			    "its replicas by path", v->name, replica);
+		vol_op_fail(op, -ENOENT,
+			    "volume '%s' has no replica '%.200s': volume_get lists "
+			    "its replicas by path",
+			    v->name, replica);
 		return vol_op_refuse(op);
 	}
 	op->vol = v;

@@ -15,13 +15,13 @@
 #include "volume_internal.h"
 #include "keel/nbd.h"
 
-static json_t *g_loaded_exports;    /* exports from the state file, until restored */
-static bool g_restored;             /* restore ran: the registry is worth writing */
-static bool g_stopping;             /* shutdown began: no new operation */
-static json_t *g_final_exports;     /* exports when shutdown began, for the last saves */
+static json_t *g_loaded_exports; /* exports from the state file, until restored */
+static bool g_restored;          /* restore ran: the registry is worth writing */
+static bool g_stopping;          /* shutdown began: no new operation */
+static json_t *g_final_exports;  /* exports when shutdown began, for the last saves */
 static keeld_volumes_done_cb g_shutdown_cb;
 static void *g_shutdown_arg;
-static bool g_shutdown_waiting;     /* for the operations in flight to end */
+static bool g_shutdown_waiting; /* for the operations in flight to end */
 
 /* Exports being restored; restore finishes when the last one answered, so an export
  * that was there before a restart is there again when keeld says ready. */
@@ -83,7 +83,8 @@ int keeld_volumes_load(json_t *doc)
 	size_t i, j;
 
 	json_array_foreach(vols, i, jv) {
-		struct keeld_volume *v = vol_new(json_string_value(json_object_get(jv, "name")),
+		struct keeld_volume *v = vol_new(
+			json_string_value(json_object_get(jv, "name")),
 			(uint64_t)json_integer_value(json_object_get(jv, "size")));
 
 		if (v == NULL) {
@@ -219,8 +220,8 @@ static void vol_restore_opened(void *cb_arg, int status, const char *errmsg,
 	(void)nexus;
 	if (status != 0) {
 		v->status = VOL_UNASSEMBLED;
-		snprintf(v->error, sizeof(v->error), "%s", errmsg != NULL ? errmsg :
-			 strerror(-status));
+		snprintf(v->error, sizeof(v->error), "%s",
+			 errmsg != NULL ? errmsg : strerror(-status));
 		KEEL_ERRLOG("volume %s: not assembled: %s", v->name, v->error);
 		vol_close_replicas(op, vol_restore_closed);
 		return;
@@ -252,7 +253,8 @@ static void vol_restore_assemble(struct vol_op *op)
 	}
 	if (n == 0) {
 		v->status = VOL_UNASSEMBLED;
-		snprintf(v->error, sizeof(v->error), "none of its replica files could be opened "
+		snprintf(v->error, sizeof(v->error),
+			 "none of its replica files could be opened "
 			 "(see volume_get for each)");
 		KEEL_ERRLOG("volume %s: not assembled: %s", v->name, v->error);
 		vol_restore_closed(op);
@@ -270,7 +272,8 @@ static void vol_restore_assemble(struct vol_op *op)
 	opts.force = missing > 0 && unopened == 0;
 	if (opts.force) {
 		KEEL_WARNLOG("volume %s: %u replica file(s) missing: assembling from the %u "
-			     "present", v->name, missing, n);
+			     "present",
+			     v->name, missing, n);
 	}
 	rc = keel_nexus_open(&opts, vol_restore_opened, op);
 	if (rc != 0) {

@@ -235,8 +235,8 @@ static void vol_close_done(void *cb_arg, int status)
 	struct vol_replica *r = op->cur;
 
 	if (status != 0) {
-		KEEL_WARNLOG("volume %s: closing bdev %s of replica %s: %s", op->vol->name,
-			     r->bdev, r->path, strerror(-status));
+		KEEL_WARNLOG("volume %s: closing bdev %s of replica %s: %s", op->vol->name, r->bdev,
+			     r->path, strerror(-status));
 	}
 	r->bdev[0] = '\0';
 	r->owned = false;
@@ -289,7 +289,8 @@ void vol_learn_uuids(struct keeld_volume *v)
 	}
 	TAILQ_FOREACH(r, &v->replicas, link) {
 		for (i = 0; i < info->num_replicas; i++) {
-			if (r->bdev[0] != '\0' && strcmp(info->replicas[i].bdev_name, r->bdev) == 0) {
+			if (r->bdev[0] != '\0' &&
+			    strcmp(info->replicas[i].bdev_name, r->bdev) == 0) {
 				snprintf(r->uuid, sizeof(r->uuid), "%s", info->replicas[i].uuid);
 			}
 		}
@@ -314,8 +315,8 @@ static void vol_export_stopped(void *cb_arg, int status)
 	struct vol_op *op = cb_arg;
 
 	if (status != 0) {
-		KEEL_WARNLOG("volume %s: stopping export %s: %s", op->vol->name,
-			     op->names[op->idx], strerror(-status));
+		KEEL_WARNLOG("volume %s: stopping export %s: %s", op->vol->name, op->names[op->idx],
+			     strerror(-status));
 	}
 	op->idx++;
 	vol_stop_next_export(op);

@@ -54,7 +54,7 @@ static int nbd_buf_class(uint32_t len)
 		return -1;
 	}
 	shift = len <= (1u << NBD_BUF_MIN_SHIFT) ? NBD_BUF_MIN_SHIFT
-						   : 32u - (uint32_t)__builtin_clz(len - 1);
+						 : 32u - (uint32_t)__builtin_clz(len - 1);
 	return (int)(shift - NBD_BUF_MIN_SHIFT);
 }
 

@@ -101,14 +101,14 @@ struct nbd_req {
 	struct nbd_simple_reply reply; /* wire bytes */
 	uint64_t offset;
 	uint32_t len;
-	uint32_t got;          /* payload bytes received so far */
-	uint16_t type;         /* NBD_CMD_* */
-	uint16_t flags;        /* NBD_CMD_FLAG_* */
+	uint32_t got;   /* payload bytes received so far */
+	uint16_t type;  /* NBD_CMD_* */
+	uint16_t flags; /* NBD_CMD_FLAG_* */
 	enum nbd_op op;
-	bool flush_after;      /* FUA on trim / write_zeroes: flush the range after it */
+	bool flush_after; /* FUA on trim / write_zeroes: flush the range after it */
 	bool in_bdev;
-	int buf_class;         /* -1: allocated for this request only */
-	uint32_t budget;       /* bytes of the buffer budget this request holds */
+	int buf_class;   /* -1: allocated for this request only */
+	uint32_t budget; /* bytes of the buffer budget this request holds */
 	void *buf;
 	struct iovec iov;
 };
@@ -143,18 +143,18 @@ struct nbd_conn {
 	enum nbd_rx_state rx;
 	struct nbd_req *rx_req;
 	uint64_t discard_remaining;
-	bool rx_stop;       /* no more reading (DISC, EOF, ABORT, error) */
-	bool rx_stalled;    /* no free request: wait for one */
+	bool rx_stop;    /* no more reading (DISC, EOF, ABORT, error) */
+	bool rx_stalled; /* no free request: wait for one */
 
 	/* send side */
-	uint8_t *wbuf;      /* handshake bytes */
+	uint8_t *wbuf; /* handshake bytes */
 	size_t wlen;
 	size_t wsent;
 	size_t wcap;
 	struct nbd_req_list replies;
-	size_t reply_sent;  /* bytes of the first reply already sent */
-	bool tx_blocked;    /* last send hit EAGAIN */
-	bool tx_dead;       /* peer gone or hard close: replies are dropped */
+	size_t reply_sent; /* bytes of the first reply already sent */
+	bool tx_blocked;   /* last send hit EAGAIN */
+	bool tx_dead;      /* peer gone or hard close: replies are dropped */
 	bool close_after_flush;
 
 	struct nbd_req_list nomem;
@@ -162,19 +162,19 @@ struct nbd_conn {
 	struct nbd_req **free_reqs;
 	uint32_t nfree;
 	uint32_t in_bdev;
-	uint64_t buf_bytes;   /* payload bytes held by requests */
-	uint32_t reserved;    /* budget taken for the request being parsed */
-	bool budget_wait;     /* the next request waits for the buffer budget */
-	bool cache_ref;       /* holds a reference on this thread's buffer cache */
+	uint64_t buf_bytes; /* payload bytes held by requests */
+	uint32_t reserved;  /* budget taken for the request being parsed */
+	bool budget_wait;   /* the next request waits for the buffer budget */
+	bool cache_ref;     /* holds a reference on this thread's buffer cache */
 
 	bool closing;
 	bool shut;
 	uint64_t created_ns;
 	/* deadlines: when the client started keeping us waiting (0: it does not) */
-	uint64_t tx_wait_since_ns;  /* replies it does not read */
-	uint64_t rx_wait_since_ns;  /* a write payload it does not send */
-	uint64_t timer_due_ns;      /* when the poller's timer fires (0: not armed) */
-	char *refuse;               /* refuse the first option with this message */
+	uint64_t tx_wait_since_ns; /* replies it does not read */
+	uint64_t rx_wait_since_ns; /* a write payload it does not send */
+	uint64_t timer_due_ns;     /* when the poller's timer fires (0: not armed) */
+	char *refuse;              /* refuse the first option with this message */
 
 	struct iovec iov[NBD_CONN_IOV_MAX];
 };
@@ -650,11 +650,14 @@ static int nbd_req_do_submit(struct nbd_req *req)
 					nbd_req_done, req);
 	case NBD_OP_FLUSH:
 		if (req->type == NBD_CMD_FLUSH) {
-			return keel_bdev_flush(conn->desc, conn->ch, 0, conn->size, nbd_req_done, req);
+			return keel_bdev_flush(conn->desc, conn->ch, 0, conn->size, nbd_req_done,
+					       req);
 		}
-		return keel_bdev_flush(conn->desc, conn->ch, req->offset, req->len, nbd_req_done, req);
+		return keel_bdev_flush(conn->desc, conn->ch, req->offset, req->len, nbd_req_done,
+				       req);
 	case NBD_OP_UNMAP:
-		return keel_bdev_unmap(conn->desc, conn->ch, req->offset, req->len, nbd_req_done, req);
+		return keel_bdev_unmap(conn->desc, conn->ch, req->offset, req->len, nbd_req_done,
+				       req);
 	case NBD_OP_WRITE_ZEROES:
 		return keel_bdev_write_zeroes(conn->desc, conn->ch, req->offset, req->len,
 					      nbd_req_done, req);
@@ -723,8 +726,8 @@ static bool nbd_aligned(const struct nbd_conn *conn, uint64_t offset, uint32_t l
 
 static const char *nbd_cmd_name(uint16_t type)
 {
-	static const char *names[] = {"read", "write", "disc", "flush", "trim", "cache",
-				      "write_zeroes", "block_status"};
+	static const char *names[] = {"read", "write", "disc",         "flush",
+				      "trim", "cache", "write_zeroes", "block_status"};
 
 	return type < sizeof(names) / sizeof(names[0]) ? names[type] : "unknown";
 }
@@ -769,8 +772,9 @@ static uint32_t nbd_req_check(struct nbd_conn *conn, struct nbd_req *req)
 		return NBD_EINVAL;
 	}
 	if (!nbd_range_ok(conn, req->offset, req->len)) {
-		return (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES) ? NBD_ENOSPC
-											 : NBD_EINVAL;
+		return (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES)
+			       ? NBD_ENOSPC
+			       : NBD_EINVAL;
 	}
 	if (!nbd_aligned(conn, req->offset, req->len)) {
 		return NBD_EINVAL;
@@ -808,8 +812,8 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 	if (req->type == NBD_CMD_WRITE) {
 		if (err != 0 && req->len > NBD_MAX_DISCARD_PAYLOAD) {
 			KEEL_WARNLOG("%s: write of %u bytes at %lu is beyond any sane payload, "
-				     "closing the connection", conn->label, req->len,
-				     (unsigned long)req->offset);
+				     "closing the connection",
+				     conn->label, req->len, (unsigned long)req->offset);
 			nbd_req_put(req);
 			nbd_conn_abort(conn);
 			return;
@@ -818,8 +822,9 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 			err = NBD_ENOMEM;
 		}
 		if (err != 0) {
-			KEEL_INFOLOG("%s: write at %lu len %u refused (error %u), payload discarded",
-				     conn->label, (unsigned long)req->offset, req->len, err);
+			KEEL_INFOLOG(
+				"%s: write at %lu len %u refused (error %u), payload discarded",
+				conn->label, (unsigned long)req->offset, req->len, err);
 			req->reply.error = htobe32(err);
 			if (req->len == 0) {
 				nbd_req_reply(req, err);
@@ -930,7 +935,8 @@ static void nbd_parse_transmission(struct nbd_conn *conn)
 				return;
 			}
 			memcpy(&wire, conn->rbuf + conn->rpos, sizeof(wire));
-			if (nbd_req_needs_buf(&wire) && !nbd_conn_take_budget(conn, be32toh(wire.len))) {
+			if (nbd_req_needs_buf(&wire) &&
+			    !nbd_conn_take_budget(conn, be32toh(wire.len))) {
 				return;
 			}
 			conn->rpos += sizeof(wire);
@@ -960,7 +966,8 @@ static void nbd_parse_transmission(struct nbd_conn *conn)
 			break;
 		}
 		case NBD_RX_DISCARD: {
-			size_t n = conn->discard_remaining < avail ? conn->discard_remaining : avail;
+			size_t n = conn->discard_remaining < avail ? conn->discard_remaining
+								   : avail;
 
 			conn->rpos += n;
 			conn->discard_remaining -= n;
@@ -1034,7 +1041,8 @@ static void nbd_conn_enter_transmission(struct nbd_conn *conn)
 
 static bool nbd_name_matches(const struct nbd_conn *conn, const uint8_t *name, uint32_t len)
 {
-	return len == 0 || (len == strlen(conn->exp->name) && memcmp(name, conn->exp->name, len) == 0);
+	return len == 0 ||
+	       (len == strlen(conn->exp->name) && memcmp(name, conn->exp->name, len) == 0);
 }
 
 static void nbd_opt_export_name(struct nbd_conn *conn, const uint8_t *data, uint32_t len)
@@ -1126,27 +1134,29 @@ static void nbd_opt_info_go(struct nbd_conn *conn, uint32_t option, const uint8_
 	memcpy(&name_len, data, 4);
 	name_len = be32toh(name_len);
 	if (name_len > len - 6) {
-		nbd_send_opt_error(conn, option, NBD_REP_ERR_INVALID, "export name length exceeds the option");
+		nbd_send_opt_error(conn, option, NBD_REP_ERR_INVALID,
+				   "export name length exceeds the option");
 		return;
 	}
 	memcpy(&nreq, data + 4 + name_len, 2);
 	nreq = be16toh(nreq);
 	if ((uint64_t)4 + name_len + 2 + 2ull * nreq != len) {
-		nbd_send_opt_error(conn, option, NBD_REP_ERR_INVALID,
-				   "number of information requests does not match the option length");
+		nbd_send_opt_error(
+			conn, option, NBD_REP_ERR_INVALID,
+			"number of information requests does not match the option length");
 		return;
 	}
 	if (!nbd_name_matches(conn, data + 4, name_len)) {
-		snprintf(msg, sizeof(msg), "export '%.*s' not found", (int)(name_len > 256 ? 256 : name_len),
-			 (const char *)data + 4);
+		snprintf(msg, sizeof(msg), "export '%.*s' not found",
+			 (int)(name_len > 256 ? 256 : name_len), (const char *)data + 4);
 		nbd_send_opt_error(conn, option, NBD_REP_ERR_UNKNOWN, msg);
 		return;
 	}
 	if (option == NBD_OPT_GO) {
 		rc = nbd_conn_setup_transmission(conn);
 		if (rc != 0) {
-			snprintf(msg, sizeof(msg), "export '%s' cannot be served now: %s", conn->exp->name,
-				 strerror(-rc));
+			snprintf(msg, sizeof(msg), "export '%s' cannot be served now: %s",
+				 conn->exp->name, strerror(-rc));
 			nbd_send_opt_error(conn, option, NBD_REP_ERR_SHUTDOWN, msg);
 			return;
 		}
@@ -1188,7 +1198,8 @@ static void nbd_opt_info_go(struct nbd_conn *conn, uint32_t option, const uint8_
 			break; /* unknown information requests are ignored */
 		}
 	}
-	if (rc == 0 && conn->wlen - reply_start > NBD_INFO_REPLY_MAX - sizeof(struct nbd_opt_reply)) {
+	if (rc == 0 &&
+	    conn->wlen - reply_start > NBD_INFO_REPLY_MAX - sizeof(struct nbd_opt_reply)) {
 		KEEL_ERRLOG("%s: info replies of %zu bytes exceed the cap", conn->label,
 			    conn->wlen - reply_start);
 		rc = -E2BIG;
@@ -1212,7 +1223,8 @@ static void nbd_opt_list(struct nbd_conn *conn, uint32_t len)
 	uint32_t be_len = htobe32(name_len);
 
 	if (len != 0) {
-		nbd_send_opt_error(conn, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+		nbd_send_opt_error(conn, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+				   "NBD_OPT_LIST takes no data");
 		return;
 	}
 	memcpy(buf, &be_len, 4);
@@ -1305,7 +1317,8 @@ static void nbd_parse_handshake(struct nbd_conn *conn)
 			cflags = be32toh(cflags);
 			conn->rpos += 4;
 			if (cflags & ~NBD_FLAG_C_KNOWN) {
-				KEEL_WARNLOG("%s: unknown client flags 0x%x, closing", conn->label, cflags);
+				KEEL_WARNLOG("%s: unknown client flags 0x%x, closing", conn->label,
+					     cflags);
 				nbd_conn_abort(conn);
 				return;
 			}
@@ -1457,7 +1470,8 @@ static int nbd_conn_rx(struct nbd_conn *conn)
 			if (conn->rpos == conn->rlen) {
 				conn->rpos = conn->rlen = 0;
 			} else if (conn->rpos > 0 && conn->rlen == NBD_CONN_RBUF_SIZE) {
-				memmove(conn->rbuf, conn->rbuf + conn->rpos, conn->rlen - conn->rpos);
+				memmove(conn->rbuf, conn->rbuf + conn->rpos,
+					conn->rlen - conn->rpos);
 				conn->rlen -= conn->rpos;
 				conn->rpos = 0;
 			}
@@ -1506,7 +1520,8 @@ static void nbd_conn_expire(struct nbd_conn *conn)
 	if (conn->phase == NBD_PHASE_HANDSHAKE) {
 		if (now - conn->created_ns >= nbd_handshake_timeout_ns()) {
 			KEEL_WARNLOG("%s: no export chosen within %lu ms (handshake timeout), "
-				     "closing", conn->label,
+				     "closing",
+				     conn->label,
 				     (unsigned long)(nbd_handshake_timeout_ns() / 1000000ull));
 			nbd_stat_inc(NBD_STAT_HANDSHAKE_TIMEOUTS);
 			nbd_conn_abort(conn);
@@ -1515,12 +1530,14 @@ static void nbd_conn_expire(struct nbd_conn *conn)
 	}
 	if (conn->tx_wait_since_ns != 0 && now - conn->tx_wait_since_ns >= stall) {
 		KEEL_WARNLOG("%s: client has not read its replies for %lu ms (stall timeout), "
-			     "closing", conn->label, (unsigned long)(stall / 1000000ull));
+			     "closing",
+			     conn->label, (unsigned long)(stall / 1000000ull));
 		nbd_stat_inc(NBD_STAT_STALL_TIMEOUTS);
 		nbd_conn_abort(conn);
 	} else if (conn->rx_wait_since_ns != 0 && now - conn->rx_wait_since_ns >= stall) {
 		KEEL_WARNLOG("%s: client stopped sending a write payload for %lu ms (stall "
-			     "timeout), closing", conn->label, (unsigned long)(stall / 1000000ull));
+			     "timeout), closing",
+			     conn->label, (unsigned long)(stall / 1000000ull));
 		nbd_stat_inc(NBD_STAT_STALL_TIMEOUTS);
 		nbd_conn_abort(conn);
 	}
@@ -1545,7 +1562,8 @@ static void nbd_conn_update_deadline(struct nbd_conn *conn)
 	} else {
 		tx_wait = conn->tx_blocked &&
 			  (!TAILQ_EMPTY(&conn->replies) || conn->wsent < conn->wlen);
-		rx_wait = !conn->rx_stop && (conn->rx == NBD_RX_PAYLOAD || conn->rx == NBD_RX_DISCARD);
+		rx_wait = !conn->rx_stop &&
+			  (conn->rx == NBD_RX_PAYLOAD || conn->rx == NBD_RX_DISCARD);
 		if (!tx_wait) {
 			conn->tx_wait_since_ns = 0;
 		} else if (conn->tx_wait_since_ns == 0) {
@@ -1605,8 +1623,8 @@ static int nbd_conn_poll(void *arg)
 	if (!conn->rx_stop) {
 		work |= nbd_conn_rx(conn);
 	}
-	if (!conn->tx_blocked && (!TAILQ_EMPTY(&conn->replies) || conn->wsent < conn->wlen ||
-				  conn->close_after_flush)) {
+	if (!conn->tx_blocked &&
+	    (!TAILQ_EMPTY(&conn->replies) || conn->wsent < conn->wlen || conn->close_after_flush)) {
 		work |= nbd_conn_tx(conn);
 	}
 	if (conn->closing) {
@@ -1628,8 +1646,7 @@ static int nbd_conn_poll(void *arg)
 /* Creation                                                                        */
 /* ------------------------------------------------------------------------------ */
 
-static int nbd_conn_alloc(int fd, nbd_conn_done_fn done_fn, void *done_ctx,
-			  struct nbd_conn **connp)
+static int nbd_conn_alloc(int fd, nbd_conn_done_fn done_fn, void *done_ctx, struct nbd_conn **connp)
 {
 	struct nbd_conn *conn;
 	int flags, rc;
@@ -1698,7 +1715,8 @@ int nbd_conn_create_handshake(int fd, const struct nbd_export_info *exp, nbd_con
 	conn->tflags = exp->tflags;
 	conn->phase = NBD_PHASE_HANDSHAKE;
 	conn->hs = NBD_HS_CFLAGS;
-	snprintf(conn->label, sizeof(conn->label), "nbd export %s: connection fd %d", exp->name, fd);
+	snprintf(conn->label, sizeof(conn->label), "nbd export %s: connection fd %d", exp->name,
+		 fd);
 	rc = nbd_wbuf_append(conn, &greeting, sizeof(greeting));
 	if (rc != 0) {
 		conn->fd = -1; /* the caller still owns fd on failure */
@@ -1713,8 +1731,7 @@ int nbd_conn_create_handshake(int fd, const struct nbd_export_info *exp, nbd_con
 }
 
 int nbd_conn_create_transmission(int fd, struct keel_bdev_desc *desc, uint16_t tflags,
-				 nbd_conn_done_fn done_fn, void *done_ctx,
-				 struct nbd_conn **connp)
+				 nbd_conn_done_fn done_fn, void *done_ctx, struct nbd_conn **connp)
 {
 	struct nbd_conn *conn;
 	int rc;

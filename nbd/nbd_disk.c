@@ -51,17 +51,17 @@ enum nbd_disk_state {
 	NBD_DISK_REATTACHING, /* connections being created, then STATUS + RECONFIGURE */
 	NBD_DISK_WAITING,     /* restored from the state file; its bdev does not exist yet */
 	NBD_DISK_RUNNING,
-	NBD_DISK_STOPPING,    /* DISCONNECT sent or failed start: waiting for connections */
+	NBD_DISK_STOPPING, /* DISCONNECT sent or failed start: waiting for connections */
 };
 
 struct nbd_disk_sock {
 	struct keel_nbd_disk *disk;
 	struct keel_thread *thread;
-	int kernel_fd;          /* the end nbd.ko gets; closed once the kernel has its ref */
-	int serve_fd;           /* the end nbd_conn serves; owned by the conn once created */
-	struct nbd_conn *conn;  /* NBD thread only; NULL once the connection is gone */
+	int kernel_fd;         /* the end nbd.ko gets; closed once the kernel has its ref */
+	int serve_fd;          /* the end nbd_conn serves; owned by the conn once created */
+	struct nbd_conn *conn; /* NBD thread only; NULL once the connection is gone */
 	int create_rc;
-	bool up;                /* main thread: the connection exists */
+	bool up; /* main thread: the connection exists */
 };
 
 struct keel_nbd_disk {
@@ -79,13 +79,13 @@ struct keel_nbd_disk {
 	uint16_t tflags;
 	uint32_t nsocks;
 	struct nbd_disk_sock socks[KEEL_NBD_KERNEL_MAX_SOCKETS];
-	uint32_t conns;         /* connections up */
-	uint32_t pending;       /* messages to/from NBD threads in flight */
-	bool job_running;       /* a netlink job owns the kernel fields */
-	bool stop_requested;    /* stop or hot remove while starting */
+	uint32_t conns;      /* connections up */
+	uint32_t pending;    /* messages to/from NBD threads in flight */
+	bool job_running;    /* a netlink job owns the kernel fields */
+	bool stop_requested; /* stop or hot remove while starting */
 	bool disconnect_sent;
-	bool forget;            /* drop from the state file when gone */
-	int rc;                 /* first error of a failed start */
+	bool forget; /* drop from the state file when gone */
+	int rc;      /* first error of a failed start */
 	char err[512];
 	keel_nbd_disk_start_cb start_cb;
 	void *start_arg;
@@ -115,11 +115,16 @@ static void nbd_disk_close_kernel_fds(struct keel_nbd_disk *disk);
 static const char *nbd_disk_state_name(enum nbd_disk_state state)
 {
 	switch (state) {
-	case NBD_DISK_STARTING: return "starting";
-	case NBD_DISK_REATTACHING: return "reattaching";
-	case NBD_DISK_WAITING: return "waiting-for-bdev";
-	case NBD_DISK_RUNNING: return "running";
-	case NBD_DISK_STOPPING: return "stopping";
+	case NBD_DISK_STARTING:
+		return "starting";
+	case NBD_DISK_REATTACHING:
+		return "reattaching";
+	case NBD_DISK_WAITING:
+		return "waiting-for-bdev";
+	case NBD_DISK_RUNNING:
+		return "running";
+	case NBD_DISK_STOPPING:
+		return "stopping";
 	}
 	return "?";
 }
@@ -169,8 +174,8 @@ static void nbd_disk_main_sock_gone(void *arg)
 			     disk->index, disk->bdev_name, disk->conns);
 		if (disk->conns == 0) {
 			KEEL_WARNLOG("nbd%d (bdev %s): every connection closed: the device was "
-				     "disconnected outside keeld; forgetting it", disk->index,
-				     disk->bdev_name);
+				     "disconnected outside keeld; forgetting it",
+				     disk->index, disk->bdev_name);
 			disk->forget = true;
 			disk->state = NBD_DISK_STOPPING;
 			disk->disconnect_sent = true;
@@ -212,9 +217,10 @@ static void nbd_disk_main_sock_created(void *arg)
 	if (disk->rc != 0 || disk->stop_requested || g_disk_shutdown) {
 		if (disk->rc == 0) {
 			disk->rc = g_disk_shutdown ? -ESHUTDOWN : -ENODEV;
-			snprintf(disk->err, sizeof(disk->err), "%s", g_disk_shutdown ?
-				 "keeld is shutting down" : "the bdev was removed or the device "
-				 "stopped while starting");
+			snprintf(disk->err, sizeof(disk->err), "%s",
+				 g_disk_shutdown ? "keeld is shutting down"
+						 : "the bdev was removed or the device "
+						   "stopped while starting");
 		}
 		nbd_disk_begin_stop(disk);
 		return;
@@ -406,8 +412,9 @@ static int nbd_disk_connect_job(void *arg)
 	nbd_disk_close_kernel_fds(disk);
 	/* Say what a person can do about the two errors a device number causes. */
 	if (rc == -EBUSY) {
-		nbd_disk_err_append(disk, " (configured or held open by another process: choose "
-				    "another device, or omit it to let the kernel pick a free one)");
+		nbd_disk_err_append(
+			disk, " (configured or held open by another process: choose "
+			      "another device, or omit it to let the kernel pick a free one)");
 	} else if (rc == -EINVAL && disk->index >= 0) {
 		nbd_disk_err_append(disk, " (is /dev/nbd%d beyond the kernel's device range?)",
 				    disk->index);
@@ -430,8 +437,10 @@ static int nbd_disk_reattach_job(void *arg)
 				    sizeof(disk->err));
 	if (rc == 0 && !connected) {
 		rc = -ENOENT;
-		snprintf(disk->err, sizeof(disk->err), "/dev/nbd%d is no longer configured in "
-			 "the kernel (dead-connection timeout passed, or disconnected)", disk->index);
+		snprintf(disk->err, sizeof(disk->err),
+			 "/dev/nbd%d is no longer configured in "
+			 "the kernel (dead-connection timeout passed, or disconnected)",
+			 disk->index);
 	}
 	if (rc == 0) {
 		for (uint32_t i = 0; i < disk->nsocks; i++) {
@@ -444,9 +453,12 @@ static int nbd_disk_reattach_job(void *arg)
 		rc = keel_nbd_kernel_reconfigure((uint32_t)disk->index, &opts, disk->err,
 						 sizeof(disk->err));
 		if (rc == -EINVAL) {
-			snprintf(disk->err, sizeof(disk->err), "the kernel refused to reattach "
-				 "/dev/nbd%d to bdev %.64s (another backend is attached, or the device is "
-				 "not netlink-configured)", disk->index, disk->bdev_name);
+			snprintf(disk->err, sizeof(disk->err),
+				 "the kernel refused to reattach "
+				 "/dev/nbd%d to bdev %.64s (another backend is attached, or the "
+				 "device is "
+				 "not netlink-configured)",
+				 disk->index, disk->bdev_name);
 		}
 	}
 	nbd_disk_close_kernel_fds(disk);
@@ -500,9 +512,10 @@ static void nbd_disk_attach_done(void *cb_arg, int rc)
 	}
 	disk->state = NBD_DISK_RUNNING;
 	KEEL_NOTICELOG("nbd%d: %s bdev %s (%lu bytes, block size %u, %u queue(s), flags 0x%x%s, "
-		       "backend %s)", disk->index, reattach ? "reattached to" : "serving",
-		       disk->bdev_name, (unsigned long)disk->size, disk->block_size, disk->nsocks,
-		       disk->tflags, disk->read_only ? ", read-only" : "", disk->backend_id);
+		       "backend %s)",
+		       disk->index, reattach ? "reattached to" : "serving", disk->bdev_name,
+		       (unsigned long)disk->size, disk->block_size, disk->nsocks, disk->tflags,
+		       disk->read_only ? ", read-only" : "", disk->backend_id);
 	nbd_disk_changed();
 	if (disk->start_cb != NULL) {
 		keel_nbd_disk_start_cb cb_fn = disk->start_cb;
@@ -654,7 +667,8 @@ static int nbd_disk_open_bdev(struct keel_nbd_disk *disk)
 	if (disk->backend_id[0] != '\0' && strcmp(backend_id, disk->backend_id) != 0) {
 		/* Same name, another volume: the kernel would refuse it anyway. */
 		KEEL_ERRLOG("nbd%d: bdev %s is now %s, but the device was attached to %s; not "
-			    "reattaching", disk->index, disk->bdev_name, backend_id, disk->backend_id);
+			    "reattaching",
+			    disk->index, disk->bdev_name, backend_id, disk->backend_id);
 		keel_bdev_close(disk->desc);
 		disk->desc = NULL;
 		return -EINVAL;
@@ -817,10 +831,12 @@ static void nbd_disk_link_dead(uint32_t index, void *ctx)
 
 	if (disk == NULL) {
 		KEEL_NOTICELOG("nbd%u: the kernel reports a dead connection (LINK_DEAD); not a "
-			       "device of this keeld", index);
+			       "device of this keeld",
+			       index);
 	} else {
 		KEEL_WARNLOG("nbd%u (bdev %s, %s): the kernel reports a dead connection "
-			     "(LINK_DEAD)", index, disk->bdev_name, nbd_disk_state_name(disk->state));
+			     "(LINK_DEAD)",
+			     index, disk->bdev_name, nbd_disk_state_name(disk->state));
 	}
 }
 
@@ -831,10 +847,12 @@ static int nbd_disk_monitor_poll(void *arg)
 	/* An event poller now runs at every readiness, so what can repeat is rate limited. */
 	if (rc == -ENOBUFS) {
 		KEEL_WARNLOG_RATELIMITED(NBD_DISK_MONITOR_LOG_MS, "nbd: LINK_DEAD notifications "
-					 "were lost (socket buffer full)");
+								  "were lost (socket buffer full)");
 	} else if (rc < 0 && rc != -EAGAIN) {
-		KEEL_WARNLOG_RATELIMITED(NBD_DISK_MONITOR_LOG_MS, "nbd: reading LINK_DEAD "
-					 "notifications: %s", strerror(-rc));
+		KEEL_WARNLOG_RATELIMITED(NBD_DISK_MONITOR_LOG_MS,
+					 "nbd: reading LINK_DEAD "
+					 "notifications: %s",
+					 strerror(-rc));
 	}
 	return rc > 0 ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
 }
@@ -907,7 +925,8 @@ static int nbd_disk_restore_parse(struct nbd_disk_restore_ctx *ctx, const json_t
 
 		if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
 		    json_integer_value(idx) > INT32_MAX || bdev == NULL || backend == NULL ||
-		    strlen(bdev) >= sizeof(r->bdev_name) || strlen(backend) >= sizeof(r->backend_id) ||
+		    strlen(bdev) >= sizeof(r->bdev_name) ||
+		    strlen(backend) >= sizeof(r->backend_id) ||
 		    !nbd_disk_timeout_ok(json_object_get(d, "io_timeout_s")) ||
 		    !nbd_disk_timeout_ok(json_object_get(d, "dead_conn_timeout_s"))) {
 			KEEL_WARNLOG("nbd: kernel devices: disks[%zu] is malformed; skipped", i);
@@ -918,8 +937,8 @@ static int nbd_disk_restore_parse(struct nbd_disk_restore_ctx *ctx, const json_t
 		snprintf(r->backend_id, sizeof(r->backend_id), "%s", backend);
 		r->read_only = json_is_true(json_object_get(d, "read_only"));
 		r->io_timeout_s = (uint32_t)json_integer_value(json_object_get(d, "io_timeout_s"));
-		r->dead_conn_timeout_s =
-			(uint32_t)json_integer_value(json_object_get(d, "dead_conn_timeout_s"));
+		r->dead_conn_timeout_s = (uint32_t)json_integer_value(
+			json_object_get(d, "dead_conn_timeout_s"));
 		ctx->nrecs++;
 	}
 	return 0;
@@ -978,8 +997,8 @@ static void nbd_disk_restore_done(void *cb_arg, int rc)
 		disk->state = NBD_DISK_WAITING;
 		TAILQ_INSERT_TAIL(&g_disks, disk, link);
 		KEEL_NOTICELOG("nbd%d: served bdev %s before the restart; reattaching%s", r->index,
-			       r->bdev_name, keel_bdev_get_by_name(r->bdev_name) ? "" :
-			       " once the bdev exists");
+			       r->bdev_name,
+			       keel_bdev_get_by_name(r->bdev_name) ? "" : " once the bdev exists");
 		nbd_disk_try_reattach(disk);
 		waiting |= disk->state == NBD_DISK_WAITING;
 	}
@@ -1064,11 +1083,13 @@ json_t *keel_nbd_disk_snapshot(void)
 			continue;
 		}
 		snprintf(dev, sizeof(dev), "/dev/nbd%d", disk->index);
-		if (json_array_append_new(arr, json_pack("{s:s, s:i, s:s, s:s, s:b, s:I, s:I}",
-			"nbd_device", dev, "index", (int)disk->index, "bdev_name", disk->bdev_name,
-			"backend_id", disk->backend_id, "read_only", disk->read_only,
-			"io_timeout_s", (json_int_t)disk->io_timeout_s,
-			"dead_conn_timeout_s", (json_int_t)disk->dead_conn_timeout_s)) != 0) {
+		if (json_array_append_new(
+			    arr, json_pack("{s:s, s:i, s:s, s:s, s:b, s:I, s:I}", "nbd_device", dev,
+					   "index", (int)disk->index, "bdev_name", disk->bdev_name,
+					   "backend_id", disk->backend_id, "read_only",
+					   disk->read_only, "io_timeout_s",
+					   (json_int_t)disk->io_timeout_s, "dead_conn_timeout_s",
+					   (json_int_t)disk->dead_conn_timeout_s)) != 0) {
 			json_decref(doc);
 			return NULL;
 		}

@@ -22,9 +22,9 @@ struct keel_thread;
 struct nbd_export_info {
 	char name[257];
 	const char *description; /* may be NULL */
-	uint64_t size;            /* bytes */
+	uint64_t size;           /* bytes */
 	uint32_t block_size;
-	uint16_t tflags;          /* transmission flags incl. NBD_FLAG_HAS_FLAGS */
+	uint16_t tflags; /* transmission flags incl. NBD_FLAG_HAS_FLAGS */
 	struct keel_bdev_desc *desc;
 };
 
@@ -98,8 +98,7 @@ int nbd_conn_create_handshake(int fd, const struct nbd_export_info *exp, nbd_con
  * ownership and return values as nbd_conn_create_handshake.
  */
 int nbd_conn_create_transmission(int fd, struct keel_bdev_desc *desc, uint16_t tflags,
-				 nbd_conn_done_fn done_fn, void *done_ctx,
-				 struct nbd_conn **connp);
+				 nbd_conn_done_fn done_fn, void *done_ctx, struct nbd_conn **connp);
 
 /**
  * Hard close (export stop, hot remove): shut the socket down so a client that

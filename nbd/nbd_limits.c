@@ -143,8 +143,8 @@ bool nbd_budget_reserve(uint64_t len)
 		if (used != 0 && used + len > budget) {
 			return false;
 		}
-	} while (!atomic_compare_exchange_weak_explicit(&g_budget_used, &used, used + len,
-							memory_order_relaxed, memory_order_relaxed));
+	} while (!atomic_compare_exchange_weak_explicit(
+		&g_budget_used, &used, used + len, memory_order_relaxed, memory_order_relaxed));
 	return true;
 }
 

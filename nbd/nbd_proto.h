@@ -12,9 +12,9 @@
 #include <stdint.h>
 
 /* ---- handshake magics ---- */
-#define NBD_MAGIC 0x4e42444d41474943ULL       /* "NBDMAGIC", first 8 bytes from the server */
-#define NBD_OPTS_MAGIC 0x49484156454f5054ULL  /* "IHAVEOPT": newstyle greeting and option prefix */
-#define NBD_REP_MAGIC 0x0003e889045565a9ULL   /* option reply */
+#define NBD_MAGIC 0x4e42444d41474943ULL      /* "NBDMAGIC", first 8 bytes from the server */
+#define NBD_OPTS_MAGIC 0x49484156454f5054ULL /* "IHAVEOPT": newstyle greeting and option prefix */
+#define NBD_REP_MAGIC 0x0003e889045565a9ULL  /* option reply */
 
 /* ---- handshake flags (server -> client, u16) ---- */
 #define NBD_FLAG_FIXED_NEWSTYLE (1u << 0)

@@ -68,7 +68,7 @@ struct nbd_listener {
 
 struct keel_nbd_export {
 	TAILQ_ENTRY(keel_nbd_export) link;
-	uint64_t id;               /* names the export in messages that may outlive it */
+	uint64_t id; /* names the export in messages that may outlive it */
 	struct nbd_export_info info;
 	char description[128];
 	char *bdev_name;
@@ -76,12 +76,12 @@ struct keel_nbd_export {
 	char *tcp;
 	bool read_only;
 	enum nbd_export_state state;
-	bool stop_requested;       /* stop (or hot remove) arrived while starting */
-	bool listeners_gone;       /* socket file removed, connections told to close */
+	bool stop_requested; /* stop (or hot remove) arrived while starting */
+	bool listeners_gone; /* socket file removed, connections told to close */
 	struct nbd_listener listeners[2];
 	uint32_t nlisteners;
-	uint32_t num_conns;        /* every open connection, refused ones included */
-	uint32_t num_refusing;     /* those only being told they are over a limit */
+	uint32_t num_conns;    /* every open connection, refused ones included */
+	uint32_t num_refusing; /* those only being told they are over a limit */
 	keel_nbd_done_cb start_cb;
 	void *start_arg;
 	/* written by the blocking-work job, read after it completed */
@@ -97,7 +97,7 @@ struct nbd_worker {
 
 struct nbd_srv_conn {
 	int fd;
-	char *refuse;              /* over a limit: why, told to the client; else NULL */
+	char *refuse; /* over a limit: why, told to the client; else NULL */
 	struct keel_nbd_export *exp;
 	struct nbd_worker *worker;
 	struct nbd_conn *conn;
@@ -111,8 +111,8 @@ static uint32_t g_next_worker;
 static struct keel_thread *g_main_thread;
 static bool g_shutdown;
 static uint64_t g_next_export_id = 1;
-static uint32_t g_num_conns;     /* served socket connections, all exports */
-static uint32_t g_num_refusing;  /* connections being refused, all exports */
+static uint32_t g_num_conns;    /* served socket connections, all exports */
+static uint32_t g_num_refusing; /* connections being refused, all exports */
 static uint64_t g_refuse_logged_ns;
 static uint64_t g_refuse_unlogged;
 static keel_nbd_export_listener_fn g_export_listener;
@@ -299,11 +299,15 @@ static bool nbd_conn_admit(struct keel_nbd_export *exp, struct nbd_srv_conn *sc)
 	uint64_t now;
 
 	if (exp->num_conns - exp->num_refusing >= nbd_max_export_connections()) {
-		snprintf(why, sizeof(why), "export %s has reached its limit of %u connections "
-			 "(nbd max_export_connections)", exp->info.name, nbd_max_export_connections());
+		snprintf(why, sizeof(why),
+			 "export %s has reached its limit of %u connections "
+			 "(nbd max_export_connections)",
+			 exp->info.name, nbd_max_export_connections());
 	} else if (g_num_conns >= nbd_max_connections()) {
-		snprintf(why, sizeof(why), "keeld has reached its limit of %u NBD connections "
-			 "(nbd max_connections)", nbd_max_connections());
+		snprintf(why, sizeof(why),
+			 "keeld has reached its limit of %u NBD connections "
+			 "(nbd max_connections)",
+			 nbd_max_connections());
 	} else {
 		g_num_conns++;
 		nbd_connections_set(g_num_conns);
@@ -313,7 +317,8 @@ static bool nbd_conn_admit(struct keel_nbd_export *exp, struct nbd_srv_conn *sc)
 	now = keel_now_ns();
 	if (now - g_refuse_logged_ns >= NBD_REFUSE_LOG_INTERVAL_NS) {
 		KEEL_WARNLOG("nbd: connection refused: %s (%lu more refused since the last "
-			     "warning)", why, (unsigned long)g_refuse_unlogged);
+			     "warning)",
+			     why, (unsigned long)g_refuse_unlogged);
 		g_refuse_logged_ns = now;
 		g_refuse_unlogged = 0;
 	} else {
@@ -365,7 +370,8 @@ static int nbd_listener_poll(void *arg)
 		}
 		sc = calloc(1, sizeof(*sc));
 		if (sc == NULL) {
-			KEEL_WARNLOG("nbd export %s: out of memory, connection refused", exp->info.name);
+			KEEL_WARNLOG("nbd export %s: out of memory, connection refused",
+				     exp->info.name);
 			close(fd);
 			continue;
 		}
@@ -707,7 +713,8 @@ static void nbd_export_event(enum keel_bdev_event_type type, struct keel_bdev *b
 		break;
 	case NBD_EXPORT_RUNNING:
 		KEEL_WARNLOG("nbd export %s: bdev %s was removed; closing %u connection(s) and "
-			     "removing the export", exp->info.name, exp->bdev_name, exp->num_conns);
+			     "removing the export",
+			     exp->info.name, exp->bdev_name, exp->num_conns);
 		nbd_export_begin_stop(exp);
 		break;
 	case NBD_EXPORT_STOPPING:
@@ -829,7 +836,8 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 	name = (opts->name != NULL && opts->name[0] != '\0') ? opts->name : opts->bdev_name;
 	if (!keel_nbd_export_name_is_valid(name)) {
 		KEEL_ERRLOG("nbd: invalid export name '%.64s': use 1-256 printable characters "
-			    "without spaces or '/'", name);
+			    "without spaces or '/'",
+			    name);
 		return -EINVAL;
 	}
 	if ((opts->socket_path == NULL || opts->socket_path[0] == '\0') &&
@@ -842,9 +850,11 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 		KEEL_ERRLOG("nbd export %s: socket path too long", name);
 		return -EINVAL;
 	}
-	if (opts->tcp != NULL && opts->tcp[0] != '\0' && nbd_parse_tcp(opts->tcp, &ss, &sslen) != 0) {
-		KEEL_ERRLOG("nbd export %s: bad tcp address '%s': use HOST:PORT with a numeric host",
-			    name, opts->tcp);
+	if (opts->tcp != NULL && opts->tcp[0] != '\0' &&
+	    nbd_parse_tcp(opts->tcp, &ss, &sslen) != 0) {
+		KEEL_ERRLOG(
+			"nbd export %s: bad tcp address '%s': use HOST:PORT with a numeric host",
+			name, opts->tcp);
 		return -EINVAL;
 	}
 	if (nbd_export_find_any(name) != NULL) {
@@ -853,7 +863,8 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 	TAILQ_FOREACH(other, &g_exports, link) {
 		if ((opts->socket_path != NULL && other->socket_path != NULL &&
 		     strcmp(opts->socket_path, other->socket_path) == 0) ||
-		    (opts->tcp != NULL && other->tcp != NULL && strcmp(opts->tcp, other->tcp) == 0)) {
+		    (opts->tcp != NULL && other->tcp != NULL &&
+		     strcmp(opts->tcp, other->tcp) == 0)) {
 			KEEL_ERRLOG("nbd export %s: export %s already listens there", name,
 				    other->info.name);
 			return -EADDRINUSE;
@@ -931,7 +942,8 @@ int keel_nbd_export_stop(const char *name, keel_nbd_done_cb cb_fn, void *cb_arg)
 		exp->stop_requested = true;
 		return 0;
 	}
-	KEEL_NOTICELOG("nbd export %s: stopping (%u connection(s))", exp->info.name, exp->num_conns);
+	KEEL_NOTICELOG("nbd export %s: stopping (%u connection(s))", exp->info.name,
+		       exp->num_conns);
 	nbd_export_begin_stop(exp);
 	return 0;
 }

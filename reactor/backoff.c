@@ -41,13 +41,12 @@ bool keel_accept_should_back_off(int err)
 	}
 }
 
-struct keel_poller_backoff *keel_poller_backoff_create(struct keel_poller *poller,
-							uint64_t min_us, uint64_t max_us)
+struct keel_poller_backoff *keel_poller_backoff_create(struct keel_poller *poller, uint64_t min_us,
+						       uint64_t max_us)
 {
 	struct keel_poller_backoff *bo;
 
-	if (poller == NULL || min_us == 0 || min_us > max_us ||
-	    keel_thread_get_current() == NULL) {
+	if (poller == NULL || min_us == 0 || min_us > max_us || keel_thread_get_current() == NULL) {
 		return NULL;
 	}
 	bo = calloc(1, sizeof(*bo));

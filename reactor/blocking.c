@@ -88,7 +88,8 @@ static int blocking_pool_start_locked(uint32_t nthreads)
 	}
 	g_blk_stopping = false;
 	for (uint32_t i = 0; i < nthreads; i++) {
-		int rc = pthread_create(&g_blk_threads[i], NULL, blocking_worker, (void *)(uintptr_t)i);
+		int rc = pthread_create(&g_blk_threads[i], NULL, blocking_worker,
+					(void *)(uintptr_t)i);
 
 		if (rc != 0) {
 			/* Run with the workers we have; none at all is an error. */
@@ -145,8 +146,7 @@ void blocking_pool_stop(void)
 	pthread_mutex_unlock(&g_blk_lock);
 }
 
-int keel_spawn_blocking(keel_blocking_fn fn, void *arg, keel_blocking_done_cb done_cb,
-			void *cb_arg)
+int keel_spawn_blocking(keel_blocking_fn fn, void *arg, keel_blocking_done_cb done_cb, void *cb_arg)
 {
 	struct keel_thread *thread = thread_tls_current;
 	struct blocking_job *job;

@@ -94,8 +94,7 @@ static int file_write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-int keel_file_write_atomic(const char *path, const void *buf, size_t len, char *err,
-			   size_t errlen)
+int keel_file_write_atomic(const char *path, const void *buf, size_t len, char *err, size_t errlen)
 {
 	char tmp[PATH_MAX], dir[PATH_MAX];
 	int fd, rc;

@@ -26,11 +26,8 @@ static void *g_log_hook_ctx;
 static _Atomic bool g_log_hook_set;
 
 static const char *const g_level_names[] = {
-	[KEEL_LOG_ERROR] = "ERROR",
-	[KEEL_LOG_WARN] = "WARN",
-	[KEEL_LOG_NOTICE] = "NOTICE",
-	[KEEL_LOG_INFO] = "INFO",
-	[KEEL_LOG_DEBUG] = "DEBUG",
+	[KEEL_LOG_ERROR] = "ERROR", [KEEL_LOG_WARN] = "WARN",   [KEEL_LOG_NOTICE] = "NOTICE",
+	[KEEL_LOG_INFO] = "INFO",   [KEEL_LOG_DEBUG] = "DEBUG",
 };
 
 void keel_log_set_level(enum keel_log_level level)

@@ -34,7 +34,7 @@ struct keel_mempool {
 	uint32_t count;
 	uint32_t elt_size;
 	int numa_node;
-	pthread_mutex_t grow_lock;   /* one grower at a time, allocating outside the spinlock */
+	pthread_mutex_t grow_lock; /* one grower at a time, allocating outside the spinlock */
 	struct mempool_segment *segments;
 	char name[KEEL_NAME_MAX];
 };
@@ -131,7 +131,8 @@ struct keel_mempool *keel_mempool_create(const char *name, uint32_t count, uint3
 	snprintf(pool->name, sizeof(pool->name), "%s", name ? name : "mempool");
 	atomic_init(&pool->free_count, 0);
 	atomic_init(&pool->allocated, 0);
-	if (mempool_grow(pool, count < MEMPOOL_FIRST_SEGMENT ? count : MEMPOOL_FIRST_SEGMENT) != 0) {
+	if (mempool_grow(pool, count < MEMPOOL_FIRST_SEGMENT ? count : MEMPOOL_FIRST_SEGMENT) !=
+	    0) {
 		goto out_destroy_mutex;
 	}
 	return pool;
@@ -178,7 +179,8 @@ static uint32_t mempool_get_bulk(struct keel_mempool *pool, void **objs, uint32_
 	uint32_t avail;
 
 	if (keel_unlikely(atomic_load_explicit(&pool->free_count, memory_order_relaxed) == 0 &&
-			  atomic_load_explicit(&pool->allocated, memory_order_relaxed) < pool->count)) {
+			  atomic_load_explicit(&pool->allocated, memory_order_relaxed) <
+				  pool->count)) {
 		mempool_grow_more(pool);
 	}
 	pthread_spin_lock(&pool->lock);
@@ -198,7 +200,8 @@ static uint32_t mempool_get_bulk(struct keel_mempool *pool, void **objs, uint32_
 static bool mempool_owns(struct keel_mempool *pool, const void *obj)
 {
 	for (struct mempool_segment *seg = pool->segments; seg != NULL; seg = seg->next) {
-		if ((const uint8_t *)obj >= seg->mem && (const uint8_t *)obj < seg->mem + seg->mem_size) {
+		if ((const uint8_t *)obj >= seg->mem &&
+		    (const uint8_t *)obj < seg->mem + seg->mem_size) {
 			return true;
 		}
 	}

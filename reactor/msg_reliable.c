@@ -99,8 +99,8 @@ int keel_thread_send_msg_reliable(struct keel_thread *target, keel_msg_fn fn, vo
 	if (m == NULL) {
 		/* 48 bytes: a keeld that cannot get them is about to be killed anyway, and
 		 * losing this message (a fault, a completion) could lose data. */
-		KEEL_ERRLOG("thread %s: out of memory keeping a message for thread %s",
-			    self->name, target->name);
+		KEEL_ERRLOG("thread %s: out of memory keeping a message for thread %s", self->name,
+			    target->name);
 		abort();
 	}
 	m->target = target;

@@ -85,7 +85,8 @@ static void heap_pop(struct keel_thread *thread)
 {
 	thread->heap_count--;
 	if (thread->heap_count > 0) {
-		heap_sift_down(thread->heap, thread->heap_count, 0, thread->heap[thread->heap_count]);
+		heap_sift_down(thread->heap, thread->heap_count, 0,
+			       thread->heap[thread->heap_count]);
 	}
 }
 
@@ -175,7 +176,8 @@ void poller_check_parked_fds(struct keel_thread *thread)
 		}
 		/* The EPOLL* bits below 0x10000 have the values of their POLL* twins. */
 		fds[n].fd = poller->fd;
-		fds[n].events = (short)(poller->fd_events & (POLLIN | POLLPRI | POLLOUT | POLLRDHUP));
+		fds[n].events = (short)(poller->fd_events &
+					(POLLIN | POLLPRI | POLLOUT | POLLRDHUP));
 		fds[n].revents = 0;
 		who[n++] = poller;
 		if (n == 64) {
@@ -504,7 +506,8 @@ struct keel_poller *keel_poller_register(keel_poller_fn fn, void *arg, uint64_t 
 	if (poller_reserve(thread, thread->poller_count + 1) != 0) {
 		return NULL;
 	}
-	poller = aligned_alloc(KEEL_CACHE_LINE, (sizeof(*poller) + KEEL_CACHE_LINE - 1) / KEEL_CACHE_LINE * KEEL_CACHE_LINE);
+	poller = aligned_alloc(KEEL_CACHE_LINE, (sizeof(*poller) + KEEL_CACHE_LINE - 1) /
+							KEEL_CACHE_LINE * KEEL_CACHE_LINE);
 	if (poller == NULL) {
 		return NULL;
 	}
@@ -682,7 +685,7 @@ int keel_poller_arm(struct keel_poller *poller, uint64_t delay_us)
 	poller->armed = true;
 	poller->period_start = false;
 	poller->deadline = poller_deadline_after(delay_us > UINT64_MAX / 1000 ? UINT64_MAX
-									     : delay_us * 1000);
+									      : delay_us * 1000);
 	poller->timer_dirty = true;
 	poller_changed(poller->thread);
 	return 0;

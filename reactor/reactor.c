@@ -299,8 +299,7 @@ static void reactor_count(_Atomic uint64_t *counter)
  * queue event pollers whose fd is ready. \p woke: this ended a sleep, so count the
  * reasons.
  */
-static void reactor_dispatch(struct reactor *reactor, struct epoll_event *events, int n,
-			     bool woke)
+static void reactor_dispatch(struct reactor *reactor, struct epoll_event *events, int n, bool woke)
 {
 	bool msg = false, timer = false, fd = false;
 	struct keel_thread *thread;
@@ -460,17 +459,19 @@ static void reactor_run(struct reactor *reactor)
 		}
 		atomic_store_explicit(&reactor->hb_start_ns, now, memory_order_relaxed);
 
-		if (keel_unlikely(atomic_load_explicit(&g_stop, memory_order_relaxed)) && !stopping) {
+		if (keel_unlikely(atomic_load_explicit(&g_stop, memory_order_relaxed)) &&
+		    !stopping) {
 			stopping = true;
 			TAILQ_FOREACH(thread, &reactor->threads, rlink) {
 				thread_request_exit(thread);
 			}
 		}
-		if (keel_unlikely(atomic_load_explicit(&reactor->has_incoming, memory_order_relaxed))) {
+		if (keel_unlikely(
+			    atomic_load_explicit(&reactor->has_incoming, memory_order_relaxed))) {
 			reactor_adopt(reactor, stopping);
 		}
-		if (atomic_load_explicit(&reactor->fd_parked, memory_order_relaxed) != 0 && !fd_fresh &&
-		    (!prev_busy || now - last_fd_poll >= REACTOR_FD_POLL_BUSY_NS)) {
+		if (atomic_load_explicit(&reactor->fd_parked, memory_order_relaxed) != 0 &&
+		    !fd_fresh && (!prev_busy || now - last_fd_poll >= REACTOR_FD_POLL_BUSY_NS)) {
 			reactor_fd_poll(reactor);
 			last_fd_poll = now;
 		}
@@ -893,7 +894,7 @@ int keel_reactor_get_stats(uint32_t idx, struct keel_reactor_stats *stats)
 	stats->numa_node = reactor->numa_node;
 	stats->tid = atomic_load_explicit(&reactor->tid, memory_order_relaxed);
 	stats->mode = (enum keel_reactor_mode)atomic_load_explicit(&reactor->mode,
-								    memory_order_relaxed);
+								   memory_order_relaxed);
 	stats->sleeping = atomic_load_explicit(&reactor->sleeping, memory_order_relaxed) != 0;
 	stats->busy_ns = atomic_load_explicit(&reactor->st_busy_ns, memory_order_relaxed);
 	stats->idle_ns = atomic_load_explicit(&reactor->st_idle_ns, memory_order_relaxed);

@@ -18,7 +18,7 @@
 
 /* glibc's sys/queue.h lacks the _SAFE variant (BSD has it). */
 #ifndef TAILQ_FOREACH_SAFE
-#define TAILQ_FOREACH_SAFE(var, head, field, tvar)                                         \
+#define TAILQ_FOREACH_SAFE(var, head, field, tvar)                                             \
 	for ((var) = TAILQ_FIRST(head); (var) != NULL && ((tvar) = TAILQ_NEXT(var, field), 1); \
 	     (var) = (tvar))
 #endif
@@ -85,13 +85,13 @@ struct keel_poller {
 	void *arg;
 	uint64_t run_count;
 	uint64_t busy_count;
-	uint8_t state;    /* enum poller_state: what the owner asked for */
-	uint8_t where;    /* enum poller_where: active array or timer heap */
-	uint8_t fd_mode;  /* enum poller_fd_mode */
-	bool queued;      /* in thread->runq: runs at the next pass over it */
-	bool parked;      /* event poller waiting for its fd (counted in thread->parked) */
-	bool armed;       /* has a deadline (periodic, or one-shot from keel_poller_arm) */
-	bool timer_dirty; /* armed or deadline changed: the fixup re-places the heap entry */
+	uint8_t state;     /* enum poller_state: what the owner asked for */
+	uint8_t where;     /* enum poller_where: active array or timer heap */
+	uint8_t fd_mode;   /* enum poller_fd_mode */
+	bool queued;       /* in thread->runq: runs at the next pass over it */
+	bool parked;       /* event poller waiting for its fd (counted in thread->parked) */
+	bool armed;        /* has a deadline (periodic, or one-shot from keel_poller_arm) */
+	bool timer_dirty;  /* armed or deadline changed: the fixup re-places the heap entry */
 	bool period_start; /* deadline = one period after the fixup that places it */
 	uint64_t deadline;
 	uint64_t period_ns;
@@ -177,16 +177,16 @@ struct keel_thread {
 	uint32_t heap_count;
 	struct keel_poller **runq; /* event pollers to run: fd ready, woken, or still busy */
 	uint32_t runq_count;
-	uint32_t parked;    /* event pollers waiting for their fd */
+	uint32_t parked;     /* event pollers waiting for their fd */
 	uint32_t poller_cap; /* capacity of active, heap and runq: >= poller_count */
 	struct poller_list pollers;
 	uint32_t poller_count;
 
 	struct io_channel_list channels;
 	uint32_t channel_count;
-	uint32_t for_each_count;       /* iterations started here, not completed */
-	uint32_t pending_unregister;   /* io_device unregisters waiting to call back */
-	uint32_t pending_blocking;     /* blocking jobs whose done_cb is outstanding */
+	uint32_t for_each_count;     /* iterations started here, not completed */
+	uint32_t pending_unregister; /* io_device unregisters waiting to call back */
+	uint32_t pending_blocking;   /* blocking jobs whose done_cb is outstanding */
 	struct thread_retry_list retries;
 	/* keel_thread_send_msg_reliable: messages waiting for room, in send order, and
 	 * the retry that re-sends them from the poll loop (msg_reliable.c). */
@@ -259,7 +259,7 @@ struct reactor {
 	/* Statistics and heartbeat: single writer (the reactor), any reader. */
 	_Alignas(KEEL_CACHE_LINE) _Atomic uint64_t st_busy_ns;
 	_Atomic uint64_t st_idle_ns;
-	_Atomic uint64_t st_sleep_ns;   /* part of idle spent in a blocking epoll_wait */
+	_Atomic uint64_t st_sleep_ns; /* part of idle spent in a blocking epoll_wait */
 	_Atomic uint64_t st_loops;
 	_Atomic uint64_t st_wakeups;
 	_Atomic uint64_t st_wake_msg;   /* wake-ups with the eventfd (messages, mode, stop) */
@@ -268,10 +268,10 @@ struct reactor {
 	_Atomic uint64_t st_wake_other; /* wake-ups with none of these (timeouts) */
 	_Atomic uint64_t st_fd_polls;   /* non-blocking readiness checks while awake */
 	_Atomic uint64_t st_msgs;
-	_Atomic uint64_t hb_start_ns;  /* start of the current iteration, 0 = asleep */
+	_Atomic uint64_t hb_start_ns; /* start of the current iteration, 0 = asleep */
 	_Atomic(const char *) hb_thread;
 	_Atomic(const char *) hb_poller;
-	_Atomic int wd_reading;        /* watchdog is dereferencing hb_* names */
+	_Atomic int wd_reading; /* watchdog is dereferencing hb_* names */
 
 	/* Settings any thread may change. */
 	_Alignas(KEEL_CACHE_LINE) _Atomic int mode;

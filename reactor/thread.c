@@ -101,7 +101,8 @@ static void thread_free_buffers(struct keel_thread *thread)
 	thread->runq = NULL;
 	thread->runq_count = 0;
 	thread->poller_cap = 0;
-	keel_numa_free(thread->local_q, (size_t)(thread->local_mask + 1) * sizeof(struct local_msg));
+	keel_numa_free(thread->local_q,
+		       (size_t)(thread->local_mask + 1) * sizeof(struct local_msg));
 	thread->local_q = NULL;
 	msg_ring_fini(&thread->ring);
 }
@@ -180,7 +181,8 @@ struct keel_thread *keel_thread_create(const char *name, uint32_t reactor_idx)
 
 	if (count > 0) {
 		if (reactor_idx == KEEL_REACTOR_ANY) {
-			reactor_idx = atomic_fetch_add_explicit(&rr, 1, memory_order_relaxed) % count;
+			reactor_idx = atomic_fetch_add_explicit(&rr, 1, memory_order_relaxed) %
+				      count;
 		}
 		reactor = reactor_get(reactor_idx);
 		if (reactor == NULL) {
@@ -269,8 +271,8 @@ int keel_thread_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 		if (keel_unlikely(thread->local_closed)) {
 			return -ESHUTDOWN;
 		}
-		thread->local_q[thread->local_tail & thread->local_mask] =
-			(struct local_msg){.fn = fn, .arg = arg};
+		thread->local_q[thread->local_tail & thread->local_mask] = (struct local_msg){
+			.fn = fn, .arg = arg};
 		thread->local_tail++;
 		return 0;
 	}
@@ -332,7 +334,8 @@ static int thread_run_msgs(struct keel_thread *thread)
 		}
 		/* Messages posted by these handlers to this thread run in the same batch. */
 		do {
-			struct local_msg *m = &thread->local_q[thread->local_head & thread->local_mask];
+			struct local_msg *m =
+				&thread->local_q[thread->local_head & thread->local_mask];
 
 			thread->local_head++;
 			m->fn(m->arg);
@@ -419,7 +422,8 @@ static void thread_destroy(struct keel_thread *thread, bool forced)
 	if (thread->poller_count != 0 || thread->channel_count != 0) {
 		if (!forced) {
 			KEEL_WARNLOG("thread %s: late pollers or channels at destruction, "
-				     "freeing them", thread->name);
+				     "freeing them",
+				     thread->name);
 		}
 		poller_free_all(thread);
 		io_channel_thread_teardown(thread);
@@ -603,7 +607,8 @@ uint32_t keel_thread_get_wakers(struct keel_thread *thread, struct keel_poller_s
 			continue;
 		}
 		for (i = 0; i < ngroups; i++) {
-			if (strncmp(groups[i].name, poller->name, sizeof(groups[i].name) - 1) == 0) {
+			if (strncmp(groups[i].name, poller->name, sizeof(groups[i].name) - 1) ==
+			    0) {
 				g = &groups[i];
 				break;
 			}
@@ -680,8 +685,7 @@ static void thread_iter_next(void *arg)
 	/* The send happens under the lock so the target cannot be freed in between. */
 	pthread_mutex_lock(&g_threads_lock);
 	TAILQ_FOREACH(thread, &g_threads, glink) {
-		if (thread->id <= it->last_id ||
-		    atomic_load(&thread->state) == THREAD_EXITED) {
+		if (thread->id <= it->last_id || atomic_load(&thread->state) == THREAD_EXITED) {
 			continue;
 		}
 		rc = keel_thread_send_msg(thread, thread_iter_hop, it);

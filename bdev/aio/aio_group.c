@@ -43,7 +43,8 @@
 #include "aio_group.h"
 
 #define AIO_RING_MAGIC 0xa10a10a1u
-#define AIO_IOCB_FLAG_RESFD (1u << 0) /* linux/aio_abi.h IOCB_FLAG_RESFD, as io_set_eventfd sets it */
+#define AIO_IOCB_FLAG_RESFD \
+	(1u << 0) /* linux/aio_abi.h IOCB_FLAG_RESFD, as io_set_eventfd sets it */
 #define AIO_MAX_DEPTH 4096u
 /* Events taken per poll and iocbs per io_submit: bound the stack and one poll's time. */
 #define AIO_REAP_BATCH 128
@@ -70,20 +71,20 @@ struct aio_group {
 	io_context_t ctx;
 	struct aio_user_ring *ring; /* NULL: use io_getevents */
 	int efd;
-	uint32_t depth;             /* io_setup(depth): what it takes of fs.aio-max-nr */
-	uint32_t limit;             /* iocbs we let the kernel hold (depth unless overcommitted) */
+	uint32_t depth; /* io_setup(depth): what it takes of fs.aio-max-nr */
+	uint32_t limit; /* iocbs we let the kernel hold (depth unless overcommitted) */
 	uint32_t inflight;
-	uint32_t inflight_silent;   /* of which submitted without the eventfd */
+	uint32_t inflight_silent; /* of which submitted without the eventfd */
 	uint32_t queues;
-	uint32_t reactor_idx;       /* KEEL_REACTOR_ANY: unplaced thread (harness) */
-	bool kernel_full;           /* the last io_submit hit the kernel's limit */
-	bool stalled;               /* what is queued waits for a completion to make room */
+	uint32_t reactor_idx; /* KEEL_REACTOR_ANY: unplaced thread (harness) */
+	bool kernel_full;     /* the last io_submit hit the kernel's limit */
+	bool stalled;         /* what is queued waits for a completion to make room */
 	bool in_poll;
-	bool awake;                 /* the poller's last run reported busy: it runs again */
+	bool awake; /* the poller's last run reported busy: it runs again */
 	bool flush_scheduled;
-	bool dead;                  /* destroyed; freed by the poll or flush that holds it */
-	uint64_t reaped;            /* completions taken, for the eventfd drain rule */
-	uint64_t drained;           /* eventfd counts read */
+	bool dead;        /* destroyed; freed by the poll or flush that holds it */
+	uint64_t reaped;  /* completions taken, for the eventfd drain rule */
+	uint64_t drained; /* eventfd counts read */
 	struct keel_thread *thread;
 	struct keel_poller *poller;
 	TAILQ_HEAD(, aio_queue) ready; /* queues with pending iocbs */
@@ -373,7 +374,7 @@ static int aio_group_reap(struct aio_group *g)
 	if (g->ring != NULL) {
 		n = aio_ring_reap(g->ring, events, AIO_REAP_BATCH);
 	} else {
-		struct timespec zero = { 0, 0 };
+		struct timespec zero = {0, 0};
 
 		n = io_getevents(g->ctx, 0, AIO_REAP_BATCH, events, &zero);
 		if (n < 0) {
@@ -403,7 +404,8 @@ static int aio_group_reap(struct aio_group *g)
 		if (q != run_q) {
 			if (run_counters != NULL) {
 				aio_counter_add(g->ring != NULL ? &run_counters->ring_reaps
-								: &run_counters->getevents_reaps, run);
+								: &run_counters->getevents_reaps,
+						run);
 			}
 			run_q = q;
 			run_counters = q->counters;
@@ -414,7 +416,8 @@ static int aio_group_reap(struct aio_group *g)
 	}
 	if (run_counters != NULL) {
 		aio_counter_add(g->ring != NULL ? &run_counters->ring_reaps
-						: &run_counters->getevents_reaps, run);
+						: &run_counters->getevents_reaps,
+				run);
 	}
 	return n;
 }
@@ -537,10 +540,11 @@ static int aio_group_create(struct keel_thread *thread, const char *name, struct
 	}
 	if (rc < 0) {
 		if (rc == -EAGAIN) {
-			KEEL_ERRLOG("aio bdev %s: cannot set up the I/O context of thread %s: "
-				    "io_setup(%u) found the system-wide AIO limit reached; raise it "
-				    "with sysctl fs.aio-max-nr (each keel thread doing aio takes %u)",
-				    name, keel_thread_get_name(thread), g->depth, g->depth);
+			KEEL_ERRLOG(
+				"aio bdev %s: cannot set up the I/O context of thread %s: "
+				"io_setup(%u) found the system-wide AIO limit reached; raise it "
+				"with sysctl fs.aio-max-nr (each keel thread doing aio takes %u)",
+				name, keel_thread_get_name(thread), g->depth, g->depth);
 		} else {
 			KEEL_ERRLOG("aio bdev %s: io_setup(%u) for thread %s failed: %s", name,
 				    g->depth, keel_thread_get_name(thread), strerror(-rc));
@@ -552,8 +556,9 @@ static int aio_group_create(struct keel_thread *thread, const char *name, struct
 	if (ring->magic == AIO_RING_MAGIC && ring->incompat_features == 0) {
 		g->ring = ring;
 	} else {
-		KEEL_NOTICELOG("aio: unknown aio ring layout (magic %#x), reaping with io_getevents",
-			       ring->magic);
+		KEEL_NOTICELOG(
+			"aio: unknown aio ring layout (magic %#x), reaping with io_getevents",
+			ring->magic);
 	}
 
 	g->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -54,8 +54,7 @@
 #define AIO_MAX_BLOCK_SIZE 65536u
 #define AIO_MAX_QUEUE_DEPTH 4096u
 
-#define AIO_CONTAINER_OF(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
+#define AIO_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 enum aio_pool_op {
 	AIO_POOL_FDATASYNC,
@@ -69,19 +68,19 @@ struct aio_disk {
 	int fd;
 	bool direct;
 	bool is_blockdev;
-	bool punch_hole_ok;       /* probed at create */
+	bool punch_hole_ok; /* probed at create */
 	/* Flipped to false (once, from any thread) when the kernel refuses the feature. */
 	bool fdsync_native;
 	bool fua_native;
 	bool zero_range_ok;
-	uint32_t queue_depth;     /* per-channel cap on iocbs in the kernel */
+	uint32_t queue_depth; /* per-channel cap on iocbs in the kernel */
 	char io_device_name[KEEL_BDEV_NAME_MAX + 8];
 
 	/* create */
 	keel_bdev_create_cb create_cb;
 	void *create_cb_arg;
 	uint32_t requested_block_size;
-	int open_errno_direct;   /* why O_DIRECT was refused, for the warning */
+	int open_errno_direct; /* why O_DIRECT was refused, for the warning */
 	int create_status;
 
 	struct bdev_aio_counters counters; /* relaxed atomics */
@@ -97,13 +96,13 @@ struct aio_channel {
 };
 
 enum aio_io_stage {
-	AIO_STAGE_RW,               /* read, write: complete on the event */
-	AIO_STAGE_WRITE_THEN_SYNC,  /* FUA without RWF_DSYNC: write, then fdsync */
+	AIO_STAGE_RW,              /* read, write: complete on the event */
+	AIO_STAGE_WRITE_THEN_SYNC, /* FUA without RWF_DSYNC: write, then fdsync */
 	AIO_STAGE_FDSYNC,
 };
 
 struct aio_io_ctx {
-	struct aio_req req;         /* first: the iocb and queue the group works with */
+	struct aio_req req; /* first: the iocb and queue the group works with */
 	enum aio_io_stage stage;
 	/* blocking-pool request: copied values so the pool thread reads nothing shared */
 	enum aio_pool_op pool_op;
@@ -134,8 +133,9 @@ static inline void aio_flag_clear(bool *flag)
 
 static struct aio_disk *aio_disk_from_bdev(struct keel_bdev *bdev)
 {
-	if (bdev == NULL || bdev->fn_table != &g_aio_fn_table)
+	if (bdev == NULL || bdev->fn_table != &g_aio_fn_table) {
 		return NULL;
+	}
 	return AIO_CONTAINER_OF(bdev, struct aio_disk, bdev);
 }
 
@@ -182,24 +182,27 @@ static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
 
 	if (io->iovcnt == 1) {
 		/* PREAD/PWRITE skip the kernel's iovec import. */
-		if (write)
-			io_prep_pwrite(iocb, disk->fd, io->iovs[0].iov_base,
-				       io->iovs[0].iov_len, offset);
-		else
-			io_prep_pread(iocb, disk->fd, io->iovs[0].iov_base,
-				      io->iovs[0].iov_len, offset);
+		if (write) {
+			io_prep_pwrite(iocb, disk->fd, io->iovs[0].iov_base, io->iovs[0].iov_len,
+				       offset);
+		} else {
+			io_prep_pread(iocb, disk->fd, io->iovs[0].iov_base, io->iovs[0].iov_len,
+				      offset);
+		}
 	} else {
-		if (write)
+		if (write) {
 			io_prep_pwritev(iocb, disk->fd, io->iovs, io->iovcnt, offset);
-		else
+		} else {
 			io_prep_preadv(iocb, disk->fd, io->iovs, io->iovcnt, offset);
+		}
 	}
 	ctx->stage = AIO_STAGE_RW;
 	if (write && (io->flags & KEEL_BDEV_IO_FLAG_FUA)) {
-		if (aio_flag_get(&disk->fua_native))
+		if (aio_flag_get(&disk->fua_native)) {
 			iocb->aio_rw_flags = RWF_DSYNC;
-		else
+		} else {
 			ctx->stage = AIO_STAGE_WRITE_THEN_SYNC;
+		}
 	}
 	aio_queue_push(&ch->queue, io, false);
 }
@@ -210,9 +213,11 @@ static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
  */
 static void aio_fdsync_refused(struct aio_disk *disk, struct keel_bdev_io *io)
 {
-	if (aio_flag_get(&disk->fdsync_native))
+	if (aio_flag_get(&disk->fdsync_native)) {
 		KEEL_WARNLOG("aio bdev %s: kernel refused aio fdsync on %s, using fdatasync on "
-			     "the blocking pool from now on", disk->bdev.name, disk->filename);
+			     "the blocking pool from now on",
+			     disk->bdev.name, disk->filename);
+	}
 	aio_flag_clear(&disk->fdsync_native);
 	aio_pool_submit(io, AIO_POOL_FDATASYNC);
 }
@@ -260,7 +265,8 @@ void bdev_aio_event(struct keel_bdev_io *io, long res)
 			/* The file shrank under us: past EOF reads as zeroes, like a hole. */
 			aio_zero_tail(io, (uint64_t)res);
 		} else {
-			KEEL_ERRLOG("aio bdev %s: short %s at %" PRIu64 ": %ld of %" PRIu64 " bytes",
+			KEEL_ERRLOG("aio bdev %s: short %s at %" PRIu64 ": %ld of %" PRIu64
+				    " bytes",
 				    disk->bdev.name, keel_bdev_io_type_name(io->type),
 				    keel_bdev_io_offset_bytes(io), res, want);
 			keel_bdev_io_complete(io, -EIO);
@@ -285,9 +291,12 @@ void bdev_aio_refused(struct keel_bdev_io *io, int rc)
 		return;
 	}
 	if (ctx->req.iocb.aio_rw_flags != 0 && (rc == -EINVAL || rc == -EOPNOTSUPP)) {
-		if (aio_flag_get(&disk->fua_native))
-			KEEL_WARNLOG("aio bdev %s: kernel refused RWF_DSYNC on %s, FUA writes become "
-				     "write + fdsync", disk->bdev.name, disk->filename);
+		if (aio_flag_get(&disk->fua_native)) {
+			KEEL_WARNLOG(
+				"aio bdev %s: kernel refused RWF_DSYNC on %s, FUA writes become "
+				"write + fdsync",
+				disk->bdev.name, disk->filename);
+		}
 		aio_flag_clear(&disk->fua_native);
 		ctx->req.iocb.aio_rw_flags = 0;
 		ctx->stage = AIO_STAGE_WRITE_THEN_SYNC;
@@ -308,7 +317,7 @@ static int aio_pool_job(void *arg)
 		break;
 	case AIO_POOL_UNMAP:
 		if (ctx->is_blockdev) {
-			uint64_t range[2] = { ctx->offset, ctx->len };
+			uint64_t range[2] = {ctx->offset, ctx->len};
 
 			rc = ioctl(ctx->fd, BLKDISCARD, range);
 		} else {
@@ -318,7 +327,7 @@ static int aio_pool_job(void *arg)
 		break;
 	case AIO_POOL_WRITE_ZEROES:
 		if (ctx->is_blockdev) {
-			uint64_t range[2] = { ctx->offset, ctx->len };
+			uint64_t range[2] = {ctx->offset, ctx->len};
 
 			rc = ioctl(ctx->fd, BLKZEROOUT, range);
 			break;
@@ -326,8 +335,9 @@ static int aio_pool_job(void *arg)
 		if (aio_flag_get(&ctx->disk->zero_range_ok)) {
 			rc = fallocate(ctx->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
 				       (off_t)ctx->offset, (off_t)ctx->len);
-			if (rc == 0 || (errno != EOPNOTSUPP && errno != EINVAL))
+			if (rc == 0 || (errno != EOPNOTSUPP && errno != EINVAL)) {
 				break;
+			}
 			/* tmpfs and others: a punched hole reads back as zeroes too. */
 			aio_flag_clear(&ctx->disk->zero_range_ok);
 		}
@@ -335,8 +345,9 @@ static int aio_pool_job(void *arg)
 			       (off_t)ctx->offset, (off_t)ctx->len);
 		break;
 	}
-	if (rc < 0)
+	if (rc < 0) {
 		return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+	}
 	return 0;
 }
 
@@ -361,9 +372,10 @@ static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op)
 	ctx->disk = disk;
 	__atomic_fetch_add(&disk->counters.pool_ops, 1, __ATOMIC_RELAXED);
 	rc = keel_spawn_blocking(aio_pool_job, ctx, aio_pool_job_done, io);
-	if (rc != 0)
+	if (rc != 0) {
 		/* -ENOMEM makes the core retry; anything else is final. */
 		keel_bdev_io_complete(io, rc == -ENOMEM ? -ENOMEM : -EIO);
+	}
 }
 
 static void aio_submit_request(struct keel_io_channel *_ch, struct keel_bdev_io *io)
@@ -458,9 +470,10 @@ static void aio_disk_closed(void *cb_arg, int rc)
 {
 	struct aio_disk *disk = cb_arg;
 
-	if (rc != 0)
+	if (rc != 0) {
 		KEEL_WARNLOG("aio bdev %s: close %s: %s", disk->bdev.name, disk->filename,
 			     strerror(-rc));
+	}
 	disk->fd = -1;
 	keel_bdev_destruct_done(&disk->bdev);
 	aio_disk_free(disk);
@@ -474,8 +487,9 @@ static void aio_io_device_unregistered(void *io_device)
 {
 	struct aio_disk *disk = io_device;
 
-	if (keel_spawn_blocking(aio_disk_close_job, disk, aio_disk_closed, disk) != 0)
+	if (keel_spawn_blocking(aio_disk_close_job, disk, aio_disk_closed, disk) != 0) {
 		aio_disk_closed(disk, aio_disk_close_job(disk));
+	}
 }
 
 static int aio_destruct(void *ctxt)
@@ -507,11 +521,13 @@ int keel_bdev_aio_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg
 {
 	struct keel_bdev *bdev;
 
-	if (name == NULL)
+	if (name == NULL) {
 		return -ENODEV;
+	}
 	bdev = keel_bdev_get_by_name(name);
-	if (aio_disk_from_bdev(bdev) == NULL)
+	if (aio_disk_from_bdev(bdev) == NULL) {
 		return -ENODEV;
+	}
 	keel_bdev_unregister(bdev, cb_fn, cb_arg);
 	return 0;
 }
@@ -540,12 +556,14 @@ static int aio_open_file(struct aio_disk *disk)
 		return fd;
 	}
 	/* tmpfs and some FUSE/network filesystems refuse O_DIRECT with EINVAL. */
-	if (errno != EINVAL)
+	if (errno != EINVAL) {
 		return -errno;
+	}
 	disk->open_errno_direct = errno;
 	fd = open(disk->filename, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
+	if (fd < 0) {
 		return -errno;
+	}
 	disk->direct = false;
 	return fd;
 }
@@ -564,12 +582,13 @@ static int aio_open_job(void *arg)
 	fd = aio_open_file(disk);
 	if (fd < 0) {
 		rc = fd;
-		if (rc == -EISDIR)
+		if (rc == -EISDIR) {
 			KEEL_ERRLOG("aio bdev %s: %s is a directory, not a file or block device",
 				    name, disk->filename);
-		else
+		} else {
 			KEEL_ERRLOG("aio bdev %s: cannot open %s: %s", name, disk->filename,
 				    strerror(-rc));
+		}
 		return rc;
 	}
 	disk->fd = fd;
@@ -594,21 +613,25 @@ static int aio_open_job(void *arg)
 		} else if (block_size < (uint32_t)lbs) {
 			rc = -EINVAL;
 			KEEL_ERRLOG("aio bdev %s: block size %u is smaller than the logical block "
-				    "size %d of %s", name, block_size, lbs, disk->filename);
+				    "size %d of %s",
+				    name, block_size, lbs, disk->filename);
 			goto out_close_fd;
 		}
 		dio_align = (uint32_t)lbs;
 	} else if (S_ISREG(st.st_mode)) {
 		size = (uint64_t)st.st_size;
-		if (block_size == 0)
+		if (block_size == 0) {
 			block_size = 512;
+		}
 #ifdef STATX_DIOALIGN
 		{
 			struct statx stx;
 
-			if (disk->direct && statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-			    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align != 0)
+			if (disk->direct &&
+			    statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+			    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align != 0) {
 				dio_align = stx.stx_dio_offset_align;
+			}
 		}
 #endif
 	} else {
@@ -670,8 +693,9 @@ static void aio_create_fail(struct aio_disk *disk, int rc)
 	keel_bdev_create_cb cb_fn = disk->create_cb;
 	void *arg = disk->create_cb_arg;
 
-	if (disk->fd >= 0)
+	if (disk->fd >= 0) {
 		aio_close_async(disk->fd, -1, NULL, false);
+	}
 	aio_disk_free(disk);
 	cb_fn(arg, rc, NULL);
 }
@@ -692,10 +716,11 @@ static void aio_open_done(void *cb_arg, int rc)
 		aio_create_fail(disk, rc);
 		return;
 	}
-	if (!disk->direct)
+	if (!disk->direct) {
 		KEEL_WARNLOG("aio bdev %s: %s does not support O_DIRECT (%s); using buffered I/O "
-			     "through the page cache", disk->bdev.name, disk->filename,
-			     strerror(disk->open_errno_direct));
+			     "through the page cache",
+			     disk->bdev.name, disk->filename, strerror(disk->open_errno_direct));
+	}
 
 	rc = keel_io_device_register(disk, aio_channel_create, aio_channel_destroy,
 				     sizeof(struct aio_channel), disk->io_device_name);
@@ -724,8 +749,9 @@ int keel_bdev_aio_create(const char *name, const char *filename, uint32_t block_
 	struct aio_disk *disk;
 	int rc;
 
-	if (name == NULL || filename == NULL || cb_fn == NULL || filename[0] == '\0')
+	if (name == NULL || filename == NULL || cb_fn == NULL || filename[0] == '\0') {
 		return -EINVAL;
+	}
 	if (name[0] == '\0' || strlen(name) > KEEL_BDEV_NAME_MAX) {
 		KEEL_ERRLOG("aio bdev: name '%s' is empty or longer than %d characters", name,
 			    KEEL_BDEV_NAME_MAX);
@@ -737,16 +763,18 @@ int keel_bdev_aio_create(const char *name, const char *filename, uint32_t block_
 			    block_size, AIO_MAX_BLOCK_SIZE);
 		return -EINVAL;
 	}
-	if (keel_thread_get_current() == NULL)
+	if (keel_thread_get_current() == NULL) {
 		return -EINVAL;
+	}
 	if (keel_bdev_get_by_name(name) != NULL) {
 		KEEL_ERRLOG("aio bdev %s: a bdev with this name exists", name);
 		return -EEXIST;
 	}
 
 	disk = calloc(1, sizeof(*disk));
-	if (disk == NULL)
+	if (disk == NULL) {
 		return -ENOMEM;
+	}
 	disk->bdev.name = strdup(name);
 	disk->filename = strdup(filename);
 	if (disk->bdev.name == NULL || disk->filename == NULL) {
@@ -770,8 +798,9 @@ int keel_bdev_aio_create(const char *name, const char *filename, uint32_t block_
 	disk->bdev.module = &keel_bdev_aio_module;
 
 	rc = keel_spawn_blocking(aio_open_job, disk, aio_open_done, disk);
-	if (rc != 0)
+	if (rc != 0) {
 		goto out_free_disk;
+	}
 	return 0;
 
 out_free_disk:
@@ -802,8 +831,9 @@ struct keel_bdev_module keel_bdev_aio_module = {
 
 int bdev_aio_set_queue_depth(uint32_t depth)
 {
-	if (depth == 0 || depth > AIO_MAX_QUEUE_DEPTH)
+	if (depth == 0 || depth > AIO_MAX_QUEUE_DEPTH) {
 		return -EINVAL;
+	}
 	__atomic_store_n(&g_queue_depth, depth, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -817,8 +847,9 @@ int bdev_aio_set_native_sync(struct keel_bdev *bdev, bool fdsync_native, bool fu
 {
 	struct aio_disk *disk = aio_disk_from_bdev(bdev);
 
-	if (disk == NULL)
+	if (disk == NULL) {
 		return -EINVAL;
+	}
 	__atomic_store_n(&disk->fdsync_native, fdsync_native, __ATOMIC_RELAXED);
 	__atomic_store_n(&disk->fua_native, fua_native, __ATOMIC_RELAXED);
 	return 0;
@@ -828,8 +859,9 @@ int bdev_aio_get_counters(struct keel_bdev *bdev, struct bdev_aio_counters *out)
 {
 	struct aio_disk *disk = aio_disk_from_bdev(bdev);
 
-	if (disk == NULL || out == NULL)
+	if (disk == NULL || out == NULL) {
 		return -EINVAL;
+	}
 	out->io_submit_calls = __atomic_load_n(&disk->counters.io_submit_calls, __ATOMIC_RELAXED);
 	out->iocbs_submitted = __atomic_load_n(&disk->counters.iocbs_submitted, __ATOMIC_RELAXED);
 	out->submit_eagain = __atomic_load_n(&disk->counters.submit_eagain, __ATOMIC_RELAXED);

@@ -62,12 +62,12 @@ void bdev_aio_set_refuse_direct(bool refuse);
 
 /** Counters of one aio bdev, summed over every channel that existed. */
 struct bdev_aio_counters {
-	uint64_t io_submit_calls;   /**< io_submit syscalls that carried iocbs of this bdev */
+	uint64_t io_submit_calls; /**< io_submit syscalls that carried iocbs of this bdev */
 	uint64_t iocbs_submitted;
-	uint64_t submit_eagain;     /**< io_submit answered -EAGAIN or took only part */
-	uint64_t ring_reaps;        /**< events taken from the user-mapped ring */
-	uint64_t getevents_reaps;   /**< events taken with io_getevents */
-	uint64_t pool_ops;          /**< requests run on the blocking-work pool */
+	uint64_t submit_eagain;   /**< io_submit answered -EAGAIN or took only part */
+	uint64_t ring_reaps;      /**< events taken from the user-mapped ring */
+	uint64_t getevents_reaps; /**< events taken with io_getevents */
+	uint64_t pool_ops;        /**< requests run on the blocking-work pool */
 };
 
 /** Read the counters (relaxed atomics; any thread). \return 0 or -EINVAL. */
@@ -75,11 +75,11 @@ int bdev_aio_get_counters(struct keel_bdev *bdev, struct bdev_aio_counters *out)
 
 /** The module as a whole (relaxed atomics; any thread). */
 struct bdev_aio_module_stats {
-	uint32_t contexts;          /**< live io_contexts: one per keel thread doing aio */
-	uint64_t context_events;    /**< their depths summed: what keel takes of fs.aio-max-nr */
-	uint32_t queues;            /**< live (bdev, thread) channels */
-	uint64_t context_full;      /**< io_submit batches the context's size cut short */
-	uint64_t io_submit_calls;   /**< io_submit syscalls, all bdevs together */
+	uint32_t contexts;        /**< live io_contexts: one per keel thread doing aio */
+	uint64_t context_events;  /**< their depths summed: what keel takes of fs.aio-max-nr */
+	uint32_t queues;          /**< live (bdev, thread) channels */
+	uint64_t context_full;    /**< io_submit batches the context's size cut short */
+	uint64_t io_submit_calls; /**< io_submit syscalls, all bdevs together */
 };
 
 void bdev_aio_get_module_stats(struct bdev_aio_module_stats *out);

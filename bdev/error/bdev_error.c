@@ -100,18 +100,20 @@ static void error_pass_through(struct error_channel *ech, struct keel_bdev_io *i
 		rc = -ENOTSUP;
 		break;
 	}
-	if (rc)
+	if (rc) {
 		keel_bdev_io_complete(io, rc);
+	}
 }
 
 static void error_finish(struct error_channel *ech, struct keel_bdev_io *io)
 {
 	struct error_io *eio = keel_bdev_io_get_ctx(io);
 
-	if (eio->error)
+	if (eio->error) {
 		keel_bdev_io_complete(io, eio->error);
-	else
+	} else {
 		error_pass_through(ech, io);
+	}
 }
 
 static int error_delay_poll(void *arg)
@@ -125,14 +127,16 @@ static int error_delay_poll(void *arg)
 		struct error_io *eio = keel_bdev_io_get_ctx(io);
 
 		tmp = TAILQ_NEXT(io, module_link);
-		if (eio->deadline_ns > now)
+		if (eio->deadline_ns > now) {
 			continue;
+		}
 		TAILQ_REMOVE(&ech->delayed, io, module_link);
 		error_finish(ech, io);
 		busy = KEEL_POLLER_BUSY;
 	}
-	if (TAILQ_EMPTY(&ech->delayed))
+	if (TAILQ_EMPTY(&ech->delayed)) {
 		keel_poller_unregister(&ech->delay_poller);
+	}
 	return busy;
 }
 
@@ -143,16 +147,19 @@ static bool error_match(struct error_disk *d, enum keel_bdev_io_type type, struc
 	bool inject = false;
 
 	pthread_mutex_lock(&d->lock);
-	rs = d->rules[type].active ? &d->rules[type] :
-	     d->rules[ERROR_ALL].active ? &d->rules[ERROR_ALL] : NULL;
+	rs = d->rules[type].active        ? &d->rules[type]
+	     : d->rules[ERROR_ALL].active ? &d->rules[ERROR_ALL]
+					  : NULL;
 	if (rs) {
 		rs->hits++;
 		inject = rs->rule.every_nth <= 1 || rs->hits % rs->rule.every_nth == 0;
 		if (inject) {
 			rs->injected++;
 			eio->error = rs->rule.error;
-			eio->deadline_ns = rs->rule.delay_us ?
-					   keel_now_ns() + (uint64_t)rs->rule.delay_us * 1000 : 0;
+			eio->deadline_ns = rs->rule.delay_us
+						   ? keel_now_ns() +
+							     (uint64_t)rs->rule.delay_us * 1000
+						   : 0;
 			if (rs->rule.count && rs->injected >= rs->rule.count) {
 				rs->active = false;
 				__atomic_sub_fetch(&d->nrules, 1, __ATOMIC_RELAXED);
@@ -175,9 +182,10 @@ static void error_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 	}
 	if (eio->deadline_ns) {
 		TAILQ_INSERT_TAIL(&ech->delayed, io, module_link);
-		if (!ech->delay_poller)
-			ech->delay_poller = keel_poller_register(error_delay_poll, ech,
-								 ERROR_DELAY_POLL_US, "error_delay");
+		if (!ech->delay_poller) {
+			ech->delay_poller = keel_poller_register(
+				error_delay_poll, ech, ERROR_DELAY_POLL_US, "error_delay");
+		}
 		if (!ech->delay_poller) {
 			/* Cannot wait: deliver the fault now rather than lose the request. */
 			TAILQ_REMOVE(&ech->delayed, io, module_link);
@@ -198,7 +206,7 @@ static bool error_io_type_supported(void *ctx, enum keel_bdev_io_type type)
 static int error_channel_create(void *io_device, void *ctx_buf)
 {
 	struct error_disk *d = (struct error_disk *)((char *)io_device -
-						       offsetof(struct error_disk, io_dev_anchor));
+						     offsetof(struct error_disk, io_dev_anchor));
 	struct error_channel *ech = ctx_buf;
 
 	ech->disk = d;
@@ -231,7 +239,7 @@ static struct keel_io_channel *error_get_io_channel(void *ctx)
 static void error_io_dev_unregistered(void *io_device)
 {
 	struct error_disk *d = (struct error_disk *)((char *)io_device -
-						       offsetof(struct error_disk, io_dev_anchor));
+						     offsetof(struct error_disk, io_dev_anchor));
 
 	pthread_mutex_destroy(&d->lock);
 	keel_bdev_destruct_done(&d->bdev);
@@ -282,13 +290,16 @@ static void error_dump_info_json(void *ctx, struct json_t *obj)
 		struct error_rule_state *rs = &d->rules[t];
 		json_t *r;
 
-		if (!rs->active)
+		if (!rs->active) {
 			continue;
+		}
 		r = json_object();
-		if (!r)
+		if (!r) {
 			break;
-		json_object_set_new(r, "io_type",
-				    json_string(t == ERROR_ALL ? "all" : keel_bdev_io_type_name(t)));
+		}
+		json_object_set_new(
+			r, "io_type",
+			json_string(t == ERROR_ALL ? "all" : keel_bdev_io_type_name(t)));
 		json_object_set_new(r, "count", json_integer(rs->rule.count));
 		json_object_set_new(r, "every_nth", json_integer(rs->rule.every_nth));
 		json_object_set_new(r, "error", json_integer(rs->rule.error));
@@ -319,17 +330,19 @@ static void error_base_event(enum keel_bdev_event_type type, struct keel_bdev *b
 	struct error_disk *d = ctx;
 
 	if (type != KEEL_BDEV_EVENT_REMOVE ||
-	    __atomic_exchange_n(&d->removing, true, __ATOMIC_ACQ_REL))
+	    __atomic_exchange_n(&d->removing, true, __ATOMIC_ACQ_REL)) {
 		return;
+	}
 	/* Base going away: so do we; destruct then closes the base desc. */
-	KEEL_NOTICELOG("error bdev %s: base %s is being removed", d->name, keel_bdev_get_name(base));
+	KEEL_NOTICELOG("error bdev %s: base %s is being removed", d->name,
+		       keel_bdev_get_name(base));
 	keel_bdev_unregister(&d->bdev, error_unregistered, NULL);
 }
 
 static void error_create_undo(void *io_device)
 {
 	struct error_disk *d = (struct error_disk *)((char *)io_device -
-						       offsetof(struct error_disk, io_dev_anchor));
+						     offsetof(struct error_disk, io_dev_anchor));
 
 	pthread_mutex_destroy(&d->lock);
 	free(d);
@@ -341,29 +354,34 @@ int keel_bdev_error_create(const char *name, const char *base_name, struct keel_
 	struct error_disk *d;
 	int rc;
 
-	if (!name || !base_name || !bdev_out || !keel_thread_get_current())
+	if (!name || !base_name || !bdev_out || !keel_thread_get_current()) {
 		return -EINVAL;
+	}
 	d = calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
 		return -ENOMEM;
+	}
 	snprintf(d->name, sizeof(d->name), "%s", name);
 	pthread_mutex_init(&d->lock, NULL);
 	d->base_thread = keel_thread_get_current();
 
 	rc = keel_bdev_open_ext(base_name, true, error_base_event, d, &d->base_desc);
 	if (rc) {
-		KEEL_ERRLOG("error bdev %s: cannot open base %s: %s", name, base_name, strerror(-rc));
+		KEEL_ERRLOG("error bdev %s: cannot open base %s: %s", name, base_name,
+			    strerror(-rc));
 		goto out_free_disk;
 	}
 	rc = keel_bdev_module_claim_bdev(d->base_desc, &keel_bdev_error_module);
-	if (rc)
+	if (rc) {
 		goto out_close_base;
+	}
 	base = keel_bdev_desc_get_bdev(d->base_desc);
 
 	rc = keel_io_device_register(&d->io_dev_anchor, error_channel_create, error_channel_destroy,
 				     sizeof(struct error_channel), d->name);
-	if (rc)
+	if (rc) {
 		goto out_release_base;
+	}
 
 	d->bdev.name = d->name;
 	d->bdev.product_name = "Error injection disk";
@@ -376,8 +394,9 @@ int keel_bdev_error_create(const char *name, const char *base_name, struct keel_
 	d->bdev.fn_table = &g_error_fn_table;
 	d->bdev.module = &keel_bdev_error_module;
 	rc = keel_bdev_register(&d->bdev);
-	if (rc)
+	if (rc) {
 		goto out_unregister_io_dev;
+	}
 	*bdev_out = &d->bdev;
 	return 0;
 
@@ -401,8 +420,9 @@ static struct error_disk *error_find(const char *name)
 {
 	struct keel_bdev *bdev = name ? keel_bdev_get_by_name(name) : NULL;
 
-	if (!bdev || bdev->module != &keel_bdev_error_module)
+	if (!bdev || bdev->module != &keel_bdev_error_module) {
 		return NULL;
+	}
 	return bdev->ctxt;
 }
 
@@ -410,8 +430,9 @@ int keel_bdev_error_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_a
 {
 	struct error_disk *d = error_find(name);
 
-	if (!d)
+	if (!d) {
 		return -ENODEV;
+	}
 	__atomic_store_n(&d->removing, true, __ATOMIC_RELEASE);
 	keel_bdev_unregister(&d->bdev, cb_fn, cb_arg);
 	return 0;
@@ -423,14 +444,17 @@ int keel_bdev_error_inject(const char *name, const struct keel_bdev_error_rule *
 
 	if (!rule || (unsigned)rule->io_type > KEEL_BDEV_IO_NUM_TYPES || rule->error > 0 ||
 	    (rule->error == 0 && rule->delay_us == 0) ||
-	    (rule->error == -ENOMEM && rule->count == 0))
+	    (rule->error == -ENOMEM && rule->count == 0)) {
 		return -EINVAL;
+	}
 	d = error_find(name);
-	if (!d)
+	if (!d) {
 		return -ENODEV;
+	}
 	pthread_mutex_lock(&d->lock);
-	if (!d->rules[rule->io_type].active)
+	if (!d->rules[rule->io_type].active) {
 		__atomic_add_fetch(&d->nrules, 1, __ATOMIC_RELAXED);
+	}
 	d->rules[rule->io_type].active = true;
 	d->rules[rule->io_type].rule = *rule;
 	d->rules[rule->io_type].hits = 0;
@@ -443,8 +467,9 @@ int keel_bdev_error_clear(const char *name)
 {
 	struct error_disk *d = error_find(name);
 
-	if (!d)
+	if (!d) {
 		return -ENODEV;
+	}
 	pthread_mutex_lock(&d->lock);
 	memset(d->rules, 0, sizeof(d->rules));
 	__atomic_store_n(&d->nrules, 0, __ATOMIC_RELAXED);

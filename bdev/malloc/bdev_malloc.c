@@ -24,10 +24,10 @@
 
 /* Population (pop_state): who frees the disk when population and deletion race. */
 enum {
-	POP_NONE,      /* no population job: destruct frees */
-	POP_RUNNING,   /* a job is populating */
-	POP_DONE,      /* the job ended: destruct frees */
-	POP_ORPHANED,  /* destructed while the job ran: the job frees */
+	POP_NONE,     /* no population job: destruct frees */
+	POP_RUNNING,  /* a job is populating */
+	POP_DONE,     /* the job ended: destruct frees */
+	POP_ORPHANED, /* destructed while the job ran: the job frees */
 };
 
 struct malloc_disk {
@@ -35,10 +35,10 @@ struct malloc_disk {
 	char name[KEEL_BDEV_NAME_MAX + 1];
 	void *buf;
 	size_t size;
-	void *map;       /* the mapping behind buf (larger, for alignment) */
+	void *map; /* the mapping behind buf (larger, for alignment) */
 	size_t map_size;
 	atomic_int pop_state;
-	atomic_bool pop_stop;   /* destructed: stop populating at the next chunk */
+	atomic_bool pop_stop; /* destructed: stop populating at the next chunk */
 };
 
 #define MALLOC_HUGE (2u << 20)
@@ -55,7 +55,8 @@ static int malloc_map(struct malloc_disk *d)
 	uintptr_t p;
 
 	d->map_size = d->size + MALLOC_HUGE;
-	d->map = mmap(NULL, d->map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	d->map = mmap(NULL, d->map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		      0);
 	if (d->map == MAP_FAILED) {
 		d->map = NULL;
 		return -ENOMEM;
@@ -80,15 +81,16 @@ static int malloc_populate(void *arg)
 	struct malloc_disk *d = arg;
 	int expected = POP_RUNNING;
 
-	for (size_t off = 0; off < d->size && !atomic_load(&d->pop_stop);
-	     off += MALLOC_POP_CHUNK) {
+	for (size_t off = 0; off < d->size && !atomic_load(&d->pop_stop); off += MALLOC_POP_CHUNK) {
 		size_t len = d->size - off < MALLOC_POP_CHUNK ? d->size - off : MALLOC_POP_CHUNK;
 
-		if (madvise((char *)d->buf + off, len, MADV_POPULATE_WRITE) != 0)
+		if (madvise((char *)d->buf + off, len, MADV_POPULATE_WRITE) != 0) {
 			break;
+		}
 	}
-	if (!atomic_compare_exchange_strong(&d->pop_state, &expected, POP_DONE))
+	if (!atomic_compare_exchange_strong(&d->pop_state, &expected, POP_DONE)) {
 		malloc_free(d); /* POP_ORPHANED: the bdev is gone, nobody else frees */
+	}
 	return 0;
 }
 
@@ -171,10 +173,11 @@ static void malloc_copy(struct keel_bdev_io *io, char *disk, bool to_disk)
 	for (int i = 0; i < io->iovcnt && left; i++) {
 		size_t n = io->iovs[i].iov_len < left ? io->iovs[i].iov_len : left;
 
-		if (to_disk)
+		if (to_disk) {
 			memcpy(disk, io->iovs[i].iov_base, n);
-		else
+		} else {
 			memcpy(io->iovs[i].iov_base, disk, n);
+		}
 		disk += n;
 		left -= n;
 	}
@@ -214,18 +217,21 @@ static inline void malloc_prefetch(struct keel_bdev_io *io)
 	const char *p;
 	uint64_t n;
 
-	if (!io || (io->type != KEEL_BDEV_IO_READ && io->type != KEEL_BDEV_IO_WRITE))
+	if (!io || (io->type != KEEL_BDEV_IO_READ && io->type != KEEL_BDEV_IO_WRITE)) {
 		return;
+	}
 	d = io->bdev->ctxt;
 	p = (const char *)d->buf + keel_bdev_io_offset_bytes(io);
 	n = keel_bdev_io_num_bytes(io);
-	if (n > 4096)
+	if (n > 4096) {
 		n = 4096;
+	}
 	for (uint64_t off = 0; off < n; off += 64) {
-		if (io->type == KEEL_BDEV_IO_READ)
+		if (io->type == KEEL_BDEV_IO_READ) {
 			__builtin_prefetch(p + off, 0);
-		else
+		} else {
 			__builtin_prefetch(p + off, 1);
+		}
 	}
 }
 
@@ -262,8 +268,9 @@ static void malloc_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 	struct malloc_channel *mch = keel_io_channel_get_ctx(ch);
 
 	TAILQ_INSERT_TAIL(&mch->queue, io, module_link);
-	if (mch->scheduled)
+	if (mch->scheduled) {
 		return;
+	}
 	malloc_prefetch(io);
 	if (keel_thread_send_msg(keel_thread_get_current(), malloc_drain, mch) == 0) {
 		mch->scheduled = true;
@@ -289,8 +296,9 @@ static int malloc_destruct(void *ctx)
 	int expected = POP_RUNNING;
 
 	atomic_store(&d->pop_stop, true);
-	if (atomic_compare_exchange_strong(&d->pop_state, &expected, POP_ORPHANED))
+	if (atomic_compare_exchange_strong(&d->pop_state, &expected, POP_ORPHANED)) {
 		return 0; /* the population job frees it when it stops */
+	}
 	malloc_free(d);
 	return 0;
 }
@@ -300,12 +308,14 @@ static void malloc_dump_info_json(void *ctx, struct json_t *obj)
 	struct malloc_disk *d = ctx;
 	json_t *m = json_object();
 
-	if (!m)
+	if (!m) {
 		return;
+	}
 	json_object_set_new(m, "size_bytes", json_integer((json_int_t)d->size));
 	/* false while the blocking pool still faults pages in (reads of pages not yet
 	 * written come from the zero page, writes fault them in) */
-	json_object_set_new(m, "populated", json_boolean(atomic_load(&d->pop_state) != POP_RUNNING));
+	json_object_set_new(m, "populated",
+			    json_boolean(atomic_load(&d->pop_state) != POP_RUNNING));
 	json_object_set_new(obj, "malloc", m);
 }
 
@@ -330,11 +340,13 @@ int keel_bdev_malloc_create(const char *name, const uint8_t *uuid, uint64_t num_
 		return -EINVAL;
 	}
 	rc = malloc_io_dev_get();
-	if (rc)
+	if (rc) {
 		return rc;
+	}
 	d = calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
 		return -ENOMEM;
+	}
 	d->size = (size_t)num_blocks * block_size;
 	rc = malloc_map(d);
 	if (rc) {
@@ -349,8 +361,9 @@ int keel_bdev_malloc_create(const char *name, const uint8_t *uuid, uint64_t num_
 	d->bdev.required_alignment = 1;
 	d->bdev.write_cache = false;
 	d->bdev.multi_conn_safe = true;
-	if (uuid)
+	if (uuid) {
 		memcpy(d->bdev.uuid, uuid, 16);
+	}
 	d->bdev.ctxt = d;
 	d->bdev.fn_table = &g_malloc_fn_table;
 	d->bdev.module = &keel_bdev_malloc_module;
@@ -358,8 +371,9 @@ int keel_bdev_malloc_create(const char *name, const uint8_t *uuid, uint64_t num_
 	 * (any thread) the state says who frees. Not on a keel thread, or no pool:
 	 * pages fault in on first write. */
 	atomic_store(&d->pop_state, POP_RUNNING);
-	if (keel_spawn_blocking(malloc_populate, d, malloc_populate_done, NULL) != 0)
+	if (keel_spawn_blocking(malloc_populate, d, malloc_populate_done, NULL) != 0) {
 		atomic_store(&d->pop_state, POP_NONE);
+	}
 	rc = keel_bdev_register(&d->bdev);
 	if (rc) {
 		(void)malloc_destruct(d);
@@ -377,8 +391,9 @@ int keel_bdev_malloc_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_
 {
 	struct keel_bdev *bdev = keel_bdev_get_by_name(name);
 
-	if (!bdev || bdev->module != &keel_bdev_malloc_module)
+	if (!bdev || bdev->module != &keel_bdev_malloc_module) {
 		return -ENODEV;
+	}
 	keel_bdev_unregister(bdev, cb_fn, cb_arg);
 	return 0;
 }

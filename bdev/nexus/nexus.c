@@ -139,8 +139,8 @@ static void destruct_labels_done(struct nexus *n)
 		struct nexus_replica *r = &n->replicas[s];
 
 		if (r->used && r->desc != NULL && r->label_status != 0) {
-			KEEL_ERRLOG("volume %s: replica %s: final label write failed: %s",
-				    n->name, r->bdev_name, strerror(-r->label_status));
+			KEEL_ERRLOG("volume %s: replica %s: final label write failed: %s", n->name,
+				    r->bdev_name, strerror(-r->label_status));
 		}
 		nexus_replica_release(r);
 	}
@@ -361,15 +361,18 @@ static void create_labels_checked(struct nexus *n)
 		}
 		if (!op->force && r->label_rc == 0) {
 			keel_uuid_fmt(r->label.volume_uuid, u);
-			nexus_op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s "
-				"(%s, generation %lu); use force to overwrite it", n->name,
-				r->bdev_name, r->label.volume_name, u,
-				(unsigned long)r->label.generation);
+			nexus_op_fail(op, -EEXIST,
+				      "volume %s: replica %s carries a label of volume %s "
+				      "(%s, generation %lu); use force to overwrite it",
+				      n->name, r->bdev_name, r->label.volume_name, u,
+				      (unsigned long)r->label.generation);
 			goto out_abort;
 		}
 		if (!op->force && r->label_rc != -ENODATA) {
-			nexus_op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); "
-				"use force to overwrite it", n->name, r->bdev_name, r->label_why);
+			nexus_op_fail(op, -EEXIST,
+				      "volume %s: replica %s has a damaged keel label (%s); "
+				      "use force to overwrite it",
+				      n->name, r->bdev_name, r->label_why);
 			goto out_abort;
 		}
 		if (nexus_replica_size(r) - n->data_offset < min_avail) {
@@ -380,9 +383,10 @@ static void create_labels_checked(struct nexus *n)
 	if (n->volume_size == 0) {
 		n->volume_size = min_avail;
 	} else if (n->volume_size > min_avail) {
-		nexus_op_fail(op, -ENOSPC, "volume %s: size %lu is larger than the %lu bytes the "
-			"smallest replica offers", n->name, (unsigned long)n->volume_size,
-			(unsigned long)min_avail);
+		nexus_op_fail(op, -ENOSPC,
+			      "volume %s: size %lu is larger than the %lu bytes the "
+			      "smallest replica offers",
+			      n->name, (unsigned long)n->volume_size, (unsigned long)min_avail);
 		goto out_abort;
 	}
 	if (n->volume_size == 0) {
@@ -422,7 +426,8 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 
 	if (opts == NULL || !keel_nexus_name_valid(opts->name, NULL, 0) || opts->replicas == NULL ||
 	    opts->num_replicas == 0 || opts->num_replicas > NEXUS_MAX ||
-	    !names_unique(opts->replicas, opts->num_replicas) || keel_thread_get_current() == NULL) {
+	    !names_unique(opts->replicas, opts->num_replicas) ||
+	    keel_thread_get_current() == NULL) {
 		return -EINVAL;
 	}
 	if (opts->size_bytes % 512 != 0) {
@@ -465,31 +470,38 @@ int keel_nexus_create(const struct keel_nexus_create_opts *opts, keel_nexus_op_c
 		}
 		mask |= nexus_bit(i);
 		if (i == 0) {
-			n->block_size = keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc));
+			n->block_size = keel_bdev_get_block_size(
+				keel_bdev_desc_get_bdev(n->replicas[i].desc));
 		} else if (keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc)) !=
 			   n->block_size) {
-			nexus_op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u",
-				n->name, opts->replicas[i],
-				keel_bdev_get_block_size(keel_bdev_desc_get_bdev(n->replicas[i].desc)),
-				n->block_size);
+			nexus_op_fail(op, -EINVAL,
+				      "volume %s: replica %s has block size %u, not %u", n->name,
+				      opts->replicas[i],
+				      keel_bdev_get_block_size(
+					      keel_bdev_desc_get_bdev(n->replicas[i].desc)),
+				      n->block_size);
 			goto out_abort;
 		}
 		if (nexus_replica_size(&n->replicas[i]) <= n->data_offset) {
-			nexus_op_fail(op, -EINVAL, "volume %s: replica %s (%lu bytes) is not larger than "
-				"the %u-byte label area", n->name, opts->replicas[i],
-				(unsigned long)nexus_replica_size(&n->replicas[i]), KEEL_NEXUS_DATA_OFFSET);
+			nexus_op_fail(op, -EINVAL,
+				      "volume %s: replica %s (%lu bytes) is not larger than "
+				      "the %u-byte label area",
+				      n->name, opts->replicas[i],
+				      (unsigned long)nexus_replica_size(&n->replicas[i]),
+				      KEEL_NEXUS_DATA_OFFSET);
 			goto out_abort;
 		}
 	}
 	if (n->volume_size % n->block_size != 0) {
-		nexus_op_fail(op, -EINVAL, "volume %s: size %lu is not a multiple of the block size %u",
-			n->name, (unsigned long)n->volume_size, n->block_size);
+		nexus_op_fail(op, -EINVAL,
+			      "volume %s: size %lu is not a multiple of the block size %u", n->name,
+			      (unsigned long)n->volume_size, n->block_size);
 		goto out_abort;
 	}
 	rc = nexus_io_device_register(n);
 	if (rc != 0) {
 		nexus_op_fail(op, rc, "volume %s: cannot register the I/O device: %s", n->name,
-			strerror(-rc));
+			      strerror(-rc));
 		goto out_abort;
 	}
 	nexus_labels_read(n, mask, create_labels_checked);
@@ -523,8 +535,8 @@ static void refuse(struct nexus *n, struct nexus_replica *r, const char *fmt, ..
 		r->reason = KEEL_NEXUS_REASON_CANT_OPEN;
 	}
 	r->member = false;
-	KEEL_WARNLOG("volume %s: replica %s refused: %s", n->name[0] ? n->name : "?",
-		     r->bdev_name, r->detail);
+	KEEL_WARNLOG("volume %s: replica %s refused: %s", n->name[0] ? n->name : "?", r->bdev_name,
+		     r->detail);
 	nexus_replica_release(r);
 }
 
@@ -542,8 +554,9 @@ static void describe_seen(struct nexus *n, char *buf, size_t len, size_t off)
 					   r->bdev_name, (unsigned long)r->generation,
 					   keel_nexus_replica_state_name(r->state),
 					   r->state == KEEL_NEXUS_REPLICA_FAULTED ? " " : "",
-					   r->state == KEEL_NEXUS_REPLICA_FAULTED ?
-					   keel_nexus_fault_reason_name(r->reason) : "");
+					   r->state == KEEL_NEXUS_REPLICA_FAULTED
+						   ? keel_nexus_fault_reason_name(r->reason)
+						   : "");
 		} else {
 			off = nexus_append(buf, len, off, " %s (%s)", r->bdev_name, r->detail);
 		}
@@ -585,7 +598,8 @@ static void unclean_resync(struct nexus *n)
 	resync = nexus_assemble_resync(true, covered, set, healthy, &first);
 	if (covered && set == 0) {
 		KEEL_NOTICELOG("volume %s: unclean shutdown, no region marked dirty: "
-			       "nothing to resync", n->name);
+			       "nothing to resync",
+			       n->name);
 	}
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		struct nexus_replica *r = &n->replicas[s];
@@ -598,10 +612,12 @@ static void unclean_resync(struct nexus *n)
 		r->rejoin_in_sync = true;
 		r->rejoin_generation = n->generation;
 		r->rb_started = false;
-		snprintf(r->detail, sizeof(r->detail), "out of sync: resync after unclean shutdown");
+		snprintf(r->detail, sizeof(r->detail),
+			 "out of sync: resync after unclean shutdown");
 		KEEL_WARNLOG("volume %s: unclean shutdown: resyncing replica %s from %s (%s)",
 			     n->name, r->bdev_name, n->replicas[first].bdev_name,
-			     covered ? "regions marked in the bitmap" : "full copy, no valid bitmap");
+			     covered ? "regions marked in the bitmap"
+				     : "full copy, no valid bitmap");
 	}
 }
 
@@ -626,10 +642,11 @@ static void assemble_apply_slot(struct nexus *n, unsigned s, const struct nexus_
 	case NEXUS_SLOT_HEALTHY:
 	case NEXUS_SLOT_OUT_OF_SYNC:
 		if (d->behind) {
-			KEEL_WARNLOG("volume %s: replica %s: label generation %lu, newest %lu lists "
-				     "it: an interrupted label update, accepted", n->name,
-				     r->bdev_name, (unsigned long)r->generation,
-				     (unsigned long)n->generation);
+			KEEL_WARNLOG(
+				"volume %s: replica %s: label generation %lu, newest %lu lists "
+				"it: an interrupted label update, accepted",
+				n->name, r->bdev_name, (unsigned long)r->generation,
+				(unsigned long)n->generation);
 		}
 		r->member = true;
 		if (d->verdict == NEXUS_SLOT_HEALTHY) {
@@ -694,8 +711,9 @@ static void open_labels_read(struct nexus *n)
 			.label_rc = r->label_rc,
 			.label_why = r->label_why,
 			.label = &r->label,
-			.block_size = present ?
-				keel_bdev_get_block_size(keel_bdev_desc_get_bdev(r->desc)) : 0,
+			.block_size = present ? keel_bdev_get_block_size(
+							keel_bdev_desc_get_bdev(r->desc))
+					      : 0,
 			.size = present ? nexus_replica_size(r) : 0,
 		};
 	}
@@ -725,8 +743,7 @@ static void open_labels_read(struct nexus *n)
 	}
 	if (a.outcome != NEXUS_ASSEMBLE_RUN) {
 		snprintf(n->state_detail, sizeof(n->state_detail), "%s", a.why);
-		describe_seen(n, n->state_detail, sizeof(n->state_detail),
-			      strlen(n->state_detail));
+		describe_seen(n, n->state_detail, sizeof(n->state_detail), strlen(n->state_detail));
 		/* Keep every replica claimed but out of the I/O path. */
 		for (unsigned s = 0; s < NEXUS_MAX; s++) {
 			if (a.outcome == NEXUS_ASSEMBLE_FAULTED_NO_INSYNC ||
@@ -762,25 +779,24 @@ static void open_labels_read(struct nexus *n)
 	nexus_op_run(n, op); /* bumps the generation, marks the labels dirty, registers */
 	return;
 
-out_register_faulted:
-	{
-		int rc;
+out_register_faulted : {
+	int rc;
 
-		if (keel_bdev_get_by_name(n->name) != NULL) {
-			nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
-			goto out_abort;
-		}
-		nexus_publish_cfg(n, false);
-		rc = nexus_register_bdev(n);
-		if (rc != 0) {
-			nexus_op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
-				strerror(-rc));
-			goto out_abort;
-		}
-		n->state = KEEL_NEXUS_FAULTED;
-		nexus_op_finish(n);
-		return;
+	if (keel_bdev_get_by_name(n->name) != NULL) {
+		nexus_op_fail(op, -EEXIST, "volume %s: a bdev of that name exists", n->name);
+		goto out_abort;
 	}
+	nexus_publish_cfg(n, false);
+	rc = nexus_register_bdev(n);
+	if (rc != 0) {
+		nexus_op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
+			      strerror(-rc));
+		goto out_abort;
+	}
+	n->state = KEEL_NEXUS_FAULTED;
+	nexus_op_finish(n);
+	return;
+}
 
 out_abort:
 	n->cur_op = NULL;
@@ -788,8 +804,7 @@ out_abort:
 	nexus_create_abort(n, op);
 }
 
-int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb_fn,
-		    void *cb_arg)
+int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb_fn, void *cb_arg)
 {
 	struct nexus *n;
 	struct nexus_op *op;
@@ -797,8 +812,8 @@ int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb
 	int rc;
 
 	if (opts == NULL || (opts->name != NULL && !keel_nexus_name_valid(opts->name, NULL, 0)) ||
-	    opts->replicas == NULL || opts->num_replicas == 0 ||
-	    opts->num_replicas > NEXUS_MAX || !names_unique(opts->replicas, opts->num_replicas) ||
+	    opts->replicas == NULL || opts->num_replicas == 0 || opts->num_replicas > NEXUS_MAX ||
+	    !names_unique(opts->replicas, opts->num_replicas) ||
 	    keel_thread_get_current() == NULL) {
 		return -EINVAL;
 	}

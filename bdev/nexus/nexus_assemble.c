@@ -22,9 +22,9 @@ size_t nexus_append(char *buf, size_t len, size_t off, const char *fmt, ...)
 	return w < 0 ? off : off + (size_t)w;
 }
 
-__attribute__((format(printf, 3, 4)))
-static void verdict(struct nexus_assemble_slot *slot, enum nexus_slot_verdict v,
-		    const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void verdict(struct nexus_assemble_slot *slot,
+							  enum nexus_slot_verdict v,
+							  const char *fmt, ...)
 {
 	va_list ap;
 
@@ -40,8 +40,8 @@ static bool is_member(const struct nexus_assemble_slot *slot)
 }
 
 /* Rule 1. \return false when the labels name two volumes (out->status set). */
-static bool decide_identity(const struct nexus_assemble_in *in, unsigned count,
-			    const char *name, struct nexus_assembly *out)
+static bool decide_identity(const struct nexus_assemble_in *in, unsigned count, const char *name,
+			    struct nexus_assembly *out)
 {
 	const struct nexus_label *first = NULL;
 
@@ -55,14 +55,15 @@ static bool decide_identity(const struct nexus_assemble_in *in, unsigned count,
 		}
 		if (r->label_rc != 0) {
 			verdict(slot, NEXUS_SLOT_NO_LABEL, "%s",
-				r->label_why != NULL && r->label_why[0] ? r->label_why :
-				"no keel label");
+				r->label_why != NULL && r->label_why[0] ? r->label_why
+									: "no keel label");
 			continue;
 		}
 		if (name != NULL && strcmp(r->label->volume_name, name) != 0) {
 			keel_uuid_fmt(r->label->volume_uuid, u1);
-			verdict(slot, NEXUS_SLOT_FOREIGN, "label belongs to another volume: %s (%s)",
-				r->label->volume_name, u1);
+			verdict(slot, NEXUS_SLOT_FOREIGN,
+				"label belongs to another volume: %s (%s)", r->label->volume_name,
+				u1);
 			continue;
 		}
 		if (first == NULL) {
@@ -74,9 +75,11 @@ static bool decide_identity(const struct nexus_assemble_in *in, unsigned count,
 			keel_uuid_fmt(first->volume_uuid, u1);
 			keel_uuid_fmt(r->label->volume_uuid, u2);
 			out->status = -EINVAL;
-			snprintf(out->why, sizeof(out->why), "volume %s: replicas carry labels of "
+			snprintf(out->why, sizeof(out->why),
+				 "volume %s: replicas carry labels of "
 				 "different volumes (%s and %s, replica %s); name the volume to "
-				 "pick one", out->name, u1, u2, r->bdev_name);
+				 "pick one",
+				 out->name, u1, u2, r->bdev_name);
 			return false;
 		}
 		slot->labelled = true;
@@ -99,10 +102,11 @@ static void decide_slot(const struct nexus_assemble_in *in, unsigned s,
 		return;
 	}
 	if (l->volume_size != nl->volume_size || l->data_offset != nl->data_offset) {
-		verdict(slot, NEXUS_SLOT_MISMATCH, "label says volume size %lu at offset %lu, "
-			"newest label says %lu at %lu", (unsigned long)l->volume_size,
-			(unsigned long)l->data_offset, (unsigned long)nl->volume_size,
-			(unsigned long)nl->data_offset);
+		verdict(slot, NEXUS_SLOT_MISMATCH,
+			"label says volume size %lu at offset %lu, "
+			"newest label says %lu at %lu",
+			(unsigned long)l->volume_size, (unsigned long)l->data_offset,
+			(unsigned long)nl->volume_size, (unsigned long)nl->data_offset);
 		return;
 	}
 	if (r->size < nl->data_offset + nl->volume_size) {
@@ -164,8 +168,8 @@ static void decide_missing(unsigned count, const struct nexus_assemble_in *in,
 		if (mi->in_sync) {
 			keel_uuid_fmt(m->uuid, u);
 			out->missing_in_sync++;
-			off = nexus_append(out->missing_list, sizeof(out->missing_list), off, "%s%s",
-					   off ? ", " : "", u);
+			off = nexus_append(out->missing_list, sizeof(out->missing_list), off,
+					   "%s%s", off ? ", " : "", u);
 		}
 	}
 }
@@ -215,7 +219,8 @@ void nexus_assemble(const struct nexus_assemble_in *in, unsigned count, const ch
 		snprintf(out->why, sizeof(out->why),
 			 "in-sync member(s) %s of generation %lu missing: they may hold newer "
 			 "data; keel does not guess (open with force to accept the newest "
-			 "replicas present)", out->missing_list, (unsigned long)out->generation);
+			 "replicas present)",
+			 out->missing_list, (unsigned long)out->generation);
 		return;
 	}
 	if (out->healthy == 0) {
@@ -233,8 +238,8 @@ bool nexus_assemble_covers(uint64_t events_cleared, uint64_t generation)
 	return events_cleared != UINT64_MAX && generation >= events_cleared;
 }
 
-uint16_t nexus_assemble_resync(bool unclean, bool covered, uint32_t dirty_regions,
-			       uint16_t healthy, int *source)
+uint16_t nexus_assemble_resync(bool unclean, bool covered, uint32_t dirty_regions, uint16_t healthy,
+			       int *source)
 {
 	*source = -1;
 	if (!unclean || (covered && dirty_regions == 0) || healthy == 0) {

@@ -35,13 +35,13 @@
 
 /* What assembly knows of one replica slot. */
 struct nexus_assemble_in {
-	const char *bdev_name;            /* for messages */
-	bool present;                     /* its bdev is open and its labels were read */
-	int label_rc;                     /* nexus_label_read_copies(): 0, or why no label */
-	const char *label_why;            /* the reason when label_rc != 0 (may be empty) */
-	const struct nexus_label *label;  /* the label used, when label_rc == 0 */
-	uint32_t block_size;              /* the bdev's */
-	uint64_t size;                    /* the bdev's, bytes */
+	const char *bdev_name;           /* for messages */
+	bool present;                    /* its bdev is open and its labels were read */
+	int label_rc;                    /* nexus_label_read_copies(): 0, or why no label */
+	const char *label_why;           /* the reason when label_rc != 0 (may be empty) */
+	const struct nexus_label *label; /* the label used, when label_rc == 0 */
+	uint32_t block_size;             /* the bdev's */
+	uint64_t size;                   /* the bdev's, bytes */
 };
 
 enum nexus_slot_verdict {
@@ -57,16 +57,16 @@ enum nexus_slot_verdict {
 
 struct nexus_assemble_slot {
 	enum nexus_slot_verdict verdict;
-	bool labelled;     /* passed the identity check: its label gives its UUID and
+	bool labelled;    /* passed the identity check: its label gives its UUID and
 			    * generation */
-	bool behind;       /* a member one generation behind (interrupted label update) */
-	char detail[160];  /* why refused, or what the state means */
+	bool behind;      /* a member one generation behind (interrupted label update) */
+	char detail[160]; /* why refused, or what the state means */
 };
 
 enum nexus_assemble_outcome {
-	NEXUS_ASSEMBLE_FAILED,           /* nothing to assemble: status and why */
-	NEXUS_ASSEMBLE_RUN,              /* run (degraded when not every member is healthy) */
-	NEXUS_ASSEMBLE_FAULTED_MISSING,  /* in-sync members missing, not forced */
+	NEXUS_ASSEMBLE_FAILED,            /* nothing to assemble: status and why */
+	NEXUS_ASSEMBLE_RUN,               /* run (degraded when not every member is healthy) */
+	NEXUS_ASSEMBLE_FAULTED_MISSING,   /* in-sync members missing, not forced */
 	NEXUS_ASSEMBLE_FAULTED_NO_INSYNC, /* no in-sync member present */
 };
 
@@ -77,15 +77,15 @@ struct nexus_assemble_missing {
 
 struct nexus_assembly {
 	enum nexus_assemble_outcome outcome;
-	int status;        /* FAILED: -EINVAL (labels of two volumes), -ENOENT (no label) */
-	char why[512];     /* FAILED and FAULTED_*: the reason, for the operator */
+	int status;    /* FAILED: -EINVAL (labels of two volumes), -ENOENT (no label) */
+	char why[512]; /* FAILED and FAULTED_*: the reason, for the operator */
 	char name[KEEL_NEXUS_NAME_MAX + 1]; /* given, or taken from the first valid label */
-	int newest;        /* slot of the newest label, -1 when none */
+	int newest;                         /* slot of the newest label, -1 when none */
 	uint64_t generation;
-	bool unclean;      /* the newest label is dirty: the volume was not shut down */
-	unsigned healthy;  /* in-sync members present */
+	bool unclean;     /* the newest label is dirty: the volume was not shut down */
+	unsigned healthy; /* in-sync members present */
 	unsigned missing_in_sync;
-	bool forced;       /* RUN although in-sync members are missing */
+	bool forced;            /* RUN although in-sync members are missing */
 	char missing_list[256]; /* UUIDs of the in-sync members missing, ", "-separated */
 	unsigned num_missing;
 	struct nexus_assemble_missing missing[KEEL_NEXUS_MAX_REPLICAS];
@@ -116,8 +116,8 @@ bool nexus_assemble_covers(uint64_t events_cleared, uint64_t generation);
  * generation (\p covered) and has no region marked (\p dirty_regions == 0).
  * \return the slots to resync (partial from the bitmap when \p covered, else full).
  */
-uint16_t nexus_assemble_resync(bool unclean, bool covered, uint32_t dirty_regions,
-			       uint16_t healthy, int *source);
+uint16_t nexus_assemble_resync(bool unclean, bool covered, uint32_t dirty_regions, uint16_t healthy,
+			       int *source);
 
 /** Append formatted text at \p off of \p buf (\p len bytes), truncating; \return the
  * offset after it as snprintf counts (>= len once full: later appends do nothing). */

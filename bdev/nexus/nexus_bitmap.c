@@ -48,7 +48,7 @@
 #include "nexus_internal.h"
 
 #define NEXUS_BITMAP_MAX_LEN (448u * 1024u) /* up to the second label copy */
-#define BM_MAX_BLOCKS 128u /* >= NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN */
+#define BM_MAX_BLOCKS 128u                  /* >= NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN */
 _Static_assert(NEXUS_BITMAP_MAX_LEN / NEXUS_BM_BLOCK_MIN <= BM_MAX_BLOCKS, "unsealed[] size");
 
 /* bits[] values */
@@ -64,7 +64,7 @@ struct bm_replica_io {
 	struct nexus_bitmap *bm;
 	unsigned slot;
 	uint32_t step;
-	uint64_t off;            /* replica offset of the run */
+	uint64_t off; /* replica offset of the run */
 	uint32_t len;
 	int status;
 };
@@ -72,20 +72,20 @@ struct bm_replica_io {
 struct nexus_bitmap {
 	struct nexus *n;
 	uint64_t region_size;
-	unsigned region_shift;   /* region_size is a power of two: no division per write */
+	unsigned region_shift; /* region_size is a power of two: no division per write */
 	uint32_t nbits;
-	uint32_t blk;            /* I/O unit */
-	uint32_t bpb;            /* bits per bit block (the rest is its trailer) */
-	uint32_t image_len;      /* header block + bit blocks */
+	uint32_t blk;                          /* I/O unit */
+	uint32_t bpb;                          /* bits per bit block (the rest is its trailer) */
+	uint32_t image_len;                    /* header block + bit blocks */
 	uint64_t unsealed[BM_MAX_BLOCKS / 64]; /* bit blocks changed since sealed */
-	_Atomic uint8_t *bits;   /* BIT_* per region */
-	uint8_t *image;          /* what is (being) written: header + bits */
+	_Atomic uint8_t *bits;                 /* BIT_* per region */
+	uint8_t *image;                        /* what is (being) written: header + bits */
 	uint64_t events_cleared; /* UINT64_MAX: covers nothing (no valid bitmap yet) */
 	/* Owner thread only from here. */
 	TAILQ_HEAD(, keel_bdev_io) waiting;
 	TAILQ_HEAD(, keel_bdev_io) writing;
 	bool io_busy;
-	bool need_full;          /* write the whole image everywhere (new bitmap) */
+	bool need_full; /* write the whole image everywhere (new bitmap) */
 	uint32_t io_pending;
 	void (*io_done)(struct nexus_bitmap *bm);
 	struct bm_replica_io rio[NEXUS_MAX];
@@ -132,7 +132,7 @@ static void image_set(struct nexus_bitmap *bm, uint32_t r, bool on)
 	if (on) {
 		*b |= (uint8_t)(1u << (r % 8));
 	} else {
-		*b &= (uint8_t)~(1u << (r % 8));
+		*b &= (uint8_t) ~(1u << (r % 8));
 	}
 }
 
@@ -310,8 +310,8 @@ bool nexus_bitmap_write_start(struct nexus_channel *nch, uint64_t off, uint64_t 
 			uint8_t exp = BIT_CLEARING;
 
 			/* Claim it back from the clear pass; losing means it is 0 now. */
-			b = atomic_compare_exchange_strong(&bm->bits[r], &exp, BIT_SET) ?
-				BIT_SET : exp;
+			b = atomic_compare_exchange_strong(&bm->bits[r], &exp, BIT_SET) ? BIT_SET
+											: exp;
 		}
 		/* A saturated count (never with the default bdev_io pool of 1024
 		 * per channel) waits one trip to the owner and retries. */
@@ -366,8 +366,9 @@ static void bm_io_put(struct nexus_bitmap *bm)
 			struct bm_replica_io *rio = &bm->rio[s];
 
 			if (rio->status != 0 && nexus_replica_attached(&n->replicas[s])) {
-				KEEL_ERRLOG("volume %s: replica %s: bitmap write failed: %s", n->name,
-					    n->replicas[s].bdev_name, strerror(-rio->status));
+				KEEL_ERRLOG("volume %s: replica %s: bitmap write failed: %s",
+					    n->name, n->replicas[s].bdev_name,
+					    strerror(-rio->status));
 				nexus_request_fault(n, s, rio->status);
 			}
 		}
@@ -685,8 +686,8 @@ static bool load_header_ok(struct nexus_bitmap *bm, char *why, size_t whylen)
 	if (nexus_bm_header_decode(bm->image, bm->image_len, &h, why, whylen) != 0) {
 		return false;
 	}
-	if (h.region_size != bm->region_size || h.nbits != bm->nbits ||
-	    h.block_size != bm->blk || memcmp(h.volume_uuid, bm->n->uuid, 16) != 0) {
+	if (h.region_size != bm->region_size || h.nbits != bm->nbits || h.block_size != bm->blk ||
+	    memcmp(h.volume_uuid, bm->n->uuid, 16) != 0) {
 		snprintf(why, whylen, "bitmap geometry or volume differs from the label's");
 		return false;
 	}
@@ -712,8 +713,9 @@ static uint32_t load_check_blocks(struct nexus_bitmap *bm)
 		bad++;
 		KEEL_WARNLOG("volume %s: replica %s: write-intent bitmap block %u fails its "
 			     "checksum: regions %u-%u (volume bytes %lu-%lu) count as dirty and "
-			     "are resynced", n->name, n->replicas[bm->load_slot].bdev_name, k, r0,
-			     r1 - 1, (unsigned long)((uint64_t)r0 * bm->region_size),
+			     "are resynced",
+			     n->name, n->replicas[bm->load_slot].bdev_name, k, r0, r1 - 1,
+			     (unsigned long)((uint64_t)r0 * bm->region_size),
 			     (unsigned long)((uint64_t)r1 * bm->region_size - 1));
 		for (uint32_t r = r0; r < r1; r++) {
 			image_set(bm, r, true);
@@ -744,14 +746,14 @@ static void load_done_cb(void *arg, int status)
 		 * repaired, and all replicas hold the same bits again. */
 		bm->need_full = bad > 0;
 		KEEL_NOTICELOG("volume %s: write-intent bitmap loaded: %u of %u regions of %lu KiB "
-			       "set, events_cleared %lu%s", n->name, set, bm->nbits,
-			       (unsigned long)(bm->region_size / 1024),
+			       "set, events_cleared %lu%s",
+			       n->name, set, bm->nbits, (unsigned long)(bm->region_size / 1024),
 			       (unsigned long)bm->events_cleared,
 			       bad ? " (bad blocks counted as set, rewriting the bitmap)" : "");
 	} else {
 		KEEL_WARNLOG("volume %s: replica %s: no valid write-intent bitmap (%s): returning "
-			     "replicas get full rebuilds; a new bitmap is written", n->name,
-			     n->replicas[bm->load_slot].bdev_name, why);
+			     "replicas get full rebuilds; a new bitmap is written",
+			     n->name, n->replicas[bm->load_slot].bdev_name, why);
 		memset(bm->image, 0, bm->image_len);
 		bm->events_cleared = UINT64_MAX;
 		bm->need_full = true;
@@ -797,8 +799,8 @@ uint64_t nexus_bitmap_snapshot(struct nexus *n, uint8_t *map, uint64_t *region_s
 	return c;
 }
 
-void nexus_bitmap_info(const struct nexus *n, uint64_t *region_size, uint32_t *nbits,
-		       uint32_t *set, uint64_t *events_cleared)
+void nexus_bitmap_info(const struct nexus *n, uint64_t *region_size, uint32_t *nbits, uint32_t *set,
+		       uint64_t *events_cleared)
 {
 	struct nexus_bitmap *bm = n->bm;
 	uint32_t c = 0;

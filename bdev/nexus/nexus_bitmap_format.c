@@ -38,8 +38,8 @@ void nexus_bm_header_encode(const struct nexus_bm_header *h, uint8_t *buf)
 	keel_put_le32(buf + OFF_CRC, nexus_crc32c(0, buf, NEXUS_BM_HDR_LEN));
 }
 
-int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_header *h,
-			   char *why, size_t whylen)
+int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_header *h, char *why,
+			   size_t whylen)
 {
 	const char *reason;
 	int rc = -EINVAL;
@@ -58,8 +58,8 @@ int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_heade
 	rc = -EINVAL;
 	h->version = keel_get_le32(buf + OFF_VERSION);
 	if (h->version != NEXUS_BM_VERSION) {
-		reason = h->version == 1 ? "bitmap version 1 (no block checksums)" :
-					   "unknown bitmap version";
+		reason = h->version == 1 ? "bitmap version 1 (no block checksums)"
+					 : "unknown bitmap version";
 		rc = -EPROTONOSUPPORT;
 		goto out_fail;
 	}
@@ -69,8 +69,8 @@ int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_heade
 	h->block_size = keel_get_le32(buf + OFF_BLOCK);
 	memcpy(h->volume_uuid, buf + OFF_UUID, 16);
 	if (!pow2(h->block_size) || h->block_size < NEXUS_BM_BLOCK_MIN ||
-	    h->block_size > NEXUS_BM_BLOCK_MAX || !pow2(h->region_size) ||
-	    h->region_size < 4096 || h->nbits == 0) {
+	    h->block_size > NEXUS_BM_BLOCK_MAX || !pow2(h->region_size) || h->region_size < 4096 ||
+	    h->nbits == 0) {
 		reason = "bitmap header fields out of range";
 		goto out_fail;
 	}
@@ -96,8 +96,7 @@ void nexus_bm_block_seal(uint8_t *buf, uint32_t block_size, uint32_t index,
 	keel_put_le32(buf + block_size - 4, block_crc(buf, block_size, volume_uuid));
 }
 
-int nexus_bm_block_check(const uint8_t *buf, size_t len, uint32_t index,
-			 const uint8_t *volume_uuid)
+int nexus_bm_block_check(const uint8_t *buf, size_t len, uint32_t index, const uint8_t *volume_uuid)
 {
 	if (len <= NEXUS_BM_TRAILER) {
 		return -EINVAL;

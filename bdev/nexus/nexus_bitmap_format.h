@@ -60,8 +60,8 @@ void nexus_bm_header_encode(const struct nexus_bm_header *h, uint8_t *buf);
  * -EBADMSG (checksum), -EPROTONOSUPPORT (another version; h->version says which).
  * \p why (may be NULL) gets a short reason on failure.
  */
-int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_header *h,
-			   char *why, size_t whylen);
+int nexus_bm_header_decode(const uint8_t *buf, size_t len, struct nexus_bm_header *h, char *why,
+			   size_t whylen);
 
 /** Fill the trailer of bit block \p index (\p block_size bytes at \p buf). */
 void nexus_bm_block_seal(uint8_t *buf, uint32_t block_size, uint32_t index,

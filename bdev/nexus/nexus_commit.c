@@ -70,8 +70,7 @@ static void update_state(struct nexus *n)
 	if (all) {
 		n->state_detail[0] = '\0';
 	} else {
-		snprintf(n->state_detail, sizeof(n->state_detail),
-			 "some replicas are not healthy");
+		snprintf(n->state_detail, sizeof(n->state_detail), "some replicas are not healthy");
 	}
 }
 
@@ -123,8 +122,9 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 		int rc;
 
 		if (op->type == NEXUS_OP_CREATE && n->state == KEEL_NEXUS_FAULTED) {
-			nexus_op_fail(op, -EIO, "volume %s: writing the labels failed on every replica",
-				n->name);
+			nexus_op_fail(op, -EIO,
+				      "volume %s: writing the labels failed on every replica",
+				      n->name);
 			n->cur_op = NULL;
 			n->busy = false;
 			nexus_create_abort(n, op);
@@ -133,7 +133,7 @@ static void commit_applied(struct keel_io_channel_iter *iter, int status)
 		rc = nexus_register_bdev(n);
 		if (rc != 0) {
 			nexus_op_fail(op, rc, "volume %s: cannot register the bdev: %s", n->name,
-				strerror(-rc));
+				      strerror(-rc));
 			n->cur_op = NULL;
 			n->busy = false;
 			nexus_create_abort(n, op);
@@ -169,8 +169,9 @@ static void commit_labels_done(struct nexus *n)
 		if (n->cur_op != NULL && n->cur_op->type == NEXUS_OP_ADD &&
 		    n->cur_op->slot == (int)s) {
 			r->removing = true;
-			nexus_op_fail(n->cur_op, -EIO, "volume %s: replica %s: label write failed: %s",
-				n->name, r->bdev_name, strerror(-r->label_status));
+			nexus_op_fail(n->cur_op, -EIO,
+				      "volume %s: replica %s: label write failed: %s", n->name,
+				      r->bdev_name, strerror(-r->label_status));
 		}
 		again = true;
 	}

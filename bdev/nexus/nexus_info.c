@@ -83,8 +83,8 @@ int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info)
 			keel_uuid_fmt(r->uuid, ri->uuid);
 		}
 		ri->state = r->state;
-		ri->reason = r->state == KEEL_NEXUS_REPLICA_FAULTED ? r->reason :
-			     KEEL_NEXUS_REASON_NONE;
+		ri->reason = r->state == KEEL_NEXUS_REPLICA_FAULTED ? r->reason
+								    : KEEL_NEXUS_REASON_NONE;
 		ri->generation = r->generation;
 		if (r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
 			snprintf(ri->detail, sizeof(ri->detail), "%s", r->detail);
@@ -117,11 +117,13 @@ struct json_t *keel_nexus_info_to_json(const struct keel_nexus_info *info)
 		if (r == NULL) {
 			goto out_free;
 		}
-		json_object_set_new(r, "bdev", ri->bdev_name[0] ? json_string(ri->bdev_name) :
-				    json_null());
+		json_object_set_new(r, "bdev",
+				    ri->bdev_name[0] ? json_string(ri->bdev_name) : json_null());
 		json_object_set_new(r, "uuid", json_string(ri->uuid));
-		json_object_set_new(r, "state", json_string(keel_nexus_replica_state_name(ri->state)));
-		json_object_set_new(r, "reason", json_string(keel_nexus_fault_reason_name(ri->reason)));
+		json_object_set_new(r, "state",
+				    json_string(keel_nexus_replica_state_name(ri->state)));
+		json_object_set_new(r, "reason",
+				    json_string(keel_nexus_fault_reason_name(ri->reason)));
 		json_object_set_new(r, "generation", json_integer((json_int_t)ri->generation));
 		json_object_set_new(r, "detail", json_string(ri->detail));
 		json_array_append_new(arr, r);

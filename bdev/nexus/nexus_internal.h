@@ -34,13 +34,13 @@ struct nexus_rebuild_job;
 
 struct nexus_replica {
 	struct nexus *nexus;
-	bool used;                 /* slot in use (listed in info) */
-	bool member;               /* recorded in the labels we write */
+	bool used;   /* slot in use (listed in info) */
+	bool member; /* recorded in the labels we write */
 	char bdev_name[KEEL_BDEV_NAME_MAX + 1];
 	uint8_t uuid[16];
-	struct keel_bdev_desc *desc;       /* NULL once released */
-	struct keel_io_channel *label_ch;  /* owner thread's channel for label I/O */
-	uint8_t *label_buf;                /* aligned, label_buf_len bytes */
+	struct keel_bdev_desc *desc;      /* NULL once released */
+	struct keel_io_channel *label_ch; /* owner thread's channel for label I/O */
+	uint8_t *label_buf;               /* aligned, label_buf_len bytes */
 	uint32_t label_buf_len;
 	enum keel_nexus_replica_state state;
 	enum keel_nexus_fault_reason reason;
@@ -50,18 +50,18 @@ struct nexus_replica {
 	 * message to the owner, so a burst of errors costs one message. */
 	atomic_bool fault_requested;
 	atomic_int fault_status;
-	bool fault_seen;           /* owner: the request behind fault_requested arrived */
-	bool fault_pending;        /* owner: a fault message arrived, not yet committed */
-	bool foreign;              /* refused: labelled for another volume */
+	bool fault_seen;    /* owner: the request behind fault_requested arrived */
+	bool fault_pending; /* owner: a fault message arrived, not yet committed */
+	bool foreign;       /* refused: labelled for another volume */
 	/* Rejoin (re-add of a former member): what its own label said, for the
 	 * bitmap coverage check (nexus_bitmap_covers). */
 	bool rejoin;
 	bool rejoin_in_sync;
 	uint64_t rejoin_generation;
-	bool rejoin_tried;         /* a stale replica is re-added automatically once */
-	bool rb_started;           /* a rebuild job was created for this membership */
-	bool removing;             /* free the slot once the change is committed */
-	int label_status;          /* owner: result of the last label I/O */
+	bool rejoin_tried; /* a stale replica is re-added automatically once */
+	bool rb_started;   /* a rebuild job was created for this membership */
+	bool removing;     /* free the slot once the change is committed */
+	int label_status;  /* owner: result of the last label I/O */
 	uint32_t label_step;
 	/* Assembly / create: what was read from the two copies. */
 	int label_rc;
@@ -77,8 +77,8 @@ struct nexus_cfg_slot {
 };
 
 struct nexus_cfg {
-	bool frozen;                 /* hold new writes (a label update is in flight) */
-	bool faulted;                /* volume faulted: fail every I/O at once */
+	bool frozen;  /* hold new writes (a label update is in flight) */
+	bool faulted; /* volume faulted: fail every I/O at once */
 	struct nexus_cfg_slot slots[NEXUS_MAX];
 };
 
@@ -89,7 +89,7 @@ enum nexus_op_type {
 	NEXUS_OP_DESTROY,
 	NEXUS_OP_CREATE,
 	NEXUS_OP_OPEN,
-	NEXUS_OP_REBUILD_DONE,  /* a rebuild completed: the target becomes healthy */
+	NEXUS_OP_REBUILD_DONE, /* a rebuild completed: the target becomes healthy */
 };
 
 struct nexus_op {
@@ -122,7 +122,7 @@ struct nexus {
 	bool supports_unmap;
 
 	pthread_mutex_t cfg_lock;
-	struct nexus_cfg cfg;        /* published; guarded by cfg_lock */
+	struct nexus_cfg cfg; /* published; guarded by cfg_lock */
 	/* Every channel of the volume, guarded by cfg_lock: rebuild jobs sum their
 	 * user_ios from their own thread once per ms to see foreground load. */
 	TAILQ_HEAD(, nexus_channel) chans;
@@ -131,21 +131,21 @@ struct nexus {
 	TAILQ_HEAD(, nexus_op) ops;
 	struct nexus_op *cur_op;
 	bool busy;
-	bool faults_queued;          /* a fault pass should run */
+	bool faults_queued; /* a fault pass should run */
 	uint32_t label_pending;
-	uint16_t unreadable_mask;    /* slots no channel may read from from now on */
+	uint16_t unreadable_mask; /* slots no channel may read from from now on */
 	void (*label_done_fn)(struct nexus *nexus);
 	struct nexus_op *destroy_op;
 	bool destroying;
-	bool destruct_waiting;       /* destruct arrived while a change ran */
-	bool name_given;             /* assembly: the caller named the volume */
+	bool destruct_waiting; /* destruct arrived while a change ran */
+	bool name_given;       /* assembly: the caller named the volume */
 	/* Write-intent bitmap (nexus_bitmap.c); NULL when disabled. */
 	struct nexus_bitmap *bm;
 	/* Rebuild jobs of this volume (nexus_rebuild.c), owner thread only. */
 	TAILQ_HEAD(, nexus_rebuild_job) jobs;
-	uint32_t sync_pending;       /* rebuild jobs yet to acknowledge a sync */
-	bool rb_shutdown;            /* destroy: jobs are being stopped */
-	uint64_t bm_region_hint;     /* region size recorded in the labels (assembly) */
+	uint32_t sync_pending;   /* rebuild jobs yet to acknowledge a sync */
+	bool rb_shutdown;        /* destroy: jobs are being stopped */
+	uint64_t bm_region_hint; /* region size recorded in the labels (assembly) */
 	/* Fault messages sent (or waiting to be sent) and not yet handled: the
 	 * struct outlives the volume until they are (free_deferred). */
 	atomic_uint fault_msgs;
@@ -164,19 +164,19 @@ struct nexus_channel;
 
 struct nexus_io {
 	struct nexus_channel *nch;
-	uint32_t pending;        /* children still to answer */
-	uint16_t healthy_mask;   /* children that were readable at submission */
-	uint16_t failed_mask;    /* children that failed (or were known bad) */
-	uint16_t ok_healthy;     /* healthy children that succeeded */
-	uint16_t tried_mask;     /* reads: children tried so far */
+	uint32_t pending;      /* children still to answer */
+	uint16_t healthy_mask; /* children that were readable at submission */
+	uint16_t failed_mask;  /* children that failed (or were known bad) */
+	uint16_t ok_healthy;   /* healthy children that succeeded */
+	uint16_t tried_mask;   /* reads: children tried so far */
 	int last_err;
 	struct nexus_child_io child[NEXUS_MAX];
 };
 
 struct nexus_lock_range {
-	uint64_t start;          /* bytes, volume address space */
-	uint64_t end;            /* exclusive */
-	const void *owner;       /* the rebuild task holding it */
+	uint64_t start;    /* bytes, volume address space */
+	uint64_t end;      /* exclusive */
+	const void *owner; /* the rebuild task holding it */
 };
 
 struct nexus_lock_wait {
@@ -190,8 +190,8 @@ struct nexus_child_ch {
 	uint32_t outstanding;
 	bool readable;
 	bool writable;
-	bool failed;             /* an error was seen here; fault requested */
-	bool detaching;          /* dropped by the config; put when outstanding == 0 */
+	bool failed;    /* an error was seen here; fault requested */
+	bool detaching; /* dropped by the config; put when outstanding == 0 */
 };
 
 struct nexus_channel {
@@ -205,11 +205,12 @@ struct nexus_channel {
 	bool frozen;
 	bool faulted;
 	uint32_t writes_inflight;
-	uint32_t detaching;      /* children waiting to drain before their put */
+	uint32_t detaching; /* children waiting to drain before their put */
 	struct keel_io_channel_iter *drain_iter;
 	struct keel_io_channel_iter *detach_iter;
-	TAILQ_HEAD(, keel_bdev_io) held;    /* writes waiting for a label update */
-	TAILQ_HEAD(, keel_bdev_io) parked;  /* partly failed writes waiting for the
+	TAILQ_HEAD(, keel_bdev_io) held; /* writes waiting for a label update */
+	TAILQ_HEAD(, keel_bdev_io)
+	parked; /* partly failed writes waiting for the
 					     * fault to reach the labels */
 	/* Rebuild range locks (nexus_rebuild.c). Writes in flight are listed so a
 	 * lock is granted only once overlapping ones are done; writes that overlap
@@ -230,7 +231,7 @@ struct nexus_channel {
 	 * by this thread only (relaxed load + store: no locked instruction), read
 	 * by rebuild jobs, for which a stale value only delays one sample. */
 	_Atomic uint64_t user_ios;
-	TAILQ_ENTRY(nexus_channel) clink;   /* nexus.chans */
+	TAILQ_ENTRY(nexus_channel) clink; /* nexus.chans */
 };
 
 /* Owner-independent, any thread: total user I/Os submitted on \p n so far. */
@@ -260,7 +261,8 @@ static inline uint16_t nexus_bit(unsigned s)
 static inline bool nexus_replica_attached(const struct nexus_replica *r)
 {
 	return r->used && r->member && r->desc != NULL &&
-	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY || r->state == KEEL_NEXUS_REPLICA_REBUILDING);
+	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY ||
+		r->state == KEEL_NEXUS_REPLICA_REBUILDING);
 }
 
 /* nexus.c: lifecycle */
@@ -358,8 +360,8 @@ bool nexus_bitmap_covers(const struct nexus *n, uint64_t generation);
 uint64_t nexus_bitmap_snapshot(struct nexus *n, uint8_t *map, uint64_t *region_size,
 			       uint32_t *nbits);
 void nexus_bitmap_fill_label(const struct nexus *n, struct nexus_label *l);
-void nexus_bitmap_info(const struct nexus *n, uint64_t *region_size, uint32_t *nbits,
-		       uint32_t *set, uint64_t *events_cleared);
+void nexus_bitmap_info(const struct nexus *n, uint64_t *region_size, uint32_t *nbits, uint32_t *set,
+		       uint64_t *events_cleared);
 
 /* nexus_rebuild.c */
 /* Owner: a membership step froze the channels; settle every job against the new

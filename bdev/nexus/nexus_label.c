@@ -168,8 +168,7 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
 	label->bitmap_len = keel_get_le64(buf + OFF_BITMAP_LEN);
 	label->bitmap_chunk_kib = keel_get_le32(buf + OFF_BITMAP_CHUNK);
 	label->bitmap_events_cleared = keel_get_le64(buf + OFF_BITMAP_EVENTS);
-	if (!is_pow2(label->block_size) || label->block_size < 512 ||
-	    label->block_size > 65536) {
+	if (!is_pow2(label->block_size) || label->block_size < 512 || label->block_size > 65536) {
 		reason = "bad block size in label";
 		goto out_fail;
 	}
@@ -215,8 +214,8 @@ out_fail:
 	return rc;
 }
 
-int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1,
-		     const struct nexus_label *l1, int *out)
+int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1, const struct nexus_label *l1,
+		     int *out)
 {
 	if (rc0 == 0 && rc1 == 0) {
 		*out = l1->generation > l0->generation ? 1 : 0;
@@ -277,16 +276,18 @@ int keel_nexus_label_inspect(const void *buf, size_t len, struct keel_nexus_labe
 {
 	static const uint8_t blank[NEXUS_LABEL_SIZE];
 	const uint8_t *area = buf;
-	const uint8_t *copy0 = len >= NEXUS_LABEL_COPY0_OFFSET + NEXUS_LABEL_SIZE ?
-			       area + NEXUS_LABEL_COPY0_OFFSET : blank;
-	const uint8_t *copy1 = len >= NEXUS_LABEL_COPY1_OFFSET + NEXUS_LABEL_SIZE ?
-			       area + NEXUS_LABEL_COPY1_OFFSET : blank;
+	const uint8_t *copy0 = len >= NEXUS_LABEL_COPY0_OFFSET + NEXUS_LABEL_SIZE
+				       ? area + NEXUS_LABEL_COPY0_OFFSET
+				       : blank;
+	const uint8_t *copy1 = len >= NEXUS_LABEL_COPY1_OFFSET + NEXUS_LABEL_SIZE
+				       ? area + NEXUS_LABEL_COPY1_OFFSET
+				       : blank;
 	struct nexus_label l;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	rc = nexus_label_read_copies(copy0, copy1, NEXUS_LABEL_SIZE, &l, out->why,
-				     sizeof(out->why), NULL);
+	rc = nexus_label_read_copies(copy0, copy1, NEXUS_LABEL_SIZE, &l, out->why, sizeof(out->why),
+				     NULL);
 	if (rc == 0) {
 		snprintf(out->volume_name, sizeof(out->volume_name), "%s", l.volume_name);
 		keel_uuid_fmt(l.volume_uuid, out->volume_uuid);

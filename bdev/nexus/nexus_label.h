@@ -101,8 +101,8 @@ int nexus_label_decode(const uint8_t *buf, size_t len, struct nexus_label *label
  * "best" error: -EBADMSG if any copy had a magic but a bad checksum, -ENODATA when
  * both are blank, else the error of copy 0.
  */
-int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1,
-		     const struct nexus_label *l1, int *out);
+int nexus_label_pick(int rc0, const struct nexus_label *l0, int rc1, const struct nexus_label *l1,
+		     int *out);
 
 /** Why a replica's label is refused, from nexus_label_pick's \p rc and the decode
  * reasons of both copies (for messages). */
@@ -110,10 +110,10 @@ const char *nexus_label_pick_why(int rc, int rc0, const char *why0, const char *
 
 /** What nexus_label_read_copies found in each copy of a replica's label. */
 struct nexus_label_copies {
-	int rc[2];          /* nexus_label_decode of copy 0 and of copy 1 */
-	char why[2][96];    /* their reasons (empty where rc is 0) */
-	int which;          /* the copy used, when one was */
-	bool differ;        /* one was used, but the copies disagree: a write torn by a
+	int rc[2];       /* nexus_label_decode of copy 0 and of copy 1 */
+	char why[2][96]; /* their reasons (empty where rc is 0) */
+	int which;       /* the copy used, when one was */
+	bool differ;     /* one was used, but the copies disagree: a write torn by a
 			     * crash, or interrupted between the two copies */
 };
 

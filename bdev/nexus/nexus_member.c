@@ -76,20 +76,24 @@ void nexus_add_label_checked(struct nexus *n)
 		char u[KEEL_UUID_STR_LEN];
 
 		keel_uuid_fmt(r->label.volume_uuid, u);
-		nexus_op_fail(op, -EEXIST, "volume %s: replica %s carries a label of volume %s (%s); "
-			"use force to overwrite it", n->name, r->bdev_name, r->label.volume_name, u);
+		nexus_op_fail(op, -EEXIST,
+			      "volume %s: replica %s carries a label of volume %s (%s); "
+			      "use force to overwrite it",
+			      n->name, r->bdev_name, r->label.volume_name, u);
 		goto out_drop;
 	}
 	if (!op->force && r->label_rc != 0 && r->label_rc != -ENODATA) {
-		nexus_op_fail(op, -EEXIST, "volume %s: replica %s has a damaged keel label (%s); use "
-			"force to overwrite it", n->name, r->bdev_name, r->label_why);
+		nexus_op_fail(op, -EEXIST,
+			      "volume %s: replica %s has a damaged keel label (%s); use "
+			      "force to overwrite it",
+			      n->name, r->bdev_name, r->label_why);
 		goto out_drop;
 	}
 	r->rejoin = false;
 	if (r->label_rc == 0 && memcmp(r->label.volume_uuid, n->uuid, 16) == 0 &&
 	    !keel_uuid_is_null(r->label.replica_uuid)) {
-		const struct nexus_label_member *m =
-			nexus_label_find_member(&r->label, r->label.replica_uuid);
+		const struct nexus_label_member *m = nexus_label_find_member(&r->label,
+									     r->label.replica_uuid);
 
 		/* A former member comes back: it keeps its identity, and what it
 		 * missed may be covered by the bitmap. Its old entry goes. */
@@ -101,8 +105,10 @@ void nexus_add_label_checked(struct nexus *n)
 				continue;
 			}
 			if (nexus_replica_attached(o)) {
-				nexus_op_fail(op, -EEXIST, "volume %s: replica %s: its UUID is already an "
-					"active replica (%s)", n->name, r->bdev_name, o->bdev_name);
+				nexus_op_fail(op, -EEXIST,
+					      "volume %s: replica %s: its UUID is already an "
+					      "active replica (%s)",
+					      n->name, r->bdev_name, o->bdev_name);
 				goto out_drop;
 			}
 			memset(o, 0, sizeof(*o));
@@ -149,7 +155,8 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 	for (unsigned s = 0; s < NEXUS_MAX; s++) {
 		if (n->replicas[s].used && strcmp(n->replicas[s].bdev_name, bdev_name) == 0 &&
 		    n->replicas[s].desc != NULL) {
-			nexus_op_fail(op, -EEXIST, "volume %s: %s is already a replica", n->name, bdev_name);
+			nexus_op_fail(op, -EEXIST, "volume %s: %s is already a replica", n->name,
+				      bdev_name);
 			nexus_op_complete(op, NULL);
 			return 0;
 		}
@@ -158,8 +165,9 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 		}
 	}
 	if (slot < 0) {
-		nexus_op_fail(op, -ENOSPC, "volume %s: already %u replicas listed; remove one first",
-			n->name, NEXUS_MAX);
+		nexus_op_fail(op, -ENOSPC,
+			      "volume %s: already %u replicas listed; remove one first", n->name,
+			      NEXUS_MAX);
 		nexus_op_complete(op, NULL);
 		return 0;
 	}
@@ -178,19 +186,20 @@ int keel_nexus_add_replica(const char *name, const char *bdev_name, bool force,
 	b = keel_bdev_desc_get_bdev(r->desc);
 	op->slot = slot;
 	if (keel_bdev_get_block_size(b) != n->block_size) {
-		nexus_op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u", n->name,
-			bdev_name, keel_bdev_get_block_size(b), n->block_size);
+		nexus_op_fail(op, -EINVAL, "volume %s: replica %s has block size %u, not %u",
+			      n->name, bdev_name, keel_bdev_get_block_size(b), n->block_size);
 		goto out_drop;
 	}
 	if (nexus_replica_size(r) < n->data_offset + n->volume_size) {
-		nexus_op_fail(op, -EINVAL, "volume %s: replica %s has %lu bytes, the volume needs %lu",
-			n->name, bdev_name, (unsigned long)nexus_replica_size(r),
-			(unsigned long)(n->data_offset + n->volume_size));
+		nexus_op_fail(op, -EINVAL,
+			      "volume %s: replica %s has %lu bytes, the volume needs %lu", n->name,
+			      bdev_name, (unsigned long)nexus_replica_size(r),
+			      (unsigned long)(n->data_offset + n->volume_size));
 		goto out_drop;
 	}
 	if (n->supports_unmap && !keel_bdev_io_type_supported(b, KEEL_BDEV_IO_UNMAP)) {
 		nexus_op_fail(op, -ENOTSUP, "volume %s: replica %s does not support unmap", n->name,
-			bdev_name);
+			      bdev_name);
 		goto out_drop;
 	}
 	/* The label check reads from the replica: run it as a step of the queue so

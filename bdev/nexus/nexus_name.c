@@ -25,8 +25,10 @@ bool keel_nexus_name_valid(const char *name, char *why, size_t whylen)
 
 		if (c <= ' ' || c >= 0x7f || c == '/') {
 			if (why != NULL && whylen > 0) {
-				snprintf(why, whylen, "a volume name has printable ASCII characters "
-					 "only, no spaces and no '/' (byte %zu is 0x%02x)", i, c);
+				snprintf(why, whylen,
+					 "a volume name has printable ASCII characters "
+					 "only, no spaces and no '/' (byte %zu is 0x%02x)",
+					 i, c);
 			}
 			return false;
 		}

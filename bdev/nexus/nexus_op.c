@@ -166,8 +166,8 @@ static void rebuild_done_bitmap_written(struct nexus *n, int status)
 	if (status != 0) {
 		/* The bitmap write faulted it (nexus_request_fault); the fault pass
 		 * takes it out after this step. */
-		nexus_op_fail(n->cur_op, status, "volume %s: replica %s: bitmap write failed", n->name,
-			r->bdev_name);
+		nexus_op_fail(n->cur_op, status, "volume %s: replica %s: bitmap write failed",
+			      n->name, r->bdev_name);
 		nexus_op_finish(n);
 		return;
 	}
@@ -187,9 +187,11 @@ void nexus_op_run(struct nexus *n, struct nexus_op *op)
 	case NEXUS_OP_ADMIN_FAULT:
 	case NEXUS_OP_REMOVE:
 		if (r->state == KEEL_NEXUS_REPLICA_HEALTHY && nexus_count_healthy(n) <= 1) {
-			nexus_op_fail(op, -EBUSY, "volume %s: replica %s is the last healthy replica; "
-				"refusing to %s it", n->name, r->bdev_name,
-				op->type == NEXUS_OP_REMOVE ? "remove" : "fault");
+			nexus_op_fail(op, -EBUSY,
+				      "volume %s: replica %s is the last healthy replica; "
+				      "refusing to %s it",
+				      n->name, r->bdev_name,
+				      op->type == NEXUS_OP_REMOVE ? "remove" : "fault");
 			nexus_op_finish(n);
 			return;
 		}
@@ -197,8 +199,8 @@ void nexus_op_run(struct nexus *n, struct nexus_op *op)
 			if (r->state != KEEL_NEXUS_REPLICA_HEALTHY &&
 			    r->state != KEEL_NEXUS_REPLICA_REBUILDING) {
 				nexus_op_fail(op, -EALREADY, "volume %s: replica %s is already %s",
-					n->name, r->bdev_name,
-					keel_nexus_replica_state_name(r->state));
+					      n->name, r->bdev_name,
+					      keel_nexus_replica_state_name(r->state));
 				nexus_op_finish(n);
 				return;
 			}
@@ -209,15 +211,16 @@ void nexus_op_run(struct nexus *n, struct nexus_op *op)
 			r->removing = true;
 		}
 		KEEL_NOTICELOG("volume %s: replica %s %s", n->name, r->bdev_name,
-			       op->type == NEXUS_OP_REMOVE ? "removed" : "faulted by the administrator");
+			       op->type == NEXUS_OP_REMOVE ? "removed"
+							   : "faulted by the administrator");
 		r->state = KEEL_NEXUS_REPLICA_FAULTED;
 		n->unreadable_mask |= nexus_bit((unsigned)op->slot);
 		nexus_commit(n);
 		return;
 	case NEXUS_OP_ADD:
 		if (nexus_count_healthy(n) == 0) {
-			nexus_op_fail(op, -EIO, "volume %s is faulted: cannot add replica %s", n->name,
-				r->bdev_name);
+			nexus_op_fail(op, -EIO, "volume %s is faulted: cannot add replica %s",
+				      n->name, r->bdev_name);
 			nexus_replica_release(r);
 			memset(r, 0, sizeof(*r));
 			nexus_op_finish(n);

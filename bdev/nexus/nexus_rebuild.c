@@ -68,7 +68,7 @@ struct rb_task {
 	struct nexus_rebuild_job *job;
 	uint8_t *buf;
 	uint64_t seg;
-	uint64_t off;     /* volume bytes */
+	uint64_t off; /* volume bytes */
 	uint32_t len;
 	uint64_t start_ns;
 	struct nexus_lock_range lock;
@@ -82,11 +82,11 @@ struct nexus_rebuild_job {
 	unsigned source;
 	char target_name[KEEL_BDEV_NAME_MAX + 1];
 	char target_uuid[KEEL_UUID_STR_LEN];
-	char source_name[KEEL_BDEV_NAME_MAX + 1];   /* owner's view */
+	char source_name[KEEL_BDEV_NAME_MAX + 1]; /* owner's view */
 	struct keel_thread *thread;
 	bool own_thread;
 	bool started;
-	bool ended;              /* owner: ended message handled */
+	bool ended; /* owner: ended message handled */
 	uint32_t acks_outstanding;
 	/* Fixed at start. */
 	uint32_t seg_size;
@@ -94,7 +94,7 @@ struct nexus_rebuild_job {
 	uint64_t nsegs;
 	uint32_t block_size;
 	bool partial;
-	uint8_t *map;            /* partial: one byte per bitmap region */
+	uint8_t *map; /* partial: one byte per bitmap region */
 	uint64_t map_region;
 	uint32_t map_bits;
 	/* Job thread. */
@@ -106,30 +106,30 @@ struct nexus_rebuild_job {
 	uint64_t retry[RB_RETRY_MAX];
 	uint32_t n_retry;
 	bool source_lost;
-	bool sync_waiting;       /* a sync arrived; apply when drained */
+	bool sync_waiting; /* a sync arrived; apply when drained */
 	struct keel_bdev_desc *sync_src;
 	unsigned sync_src_slot;
 	bool sync_cancel;
 	bool finishing;
-	uint64_t bytes_started;  /* rate limit accounting, since run_base_ns */
+	uint64_t bytes_started; /* rate limit accounting, since run_base_ns */
 	uint64_t run_base_ns;
-	uint64_t run_ns;         /* running time before the current run */
-	uint64_t run_since_ns;   /* 0 when not running */
+	uint64_t run_ns;       /* running time before the current run */
+	uint64_t run_since_ns; /* 0 when not running */
 	/* Why the job failed, from the job thread: written once, then job_error_set
 	 * (release); the owner reads it only after seeing the flag. */
 	char job_error[160];
 	struct keel_poller *poller;
-	uint64_t fg_ios;         /* nexus_user_ios at the last sample */
-	uint64_t fg_seen_ns;     /* last sample that saw user I/O */
-	bool fg_active;          /* back off to RB_FG_TASKS */
-	bool fg_boost;           /* ... unless the copy fell below RB_FG_MIN_BPS */
-	uint64_t fg_next_ns;     /* back-off: no new segment before this */
-	uint64_t fg_win_ns;      /* rate window start, and blocks_done then */
+	uint64_t fg_ios;     /* nexus_user_ios at the last sample */
+	uint64_t fg_seen_ns; /* last sample that saw user I/O */
+	bool fg_active;      /* back off to RB_FG_TASKS */
+	bool fg_boost;       /* ... unless the copy fell below RB_FG_MIN_BPS */
+	uint64_t fg_next_ns; /* back-off: no new segment before this */
+	uint64_t fg_win_ns;  /* rate window start, and blocks_done then */
 	uint64_t fg_win_blocks;
 	struct rb_task tasks[RB_MAX_TASKS];
 	/* Shared. */
-	_Atomic int state;       /* enum keel_rebuild_state */
-	_Atomic int req;         /* enum rb_req */
+	_Atomic int state; /* enum keel_rebuild_state */
+	_Atomic int req;   /* enum rb_req */
 	_Atomic uint64_t blocks_total;
 	_Atomic uint64_t blocks_done;
 	_Atomic uint64_t blocks_transferred;
@@ -142,10 +142,10 @@ struct nexus_rebuild_job {
 	atomic_bool job_error_set;
 	_Atomic uint64_t start_ms;
 	_Atomic uint64_t end_ms;
-	char error[160];         /* owner thread only */
-	uint64_t run_ns_shown;   /* owner: the running time last reported */
-	TAILQ_ENTRY(nexus_rebuild_job) link;   /* n->jobs (active) */
-	TAILQ_ENTRY(nexus_rebuild_job) glink;  /* g_jobs (all kept) */
+	char error[160];                      /* owner thread only */
+	uint64_t run_ns_shown;                /* owner: the running time last reported */
+	TAILQ_ENTRY(nexus_rebuild_job) link;  /* n->jobs (active) */
+	TAILQ_ENTRY(nexus_rebuild_job) glink; /* g_jobs (all kept) */
 };
 
 #define RUN_CLOCK_ON (1ull << 63)
@@ -206,8 +206,8 @@ int keel_rebuild_set_opts(const struct keel_rebuild_opts *opts)
 
 	if (opts->segment_size == 0 || opts->segment_size % 4096 != 0 ||
 	    opts->segment_size > 4u * 1024 * 1024 || opts->tasks == 0 ||
-	    opts->tasks > RB_MAX_TASKS || !rate_valid(opts->rate_limit_mib_s) ||
-	    rs < 64 * 1024 || (rs & (rs - 1)) != 0) {
+	    opts->tasks > RB_MAX_TASKS || !rate_valid(opts->rate_limit_mib_s) || rs < 64 * 1024 ||
+	    (rs & (rs - 1)) != 0) {
 		return -EINVAL;
 	}
 	g_opts = *opts;
@@ -253,8 +253,8 @@ static void job_run_start_clock(struct nexus_rebuild_job *job)
 }
 
 /* Job thread: record why the job fails; the first reason stays. */
-__attribute__((format(printf, 2, 3)))
-static void job_set_error(struct nexus_rebuild_job *job, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void job_set_error(struct nexus_rebuild_job *job,
+								const char *fmt, ...)
 {
 	va_list ap;
 
@@ -527,8 +527,7 @@ static void job_pump(struct nexus_rebuild_job *job)
 			job_run_start_clock(job);
 		}
 		bool back_off = job->fg_active && !job->fg_boost;
-		uint32_t limit = back_off && job->ntasks > RB_FG_TASKS ? RB_FG_TASKS :
-				 job->ntasks;
+		uint32_t limit = back_off && job->ntasks > RB_FG_TASKS ? RB_FG_TASKS : job->ntasks;
 
 		for (uint32_t i = 0; i < job->ntasks; i++) {
 			struct rb_task *t = &job->tasks[i];
@@ -591,7 +590,8 @@ static void job_sample_fg(struct nexus_rebuild_job *job)
 		uint64_t bytes = (done - job->fg_win_blocks) * job->block_size;
 
 		job->fg_boost = job->fg_active &&
-				(double)bytes * 1e9 / (double)(now - job->fg_win_ns) < RB_FG_MIN_BPS;
+				(double)bytes * 1e9 / (double)(now - job->fg_win_ns) <
+					RB_FG_MIN_BPS;
 		job->fg_win_ns = now;
 		job->fg_win_blocks = done;
 	}
@@ -681,7 +681,8 @@ static void job_stats(struct nexus_rebuild_job *job, struct keel_rebuild_stats *
 	st->blocks_total = total;
 	st->blocks_done = done;
 	st->blocks_transferred = atomic_load(&job->blocks_transferred);
-	st->progress_pct = total ? (uint32_t)(done * 100 / total) : (state == KEEL_REBUILD_COMPLETED ? 100 : 0);
+	st->progress_pct = total ? (uint32_t)(done * 100 / total)
+				 : (state == KEEL_REBUILD_COMPLETED ? 100 : 0);
 	st->start_time_ms = atomic_load(&job->start_ms);
 	st->end_time_ms = atomic_load(&job->end_ms);
 	/* A stop landing between the load and keel_now_ns() above would make the
@@ -996,10 +997,11 @@ void nexus_rebuild_auto(struct nexus *n)
 		r->rb_started = true;
 		partial = rejoin_partial(n, r);
 		if (r->rejoin) {
-			KEEL_NOTICELOG("volume %s: replica %s rejoins at generation %lu (%s): %s rebuild",
-				       n->name, r->bdev_name, (unsigned long)r->rejoin_generation,
-				       r->rejoin_in_sync ? "was in sync" : "was out of sync",
-				       partial ? "partial" : "full");
+			KEEL_NOTICELOG(
+				"volume %s: replica %s rejoins at generation %lu (%s): %s rebuild",
+				n->name, r->bdev_name, (unsigned long)r->rejoin_generation,
+				r->rejoin_in_sync ? "was in sync" : "was out of sync",
+				partial ? "partial" : "full");
 		}
 		if (job_create(n, s, partial) != 0) {
 			KEEL_ERRLOG("volume %s: replica %s: cannot create a rebuild job", n->name,
@@ -1020,7 +1022,8 @@ void nexus_rebuild_sync(struct nexus *n, void (*cont)(struct nexus *n))
 		int ns;
 
 		if (!job->started) {
-			if (!nexus_replica_attached(t) || t->state != KEEL_NEXUS_REPLICA_REBUILDING) {
+			if (!nexus_replica_attached(t) ||
+			    t->state != KEEL_NEXUS_REPLICA_REBUILDING) {
 				atomic_store(&job->req, RB_REQ_FAIL);
 			}
 			continue;

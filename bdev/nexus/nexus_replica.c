@@ -46,8 +46,9 @@ int nexus_replica_attach(struct nexus *n, unsigned s, const char *bdev_name, cha
 	if (rc != 0) {
 		r->desc = NULL;
 		snprintf(err, errlen, "replica %s: %s", bdev_name,
-			 rc == -ENODEV ? "no such bdev" :
-			 rc == -EPERM ? "claimed by another module" : strerror(-rc));
+			 rc == -ENODEV  ? "no such bdev"
+			 : rc == -EPERM ? "claimed by another module"
+					: strerror(-rc));
 		return rc;
 	}
 	rc = keel_bdev_module_claim_bdev(r->desc, &keel_bdev_nexus_module);
@@ -190,8 +191,9 @@ static void fill_label(struct nexus *n, struct nexus_replica *r, struct nexus_la
 			continue;
 		}
 		memcpy(l->members[l->num_members].uuid, m->uuid, 16);
-		l->members[l->num_members].state = m->state == KEEL_NEXUS_REPLICA_HEALTHY ?
-			NEXUS_MEMBER_IN_SYNC : NEXUS_MEMBER_OUT_OF_SYNC;
+		l->members[l->num_members].state = m->state == KEEL_NEXUS_REPLICA_HEALTHY
+							   ? NEXUS_MEMBER_IN_SYNC
+							   : NEXUS_MEMBER_OUT_OF_SYNC;
 		l->num_members++;
 	}
 	nexus_bitmap_fill_label(n, l);
@@ -239,7 +241,8 @@ static void label_read_done(void *arg, int status)
 	}
 	if (r->label_step++ == 0) {
 		int rc = keel_bdev_read(r->desc, r->label_ch, r->label_buf + r->label_buf_len,
-					NEXUS_LABEL_COPY1_OFFSET, r->label_buf_len, label_read_done, r);
+					NEXUS_LABEL_COPY1_OFFSET, r->label_buf_len, label_read_done,
+					r);
 
 		if (rc != 0) {
 			label_read_done(r, rc);
@@ -251,8 +254,9 @@ static void label_read_done(void *arg, int status)
 					      sizeof(r->label_why), &c);
 	if (r->label_rc == 0 && c.differ) {
 		KEEL_WARNLOG("volume %s: replica %s: label copies differ (%s / %s); "
-			     "using copy %d (torn label write?)", r->nexus->name, r->bdev_name,
-			     c.rc[0] ? c.why[0] : "ok", c.rc[1] ? c.why[1] : "ok", c.which);
+			     "using copy %d (torn label write?)",
+			     r->nexus->name, r->bdev_name, c.rc[0] ? c.why[0] : "ok",
+			     c.rc[1] ? c.why[1] : "ok", c.which);
 	}
 	labels_one_done(r->nexus);
 }

@@ -99,8 +99,9 @@ static void null_dump_info_json(void *ctx, struct json_t *obj)
 {
 	json_t *m = json_object();
 
-	if (!m)
+	if (!m) {
 		return;
+	}
 	json_object_set_new(m, "reads_touch_memory", json_true());
 	json_object_set_new(obj, "null", m);
 }
@@ -126,11 +127,13 @@ int keel_bdev_null_create(const char *name, const uint8_t *uuid, uint64_t num_bl
 		return -EINVAL;
 	}
 	rc = null_io_dev_get();
-	if (rc)
+	if (rc) {
 		return rc;
+	}
 	d = calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
 		return -ENOMEM;
+	}
 	snprintf(d->name, sizeof(d->name), "%s", name);
 	d->bdev.name = d->name;
 	d->bdev.product_name = "Null disk";
@@ -138,8 +141,9 @@ int keel_bdev_null_create(const char *name, const uint8_t *uuid, uint64_t num_bl
 	d->bdev.num_blocks = num_blocks;
 	d->bdev.required_alignment = 1;
 	d->bdev.multi_conn_safe = true;
-	if (uuid)
+	if (uuid) {
 		memcpy(d->bdev.uuid, uuid, 16);
+	}
 	d->bdev.ctxt = d;
 	d->bdev.fn_table = &g_null_fn_table;
 	d->bdev.module = &keel_bdev_null_module;
@@ -156,8 +160,9 @@ int keel_bdev_null_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_ar
 {
 	struct keel_bdev *bdev = keel_bdev_get_by_name(name);
 
-	if (!bdev || bdev->module != &keel_bdev_null_module)
+	if (!bdev || bdev->module != &keel_bdev_null_module) {
 		return -ENODEV;
+	}
 	keel_bdev_unregister(bdev, cb_fn, cb_arg);
 	return 0;
 }

@@ -39,8 +39,7 @@
  * moves at most ~2 GiB (MAX_RW_COUNT), and a short transfer would be an error. */
 #define URING_MAX_TRANSFER_BYTES (1u << 30)
 
-#define URING_CONTAINER_OF(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
+#define URING_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct uring_disk {
 	struct keel_bdev bdev;
@@ -48,12 +47,12 @@ struct uring_disk {
 	int fd;
 	bool direct;
 	bool is_blockdev;
-	bool punch_hole_ok;       /* files: probed at create */
-	bool inline_issue;        /* the kernel issues requests inline (RWF_NOWAIT works) */
+	bool punch_hole_ok; /* files: probed at create */
+	bool inline_issue;  /* the kernel issues requests inline (RWF_NOWAIT works) */
 	/* Flipped to false (once, from any thread) when the kernel refuses the feature. */
-	bool fua_native;          /* RWF_DSYNC on writes */
-	bool zero_range_ok;       /* files: FALLOC_FL_ZERO_RANGE */
-	bool blk_punch_ok;        /* block devices: PUNCH_HOLE (write-zeroes with unmap) */
+	bool fua_native;    /* RWF_DSYNC on writes */
+	bool zero_range_ok; /* files: FALLOC_FL_ZERO_RANGE */
+	bool blk_punch_ok;  /* block devices: PUNCH_HOLE (write-zeroes with unmap) */
 	char io_device_name[KEEL_BDEV_NAME_MAX + 8];
 
 	/* create */
@@ -64,7 +63,7 @@ struct uring_disk {
 	int direct_errno;
 	uint32_t dio_align;
 	int create_status;
-	char why[200];            /* why io_uring is unavailable, for the log */
+	char why[200]; /* why io_uring is unavailable, for the log */
 
 	struct bdev_uring_counters counters; /* relaxed atomics */
 };
@@ -83,7 +82,7 @@ enum uring_stage {
 };
 
 struct uring_io_ctx {
-	struct uring_req req;        /* first: what the ring needs */
+	struct uring_req req; /* first: what the ring needs */
 	enum uring_stage stage;
 	int falloc_mode;
 };
@@ -105,8 +104,9 @@ static inline bool uring_flag_clear(bool *flag)
 
 static struct uring_disk *uring_disk_from_bdev(struct keel_bdev *bdev)
 {
-	if (bdev == NULL || bdev->fn_table != &g_uring_fn_table)
+	if (bdev == NULL || bdev->fn_table != &g_uring_fn_table) {
 		return NULL;
+	}
 	return URING_CONTAINER_OF(bdev, struct uring_disk, bdev);
 }
 
@@ -129,8 +129,7 @@ static void uring_disk_free(struct uring_disk *disk)
 static void uring_push(struct keel_bdev_io *io)
 {
 	struct uring_io_ctx *ctx = keel_bdev_io_get_ctx(io);
-	struct uring_channel *ch =
-		URING_CONTAINER_OF(ctx->req.queue, struct uring_channel, queue);
+	struct uring_channel *ch = URING_CONTAINER_OF(ctx->req.queue, struct uring_channel, queue);
 
 	uring_queue_push(&ch->queue, io);
 }
@@ -155,22 +154,25 @@ static void uring_prep_rw(struct keel_bdev_io *io)
 		/* READ/WRITE skip the kernel's iovec import; the length fits (max transfer). */
 		unsigned len = (unsigned)keel_bdev_io_num_bytes(io);
 
-		if (write)
+		if (write) {
 			io_uring_prep_write(sqe, disk->fd, io->iovs[0].iov_base, len, offset);
-		else
+		} else {
 			io_uring_prep_read(sqe, disk->fd, io->iovs[0].iov_base, len, offset);
+		}
 	} else {
-		if (write)
+		if (write) {
 			io_uring_prep_writev(sqe, disk->fd, io->iovs, (unsigned)io->iovcnt, offset);
-		else
+		} else {
 			io_uring_prep_readv(sqe, disk->fd, io->iovs, (unsigned)io->iovcnt, offset);
+		}
 	}
 	ctx->stage = URING_STAGE_RW;
 	if (write && (io->flags & KEEL_BDEV_IO_FLAG_FUA)) {
-		if (uring_flag_get(&disk->fua_native))
+		if (uring_flag_get(&disk->fua_native)) {
 			sqe->rw_flags = RWF_DSYNC;
-		else
+		} else {
 			ctx->stage = URING_STAGE_WRITE_THEN_SYNC;
+		}
 	}
 }
 
@@ -196,8 +198,9 @@ static void uring_prep_unmap(struct keel_bdev_io *io)
 	struct uring_disk *disk = uring_disk_of_io(io);
 	int mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
-	if (disk->is_blockdev && !uring_flag_get(&disk->blk_punch_ok))
+	if (disk->is_blockdev && !uring_flag_get(&disk->blk_punch_ok)) {
 		mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+	}
 	uring_prep_fallocate(io, URING_STAGE_UNMAP, mode);
 }
 
@@ -206,8 +209,9 @@ static void uring_prep_write_zeroes(struct keel_bdev_io *io)
 	struct uring_disk *disk = uring_disk_of_io(io);
 	int mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
 
-	if (!disk->is_blockdev && !uring_flag_get(&disk->zero_range_ok))
+	if (!disk->is_blockdev && !uring_flag_get(&disk->zero_range_ok)) {
 		mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+	}
 	uring_prep_fallocate(io, URING_STAGE_WRITE_ZEROES, mode);
 }
 
@@ -252,8 +256,9 @@ static bool uring_falloc_fallback(struct uring_disk *disk, struct keel_bdev_io *
 	} else {
 		return false;
 	}
-	if (uring_flag_clear(flag))
+	if (uring_flag_clear(flag)) {
 		KEEL_NOTICELOG("uring bdev %s: %s %s", disk->bdev.name, disk->filename, what);
+	}
 	uring_prep_fallocate(io, ctx->stage, mode);
 	uring_push(io);
 	return true;
@@ -266,10 +271,11 @@ static void uring_rw_done(struct uring_disk *disk, struct keel_bdev_io *io,
 
 	if (res < 0) {
 		if (ctx->req.sqe.rw_flags != 0 && (res == -EINVAL || res == -EOPNOTSUPP)) {
-			if (uring_flag_clear(&disk->fua_native))
+			if (uring_flag_clear(&disk->fua_native)) {
 				KEEL_WARNLOG("uring bdev %s: kernel refused RWF_DSYNC on %s, FUA "
-					     "writes become write + fsync", disk->bdev.name,
-					     disk->filename);
+					     "writes become write + fsync",
+					     disk->bdev.name, disk->filename);
+			}
 			ctx->req.sqe.rw_flags = 0;
 			ctx->stage = URING_STAGE_WRITE_THEN_SYNC;
 			uring_push(io);
@@ -285,7 +291,8 @@ static void uring_rw_done(struct uring_disk *disk, struct keel_bdev_io *io,
 			/* The file shrank under us: past EOF reads as zeroes, like a hole. */
 			uring_zero_tail(io, (uint64_t)res);
 		} else {
-			KEEL_ERRLOG("uring bdev %s: short %s at %" PRIu64 ": %d of %" PRIu64 " bytes",
+			KEEL_ERRLOG("uring bdev %s: short %s at %" PRIu64 ": %d of %" PRIu64
+				    " bytes",
 				    disk->bdev.name, keel_bdev_io_type_name(io->type),
 				    keel_bdev_io_offset_bytes(io), res, want);
 			keel_bdev_io_complete(io, -EIO);
@@ -312,8 +319,10 @@ void bdev_uring_cqe(struct keel_bdev_io *io, int res)
 		return;
 	case URING_STAGE_UNMAP:
 	case URING_STAGE_WRITE_ZEROES:
-		if ((res == -EOPNOTSUPP || res == -EINVAL) && uring_falloc_fallback(disk, io, ctx))
+		if ((res == -EOPNOTSUPP || res == -EINVAL) &&
+		    uring_falloc_fallback(disk, io, ctx)) {
 			return;
+		}
 		break;
 	case URING_STAGE_FSYNC:
 		break;
@@ -414,17 +423,19 @@ static void uring_close_async(int fd)
 {
 	if (keel_thread_get_current() == NULL ||
 	    keel_spawn_blocking(uring_close_job, (void *)(intptr_t)fd, uring_close_job_done,
-				NULL) != 0)
+				NULL) != 0) {
 		close(fd);
+	}
 }
 
 static void uring_disk_closed(void *cb_arg, int rc)
 {
 	struct uring_disk *disk = cb_arg;
 
-	if (rc != 0)
+	if (rc != 0) {
 		KEEL_WARNLOG("uring bdev %s: close %s: %s", disk->bdev.name, disk->filename,
 			     strerror(-rc));
+	}
 	disk->fd = -1;
 	keel_bdev_destruct_done(&disk->bdev);
 	uring_disk_free(disk);
@@ -440,8 +451,9 @@ static void uring_io_device_unregistered(void *io_device)
 	struct uring_disk *disk = io_device;
 
 	if (keel_spawn_blocking(uring_close_job, (void *)(intptr_t)disk->fd, uring_disk_closed,
-				disk) != 0)
+				disk) != 0) {
 		uring_disk_closed(disk, uring_close_job((void *)(intptr_t)disk->fd));
+	}
 }
 
 static int uring_destruct(void *ctxt)
@@ -474,11 +486,13 @@ int keel_bdev_uring_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_a
 {
 	struct keel_bdev *bdev;
 
-	if (name == NULL)
+	if (name == NULL) {
 		return -ENODEV;
+	}
 	bdev = keel_bdev_get_by_name(name);
-	if (uring_disk_from_bdev(bdev) == NULL)
+	if (uring_disk_from_bdev(bdev) == NULL) {
 		return -ENODEV;
+	}
 	keel_bdev_unregister(bdev, cb_fn, cb_arg);
 	return 0;
 }
@@ -500,10 +514,11 @@ static int uring_open_job(void *arg)
 			    disk->bdev.name, disk->why);
 		return -ENOTSUP;
 	}
-	rc = bdev_file_open("uring", disk->bdev.name, disk->filename,
-			    disk->requested_block_size, disk->refuse_direct, &f);
-	if (rc != 0)
+	rc = bdev_file_open("uring", disk->bdev.name, disk->filename, disk->requested_block_size,
+			    disk->refuse_direct, &f);
+	if (rc != 0) {
 		return rc;
+	}
 	disk->fd = f.fd;
 	disk->direct = f.direct;
 	disk->is_blockdev = f.is_blockdev;
@@ -523,8 +538,9 @@ static void uring_create_fail(struct uring_disk *disk, int rc)
 	keel_bdev_create_cb cb_fn = disk->create_cb;
 	void *arg = disk->create_cb_arg;
 
-	if (disk->fd >= 0)
+	if (disk->fd >= 0) {
 		uring_close_async(disk->fd);
+	}
 	uring_disk_free(disk);
 	cb_fn(arg, rc, NULL);
 }
@@ -545,20 +561,23 @@ static void uring_open_done(void *cb_arg, int rc)
 		uring_create_fail(disk, rc);
 		return;
 	}
-	if (disk->dio_align != 0)
+	if (disk->dio_align != 0) {
 		KEEL_WARNLOG("uring bdev %s: block size %u is below the O_DIRECT alignment %u of "
-			     "%s; using buffered I/O through the page cache", disk->bdev.name,
-			     disk->bdev.block_size, disk->dio_align, disk->filename);
-	else if (!disk->direct)
+			     "%s; using buffered I/O through the page cache",
+			     disk->bdev.name, disk->bdev.block_size, disk->dio_align,
+			     disk->filename);
+	} else if (!disk->direct) {
 		KEEL_WARNLOG("uring bdev %s: %s does not support O_DIRECT (%s); using buffered "
-			     "I/O through the page cache", disk->bdev.name, disk->filename,
-			     strerror(disk->direct_errno));
+			     "I/O through the page cache",
+			     disk->bdev.name, disk->filename, strerror(disk->direct_errno));
+	}
 
-	if (!disk->inline_issue)
+	if (!disk->inline_issue) {
 		KEEL_NOTICELOG("uring bdev %s: the filesystem of %s cannot say when a request "
 			       "would block (no RWF_NOWAIT, e.g. tmpfs), so io_uring hands every "
 			       "request to a kernel worker thread: an aio bdev costs less CPU here",
 			       disk->bdev.name, disk->filename);
+	}
 
 	rc = keel_io_device_register(disk, uring_channel_create, uring_channel_destroy,
 				     sizeof(struct uring_channel), disk->io_device_name);
@@ -577,8 +596,8 @@ static void uring_open_done(void *cb_arg, int rc)
 	}
 	KEEL_NOTICELOG("uring bdev %s: %s, %" PRIu64 " blocks of %u bytes, %s", disk->bdev.name,
 		       disk->filename, disk->bdev.num_blocks, disk->bdev.block_size,
-		       disk->direct ? "O_DIRECT" :
-				      "buffered (page cache; io_uring keeps it off the reactor)");
+		       disk->direct ? "O_DIRECT"
+				    : "buffered (page cache; io_uring keeps it off the reactor)");
 	disk->create_cb(disk->create_cb_arg, 0, &disk->bdev);
 }
 
@@ -589,16 +608,18 @@ int keel_bdev_uring_create(const char *name, const char *filename, uint32_t bloc
 	int rc;
 
 	rc = bdev_file_check_create("uring", name, filename, block_size, cb_fn != NULL);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	if (!uring_groups_ready()) {
 		KEEL_ERRLOG("uring bdev %s: the uring module is not registered", name);
 		return -ENODEV;
 	}
 
 	disk = calloc(1, sizeof(*disk));
-	if (disk == NULL)
+	if (disk == NULL) {
 		return -ENOMEM;
+	}
 	disk->bdev.name = strdup(name);
 	disk->filename = strdup(filename);
 	if (disk->bdev.name == NULL || disk->filename == NULL) {
@@ -623,8 +644,9 @@ int keel_bdev_uring_create(const char *name, const char *filename, uint32_t bloc
 	disk->bdev.module = &keel_bdev_uring_module;
 
 	rc = keel_spawn_blocking(uring_open_job, disk, uring_open_done, disk);
-	if (rc != 0)
+	if (rc != 0) {
 		goto out_free_disk;
+	}
 	return 0;
 
 out_free_disk:
@@ -658,12 +680,14 @@ static void uring_startup_probe_done(void *cb_arg, int rc)
 {
 	struct uring_startup_probe *p = cb_arg;
 
-	if (rc == 0)
+	if (rc == 0) {
 		KEEL_NOTICELOG("uring: io_uring is available; uring bdevs share one ring per "
 			       "keel thread");
-	else
+	} else {
 		KEEL_WARNLOG("uring: io_uring is unavailable: %s; uring bdevs cannot be created "
-			     "(aio bdevs work)", p->why);
+			     "(aio bdevs work)",
+			     p->why);
+	}
 	free(p);
 }
 
@@ -677,12 +701,14 @@ static int uring_module_init(void)
 	int rc;
 
 	rc = uring_groups_init();
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	p = calloc(1, sizeof(*p));
-	if (p == NULL || keel_spawn_blocking(uring_startup_probe_job, p, uring_startup_probe_done,
-					     p) != 0)
+	if (p == NULL ||
+	    keel_spawn_blocking(uring_startup_probe_job, p, uring_startup_probe_done, p) != 0) {
 		free(p);
+	}
 	return 0;
 }
 
@@ -716,8 +742,9 @@ int bdev_uring_set_native_fua(struct keel_bdev *bdev, bool fua_native)
 {
 	struct uring_disk *disk = uring_disk_from_bdev(bdev);
 
-	if (disk == NULL)
+	if (disk == NULL) {
 		return -EINVAL;
+	}
 	__atomic_store_n(&disk->fua_native, fua_native, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -726,8 +753,9 @@ int bdev_uring_get_counters(struct keel_bdev *bdev, struct bdev_uring_counters *
 {
 	struct uring_disk *disk = uring_disk_from_bdev(bdev);
 
-	if (disk == NULL || out == NULL)
+	if (disk == NULL || out == NULL) {
 		return -EINVAL;
+	}
 	out->sqes = __atomic_load_n(&disk->counters.sqes, __ATOMIC_RELAXED);
 	out->cqes = __atomic_load_n(&disk->counters.cqes, __ATOMIC_RELAXED);
 	out->waited = __atomic_load_n(&disk->counters.waited, __ATOMIC_RELAXED);

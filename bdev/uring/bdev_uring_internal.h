@@ -74,10 +74,10 @@ void bdev_uring_set_queue_init(bdev_uring_queue_init_fn fn);
 
 /** Counters of one uring bdev, summed over every channel it had (relaxed atomics). */
 struct bdev_uring_counters {
-	uint64_t sqes;              /**< requests placed in a submission ring */
-	uint64_t cqes;              /**< completions reaped */
-	uint64_t waited;            /**< requests that waited for room in their thread's ring */
-	uint64_t fixed_file_sqes;   /**< of sqes, those that used a registered file */
+	uint64_t sqes;            /**< requests placed in a submission ring */
+	uint64_t cqes;            /**< completions reaped */
+	uint64_t waited;          /**< requests that waited for room in their thread's ring */
+	uint64_t fixed_file_sqes; /**< of sqes, those that used a registered file */
 };
 
 /** Read the counters (any thread). \return 0 or -EINVAL. */
@@ -85,13 +85,13 @@ int bdev_uring_get_counters(struct keel_bdev *bdev, struct bdev_uring_counters *
 
 /** The module as a whole (relaxed atomics; any thread). */
 struct bdev_uring_module_stats {
-	uint32_t rings;             /**< live rings: one per keel thread doing uring I/O */
-	uint32_t queues;            /**< live (bdev, thread) channels */
-	uint32_t registered_files;  /**< bdev files registered with a ring right now */
-	uint64_t enter_calls;       /**< io_uring_enter syscalls that submitted */
-	uint64_t sqes;              /**< requests they carried */
-	uint64_t eventfd_reads;     /**< eventfd drains (one per busy-to-idle switch) */
-	uint64_t getevents_calls;   /**< syscalls made only to run completion task work */
+	uint32_t rings;            /**< live rings: one per keel thread doing uring I/O */
+	uint32_t queues;           /**< live (bdev, thread) channels */
+	uint32_t registered_files; /**< bdev files registered with a ring right now */
+	uint64_t enter_calls;      /**< io_uring_enter syscalls that submitted */
+	uint64_t sqes;             /**< requests they carried */
+	uint64_t eventfd_reads;    /**< eventfd drains (one per busy-to-idle switch) */
+	uint64_t getevents_calls;  /**< syscalls made only to run completion task work */
 };
 
 void bdev_uring_get_module_stats(struct bdev_uring_module_stats *out);

@@ -50,8 +50,8 @@ struct uring_group {
 	bool dead;                   /* destroyed while that message was queued: it frees */
 	bool enter_error_logged;
 	TAILQ_HEAD(, keel_bdev_io) waiting; /* no room in the ring yet: FIFO across bdevs */
-	uint32_t file_slots;         /* registered-file table size (0: none) */
-	uint64_t *slot_used;         /* bitmap of file_slots bits */
+	uint32_t file_slots;                /* registered-file table size (0: none) */
+	uint64_t *slot_used;                /* bitmap of file_slots bits */
 	TAILQ_ENTRY(uring_group) link;
 };
 
@@ -91,8 +91,7 @@ static inline void uring_stat_add32(uint32_t *counter, int32_t n)
 /* Setting up a ring, and saying why it could not be                               */
 /* ------------------------------------------------------------------------------ */
 
-static int uring_queue_init_call(unsigned entries, struct io_uring *ring,
-				 struct io_uring_params *p)
+static int uring_queue_init_call(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
 {
 	bdev_uring_queue_init_fn fn = __atomic_load_n(&g_queue_init, __ATOMIC_ACQUIRE);
 
@@ -159,8 +158,9 @@ static int uring_sysctl_disabled(void)
 	int fd = open("/proc/sys/kernel/io_uring_disabled", O_RDONLY | O_CLOEXEC);
 	ssize_t n;
 
-	if (fd < 0)
+	if (fd < 0) {
 		return -1;
+	}
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	return n > 0 ? atoi(buf) : -1;
@@ -170,27 +170,32 @@ static void uring_explain(int rc, char *why, size_t len)
 {
 	switch (rc) {
 	case -ENOSYS:
-		snprintf(why, len, "io_uring_setup is not available (ENOSYS): the kernel was "
+		snprintf(why, len,
+			 "io_uring_setup is not available (ENOSYS): the kernel was "
 			 "built without io_uring or a seccomp filter hides it");
 		break;
 	case -EPERM:
 		switch (uring_sysctl_disabled()) {
 		case 2:
-			snprintf(why, len, "io_uring is disabled by sysctl kernel.io_uring_disabled=2");
+			snprintf(why, len,
+				 "io_uring is disabled by sysctl kernel.io_uring_disabled=2");
 			break;
 		case 1:
-			snprintf(why, len, "sysctl kernel.io_uring_disabled=1 allows io_uring only to "
+			snprintf(why, len,
+				 "sysctl kernel.io_uring_disabled=1 allows io_uring only to "
 				 "root and the group in kernel.io_uring_group");
 			break;
 		default:
-			snprintf(why, len, "the kernel refused io_uring_setup (EPERM): a seccomp "
+			snprintf(why, len,
+				 "the kernel refused io_uring_setup (EPERM): a seccomp "
 				 "filter (e.g. a container runtime's default profile) or a "
 				 "security module forbids it");
 			break;
 		}
 		break;
 	case -ENOMEM:
-		snprintf(why, len, "no memory for the ring (ENOMEM; on kernels before 5.12 "
+		snprintf(why, len,
+			 "no memory for the ring (ENOMEM; on kernels before 5.12 "
 			 "raise the locked-memory limit, ulimit -l)");
 		break;
 	case -EMFILE:
@@ -207,12 +212,9 @@ static const struct {
 	int op;
 	const char *name;
 } g_needed_ops[] = {
-	{IORING_OP_READ, "READ"},
-	{IORING_OP_WRITE, "WRITE"},
-	{IORING_OP_READV, "READV"},
-	{IORING_OP_WRITEV, "WRITEV"},
-	{IORING_OP_FSYNC, "FSYNC"},
-	{IORING_OP_FALLOCATE, "FALLOCATE"},
+	{IORING_OP_READ, "READ"},   {IORING_OP_WRITE, "WRITE"},
+	{IORING_OP_READV, "READV"}, {IORING_OP_WRITEV, "WRITEV"},
+	{IORING_OP_FSYNC, "FSYNC"}, {IORING_OP_FALLOCATE, "FALLOCATE"},
 };
 
 static int uring_probe_now(char *why, size_t len)
@@ -231,15 +233,18 @@ static int uring_probe_now(char *why, size_t len)
 	}
 	probe = io_uring_get_probe_ring(&ring);
 	if (probe == NULL) {
-		snprintf(why, len, "the kernel cannot list its io_uring opcodes (Linux 5.6 or "
+		snprintf(why, len,
+			 "the kernel cannot list its io_uring opcodes (Linux 5.6 or "
 			 "newer is needed)");
 		rc = -ENOTSUP;
 		goto out_exit_ring;
 	}
 	for (i = 0; i < sizeof(g_needed_ops) / sizeof(g_needed_ops[0]); i++) {
 		if (!io_uring_opcode_supported(probe, g_needed_ops[i].op)) {
-			snprintf(why, len, "the kernel lacks IORING_OP_%s (Linux 5.6 or newer is "
-				 "needed)", g_needed_ops[i].name);
+			snprintf(why, len,
+				 "the kernel lacks IORING_OP_%s (Linux 5.6 or newer is "
+				 "needed)",
+				 g_needed_ops[i].name);
 			rc = -ENOTSUP;
 			break;
 		}
@@ -262,13 +267,15 @@ int uring_probe(char *why, size_t len)
 	pthread_mutex_lock(&g_probe_lock);
 	if (!g_probed) {
 		g_probe_rc = uring_probe_now(g_probe_why, sizeof(g_probe_why));
-		if (g_probe_rc == 0)
+		if (g_probe_rc == 0) {
 			g_probe_why[0] = '\0';
+		}
 		g_probed = true;
 	}
 	rc = g_probe_rc;
-	if (len > 0)
+	if (len > 0) {
 		snprintf(why, len, "%s", g_probe_why);
+	}
 	pthread_mutex_unlock(&g_probe_lock);
 	return rc;
 }
@@ -284,11 +291,13 @@ static bool uring_group_place(struct uring_group *g, struct keel_bdev_io *io)
 	struct uring_queue *q = req->queue;
 	struct io_uring_sqe *sqe;
 
-	if (g->inflight >= g->depth_cap)
+	if (g->inflight >= g->depth_cap) {
 		return false;
+	}
 	sqe = io_uring_get_sqe(&g->ring);
-	if (sqe == NULL)
+	if (sqe == NULL) {
 		return false;
+	}
 	*sqe = req->sqe;
 	if (q->file_slot >= 0) {
 		sqe->fd = q->file_slot;
@@ -305,8 +314,9 @@ static void uring_group_place_waiting(struct uring_group *g)
 {
 	struct keel_bdev_io *io;
 
-	while ((io = TAILQ_FIRST(&g->waiting)) != NULL && uring_group_place(g, io))
+	while ((io = TAILQ_FIRST(&g->waiting)) != NULL && uring_group_place(g, io)) {
 		TAILQ_REMOVE(&g->waiting, io, module_link);
+	}
 }
 
 /*
@@ -319,8 +329,9 @@ static int uring_group_flush(struct uring_group *g)
 
 	for (;;) {
 		uring_group_place_waiting(g);
-		if (io_uring_sq_ready(&g->ring) == 0)
+		if (io_uring_sq_ready(&g->ring) == 0) {
 			break;
+		}
 		rc = io_uring_submit(&g->ring);
 		if (rc <= 0) {
 			/*
@@ -331,17 +342,20 @@ static int uring_group_flush(struct uring_group *g)
 			if (rc < 0 && rc != -EAGAIN && rc != -EBUSY && rc != -EINTR &&
 			    !g->enter_error_logged) {
 				g->enter_error_logged = true;
-				KEEL_ERRLOG("uring: thread %s: io_uring_enter failed: %s; %u requests "
-					    "wait", keel_thread_get_name(g->thread), strerror(-rc),
-					    io_uring_sq_ready(&g->ring));
+				KEEL_ERRLOG(
+					"uring: thread %s: io_uring_enter failed: %s; %u requests "
+					"wait",
+					keel_thread_get_name(g->thread), strerror(-rc),
+					io_uring_sq_ready(&g->ring));
 			}
 			break;
 		}
 		uring_stat_add(&g_stats.enter_calls, 1);
 		uring_stat_add(&g_stats.sqes, (uint64_t)rc);
 		submitted += rc;
-		if (TAILQ_EMPTY(&g->waiting))
+		if (TAILQ_EMPTY(&g->waiting)) {
 			break;
+		}
 	}
 	return submitted;
 }
@@ -360,14 +374,16 @@ static void uring_group_flush_msg(void *arg)
 	}
 	uring_group_flush(g);
 	/* The kernel took nothing (a transient refusal): try again with the next message. */
-	if (io_uring_sq_ready(&g->ring) > 0)
+	if (io_uring_sq_ready(&g->ring) > 0) {
 		uring_group_schedule_flush(g);
+	}
 }
 
 static void uring_group_schedule_flush(struct uring_group *g)
 {
-	if (g->in_poll || g->flush_scheduled)
+	if (g->in_poll || g->flush_scheduled) {
 		return;
+	}
 	/* A message to our own thread is a plain FIFO slot: no syscall, no allocation. */
 	if (keel_thread_send_msg(g->thread, uring_group_flush_msg, g) == 0) {
 		g->flush_scheduled = true;
@@ -411,14 +427,17 @@ static int uring_group_reap(struct uring_group *g)
 	}
 	for (pass = 0; pass < URING_REAP_PASSES; pass++) {
 		n = 0;
-		io_uring_for_each_cqe(&g->ring, head, cqe) {
+		io_uring_for_each_cqe(&g->ring, head, cqe)
+		{
 			done[n].io = io_uring_cqe_get_data(cqe);
 			done[n].res = cqe->res;
-			if (++n == URING_REAP_BATCH)
+			if (++n == URING_REAP_BATCH) {
 				break;
+			}
 		}
-		if (n == 0)
+		if (n == 0) {
 			break;
+		}
 		/* Copied out first: the callbacks below may fill the ring again. */
 		io_uring_cq_advance(&g->ring, (unsigned)n);
 		g->inflight -= (uint32_t)n;
@@ -431,8 +450,9 @@ static int uring_group_reap(struct uring_group *g)
 			bdev_uring_cqe(done[i].io, done[i].res);
 		}
 		total += n;
-		if (n < URING_REAP_BATCH)
+		if (n < URING_REAP_BATCH) {
 			break;
+		}
 	}
 	g->reaped_since_drain += (uint64_t)total;
 	return total;
@@ -466,10 +486,12 @@ static int uring_group_poll(void *arg)
 	submitted = uring_group_flush(g);
 	g->in_poll = false;
 	if (reaped + submitted > 0 || io_uring_sq_ready(&g->ring) > 0 ||
-	    (!TAILQ_EMPTY(&g->waiting) && g->inflight < g->depth_cap))
+	    (!TAILQ_EMPTY(&g->waiting) && g->inflight < g->depth_cap)) {
 		return KEEL_POLLER_BUSY;
-	if (g->reaped_since_drain > 0 && uring_group_drain_eventfd(g))
+	}
+	if (g->reaped_since_drain > 0 && uring_group_drain_eventfd(g)) {
 		return KEEL_POLLER_BUSY;
+	}
 	return KEEL_POLLER_IDLE;
 }
 
@@ -487,14 +509,18 @@ static void uring_group_files_init(struct uring_group *g)
 	uint32_t n = URING_MAX_FILE_SLOTS;
 	struct rlimit rl;
 
-	if (!__atomic_load_n(&g_register_files, __ATOMIC_RELAXED))
+	if (!__atomic_load_n(&g_register_files, __ATOMIC_RELAXED)) {
 		return;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n) {
 		n = (uint32_t)rl.rlim_cur & ~(URING_MIN_FILE_SLOTS - 1);
-	while (n >= URING_MIN_FILE_SLOTS && io_uring_register_files_sparse(&g->ring, n) != 0)
+	}
+	while (n >= URING_MIN_FILE_SLOTS && io_uring_register_files_sparse(&g->ring, n) != 0) {
 		n /= 2;
-	if (n < URING_MIN_FILE_SLOTS)
+	}
+	if (n < URING_MIN_FILE_SLOTS) {
 		return;
+	}
 	g->slot_used = calloc(n / 64, sizeof(uint64_t));
 	if (g->slot_used == NULL) {
 		io_uring_unregister_files(&g->ring);
@@ -509,14 +535,17 @@ static void uring_queue_register_file(struct uring_queue *q, int fd)
 	uint32_t w, slot;
 
 	for (w = 0; w < g->file_slots / 64; w++) {
-		if (g->slot_used[w] != UINT64_MAX)
+		if (g->slot_used[w] != UINT64_MAX) {
 			break;
+		}
 	}
-	if (w == g->file_slots / 64)
+	if (w == g->file_slots / 64) {
 		return;
+	}
 	slot = w * 64 + (uint32_t)__builtin_ctzll(~g->slot_used[w]);
-	if (io_uring_register_files_update(&g->ring, slot, &fd, 1) != 1)
+	if (io_uring_register_files_update(&g->ring, slot, &fd, 1) != 1) {
 		return;
+	}
 	g->slot_used[w] |= 1ull << (slot % 64);
 	q->file_slot = (int)slot;
 	uring_stat_add32(&g_stats.registered_files, 1);
@@ -528,8 +557,9 @@ static void uring_queue_unregister_file(struct uring_queue *q)
 	uint32_t slot = (uint32_t)q->file_slot;
 	int none = -1;
 
-	if (q->file_slot < 0)
+	if (q->file_slot < 0) {
 		return;
+	}
 	/* Drops the ring's reference on the file, so a delete really closes it. */
 	io_uring_register_files_update(&g->ring, slot, &none, 1);
 	g->slot_used[slot / 64] &= ~(1ull << (slot % 64));
@@ -550,8 +580,9 @@ static int uring_group_create(void *io_device, void *ctx_buf)
 	int rc;
 
 	g = calloc(1, sizeof(*g));
-	if (g == NULL)
+	if (g == NULL) {
 		return -ENOMEM;
+	}
 	g->thread = thread;
 	g->efd = -1;
 	TAILQ_INIT(&g->waiting);
@@ -617,9 +648,10 @@ static void uring_group_destroy(void *io_device, void *ctx_buf)
 {
 	struct uring_group *g = *(struct uring_group **)ctx_buf;
 
-	if (g->inflight != 0 || !TAILQ_EMPTY(&g->waiting))
+	if (g->inflight != 0 || !TAILQ_EMPTY(&g->waiting)) {
 		KEEL_ERRLOG("uring: thread %s: ring closed with %u requests in flight",
 			    keel_thread_get_name(g->thread), g->inflight);
+	}
 	pthread_mutex_lock(&g_groups_lock);
 	TAILQ_REMOVE(&g_groups, g, link);
 	pthread_mutex_unlock(&g_groups_lock);
@@ -632,10 +664,11 @@ static void uring_group_destroy(void *io_device, void *ctx_buf)
 	io_uring_queue_exit(&g->ring);
 	close(g->efd);
 	free(g->slot_used);
-	if (g->flush_scheduled)
+	if (g->flush_scheduled) {
 		g->dead = true; /* the queued flush message frees it */
-	else
+	} else {
 		free(g);
+	}
 }
 
 int uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *counters,
@@ -655,8 +688,9 @@ int uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *
 		return -ENOTSUP;
 	}
 	q->group = *(struct uring_group **)keel_io_channel_get_ctx(q->group_ch);
-	if (q->group->file_slots != 0)
+	if (q->group->file_slots != 0) {
 		uring_queue_register_file(q, fd);
+	}
 	uring_stat_add32(&g_stats.queues, 1);
 	return 0;
 }
@@ -672,8 +706,9 @@ void uring_queue_fini(struct uring_queue *q)
 			    keel_thread_get_name(g->thread), q->inflight);
 		for (io = TAILQ_FIRST(&g->waiting); io != NULL; io = tmp) {
 			tmp = TAILQ_NEXT(io, module_link);
-			if (((struct uring_req *)keel_bdev_io_get_ctx(io))->queue == q)
+			if (((struct uring_req *)keel_bdev_io_get_ctx(io))->queue == q) {
 				TAILQ_REMOVE(&g->waiting, io, module_link);
+			}
 		}
 	}
 	uring_queue_unregister_file(q);
@@ -687,12 +722,14 @@ int uring_groups_init(void)
 {
 	int rc;
 
-	if (g_groups_registered)
+	if (g_groups_registered) {
 		return 0;
+	}
 	rc = keel_io_device_register(&g_uring_groups, uring_group_create, uring_group_destroy,
 				     sizeof(struct uring_group *), "uring_rings");
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	g_groups_registered = true;
 	return 0;
 }
@@ -704,8 +741,9 @@ bool uring_groups_ready(void)
 
 void uring_groups_fini(void)
 {
-	if (!g_groups_registered)
+	if (!g_groups_registered) {
 		return;
+	}
 	g_groups_registered = false;
 	/* Rings still held close when their last (deferred) reference goes. */
 	keel_io_device_unregister(&g_uring_groups, NULL);
@@ -724,8 +762,9 @@ int bdev_uring_set_ring_size(uint32_t sq_entries, uint32_t cq_entries)
 {
 	if (!uring_is_pow2(sq_entries) || !uring_is_pow2(cq_entries) ||
 	    sq_entries > URING_MAX_SQ_ENTRIES || cq_entries < sq_entries ||
-	    cq_entries > URING_MAX_CQ_ENTRIES)
+	    cq_entries > URING_MAX_CQ_ENTRIES) {
 		return -EINVAL;
+	}
 	__atomic_store_n(&g_sq_entries, sq_entries, __ATOMIC_RELAXED);
 	__atomic_store_n(&g_cq_entries, cq_entries, __ATOMIC_RELAXED);
 	return 0;
@@ -734,8 +773,9 @@ int bdev_uring_set_ring_size(uint32_t sq_entries, uint32_t cq_entries)
 int bdev_uring_set_taskrun(enum bdev_uring_taskrun mode)
 {
 	if (mode != BDEV_URING_TASKRUN_IPI && mode != BDEV_URING_TASKRUN_COOP &&
-	    mode != BDEV_URING_TASKRUN_DEFER)
+	    mode != BDEV_URING_TASKRUN_DEFER) {
 		return -EINVAL;
+	}
 	__atomic_store_n(&g_taskrun, mode, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -772,8 +812,9 @@ static struct uring_group *uring_group_current(void)
 
 	pthread_mutex_lock(&g_groups_lock);
 	TAILQ_FOREACH(g, &g_groups, link) {
-		if (g->thread == thread)
+		if (g->thread == thread) {
 			break;
+		}
 	}
 	pthread_mutex_unlock(&g_groups_lock);
 	return g;

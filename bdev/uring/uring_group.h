@@ -47,10 +47,10 @@ struct uring_req {
 /* One (bdev, thread) channel's share of its thread's group. Embedded in the channel. */
 struct uring_queue {
 	struct uring_group *group;
-	struct keel_io_channel *group_ch;    /* our reference on the thread's group */
+	struct keel_io_channel *group_ch;     /* our reference on the thread's group */
 	struct bdev_uring_counters *counters; /* the bdev's, relaxed atomics */
-	int file_slot;                       /* registered file index, -1: the plain fd */
-	uint32_t inflight;                   /* pushed, completion not yet handed back */
+	int file_slot;                        /* registered file index, -1: the plain fd */
+	uint32_t inflight;                    /* pushed, completion not yet handed back */
 };
 
 /**

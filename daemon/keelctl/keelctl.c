@@ -68,12 +68,9 @@ static const struct {
 	const char *name;
 	int (*main)(const struct keelctl_ctx *ctx, int argc, char **argv);
 } g_groups[] = {
-	{"bdev", keelctl_bdev_main},
-	{"export", keelctl_export_main},
-	{"volume", keelctl_volume_main},
-	{"replica", keelctl_replica_main},
-	{"rebuild", keelctl_rebuild_main},
-	{"reactor", keelctl_reactor_main},
+	{"bdev", keelctl_bdev_main},       {"export", keelctl_export_main},
+	{"volume", keelctl_volume_main},   {"replica", keelctl_replica_main},
+	{"rebuild", keelctl_rebuild_main}, {"reactor", keelctl_reactor_main},
 	{"rpc", keelctl_rpc_main},
 };
 
@@ -104,7 +101,8 @@ int main(int argc, char **argv)
 		switch (c) {
 		case MAIN_OPT_SOCKET:
 			if (strlen(g.value) >= sizeof(socket)) {
-				keelctl_die(KEELCTL_EXIT_USAGE, "socket path too long: %s", g.value);
+				keelctl_die(KEELCTL_EXIT_USAGE, "socket path too long: %s",
+					    g.value);
 			}
 			snprintf(socket, sizeof(socket), "%s", g.value);
 			break;
@@ -114,7 +112,8 @@ int main(int argc, char **argv)
 		case MAIN_OPT_TIMEOUT:
 			timeout_s = (int)keelctl_parse_u32(g.value, "--timeout");
 			if (timeout_s == 0 || timeout_s > 86400) {
-				keelctl_die(KEELCTL_EXIT_USAGE, "--timeout must be 1 to 86400 seconds");
+				keelctl_die(KEELCTL_EXIT_USAGE,
+					    "--timeout must be 1 to 86400 seconds");
 			}
 			break;
 		case MAIN_OPT_VERSION:
@@ -140,7 +139,8 @@ int main(int argc, char **argv)
 		keelctl_die_usage(help, "unknown command '%s'\n", g.pos[0]);
 	}
 	if (socket[0] == '\0') {
-		keelctl_die(KEELCTL_EXIT_USAGE, "no default socket could be worked out: give -s PATH");
+		keelctl_die(KEELCTL_EXIT_USAGE,
+			    "no default socket could be worked out: give -s PATH");
 	}
 	keelctl_transport_configure(socket, timeout_s);
 	return g_groups[i].main(&ctx, g.npos, g.pos);

@@ -86,14 +86,14 @@ void keelctl_getopt_init(struct keelctl_getopt *g, int argc, char **argv,
  * id when a flag was given a value); a short one is optopt, as the word may be a
  * cluster such as -wx.
  */
-static const char *keelctl_opt_text(const struct keelctl_getopt *g, bool missing_value,
-				    char *buf, size_t len)
+static const char *keelctl_opt_text(const struct keelctl_getopt *g, bool missing_value, char *buf,
+				    size_t len)
 {
 	const char *arg = optind > 0 && optind <= g->argc ? g->argv[optind - 1] : "";
 
 	/* A missing value is always the last word, so that word is the option. */
-	if (strncmp(arg, "--", 2) == 0 && (missing_value || optopt == 0 || optopt >= 256 ||
-					    strchr(arg, '=') != NULL)) {
+	if (strncmp(arg, "--", 2) == 0 &&
+	    (missing_value || optopt == 0 || optopt >= 256 || strchr(arg, '=') != NULL)) {
 		snprintf(buf, len, "%.*s", (int)strcspn(arg, "="), arg);
 	} else {
 		snprintf(buf, len, "-%c", optopt > ' ' && optopt < 127 ? optopt : '?');
@@ -165,8 +165,8 @@ void keelctl_need_pos(const struct keelctl_getopt *g, int min, int max)
 	}
 }
 
-void keelctl_getopt_positionals(struct keelctl_getopt *g, int argc, char **argv,
-				const char *help, int min, int max)
+void keelctl_getopt_positionals(struct keelctl_getopt *g, int argc, char **argv, const char *help,
+				int min, int max)
 {
 	static const struct option help_only[] = {KEELCTL_HELP_OPTION, {0}};
 
@@ -215,11 +215,28 @@ int keelctl_parse_size(const char *text, uint64_t *out)
 		return -EINVAL;
 	}
 	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
-	default: break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		end++;
+		break;
+	default:
+		break;
 	}
 	if (shift != 0 && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0)) {
 		end += strlen(end);

@@ -22,7 +22,10 @@
 /** Option id of -h/--help in every command's table; keelctl_getopt_next handles it. */
 #define KEELCTL_OPT_HELP 'h'
 /** The --help entry every struct option table of a command ends with (before {0}). */
-#define KEELCTL_HELP_OPTION {"help", no_argument, NULL, KEELCTL_OPT_HELP}
+#define KEELCTL_HELP_OPTION                                 \
+	{                                                   \
+		"help", no_argument, NULL, KEELCTL_OPT_HELP \
+	}
 
 /** What every command learns from the global options. */
 struct keelctl_ctx {
@@ -30,8 +33,7 @@ struct keelctl_ctx {
 };
 
 /** Print "keelctl: MESSAGE" on stderr and exit with \p status. */
-void keelctl_die(int status, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3), noreturn));
+void keelctl_die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 
 /** Print "keelctl: MESSAGE" and \p help on stderr, exit KEELCTL_EXIT_USAGE. */
 void keelctl_die_usage(const char *help, const char *fmt, ...)
@@ -43,13 +45,13 @@ void keelctl_help(const char *help) __attribute__((noreturn));
 /** One command line being parsed; fields are read-only for callers. */
 struct keelctl_getopt {
 	int argc;
-	char **argv;		    /**< argv[0] names the command (group or verb) */
-	const char *shortopts;	    /**< getopt's string, built from longopts */
+	char **argv;           /**< argv[0] names the command (group or verb) */
+	const char *shortopts; /**< getopt's string, built from longopts */
 	const struct option *longopts;
-	const char *help;	    /**< shown with -h/--help and after a usage mistake */
-	const char *value;	    /**< the current option's value (NULL for a flag) */
+	const char *help;  /**< shown with -h/--help and after a usage mistake */
+	const char *value; /**< the current option's value (NULL for a flag) */
 	char shortbuf[32];
-	char **pos;		    /**< positional arguments, after keelctl_getopt_next returned -1 */
+	char **pos; /**< positional arguments, after keelctl_getopt_next returned -1 */
 	int npos;
 };
 
@@ -78,8 +80,8 @@ void keelctl_need_pos(const struct keelctl_getopt *g, int min, int max);
  * For a command without options of its own: parse \p argv (only --help is known) and
  * check that it has \p min to \p max positional arguments, then in g->pos.
  */
-void keelctl_getopt_positionals(struct keelctl_getopt *g, int argc, char **argv,
-				const char *help, int min, int max);
+void keelctl_getopt_positionals(struct keelctl_getopt *g, int argc, char **argv, const char *help,
+				int min, int max);
 
 /** One verb of a command group. */
 struct keelctl_verb {

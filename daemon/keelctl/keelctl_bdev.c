@@ -8,13 +8,17 @@
 #include "keelctl_table.h"
 #include "keelctl_transport.h"
 
-enum { BDEV_OPT_BLOCK_SIZE = 256 };
+enum {
+	BDEV_OPT_BLOCK_SIZE = 256
+};
 
 static const char g_help_bdev[] =
 	"Usage: keelctl bdev VERB ...\n"
 	"  create aio NAME FILE [--block-size N]     AIO bdev on FILE (a file or block device);\n"
-	"                                            block size defaults to the device's (512 for files)\n"
-	"  create uring NAME FILE [--block-size N]   the same through io_uring (needs a kernel and\n"
+	"                                            block size defaults to the device's (512 for "
+	"files)\n"
+	"  create uring NAME FILE [--block-size N]   the same through io_uring (needs a kernel "
+	"and\n"
 	"                                            container that allow io_uring)\n"
 	"  create malloc NAME SIZE [--block-size N]  RAM disk of SIZE bytes (K, M, G, T suffixes)\n"
 	"  create null NAME SIZE [--block-size N]    null disk of SIZE bytes\n"
@@ -62,15 +66,19 @@ static json_t *bdev_create_params(const char *type, const char *name, const char
 		keelctl_die_usage(g_help_bdev_create, "unknown bdev type '%s'", type);
 	}
 	if (keelctl_parse_size(arg, &size) != 0) {
-		keelctl_die(KEELCTL_EXIT_USAGE, "bad size '%s': use a number of bytes with an "
-			    "optional K, M, G or T suffix, e.g. 64M", arg);
+		keelctl_die(KEELCTL_EXIT_USAGE,
+			    "bad size '%s': use a number of bytes with an "
+			    "optional K, M, G or T suffix, e.g. 64M",
+			    arg);
 	}
 	if (block_size == 0) {
 		block_size = 512;
 	}
 	if (block_size < 512 || block_size > 65536 || (block_size & (block_size - 1)) != 0) {
-		keelctl_die(KEELCTL_EXIT_USAGE, "--block-size %u: block_size must be a power of "
-			    "two from 512 to 65536", block_size);
+		keelctl_die(KEELCTL_EXIT_USAGE,
+			    "--block-size %u: block_size must be a power of "
+			    "two from 512 to 65536",
+			    block_size);
 	}
 	if (size % block_size != 0) {
 		keelctl_die(KEELCTL_EXIT_USAGE, "size %s is not a multiple of the block size %u",
@@ -106,8 +114,8 @@ static int bdev_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 	if (ctx->json) {
 		keelctl_print_json(result);
 	} else {
-		printf("created %s bdev %s\n", type, json_string_value(result) != NULL ?
-		       json_string_value(result) : g.pos[1]);
+		printf("created %s bdev %s\n", type,
+		       json_string_value(result) != NULL ? json_string_value(result) : g.pos[1]);
 	}
 	json_decref(result);
 	return 0;
@@ -140,7 +148,7 @@ static int bdev_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 				  json_string_value(json_object_get(b, "uuid")));
 	}
 	keelctl_table_print_or(&t, "no bdevs (create one with: keelctl bdev create malloc "
-			       "NAME 64M)");
+				   "NAME 64M)");
 	json_decref(result);
 	return 0;
 }

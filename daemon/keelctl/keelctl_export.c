@@ -71,12 +71,24 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 	keelctl_getopt_init(&g, argc, argv, options, g_help_export, false);
 	while ((c = keelctl_getopt_next(&g)) != -1) {
 		switch (c) {
-		case EXPORT_OPT_SOCKET: a->socket = g.value; break;
-		case EXPORT_OPT_NAME: a->name = g.value; break;
-		case EXPORT_OPT_TCP: a->tcp = g.value; break;
-		case EXPORT_OPT_READ_ONLY: a->read_only = true; break;
-		case EXPORT_OPT_IO_TIMEOUT: a->io_timeout = g.value; break;
-		case EXPORT_OPT_DEAD_TIMEOUT: a->dead_timeout = g.value; break;
+		case EXPORT_OPT_SOCKET:
+			a->socket = g.value;
+			break;
+		case EXPORT_OPT_NAME:
+			a->name = g.value;
+			break;
+		case EXPORT_OPT_TCP:
+			a->tcp = g.value;
+			break;
+		case EXPORT_OPT_READ_ONLY:
+			a->read_only = true;
+			break;
+		case EXPORT_OPT_IO_TIMEOUT:
+			a->io_timeout = g.value;
+			break;
+		case EXPORT_OPT_DEAD_TIMEOUT:
+			a->dead_timeout = g.value;
+			break;
 		case EXPORT_OPT_NBD:
 		case EXPORT_OPT_NBD_DEVICE:
 			a->nbd = true;
@@ -84,7 +96,8 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 				a->nbd_device = g.value;
 			}
 			break;
-		default: break;
+		default:
+			break;
 		}
 	}
 	keelctl_need_pos(&g, 1, a->nbd ? 2 : 1);
@@ -98,13 +111,14 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 	}
 	if (a->nbd && (a->socket != NULL || a->tcp != NULL || a->name != NULL)) {
 		keelctl_die(KEELCTL_EXIT_USAGE, "--nbd cannot be combined with --socket, --tcp "
-			    "or --name: a kernel device is named /dev/nbdN");
+						"or --name: a kernel device is named /dev/nbdN");
 	}
 	if (!a->nbd && (a->io_timeout != NULL || a->dead_timeout != NULL)) {
 		keelctl_die(KEELCTL_EXIT_USAGE, "--io-timeout and --dead-timeout are for --nbd");
 	}
 	if (!a->nbd && a->socket == NULL && a->tcp == NULL) {
-		keelctl_die(KEELCTL_EXIT_USAGE, "export start needs --socket PATH (or --tcp "
+		keelctl_die(KEELCTL_EXIT_USAGE,
+			    "export start needs --socket PATH (or --tcp "
 			    "HOST:PORT, or --nbd [/dev/nbdN] for a kernel device)");
 	}
 }
@@ -118,12 +132,13 @@ static int export_start_disk(const struct keelctl_ctx *ctx, const struct export_
 		json_object_set_new(params, "nbd_device", json_string(a->nbd_device));
 	}
 	if (a->io_timeout != NULL) {
-		json_object_set_new(params, "io_timeout_s", json_integer(
-			keelctl_parse_u32(a->io_timeout, "--io-timeout")));
+		json_object_set_new(params, "io_timeout_s",
+				    json_integer(keelctl_parse_u32(a->io_timeout, "--io-timeout")));
 	}
 	if (a->dead_timeout != NULL) {
-		json_object_set_new(params, "dead_conn_timeout_s", json_integer(
-			keelctl_parse_u32(a->dead_timeout, "--dead-timeout")));
+		json_object_set_new(
+			params, "dead_conn_timeout_s",
+			json_integer(keelctl_parse_u32(a->dead_timeout, "--dead-timeout")));
 	}
 	if (a->read_only) {
 		json_object_set_new(params, "read_only", json_true());
@@ -132,8 +147,8 @@ static int export_start_disk(const struct keelctl_ctx *ctx, const struct export_
 	if (ctx->json) {
 		keelctl_print_json(result);
 	} else {
-		printf("serving %s as %s\n", a->bdev, json_is_string(result) ?
-		       json_string_value(result) : "?");
+		printf("serving %s as %s\n", a->bdev,
+		       json_is_string(result) ? json_string_value(result) : "?");
 	}
 	json_decref(result);
 	return 0;
@@ -165,8 +180,9 @@ static int export_start(const struct keelctl_ctx *ctx, int argc, char **argv)
 	if (ctx->json) {
 		keelctl_print_json(result);
 	} else {
-		printf("exporting %s as %s\n", a.bdev, json_is_string(result) ?
-		       json_string_value(result) : (a.name != NULL ? a.name : a.bdev));
+		printf("exporting %s as %s\n", a.bdev,
+		       json_is_string(result) ? json_string_value(result)
+					      : (a.name != NULL ? a.name : a.bdev));
 	}
 	json_decref(result);
 	return 0;
@@ -225,13 +241,13 @@ static void export_list_table(json_t *exports, json_t *disks)
 	json_array_foreach(exports, i, e) {
 		char conns[16];
 
-		keelctl_table_row(&t, json_string_value(json_object_get(e, "name")),
-				  json_string_value(json_object_get(e, "bdev_name")),
-				  keelctl_str_or_dash(json_object_get(e, "socket")),
-				  keelctl_str_or_dash(json_object_get(e, "tcp")),
-				  json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
-				  keelctl_fmt_int(conns, sizeof(conns),
-						  json_object_get(e, "connections")));
+		keelctl_table_row(
+			&t, json_string_value(json_object_get(e, "name")),
+			json_string_value(json_object_get(e, "bdev_name")),
+			keelctl_str_or_dash(json_object_get(e, "socket")),
+			keelctl_str_or_dash(json_object_get(e, "tcp")),
+			json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
+			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")));
 	}
 	/* Kernel devices in the same table: the kernel is the client, with one connection
 	 * per queue; SOCKET says what state the device is in. */
@@ -240,11 +256,11 @@ static void export_list_table(json_t *exports, json_t *disks)
 
 		snprintf(where, sizeof(where), "kernel (%s)",
 			 keelctl_str_or_dash(json_object_get(e, "state")));
-		keelctl_table_row(&t, keelctl_str_or_dash(json_object_get(e, "nbd_device")),
-				  json_string_value(json_object_get(e, "bdev_name")), where, "-",
-				  json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
-				  keelctl_fmt_int(conns, sizeof(conns),
-						  json_object_get(e, "connections")));
+		keelctl_table_row(
+			&t, keelctl_str_or_dash(json_object_get(e, "nbd_device")),
+			json_string_value(json_object_get(e, "bdev_name")), where, "-",
+			json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
+			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")));
 	}
 	keelctl_table_print(&t);
 }

@@ -77,8 +77,8 @@ static void reactor_rates(json_t *now, json_t *then, uint64_t elapsed_ns)
 		json_object_set_new(r, "loops_per_sec",
 				    json_real(reactor_delta(r, before, "loops") / secs));
 	}
-	json_object_set_new(now, "interval_ms", json_integer(then != NULL ?
-							      (json_int_t)(elapsed_ns / 1000000) : 0));
+	json_object_set_new(now, "interval_ms",
+			    json_integer(then != NULL ? (json_int_t)(elapsed_ns / 1000000) : 0));
 }
 
 static void reactor_print_reactors(json_t *reactors)
@@ -92,15 +92,20 @@ static void reactor_print_reactors(json_t *reactors)
 	json_array_foreach(json_object_get(reactors, "reactors"), i, r) {
 		char idx[16], cpu[16], busy[16], idle[16], sleep[16], wake[24], loops[24], nthr[16];
 
-		snprintf(nthr, sizeof(nthr), "%zu", json_array_size(json_object_get(r, "lw_threads")));
-		keelctl_table_row(&t, keelctl_fmt_int(idx, sizeof(idx), json_object_get(r, "reactor")),
+		snprintf(nthr, sizeof(nthr), "%zu",
+			 json_array_size(json_object_get(r, "lw_threads")));
+		keelctl_table_row(
+			&t, keelctl_fmt_int(idx, sizeof(idx), json_object_get(r, "reactor")),
 			keelctl_fmt_int(cpu, sizeof(cpu), json_object_get(r, "lcore")),
 			json_string_value(json_object_get(r, "mode")),
 			keelctl_fmt_real(busy, sizeof(busy), json_object_get(r, "busy_pct"), "%"),
 			keelctl_fmt_real(idle, sizeof(idle), json_object_get(r, "idle_pct"), "%"),
-			keelctl_fmt_real(sleep, sizeof(sleep), json_object_get(r, "sleep_pct"), "%"),
-			keelctl_fmt_real(wake, sizeof(wake), json_object_get(r, "wakeups_per_sec"), ""),
-			keelctl_fmt_real(loops, sizeof(loops), json_object_get(r, "loops_per_sec"), ""),
+			keelctl_fmt_real(sleep, sizeof(sleep), json_object_get(r, "sleep_pct"),
+					 "%"),
+			keelctl_fmt_real(wake, sizeof(wake), json_object_get(r, "wakeups_per_sec"),
+					 ""),
+			keelctl_fmt_real(loops, sizeof(loops), json_object_get(r, "loops_per_sec"),
+					 ""),
 			nthr);
 	}
 	keelctl_table_print(&t);
@@ -122,15 +127,18 @@ static void reactor_print_wakers(json_t *reactors)
 			/* Many pollers of one name (a timer per volume) are one row. */
 			if (inst > 1) {
 				snprintf(name, sizeof(name), "%s (x%lld)",
-					 json_string_value(json_object_get(w, "name")), (long long)inst);
+					 json_string_value(json_object_get(w, "name")),
+					 (long long)inst);
 			} else {
 				snprintf(name, sizeof(name), "%s",
 					 json_string_value(json_object_get(w, "name")));
 			}
-			keelctl_table_row(&t,
-				keelctl_fmt_int(idx, sizeof(idx), json_object_get(r, "reactor")), name,
-				json_is_string(thr) ? json_string_value(thr) : "-",
-				keelctl_fmt_int(count, sizeof(count), json_object_get(w, "wakeups")));
+			keelctl_table_row(
+				&t,
+				keelctl_fmt_int(idx, sizeof(idx), json_object_get(r, "reactor")),
+				name, json_is_string(thr) ? json_string_value(thr) : "-",
+				keelctl_fmt_int(count, sizeof(count),
+						json_object_get(w, "wakeups")));
 		}
 	}
 	keelctl_table_print(&t);
@@ -146,13 +154,16 @@ static void reactor_print_threads(json_t *threads)
 	json_array_foreach(json_object_get(threads, "threads"), i, th) {
 		char id[24], re[16], pct[16], ac[16], ti[16], pa[16];
 
-		keelctl_table_row(&t, json_string_value(json_object_get(th, "name")),
+		keelctl_table_row(
+			&t, json_string_value(json_object_get(th, "name")),
 			keelctl_fmt_int(id, sizeof(id), json_object_get(th, "id")),
 			keelctl_fmt_int(re, sizeof(re), json_object_get(th, "reactor")),
 			fmt_pct(pct, sizeof(pct), th),
-			keelctl_fmt_int(ac, sizeof(ac), json_object_get(th, "active_pollers_count")),
+			keelctl_fmt_int(ac, sizeof(ac),
+					json_object_get(th, "active_pollers_count")),
 			keelctl_fmt_int(ti, sizeof(ti), json_object_get(th, "timed_pollers_count")),
-			keelctl_fmt_int(pa, sizeof(pa), json_object_get(th, "paused_pollers_count")));
+			keelctl_fmt_int(pa, sizeof(pa),
+					json_object_get(th, "paused_pollers_count")));
 	}
 	keelctl_table_print(&t);
 }
@@ -174,8 +185,10 @@ static int reactor_stats(const struct keelctl_ctx *ctx, int argc, char **argv)
 		/* --interval is the only option */
 		interval_ms = keelctl_parse_u32(g.value, "--interval");
 		if (interval_ms > 3600 * 1000) {
-			keelctl_die(KEELCTL_EXIT_USAGE, "--interval %s is more than an hour: give "
-				    "milliseconds", g.value);
+			keelctl_die(KEELCTL_EXIT_USAGE,
+				    "--interval %s is more than an hour: give "
+				    "milliseconds",
+				    g.value);
 		}
 	}
 	keelctl_need_pos(&g, 0, 0);
@@ -235,7 +248,8 @@ static int reactor_mode(const struct keelctl_ctx *ctx, int argc, char **argv)
 	if (ctx->json) {
 		keelctl_print_json(result);
 	} else {
-		printf("reactor %s now in %s mode\n", reactor != NULL ? reactor : "(all)", g.pos[0]);
+		printf("reactor %s now in %s mode\n", reactor != NULL ? reactor : "(all)",
+		       g.pos[0]);
 	}
 	json_decref(result);
 	return 0;

@@ -158,8 +158,8 @@ static int cmd_history(const char *volume, bool json)
 		json_decref(res);
 		return 0;
 	}
-	printf("%-20s %-16s %-16s %-10s %-8s %12s %10s %s\n", "END", "TARGET", "SOURCE",
-	       "RESULT", "PARTIAL", "BYTES", "DURATION", "ERROR");
+	printf("%-20s %-16s %-16s %-10s %-8s %12s %10s %s\n", "END", "TARGET", "SOURCE", "RESULT",
+	       "PARTIAL", "BYTES", "DURATION", "ERROR");
 	json_array_foreach(res, i, j) {
 		char when[32] = "-";
 		time_t t = (time_t)(jnum(j, "end_time") / 1000);
@@ -185,14 +185,14 @@ static const struct option g_status_options[] = {
 };
 
 /* Parse a verb's options (--json, and --watch for status) and min..max positionals. */
-static void rebuild_parse(struct keelctl_getopt *g, int argc, char **argv, bool status,
-			  int min, int max, bool *watch, bool *json)
+static void rebuild_parse(struct keelctl_getopt *g, int argc, char **argv, bool status, int min,
+			  int max, bool *watch, bool *json)
 {
 	int c;
 
 	/* Only status watches: the others see a table without --watch. */
-	keelctl_getopt_init(g, argc, argv, status ? g_status_options : g_status_options + 1,
-			    g_help, false);
+	keelctl_getopt_init(g, argc, argv, status ? g_status_options : g_status_options + 1, g_help,
+			    false);
 	while ((c = keelctl_getopt_next(g)) != -1) {
 		if (c == REBUILD_OPT_WATCH) {
 			*watch = true;
@@ -245,14 +245,10 @@ static int rebuild_steer(const struct keelctl_ctx *ctx, int argc, char **argv)
 int keelctl_rebuild_main(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
 	static const struct keelctl_verb verbs[] = {
-		{"status", "list", rebuild_status},
-		{"history", NULL, rebuild_history},
-		{"start", NULL, rebuild_steer},
-		{"stop", NULL, rebuild_steer},
-		{"pause", NULL, rebuild_steer},
-		{"resume", NULL, rebuild_steer},
+		{"status", "list", rebuild_status}, {"history", NULL, rebuild_history},
+		{"start", NULL, rebuild_steer},     {"stop", NULL, rebuild_steer},
+		{"pause", NULL, rebuild_steer},     {"resume", NULL, rebuild_steer},
 	};
 
-	return keelctl_dispatch(ctx, argc, argv, verbs, sizeof(verbs) / sizeof(verbs[0]),
-				g_help);
+	return keelctl_dispatch(ctx, argc, argv, verbs, sizeof(verbs) / sizeof(verbs[0]), g_help);
 }

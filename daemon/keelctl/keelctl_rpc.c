@@ -5,11 +5,10 @@
 #include "keelctl_table.h"
 #include "keelctl_transport.h"
 
-static const char g_help_rpc[] =
-	"Usage: keelctl rpc METHOD [JSON-PARAMS]\n"
-	"Send one JSON-RPC request and print the result as JSON, e.g.\n"
-	"  keelctl rpc bdev_get_bdevs '{\"name\": \"m0\"}'\n"
-	"  keelctl rpc rpc_get_methods '{\"include_help\": true}'\n";
+static const char g_help_rpc[] = "Usage: keelctl rpc METHOD [JSON-PARAMS]\n"
+				 "Send one JSON-RPC request and print the result as JSON, e.g.\n"
+				 "  keelctl rpc bdev_get_bdevs '{\"name\": \"m0\"}'\n"
+				 "  keelctl rpc rpc_get_methods '{\"include_help\": true}'\n";
 
 int keelctl_rpc_main(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
@@ -30,13 +29,15 @@ int keelctl_rpc_main(const struct keelctl_ctx *ctx, int argc, char **argv)
 	}
 	if (g.npos > 2) {
 		keelctl_die_usage(g_help_rpc, "rpc takes METHOD and at most one JSON argument "
-				  "(quote it)");
+					      "(quote it)");
 	}
 	if (g.npos == 2) {
 		params = json_loads(g.pos[1], JSON_DECODE_ANY, &err);
 		if (params == NULL) {
-			keelctl_die(KEELCTL_EXIT_USAGE, "params are not valid JSON: %s (at character "
-				    "%d)", err.text, err.position);
+			keelctl_die(KEELCTL_EXIT_USAGE,
+				    "params are not valid JSON: %s (at character "
+				    "%d)",
+				    err.text, err.position);
 		}
 	}
 	result = keelctl_call(g.pos[0], params);

@@ -45,7 +45,8 @@ static int keelctl_connect(void)
 		keelctl_die(KEELCTL_EXIT_FAIL, "socket: %s", strerror(errno));
 	}
 	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
-		keelctl_die(KEELCTL_EXIT_FAIL, "cannot connect to keeld at %s (%s): is keeld "
+		keelctl_die(KEELCTL_EXIT_FAIL,
+			    "cannot connect to keeld at %s (%s): is keeld "
 			    "running? start it with keeld, or point -s at its --rpc-socket",
 			    g_socket, strerror(errno));
 	}
@@ -68,8 +69,8 @@ static int keelctl_send_all(int fd, const char *buf, size_t len)
 			return -errno;
 		}
 		if (n < 0) {
-			keelctl_die(KEELCTL_EXIT_FAIL, "sending to keeld at %s failed: %s", g_socket,
-				    strerror(errno));
+			keelctl_die(KEELCTL_EXIT_FAIL, "sending to keeld at %s failed: %s",
+				    g_socket, strerror(errno));
 		}
 		buf += n;
 		len -= (size_t)n;
@@ -104,8 +105,10 @@ static json_t *keelctl_read_response(int fd)
 		if (len + 65536 > cap) {
 			cap = cap == 0 ? 131072 : cap * 2;
 			if (cap > KEELCTL_MAX_RESPONSE) {
-				keelctl_die(KEELCTL_EXIT_FAIL, "response from keeld is larger than "
-					    "%u bytes", KEELCTL_MAX_RESPONSE);
+				keelctl_die(KEELCTL_EXIT_FAIL,
+					    "response from keeld is larger than "
+					    "%u bytes",
+					    KEELCTL_MAX_RESPONSE);
 			}
 			buf = realloc(buf, cap);
 			if (buf == NULL) {
@@ -122,7 +125,7 @@ static json_t *keelctl_read_response(int fd)
 		}
 		if (n == 0) {
 			keelctl_die(KEELCTL_EXIT_FAIL, "keeld closed the connection without "
-				    "answering (did it exit? see its log)");
+						       "answering (did it exit? see its log)");
 		}
 		len += (size_t)n;
 		if (buf[len - 1] == '\n') {

@@ -89,11 +89,13 @@ static int volume_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 		keelctl_die(KEELCTL_EXIT_USAGE, "volume create needs at least one --replica PATH");
 	}
 	if (keelctl_parse_size(size_text, &size) != 0) {
-		keelctl_die(KEELCTL_EXIT_USAGE, "bad size '%s': use a number of bytes with an "
-			    "optional K, M, G or T suffix, e.g. 1G", size_text);
+		keelctl_die(KEELCTL_EXIT_USAGE,
+			    "bad size '%s': use a number of bytes with an "
+			    "optional K, M, G or T suffix, e.g. 1G",
+			    size_text);
 	}
-	params = json_pack("{s:s,s:I,s:o}", "name", g.pos[0], "size", (json_int_t)size,
-			   "replicas", replicas);
+	params = json_pack("{s:s,s:I,s:o}", "name", g.pos[0], "size", (json_int_t)size, "replicas",
+			   replicas);
 	if (force) {
 		json_object_set_new(params, "force", json_true());
 	}
@@ -175,10 +177,11 @@ static int volume_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 		snprintf(reps, sizeof(reps), "%d/%d", healthy, total);
 		snprintf(exps, sizeof(exps), "%zu", json_array_size(json_object_get(v, "exports")));
 		keelctl_table_row(&t, keelctl_str_or_dash(json_object_get(v, "name")),
-				  keelctl_str_or_dash(json_object_get(v, "state")), size, reps, exps);
+				  keelctl_str_or_dash(json_object_get(v, "state")), size, reps,
+				  exps);
 	}
 	keelctl_table_print_or(&t, "no volumes (create one with: keelctl volume create NAME "
-			       "--size 1G --replica FILE1 --replica FILE2)");
+				   "--size 1G --replica FILE1 --replica FILE2)");
 	json_decref(result);
 	return 0;
 }
@@ -198,7 +201,8 @@ static void volume_print_rebuilds(json_t *jobs)
 		const char *state = keelctl_str_or_dash(json_object_get(j, "state"));
 		double bs = json_number_value(json_object_get(j, "block_size"));
 		double done = json_number_value(json_object_get(j, "blocks_done")) * bs / 1048576.0;
-		double total = json_number_value(json_object_get(j, "blocks_total")) * bs / 1048576.0;
+		double total = json_number_value(json_object_get(j, "blocks_total")) * bs /
+			       1048576.0;
 		long long eta = (long long)json_integer_value(json_object_get(j, "eta_s"));
 		const char *err = keelctl_str_or_dash(json_object_get(j, "error"));
 		bool has_err = err[0] != '\0' && strcmp(err, "-") != 0;
@@ -213,8 +217,8 @@ static void volume_print_rebuilds(json_t *jobs)
 		       keelctl_str_or_dash(json_object_get(j, "target")),
 		       keelctl_str_or_dash(json_object_get(j, "source")), state,
 		       json_is_true(json_object_get(j, "is_partial")) ? " (partial)" : "",
-		       (long long)json_integer_value(json_object_get(j, "progress_pct")), done, total,
-		       json_number_value(json_object_get(j, "rate_mib_s")), eta_s,
+		       (long long)json_integer_value(json_object_get(j, "progress_pct")), done,
+		       total, json_number_value(json_object_get(j, "rate_mib_s")), eta_s,
 		       has_err ? ": " : "", has_err ? err : "");
 	}
 }
@@ -231,7 +235,8 @@ static void volume_print_replicas(json_t *vol)
 		const char *reason = keelctl_str_or_dash(json_object_get(r, "reason"));
 		char path[PATH_MAX + 4], gen[24];
 
-		snprintf(path, sizeof(path), "  %s", keelctl_str_or_dash(json_object_get(r, "path")));
+		snprintf(path, sizeof(path), "  %s",
+			 keelctl_str_or_dash(json_object_get(r, "path")));
 		g = json_object_get(r, "generation");
 		if (json_is_integer(g)) {
 			snprintf(gen, sizeof(gen), "%lld", (long long)json_integer_value(g));
@@ -262,12 +267,13 @@ static void volume_print_exports(json_t *vol)
 	json_array_foreach(json_object_get(vol, "exports"), i, e) {
 		char name[300], conns[16];
 
-		snprintf(name, sizeof(name), "  %s", keelctl_str_or_dash(json_object_get(e, "name")));
-		keelctl_table_row(&t, name, keelctl_str_or_dash(json_object_get(e, "socket")),
-				  keelctl_str_or_dash(json_object_get(e, "tcp")),
-				  json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
-				  keelctl_fmt_int(conns, sizeof(conns),
-						  json_object_get(e, "connections")));
+		snprintf(name, sizeof(name), "  %s",
+			 keelctl_str_or_dash(json_object_get(e, "name")));
+		keelctl_table_row(
+			&t, name, keelctl_str_or_dash(json_object_get(e, "socket")),
+			keelctl_str_or_dash(json_object_get(e, "tcp")),
+			json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
+			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")));
 	}
 	keelctl_table_print(&t);
 }
@@ -290,8 +296,9 @@ static void volume_print(json_t *vol)
 	g = json_object_get(vol, "generation");
 	if (json_is_integer(g)) {
 		printf("  generation:  %lld%s\n", (long long)json_integer_value(g),
-		       json_is_true(json_object_get(vol, "unclean_shutdown")) ?
-		       " (last stop was not clean)" : "");
+		       json_is_true(json_object_get(vol, "unclean_shutdown"))
+			       ? " (last stop was not clean)"
+			       : "");
 	}
 	if (json_is_false(json_object_get(vol, "persistent"))) {
 		printf("  persistent:  no (made from bdevs: forgotten when keeld stops)\n");
@@ -355,12 +362,17 @@ static int replica_change(const struct keelctl_ctx *ctx, int argc, char **argv)
 	if (force) {
 		json_object_set_new(params, "force", json_true());
 	}
-	result = keelctl_call(add ? "volume_add_replica" : fault ? "volume_fault_replica" :
-			      "volume_remove_replica", params);
+	result = keelctl_call(add     ? "volume_add_replica"
+			      : fault ? "volume_fault_replica"
+				      : "volume_remove_replica",
+			      params);
 	if (ctx->json) {
 		keelctl_print_json(result);
 	} else {
-		printf("%s replica %s of volume %s\n", add ? "added" : fault ? "faulted" : "removed",
+		printf("%s replica %s of volume %s\n",
+		       add     ? "added"
+		       : fault ? "faulted"
+			       : "removed",
 		       g.pos[1], g.pos[0]);
 	}
 	json_decref(result);

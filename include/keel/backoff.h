@@ -41,8 +41,8 @@ bool keel_accept_should_back_off(int err);
  * \p min_us is 0 or greater than \p max_us, or out of memory.
  * Lifetime: free it (keel_poller_backoff_free) before unregistering \p poller.
  */
-struct keel_poller_backoff *keel_poller_backoff_create(struct keel_poller *poller,
-							uint64_t min_us, uint64_t max_us);
+struct keel_poller_backoff *keel_poller_backoff_create(struct keel_poller *poller, uint64_t min_us,
+						       uint64_t max_us);
 
 /**
  * Pause the poller now and resume it once the current delay has passed; the next

@@ -120,8 +120,8 @@ bool keel_bdev_is_multi_conn_safe(const struct keel_bdev *bdev);
  * -EPERM (\p write and the bdev is claimed by a module; the log names the owner),
  * -ENOMEM, -EINVAL.
  */
-int keel_bdev_open_ext(const char *name, bool write, keel_bdev_event_cb event_cb,
-		       void *event_ctx, struct keel_bdev_desc **desc);
+int keel_bdev_open_ext(const char *name, bool write, keel_bdev_event_cb event_cb, void *event_ctx,
+		       struct keel_bdev_desc **desc);
 
 /** Close on the thread that opened it. Channels from it must already be put. */
 void keel_bdev_close(struct keel_bdev_desc *desc);
@@ -140,25 +140,25 @@ struct keel_io_channel *keel_bdev_get_io_channel(struct keel_bdev_desc *desc);
 
 int keel_bdev_read(struct keel_bdev_desc *desc, struct keel_io_channel *ch, void *buf,
 		   uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
-int keel_bdev_readv(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
-		    struct iovec *iov, int iovcnt, uint64_t offset, uint64_t nbytes,
-		    keel_bdev_io_cb cb_fn, void *cb_arg);
+int keel_bdev_readv(struct keel_bdev_desc *desc, struct keel_io_channel *ch, struct iovec *iov,
+		    int iovcnt, uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn,
+		    void *cb_arg);
 int keel_bdev_write(struct keel_bdev_desc *desc, struct keel_io_channel *ch, void *buf,
 		    uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
 /** \p flags: KEEL_BDEV_IO_FLAG_FUA. */
-int keel_bdev_writev(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
-		     struct iovec *iov, int iovcnt, uint64_t offset, uint64_t nbytes,
-		     uint32_t flags, keel_bdev_io_cb cb_fn, void *cb_arg);
+int keel_bdev_writev(struct keel_bdev_desc *desc, struct keel_io_channel *ch, struct iovec *iov,
+		     int iovcnt, uint64_t offset, uint64_t nbytes, uint32_t flags,
+		     keel_bdev_io_cb cb_fn, void *cb_arg);
 int keel_bdev_flush(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
 		    uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
 int keel_bdev_unmap(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
 		    uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
-int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
-			   uint64_t offset, uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
+int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
+			   uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
 /** Abort nothing, but wait until every request submitted before it has completed
  * on every channel, then let the module reset. */
-int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
-		    keel_bdev_io_cb cb_fn, void *cb_arg);
+int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ch, keel_bdev_io_cb cb_fn,
+		    void *cb_arg);
 
 /* ------------------------------------------------------------------------------ */
 /* Statistics                                                                      */

@@ -56,17 +56,17 @@ struct keel_bdev_fn_table {
  */
 struct keel_bdev {
 	/* module */
-	char *name;                 /**< unique; the core copies it at register */
-	const char *product_name;   /**< e.g. "AIO disk" */
-	uint32_t block_size;        /**< bytes, power of two, >= 512 unless documented */
+	char *name;               /**< unique; the core copies it at register */
+	const char *product_name; /**< e.g. "AIO disk" */
+	uint32_t block_size;      /**< bytes, power of two, >= 512 unless documented */
 	uint64_t num_blocks;
-	uint32_t required_alignment;/**< buffer alignment in bytes, power of two; 0/1 = none */
+	uint32_t required_alignment;  /**< buffer alignment in bytes, power of two; 0/1 = none */
 	uint32_t optimal_io_boundary; /**< blocks; 0 = none. I/O crossing it is split */
 	uint32_t max_transfer_blocks; /**< blocks; 0 = unlimited. Larger I/O is split */
-	bool write_cache;           /**< volatile cache: flush/FUA reach the module */
-	bool multi_conn_safe;       /**< concurrent writers see consistent data after flush */
-	uint8_t uuid[16];           /**< all zero: the core generates a random one */
-	void *ctxt;                 /**< passed to the fn_table callbacks */
+	bool write_cache;             /**< volatile cache: flush/FUA reach the module */
+	bool multi_conn_safe;         /**< concurrent writers see consistent data after flush */
+	uint8_t uuid[16];             /**< all zero: the core generates a random one */
+	void *ctxt;                   /**< passed to the fn_table callbacks */
 	const struct keel_bdev_fn_table *fn_table;
 	struct keel_bdev_module *module;
 
@@ -84,7 +84,7 @@ struct keel_bdev_io {
 	/** Data buffers (read, write): aligned to required_alignment, total = num_blocks * block_size. */
 	struct iovec *iovs;
 	int iovcnt;
-	uint32_t flags;             /**< KEEL_BDEV_IO_FLAG_* */
+	uint32_t flags; /**< KEEL_BDEV_IO_FLAG_* */
 	/* core-private state follows, then the module's context (get_ctx_size bytes) */
 	struct keel_bdev_io_internal *internal;
 	TAILQ_ENTRY(keel_bdev_io) module_link; /**< free for the module's own queues */
@@ -217,8 +217,8 @@ struct keel_bdev_error_rule {
 	uint32_t count;
 	/** Fail only every Nth matching request (0 or 1 = every one). */
 	uint32_t every_nth;
-	int error;                     /**< negative errno to complete with (0 = only delay) */
-	uint32_t delay_us;             /**< added latency (0 = none) */
+	int error;         /**< negative errno to complete with (0 = only delay) */
+	uint32_t delay_us; /**< added latency (0 = none) */
 };
 /** Create error bdev \p name wrapping \p base_name (claims the base). */
 int keel_bdev_error_create(const char *name, const char *base_name, struct keel_bdev **bdev);

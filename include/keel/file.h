@@ -42,8 +42,7 @@ extern "C" {
  *  - any errno of opening or fsyncing the parent directory: \p path already holds
  *    the new content, but the rename may not survive a power loss.
  */
-int keel_file_write_atomic(const char *path, const void *buf, size_t len, char *err,
-			   size_t errlen);
+int keel_file_write_atomic(const char *path, const void *buf, size_t len, char *err, size_t errlen);
 
 /**
  * fsync the directory that contains \p path ("." for a bare name, "/" for a file

@@ -61,10 +61,10 @@ void keel_vlog(enum keel_log_level level, const char *file, int line, const char
 #define KEEL_WARNLOG(...) keel_log(KEEL_LOG_WARN, __FILE__, __LINE__, __VA_ARGS__)
 #define KEEL_NOTICELOG(...) keel_log(KEEL_LOG_NOTICE, __FILE__, __LINE__, __VA_ARGS__)
 #define KEEL_INFOLOG(...) keel_log(KEEL_LOG_INFO, __FILE__, __LINE__, __VA_ARGS__)
-#define KEEL_DEBUGLOG(...)                                                                 \
-	do {                                                                               \
-		if (keel_log_get_level() >= KEEL_LOG_DEBUG)                                \
-			keel_log(KEEL_LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__);         \
+#define KEEL_DEBUGLOG(...)                                                         \
+	do {                                                                       \
+		if (keel_log_get_level() >= KEEL_LOG_DEBUG)                        \
+			keel_log(KEEL_LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__); \
 	} while (0)
 
 /* ------------------------------------------------------------------------------ */
@@ -86,8 +86,10 @@ struct keel_log_ratelimit {
 	uint32_t suppressed;
 };
 
-#define KEEL_LOG_RATELIMIT_INIT(interval_ms)                                               \
-	{ .interval_ns = (uint64_t)(interval_ms) * 1000000u, .next_ns = 0, .suppressed = 0 }
+#define KEEL_LOG_RATELIMIT_INIT(interval_ms)                                                   \
+	{                                                                                      \
+		.interval_ns = (uint64_t)(interval_ms)*1000000u, .next_ns = 0, .suppressed = 0 \
+	}
 
 /**
  * Whether a line may be printed now under \p rl. When it may, \p *suppressed is set to
@@ -110,13 +112,13 @@ void keel_log_ratelimited(struct keel_log_ratelimit *rl, enum keel_log_level lev
  * the line). For a state per object, embed a struct keel_log_ratelimit and call
  * keel_log_ratelimited().
  */
-#define KEEL_LOG_RATELIMITED(level, interval_ms, ...)                                      \
-	do {                                                                               \
-		static struct keel_log_ratelimit keel_log_rl_ =                            \
-			KEEL_LOG_RATELIMIT_INIT(interval_ms);                              \
+#define KEEL_LOG_RATELIMITED(level, interval_ms, ...)                                          \
+	do {                                                                                   \
+		static struct keel_log_ratelimit keel_log_rl_ = KEEL_LOG_RATELIMIT_INIT(       \
+			interval_ms);                                                          \
 		keel_log_ratelimited(&keel_log_rl_, (level), __FILE__, __LINE__, __VA_ARGS__); \
 	} while (0)
-#define KEEL_WARNLOG_RATELIMITED(interval_ms, ...)                                         \
+#define KEEL_WARNLOG_RATELIMITED(interval_ms, ...) \
 	KEEL_LOG_RATELIMITED(KEEL_LOG_WARN, interval_ms, __VA_ARGS__)
 
 #ifdef __cplusplus

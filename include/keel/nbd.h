@@ -168,13 +168,13 @@ int keel_nbd_set_options(const struct keel_nbd_options *opts, char *err, size_t 
 void keel_nbd_get_options(struct keel_nbd_options *opts);
 
 struct keel_nbd_stats {
-	uint32_t connections;          /**< open socket connections (all exports) */
-	uint64_t connections_refused;  /**< refused because a connection limit was reached */
-	uint64_t buffer_bytes;         /**< payload bytes requests hold now */
-	uint64_t buffer_waits;         /**< times a connection waited for the buffer budget */
-	uint64_t handshake_timeouts;   /**< connections closed for choosing no export in time */
-	uint64_t stall_timeouts;       /**< connections closed for a stalled client */
-	uint64_t cached_buffer_bytes;  /**< idle buffers kept by the NBD threads' caches */
+	uint32_t connections;         /**< open socket connections (all exports) */
+	uint64_t connections_refused; /**< refused because a connection limit was reached */
+	uint64_t buffer_bytes;        /**< payload bytes requests hold now */
+	uint64_t buffer_waits;        /**< times a connection waited for the buffer budget */
+	uint64_t handshake_timeouts;  /**< connections closed for choosing no export in time */
+	uint64_t stall_timeouts;      /**< connections closed for a stalled client */
+	uint64_t cached_buffer_bytes; /**< idle buffers kept by the NBD threads' caches */
 };
 
 /** Counters since start. Main keel thread (the counters are read without a lock). */
@@ -228,8 +228,7 @@ void keel_nbd_disk_opts_init(struct keel_nbd_disk_opts *opts);
  * use), -EINVAL (refused by the kernel, e.g. no such index), -ENODEV/-ESHUTDOWN (bdev
  * removed or keeld stopping meanwhile).
  */
-typedef void (*keel_nbd_disk_start_cb)(void *cb_arg, int status, uint32_t index,
-				       const char *err);
+typedef void (*keel_nbd_disk_start_cb)(void *cb_arg, int status, uint32_t index, const char *err);
 
 /**
  * Serve a bdev as /dev/nbdN. The connections are being served before CONNECT is sent on

@@ -54,9 +54,9 @@ struct json_t; /* jansson */
 extern struct keel_bdev_module keel_bdev_nexus_module;
 
 enum keel_nexus_state {
-	KEEL_NEXUS_ONLINE = 0,   /**< every member replica healthy */
-	KEEL_NEXUS_DEGRADED,     /**< at least one healthy replica, some not */
-	KEEL_NEXUS_FAULTED,      /**< no healthy replica: I/O fails at once with -EIO */
+	KEEL_NEXUS_ONLINE = 0, /**< every member replica healthy */
+	KEEL_NEXUS_DEGRADED,   /**< at least one healthy replica, some not */
+	KEEL_NEXUS_FAULTED,    /**< no healthy replica: I/O fails at once with -EIO */
 };
 
 enum keel_nexus_replica_state {
@@ -89,9 +89,10 @@ enum keel_nexus_fault_reason {
  */
 bool keel_nexus_name_valid(const char *name, char *why, size_t whylen);
 
-const char *keel_nexus_state_name(enum keel_nexus_state state);          /**< "online" ... */
+const char *keel_nexus_state_name(enum keel_nexus_state state); /**< "online" ... */
 const char *keel_nexus_replica_state_name(enum keel_nexus_replica_state state);
-const char *keel_nexus_fault_reason_name(enum keel_nexus_fault_reason reason); /**< "io_error" ... */
+const char *keel_nexus_fault_reason_name(
+	enum keel_nexus_fault_reason reason); /**< "io_error" ... */
 
 /**
  * Completion of a management call. \p status 0 or a negative errno; \p errmsg NULL on
@@ -102,10 +103,10 @@ typedef void (*keel_nexus_op_cb)(void *cb_arg, int status, const char *errmsg,
 				 struct keel_nexus *nexus);
 
 struct keel_nexus_create_opts {
-	const char *name;           /**< volume (and bdev) name, required */
-	const char *uuid;           /**< volume UUID string; NULL generates one */
-	const char *const *replicas;/**< replica bdev names */
-	uint32_t num_replicas;      /**< 1..KEEL_NEXUS_MAX_REPLICAS */
+	const char *name;            /**< volume (and bdev) name, required */
+	const char *uuid;            /**< volume UUID string; NULL generates one */
+	const char *const *replicas; /**< replica bdev names */
+	uint32_t num_replicas;       /**< 1..KEEL_NEXUS_MAX_REPLICAS */
 	/** Volume size in bytes; 0 = the smallest replica minus KEEL_NEXUS_DATA_OFFSET. */
 	uint64_t size_bytes;
 	/** Overwrite replicas that carry a label of another volume (or a corrupt one). */
@@ -159,8 +160,7 @@ struct keel_nexus_open_opts {
  * refusal), -EEXIST (a bdev of that name exists), -EIO, -ENOMEM.
  * \return 0 (cb runs) or -EINVAL/-ENOMEM (cb never runs).
  */
-int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb_fn,
-		    void *cb_arg);
+int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb_fn, void *cb_arg);
 
 /**
  * Stop a volume: unregister its bdev (open descriptors get a remove event; the
@@ -170,8 +170,7 @@ int keel_nexus_open(const struct keel_nexus_open_opts *opts, keel_nexus_op_cb cb
  * Errors: -ENODEV (no such volume, status of a negative return). Label write errors
  * are logged; the volume is gone either way.
  */
-int keel_nexus_destroy(const char *name, bool wipe_labels, keel_nexus_op_cb cb_fn,
-		       void *cb_arg);
+int keel_nexus_destroy(const char *name, bool wipe_labels, keel_nexus_op_cb cb_fn, void *cb_arg);
 
 /**
  * Add bdev \p bdev_name as a replica. It joins as REBUILDING (receives every write
@@ -210,15 +209,15 @@ struct keel_nexus_replica_info {
 	char uuid[KEEL_UUID_STR_LEN];           /**< replica UUID from its label */
 	enum keel_nexus_replica_state state;
 	enum keel_nexus_fault_reason reason;
-	uint64_t generation;                    /**< label generation last read or written */
-	char detail[160];                       /**< why it is not healthy ("" if it is) */
+	uint64_t generation; /**< label generation last read or written */
+	char detail[160];    /**< why it is not healthy ("" if it is) */
 };
 
 struct keel_nexus_info {
 	char name[KEEL_NEXUS_NAME_MAX + 1];
 	char uuid[KEEL_UUID_STR_LEN];
 	enum keel_nexus_state state;
-	char state_detail[512];      /**< why faulted/degraded; "" when online */
+	char state_detail[512]; /**< why faulted/degraded; "" when online */
 	uint64_t size_bytes;
 	uint32_t block_size;
 	uint64_t data_offset;
@@ -296,7 +295,7 @@ const char *keel_rebuild_state_name(enum keel_rebuild_state state); /**< "runnin
 /** A snapshot of one job (also the record handed to the end hook). */
 struct keel_rebuild_stats {
 	char volume[KEEL_NEXUS_NAME_MAX + 1];
-	char source[KEEL_BDEV_NAME_MAX + 1];   /**< current source bdev ("" if none) */
+	char source[KEEL_BDEV_NAME_MAX + 1]; /**< current source bdev ("" if none) */
 	char target[KEEL_BDEV_NAME_MAX + 1];
 	char target_uuid[KEEL_UUID_STR_LEN];
 	enum keel_rebuild_state state;
@@ -306,14 +305,14 @@ struct keel_rebuild_stats {
 	uint64_t blocks_done;        /**< blocks covered so far */
 	uint64_t blocks_transferred; /**< blocks actually copied */
 	uint32_t progress_pct;
-	double rate_mib_s;           /**< average copy rate since start (excl. paused time) */
-	int64_t eta_s;               /**< -1 when unknown */
-	uint64_t start_time_ms;      /**< wall clock, ms since the epoch; 0 = not started */
-	uint64_t end_time_ms;        /**< 0 while not ended */
-	uint64_t duration_ms;        /**< running time */
+	double rate_mib_s;      /**< average copy rate since start (excl. paused time) */
+	int64_t eta_s;          /**< -1 when unknown */
+	uint64_t start_time_ms; /**< wall clock, ms since the epoch; 0 = not started */
+	uint64_t end_time_ms;   /**< 0 while not ended */
+	uint64_t duration_ms;   /**< running time */
 	uint32_t tasks_active;
 	uint32_t segment_size;
-	double rate_limit_mib_s;     /**< 0 = unlimited */
+	double rate_limit_mib_s; /**< 0 = unlimited */
 	char error[160];
 };
 
@@ -366,8 +365,7 @@ int keel_rebuild_set_rate(const char *volume, const char *replica, double mib_s)
  * \return number of jobs visited.
  */
 uint32_t keel_rebuild_list(const char *volume,
-			   void (*fn)(void *ctx, const struct keel_rebuild_stats *st),
-			   void *ctx);
+			   void (*fn)(void *ctx, const struct keel_rebuild_stats *st), void *ctx);
 
 /** Called on the management thread when a job ends (stopped, failed, completed). */
 typedef void (*keel_rebuild_end_fn)(void *ctx, const struct keel_rebuild_stats *st);

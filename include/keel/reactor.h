@@ -142,22 +142,22 @@ struct keel_reactor_stats {
 	uint32_t idx;
 	uint32_t cpu;
 	int numa_node;
-	uint64_t tid;            /**< Linux thread id of the reactor's OS thread */
+	uint64_t tid; /**< Linux thread id of the reactor's OS thread */
 	enum keel_reactor_mode mode;
 	bool sleeping;
-	uint64_t busy_ns;        /**< time in iterations where something did work */
-	uint64_t idle_ns;        /**< time in idle iterations and sleeping */
-	uint64_t sleep_ns;       /**< the part of idle_ns spent asleep in epoll_wait */
-	uint64_t loops;          /**< loop iterations */
-	uint64_t wakeups;        /**< returns from a sleeping (blocking) epoll_wait */
+	uint64_t busy_ns;  /**< time in iterations where something did work */
+	uint64_t idle_ns;  /**< time in idle iterations and sleeping */
+	uint64_t sleep_ns; /**< the part of idle_ns spent asleep in epoll_wait */
+	uint64_t loops;    /**< loop iterations */
+	uint64_t wakeups;  /**< returns from a sleeping (blocking) epoll_wait */
 	/* Reasons of those wake-ups; one wake-up may have several (the sum may exceed it). */
-	uint64_t wakeups_msg;    /**< the eventfd: a message, a mode change, a stop, a thread */
-	uint64_t wakeups_timer;  /**< the timerfd: a poller's deadline */
-	uint64_t wakeups_fd;     /**< a poller's fd (per poller: keel_poller_stats.wakeups) */
-	uint64_t wakeups_other;  /**< none of these (a bounded sleep while threads exit) */
-	uint64_t fd_polls;       /**< non-blocking readiness checks made while awake */
-	uint32_t fd_waiting;     /**< event pollers parked until their fd is ready */
-	uint64_t msgs;           /**< messages handled by this reactor's threads */
+	uint64_t wakeups_msg;   /**< the eventfd: a message, a mode change, a stop, a thread */
+	uint64_t wakeups_timer; /**< the timerfd: a poller's deadline */
+	uint64_t wakeups_fd;    /**< a poller's fd (per poller: keel_poller_stats.wakeups) */
+	uint64_t wakeups_other; /**< none of these (a bounded sleep while threads exit) */
+	uint64_t fd_polls;      /**< non-blocking readiness checks made while awake */
+	uint32_t fd_waiting;    /**< event pollers parked until their fd is ready */
+	uint64_t msgs;          /**< messages handled by this reactor's threads */
 	uint32_t thread_count;
 };
 
@@ -418,7 +418,8 @@ struct keel_poller_stats {
 	uint64_t busy_count;
 	uint64_t wakeups; /**< times it was a reason its sleeping reactor woke (fd or timer) */
 	bool paused;
-	uint32_t instances; /**< pollers summed in this entry (keel_thread_get_wakers groups by name) */
+	uint32_t
+		instances; /**< pollers summed in this entry (keel_thread_get_wakers groups by name) */
 };
 
 struct keel_thread_stats {

@@ -63,19 +63,19 @@ void keel_rpc_send_error(struct keel_rpc_request *req, int code, const char *fmt
 /* ------------------------------------------------------------------------------ */
 
 enum keel_rpc_param_type {
-	KEEL_RPC_PARAM_STRING,  /**< out: const char * (valid while params lives) */
-	KEEL_RPC_PARAM_UINT64,  /**< out: uint64_t; JSON integer >= 0 */
-	KEEL_RPC_PARAM_UINT32,  /**< out: uint32_t */
-	KEEL_RPC_PARAM_BOOL,    /**< out: bool */
-	KEEL_RPC_PARAM_INT64,   /**< out: int64_t */
-	KEEL_RPC_PARAM_DOUBLE,  /**< out: double; integers accepted */
-	KEEL_RPC_PARAM_JSON,    /**< out: json_t * (borrowed), any type */
+	KEEL_RPC_PARAM_STRING, /**< out: const char * (valid while params lives) */
+	KEEL_RPC_PARAM_UINT64, /**< out: uint64_t; JSON integer >= 0 */
+	KEEL_RPC_PARAM_UINT32, /**< out: uint32_t */
+	KEEL_RPC_PARAM_BOOL,   /**< out: bool */
+	KEEL_RPC_PARAM_INT64,  /**< out: int64_t */
+	KEEL_RPC_PARAM_DOUBLE, /**< out: double; integers accepted */
+	KEEL_RPC_PARAM_JSON,   /**< out: json_t * (borrowed), any type */
 };
 
 struct keel_rpc_param {
 	const char *name;
 	enum keel_rpc_param_type type;
-	size_t offset;          /**< offsetof(struct your_params, field) */
+	size_t offset; /**< offsetof(struct your_params, field) */
 	bool optional;
 };
 

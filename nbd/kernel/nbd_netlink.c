@@ -29,7 +29,7 @@
 #include <netlink/netlink.h>
 #include <netlink/socket.h>
 
-#define NBD_NETLINK_NO_MODULE_MSG                                                          \
+#define NBD_NETLINK_NO_MODULE_MSG                                                            \
 	"nbd netlink family not found: the nbd kernel module is not loaded (modprobe nbd); " \
 	"socket exports work without it"
 
@@ -38,8 +38,9 @@ set_err(char *err, size_t err_len, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (err == NULL || err_len == 0)
+	if (err == NULL || err_len == 0) {
 		return;
+	}
 	va_start(ap, fmt);
 	vsnprintf(err, err_len, fmt, ap);
 	va_end(ap);
@@ -102,7 +103,8 @@ static bool is_pow2(uint64_t v)
 static int check_block_size(uint32_t bs, char *err, size_t err_len)
 {
 	if (bs != 0 && (!is_pow2(bs) || bs < 512 || bs > 65536)) {
-		set_err(err, err_len, "block size %u: must be a power of two from 512 to 65536", bs);
+		set_err(err, err_len, "block size %u: must be a power of two from 512 to 65536",
+			bs);
 		return -EINVAL;
 	}
 	return 0;
@@ -120,7 +122,8 @@ static int check_fds(const int *fds, uint32_t n, bool required, char *err, size_
 		return 0;
 	}
 	if (fds == NULL || n > KEEL_NBD_KERNEL_MAX_SOCKETS) {
-		set_err(err, err_len, "%u sockets: must be 1 to %u", n, KEEL_NBD_KERNEL_MAX_SOCKETS);
+		set_err(err, err_len, "%u sockets: must be 1 to %u", n,
+			KEEL_NBD_KERNEL_MAX_SOCKETS);
 		return -EINVAL;
 	}
 	for (i = 0; i < n; i++) {
@@ -160,20 +163,24 @@ int nbd_netlink_connect_opts_check(const struct keel_nbd_kernel_connect_opts *op
 		return -EINVAL;
 	}
 	rc = check_block_size(opts->block_size, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
-	if (opts->size_bytes % (opts->block_size ? opts->block_size : KEEL_NBD_KERNEL_DEFAULT_BLOCK_SIZE)) {
+	}
+	if (opts->size_bytes %
+	    (opts->block_size ? opts->block_size : KEEL_NBD_KERNEL_DEFAULT_BLOCK_SIZE)) {
 		set_err(err, err_len, "size %llu is not a multiple of the block size %u",
 			(unsigned long long)opts->size_bytes,
 			opts->block_size ? opts->block_size : KEEL_NBD_KERNEL_DEFAULT_BLOCK_SIZE);
 		return -EINVAL;
 	}
 	rc = check_fds(opts->sock_fds, opts->num_sock_fds, true, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	if (opts->num_sock_fds > 1 && !(opts->server_flags & NBD_NETLINK_FLAG_CAN_MULTI_CONN)) {
 		set_err(err, err_len,
-			"%u sockets need the CAN_MULTI_CONN server flag (the kernel refuses otherwise)",
+			"%u sockets need the CAN_MULTI_CONN server flag (the kernel refuses "
+			"otherwise)",
 			opts->num_sock_fds);
 		return -EINVAL;
 	}
@@ -196,13 +203,16 @@ int nbd_netlink_reconfigure_opts_check(const struct keel_nbd_kernel_reconfigure_
 		return -EINVAL;
 	}
 	rc = check_block_size(opts->block_size, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	rc = check_fds(opts->sock_fds, opts->num_sock_fds, false, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	if (opts->timeout_s < -1 || opts->dead_conn_timeout_s < -1 || opts->client_flags < -1) {
-		set_err(err, err_len, "timeouts and client flags must be >= 0, or -1 for unchanged");
+		set_err(err, err_len,
+			"timeouts and client flags must be >= 0, or -1 for unchanged");
 		return -EINVAL;
 	}
 	if (opts->client_flags > 0 &&
@@ -217,8 +227,10 @@ int nbd_netlink_reconfigure_opts_check(const struct keel_nbd_kernel_reconfigure_
 
 static int put_header(struct nl_msg *msg, int family, uint8_t cmd)
 {
-	if (genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, 0, cmd, NBD_GENL_VERSION) == NULL)
+	if (genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, 0, cmd, NBD_GENL_VERSION) ==
+	    NULL) {
 		return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -228,14 +240,17 @@ static int put_sockets(struct nl_msg *msg, const int *fds, uint32_t n)
 	uint32_t i;
 
 	socks = nla_nest_start(msg, NBD_ATTR_SOCKETS);
-	if (socks == NULL)
+	if (socks == NULL) {
 		return -ENOMEM;
+	}
 	for (i = 0; i < n; i++) {
 		item = nla_nest_start(msg, NBD_SOCK_ITEM);
-		if (item == NULL)
+		if (item == NULL) {
 			return -ENOMEM;
-		if (nla_put_u32(msg, NBD_SOCK_FD, (uint32_t)fds[i]) < 0)
+		}
+		if (nla_put_u32(msg, NBD_SOCK_FD, (uint32_t)fds[i]) < 0) {
 			return -ENOMEM;
+		}
 		nla_nest_end(msg, item);
 	}
 	nla_nest_end(msg, socks);
@@ -247,24 +262,32 @@ int nbd_netlink_put_connect(struct nl_msg *msg, int family,
 {
 	uint32_t bs = opts->block_size ? opts->block_size : KEEL_NBD_KERNEL_DEFAULT_BLOCK_SIZE;
 
-	if (put_header(msg, family, NBD_CMD_CONNECT) != 0)
+	if (put_header(msg, family, NBD_CMD_CONNECT) != 0) {
 		return -ENOMEM;
-	if (opts->index >= 0 && nla_put_u32(msg, NBD_ATTR_INDEX, (uint32_t)opts->index) < 0)
+	}
+	if (opts->index >= 0 && nla_put_u32(msg, NBD_ATTR_INDEX, (uint32_t)opts->index) < 0) {
 		return -ENOMEM;
+	}
 	if (nla_put_u64(msg, NBD_ATTR_SIZE_BYTES, opts->size_bytes) < 0 ||
 	    nla_put_u64(msg, NBD_ATTR_BLOCK_SIZE_BYTES, bs) < 0 ||
-	    nla_put_u64(msg, NBD_ATTR_SERVER_FLAGS, opts->server_flags) < 0)
+	    nla_put_u64(msg, NBD_ATTR_SERVER_FLAGS, opts->server_flags) < 0) {
 		return -ENOMEM;
-	if (opts->client_flags != 0 && nla_put_u64(msg, NBD_ATTR_CLIENT_FLAGS, opts->client_flags) < 0)
+	}
+	if (opts->client_flags != 0 &&
+	    nla_put_u64(msg, NBD_ATTR_CLIENT_FLAGS, opts->client_flags) < 0) {
 		return -ENOMEM;
-	if (opts->timeout_s != 0 && nla_put_u64(msg, NBD_ATTR_TIMEOUT, opts->timeout_s) < 0)
+	}
+	if (opts->timeout_s != 0 && nla_put_u64(msg, NBD_ATTR_TIMEOUT, opts->timeout_s) < 0) {
 		return -ENOMEM;
+	}
 	if (opts->dead_conn_timeout_s != 0 &&
-	    nla_put_u64(msg, NBD_ATTR_DEAD_CONN_TIMEOUT, opts->dead_conn_timeout_s) < 0)
+	    nla_put_u64(msg, NBD_ATTR_DEAD_CONN_TIMEOUT, opts->dead_conn_timeout_s) < 0) {
 		return -ENOMEM;
+	}
 	if (opts->backend_id != NULL &&
-	    nla_put_string(msg, NBD_ATTR_BACKEND_IDENTIFIER, opts->backend_id) < 0)
+	    nla_put_string(msg, NBD_ATTR_BACKEND_IDENTIFIER, opts->backend_id) < 0) {
 		return -ENOMEM;
+	}
 	return put_sockets(msg, opts->sock_fds, opts->num_sock_fds);
 }
 
@@ -272,42 +295,55 @@ int nbd_netlink_put_reconfigure(struct nl_msg *msg, int family, uint32_t index,
 				const struct keel_nbd_kernel_reconfigure_opts *opts)
 {
 	if (put_header(msg, family, NBD_CMD_RECONFIGURE) != 0 ||
-	    nla_put_u32(msg, NBD_ATTR_INDEX, index) < 0)
+	    nla_put_u32(msg, NBD_ATTR_INDEX, index) < 0) {
 		return -ENOMEM;
-	if (opts->size_bytes != 0 && nla_put_u64(msg, NBD_ATTR_SIZE_BYTES, opts->size_bytes) < 0)
+	}
+	if (opts->size_bytes != 0 && nla_put_u64(msg, NBD_ATTR_SIZE_BYTES, opts->size_bytes) < 0) {
 		return -ENOMEM;
-	if (opts->block_size != 0 && nla_put_u64(msg, NBD_ATTR_BLOCK_SIZE_BYTES, opts->block_size) < 0)
+	}
+	if (opts->block_size != 0 &&
+	    nla_put_u64(msg, NBD_ATTR_BLOCK_SIZE_BYTES, opts->block_size) < 0) {
 		return -ENOMEM;
-	if (opts->timeout_s >= 0 && nla_put_u64(msg, NBD_ATTR_TIMEOUT, (uint64_t)opts->timeout_s) < 0)
+	}
+	if (opts->timeout_s >= 0 &&
+	    nla_put_u64(msg, NBD_ATTR_TIMEOUT, (uint64_t)opts->timeout_s) < 0) {
 		return -ENOMEM;
+	}
 	if (opts->dead_conn_timeout_s >= 0 &&
-	    nla_put_u64(msg, NBD_ATTR_DEAD_CONN_TIMEOUT, (uint64_t)opts->dead_conn_timeout_s) < 0)
+	    nla_put_u64(msg, NBD_ATTR_DEAD_CONN_TIMEOUT, (uint64_t)opts->dead_conn_timeout_s) < 0) {
 		return -ENOMEM;
+	}
 	if (opts->client_flags >= 0 &&
-	    nla_put_u64(msg, NBD_ATTR_CLIENT_FLAGS, (uint64_t)opts->client_flags) < 0)
+	    nla_put_u64(msg, NBD_ATTR_CLIENT_FLAGS, (uint64_t)opts->client_flags) < 0) {
 		return -ENOMEM;
+	}
 	if (opts->backend_id != NULL &&
-	    nla_put_string(msg, NBD_ATTR_BACKEND_IDENTIFIER, opts->backend_id) < 0)
+	    nla_put_string(msg, NBD_ATTR_BACKEND_IDENTIFIER, opts->backend_id) < 0) {
 		return -ENOMEM;
-	if (opts->num_sock_fds > 0)
+	}
+	if (opts->num_sock_fds > 0) {
 		return put_sockets(msg, opts->sock_fds, opts->num_sock_fds);
+	}
 	return 0;
 }
 
 int nbd_netlink_put_disconnect(struct nl_msg *msg, int family, uint32_t index)
 {
 	if (put_header(msg, family, NBD_CMD_DISCONNECT) != 0 ||
-	    nla_put_u32(msg, NBD_ATTR_INDEX, index) < 0)
+	    nla_put_u32(msg, NBD_ATTR_INDEX, index) < 0) {
 		return -ENOMEM;
+	}
 	return 0;
 }
 
 int nbd_netlink_put_status(struct nl_msg *msg, int family, int64_t index)
 {
-	if (put_header(msg, family, NBD_CMD_STATUS) != 0)
+	if (put_header(msg, family, NBD_CMD_STATUS) != 0) {
 		return -ENOMEM;
-	if (index >= 0 && nla_put_u32(msg, NBD_ATTR_INDEX, (uint32_t)index) < 0)
+	}
+	if (index >= 0 && nla_put_u32(msg, NBD_ATTR_INDEX, (uint32_t)index) < 0) {
 		return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -341,16 +377,18 @@ static int request_valid_cb_hdr(struct nlmsghdr *nlh, struct nbd_request *req)
 	struct nlattr *tb[NBD_ATTR_MAX + 1];
 	int rc;
 
-	if (req->on_reply == NULL)
+	if (req->on_reply == NULL) {
 		return NL_OK;
+	}
 	rc = genlmsg_parse(nlh, 0, tb, NBD_ATTR_MAX, g_attr_policy);
 	if (rc < 0) {
 		req->reply_rc = -EPROTO;
 		return NL_OK;
 	}
 	rc = req->on_reply(tb, req->reply_arg);
-	if (rc != 0 && req->reply_rc == 0)
+	if (rc != 0 && req->reply_rc == 0) {
 		req->reply_rc = rc;
+	}
 	return NL_OK;
 }
 
@@ -418,14 +456,16 @@ static int explain_kernel_errno(const char *what, int64_t index, int rc, char *e
 {
 	char dev[32];
 
-	if (index >= 0)
+	if (index >= 0) {
 		snprintf(dev, sizeof(dev), "/dev/nbd%lld", (long long)index);
-	else
+	} else {
 		snprintf(dev, sizeof(dev), "nbd");
+	}
 	switch (rc) {
 	case -EPERM:
 	case -EACCES:
-		set_err(err, err_len, "nbd %s: %s (needs root or CAP_SYS_ADMIN)", what, strerror(-rc));
+		set_err(err, err_len, "nbd %s: %s (needs root or CAP_SYS_ADMIN)", what,
+			strerror(-rc));
 		break;
 	case -EBUSY:
 		set_err(err, err_len, "nbd %s: %s is already in use", what, dev);
@@ -464,8 +504,9 @@ static int nbd_transact(struct nl_sock *sk, struct nl_msg *msg, struct nbd_reque
 	rc = 0;
 	while (!req->acked && req->kernel_errno == 0) {
 		rc = nl_recvmsgs(sk, cb);
-		if (rc < 0)
+		if (rc < 0) {
 			break;
+		}
 		rc = 0;
 	}
 	if (req->kernel_errno != 0) {
@@ -495,8 +536,9 @@ static int nbd_command(struct nbd_request *req, nbd_build_fn build, const void *
 	int family, rc;
 
 	rc = nbd_open(&sk, &family, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	msg = nlmsg_alloc();
 	if (msg == NULL) {
 		set_err(err, err_len, "out of memory for a netlink message");
@@ -549,8 +591,9 @@ static int connect_on_reply(struct nlattr **tb, void *arg)
 {
 	struct connect_reply *r = arg;
 
-	if (tb[NBD_ATTR_INDEX] == NULL)
+	if (tb[NBD_ATTR_INDEX] == NULL) {
 		return -EPROTO;
+	}
 	r->index = nla_get_u32(tb[NBD_ATTR_INDEX]);
 	r->have_index = true;
 	return 0;
@@ -565,11 +608,13 @@ int keel_nbd_kernel_connect(const struct keel_nbd_kernel_connect_opts *opts, uin
 	int rc;
 
 	rc = nbd_netlink_connect_opts_check(opts, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	rc = nbd_command(&req, build_connect, opts, opts->index, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	if (reply.have_index) {
 		*index = reply.index;
 	} else if (opts->index >= 0) {
@@ -617,8 +662,9 @@ int keel_nbd_kernel_reconfigure(uint32_t index, const struct keel_nbd_kernel_rec
 	int rc;
 
 	rc = nbd_netlink_reconfigure_opts_check(opts, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	return nbd_command(&req, build_reconfigure, &a, index, err, err_len);
 }
 
@@ -635,23 +681,26 @@ static int status_on_reply(struct nlattr **tb, void *arg)
 	struct nlattr *item, *dtb[NBD_DEVICE_ATTR_MAX + 1];
 	int rem;
 
-	if (tb[NBD_ATTR_DEVICE_LIST] == NULL)
+	if (tb[NBD_ATTR_DEVICE_LIST] == NULL) {
 		return 0;
-	nla_for_each_nested(item, tb[NBD_ATTR_DEVICE_LIST], rem) {
-		if (nla_type(item) != NBD_DEVICE_ITEM)
+	}
+	nla_for_each_nested(item, tb[NBD_ATTR_DEVICE_LIST], rem)
+	{
+		if (nla_type(item) != NBD_DEVICE_ITEM) {
 			continue;
+		}
 		if (nla_parse_nested(dtb, NBD_DEVICE_ATTR_MAX, item, g_device_policy) < 0 ||
-		    dtb[NBD_DEVICE_INDEX] == NULL || dtb[NBD_DEVICE_CONNECTED] == NULL)
+		    dtb[NBD_DEVICE_INDEX] == NULL || dtb[NBD_DEVICE_CONNECTED] == NULL) {
 			return -EPROTO;
-		s->fn(nla_get_u32(dtb[NBD_DEVICE_INDEX]), nla_get_u8(dtb[NBD_DEVICE_CONNECTED]) != 0,
-		      s->ctx);
+		}
+		s->fn(nla_get_u32(dtb[NBD_DEVICE_INDEX]),
+		      nla_get_u8(dtb[NBD_DEVICE_CONNECTED]) != 0, s->ctx);
 		s->count++;
 	}
 	return 0;
 }
 
-int nbd_netlink_status_decode(const void *buf, size_t len, keel_nbd_kernel_status_fn fn,
-			      void *ctx)
+int nbd_netlink_status_decode(const void *buf, size_t len, keel_nbd_kernel_status_fn fn, void *ctx)
 {
 	struct status_arg s = {.index = -1, .fn = fn, .ctx = ctx};
 	struct nbd_request req = {.what = "STATUS", .on_reply = status_on_reply, .reply_arg = &s};
@@ -707,8 +756,9 @@ int keel_nbd_kernel_status(uint32_t index, bool *connected, char *err, size_t er
 	int rc;
 
 	rc = status_run(&s, err, err_len);
-	if (rc < 0)
+	if (rc < 0) {
 		return rc;
+	}
 	if (!o.found) {
 		/* The kernel answers an unknown index with an empty list. */
 		set_err(err, err_len, "no such device /dev/nbd%u", index);
@@ -735,8 +785,9 @@ int keel_nbd_kernel_probe(char *err, size_t err_len)
 	int family, rc;
 
 	rc = nbd_open(&sk, &family, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	nl_socket_free(sk);
 	return 0;
 }
@@ -762,8 +813,9 @@ int keel_nbd_kernel_monitor_open(struct keel_nbd_kernel_monitor **monitor, char 
 		return -ENOMEM;
 	}
 	rc = nbd_open(&mon->sk, &mon->family, err, err_len);
-	if (rc != 0)
+	if (rc != 0) {
 		goto out_free_mon;
+	}
 	grp = genl_ctrl_resolve_grp(mon->sk, NBD_GENL_FAMILY_NAME, NBD_GENL_MCAST_GROUP_NAME);
 	if (grp < 0) {
 		set_err(err, err_len, "nbd multicast group %s not found: %s",
@@ -781,7 +833,8 @@ int keel_nbd_kernel_monitor_open(struct keel_nbd_kernel_monitor **monitor, char 
 	}
 	rc = nl_socket_set_nonblocking(mon->sk);
 	if (rc < 0) {
-		set_err(err, err_len, "cannot make the nbd monitor non-blocking: %s", nl_geterror(rc));
+		set_err(err, err_len, "cannot make the nbd monitor non-blocking: %s",
+			nl_geterror(rc));
 		rc = nbd_netlink_errno_from_nl(rc);
 		goto out_free_sock;
 	}
@@ -811,25 +864,31 @@ int nbd_netlink_link_dead_decode(const void *buf, size_t len, uint32_t sender_pi
 	 * Only the kernel (port id 0) announces a dead link. Any local process may send
 	 * to our port: a forged LINK_DEAD must not make keeld act on a device.
 	 */
-	if (sender_pid != 0)
+	if (sender_pid != 0) {
 		return 0;
+	}
 	for (nlh = buf; nlmsg_ok(nlh, left); nlh = nlmsg_next((struct nlmsghdr *)nlh, &left)) {
 		struct nlattr *tb[NBD_ATTR_MAX + 1];
 		struct genlmsghdr *gh;
 
-		if (nlh->nlmsg_type != family)
+		if (nlh->nlmsg_type != family) {
 			continue;
-		if (nlh->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN)
+		}
+		if (nlh->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN) {
 			continue;
+		}
 		gh = nlmsg_data(nlh);
-		if (gh->cmd != NBD_CMD_LINK_DEAD)
+		if (gh->cmd != NBD_CMD_LINK_DEAD) {
 			continue;
+		}
 		if (genlmsg_parse((struct nlmsghdr *)nlh, 0, tb, NBD_ATTR_MAX, g_attr_policy) < 0 ||
-		    tb[NBD_ATTR_INDEX] == NULL)
+		    tb[NBD_ATTR_INDEX] == NULL) {
 			continue;
+		}
 		handled++;
-		if (fn != NULL)
+		if (fn != NULL) {
 			fn(nla_get_u32(tb[NBD_ATTR_INDEX]), ctx);
+		}
 	}
 	return handled;
 }
@@ -852,27 +911,33 @@ int keel_nbd_kernel_monitor_dispatch(struct keel_nbd_kernel_monitor *monitor,
 		ssize_t n;
 
 		memset(&from, 0, sizeof(from));
-		n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &from_len);
+		n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from,
+			     &from_len);
 		if (n < 0) {
-			if (errno == EINTR)
+			if (errno == EINTR) {
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				return handled;
+			}
 			return -errno;
 		}
-		if (n == 0)
+		if (n == 0) {
 			return handled;
-		if (from_len < sizeof(from) || from.nl_family != AF_NETLINK)
+		}
+		if (from_len < sizeof(from) || from.nl_family != AF_NETLINK) {
 			continue;
-		handled += nbd_netlink_link_dead_decode(buf, (size_t)n, from.nl_pid, monitor->family,
-							fn, ctx);
+		}
+		handled += nbd_netlink_link_dead_decode(buf, (size_t)n, from.nl_pid,
+							monitor->family, fn, ctx);
 	}
 }
 
 void keel_nbd_kernel_monitor_close(struct keel_nbd_kernel_monitor *monitor)
 {
-	if (monitor == NULL)
+	if (monitor == NULL) {
 		return;
+	}
 	nl_socket_free(monitor->sk);
 	free(monitor);
 }

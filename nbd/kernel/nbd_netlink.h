@@ -26,8 +26,7 @@ int nbd_netlink_errno_from_nl(int nlerr);
  * listed. \return the number of devices, or -EPROTO for a malformed reply. Pure: no
  * I/O, any input (fuzz target).
  */
-int nbd_netlink_status_decode(const void *buf, size_t len, keel_nbd_kernel_status_fn fn,
-			      void *ctx);
+int nbd_netlink_status_decode(const void *buf, size_t len, keel_nbd_kernel_status_fn fn, void *ctx);
 
 /* Check CONNECT options before anything is sent; 0 or -EINVAL with a message. */
 int nbd_netlink_connect_opts_check(const struct keel_nbd_kernel_connect_opts *opts, char *err,

@@ -82,7 +82,7 @@ struct bench_job {
 	struct keel_io_channel *ch;
 	struct bench_task *tasks;
 	void *bufs;
-	uint64_t nblocks;       /* in units of bs */
+	uint64_t nblocks; /* in units of bs */
 	uint64_t seq;
 	uint64_t rng;
 	uint32_t inflight;
@@ -99,7 +99,7 @@ struct bench_job {
 	struct keel_poller *timer_poller; /* 1 ms: how late the reactor runs it */
 	uint64_t timer_last_ns;
 	uint64_t timer_late_max_ns;
-	long nvcsw_start;       /* voluntary context switches of the reactor thread */
+	long nvcsw_start; /* voluntary context switches of the reactor thread */
 	long nvcsw;
 	int status;
 };
@@ -124,20 +124,36 @@ static int parse_size(const char *s, uint64_t *out)
 	char *end;
 	unsigned long long v;
 
-	if (!s || *s < '0' || *s > '9')
+	if (!s || *s < '0' || *s > '9') {
 		return -EINVAL;
+	}
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno || end == s)
+	if (errno || end == s) {
 		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	default: break;
 	}
-	if (*end || v == 0)
+	switch (*end) {
+	case 'k':
+	case 'K':
+		v <<= 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		v <<= 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		v <<= 30;
+		end++;
+		break;
+	default:
+		break;
+	}
+	if (*end || v == 0) {
 		return -EINVAL;
+	}
 	*out = v;
 	return 0;
 }
@@ -225,7 +241,8 @@ static int parse_args(int argc, char **argv)
 			break;
 		case 's':
 			if (parse_size(optarg, &v) || v < 512 || v > (64u << 20) || (v & (v - 1))) {
-				fprintf(stderr, "keel-bench bdev: bad --bs '%s' (power of two, 512..64m)\n",
+				fprintf(stderr,
+					"keel-bench bdev: bad --bs '%s' (power of two, 512..64m)\n",
 					optarg);
 				return -EINVAL;
 			}
@@ -233,22 +250,24 @@ static int parse_args(int argc, char **argv)
 			break;
 		case 'q':
 			if (parse_size(optarg, &v) || v > 65536) {
-				fprintf(stderr, "keel-bench bdev: bad --qd '%s' (1..65536)\n", optarg);
+				fprintf(stderr, "keel-bench bdev: bad --qd '%s' (1..65536)\n",
+					optarg);
 				return -EINVAL;
 			}
 			g_opts.qd = (uint32_t)v;
 			break;
 		case 't':
 			if (parse_size(optarg, &v) || v > 86400) {
-				fprintf(stderr, "keel-bench bdev: bad --seconds '%s' (1..86400)\n", optarg);
+				fprintf(stderr, "keel-bench bdev: bad --seconds '%s' (1..86400)\n",
+					optarg);
 				return -EINVAL;
 			}
 			g_opts.seconds = (uint32_t)v;
 			break;
 		case 'c':
 			if (parse_size(optarg, &v) || v > BENCH_MAX_CORES) {
-				fprintf(stderr, "keel-bench bdev: bad --cores '%s' (1..%d)\n", optarg,
-					BENCH_MAX_CORES);
+				fprintf(stderr, "keel-bench bdev: bad --cores '%s' (1..%d)\n",
+					optarg, BENCH_MAX_CORES);
 				return -EINVAL;
 			}
 			g_opts.cores = (uint32_t)v;
@@ -264,15 +283,18 @@ static int parse_args(int argc, char **argv)
 			break;
 		case 'B':
 			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
-				fprintf(stderr, "keel-bench bdev: bad --bitmap '%s' (on|off)\n", optarg);
+				fprintf(stderr, "keel-bench bdev: bad --bitmap '%s' (on|off)\n",
+					optarg);
 				return -EINVAL;
 			}
 			g_opts.bitmap = strcmp(optarg, "on") == 0;
 			break;
 		case 'R':
 			if (parse_size(optarg, &v) || v < 65536 || (v & (v - 1))) {
-				fprintf(stderr, "keel-bench bdev: bad --bitmap-region '%s' (power of "
-					"two >= 64k)\n", optarg);
+				fprintf(stderr,
+					"keel-bench bdev: bad --bitmap-region '%s' (power of "
+					"two >= 64k)\n",
+					optarg);
 				return -EINVAL;
 			}
 			g_opts.bitmap_region = v;
@@ -315,8 +337,9 @@ static inline uint32_t hist_bucket(uint64_t ticks)
 {
 	uint32_t msb, b;
 
-	if (ticks < 64)
+	if (ticks < 64) {
 		return (uint32_t)ticks;
+	}
 	msb = 63 - (uint32_t)__builtin_clzll(ticks);
 	b = (msb - 5) * 64 + (uint32_t)((ticks >> (msb - 6)) & 63);
 	return b < BENCH_HIST_BUCKETS ? b : BENCH_HIST_BUCKETS - 1;
@@ -326,8 +349,9 @@ static uint64_t hist_value(uint32_t b)
 {
 	uint32_t msb;
 
-	if (b < 64)
+	if (b < 64) {
 		return b;
+	}
 	msb = b / 64 + 5;
 	return (1ull << msb) | ((uint64_t)(b % 64) << (msb - 6));
 }
@@ -340,19 +364,22 @@ static inline void bench_submit(struct bench_task *t)
 	struct bench_job *job = t->job;
 	/* Multiply-shift range reduction: a 64-bit division would cost more than the
 	 * whole null-bdev request. */
-	uint64_t blk = g_opts.rand ?
-		       (uint64_t)(((unsigned __int128)bench_rand(job) * job->nblocks) >> 64) :
-		       job->seq++ % job->nblocks;
+	uint64_t blk = g_opts.rand
+			       ? (uint64_t)(((unsigned __int128)bench_rand(job) * job->nblocks) >>
+					    64)
+			       : job->seq++ % job->nblocks;
 	uint64_t off = blk * g_opts.bs;
 	int rc;
 
 	t->sampled = (job->ios & BENCH_SAMPLE_MASK) == 0;
-	if (t->sampled)
+	if (t->sampled) {
 		t->start_tsc = keel_ticks();
-	if (g_opts.write)
+	}
+	if (g_opts.write) {
 		rc = keel_bdev_write(job->desc, job->ch, t->buf, off, g_opts.bs, bench_io_done, t);
-	else
+	} else {
 		rc = keel_bdev_read(job->desc, job->ch, t->buf, off, g_opts.bs, bench_io_done, t);
+	}
 	if (rc) {
 		KEEL_ERRLOG("bench job %u: submit failed: %s", job->idx, strerror(-rc));
 		job->failed = true;
@@ -369,8 +396,9 @@ static void bench_io_done(void *arg, int status)
 
 	job->inflight--;
 	job->ios++;
-	if (status)
+	if (status) {
 		job->errors++;
+	}
 	if (t->sampled) {
 		uint64_t lat = keel_ticks() - t->start_tsc;
 
@@ -381,8 +409,9 @@ static void bench_io_done(void *arg, int status)
 		bench_submit(t);
 		return;
 	}
-	if (job->inflight == 0)
+	if (job->inflight == 0) {
 		bench_job_end(job);
+	}
 }
 
 static int bench_stop_poll(void *arg)
@@ -392,8 +421,9 @@ static int bench_stop_poll(void *arg)
 	keel_poller_unregister(&job->stop_poller);
 	job->end_ns = keel_now_ns();
 	job->stopping = true;
-	if (job->inflight == 0)
+	if (job->inflight == 0) {
 		bench_job_end(job);
+	}
 	return KEEL_POLLER_BUSY;
 }
 
@@ -404,8 +434,9 @@ static int bench_timer_poll(void *arg)
 	uint64_t now = keel_now_ns();
 
 	if (job->timer_last_ns != 0 && now - job->timer_last_ns > BENCH_TIMER_US * 1000ull &&
-	    now - job->timer_last_ns - BENCH_TIMER_US * 1000ull > job->timer_late_max_ns)
+	    now - job->timer_last_ns - BENCH_TIMER_US * 1000ull > job->timer_late_max_ns) {
 		job->timer_late_max_ns = now - job->timer_last_ns - BENCH_TIMER_US * 1000ull;
+	}
 	job->timer_last_ns = now;
 	return KEEL_POLLER_IDLE;
 }
@@ -414,35 +445,43 @@ static void bench_job_done_main(void *arg)
 {
 	struct bench_job *job = arg;
 
-	if (job->status && !g_result)
+	if (job->status && !g_result) {
 		g_result = job->status;
-	if (++g_jobs_done == g_opts.cores)
+	}
+	if (++g_jobs_done == g_opts.cores) {
 		bench_finish(g_result);
+	}
 }
 
 static void bench_job_end(struct bench_job *job)
 {
-	if (job->ended)
+	if (job->ended) {
 		return;
+	}
 	job->ended = true;
-	if (!job->end_ns)
+	if (!job->end_ns) {
 		job->end_ns = keel_now_ns();
+	}
 	{
 		struct rusage ru;
 
-		if (getrusage(RUSAGE_THREAD, &ru) == 0)
+		if (getrusage(RUSAGE_THREAD, &ru) == 0) {
 			job->nvcsw = ru.ru_nvcsw - job->nvcsw_start;
+		}
 	}
 	keel_poller_unregister(&job->stop_poller);
 	keel_poller_unregister(&job->timer_poller);
-	if (job->ch)
+	if (job->ch) {
 		keel_put_io_channel(job->ch);
+	}
 	job->ch = NULL;
-	if (job->desc)
+	if (job->desc) {
 		keel_bdev_close(job->desc);
+	}
 	job->desc = NULL;
-	if (job->failed && !job->status)
+	if (job->failed && !job->status) {
 		job->status = -EIO;
+	}
 	keel_thread_send_msg(keel_thread_get_main(), bench_job_done_main, job);
 	keel_thread_exit(keel_thread_get_current());
 }
@@ -455,8 +494,9 @@ static void bench_event(enum keel_bdev_event_type type, struct keel_bdev *bdev, 
 		KEEL_ERRLOG("bench job %u: bdev removed", job->idx);
 		job->failed = true;
 		job->stopping = true;
-		if (job->inflight == 0)
+		if (job->inflight == 0) {
 			bench_job_end(job);
+		}
 	}
 }
 
@@ -496,12 +536,14 @@ static void bench_job_start(void *arg)
 	job->seq = job->nblocks / g_opts.cores * job->idx;
 	job->stop_poller = keel_poller_register(bench_stop_poll, job,
 						(uint64_t)g_opts.seconds * 1000000, "bench_stop");
-	job->timer_poller = keel_poller_register(bench_timer_poll, job, BENCH_TIMER_US, "bench_timer");
+	job->timer_poller = keel_poller_register(bench_timer_poll, job, BENCH_TIMER_US,
+						 "bench_timer");
 	{
 		struct rusage ru;
 
-		if (getrusage(RUSAGE_THREAD, &ru) == 0)
+		if (getrusage(RUSAGE_THREAD, &ru) == 0) {
 			job->nvcsw_start = ru.ru_nvcsw;
+		}
 	}
 	job->start_ns = keel_now_ns();
 	for (uint32_t i = 0; i < g_opts.qd && !job->stopping; i++) {
@@ -509,8 +551,9 @@ static void bench_job_start(void *arg)
 		job->tasks[i].buf = (char *)job->bufs + (size_t)i * g_opts.bs;
 		bench_submit(&job->tasks[i]);
 	}
-	if (job->inflight == 0)
+	if (job->inflight == 0) {
 		bench_job_end(job);
+	}
 	return;
 
 out_end:
@@ -552,21 +595,25 @@ static uint64_t bench_report(void)
 
 		ios += job->ios;
 		errors += job->errors;
-		if (js > 0)
+		if (js > 0) {
 			iops += (double)job->ios / js;
-		if (js > secs)
+		}
+		if (js > secs) {
 			secs = js;
+		}
 		lat_sum += job->lat_sum_ticks;
-		if (job->timer_late_max_ns > timer_late_ns)
+		if (job->timer_late_max_ns > timer_late_ns) {
 			timer_late_ns = job->timer_late_max_ns;
+		}
 		sleeps += job->nvcsw;
 		for (uint32_t b = 0; b < BENCH_HIST_BUCKETS; b++) {
 			hist[b] += job->hist[b];
 			samples += job->hist[b];
 		}
 	}
-	if (samples)
+	if (samples) {
 		lat_avg_us = (double)lat_sum / (double)samples * g_ns_per_tick / 1000.0;
+	}
 	for (uint32_t b = 0; b < BENCH_HIST_BUCKETS && samples; b++) {
 		acc += hist[b];
 		if (acc * 100 >= samples * 99) {
@@ -576,12 +623,14 @@ static uint64_t bench_report(void)
 	}
 	if (g_opts.json) {
 		printf("{\"bdev\": \"%s%s%s\", \"rw\": \"%s%s\", \"bs\": %u, \"qd\": %u, "
-		       "\"cores\": %u, \"seconds\": %.3f, \"ios\": %" PRIu64 ", \"errors\": %" PRIu64
+		       "\"cores\": %u, \"seconds\": %.3f, \"ios\": %" PRIu64
+		       ", \"errors\": %" PRIu64
 		       ", \"iops\": %.0f, \"mib_per_s\": %.2f, \"lat_avg_us\": %.3f, "
-		       "\"lat_p99_us\": %.3f, \"cpu_pct\": %.1f, \"timer_late_max_us\": %.1f, \"reactor_sleeps\": %ld}\n",
+		       "\"lat_p99_us\": %.3f, \"cpu_pct\": %.1f, \"timer_late_max_us\": %.1f, "
+		       "\"reactor_sleeps\": %ld}\n",
 		       g_opts.type, g_opts.arg[0] ? ":" : "", g_opts.arg, g_opts.rand ? "rand" : "",
-		       g_opts.write ? "write" : "read", g_opts.bs, g_opts.qd, g_opts.cores, secs, ios,
-		       errors, iops, iops * g_opts.bs / 1048576.0, lat_avg_us,
+		       g_opts.write ? "write" : "read", g_opts.bs, g_opts.qd, g_opts.cores, secs,
+		       ios, errors, iops, iops * g_opts.bs / 1048576.0, lat_avg_us,
 		       (double)p99_ticks * g_ns_per_tick / 1000.0, cpu_pct, timer_late_ns / 1000.0,
 		       sleeps);
 	} else {
@@ -596,7 +645,8 @@ static uint64_t bench_report(void)
 	}
 	fflush(stdout);
 	if (errors != 0) {
-		fprintf(stderr, "keel-bench bdev: failed: %" PRIu64 " of %" PRIu64 " requests "
+		fprintf(stderr,
+			"keel-bench bdev: failed: %" PRIu64 " of %" PRIu64 " requests "
 			"completed with an error; the figures above do not measure the path\n",
 			errors, ios);
 	}
@@ -612,10 +662,12 @@ static void bench_finish(int status)
 {
 	g_result = status;
 	if (status == 0) {
-		if (bench_report() != 0)
+		if (bench_report() != 0) {
 			g_result = -EIO;
-	} else
+		}
+	} else {
 		fprintf(stderr, "keel-bench bdev: failed: %s\n", strerror(-status));
+	}
 	keel_bdev_subsystem_fini(bench_fini_done, NULL);
 }
 
@@ -677,7 +729,9 @@ static int bench_create_malloc(const char *arg)
 static int bench_create_error(const char *arg)
 {
 	struct keel_bdev_error_rule rule = {
-		.io_type = KEEL_BDEV_IO_NUM_TYPES, .error = -EIO, .every_nth = 1,
+		.io_type = KEEL_BDEV_IO_NUM_TYPES,
+		.error = -EIO,
+		.every_nth = 1,
 	};
 	struct keel_bdev *b;
 	uint64_t nth = 1;
@@ -689,10 +743,12 @@ static int bench_create_error(const char *arg)
 	}
 	rule.every_nth = (uint32_t)nth;
 	rc = keel_bdev_null_create("bench0.base", NULL, (1ull << 30) / 512, 512, &b);
-	if (rc == 0)
+	if (rc == 0) {
 		rc = keel_bdev_error_create(g_bdev_name, "bench0.base", &b);
-	if (rc == 0)
+	}
+	if (rc == 0) {
 		rc = keel_bdev_error_inject(g_bdev_name, &rule);
+	}
 	return rc;
 }
 
@@ -730,8 +786,10 @@ static int g_nexus_child_status;
 static void bench_nexus_created(void *cb_arg, int status, const char *errmsg,
 				struct keel_nexus *nexus)
 {
-	if (status != 0)
-		fprintf(stderr, "keel-bench bdev: nexus: %s\n", errmsg ? errmsg : strerror(-status));
+	if (status != 0) {
+		fprintf(stderr, "keel-bench bdev: nexus: %s\n",
+			errmsg ? errmsg : strerror(-status));
+	}
 	bench_created(status);
 }
 
@@ -739,7 +797,10 @@ static void bench_nexus_make_volume(void)
 {
 	static const char *const reps[] = {"bench0.r0", "bench0.r1"};
 	struct keel_nexus_create_opts o = {
-		.name = g_bdev_name, .replicas = reps, .num_replicas = 2, .force = true,
+		.name = g_bdev_name,
+		.replicas = reps,
+		.num_replicas = 2,
+		.force = true,
 	};
 	int rc;
 
@@ -748,16 +809,19 @@ static void bench_nexus_make_volume(void)
 		return;
 	}
 	rc = keel_nexus_create(&o, bench_nexus_created, NULL);
-	if (rc != 0)
+	if (rc != 0) {
 		bench_created(rc);
+	}
 }
 
 static void bench_nexus_aio_created(void *cb_arg, int status, struct keel_bdev *bdev)
 {
-	if (status != 0 && g_nexus_child_status == 0)
+	if (status != 0 && g_nexus_child_status == 0) {
 		g_nexus_child_status = status;
-	if (--g_nexus_children_pending == 0)
+	}
+	if (--g_nexus_children_pending == 0) {
 		bench_nexus_make_volume();
+	}
 }
 
 static int bench_create_nexus(const char *arg)
@@ -768,10 +832,12 @@ static int bench_create_nexus(const char *arg)
 	int rc = 0;
 
 	keel_rebuild_get_opts(&ro);
-	if (g_opts.bitmap >= 0)
+	if (g_opts.bitmap >= 0) {
 		ro.bitmap = g_opts.bitmap == 1;
-	if (g_opts.bitmap_region != 0)
+	}
+	if (g_opts.bitmap_region != 0) {
 		ro.bitmap_region_size = g_opts.bitmap_region;
+	}
 	if (keel_rebuild_set_opts(&ro) != 0) {
 		fprintf(stderr, "keel-bench bdev: bad nexus bitmap options\n");
 		return -EINVAL;
@@ -780,17 +846,20 @@ static int bench_create_nexus(const char *arg)
 	if (strcmp(arg, "null") == 0) {
 		/* 64 GiB: random offsets spread over many bitmap regions. */
 		rc = keel_bdev_null_create("bench0.r0", NULL, (64ull << 30) / 512, 512, &b);
-		if (rc == 0)
+		if (rc == 0) {
 			rc = keel_bdev_null_create("bench0.r1", NULL, (64ull << 30) / 512, 512, &b);
+		}
 	} else if (strncmp(arg, "malloc", 6) == 0 && (arg[6] == '\0' || arg[6] == ':')) {
-		if (arg[6] == ':' && (parse_size(arg + 7, &size) || size < 4 * KEEL_NEXUS_DATA_OFFSET)) {
+		if (arg[6] == ':' &&
+		    (parse_size(arg + 7, &size) || size < 4 * KEEL_NEXUS_DATA_OFFSET)) {
 			fprintf(stderr, "keel-bench bdev: bad nexus malloc size '%s'\n", arg + 7);
 			return -EINVAL;
 		}
 		size += KEEL_NEXUS_DATA_OFFSET;
 		rc = keel_bdev_malloc_create("bench0.r0", NULL, size / 512, 512, &b);
-		if (rc == 0)
+		if (rc == 0) {
 			rc = keel_bdev_malloc_create("bench0.r1", NULL, size / 512, 512, &b);
+		}
 	} else if (strncmp(arg, "aio:", 4) == 0 && strchr(arg + 4, ',') != NULL) {
 		char p0[4096], p1[4096];
 		const char *comma = strchr(arg + 4, ',');
@@ -799,8 +868,9 @@ static int bench_create_nexus(const char *arg)
 		snprintf(p1, sizeof(p1), "%s", comma + 1);
 		g_nexus_children_pending = 2;
 		rc = keel_bdev_aio_create("bench0.r0", p0, 0, bench_nexus_aio_created, NULL);
-		if (rc != 0)
+		if (rc != 0) {
 			return rc;
+		}
 		rc = keel_bdev_aio_create("bench0.r1", p1, 0, bench_nexus_aio_created, NULL);
 		if (rc != 0) {
 			/* The first completes later and sees the failure. */
@@ -810,11 +880,12 @@ static int bench_create_nexus(const char *arg)
 		return 1;
 	} else {
 		fprintf(stderr, "keel-bench bdev: nexus needs null, malloc[:SIZE] or "
-			"aio:PATH1,PATH2\n");
+				"aio:PATH1,PATH2\n");
 		return -EINVAL;
 	}
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	bench_nexus_make_volume();
 	return 1;
 }
@@ -824,12 +895,9 @@ static const struct {
 	const char *type;
 	int (*create)(const char *arg);
 } g_bench_types[] = {
-	{"null", bench_create_null},
-	{"malloc", bench_create_malloc},
-	{"aio", bench_create_file},
-	{"uring", bench_create_file},
-	{"error", bench_create_error},
-	{"nexus", bench_create_nexus},
+	{"null", bench_create_null},   {"malloc", bench_create_malloc},
+	{"aio", bench_create_file},    {"uring", bench_create_file},
+	{"error", bench_create_error}, {"nexus", bench_create_nexus},
 };
 
 static void bench_subsystem_ready(void *arg, int status)
@@ -850,8 +918,9 @@ static void bench_subsystem_ready(void *arg, int status)
 			rc = -EINVAL;
 		}
 	}
-	if (rc == 1)
+	if (rc == 1) {
 		return;
+	}
 	bench_created(rc);
 }
 
@@ -880,8 +949,9 @@ int bench_bdev_main(int argc, char **argv)
 	int rc;
 
 	rc = parse_args(argc, argv);
-	if (rc)
+	if (rc) {
 		return rc > 0 ? 0 : 2;
+	}
 	if (g_opts.cores == 0 || g_opts.qd == 0 || g_opts.seconds == 0) {
 		fprintf(stderr, "keel-bench bdev: --cores, --qd and --seconds must be > 0\n");
 		return 2;

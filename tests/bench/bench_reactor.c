@@ -74,8 +74,7 @@ struct bench_result {
 	double cpu; /* < 0: not measured */
 };
 
-static int bench_run(const char *cpus, enum keel_reactor_mode mode, keel_msg_fn start_fn,
-		     void *ctx)
+static int bench_run(const char *cpus, enum keel_reactor_mode mode, keel_msg_fn start_fn, void *ctx)
 {
 	struct keel_reactor_opts opts;
 	int rc;
@@ -509,68 +508,73 @@ struct bench_row {
 	uint32_t arg0, arg1;
 	enum keel_reactor_mode mode;
 	enum row_kind kind;
-	double target;         /* 0: no target (an extra row) */
-	bool verdict;          /* false: the target is judged elsewhere (see keel) */
-	const char *keel;      /* what keel ran with */
-	const char *spdk;      /* the SPDK tool and what it ran with; NULL: no anchor */
+	double target;    /* 0: no target (an extra row) */
+	bool verdict;     /* false: the target is judged elsewhere (see keel) */
+	const char *keel; /* what keel ran with */
+	const char *spdk; /* the SPDK tool and what it ran with; NULL: no anchor */
 	const char *spdk_result;
 };
 
 static const struct bench_row g_rows[] = {
-	{"same", "msgs/s, one reactor, ring, 1 in flight",
-	 MEASURE_MSGS, MSG_PEER_SAME_REACTOR, 1, 0, KEEL_REACTOR_MODE_POLL, ROW_RATE, 40e6,
-	 true, "2 keel threads on reactor 0 (CPU 0, pinned) bounce 1 message through their "
+	{"same", "msgs/s, one reactor, ring, 1 in flight", MEASURE_MSGS, MSG_PEER_SAME_REACTOR, 1,
+	 0, KEEL_REACTOR_MODE_POLL, ROW_RATE, 40e6, true,
+	 "2 keel threads on reactor 0 (CPU 0, pinned) bounce 1 message through their "
 	 "MPSC rings",
 	 "reactor_perf -t 5: 1 event re-posting itself through the reactor's event ring, "
-	 "core 0, poll", "15.5-17.5M"},
-	{"same", "msgs/s, one reactor, ring, 1 in flight",
-	 MEASURE_MSGS, MSG_PEER_SAME_REACTOR, 1, 0, KEEL_REACTOR_MODE_ADAPTIVE, ROW_RATE,
-	 40e6, true, "as above, adaptive mode", "as above (SPDK polls)", "15.5-17.5M"},
-	{"same", "msgs/s, one reactor, ring, 128 in flight",
-	 MEASURE_MSGS, MSG_PEER_SAME_REACTOR, 64, 64, KEEL_REACTOR_MODE_POLL, ROW_RATE, 0,
-	 true, "2 keel threads on reactor 0 (CPU 0, pinned), 64 messages started by each, "
+	 "core 0, poll",
+	 "15.5-17.5M"},
+	{"same", "msgs/s, one reactor, ring, 1 in flight", MEASURE_MSGS, MSG_PEER_SAME_REACTOR, 1,
+	 0, KEEL_REACTOR_MODE_ADAPTIVE, ROW_RATE, 40e6, true, "as above, adaptive mode",
+	 "as above (SPDK polls)", "15.5-17.5M"},
+	{"same", "msgs/s, one reactor, ring, 128 in flight", MEASURE_MSGS, MSG_PEER_SAME_REACTOR,
+	 64, 64, KEEL_REACTOR_MODE_POLL, ROW_RATE, 0, true,
+	 "2 keel threads on reactor 0 (CPU 0, pinned), 64 messages started by each, "
 	 "through their MPSC rings",
-	 "reactor_perf -t 5 -q 128: 128 events re-posting themselves, core 0, poll",
-	 "31.4-38.0M"},
-	{"same", "msgs/s, same thread, local queue",
-	 MEASURE_MSGS, MSG_PEER_SELF, 1, 0, KEEL_REACTOR_MODE_POLL, ROW_RATE, 0, true,
+	 "reactor_perf -t 5 -q 128: 128 events re-posting themselves, core 0, poll", "31.4-38.0M"},
+	{"same", "msgs/s, same thread, local queue", MEASURE_MSGS, MSG_PEER_SELF, 1, 0,
+	 KEEL_REACTOR_MODE_POLL, ROW_RATE, 0, true,
 	 "1 keel thread on reactor 0 (CPU 0) re-posting 1 message to itself: local FIFO, no "
-	 "ring, no atomics (extra row: SPDK has no such path)", NULL, NULL},
-	{"cross", "msgs/s per core, cross-core, 4 in flight",
-	 MEASURE_MSGS, MSG_PEER_OTHER_REACTOR, 4, 4, KEEL_REACTOR_MODE_POLL, ROW_RATE, 6e6,
-	 true, "keel threads on reactors 0 and 1 (CPUs 0-1, pinned), 4 messages started by "
+	 "ring, no atomics (extra row: SPDK has no such path)",
+	 NULL, NULL},
+	{"cross", "msgs/s per core, cross-core, 4 in flight", MEASURE_MSGS, MSG_PEER_OTHER_REACTOR,
+	 4, 4, KEEL_REACTOR_MODE_POLL, ROW_RATE, 6e6, true,
+	 "keel threads on reactors 0 and 1 (CPUs 0-1, pinned), 4 messages started by "
 	 "each side, every message received is sent back",
 	 "event_perf -m 0x3 -t 5: 4 events started per core, every event received posts one "
-	 "to the other core, poll", "1.89-1.94M"},
-	{"cross", "msgs/s per core, cross-core, 4 in flight",
-	 MEASURE_MSGS, MSG_PEER_OTHER_REACTOR, 4, 4, KEEL_REACTOR_MODE_ADAPTIVE, ROW_RATE,
-	 6e6, true, "as above, adaptive mode", "as above (SPDK polls)", "1.89-1.94M"},
-	{"cross", "msgs/s per core, cross-core, 128 in flight",
-	 MEASURE_MSGS, MSG_PEER_OTHER_REACTOR, 128, 128, KEEL_REACTOR_MODE_POLL, ROW_RATE, 0,
-	 true, "as above with 128 messages started by each side (extra row: event_perf "
-	 "keeps 4)", NULL, NULL},
-	{"rtt", "cross-core round trip",
-	 MEASURE_RTT, MSG_PEER_OTHER_REACTOR, 0, 0, KEEL_REACTOR_MODE_POLL, ROW_COST, 0, true,
+	 "to the other core, poll",
+	 "1.89-1.94M"},
+	{"cross", "msgs/s per core, cross-core, 4 in flight", MEASURE_MSGS, MSG_PEER_OTHER_REACTOR,
+	 4, 4, KEEL_REACTOR_MODE_ADAPTIVE, ROW_RATE, 6e6, true, "as above, adaptive mode",
+	 "as above (SPDK polls)", "1.89-1.94M"},
+	{"cross", "msgs/s per core, cross-core, 128 in flight", MEASURE_MSGS,
+	 MSG_PEER_OTHER_REACTOR, 128, 128, KEEL_REACTOR_MODE_POLL, ROW_RATE, 0, true,
+	 "as above with 128 messages started by each side (extra row: event_perf "
+	 "keeps 4)",
+	 NULL, NULL},
+	{"rtt", "cross-core round trip", MEASURE_RTT, MSG_PEER_OTHER_REACTOR, 0, 0,
+	 KEEL_REACTOR_MODE_POLL, ROW_COST, 0, true,
 	 "keel threads on reactors 0 and 1 (CPUs 0-1), 1 message ping-pong, wall time per "
-	 "round trip", NULL, NULL},
-	{"rtt", "cross-core round trip",
-	 MEASURE_RTT, MSG_PEER_OTHER_REACTOR, 0, 0, KEEL_REACTOR_MODE_ADAPTIVE, ROW_COST, 0, true,
-	 "as above, adaptive mode", NULL, NULL},
-	{"pollers", "active poller run, 1000 pollers",
-	 MEASURE_POLLERS, MSG_PEER_SELF, 0, 0, KEEL_REACTOR_MODE_POLL, ROW_COST, 3.0, true,
+	 "round trip",
+	 NULL, NULL},
+	{"rtt", "cross-core round trip", MEASURE_RTT, MSG_PEER_OTHER_REACTOR, 0, 0,
+	 KEEL_REACTOR_MODE_ADAPTIVE, ROW_COST, 0, true, "as above, adaptive mode", NULL, NULL},
+	{"pollers", "active poller run, 1000 pollers", MEASURE_POLLERS, MSG_PEER_SELF, 0, 0,
+	 KEEL_REACTOR_MODE_POLL, ROW_COST, 3.0, true,
 	 "1000 pollers with period 0 on reactor 0 (CPU 0), each returns busy; wall time / "
-	 "runs", "poller_perf -b 1000 -l 0 -t 5: busy time / runs, core 0", "5.2-5.3 ns"},
-	{"pollers", "timed poller run, 1000 x 1 us",
-	 MEASURE_POLLERS, MSG_PEER_SELF, 1, 0, KEEL_REACTOR_MODE_POLL, ROW_COST, 22.0, true,
+	 "runs",
+	 "poller_perf -b 1000 -l 0 -t 5: busy time / runs, core 0", "5.2-5.3 ns"},
+	{"pollers", "timed poller run, 1000 x 1 us", MEASURE_POLLERS, MSG_PEER_SELF, 1, 0,
+	 KEEL_REACTOR_MODE_POLL, ROW_COST, 22.0, true,
 	 "1000 pollers with a 1 us period on reactor 0 (CPU 0), each returns busy; wall "
-	 "time / runs", "poller_perf -b 1000 -l 1 -t 5: busy time / runs, core 0", "44-46 ns"},
-	{"idle", "idle CPU of a bare reactor",
-	 MEASURE_IDLE, MSG_PEER_OTHER_REACTOR, 0, 0, KEEL_REACTOR_MODE_INTERRUPT, ROW_PCT, 1.0, false,
+	 "time / runs",
+	 "poller_perf -b 1000 -l 1 -t 5: busy time / runs, core 0", "44-46 ns"},
+	{"idle", "idle CPU of a bare reactor", MEASURE_IDLE, MSG_PEER_OTHER_REACTOR, 0, 0,
+	 KEEL_REACTOR_MODE_INTERRUPT, ROW_PCT, 1.0, false,
 	 "2 reactors (CPUs 0-1), no daemon, busier of the two (extra row: the target is "
-	 "judged on keeld, tests/bench/idle.sh)", NULL, NULL},
-	{"idle", "idle CPU of a bare reactor",
-	 MEASURE_IDLE, MSG_PEER_OTHER_REACTOR, 0, 0, KEEL_REACTOR_MODE_ADAPTIVE, ROW_PCT, 1.0, false,
-	 "as above, adaptive mode", NULL, NULL},
+	 "judged on keeld, tests/bench/idle.sh)",
+	 NULL, NULL},
+	{"idle", "idle CPU of a bare reactor", MEASURE_IDLE, MSG_PEER_OTHER_REACTOR, 0, 0,
+	 KEEL_REACTOR_MODE_ADAPTIVE, ROW_PCT, 1.0, false, "as above, adaptive mode", NULL, NULL},
 };
 
 #define ROW_COUNT (sizeof(g_rows) / sizeof(g_rows[0]))
@@ -669,8 +673,10 @@ static void machine_line(FILE *out, double load)
 		fclose(f);
 	}
 	fprintf(out, "this run: %s, %ld CPUs at %s MHz, load average %.2f%s\n", model, cpus, mhz,
-		load, load > 1.0 ? " (other work shares these cores: wall-clock figures are "
-		"pessimistic)" : "");
+		load,
+		load > 1.0 ? " (other work shares these cores: wall-clock figures are "
+			     "pessimistic)"
+			   : "");
 }
 
 static void report_table(double load)
@@ -719,10 +725,12 @@ static void report_json(double load)
 		       "\"verdict\": \"%s\", \"keel\": \"%s\", \"spdk\": \"%s\", "
 		       "\"spdk_result\": \"%s\"}",
 		       first ? "" : ",", row->group, row->what, keel_reactor_mode_name(row->mode),
-		       row->kind == ROW_RATE ? "msgs/s" : row->kind == ROW_COST ? "ns" : "%",
+		       row->kind == ROW_RATE   ? "msgs/s"
+		       : row->kind == ROW_COST ? "ns"
+					       : "%",
 		       g_results[i].measured ? g_results[i].r.wall : -1,
-		       g_results[i].measured ? g_results[i].r.cpu : -1, row->target,
-		       row_verdict(i), row->keel, row->spdk ? row->spdk : "",
+		       g_results[i].measured ? g_results[i].r.cpu : -1, row->target, row_verdict(i),
+		       row->keel, row->spdk ? row->spdk : "",
 		       row->spdk_result ? row->spdk_result : "");
 		first = false;
 	}
@@ -743,12 +751,9 @@ static void usage(void)
 int bench_reactor_main(int argc, char **argv)
 {
 	static const struct option long_opts[] = {
-		{"json", no_argument, NULL, 'j'},
-		{"duration", required_argument, NULL, 'd'},
-		{"idle", required_argument, NULL, 'i'},
-		{"only", required_argument, NULL, 'o'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{"json", no_argument, NULL, 'j'},       {"duration", required_argument, NULL, 'd'},
+		{"idle", required_argument, NULL, 'i'}, {"only", required_argument, NULL, 'o'},
+		{"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
 	};
 	double load[1] = {0};
 	bool json = false, failed = false;

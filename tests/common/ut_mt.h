@@ -17,11 +17,11 @@ extern atomic_int ut_mt_errors;
 extern atomic_int ut_mt_first_err_line;
 
 /* Count a violation and remember where the first one happened. */
-#define UT_MT_ERR()                                                                        \
-	do {                                                                               \
-		int __zero = 0;                                                            \
-		atomic_fetch_add(&ut_mt_errors, 1);                                        \
-		atomic_compare_exchange_strong(&ut_mt_first_err_line, &__zero, __LINE__);  \
+#define UT_MT_ERR()                                                                       \
+	do {                                                                              \
+		int __zero = 0;                                                           \
+		atomic_fetch_add(&ut_mt_errors, 1);                                       \
+		atomic_compare_exchange_strong(&ut_mt_first_err_line, &__zero, __LINE__); \
 	} while (0)
 
 /**

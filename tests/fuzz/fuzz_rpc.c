@@ -70,8 +70,8 @@ static void m_typed(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	keel_rpc_send_result(req, json_pack("{s:s,s:I,s:i,s:b,s:I,s:f}", "s", p.s, "u64",
-					    (json_int_t)p.u64, "u32", (int)p.u32, "b", p.b,
-					    "i64", (json_int_t)p.i64, "d", p.d));
+					    (json_int_t)p.u64, "u32", (int)p.u32, "b", p.b, "i64",
+					    (json_int_t)p.i64, "d", p.d));
 }
 
 struct out_buf {

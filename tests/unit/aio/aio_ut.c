@@ -49,8 +49,9 @@ static void ut_log_hook(enum keel_log_level level, const char *line, void *ctx)
 {
 	size_t len = strlen(line);
 
-	if (level > KEEL_LOG_WARN)
+	if (level > KEEL_LOG_WARN) {
 		return;
+	}
 	pthread_mutex_lock(&g_log_lock);
 	if (g_log_len + len + 2 < sizeof(g_log_buf)) {
 		memcpy(g_log_buf + g_log_len, line, len);
@@ -78,11 +79,14 @@ static bool ut_log_has(const char *a, const char *b)
 	pthread_mutex_lock(&g_log_lock);
 	copy = strdup(g_log_buf);
 	pthread_mutex_unlock(&g_log_lock);
-	if (copy == NULL)
+	if (copy == NULL) {
 		return false;
-	for (line = strtok_r(copy, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save))
-		if (strstr(line, a) != NULL && (b == NULL || strstr(line, b) != NULL))
+	}
+	for (line = strtok_r(copy, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+		if (strstr(line, a) != NULL && (b == NULL || strstr(line, b) != NULL)) {
 			found = true;
+		}
+	}
 	free(copy);
 	return found;
 }
@@ -93,10 +97,10 @@ static bool ut_log_has(const char *a, const char *b)
 
 struct ut_op {
 	sem_t done;
-	int sync_rc;      /* what the API call returned */
-	int status;       /* what its callback said */
+	int sync_rc; /* what the API call returned */
+	int status;  /* what its callback said */
 	bool cb_ran;
-	bool in_call;     /* set while inside the API call: a callback here is a bug */
+	bool in_call; /* set while inside the API call: a callback here is a bug */
 	bool cb_in_call;
 	struct keel_bdev *bdev;
 	const char *name;
@@ -114,8 +118,9 @@ static void ut_op_signal(struct ut_op *op, int status)
 {
 	op->status = status;
 	op->cb_ran = true;
-	if (op->in_call)
+	if (op->in_call) {
 		op->cb_in_call = true;
+	}
 	sem_post(&op->done);
 }
 
@@ -126,8 +131,9 @@ static void ut_op_wait(struct ut_op *op)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += UT_WAIT_SECONDS;
 	while (sem_timedwait(&op->done, &ts) != 0) {
-		if (errno == EINTR)
+		if (errno == EINTR) {
 			continue;
+		}
 		fprintf(stderr, "aio_ut: a step did not complete within %d s\n", UT_WAIT_SECONDS);
 		abort();
 	}
@@ -138,8 +144,9 @@ static void ut_send(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 {
 	int rc;
 
-	while ((rc = keel_thread_send_msg(thread, fn, arg)) == -ENOMEM)
+	while ((rc = keel_thread_send_msg(thread, fn, arg)) == -ENOMEM) {
 		usleep(100);
+	}
 	if (rc != 0) {
 		fprintf(stderr, "aio_ut: send_msg: %s\n", strerror(-rc));
 		abort();
@@ -161,10 +168,12 @@ static void ut_create_msg(void *arg)
 	struct ut_op *op = arg;
 
 	op->in_call = true;
-	op->sync_rc = keel_bdev_aio_create(op->name, op->filename, op->block_size, ut_create_cb, op);
+	op->sync_rc = keel_bdev_aio_create(op->name, op->filename, op->block_size, ut_create_cb,
+					   op);
 	op->in_call = false;
-	if (op->sync_rc != 0)
+	if (op->sync_rc != 0) {
 		sem_post(&op->done);
+	}
 }
 
 /* \return the synchronous error, else the callback's status. */
@@ -186,8 +195,9 @@ static int ut_create(const char *name, const char *filename, uint32_t block_size
 	}
 	CU_ASSERT(op.cb_ran);
 	CU_ASSERT((op.status == 0) == (op.bdev != NULL));
-	if (bdev != NULL)
+	if (bdev != NULL) {
 		*bdev = op.bdev;
+	}
 	return op.status;
 }
 
@@ -203,8 +213,9 @@ static void ut_delete_msg(void *arg)
 	op->in_call = true;
 	op->sync_rc = keel_bdev_aio_delete(op->name, ut_done_cb, op);
 	op->in_call = false;
-	if (op->sync_rc != 0)
+	if (op->sync_rc != 0) {
 		sem_post(&op->done);
+	}
 }
 
 static int ut_delete(const char *name)
@@ -247,12 +258,12 @@ struct ut_io {
 	uint64_t len;
 	uint32_t flags;
 	/* batches */
-	uint32_t count;      /* requests in the batch */
+	uint32_t count; /* requests in the batch */
 	uint32_t qd;
 	uint32_t submitted;
 	uint32_t completed;
 	int first_error;
-	char *base;          /* batch buffer: count * len bytes */
+	char *base; /* batch buffer: count * len bytes */
 	uint64_t stride_offset;
 };
 
@@ -332,8 +343,8 @@ static int ut_io_submit(struct ut_io *io, struct iovec *iov, int iovcnt, uint64_
 	case KEEL_BDEV_IO_READ:
 		return keel_bdev_readv(dev->desc, dev->ch, iov, iovcnt, offset, len, cb, cb_arg);
 	case KEEL_BDEV_IO_WRITE:
-		return keel_bdev_writev(dev->desc, dev->ch, iov, iovcnt, offset, len, io->flags,
-					cb, cb_arg);
+		return keel_bdev_writev(dev->desc, dev->ch, iov, iovcnt, offset, len, io->flags, cb,
+					cb_arg);
 	case KEEL_BDEV_IO_FLUSH:
 		return keel_bdev_flush(dev->desc, dev->ch, offset, len, cb, cb_arg);
 	case KEEL_BDEV_IO_UNMAP:
@@ -355,13 +366,14 @@ static void ut_io_msg(void *arg)
 	io->op.sync_rc = ut_io_submit(io, io->iov, io->iovcnt, io->offset, io->len, ut_io_cb,
 				      &io->op);
 	io->op.in_call = false;
-	if (io->op.sync_rc != 0)
+	if (io->op.sync_rc != 0) {
 		sem_post(&io->op.done);
+	}
 }
 
 /* One request; \return the synchronous error or the completion status. */
-static int ut_iov_io(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov,
-		     int iovcnt, uint64_t offset, uint64_t len, uint32_t flags)
+static int ut_iov_io(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov, int iovcnt,
+		     uint64_t offset, uint64_t len, uint32_t flags)
 {
 	struct ut_io io;
 
@@ -380,10 +392,10 @@ static int ut_iov_io(struct ut_dev *dev, enum keel_bdev_io_type type, struct iov
 	return io.op.sync_rc != 0 ? io.op.sync_rc : io.op.status;
 }
 
-static int ut_buf_io(struct ut_dev *dev, enum keel_bdev_io_type type, void *buf,
-		     uint64_t offset, uint64_t len, uint32_t flags)
+static int ut_buf_io(struct ut_dev *dev, enum keel_bdev_io_type type, void *buf, uint64_t offset,
+		     uint64_t len, uint32_t flags)
 {
-	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
 
 	return ut_iov_io(dev, type, &iov, 1, offset, len, flags);
 }
@@ -396,8 +408,9 @@ static void ut_batch_cb(void *cb_arg, int status)
 	struct ut_io *io = cb_arg;
 
 	io->completed++;
-	if (status != 0 && io->first_error == 0)
+	if (status != 0 && io->first_error == 0) {
 		io->first_error = status;
+	}
 	if (io->completed == io->count) {
 		ut_op_signal(&io->op, io->first_error);
 		return;
@@ -409,7 +422,8 @@ static void ut_batch_submit(struct ut_io *io)
 {
 	while (io->submitted < io->count && io->submitted - io->completed < io->qd) {
 		uint32_t i = io->submitted;
-		struct iovec iov = { .iov_base = io->base + (uint64_t)i * io->len, .iov_len = io->len };
+		struct iovec iov = {.iov_base = io->base + (uint64_t)i * io->len,
+				    .iov_len = io->len};
 		int rc;
 
 		/* the core copies the iovec array into the request before returning */
@@ -474,8 +488,9 @@ static void ut_fill(void *buf, size_t len, unsigned seed)
 	unsigned char *p = buf;
 	size_t i;
 
-	for (i = 0; i < len; i++)
+	for (i = 0; i < len; i++) {
 		p[i] = (unsigned char)(seed * 31u + i * 7u + (i >> 9));
+	}
 }
 
 static bool ut_is_zero(const void *buf, size_t len)
@@ -483,9 +498,11 @@ static bool ut_is_zero(const void *buf, size_t len)
 	const unsigned char *p = buf;
 	size_t i;
 
-	for (i = 0; i < len; i++)
-		if (p[i] != 0)
+	for (i = 0; i < len; i++) {
+		if (p[i] != 0) {
 			return false;
+		}
+	}
 	return true;
 }
 
@@ -498,8 +515,9 @@ static bool ut_file_matches(const char *path, uint64_t offset, const void *expec
 
 	ok = buf != NULL && fd >= 0 && pread(fd, buf, len, (off_t)offset) == (ssize_t)len &&
 	     memcmp(buf, expect, len) == 0;
-	if (fd >= 0)
+	if (fd >= 0) {
 		close(fd);
+	}
 	free(buf);
 	return ok;
 }
@@ -570,24 +588,26 @@ static void ut_rw_suite(struct ut_dev *dev, const char *path)
 	memset(rbuf, 0xee, len);
 	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, 0, len, 0) == 0);
 	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
-	if (path != NULL)
+	if (path != NULL) {
 		CU_ASSERT(ut_file_matches(path, 0, wbuf, len));
+	}
 
 	/* writev / readv with uneven block-multiple segments */
 	ut_fill(wbuf, len, 2);
-	wiov[0] = (struct iovec){ wbuf, bs };
-	wiov[1] = (struct iovec){ wbuf + bs, len - 4 * bs };
-	wiov[2] = (struct iovec){ wbuf + len - 3 * bs, 3 * bs };
+	wiov[0] = (struct iovec){wbuf, bs};
+	wiov[1] = (struct iovec){wbuf + bs, len - 4 * bs};
+	wiov[2] = (struct iovec){wbuf + len - 3 * bs, 3 * bs};
 	off = UT_MIB;
 	CU_ASSERT(ut_iov_io(dev, KEEL_BDEV_IO_WRITE, wiov, 3, off, len, 0) == 0);
 	memset(rbuf, 0xee, len);
-	riov[0] = (struct iovec){ rbuf, 3 * bs };
-	riov[1] = (struct iovec){ rbuf + 3 * bs, len - 5 * bs };
-	riov[2] = (struct iovec){ rbuf + len - 2 * bs, 2 * bs };
+	riov[0] = (struct iovec){rbuf, 3 * bs};
+	riov[1] = (struct iovec){rbuf + 3 * bs, len - 5 * bs};
+	riov[2] = (struct iovec){rbuf + len - 2 * bs, 2 * bs};
 	CU_ASSERT(ut_iov_io(dev, KEEL_BDEV_IO_READ, riov, 3, off, len, 0) == 0);
 	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
-	if (path != NULL)
+	if (path != NULL) {
 		CU_ASSERT(ut_file_matches(path, off, wbuf, len));
+	}
 
 	/* FUA write (RWF_DSYNC), flush (aio fdsync) */
 	ut_fill(wbuf, len, 3);
@@ -637,8 +657,9 @@ static void ut_rw_suite(struct ut_dev *dev, const char *path)
 	CU_ASSERT(memcmp(rbuf, wbuf, bs) == 0);
 	CU_ASSERT(ut_is_zero(rbuf + bs, len - 3 * bs));
 	CU_ASSERT(memcmp(rbuf + len - 2 * bs, wbuf + len - 2 * bs, 2 * bs) == 0);
-	if (path != NULL)
+	if (path != NULL) {
 		CU_ASSERT(ut_file_matches(path, off + bs, rbuf + bs, len - 3 * bs));
+	}
 
 	/* misaligned buffers: the core bounces them where O_DIRECT needs alignment */
 	off = 5 * UT_MIB;
@@ -729,8 +750,9 @@ static bool ut_direct_allowed(const char *path)
 {
 	int fd = open(path, O_RDWR | O_DIRECT);
 
-	if (fd < 0)
+	if (fd < 0) {
 		return false;
+	}
 	close(fd);
 	return true;
 }
@@ -787,17 +809,19 @@ static void test_buffered_fallback(void)
 	if (geteuid() == 0 && mkdir(dir, 0700) == 0) {
 		snprintf(cmd, sizeof(cmd), "mount -t ramfs none '%s' 2>/dev/null", dir);
 		mounted = system(cmd) == 0;
-		if (!mounted)
+		if (!mounted) {
 			rmdir(dir);
+		}
 	}
 	if (mounted) {
 		snprintf(path, sizeof(path), "%s/ramfs.img", dir);
 		ut_make_file(path, 8 * UT_MIB);
-		if (ut_direct_allowed(path))
+		if (ut_direct_allowed(path)) {
 			ut_skip("ramfs accepts O_DIRECT on this kernel: no real fallback to test "
 				"there (the knob case below still runs)");
-		else
+		} else {
 			ut_buffered_case("aio_ramfs", path, false);
+		}
 		unlink(path);
 		snprintf(cmd, sizeof(cmd), "umount '%s'", dir);
 		CU_ASSERT(system(cmd) == 0);
@@ -905,8 +929,9 @@ static void ut_malloc_delete_msg(void *arg)
 	struct ut_op *op = arg;
 
 	op->sync_rc = keel_bdev_malloc_delete("ut_malloc", ut_done_cb, op);
-	if (op->sync_rc != 0)
+	if (op->sync_rc != 0) {
 		sem_post(&op->done);
+	}
 }
 
 static void test_delete_other_module(void)
@@ -945,24 +970,27 @@ static void test_two_threads(void)
 		memset(rbuf[t], 0xee, (size_t)len * count);
 	}
 	/* both threads write their own half at the same time */
-	for (t = 0; t < 2; t++)
+	for (t = 0; t < 2; t++) {
 		ut_batch_start(&io[t], &dev[t], KEEL_BDEV_IO_WRITE, wbuf[t],
 			       (uint64_t)t * 4 * UT_MIB, len, count, qd);
+	}
 	for (t = 0; t < 2; t++) {
 		ut_op_wait(&io[t].op);
 		CU_ASSERT(io[t].op.status == 0);
 		CU_ASSERT(io[t].completed == count);
 	}
 	/* and each reads the other's half back */
-	for (t = 0; t < 2; t++)
+	for (t = 0; t < 2; t++) {
 		ut_batch_start(&io[t], &dev[t], KEEL_BDEV_IO_READ, rbuf[1 - t],
 			       (uint64_t)(1 - t) * 4 * UT_MIB, len, count, qd);
+	}
 	for (t = 0; t < 2; t++) {
 		ut_op_wait(&io[t].op);
 		CU_ASSERT(io[t].op.status == 0);
 	}
-	for (t = 0; t < 2; t++)
+	for (t = 0; t < 2; t++) {
 		CU_ASSERT(memcmp(wbuf[t], rbuf[t], (size_t)len * count) == 0);
+	}
 	CU_ASSERT(bdev_aio_get_counters(dev[0].bdev, &c) == 0);
 	CU_ASSERT(c.iocbs_submitted == 4 * count);
 	/* batched: clearly fewer io_submit calls than iocbs at QD32 */
@@ -1132,7 +1160,7 @@ struct ut_fan {
 	uint32_t len;
 	char *buf;
 	struct ut_fan_req *reqs;
-	uint32_t *done;          /* completions per request */
+	uint32_t *done; /* completions per request */
 	uint32_t completed;
 	int first_error;
 	/* delete devs[0] right after submitting, with everything still queued */
@@ -1185,17 +1213,17 @@ static void ut_fan_msg(void *arg)
 		uint32_t slot = fan->late_single ? i % (fan->count - 1) : i / fan->ndev;
 		struct ut_dev *dev = &fan->devs[d];
 		uint64_t off = (uint64_t)slot * fan->len;
-		struct iovec iov = { .iov_base = fan->buf + (uint64_t)i * fan->len,
-				     .iov_len = fan->len };
+		struct iovec iov = {.iov_base = fan->buf + (uint64_t)i * fan->len,
+				    .iov_len = fan->len};
 		int rc;
 
-		fan->reqs[i] = (struct ut_fan_req){ .fan = fan, .idx = i };
+		fan->reqs[i] = (struct ut_fan_req){.fan = fan, .idx = i};
 		if (fan->type == KEEL_BDEV_IO_WRITE) {
 			rc = keel_bdev_writev(dev->desc, dev->ch, &iov, 1, off, fan->len, 0,
 					      ut_fan_cb, &fan->reqs[i]);
 		} else {
-			rc = keel_bdev_readv(dev->desc, dev->ch, &iov, 1, off, fan->len,
-					     ut_fan_cb, &fan->reqs[i]);
+			rc = keel_bdev_readv(dev->desc, dev->ch, &iov, 1, off, fan->len, ut_fan_cb,
+					     &fan->reqs[i]);
 		}
 		if (rc != 0) {
 			fprintf(stderr, "aio_ut: fan submit %u failed: %s\n", i, strerror(-rc));
@@ -1319,7 +1347,7 @@ static void test_many_bdevs(void)
 	static char names[UT_MANY][16], paths[UT_MANY][512];
 	struct bdev_aio_module_stats st;
 	struct bdev_aio_counters c;
-	struct ut_modch m = { 0 };
+	struct ut_modch m = {0};
 	char *wbuf = ut_alloc((size_t)len * UT_MANY), *rbuf = ut_alloc((size_t)len * UT_MANY);
 	struct bdev_aio_module_stats st0;
 	uint64_t calls = 0, iocbs = 0;
@@ -1352,8 +1380,9 @@ static void test_many_bdevs(void)
 	CU_ASSERT(st.context_events == BDEV_AIO_DEFAULT_CONTEXT_DEPTH);
 	CU_ASSERT(st.queues == UT_MANY);
 	printf("\n  (%u aio channels: %u io_context of %" PRIu64 " events, RSS %+ld KiB, "
-	       "%ld bytes per channel) ", UT_MANY, st.contexts, st.context_events,
-	       rss_after - rss_before, (rss_after - rss_before) * 1024 / UT_MANY);
+	       "%ld bytes per channel) ",
+	       UT_MANY, st.contexts, st.context_events, rss_after - rss_before,
+	       (rss_after - rss_before) * 1024 / UT_MANY);
 	ut_modch_run(&m, true);
 
 	/* Now through the bdev core, every bdev on thread 1. */
@@ -1679,8 +1708,8 @@ static void test_write_errors(void)
 
 	snprintf(dir, sizeof(dir), "%s/small-%d", AIO_UT_DIR, (int)getpid());
 	if (geteuid() != 0 || mkdir(dir, 0700) != 0) {
-		ut_skip("%s", geteuid() != 0 ? "not root: cannot mount a small tmpfs" :
-			"cannot make the mount point");
+		ut_skip("%s", geteuid() != 0 ? "not root: cannot mount a small tmpfs"
+					     : "cannot make the mount point");
 		free(buf);
 		return;
 	}
@@ -1746,10 +1775,11 @@ static void test_block_device(void)
 	p = geteuid() == 0 ? popen(cmd, "r") : NULL;
 	if (p == NULL || fgets(loopdev, sizeof(loopdev), p) == NULL ||
 	    strncmp(loopdev, "/dev/loop", 9) != 0) {
-		if (p != NULL)
+		if (p != NULL) {
 			pclose(p);
-		ut_skip("%s", geteuid() != 0 ? "not root: no loop device" :
-			"losetup could not attach a loop device");
+		}
+		ut_skip("%s", geteuid() != 0 ? "not root: no loop device"
+					     : "losetup could not attach a loop device");
 		unlink(path);
 		return;
 	}
@@ -1792,7 +1822,9 @@ static void *ut_cunit_main(void *arg)
 	CU_basic_set_mode(CU_BRM_VERBOSE);
 	CU_basic_run_tests();
 	g_cunit_failures = (int)CU_get_number_of_failures();
-	if (getenv("AIO_UT_SETTLE")) sleep(3);
+	if (getenv("AIO_UT_SETTLE")) {
+		sleep(3);
+	}
 	ut_send(g_thread[0], ut_fini_msg, NULL);
 	return NULL;
 }
@@ -1808,7 +1840,8 @@ static void ut_init_done(void *cb_arg, int status)
 		return;
 	}
 	g_thread[1] = keel_thread_create("aio_ut_1", 1);
-	if (g_thread[1] == NULL || pthread_create(&g_cunit_thread, NULL, ut_cunit_main, NULL) != 0) {
+	if (g_thread[1] == NULL ||
+	    pthread_create(&g_cunit_thread, NULL, ut_cunit_main, NULL) != 0) {
 		g_init_status = -ENOMEM;
 		keel_reactors_stop();
 	}
@@ -1830,23 +1863,23 @@ static const struct {
 	const char *name;
 	CU_TestFunc fn;
 } g_tests[] = {
-	{ "create_errors", test_create_errors },
-	{ "delete_other_module", test_delete_other_module },
-	{ "direct_file", test_direct_file },
-	{ "explicit_block_size", test_explicit_block_size },
-	{ "tmpfs", test_tmpfs },
-	{ "buffered_fallback", test_buffered_fallback },
-	{ "two_threads", test_two_threads },
-	{ "queue_full", test_queue_full },
-	{ "interrupt_mode", test_interrupt_mode },
-	{ "many_bdevs", test_many_bdevs },
-	{ "context_full", test_context_full },
-	{ "delete_in_flight", test_delete_in_flight },
-	{ "interleaved", test_interleaved },
-	{ "context_setup_fails", test_context_setup_fails },
-	{ "read_past_eof", test_read_past_eof },
-	{ "write_errors", test_write_errors },
-	{ "block_device", test_block_device },
+	{"create_errors", test_create_errors},
+	{"delete_other_module", test_delete_other_module},
+	{"direct_file", test_direct_file},
+	{"explicit_block_size", test_explicit_block_size},
+	{"tmpfs", test_tmpfs},
+	{"buffered_fallback", test_buffered_fallback},
+	{"two_threads", test_two_threads},
+	{"queue_full", test_queue_full},
+	{"interrupt_mode", test_interrupt_mode},
+	{"many_bdevs", test_many_bdevs},
+	{"context_full", test_context_full},
+	{"delete_in_flight", test_delete_in_flight},
+	{"interleaved", test_interleaved},
+	{"context_setup_fails", test_context_setup_fails},
+	{"read_past_eof", test_read_past_eof},
+	{"write_errors", test_write_errors},
+	{"block_device", test_block_device},
 };
 
 int main(int argc, char **argv)
@@ -1856,17 +1889,22 @@ int main(int argc, char **argv)
 	CU_pSuite suite;
 	int rc;
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
+	if (CU_initialize_registry() != CUE_SUCCESS) {
 		return 1;
+	}
 	suite = CU_add_suite("aio", NULL, NULL);
-	for (i = 0; i < sizeof(g_tests) / sizeof(g_tests[0]); i++)
+	for (i = 0; i < sizeof(g_tests) / sizeof(g_tests[0]); i++) {
 		/* AIO_UT_ONLY=name runs one test (debugging) */
-		if (getenv("AIO_UT_ONLY") == NULL || strcmp(getenv("AIO_UT_ONLY"), g_tests[i].name) == 0)
+		if (getenv("AIO_UT_ONLY") == NULL ||
+		    strcmp(getenv("AIO_UT_ONLY"), g_tests[i].name) == 0) {
 			CU_add_test(suite, g_tests[i].name, g_tests[i].fn);
+		}
+	}
 
 	keel_log_set_hook(ut_log_hook, NULL);
-	if (getenv("AIO_UT_VERBOSE") == NULL)
+	if (getenv("AIO_UT_VERBOSE") == NULL) {
 		keel_log_set_level(KEEL_LOG_WARN);
+	}
 	keel_reactor_opts_init(&opts);
 	opts.cpus = "0-1";
 	opts.no_pin = true;
@@ -1879,12 +1917,14 @@ int main(int argc, char **argv)
 	keel_bdev_module_register(&keel_bdev_aio_module);
 	keel_bdev_module_register(&keel_bdev_malloc_module);
 	rc = keel_reactors_start(ut_start, NULL);
-	if (g_cunit_thread)
+	if (g_cunit_thread) {
 		pthread_join(g_cunit_thread, NULL);
+	}
 	keel_reactors_fini();
 	keel_log_set_hook(NULL, NULL);
 	CU_cleanup_registry();
-	if (rc != 0 || g_init_status != 0)
+	if (rc != 0 || g_init_status != 0) {
 		return 1;
+	}
 	return ut_cunit_exit_code((unsigned)g_cunit_failures);
 }

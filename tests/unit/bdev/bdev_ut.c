@@ -23,8 +23,8 @@ struct stub_disk {
 	uint8_t *data;
 	bool inline_complete;
 	bool native[KEEL_BDEV_IO_NUM_TYPES];
-	int status;        /* completion status for every request */
-	int nomem_left;    /* complete this many submissions with -ENOMEM first */
+	int status;     /* completion status for every request */
+	int nomem_left; /* complete this many submissions with -ENOMEM first */
 	int destructed;
 };
 
@@ -35,7 +35,7 @@ struct stub_rec {
 	int iovcnt;
 	uint32_t flags;
 	bool aligned;
-	bool zero_src;     /* a write whose data was all zero */
+	bool zero_src; /* a write whose data was all zero */
 };
 
 struct stub_io {
@@ -97,27 +97,32 @@ static void stub_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 		uint32_t l = a < STUB_BS ? a : STUB_BS;
 
 		if (a > 1 && (((uintptr_t)io->iovs[i].iov_base & (a - 1)) ||
-			      (io->iovs[i].iov_len & (l - 1))))
+			      (io->iovs[i].iov_len & (l - 1)))) {
 			r->aligned = false;
+		}
 		if (io->type == KEEL_BDEV_IO_READ) {
 			memcpy(io->iovs[i].iov_base, p, io->iovs[i].iov_len);
 		} else if (io->type == KEEL_BDEV_IO_WRITE) {
-			for (size_t k = 0; k < io->iovs[i].iov_len; k++)
+			for (size_t k = 0; k < io->iovs[i].iov_len; k++) {
 				r->zero_src &= ((uint8_t *)io->iovs[i].iov_base)[k] == 0;
+			}
 			memcpy(p, io->iovs[i].iov_base, io->iovs[i].iov_len);
 		}
 		p += io->iovs[i].iov_len;
 		total += io->iovs[i].iov_len;
 	}
-	if (io->type == KEEL_BDEV_IO_READ || io->type == KEEL_BDEV_IO_WRITE)
+	if (io->type == KEEL_BDEV_IO_READ || io->type == KEEL_BDEV_IO_WRITE) {
 		CU_ASSERT_EQUAL(total, io->num_blocks * STUB_BS);
-	if (io->type == KEEL_BDEV_IO_UNMAP || io->type == KEEL_BDEV_IO_WRITE_ZEROES)
+	}
+	if (io->type == KEEL_BDEV_IO_UNMAP || io->type == KEEL_BDEV_IO_WRITE_ZEROES) {
 		memset(d->data + io->offset_blocks * STUB_BS, 0, io->num_blocks * STUB_BS);
+	}
 	sio->thread = keel_thread_get_current();
-	if (d->inline_complete)
+	if (d->inline_complete) {
 		keel_bdev_io_complete(io, d->status);
-	else
+	} else {
 		TAILQ_INSERT_TAIL(&g_pending, io, module_link);
+	}
 }
 
 static bool stub_supported(void *ctx, enum keel_bdev_io_type type)
@@ -171,8 +176,9 @@ static int stub_pending(void)
 	struct keel_bdev_io *io;
 	int n = 0;
 
-	TAILQ_FOREACH(io, &g_pending, module_link)
+	TAILQ_FOREACH(io, &g_pending, module_link) {
 		n++;
+	}
 	return n;
 }
 
@@ -192,8 +198,9 @@ static struct stub_disk *stub_create(const char *name, uint32_t align, uint32_t 
 	d->bdev.ctxt = d;
 	d->bdev.fn_table = &g_stub_fn;
 	d->bdev.module = &g_stub_module;
-	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++)
+	for (int t = 0; t < KEEL_BDEV_IO_NUM_TYPES; t++) {
 		d->native[t] = true;
+	}
 	d->native[KEEL_BDEV_IO_FLUSH] = false;
 	d->inline_complete = true;
 	return d;
@@ -247,8 +254,9 @@ static void setup(uint32_t nthreads)
 {
 	ut_threads_init(nthreads);
 	ut_set_thread(0);
-	CU_ASSERT_EQUAL(keel_io_device_register(&g_stub_io_dev, stub_ch_create, stub_ch_destroy, 8,
-						"stub"), 0);
+	CU_ASSERT_EQUAL(
+		keel_io_device_register(&g_stub_io_dev, stub_ch_create, stub_ch_destroy, 8, "stub"),
+		0);
 	g_nrecs = 0;
 	g_order = 0;
 	memset(g_events, 0, sizeof(g_events));
@@ -279,7 +287,8 @@ static void set_io_pool(uint32_t pool_size, uint32_t cache_size)
 }
 
 /* Register g_disk and open it on thread 0 with a channel. */
-static void open_disk(struct stub_disk *d, struct keel_bdev_desc **desc, struct keel_io_channel **ch)
+static void open_disk(struct stub_disk *d, struct keel_bdev_desc **desc,
+		      struct keel_io_channel **ch)
 {
 	g_disk = d;
 	CU_ASSERT_EQUAL_FATAL(keel_bdev_register(&d->bdev), 0);
@@ -319,8 +328,9 @@ static void test_register_lookup(void)
 	CU_ASSERT_PTR_NULL(keel_bdev_get_by_name(NULL));
 	CU_ASSERT_EQUAL(strlen(keel_bdev_get_uuid_str(&d->bdev)), 36);
 	snprintf(uuid, sizeof(uuid), "%s", keel_bdev_get_uuid_str(&d->bdev));
-	for (char *c = uuid; *c; c++)
+	for (char *c = uuid; *c; c++) {
 		*c = (char)toupper((unsigned char)*c);
+	}
 	CU_ASSERT_PTR_EQUAL(keel_bdev_get_by_uuid(uuid), &d->bdev);
 	CU_ASSERT_PTR_EQUAL(keel_bdev_first(), &d->bdev);
 	CU_ASSERT_PTR_NULL(keel_bdev_next(&d->bdev));
@@ -419,8 +429,10 @@ static void test_bad_requests(void)
 	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, 0, 0, io_done, &r), -EINVAL);
 	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, size, 512, io_done, &r), -EINVAL);
 	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, size - 512, 1024, io_done, &r), -EINVAL);
-	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, UINT64_MAX - 511, 1024, io_done, &r), -EINVAL);
-	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, buf, 512, UINT64_MAX - 511, io_done, &r), -EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, UINT64_MAX - 511, 1024, io_done, &r),
+			-EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, buf, 512, UINT64_MAX - 511, io_done, &r),
+			-EINVAL);
 	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, NULL, 0, 512, io_done, &r), -EINVAL);
 	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, 0, 512, NULL, &r), -EINVAL);
 	CU_ASSERT_EQUAL(keel_bdev_read(NULL, ch, buf, 0, 512, io_done, &r), -EINVAL);
@@ -458,8 +470,9 @@ static void test_rw_inline_deferred(void)
 
 	setup(1);
 	open_disk(d, &desc, &ch);
-	for (size_t i = 0; i < sizeof(wbuf); i++)
+	for (size_t i = 0; i < sizeof(wbuf); i++) {
 		wbuf[i] = (uint8_t)(i * 7 + 1);
+	}
 	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, wbuf, 4096, 2048, io_done, &r[0]), 0);
 	/* Completed inline by the stub, yet never inside the call. */
 	CU_ASSERT_EQUAL(r[0].done, 0);
@@ -484,8 +497,9 @@ static void test_rw_inline_deferred(void)
 		CU_ASSERT_EQUAL(r[i].done, 1);
 		CU_ASSERT_EQUAL(r[i].status, 0);
 	}
-	for (int i = 0; i < 1024; i++)
+	for (int i = 0; i < 1024; i++) {
 		CU_ASSERT_EQUAL_FATAL(rbuf[i], 0);
+	}
 	CU_ASSERT(memcmp(rbuf + 1024, wbuf + 1024, 1024) == 0);
 	/* Errors from the module reach the caller. */
 	d->status = -EIO;
@@ -517,8 +531,9 @@ static void test_split(void)
 
 	setup(1);
 	open_disk(d, &desc, &ch);
-	for (int i = 0; i < 64 * 512; i++)
+	for (int i = 0; i < 64 * 512; i++) {
 		wbuf[i] = (uint8_t)(i / 512 + i);
+	}
 	/* 20 blocks from block 6, in iovecs of irregular sizes (not block multiples). */
 	g_nrecs = 0;
 	{
@@ -534,7 +549,8 @@ static void test_split(void)
 		iov[n].iov_base = wbuf + off;
 		iov[n].iov_len = 20 * 512 - off;
 		n++;
-		CU_ASSERT_EQUAL(keel_bdev_writev(desc, ch, iov, n, 6 * 512, 20 * 512, 0, io_done, &r), 0);
+		CU_ASSERT_EQUAL(
+			keel_bdev_writev(desc, ch, iov, n, 6 * 512, 20 * 512, 0, io_done, &r), 0);
 	}
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(r.done, 1);
@@ -615,16 +631,18 @@ static void test_bounce(void)
 	opts.bounce_buf_size = 8192;
 	CU_ASSERT_EQUAL(keel_bdev_set_opts(&opts), 0);
 	open_disk(d, &desc, &ch);
-	for (int i = 0; i < 256 * 1024; i++)
+	for (int i = 0; i < 256 * 1024; i++) {
 		wbuf[i] = (uint8_t)(i * 13 + i / 4096);
+	}
 	g_nrecs = 0;
 	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, wbuf, 8192, 256 * 1024, io_done, &r), 0);
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(r.done, 1);
 	CU_ASSERT_EQUAL(r.status, 0);
 	CU_ASSERT(g_nrecs >= 32);
-	for (int i = 0; i < g_nrecs; i++)
+	for (int i = 0; i < g_nrecs; i++) {
 		CU_ASSERT(g_recs[i].aligned);
+	}
 	CU_ASSERT(memcmp(d->data + 8192, wbuf, 256 * 1024) == 0);
 	/* Misaligned scatter read. */
 	iov[0].iov_base = rbuf;
@@ -636,8 +654,9 @@ static void test_bounce(void)
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(r.done, 2);
 	CU_ASSERT_EQUAL(r.status, 0);
-	for (int i = 0; i < g_nrecs; i++)
+	for (int i = 0; i < g_nrecs; i++) {
 		CU_ASSERT(g_recs[i].aligned);
+	}
 	CU_ASSERT(memcmp(rbuf, wbuf, 256 * 1024) == 0);
 	/* Aligned buffers pass untouched in one request. */
 	g_nrecs = 0;
@@ -699,8 +718,10 @@ static void test_pool_exhaustion(void)
 	d->inline_complete = false;
 	open_disk(d, &desc, &ch);
 	memset(r, 0, sizeof(r));
-	for (int i = 0; i < 40; i++)
-		CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, (uint64_t)i * 512, 512, io_done, &r[i]), 0);
+	for (int i = 0; i < 40; i++) {
+		CU_ASSERT_EQUAL(
+			keel_bdev_read(desc, ch, buf, (uint64_t)i * 512, 512, io_done, &r[i]), 0);
+	}
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(stub_pending(), 4);
 	while (stub_pending()) {
@@ -754,17 +775,20 @@ static void test_pool_wait_keeps_request(void)
 	memset(v0, 0x22, sizeof(v0));
 	memset(v1, 0x33, sizeof(v1));
 	/* Take every object, then queue one request of each kind behind them. */
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 4; i++) {
 		CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, fill[i], (uint64_t)(10 + i) * STUB_BS,
-					       STUB_BS, io_done, &r[i]), 0);
+					       STUB_BS, io_done, &r[i]),
+				0);
+	}
 	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, wbuf, 100 * STUB_BS, 1024, io_done, &r[4]), 0);
 	CU_ASSERT_EQUAL(keel_bdev_writev(desc, ch, wiov, 2, 200 * STUB_BS, 1024,
-					 KEEL_BDEV_IO_FLAG_FUA, io_done, &r[5]), 0);
+					 KEEL_BDEV_IO_FLAG_FUA, io_done, &r[5]),
+			0);
 	CU_ASSERT_EQUAL(keel_bdev_readv(desc, ch, riov, 3, 100 * STUB_BS, 1536, io_done, &r[6]), 0);
 	CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, rbuf, 200 * STUB_BS, 1024, io_done, &r[7]), 0);
 	CU_ASSERT_EQUAL(keel_bdev_unmap(desc, ch, 300 * STUB_BS, 4 * STUB_BS, io_done, &r[8]), 0);
-	CU_ASSERT_EQUAL(keel_bdev_write_zeroes(desc, ch, 400 * STUB_BS, 8 * STUB_BS, io_done,
-					       &r[9]), 0);
+	CU_ASSERT_EQUAL(
+		keel_bdev_write_zeroes(desc, ch, 400 * STUB_BS, 8 * STUB_BS, io_done, &r[9]), 0);
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(stub_pending(), 4);
 	first = (uint64_t)g_nrecs;
@@ -807,9 +831,11 @@ static void test_pool_exhaustion_split(void)
 	open_disk(d, &desc, &ch);
 	memset(r, 0, sizeof(r));
 	/* Every request needs many chunks but a pool of 2 never deadlocks. */
-	for (int i = 0; i < 6; i++)
-		CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, buf + i * 64 * 512, (uint64_t)i * 64 * 512,
-						64 * 512, io_done, &r[i]), 0);
+	for (int i = 0; i < 6; i++) {
+		CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, buf + i * 64 * 512,
+						(uint64_t)i * 64 * 512, 64 * 512, io_done, &r[i]),
+				0);
+	}
 	ut_poll_threads();
 	for (int i = 0; i < 6; i++) {
 		CU_ASSERT_EQUAL(r[i].done, 1);
@@ -929,11 +955,13 @@ static void test_hot_remove(void)
 	CU_ASSERT_EQUAL(keel_bdev_open_ext("hot", true, ev_cb, NULL, &desc1), 0);
 	ch1 = keel_bdev_get_io_channel(desc1);
 	/* 6 on each thread: 4 in flight, 2 waiting for a pool object. */
-	for (int i = 0; i < 6; i++)
+	for (int i = 0; i < 6; i++) {
 		CU_ASSERT_EQUAL(keel_bdev_read(desc1, ch1, buf[i], 0, 512, io_done, &r[i]), 0);
+	}
 	ut_set_thread(0);
-	for (int i = 6; i < 12; i++)
+	for (int i = 6; i < 12; i++) {
 		CU_ASSERT_EQUAL(keel_bdev_read(desc0, ch0, buf[i], 0, 512, io_done, &r[i]), 0);
+	}
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(stub_pending(), 8);
 
@@ -961,8 +989,9 @@ static void test_hot_remove(void)
 	/* In-flight ones finish normally; channels and descs go; then destruct. */
 	stub_complete(0, 100);
 	ut_poll_threads();
-	for (int i = 0; i < 12; i++)
+	for (int i = 0; i < 12; i++) {
 		CU_ASSERT_EQUAL(r[i].done, 1);
+	}
 	keel_put_io_channel(ch0);
 	keel_bdev_close(desc0);
 	ut_poll_threads();
@@ -994,8 +1023,9 @@ static void test_hot_remove_auto_close_and_orphan(void)
 	CU_ASSERT_EQUAL(keel_bdev_open_ext("orphan", true, ev_cb, &g_auto_close_desc, &desc), 0);
 	g_auto_close_desc = desc;
 	ch = keel_bdev_get_io_channel(desc);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 3; i++) {
 		CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf, 0, 512, io_done, &r[i]), 0);
+	}
 	/* A careless consumer drops its channel with I/O in flight. */
 	keel_put_io_channel(ch);
 	keel_bdev_unregister(&d->bdev, unreg_done, NULL);
@@ -1004,8 +1034,9 @@ static void test_hot_remove_auto_close_and_orphan(void)
 	CU_ASSERT_EQUAL(d->destructed, 0);     /* requests still in flight */
 	stub_complete(0, 100);
 	ut_poll_threads();
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 3; i++) {
 		CU_ASSERT_EQUAL(r[i].done, 1);
+	}
 	CU_ASSERT_EQUAL(d->destructed, 1);
 	CU_ASSERT_EQUAL(g_unreg_done, 1);
 	stub_free(d);
@@ -1047,9 +1078,12 @@ static void test_hot_remove_split_and_reset_waiting(void)
 
 	/* Split request in flight (2 lanes), two more waiting; then hot remove. */
 	memset(r, 0, sizeof(r));
-	for (int i = 0; i < 3; i++)
-		CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf + i * 16 * STUB_BS, (uint64_t)i * 16 * STUB_BS,
-					       16 * STUB_BS, io_done, &r[i]), 0);
+	for (int i = 0; i < 3; i++) {
+		CU_ASSERT_EQUAL(keel_bdev_read(desc, ch, buf + i * 16 * STUB_BS,
+					       (uint64_t)i * 16 * STUB_BS, 16 * STUB_BS, io_done,
+					       &r[i]),
+				0);
+	}
 	CU_ASSERT_EQUAL(keel_bdev_reset(desc, ch, io_done, &rr2), 0);
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(stub_pending(), 2);
@@ -1125,9 +1159,11 @@ static void test_stats(void)
 	CU_ASSERT_EQUAL(g_stats.bytes[KEEL_BDEV_IO_READ], 1024 + 2048 + 512);
 	CU_ASSERT_EQUAL(g_stats.errors[KEEL_BDEV_IO_READ], 1);
 	CU_ASSERT_EQUAL(g_stats.errors[KEEL_BDEV_IO_WRITE], 0);
-	CU_ASSERT(g_stats.lat_max_ns[KEEL_BDEV_IO_READ] * 3 >= g_stats.lat_sum_ns[KEEL_BDEV_IO_READ]);
-	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++)
+	CU_ASSERT(g_stats.lat_max_ns[KEEL_BDEV_IO_READ] * 3 >=
+		  g_stats.lat_sum_ns[KEEL_BDEV_IO_READ]);
+	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++) {
 		hist += g_stats.lat_hist[b];
+	}
 	CU_ASSERT_EQUAL(hist, 4);
 	close_disk(desc, ch0);
 	teardown();
@@ -1157,8 +1193,9 @@ static void test_stats_latency_bucket(void)
 	CU_ASSERT_EQUAL(keel_bdev_get_io_stats(&d->bdev, stats_cb, NULL), 0);
 	ut_poll_threads();
 	CU_ASSERT_EQUAL_FATAL(g_stats_done, 1);
-	for (int b = 11; b < KEEL_BDEV_LAT_BUCKETS; b++)
+	for (int b = 11; b < KEEL_BDEV_LAT_BUCKETS; b++) {
 		slow += g_stats.lat_hist[b];
+	}
 	CU_ASSERT_EQUAL(slow, 1);
 	CU_ASSERT(g_stats.lat_max_ns[KEEL_BDEV_IO_READ] >= 3000000);
 	close_disk(desc, ch);
@@ -1207,14 +1244,16 @@ static void stub_complete_random(void)
 		int k = (int)rnd((uint32_t)n);
 
 		io = TAILQ_FIRST(&g_pending);
-		while (k--)
+		while (k--) {
 			io = TAILQ_NEXT(io, module_link);
+		}
 		TAILQ_REMOVE(&g_pending, io, module_link);
 		keel_set_current_thread(((struct stub_io *)keel_bdev_io_get_ctx(io))->thread);
 		keel_bdev_io_complete(io, 0);
 		n--;
-		if (rnd(4) == 0)
+		if (rnd(4) == 0) {
 			ut_poll_threads();
+		}
 	}
 	keel_set_current_thread(cur);
 }
@@ -1267,7 +1306,8 @@ static void test_random_split_bounce(void)
 				int n = 0;
 
 				/* Disjoint ranges per batch so the shadow order is unambiguous. */
-				lba = (uint64_t)q * (STUB_BLOCKS / 16) + lba % (STUB_BLOCKS / 16 - 64);
+				lba = (uint64_t)q * (STUB_BLOCKS / 16) +
+				      lba % (STUB_BLOCKS / 16 - 64);
 				offs[q] = lba * STUB_BS;
 				lens[q] = len;
 				writes[q] = rnd(2);
@@ -1275,15 +1315,19 @@ static void test_random_split_bounce(void)
 					/* write_zeroes (emulated on half the rounds) */
 					writes[q] = true;
 					memset(shadow + offs[q], 0, len);
-					CU_ASSERT_EQUAL(keel_bdev_write_zeroes(desc, ch, offs[q], len, io_done,
-									       &r[q]), 0);
+					CU_ASSERT_EQUAL(keel_bdev_write_zeroes(desc, ch, offs[q],
+									       len, io_done, &r[q]),
+							0);
 					bufs[q] = NULL;
 					continue;
 				}
 				bufs[q] = arena + used + skew;
 				used += len + skew + 64;
 				while (left) {
-					uint64_t piece = n == 23 ? left : 1 + rnd((uint32_t)(left < 3000 ? left : 3000));
+					uint64_t piece =
+						n == 23 ? left
+							: 1 + rnd((uint32_t)(left < 3000 ? left
+											 : 3000));
 
 					iovs[q][n].iov_base = bufs[q] + (len - left);
 					iovs[q][n].iov_len = piece;
@@ -1291,15 +1335,20 @@ static void test_random_split_bounce(void)
 					n++;
 				}
 				if (writes[q]) {
-					for (uint64_t i = 0; i < len; i++)
+					for (uint64_t i = 0; i < len; i++) {
 						bufs[q][i] = (uint8_t)rnd(256);
+					}
 					memcpy(shadow + offs[q], bufs[q], len);
-					CU_ASSERT_EQUAL(keel_bdev_writev(desc, ch, iovs[q], n, offs[q], len, 0,
-									 io_done, &r[q]), 0);
+					CU_ASSERT_EQUAL(keel_bdev_writev(desc, ch, iovs[q], n,
+									 offs[q], len, 0, io_done,
+									 &r[q]),
+							0);
 				} else {
 					memset(bufs[q], 0xcc, len);
-					CU_ASSERT_EQUAL(keel_bdev_readv(desc, ch, iovs[q], n, offs[q], len,
-									io_done, &r[q]), 0);
+					CU_ASSERT_EQUAL(keel_bdev_readv(desc, ch, iovs[q], n,
+									offs[q], len, io_done,
+									&r[q]),
+							0);
 				}
 			}
 			for (int spin = 0; spin < 10000; spin++) {
@@ -1308,19 +1357,23 @@ static void test_random_split_bounce(void)
 				ut_poll_threads();
 				stub_complete_random();
 				ut_poll_threads();
-				for (int q = 0; q < nreq; q++)
+				for (int q = 0; q < nreq; q++) {
 					done += r[q].done;
-				if (done == nreq && !stub_pending())
+				}
+				if (done == nreq && !stub_pending()) {
 					break;
+				}
 			}
 			for (int q = 0; q < nreq; q++) {
 				CU_ASSERT_EQUAL(r[q].done, 1);
 				CU_ASSERT_EQUAL(r[q].status, 0);
-				if (!writes[q])
+				if (!writes[q]) {
 					CU_ASSERT(memcmp(bufs[q], shadow + offs[q], lens[q]) == 0);
+				}
 			}
-			for (int i = 0; i < g_nrecs; i++)
+			for (int i = 0; i < g_nrecs; i++) {
 				CU_ASSERT(g_recs[i].aligned);
+			}
 			g_nrecs = 0;
 		}
 		CU_ASSERT(memcmp(d->data, shadow, disk) == 0);

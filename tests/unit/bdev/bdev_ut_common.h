@@ -41,8 +41,9 @@ static inline void ut_event_cb(enum keel_bdev_event_type type, struct keel_bdev 
 {
 	int *events = ctx;
 
-	if (events)
+	if (events) {
 		events[type]++;
+	}
 }
 
 static inline void ut_bdev_setup(uint32_t nthreads)
@@ -72,18 +73,18 @@ static inline void ut_bdev_teardown(void)
 }
 
 /* Run to completion; \return the submit rc if it failed, else the completion status. */
-#define UT_SYNC(call_with_res)                                                             \
-	({                                                                                 \
-		struct ut_res __r = {0, 0};                                                \
-		struct ut_res *res = &__r;                                                 \
-		int __rc = (call_with_res);                                                \
-		if (__rc == 0) {                                                           \
-			CU_ASSERT_EQUAL(__r.done, 0);                                      \
-			ut_poll_threads();                                                 \
-			CU_ASSERT_EQUAL(__r.done, 1);                                      \
-			__rc = __r.status;                                                 \
-		}                                                                          \
-		__rc;                                                                      \
+#define UT_SYNC(call_with_res)                        \
+	({                                            \
+		struct ut_res __r = {0, 0};           \
+		struct ut_res *res = &__r;            \
+		int __rc = (call_with_res);           \
+		if (__rc == 0) {                      \
+			CU_ASSERT_EQUAL(__r.done, 0); \
+			ut_poll_threads();            \
+			CU_ASSERT_EQUAL(__r.done, 1); \
+			__rc = __r.status;            \
+		}                                     \
+		__rc;                                 \
 	})
 
 #endif /* KEEL_BDEV_UT_COMMON_H */

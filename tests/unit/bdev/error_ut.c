@@ -61,18 +61,24 @@ static void test_create_and_claim(void)
 	CU_ASSERT_EQUAL(keel_bdev_error_create("err1", "base0", &err), -EPERM);
 	CU_ASSERT_EQUAL(keel_bdev_get_num_blocks(keel_bdev_get_by_name("err0")), 256);
 	/* Pass-through integrity for every type. */
-	for (int i = 0; i < 4 * BS; i++)
+	for (int i = 0; i < 4 * BS; i++) {
 		w[i] = (uint8_t)(i * 31);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(g_desc, g_ch, w, 8 * BS, 4 * BS, ut_io_done, res)), 0);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(g_desc, g_ch, r, 8 * BS, 4 * BS, ut_io_done, res)), 0);
+	}
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(g_desc, g_ch, w, 8 * BS, 4 * BS, ut_io_done, res)),
+			0);
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(g_desc, g_ch, r, 8 * BS, 4 * BS, ut_io_done, res)),
+			0);
 	CU_ASSERT(memcmp(w, r, sizeof(w)) == 0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_unmap(g_desc, g_ch, 8 * BS, BS, ut_io_done, res)), 0);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write_zeroes(g_desc, g_ch, 9 * BS, BS, ut_io_done, res)), 0);
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write_zeroes(g_desc, g_ch, 9 * BS, BS, ut_io_done, res)),
+			0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_flush(g_desc, g_ch, 0, BS, ut_io_done, res)), 0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_reset(g_desc, g_ch, ut_io_done, res)), 0);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(g_desc, g_ch, r, 8 * BS, 4 * BS, ut_io_done, res)), 0);
-	for (int i = 0; i < 2 * BS; i++)
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(g_desc, g_ch, r, 8 * BS, 4 * BS, ut_io_done, res)),
+			0);
+	for (int i = 0; i < 2 * BS; i++) {
 		CU_ASSERT_EQUAL_FATAL(r[i], 0);
+	}
 	CU_ASSERT(memcmp(w + 2 * BS, r + 2 * BS, 2 * BS) == 0);
 	close_err();
 	/* Deleting the error bdev releases the claim. */
@@ -135,8 +141,9 @@ static void test_rules(void)
 	}
 	CU_ASSERT_EQUAL(fails, 3);
 	CU_ASSERT_EQUAL(keel_bdev_error_clear("err0"), 0);
-	for (int i = 0; i < 6; i++)
+	for (int i = 0; i < 6; i++) {
 		CU_ASSERT_EQUAL(rd(i, buf), 0);
+	}
 
 	/* A type rule beats the all-types rule. */
 	rule.io_type = KEEL_BDEV_IO_NUM_TYPES;
@@ -157,7 +164,8 @@ static void test_rules(void)
 		CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o, "module")), "error");
 		json_decref(o);
 	}
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(g_desc, g_ch, buf, 0, BS, ut_io_done, res)), -EROFS);
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(g_desc, g_ch, buf, 0, BS, ut_io_done, res)),
+			-EROFS);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_unmap(g_desc, g_ch, 0, BS, ut_io_done, res)), -EIO);
 	CU_ASSERT_EQUAL(keel_bdev_error_clear("err0"), 0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(g_desc, g_ch, buf, 0, BS, ut_io_done, res)), 0);

@@ -75,8 +75,8 @@ static bool populated(struct keel_bdev *b)
 	bool p;
 
 	CU_ASSERT_FATAL(keel_bdev_dump_info_json(b, o) == 0);
-	p = json_is_true(json_object_get(json_object_get(json_object_get(o, "driver_specific"),
-							 "malloc"), "populated"));
+	p = json_is_true(json_object_get(
+		json_object_get(json_object_get(o, "driver_specific"), "malloc"), "populated"));
 	json_decref(o);
 	return p;
 }

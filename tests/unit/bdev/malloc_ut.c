@@ -11,15 +11,17 @@
 
 static void fill(uint8_t *p, size_t n, uint32_t seed)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		p[i] = (uint8_t)((i * 2654435761u) >> 13 ^ seed);
+	}
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (p[i])
+		if (p[i]) {
 			return false;
+		}
 	}
 	return true;
 }
@@ -75,7 +77,8 @@ static void test_malloc_integrity(void)
 	CU_ASSERT_TRUE(all_zero(r, 16 * BS));
 	/* write / read */
 	fill(w, 64 * BS, 1);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(desc, ch, w, 10 * BS, 64 * BS, ut_io_done, res)), 0);
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(desc, ch, w, 10 * BS, 64 * BS, ut_io_done, res)),
+			0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(desc, ch, r, 10 * BS, 64 * BS, ut_io_done, res)), 0);
 	CU_ASSERT(memcmp(w, r, 64 * BS) == 0);
 	/* writev gather with odd pieces / readv scatter */
@@ -88,21 +91,22 @@ static void test_malloc_integrity(void)
 	iov[2].iov_base = s2 + 10000;
 	iov[2].iov_len = 2 * BS;
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_writev(desc, ch, iov, 3, 100 * BS, 4 * BS,
-						 KEEL_BDEV_IO_FLAG_FUA, ut_io_done, res)), 0);
+						 KEEL_BDEV_IO_FLAG_FUA, ut_io_done, res)),
+			0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(desc, ch, r, 100 * BS, 4 * BS, ut_io_done, res)), 0);
 	CU_ASSERT(memcmp(r, s1, 3000) == 0);
 	CU_ASSERT(memcmp(r + 3000, s2, 2 * BS - 3000) == 0);
 	CU_ASSERT(memcmp(r + 2 * BS, s2 + 10000, 2 * BS) == 0);
 	memset(s1, 0, 3000);
 	memset(s2, 0, 64 * BS);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_readv(desc, ch, iov, 3, 100 * BS, 4 * BS, ut_io_done,
-						res)), 0);
+	CU_ASSERT_EQUAL(
+		UT_SYNC(keel_bdev_readv(desc, ch, iov, 3, 100 * BS, 4 * BS, ut_io_done, res)), 0);
 	CU_ASSERT(memcmp(r, s1, 3000) == 0);
 	CU_ASSERT(memcmp(r + 2 * BS, s2 + 10000, 2 * BS) == 0);
 	/* unmap / write_zeroes read back zeroes; neighbours intact */
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_unmap(desc, ch, 12 * BS, 4 * BS, ut_io_done, res)), 0);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write_zeroes(desc, ch, 20 * BS, 8 * BS, ut_io_done,
-						       res)), 0);
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write_zeroes(desc, ch, 20 * BS, 8 * BS, ut_io_done, res)),
+			0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(desc, ch, r, 10 * BS, 64 * BS, ut_io_done, res)), 0);
 	CU_ASSERT(memcmp(r, w, 2 * BS) == 0);
 	CU_ASSERT_TRUE(all_zero(r + 2 * BS, 4 * BS));
@@ -115,7 +119,8 @@ static void test_malloc_integrity(void)
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(desc, ch, r, 28 * BS, 8 * BS, ut_io_done, res)), 0);
 	CU_ASSERT(memcmp(r, w + 18 * BS, 8 * BS) == 0);
 	/* last block, and one past the end */
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(desc, ch, w, (NBLK - 1) * BS, BS, ut_io_done, res)), 0);
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write(desc, ch, w, (NBLK - 1) * BS, BS, ut_io_done, res)),
+			0);
 	CU_ASSERT_EQUAL(keel_bdev_write(desc, ch, w, NBLK * BS, BS, ut_io_done, NULL), -EINVAL);
 
 	keel_put_io_channel(ch);
@@ -149,8 +154,9 @@ static void test_null_reads_zeroes(void)
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_write_zeroes(desc, ch, 0, 1 << 20, ut_io_done, res)), 0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_flush(desc, ch, 0, 512, ut_io_done, res)), 0);
 	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_reset(desc, ch, ut_io_done, res)), 0);
-	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(desc, ch, buf, (512ull << 30) - 512, 512, ut_io_done,
-					       res)), 0);
+	CU_ASSERT_EQUAL(
+		UT_SYNC(keel_bdev_read(desc, ch, buf, (512ull << 30) - 512, 512, ut_io_done, res)),
+		0);
 	keel_put_io_channel(ch);
 	keel_bdev_close(desc);
 	ut_bdev_teardown();
@@ -169,7 +175,9 @@ static void test_dump_json(void)
 	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o, "module")), "malloc");
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "num_blocks")), 16);
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(
-		json_object_get(json_object_get(o, "driver_specific"), "malloc"), "size_bytes")), 8192);
+				json_object_get(json_object_get(o, "driver_specific"), "malloc"),
+				"size_bytes")),
+			8192);
 	CU_ASSERT(json_is_null(json_object_get(o, "claimed_by")));
 	json_decref(o);
 	o = json_object();

@@ -136,7 +136,7 @@ static void test_data_is_refused(void)
 	CU_ASSERT_EQUAL(keeld_replica_probe_check(&p, path, NULL, false, err, sizeof(err)),
 			-EEXIST);
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, "holds data (a non-zero byte at offset 4096); "
-				      "pass --force to overwrite it"));
+					   "pass --force to overwrite it"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, path));
 	CU_ASSERT_EQUAL(keeld_replica_probe_check(&p, path, NULL, true, err, sizeof(err)), 0);
 
@@ -285,8 +285,8 @@ static void test_signatures(void)
 		CU_ASSERT_EQUAL(probe(path, &p, err, sizeof(err)), 0);
 		CU_ASSERT_EQUAL(p.content, KEELD_REPLICA_DATA);
 		CU_ASSERT_STRING_EQUAL(p.what, "an ext4 filesystem");
-		CU_ASSERT_EQUAL(keeld_replica_probe_check(&p, path, NULL, false, err,
-							  sizeof(err)), -EEXIST);
+		CU_ASSERT_EQUAL(keeld_replica_probe_check(&p, path, NULL, false, err, sizeof(err)),
+				-EEXIST);
 		CU_ASSERT_PTR_NOT_NULL(strstr(err, "holds an ext4 filesystem; pass --force"));
 	} else {
 		printf("(mkfs.ext4 not installed: ext4 case not run) ");
@@ -294,8 +294,10 @@ static void test_signatures(void)
 	if (have_tool("sfdisk")) {
 		join(path, sizeof(path), "gpt");
 		make_file(path, 8 * MIB);
-		snprintf(cmd, sizeof(cmd), "printf 'label: gpt\\n,2M\\n' | sfdisk -q '%s' "
-			 ">/dev/null 2>&1", path);
+		snprintf(cmd, sizeof(cmd),
+			 "printf 'label: gpt\\n,2M\\n' | sfdisk -q '%s' "
+			 ">/dev/null 2>&1",
+			 path);
 		CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
 		CU_ASSERT_EQUAL(probe(path, &p, err, sizeof(err)), 0);
 		CU_ASSERT_EQUAL(p.content, KEELD_REPLICA_DATA);

@@ -92,11 +92,10 @@ static void test_paths(void)
 
 	CU_ASSERT_EQUAL(keel_path_state_file("/s", KEEL_STATE_FILE_STATE, buf, sizeof(buf)), 0);
 	CU_ASSERT_STRING_EQUAL(buf, "/s/state.json");
-	CU_ASSERT_EQUAL(keel_path_state_file("/s", KEEL_STATE_FILE_REBUILD_HISTORY, buf,
-					     sizeof(buf)), 0);
+	CU_ASSERT_EQUAL(
+		keel_path_state_file("/s", KEEL_STATE_FILE_REBUILD_HISTORY, buf, sizeof(buf)), 0);
 	CU_ASSERT_STRING_EQUAL(buf, "/s/rebuild-history.json");
-	CU_ASSERT_EQUAL(keel_path_state_file("/s", KEEL_STATE_FILE_NBD_DISKS, buf, sizeof(buf)),
-			0);
+	CU_ASSERT_EQUAL(keel_path_state_file("/s", KEEL_STATE_FILE_NBD_DISKS, buf, sizeof(buf)), 0);
 	CU_ASSERT_STRING_EQUAL(buf, "/s/nbd-disks.json");
 	CU_ASSERT_EQUAL(keel_path_state_file("/s", KEEL_STATE_FILE_LOCK, buf, 8), -ENAMETOOLONG);
 	CU_ASSERT_EQUAL(keel_path_state_file("/s", (enum keel_state_file)99, buf, sizeof(buf)),
@@ -148,8 +147,8 @@ static void test_write_error(void)
 	CU_ASSERT_EQUAL(keeld_store_save(KEELD_DOC_STATE, save_cb, &a), 0);
 	wait_save(&a);
 	CU_ASSERT_EQUAL(a.status, -ENOENT);
-	CU_ASSERT_PTR_NOT_NULL(strstr(keeld_store_last_error(KEELD_DOC_STATE),
-				      keeld_store_path(KEELD_DOC_STATE)));
+	CU_ASSERT_PTR_NOT_NULL(
+		strstr(keeld_store_last_error(KEELD_DOC_STATE), keeld_store_path(KEELD_DOC_STATE)));
 	CU_ASSERT_EQUAL(mkdir(g_dir, 0700), 0);
 	CU_ASSERT_EQUAL(keeld_store_save(KEELD_DOC_STATE, save_cb, &b), 0);
 	wait_save(&b);
@@ -231,8 +230,7 @@ static void test_read(void)
 	/* A state directory that cannot be searched: the reason, not "no file". */
 	if (geteuid() != 0) {
 		CU_ASSERT_EQUAL(chmod(g_dir, 0), 0);
-		CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_STATE, &doc, err, sizeof(err)),
-				-EACCES);
+		CU_ASSERT_EQUAL(keeld_store_read(KEELD_DOC_STATE, &doc, err, sizeof(err)), -EACCES);
 		CU_ASSERT_PTR_NOT_NULL(strstr(err, "cannot read state file "));
 		CU_ASSERT_EQUAL(chmod(g_dir, 0700), 0);
 	}

@@ -99,11 +99,11 @@ static void nexus_done_cb(void *arg, int status, const char *errmsg, struct keel
  * prepare and unprepare run on the blocking pool: a lock. */
 static pthread_mutex_t g_fs_lock = PTHREAD_MUTEX_INITIALIZER;
 static int g_fs_alive;
-static uint64_t g_prep_need;     /* bytes the last prepare was asked for */
-static char g_prep_fail[64];     /* prepare refuses this locator (-EEXIST) */
-static char g_open_fail[64];     /* open of this base fails with g_open_fail_status */
+static uint64_t g_prep_need; /* bytes the last prepare was asked for */
+static char g_prep_fail[64]; /* prepare refuses this locator (-EEXIST) */
+static char g_open_fail[64]; /* open of this base fails with g_open_fail_status */
 static int g_open_fail_status;
-static bool g_hold_opens;        /* opens wait for release_opens() */
+static bool g_hold_opens; /* opens wait for release_opens() */
 
 struct ut_open {
 	char name[KEEL_BDEV_NAME_MAX + 1];
@@ -136,7 +136,8 @@ static int ut_prepare(struct keeld_replica_prep *prep)
 	pthread_mutex_unlock(&g_fs_lock);
 	for (size_t i = 0; i < prep->n; i++) {
 		if (strcmp(prep->locators[i], g_prep_fail) == 0) {
-			snprintf(prep->err, sizeof(prep->err), "ut: %s holds data", prep->locators[i]);
+			snprintf(prep->err, sizeof(prep->err), "ut: %s holds data",
+				 prep->locators[i]);
 			ut_unprepare(prep);
 			return -EEXIST;
 		}
@@ -292,7 +293,10 @@ static int create_vol(const char *name, const char *const *reps, uint32_t n, boo
 		      struct op_res *r)
 {
 	struct keeld_volume_create_opts o = {
-		.name = name, .size = VOL_SIZE, .replicas = reps, .num_replicas = n,
+		.name = name,
+		.size = VOL_SIZE,
+		.replicas = reps,
+		.num_replicas = n,
 		.force = force,
 	};
 
@@ -357,8 +361,8 @@ static void state_file_volumes(char *out, size_t len)
 	json_array_foreach(json_object_get(doc, "volumes"), i, v) {
 		size_t used = strlen(out);
 
-		snprintf(out + used, len - used, "%s,", json_string_value(json_object_get(v,
-											   "name")));
+		snprintf(out + used, len - used, "%s,",
+			 json_string_value(json_object_get(v, "name")));
 	}
 	json_decref(doc);
 }
@@ -624,7 +628,10 @@ static void test_concurrent_ops(void)
 	const char *reps[] = {PREFIX "m0", PREFIX "m1"};
 	const char *reps_w[] = {PREFIX "m2", PREFIX "m3"};
 	struct keeld_volume_create_opts ow = {
-		.name = "w", .size = VOL_SIZE, .replicas = reps_w, .num_replicas = 2,
+		.name = "w",
+		.size = VOL_SIZE,
+		.replicas = reps_w,
+		.num_replicas = 2,
 	};
 	struct op_res a = {0}, b = {0}, c = {0};
 	json_t *v;
@@ -638,7 +645,7 @@ static void test_concurrent_ops(void)
 	CU_ASSERT_EQUAL(a.done + b.done + c.done, 0);
 	CU_ASSERT_EQUAL(wait_res(&b), -EBUSY);
 	CU_ASSERT_STRING_EQUAL(b.msg, "volume 'v' is busy with another change: try again when "
-			       "it finished");
+				      "it finished");
 	CU_ASSERT_EQUAL(wait_res(&c), -EBUSY);
 	CU_ASSERT_EQUAL(wait_res(&a), 0);
 	CU_ASSERT_STRING_EQUAL(rep_field(a.vol, PREFIX "m1", "state"), "faulted");
@@ -658,9 +665,10 @@ static void test_concurrent_ops(void)
 	json_decref(v);
 	CU_ASSERT_EQUAL(finish(keeld_volume_destroy("w", false, op_cb, &b), &b), -EBUSY);
 	CU_ASSERT_STRING_EQUAL(b.msg, "volume 'w' is being created: try again when that "
-			       "finished");
-	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("w", PREFIX "new0", NULL, false, op_cb,
-							&c), &c), -EBUSY);
+				      "finished");
+	CU_ASSERT_EQUAL(
+		finish(keeld_volume_add_replica("w", PREFIX "new0", NULL, false, op_cb, &c), &c),
+		-EBUSY);
 	/* its name and paths are taken meanwhile */
 	res_reset(&b);
 	CU_ASSERT_EQUAL(finish(keeld_volume_create(&ow, op_cb, &b), &b), -EEXIST);
@@ -687,7 +695,10 @@ static void test_refusals(void)
 	const char *twice[] = {PREFIX "m2", PREFIX "m2"};
 	const char *bdevs[] = {"nosuch"};
 	struct keeld_volume_create_opts o = {
-		.name = "x", .size = VOL_SIZE, .replicas = rel, .num_replicas = 1,
+		.name = "x",
+		.size = VOL_SIZE,
+		.replicas = rel,
+		.num_replicas = 1,
 	};
 	struct op_res r = {0};
 	char why[512];
@@ -697,7 +708,7 @@ static void test_refusals(void)
 	CU_ASSERT_EQUAL(finish(keeld_volume_create(&o, op_cb, &r), &r), -EINVAL);
 	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "replicas[0]: 'm0' is not an absolute path (keeld does not "
-			       "share your working directory)");
+				    "share your working directory)");
 	o.replicas = twice;
 	o.num_replicas = 2;
 	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
@@ -714,7 +725,7 @@ static void test_refusals(void)
 	o.replica_bdevs = bdevs;
 	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "give replicas (the replica file paths), not also "
-			       "replica_bdevs");
+				    "replica_bdevs");
 	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("x", NULL, NULL, why, sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "give replica (the path of the replica file)");
 
@@ -722,7 +733,7 @@ static void test_refusals(void)
 	CU_ASSERT_EQUAL_FATAL(create_vol("v", reps, 2, false, &r), 0);
 	CU_ASSERT_EQUAL(create_vol("v", (const char *[]){PREFIX "m2"}, 1, false, &r), -EEXIST);
 	CU_ASSERT_STRING_EQUAL(r.msg, "volume 'v' already exists: choose another name or "
-			       "destroy it first");
+				      "destroy it first");
 	CU_ASSERT_EQUAL(create_vol("y", (const char *[]){PREFIX "m1"}, 1, false, &r), -EEXIST);
 	CU_ASSERT_STRING_EQUAL(r.msg, "file '" PREFIX "m1' is already a replica of volume 'v'");
 	CU_ASSERT_EQUAL(create_vol("m2", (const char *[]){PREFIX "m3"}, 1, false, &r), -EEXIST);
@@ -735,14 +746,15 @@ static void test_refusals(void)
 			-ENOENT);
 	CU_ASSERT_PTR_NOT_NULL(strstr(r.msg, "has no replica '" PREFIX "zz'"));
 	res_reset(&r);
-	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "m0", NULL, false, op_cb,
-							&r), &r), -EEXIST);
+	CU_ASSERT_EQUAL(
+		finish(keeld_volume_add_replica("v", PREFIX "m0", NULL, false, op_cb, &r), &r),
+		-EEXIST);
 	CU_ASSERT_STRING_EQUAL(r.msg, "file '" PREFIX "m0' is already a healthy replica of "
-			       "volume 'v'");
+				      "volume 'v'");
 	/* a volume made of files takes files */
 	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("v", NULL, "m3", why, sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "volume 'v' was made from files: add a replica as replica "
-			       "(a path)");
+				    "(a path)");
 	CU_ASSERT_EQUAL(keeld_volume_add_replica("v", NULL, "m3", false, op_cb, &r), -EINVAL);
 	/* the test hook: bdevs that do not exist */
 	o.replicas = NULL;
@@ -774,21 +786,22 @@ static void test_add_remove_readd(void)
 	setup();
 	CU_ASSERT_EQUAL_FATAL(create_vol("v", reps, 2, false, &r), 0);
 	res_reset(&r);
-	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "new0", NULL, false, op_cb,
-							&r), &r), 0);
+	CU_ASSERT_EQUAL(
+		finish(keeld_volume_add_replica("v", PREFIX "new0", NULL, false, op_cb, &r), &r),
+		0);
 	CU_ASSERT_EQUAL(json_array_size(json_object_get(r.vol, "replicas")), 3);
 	CU_ASSERT_EQUAL(fs_alive(), 1);
 	res_reset(&r);
-	CU_ASSERT_EQUAL(finish(keeld_volume_remove_replica("v", PREFIX "new0", op_cb, &r), &r),
-			0);
+	CU_ASSERT_EQUAL(finish(keeld_volume_remove_replica("v", PREFIX "new0", op_cb, &r), &r), 0);
 	CU_ASSERT_EQUAL(json_array_size(json_object_get(r.vol, "replicas")), 2);
 	CU_ASSERT_PTR_NULL(keel_bdev_get_by_name("v.r2"));
 	/* a failed add leaves no record and removes what it created */
 	snprintf(g_open_fail, sizeof(g_open_fail), "new1");
 	g_open_fail_status = -EIO;
 	res_reset(&r);
-	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "new1", NULL, false, op_cb,
-							&r), &r), -EIO);
+	CU_ASSERT_EQUAL(
+		finish(keeld_volume_add_replica("v", PREFIX "new1", NULL, false, op_cb, &r), &r),
+		-EIO);
 	CU_ASSERT_EQUAL(fs_alive(), 1); /* new0 stays: remove keeps the target */
 	CU_ASSERT_EQUAL(vol_replicas("v"), 2);
 	g_open_fail[0] = '\0';
@@ -796,8 +809,8 @@ static void test_add_remove_readd(void)
 	res_reset(&r);
 	CU_ASSERT_EQUAL(finish(keeld_volume_fault_replica("v", PREFIX "m1", op_cb, &r), &r), 0);
 	res_reset(&r);
-	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "m1", NULL, false, op_cb,
-							&r), &r), 0);
+	CU_ASSERT_EQUAL(
+		finish(keeld_volume_add_replica("v", PREFIX "m1", NULL, false, op_cb, &r), &r), 0);
 	CU_ASSERT_STRING_NOT_EQUAL(rep_field(r.vol, PREFIX "m1", "state"), "faulted");
 	CU_ASSERT_EQUAL(json_array_size(json_object_get(r.vol, "replicas")), 2);
 	res_reset(&r);
@@ -931,7 +944,10 @@ static void test_shutdown_waits(void)
 {
 	const char *reps[] = {PREFIX "m0", PREFIX "m1"};
 	struct keeld_volume_create_opts o = {
-		.name = "v", .size = VOL_SIZE, .replicas = reps, .num_replicas = 2,
+		.name = "v",
+		.size = VOL_SIZE,
+		.replicas = reps,
+		.num_replicas = 2,
 	};
 	struct op_res r = {0}, late = {0};
 	char vols[256];

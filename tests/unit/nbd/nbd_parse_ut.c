@@ -124,7 +124,8 @@ static void test_disk_records_parse(void)
 
 	doc = json_loads("{\"version\": 1, \"disks\": [{\"index\": 0, \"bdev_name\": \"v\", "
 			 "\"backend_id\": \"keel:v\"}, {\"index\": -1}, {\"index\": 2147483648, "
-			 "\"bdev_name\": \"x\", \"backend_id\": \"y\"}]}", 0, NULL);
+			 "\"bdev_name\": \"x\", \"backend_id\": \"y\"}]}",
+			 0, NULL);
 	CU_ASSERT_EQUAL(nbd_disk_records_parse(doc), 1); /* the malformed two skipped */
 	json_decref(doc);
 	doc = json_loads("{\"version\": 2, \"disks\": []}", 0, NULL);

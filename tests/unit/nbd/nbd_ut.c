@@ -416,7 +416,8 @@ static void ut_check_script_replies(struct ut_conn *u)
 			exp = true;
 			break;
 		case NBD_INFO_NAME:
-			name = len - 2 == strlen(g_exp.name) && memcmp(buf + 2, g_exp.name, len - 2) == 0;
+			name = len - 2 == strlen(g_exp.name) &&
+			       memcmp(buf + 2, g_exp.name, len - 2) == 0;
 			break;
 		case NBD_INFO_DESCRIPTION:
 			desc = len > 2;
@@ -575,7 +576,8 @@ static void test_info_duplicates(void)
 		total = 0;
 		ut_send_opt(&u, round == 0 ? NBD_OPT_INFO : NBD_OPT_GO, opt, opt_len);
 		for (;;) {
-			CU_ASSERT_FATAL(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+			CU_ASSERT_FATAL(
+				ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
 			total += sizeof(struct nbd_opt_reply) + len;
 			if (type != NBD_REP_INFO) {
 				break;
@@ -668,7 +670,8 @@ static void test_handshake_hard_closes(void)
 	ut_recv_greeting(&u);
 	ut_send_cflags(&u, NBD_FLAG_C_FIXED_NEWSTYLE);
 	{
-		struct nbd_opt_hdr h = {htobe64(NBD_OPTS_MAGIC), htobe32(NBD_OPT_GO), htobe32(0x7fffffff)};
+		struct nbd_opt_hdr h = {htobe64(NBD_OPTS_MAGIC), htobe32(NBD_OPT_GO),
+					htobe32(0x7fffffff)};
 
 		ut_send(&u, &h, sizeof(h));
 	}
@@ -749,7 +752,8 @@ static void test_round_trip(void)
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_READ, 0, 0, 4096, NULL, r) == 0);
 	CU_ASSERT(memcmp(w, r, 4096) == 0);
 	ut_fill(w, big, 9);
-	CU_ASSERT(ut_cmd(&u, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 1u << 20, (uint32_t)big, w, NULL) == 0);
+	CU_ASSERT(ut_cmd(&u, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 1u << 20, (uint32_t)big, w, NULL) ==
+		  0);
 	memset(r, 0, big);
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_READ, 0, 1u << 20, (uint32_t)big, NULL, r) == 0);
 	CU_ASSERT(memcmp(w, r, big) == 0);
@@ -778,7 +782,8 @@ static void test_round_trip(void)
 	/* TRIM as advertised. */
 	if (g_exp.tflags & NBD_FLAG_SEND_TRIM) {
 		CU_ASSERT(ut_cmd(&u, NBD_CMD_TRIM, 0, 2u << 20, 65536, NULL, NULL) == 0);
-		CU_ASSERT(ut_cmd(&u, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, 2u << 20, 4096, NULL, NULL) == 0);
+		CU_ASSERT(ut_cmd(&u, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, 2u << 20, 4096, NULL, NULL) ==
+			  0);
 	} else {
 		CU_ASSERT(ut_cmd(&u, NBD_CMD_TRIM, 0, 2u << 20, 65536, NULL, NULL) == NBD_EINVAL);
 	}
@@ -793,7 +798,9 @@ static void test_round_trip(void)
 /* Many requests sent in one go; every reply arrives once, with its data. */
 static void test_pipelined(void)
 {
-	enum { N = 200 };
+	enum {
+		N = 200
+	};
 	struct ut_conn u;
 	uint8_t *w = malloc(N * 4096), *r = malloc(4096);
 	bool seen[N] = {false};
@@ -803,7 +810,8 @@ static void test_pipelined(void)
 	ut_connect_go(&u, &g_exp);
 	ut_fill(w, N * 4096, 42);
 	for (int i = 0; i < N; i++) {
-		off += ut_build_req(script + off, NBD_CMD_WRITE, 0, 1000 + i, (uint64_t)i * 4096, 4096);
+		off += ut_build_req(script + off, NBD_CMD_WRITE, 0, 1000 + i, (uint64_t)i * 4096,
+				    4096);
 		memcpy(script + off, w + i * 4096, 4096);
 		off += 4096;
 	}
@@ -818,7 +826,8 @@ static void test_pipelined(void)
 	/* Reads pipelined the same way; data must match the cookie's block. */
 	off = 0;
 	for (int i = 0; i < N; i++) {
-		off += ut_build_req(script + off, NBD_CMD_READ, 0, 5000 + i, (uint64_t)i * 4096, 4096);
+		off += ut_build_req(script + off, NBD_CMD_READ, 0, 5000 + i, (uint64_t)i * 4096,
+				    4096);
 	}
 	ut_send(&u, script, off);
 	for (int i = 0; i < N; i++) {
@@ -838,7 +847,9 @@ static void test_pipelined(void)
 /* Large requests beyond the per-connection buffer cap queue up and all complete. */
 static void test_large_pipelined(void)
 {
-	enum { N = 4 };
+	enum {
+		N = 4
+	};
 	uint32_t len = 32u << 20;
 	struct ut_conn u;
 	uint8_t *w = malloc(len), *r = malloc(len);
@@ -876,7 +887,10 @@ static void test_out_of_order(void)
 {
 	struct nbd_export_info slow;
 	struct keel_bdev_error_rule rule = {
-		.io_type = KEEL_BDEV_IO_READ, .count = 1, .error = 0, .delay_us = 20000,
+		.io_type = KEEL_BDEV_IO_READ,
+		.count = 1,
+		.error = 0,
+		.delay_us = 20000,
 	};
 	struct ut_conn u;
 	uint8_t w[4096], r[4096];
@@ -909,7 +923,10 @@ static void test_disconnect_in_flight(void)
 {
 	struct nbd_export_info slow;
 	struct keel_bdev_error_rule rule = {
-		.io_type = KEEL_BDEV_IO_NUM_TYPES, .count = 0, .error = 0, .delay_us = 20000,
+		.io_type = KEEL_BDEV_IO_NUM_TYPES,
+		.count = 0,
+		.error = 0,
+		.delay_us = 20000,
 	};
 	struct ut_conn u;
 	uint8_t w[4096] = {0};
@@ -925,8 +942,8 @@ static void test_disconnect_in_flight(void)
 	ut_connect_go(&u, &slow);
 	CU_ASSERT_FATAL(keel_bdev_error_inject("ut_slow", &rule) == 0);
 	for (int i = 0; i < 16; i++) {
-		ut_send_req(&u, i % 2 ? NBD_CMD_READ : NBD_CMD_WRITE, 0, i, (uint64_t)i * 4096, 4096,
-			    w, i % 2 ? 0 : sizeof(w));
+		ut_send_req(&u, i % 2 ? NBD_CMD_READ : NBD_CMD_WRITE, 0, i, (uint64_t)i * 4096,
+			    4096, w, i % 2 ? 0 : sizeof(w));
 	}
 	ut_poll(5);
 	close(u.cfd);
@@ -1043,8 +1060,8 @@ static void test_transmission_only(void)
 	int sfd;
 
 	ut_open_fd(&u, &sfd);
-	CU_ASSERT_FATAL(nbd_conn_create_transmission(sfd, g_desc, g_exp.tflags, ut_done, &u,
-						     &u.conn) == 0);
+	CU_ASSERT_FATAL(
+		nbd_conn_create_transmission(sfd, g_desc, g_exp.tflags, ut_done, &u, &u.conn) == 0);
 	CU_ASSERT(nbd_conn_in_transmission(u.conn));
 	ut_fill(w, sizeof(w), 77);
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_WRITE, 0, 3u << 20, 4096, w, NULL) == 0);
@@ -1107,7 +1124,9 @@ static void test_unix_socket_mode(void)
 {
 	char path[108];
 	struct keel_nbd_export_opts opts = {
-		.bdev_name = "ut_malloc", .name = "modeexp", .socket_path = path,
+		.bdev_name = "ut_malloc",
+		.name = "modeexp",
+		.socket_path = path,
 	};
 	mode_t saved = umask(0);
 	struct stat st;
@@ -1134,7 +1153,9 @@ static void test_export_start_stop(void)
 {
 	char path[108];
 	struct keel_nbd_export_opts opts = {
-		.bdev_name = "ut_malloc", .name = "exp1", .socket_path = path,
+		.bdev_name = "ut_malloc",
+		.name = "exp1",
+		.socket_path = path,
 	};
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	struct ut_conn u;
@@ -1146,18 +1167,25 @@ static void test_export_start_stop(void)
 	unlink(path);
 	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc"},
 					ut_export_cb, NULL) == -EINVAL);
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .name = "a/b", .socket_path = path}, ut_export_cb, NULL) == -EINVAL);
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .tcp = "nohost"}, ut_export_cb, NULL) == -EINVAL);
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .tcp = "127.0.0.1:99999"}, ut_export_cb, NULL) == -EINVAL);
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .tcp = "[::1:80"}, ut_export_cb, NULL) == -EINVAL);
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .tcp = "example.com:80"}, ut_export_cb, NULL) == -EINVAL);
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "nope", .socket_path = path}, ut_export_cb, NULL) == -ENODEV);
+	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								       .name = "a/b",
+								       .socket_path = path},
+					ut_export_cb, NULL) == -EINVAL);
+	CU_ASSERT(keel_nbd_export_start(
+			  &(struct keel_nbd_export_opts){.bdev_name = "ut_malloc", .tcp = "nohost"},
+			  ut_export_cb, NULL) == -EINVAL);
+	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								       .tcp = "127.0.0.1:99999"},
+					ut_export_cb, NULL) == -EINVAL);
+	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								       .tcp = "[::1:80"},
+					ut_export_cb, NULL) == -EINVAL);
+	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								       .tcp = "example.com:80"},
+					ut_export_cb, NULL) == -EINVAL);
+	CU_ASSERT(keel_nbd_export_start(
+			  &(struct keel_nbd_export_opts){.bdev_name = "nope", .socket_path = path},
+			  ut_export_cb, NULL) == -ENODEV);
 
 	base = g_cb_count;
 	CU_ASSERT_FATAL(keel_nbd_export_start(&opts, ut_export_cb, NULL) == 0);
@@ -1174,9 +1202,11 @@ static void test_export_start_stop(void)
 	CU_ASSERT(stat(path, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 0777) == 0600);
 
 	/* A second export on the same path is refused. */
-	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .name = "exp2", .socket_path = path, .read_only = true},
-		ut_export_cb, NULL) == -EADDRINUSE);
+	CU_ASSERT(keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								       .name = "exp2",
+								       .socket_path = path,
+								       .read_only = true},
+					ut_export_cb, NULL) == -EADDRINUSE);
 
 	/* A real client over the socket. */
 	memset(&u, 0, sizeof(u));
@@ -1225,7 +1255,6 @@ static void test_export_start_stop(void)
 	CU_ASSERT(keel_nbd_export_first() == NULL);
 	CU_ASSERT(keel_nbd_export_start(&opts, ut_export_cb, NULL) == -ESHUTDOWN);
 }
-
 
 /* ------------------------------------------------------------------------------ */
 /* Kernel devices without a kernel nbd driver (the host has none; the VM test has)  */
@@ -1367,15 +1396,14 @@ static void test_disk_restore_timeouts(void)
 	int base;
 
 	doc = json_pack("{s:i, s:[{s:i, s:s, s:s, s:i}, {s:i, s:s, s:s, s:I}, {s:i, s:s, s:s, s:s},"
-			" {s:i, s:s, s:s, s:i, s:i}]}", "version", 1, "disks",
-			"index", 8, "bdev_name", "ut_t8", "backend_id", "keel-bdev:ut_t8",
-			"io_timeout_s", -5,
-			"index", 9, "bdev_name", "ut_t9", "backend_id", "keel-bdev:ut_t9",
-			"dead_conn_timeout_s", (json_int_t)1 << 40,
+			" {s:i, s:s, s:s, s:i, s:i}]}",
+			"version", 1, "disks", "index", 8, "bdev_name", "ut_t8", "backend_id",
+			"keel-bdev:ut_t8", "io_timeout_s", -5, "index", 9, "bdev_name", "ut_t9",
+			"backend_id", "keel-bdev:ut_t9", "dead_conn_timeout_s", (json_int_t)1 << 40,
 			"index", 10, "bdev_name", "ut_t10", "backend_id", "keel-bdev:ut_t10",
-			"io_timeout_s", "30",
-			"index", 11, "bdev_name", "ut_t11", "backend_id", "keel-bdev:ut_t11",
-			"io_timeout_s", 30, "dead_conn_timeout_s", (int)KEEL_NBD_DISK_MAX_TIMEOUT_S);
+			"io_timeout_s", "30", "index", 11, "bdev_name", "ut_t11", "backend_id",
+			"keel-bdev:ut_t11", "io_timeout_s", 30, "dead_conn_timeout_s",
+			(int)KEEL_NBD_DISK_MAX_TIMEOUT_S);
 	CU_ASSERT_FATAL(doc != NULL);
 	base = g_cb_count;
 	keel_nbd_disk_restore(doc, ut_export_cb, NULL);
@@ -1420,8 +1448,8 @@ static void test_link_dead_sender(void)
 	struct nlmsghdr *nlh;
 
 	CU_ASSERT_FATAL(msg != NULL);
-	CU_ASSERT_FATAL(genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, 0,
-				    NBD_CMD_LINK_DEAD, 1) != NULL);
+	CU_ASSERT_FATAL(genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, 0, NBD_CMD_LINK_DEAD,
+				    1) != NULL);
 	CU_ASSERT_FATAL(nla_put_u32(msg, NBD_ATTR_INDEX, 5) == 0);
 	nlh = nlmsg_hdr(msg);
 
@@ -1611,7 +1639,10 @@ static void test_stall_timeout(void)
  */
 static void test_idle_buffers_bounded(void)
 {
-	enum { NCONN = 8, DEPTH = 16 };
+	enum {
+		NCONN = 8,
+		DEPTH = 16
+	};
 	struct ut_conn u[NCONN];
 	uint8_t *buf = malloc(1u << 20);
 	size_t base, idle;
@@ -1706,11 +1737,17 @@ static void test_export_limits(void)
 	snprintf(p2, sizeof(p2), "/tmp/keel_nbd_ut_lim2.%d.sock", getpid());
 	ut_limits_set(512ull << 20, 3, 2, 60000);
 	base = g_cb_count;
-	CU_ASSERT_FATAL(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .name = "lim1", .socket_path = p1}, ut_export_cb, NULL) == 0);
-	CU_ASSERT_FATAL(keel_nbd_export_start(&(struct keel_nbd_export_opts){
-		.bdev_name = "ut_malloc", .name = "lim2", .socket_path = p2, .read_only = true},
-		ut_export_cb, NULL) == 0);
+	CU_ASSERT_FATAL(
+		keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								     .name = "lim1",
+								     .socket_path = p1},
+				      ut_export_cb, NULL) == 0);
+	CU_ASSERT_FATAL(
+		keel_nbd_export_start(&(struct keel_nbd_export_opts){.bdev_name = "ut_malloc",
+								     .name = "lim2",
+								     .socket_path = p2,
+								     .read_only = true},
+				      ut_export_cb, NULL) == 0);
 	CU_ASSERT_FATAL(ut_wait_cb(base + 2));
 
 	/* per export: the third client of lim1 is told why */
@@ -1811,7 +1848,8 @@ static int ut_setup(void)
 	g_ro_exp.desc = g_ro_desc;
 
 	/* An error bdev over a second RAM disk delays requests for ordering tests. */
-	if (keel_bdev_malloc_create("ut_slow_base", NULL, UT_NUM_BLOCKS, UT_BLOCK_SIZE, &bdev) == 0 &&
+	if (keel_bdev_malloc_create("ut_slow_base", NULL, UT_NUM_BLOCKS, UT_BLOCK_SIZE, &bdev) ==
+		    0 &&
 	    keel_bdev_error_create("ut_slow", "ut_slow_base", &bdev) == 0 &&
 	    keel_bdev_open_ext("ut_slow", true, ut_event, NULL, &g_slow_desc) == 0) {
 		g_have_slow = true;

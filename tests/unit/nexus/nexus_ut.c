@@ -126,7 +126,8 @@ static void test_label_corrupt(void)
 	nexus_label_encode(&l, buf);
 	for (uint32_t i = 8; i < NEXUS_LABEL_SIZE; i += 97) {
 		buf[i] ^= 0x10;
-		CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EBADMSG);
+		CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) ==
+			  -EBADMSG);
 		CU_ASSERT(strstr(why, "checksum") != NULL);
 		buf[i] ^= 0x10;
 	}
@@ -134,7 +135,8 @@ static void test_label_corrupt(void)
 	/* a future version with a valid checksum is refused, not misread */
 	l.version = NEXUS_LABEL_VERSION + 1;
 	nexus_label_encode(&l, buf);
-	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EPROTONOSUPPORT);
+	CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) ==
+		  -EPROTONOSUPPORT);
 	CU_ASSERT(strstr(why, "version 3") != NULL);
 	/* inconsistent fields with a valid checksum */
 	sample_label(&l);
@@ -174,13 +176,16 @@ static void test_label_corrupt(void)
 	 * reason does not repeat it. */
 	{
 		static const char *const bad[] = {"evil\x1b[2J", "a\nvolume x: fake line",
-						  "a b", "a/b", "del\x7f", "caf\xc3\xa9", "\t"};
+						  "a b",         "a/b",
+						  "del\x7f",     "caf\xc3\xa9",
+						  "\t"};
 
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 			sample_label(&l);
 			snprintf(l.volume_name, sizeof(l.volume_name), "%s", bad[i]);
 			nexus_label_encode(&l, buf);
-			CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) == -EINVAL);
+			CU_ASSERT(nexus_label_decode(buf, NEXUS_LABEL_SIZE, &d, why, sizeof(why)) ==
+				  -EINVAL);
 			CU_ASSERT(strstr(why, "volume name") != NULL);
 			CU_ASSERT(strstr(why, bad[i]) == NULL);
 		}
@@ -311,11 +316,18 @@ static void test_label_fuzz(void)
  * them): header round trip and refusals, block checksums, and garbage. */
 static void test_bitmap_format(void)
 {
-	enum { BLK = 4096 };
-	struct nexus_bm_header h = {
-		.version = NEXUS_BM_VERSION, .events_cleared = 7, .region_size = 2 * MB,
-		.nbits = 100, .block_size = BLK,
-	}, d;
+	enum {
+		BLK = 4096
+	};
+	struct nexus_bm_header h =
+				       {
+					       .version = NEXUS_BM_VERSION,
+					       .events_cleared = 7,
+					       .region_size = 2 * MB,
+					       .nbits = 100,
+					       .block_size = BLK,
+				       },
+			       d;
 	uint8_t *buf = abuf(BLK), uuid[16], other[16];
 	char why[96];
 	uint32_t crc;
@@ -352,8 +364,8 @@ static void test_bitmap_format(void)
 	fill(buf, BLK, 9);
 	nexus_bm_block_seal(buf, BLK, 3, uuid);
 	CU_ASSERT(nexus_bm_block_check(buf, BLK, 3, uuid) == 0);
-	CU_ASSERT(nexus_bm_block_check(buf, BLK, 2, uuid) == -EBADMSG);     /* misplaced */
-	CU_ASSERT(nexus_bm_block_check(buf, BLK, 3, other) == -EBADMSG);    /* other volume */
+	CU_ASSERT(nexus_bm_block_check(buf, BLK, 2, uuid) == -EBADMSG);  /* misplaced */
+	CU_ASSERT(nexus_bm_block_check(buf, BLK, 3, other) == -EBADMSG); /* other volume */
 	CU_ASSERT(nexus_bm_block_check(buf, NEXUS_BM_TRAILER, 3, uuid) == -EINVAL);
 	for (uint32_t bit = 0; bit < BLK * 8; bit += 997) {
 		buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
@@ -435,7 +447,8 @@ static void test_mirror_write_read(void)
 	for (uint32_t t = 0; t < 3; t++) {
 		fill(w, 64 * 1024, t + 1);
 		memset(rd, 0, 64 * 1024);
-		CU_ASSERT(do_io(&u, (t + 1) % 3, KEEL_BDEV_IO_READ, rd, t * 128 * 1024, 64 * 1024) == 0);
+		CU_ASSERT(do_io(&u, (t + 1) % 3, KEEL_BDEV_IO_READ, rd, t * 128 * 1024,
+				64 * 1024) == 0);
 		CU_ASSERT(memcmp(w, rd, 64 * 1024) == 0);
 		/* identical on each replica, after the data offset */
 		CU_ASSERT(raw_io("m0", false, raw, DATA_OFF + t * 128 * 1024, 64 * 1024) == 0);
@@ -562,8 +575,8 @@ static void test_write_error_faults(void)
 	memset(ios, 0, sizeof(ios));
 	fill(w, 4096, 3);
 	for (int i = 0; i < 16; i++) {
-		CU_ASSERT_FATAL(submit(&u, (uint32_t)i % 3, KEEL_BDEV_IO_WRITE, w, (uint64_t)i * 4096,
-				       4096, &ios[i]) == 0);
+		CU_ASSERT_FATAL(submit(&u, (uint32_t)i % 3, KEEL_BDEV_IO_WRITE, w,
+				       (uint64_t)i * 4096, 4096, &ios[i]) == 0);
 	}
 	ut_poll_threads();
 	for (int i = 0; i < 16; i++) {
@@ -619,8 +632,8 @@ static void test_parked_flush_bitmap(void)
 	mk_err("e0", "m0");
 	mk_err("e1", "m1");
 	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
-	CU_ASSERT_FATAL(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set,
-					       &ec) == 0);
+	CU_ASSERT_FATAL(
+		keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
 	user_open(&u, "vol", 2);
 	fill(w, 4096, 1);
 	CU_ASSERT_FATAL(do_io(&u, 1, KEEL_BDEV_IO_WRITE, w, 0, 4096) == 0); /* bit set */
@@ -773,8 +786,9 @@ static void test_fault_while_io_in_flight(void)
 	memset(ios, 0, sizeof(ios));
 	fill(w, 4096, 4);
 	for (int i = 0; i < 32; i++) {
-		CU_ASSERT_FATAL(submit(&u, (uint32_t)i % 3, i % 2 ? KEEL_BDEV_IO_READ : KEEL_BDEV_IO_WRITE,
-				       w, (uint64_t)i * 4096, 4096, &ios[i]) == 0);
+		CU_ASSERT_FATAL(submit(&u, (uint32_t)i % 3,
+				       i % 2 ? KEEL_BDEV_IO_READ : KEEL_BDEV_IO_WRITE, w,
+				       (uint64_t)i * 4096, 4096, &ios[i]) == 0);
 	}
 	/* run a few iterations only: requests are now in flight */
 	for (int i = 0; i < 3; i++) {
@@ -787,8 +801,9 @@ static void test_fault_while_io_in_flight(void)
 	CU_ASSERT_FATAL(keel_nexus_fault_replica("vol", "e1", op_cb, &r) == 0);
 	/* more I/O arrives while the change is in progress */
 	for (int i = 32; i < 64; i++) {
-		CU_ASSERT_FATAL(submit(&u, (uint32_t)i % 3, i % 2 ? KEEL_BDEV_IO_READ : KEEL_BDEV_IO_WRITE,
-				       w, (uint64_t)i * 4096, 4096, &ios[i]) == 0);
+		CU_ASSERT_FATAL(submit(&u, (uint32_t)i % 3,
+				       i % 2 ? KEEL_BDEV_IO_READ : KEEL_BDEV_IO_WRITE, w,
+				       (uint64_t)i * 4096, 4096, &ios[i]) == 0);
 		if (i % 8 == 0) {
 			ut_poll_thread((uint32_t)i % 3);
 		}
@@ -859,7 +874,8 @@ static void test_add_remove(void)
 	CU_ASSERT(info->generation == 2);
 	CU_ASSERT_FATAL(read_label("m2", &lab) == 0);
 	CU_ASSERT(lab.generation == 2 && lab.num_members == 3);
-	CU_ASSERT(nexus_label_find_member(&lab, lab.replica_uuid)->state == NEXUS_MEMBER_OUT_OF_SYNC);
+	CU_ASSERT(nexus_label_find_member(&lab, lab.replica_uuid)->state ==
+		  NEXUS_MEMBER_OUT_OF_SYNC);
 	inject("e2", KEEL_BDEV_IO_READ, -EIO);
 	fill(w, 4096, 11);
 	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, w, 8192, 4096) == 0);
@@ -1087,7 +1103,6 @@ static void test_refusals(void)
 	teardown();
 }
 
-
 /* A crash between two replicas' label writes leaves one a generation behind while
  * the newest label still lists it in sync: it missed no write and is accepted.
  * Two generations behind is stale. */
@@ -1105,7 +1120,7 @@ static void test_interrupted_label_update(void)
 	CU_ASSERT(destroy_vol("vol", false) == 0); /* generation 2 on both */
 	CU_ASSERT(raw_io("m1", false, snap, 0, MB) == 0);
 	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0); /* 3 */
-	CU_ASSERT(destroy_vol("vol", false) == 0);                  /* 4 */
+	CU_ASSERT(destroy_vol("vol", false) == 0);                 /* 4 */
 	/* m1 back at 2: two behind although generation 4 lists it in sync. That
 	 * cannot happen in normal operation (an old copy of the replica): it is
 	 * stale, and the real m1 may have moved past m0, so the volume is faulted. */
@@ -1124,10 +1139,10 @@ static void test_interrupted_label_update(void)
 	mk_malloc("m0", REPLICA_BLOCKS, BS);
 	mk_malloc("m1", REPLICA_BLOCKS, BS);
 	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0); /* 1 */
-	CU_ASSERT(destroy_vol("vol", false) == 0);                    /* 2 */
+	CU_ASSERT(destroy_vol("vol", false) == 0);                   /* 2 */
 	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);   /* 3 */
-	CU_ASSERT(raw_io("m1", false, snap, 0, MB) == 0);             /* m1 label 3 */
-	CU_ASSERT(destroy_vol("vol", false) == 0);                    /* 4 */
+	CU_ASSERT(raw_io("m1", false, snap, 0, MB) == 0);            /* m1 label 3 */
+	CU_ASSERT(destroy_vol("vol", false) == 0);                   /* 4 */
 	CU_ASSERT(raw_io("m1", true, snap, 0, MB) == 0);
 	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);
 	info = info_of("vol");
@@ -1350,9 +1365,9 @@ struct stress_worker {
 	struct keel_bdev_desc *desc;
 	struct keel_io_channel *ch;
 	uint32_t idx;
-	uint32_t next;      /* next request to submit */
+	uint32_t next; /* next request to submit */
 	uint32_t inflight;
-	uint8_t *bufs;      /* STRESS_QD buffers */
+	uint8_t *bufs; /* STRESS_QD buffers */
 	struct stress_req {
 		struct stress_worker *w;
 		uint32_t id;
@@ -1443,7 +1458,15 @@ static void stress_worker_stop(void *arg)
 	keel_thread_exit(keel_thread_get_current());
 }
 
-enum stress_phase { ST_INIT, ST_CREATE, ST_RUN, ST_FAULTED, ST_VERIFY, ST_FINI, ST_DONE };
+enum stress_phase {
+	ST_INIT,
+	ST_CREATE,
+	ST_RUN,
+	ST_FAULTED,
+	ST_VERIFY,
+	ST_FINI,
+	ST_DONE
+};
 
 struct stress_ctl {
 	enum stress_phase phase;
@@ -1484,7 +1507,9 @@ static int stress_ctl_poll(void *arg)
 		{
 			struct keel_bdev *b;
 			struct keel_nexus_create_opts o = {
-				.name = "svol", .replicas = reps, .num_replicas = 2,
+				.name = "svol",
+				.replicas = reps,
+				.num_replicas = 2,
 			};
 
 			if (keel_bdev_malloc_create("m0", NULL, REPLICA_BLOCKS, BS, &b) ||
@@ -1527,7 +1552,9 @@ static int stress_ctl_poll(void *arg)
 			/* e1 fails its 1500th write (of ~5300 the two workers issue)
 			 * and every write after it: the fault lands mid-run. */
 			struct keel_bdev_error_rule rule = {
-				.io_type = KEEL_BDEV_IO_WRITE, .error = -EIO, .every_nth = 1500,
+				.io_type = KEEL_BDEV_IO_WRITE,
+				.error = -EIO,
+				.every_nth = 1500,
 			};
 
 			if (keel_bdev_error_inject("e1", &rule) != 0) {
@@ -1599,8 +1626,8 @@ static int stress_ctl_poll(void *arg)
 				keel_nexus_replica_state_name(info->replicas[1].state));
 			g_stress_status = -EINVAL;
 		}
-		fprintf(stderr, "stress: %u requests on 2 reactors in %.1f ms\n",
-			2 * STRESS_REQS, (double)(keel_now_ns() - c->t0) / 1e6);
+		fprintf(stderr, "stress: %u requests on 2 reactors in %.1f ms\n", 2 * STRESS_REQS,
+			(double)(keel_now_ns() - c->t0) / 1e6);
 		keel_bdev_close(c->desc);
 		c->phase = ST_FINI;
 		keel_bdev_subsystem_fini(stress_stop_cb, NULL);

@@ -98,11 +98,13 @@ void ev_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx)
 {
 }
 
-int create_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-	       struct op_res *r)
+int create_vol(const char *name, const char *const *reps, uint32_t n, bool force, struct op_res *r)
 {
 	struct keel_nexus_create_opts o = {
-		.name = name, .replicas = reps, .num_replicas = n, .force = force,
+		.name = name,
+		.replicas = reps,
+		.num_replicas = n,
+		.force = force,
 	};
 	int rc;
 
@@ -116,11 +118,13 @@ int create_vol(const char *name, const char *const *reps, uint32_t n, bool force
 	return wait_res(r);
 }
 
-int open_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-	     struct op_res *r)
+int open_vol(const char *name, const char *const *reps, uint32_t n, bool force, struct op_res *r)
 {
 	struct keel_nexus_open_opts o = {
-		.name = name, .replicas = reps, .num_replicas = n, .force = force,
+		.name = name,
+		.replicas = reps,
+		.num_replicas = n,
+		.force = force,
 	};
 	int rc;
 
@@ -147,8 +151,8 @@ int destroy_vol(const char *name, bool wipe)
 	return wait_res(&r);
 }
 
-int member_call(int (*fn)(const char *, const char *, keel_nexus_op_cb, void *),
-		const char *vol, const char *rep, struct op_res *r)
+int member_call(int (*fn)(const char *, const char *, keel_nexus_op_cb, void *), const char *vol,
+		const char *rep, struct op_res *r)
 {
 	int rc;
 
@@ -174,8 +178,7 @@ struct keel_nexus_info *info_of(const char *vol)
 	return &g_info;
 }
 
-const struct keel_nexus_replica_info *rep_info(struct keel_nexus_info *info,
-					       const char *bdev)
+const struct keel_nexus_replica_info *rep_info(struct keel_nexus_info *info, const char *bdev)
 {
 	for (uint32_t i = 0; i < info->num_replicas; i++) {
 		if (strcmp(info->replicas[i].bdev_name, bdev) == 0) {
@@ -219,8 +222,8 @@ void io_cb(void *arg, int status)
 	r->status = status;
 }
 
-int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
-	   uint64_t off, uint64_t len, struct io_res *r)
+int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf, uint64_t off,
+	   uint64_t len, struct io_res *r)
 {
 	ut_set_thread(t);
 	switch (type) {
@@ -239,8 +242,8 @@ int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *bu
 	}
 }
 
-int do_io(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
-	  uint64_t off, uint64_t len)
+int do_io(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf, uint64_t off,
+	  uint64_t len)
 {
 	struct io_res r = {0};
 	int rc = submit(u, t, type, buf, off, len, &r);
@@ -270,8 +273,8 @@ int raw_io(const char *bdev, bool write, void *buf, uint64_t off, uint64_t len)
 	}
 	ch = keel_bdev_get_io_channel(d);
 	CU_ASSERT_FATAL(ch != NULL);
-	rc = write ? keel_bdev_write(d, ch, buf, off, len, io_cb, &r) :
-		     keel_bdev_read(d, ch, buf, off, len, io_cb, &r);
+	rc = write ? keel_bdev_write(d, ch, buf, off, len, io_cb, &r)
+		   : keel_bdev_read(d, ch, buf, off, len, io_cb, &r);
 	CU_ASSERT_FATAL(rc == 0);
 	while (!r.done) {
 		ut_poll_threads();

@@ -56,20 +56,17 @@ void mk_err(const char *name, const char *base);
 void ev_cb(enum keel_bdev_event_type type, struct keel_bdev *bdev, void *ctx);
 
 /* \return the call's rc if it failed, else the operation's status (in \p r too). */
-int create_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-	       struct op_res *r);
-int open_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-	     struct op_res *r);
+int create_vol(const char *name, const char *const *reps, uint32_t n, bool force, struct op_res *r);
+int open_vol(const char *name, const char *const *reps, uint32_t n, bool force, struct op_res *r);
 int destroy_vol(const char *name, bool wipe);
 /* Run a replica operation (keel_nexus_fault_replica, ...) on \p rep of \p vol. */
-int member_call(int (*fn)(const char *, const char *, keel_nexus_op_cb, void *),
-		const char *vol, const char *rep, struct op_res *r);
+int member_call(int (*fn)(const char *, const char *, keel_nexus_op_cb, void *), const char *vol,
+		const char *rep, struct op_res *r);
 
 /* Info of volume \p vol; the storage is static, overwritten by the next call. */
 struct keel_nexus_info *info_of(const char *vol);
 /* The replica on bdev \p bdev in \p info, or NULL. */
-const struct keel_nexus_replica_info *rep_info(struct keel_nexus_info *info,
-					       const char *bdev);
+const struct keel_nexus_replica_info *rep_info(struct keel_nexus_info *info, const char *bdev);
 
 /* A user of the volume: a descriptor and one channel per harness thread. */
 struct vol_user {
@@ -90,11 +87,11 @@ struct io_res {
 
 void io_cb(void *arg, int status);
 /* Submit one I/O of \p type on harness thread \p t (left current). \return submit rc. */
-int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
-	   uint64_t off, uint64_t len, struct io_res *r);
+int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf, uint64_t off,
+	   uint64_t len, struct io_res *r);
 /* submit() that must be accepted, polled to one completion. \return its status. */
-int do_io(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf,
-	  uint64_t off, uint64_t len);
+int do_io(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *buf, uint64_t off,
+	  uint64_t len);
 /* Read or write a bdev directly (read-only open works on claimed bdevs). */
 int raw_io(const char *bdev, bool write, void *buf, uint64_t off, uint64_t len);
 

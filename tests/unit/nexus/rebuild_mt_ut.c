@@ -37,13 +37,14 @@
 #define NWRITERS 2
 #define WQD 8
 #define WMAX (64 * 1024u)
-#define CHUNK (48 * 1024u)      /* write ownership unit, see writer_submit */
+#define CHUNK (48 * 1024u) /* write ownership unit, see writer_submit */
 #define NSLOTS (NWRITERS * WQD + 1)
-#define RACER_SLOT (NSLOTS - 1)   /* the chunks of the racing writes, see race_msg */
+#define RACER_SLOT (NSLOTS - 1) /* the chunks of the racing writes, see race_msg */
 #define REGION (1 * MB)
-#define PARTIAL_LIMIT (4 * MB)   /* writers' range while the replica is out */
+#define PARTIAL_LIMIT (4 * MB) /* writers' range while the replica is out */
 #define CMP_CHUNK MB
-#define PHASE_TIMEOUT_NS (500ull * 1000 * 1000 * 1000) /* a hang guard: TSan on a loaded machine is slow */
+#define PHASE_TIMEOUT_NS \
+	(500ull * 1000 * 1000 * 1000) /* a hang guard: TSan on a loaded machine is slow */
 
 struct wreq {
 	struct writer *w;
@@ -66,7 +67,7 @@ struct writer {
 static struct writer g_writers[NWRITERS];
 static struct keel_thread *g_main_thread;
 static atomic_bool g_stop_writers;
-static _Atomic uint64_t g_write_limit;  /* bytes of the volume the writers may touch */
+static _Atomic uint64_t g_write_limit; /* bytes of the volume the writers may touch */
 static atomic_int g_writers_running;
 static atomic_int g_writers_ended;
 static _Atomic uint64_t g_write_ios;
@@ -254,7 +255,7 @@ static void racer_done(void *arg, int status)
 	}
 	if (atomic_load(&g_race_released) < g_racer_seq) {
 		fprintf(stderr, "rebuild_mt_ut: a racing write completed while the copy's "
-			"write of its range was still held\n");
+				"write of its range was still held\n");
 		UT_MT_ERR();
 	}
 	g_racer.busy = false;
@@ -320,7 +321,8 @@ static void race_msg(void *arg)
 			g_racer.busy = false;
 			w->inflight--;
 		} else if (g_racer_reached) {
-			fprintf(stderr, "rebuild_mt_ut: a write to volume offset %lu reached the "
+			fprintf(stderr,
+				"rebuild_mt_ut: a write to volume offset %lu reached the "
 				"replicas while the copy of its segment was mid-way\n",
 				(unsigned long)off);
 			UT_MT_ERR();
@@ -461,9 +463,10 @@ static void cmp_read_done(void *arg, int status)
 			UT_MT_ERR();
 			if (!g_cmp.mismatch_logged) {
 				g_cmp.mismatch_logged = true;
-				fprintf(stderr, "rebuild_mt_ut: %s and %s differ in the MiB at "
-					"replica offset %lu\n", g_reps[0], g_reps[i],
-					(unsigned long)g_cmp.off);
+				fprintf(stderr,
+					"rebuild_mt_ut: %s and %s differ in the MiB at "
+					"replica offset %lu\n",
+					g_reps[0], g_reps[i], (unsigned long)g_cmp.off);
 			}
 		}
 	}
@@ -575,8 +578,8 @@ static bool rebuilt(const char *target, struct keel_rebuild_stats *st, bool *see
 	}
 	keel_rebuild_list("mtv", find_job_fn, &f);
 	if (!f.found || f.st.state != KEEL_REBUILD_COMPLETED) {
-		if (f.found && (f.st.state == KEEL_REBUILD_FAILED ||
-				f.st.state == KEEL_REBUILD_STOPPED)) {
+		if (f.found &&
+		    (f.st.state == KEEL_REBUILD_FAILED || f.st.state == KEEL_REBUILD_STOPPED)) {
 			fprintf(stderr, "rebuild_mt_ut: rebuild of %s ended %s: %s\n", target,
 				keel_rebuild_state_name(f.st.state), f.st.error);
 			UT_MT_ERR();
@@ -756,7 +759,9 @@ static void created(void *cb_arg, int status, const char *errmsg, struct keel_ne
 static void init_done(void *arg, int status)
 {
 	struct keel_nexus_create_opts o = {
-		.name = "mtv", .replicas = g_reps, .num_replicas = 2,
+		.name = "mtv",
+		.replicas = g_reps,
+		.num_replicas = 2,
 	};
 	struct keel_rebuild_opts ro;
 	struct keel_bdev *b;

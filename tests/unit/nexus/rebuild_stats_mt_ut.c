@@ -141,7 +141,9 @@ static void fini_done(void *arg, int status)
 static void start_failing(void)
 {
 	struct keel_bdev_error_rule rule = {
-		.io_type = KEEL_BDEV_IO_WRITE, .count = 0, .error = -EIO,
+		.io_type = KEEL_BDEV_IO_WRITE,
+		.count = 0,
+		.error = -EIO,
 	};
 
 	for (int i = 0; i < NTARGETS; i++) {
@@ -255,8 +257,10 @@ static void init_done(void *arg, int status)
 		UT_MT_ERR();
 	}
 	for (int i = 0; i < NTARGETS; i++) {
-		if (keel_bdev_malloc_create(g_targets[i].base_name, NULL, REP_BLOCKS, BS, &b) != 0 ||
-		    keel_bdev_error_create(g_targets[i].err_name, g_targets[i].base_name, &b) != 0) {
+		if (keel_bdev_malloc_create(g_targets[i].base_name, NULL, REP_BLOCKS, BS, &b) !=
+			    0 ||
+		    keel_bdev_error_create(g_targets[i].err_name, g_targets[i].base_name, &b) !=
+			    0) {
 			UT_MT_ERR();
 		}
 	}

@@ -132,7 +132,9 @@ static void set_opts(uint32_t seg, uint32_t tasks, bool autob, uint64_t region, 
  * the harness polls, so they interleave with rebuild segments. */
 static void random_writes(struct vol_user *u, uint32_t count, uint32_t seed, uint64_t limit)
 {
-	enum { QD = 8 };
+	enum {
+		QD = 8
+	};
 	uint8_t *bufs = abuf(QD * 4096);
 	struct io_res res[QD];
 	uint32_t next = 0, done = 0;
@@ -158,8 +160,9 @@ static void random_writes(struct vol_user *u, uint32_t count, uint32_t seed, uin
 					uint64_t off = ((uint64_t)rand() % (limit / 4096)) * 4096;
 
 					fill(bufs + i * 4096, 4096, seed + next);
-					CU_ASSERT_FATAL(submit(u, i % u->nthreads, KEEL_BDEV_IO_WRITE,
-							       bufs + i * 4096, off, 4096, &res[i]) == 0);
+					CU_ASSERT_FATAL(submit(u, i % u->nthreads,
+							       KEEL_BDEV_IO_WRITE, bufs + i * 4096,
+							       off, 4096, &res[i]) == 0);
 					next++;
 				}
 			}
@@ -312,8 +315,8 @@ static void test_rate_limit(void)
  * refused by both calls, and the options stay as they were. */
 static void test_rate_range(void)
 {
-	static const double bad[] = {-1.0, 1e300, KEEL_REBUILD_RATE_MAX_MIB_S * 2, NAN,
-				     INFINITY, -INFINITY};
+	static const double bad[] = {-1.0, 1e300,    KEEL_REBUILD_RATE_MAX_MIB_S * 2,
+				     NAN,  INFINITY, -INFINITY};
 	const char *reps[] = {"m0"};
 	struct keel_rebuild_opts o, now;
 	struct op_res r;
@@ -465,19 +468,22 @@ static void test_bitmap_clear_disarms(void)
 
 	buf = clean_mirror_start(&u, 3);
 	run_ms(100); /* a pass that finds nothing disarms the timer */
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(set == 0);
 	for (i = 0; i < 2; i++) {
 		CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(i)), UINT64_MAX);
 	}
 	/* A write sets a bit and arms the clear again; quiet clears it. */
 	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 3 * MB, 4096) == 0);
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(set == 1);
 	CU_ASSERT(poller_next_deadline(ut_thread(0)) != UINT64_MAX ||
 		  poller_next_deadline(ut_thread(1)) != UINT64_MAX);
 	run_ms(100);
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(set == 0);
 	run_ms(100);
 	for (i = 0; i < 2; i++) {
@@ -500,7 +506,9 @@ static void test_destroy_waits_for_bitmap_io(void)
 {
 	const char *reps[] = {"e0", "e1"};
 	struct keel_bdev_error_rule slow = {
-		.io_type = KEEL_BDEV_IO_WRITE, .error = 0, .delay_us = 50000,
+		.io_type = KEEL_BDEV_IO_WRITE,
+		.error = 0,
+		.delay_us = 50000,
 	};
 	struct op_res r;
 
@@ -537,7 +545,8 @@ static void test_partial_rebuild(void)
 	uint32_t nbits, set;
 
 	buf = clean_mirror_start(&u, 5);
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(rs == MB && set == 0);
 	CU_ASSERT(member_call(keel_nexus_fault_replica, "vol", "m1", &r) == 0);
 	/* two regions dirtied while m1 is out */
@@ -545,7 +554,8 @@ static void test_partial_rebuild(void)
 	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 2 * MB + 4096, 8192) == 0);
 	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 5 * MB, 4096) == 0);
 	run_ms(100);
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(set == 2); /* degraded: never cleared */
 	CU_ASSERT(diff_replicas("m0", "m1", VOL_BYTES) > 0);
 	CU_ASSERT(add_rep("vol", "m1") == 0);
@@ -585,7 +595,8 @@ static void test_bitmap_persisted(void)
 
 	/* "restart": assemble from the labels on the same bdevs */
 	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(set == 1);
 	{
 		struct nexus_label l;
@@ -753,7 +764,8 @@ static void test_unclean_resync(void)
 	/* Two regions written (bits 1 and 4 set), the rest never. */
 	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, buf, 1 * MB, 64 * 1024) == 0);
 	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 4 * MB + 8192, 8192) == 0);
-	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) == 0);
+	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
+		  0);
 	CU_ASSERT(set == 2);
 	/* The "crash": snapshot both replicas while the volume runs (labels dirty),
 	 * then let a write in flight reach only the second one. */
@@ -900,8 +912,8 @@ static void test_ended_job_frees_buffers(void)
 	/* Four more ended jobs: kept buffers would be 4 x 16 x 128 KiB = 8 MiB. */
 	CU_ASSERT(after < before + 1 * MB);
 	if (after >= before + 1 * MB) {
-		fprintf(stderr, "heap in use grew from %zu to %zu bytes over 4 rebuilds\n",
-			before, after);
+		fprintf(stderr, "heap in use grew from %zu to %zu bytes over 4 rebuilds\n", before,
+			after);
 	}
 	CU_ASSERT(destroy_vol("vol", false) == 0);
 	teardown();

@@ -83,9 +83,11 @@ static void test_channel_lifecycle(void)
 	reset();
 	CU_ASSERT_EQUAL_FATAL(ut_threads_init(2), 0);
 	CU_ASSERT_EQUAL(keel_io_device_register(&g_dev_a, create_cb, destroy_cb,
-						sizeof(struct dev_ctx), "dev_a"), 0);
+						sizeof(struct dev_ctx), "dev_a"),
+			0);
 	CU_ASSERT_EQUAL(keel_io_device_register(&g_dev_a, create_cb, destroy_cb,
-						sizeof(struct dev_ctx), "dev_a"), -EEXIST);
+						sizeof(struct dev_ctx), "dev_a"),
+			-EEXIST);
 	CU_ASSERT_PTR_NULL(keel_get_io_channel(&g_dev_b)); /* unknown device */
 
 	ut_set_thread(0);

@@ -108,8 +108,7 @@ static void test_write_errors(void)
 	memset(long_path, 'a', long_len - 1);
 	long_path[0] = '/';
 	long_path[long_len - 1] = '\0';
-	CU_ASSERT_EQUAL(keel_file_write_atomic(long_path, "x", 1, err, sizeof(err)),
-			-ENAMETOOLONG);
+	CU_ASSERT_EQUAL(keel_file_write_atomic(long_path, "x", 1, err, sizeof(err)), -ENAMETOOLONG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, "cannot write /aaa"));
 	free(long_path);
 

@@ -19,14 +19,14 @@
 
 struct evp {
 	struct keel_poller *poller;
-	int fd;         /* the watched fd (read end of a pipe) */
-	int wfd;        /* its write end */
-	bool lazy;      /* do not read: the fd stays readable */
+	int fd;    /* the watched fd (read end of a pipe) */
+	int wfd;   /* its write end */
+	bool lazy; /* do not read: the fd stays readable */
 	int runs;
 	int bytes;
-	int pause_at;   /* pause self on this run */
+	int pause_at; /* pause self on this run */
 	int unregister_at;
-	struct keel_poller **victim; /* unregister this one on the first run */
+	struct keel_poller **victim;    /* unregister this one on the first run */
 	struct keel_poller *wake_other; /* wake this one on every run */
 };
 
@@ -469,7 +469,9 @@ static void test_wakeup_fd_stays_active(void)
 /* Many event pollers on one thread: only those whose fd was written run. */
 static void test_event_many(void)
 {
-	enum { N = 200 };
+	enum {
+		N = 200
+	};
 	static struct evp e[N];
 	int runs = 0;
 

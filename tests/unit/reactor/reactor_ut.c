@@ -518,9 +518,9 @@ struct evw_ctx {
 	_Atomic int runs;
 	_Atomic int bytes;
 	_Atomic int pings;
-	_Atomic int lazy;          /* do not read: the fd stays readable */
-	_Atomic int pause_self;    /* pause from inside the callback */
-	_Atomic int unreg_self;    /* unregister from inside the callback */
+	_Atomic int lazy;             /* do not read: the fd stays readable */
+	_Atomic int pause_self;       /* pause from inside the callback */
+	_Atomic int unreg_self;       /* unregister from inside the callback */
 	_Atomic uint64_t own_wakeups; /* the poller's wake-up count, as it reads it */
 	/* Snapshots taken on reactor 0 (the driver). */
 	struct keel_reactor_stats base;
@@ -774,7 +774,7 @@ static void test_event_wake_adaptive(void)
 struct nospin_ctx {
 	struct keel_thread *t1;
 	struct keel_poller *driver;
-	struct keel_poller *tick;  /* on t1: a 2 ms timer that never finds work */
+	struct keel_poller *tick; /* on t1: a 2 ms timer that never finds work */
 	_Atomic int ticks;
 	int phase;
 	int base_ticks;

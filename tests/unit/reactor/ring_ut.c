@@ -112,8 +112,9 @@ static void test_ring_mpsc(void)
 	CU_ASSERT_EQUAL_FATAL(msg_ring_init(&ring, 64, -1), 0);
 	for (uint32_t i = 0; i < MPSC_PRODUCERS; i++) {
 		producers[i] = (struct mpsc_producer){.ring = &ring, .id = i};
-		CU_ASSERT_EQUAL_FATAL(pthread_create(&producers[i].pthread, NULL, mpsc_producer_main,
-						     &producers[i]), 0);
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&producers[i].pthread, NULL,
+						     mpsc_producer_main, &producers[i]),
+				      0);
 	}
 	while (received < (uint64_t)MPSC_PRODUCERS * MPSC_PER_PRODUCER) {
 		keel_msg_fn fn = NULL;
@@ -293,8 +294,9 @@ static void test_send_msg_many_os_threads(void)
 	for (uint32_t i = 0; i < MPSC_PRODUCERS; i++) {
 		g_next[i] = 0;
 		producers[i] = (struct send_producer){.target = ut_thread(0), .id = i};
-		CU_ASSERT_EQUAL_FATAL(pthread_create(&producers[i].pthread, NULL, send_producer_main,
-						     &producers[i]), 0);
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&producers[i].pthread, NULL,
+						     send_producer_main, &producers[i]),
+				      0);
 	}
 	while (g_recv < total) {
 		if (ut_poll_thread(0) == 0) {

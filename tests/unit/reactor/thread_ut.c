@@ -76,7 +76,8 @@ static void repost_msg(void *arg)
 {
 	(void)arg;
 	if (--g_repost_left > 0) {
-		CU_ASSERT_EQUAL(keel_thread_send_msg(keel_thread_get_current(), repost_msg, NULL), 0);
+		CU_ASSERT_EQUAL(keel_thread_send_msg(keel_thread_get_current(), repost_msg, NULL),
+				0);
 	}
 }
 
@@ -129,8 +130,8 @@ static void test_thread_basics(void)
 struct tpoller {
 	char tag;
 	int runs;
-	int unregister_at;  /* unregister self on this run */
-	int pause_at;       /* pause self on this run */
+	int unregister_at; /* unregister self on this run */
+	int pause_at;      /* pause self on this run */
 	struct keel_poller *poller;
 	struct keel_poller **victim; /* unregister this one on first run */
 	int ret;
@@ -347,14 +348,17 @@ static void test_timed_pollers(void)
 
 static void test_timed_many(void)
 {
-	enum { N = 200 };
+	enum {
+		N = 200
+	};
 	static struct tpoller tp[N];
 	int total = 0;
 
 	CU_ASSERT_EQUAL_FATAL(ut_threads_init(1), 0);
 	for (int i = 0; i < N; i++) {
 		tp[i] = (struct tpoller){.tag = 'x'};
-		tp[i].poller = keel_poller_register(tpoller_fn, &tp[i], 10 + (uint64_t)(i % 17) * 7, "tp");
+		tp[i].poller = keel_poller_register(tpoller_fn, &tp[i], 10 + (uint64_t)(i % 17) * 7,
+						    "tp");
 	}
 	for (int step = 0; step < 1000; step++) {
 		ut_time_advance_us(3);

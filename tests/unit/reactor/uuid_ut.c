@@ -19,14 +19,14 @@ static int uuid_cmp(const void *a, const void *b)
 
 static void test_generate_v4_and_distinct(void)
 {
-	uint8_t (*u)[KEEL_UUID_LEN] = calloc(UUID_SAMPLES, KEEL_UUID_LEN);
+	uint8_t(*u)[KEEL_UUID_LEN] = calloc(UUID_SAMPLES, KEEL_UUID_LEN);
 	int i;
 
 	CU_ASSERT_FATAL(u != NULL);
 	for (i = 0; i < UUID_SAMPLES; i++) {
 		keel_uuid_generate(u[i]);
-		CU_ASSERT_EQUAL(u[i][6] >> 4, 4);       /* version 4: random */
-		CU_ASSERT_EQUAL(u[i][8] & 0xc0, 0x80);  /* RFC 4122 variant */
+		CU_ASSERT_EQUAL(u[i][6] >> 4, 4);      /* version 4: random */
+		CU_ASSERT_EQUAL(u[i][8] & 0xc0, 0x80); /* RFC 4122 variant */
 		CU_ASSERT_FALSE(keel_uuid_is_null(u[i]));
 	}
 	qsort(u, UUID_SAMPLES, KEEL_UUID_LEN, uuid_cmp);

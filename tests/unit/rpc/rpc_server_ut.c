@@ -148,8 +148,8 @@ static int ut_code(json_t *resp)
 
 static const char *ut_message(json_t *resp)
 {
-	const char *m = json_string_value(json_object_get(json_object_get(resp, "error"),
-							  "message"));
+	const char *m = json_string_value(
+		json_object_get(json_object_get(resp, "error"), "message"));
 	return m != NULL ? m : "";
 }
 
@@ -218,8 +218,10 @@ static void test_fair_slices(void)
 	batch = malloc(cap);
 	batch[len++] = '[';
 	for (int i = 0; i < 128; i++) {
-		len += (size_t)snprintf(batch + len, cap - len, "%s{\"jsonrpc\":\"2.0\",\"method\":"
-					"\"echo\",\"id\":%d}", i > 0 ? "," : "", i);
+		len += (size_t)snprintf(batch + len, cap - len,
+					"%s{\"jsonrpc\":\"2.0\",\"method\":"
+					"\"echo\",\"id\":%d}",
+					i > 0 ? "," : "", i);
 	}
 	batch[len++] = ']';
 	batch[len] = '\0';
@@ -294,7 +296,8 @@ static void test_connection_limit(void)
 	CU_ASSERT_EQUAL_FATAL(g_later_count, 3);
 	c[4] = ut_connect();
 	ut_step_ms(1);
-	ut_expect_closed(c[4], -EUSERS, "its limit (keeld --rpc-max-connections), and every one "
+	ut_expect_closed(c[4], -EUSERS,
+			 "its limit (keeld --rpc-max-connections), and every one "
 			 "is handling a request");
 	for (int i = 1; i < 4; i++) {
 		ut_expect_open(c[i]);

@@ -82,10 +82,10 @@ static void ut_typed(struct keel_rpc_request *req, json_t *params)
 	if (!keel_rpc_decode_params(req, params, table, 7, &g_typed)) {
 		return;
 	}
-	keel_rpc_send_result(req, json_pack("{s:s,s:I,s:i,s:b,s:I,s:f}", "s", g_typed.s, "u64",
-					    (json_int_t)g_typed.u64, "u32", (int)g_typed.u32, "b",
-					    g_typed.b, "i64", (json_int_t)g_typed.i64, "d",
-					    g_typed.d));
+	keel_rpc_send_result(req,
+			     json_pack("{s:s,s:I,s:i,s:b,s:I,s:f}", "s", g_typed.s, "u64",
+				       (json_int_t)g_typed.u64, "u32", (int)g_typed.u32, "b",
+				       g_typed.b, "i64", (json_int_t)g_typed.i64, "d", g_typed.d));
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -147,8 +147,8 @@ static int ut_error_code(json_t *resp)
 
 static const char *ut_error_message(json_t *resp)
 {
-	const char *m = json_string_value(json_object_get(json_object_get(resp, "error"),
-							  "message"));
+	const char *m = json_string_value(
+		json_object_get(json_object_get(resp, "error"), "message"));
 	return m != NULL ? m : "";
 }
 
@@ -331,7 +331,8 @@ static void test_batch(void)
 
 	/* a batch of notifications only: no reply at all */
 	CU_ASSERT_EQUAL(ut_feed("[{\"jsonrpc\":\"2.0\",\"method\":\"echo\"},"
-				"{\"jsonrpc\":\"2.0\",\"method\":\"unknown\"}]"), 0);
+				"{\"jsonrpc\":\"2.0\",\"method\":\"unknown\"}]"),
+			0);
 	resp = ut_take(g_conn);
 	CU_ASSERT_EQUAL(json_array_size(resp), 0);
 	json_decref(resp);
@@ -424,8 +425,8 @@ static void test_invalid_shapes(void)
 			KEEL_RPC_INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\"", false);
 	ut_expect_error("{\"method\":\"echo\",\"id\":1}", KEEL_RPC_INVALID_REQUEST,
 			"\"jsonrpc\" must be \"2.0\"", false);
-	ut_expect_error("{\"jsonrpc\":2.0,\"method\":\"echo\",\"id\":1}",
-			KEEL_RPC_INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\"", false);
+	ut_expect_error("{\"jsonrpc\":2.0,\"method\":\"echo\",\"id\":1}", KEEL_RPC_INVALID_REQUEST,
+			"\"jsonrpc\" must be \"2.0\"", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":{}}",
 			KEEL_RPC_INVALID_REQUEST, "\"id\" must be", true);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":[1]}",
@@ -491,29 +492,31 @@ static void test_params(void)
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":{\"s\":1}}",
 			KEEL_RPC_INVALID_PARAMS, "s: expected a string", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
-			"{\"s\":\"a\",\"u64\":-1}}", KEEL_RPC_INVALID_PARAMS,
-			"u64: expected an integer >= 0", false);
+			"{\"s\":\"a\",\"u64\":-1}}",
+			KEEL_RPC_INVALID_PARAMS, "u64: expected an integer >= 0", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
-			"{\"s\":\"a\",\"u64\":1.5}}", KEEL_RPC_INVALID_PARAMS, "u64:", false);
+			"{\"s\":\"a\",\"u64\":1.5}}",
+			KEEL_RPC_INVALID_PARAMS, "u64:", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
-			"{\"s\":\"a\",\"u32\":4294967296}}", KEEL_RPC_INVALID_PARAMS,
-			"u32: expected an integer from 0 to 4294967295", false);
+			"{\"s\":\"a\",\"u32\":4294967296}}",
+			KEEL_RPC_INVALID_PARAMS, "u32: expected an integer from 0 to 4294967295",
+			false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
-			"{\"s\":\"a\",\"b\":\"yes\"}}", KEEL_RPC_INVALID_PARAMS,
-			"b: expected true or false", false);
+			"{\"s\":\"a\",\"b\":\"yes\"}}",
+			KEEL_RPC_INVALID_PARAMS, "b: expected true or false", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
-			"{\"s\":\"a\",\"d\":\"1\"}}", KEEL_RPC_INVALID_PARAMS,
-			"d: expected a number", false);
+			"{\"s\":\"a\",\"d\":\"1\"}}",
+			KEEL_RPC_INVALID_PARAMS, "d: expected a number", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":"
-			"{\"s\":\"a\",\"foo\":1}}", KEEL_RPC_INVALID_PARAMS,
-			"unknown parameter 'foo'", false);
+			"{\"s\":\"a\",\"foo\":1}}",
+			KEEL_RPC_INVALID_PARAMS, "unknown parameter 'foo'", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":[\"a\"]}",
 			KEEL_RPC_INVALID_PARAMS, "params must be an object", false);
 	/* null for an optional parameter means "not given" */
 	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"typed\",\"id\":1,\"params\":{\"s\":\"x\","
 		      "\"u32\":null}}");
-	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(resp, "result"),
-							   "u32")), 77);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(resp, "result"), "u32")),
+			77);
 	json_decref(resp);
 	ut_teardown();
 }
@@ -523,27 +526,27 @@ static void test_method_params(void)
 	/* the daemon's own tables name the parameter too (no bdev layer needed) */
 	ut_setup();
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_malloc_create\",\"id\":1,"
-			"\"params\":{\"name\":\"m\"}}", KEEL_RPC_INVALID_PARAMS,
-			"missing parameter 'num_blocks'", false);
+			"\"params\":{\"name\":\"m\"}}",
+			KEEL_RPC_INVALID_PARAMS, "missing parameter 'num_blocks'", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_malloc_create\",\"id\":1,"
 			"\"params\":{\"name\":\"m\",\"num_blocks\":8,\"block_size\":1000}}",
 			KEEL_RPC_INVALID_PARAMS, "block_size: 1000 is not a power of two", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_null_create\",\"id\":1,"
-			"\"params\":{\"name\":\"a/b\",\"num_blocks\":8}}", KEEL_RPC_INVALID_PARAMS,
-			"name: 'a/b' is not a valid bdev name", false);
+			"\"params\":{\"name\":\"a/b\",\"num_blocks\":8}}",
+			KEEL_RPC_INVALID_PARAMS, "name: 'a/b' is not a valid bdev name", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_null_create\",\"id\":1,"
-			"\"params\":{\"name\":\"n\",\"num_blocks\":0}}", KEEL_RPC_INVALID_PARAMS,
-			"num_blocks: must be greater than 0", false);
+			"\"params\":{\"name\":\"n\",\"num_blocks\":0}}",
+			KEEL_RPC_INVALID_PARAMS, "num_blocks: must be greater than 0", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"bdev_aio_create\",\"id\":1,"
 			"\"params\":{\"name\":\"a\",\"filename\":\"rel/path\"}}",
 			KEEL_RPC_INVALID_PARAMS, "filename: 'rel/path' is not an absolute path",
 			false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"framework_set_reactor_mode\",\"id\":1,"
-			"\"params\":{\"mode\":\"turbo\"}}", KEEL_RPC_INVALID_PARAMS,
-			"mode: unknown mode 'turbo'", false);
+			"\"params\":{\"mode\":\"turbo\"}}",
+			KEEL_RPC_INVALID_PARAMS, "mode: unknown mode 'turbo'", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"keel_get_version\",\"id\":1,"
-			"\"params\":{\"x\":1}}", KEEL_RPC_INVALID_PARAMS, "unknown parameter 'x'",
-			false);
+			"\"params\":{\"x\":1}}",
+			KEEL_RPC_INVALID_PARAMS, "unknown parameter 'x'", false);
 	ut_teardown();
 }
 
@@ -553,14 +556,16 @@ static void test_rebuild_rate_range(void)
 	 * (1e300 would overflow that conversion), and the options are not changed. */
 	ut_setup();
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
-			"\"params\":{\"rate_limit_mib_s\":1e300}}", KEEL_RPC_INVALID_PARAMS,
+			"\"params\":{\"rate_limit_mib_s\":1e300}}",
+			KEEL_RPC_INVALID_PARAMS,
 			"rate_limit_mib_s: 1e+300 is out of range: 0 (no limit) to 1048576 MiB/s",
 			false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
-			"\"params\":{\"rate_limit_mib_s\":-1}}", KEEL_RPC_INVALID_PARAMS,
-			"rate_limit_mib_s: -1 is out of range", false);
+			"\"params\":{\"rate_limit_mib_s\":-1}}",
+			KEEL_RPC_INVALID_PARAMS, "rate_limit_mib_s: -1 is out of range", false);
 	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\",\"id\":1,"
-			"\"params\":{\"tasks\":0}}", KEEL_RPC_INVALID_PARAMS, "tasks 1..32", false);
+			"\"params\":{\"tasks\":0}}",
+			KEEL_RPC_INVALID_PARAMS, "tasks 1..32", false);
 	{
 		json_t *resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"rebuild_set_options\","
 				      "\"id\":1,\"params\":{\"rate_limit_mib_s\":1048576}}");
@@ -600,8 +605,9 @@ static void test_get_methods(void)
 	CU_ASSERT(json_is_string(json_object_get(r, "help")));
 	json_decref(resp);
 	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"keel_get_version\",\"id\":1}");
-	CU_ASSERT(strncmp(json_string_value(json_object_get(json_object_get(resp, "result"),
-							    "version")), "keel v", 6) == 0);
+	CU_ASSERT(strncmp(json_string_value(
+				  json_object_get(json_object_get(resp, "result"), "version")),
+			  "keel v", 6) == 0);
 	json_decref(resp);
 	ut_teardown();
 }
@@ -646,7 +652,7 @@ static void test_oversized(void)
 		size_t n;
 
 		n = (size_t)sprintf(small, "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,"
-				    "\"params\":{\"s\":\"");
+					   "\"params\":{\"s\":\"");
 		memset(small + n, 'b', ok - n);
 		strcpy(small + ok, "\"}}");
 		ut_setup();
@@ -689,7 +695,6 @@ static void test_reply_after_close(void)
 	CU_ASSERT_EQUAL(g_later_count, 3); /* the notification never ran */
 }
 
-
 /* A batch (or stream) of \p n copies of \p member with ids 0..n-1 ("%d" in member). */
 static char *ut_repeat(const char *member, int n, bool batch)
 {
@@ -722,8 +727,10 @@ static void test_batch_limit(void)
 	rpc_set_limits(4, 0);
 	ut_setup();
 	text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d}", 5, true);
-	ut_expect_error(text, KEEL_RPC_INVALID_REQUEST, "a batch of 5 requests is over the limit "
-			"of 4 (keeld --rpc-max-batch)", true);
+	ut_expect_error(text, KEEL_RPC_INVALID_REQUEST,
+			"a batch of 5 requests is over the limit "
+			"of 4 (keeld --rpc-max-batch)",
+			true);
 	free(text);
 	CU_ASSERT_EQUAL(g_echo_calls, 0);
 	CU_ASSERT_FALSE(rpc_conn_is_broken(g_conn));
@@ -746,13 +753,16 @@ static void test_batch_limit(void)
 static void test_huge_batch(void)
 {
 	char *text = ut_repeat("{\"jsonrpc\":\"2.0\",\"method\":\"rpc_get_methods\",\"id\":%d,"
-			       "\"params\":{\"include_help\":true}}", 48000, true);
+			       "\"params\":{\"include_help\":true}}",
+			       48000, true);
 	size_t len;
 
 	CU_ASSERT(strlen(text) < KEEL_RPC_MAX_REQUEST);
 	ut_setup();
-	ut_expect_error(text, KEEL_RPC_INVALID_REQUEST, "a batch of 48000 requests is over the "
-			"limit of 128", true);
+	ut_expect_error(text, KEEL_RPC_INVALID_REQUEST,
+			"a batch of 48000 requests is over the "
+			"limit of 128",
+			true);
 	rpc_conn_output(g_conn, &len);
 	CU_ASSERT_EQUAL(len, 0);
 	CU_ASSERT_FALSE(rpc_conn_has_work(g_conn));
@@ -825,8 +835,10 @@ static void test_unread_output(void)
 	text = malloc(20 * 33000);
 	text[0] = '\0';
 	for (int i = 0; i < 20; i++) {
-		sprintf(text + strlen(text), "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d,"
-			"\"params\":[\"%s\"]}", i, big);
+		sprintf(text + strlen(text),
+			"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d,"
+			"\"params\":[\"%s\"]}",
+			i, big);
 	}
 	ut_setup();
 	CU_ASSERT_EQUAL(ut_feed(text), 0);
@@ -863,17 +875,21 @@ static void test_response_cap(void)
 	big[2000] = '\0';
 	rpc_set_limits(0, 1024);
 	ut_setup();
-	snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":5,"
-		 "\"params\":[\"%s\"]}", big);
+	snprintf(text, sizeof(text),
+		 "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":5,"
+		 "\"params\":[\"%s\"]}",
+		 big);
 	resp = ut_one(text);
 	CU_ASSERT_EQUAL(ut_error_code(resp), -EMSGSIZE);
 	CU_ASSERT(strstr(ut_error_message(resp), "larger than the limit of 1024 bytes "
-			 "(keeld --rpc-max-response)") != NULL);
+						 "(keeld --rpc-max-response)") != NULL);
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(resp, "id")), 5);
 	json_decref(resp);
 	/* small ones still go out, in a batch too */
-	snprintf(text, sizeof(text), "[{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,"
-		 "\"params\":[\"%s\"]},{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}]", big);
+	snprintf(text, sizeof(text),
+		 "[{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,"
+		 "\"params\":[\"%s\"]},{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}]",
+		 big);
 	resp = ut_one(text);
 	CU_ASSERT_EQUAL_FATAL(json_array_size(resp), 2);
 	CU_ASSERT_EQUAL(ut_error_code(json_array_get(resp, 0)), -EMSGSIZE);
@@ -898,8 +914,10 @@ static void test_unread_cap(void)
 		"{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2}");
 	text[0] = '\0';
 	for (int k = 0; k < 5; k++) {
-		sprintf(text + strlen(text), "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d,"
-			"\"params\":[\"%s\"]}", 10 + k, big);
+		sprintf(text + strlen(text),
+			"{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":%d,"
+			"\"params\":[\"%s\"]}",
+			10 + k, big);
 	}
 	ut_feed(text);
 	CU_ASSERT_EQUAL(g_echo_calls, 5); /* ~300 KB unread now */

@@ -56,19 +56,19 @@ static uint64_t ut_mono_ms(void)
  * pool is working: yield briefly and let the mock clock move so timed pollers (the
  * core's -ENOMEM retry) run. Only a request that never completes reaches the limit.
  */
-#define UT_WAIT(cond)                                                                      \
-	do {                                                                               \
-		uint64_t __start = ut_mono_ms();                                           \
-		while (!(cond)) {                                                          \
-			if (ut_poll_threads() == 0) {                                      \
-				usleep(20);                                                \
-				ut_time_advance_us(100);                                   \
-			}                                                                  \
-			if (ut_mono_ms() - __start > UT_WAIT_MS) {                         \
+#define UT_WAIT(cond)                                                                         \
+	do {                                                                                  \
+		uint64_t __start = ut_mono_ms();                                              \
+		while (!(cond)) {                                                             \
+			if (ut_poll_threads() == 0) {                                         \
+				usleep(20);                                                   \
+				ut_time_advance_us(100);                                      \
+			}                                                                     \
+			if (ut_mono_ms() - __start > UT_WAIT_MS) {                            \
 				fprintf(stderr, "uring_ut: gave up waiting for %s\n", #cond); \
-				CU_FAIL_FATAL("a request or step never completed");        \
-			}                                                                  \
-		}                                                                          \
+				CU_FAIL_FATAL("a request or step never completed");           \
+			}                                                                     \
+		}                                                                             \
 	} while (0)
 
 /* A few more rounds: a second completion of anything would show up now. */
@@ -92,8 +92,9 @@ static void ut_log_hook(enum keel_log_level level, const char *line, void *ctx)
 {
 	size_t len = strlen(line);
 
-	if (level > KEEL_LOG_WARN)
+	if (level > KEEL_LOG_WARN) {
 		return;
+	}
 	pthread_mutex_lock(&g_log_lock);
 	if (g_log_len + len + 2 < sizeof(g_log)) {
 		memcpy(g_log + g_log_len, line, len);
@@ -124,8 +125,9 @@ static bool ut_log_has(const char *a, const char *b)
 		size_t n;
 
 		end = strchr(p, '\n');
-		if (end == NULL)
+		if (end == NULL) {
 			end = p + strlen(p);
+		}
 		n = (size_t)(end - p) < sizeof(line) - 1 ? (size_t)(end - p) : sizeof(line) - 1;
 		memcpy(line, p, n);
 		line[n] = '\0';
@@ -195,8 +197,9 @@ static void ut_fill(void *buf, size_t len, unsigned seed)
 {
 	unsigned char *p = buf;
 
-	for (size_t i = 0; i < len; i++)
+	for (size_t i = 0; i < len; i++) {
 		p[i] = (unsigned char)(seed * 29u + i * 13u + (i >> 10));
+	}
 }
 
 static bool ut_is_zero(const void *buf, size_t len)
@@ -204,8 +207,9 @@ static bool ut_is_zero(const void *buf, size_t len)
 	const unsigned char *p = buf;
 
 	for (size_t i = 0; i < len; i++) {
-		if (p[i] != 0)
+		if (p[i] != 0) {
 			return false;
+		}
 	}
 	return true;
 }
@@ -219,8 +223,9 @@ static bool ut_file_matches(const char *path, uint64_t offset, const void *expec
 
 	ok = buf != NULL && fd >= 0 && pread(fd, buf, len, (off_t)offset) == (ssize_t)len &&
 	     memcmp(buf, expect, len) == 0;
-	if (fd >= 0)
+	if (fd >= 0) {
 		close(fd);
+	}
 	free(buf);
 	return ok;
 }
@@ -254,14 +259,16 @@ static int ut_create(const char *name, const char *filename, uint32_t block_size
 	ut_set_thread(0);
 	rc = keel_bdev_uring_create(name, filename, block_size, ut_create_cb, &r);
 	CU_ASSERT_EQUAL(r.done, 0); /* never inside the call */
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	UT_WAIT(r.done > 0);
 	ut_settle();
 	CU_ASSERT_EQUAL(r.done, 1);
 	CU_ASSERT((r.status == 0) == (r.bdev != NULL));
-	if (bdev != NULL)
+	if (bdev != NULL) {
 		*bdev = r.bdev;
+	}
 	return r.status;
 }
 
@@ -273,8 +280,9 @@ static int ut_delete(const char *name)
 	ut_set_thread(0);
 	rc = keel_bdev_uring_delete(name, ut_io_done, &r);
 	CU_ASSERT_EQUAL(r.done, 0);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	UT_WAIT(r.done > 0);
 	ut_settle();
 	CU_ASSERT_EQUAL(r.done, 1);
@@ -291,16 +299,18 @@ struct ut_dev {
 	uint64_t num_blocks;
 	uint32_t align;
 	bool direct;
-	int removes;            /* KEEL_BDEV_EVENT_REMOVE seen */
-	bool close_on_remove;   /* a consumer that lets go at once, I/O still in flight */
+	int removes;          /* KEEL_BDEV_EVENT_REMOVE seen */
+	bool close_on_remove; /* a consumer that lets go at once, I/O still in flight */
 };
 
 static void ut_dev_close_now(struct ut_dev *dev)
 {
-	if (dev->ch != NULL)
+	if (dev->ch != NULL) {
 		keel_put_io_channel(dev->ch);
-	if (dev->desc != NULL)
+	}
+	if (dev->desc != NULL) {
 		keel_bdev_close(dev->desc);
+	}
 	dev->ch = NULL;
 	dev->desc = NULL;
 }
@@ -309,11 +319,13 @@ static void ut_dev_event(enum keel_bdev_event_type type, struct keel_bdev *bdev,
 {
 	struct ut_dev *dev = ctx;
 
-	if (type != KEEL_BDEV_EVENT_REMOVE)
+	if (type != KEEL_BDEV_EVENT_REMOVE) {
 		return;
+	}
 	dev->removes++;
-	if (dev->close_on_remove)
+	if (dev->close_on_remove) {
 		ut_dev_close_now(dev);
+	}
 }
 
 static int ut_open(struct ut_dev *dev, const char *name, uint32_t thread)
@@ -324,8 +336,9 @@ static int ut_open(struct ut_dev *dev, const char *name, uint32_t thread)
 	dev->thread = thread;
 	ut_set_thread(thread);
 	rc = keel_bdev_open_ext(name, true, ut_dev_event, dev, &dev->desc);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	dev->ch = keel_bdev_get_io_channel(dev->desc);
 	if (dev->ch == NULL) {
 		keel_bdev_close(dev->desc);
@@ -351,9 +364,9 @@ static void ut_close(struct ut_dev *dev)
 /* I/O                                                                             */
 /* ------------------------------------------------------------------------------ */
 
-static int ut_submit(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov,
-		     int iovcnt, uint64_t offset, uint64_t len, uint32_t flags,
-		     keel_bdev_io_cb cb, void *cb_arg)
+static int ut_submit(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov, int iovcnt,
+		     uint64_t offset, uint64_t len, uint32_t flags, keel_bdev_io_cb cb,
+		     void *cb_arg)
 {
 	ut_set_thread(dev->thread);
 	switch (type) {
@@ -376,24 +389,25 @@ static int ut_submit(struct ut_dev *dev, enum keel_bdev_io_type type, struct iov
 }
 
 /* One request, to completion. \return the submit error or the completion status. */
-static int ut_iov_io(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov,
-		     int iovcnt, uint64_t offset, uint64_t len, uint32_t flags)
+static int ut_iov_io(struct ut_dev *dev, enum keel_bdev_io_type type, struct iovec *iov, int iovcnt,
+		     uint64_t offset, uint64_t len, uint32_t flags)
 {
 	struct ut_res r = {0, 0};
 	int rc;
 
 	rc = ut_submit(dev, type, iov, iovcnt, offset, len, flags, ut_io_done, &r);
 	CU_ASSERT_EQUAL(r.done, 0);
-	if (rc != 0)
+	if (rc != 0) {
 		return rc;
+	}
 	UT_WAIT(r.done > 0);
 	ut_settle();
 	CU_ASSERT_EQUAL(r.done, 1); /* exactly once */
 	return r.status;
 }
 
-static int ut_buf_io(struct ut_dev *dev, enum keel_bdev_io_type type, void *buf,
-		     uint64_t offset, uint64_t len, uint32_t flags)
+static int ut_buf_io(struct ut_dev *dev, enum keel_bdev_io_type type, void *buf, uint64_t offset,
+		     uint64_t len, uint32_t flags)
 {
 	struct iovec iov = {.iov_base = buf, .iov_len = len};
 
@@ -435,8 +449,9 @@ static void ut_batch_cb(void *arg, int status)
 	b->completed++;
 	if (status != 0) {
 		b->errors++;
-		if (b->first_error == 0)
+		if (b->first_error == 0) {
 			b->first_error = status;
+		}
 	}
 	ut_batch_fill(b);
 }
@@ -470,8 +485,9 @@ static void ut_batch_start(struct ut_batch *b, struct ut_dev *dev, enum keel_bde
 	b->calls = calloc(count, 1);
 	b->slots = calloc(count, sizeof(*b->slots));
 	CU_ASSERT_FATAL(b->calls != NULL && b->slots != NULL);
-	for (uint32_t i = 0; i < count; i++)
+	for (uint32_t i = 0; i < count; i++) {
 		b->slots[i] = (struct ut_slot){b, i};
+	}
 	ut_batch_fill(b);
 }
 
@@ -531,8 +547,9 @@ static void ut_rw_suite(struct ut_dev *dev, const char *path)
 	memset(rbuf, 0xee, len);
 	CU_ASSERT(ut_buf_io(dev, KEEL_BDEV_IO_READ, rbuf, 0, len, 0) == 0);
 	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
-	if (path != NULL)
+	if (path != NULL) {
 		CU_ASSERT(ut_file_matches(path, 0, wbuf, len));
+	}
 
 	/* writev / readv with uneven block-multiple segments (WRITEV / READV) */
 	ut_fill(wbuf, len, 2);
@@ -547,8 +564,9 @@ static void ut_rw_suite(struct ut_dev *dev, const char *path)
 	riov[2] = (struct iovec){rbuf + len - 2 * bs, 2 * bs};
 	CU_ASSERT(ut_iov_io(dev, KEEL_BDEV_IO_READ, riov, 3, off, len, 0) == 0);
 	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
-	if (path != NULL)
+	if (path != NULL) {
 		CU_ASSERT(ut_file_matches(path, off, wbuf, len));
+	}
 
 	/* FUA write (RWF_DSYNC) and flush (IORING_OP_FSYNC) */
 	ut_fill(wbuf, len, 3);
@@ -601,8 +619,9 @@ static void ut_rw_suite(struct ut_dev *dev, const char *path)
 	CU_ASSERT(memcmp(rbuf, wbuf, bs) == 0);
 	CU_ASSERT(ut_is_zero(rbuf + bs, len - 3 * bs));
 	CU_ASSERT(memcmp(rbuf + len - 2 * bs, wbuf + len - 2 * bs, 2 * bs) == 0);
-	if (path != NULL)
+	if (path != NULL) {
 		CU_ASSERT(ut_file_matches(path, off + bs, rbuf + bs, len - 3 * bs));
+	}
 
 	/* misaligned buffers: the core bounces them where O_DIRECT needs alignment */
 	off = 5 * UT_MIB;
@@ -812,8 +831,10 @@ static void test_direct_file(void)
 	CU_ASSERT(keel_bdev_has_write_cache(dev.bdev));
 	CU_ASSERT(keel_bdev_get_max_transfer_blocks(dev.bdev) * dev.block_size == 1u << 30);
 	ut_dump(bdev, json, sizeof(json));
-	snprintf(expect, sizeof(expect), "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\","
-		 "\"inline_issue\":true}", dev.block_size, path);
+	snprintf(expect, sizeof(expect),
+		 "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\","
+		 "\"inline_issue\":true}",
+		 dev.block_size, path);
 	CU_ASSERT_STRING_EQUAL(json, expect);
 	ut_rw_suite(&dev, path);
 	ut_close(&dev);
@@ -848,8 +869,9 @@ static bool ut_direct_allowed(const char *path)
 {
 	int fd = open(path, O_RDWR | O_DIRECT);
 
-	if (fd < 0)
+	if (fd < 0) {
 		return false;
+	}
 	close(fd);
 	return true;
 }
@@ -872,8 +894,8 @@ static void ut_store_case(const char *name, const char *path, bool expect_direct
 	ut_dump(bdev, json, sizeof(json));
 	CU_ASSERT(strstr(json, expect_direct ? "\"direct\":true" : "\"direct\":false") != NULL);
 	/* tmpfs has no RWF_NOWAIT: io_uring runs its requests on kernel workers */
-	CU_ASSERT(strstr(json, expect_inline ? "\"inline_issue\":true" :
-					       "\"inline_issue\":false") != NULL);
+	CU_ASSERT(strstr(json, expect_inline ? "\"inline_issue\":true"
+					     : "\"inline_issue\":false") != NULL);
 	ut_rw_suite(&dev, path);
 	ut_close(&dev);
 	CU_ASSERT(ut_delete(name) == 0);
@@ -940,44 +962,50 @@ static void test_shared_ring(void)
 		}
 	}
 	bdev_uring_get_module_stats(&st);
-	CU_ASSERT_EQUAL(st.rings, 2);  /* one per keel thread, not per bdev */
+	CU_ASSERT_EQUAL(st.rings, 2); /* one per keel thread, not per bdev */
 	CU_ASSERT_EQUAL(st.queues, 6);
 	CU_ASSERT_EQUAL(st.registered_files, 6);
 
 	/* every (bdev, thread) writes its own 4 MiB half at the same time */
 	for (i = 0; i < 3; i++) {
-		for (t = 0; t < 2; t++)
+		for (t = 0; t < 2; t++) {
 			ut_batch_start(&b[i][t], &dev[i][t], KEEL_BDEV_IO_WRITE, wbuf[i][t],
 				       (uint64_t)t * 4 * UT_MIB, len, count, qd);
+		}
 	}
 	for (i = 0; i < 3; i++) {
-		for (t = 0; t < 2; t++)
+		for (t = 0; t < 2; t++) {
 			CU_ASSERT(ut_batch_wait(&b[i][t]) == 0);
+		}
 	}
 	bdev_uring_get_module_stats(&st);
 	/* batched: far fewer io_uring_enter calls than requests */
 	CU_ASSERT(st.sqes - st0.sqes >= 6 * count);
 	CU_ASSERT(st.enter_calls - st0.enter_calls < (st.sqes - st0.sqes) / 4);
 	printf("\n  (%" PRIu64 " requests in %" PRIu64 " io_uring_enter calls, %" PRIu64
-	       " eventfd reads) ", st.sqes - st0.sqes, st.enter_calls - st0.enter_calls,
+	       " eventfd reads) ",
+	       st.sqes - st0.sqes, st.enter_calls - st0.enter_calls,
 	       st.eventfd_reads - st0.eventfd_reads);
 
 	/* bdev 0 goes away while 1 and 2 keep reading on the same rings */
 	for (i = 1; i < 3; i++) {
-		for (t = 0; t < 2; t++)
+		for (t = 0; t < 2; t++) {
 			ut_batch_start(&b[i][t], &dev[i][t], KEEL_BDEV_IO_READ, rbuf[i][1 - t],
 				       (uint64_t)(1 - t) * 4 * UT_MIB, len, count, qd);
+		}
 	}
 	ut_close(&dev[0][0]);
 	ut_close(&dev[0][1]);
 	CU_ASSERT(ut_delete(name[0]) == 0);
 	for (i = 1; i < 3; i++) {
-		for (t = 0; t < 2; t++)
+		for (t = 0; t < 2; t++) {
 			CU_ASSERT(ut_batch_wait(&b[i][t]) == 0);
+		}
 	}
 	for (i = 1; i < 3; i++) {
-		for (t = 0; t < 2; t++)
+		for (t = 0; t < 2; t++) {
 			CU_ASSERT(memcmp(wbuf[i][t], rbuf[i][t], (size_t)len * count) == 0);
+		}
 	}
 	bdev_uring_get_module_stats(&st);
 	CU_ASSERT_EQUAL(st.rings, 2);
@@ -1035,12 +1063,15 @@ static void test_ring_full(void)
 	}
 	CU_ASSERT_FATAL(bdev_uring_set_ring_size(BDEV_URING_DEFAULT_SQ_ENTRIES,
 						 BDEV_URING_DEFAULT_CQ_ENTRIES) == 0);
-	for (i = 0; i < 2; i++)
+	for (i = 0; i < 2; i++) {
 		ut_batch_start(&b[i], &dev[i], KEEL_BDEV_IO_WRITE, wbuf[i], 0, len, count, 256);
-	for (i = 0; i < 2; i++)
+	}
+	for (i = 0; i < 2; i++) {
 		CU_ASSERT(ut_batch_wait(&b[i]) == 0);
-	for (i = 0; i < 2; i++)
+	}
+	for (i = 0; i < 2; i++) {
 		ut_batch_start(&b[i], &dev[i], KEEL_BDEV_IO_READ, rbuf[i], 0, len, count, 256);
+	}
 	for (i = 0; i < 2; i++) {
 		char name[16];
 
@@ -1110,8 +1141,8 @@ static void test_eventfd_wakes(void)
 		ut_set_thread(0);
 		keel_poller_pause(poller);
 		memset(&r, 0, sizeof(r));
-		CU_ASSERT_FATAL(ut_submit(&dev, KEEL_BDEV_IO_READ, &(struct iovec){buf, 4096}, 1,
-					  0, 4096, 0, ut_io_done, &r) == 0);
+		CU_ASSERT_FATAL(ut_submit(&dev, KEEL_BDEV_IO_READ, &(struct iovec){buf, 4096}, 1, 0,
+					  4096, 0, ut_io_done, &r) == 0);
 		ut_poll_threads(); /* runs the submitting message */
 		CU_ASSERT(ut_fd_readable(efd, UT_WAIT_MS));
 		CU_ASSERT_EQUAL(r.done, 0);
@@ -1179,8 +1210,9 @@ static void test_hot_remove(void)
 		CU_ASSERT_EQUAL(dev.removes, 1);
 		CU_ASSERT(dev.desc == NULL);
 		del.done = 0;
-		if (round == 1)
+		if (round == 1) {
 			CU_ASSERT(memcmp(wbuf, rbuf, (size_t)len * count) == 0);
+		}
 	}
 	CU_ASSERT(ut_file_matches(path[0], 0, wbuf, (size_t)len * count));
 	ut_close(&other);
@@ -1221,8 +1253,9 @@ static void test_error_bdev(void)
 	rule.count = 2;
 	rule.error = -EIO;
 	CU_ASSERT(keel_bdev_error_inject("EE_ur_base", &rule) == 0);
-	for (i = 0; i < 2; i++)
+	for (i = 0; i < 2; i++) {
 		CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, rbuf, 0, len, 0) == -EIO);
+	}
 	memset(rbuf, 0xee, len);
 	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, rbuf, 0, len, 0) == 0);
 	CU_ASSERT(memcmp(wbuf, rbuf, len) == 0);
@@ -1329,8 +1362,9 @@ static void test_hostile_sizes(void)
 	/* more segments than one kernel request takes: a clean -EINVAL, once */
 	iov = calloc((size_t)n, sizeof(*iov));
 	CU_ASSERT_FATAL(iov != NULL);
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		iov[i] = (struct iovec){buf + (size_t)i * 512, 512};
+	}
 	CU_ASSERT(ut_iov_io(&dev, KEEL_BDEV_IO_READ, iov, n, 0, (uint64_t)n * 512, 0) == -EINVAL);
 	CU_ASSERT(ut_iov_io(&dev, KEEL_BDEV_IO_WRITE, iov, n, 0, (uint64_t)n * 512, 0) == -EINVAL);
 	n = IOV_MAX;
@@ -1433,8 +1467,9 @@ static void test_block_device(void)
 	p = geteuid() == 0 ? popen(cmd, "r") : NULL;
 	if (p == NULL || fgets(loopdev, sizeof(loopdev), p) == NULL ||
 	    strncmp(loopdev, "/dev/loop", 9) != 0) {
-		if (p != NULL)
+		if (p != NULL) {
 			pclose(p);
+		}
 		printf("\n  (skipped: no loop device) ");
 		unlink(path);
 		return;
@@ -1487,8 +1522,9 @@ int main(void)
 		return 77;
 	}
 	keel_log_set_hook(ut_log_hook, NULL);
-	if (getenv("URING_UT_VERBOSE") == NULL)
+	if (getenv("URING_UT_VERBOSE") == NULL) {
 		keel_log_set_level(KEEL_LOG_WARN);
+	}
 	rc = ut_cunit_run("uring", tests);
 	keel_log_set_hook(NULL, NULL);
 	return rc;
