@@ -83,19 +83,24 @@ static int mempool_grow(struct keel_mempool *pool, uint32_t n)
 	return 0;
 }
 
-/* The free list ran dry: double what the pool holds, up to its count. */
-static void mempool_grow_more(struct keel_mempool *pool)
+/*
+ * The free list ran dry: double what the pool holds, up to its count.
+ * \return 0 (grown, or another thread grew it or freed objects meanwhile) or -ENOMEM.
+ */
+static int mempool_grow_more(struct keel_mempool *pool)
 {
 	uint32_t allocated, n;
+	int rc = 0;
 
 	pthread_mutex_lock(&pool->grow_lock);
 	allocated = atomic_load(&pool->allocated);
 	/* Another thread may have grown it while we waited for the lock. */
 	if (atomic_load(&pool->free_count) == 0 && allocated < pool->count) {
 		n = allocated < pool->count - allocated ? allocated : pool->count - allocated;
-		(void)mempool_grow(pool, n > 0 ? n : 1);
+		rc = mempool_grow(pool, n > 0 ? n : 1);
 	}
 	pthread_mutex_unlock(&pool->grow_lock);
+	return rc;
 }
 
 struct keel_mempool *keel_mempool_create(const char *name, uint32_t count, uint32_t elt_size,
@@ -173,18 +178,35 @@ void keel_mempool_free(struct keel_mempool *pool)
 	free(pool);
 }
 
+static uint32_t mempool_free_now(struct keel_mempool *pool)
+{
+	return atomic_load_explicit(&pool->free_count, memory_order_relaxed);
+}
+
+static bool mempool_can_grow(struct keel_mempool *pool)
+{
+	return atomic_load_explicit(&pool->allocated, memory_order_relaxed) < pool->count;
+}
+
 /* \return how many objects were taken (up to n); grows the pool when it is dry. */
 static uint32_t mempool_get_bulk(struct keel_mempool *pool, void **objs, uint32_t n)
 {
 	uint32_t avail;
 
-	if (keel_unlikely(atomic_load_explicit(&pool->free_count, memory_order_relaxed) == 0 &&
-			  atomic_load_explicit(&pool->allocated, memory_order_relaxed) <
-				  pool->count)) {
-		mempool_grow_more(pool);
+	for (;;) {
+		if (keel_unlikely(mempool_free_now(pool) == 0 && mempool_can_grow(pool)) &&
+		    mempool_grow_more(pool) != 0) {
+			return 0; /* no memory to grow: dry, as a full pool is */
+		}
+		pthread_spin_lock(&pool->lock);
+		avail = mempool_free_now(pool);
+		/* Other threads may have taken what the growth added before we got the lock:
+		 * while the pool can still grow, "dry" is not the answer; grow again. */
+		if (keel_likely(avail > 0) || !mempool_can_grow(pool)) {
+			break;
+		}
+		pthread_spin_unlock(&pool->lock);
 	}
-	pthread_spin_lock(&pool->lock);
-	avail = atomic_load_explicit(&pool->free_count, memory_order_relaxed);
 	if (n > avail) {
 		n = avail;
 	}
