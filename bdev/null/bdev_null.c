@@ -19,6 +19,7 @@
 struct null_disk {
 	struct keel_bdev bdev;
 	char name[KEEL_BDEV_NAME_MAX + 1];
+	bool leave_reads; /* keel_bdev_null_leave_reads_untouched: no memset */
 };
 
 static pthread_mutex_t g_null_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -71,7 +72,9 @@ struct keel_bdev_module keel_bdev_null_module = {
 
 static void null_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 {
-	if (io->type == KEEL_BDEV_IO_READ) {
+	const struct null_disk *d = io->bdev->ctxt;
+
+	if (io->type == KEEL_BDEV_IO_READ && !d->leave_reads) {
 		for (int i = 0; i < io->iovcnt; i++) {
 			memset(io->iovs[i].iov_base, 0, io->iovs[i].iov_len);
 		}
@@ -164,5 +167,17 @@ int keel_bdev_null_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_ar
 		return -ENODEV;
 	}
 	keel_bdev_unregister(bdev, cb_fn, cb_arg);
+	return 0;
+}
+
+int keel_bdev_null_leave_reads_untouched(struct keel_bdev *bdev)
+{
+	struct null_disk *d;
+
+	if (bdev == NULL || bdev->module != &keel_bdev_null_module) {
+		return -EINVAL;
+	}
+	d = bdev->ctxt;
+	d->leave_reads = true;
 	return 0;
 }

@@ -195,6 +195,16 @@ int keel_bdev_malloc_create(const char *name, const uint8_t *uuid, uint64_t num_
 int keel_bdev_null_create(const char *name, const uint8_t *uuid, uint64_t num_blocks,
 			  uint32_t block_size, struct keel_bdev **bdev);
 /**
+ * Reads of null bdev \p bdev leave the caller's buffers as they are (no zero fill), as
+ * SPDK's null bdev does. Only for a process that never hands read data to anyone, such
+ * as keel-bench measuring the bdev stack without a memset per request (the zero fill
+ * costs it ~8x at 4 KiB): a buffer may hold whatever it held before. Not reachable from
+ * RPC, so no exported bdev can do it. Main keel thread, before I/O is submitted; it
+ * stays for the bdev's life.
+ * \return 0, or -EINVAL when \p bdev is not a null bdev.
+ */
+int keel_bdev_null_leave_reads_untouched(struct keel_bdev *bdev);
+/**
  * AIO bdev over a regular file or block device. \p block_size 0 = the device's
  * logical block size (BLKSSZGET) or 512 for regular files. The open runs on the
  * blocking-work pool; \p cb_fn(cb_arg, status, bdev) on this thread.

@@ -162,6 +162,36 @@ static void test_null_reads_zeroes(void)
 	ut_bdev_teardown();
 }
 
+/* keel-bench's null bdevs: reads leave the buffer alone; only null bdevs can. */
+static void test_null_leave_reads_untouched(void)
+{
+	struct keel_bdev *b, *m;
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	uint8_t buf[4096];
+
+	ut_bdev_setup(1);
+	CU_ASSERT_EQUAL_FATAL(keel_bdev_null_create("raw", NULL, 1024, 512, &b), 0);
+	CU_ASSERT_EQUAL_FATAL(keel_bdev_malloc_create("ram", NULL, 16, 512, &m), 0);
+	CU_ASSERT_EQUAL(keel_bdev_null_leave_reads_untouched(m), -EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_null_leave_reads_untouched(NULL), -EINVAL);
+	g_ut_sub_done = 0;
+	CU_ASSERT_EQUAL(keel_bdev_malloc_delete("ram", ut_sub_done, NULL), 0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(g_ut_sub_done, 1);
+	CU_ASSERT_EQUAL(keel_bdev_null_leave_reads_untouched(b), 0);
+	CU_ASSERT_EQUAL_FATAL(keel_bdev_open_ext("raw", false, ut_event_cb, NULL, &desc), 0);
+	ch = keel_bdev_get_io_channel(desc);
+	memset(buf, 0x5a, sizeof(buf));
+	CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_read(desc, ch, buf, 0, 4096, ut_io_done, res)), 0);
+	for (size_t i = 0; i < sizeof(buf); i++) {
+		CU_ASSERT_EQUAL_FATAL(buf[i], 0x5a);
+	}
+	keel_put_io_channel(ch);
+	keel_bdev_close(desc);
+	ut_bdev_teardown();
+}
+
 static void test_dump_json(void)
 {
 	struct keel_bdev *m, *n;
@@ -196,6 +226,7 @@ int main(void)
 		{"malloc_create_errors", test_malloc_create_errors},
 		{"malloc_integrity", test_malloc_integrity},
 		{"null_reads_zeroes", test_null_reads_zeroes},
+		{"null_leave_reads_untouched", test_null_leave_reads_untouched},
 		{"dump_json", test_dump_json},
 		{NULL, NULL},
 	};
