@@ -1,6 +1,7 @@
 /*
- * keel NBD internals shared by nbd_conn.c (the per-connection state machine),
- * nbd_server.c (exports, listeners, NBD threads) and the unit tests.
+ * keel NBD internals shared by the connection (nbd_conn.c and the files named in
+ * nbd_conn_internal.h), nbd_server.c (exports, listeners, NBD threads), nbd_disk.c, the
+ * unit tests and the fuzz harnesses.
  */
 #ifndef KEEL_NBD_INTERNAL_H
 #define KEEL_NBD_INTERNAL_H

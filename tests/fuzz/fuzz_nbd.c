@@ -1,10 +1,11 @@
 /*
- * Fuzz the NBD connection state machine (nbd/nbd_conn.c) as a client drives it: the
- * input is what a client sends on its socket. The first byte picks the phase the
- * connection starts in: even, the handshake (greeting, options, then transmission
- * after GO/EXPORT_NAME); odd, transmission only (what the kernel frontend uses). Then
- * the client's side of the socket is shut for writing (EOF) and the server is polled
- * until it has closed the connection; every reply byte is read and dropped.
+ * Fuzz the NBD connection state machine (nbd/nbd_conn.c, nbd_handshake.c,
+ * nbd_transmission.c, nbd_sock.c) as a client drives it: the input is what a client
+ * sends on its socket. The first byte picks the phase the connection starts in: even,
+ * the handshake (greeting, options, then transmission after GO/EXPORT_NAME); odd,
+ * transmission only (what the kernel frontend uses). Then the client's side of the
+ * socket is shut for writing (EOF) and the server is polled until it has closed the
+ * connection; every reply byte is read and dropped.
  *
  * Speed: the keel thread, the bdev layer and a 4 MiB RAM disk are set up once per
  * process; each input costs one socketpair and one connection. The thread is polled

@@ -1,0 +1,197 @@
+/*
+ * What the pieces of one NBD connection share, and nothing else includes: the
+ * connection and request structs and the functions one piece calls in another.
+ *
+ *   nbd_conn.c          lifetime: create, the poller, soft/hard close, deadlines
+ *   nbd_handshake.c     fixed-newstyle option haggling and its reply bytes
+ *   nbd_transmission.c  requests: parse, check, submit to the bdev, queue the reply
+ *   nbd_sock.c          the socket: recv/recvmsg into buffers, send/sendmsg, EPOLLOUT
+ *
+ * Everything here runs on the connection's own keel thread (the one that created it);
+ * nothing takes a lock. Other nbd/ files, the tests and the fuzz harness use
+ * nbd_internal.h, never this header.
+ */
+#ifndef KEEL_NBD_CONN_INTERNAL_H
+#define KEEL_NBD_CONN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/uio.h>
+
+#include "keel/bdev.h"
+#include "keel/reactor.h"
+#include "nbd/nbd_internal.h"
+#include "nbd/nbd_proto.h"
+
+/* Requests a connection keeps in flight; the kernel sends up to 128, nbdcopy 64. */
+#define NBD_CONN_MAX_REQS 256u
+/* Big enough for 32 queued 4 KiB writes with their headers in one recv(). */
+#define NBD_CONN_RBUF_SIZE (256u * 1024u)
+/* iovecs one sendmsg() of replies carries at most (header and data per reply). */
+#define NBD_CONN_IOV_MAX 1024u
+
+enum nbd_phase {
+	NBD_PHASE_HANDSHAKE,
+	NBD_PHASE_TRANSMISSION,
+};
+
+enum nbd_hs_state {
+	NBD_HS_CFLAGS,
+	NBD_HS_OPT,
+	NBD_HS_OPT_SKIP,
+};
+
+enum nbd_rx_state {
+	NBD_RX_HEADER,
+	NBD_RX_PAYLOAD,
+	NBD_RX_DISCARD,
+};
+
+/* What a request does against the bdev; FUA emulation turns trims into flushes. */
+enum nbd_op {
+	NBD_OP_NONE,
+	NBD_OP_READ,
+	NBD_OP_WRITE,
+	NBD_OP_FLUSH,
+	NBD_OP_UNMAP,
+	NBD_OP_WRITE_ZEROES,
+};
+
+struct nbd_req {
+	struct nbd_conn *conn;
+	TAILQ_ENTRY(nbd_req) link;
+	struct nbd_simple_reply reply; /* wire bytes */
+	uint64_t offset;
+	uint32_t len;
+	uint32_t got;   /* payload bytes received so far */
+	uint16_t type;  /* NBD_CMD_* */
+	uint16_t flags; /* NBD_CMD_FLAG_* */
+	enum nbd_op op;
+	bool flush_after; /* FUA on trim / write_zeroes: flush the range after it */
+	bool in_bdev;
+	int buf_class;   /* -1: allocated for this request only */
+	uint32_t budget; /* bytes of the buffer budget this request holds */
+	void *buf;
+	struct iovec iov;
+};
+
+TAILQ_HEAD(nbd_req_list, nbd_req);
+
+struct nbd_conn {
+	int fd;
+	struct keel_poller *poller;
+	uint32_t events;
+	const struct nbd_export_info *exp;
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	uint64_t size;
+	uint32_t block_size;
+	size_t buf_align;
+	uint16_t tflags;
+	char label[300];
+	nbd_conn_done_fn done_fn;
+	void *done_ctx;
+
+	enum nbd_phase phase;
+	enum nbd_hs_state hs;
+	bool no_zeroes;
+	uint32_t skip_option;
+	uint32_t skip_remaining;
+
+	/* receive side */
+	uint8_t *rbuf;
+	size_t rpos;
+	size_t rlen;
+	enum nbd_rx_state rx;
+	struct nbd_req *rx_req;
+	uint64_t discard_remaining;
+	bool rx_stop;    /* no more reading (DISC, EOF, ABORT, error) */
+	bool rx_stalled; /* no free request: wait for one */
+
+	/* send side */
+	uint8_t *wbuf; /* handshake bytes */
+	size_t wlen;
+	size_t wsent;
+	size_t wcap;
+	struct nbd_req_list replies;
+	size_t reply_sent; /* bytes of the first reply already sent */
+	bool tx_blocked;   /* last send hit EAGAIN */
+	bool tx_dead;      /* peer gone or hard close: replies are dropped */
+	bool close_after_flush;
+
+	struct nbd_req_list nomem;
+	struct nbd_req *reqs;
+	struct nbd_req **free_reqs;
+	uint32_t nfree;
+	uint32_t in_bdev;
+	uint64_t buf_bytes; /* payload bytes held by requests */
+	uint32_t reserved;  /* budget taken for the request being parsed */
+	bool budget_wait;   /* the next request waits for the buffer budget */
+	bool cache_ref;     /* holds a reference on this thread's buffer cache */
+
+	bool closing;
+	bool shut;
+	uint64_t created_ns;
+	/* deadlines: when the client started keeping us waiting (0: it does not) */
+	uint64_t tx_wait_since_ns; /* replies it does not read */
+	uint64_t rx_wait_since_ns; /* a write payload it does not send */
+	uint64_t timer_due_ns;     /* when the poller's timer fires (0: not armed) */
+	char *refuse;              /* refuse the first option with this message */
+
+	struct iovec iov[NBD_CONN_IOV_MAX];
+};
+
+/*
+ * Lifetime (nbd_conn.c)
+ */
+/** Soft close: stop reading, deliver the replies of requests in flight, then close. */
+void nbd_conn_close_soft(struct nbd_conn *conn);
+/** Hard close: nothing more is read or sent; requests in flight still finish. */
+void nbd_conn_abort(struct nbd_conn *conn);
+
+/*
+ * Handshake (nbd_handshake.c)
+ */
+/** Append \p len bytes to the handshake send buffer. \return 0 or -ENOMEM. */
+int nbd_wbuf_append(struct nbd_conn *conn, const void *data, size_t len);
+/**
+ * Consume the client flags and options in the receive buffer; answers go to the send
+ * buffer. Stops when the buffer holds no complete option, when too many reply bytes
+ * wait (rx_stalled), or when an option moved the connection to transmission.
+ */
+void nbd_parse_handshake(struct nbd_conn *conn);
+
+/*
+ * Transmission (nbd_transmission.c)
+ */
+/** Give back a request's payload buffer and its share of the buffer budget. */
+void nbd_req_free_buf(struct nbd_req *req);
+/** Return \p req (and its buffer) to the connection's free list. */
+void nbd_req_put(struct nbd_req *req);
+/** Send \p req to the bdev; its reply is queued when it completes or fails. */
+void nbd_req_submit(struct nbd_req *req);
+/** Submit again the requests the bdev refused with -ENOMEM. \return 1 if any went. */
+int nbd_conn_retry_nomem(struct nbd_conn *conn);
+/** Consume the requests and payloads in the receive buffer. */
+void nbd_parse_transmission(struct nbd_conn *conn);
+/**
+ * Take the bdev's geometry, an I/O channel and the request array, so requests can be
+ * served. \return 0, -ENODEV (no channel) or -ENOMEM; on error nothing is held.
+ */
+int nbd_conn_setup_transmission(struct nbd_conn *conn);
+/** Switch to the transmission phase (after nbd_conn_setup_transmission succeeded). */
+void nbd_conn_enter_transmission(struct nbd_conn *conn);
+
+/*
+ * Socket (nbd_sock.c)
+ */
+/** Send pending handshake bytes, then every queued reply. \return 1 if it did work. */
+int nbd_conn_tx(struct nbd_conn *conn);
+/** Read from the socket and feed the phase's parser. \return 1 if it did work. */
+int nbd_conn_rx(struct nbd_conn *conn);
+/** Ask epoll for EPOLLIN while reading, EPOLLOUT while a send is blocked. */
+void nbd_conn_update_events(struct nbd_conn *conn);
+
+#endif /* KEEL_NBD_CONN_INTERNAL_H */
