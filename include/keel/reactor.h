@@ -320,7 +320,8 @@ typedef int (*keel_poller_fn)(void *arg);
  * - Wake-up fd (keel_poller_register_wakeup_fd): an active poller whose fd only wakes
  *   a sleeping reactor; it keeps running every iteration while the reactor is awake.
  *   For pollers whose own readiness check is cheaper than a syscall (a completion
- *   ring mapped in memory, as the aio bdev's).
+ *   ring mapped in memory). The aio and uring bdevs no longer use it: they are event
+ *   pollers on their thread's eventfd, so an idle reactor does not run them.
  *
  * An awake reactor learns of ready fds of parked event pollers from a non-blocking
  * epoll_wait: on every idle iteration, and at most every 20 us while iterations are
