@@ -27,8 +27,13 @@
 
 /* Requests a connection keeps in flight; the kernel sends up to 128, nbdcopy 64. */
 #define NBD_CONN_MAX_REQS 256u
-/* Big enough for 32 queued 4 KiB writes with their headers in one recv(). */
-#define NBD_CONN_RBUF_SIZE (256u * 1024u)
+/*
+ * 15 queued 4 KiB writes with their headers in one recv() (payloads of 16 KiB and more
+ * are received straight into their own buffers). keeld locks its memory (mlockall), so
+ * every byte here is resident for each connected client, idle or not: at 256 KiB an
+ * idle client cost 311 KiB, more than the 256 KiB an exported volume may cost.
+ */
+#define NBD_CONN_RBUF_SIZE (64u * 1024u)
 /* iovecs one sendmsg() of replies carries at most (header and data per reply). */
 #define NBD_CONN_IOV_MAX 1024u
 
@@ -139,8 +144,6 @@ struct nbd_conn {
 	uint64_t rx_wait_since_ns; /* a write payload it does not send */
 	uint64_t timer_due_ns;     /* when the poller's timer fires (0: not armed) */
 	char *refuse;              /* refuse the first option with this message */
-
-	struct iovec iov[NBD_CONN_IOV_MAX];
 };
 
 /*

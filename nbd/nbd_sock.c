@@ -47,6 +47,13 @@ static size_t nbd_req_reply_len(const struct nbd_req *req)
 	return len;
 }
 
+/*
+ * The iovecs of one sendmsg() of replies. Filled and used within one nbd_conn_tx call
+ * on the connection's own thread, so one array per thread serves all its connections
+ * (16 KiB each once, locked in memory like everything of keeld's).
+ */
+static __thread struct iovec g_tx_iov[NBD_CONN_IOV_MAX];
+
 int nbd_conn_tx(struct nbd_conn *conn)
 {
 	int work = 0;
@@ -93,21 +100,21 @@ int nbd_conn_tx(struct nbd_conn *conn)
 				break;
 			}
 			if (skip < sizeof(req->reply)) {
-				conn->iov[iovcnt].iov_base = (uint8_t *)&req->reply + skip;
-				conn->iov[iovcnt].iov_len = sizeof(req->reply) - skip;
-				total += conn->iov[iovcnt++].iov_len;
+				g_tx_iov[iovcnt].iov_base = (uint8_t *)&req->reply + skip;
+				g_tx_iov[iovcnt].iov_len = sizeof(req->reply) - skip;
+				total += g_tx_iov[iovcnt++].iov_len;
 				skip = 0;
 			} else {
 				skip -= sizeof(req->reply);
 			}
 			if (req->type == NBD_CMD_READ && req->reply.error == 0 && req->len > 0) {
-				conn->iov[iovcnt].iov_base = (uint8_t *)req->buf + skip;
-				conn->iov[iovcnt].iov_len = req->len - skip;
-				total += conn->iov[iovcnt++].iov_len;
+				g_tx_iov[iovcnt].iov_base = (uint8_t *)req->buf + skip;
+				g_tx_iov[iovcnt].iov_len = req->len - skip;
+				total += g_tx_iov[iovcnt++].iov_len;
 			}
 			skip = 0;
 		}
-		msg.msg_iov = conn->iov;
+		msg.msg_iov = g_tx_iov;
 		msg.msg_iovlen = iovcnt;
 		n = sendmsg(conn->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n < 0) {
