@@ -107,7 +107,7 @@ static int blocking_pool_start_locked(uint32_t nthreads)
 	return 0;
 }
 
-int blocking_pool_start(uint32_t nthreads)
+int krt_blocking_pool_start(uint32_t nthreads)
 {
 	int rc;
 
@@ -117,7 +117,7 @@ int blocking_pool_start(uint32_t nthreads)
 	return rc;
 }
 
-void blocking_pool_stop(void)
+void krt_blocking_pool_stop(void)
 {
 	pthread_t *threads;
 	uint32_t n;
@@ -148,7 +148,7 @@ void blocking_pool_stop(void)
 
 int keel_spawn_blocking(keel_blocking_fn fn, void *arg, keel_blocking_done_cb done_cb, void *cb_arg)
 {
-	struct keel_thread *thread = thread_tls_current;
+	struct keel_thread *thread = krt_thread_tls_current;
 	struct blocking_job *job;
 	int rc;
 

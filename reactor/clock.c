@@ -21,7 +21,7 @@ static pthread_once_t g_ticks_once = PTHREAD_ONCE_INIT;
 static double g_ticks_per_us = 1000.0;
 static double g_ns_per_tick = 1.0;
 
-uint64_t clock_monotonic_ns(void)
+uint64_t krt_clock_monotonic_ns(void)
 {
 	struct timespec ts;
 
@@ -34,21 +34,21 @@ uint64_t keel_now_ns(void)
 	if (keel_unlikely(atomic_load_explicit(&g_mock_enabled, memory_order_relaxed))) {
 		return atomic_load_explicit(&g_mock_now, memory_order_relaxed);
 	}
-	return clock_monotonic_ns();
+	return krt_clock_monotonic_ns();
 }
 
-void clock_mock_enable(uint64_t now_ns)
+void krt_clock_mock_enable(uint64_t now_ns)
 {
 	atomic_store(&g_mock_now, now_ns);
 	atomic_store(&g_mock_enabled, true);
 }
 
-void clock_mock_disable(void)
+void krt_clock_mock_disable(void)
 {
 	atomic_store(&g_mock_enabled, false);
 }
 
-void clock_mock_advance(uint64_t delta_ns)
+void krt_clock_mock_advance(uint64_t delta_ns)
 {
 	atomic_fetch_add(&g_mock_now, delta_ns);
 }
@@ -62,9 +62,9 @@ static void ticks_sample(uint64_t *ns, uint64_t *ticks)
 	uint64_t best = UINT64_MAX;
 
 	for (int i = 0; i < TICKS_SAMPLE_TRIES; i++) {
-		uint64_t a = clock_monotonic_ns();
+		uint64_t a = krt_clock_monotonic_ns();
 		uint64_t t = keel_ticks();
-		uint64_t b = clock_monotonic_ns();
+		uint64_t b = krt_clock_monotonic_ns();
 
 		if (b - a < best) {
 			best = b - a;

@@ -115,7 +115,7 @@ int keel_cpulist_parse(const char *list, uint32_t *cpus, uint32_t max)
 	return n > 0 ? (int)n : -EINVAL;
 }
 
-int cpulist_online(uint32_t *cpus, uint32_t max)
+int krt_cpulist_online(uint32_t *cpus, uint32_t max)
 {
 	uint8_t online[CPULIST_MAX_CPU / 8] = {0};
 	uint32_t n = 0;

@@ -139,7 +139,7 @@ static void io_device_maybe_finalize_locked(struct io_device *dev)
 
 void keel_io_device_unregister(void *io_device, keel_io_device_unregister_cb unregister_cb)
 {
-	struct keel_thread *thread = thread_tls_current;
+	struct keel_thread *thread = krt_thread_tls_current;
 	struct io_device *dev;
 
 	assert(thread != NULL);
@@ -180,7 +180,7 @@ static void io_channel_unlink(struct keel_io_channel *ch)
 
 struct keel_io_channel *keel_get_io_channel(void *io_device)
 {
-	struct keel_thread *thread = thread_tls_current;
+	struct keel_thread *thread = krt_thread_tls_current;
 	struct keel_io_channel *ch;
 	struct io_device *dev;
 	int rc;
@@ -261,7 +261,7 @@ static void io_channel_put_retry(void *arg)
 	int rc = keel_thread_send_msg(ch->thread, io_channel_put_deferred, ch);
 
 	if (rc == -ENOMEM) {
-		thread_retry_queue(&ch->retry);
+		krt_thread_retry_queue(&ch->retry);
 	} else if (rc != 0) {
 		io_channel_put_deferred(ch);
 	}
@@ -269,7 +269,7 @@ static void io_channel_put_retry(void *arg)
 
 void keel_put_io_channel(struct keel_io_channel *ch)
 {
-	assert(ch->thread == thread_tls_current);
+	assert(ch->thread == krt_thread_tls_current);
 	assert(ch->ref > 0);
 	if (ch->ref == 0 || --ch->ref > 0 || ch->destroy_pending) {
 		return;
@@ -301,7 +301,7 @@ void *keel_io_channel_get_io_device(struct keel_io_channel *ch)
 	return ch->dev->io_device;
 }
 
-void io_channel_thread_teardown(struct keel_thread *thread)
+void krt_io_channel_thread_teardown(struct keel_thread *thread)
 {
 	struct keel_io_channel *ch;
 
@@ -312,7 +312,7 @@ void io_channel_thread_teardown(struct keel_thread *thread)
 	}
 }
 
-void io_channel_thread_describe(struct keel_thread *thread, char *buf, size_t len)
+void krt_io_channel_thread_describe(struct keel_thread *thread, char *buf, size_t len)
 {
 	struct keel_io_channel *ch;
 	size_t off = 0;
@@ -329,7 +329,7 @@ void io_channel_thread_describe(struct keel_thread *thread, char *buf, size_t le
 	}
 }
 
-void io_device_lib_fini(void)
+void krt_io_device_lib_fini(void)
 {
 	struct io_device *dev;
 
@@ -400,7 +400,7 @@ static void channel_iter_next(void *arg)
 		}
 		if (rc == -ENOMEM) {
 			pthread_mutex_unlock(&g_dev_lock);
-			thread_retry_queue(&it->retry);
+			krt_thread_retry_queue(&it->retry);
 			return;
 		}
 		/* The holder is being destroyed: skip it. */
@@ -413,7 +413,7 @@ static void channel_iter_next(void *arg)
 static void channel_iter_hop(void *arg)
 {
 	struct keel_io_channel_iter *it = arg;
-	struct keel_thread *thread = thread_tls_current;
+	struct keel_thread *thread = krt_thread_tls_current;
 	struct keel_io_channel *ch;
 
 	TAILQ_FOREACH(ch, &thread->channels, tlink) {
@@ -429,7 +429,7 @@ static void channel_iter_hop(void *arg)
 
 void keel_for_each_channel_continue(struct keel_io_channel_iter *it, int status)
 {
-	assert(it->ch == NULL || it->ch->thread == thread_tls_current);
+	assert(it->ch == NULL || it->ch->thread == krt_thread_tls_current);
 	it->ch = NULL;
 	it->status = status;
 	if (status != 0) {
@@ -442,7 +442,7 @@ void keel_for_each_channel_continue(struct keel_io_channel_iter *it, int status)
 void keel_for_each_channel(void *io_device, keel_channel_msg_fn fn, void *ctx,
 			   keel_channel_for_each_cpl cpl)
 {
-	struct keel_thread *orig = thread_tls_current;
+	struct keel_thread *orig = krt_thread_tls_current;
 	struct keel_io_channel_iter *it;
 
 	assert(orig != NULL);

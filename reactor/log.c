@@ -74,7 +74,7 @@ void keel_log_set_fd(int fd)
 	atomic_store(&g_log_fd, fd);
 }
 
-void log_thread_name(char *buf, size_t len)
+void krt_log_thread_name(char *buf, size_t len)
 {
 	struct keel_thread *thread = keel_thread_get_current();
 
@@ -119,7 +119,7 @@ void keel_vlog(enum keel_log_level level, const char *file, int line, const char
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
 	localtime_r(&ts.tv_sec, &tm);
-	log_thread_name(tname, sizeof(tname));
+	krt_log_thread_name(tname, sizeof(tname));
 	off = strftime(buf, sizeof(buf), "[%Y-%m-%d %H:%M:%S", &tm);
 	n = snprintf(buf + off, sizeof(buf) - off, ".%06ld] keel[%s] %s: ", ts.tv_nsec / 1000,
 		     g_level_names[level], tname);

@@ -5,7 +5,7 @@
  * reactor as the sender, so the sender must neither sleep nor spin: that would stall
  * the very reactor that has to drain the ring. The message waits instead on the
  * sending thread's own list, in order, and the thread's poll loop re-sends it (a
- * thread with waiting messages does not go to sleep, see thread_has_pending()).
+ * thread with waiting messages does not go to sleep, see krt_thread_has_pending()).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -42,7 +42,7 @@ static void reliable_msg_drain(void *arg)
 	while ((m = TAILQ_FIRST(&thread->reliable)) != NULL) {
 		rc = keel_thread_send_msg(m->target, m->fn, m->arg);
 		if (rc == -ENOMEM) {
-			thread_retry_queue(&thread->reliable_retry);
+			krt_thread_retry_queue(&thread->reliable_retry);
 			return;
 		}
 		TAILQ_REMOVE(&thread->reliable, m, link);
@@ -53,14 +53,14 @@ static void reliable_msg_drain(void *arg)
 	}
 }
 
-void thread_reliable_init(struct keel_thread *thread)
+void krt_thread_reliable_init(struct keel_thread *thread)
 {
 	TAILQ_INIT(&thread->reliable);
 	thread->reliable_retry.fn = reliable_msg_drain;
 	thread->reliable_retry.arg = thread;
 }
 
-void thread_reliable_drop_all(struct keel_thread *thread)
+void krt_thread_reliable_drop_all(struct keel_thread *thread)
 {
 	struct reliable_msg *m;
 
@@ -74,7 +74,7 @@ void thread_reliable_drop_all(struct keel_thread *thread)
 int keel_thread_send_msg_reliable(struct keel_thread *target, keel_msg_fn fn, void *arg,
 				  keel_msg_fn drop_fn)
 {
-	struct keel_thread *self = thread_tls_current;
+	struct keel_thread *self = krt_thread_tls_current;
 	struct reliable_msg *m;
 	int rc;
 
@@ -108,6 +108,6 @@ int keel_thread_send_msg_reliable(struct keel_thread *target, keel_msg_fn fn, vo
 	m->drop_fn = drop_fn;
 	m->arg = arg;
 	TAILQ_INSERT_TAIL(&self->reliable, m, link);
-	thread_retry_queue(&self->reliable_retry);
+	krt_thread_retry_queue(&self->reliable_retry);
 	return 0;
 }

@@ -34,7 +34,7 @@ static bool numa_usable(void)
 	return ok == 1;
 }
 
-int numa_node_of_cpu_safe(uint32_t cpu)
+int krt_numa_node_of_cpu_safe(uint32_t cpu)
 {
 	if (!numa_usable()) {
 		return -1;
@@ -52,7 +52,7 @@ int keel_reactor_numa_node(uint32_t idx)
 			return -1;
 		}
 	}
-	reactor = reactor_get(idx);
+	reactor = krt_reactor_get(idx);
 	return reactor != NULL ? reactor->numa_node : -1;
 }
 

@@ -16,7 +16,7 @@
  *   sockets on a reactor cost no more than one.
  *
  * Structural changes (register, pause, resume, unregister, arm) made while the thread
- * is being polled only set state and mark the thread dirty; poller_fixup() applies
+ * is being polled only set state and mark the thread dirty; krt_poller_fixup() applies
  * them after the dispatch loops. That is what makes unregistering or pausing a poller
  * from inside any poller callback (including its own) safe, and keeps the loops free
  * of bookkeeping. Outside a poll the fixup runs at once. Queueing on the runq (fd
@@ -143,7 +143,7 @@ static void poller_queue(struct keel_thread *thread, struct keel_poller *poller)
 	thread->runq[thread->runq_count++] = poller;
 }
 
-void poller_fd_ready(struct keel_poller *poller)
+void krt_poller_fd_ready(struct keel_poller *poller)
 {
 	if (poller->fd_mode == POLLER_FD_EVENT && poller->state == POLLER_ACTIVE) {
 		poller_queue(poller->thread, poller);
@@ -163,7 +163,7 @@ static void poller_poll_batch(struct keel_thread *thread, struct pollfd *fds,
 	}
 }
 
-void poller_check_parked_fds(struct keel_thread *thread)
+void krt_poller_check_parked_fds(struct keel_thread *thread)
 {
 	struct pollfd fds[64];
 	struct keel_poller *who[64];
@@ -211,7 +211,7 @@ static inline int poller_call(struct reactor *reactor, struct keel_poller *polle
 	return rc > 0;
 }
 
-int poller_run_active(struct keel_thread *thread)
+int krt_poller_run_active(struct keel_thread *thread)
 {
 	struct reactor *reactor = thread->reactor;
 	uint32_t n = thread->active_count;
@@ -239,7 +239,7 @@ static void poller_heap_drop_top(struct keel_thread *thread, struct keel_poller 
 	poller->where = POLLER_IN_NONE;
 }
 
-int poller_run_timed(struct keel_thread *thread, uint64_t now)
+int krt_poller_run_timed(struct keel_thread *thread, uint64_t now)
 {
 	struct reactor *reactor = thread->reactor;
 	int busy = 0;
@@ -285,7 +285,7 @@ int poller_run_timed(struct keel_thread *thread, uint64_t now)
 	return busy;
 }
 
-int poller_run_queued(struct keel_thread *thread)
+int krt_poller_run_queued(struct keel_thread *thread)
 {
 	struct reactor *reactor = thread->reactor;
 	uint32_t n = thread->runq_count, kept = 0;
@@ -330,7 +330,7 @@ int poller_run_queued(struct keel_thread *thread)
 	return busy;
 }
 
-uint64_t poller_next_deadline(struct keel_thread *thread)
+uint64_t krt_poller_next_deadline(struct keel_thread *thread)
 {
 	return thread->heap_count != 0 ? thread->heap[0].deadline : UINT64_MAX;
 }
@@ -398,15 +398,15 @@ static void poller_destroy(struct keel_thread *thread, struct keel_poller *polle
 	thread->poller_count--;
 	poller_unpark(thread, poller);
 	if (poller->fd >= 0 && thread->reactor != NULL) {
-		reactor_epoll_del(thread->reactor, poller->fd);
+		krt_reactor_epoll_del(thread->reactor, poller->fd);
 	}
 	if (thread->reactor != NULL) {
-		reactor_hb_quiesce(thread->reactor);
+		krt_reactor_hb_quiesce(thread->reactor);
 	}
 	free(poller);
 }
 
-void poller_fixup(struct keel_thread *thread, uint64_t now)
+void krt_poller_fixup(struct keel_thread *thread, uint64_t now)
 {
 	struct keel_poller *poller, *tmp;
 	uint32_t i, j;
@@ -461,7 +461,7 @@ void poller_fixup(struct keel_thread *thread, uint64_t now)
 	}
 }
 
-void poller_free_all(struct keel_thread *thread)
+void krt_poller_free_all(struct keel_thread *thread)
 {
 	struct keel_poller *poller;
 
@@ -478,7 +478,7 @@ static void poller_changed(struct keel_thread *thread)
 {
 	thread->dirty = true;
 	if (!thread->polling) {
-		poller_fixup(thread, keel_now_ns());
+		krt_poller_fixup(thread, keel_now_ns());
 	}
 }
 
@@ -493,7 +493,7 @@ static uint64_t poller_deadline_after(uint64_t delay_ns)
 struct keel_poller *keel_poller_register(keel_poller_fn fn, void *arg, uint64_t period_us,
 					 const char *name)
 {
-	struct keel_thread *thread = thread_tls_current;
+	struct keel_thread *thread = krt_thread_tls_current;
 	struct keel_poller *poller;
 
 	if (thread == NULL) {
@@ -542,14 +542,14 @@ void keel_poller_unregister(struct keel_poller **ppoller)
 	poller = *ppoller;
 	*ppoller = NULL;
 	thread = poller->thread;
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (poller->state == POLLER_UNREGISTERED) {
 		return;
 	}
 	/* The caller may close the fd right after this returns: drop it from epoll now. */
 	if (poller->fd >= 0) {
 		if (thread->reactor != NULL && poller->state != POLLER_PAUSED) {
-			reactor_epoll_del(thread->reactor, poller->fd);
+			krt_reactor_epoll_del(thread->reactor, poller->fd);
 		}
 		poller->fd = -1;
 	}
@@ -562,14 +562,14 @@ void keel_poller_pause(struct keel_poller *poller)
 {
 	struct keel_thread *thread = poller->thread;
 
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (poller->state != POLLER_ACTIVE) {
 		return;
 	}
 	poller->state = POLLER_PAUSED;
 	/* A ready level-triggered fd would keep waking a reactor that must not run it. */
 	if (poller->fd >= 0 && thread->reactor != NULL) {
-		reactor_epoll_del(thread->reactor, poller->fd);
+		krt_reactor_epoll_del(thread->reactor, poller->fd);
 	}
 	poller_unpark(thread, poller);
 	poller_changed(thread);
@@ -579,13 +579,13 @@ void keel_poller_resume(struct keel_poller *poller)
 {
 	struct keel_thread *thread = poller->thread;
 
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (poller->state != POLLER_PAUSED) {
 		return;
 	}
 	poller->state = POLLER_ACTIVE;
 	if (poller->fd >= 0 && thread->reactor != NULL &&
-	    reactor_epoll_add(thread->reactor, poller->fd, poller->fd_events, poller) != 0) {
+	    krt_reactor_epoll_add(thread->reactor, poller->fd, poller->fd_events, poller) != 0) {
 		KEEL_ERRLOG("poller %s: cannot re-arm fd %d on resume", poller->name, poller->fd);
 	}
 	if (poller->period_ns != 0 && poller->armed) {
@@ -605,7 +605,7 @@ static int poller_set_fd(struct keel_poller *poller, int fd, uint32_t events, ui
 	struct keel_thread *thread = poller->thread;
 	int rc;
 
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (fd < 0) {
 		return -EINVAL;
 	}
@@ -613,7 +613,7 @@ static int poller_set_fd(struct keel_poller *poller, int fd, uint32_t events, ui
 		return -EEXIST;
 	}
 	if (thread->reactor != NULL && poller->state != POLLER_PAUSED) {
-		rc = reactor_epoll_add(thread->reactor, fd, events, poller);
+		rc = krt_reactor_epoll_add(thread->reactor, fd, events, poller);
 		if (rc != 0) {
 			return rc;
 		}
@@ -649,12 +649,12 @@ int keel_poller_modify_fd(struct keel_poller *poller, uint32_t events)
 	struct keel_thread *thread = poller->thread;
 	int rc;
 
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (poller->fd < 0) {
 		return -ENOENT;
 	}
 	if (thread->reactor != NULL && poller->state != POLLER_PAUSED) {
-		rc = reactor_epoll_mod(thread->reactor, poller->fd, events, poller);
+		rc = krt_reactor_epoll_mod(thread->reactor, poller->fd, events, poller);
 		if (rc != 0) {
 			return rc;
 		}
@@ -665,7 +665,7 @@ int keel_poller_modify_fd(struct keel_poller *poller, uint32_t events)
 
 void keel_poller_wake(struct keel_poller *poller)
 {
-	assert(poller->thread == thread_tls_current);
+	assert(poller->thread == krt_thread_tls_current);
 	if (poller->state != POLLER_ACTIVE) {
 		return;
 	}
@@ -678,7 +678,7 @@ void keel_poller_wake(struct keel_poller *poller)
 
 int keel_poller_arm(struct keel_poller *poller, uint64_t delay_us)
 {
-	assert(poller->thread == thread_tls_current);
+	assert(poller->thread == krt_thread_tls_current);
 	if (poller_is_always(poller)) {
 		return -EINVAL;
 	}
@@ -693,7 +693,7 @@ int keel_poller_arm(struct keel_poller *poller, uint64_t delay_us)
 
 void keel_poller_disarm(struct keel_poller *poller)
 {
-	assert(poller->thread == thread_tls_current);
+	assert(poller->thread == krt_thread_tls_current);
 	if (!poller->armed) {
 		return;
 	}

@@ -69,7 +69,7 @@
 /* Longest pause burst between idle spins in adaptive mode. */
 #define REACTOR_SPIN_BACKOFF_MAX 64
 
-const char reactor_msg_name[] = "(message)";
+const char krt_reactor_msg_name[] = "(message)";
 
 static struct reactor **g_reactors;
 static _Atomic uint32_t g_reactor_count;
@@ -127,7 +127,7 @@ uint32_t keel_reactor_count(void)
 	return atomic_load_explicit(&g_reactor_count, memory_order_acquire);
 }
 
-struct reactor *reactor_get(uint32_t idx)
+struct reactor *krt_reactor_get(uint32_t idx)
 {
 	if (idx >= keel_reactor_count()) {
 		return NULL;
@@ -142,7 +142,7 @@ uint32_t keel_reactor_current(void)
 
 uint32_t keel_reactor_cpu(uint32_t idx)
 {
-	struct reactor *reactor = reactor_get(idx);
+	struct reactor *reactor = krt_reactor_get(idx);
 
 	return reactor != NULL ? reactor->cpu : UINT32_MAX;
 }
@@ -165,14 +165,15 @@ static void reactor_eventfd_write(int fd)
 	}
 }
 
-void reactor_notify_slow(struct reactor *reactor)
+void krt_reactor_notify_slow(struct reactor *reactor)
 {
 	if (atomic_exchange(&reactor->notified, 1) == 0) {
 		reactor_eventfd_write(reactor->evfd);
 	}
 }
 
-int reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events, struct keel_poller *poller)
+int krt_reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events,
+			  struct keel_poller *poller)
 {
 	struct epoll_event ev = {.events = events, .data.ptr = poller};
 
@@ -182,7 +183,8 @@ int reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events, struct k
 	return 0;
 }
 
-int reactor_epoll_mod(struct reactor *reactor, int fd, uint32_t events, struct keel_poller *poller)
+int krt_reactor_epoll_mod(struct reactor *reactor, int fd, uint32_t events,
+			  struct keel_poller *poller)
 {
 	struct epoll_event ev = {.events = events, .data.ptr = poller};
 
@@ -192,13 +194,13 @@ int reactor_epoll_mod(struct reactor *reactor, int fd, uint32_t events, struct k
 	return 0;
 }
 
-void reactor_epoll_del(struct reactor *reactor, int fd)
+void krt_reactor_epoll_del(struct reactor *reactor, int fd)
 {
 	/* ENOENT/EBADF: the caller closed it early; nothing left to undo. */
 	(void)epoll_ctl(reactor->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
-void reactor_hb_quiesce(struct reactor *reactor)
+void krt_reactor_hb_quiesce(struct reactor *reactor)
 {
 	/*
 	 * seq_cst stores then a seq_cst load, against the watchdog's seq_cst store of
@@ -217,7 +219,7 @@ void reactor_hb_quiesce(struct reactor *reactor)
 /* Threads on reactors                                                             */
 /* ------------------------------------------------------------------------------ */
 
-int reactor_add_thread(struct reactor *reactor, struct keel_thread *thread)
+int krt_reactor_add_thread(struct reactor *reactor, struct keel_thread *thread)
 {
 	pthread_mutex_lock(&reactor->incoming_lock);
 	if (reactor->exited) {
@@ -245,7 +247,7 @@ static void reactor_adopt(struct reactor *reactor, bool stopping)
 		TAILQ_INSERT_TAIL(&reactor->threads, thread, rlink);
 		atomic_fetch_add(&reactor->thread_count, 1);
 		if (stopping) {
-			thread_request_exit(thread);
+			krt_thread_request_exit(thread);
 		}
 	}
 }
@@ -319,7 +321,7 @@ static void reactor_dispatch(struct reactor *reactor, struct epoll_event *events
 
 			/* A fd in epoll belongs to a live, unpaused poller of this reactor:
 			 * unregister and pause remove it before anything can free the poller. */
-			poller_fd_ready(poller);
+			krt_poller_fd_ready(poller);
 			if (woke) {
 				poller->wake_count++;
 				fd = true;
@@ -337,7 +339,7 @@ static void reactor_dispatch(struct reactor *reactor, struct epoll_event *events
 		reactor_count(&reactor->st_wake_fd);
 	}
 	if (timer) {
-		uint64_t now = clock_monotonic_ns();
+		uint64_t now = krt_clock_monotonic_ns();
 
 		reactor_count(&reactor->st_wake_timer);
 		/* The poller at the top of each heap is the one the timer was armed for. */
@@ -381,10 +383,10 @@ static bool reactor_sleep(struct reactor *reactor, bool stopping)
 	TAILQ_FOREACH(thread, &reactor->threads, rlink) {
 		uint64_t d;
 
-		if (thread_has_pending(thread)) {
+		if (krt_thread_has_pending(thread)) {
 			goto out_awake;
 		}
-		d = poller_next_deadline(thread);
+		d = krt_poller_next_deadline(thread);
 		if (d < deadline) {
 			deadline = d;
 		}
@@ -401,11 +403,11 @@ static bool reactor_sleep(struct reactor *reactor, bool stopping)
 	}
 	reactor_arm_timer(reactor, deadline);
 
-	start = clock_monotonic_ns();
+	start = krt_clock_monotonic_ns();
 	n = epoll_wait(reactor->epfd, events, REACTOR_EPOLL_BATCH, timeout);
 	atomic_store_explicit(&reactor->st_sleep_ns,
 			      atomic_load_explicit(&reactor->st_sleep_ns, memory_order_relaxed) +
-				      (clock_monotonic_ns() - start),
+				      (krt_clock_monotonic_ns() - start),
 			      memory_order_relaxed);
 	if (n >= 0) {
 		reactor_dispatch(reactor, events, n, true);
@@ -434,7 +436,7 @@ static void reactor_run(struct reactor *reactor)
 	bool prev_busy = false;
 	bool fd_fresh = false; /* readiness was just collected by a sleep */
 
-	last = clock_monotonic_ns();
+	last = krt_clock_monotonic_ns();
 	last_work = last;
 	for (;;) {
 		struct keel_thread *thread, *tmp;
@@ -442,7 +444,7 @@ static void reactor_run(struct reactor *reactor)
 		int work = 0;
 		int mode;
 
-		now = clock_monotonic_ns();
+		now = krt_clock_monotonic_ns();
 		elapsed = now - last;
 		last = now;
 		if (prev_busy) {
@@ -463,7 +465,7 @@ static void reactor_run(struct reactor *reactor)
 		    !stopping) {
 			stopping = true;
 			TAILQ_FOREACH(thread, &reactor->threads, rlink) {
-				thread_request_exit(thread);
+				krt_thread_request_exit(thread);
 			}
 		}
 		if (keel_unlikely(
@@ -483,7 +485,7 @@ static void reactor_run(struct reactor *reactor)
 			bool destroyed;
 			uint64_t before = thread->msgs;
 
-			work = thread_poll(thread, now, &destroyed);
+			work = krt_thread_poll(thread, now, &destroyed);
 			if (!destroyed) {
 				msgs += thread->msgs - before;
 				acct_thread = thread;
@@ -498,10 +500,10 @@ static void reactor_run(struct reactor *reactor)
 			TAILQ_FOREACH_SAFE(thread, &reactor->threads, rlink, tmp) {
 				uint64_t before = thread->msgs, t_end;
 				bool destroyed;
-				int w = thread_poll(thread, t_start, &destroyed);
+				int w = krt_thread_poll(thread, t_start, &destroyed);
 
 				work += w;
-				t_end = clock_monotonic_ns();
+				t_end = krt_clock_monotonic_ns();
 				if (!destroyed) {
 					msgs += thread->msgs - before;
 					if (w > 0) {
@@ -611,7 +613,7 @@ static void reactor_free(struct reactor *reactor)
 
 static struct reactor *reactor_alloc(uint32_t idx, uint32_t cpu, enum keel_reactor_mode mode)
 {
-	int numa_node = numa_node_of_cpu_safe(cpu);
+	int numa_node = krt_numa_node_of_cpu_safe(cpu);
 	struct epoll_event ev = {.events = EPOLLIN};
 	struct reactor *reactor;
 
@@ -694,7 +696,7 @@ int keel_reactors_init(const struct keel_reactor_opts *user_opts)
 	if (g_opts.cpus != NULL) {
 		n = keel_cpulist_parse(g_opts.cpus, cpus, REACTOR_MAX);
 	} else {
-		n = cpulist_online(cpus, REACTOR_MAX);
+		n = krt_cpulist_online(cpus, REACTOR_MAX);
 	}
 	if (n < 0) {
 		rc = n == -E2BIG ? -EINVAL : n;
@@ -723,12 +725,12 @@ int keel_reactors_init(const struct keel_reactor_opts *user_opts)
 	atomic_store(&g_stop, false);
 	atomic_store(&g_reactors_running, 0);
 
-	rc = blocking_pool_start(g_opts.blocking_threads);
+	rc = krt_blocking_pool_start(g_opts.blocking_threads);
 	if (rc != 0) {
 		goto out_free_reactors;
 	}
 	if (g_opts.watchdog_ms != 0) {
-		rc = watchdog_start(g_opts.watchdog_ms);
+		rc = krt_watchdog_start(g_opts.watchdog_ms);
 		if (rc != 0) {
 			goto out_free_reactors;
 		}
@@ -791,7 +793,7 @@ int keel_reactors_start(keel_msg_fn start_fn, void *arg)
 		usleep(100);
 	}
 
-	main_thread = thread_create("main", r0);
+	main_thread = krt_thread_create("main", r0);
 	if (main_thread == NULL) {
 		rc = -ENOMEM;
 		goto out_stop_started;
@@ -839,7 +841,7 @@ void keel_reactors_fini(void)
 	if (!g_reactors_init) {
 		return;
 	}
-	watchdog_stop();
+	krt_watchdog_stop();
 	keel_thread_lib_fini(); /* stops the blocking pool first */
 	reactors_free_all();
 	g_reactors_init = false;
@@ -873,7 +875,7 @@ int keel_reactor_set_mode(uint32_t idx, enum keel_reactor_mode mode)
 
 enum keel_reactor_mode keel_reactor_get_mode(uint32_t idx)
 {
-	struct reactor *reactor = reactor_get(idx);
+	struct reactor *reactor = krt_reactor_get(idx);
 
 	if (reactor == NULL) {
 		return KEEL_REACTOR_MODE_ADAPTIVE;
@@ -883,7 +885,7 @@ enum keel_reactor_mode keel_reactor_get_mode(uint32_t idx)
 
 int keel_reactor_get_stats(uint32_t idx, struct keel_reactor_stats *stats)
 {
-	struct reactor *reactor = reactor_get(idx);
+	struct reactor *reactor = krt_reactor_get(idx);
 
 	if (reactor == NULL || stats == NULL) {
 		return -EINVAL;

@@ -46,14 +46,14 @@ static inline void keel_cpu_relax(void)
 /* ------------------------------------------------------------------------------ */
 
 /** Raw CLOCK_MONOTONIC, ignores the mock (used by reactors). */
-uint64_t clock_monotonic_ns(void);
+uint64_t krt_clock_monotonic_ns(void);
 /**
  * Test-only mock clock: while enabled, keel_now_ns() returns the mock value and
  * keel_thread_poll() uses it, so timed pollers run deterministically under the harness.
  */
-void clock_mock_enable(uint64_t now_ns);
-void clock_mock_disable(void);
-void clock_mock_advance(uint64_t delta_ns);
+void krt_clock_mock_enable(uint64_t now_ns);
+void krt_clock_mock_disable(void);
+void krt_clock_mock_advance(uint64_t delta_ns);
 
 /* ------------------------------------------------------------------------------ */
 /* Pollers (poller.c)                                                              */
@@ -113,22 +113,22 @@ struct poller_heap_entry {
 TAILQ_HEAD(poller_list, keel_poller);
 
 /** Run active, expired timed and queued pollers. \return pollers that reported busy. */
-int poller_run_active(struct keel_thread *thread);
-int poller_run_timed(struct keel_thread *thread, uint64_t now);
-int poller_run_queued(struct keel_thread *thread);
+int krt_poller_run_active(struct keel_thread *thread);
+int krt_poller_run_timed(struct keel_thread *thread, uint64_t now);
+int krt_poller_run_queued(struct keel_thread *thread);
 /** Apply pause/resume/unregister/register/arm requests deferred during a poll. */
-void poller_fixup(struct keel_thread *thread, uint64_t now);
+void krt_poller_fixup(struct keel_thread *thread, uint64_t now);
 /** Earliest timed poller deadline of the thread, UINT64_MAX if none. */
-uint64_t poller_next_deadline(struct keel_thread *thread);
+uint64_t krt_poller_next_deadline(struct keel_thread *thread);
 /** Free every poller of the thread (forced exit). */
-void poller_free_all(struct keel_thread *thread);
+void krt_poller_free_all(struct keel_thread *thread);
 /**
  * The poller's fd was reported ready (epoll on a reactor, poll(2) without one): an
  * event poller is queued to run. Owner OS thread only.
  */
-void poller_fd_ready(struct keel_poller *poller);
+void krt_poller_fd_ready(struct keel_poller *poller);
 /** Without a reactor: check the fds of parked event pollers with poll(2), no wait. */
-void poller_check_parked_fds(struct keel_thread *thread);
+void krt_poller_check_parked_fds(struct keel_thread *thread);
 
 /* ------------------------------------------------------------------------------ */
 /* Threads (thread.c)                                                              */
@@ -169,7 +169,7 @@ struct keel_thread {
 	uint32_t local_tail;
 	bool local_closed;
 	bool polling; /* inside keel_thread_poll: poller changes are deferred */
-	bool dirty;   /* deferred poller changes wait for poller_fixup() */
+	bool dirty;   /* deferred poller changes wait for krt_poller_fixup() */
 
 	struct keel_poller **active;
 	uint32_t active_count;
@@ -213,38 +213,38 @@ struct keel_thread {
 
 TAILQ_HEAD(keel_thread_list, keel_thread);
 
-extern __thread struct keel_thread *thread_tls_current;
+extern __thread struct keel_thread *krt_thread_tls_current;
 
 /** Create a thread bound to \p reactor (may be NULL: unplaced). */
-struct keel_thread *thread_create(const char *name, struct reactor *reactor);
+struct keel_thread *krt_thread_create(const char *name, struct reactor *reactor);
 /**
  * One iteration of \p thread at time \p now. *destroyed tells whether the thread
  * finished exiting during this call: its rings and arrays are freed and the closed
  * struct is parked until keel_thread_lib_fini() (late senders get -ESHUTDOWN).
  */
-int thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed);
+int krt_thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed);
 /** True when the thread has queued messages or work that must run before sleeping. */
-bool thread_has_pending(struct keel_thread *thread);
+bool krt_thread_has_pending(struct keel_thread *thread);
 /** Request exit on behalf of the thread (reactor shutdown); runs as the thread. */
-void thread_request_exit(struct keel_thread *thread);
+void krt_thread_request_exit(struct keel_thread *thread);
 /** Queue \p retry on the current thread's retry list (message back-pressure). */
-void thread_retry_queue(struct thread_retry *retry);
+void krt_thread_retry_queue(struct thread_retry *retry);
 /** Set up the waiting list of keel_thread_send_msg_reliable (msg_reliable.c). */
-void thread_reliable_init(struct keel_thread *thread);
+void krt_thread_reliable_init(struct keel_thread *thread);
 /** Exit grace expired: drop (drop_fn or log) every message still waiting. */
-void thread_reliable_drop_all(struct keel_thread *thread);
+void krt_thread_reliable_drop_all(struct keel_thread *thread);
 /** Number of live threads (tests). */
-uint32_t thread_lib_thread_count(void);
+uint32_t krt_thread_lib_thread_count(void);
 
 /* ------------------------------------------------------------------------------ */
 /* I/O channels (io_channel.c)                                                     */
 /* ------------------------------------------------------------------------------ */
 
 /** Forced teardown of every channel a thread still holds (exit grace expired). */
-void io_channel_thread_teardown(struct keel_thread *thread);
+void krt_io_channel_thread_teardown(struct keel_thread *thread);
 /** Name the channels a thread holds, into \p buf. */
-void io_channel_thread_describe(struct keel_thread *thread, char *buf, size_t len);
-void io_device_lib_fini(void);
+void krt_io_channel_thread_describe(struct keel_thread *thread, char *buf, size_t len);
+void krt_io_device_lib_fini(void);
 
 /* ------------------------------------------------------------------------------ */
 /* Reactors (reactor.c)                                                            */
@@ -299,16 +299,16 @@ struct reactor {
 };
 
 /** Reactor for index, NULL if out of range. */
-struct reactor *reactor_get(uint32_t idx);
+struct reactor *krt_reactor_get(uint32_t idx);
 /** Hand a new thread to its reactor (any thread). \return 0 or -ESHUTDOWN. */
-int reactor_add_thread(struct reactor *reactor, struct keel_thread *thread);
+int krt_reactor_add_thread(struct reactor *reactor, struct keel_thread *thread);
 /** Wake the reactor if it sleeps; called after a message was queued. */
-void reactor_notify_slow(struct reactor *reactor);
+void krt_reactor_notify_slow(struct reactor *reactor);
 static inline void reactor_notify(struct reactor *reactor)
 {
 	/* seq_cst load: pairs with the reactor's seq_cst store of sleeping. */
 	if (keel_unlikely(atomic_load(&reactor->sleeping))) {
-		reactor_notify_slow(reactor);
+		krt_reactor_notify_slow(reactor);
 	}
 }
 /** Count event pollers that park (+1) or leave parking (-1). Reactor OS thread only. */
@@ -329,28 +329,30 @@ static inline void reactor_hb_set(struct reactor *reactor, const char *thread, c
  * Clear the heartbeat names and wait until the watchdog no longer reads them:
  * called before freeing a poller or thread whose name may be published.
  */
-void reactor_hb_quiesce(struct reactor *reactor);
-int reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events, struct keel_poller *poller);
-int reactor_epoll_mod(struct reactor *reactor, int fd, uint32_t events, struct keel_poller *poller);
-void reactor_epoll_del(struct reactor *reactor, int fd);
+void krt_reactor_hb_quiesce(struct reactor *reactor);
+int krt_reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events,
+			  struct keel_poller *poller);
+int krt_reactor_epoll_mod(struct reactor *reactor, int fd, uint32_t events,
+			  struct keel_poller *poller);
+void krt_reactor_epoll_del(struct reactor *reactor, int fd);
 
-extern const char reactor_msg_name[]; /* "(message)" */
+extern const char krt_reactor_msg_name[]; /* "(message)" */
 
 /* ------------------------------------------------------------------------------ */
 /* Watchdog, blocking pool, NUMA, log                                              */
 /* ------------------------------------------------------------------------------ */
 
-int watchdog_start(uint32_t threshold_ms);
-void watchdog_stop(void);
+int krt_watchdog_start(uint32_t threshold_ms);
+void krt_watchdog_stop(void);
 
-int blocking_pool_start(uint32_t nthreads);
-void blocking_pool_stop(void);
+int krt_blocking_pool_start(uint32_t nthreads);
+void krt_blocking_pool_stop(void);
 
-int numa_node_of_cpu_safe(uint32_t cpu);
+int krt_numa_node_of_cpu_safe(uint32_t cpu);
 /** Online CPUs in ascending order. \return count or -ENODEV. */
-int cpulist_online(uint32_t *cpus, uint32_t max);
+int krt_cpulist_online(uint32_t *cpus, uint32_t max);
 
 /** Current thread's display name for logs (keel thread name or OS thread name). */
-void log_thread_name(char *buf, size_t len);
+void krt_log_thread_name(char *buf, size_t len);
 
 #endif /* KEEL_REACTOR_INTERNAL_H */

@@ -7,7 +7,7 @@
 #include "ring.h"
 #include "reactor_internal.h"
 
-int msg_ring_init(struct msg_ring *ring, uint32_t size, int numa_node)
+int krt_msg_ring_init(struct msg_ring *ring, uint32_t size, int numa_node)
 {
 	struct msg_slot *slots;
 	uint32_t i;
@@ -33,7 +33,7 @@ int msg_ring_init(struct msg_ring *ring, uint32_t size, int numa_node)
 	return 0;
 }
 
-void msg_ring_fini(struct msg_ring *ring)
+void krt_msg_ring_fini(struct msg_ring *ring)
 {
 	if (ring->slots != NULL) {
 		keel_numa_free(ring->slots, (size_t)ring->size * sizeof(*ring->slots));
@@ -42,7 +42,7 @@ void msg_ring_fini(struct msg_ring *ring)
 	}
 }
 
-int msg_ring_enqueue(struct msg_ring *ring, keel_msg_fn fn, void *arg)
+int krt_msg_ring_enqueue(struct msg_ring *ring, keel_msg_fn fn, void *arg)
 {
 	uint64_t pos = atomic_load_explicit(&ring->head, memory_order_relaxed);
 
@@ -83,7 +83,7 @@ int msg_ring_enqueue(struct msg_ring *ring, keel_msg_fn fn, void *arg)
 	}
 }
 
-uint64_t msg_ring_close(struct msg_ring *ring)
+uint64_t krt_msg_ring_close(struct msg_ring *ring)
 {
 	return atomic_fetch_or(&ring->head, RING_CLOSED) & ~RING_CLOSED;
 }

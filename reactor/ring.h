@@ -44,20 +44,20 @@ struct msg_ring {
 };
 
 /** \p size must be a power of two >= 2. \return 0, -EINVAL, -ENOMEM. */
-int msg_ring_init(struct msg_ring *ring, uint32_t size, int numa_node);
-void msg_ring_fini(struct msg_ring *ring);
+int krt_msg_ring_init(struct msg_ring *ring, uint32_t size, int numa_node);
+void krt_msg_ring_fini(struct msg_ring *ring);
 
 /**
  * Queue one message. Any thread.
  * \return 0, -ENOMEM when full (nothing queued), -ESHUTDOWN when closed.
  */
-int msg_ring_enqueue(struct msg_ring *ring, keel_msg_fn fn, void *arg);
+int krt_msg_ring_enqueue(struct msg_ring *ring, keel_msg_fn fn, void *arg);
 
 /**
  * Close the ring to producers. Consumer only. Returns the position one past the
  * last claimed slot: msg_ring_pop_wait() until tail reaches it drains everything.
  */
-uint64_t msg_ring_close(struct msg_ring *ring);
+uint64_t krt_msg_ring_close(struct msg_ring *ring);
 
 /**
  * True when nothing is claimed past the consumer. A claimed slot whose producer has

@@ -14,7 +14,7 @@
 
 #include "reactor_internal.h"
 
-__thread struct keel_thread *thread_tls_current;
+__thread struct keel_thread *krt_thread_tls_current;
 
 static bool g_thread_lib_init;
 static uint32_t g_thread_ring_size = THREAD_DEFAULT_RING_SIZE;
@@ -58,7 +58,7 @@ void keel_thread_lib_fini(void)
 	if (!g_thread_lib_init) {
 		return;
 	}
-	blocking_pool_stop();
+	krt_blocking_pool_stop();
 	/* Leftover unplaced threads: the embedder never finished them. */
 	pthread_mutex_lock(&g_threads_lock);
 	while ((thread = TAILQ_FIRST(&g_threads)) != NULL) {
@@ -67,8 +67,8 @@ void keel_thread_lib_fini(void)
 		pthread_mutex_unlock(&g_threads_lock);
 		KEEL_WARNLOG("thread %s: still alive at thread library fini, freeing it",
 			     thread->name);
-		poller_free_all(thread);
-		io_channel_thread_teardown(thread);
+		krt_poller_free_all(thread);
+		krt_io_channel_thread_teardown(thread);
 		thread_free(thread);
 		pthread_mutex_lock(&g_threads_lock);
 	}
@@ -77,11 +77,11 @@ void keel_thread_lib_fini(void)
 		keel_numa_free(thread, sizeof(*thread));
 	}
 	pthread_mutex_unlock(&g_threads_lock);
-	io_device_lib_fini();
+	krt_io_device_lib_fini();
 	g_thread_lib_init = false;
 }
 
-uint32_t thread_lib_thread_count(void)
+uint32_t krt_thread_lib_thread_count(void)
 {
 	uint32_t n;
 
@@ -104,7 +104,7 @@ static void thread_free_buffers(struct keel_thread *thread)
 	keel_numa_free(thread->local_q,
 		       (size_t)(thread->local_mask + 1) * sizeof(struct local_msg));
 	thread->local_q = NULL;
-	msg_ring_fini(&thread->ring);
+	krt_msg_ring_fini(&thread->ring);
 }
 
 static void thread_free(struct keel_thread *thread)
@@ -113,7 +113,7 @@ static void thread_free(struct keel_thread *thread)
 	keel_numa_free(thread, sizeof(*thread));
 }
 
-struct keel_thread *thread_create(const char *name, struct reactor *reactor)
+struct keel_thread *krt_thread_create(const char *name, struct reactor *reactor)
 {
 	int numa_node = reactor != NULL ? reactor->numa_node : -1;
 	struct keel_thread *thread;
@@ -125,7 +125,7 @@ struct keel_thread *thread_create(const char *name, struct reactor *reactor)
 	if (thread == NULL) {
 		return NULL;
 	}
-	if (msg_ring_init(&thread->ring, g_thread_ring_size, numa_node) != 0) {
+	if (krt_msg_ring_init(&thread->ring, g_thread_ring_size, numa_node) != 0) {
 		goto out_free_thread;
 	}
 	thread->local_q = keel_numa_zalloc((size_t)g_thread_ring_size * sizeof(struct local_msg),
@@ -137,7 +137,7 @@ struct keel_thread *thread_create(const char *name, struct reactor *reactor)
 	TAILQ_INIT(&thread->pollers);
 	TAILQ_INIT(&thread->channels);
 	TAILQ_INIT(&thread->retries);
-	thread_reliable_init(thread);
+	krt_thread_reliable_init(thread);
 	atomic_init(&thread->state, THREAD_RUNNING);
 	thread->id = atomic_fetch_add(&g_thread_next_id, 1);
 	thread->reactor = reactor;
@@ -155,7 +155,7 @@ struct keel_thread *thread_create(const char *name, struct reactor *reactor)
 	g_thread_count++;
 	pthread_mutex_unlock(&g_threads_lock);
 
-	if (reactor != NULL && reactor_add_thread(reactor, thread) != 0) {
+	if (reactor != NULL && krt_reactor_add_thread(reactor, thread) != 0) {
 		goto out_unlink;
 	}
 	return thread;
@@ -167,7 +167,7 @@ out_unlink:
 	pthread_mutex_unlock(&g_threads_lock);
 	keel_numa_free(thread->local_q, (size_t)g_thread_ring_size * sizeof(struct local_msg));
 out_fini_ring:
-	msg_ring_fini(&thread->ring);
+	krt_msg_ring_fini(&thread->ring);
 out_free_thread:
 	keel_numa_free(thread, sizeof(*thread));
 	return NULL;
@@ -184,12 +184,12 @@ struct keel_thread *keel_thread_create(const char *name, uint32_t reactor_idx)
 			reactor_idx = atomic_fetch_add_explicit(&rr, 1, memory_order_relaxed) %
 				      count;
 		}
-		reactor = reactor_get(reactor_idx);
+		reactor = krt_reactor_get(reactor_idx);
 		if (reactor == NULL) {
 			return NULL;
 		}
 	}
-	return thread_create(name, reactor);
+	return krt_thread_create(name, reactor);
 }
 
 struct keel_thread *keel_thread_create_on_cpus(const char *name, uint64_t cpumask)
@@ -197,13 +197,13 @@ struct keel_thread *keel_thread_create_on_cpus(const char *name, uint64_t cpumas
 	uint32_t count = keel_reactor_count();
 
 	if (count == 0) {
-		return thread_create(name, NULL);
+		return krt_thread_create(name, NULL);
 	}
 	for (uint32_t i = 0; i < count; i++) {
 		uint32_t cpu = keel_reactor_cpu(i);
 
 		if (cpu < 64 && (cpumask & (1ULL << cpu))) {
-			return thread_create(name, reactor_get(i));
+			return krt_thread_create(name, krt_reactor_get(i));
 		}
 	}
 	return NULL;
@@ -211,12 +211,12 @@ struct keel_thread *keel_thread_create_on_cpus(const char *name, uint64_t cpumas
 
 struct keel_thread *keel_thread_get_current(void)
 {
-	return thread_tls_current;
+	return krt_thread_tls_current;
 }
 
 void keel_set_current_thread(struct keel_thread *thread)
 {
-	thread_tls_current = thread;
+	krt_thread_tls_current = thread;
 }
 
 const char *keel_thread_get_name(const struct keel_thread *thread)
@@ -236,7 +236,7 @@ uint32_t keel_thread_get_reactor(const struct keel_thread *thread)
 
 void keel_thread_exit(struct keel_thread *thread)
 {
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (atomic_load_explicit(&thread->state, memory_order_relaxed) != THREAD_RUNNING) {
 		return;
 	}
@@ -244,13 +244,13 @@ void keel_thread_exit(struct keel_thread *thread)
 	atomic_store(&thread->state, THREAD_EXITING);
 }
 
-void thread_request_exit(struct keel_thread *thread)
+void krt_thread_request_exit(struct keel_thread *thread)
 {
-	struct keel_thread *prev = thread_tls_current;
+	struct keel_thread *prev = krt_thread_tls_current;
 
-	thread_tls_current = thread;
+	krt_thread_tls_current = thread;
 	keel_thread_exit(thread);
-	thread_tls_current = prev;
+	krt_thread_tls_current = prev;
 }
 
 bool keel_thread_is_exited(const struct keel_thread *thread)
@@ -263,7 +263,7 @@ int keel_thread_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 	struct reactor *reactor;
 	int rc;
 
-	if (thread == thread_tls_current) {
+	if (thread == krt_thread_tls_current) {
 		/* Sender is the receiver: a plain FIFO, no atomics, no wake-up needed. */
 		if (keel_unlikely(thread->local_tail - thread->local_head > thread->local_mask)) {
 			return -ENOMEM;
@@ -278,7 +278,7 @@ int keel_thread_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 	}
 	/* Read before enqueueing: once queued, the receiver may run it and exit. */
 	reactor = thread->reactor;
-	rc = msg_ring_enqueue(&thread->ring, fn, arg);
+	rc = krt_msg_ring_enqueue(&thread->ring, fn, arg);
 	if (keel_likely(rc == 0) && reactor != NULL) {
 		reactor_notify(reactor);
 	}
@@ -289,9 +289,9 @@ int keel_thread_send_msg(struct keel_thread *thread, keel_msg_fn fn, void *arg)
 /* Reliable sends and retries                                                      */
 /* ------------------------------------------------------------------------------ */
 
-void thread_retry_queue(struct thread_retry *retry)
+void krt_thread_retry_queue(struct thread_retry *retry)
 {
-	struct keel_thread *thread = thread_tls_current;
+	struct keel_thread *thread = krt_thread_tls_current;
 
 	assert(thread != NULL);
 	if (!retry->queued) {
@@ -330,7 +330,7 @@ static int thread_run_msgs(struct keel_thread *thread)
 
 	if (thread->local_head != thread->local_tail) {
 		if (reactor != NULL) {
-			reactor_hb_set(reactor, thread->name, reactor_msg_name);
+			reactor_hb_set(reactor, thread->name, krt_reactor_msg_name);
 		}
 		/* Messages posted by these handlers to this thread run in the same batch. */
 		do {
@@ -343,7 +343,7 @@ static int thread_run_msgs(struct keel_thread *thread)
 	}
 	if (msg_ring_pop(&thread->ring, &fn, &arg)) {
 		if (reactor != NULL) {
-			reactor_hb_set(reactor, thread->name, reactor_msg_name);
+			reactor_hb_set(reactor, thread->name, krt_reactor_msg_name);
 		}
 		do {
 			fn(arg);
@@ -353,7 +353,7 @@ static int thread_run_msgs(struct keel_thread *thread)
 	return n + k;
 }
 
-bool thread_has_pending(struct keel_thread *thread)
+bool krt_thread_has_pending(struct keel_thread *thread)
 {
 	return thread->local_head != thread->local_tail || !msg_ring_empty(&thread->ring) ||
 	       !TAILQ_EMPTY(&thread->retries) || thread->dirty || thread->runq_count != 0;
@@ -383,7 +383,7 @@ static void thread_warn_leftovers(struct keel_thread *thread)
 		}
 		off += (size_t)n;
 	}
-	io_channel_thread_describe(thread, channels, sizeof(channels));
+	krt_io_channel_thread_describe(thread, channels, sizeof(channels));
 	KEEL_WARNLOG("thread %s: still busy %llu ms after exit was requested, destroying it "
 		     "anyway: pollers [%s] channels [%s] iterations %u unregisters %u "
 		     "blocking jobs %u retries %s messages %s",
@@ -403,7 +403,7 @@ static void thread_destroy(struct keel_thread *thread, bool forced)
 	void *arg;
 
 	/* No new producer can claim a slot after this; run what was claimed before. */
-	end = msg_ring_close(&thread->ring);
+	end = krt_msg_ring_close(&thread->ring);
 	thread->local_closed = true;
 	while (thread->ring.tail != end) {
 		if (msg_ring_pop(&thread->ring, &fn, &arg)) {
@@ -425,14 +425,14 @@ static void thread_destroy(struct keel_thread *thread, bool forced)
 				     "freeing them",
 				     thread->name);
 		}
-		poller_free_all(thread);
-		io_channel_thread_teardown(thread);
+		krt_poller_free_all(thread);
+		krt_io_channel_thread_teardown(thread);
 	}
 	atomic_store(&thread->state, THREAD_EXITED);
 	if (reactor != NULL) {
 		TAILQ_REMOVE(&reactor->threads, thread, rlink);
 		atomic_fetch_sub(&reactor->thread_count, 1);
-		reactor_hb_quiesce(reactor);
+		krt_reactor_hb_quiesce(reactor);
 	}
 	KEEL_DEBUGLOG("thread %s: destroyed", thread->name);
 	thread_free_buffers(thread);
@@ -456,7 +456,7 @@ static bool thread_exit_check(struct keel_thread *thread, uint64_t now)
 		thread_warn_leftovers(thread);
 		/* Retries refer to work that can no longer finish here. */
 		TAILQ_INIT(&thread->retries);
-		thread_reliable_drop_all(thread);
+		krt_thread_reliable_drop_all(thread);
 		thread_destroy(thread, true);
 		return true;
 	}
@@ -464,31 +464,31 @@ static bool thread_exit_check(struct keel_thread *thread, uint64_t now)
 	return true;
 }
 
-int thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed)
+int krt_thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed)
 {
-	struct keel_thread *prev = thread_tls_current;
+	struct keel_thread *prev = krt_thread_tls_current;
 	int work;
 
 	*destroyed = false;
 	/* No reactor and no epoll: parked event pollers learn of their fd from poll(2). */
 	if (thread->reactor == NULL && thread->parked != 0) {
-		poller_check_parked_fds(thread);
+		krt_poller_check_parked_fds(thread);
 	}
-	thread_tls_current = thread;
+	krt_thread_tls_current = thread;
 	thread->polling = true;
 	work = thread_run_msgs(thread);
 	if (thread->active_count != 0) {
-		work += poller_run_active(thread);
+		work += krt_poller_run_active(thread);
 	}
 	if (thread->heap_count != 0 && thread->heap[0].deadline <= now) {
-		work += poller_run_timed(thread, now);
+		work += krt_poller_run_timed(thread, now);
 	}
 	if (thread->runq_count != 0) {
-		work += poller_run_queued(thread);
+		work += krt_poller_run_queued(thread);
 	}
 	thread->polling = false;
 	if (keel_unlikely(thread->dirty)) {
-		poller_fixup(thread, now);
+		krt_poller_fixup(thread, now);
 	}
 	if (keel_unlikely(!TAILQ_EMPTY(&thread->retries))) {
 		work += thread_run_retries(thread);
@@ -505,7 +505,7 @@ int thread_poll(struct keel_thread *thread, uint64_t now, bool *destroyed)
 			*destroyed = true;
 		}
 	}
-	thread_tls_current = prev;
+	krt_thread_tls_current = prev;
 	return work;
 }
 
@@ -515,7 +515,7 @@ int keel_thread_poll(struct keel_thread *thread)
 	bool destroyed;
 	int work;
 
-	work = thread_poll(thread, start, &destroyed);
+	work = krt_thread_poll(thread, start, &destroyed);
 	if (!destroyed) {
 		uint64_t ns = keel_now_ns() - start;
 
@@ -550,7 +550,7 @@ uint32_t keel_thread_get_stats(struct keel_thread *thread, struct keel_thread_st
 	struct keel_poller *poller;
 	uint32_t n = 0;
 
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (stats != NULL) {
 		memset(stats, 0, sizeof(*stats));
 		snprintf(stats->name, sizeof(stats->name), "%s", thread->name);
@@ -596,7 +596,7 @@ uint32_t keel_thread_get_wakers(struct keel_thread *thread, struct keel_poller_s
 	struct keel_poller *poller;
 	uint32_t ngroups = 0, n = 0, i;
 
-	assert(thread == thread_tls_current);
+	assert(thread == krt_thread_tls_current);
 	if (max_pollers > KEEL_THREAD_WAKERS_MAX) {
 		max_pollers = KEEL_THREAD_WAKERS_MAX;
 	}
@@ -696,7 +696,7 @@ static void thread_iter_next(void *arg)
 		}
 		if (rc == -ENOMEM) {
 			pthread_mutex_unlock(&g_threads_lock);
-			thread_retry_queue(&it->retry);
+			krt_thread_retry_queue(&it->retry);
 			return;
 		}
 		/* -ESHUTDOWN: being destroyed, skip it. */
@@ -707,7 +707,7 @@ static void thread_iter_next(void *arg)
 
 void keel_for_each_thread(keel_msg_fn fn, void *ctx, keel_msg_fn cpl)
 {
-	struct keel_thread *orig = thread_tls_current;
+	struct keel_thread *orig = krt_thread_tls_current;
 	struct thread_iter *it;
 
 	assert(orig != NULL);

@@ -5,7 +5,7 @@
  * the thread and poller it is running (reactor.c, poller.c). A sleeping reactor is
  * never reported. Reading the names races with the reactor freeing a poller, so the
  * watchdog raises wd_reading around the copy and the reactor waits for it to drop
- * before freeing anything whose name may be published (reactor_hb_quiesce).
+ * before freeing anything whose name may be published (krt_reactor_hb_quiesce).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -54,12 +54,12 @@ static void watchdog_check(struct reactor *reactor, uint64_t *reported, uint64_t
 	if (start == 0 || start == *reported) {
 		return;
 	}
-	now = clock_monotonic_ns();
+	now = krt_clock_monotonic_ns();
 	if (now <= start || now - start < threshold_ns) {
 		return;
 	}
 
-	/* Pairs with reactor_hb_quiesce(): all seq_cst, see there. */
+	/* Pairs with krt_reactor_hb_quiesce(): all seq_cst, see there. */
 	atomic_store(&reactor->wd_reading, 1);
 	t = atomic_load(&reactor->hb_thread);
 	p = atomic_load(&reactor->hb_poller);
@@ -99,7 +99,7 @@ static void *watchdog_main(void *arg)
 	reported = calloc(count ? count : 1, sizeof(*reported));
 	pthread_mutex_lock(&g_wd_lock);
 	while (!g_wd_stop) {
-		uint64_t deadline = clock_monotonic_ns() + period_ns;
+		uint64_t deadline = krt_clock_monotonic_ns() + period_ns;
 		struct timespec ts;
 
 		ts.tv_sec = (time_t)(deadline / 1000000000ULL);
@@ -110,7 +110,7 @@ static void *watchdog_main(void *arg)
 		}
 		pthread_mutex_unlock(&g_wd_lock);
 		for (uint32_t i = 0; i < count; i++) {
-			struct reactor *reactor = reactor_get(i);
+			struct reactor *reactor = krt_reactor_get(i);
 
 			if (reactor != NULL) {
 				watchdog_check(reactor, &reported[i], threshold_ns);
@@ -123,7 +123,7 @@ static void *watchdog_main(void *arg)
 	return NULL;
 }
 
-int watchdog_start(uint32_t threshold_ms)
+int krt_watchdog_start(uint32_t threshold_ms)
 {
 	pthread_condattr_t attr;
 	int rc;
@@ -146,7 +146,7 @@ int watchdog_start(uint32_t threshold_ms)
 	return 0;
 }
 
-void watchdog_stop(void)
+void krt_watchdog_stop(void)
 {
 	if (!g_wd_running) {
 		return;

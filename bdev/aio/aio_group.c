@@ -143,7 +143,7 @@ static void aio_close_job_done(void *cb_arg, int rc)
 {
 }
 
-void aio_close_async(int fd, int efd, io_context_t ctx, bool has_ctx)
+void bdev_aio_close_async(int fd, int efd, io_context_t ctx, bool has_ctx)
 {
 	struct aio_close_req *req = calloc(1, sizeof(*req));
 
@@ -449,7 +449,7 @@ static int aio_group_drain_eventfd(struct aio_group *g)
 
 static void aio_group_free(struct aio_group *g)
 {
-	aio_close_async(-1, g->efd, g->ctx, true);
+	bdev_aio_close_async(-1, g->efd, g->ctx, true);
 	free(g);
 }
 
@@ -530,7 +530,7 @@ static int aio_group_create(struct keel_thread *thread, const char *name, struct
 	g->thread = thread;
 	g->reactor_idx = keel_reactor_current();
 	g->depth = __atomic_load_n(&g_context_depth, __ATOMIC_RELAXED);
-	g->limit = aio_overcommit() ? AIO_MAX_DEPTH : g->depth;
+	g->limit = bdev_aio_overcommit() ? AIO_MAX_DEPTH : g->depth;
 	g->efd = -1;
 	TAILQ_INIT(&g->ready);
 
@@ -612,8 +612,8 @@ static void aio_group_destroy(struct aio_group *g)
 	aio_group_free(g);
 }
 
-int aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters *counters,
-		   const char *name)
+int bdev_aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters *counters,
+			const char *name)
 {
 	struct keel_thread *thread = keel_thread_get_current();
 	struct aio_group *g;
@@ -622,7 +622,7 @@ int aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters
 	memset(q, 0, sizeof(*q));
 	TAILQ_INIT(&q->pending);
 	q->counters = counters;
-	q->depth = aio_overcommit() ? AIO_MAX_DEPTH : depth;
+	q->depth = bdev_aio_overcommit() ? AIO_MAX_DEPTH : depth;
 	if (thread == NULL) {
 		return -EINVAL;
 	}
@@ -640,7 +640,7 @@ int aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters
 	return 0;
 }
 
-void aio_queue_fini(struct aio_queue *q)
+void bdev_aio_queue_fini(struct aio_queue *q)
 {
 	struct aio_group *g = q->group;
 
@@ -656,7 +656,7 @@ void aio_queue_fini(struct aio_queue *q)
 	}
 }
 
-void aio_queue_push(struct aio_queue *q, struct keel_bdev_io *io, bool front)
+void bdev_aio_queue_push(struct aio_queue *q, struct keel_bdev_io *io, bool front)
 {
 	struct aio_req *req = keel_bdev_io_get_ctx(io);
 	struct aio_group *g = q->group;
@@ -679,7 +679,7 @@ void aio_queue_push(struct aio_queue *q, struct keel_bdev_io *io, bool front)
 /* Knobs and statistics                                                            */
 /* ------------------------------------------------------------------------------ */
 
-bool aio_overcommit(void)
+bool bdev_aio_overcommit(void)
 {
 	return __atomic_load_n(&g_overcommit, __ATOMIC_RELAXED);
 }

@@ -52,8 +52,8 @@ struct aio_queue {
  * \return 0, -EAGAIN when fs.aio-max-nr is exhausted (logged with what to do),
  * -ENOMEM or another -errno of io_setup/eventfd/epoll.
  */
-int aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters *counters,
-		   const char *name);
+int bdev_aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters *counters,
+			const char *name);
 
 /**
  * Detach \p q; the thread's last queue destroys the group (io_destroy and close on
@@ -61,7 +61,7 @@ int aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_counters
  * nothing is pending or in flight here. Never call it from a completion callback
  * of the group's poller (channels are released by message, which satisfies this).
  */
-void aio_queue_fini(struct aio_queue *q);
+void bdev_aio_queue_fini(struct aio_queue *q);
 
 /**
  * Queue a prepared iocb (inside \p io's aio_req) at the tail of \p q, or at the head
@@ -69,7 +69,7 @@ void aio_queue_fini(struct aio_queue *q);
  * goes to the kernel with the next batch of the thread: a request never fails
  * because the context is full, it waits.
  */
-void aio_queue_push(struct aio_queue *q, struct keel_bdev_io *io, bool front);
+void bdev_aio_queue_push(struct aio_queue *q, struct keel_bdev_io *io, bool front);
 
 /*
  * Implemented by bdev_aio.c: the kernel's answer for one request (res: bytes or
@@ -83,9 +83,9 @@ void bdev_aio_refused(struct keel_bdev_io *io, int rc);
  * for an RCU grace period). -1 / has_ctx false skip that part. Without a pool it
  * happens right here: better a stall than a leak.
  */
-void aio_close_async(int fd, int efd, io_context_t ctx, bool has_ctx);
+void bdev_aio_close_async(int fd, int efd, io_context_t ctx, bool has_ctx);
 
 /** Whether channels created now may overcommit (test knob, see bdev_aio_internal.h). */
-bool aio_overcommit(void);
+bool bdev_aio_overcommit(void);
 
 #endif /* KEEL_BDEV_AIO_GROUP_H */

@@ -169,7 +169,7 @@ static void aio_prep_fdsync(struct aio_queue *q, struct keel_bdev_io *io)
 		return;
 	}
 	io_prep_fdsync(&ctx->req.iocb, disk->fd);
-	aio_queue_push(q, io, false);
+	bdev_aio_queue_push(q, io, false);
 }
 
 static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
@@ -204,7 +204,7 @@ static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
 			ctx->stage = AIO_STAGE_WRITE_THEN_SYNC;
 		}
 	}
-	aio_queue_push(&ch->queue, io, false);
+	bdev_aio_queue_push(&ch->queue, io, false);
 }
 
 /*
@@ -300,7 +300,7 @@ void bdev_aio_refused(struct keel_bdev_io *io, int rc)
 		aio_flag_clear(&disk->fua_native);
 		ctx->req.iocb.aio_rw_flags = 0;
 		ctx->stage = AIO_STAGE_WRITE_THEN_SYNC;
-		aio_queue_push(ctx->req.queue, io, true);
+		bdev_aio_queue_push(ctx->req.queue, io, true);
 		return;
 	}
 	keel_bdev_io_complete(io, rc);
@@ -435,7 +435,7 @@ static int aio_channel_create(void *io_device, void *ctx_buf)
 	struct aio_channel *ch = ctx_buf;
 
 	ch->disk = disk;
-	return aio_queue_init(&ch->queue, disk->queue_depth, &disk->counters, disk->bdev.name);
+	return bdev_aio_queue_init(&ch->queue, disk->queue_depth, &disk->counters, disk->bdev.name);
 }
 
 static void aio_channel_destroy(void *io_device, void *ctx_buf)
@@ -447,7 +447,7 @@ static void aio_channel_destroy(void *io_device, void *ctx_buf)
 		KEEL_ERRLOG("aio bdev %s: channel destroyed with %u requests in flight",
 			    ch->disk->bdev.name, ch->queue.inflight);
 	}
-	aio_queue_fini(&ch->queue);
+	bdev_aio_queue_fini(&ch->queue);
 }
 
 static struct keel_io_channel *aio_get_io_channel(void *ctxt)
@@ -694,7 +694,7 @@ static void aio_create_fail(struct aio_disk *disk, int rc)
 	void *arg = disk->create_cb_arg;
 
 	if (disk->fd >= 0) {
-		aio_close_async(disk->fd, -1, NULL, false);
+		bdev_aio_close_async(disk->fd, -1, NULL, false);
 	}
 	aio_disk_free(disk);
 	cb_fn(arg, rc, NULL);

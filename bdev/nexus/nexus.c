@@ -115,7 +115,7 @@ int nexus_register_bdev(struct nexus *n)
 	b->multi_conn_safe = mc;
 	memcpy(b->uuid, n->uuid, 16);
 	b->ctxt = n;
-	b->fn_table = &g_nexus_fn_table;
+	b->fn_table = &nexus_bdev_fn_table;
 	b->module = &keel_bdev_nexus_module;
 	rc = keel_bdev_register(b);
 	if (rc != 0) {

@@ -238,7 +238,7 @@ struct nexus_channel {
 uint64_t nexus_user_ios(struct nexus *n);
 
 /* nexus_io.c */
-extern const struct keel_bdev_fn_table g_nexus_fn_table;
+extern const struct keel_bdev_fn_table nexus_bdev_fn_table;
 int nexus_channel_create(void *io_device, void *ctx_buf);
 void nexus_channel_destroy(void *io_device, void *ctx_buf);
 /* for_each_channel steps driven by nexus.c; ctx is the nexus. */

@@ -650,7 +650,7 @@ static struct keel_io_channel *nexus_get_io_channel(void *ctx)
 
 static void nexus_dump_info_json(void *ctx, struct json_t *obj);
 
-const struct keel_bdev_fn_table g_nexus_fn_table = {
+const struct keel_bdev_fn_table nexus_bdev_fn_table = {
 	.destruct = nexus_destruct,
 	.submit_request = nexus_submit_request,
 	.io_type_supported = nexus_io_type_supported,

@@ -131,7 +131,7 @@ static void uring_push(struct keel_bdev_io *io)
 	struct uring_io_ctx *ctx = keel_bdev_io_get_ctx(io);
 	struct uring_channel *ch = URING_CONTAINER_OF(ctx->req.queue, struct uring_channel, queue);
 
-	uring_queue_push(&ch->queue, io);
+	bdev_uring_queue_push(&ch->queue, io);
 }
 
 static void uring_prep_fsync(struct keel_bdev_io *io)
@@ -356,7 +356,7 @@ static void uring_submit_request(struct keel_io_channel *_ch, struct keel_bdev_i
 		keel_bdev_io_complete(io, -ENOTSUP);
 		return;
 	}
-	uring_queue_push(&ch->queue, io);
+	bdev_uring_queue_push(&ch->queue, io);
 }
 
 static bool uring_io_type_supported(void *ctxt, enum keel_bdev_io_type type)
@@ -388,14 +388,14 @@ static int uring_channel_create(void *io_device, void *ctx_buf)
 	struct uring_channel *ch = ctx_buf;
 
 	ch->disk = disk;
-	return uring_queue_init(&ch->queue, disk->fd, &disk->counters, disk->bdev.name);
+	return bdev_uring_queue_init(&ch->queue, disk->fd, &disk->counters, disk->bdev.name);
 }
 
 static void uring_channel_destroy(void *io_device, void *ctx_buf)
 {
 	struct uring_channel *ch = ctx_buf;
 
-	uring_queue_fini(&ch->queue);
+	bdev_uring_queue_fini(&ch->queue);
 }
 
 static struct keel_io_channel *uring_get_io_channel(void *ctxt)
@@ -508,7 +508,7 @@ static int uring_open_job(void *arg)
 	struct bdev_file f;
 	int rc;
 
-	rc = uring_probe(disk->why, sizeof(disk->why));
+	rc = bdev_uring_probe(disk->why, sizeof(disk->why));
 	if (rc != 0) {
 		KEEL_ERRLOG("uring bdev %s: io_uring is unavailable: %s; use an aio bdev instead",
 			    disk->bdev.name, disk->why);
@@ -611,7 +611,7 @@ int keel_bdev_uring_create(const char *name, const char *filename, uint32_t bloc
 	if (rc != 0) {
 		return rc;
 	}
-	if (!uring_groups_ready()) {
+	if (!bdev_uring_groups_ready()) {
 		KEEL_ERRLOG("uring bdev %s: the uring module is not registered", name);
 		return -ENODEV;
 	}
@@ -656,7 +656,7 @@ out_free_disk:
 
 bool keel_bdev_uring_available(char *why, size_t len)
 {
-	return uring_probe(why, len) == 0;
+	return bdev_uring_probe(why, len) == 0;
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -672,7 +672,7 @@ static int uring_startup_probe_job(void *arg)
 {
 	struct uring_startup_probe *p = arg;
 
-	p->rc = uring_probe(p->why, sizeof(p->why));
+	p->rc = bdev_uring_probe(p->why, sizeof(p->why));
 	return p->rc;
 }
 
@@ -700,7 +700,7 @@ static int uring_module_init(void)
 	struct uring_startup_probe *p;
 	int rc;
 
-	rc = uring_groups_init();
+	rc = bdev_uring_groups_init();
 	if (rc != 0) {
 		return rc;
 	}
@@ -714,7 +714,7 @@ static int uring_module_init(void)
 
 static void uring_module_fini(void)
 {
-	uring_groups_fini();
+	bdev_uring_groups_fini();
 }
 
 static uint32_t uring_get_ctx_size(void)

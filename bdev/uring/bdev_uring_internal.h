@@ -66,11 +66,11 @@ int bdev_uring_set_native_fua(struct keel_bdev *bdev, bool fua_native);
  * Test seam: the function that sets up every ring (the availability probe's too).
  * Defaults to liburing's io_uring_queue_init_params; a test points it at a function
  * that fails with -EPERM or -ENOSYS to walk the "kernel refuses io_uring" path, and
- * back with bdev_uring_set_queue_init(NULL). Any thread; not a production switch.
+ * back with bdev_uring_set_ring_init(NULL). Any thread; not a production switch.
  */
-typedef int (*bdev_uring_queue_init_fn)(unsigned entries, struct io_uring *ring,
-					struct io_uring_params *p);
-void bdev_uring_set_queue_init(bdev_uring_queue_init_fn fn);
+typedef int (*bdev_uring_ring_init_fn)(unsigned entries, struct io_uring *ring,
+				       struct io_uring_params *p);
+void bdev_uring_set_ring_init(bdev_uring_ring_init_fn fn);
 
 /** Counters of one uring bdev, summed over every channel it had (relaxed atomics). */
 struct bdev_uring_counters {

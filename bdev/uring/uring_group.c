@@ -67,9 +67,9 @@ static uint32_t g_sq_entries = BDEV_URING_DEFAULT_SQ_ENTRIES;
 static uint32_t g_cq_entries = BDEV_URING_DEFAULT_CQ_ENTRIES;
 static bool g_register_files = true;
 static enum bdev_uring_taskrun g_taskrun = BDEV_URING_TASKRUN_DEFAULT;
-static bdev_uring_queue_init_fn g_queue_init; /* NULL: io_uring_queue_init_params */
+static bdev_uring_ring_init_fn g_ring_init; /* NULL: io_uring_queue_init_params */
 
-/* The availability probe's answer, made once (uring_probe). */
+/* The availability probe's answer, made once (bdev_uring_probe). */
 static pthread_mutex_t g_probe_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool g_probed;
 static int g_probe_rc;
@@ -93,7 +93,7 @@ static inline void uring_stat_add32(uint32_t *counter, int32_t n)
 
 static int uring_queue_init_call(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
 {
-	bdev_uring_queue_init_fn fn = __atomic_load_n(&g_queue_init, __ATOMIC_ACQUIRE);
+	bdev_uring_ring_init_fn fn = __atomic_load_n(&g_ring_init, __ATOMIC_ACQUIRE);
 
 	return fn != NULL ? fn(entries, ring, p) : io_uring_queue_init_params(entries, ring, p);
 }
@@ -260,7 +260,7 @@ out_exit_ring:
  * later caller, an RPC error path on a reactor included, gets the answer without a
  * syscall. A changed sysctl takes a restart.
  */
-int uring_probe(char *why, size_t len)
+int bdev_uring_probe(char *why, size_t len)
 {
 	int rc;
 
@@ -393,7 +393,7 @@ static void uring_group_schedule_flush(struct uring_group *g)
 	uring_group_flush(g);
 }
 
-void uring_queue_push(struct uring_queue *q, struct keel_bdev_io *io)
+void bdev_uring_queue_push(struct uring_queue *q, struct keel_bdev_io *io)
 {
 	struct uring_group *g = q->group;
 	struct uring_req *req = keel_bdev_io_get_ctx(io);
@@ -671,8 +671,8 @@ static void uring_group_destroy(void *io_device, void *ctx_buf)
 	}
 }
 
-int uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *counters,
-		     const char *name)
+int bdev_uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *counters,
+			  const char *name)
 {
 	memset(q, 0, sizeof(*q));
 	q->file_slot = -1;
@@ -695,7 +695,7 @@ int uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *
 	return 0;
 }
 
-void uring_queue_fini(struct uring_queue *q)
+void bdev_uring_queue_fini(struct uring_queue *q)
 {
 	struct uring_group *g = q->group;
 	struct keel_bdev_io *io, *tmp;
@@ -718,7 +718,7 @@ void uring_queue_fini(struct uring_queue *q)
 	q->group = NULL;
 }
 
-int uring_groups_init(void)
+int bdev_uring_groups_init(void)
 {
 	int rc;
 
@@ -734,12 +734,12 @@ int uring_groups_init(void)
 	return 0;
 }
 
-bool uring_groups_ready(void)
+bool bdev_uring_groups_ready(void)
 {
 	return g_groups_registered;
 }
 
-void uring_groups_fini(void)
+void bdev_uring_groups_fini(void)
 {
 	if (!g_groups_registered) {
 		return;
@@ -785,10 +785,10 @@ void bdev_uring_set_register_files(bool on)
 	__atomic_store_n(&g_register_files, on, __ATOMIC_RELAXED);
 }
 
-void bdev_uring_set_queue_init(bdev_uring_queue_init_fn fn)
+void bdev_uring_set_ring_init(bdev_uring_ring_init_fn fn)
 {
 	pthread_mutex_lock(&g_probe_lock);
-	__atomic_store_n(&g_queue_init, fn, __ATOMIC_RELEASE);
+	__atomic_store_n(&g_ring_init, fn, __ATOMIC_RELEASE);
 	g_probed = false; /* the next probe asks the (pretend) kernel again */
 	pthread_mutex_unlock(&g_probe_lock);
 }

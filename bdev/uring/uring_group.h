@@ -59,31 +59,31 @@ struct uring_queue {
  * bdev in errors. \return 0, or -ENOTSUP (io_uring unavailable: logged with why),
  * -ENOMEM, or another -errno of the ring set-up (logged).
  */
-int uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *counters,
-		     const char *name);
+int bdev_uring_queue_init(struct uring_queue *q, int fd, struct bdev_uring_counters *counters,
+			  const char *name);
 
 /**
  * Detach \p q; the thread's last queue releases the group (the ring closes from a
  * message). The bdev core drains a channel before it releases ours, so nothing of
  * \p q is in flight here (an error is logged if something is).
  */
-void uring_queue_fini(struct uring_queue *q);
+void bdev_uring_queue_fini(struct uring_queue *q);
 
 /**
  * Hand \p io (its uring_req prepared) to the ring of \p q. It goes to the kernel with
  * the thread's next batch; when the ring is full it waits, in FIFO order with every
  * other bdev of the thread, and is never failed for lack of room.
  */
-void uring_queue_push(struct uring_queue *q, struct keel_bdev_io *io);
+void bdev_uring_queue_push(struct uring_queue *q, struct keel_bdev_io *io);
 
 /* Implemented by bdev_uring.c: the kernel's answer (res: bytes or -errno) for one request. */
 void bdev_uring_cqe(struct keel_bdev_io *io, int res);
 
 /** Module start and stop: the per-thread group registry. \return 0 or -errno. */
-int uring_groups_init(void);
-void uring_groups_fini(void);
-/** Whether uring_groups_init() ran (the module is initialised). */
-bool uring_groups_ready(void);
+int bdev_uring_groups_init(void);
+void bdev_uring_groups_fini(void);
+/** Whether bdev_uring_groups_init() ran (the module is initialised). */
+bool bdev_uring_groups_ready(void);
 
 /**
  * Whether this kernel and process may use io_uring with every opcode the module needs.
@@ -91,6 +91,6 @@ bool uring_groups_ready(void);
  * makes it on the blocking pool); later calls return the same answer at once.
  * \return 0, or -errno with a one-line reason in \p why (when \p len > 0).
  */
-int uring_probe(char *why, size_t len);
+int bdev_uring_probe(char *why, size_t len);
 
 #endif /* KEEL_BDEV_URING_GROUP_H */

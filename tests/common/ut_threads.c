@@ -21,7 +21,7 @@ int ut_threads_init_ring(uint32_t n, uint32_t msg_ring_size)
 	int rc;
 
 	g_ut_now = UT_MOCK_START_NS;
-	clock_mock_enable(g_ut_now);
+	krt_clock_mock_enable(g_ut_now);
 	rc = keel_thread_lib_init(msg_ring_size);
 	if (rc != 0) {
 		goto out_disable_mock;
@@ -50,7 +50,7 @@ out_fini_lib:
 	g_ut_threads = NULL;
 	g_ut_count = 0;
 out_disable_mock:
-	clock_mock_disable();
+	krt_clock_mock_disable();
 	return rc;
 }
 
@@ -83,7 +83,7 @@ int ut_poll_thread(uint32_t i)
 	if (thread == NULL) {
 		return 0;
 	}
-	work = thread_poll(thread, keel_now_ns(), &destroyed);
+	work = krt_thread_poll(thread, keel_now_ns(), &destroyed);
 	if (destroyed) {
 		g_ut_threads[i] = NULL;
 		if (keel_thread_get_current() == thread) {
@@ -114,7 +114,7 @@ int ut_poll_threads(void)
 void ut_time_advance_us(uint64_t us)
 {
 	g_ut_now += us * 1000;
-	clock_mock_advance(us * 1000);
+	krt_clock_mock_advance(us * 1000);
 }
 
 uint64_t ut_time_now_ns(void)
@@ -156,5 +156,5 @@ void ut_threads_fini(void)
 	free(g_ut_threads);
 	g_ut_threads = NULL;
 	g_ut_count = 0;
-	clock_mock_disable();
+	krt_clock_mock_disable();
 }

@@ -472,22 +472,22 @@ static void test_bitmap_clear_disarms(void)
 		  0);
 	CU_ASSERT(set == 0);
 	for (i = 0; i < 2; i++) {
-		CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(i)), UINT64_MAX);
+		CU_ASSERT_EQUAL(krt_poller_next_deadline(ut_thread(i)), UINT64_MAX);
 	}
 	/* A write sets a bit and arms the clear again; quiet clears it. */
 	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_WRITE, buf, 3 * MB, 4096) == 0);
 	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
 		  0);
 	CU_ASSERT(set == 1);
-	CU_ASSERT(poller_next_deadline(ut_thread(0)) != UINT64_MAX ||
-		  poller_next_deadline(ut_thread(1)) != UINT64_MAX);
+	CU_ASSERT(krt_poller_next_deadline(ut_thread(0)) != UINT64_MAX ||
+		  krt_poller_next_deadline(ut_thread(1)) != UINT64_MAX);
 	run_ms(100);
 	CU_ASSERT(keel_nexus_bitmap_info(keel_nexus_get_by_name("vol"), &rs, &nbits, &set, &ec) ==
 		  0);
 	CU_ASSERT(set == 0);
 	run_ms(100);
 	for (i = 0; i < 2; i++) {
-		CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(i)), UINT64_MAX);
+		CU_ASSERT_EQUAL(krt_poller_next_deadline(ut_thread(i)), UINT64_MAX);
 	}
 	user_close(&u);
 	CU_ASSERT(destroy_vol("vol", false) == 0);

@@ -153,7 +153,7 @@ static void test_event_idle_no_deadline(void)
 	poll_n(3);
 	CU_ASSERT_EQUAL(e.runs, 1);
 	CU_ASSERT_EQUAL(paced.runs, 1);
-	CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	CU_ASSERT_EQUAL(krt_poller_next_deadline(ut_thread(0)), UINT64_MAX);
 	for (int i = 0; i < 10000; i++) {
 		ut_time_advance_us(1000); /* 10 s, a millisecond at a time */
 		CU_ASSERT_EQUAL(ut_poll_thread(0), 0);
@@ -164,10 +164,10 @@ static void test_event_idle_no_deadline(void)
 	poll_n(3);
 	CU_ASSERT_EQUAL(e.runs, 3); /* read (busy), one idle run, parked */
 	CU_ASSERT_EQUAL(paced.runs, 1);
-	CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	CU_ASSERT_EQUAL(krt_poller_next_deadline(ut_thread(0)), UINT64_MAX);
 	/* Armed, the paced one has a deadline and runs at it, every period. */
 	CU_ASSERT_EQUAL(keel_poller_arm(paced.poller, 1000), 0);
-	CU_ASSERT_NOT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	CU_ASSERT_NOT_EQUAL(krt_poller_next_deadline(ut_thread(0)), UINT64_MAX);
 	ut_time_advance_us(1000);
 	poll_n(1);
 	CU_ASSERT_EQUAL(paced.runs, 2);
@@ -175,7 +175,7 @@ static void test_event_idle_no_deadline(void)
 	poll_n(1);
 	CU_ASSERT_EQUAL(paced.runs, 3);
 	keel_poller_disarm(paced.poller);
-	CU_ASSERT_EQUAL(poller_next_deadline(ut_thread(0)), UINT64_MAX);
+	CU_ASSERT_EQUAL(krt_poller_next_deadline(ut_thread(0)), UINT64_MAX);
 	evp_close(&paced);
 	evp_close(&e);
 	ut_threads_fini();

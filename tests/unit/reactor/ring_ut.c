@@ -24,19 +24,19 @@ static void test_ring_basic_full(void)
 	keel_msg_fn fn = NULL;
 	void *arg = NULL;
 
-	CU_ASSERT_EQUAL(msg_ring_init(&ring, 6, -1), -EINVAL);
-	CU_ASSERT_EQUAL_FATAL(msg_ring_init(&ring, 8, -1), 0);
+	CU_ASSERT_EQUAL(krt_msg_ring_init(&ring, 6, -1), -EINVAL);
+	CU_ASSERT_EQUAL_FATAL(krt_msg_ring_init(&ring, 8, -1), 0);
 	CU_ASSERT_TRUE(msg_ring_empty(&ring));
 	CU_ASSERT_FALSE(msg_ring_pop(&ring, &fn, &arg));
 	for (uintptr_t i = 0; i < 8; i++) {
-		CU_ASSERT_EQUAL(msg_ring_enqueue(&ring, ring_dummy, (void *)i), 0);
+		CU_ASSERT_EQUAL(krt_msg_ring_enqueue(&ring, ring_dummy, (void *)i), 0);
 	}
-	CU_ASSERT_EQUAL(msg_ring_enqueue(&ring, ring_dummy, (void *)8), -ENOMEM);
+	CU_ASSERT_EQUAL(krt_msg_ring_enqueue(&ring, ring_dummy, (void *)8), -ENOMEM);
 	CU_ASSERT_FALSE(msg_ring_empty(&ring));
 	/* Recovers as soon as one slot is consumed. */
 	CU_ASSERT_TRUE(msg_ring_pop(&ring, &fn, &arg));
 	CU_ASSERT_EQUAL((uintptr_t)arg, 0);
-	CU_ASSERT_EQUAL(msg_ring_enqueue(&ring, ring_dummy, (void *)8), 0);
+	CU_ASSERT_EQUAL(krt_msg_ring_enqueue(&ring, ring_dummy, (void *)8), 0);
 	for (uintptr_t i = 1; i <= 8; i++) {
 		CU_ASSERT_TRUE(msg_ring_pop(&ring, &fn, &arg));
 		CU_ASSERT_EQUAL((uintptr_t)arg, i);
@@ -45,11 +45,11 @@ static void test_ring_basic_full(void)
 	CU_ASSERT_TRUE(msg_ring_empty(&ring));
 	/* Wrap around many laps. */
 	for (uintptr_t i = 0; i < 1000; i++) {
-		CU_ASSERT_EQUAL(msg_ring_enqueue(&ring, ring_dummy, (void *)i), 0);
+		CU_ASSERT_EQUAL(krt_msg_ring_enqueue(&ring, ring_dummy, (void *)i), 0);
 		CU_ASSERT_TRUE(msg_ring_pop(&ring, &fn, &arg));
 		CU_ASSERT_EQUAL((uintptr_t)arg, i);
 	}
-	msg_ring_fini(&ring);
+	krt_msg_ring_fini(&ring);
 }
 
 static void test_ring_close(void)
@@ -59,20 +59,20 @@ static void test_ring_close(void)
 	void *arg = NULL;
 	uint64_t end;
 
-	CU_ASSERT_EQUAL_FATAL(msg_ring_init(&ring, 16, -1), 0);
+	CU_ASSERT_EQUAL_FATAL(krt_msg_ring_init(&ring, 16, -1), 0);
 	for (uintptr_t i = 0; i < 3; i++) {
-		CU_ASSERT_EQUAL(msg_ring_enqueue(&ring, ring_dummy, (void *)i), 0);
+		CU_ASSERT_EQUAL(krt_msg_ring_enqueue(&ring, ring_dummy, (void *)i), 0);
 	}
-	end = msg_ring_close(&ring);
+	end = krt_msg_ring_close(&ring);
 	CU_ASSERT_EQUAL(end, 3);
-	CU_ASSERT_EQUAL(msg_ring_enqueue(&ring, ring_dummy, NULL), -ESHUTDOWN);
+	CU_ASSERT_EQUAL(krt_msg_ring_enqueue(&ring, ring_dummy, NULL), -ESHUTDOWN);
 	for (uintptr_t i = 0; i < 3; i++) {
 		CU_ASSERT_TRUE(msg_ring_pop(&ring, &fn, &arg));
 		CU_ASSERT_EQUAL((uintptr_t)arg, i);
 	}
 	CU_ASSERT_EQUAL(ring.tail, end);
 	CU_ASSERT_TRUE(msg_ring_empty(&ring));
-	msg_ring_fini(&ring);
+	krt_msg_ring_fini(&ring);
 }
 
 struct mpsc_producer {
@@ -90,7 +90,7 @@ static void *mpsc_producer_main(void *arg)
 		uintptr_t val = ((uintptr_t)p->id << 32) | seq;
 		int rc;
 
-		while ((rc = msg_ring_enqueue(p->ring, ring_dummy, (void *)val)) == -ENOMEM) {
+		while ((rc = krt_msg_ring_enqueue(p->ring, ring_dummy, (void *)val)) == -ENOMEM) {
 			p->full_seen++;
 			sched_yield();
 		}
@@ -109,7 +109,7 @@ static void test_ring_mpsc(void)
 	struct msg_ring ring;
 
 	/* Small ring so producers hit "full" regularly and must recover. */
-	CU_ASSERT_EQUAL_FATAL(msg_ring_init(&ring, 64, -1), 0);
+	CU_ASSERT_EQUAL_FATAL(krt_msg_ring_init(&ring, 64, -1), 0);
 	for (uint32_t i = 0; i < MPSC_PRODUCERS; i++) {
 		producers[i] = (struct mpsc_producer){.ring = &ring, .id = i};
 		CU_ASSERT_EQUAL_FATAL(pthread_create(&producers[i].pthread, NULL,
@@ -144,7 +144,7 @@ static void test_ring_mpsc(void)
 	CU_ASSERT_TRUE(msg_ring_empty(&ring));
 	/* With 4 producers and 64 slots the ring must have been full at some point. */
 	CU_ASSERT_TRUE(full > 0);
-	msg_ring_fini(&ring);
+	krt_msg_ring_fini(&ring);
 }
 
 /* keel_thread_send_msg on a full ring (cross-thread) and a full local FIFO (self). */
@@ -213,7 +213,7 @@ static void test_send_msg_reliable(void)
 		CU_ASSERT_EQUAL(keel_thread_send_msg_reliable(t1, rel_msg, (void *)i, rel_drop), 0);
 	}
 	/* 16 fit, 24 wait on thread 0, which therefore must not go to sleep. */
-	CU_ASSERT_TRUE(thread_has_pending(ut_thread(0)));
+	CU_ASSERT_TRUE(krt_thread_has_pending(ut_thread(0)));
 	ut_poll_thread(1);
 	CU_ASSERT_EQUAL(g_rel_next, 16);
 	/* The ring has room again, but a new send queues behind the waiting ones. */
@@ -223,7 +223,7 @@ static void test_send_msg_reliable(void)
 	CU_ASSERT_EQUAL(g_rel_next, 41);
 	CU_ASSERT_EQUAL(g_rel_errors, 0);
 	CU_ASSERT_EQUAL(g_rel_dropped, 0);
-	CU_ASSERT_FALSE(thread_has_pending(ut_thread(0)));
+	CU_ASSERT_FALSE(krt_thread_has_pending(ut_thread(0)));
 
 	/* 16 fit, 4 wait; thread 1 runs its 16 and exits before the 4 could be sent. */
 	ut_set_thread(0);
@@ -238,7 +238,7 @@ static void test_send_msg_reliable(void)
 	CU_ASSERT_EQUAL(g_rel_next, 57);
 	ut_poll_thread(0);
 	CU_ASSERT_EQUAL(g_rel_dropped, 4);
-	CU_ASSERT_FALSE(thread_has_pending(ut_thread(0)));
+	CU_ASSERT_FALSE(krt_thread_has_pending(ut_thread(0)));
 	/* Gone before the call: -ESHUTDOWN, and drop_fn is the caller's business. */
 	ut_set_thread(0);
 	CU_ASSERT_EQUAL(keel_thread_send_msg_reliable(t1, rel_msg, NULL, rel_drop), -ESHUTDOWN);

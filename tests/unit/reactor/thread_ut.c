@@ -432,7 +432,7 @@ static void test_thread_exit(void)
 
 	CU_ASSERT_EQUAL_FATAL(ut_threads_init(2), 0);
 	t1 = ut_thread(1);
-	CU_ASSERT_EQUAL(thread_lib_thread_count(), 2);
+	CU_ASSERT_EQUAL(krt_thread_lib_thread_count(), 2);
 	ut_set_thread(1);
 	a.poller = keel_poller_register(tpoller_fn, &a, 0, "a");
 	keel_thread_exit(ut_thread(1));
@@ -446,7 +446,7 @@ static void test_thread_exit(void)
 	ut_set_thread(0);
 	ut_poll_threads();
 	CU_ASSERT_PTR_NULL(ut_thread(1));
-	CU_ASSERT_EQUAL(thread_lib_thread_count(), 1);
+	CU_ASSERT_EQUAL(krt_thread_lib_thread_count(), 1);
 	/* A late sender with a stale pointer gets -ESHUTDOWN, not a use-after-free. */
 	CU_ASSERT_EQUAL(keel_thread_send_msg(t1, order_msg, NULL), -ESHUTDOWN);
 	ut_threads_fini();

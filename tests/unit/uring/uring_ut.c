@@ -676,16 +676,16 @@ static void test_available(void)
 	CU_ASSERT(keel_bdev_uring_available(NULL, 0));
 
 	/* A kernel, sysctl or seccomp filter that refuses: a reason, never a crash. */
-	bdev_uring_set_queue_init(ut_init_eperm);
+	bdev_uring_set_ring_init(ut_init_eperm);
 	CU_ASSERT(!keel_bdev_uring_available(why, sizeof(why)));
 	CU_ASSERT(strstr(why, "EPERM") != NULL || strstr(why, "io_uring_disabled") != NULL);
 	printf("\n  (EPERM: %s) ", why);
-	bdev_uring_set_queue_init(ut_init_enosys);
+	bdev_uring_set_ring_init(ut_init_enosys);
 	CU_ASSERT(!keel_bdev_uring_available(why, sizeof(why)));
 	CU_ASSERT(strstr(why, "ENOSYS") != NULL);
 	CU_ASSERT(!keel_bdev_uring_available(why, 1)); /* a tiny buffer is fine */
 	CU_ASSERT_STRING_EQUAL(why, "");
-	bdev_uring_set_queue_init(NULL);
+	bdev_uring_set_ring_init(NULL);
 	CU_ASSERT(keel_bdev_uring_available(why, sizeof(why)));
 }
 
@@ -701,22 +701,22 @@ static void test_refused_at_start(void)
 
 	ut_path(path, sizeof(path), URING_UT_DIR, "refused.img");
 	ut_make_file(path, 8 * UT_MIB);
-	bdev_uring_set_queue_init(ut_init_eperm);
+	bdev_uring_set_ring_init(ut_init_eperm);
 	ut_setup(); /* asserts the subsystem init succeeded */
 	UT_WAIT(ut_log_has("io_uring is unavailable", "aio bdevs work"));
 	CU_ASSERT(ut_create("ur_refused", path, 0, NULL) == -ENOTSUP);
 	CU_ASSERT(ut_log_has("ur_refused", "use an aio bdev"));
 	CU_ASSERT(keel_bdev_get_by_name("ur_refused") == NULL);
-	bdev_uring_set_queue_init(NULL);
+	bdev_uring_set_ring_init(NULL);
 
 	/* Refused later, for a thread's first ring (a filter applied to new threads): the
 	 * bdev exists, opening a channel there fails cleanly and says why. */
 	CU_ASSERT_FATAL(ut_create("ur_refused", path, 0, &bdev) == 0);
 	ut_log_clear();
-	bdev_uring_set_queue_init(ut_init_enosys);
+	bdev_uring_set_ring_init(ut_init_enosys);
 	CU_ASSERT(ut_open(&dev, "ur_refused", 1) == -ENODEV);
 	CU_ASSERT(ut_log_has("cannot set up its io_uring", "ENOSYS"));
-	bdev_uring_set_queue_init(NULL);
+	bdev_uring_set_ring_init(NULL);
 	CU_ASSERT_FATAL(ut_open(&dev, "ur_refused", 1) == 0);
 	ut_rw_suite(&dev, path);
 	ut_close(&dev);
