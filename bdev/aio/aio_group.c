@@ -72,7 +72,6 @@ struct aio_group {
 	struct aio_user_ring *ring; /* NULL: use io_getevents */
 	int efd;
 	uint32_t depth; /* io_setup(depth): what it takes of fs.aio-max-nr */
-	uint32_t limit; /* iocbs we let the kernel hold (depth unless overcommitted) */
 	uint32_t inflight;
 	uint32_t inflight_silent; /* of which submitted without the eventfd */
 	uint32_t queues;
@@ -96,8 +95,9 @@ static pthread_mutex_t g_groups_lock = PTHREAD_MUTEX_INITIALIZER;
 static TAILQ_HEAD(, aio_group) g_groups = TAILQ_HEAD_INITIALIZER(g_groups);
 
 static uint32_t g_context_depth = BDEV_AIO_DEFAULT_CONTEXT_DEPTH;
-static bool g_overcommit; /* test knobs */
-static int g_setup_error;
+/* Test seams (bdev_aio_internal.h): the kernel's answers, as a test wants them. */
+static bdev_aio_io_setup_fn g_io_setup = io_setup;
+static bdev_aio_io_submit_fn g_io_submit = io_submit;
 static struct bdev_aio_module_stats g_stats; /* relaxed atomics */
 
 static inline void aio_counter_add(uint64_t *counter, uint64_t n)
@@ -208,7 +208,7 @@ static void aio_queue_served(struct aio_group *g, struct aio_queue *q)
 static int aio_group_submit(struct aio_group *g)
 {
 	struct iocb *iocbs[AIO_SUBMIT_BATCH];
-	uint32_t room = g->limit - g->inflight;
+	uint32_t room = g->depth - g->inflight;
 	bool cut_by_batch = false, cut_by_room = false, signal;
 	struct keel_bdev_io *io;
 	struct aio_queue *q;
@@ -265,7 +265,7 @@ out_built:
 		}
 	}
 
-	rc = io_submit(g->ctx, n, iocbs);
+	rc = __atomic_load_n(&g_io_submit, __ATOMIC_ACQUIRE)(g->ctx, n, iocbs);
 	aio_counter_add(&g_stats.io_submit_calls, 1);
 	if (rc == -EAGAIN || rc == -EINTR || rc == 0) {
 		/* Kernel out of resources: everything stays queued. */
@@ -530,14 +530,10 @@ static int aio_group_create(struct keel_thread *thread, const char *name, struct
 	g->thread = thread;
 	g->reactor_idx = keel_reactor_current();
 	g->depth = __atomic_load_n(&g_context_depth, __ATOMIC_RELAXED);
-	g->limit = bdev_aio_overcommit() ? AIO_MAX_DEPTH : g->depth;
 	g->efd = -1;
 	TAILQ_INIT(&g->ready);
 
-	rc = __atomic_exchange_n(&g_setup_error, 0, __ATOMIC_RELAXED);
-	if (rc == 0) {
-		rc = io_setup((int)g->depth, &g->ctx);
-	}
+	rc = __atomic_load_n(&g_io_setup, __ATOMIC_ACQUIRE)((int)g->depth, &g->ctx);
 	if (rc < 0) {
 		if (rc == -EAGAIN) {
 			KEEL_ERRLOG(
@@ -622,7 +618,7 @@ int bdev_aio_queue_init(struct aio_queue *q, uint32_t depth, struct bdev_aio_cou
 	memset(q, 0, sizeof(*q));
 	TAILQ_INIT(&q->pending);
 	q->counters = counters;
-	q->depth = bdev_aio_overcommit() ? AIO_MAX_DEPTH : depth;
+	q->depth = depth;
 	if (thread == NULL) {
 		return -EINVAL;
 	}
@@ -679,19 +675,14 @@ void bdev_aio_queue_push(struct aio_queue *q, struct keel_bdev_io *io, bool fron
 /* Knobs and statistics                                                            */
 /* ------------------------------------------------------------------------------ */
 
-bool bdev_aio_overcommit(void)
+void bdev_aio_set_io_submit(bdev_aio_io_submit_fn fn)
 {
-	return __atomic_load_n(&g_overcommit, __ATOMIC_RELAXED);
+	__atomic_store_n(&g_io_submit, fn != NULL ? fn : io_submit, __ATOMIC_RELEASE);
 }
 
-void bdev_aio_set_overcommit(bool overcommit)
+void bdev_aio_set_io_setup(bdev_aio_io_setup_fn fn)
 {
-	__atomic_store_n(&g_overcommit, overcommit, __ATOMIC_RELAXED);
-}
-
-void bdev_aio_set_context_setup_error(int err)
-{
-	__atomic_store_n(&g_setup_error, err, __ATOMIC_RELAXED);
+	__atomic_store_n(&g_io_setup, fn != NULL ? fn : io_setup, __ATOMIC_RELEASE);
 }
 
 int bdev_aio_set_context_depth(uint32_t depth)

@@ -85,7 +85,4 @@ void bdev_aio_refused(struct keel_bdev_io *io, int rc);
  */
 void bdev_aio_close_async(int fd, int efd, io_context_t ctx, bool has_ctx);
 
-/** Whether channels created now may overcommit (test knob, see bdev_aio_internal.h). */
-bool bdev_aio_overcommit(void);
-
 #endif /* KEEL_BDEV_AIO_GROUP_H */

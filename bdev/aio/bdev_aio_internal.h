@@ -4,6 +4,7 @@
 #ifndef KEEL_BDEV_AIO_INTERNAL_H
 #define KEEL_BDEV_AIO_INTERNAL_H
 
+#include <libaio.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -34,17 +35,23 @@ int bdev_aio_set_queue_depth(uint32_t depth);
 int bdev_aio_set_context_depth(uint32_t depth);
 
 /**
- * Make the next thread context fail to set up with \p err as io_setup's answer (0:
- * off), once: the "fs.aio-max-nr is exhausted" path without exhausting it.
+ * Test seam: the call that sets up every thread context, libaio's io_setup unless a
+ * test points it at a function that answers, say, -EAGAIN: the "fs.aio-max-nr is
+ * exhausted" path without exhausting it. NULL puts io_setup back. Read when a context
+ * is created; any thread. Not a production switch: nothing else changes behaviour.
  */
-void bdev_aio_set_context_setup_error(int err);
+typedef int (*bdev_aio_io_setup_fn)(int nr_events, io_context_t *ctx);
+void bdev_aio_set_io_setup(bdev_aio_io_setup_fn fn);
 
 /**
- * Let channels and contexts created from now on keep up to 4096 iocbs in flight
- * whatever the io_context depth, so io_submit itself answers -EAGAIN or takes only
- * part of a batch (tests of the "keep the rest queued" path).
+ * Test seam: the call that hands every batch of iocbs to the kernel, libaio's io_submit
+ * unless a test points it at a function that answers -EAGAIN or takes only part of a
+ * batch, as the kernel does when its own queue is full: the "keep the rest queued"
+ * path on demand. NULL puts io_submit back. Called on the threads doing aio, so a
+ * replacement must be thread-safe; set it while no aio channel is open.
  */
-void bdev_aio_set_overcommit(bool overcommit);
+typedef int (*bdev_aio_io_submit_fn)(io_context_t ctx, long nr, struct iocb **iocbs);
+void bdev_aio_set_io_submit(bdev_aio_io_submit_fn fn);
 
 /**
  * Pretend the kernel refused the aio fdsync command (\p native false) or RWF_DSYNC

@@ -1007,6 +1007,20 @@ static void test_two_threads(void)
 	unlink(path);
 }
 
+static unsigned g_ut_submit_calls; /* atomic: the seam runs on a reactor */
+
+/*
+ * io_submit as the kernel answers it when its queue is full: every third call takes
+ * nothing (-EAGAIN), the others only the first half of a batch of more than one.
+ */
+static int ut_io_submit_full(io_context_t ctx, long nr, struct iocb **iocbs)
+{
+	if (__atomic_fetch_add(&g_ut_submit_calls, 1, __ATOMIC_RELAXED) % 3 == 0) {
+		return -EAGAIN;
+	}
+	return io_submit(ctx, nr > 1 ? nr / 2 : nr, iocbs);
+}
+
 /* More requests than the io_context holds: the rest waits in the channel, none is lost. */
 static void test_queue_full(void)
 {
@@ -1037,19 +1051,19 @@ static void test_queue_full(void)
 	CU_ASSERT(ut_delete("aio_qfull") == 0);
 
 	/*
-	 * Now past the kernel's own limit: io_submit answers EAGAIN or takes part. The
-	 * thread's shared context is made with its first channel, which this is (the
-	 * last channel of the test before took the context with it).
+	 * Now the kernel's own queue is full: io_submit answers EAGAIN or takes part of
+	 * each batch (ut_io_submit_full), and keel keeps the rest queued. The thread's
+	 * shared context is made with its first channel, which this is (the last channel
+	 * of the test before took the context with it).
 	 */
 	CU_ASSERT(ut_aio_contexts() == 0);
-	bdev_aio_set_overcommit(true);
 	CU_ASSERT(bdev_aio_set_queue_depth(4) == 0);
 	CU_ASSERT(bdev_aio_set_context_depth(4) == 0);
 	CU_ASSERT_FATAL(ut_create("aio_qfull", path, 4096, NULL) == 0);
 	CU_ASSERT(bdev_aio_set_queue_depth(BDEV_AIO_DEFAULT_QUEUE_DEPTH) == 0);
 	CU_ASSERT_FATAL(ut_open(&dev, "aio_qfull", 0) == 0);
-	bdev_aio_set_overcommit(false); /* read when the channel is created */
 	CU_ASSERT(bdev_aio_set_context_depth(BDEV_AIO_DEFAULT_CONTEXT_DEPTH) == 0);
+	bdev_aio_set_io_submit(ut_io_submit_full);
 	ut_fill(wbuf, (size_t)len * count, 21);
 	ut_batch_start(&io, &dev, KEEL_BDEV_IO_WRITE, wbuf, 0, len, count, count);
 	ut_op_wait(&io.op);
@@ -1060,6 +1074,7 @@ static void test_queue_full(void)
 	ut_op_wait(&io.op);
 	CU_ASSERT(io.op.status == 0);
 	CU_ASSERT(memcmp(wbuf, rbuf, (size_t)len * count) == 0);
+	bdev_aio_set_io_submit(NULL);
 	CU_ASSERT(bdev_aio_get_counters(dev.bdev, &c) == 0);
 	CU_ASSERT(c.submit_eagain > 0);
 	CU_ASSERT(c.iocbs_submitted == 2 * count);
@@ -1522,6 +1537,15 @@ static void test_context_full(void)
 	CU_ASSERT(ut_aio_contexts() == 0);
 }
 
+static int g_ut_io_setup_calls;
+
+/* io_setup as the kernel answers it when fs.aio-max-nr is used up by others. */
+static int ut_io_setup_eagain(int nr_events, io_context_t *ctx)
+{
+	g_ut_io_setup_calls++;
+	return -EAGAIN;
+}
+
 /*
  * fs.aio-max-nr used up by others: the thread's first channel fails with an error
  * that names the bdev and the sysctl, nothing is left half made, and once the
@@ -1538,8 +1562,11 @@ static void test_context_setup_fails(void)
 	ut_make_file(path, UT_MIB);
 	CU_ASSERT_FATAL(ut_create("aio_nosetup", path, 4096, NULL) == 0);
 	ut_log_clear();
-	bdev_aio_set_context_setup_error(-EAGAIN);
+	g_ut_io_setup_calls = 0;
+	bdev_aio_set_io_setup(ut_io_setup_eagain);
 	CU_ASSERT(ut_open(&dev, "aio_nosetup", 1) != 0);
+	bdev_aio_set_io_setup(NULL);
+	CU_ASSERT(g_ut_io_setup_calls == 1);
 	CU_ASSERT(ut_log_has("aio_nosetup", "sysctl fs.aio-max-nr"));
 	bdev_aio_get_module_stats(&st);
 	CU_ASSERT(st.contexts == 0 && st.queues == 0 && st.context_events == 0);
