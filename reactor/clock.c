@@ -1,7 +1,8 @@
 /*
- * Monotonic time, and the one calibration of the fast tick clock (keel_ticks). The
- * mock exists so the deterministic harness can drive timed pollers without
- * sleeping; reactors always read the real clock.
+ * Monotonic time, and the one calibration of the fast tick clock (keel_ticks).
+ * keel_now_ns() reads its clock through a pointer so the deterministic harness can
+ * install one it advances by hand (timed pollers without sleeping); reactors always
+ * read the real clock.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,8 +15,7 @@
 /* Readings per end of the calibration; the tightest pair is kept. */
 #define TICKS_SAMPLE_TRIES 8
 
-static _Atomic bool g_mock_enabled;
-static _Atomic uint64_t g_mock_now;
+static _Atomic krt_clock_fn g_now_source = krt_clock_monotonic_ns;
 
 static pthread_once_t g_ticks_once = PTHREAD_ONCE_INIT;
 static double g_ticks_per_us = 1000.0;
@@ -31,26 +31,12 @@ uint64_t krt_clock_monotonic_ns(void)
 
 uint64_t keel_now_ns(void)
 {
-	if (keel_unlikely(atomic_load_explicit(&g_mock_enabled, memory_order_relaxed))) {
-		return atomic_load_explicit(&g_mock_now, memory_order_relaxed);
-	}
-	return krt_clock_monotonic_ns();
+	return atomic_load_explicit(&g_now_source, memory_order_relaxed)();
 }
 
-void krt_clock_mock_enable(uint64_t now_ns)
+void krt_clock_set_source(krt_clock_fn now)
 {
-	atomic_store(&g_mock_now, now_ns);
-	atomic_store(&g_mock_enabled, true);
-}
-
-void krt_clock_mock_disable(void)
-{
-	atomic_store(&g_mock_enabled, false);
-}
-
-void krt_clock_mock_advance(uint64_t delta_ns)
-{
-	atomic_fetch_add(&g_mock_now, delta_ns);
+	atomic_store(&g_now_source, now != NULL ? now : krt_clock_monotonic_ns);
 }
 
 #if defined(__x86_64__)

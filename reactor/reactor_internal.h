@@ -45,15 +45,17 @@ static inline void keel_cpu_relax(void)
 /* Time (clock.c)                                                                  */
 /* ------------------------------------------------------------------------------ */
 
-/** Raw CLOCK_MONOTONIC, ignores the mock (used by reactors). */
+/** Raw CLOCK_MONOTONIC, whatever keel_now_ns() reads (used by reactors). */
 uint64_t krt_clock_monotonic_ns(void);
 /**
- * Test-only mock clock: while enabled, keel_now_ns() returns the mock value and
- * keel_thread_poll() uses it, so timed pollers run deterministically under the harness.
+ * Test seam: the clock keel_now_ns() reads (and so timed pollers and
+ * keel_thread_poll()), CLOCK_MONOTONIC unless a test installs its own: the
+ * deterministic harness installs a clock it advances by hand, so timed pollers run
+ * without sleeping. NULL puts CLOCK_MONOTONIC back. \p now must be callable from any
+ * thread. Install and remove it while no keel thread runs on a reactor.
  */
-void krt_clock_mock_enable(uint64_t now_ns);
-void krt_clock_mock_disable(void);
-void krt_clock_mock_advance(uint64_t delta_ns);
+typedef uint64_t (*krt_clock_fn)(void);
+void krt_clock_set_source(krt_clock_fn now);
 
 /* ------------------------------------------------------------------------------ */
 /* Pollers (poller.c)                                                              */

@@ -2,6 +2,7 @@
  * Deterministic harness, see ut_threads.h.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -13,18 +14,23 @@
 
 static struct keel_thread **g_ut_threads;
 static uint32_t g_ut_count;
-static uint64_t g_ut_now;
+static _Atomic uint64_t g_ut_now; /* the clock of keel_now_ns() while the harness runs */
+
+static uint64_t ut_clock_now(void)
+{
+	return atomic_load_explicit(&g_ut_now, memory_order_relaxed);
+}
 
 int ut_threads_init_ring(uint32_t n, uint32_t msg_ring_size)
 {
 	char name[32];
 	int rc;
 
-	g_ut_now = UT_MOCK_START_NS;
-	krt_clock_mock_enable(g_ut_now);
+	atomic_store(&g_ut_now, UT_MOCK_START_NS);
+	krt_clock_set_source(ut_clock_now);
 	rc = keel_thread_lib_init(msg_ring_size);
 	if (rc != 0) {
-		goto out_disable_mock;
+		goto out_restore_clock;
 	}
 	g_ut_threads = calloc(n ? n : 1, sizeof(*g_ut_threads));
 	if (g_ut_threads == NULL) {
@@ -49,8 +55,8 @@ out_fini_lib:
 	free(g_ut_threads);
 	g_ut_threads = NULL;
 	g_ut_count = 0;
-out_disable_mock:
-	krt_clock_mock_disable();
+out_restore_clock:
+	krt_clock_set_source(NULL);
 	return rc;
 }
 
@@ -113,13 +119,12 @@ int ut_poll_threads(void)
 
 void ut_time_advance_us(uint64_t us)
 {
-	g_ut_now += us * 1000;
-	krt_clock_mock_advance(us * 1000);
+	atomic_fetch_add(&g_ut_now, us * 1000);
 }
 
 uint64_t ut_time_now_ns(void)
 {
-	return g_ut_now;
+	return ut_clock_now();
 }
 
 static bool ut_threads_all_gone(void)
@@ -156,5 +161,5 @@ void ut_threads_fini(void)
 	free(g_ut_threads);
 	g_ut_threads = NULL;
 	g_ut_count = 0;
-	krt_clock_mock_disable();
+	krt_clock_set_source(NULL);
 }
