@@ -550,6 +550,9 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	keeld_memory_setup();
+	/* Before the reactors: the io_uring probe behind it may set up a ring. Logged
+	 * after detaching, so the fallback line lands in keeld.log. */
+	keeld_volumes_set_default_backend(g_opts.volume_backend);
 	keel_reactor_opts_init(&ropts);
 	ropts.cpus = g_opts.cpus;
 	ropts.mode = g_opts.mode;

@@ -43,6 +43,9 @@ static void keeld_usage(FILE *f)
 		"                       this time (default %u)\n"
 		"  --nbd-stall-timeout SEC  close an NBD client that stops reading its replies\n"
 		"                       or sending a write payload for this long (default %u)\n"
+		"  --volume-backend aio|uring  what opens the replica files of volumes created\n"
+		"                       without --backend (default aio); uring falls back to\n"
+		"                       aio with a log line where io_uring is refused\n"
 		"  --foreground         stay in the foreground and log to stderr; without it\n"
 		"                       keeld detaches once the socket is ready and logs to\n"
 		"                       STATE_DIR/keeld.log\n"
@@ -111,6 +114,7 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		OPT_NBD_EXPORT_CONNS,
 		OPT_NBD_HANDSHAKE,
 		OPT_NBD_STALL,
+		OPT_VOLUME_BACKEND,
 	};
 	static const struct option longopts[] = {
 		{"cpus", required_argument, NULL, OPT_CPUS},
@@ -128,16 +132,19 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		{"nbd-max-export-connections", required_argument, NULL, OPT_NBD_EXPORT_CONNS},
 		{"nbd-handshake-timeout", required_argument, NULL, OPT_NBD_HANDSHAKE},
 		{"nbd-stall-timeout", required_argument, NULL, OPT_NBD_STALL},
+		{"volume-backend", required_argument, NULL, OPT_VOLUME_BACKEND},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
 	uint32_t cpus[1024], idle_s, v;
+	char why[128];
 	int c, rc;
 
 	memset(opts, 0, sizeof(*opts));
 	opts->mode = KEEL_REACTOR_MODE_ADAPTIVE;
 	opts->log_level = KEEL_LOG_NOTICE;
+	opts->volume_backend = KEELD_BACKEND_AIO; /* why: docs/volumes.md */
 	keel_rpc_server_opts_init(&opts->rpc);
 	keel_nbd_options_init(&opts->nbd);
 	rc = keel_path_default_socket(opts->rpc_socket, sizeof(opts->rpc_socket));
@@ -255,6 +262,12 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 				opts->nbd.stall_timeout_ms = v * 1000u;
 			} else {
 				opts->nbd.handshake_timeout_ms = v * 1000u;
+			}
+			break;
+		case OPT_VOLUME_BACKEND:
+			if (!keeld_backend_parse(optarg, &opts->volume_backend, why, sizeof(why))) {
+				fprintf(err, "keeld: --volume-backend: %s\n", why);
+				return -EINVAL;
 			}
 			break;
 		case 'h':

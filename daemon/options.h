@@ -10,6 +10,7 @@
 #include "keel/nbd.h"
 #include "keel/reactor.h"
 #include "keel/rpc.h"
+#include "volume_manager.h"
 
 struct keeld_opts {
 	const char *cpus; /* NULL: every online CPU */
@@ -18,8 +19,9 @@ struct keeld_opts {
 	char state_dir[PATH_MAX];
 	enum keel_log_level log_level;
 	bool foreground;
-	struct keel_rpc_server_opts rpc; /* --rpc-max-connections, --rpc-idle-timeout, ... */
-	struct keel_nbd_options nbd;     /* --nbd-buffer-budget, --nbd-max-connections, ... */
+	struct keel_rpc_server_opts rpc;   /* --rpc-max-connections, --rpc-idle-timeout, ... */
+	struct keel_nbd_options nbd;       /* --nbd-buffer-budget, --nbd-max-connections, ... */
+	enum keeld_backend volume_backend; /* --volume-backend: of volumes created without one */
 };
 
 /**

@@ -4,14 +4,16 @@
  * does to the target before and after. The manager owns the policy (which targets,
  * when, undo in reverse order); a backend owns the mechanism.
  *
- * The default backend (daemon/volume_files.c, keeld_replica_backend_files) probes
- * files and block devices (daemon/replica_probe.h), creates and sizes missing files,
- * and opens them as aio bdevs. Unit tests plug in one over malloc and error bdevs
- * (keeld_volumes_set_backend).
+ * The file backends (daemon/volume_files.c) probe files and block devices
+ * (daemon/replica_probe.h), create and size missing files, and open them as aio
+ * bdevs (keeld_replica_backend_files) or uring bdevs (keeld_replica_backend_uring);
+ * daemon/volume_backend.c maps a volume's backend name to one of them. Unit tests
+ * plug in ones over malloc and error bdevs (keeld_volumes_set_backend).
  *
  * Threading: prepare and unprepare BLOCK and run on the blocking-work pool (the
  * manager spawns them, one job per operation, never two for one volume at a time);
- * open, close and open_error_text run on the main keel thread.
+ * open, close, open_error_text and available run on the main keel thread (available
+ * also in main() before the reactors start).
  */
 #ifndef KEEL_DAEMON_REPLICA_BACKEND_H
 #define KEEL_DAEMON_REPLICA_BACKEND_H
@@ -70,9 +72,14 @@ struct keeld_replica_backend {
 	int (*close)(const char *bdev_name, keel_bdev_done_cb cb_fn, void *cb_arg);
 	/** Words for a person on why open() failed with \p status ("file does not exist"). */
 	const char *(*open_error_text)(int status);
+	/** Whether open() can work on this machine; false fills \p why (one line). NULL:
+	 * always. Cheap after its first answer (io_uring's probe is made once). */
+	bool (*available)(char *why, size_t len);
 };
 
 /** Files and block devices through Linux AIO (daemon/volume_files.c). */
 extern const struct keeld_replica_backend keeld_replica_backend_files;
+/** The same files through io_uring (daemon/volume_files.c). */
+extern const struct keeld_replica_backend keeld_replica_backend_uring;
 
 #endif /* KEEL_DAEMON_REPLICA_BACKEND_H */

@@ -74,12 +74,33 @@ static const char **rpc_volume_strings(json_t *list, uint32_t *n)
 	return out;
 }
 
+/*
+ * The optional "backend" parameter. \return true with \p *out (KEELD_BACKEND_DEFAULT
+ * when absent), or false after answering with the error.
+ */
+static bool rpc_volume_backend(struct keel_rpc_request *req, const char *text,
+			       enum keeld_backend *out)
+{
+	char why[128];
+
+	*out = KEELD_BACKEND_DEFAULT;
+	if (text == NULL) {
+		return true;
+	}
+	if (!keeld_backend_parse(text, out, why, sizeof(why))) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "backend: %s", why);
+		return false;
+	}
+	return true;
+}
+
 struct rpc_create_params {
 	const char *name;
 	uint64_t size;
 	json_t *replicas;
 	json_t *replica_bdevs;
 	bool force;
+	const char *backend;
 };
 
 static void rpc_volume_create(struct keel_rpc_request *req, json_t *params)
@@ -92,6 +113,8 @@ static void rpc_volume_create(struct keel_rpc_request *req, json_t *params)
 		{"replica_bdevs", KEEL_RPC_PARAM_JSON,
 		 offsetof(struct rpc_create_params, replica_bdevs), true},
 		{"force", KEEL_RPC_PARAM_BOOL, offsetof(struct rpc_create_params, force), true},
+		{"backend", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_create_params, backend),
+		 true},
 	};
 	struct rpc_create_params p = {0};
 	struct keeld_volume_create_opts opts = {0};
@@ -99,7 +122,8 @@ static void rpc_volume_create(struct keel_rpc_request *req, json_t *params)
 	json_t *size;
 	char why[1024];
 
-	if (!keel_rpc_decode_params(req, params, table, sizeof(table) / sizeof(table[0]), &p)) {
+	if (!keel_rpc_decode_params(req, params, table, sizeof(table) / sizeof(table[0]), &p) ||
+	    !rpc_volume_backend(req, p.backend, &opts.backend)) {
 		return;
 	}
 	if (json_is_null(p.replicas)) {
@@ -202,6 +226,7 @@ struct rpc_replica_params {
 	const char *replica;
 	const char *replica_bdev;
 	bool force;
+	const char *backend;
 };
 
 static void rpc_volume_add_replica(struct keel_rpc_request *req, json_t *params)
@@ -213,19 +238,25 @@ static void rpc_volume_add_replica(struct keel_rpc_request *req, json_t *params)
 		{"replica_bdev", KEEL_RPC_PARAM_STRING,
 		 offsetof(struct rpc_replica_params, replica_bdev), true},
 		{"force", KEEL_RPC_PARAM_BOOL, offsetof(struct rpc_replica_params, force), true},
+		{"backend", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_replica_params, backend),
+		 true},
 	};
 	struct rpc_replica_params p = {0};
+	enum keeld_backend backend;
 	char why[1024];
 
-	if (!keel_rpc_decode_params(req, params, table, 4, &p)) {
+	if (!keel_rpc_decode_params(req, params, table, sizeof(table) / sizeof(table[0]), &p) ||
+	    !rpc_volume_backend(req, p.backend, &backend)) {
 		return;
 	}
-	if (!keeld_volume_add_replica_valid(p.name, p.replica, p.replica_bdev, why, sizeof(why))) {
+	if (!keeld_volume_add_replica_valid(p.name, p.replica, p.replica_bdev, backend, why,
+					    sizeof(why))) {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "%s", why);
 		return;
 	}
-	rpc_volume_not_started(req, keeld_volume_add_replica(p.name, p.replica, p.replica_bdev,
-							     p.force, rpc_volume_done, req));
+	rpc_volume_not_started(req,
+			       keeld_volume_add_replica(p.name, p.replica, p.replica_bdev, backend,
+							p.force, rpc_volume_done, req));
 }
 
 static const struct keel_rpc_param g_replica_table[] = {
@@ -259,7 +290,8 @@ void rpc_volume_register(void)
 {
 	keel_rpc_register_method("volume_create", rpc_volume_create,
 				 "create a replicated volume {name, size, replicas: [paths], "
-				 "force?} (or replica_bdevs: [bdevs], a test hook)");
+				 "force?, backend?: aio|uring} (or replica_bdevs: [bdevs], a "
+				 "test hook)");
 	keel_rpc_register_method("volume_destroy", rpc_volume_destroy,
 				 "stop a volume's exports and the volume {name, wipe?}; the files "
 				 "stay");
@@ -267,7 +299,8 @@ void rpc_volume_register(void)
 	keel_rpc_register_method("volume_get", rpc_volume_get,
 				 "one volume: state, size, replicas, exports {name}");
 	keel_rpc_register_method("volume_add_replica", rpc_volume_add_replica,
-				 "add a replica file {name, replica, force?}");
+				 "add a replica file {name, replica, force?, backend?: "
+				 "aio|uring}");
 	keel_rpc_register_method("volume_remove_replica", rpc_volume_remove_replica,
 				 "remove a replica {name, replica (its path)}");
 	keel_rpc_register_method("volume_fault_replica", rpc_volume_fault_replica,

@@ -28,6 +28,31 @@ static bool state_opt_string(json_t *obj, const char *key)
 	return v == NULL || json_is_null(v) || json_is_string(v);
 }
 
+/* An optional "backend" of \p obj (a volume or a replica): absent, or a known name.
+ * \p where names the object for the message. */
+static bool state_check_backend(json_t *obj, const char *where, char *err, size_t errlen)
+{
+	json_t *b = json_object_get(obj, "backend");
+	enum keeld_backend kind;
+	char why[128];
+
+	if (b == NULL) {
+		return true;
+	}
+	if (!json_is_string(b)) {
+		snprintf(err, errlen, "%s.backend: expected a string (aio or uring)", where);
+		return false;
+	}
+	if (!keeld_backend_parse(json_string_value(b), &kind, why, sizeof(why))) {
+		snprintf(err, errlen,
+			 "%s.backend: %s (written by a newer keel, or edited by hand: this "
+			 "keeld cannot open such a replica)",
+			 where, why);
+		return false;
+	}
+	return true;
+}
+
 static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t *seen_paths,
 			       char *err, size_t errlen)
 {
@@ -35,7 +60,7 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 	json_t *size = json_object_get(vol, "size");
 	json_t *replicas = json_object_get(vol, "replicas");
 	json_t *rep;
-	char why[128];
+	char why[128], where[64];
 	size_t j;
 
 	if (!json_is_object(vol)) {
@@ -64,6 +89,10 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 		snprintf(err, errlen, "volumes[%zu].uuid: expected a string", i);
 		return false;
 	}
+	snprintf(where, sizeof(where), "volumes[%zu]", i);
+	if (!state_check_backend(vol, where, err, errlen)) {
+		return false;
+	}
 	if (!json_is_array(replicas) || json_array_size(replicas) == 0 ||
 	    json_array_size(replicas) > KEEL_NEXUS_MAX_REPLICAS) {
 		snprintf(err, errlen,
@@ -87,6 +116,10 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 		if (!state_opt_string(rep, "uuid")) {
 			snprintf(err, errlen, "volumes[%zu].replicas[%zu].uuid: expected a string",
 				 i, j);
+			return false;
+		}
+		snprintf(where, sizeof(where), "volumes[%zu].replicas[%zu]", i, j);
+		if (!state_check_backend(rep, where, err, errlen)) {
 			return false;
 		}
 		if (json_object_get(seen_paths, json_string_value(path)) != NULL) {

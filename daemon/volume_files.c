@@ -1,5 +1,6 @@
 /*
- * The default replica backend: replica files (and block devices) opened as aio bdevs.
+ * The file replica backends: replica files (and block devices) opened as aio bdevs or
+ * as uring bdevs. Both prepare their targets the same way.
  *
  * prepare never writes over data by mistake (daemon/replica_probe.h decides what a
  * target holds), creates a missing file at its full size with the space reserved, and
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "keel/bdev_uring.h"
 #include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
@@ -163,10 +165,41 @@ static const char *files_open_error_text(int status)
 }
 
 const struct keeld_replica_backend keeld_replica_backend_files = {
-	.name = "files",
+	.name = "aio",
 	.prepare = files_prepare,
 	.unprepare = files_unprepare,
 	.open = files_open,
 	.close = files_close,
 	.open_error_text = files_open_error_text,
+};
+
+static int uring_open(const char *bdev_name, const char *path, keel_bdev_create_cb cb_fn,
+		      void *cb_arg)
+{
+	return keel_bdev_uring_create(bdev_name, path, 0, cb_fn, cb_arg);
+}
+
+static int uring_close(const char *bdev_name, keel_bdev_done_cb cb_fn, void *cb_arg)
+{
+	return keel_bdev_uring_delete(bdev_name, cb_fn, cb_arg);
+}
+
+static const char *uring_open_error_text(int status)
+{
+	/* The probe's reason is in the log line of the create and of keeld's start. */
+	if (status == -ENOTSUP) {
+		return "io_uring is unavailable on this machine (see the keeld log): use the "
+		       "aio backend";
+	}
+	return files_open_error_text(status);
+}
+
+const struct keeld_replica_backend keeld_replica_backend_uring = {
+	.name = "uring",
+	.prepare = files_prepare,
+	.unprepare = files_unprepare,
+	.open = uring_open,
+	.close = uring_close,
+	.open_error_text = uring_open_error_text,
+	.available = keel_bdev_uring_available,
 };

@@ -2,8 +2,8 @@
  * Internals shared by the files of the volume manager: volume_manager.c (registry,
  * argument checks, the lifetime of an operation), volume_steps.c (the steps operations
  * are made of), volume_ops.c (create, destroy, add, remove, fault), volume_restore.c
- * (load, restore, the state document, shutdown), volume_json.c (rendering). Nothing
- * else includes this.
+ * (load, restore, the state document, shutdown), volume_json.c (rendering),
+ * volume_backend.c (backends by name). Nothing else includes this.
  *
  * Everything here runs on the main keel thread.
  */
@@ -33,8 +33,12 @@ struct vol_replica {
 	char bdev[KEEL_BDEV_NAME_MAX + 1]; /* "" while it has no bdev */
 	char uuid[KEEL_UUID_STR_LEN];      /* replica UUID from its label, "" unknown */
 	bool owned;                        /* the backend opened the bdev: keeld closes it */
-	bool created_file;                 /* this operation created the target */
-	int open_error;                    /* why the target could not be opened (restore) */
+	enum keeld_backend backend;        /* what opens the file (persisted); not DEFAULT */
+	/* What opened the bdev (or tried last): closes it and words its errors. Differs
+	 * from backend's when a restore fell back to aio. NULL: nothing tried yet. */
+	const struct keeld_replica_backend *opened_by;
+	bool created_file; /* this operation created the target */
+	int open_error;    /* why the target could not be opened (restore) */
 	TAILQ_ENTRY(vol_replica) link;
 };
 
@@ -45,10 +49,11 @@ struct keeld_volume {
 	char uuid[KEEL_UUID_STR_LEN];
 	uint64_t size;
 	enum vol_status status;
-	bool busy;               /* an operation owns the volume until it answered */
-	bool transient;          /* made from replica_bdevs: never saved */
-	char error[600];         /* why it is unassembled */
-	json_t *pending_exports; /* saved exports of an unassembled volume, kept verbatim */
+	bool busy;                  /* an operation owns the volume until it answered */
+	bool transient;             /* made from replica_bdevs: never saved */
+	enum keeld_backend backend; /* of replicas added without one; not DEFAULT */
+	char error[600];            /* why it is unassembled */
+	json_t *pending_exports;    /* saved exports of an unassembled volume, kept verbatim */
 	struct vol_replica_list replicas;
 	TAILQ_ENTRY(keeld_volume) link;
 };
@@ -91,7 +96,17 @@ struct keeld_volume *vol_find_replica_owner(const char *path, const char *bdev,
 struct vol_replica *vol_find_replica(struct keeld_volume *v, const char *id);
 /* "<volume>.r<N>" with the lowest free N; the volume part is cut to fit 63 bytes. */
 int vol_pick_bdev_name(const char *vol_name, char *out, size_t len);
-const struct keeld_replica_backend *vol_backend(void);
+
+/* Backends by name (volume_backend.c). */
+/* What opens replicas of \p kind (the test hook's when set). */
+const struct keeld_replica_backend *vol_backend_of(enum keeld_backend kind);
+/* \p kind, or the daemon's default for KEELD_BACKEND_DEFAULT. */
+enum keeld_backend vol_backend_resolve(enum keeld_backend kind);
+/* Whether \p kind can open replicas here; false fills \p why. */
+bool vol_backend_available(enum keeld_backend kind, char *why, size_t len);
+/* When \p kind is unavailable here, record -ENOTSUP in \p op with why and what to do
+ * instead and \return true. */
+bool vol_backend_refuse_unavailable(struct vol_op *op, enum keeld_backend kind);
 
 /* Operations: lifetime and answers (volume_manager.c). */
 struct vol_op *vol_op_new(struct keeld_volume *v, keeld_volume_op_cb cb_fn, void *cb_arg);

@@ -50,6 +50,10 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	char detail[400];
 
 	json_object_set_new(o, "path", vol_str_or_null(r != NULL ? r->path : NULL));
+	json_object_set_new(o, "backend",
+			    vol_str_or_null(r != NULL && r->path != NULL
+						    ? keeld_backend_name(r->backend)
+						    : NULL));
 	json_object_set_new(o, "bdev",
 			    vol_str_or_null(ri != NULL && ri->bdev_name[0]
 						    ? ri->bdev_name
@@ -60,7 +64,8 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	if (r != NULL && r->open_error != 0) {
 		snprintf(detail, sizeof(detail), "%s: %s",
 			 r->open_error == -ENOENT ? "missing" : "cannot open",
-			 vol_backend()->open_error_text(r->open_error));
+			 (r->opened_by != NULL ? r->opened_by : vol_backend_of(r->backend))
+				 ->open_error_text(r->open_error));
 	} else if (ri != NULL) {
 		snprintf(detail, sizeof(detail), "%s", ri->detail);
 	} else if (r != NULL && r->bdev[0] == '\0') {
@@ -161,6 +166,9 @@ json_t *keeld_volume_to_json(struct keeld_volume *v)
 		json_object_set_new(o, "unclean_shutdown", json_false());
 	}
 	json_object_set_new(o, "persistent", json_boolean(!v->transient));
+	json_object_set_new(o, "backend",
+			    v->transient ? json_null()
+					 : json_string(keeld_backend_name(v->backend)));
 
 	/* Match each recorded replica to the nexus's view: by bdev, else by label UUID. */
 	TAILQ_FOREACH(r, &v->replicas, link) {
@@ -284,12 +292,14 @@ json_t *vol_state_document(json_t *exports)
 		}
 		reps = json_array();
 		TAILQ_FOREACH(r, &v->replicas, link) {
-			json_array_append_new(reps, json_pack("{s:s, s:o}", "path", r->path, "uuid",
-							      vol_str_or_null(r->uuid)));
+			json_array_append_new(reps,
+					      json_pack("{s:s, s:o, s:s}", "path", r->path, "uuid",
+							vol_str_or_null(r->uuid), "backend",
+							keeld_backend_name(r->backend)));
 		}
-		o = json_pack("{s:s, s:o, s:I, s:o}", "name", v->name, "uuid",
-			      vol_str_or_null(v->uuid), "size", (json_int_t)v->size, "replicas",
-			      reps);
+		o = json_pack("{s:s, s:o, s:I, s:s, s:o}", "name", v->name, "uuid",
+			      vol_str_or_null(v->uuid), "size", (json_int_t)v->size, "backend",
+			      keeld_backend_name(v->backend), "replicas", reps);
 		if (o == NULL) {
 			goto out_nomem;
 		}

@@ -26,7 +26,6 @@
 #include "keel/nbd.h"
 
 static TAILQ_HEAD(, keeld_volume) g_vols = TAILQ_HEAD_INITIALIZER(g_vols);
-static const struct keeld_replica_backend *g_backend = &keeld_replica_backend_files;
 static uint32_t g_ops_in_flight;
 
 /* ------------------------------------------------------------------------------ */
@@ -50,16 +49,6 @@ bool keeld_volume_name_valid(const char *name, char *why, size_t len)
 		}
 	}
 	return false;
-}
-
-void keeld_volumes_set_backend(const struct keeld_replica_backend *backend)
-{
-	g_backend = backend != NULL ? backend : &keeld_replica_backend_files;
-}
-
-const struct keeld_replica_backend *vol_backend(void)
-{
-	return g_backend;
 }
 
 struct keeld_volume *keeld_volume_first(void)
@@ -135,6 +124,7 @@ struct keeld_volume *vol_new(const char *name, uint64_t size)
 	}
 	snprintf(v->name, sizeof(v->name), "%s", name);
 	v->size = size;
+	v->backend = KEELD_BACKEND_AIO;
 	TAILQ_INIT(&v->replicas);
 	return v;
 }
@@ -166,6 +156,7 @@ struct vol_replica *vol_add_replica_rec(struct keeld_volume *v, const char *path
 	if (bdev != NULL) {
 		snprintf(r->bdev, sizeof(r->bdev), "%s", bdev);
 	}
+	r->backend = v->backend;
 	TAILQ_INSERT_TAIL(&v->replicas, r, link);
 	return r;
 }
@@ -295,6 +286,21 @@ static bool vol_replica_list_valid(const char *const *list, uint32_t n, bool pat
 	return true;
 }
 
+/* A backend a request names: a known one, and none for replicas given as bdevs. */
+static bool vol_backend_request_valid(enum keeld_backend backend, bool by_path, char *why,
+				      size_t len)
+{
+	if (backend != KEELD_BACKEND_DEFAULT && backend != KEELD_BACKEND_AIO &&
+	    backend != KEELD_BACKEND_URING) {
+		return vol_why(why, len, "backend: not a replica backend: use aio or uring");
+	}
+	if (!by_path && backend != KEELD_BACKEND_DEFAULT) {
+		return vol_why(why, len,
+			       "backend: only for replica files (a replica bdev is open already)");
+	}
+	return true;
+}
+
 bool keeld_volume_create_opts_valid(const struct keeld_volume_create_opts *opts, char *why,
 				    size_t len)
 {
@@ -312,6 +318,9 @@ bool keeld_volume_create_opts_valid(const struct keeld_volume_create_opts *opts,
 			       opts->replicas != NULL ? ", not also replica_bdevs" : "");
 	}
 	by_path = opts->replicas != NULL;
+	if (!vol_backend_request_valid(opts->backend, by_path, why, len)) {
+		return false;
+	}
 	if (!vol_replica_list_valid(by_path ? opts->replicas : opts->replica_bdevs,
 				    opts->num_replicas, by_path,
 				    by_path ? "replicas" : "replica_bdevs", why, len)) {
@@ -329,10 +338,14 @@ bool keeld_volume_create_opts_valid(const struct keeld_volume_create_opts *opts,
 }
 
 bool keeld_volume_add_replica_valid(const char *name, const char *replica, const char *replica_bdev,
-				    char *why, size_t len)
+				    enum keeld_backend backend, char *why, size_t len)
 {
 	struct keeld_volume *v;
 	bool by_path = replica != NULL;
+
+	if (!vol_backend_request_valid(backend, replica_bdev == NULL, why, len)) {
+		return false;
+	}
 
 	if ((replica == NULL) == (replica_bdev == NULL)) {
 		return vol_why(why, len, "give replica (the path of the replica file)%s",

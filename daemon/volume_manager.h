@@ -58,6 +58,40 @@ struct keeld_replica_backend;
 #define KEELD_VOLUME_SIZE_ALIGN 4096u
 
 /**
+ * Which bdev module opens a replica file: Linux AIO or io_uring (docs/volumes.md says
+ * when each is the better choice). A volume has one, the default for its replicas; a
+ * replica added later may name another, so one volume can mix them.
+ */
+enum keeld_backend {
+	KEELD_BACKEND_DEFAULT = 0, /**< in a request: the volume's, or the daemon's default */
+	KEELD_BACKEND_AIO,
+	KEELD_BACKEND_URING,
+};
+
+/** "aio" or "uring" ("default" for KEELD_BACKEND_DEFAULT, "?" out of range). */
+const char *keeld_backend_name(enum keeld_backend backend);
+
+/**
+ * \p text as a backend: "aio" or "uring". \return true, or false with \p why (may be
+ * NULL) saying which names exist.
+ */
+bool keeld_backend_parse(const char *text, enum keeld_backend *out, char *why, size_t len);
+
+/**
+ * The backend of volumes created without one (keeld --volume-backend). When
+ * \p backend is unavailable here (io_uring refused by the kernel, a sysctl or a
+ * seccomp filter), aio is used instead and one log line says why: never a failure.
+ * main() calls it before the reactors start: it asks whether io_uring works whatever
+ * \p backend is, and that first probe may set up a ring, so the later questions (at
+ * restore, per RPC) answer from the cache on a reactor. Unit tests call it on the main
+ * keel thread. \return the backend now used.
+ */
+enum keeld_backend keeld_volumes_set_default_backend(enum keeld_backend backend);
+
+/** The backend of volumes created without one. */
+enum keeld_backend keeld_volumes_default_backend(void);
+
+/**
  * End of an operation: \p status 0, or a negative errno with \p errmsg, a one-line
  * message for a person (never NULL then; NULL on success). \p vol is the volume the
  * operation changed (NULL after a destroy, and on a failure where it does not exist).
@@ -89,6 +123,9 @@ struct keeld_volume_create_opts {
 	uint32_t num_replicas;
 	/** Overwrite targets that hold data or another volume's label. */
 	bool force;
+	/** Backend of the replica files; KEELD_BACKEND_DEFAULT: the daemon's default.
+	 * Only with replicas (replica_bdevs are open already). */
+	enum keeld_backend backend;
 };
 
 /**
@@ -106,7 +143,9 @@ bool keeld_volume_create_opts_valid(const struct keeld_volume_create_opts *opts,
  * replicas, create the nexus (labels), save.
  * Errors through the callback: -EEXIST (the name or a replica is taken; a target holds
  * data or a foreign label), -ENODEV (a replica bdev does not exist), -ENOSPC (a file is
- * too small), the errno of a file or open step, the nexus's error, or the save's.
+ * too small), -ENOTSUP (the backend asked for is unavailable here: the message says
+ * why and to use aio), the errno of a file or open step, the nexus's error, or the
+ * save's.
  * \return 0; -EINVAL (keeld_volume_create_opts_valid() refuses \p opts); -ESHUTDOWN
  * (keeld is stopping); -ENOMEM.
  */
@@ -125,11 +164,11 @@ int keeld_volume_destroy(const char *name, bool wipe, keeld_volume_op_cb cb_fn, 
 /**
  * Whether an add-replica request is well formed: exactly one of \p replica (an
  * absolute path) and \p replica_bdev, and, when volume \p name exists, the kind it
- * was made from (files, or bdevs with the test hook). \return true, or false with
- * \p why.
+ * was made from (files, or bdevs with the test hook); \p backend a known one, and
+ * KEELD_BACKEND_DEFAULT with replica_bdev. \return true, or false with \p why.
  */
 bool keeld_volume_add_replica_valid(const char *name, const char *replica, const char *replica_bdev,
-				    char *why, size_t len);
+				    enum keeld_backend backend, char *why, size_t len);
 
 /**
  * Add a replica to assembled volume \p name: prepare the target (as create does;
@@ -137,13 +176,17 @@ bool keeld_volume_add_replica_valid(const char *name, const char *replica, const
  * nexus (which rebuilds it), save. A path this volume still lists as faulted or
  * offline is re-added in place: a fresh bdev over the same path, which the nexus
  * recognises by its label and rejoins (partial rebuild when the bitmap covers it).
+ * The replica file is opened through \p backend; KEELD_BACKEND_DEFAULT: the volume's
+ * (a re-added replica keeps its own unless one is given).
  * Errors through the callback: -ENOENT, -EBUSY, -ENODEV (not assembled, or no such
- * bdev), -EEXIST (already a replica), -ENOSPC (the most replicas), as create for the
- * target, the nexus's error, the save's.
+ * bdev), -EEXIST (already a replica), -ENOSPC (the most replicas), -ENOTSUP (the
+ * backend is unavailable here), as create for the target, the nexus's error, the
+ * save's.
  * \return 0, -EINVAL (keeld_volume_add_replica_valid() refuses), -ESHUTDOWN, -ENOMEM.
  */
 int keeld_volume_add_replica(const char *name, const char *replica, const char *replica_bdev,
-			     bool force, keeld_volume_op_cb cb_fn, void *cb_arg);
+			     enum keeld_backend backend, bool force, keeld_volume_op_cb cb_fn,
+			     void *cb_arg);
 
 /**
  * Remove replica \p replica (its path, or its bdev name) from assembled volume \p name:
@@ -207,10 +250,11 @@ void keeld_volumes_shutdown(keeld_volumes_done_cb cb_fn, void *cb_arg);
 void keeld_volumes_fini(void);
 
 /**
- * Where replicas come from (daemon/replica_backend.h); NULL restores the default
- * (files through Linux AIO). Unit tests set one over malloc and error bdevs. Only
- * while no operation is in flight.
+ * Test hook: what opens the replicas of backend \p kind (daemon/replica_backend.h);
+ * NULL restores the real one (files through Linux AIO, or through io_uring). Unit
+ * tests set ones over malloc and error bdevs. Only while no operation is in flight.
  */
-void keeld_volumes_set_backend(const struct keeld_replica_backend *backend);
+void keeld_volumes_set_backend(enum keeld_backend kind,
+			       const struct keeld_replica_backend *backend);
 
 #endif /* KEEL_DAEMON_VOLUME_MANAGER_H */

@@ -161,6 +161,7 @@ static bool vol_create_targets_free(struct vol_op *op, const struct keeld_volume
 int keeld_volume_create(const struct keeld_volume_create_opts *opts, keeld_volume_op_cb cb_fn,
 			void *cb_arg)
 {
+	enum keeld_backend backend;
 	bool by_path;
 	struct keeld_volume *v;
 	struct vol_op *op;
@@ -173,14 +174,17 @@ int keeld_volume_create(const struct keeld_volume_create_opts *opts, keeld_volum
 	if (rc != 0) {
 		return rc;
 	}
-	if (!vol_create_targets_free(op, opts)) {
+	by_path = opts->replicas != NULL;
+	backend = vol_backend_resolve(opts->backend);
+	if (!vol_create_targets_free(op, opts) ||
+	    (by_path && vol_backend_refuse_unavailable(op, backend))) {
 		return vol_op_refuse(op);
 	}
-	by_path = opts->replicas != NULL;
 	v = vol_new(opts->name, opts->size);
 	if (v == NULL) {
 		goto out_nomem;
 	}
+	v->backend = backend;
 	for (uint32_t i = 0; i < opts->num_replicas; i++) {
 		if (vol_add_replica_rec(v, by_path ? opts->replicas[i] : NULL,
 					by_path ? NULL : opts->replica_bdevs[i]) == NULL) {
@@ -199,9 +203,9 @@ int keeld_volume_create(const struct keeld_volume_create_opts *opts, keeld_volum
 	}
 	/* Listed from now on, so the name and paths are taken while files are made. */
 	vol_register(v);
-	KEEL_NOTICELOG("volume %s: creating (%llu bytes, %u replicas%s)", v->name,
-		       (unsigned long long)v->size, vol_replica_count(v),
-		       opts->force ? ", force" : "");
+	KEEL_NOTICELOG("volume %s: creating (%llu bytes, %u replicas%s%s%s)", v->name,
+		       (unsigned long long)v->size, vol_replica_count(v), by_path ? ", " : "",
+		       by_path ? keeld_backend_name(v->backend) : "", opts->force ? ", force" : "");
 	return 0;
 
 out_nomem:
@@ -317,8 +321,10 @@ static void vol_add_nexus_done(void *cb_arg, int status, const char *errmsg,
 		return;
 	}
 	vol_learn_uuids(op->vol);
-	KEEL_NOTICELOG("volume %s: replica %s added", op->vol->name,
-		       op->rep->path != NULL ? op->rep->path : op->rep->bdev);
+	KEEL_NOTICELOG("volume %s: replica %s added%s%s", op->vol->name,
+		       op->rep->path != NULL ? op->rep->path : op->rep->bdev,
+		       op->rep->path != NULL ? " through " : "",
+		       op->rep->path != NULL ? keeld_backend_name(op->rep->backend) : "");
 	vol_save_then_answer(op);
 }
 
@@ -434,7 +440,8 @@ static void vol_readd_start(struct vol_op *op)
  * \p path is already a replica of volume \p name: re-add it when the nexus lists it as
  * faulted or offline, else refuse. \return as keeld_volume_add_replica.
  */
-static int vol_readd(struct vol_op *op, const char *name, struct vol_replica *r, bool force)
+static int vol_readd(struct vol_op *op, const char *name, struct vol_replica *r,
+		     enum keeld_backend backend, bool force)
 {
 	enum keel_nexus_replica_state st;
 	struct keeld_volume *v;
@@ -442,6 +449,10 @@ static int vol_readd(struct vol_op *op, const char *name, struct vol_replica *r,
 
 	v = vol_get_for_change(op, name, true);
 	if (v == NULL) {
+		return vol_op_refuse(op);
+	}
+	backend = backend != KEELD_BACKEND_DEFAULT ? backend : r->backend;
+	if (vol_backend_refuse_unavailable(op, backend)) {
 		return vol_op_refuse(op);
 	}
 	st = vol_replica_nexus_state(v, r);
@@ -458,12 +469,16 @@ static int vol_readd(struct vol_op *op, const char *name, struct vol_replica *r,
 	if (rc != 0) {
 		return rc;
 	}
-	KEEL_NOTICELOG("volume %s: re-adding faulted replica %s in place", v->name, r->path);
+	/* The fresh bdev is opened through the backend asked for; the record says so. */
+	r->backend = backend;
+	KEEL_NOTICELOG("volume %s: re-adding faulted replica %s in place (%s)", v->name, r->path,
+		       keeld_backend_name(backend));
 	return 0;
 }
 
 int keeld_volume_add_replica(const char *name, const char *replica, const char *replica_bdev,
-			     bool force, keeld_volume_op_cb cb_fn, void *cb_arg)
+			     enum keeld_backend backend, bool force, keeld_volume_op_cb cb_fn,
+			     void *cb_arg)
 {
 	const char *target = replica != NULL ? replica : replica_bdev;
 	struct vol_replica *r = NULL;
@@ -471,7 +486,8 @@ int keeld_volume_add_replica(const char *name, const char *replica, const char *
 	struct vol_op *op;
 	int rc;
 
-	if (name == NULL || !keeld_volume_add_replica_valid(name, replica, replica_bdev, NULL, 0)) {
+	if (name == NULL ||
+	    !keeld_volume_add_replica_valid(name, replica, replica_bdev, backend, NULL, 0)) {
 		return -EINVAL;
 	}
 	rc = vol_op_begin(cb_fn, cb_arg, &op);
@@ -480,7 +496,7 @@ int keeld_volume_add_replica(const char *name, const char *replica, const char *
 	}
 	owner = vol_find_replica_owner(replica, replica_bdev, &r);
 	if (owner != NULL && replica != NULL && strcmp(owner->name, name) == 0) {
-		return vol_readd(op, name, r, force);
+		return vol_readd(op, name, r, backend, force);
 	}
 	if (owner != NULL) {
 		vol_op_fail(op, -EEXIST, "%s '%.200s' is already a replica of volume '%s'",
@@ -505,11 +521,16 @@ int keeld_volume_add_replica(const char *name, const char *replica, const char *
 			    v->name, KEEL_NEXUS_MAX_REPLICAS);
 		return vol_op_refuse(op);
 	}
+	backend = backend != KEELD_BACKEND_DEFAULT ? backend : v->backend;
+	if (replica != NULL && vol_backend_refuse_unavailable(op, backend)) {
+		return vol_op_refuse(op);
+	}
 	r = vol_add_replica_rec(v, replica, replica_bdev);
 	if (r == NULL) {
 		vol_op_free(op);
 		return -ENOMEM;
 	}
+	r->backend = backend;
 	op->vol = v;
 	op->rep = r;
 	op->force = force;

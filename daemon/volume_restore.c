@@ -76,6 +76,17 @@ static void vol_exports_changed(void *ctx)
 /* Load (main(), before the reactors)                                              */
 /* ------------------------------------------------------------------------------ */
 
+/* The "backend" of a checked volume or replica object, or \p absent without one. */
+static enum keeld_backend vol_load_backend(json_t *obj, enum keeld_backend absent)
+{
+	enum keeld_backend b;
+
+	if (keeld_backend_parse(json_string_value(json_object_get(obj, "backend")), &b, NULL, 0)) {
+		return b;
+	}
+	return absent;
+}
+
 int keeld_volumes_load(json_t *doc)
 {
 	json_t *vols = json_object_get(doc, "volumes");
@@ -92,6 +103,8 @@ int keeld_volumes_load(json_t *doc)
 		}
 		v->status = VOL_UNASSEMBLED;
 		snprintf(v->error, sizeof(v->error), "not assembled yet");
+		/* Written before volumes had a backend: aio, which was the only one. */
+		v->backend = vol_load_backend(jv, KEELD_BACKEND_AIO);
 		if (json_is_string(json_object_get(jv, "uuid"))) {
 			snprintf(v->uuid, sizeof(v->uuid), "%s",
 				 json_string_value(json_object_get(jv, "uuid")));
@@ -104,6 +117,7 @@ int keeld_volumes_load(json_t *doc)
 			if (r == NULL) {
 				return -ENOMEM;
 			}
+			r->backend = vol_load_backend(jr, v->backend);
 			if (json_is_string(json_object_get(jr, "uuid"))) {
 				snprintf(r->uuid, sizeof(r->uuid), "%s",
 					 json_string_value(json_object_get(jr, "uuid")));

@@ -146,7 +146,8 @@ void vol_files(struct vol_op *op, bool unprepare, vol_step_fn done)
 		goto out_free_job;
 	}
 	job->op = op;
-	job->backend = vol_backend();
+	/* The targets of one operation share a backend: a new volume's, or op->rep's. */
+	job->backend = vol_backend_of(op->rep != NULL ? op->rep->backend : op->vol->backend);
 	job->unprepare = unprepare;
 	job->done = done;
 	rc = keel_spawn_blocking(vol_files_job_fn, job, vol_files_job_done, job);
@@ -179,10 +180,10 @@ static void vol_open_done(void *cb_arg, int status, struct keel_bdev *bdev)
 		r->bdev[0] = '\0';
 		if (!op->restoring) {
 			vol_op_fail(op, status, "volume %s: cannot open replica %s: %s",
-				    op->vol->name, r->path, vol_backend()->open_error_text(status));
+				    op->vol->name, r->path, r->opened_by->open_error_text(status));
 		} else {
 			KEEL_WARNLOG("volume %s: replica %s: cannot open: %s", op->vol->name,
-				     r->path, vol_backend()->open_error_text(status));
+				     r->path, r->opened_by->open_error_text(status));
 		}
 	} else {
 		r->owned = true;
@@ -190,6 +191,28 @@ static void vol_open_done(void *cb_arg, int status, struct keel_bdev *bdev)
 	}
 	op->cur = TAILQ_NEXT(r, link);
 	vol_open_next(op);
+}
+
+/*
+ * The backend that opens \p r: its own. At restore, a uring replica on a machine that
+ * refuses io_uring now (a sysctl, a container's seccomp profile) opens through aio:
+ * the file is the same either way, and a volume kept unassembled over a missing
+ * feature helps nobody. The record keeps uring, so a later restart where io_uring
+ * works uses it again.
+ */
+static const struct keeld_replica_backend *vol_open_backend(struct vol_op *op,
+							    const struct vol_replica *r)
+{
+	char why[256];
+
+	if (!op->restoring || r->backend == KEELD_BACKEND_AIO ||
+	    vol_backend_available(r->backend, why, sizeof(why))) {
+		return vol_backend_of(r->backend);
+	}
+	KEEL_WARNLOG("volume %s: replica %s: backend %s is unavailable (%s): opened through "
+		     "aio instead",
+		     op->vol->name, r->path, keeld_backend_name(r->backend), why);
+	return vol_backend_of(KEELD_BACKEND_AIO);
 }
 
 /* One replica at a time: a change stops at the first failure; a restore opens what
@@ -207,9 +230,10 @@ static void vol_open_next(struct vol_op *op)
 			break;
 		}
 		op->cur = r;
+		r->opened_by = vol_open_backend(op, r);
 		rc = vol_pick_bdev_name(op->vol->name, r->bdev, sizeof(r->bdev));
 		if (rc == 0) {
-			rc = vol_backend()->open(r->bdev, r->path, vol_open_done, op);
+			rc = r->opened_by->open(r->bdev, r->path, vol_open_done, op);
 		}
 		if (rc != 0) {
 			vol_open_done(op, rc, NULL);
@@ -244,6 +268,12 @@ static void vol_close_done(void *cb_arg, int status)
 	vol_close_next(op);
 }
 
+/* What closes the bdev of \p r: what opened it. */
+static const struct keeld_replica_backend *vol_replica_closer(const struct vol_replica *r)
+{
+	return r->opened_by != NULL ? r->opened_by : vol_backend_of(r->backend);
+}
+
 static void vol_close_next(struct vol_op *op)
 {
 	struct vol_replica *r;
@@ -253,7 +283,7 @@ static void vol_close_next(struct vol_op *op)
 			continue;
 		}
 		op->cur = r;
-		if (vol_backend()->close(r->bdev, vol_close_done, op) != 0) {
+		if (vol_replica_closer(r)->close(r->bdev, vol_close_done, op) != 0) {
 			/* Already gone (deleted with bdev_delete): nothing to undo. */
 			r->bdev[0] = '\0';
 			r->owned = false;

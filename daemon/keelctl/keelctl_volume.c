@@ -18,16 +18,20 @@ enum {
 	VOLUME_OPT_REPLICA,
 	VOLUME_OPT_FORCE,
 	VOLUME_OPT_WIPE,
+	VOLUME_OPT_BACKEND,
 };
 
 static const char g_help_volume[] =
 	"Usage: keelctl volume VERB ...\n"
 	"  create NAME --size SIZE --replica PATH [--replica PATH ...] [--force]\n"
+	"         [--backend aio|uring]\n"
 	"        create a volume of SIZE bytes (K, M, G, T suffixes; a multiple of 4K)\n"
 	"        mirrored on every replica file; missing files are created with SIZE\n"
 	"        plus 1 MiB for the labels. An existing file or device must be empty\n"
 	"        (zeros at both ends): --force overwrites data, a filesystem, a partition\n"
 	"        table or another volume's label. One file is never two replicas.\n"
+	"        --backend: the replica files go through Linux AIO or io_uring (default:\n"
+	"        keeld's --volume-backend, aio unless set); kept across restarts\n"
 	"  destroy NAME [--wipe]   stop the volume's exports and the volume; the replica\n"
 	"                          files stay (--wipe erases their labels)\n"
 	"  list                    table of volumes\n"
@@ -37,12 +41,23 @@ static const char g_help_volume[] =
 
 static const char g_help_replica[] =
 	"Usage: keelctl replica VERB VOLUME PATH\n"
-	"  add VOLUME PATH [--force]  add replica file PATH (created if missing); it takes\n"
+	"  add VOLUME PATH [--force] [--backend aio|uring]\n"
+	"                             add replica file PATH (created if missing); it takes\n"
 	"                             writes but is not read until rebuilt in sync;\n"
-	"                             --force overwrites what PATH holds (see volume --help)\n"
+	"                             --force overwrites what PATH holds (see volume --help);\n"
+	"                             --backend: this replica's, instead of the volume's\n"
 	"  remove VOLUME PATH         take replica PATH out of the volume (not the last\n"
 	"                             healthy one); the file stays\n"
 	"  fault VOLUME PATH          mark replica PATH faulted: no more I/O to it\n";
+
+/* --backend VALUE: one keeld knows, checked here so a typo is a usage error (exit 2). */
+static const char *volume_backend_arg(const char *value)
+{
+	if (strcmp(value, "aio") != 0 && strcmp(value, "uring") != 0) {
+		keelctl_die(KEELCTL_EXIT_USAGE, "--backend '%s': use aio or uring", value);
+	}
+	return value;
+}
 
 static int volume_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
@@ -50,11 +65,12 @@ static int volume_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 		{"size", required_argument, NULL, VOLUME_OPT_SIZE},
 		{"replica", required_argument, NULL, VOLUME_OPT_REPLICA},
 		{"force", no_argument, NULL, VOLUME_OPT_FORCE},
+		{"backend", required_argument, NULL, VOLUME_OPT_BACKEND},
 		KEELCTL_HELP_OPTION,
 		{0},
 	};
 	struct keelctl_getopt g;
-	const char *size_text = NULL;
+	const char *size_text = NULL, *backend = NULL;
 	json_t *replicas = json_array();
 	json_t *params, *result;
 	bool force = false;
@@ -77,6 +93,9 @@ static int volume_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 		case VOLUME_OPT_FORCE:
 			force = true;
 			break;
+		case VOLUME_OPT_BACKEND:
+			backend = volume_backend_arg(g.value);
+			break;
 		default:
 			break;
 		}
@@ -98,6 +117,9 @@ static int volume_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 			   replicas);
 	if (force) {
 		json_object_set_new(params, "force", json_true());
+	}
+	if (backend != NULL) {
+		json_object_set_new(params, "backend", json_string(backend));
 	}
 	result = keelctl_call("volume_create", params);
 	if (ctx->json) {
@@ -156,7 +178,7 @@ static void volume_counts(json_t *vol, int *healthy, int *total)
 
 static int volume_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
-	struct keelctl_table t = {.ncols = 5};
+	struct keelctl_table t = {.ncols = 6};
 	struct keelctl_getopt g;
 	json_t *result, *v;
 	size_t i;
@@ -166,7 +188,7 @@ static int volume_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 	if (keelctl_print_json_if(ctx->json, result)) {
 		return 0;
 	}
-	keelctl_table_row(&t, "NAME", "STATE", "SIZE", "HEALTHY/REPLICAS", "EXPORTS");
+	keelctl_table_row(&t, "NAME", "STATE", "SIZE", "HEALTHY/REPLICAS", "EXPORTS", "BACKEND");
 	json_array_foreach(result, i, v) {
 		char size[32], reps[32], exps[16];
 		int healthy, total;
@@ -178,7 +200,7 @@ static int volume_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 		snprintf(exps, sizeof(exps), "%zu", json_array_size(json_object_get(v, "exports")));
 		keelctl_table_row(&t, keelctl_str_or_dash(json_object_get(v, "name")),
 				  keelctl_str_or_dash(json_object_get(v, "state")), size, reps,
-				  exps);
+				  exps, keelctl_str_or_dash(json_object_get(v, "backend")));
 	}
 	keelctl_table_print_or(&t, "no volumes (create one with: keelctl volume create NAME "
 				   "--size 1G --replica FILE1 --replica FILE2)");
@@ -225,12 +247,12 @@ static void volume_print_rebuilds(json_t *jobs)
 
 static void volume_print_replicas(json_t *vol)
 {
-	struct keelctl_table t = {.ncols = 6};
+	struct keelctl_table t = {.ncols = 7};
 	json_t *r, *g;
 	size_t i;
 
 	printf("replicas:\n");
-	keelctl_table_row(&t, "  PATH", "BDEV", "STATE", "REASON", "GEN", "DETAIL");
+	keelctl_table_row(&t, "  PATH", "BACKEND", "BDEV", "STATE", "REASON", "GEN", "DETAIL");
 	json_array_foreach(json_object_get(vol, "replicas"), i, r) {
 		const char *reason = keelctl_str_or_dash(json_object_get(r, "reason"));
 		char path[PATH_MAX + 4], gen[24];
@@ -243,7 +265,8 @@ static void volume_print_replicas(json_t *vol)
 		} else {
 			snprintf(gen, sizeof(gen), "-");
 		}
-		keelctl_table_row(&t, path, keelctl_str_or_dash(json_object_get(r, "bdev")),
+		keelctl_table_row(&t, path, keelctl_str_or_dash(json_object_get(r, "backend")),
+				  keelctl_str_or_dash(json_object_get(r, "bdev")),
 				  keelctl_str_or_dash(json_object_get(r, "state")),
 				  strcmp(reason, "none") == 0 ? "-" : reason, gen,
 				  keelctl_str_or_dash(json_object_get(r, "detail")));
@@ -302,6 +325,8 @@ static void volume_print(json_t *vol)
 	}
 	if (json_is_false(json_object_get(vol, "persistent"))) {
 		printf("  persistent:  no (made from bdevs: forgotten when keeld stops)\n");
+	} else {
+		printf("  backend:     %s\n", keelctl_str_or_dash(json_object_get(vol, "backend")));
 	}
 	volume_print_replicas(vol);
 	volume_print_rebuilds(json_object_get(vol, "rebuilds"));
@@ -342,6 +367,7 @@ static int replica_change(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option add_options[] = {
 		{"force", no_argument, NULL, VOLUME_OPT_FORCE},
+		{"backend", required_argument, NULL, VOLUME_OPT_BACKEND},
 		KEELCTL_HELP_OPTION,
 		{0},
 	};
@@ -350,17 +376,26 @@ static int replica_change(const struct keelctl_ctx *ctx, int argc, char **argv)
 	bool fault = strcmp(argv[0], "fault") == 0;
 	struct keelctl_getopt g;
 	json_t *params, *result;
+	const char *backend = NULL;
 	bool force = false;
+	int c;
 
 	keelctl_getopt_init(&g, argc, argv, add ? add_options : other_options, g_help_replica,
 			    false);
-	while (keelctl_getopt_next(&g) != -1) {
-		force = true; /* add's --force is the only option */
+	while ((c = keelctl_getopt_next(&g)) != -1) {
+		if (c == VOLUME_OPT_FORCE) {
+			force = true;
+		} else if (c == VOLUME_OPT_BACKEND) {
+			backend = volume_backend_arg(g.value);
+		}
 	}
 	keelctl_need_pos(&g, 2, 2);
 	params = json_pack("{s:s,s:o}", "name", g.pos[0], "replica", keelctl_abs_path(g.pos[1]));
 	if (force) {
 		json_object_set_new(params, "force", json_true());
+	}
+	if (backend != NULL) {
+		json_object_set_new(params, "backend", json_string(backend));
 	}
 	result = keelctl_call(add     ? "volume_add_replica"
 			      : fault ? "volume_fault_replica"

@@ -230,6 +230,42 @@ static const struct keeld_replica_backend g_ut_backend = {
 	.open_error_text = ut_open_error_text,
 };
 
+/* The "uring" backend of the test: the same bdevs, its opens counted apart, and
+ * io_uring refused while g_uring_refused is set. */
+static int g_uring_opens, g_uring_closes;
+static bool g_uring_refused;
+
+static int ut_uring_open(const char *bdev_name, const char *locator, keel_bdev_create_cb cb_fn,
+			 void *cb_arg)
+{
+	g_uring_opens++;
+	return ut_open(bdev_name, locator, cb_fn, cb_arg);
+}
+
+static int ut_uring_close(const char *bdev_name, keel_bdev_done_cb cb_fn, void *cb_arg)
+{
+	g_uring_closes++;
+	return ut_close(bdev_name, cb_fn, cb_arg);
+}
+
+static bool ut_uring_available(char *why, size_t len)
+{
+	if (g_uring_refused) {
+		snprintf(why, len, "ut: io_uring_setup: EPERM");
+	}
+	return !g_uring_refused;
+}
+
+static const struct keeld_replica_backend g_ut_uring_backend = {
+	.name = "ut-uring",
+	.prepare = ut_prepare,
+	.unprepare = ut_unprepare,
+	.open = ut_uring_open,
+	.close = ut_uring_close,
+	.open_error_text = ut_open_error_text,
+	.available = ut_uring_available,
+};
+
 /* ------------------------------------------------------------------------------ */
 /* Operations                                                                      */
 /* ------------------------------------------------------------------------------ */
@@ -289,8 +325,8 @@ static void res_reset(struct op_res *r)
 	memset(r, 0, sizeof(*r));
 }
 
-static int create_vol(const char *name, const char *const *reps, uint32_t n, bool force,
-		      struct op_res *r)
+static int create_vol_on(const char *name, const char *const *reps, uint32_t n, bool force,
+			 enum keeld_backend backend, struct op_res *r)
 {
 	struct keeld_volume_create_opts o = {
 		.name = name,
@@ -298,10 +334,17 @@ static int create_vol(const char *name, const char *const *reps, uint32_t n, boo
 		.replicas = reps,
 		.num_replicas = n,
 		.force = force,
+		.backend = backend,
 	};
 
 	res_reset(r);
 	return finish(keeld_volume_create(&o, op_cb, r), r);
+}
+
+static int create_vol(const char *name, const char *const *reps, uint32_t n, bool force,
+		      struct op_res *r)
+{
+	return create_vol_on(name, reps, n, force, KEELD_BACKEND_DEFAULT, r);
 }
 
 static int destroy_vol(const char *name, bool wipe, struct op_res *r)
@@ -421,7 +464,10 @@ static void setup(void)
 	CU_ASSERT_FATAL(keel_bdev_subsystem_init(flag_status_cb, &done) == 0);
 	wait_flag(&done);
 	CU_ASSERT_FATAL(keeld_store_init(g_dir) == 0);
-	keeld_volumes_set_backend(&g_ut_backend);
+	keeld_volumes_set_backend(KEELD_BACKEND_AIO, &g_ut_backend);
+	keeld_volumes_set_backend(KEELD_BACKEND_URING, &g_ut_uring_backend);
+	g_uring_refused = false;
+	g_uring_opens = g_uring_closes = 0;
 	g_prep_fail[0] = g_open_fail[0] = '\0';
 	g_hold_opens = false;
 	g_fs_alive = 0;
@@ -455,7 +501,9 @@ static void teardown(void)
 	keel_bdev_subsystem_fini(flag_status_cb, &done);
 	wait_flag(&done);
 	keeld_volumes_fini();
-	keeld_volumes_set_backend(NULL);
+	keeld_volumes_set_backend(KEELD_BACKEND_AIO, NULL);
+	keeld_volumes_set_backend(KEELD_BACKEND_URING, NULL);
+	CU_ASSERT_EQUAL(keeld_volumes_set_default_backend(KEELD_BACKEND_AIO), KEELD_BACKEND_AIO);
 	ut_threads_fini();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
 	CU_ASSERT_EQUAL(system(cmd), 0);
@@ -666,9 +714,10 @@ static void test_concurrent_ops(void)
 	CU_ASSERT_EQUAL(finish(keeld_volume_destroy("w", false, op_cb, &b), &b), -EBUSY);
 	CU_ASSERT_STRING_EQUAL(b.msg, "volume 'w' is being created: try again when that "
 				      "finished");
-	CU_ASSERT_EQUAL(
-		finish(keeld_volume_add_replica("w", PREFIX "new0", NULL, false, op_cb, &c), &c),
-		-EBUSY);
+	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("w", PREFIX "new0", NULL,
+							KEELD_BACKEND_DEFAULT, false, op_cb, &c),
+			       &c),
+			-EBUSY);
 	/* its name and paths are taken meanwhile */
 	res_reset(&b);
 	CU_ASSERT_EQUAL(finish(keeld_volume_create(&ow, op_cb, &b), &b), -EEXIST);
@@ -726,7 +775,8 @@ static void test_refusals(void)
 	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "give replicas (the replica file paths), not also "
 				    "replica_bdevs");
-	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("x", NULL, NULL, why, sizeof(why)));
+	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("x", NULL, NULL, KEELD_BACKEND_DEFAULT, why,
+						       sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "give replica (the path of the replica file)");
 
 	/* refusals that need the registry come later, through the callback */
@@ -746,16 +796,20 @@ static void test_refusals(void)
 			-ENOENT);
 	CU_ASSERT_PTR_NOT_NULL(strstr(r.msg, "has no replica '" PREFIX "zz'"));
 	res_reset(&r);
-	CU_ASSERT_EQUAL(
-		finish(keeld_volume_add_replica("v", PREFIX "m0", NULL, false, op_cb, &r), &r),
-		-EEXIST);
+	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "m0", NULL,
+							KEELD_BACKEND_DEFAULT, false, op_cb, &r),
+			       &r),
+			-EEXIST);
 	CU_ASSERT_STRING_EQUAL(r.msg, "file '" PREFIX "m0' is already a healthy replica of "
 				      "volume 'v'");
 	/* a volume made of files takes files */
-	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("v", NULL, "m3", why, sizeof(why)));
+	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("v", NULL, "m3", KEELD_BACKEND_DEFAULT, why,
+						       sizeof(why)));
 	CU_ASSERT_STRING_EQUAL(why, "volume 'v' was made from files: add a replica as replica "
 				    "(a path)");
-	CU_ASSERT_EQUAL(keeld_volume_add_replica("v", NULL, "m3", false, op_cb, &r), -EINVAL);
+	CU_ASSERT_EQUAL(
+		keeld_volume_add_replica("v", NULL, "m3", KEELD_BACKEND_DEFAULT, false, op_cb, &r),
+		-EINVAL);
 	/* the test hook: bdevs that do not exist */
 	o.replicas = NULL;
 	o.num_replicas = 1;
@@ -786,9 +840,10 @@ static void test_add_remove_readd(void)
 	setup();
 	CU_ASSERT_EQUAL_FATAL(create_vol("v", reps, 2, false, &r), 0);
 	res_reset(&r);
-	CU_ASSERT_EQUAL(
-		finish(keeld_volume_add_replica("v", PREFIX "new0", NULL, false, op_cb, &r), &r),
-		0);
+	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "new0", NULL,
+							KEELD_BACKEND_DEFAULT, false, op_cb, &r),
+			       &r),
+			0);
 	CU_ASSERT_EQUAL(json_array_size(json_object_get(r.vol, "replicas")), 3);
 	CU_ASSERT_EQUAL(fs_alive(), 1);
 	res_reset(&r);
@@ -799,9 +854,10 @@ static void test_add_remove_readd(void)
 	snprintf(g_open_fail, sizeof(g_open_fail), "new1");
 	g_open_fail_status = -EIO;
 	res_reset(&r);
-	CU_ASSERT_EQUAL(
-		finish(keeld_volume_add_replica("v", PREFIX "new1", NULL, false, op_cb, &r), &r),
-		-EIO);
+	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "new1", NULL,
+							KEELD_BACKEND_DEFAULT, false, op_cb, &r),
+			       &r),
+			-EIO);
 	CU_ASSERT_EQUAL(fs_alive(), 1); /* new0 stays: remove keeps the target */
 	CU_ASSERT_EQUAL(vol_replicas("v"), 2);
 	g_open_fail[0] = '\0';
@@ -809,8 +865,10 @@ static void test_add_remove_readd(void)
 	res_reset(&r);
 	CU_ASSERT_EQUAL(finish(keeld_volume_fault_replica("v", PREFIX "m1", op_cb, &r), &r), 0);
 	res_reset(&r);
-	CU_ASSERT_EQUAL(
-		finish(keeld_volume_add_replica("v", PREFIX "m1", NULL, false, op_cb, &r), &r), 0);
+	CU_ASSERT_EQUAL(finish(keeld_volume_add_replica("v", PREFIX "m1", NULL,
+							KEELD_BACKEND_DEFAULT, false, op_cb, &r),
+			       &r),
+			0);
 	CU_ASSERT_STRING_NOT_EQUAL(rep_field(r.vol, PREFIX "m1", "state"), "faulted");
 	CU_ASSERT_EQUAL(json_array_size(json_object_get(r.vol, "replicas")), 2);
 	res_reset(&r);
@@ -999,6 +1057,288 @@ static void test_save_fails(void)
 	teardown();
 }
 
+/* ------------------------------------------------------------------------------ */
+/* Backends                                                                        */
+/* ------------------------------------------------------------------------------ */
+
+static int add_replica_on(const char *name, const char *path, enum keeld_backend backend,
+			  struct op_res *r)
+{
+	res_reset(r);
+	return finish(keeld_volume_add_replica(name, path, NULL, backend, false, op_cb, r), r);
+}
+
+static const char *json_field(json_t *o, const char *key)
+{
+	return json_string_value(json_object_get(o, key));
+}
+
+/* The state file's entry of volume \p name (a new reference), or NULL. */
+static json_t *state_file_volume(const char *name)
+{
+	json_error_t err;
+	json_t *doc = json_load_file(keeld_store_path(KEELD_DOC_STATE), 0, &err);
+	json_t *v, *found = NULL;
+	size_t i;
+
+	CU_ASSERT_FATAL(doc != NULL);
+	json_array_foreach(json_object_get(doc, "volumes"), i, v) {
+		if (strcmp(json_field(v, "name"), name) == 0) {
+			found = json_incref(v);
+		}
+	}
+	json_decref(doc);
+	return found;
+}
+
+/* The backend the state file records for replica \p path of volume \p name. */
+static void assert_saved_backend(const char *name, const char *path, const char *want)
+{
+	json_t *v = state_file_volume(name), *rep;
+	const char *got = NULL;
+	size_t i;
+
+	CU_ASSERT_FATAL(v != NULL);
+	json_array_foreach(json_object_get(v, "replicas"), i, rep) {
+		if (strcmp(json_field(rep, "path"), path) == 0) {
+			got = json_field(rep, "backend");
+		}
+	}
+	CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+	CU_ASSERT_STRING_EQUAL(got, want);
+	json_decref(v);
+}
+
+/*
+ * A volume on uring with one replica added on aio: volume_get and the state file say
+ * so per replica, and after a restart each replica is opened again through its own
+ * backend.
+ */
+static void test_backend_persists(void)
+{
+	const char *reps[] = {PREFIX "m0", PREFIX "m1"};
+	struct op_res r = {0};
+	json_t *v;
+
+	setup();
+	CU_ASSERT_EQUAL_FATAL(create_vol_on("v", reps, 2, false, KEELD_BACKEND_URING, &r), 0);
+	CU_ASSERT_STRING_EQUAL(json_field(r.vol, "backend"), "uring");
+	CU_ASSERT_STRING_EQUAL(rep_field(r.vol, PREFIX "m0", "backend"), "uring");
+	CU_ASSERT_EQUAL(g_uring_opens, 2);
+	CU_ASSERT_EQUAL_FATAL(add_replica_on("v", PREFIX "new0", KEELD_BACKEND_AIO, &r), 0);
+	CU_ASSERT_STRING_EQUAL(rep_field(r.vol, PREFIX "new0", "backend"), "aio");
+	CU_ASSERT_EQUAL(g_uring_opens, 2); /* the aio replica did not go through uring */
+	/* a replica added without a backend takes the volume's */
+	CU_ASSERT_EQUAL_FATAL(add_replica_on("v", PREFIX "m2", KEELD_BACKEND_DEFAULT, &r), 0);
+	CU_ASSERT_STRING_EQUAL(rep_field(r.vol, PREFIX "m2", "backend"), "uring");
+	CU_ASSERT_EQUAL(g_uring_opens, 3);
+	v = state_file_volume("v");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "uring");
+	json_decref(v);
+	assert_saved_backend("v", PREFIX "m0", "uring");
+	assert_saved_backend("v", PREFIX "new0", "aio");
+	/* a volume created without one gets the daemon's default (aio here) */
+	CU_ASSERT_EQUAL_FATAL(create_vol("w", (const char *[]){PREFIX "m3"}, 1, false, &r), 0);
+	CU_ASSERT_STRING_EQUAL(json_field(r.vol, "backend"), "aio");
+
+	g_uring_opens = g_uring_closes = 0;
+	restart(NULL);
+	CU_ASSERT_EQUAL(g_uring_closes, 0); /* restart() deletes the bdevs itself */
+	CU_ASSERT_EQUAL(g_uring_opens, 3);  /* m0, m1, m2; new0 and w's m3 through aio */
+	v = vol_json("v");
+	/* degraded: the added replicas wait for a rebuild (automatic rebuilds are off) */
+	CU_ASSERT_STRING_EQUAL(vol_state(v), "degraded");
+	CU_ASSERT_STRING_EQUAL(rep_field(v, PREFIX "m1", "state"), "healthy");
+	CU_ASSERT_STRING_EQUAL(rep_field(v, PREFIX "new0", "state"), "rebuilding");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "uring");
+	CU_ASSERT_STRING_EQUAL(rep_field(v, PREFIX "m1", "backend"), "uring");
+	CU_ASSERT_STRING_EQUAL(rep_field(v, PREFIX "new0", "backend"), "aio");
+	json_decref(v);
+	v = vol_json("w");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "aio");
+	json_decref(v);
+	/* destroy closes each replica through what opened it */
+	CU_ASSERT_EQUAL(destroy_vol("v", false, &r), 0);
+	CU_ASSERT_EQUAL(g_uring_closes, 3);
+	res_reset(&r);
+	teardown();
+}
+
+/* Remove the replicas' "backend" from a state document, and with \p volumes the
+ * volumes' too. */
+static void drop_backend_fields(json_t *doc, bool volumes)
+{
+	json_t *v, *rep;
+	size_t i, j;
+
+	json_array_foreach(json_object_get(doc, "volumes"), i, v) {
+		if (volumes) {
+			json_object_del(v, "backend");
+		}
+		json_array_foreach(json_object_get(v, "replicas"), j, rep) {
+			json_object_del(rep, "backend");
+		}
+	}
+}
+
+/* A state file written before volumes had a backend. */
+static void drop_backends(json_t *doc)
+{
+	drop_backend_fields(doc, true);
+}
+
+/* Older state files mean aio; a replica without one takes its volume's. */
+static void test_backend_old_state(void)
+{
+	const char *reps[] = {PREFIX "m0", PREFIX "m1"};
+	struct op_res r = {0};
+	json_t *v;
+
+	setup();
+	CU_ASSERT_EQUAL_FATAL(create_vol_on("v", reps, 2, false, KEELD_BACKEND_URING, &r), 0);
+	g_uring_opens = 0;
+	restart(drop_backends);
+	CU_ASSERT_EQUAL(g_uring_opens, 0);
+	v = vol_json("v");
+	CU_ASSERT_STRING_EQUAL(vol_state(v), "online");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "aio");
+	CU_ASSERT_STRING_EQUAL(rep_field(v, PREFIX "m0", "backend"), "aio");
+	json_decref(v);
+	assert_saved_backend("v", PREFIX "m0", "aio"); /* restore saved it back, explicit */
+	res_reset(&r);
+	teardown();
+}
+
+/* Replicas without a backend of their own, in a volume on uring, are on uring. */
+static void drop_replica_backends(json_t *doc)
+{
+	drop_backend_fields(doc, false);
+}
+
+static void test_backend_replica_inherits(void)
+{
+	const char *reps[] = {PREFIX "m0", PREFIX "m1"};
+	struct op_res r = {0};
+
+	setup();
+	CU_ASSERT_EQUAL_FATAL(create_vol_on("v", reps, 2, false, KEELD_BACKEND_URING, &r), 0);
+	g_uring_opens = 0;
+	restart(drop_replica_backends);
+	CU_ASSERT_EQUAL(g_uring_opens, 2);
+	res_reset(&r);
+	teardown();
+}
+
+/* What keeld_state_validate says about a backend it does not know. */
+static void test_backend_unknown_in_state(void)
+{
+	char err[512];
+	json_t *doc;
+
+	doc = json_pack("{s:i, s:[{s:s, s:i, s:s, s:[{s:s}]}], s:[]}", "version",
+			KEELD_STATE_VERSION, "volumes", "name", "v", "size", (int)VOL_SIZE,
+			"backend", "aio", "replicas", "path", PREFIX "m0", "exports");
+	CU_ASSERT_FATAL(doc != NULL);
+	CU_ASSERT(keeld_state_validate(doc, err, sizeof(err)));
+	json_object_set_new(json_array_get(json_object_get(doc, "volumes"), 0), "backend",
+			    json_string("spdk"));
+	CU_ASSERT_FALSE(keeld_state_validate(doc, err, sizeof(err)));
+	CU_ASSERT_PTR_NOT_NULL(strstr(
+		err, "volumes[0].backend: 'spdk' is not a replica backend: use aio or uring"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "this keeld cannot open such a replica"));
+	json_object_set_new(json_array_get(json_object_get(doc, "volumes"), 0), "backend",
+			    json_integer(1));
+	CU_ASSERT_FALSE(keeld_state_validate(doc, err, sizeof(err)));
+	CU_ASSERT_STRING_EQUAL(err, "volumes[0].backend: expected a string (aio or uring)");
+	json_object_set_new(json_array_get(json_object_get(doc, "volumes"), 0), "backend",
+			    json_string("uring"));
+	json_object_set_new(
+		json_array_get(json_object_get(json_array_get(json_object_get(doc, "volumes"), 0),
+					       "replicas"),
+			       0),
+		"backend", json_string("URING"));
+	CU_ASSERT_FALSE(keeld_state_validate(doc, err, sizeof(err)));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "volumes[0].replicas[0].backend: 'URING' is not"));
+	json_decref(doc);
+}
+
+/*
+ * io_uring refused: a volume or replica that asks for uring is refused with why and
+ * what to do, leaving nothing behind; a uring default falls back to aio; a volume
+ * saved on uring is restored through aio (and stays uring in the state file).
+ */
+static void test_backend_unavailable(void)
+{
+	const char *reps[] = {PREFIX "m0", PREFIX "m1"};
+	struct keeld_volume_create_opts bad = {.name = "x", .size = VOL_SIZE};
+	struct op_res r = {0};
+	char why[512];
+	json_t *v;
+
+	setup();
+	g_uring_refused = true;
+	CU_ASSERT_EQUAL(create_vol_on("v", reps, 2, false, KEELD_BACKEND_URING, &r), -ENOTSUP);
+	CU_ASSERT_STRING_EQUAL(r.msg, "backend uring is unavailable on this machine: ut: "
+				      "io_uring_setup: EPERM; use the aio backend (keelctl "
+				      "--backend aio, or leave the backend out)");
+	assert_no_trace("v");
+	CU_ASSERT_EQUAL(fs_alive(), 0);
+	/* a volume made while io_uring worked */
+	g_uring_refused = false;
+	CU_ASSERT_EQUAL_FATAL(create_vol_on("u", (const char *[]){PREFIX "m2"}, 1, false,
+					    KEELD_BACKEND_URING, &r),
+			      0);
+	g_uring_refused = true;
+	/* the default falls back to aio, so leaving the backend out works */
+	CU_ASSERT_EQUAL(keeld_volumes_set_default_backend(KEELD_BACKEND_URING), KEELD_BACKEND_AIO);
+	CU_ASSERT_EQUAL(keeld_volumes_default_backend(), KEELD_BACKEND_AIO);
+	CU_ASSERT_EQUAL_FATAL(create_vol_on("v", reps, 2, false, KEELD_BACKEND_DEFAULT, &r), 0);
+	CU_ASSERT_STRING_EQUAL(json_field(r.vol, "backend"), "aio");
+	/* adding a uring replica is refused the same way; the volume keeps its two */
+	CU_ASSERT_EQUAL(add_replica_on("v", PREFIX "new0", KEELD_BACKEND_URING, &r), -ENOTSUP);
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.msg, "backend uring is unavailable"));
+	CU_ASSERT_EQUAL(vol_replicas("v"), 2);
+	CU_ASSERT_EQUAL(fs_alive(), 0);
+	/* so is one added without a backend to the volume on uring */
+	CU_ASSERT_EQUAL(add_replica_on("u", PREFIX "new0", KEELD_BACKEND_DEFAULT, &r), -ENOTSUP);
+	/* restore: the uring volume opens through aio, and is still uring on disk */
+	g_uring_opens = 0;
+	restart(NULL);
+	CU_ASSERT_EQUAL(g_uring_opens, 0);
+	v = vol_json("u");
+	CU_ASSERT_STRING_EQUAL(vol_state(v), "online");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "uring");
+	json_decref(v);
+	assert_saved_backend("u", PREFIX "m2", "uring");
+	/* io_uring back: the default is uring again when asked */
+	g_uring_refused = false;
+	CU_ASSERT_EQUAL(keeld_volumes_set_default_backend(KEELD_BACKEND_URING),
+			KEELD_BACKEND_URING);
+	CU_ASSERT_EQUAL_FATAL(create_vol("w", (const char *[]){PREFIX "m3"}, 1, false, &r), 0);
+	CU_ASSERT_STRING_EQUAL(json_field(r.vol, "backend"), "uring");
+	/* requests that name a backend where it cannot apply */
+	bad.replica_bdevs = (const char *const[]){"m0"};
+	bad.num_replicas = 1;
+	bad.backend = KEELD_BACKEND_URING;
+	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&bad, why, sizeof(why)));
+	CU_ASSERT_STRING_EQUAL(why, "backend: only for replica files (a replica bdev is open "
+				    "already)");
+	bad.replica_bdevs = NULL;
+	bad.replicas = (const char *const[]){PREFIX "m0"};
+	bad.backend = (enum keeld_backend)7;
+	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&bad, why, sizeof(why)));
+	CU_ASSERT_STRING_EQUAL(why, "backend: not a replica backend: use aio or uring");
+	CU_ASSERT_EQUAL(keeld_volume_create(&bad, op_cb, &r), -EINVAL);
+	CU_ASSERT_FALSE(keeld_volume_add_replica_valid("v", NULL, "m0", KEELD_BACKEND_AIO, why,
+						       sizeof(why)));
+	CU_ASSERT_PTR_NOT_NULL(strstr(why, "backend: only for replica files"));
+	CU_ASSERT(keeld_backend_parse("uring", &bad.backend, why, sizeof(why)));
+	CU_ASSERT_FALSE(keeld_backend_parse("io_uring", &bad.backend, why, sizeof(why)));
+	CU_ASSERT_STRING_EQUAL(why, "'io_uring' is not a replica backend: use aio or uring");
+	res_reset(&r);
+	teardown();
+}
+
 int main(void)
 {
 	static const struct ut_test tests[] = {
@@ -1014,6 +1354,11 @@ int main(void)
 		{"restore_foreign", test_restore_foreign},
 		{"shutdown_waits", test_shutdown_waits},
 		{"save_fails", test_save_fails},
+		{"backend_persists", test_backend_persists},
+		{"backend_old_state", test_backend_old_state},
+		{"backend_replica_inherits", test_backend_replica_inherits},
+		{"backend_unknown_in_state", test_backend_unknown_in_state},
+		{"backend_unavailable", test_backend_unavailable},
 		{NULL, NULL},
 	};
 	struct keel_rebuild_opts ro;
