@@ -138,6 +138,19 @@ start_keeld() {
 	wait_for_keeld "$KEELD_PID"
 }
 
+# Start keeld as start_keeld does, under a seccomp filter that refuses io_uring as a
+# container runtime's default profile does (tests/unit/uring/no_uring_exec.c). Returns
+# 1 without starting anything when that helper is not built.
+start_keeld_without_uring() {
+	local no_uring=$KEEL_BIN/tests/no_uring_exec
+
+	[ -x "$no_uring" ] || return 1
+	"$no_uring" "$KEEL_BIN/keeld" --foreground --rpc-socket "$SOCK" --state-dir "$STATE" \
+		--cpus "${KEEL_E2E_CPUS:-0}" "$@" >>"$KEELD_LOG" 2>&1 &
+	KEELD_PID=$!
+	wait_for_keeld "$KEELD_PID"
+}
+
 # SIGTERM keeld and wait; returns keeld's exit status.
 stop_keeld() {
 	local rc
@@ -166,6 +179,18 @@ expect_fail() {
 	*"$substr"*) ok "$what -> $(echo "$out" | head -n 1)" ;;
 	*) fail "$what: output lacks '$substr': $out" ;;
 	esac
+}
+
+# expect_usage "what" SUBSTRING CMD...: CMD must exit 2 (a usage mistake) and print
+# SUBSTRING. Usage mistakes never reach keeld, so running CMD twice costs nothing.
+expect_usage() {
+	local what=$1 substr=$2 rc
+	shift 2
+
+	"$@" >/dev/null 2>&1
+	rc=$?
+	[ $rc -eq 2 ] || fail "$what: exit $rc, want 2 (a usage mistake)"
+	expect_fail "$what" "$substr" "$@"
 }
 
 # expect_ok "what" CMD...: CMD must succeed; its stdout is left in $OUT.

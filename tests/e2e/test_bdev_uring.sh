@@ -110,13 +110,8 @@ expect_ok "generic delete" keelctl bdev delete u1
 stop_keeld || fail "keeld exit status"
 
 # --- keeld where io_uring is refused ---------------------------------------------------
-NO_URING=$KEEL_BIN/tests/no_uring_exec
-[ -x "$NO_URING" ] || { echo "  (no $NO_URING: refusal not tested)"; exit 0; }
 : >"$KEELD_LOG"
-"$NO_URING" "$KEEL_BIN/keeld" --foreground --rpc-socket "$SOCK" --state-dir "$STATE" \
-	--cpus "${KEEL_E2E_CPUS:-0}" >>"$KEELD_LOG" 2>&1 &
-KEELD_PID=$!
-wait_for_keeld "$KEELD_PID"
+start_keeld_without_uring || { echo "  (no no_uring_exec: refusal not tested)"; exit 0; }
 for _ in $(seq 1 100); do
 	grep -q "io_uring is unavailable" "$KEELD_LOG" && break
 	sleep 0.1

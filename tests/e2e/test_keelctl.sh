@@ -4,18 +4,6 @@
 # the option parser: usage mistakes exit 2 and name the option, --help works everywhere.
 . "$(dirname "$0")/lib.sh"
 
-# expect_usage "what" SUBSTRING CMD...: CMD must exit 2 (a usage mistake) and print
-# SUBSTRING. Usage mistakes never reach keeld, so running CMD twice costs nothing.
-expect_usage() {
-	local what=$1 substr=$2 rc
-	shift 2
-
-	"$@" >/dev/null 2>&1
-	rc=$?
-	[ $rc -eq 2 ] || fail "$what: exit $rc, want 2 (a usage mistake)"
-	expect_fail "$what" "$substr" "$@"
-}
-
 # expect_help "what" SUBSTRING CMD...: CMD must exit 0 and print SUBSTRING on stdout.
 expect_help() {
 	local what=$1 substr=$2 out rc
