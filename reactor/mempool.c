@@ -17,8 +17,16 @@
 
 #include "reactor_internal.h"
 
-/* Objects in a pool's first segment. */
-#define MEMPOOL_FIRST_SEGMENT 32
+/*
+ * Objects in a pool's first segment, and at most what a cache takes or gives back at
+ * once. keeld locks its memory: every object carved is resident, and each bdev of a
+ * volume has a pool per thread that serves it, so an idle client's first read must
+ * not carve dozens per bdev (a 64-object refill made a volume with one idle client
+ * cost ~400 KiB). A busy thread's cache still refills rarely: gets and puts balance
+ * inside it.
+ */
+#define MEMPOOL_FIRST_SEGMENT 16
+#define MEMPOOL_CACHE_BATCH_MAX 16
 
 struct mempool_segment {
 	struct mempool_segment *next;
@@ -281,6 +289,9 @@ struct keel_mempool_cache *keel_mempool_cache_create(struct keel_mempool *pool, 
 	cache->pool = pool;
 	cache->size = size;
 	cache->batch = size / 2 ? size / 2 : 1;
+	if (cache->batch > MEMPOOL_CACHE_BATCH_MAX) {
+		cache->batch = MEMPOOL_CACHE_BATCH_MAX;
+	}
 	return cache;
 }
 

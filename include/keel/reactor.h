@@ -597,7 +597,7 @@ void keel_numa_free(void *ptr, size_t size);
 
 /**
  * A pool of up to \p count fixed-size objects of \p elt_size bytes (cache-line
- * aligned) on \p numa_node (-1: anywhere). 32 objects are allocated at creation; the
+ * aligned) on \p numa_node (-1: anywhere). 16 objects are allocated at creation; the
  * first get that finds the pool dry doubles what it holds (up to \p count), so a pool
  * costs what its busiest moment needed. Growing never fails a get that other objects
  * can serve; when memory runs out the get sees an empty pool. Memory stays with the
@@ -618,7 +618,7 @@ uint32_t keel_mempool_count(const struct keel_mempool *pool);
 
 /**
  * A per-thread cache in front of \p pool holding up to \p size objects; refills and
- * drains in batches of size/2. Owned by one thread (typically inside a channel).
+ * drains in batches of size/2, at most 16. Owned by one thread (typically inside a channel).
  * \return NULL on allocation failure.
  */
 struct keel_mempool_cache *keel_mempool_cache_create(struct keel_mempool *pool, uint32_t size);
