@@ -297,7 +297,8 @@ static int nbd_conn_alloc(int fd, nbd_conn_done_fn done_fn, void *done_ctx, stru
 	conn->done_ctx = done_ctx;
 	TAILQ_INIT(&conn->replies);
 	TAILQ_INIT(&conn->nomem);
-	conn->rbuf = malloc(NBD_CONN_RBUF_SIZE);
+	conn->rbuf = malloc(NBD_CONN_RBUF_MIN);
+	conn->rbuf_size = NBD_CONN_RBUF_MIN;
 	if (conn->rbuf == NULL) {
 		rc = -ENOMEM;
 		goto out_free_conn;

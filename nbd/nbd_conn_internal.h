@@ -28,12 +28,15 @@
 /* Requests a connection keeps in flight; the kernel sends up to 128, nbdcopy 64. */
 #define NBD_CONN_MAX_REQS 256u
 /*
- * 15 queued 4 KiB writes with their headers in one recv() (payloads of 16 KiB and more
- * are received straight into their own buffers). keeld locks its memory (mlockall), so
- * every byte here is resident for each connected client, idle or not: at 256 KiB an
- * idle client cost 311 KiB, more than the 256 KiB an exported volume may cost.
+ * The receive buffer starts small and grows once a recv() fills it (a client with
+ * requests queued). keeld locks its memory (mlockall), so every byte here is resident
+ * for each connected client, idle or not: at a fixed 256 KiB an idle client cost
+ * 311 KiB, more than the 256 KiB an exported volume may cost. 16 KiB holds the largest
+ * option (8 KiB) and any header; 64 KiB holds 15 queued 4 KiB writes with their
+ * headers (payloads of 16 KiB and more are received straight into their buffers).
  */
-#define NBD_CONN_RBUF_SIZE (64u * 1024u)
+#define NBD_CONN_RBUF_MIN (16u * 1024u)
+#define NBD_CONN_RBUF_MAX (64u * 1024u)
 /* iovecs one sendmsg() of replies carries at most (header and data per reply). */
 #define NBD_CONN_IOV_MAX 1024u
 
@@ -107,6 +110,7 @@ struct nbd_conn {
 
 	/* receive side */
 	uint8_t *rbuf;
+	size_t rbuf_size; /* NBD_CONN_RBUF_MIN, or _MAX once a recv() filled it */
 	size_t rpos;
 	size_t rlen;
 	enum nbd_rx_state rx;

@@ -185,6 +185,24 @@ static void nbd_conn_rx_error(struct nbd_conn *conn, int err)
 	nbd_conn_abort(conn);
 }
 
+/*
+ * A recv() filled the receive buffer: the client has more queued. Grow it once to the
+ * full size; without memory the small buffer still works, a few requests per recv().
+ */
+static void nbd_rbuf_grow(struct nbd_conn *conn)
+{
+	uint8_t *bigger;
+
+	if (conn->rbuf_size >= NBD_CONN_RBUF_MAX) {
+		return;
+	}
+	bigger = realloc(conn->rbuf, NBD_CONN_RBUF_MAX);
+	if (bigger != NULL) {
+		conn->rbuf = bigger;
+		conn->rbuf_size = NBD_CONN_RBUF_MAX;
+	}
+}
+
 int nbd_conn_rx(struct nbd_conn *conn)
 {
 	int work = 0;
@@ -244,13 +262,13 @@ int nbd_conn_rx(struct nbd_conn *conn)
 		} else {
 			if (conn->rpos == conn->rlen) {
 				conn->rpos = conn->rlen = 0;
-			} else if (conn->rpos > 0 && conn->rlen == NBD_CONN_RBUF_SIZE) {
+			} else if (conn->rpos > 0 && conn->rlen == conn->rbuf_size) {
 				memmove(conn->rbuf, conn->rbuf + conn->rpos,
 					conn->rlen - conn->rpos);
 				conn->rlen -= conn->rpos;
 				conn->rpos = 0;
 			}
-			want = NBD_CONN_RBUF_SIZE - conn->rlen;
+			want = conn->rbuf_size - conn->rlen;
 			if (want == 0) {
 				break;
 			}
@@ -263,6 +281,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 				if ((size_t)n < want) {
 					break;
 				}
+				nbd_rbuf_grow(conn);
 				continue;
 			}
 		}

@@ -9,7 +9,8 @@
 #   env: KEEL_BIN (default build/bin), KEEL_CPUS (keeld --cpus, default 0-1), MODES
 #        (default "default interrupt poll"; "default" is keeld's own, adaptive), SETTLE
 #        (seconds between a change and a measurement, default 2), DIR (where the replica
-#        files go, default a temp dir under /var/tmp), NBDKIT (0 skips nbdkit)
+#        files go, default a temp dir under /var/tmp), NBDKIT (0 skips nbdkit),
+#        CLIENT_VOLUMES (up to this many volumes also get the "+client" row, default 64)
 #
 # For each count: the time to create the volumes and their exports (four keelctl at a
 # time, as tests/e2e/test_many_volumes.sh does), a check that every export answers
@@ -18,7 +19,9 @@
 # and the wake-ups per second of each reactor (keelctl reactor stats over 2 s); the
 # RSS and the RSS per volume against the same keeld with none; then a restart (SIGTERM,
 # start again on the same state dir) timed until every export is listed again, and
-# checked with nbdinfo. With 16 volumes, nbdkit runs side by side the way users run it:
+# checked with nbdinfo. Up to CLIENT_VOLUMES volumes, a "+client" row: one qemu-io per
+# export that reads 4 KiB and then stays connected, idle; its KiB/vol is the cost of
+# an exported volume including its idle client (issue 11: < 256 KiB). With 16 volumes, nbdkit runs side by side the way users run it:
 # one process per export (file plugin) on the same 16 replica files, idle, no client.
 # Exits 0 unless a tool fails; 77 when keeld is not built.
 set -u
@@ -43,7 +46,17 @@ T=$(mktemp -d /tmp/keel-iscale.XXXXXX) || exit 1
 DIR=${DIR:-$(mktemp -d /var/tmp/keel-iscale.XXXXXX)} || exit 1
 KPID=
 KITPIDS=()
+CPIDS=()
+CFDS=()
+stop_clients() {
+	local fd p
+	for fd in "${CFDS[@]}"; do exec {fd}>&-; done
+	for p in "${CPIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+	CFDS=()
+	CPIDS=()
+}
 cleanup() {
+	stop_clients
 	[ -n "$KPID" ] && kill -TERM "$KPID" 2>/dev/null && wait "$KPID" 2>/dev/null
 	for p in "${KITPIDS[@]}"; do kill "$p" 2>/dev/null; done
 	rm -rf "$T" "$DIR"
@@ -81,6 +94,26 @@ cpu_pct() {
 }
 
 exports_listed() { K --json rpc nbd_get_exports | jq 'length'; }
+
+# idle_clients N: one qemu-io per export that reads 4 KiB and stays connected; returns
+# once every one has reported its read.
+idle_clients() {
+	local n=$1 i fd
+	for ((i = 0; i < n; i++)); do
+		rm -f "$T/c$i.in"
+		mkfifo "$T/c$i.in" || die "mkfifo"
+		stdbuf -oL qemu-io -f raw "nbd+unix:///s$i?socket=$T/s$i.nbd" <"$T/c$i.in" \
+			>"$T/c$i.out" 2>&1 &
+		CPIDS+=($!)
+		exec {fd}>"$T/c$i.in"
+		CFDS+=("$fd")
+		echo "read 0 4K" >&"$fd"
+	done
+	for ((i = 0; i < n; i++)); do
+		for _ in $(seq 1 600); do grep -qs 'read 4096/4096' "$T/c$i.out" && break; sleep 0.05; done
+		grep -qs 'read 4096/4096' "$T/c$i.out" || die "client $i: $(tail -n 2 "$T/c$i.out")"
+	done
+}
 check_exports() {
 	local n=$1 i out
 
@@ -135,6 +168,15 @@ for N in $COUNTS; do
 			([.wakers[] | "\(.name) \(.wakeups)"] | join(", "))' "$T/stats.json"
 	done
 	K rpc framework_set_reactor_mode '{"mode":"adaptive"}' >/dev/null || die "set mode back"
+	if [ "$N" -gt 0 ] && [ "$N" -le "${CLIENT_VOLUMES:-64}" ] && [ -n "$RSS0" ] &&
+		command -v qemu-io >/dev/null; then
+		idle_clients "$N"
+		sleep "$SETTLE"
+		rss=$(rss_kib "$KPID")
+		printf "%-7s %-9s %9s %9s %9s %12s %10s %9s %9s\n" "$N" "+client" - - - "$rss" \
+			$(((rss - RSS0) / N)) - -
+		stop_clients
+	fi
 	stop_keeld
 	t=$(now)
 	start_keeld
@@ -170,6 +212,7 @@ for N in $COUNTS; do
 	fi
 done
 echo "  load average at end: $(loadavg)"
-echo "  KiB/vol: (RSS with N volumes - RSS with none) / N, same run; cpu %: whole process," \
+echo "  KiB/vol: (RSS with N volumes - RSS with none) / N, same run (+client: with one idle" \
+	"qemu-io per export that read 4 KiB); cpu %: whole process," \
 	"% of one core; wake/s: keelctl reactor stats over 2 s (its own requests included);" \
 	"nbdkit row: sum over its processes"
