@@ -57,8 +57,8 @@ enum nexus_slot_verdict {
 
 struct nexus_assemble_slot {
 	enum nexus_slot_verdict verdict;
-	bool labelled;    /* passed the identity check: its label gives its UUID and
-			    * generation */
+	/* Passed the identity check: its label gives its UUID and generation. */
+	bool labelled;
 	bool behind;      /* a member one generation behind (interrupted label update) */
 	char detail[160]; /* why refused, or what the state means */
 };

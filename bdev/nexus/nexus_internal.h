@@ -209,9 +209,8 @@ struct nexus_channel {
 	struct keel_io_channel_iter *drain_iter;
 	struct keel_io_channel_iter *detach_iter;
 	TAILQ_HEAD(, keel_bdev_io) held; /* writes waiting for a label update */
-	TAILQ_HEAD(, keel_bdev_io)
-	parked; /* partly failed writes waiting for the
-					     * fault to reach the labels */
+	/* Partly failed writes waiting for the fault to reach the labels. */
+	TAILQ_HEAD(, keel_bdev_io) parked;
 	/* Rebuild range locks (nexus_rebuild.c). Writes in flight are listed so a
 	 * lock is granted only once overlapping ones are done; writes that overlap
 	 * a held lock wait in lock_waiting. */

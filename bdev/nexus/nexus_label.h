@@ -113,8 +113,9 @@ struct nexus_label_copies {
 	int rc[2];       /* nexus_label_decode of copy 0 and of copy 1 */
 	char why[2][96]; /* their reasons (empty where rc is 0) */
 	int which;       /* the copy used, when one was */
-	bool differ;     /* one was used, but the copies disagree: a write torn by a
-			     * crash, or interrupted between the two copies */
+	/* One was used, but the copies disagree: a write torn by a crash, or
+	 * interrupted between the two copies. */
+	bool differ;
 };
 
 /**
