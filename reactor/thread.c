@@ -49,7 +49,7 @@ int keel_thread_lib_init(uint32_t msg_ring_size)
 }
 
 static void thread_free(struct keel_thread *thread);
-static void thread_free_buffers(struct keel_thread *thread);
+static void thread_free_buffers(struct keel_thread *thread, bool keep_ring);
 
 void keel_thread_lib_fini(void)
 {
@@ -91,7 +91,14 @@ uint32_t krt_thread_lib_thread_count(void)
 	return n;
 }
 
-static void thread_free_buffers(struct keel_thread *thread)
+/*
+ * \p keep_ring: leave the message ring's slots for thread_free. A forced destroy with
+ * blocking jobs still running keeps them: each job's worker will send its completion,
+ * and a producer that read the ring's head just before it was closed still touches
+ * its slot before the closed ring turns it away. The zombie keeps them until
+ * keel_thread_lib_fini, which stops the blocking pool first.
+ */
+static void thread_free_buffers(struct keel_thread *thread, bool keep_ring)
 {
 	free(thread->active);
 	thread->active = NULL;
@@ -104,12 +111,14 @@ static void thread_free_buffers(struct keel_thread *thread)
 	keel_numa_free(thread->local_q,
 		       (size_t)(thread->local_mask + 1) * sizeof(struct local_msg));
 	thread->local_q = NULL;
-	krt_msg_ring_fini(&thread->ring);
+	if (!keep_ring) {
+		krt_msg_ring_fini(&thread->ring);
+	}
 }
 
 static void thread_free(struct keel_thread *thread)
 {
-	thread_free_buffers(thread);
+	thread_free_buffers(thread, false);
 	keel_numa_free(thread, sizeof(*thread));
 }
 
@@ -435,7 +444,7 @@ static void thread_destroy(struct keel_thread *thread, bool forced)
 		krt_reactor_hb_quiesce(reactor);
 	}
 	KEEL_DEBUGLOG("thread %s: destroyed", thread->name);
-	thread_free_buffers(thread);
+	thread_free_buffers(thread, forced && thread->pending_blocking != 0);
 
 	pthread_mutex_lock(&g_threads_lock);
 	TAILQ_REMOVE(&g_threads, thread, glink);
