@@ -74,6 +74,7 @@ void keel_thread_lib_fini(void)
 	}
 	while ((thread = TAILQ_FIRST(&g_zombies)) != NULL) {
 		TAILQ_REMOVE(&g_zombies, thread, glink);
+		krt_msg_ring_fini(&thread->ring); /* kept by a forced destroy, else a no-op */
 		keel_numa_free(thread, sizeof(*thread));
 	}
 	pthread_mutex_unlock(&g_threads_lock);
