@@ -43,20 +43,12 @@ for tool in jq nbdinfo; do
 done
 
 T=$(mktemp -d /tmp/keel-iscale.XXXXXX) || exit 1
+QIO_DIR=$T
 DIR=${DIR:-$(mktemp -d /var/tmp/keel-iscale.XXXXXX)} || exit 1
 KPID=
 KITPIDS=()
-CPIDS=()
-CFDS=()
-stop_clients() {
-	local fd p
-	for fd in "${CFDS[@]}"; do exec {fd}>&-; done
-	for p in "${CPIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-	CFDS=()
-	CPIDS=()
-}
 cleanup() {
-	stop_clients
+	qio_close_all
 	[ -n "$KPID" ] && kill -TERM "$KPID" 2>/dev/null && wait "$KPID" 2>/dev/null
 	for p in "${KITPIDS[@]}"; do kill "$p" 2>/dev/null; done
 	rm -rf "$T" "$DIR"
@@ -98,21 +90,12 @@ exports_listed() { K --json rpc nbd_get_exports | jq 'length'; }
 # idle_clients N: one qemu-io per export that reads 4 KiB and stays connected; returns
 # once every one has reported its read.
 idle_clients() {
-	local n=$1 i fd
-	for ((i = 0; i < n; i++)); do
-		rm -f "$T/c$i.in"
-		mkfifo "$T/c$i.in" || die "mkfifo"
-		stdbuf -oL qemu-io -f raw "nbd+unix:///s$i?socket=$T/s$i.nbd" <"$T/c$i.in" \
-			>"$T/c$i.out" 2>&1 &
-		CPIDS+=($!)
-		exec {fd}>"$T/c$i.in"
-		CFDS+=("$fd")
-		echo "read 0 4K" >&"$fd"
+	local i
+	for ((i = 0; i < $1; i++)); do
+		qio_open "$i" "nbd+unix:///s$i?socket=$T/s$i.nbd"
+		qio_send "$i" "read 0 4K"
 	done
-	for ((i = 0; i < n; i++)); do
-		for _ in $(seq 1 600); do grep -qs 'read 4096/4096' "$T/c$i.out" && break; sleep 0.05; done
-		grep -qs 'read 4096/4096' "$T/c$i.out" || die "client $i: $(tail -n 2 "$T/c$i.out")"
-	done
+	for ((i = 0; i < $1; i++)); do qio_wait_reads "$i" 1; done
 }
 check_exports() {
 	local n=$1 i out
@@ -175,7 +158,7 @@ for N in $COUNTS; do
 		rss=$(rss_kib "$KPID")
 		printf "%-7s %-9s %9s %9s %9s %12s %10s %9s %9s\n" "$N" "+client" - - - "$rss" \
 			$(((rss - RSS0) / N)) - -
-		stop_clients
+		qio_close_all
 	fi
 	stop_keeld
 	t=$(now)

@@ -31,53 +31,26 @@ done
 
 T=$(mktemp -d /tmp/keel-idle-rss.XXXXXX) || exit 1
 SPID=
-CPIDS=()
-stop_clients() {
-	local fd
-	for fd in "${CFDS[@]:-}"; do [ -n "$fd" ] && exec {fd}>&-; done
-	CFDS=()
-	for p in "${CPIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-	for p in "${CPIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-	CPIDS=()
-}
+QIO_DIR=$T
 stop_server() {
 	[ -n "$SPID" ] && kill -TERM "$SPID" 2>/dev/null && wait "$SPID" 2>/dev/null
 	SPID=
 }
-CFDS=()
-cleanup() { stop_clients; stop_server; rm -rf "$T"; }
+cleanup() { qio_close_all; stop_server; rm -rf "$T"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 die() { echo "nbd-idle-rss.sh: $*" >&2; exit 1; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-# reads_done I: reads client I has reported (qemu-io prints its prompt before each).
-reads_done() { grep -o 'read [0-9]*/[0-9]* bytes' "$T/c$1.out" | grep -c .; }
-
 # clients URI: open CLIENTS qemu-io sessions on URI and have each do the reads, one
-# command at a time (qemu-io reading a pipe takes the next line only when more input
-# arrives), waiting for each read to be reported (the state, not a sleep).
+# command at a time, waiting for each read to be reported.
 clients() {
-	local uri=$1 i n fd cmds=("read 0 32M")
+	local uri=$1 i n cmds=("read 0 32M")
 	for kib in 4 8 16 32 64 128 256 512 1024; do cmds+=("read 512M ${kib}K"); done
-	for ((i = 0; i < CLIENTS; i++)); do
-		rm -f "$T/c$i.in"; mkfifo "$T/c$i.in" || die "mkfifo"
-		stdbuf -oL qemu-io -f raw "$uri" <"$T/c$i.in" >"$T/c$i.out" 2>&1 &
-		CPIDS+=($!)
-		exec {fd}>"$T/c$i.in"
-		CFDS+=("$fd")
-	done
+	for ((i = 0; i < CLIENTS; i++)); do qio_open "$i" "$uri"; done
 	for ((n = 0; n < ${#cmds[@]}; n++)); do
-		for ((i = 0; i < CLIENTS; i++)); do echo "${cmds[$n]}" >&"${CFDS[$i]}"; done
-		for ((i = 0; i < CLIENTS; i++)); do
-			for _ in $(seq 1 600); do
-				[ "$(reads_done "$i")" -gt "$n" ] && break
-				kill -0 "${CPIDS[$i]}" 2>/dev/null || die "client $i exited: $(tail -n 3 "$T/c$i.out")"
-				sleep 0.05
-			done
-			[ "$(reads_done "$i")" -gt "$n" ] ||
-				die "client $i did not finish '${cmds[$n]}': $(tail -n 3 "$T/c$i.out")"
-		done
+		for ((i = 0; i < CLIENTS; i++)); do qio_send "$i" "${cmds[$n]}"; done
+		for ((i = 0; i < CLIENTS; i++)); do qio_wait_reads "$i" $((n + 1)); done
 	done
 }
 
@@ -104,7 +77,7 @@ measure keeld "nbd+unix:///n0?socket=$T/keel.sock"
 keel_kib=$GROWTH_KIB
 stats=$(K --json rpc nbd_get_stats) || die "keeld: nbd_get_stats"
 echo "         nbd_get_stats: $(echo "$stats" | jq -c '{connections, buffer_bytes, cached_buffer_bytes}')"
-stop_clients
+qio_close_all
 stop_server
 
 nbdkit -f -U "$T/kit.sock" null 1G >"$T/nbdkit.log" 2>&1 &
@@ -113,7 +86,7 @@ for _ in $(seq 1 100); do [ -S "$T/kit.sock" ] && break; sleep 0.1; done
 [ -S "$T/kit.sock" ] || die "nbdkit did not start: $(cat "$T/nbdkit.log")"
 measure nbdkit "nbd+unix:///?socket=$T/kit.sock"
 kit_kib=$GROWTH_KIB
-stop_clients
+qio_close_all
 stop_server
 
 ratio=$(awk -v k="$keel_kib" -v n="$kit_kib" 'BEGIN { if (n <= 0) n = 1; printf "%.2f", k / n }')
