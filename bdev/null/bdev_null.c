@@ -100,12 +100,13 @@ static int null_destruct(void *ctx)
 
 static void null_dump_info_json(void *ctx, struct json_t *obj)
 {
+	const struct null_disk *d = ctx;
 	json_t *m = json_object();
 
 	if (!m) {
 		return;
 	}
-	json_object_set_new(m, "reads_touch_memory", json_true());
+	json_object_set_new(m, "reads_touch_memory", json_boolean(!d->leave_reads));
 	json_object_set_new(obj, "null", m);
 }
 

@@ -169,6 +169,7 @@ static void test_null_leave_reads_untouched(void)
 	struct keel_bdev_desc *desc;
 	struct keel_io_channel *ch;
 	uint8_t buf[4096];
+	json_t *info;
 
 	ut_bdev_setup(1);
 	CU_ASSERT_EQUAL_FATAL(keel_bdev_null_create("raw", NULL, 1024, 512, &b), 0);
@@ -180,6 +181,12 @@ static void test_null_leave_reads_untouched(void)
 	ut_poll_threads();
 	CU_ASSERT_EQUAL(g_ut_sub_done, 1);
 	CU_ASSERT_EQUAL(keel_bdev_null_leave_reads_untouched(b), 0);
+	info = json_object();
+	CU_ASSERT_EQUAL(keel_bdev_dump_info_json(b, info), 0);
+	CU_ASSERT_TRUE(json_is_false(
+		json_object_get(json_object_get(json_object_get(info, "driver_specific"), "null"),
+				"reads_touch_memory")));
+	json_decref(info);
 	CU_ASSERT_EQUAL_FATAL(keel_bdev_open_ext("raw", false, ut_event_cb, NULL, &desc), 0);
 	ch = keel_bdev_get_io_channel(desc);
 	memset(buf, 0x5a, sizeof(buf));
