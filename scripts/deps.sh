@@ -1,8 +1,8 @@
 # Sourced by quickstart.sh and test.sh: the Debian packages keel needs, and one
 # function that installs whichever are missing (or names them when not root).
 
-KEEL_BUILD_PACKAGES="build-essential cmake pkg-config libaio-dev liburing-dev libnuma-dev libnl-genl-3-dev libjansson-dev libblkid-dev uuid-dev"
-KEEL_TEST_PACKAGES="libcunit1-dev python3 jq nbdkit libnbd-bin fuse3 qemu-utils fio e2fsprogs util-linux fdisk kmod clang-format-16"
+KEEL_BUILD_PACKAGES="build-essential cmake pkg-config libaio-dev liburing-dev libnuma-dev libnl-genl-3-dev libjansson-dev libblkid-dev uuid-dev libgnutls28-dev libnbd-dev libmicrohttpd-dev libsystemd-dev"
+KEEL_TEST_PACKAGES="libcunit1-dev python3 jq nbdkit libnbd-bin fuse3 qemu-utils fio e2fsprogs util-linux fdisk kmod clang-format-16 gnutls-bin python3-libnbd python3-prometheus-client nbd-client systemd"
 KEEL_VM_PACKAGES="qemu-system-x86 busybox-static cpio"
 # The fuzz pass (tests/fuzz/): clang with libFuzzer and its sanitizer runtimes.
 KEEL_FUZZ_PACKAGES="clang libfuzzer-14-dev libclang-rt-14-dev"
