@@ -172,6 +172,18 @@ void krt_reactor_notify_slow(struct reactor *reactor)
 	}
 }
 
+void krt_reactor_poke(struct reactor *reactor)
+{
+	/* Not through "notified": an awake reactor must not sleep through this either, and
+	 * a readable eventfd ends its next epoll_wait at once. */
+	reactor_eventfd_write(reactor->evfd);
+}
+
+uint64_t krt_reactor_loops(struct reactor *reactor)
+{
+	return atomic_load_explicit(&reactor->st_loops, memory_order_relaxed);
+}
+
 int krt_reactor_epoll_add(struct reactor *reactor, int fd, uint32_t events,
 			  struct keel_poller *poller)
 {

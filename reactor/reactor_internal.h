@@ -306,6 +306,10 @@ struct reactor *krt_reactor_get(uint32_t idx);
 int krt_reactor_add_thread(struct reactor *reactor, struct keel_thread *thread);
 /** Wake the reactor if it sleeps; called after a message was queued. */
 void krt_reactor_notify_slow(struct reactor *reactor);
+/** Make the reactor run one more loop iteration soon, asleep or not (watchdog). */
+void krt_reactor_poke(struct reactor *reactor);
+/** Loop iterations the reactor finished so far (any thread). */
+uint64_t krt_reactor_loops(struct reactor *reactor);
 static inline void reactor_notify(struct reactor *reactor)
 {
 	/* seq_cst load: pairs with the reactor's seq_cst store of sleeping. */

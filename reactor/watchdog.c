@@ -6,6 +6,13 @@
  * never reported. Reading the names races with the reactor freeing a poller, so the
  * watchdog raises wd_reading around the copy and the reactor waits for it to drop
  * before freeing anything whose name may be published (krt_reactor_hb_quiesce).
+ *
+ * Liveness (keel_watchdog_set_liveness) is a stronger, active proof for a supervisor:
+ * each period the thread notes every reactor's loop counter and pokes its eventfd, so
+ * the reactor must finish one more iteration, asleep or awake; at the next period a
+ * counter that did not move means that reactor is stuck or no longer wakes. Only then
+ * does the watchdog wake reactors: without a liveness hook an idle reactor stays
+ * asleep.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -27,6 +34,13 @@ static _Atomic uint64_t g_wd_reports;
 static pthread_mutex_t g_wd_hook_lock = PTHREAD_MUTEX_INITIALIZER;
 static keel_watchdog_fn g_wd_hook;
 static void *g_wd_hook_ctx;
+/* Liveness hook: set under g_wd_lock, called from the watchdog thread without it. */
+static keel_liveness_fn g_wd_live_fn;
+static void *g_wd_live_ctx;
+static uint64_t g_wd_live_period_ns;
+static bool g_wd_live_changed; /* the thread must forget its last probe */
+/* Held across a call of the hook, so turning it off waits for a call in progress. */
+static pthread_mutex_t g_wd_live_call_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void keel_watchdog_set_hook(keel_watchdog_fn fn, void *ctx)
 {
@@ -84,11 +98,96 @@ static void watchdog_check(struct reactor *reactor, uint64_t *reported, uint64_t
 	pthread_mutex_unlock(&g_wd_hook_lock);
 }
 
+int keel_watchdog_set_liveness(uint64_t period_us, keel_liveness_fn fn, void *ctx)
+{
+	bool on = fn != NULL && period_us != 0;
+
+	if (on && period_us < 10000) {
+		return -EINVAL;
+	}
+	if (!g_wd_running) {
+		return on ? -ENOTSUP : 0;
+	}
+	pthread_mutex_lock(&g_wd_lock);
+	g_wd_live_fn = on ? fn : NULL;
+	g_wd_live_ctx = on ? ctx : NULL;
+	g_wd_live_period_ns = on ? period_us * 1000 : 0;
+	g_wd_live_changed = true;
+	pthread_cond_signal(&g_wd_cond); /* the next deadline may be sooner */
+	pthread_mutex_unlock(&g_wd_lock);
+	/* A call that began before the change ends before we return. */
+	pthread_mutex_lock(&g_wd_live_call_lock);
+	pthread_mutex_unlock(&g_wd_live_call_lock);
+	return 0;
+}
+
+struct wd_live {
+	uint64_t *loops;  /* each reactor's loop counter at the last probe */
+	bool probed;      /* a probe was sent since liveness was (re)configured */
+	uint64_t next_ns; /* when the next check and probe are due; 0: not on */
+};
+
+/*
+ * One liveness period: did every reactor loop since the last probe? Then probe again.
+ * The counter is read before the poke, so the iteration that moves it began after
+ * the read: a reactor that passes has looped within the last period.
+ */
+static bool watchdog_live_check(struct wd_live *live, uint32_t count)
+{
+	bool all = live->probed;
+
+	for (uint32_t i = 0; i < count; i++) {
+		struct reactor *reactor = krt_reactor_get(i);
+		uint64_t loops;
+
+		if (reactor == NULL) {
+			all = false;
+			continue;
+		}
+		loops = krt_reactor_loops(reactor);
+		if (!live->probed || loops == live->loops[i]) {
+			all = false;
+		}
+		live->loops[i] = loops;
+		krt_reactor_poke(reactor);
+	}
+	live->probed = true;
+	return all;
+}
+
+static void watchdog_live_run(struct wd_live *live, uint32_t count, uint64_t now)
+{
+	keel_liveness_fn fn;
+	void *ctx;
+
+	/* Under g_wd_lock. */
+	if (g_wd_live_changed) {
+		g_wd_live_changed = false;
+		live->probed = false;
+		live->next_ns = g_wd_live_fn != NULL ? now : 0;
+	}
+	if (live->next_ns == 0 || now < live->next_ns) {
+		return;
+	}
+	live->next_ns = now + g_wd_live_period_ns;
+	fn = g_wd_live_fn;
+	ctx = g_wd_live_ctx;
+	pthread_mutex_lock(&g_wd_live_call_lock);
+	pthread_mutex_unlock(&g_wd_lock);
+	if (watchdog_live_check(live, count)) {
+		fn(ctx);
+	}
+	pthread_mutex_unlock(&g_wd_live_call_lock);
+	pthread_mutex_lock(&g_wd_lock);
+}
+
 static void *watchdog_main(void *arg)
 {
 	uint32_t count = keel_reactor_count();
 	uint64_t threshold_ns = (uint64_t)g_wd_threshold_ms * 1000000;
 	uint64_t period_ns = threshold_ns / 4;
+	struct wd_live live = {0};
+	uint64_t last_check = 0;
 	uint64_t *reported;
 
 	(void)arg;
@@ -97,28 +196,42 @@ static void *watchdog_main(void *arg)
 		period_ns = 5000000;
 	}
 	reported = calloc(count ? count : 1, sizeof(*reported));
+	live.loops = calloc(count ? count : 1, sizeof(*live.loops));
 	pthread_mutex_lock(&g_wd_lock);
 	while (!g_wd_stop) {
-		uint64_t deadline = krt_clock_monotonic_ns() + period_ns;
+		uint64_t now = krt_clock_monotonic_ns();
+		uint64_t deadline = now + period_ns;
 		struct timespec ts;
 
+		if (reported == NULL || live.loops == NULL) {
+			deadline = UINT64_MAX / 2; /* out of memory at start: only wait for stop */
+		}
+		if (live.next_ns != 0 && live.next_ns < deadline) {
+			deadline = live.next_ns;
+		}
 		ts.tv_sec = (time_t)(deadline / 1000000000ULL);
 		ts.tv_nsec = (long)(deadline % 1000000000ULL);
 		pthread_cond_timedwait(&g_wd_cond, &g_wd_lock, &ts);
-		if (g_wd_stop || reported == NULL) {
+		if (g_wd_stop || reported == NULL || live.loops == NULL) {
 			continue;
 		}
-		pthread_mutex_unlock(&g_wd_lock);
-		for (uint32_t i = 0; i < count; i++) {
-			struct reactor *reactor = krt_reactor_get(i);
+		now = krt_clock_monotonic_ns();
+		if (now >= last_check + period_ns) {
+			last_check = now;
+			pthread_mutex_unlock(&g_wd_lock);
+			for (uint32_t i = 0; i < count; i++) {
+				struct reactor *reactor = krt_reactor_get(i);
 
-			if (reactor != NULL) {
-				watchdog_check(reactor, &reported[i], threshold_ns);
+				if (reactor != NULL) {
+					watchdog_check(reactor, &reported[i], threshold_ns);
+				}
 			}
+			pthread_mutex_lock(&g_wd_lock);
 		}
-		pthread_mutex_lock(&g_wd_lock);
+		watchdog_live_run(&live, count, krt_clock_monotonic_ns());
 	}
 	pthread_mutex_unlock(&g_wd_lock);
+	free(live.loops);
 	free(reported);
 	return NULL;
 }
@@ -158,4 +271,8 @@ void krt_watchdog_stop(void)
 	pthread_join(g_wd_thread, NULL);
 	pthread_cond_destroy(&g_wd_cond);
 	g_wd_running = false;
+	g_wd_live_fn = NULL;
+	g_wd_live_ctx = NULL;
+	g_wd_live_period_ns = 0;
+	g_wd_live_changed = false;
 }

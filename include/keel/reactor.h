@@ -184,6 +184,29 @@ void keel_watchdog_set_hook(keel_watchdog_fn fn, void *ctx);
 /** Number of stuck reports so far (tests). */
 uint64_t keel_watchdog_report_count(void);
 
+/** Called on the watchdog thread each time every reactor proved it makes progress. */
+typedef void (*keel_liveness_fn)(void *ctx);
+
+/**
+ * Liveness for an outside supervisor (systemd's WatchdogSec). Every \p period_us the
+ * watchdog thread checks that each reactor finished a loop iteration since the
+ * previous check, then wakes every reactor once, so that a sleeping reactor too must
+ * show that it still wakes up and loops. When every reactor passed, fn(ctx) runs on
+ * the watchdog thread (it must not block for long). A reactor stuck in one iteration,
+ * or one that no longer wakes, stops the calls within two periods; so do reactors
+ * that have not started yet or have stopped.
+ *
+ * Without a liveness hook the watchdog wakes no reactor: the proof costs a wake-up
+ * per reactor per period only while it is asked for.
+ *
+ * Callable from any thread after keel_reactors_init(); \p fn NULL or \p period_us 0
+ * turns it off (a call in progress may still finish). The hook lives until
+ * keel_reactors_fini() or the next call.
+ * \return 0; -EINVAL for a period below 10 ms; -ENOTSUP when the watchdog does not
+ * run (keel_reactor_opts.watchdog_ms 0, or before keel_reactors_init()).
+ */
+int keel_watchdog_set_liveness(uint64_t period_us, keel_liveness_fn fn, void *ctx);
+
 /* ------------------------------------------------------------------------------ */
 /* Lightweight threads                                                             */
 /* ------------------------------------------------------------------------------ */

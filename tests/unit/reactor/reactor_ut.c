@@ -1174,6 +1174,104 @@ static void test_watchdog(void)
 }
 
 /* ------------------------------------------------------------------------------ */
+/* Liveness: calls while every reactor loops, none while one is stuck               */
+/* ------------------------------------------------------------------------------ */
+
+#define LIVE_PERIOD_US 20000
+
+struct live_ctx {
+	pthread_t controller;
+	struct keel_thread *t1;
+	_Atomic uint64_t calls;
+	_Atomic bool stalled; /* the message on reactor 1 is blocking it */
+	_Atomic bool release; /* let it go */
+	uint64_t calls_when_stalled;
+	uint64_t calls_after_stall;
+	bool resumed;
+	int set_rc;
+};
+
+static void live_fn(void *ctx)
+{
+	struct live_ctx *live = ctx;
+
+	atomic_fetch_add(&live->calls, 1);
+}
+
+static void live_stall_msg(void *arg)
+{
+	struct live_ctx *live = arg;
+
+	atomic_store(&live->stalled, true);
+	while (!atomic_load(&live->release)) {
+		usleep(1000);
+	}
+	keel_thread_exit(keel_thread_get_current());
+}
+
+/* Waits on states; the only window is the one that shows calls stay away. */
+static bool live_wait_calls(struct live_ctx *live, uint64_t n)
+{
+	for (int i = 0; i < GUARD_TIMEOUT_S * 1000; i++) {
+		if (atomic_load(&live->calls) >= n) {
+			return true;
+		}
+		usleep(1000);
+	}
+	return false;
+}
+
+static void *live_controller(void *arg)
+{
+	struct live_ctx *live = arg;
+
+	live->set_rc = keel_watchdog_set_liveness(LIVE_PERIOD_US, live_fn, live);
+	/* Both reactors are idle and asleep: the probes must wake them. */
+	if (live->set_rc != 0 || !live_wait_calls(live, 3)) {
+		goto out_stop;
+	}
+	keel_thread_send_msg(live->t1, live_stall_msg, live);
+	while (!atomic_load(&live->stalled)) {
+		usleep(1000);
+	}
+	live->calls_when_stalled = atomic_load(&live->calls);
+	usleep(15 * LIVE_PERIOD_US);
+	/* One check may still pass: it compared against a probe from before the stall. */
+	live->calls_after_stall = atomic_load(&live->calls);
+	atomic_store(&live->release, true);
+	live->resumed = live_wait_calls(live, live->calls_after_stall + 2);
+out_stop:
+	atomic_store(&live->release, true);
+	keel_watchdog_set_liveness(0, NULL, NULL);
+	keel_reactors_stop();
+	return NULL;
+}
+
+static void live_start(void *arg)
+{
+	struct live_ctx *live = arg;
+
+	live->t1 = keel_thread_create("live_t1", 1);
+	pthread_create(&live->controller, NULL, live_controller, live);
+}
+
+static void test_watchdog_liveness(void)
+{
+	struct keel_reactor_opts opts;
+	struct live_ctx live = {0};
+
+	CU_ASSERT_EQUAL(keel_watchdog_set_liveness(LIVE_PERIOD_US, live_fn, &live), -ENOTSUP);
+	opts_for(&opts, KEEL_REACTOR_MODE_ADAPTIVE);
+	opts.watchdog_ms = 100;
+	CU_ASSERT_EQUAL(run_reactors(&opts, live_start, &live), 0);
+	pthread_join(live.controller, NULL);
+	CU_ASSERT_EQUAL(live.set_rc, 0);
+	CU_ASSERT_TRUE(live.calls_when_stalled >= 3);
+	CU_ASSERT_TRUE(live.calls_after_stall <= live.calls_when_stalled + 1);
+	CU_ASSERT_TRUE(live.resumed);
+}
+
+/* ------------------------------------------------------------------------------ */
 /* Shutdown with a leaked poller                                                   */
 /* ------------------------------------------------------------------------------ */
 
@@ -1369,6 +1467,7 @@ int main(void)
 		{"wakers_grouped_by_name", test_wakers_grouped_by_name},
 		{"mode_switch_under_load", test_mode_switch_under_load},
 		{"watchdog", test_watchdog},
+		{"watchdog_liveness", test_watchdog_liveness},
 		{"shutdown_leak", test_shutdown_leak},
 		{"blocking_pool", test_blocking_pool},
 		{"stats", test_stats},
