@@ -40,6 +40,7 @@
 #include "store.h"
 #include "volume_manager.h"
 #include "keel/nbd.h"
+#include "notify.h"
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -147,6 +148,7 @@ static void keeld_shutdown(void)
 	}
 	g_stopping = true;
 	KEEL_NOTICELOG("keeld: shutting down");
+	keeld_notify_stopping();
 	keel_rpc_server_stop();
 	keel_poller_unregister(&g_signal_poller);
 	if (g_signal_fd >= 0) {
@@ -235,6 +237,7 @@ static void keeld_rpc_start(void)
 	KEEL_NOTICELOG("keeld: ready (rpc socket %s, %u reactors, pid %d)", g_opts.rpc_socket,
 		       keel_reactor_count(), (int)getpid());
 	keeld_report("K");
+	keeld_notify_ready();
 }
 
 static void keeld_bdev_init_done(void *cb_arg, int status)
@@ -537,7 +540,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	if (!g_opts.foreground) {
+	/* Under systemd (Type=notify) the process systemd started is the daemon: a fork
+	 * would leave it watching a parent that exits. */
+	if (!g_opts.foreground && !keeld_notify_enabled()) {
 		keeld_daemonize();
 	}
 	keeld_write_pid(lock_fd);
@@ -579,6 +584,8 @@ int main(int argc, char **argv)
 	rpc_volume_register();
 	rpc_rebuild_register();
 	rpc_nbd_register();
+	rpc_debug_register();
+	keeld_notify_init();
 
 	rc = keel_reactors_start(keeld_start, NULL);
 	if (rc != 0) {
@@ -589,6 +596,7 @@ int main(int argc, char **argv)
 		keeld_report(msg);
 		g_exit_code = 1;
 	}
+	keeld_notify_fini();
 	keel_reactors_fini();
 	keeld_volumes_fini();
 	keeld_rebuild_history_fini();

@@ -29,5 +29,7 @@ void rpc_volume_register(void);
 void rpc_rebuild_register(void);
 /** nbd_start_export, nbd_stop_export, nbd_get_exports (daemon/rpc_nbd.c). */
 void rpc_nbd_register(void);
+/** Test-only methods, only with KEEL_DEBUG_RPC=1 in the environment (rpc_debug.c). */
+void rpc_debug_register(void);
 
 #endif /* KEEL_DAEMON_RPC_METHODS_H */

@@ -221,6 +221,27 @@ struct keeld_volume *keeld_volume_find(const char *name, char *err, size_t errle
 /** The volume's name. */
 const char *keeld_volume_get_name(const struct keeld_volume *vol);
 
+/** How many volumes are in which state (keeld_volumes_summarize). */
+struct keeld_volumes_summary {
+	uint32_t volumes;     /**< every listed volume */
+	uint32_t online;      /**< assembled, every replica healthy */
+	uint32_t degraded;    /**< assembled, serving with some replicas not healthy */
+	uint32_t faulted;     /**< assembled, no healthy replica: I/O fails */
+	uint32_t unassembled; /**< from the state file, could not be assembled */
+	uint32_t other;       /**< being created or destroyed */
+};
+
+/** Count the volumes by state into \p out. O(volumes); no allocation. */
+void keeld_volumes_summarize(struct keeld_volumes_summary *out);
+
+/**
+ * Called after every change the manager saves (a volume or replica created, destroyed,
+ * faulted by an RPC, an export started or stopped), on the main keel thread. One
+ * listener; NULL removes it. For a summary that must follow changes (keeld's status
+ * line for systemd).
+ */
+void keeld_volumes_set_change_listener(void (*fn)(void *ctx), void *ctx);
+
 /**
  * Take the volumes and exports of a checked state document (keeld_state_read) into
  * the registry, not yet assembled. \p doc may be NULL (no state file). main(), before

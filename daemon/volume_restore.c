@@ -52,8 +52,21 @@ static json_t *vol_snapshot(void *ctx)
 	return vol_state_document(exports);
 }
 
+static void (*g_change_fn)(void *ctx);
+static void *g_change_ctx;
+
+void keeld_volumes_set_change_listener(void (*fn)(void *ctx), void *ctx)
+{
+	g_change_fn = fn;
+	g_change_ctx = ctx;
+}
+
 int vol_state_save(void (*cb_fn)(void *cb_arg, int status), void *cb_arg)
 {
+	/* Every change is saved: this is where listeners learn of them. */
+	if (g_change_fn != NULL) {
+		g_change_fn(g_change_ctx);
+	}
 	return keeld_store_save(KEELD_DOC_STATE, cb_fn, cb_arg);
 }
 

@@ -56,6 +56,11 @@ const char *keel_nexus_fault_reason_name(enum keel_nexus_fault_reason reason)
 	return "unknown";
 }
 
+enum keel_nexus_state keel_nexus_get_state(const struct keel_nexus *nexus)
+{
+	return ((const struct nexus *)nexus)->state;
+}
+
 int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info)
 {
 	struct nexus *n = (struct nexus *)nexus;

@@ -263,6 +263,8 @@ const char *keel_nexus_get_name(const struct keel_nexus *nexus);
 
 /** Fill \p info. Management thread only. \return 0. */
 int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info);
+/** The nexus's state alone (cheaper than keel_nexus_get_info). Management thread only. */
+enum keel_nexus_state keel_nexus_get_state(const struct keel_nexus *nexus);
 
 /**
  * \p info as a new jansson object (caller owns the reference):
