@@ -56,6 +56,8 @@ pings_at_least() {
 # A volume to restore, made by a keeld outside systemd (no NOTIFY_SOCKET: no messages).
 KEEL_E2E_CPUS=$CPUS start_keeld
 expect_ok "create sv" keelctl volume create sv --size 32M --replica "$D/a" --replica "$D/b"
+expect_fail "the test-only stall method needs KEEL_DEBUG_RPC=1" "not found" \
+	keelctl rpc framework_debug_stall_reactor '{"reactor": 0, "ms": 1}'
 stop_keeld || fail "keeld exited with an error"
 [ "$(notify_count 'pid=')" -eq 0 ] || fail "keeld without NOTIFY_SOCKET sent: $(cat "$NLOG")"
 ok "without NOTIFY_SOCKET keeld sends nothing"
@@ -82,6 +84,9 @@ ok "STATUS= says $(grep -m1 'STATUS=1 volume' "$NLOG" | sed 's/.*STATUS=//')"
 expect_ok "export sv" keelctl export start sv --socket "$E2E_TMP/sv.nbd"
 wait_until 60 "STATUS= with the export" has_line "STATUS=1 volume, 0 degraded, 1 export$" "$NLOG"
 ok "STATUS= follows an export start"
+expect_ok "fault replica b" keelctl replica fault sv "$D/b"
+wait_until 60 "STATUS= with the degraded volume" has_line "STATUS=1 volume, 1 degraded, 1 export$" "$NLOG"
+ok "STATUS= counts the degraded volume"
 
 # Watchdog: WATCHDOG_USEC=3 s, so a ping every second while every reactor loops.
 wait_until 60 "three WATCHDOG=1 pings" pings_at_least 3
@@ -90,6 +95,10 @@ ok "WATCHDOG=1 pings arrive ($(notify_count WATCHDOG=1) so far)"
 # A stuck reactor stops them. The stall (20 s) outlasts the window looked at (5 s after
 # it began, at least 5 periods); one ping may still pass, from a check that compared
 # against a probe older than the stall.
+expect_fail "stall: a reactor that does not exist" "no reactor 99" \
+	keelctl rpc framework_debug_stall_reactor '{"reactor": 99, "ms": 1}'
+expect_fail "stall: a time out of range" "out of range" \
+	keelctl rpc framework_debug_stall_reactor '{"reactor": 0, "ms": 0}'
 STALL_REACTOR=$(($(keelctl rpc framework_get_reactors | jq '.reactors | length') - 1))
 expect_ok "stall reactor $STALL_REACTOR" keelctl --timeout 60 rpc framework_debug_stall_reactor \
 	"{\"reactor\": $STALL_REACTOR, \"ms\": 20000}"
