@@ -68,6 +68,21 @@ const struct keeld_replica_backend *vol_backend_of(enum keeld_backend kind)
 	return g_backends[vol_backend_known(kind) ? kind : KEELD_BACKEND_AIO];
 }
 
+enum keeld_backend vol_replica_backend_in_use(const struct vol_replica *r)
+{
+	/* The recorded one first: unit tests may plug one backend in for both kinds. */
+	if (r->opened_by == NULL || r->opened_by == vol_backend_of(r->backend)) {
+		return r->backend;
+	}
+	if (r->opened_by == vol_backend_of(KEELD_BACKEND_AIO)) {
+		return KEELD_BACKEND_AIO;
+	}
+	if (r->opened_by == vol_backend_of(KEELD_BACKEND_URING)) {
+		return KEELD_BACKEND_URING;
+	}
+	return r->backend;
+}
+
 enum keeld_backend vol_backend_resolve(enum keeld_backend kind)
 {
 	return kind == KEELD_BACKEND_DEFAULT ? g_default : kind;

@@ -102,6 +102,9 @@ int vol_pick_bdev_name(const char *vol_name, char *out, size_t len);
 const struct keeld_replica_backend *vol_backend_of(enum keeld_backend kind);
 /* \p kind, or the daemon's default for KEELD_BACKEND_DEFAULT. */
 enum keeld_backend vol_backend_resolve(enum keeld_backend kind);
+/* The backend that opened \p r's bdev (or tried last): its recorded one unless a
+ * restore fell back to aio. */
+enum keeld_backend vol_replica_backend_in_use(const struct vol_replica *r);
 /* Whether \p kind can open replicas here; false fills \p why. */
 bool vol_backend_available(enum keeld_backend kind, char *why, size_t len);
 /* When \p kind is unavailable here, record -ENOTSUP in \p op with why and what to do

@@ -50,10 +50,17 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	char detail[400];
 
 	json_object_set_new(o, "path", vol_str_or_null(r != NULL ? r->path : NULL));
-	json_object_set_new(o, "backend",
-			    vol_str_or_null(r != NULL && r->path != NULL
-						    ? keeld_backend_name(r->backend)
-						    : NULL));
+	/* What serves the replica now; what was asked for (and is kept in the state file)
+	 * only when a restore had to fall back from it. */
+	json_object_set_new(
+		o, "backend",
+		vol_str_or_null(r != NULL && r->path != NULL
+					? keeld_backend_name(vol_replica_backend_in_use(r))
+					: NULL));
+	if (r != NULL && r->path != NULL && vol_replica_backend_in_use(r) != r->backend) {
+		json_object_set_new(o, "backend_requested",
+				    json_string(keeld_backend_name(r->backend)));
+	}
 	json_object_set_new(o, "bdev",
 			    vol_str_or_null(ri != NULL && ri->bdev_name[0]
 						    ? ri->bdev_name
@@ -92,6 +99,41 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	}
 	json_object_set_new(o, "detail", json_string(detail));
 	return o;
+}
+
+/*
+ * The volume's backend: its setting (the default of replicas added later), unless its
+ * replicas all run on another one because a restore fell back (io_uring refused here):
+ * then that one, and the setting as backend_requested, so nobody reads "uring" while
+ * every I/O goes through aio.
+ */
+static void vol_backend_json(json_t *o, const struct keeld_volume *v)
+{
+	const struct vol_replica *r;
+	enum keeld_backend used = KEELD_BACKEND_DEFAULT;
+	bool fell_back = false, same = true;
+
+	if (v->transient) {
+		json_object_set_new(o, "backend", json_null());
+		return;
+	}
+	TAILQ_FOREACH(r, &v->replicas, link) {
+		enum keeld_backend b;
+
+		if (r->path == NULL || r->opened_by == NULL) {
+			continue;
+		}
+		b = vol_replica_backend_in_use(r);
+		fell_back = fell_back || b != r->backend;
+		same = same && (used == KEELD_BACKEND_DEFAULT || used == b);
+		used = b;
+	}
+	if (!fell_back || !same || used == v->backend) {
+		json_object_set_new(o, "backend", json_string(keeld_backend_name(v->backend)));
+		return;
+	}
+	json_object_set_new(o, "backend", json_string(keeld_backend_name(used)));
+	json_object_set_new(o, "backend_requested", json_string(keeld_backend_name(v->backend)));
 }
 
 static void vol_rebuild_append(void *ctx, const struct keel_rebuild_stats *st)
@@ -166,9 +208,7 @@ json_t *keeld_volume_to_json(struct keeld_volume *v)
 		json_object_set_new(o, "unclean_shutdown", json_false());
 	}
 	json_object_set_new(o, "persistent", json_boolean(!v->transient));
-	json_object_set_new(o, "backend",
-			    v->transient ? json_null()
-					 : json_string(keeld_backend_name(v->backend)));
+	vol_backend_json(o, v);
 
 	/* Match each recorded replica to the nexus's view: by bdev, else by label UUID. */
 	TAILQ_FOREACH(r, &v->replicas, link) {

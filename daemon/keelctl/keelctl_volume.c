@@ -50,6 +50,20 @@ static const char g_help_replica[] =
 	"                             healthy one); the file stays\n"
 	"  fault VOLUME PATH          mark replica PATH faulted: no more I/O to it\n";
 
+/* The backend of a volume or replica object: "aio", or "aio (uring requested)" when a
+ * restore fell back from the one asked for (io_uring refused on this machine). */
+static const char *volume_backend_text(json_t *o, char *buf, size_t len)
+{
+	json_t *req = json_object_get(o, "backend_requested");
+
+	if (!json_is_string(req)) {
+		return keelctl_str_or_dash(json_object_get(o, "backend"));
+	}
+	snprintf(buf, len, "%s (%s requested)", keelctl_str_or_dash(json_object_get(o, "backend")),
+		 json_string_value(req));
+	return buf;
+}
+
 /* --backend VALUE: one keeld knows, checked here so a typo is a usage error (exit 2). */
 static const char *volume_backend_arg(const char *value)
 {
@@ -190,7 +204,7 @@ static int volume_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 	}
 	keelctl_table_row(&t, "NAME", "STATE", "SIZE", "HEALTHY/REPLICAS", "EXPORTS", "BACKEND");
 	json_array_foreach(result, i, v) {
-		char size[32], reps[32], exps[16];
+		char size[32], reps[32], exps[16], backend[64];
 		int healthy, total;
 
 		volume_counts(v, &healthy, &total);
@@ -200,7 +214,7 @@ static int volume_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 		snprintf(exps, sizeof(exps), "%zu", json_array_size(json_object_get(v, "exports")));
 		keelctl_table_row(&t, keelctl_str_or_dash(json_object_get(v, "name")),
 				  keelctl_str_or_dash(json_object_get(v, "state")), size, reps,
-				  exps, keelctl_str_or_dash(json_object_get(v, "backend")));
+				  exps, volume_backend_text(v, backend, sizeof(backend)));
 	}
 	keelctl_table_print_or(&t, "no volumes (create one with: keelctl volume create NAME "
 				   "--size 1G --replica FILE1 --replica FILE2)");
@@ -255,7 +269,7 @@ static void volume_print_replicas(json_t *vol)
 	keelctl_table_row(&t, "  PATH", "BACKEND", "BDEV", "STATE", "REASON", "GEN", "DETAIL");
 	json_array_foreach(json_object_get(vol, "replicas"), i, r) {
 		const char *reason = keelctl_str_or_dash(json_object_get(r, "reason"));
-		char path[PATH_MAX + 4], gen[24];
+		char path[PATH_MAX + 4], gen[24], backend[64];
 
 		snprintf(path, sizeof(path), "  %s",
 			 keelctl_str_or_dash(json_object_get(r, "path")));
@@ -265,7 +279,7 @@ static void volume_print_replicas(json_t *vol)
 		} else {
 			snprintf(gen, sizeof(gen), "-");
 		}
-		keelctl_table_row(&t, path, keelctl_str_or_dash(json_object_get(r, "backend")),
+		keelctl_table_row(&t, path, volume_backend_text(r, backend, sizeof(backend)),
 				  keelctl_str_or_dash(json_object_get(r, "bdev")),
 				  keelctl_str_or_dash(json_object_get(r, "state")),
 				  strcmp(reason, "none") == 0 ? "-" : reason, gen,
@@ -326,7 +340,9 @@ static void volume_print(json_t *vol)
 	if (json_is_false(json_object_get(vol, "persistent"))) {
 		printf("  persistent:  no (made from bdevs: forgotten when keeld stops)\n");
 	} else {
-		printf("  backend:     %s\n", keelctl_str_or_dash(json_object_get(vol, "backend")));
+		char backend[64];
+
+		printf("  backend:     %s\n", volume_backend_text(vol, backend, sizeof(backend)));
 	}
 	volume_print_replicas(vol);
 	volume_print_rebuilds(json_object_get(vol, "rebuilds"));

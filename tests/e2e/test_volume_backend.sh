@@ -189,7 +189,25 @@ expect_fail "replica add to a uring volume refused" "backend uring is unavailabl
 grep -q "volume vu: replica $D/u0: backend uring is unavailable (.*): opened through aio instead" \
 	"$KEELD_LOG" || fail "no fallback line for vu's replicas"
 [ "$(module_of vu "$D/u0")" = aio ] || fail "vu under the filter: $(module_of vu "$D/u0")"
-[ "$(backend_of vu)" = uring ] || fail "vu's backend changed: $(backend_of vu)"
+# volume_get says what serves the replicas now, and what was asked for.
+expect_ok "vu as JSON under the filter" keelctl --json volume show vu
+[ "$(jget "$OUT" '"\(.backend)/\(.backend_requested)"')" = aio/uring ] ||
+	fail "vu's backend under the filter: $(jget "$OUT" '{backend, backend_requested}')"
+for f in u0 u1; do
+	[ "$(jget "$OUT" --arg p "$D/$f" '.replicas[] | select(.path == $p) | "\(.backend)/\(.backend_requested)"')" = aio/uring ] ||
+		fail "replica $f under the filter: $(jget "$OUT" --arg p "$D/$f" '.replicas[] | select(.path == $p)')"
+done
+ok "volume_get: vu and its replicas on aio, uring requested"
+expect_ok "volume show vu under the filter" keelctl volume show vu
+case "$OUT" in *"backend:     aio (uring requested)"*) ;; *) fail "volume show: $OUT" ;; esac
+expect_ok "volume list under the filter" keelctl volume list
+echo "$OUT" | grep -Eq "^vu .* aio \(uring requested\) *$" || fail "volume list: $OUT"
+ok "keelctl volume show and list say aio (uring requested)"
+# Volumes that got what they asked for carry no backend_requested.
+expect_ok "vn as JSON" keelctl --json volume show vn
+[ "$(jget "$OUT" '[.backend_requested, .replicas[].backend_requested] | map(select(. != null)) | length')" = 0 ] ||
+	fail "vn shows a backend_requested: $OUT"
+ok "no backend_requested where the backend is the one asked for"
 qemu_io_ok "vu's data through aio" "$VU" -r "read -P 0x5a 0 4M" "read -P 0xc3 28M 4M"
 stop_keeld || fail "keeld exit status under the filter"
 [ "$(jq -r '.volumes[] | select(.name == "vu") | .backend' "$STATE/state.json")" = uring ] ||

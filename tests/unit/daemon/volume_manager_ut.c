@@ -1301,13 +1301,25 @@ static void test_backend_unavailable(void)
 	CU_ASSERT_EQUAL(fs_alive(), 0);
 	/* so is one added without a backend to the volume on uring */
 	CU_ASSERT_EQUAL(add_replica_on("u", PREFIX "new0", KEELD_BACKEND_DEFAULT, &r), -ENOTSUP);
-	/* restore: the uring volume opens through aio, and is still uring on disk */
+	/* restore: the uring volume opens through aio, says so, and is still uring on disk */
 	g_uring_opens = 0;
 	restart(NULL);
 	CU_ASSERT_EQUAL(g_uring_opens, 0);
 	v = vol_json("u");
 	CU_ASSERT_STRING_EQUAL(vol_state(v), "online");
-	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "uring");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend"), "aio");
+	CU_ASSERT_STRING_EQUAL(json_field(v, "backend_requested"), "uring");
+	CU_ASSERT_STRING_EQUAL(
+		json_field(json_array_get(json_object_get(v, "replicas"), 0), "backend"), "aio");
+	CU_ASSERT_STRING_EQUAL(
+		json_field(json_array_get(json_object_get(v, "replicas"), 0), "backend_requested"),
+		"uring");
+	json_decref(v);
+	/* a volume that got its backend has no backend_requested */
+	v = vol_json("v");
+	CU_ASSERT_PTR_NULL(json_object_get(v, "backend_requested"));
+	CU_ASSERT_PTR_NULL(json_object_get(json_array_get(json_object_get(v, "replicas"), 0),
+					   "backend_requested"));
 	json_decref(v);
 	assert_saved_backend("u", PREFIX "m2", "uring");
 	/* io_uring back: the default is uring again when asked */
