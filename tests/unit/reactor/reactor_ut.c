@@ -1185,6 +1185,8 @@ struct live_ctx {
 	_Atomic uint64_t calls;
 	_Atomic bool stalled; /* the message on reactor 1 is blocking it */
 	_Atomic bool release; /* let it go */
+	uint64_t wakeups_before;
+	uint64_t wakeups_unhooked;
 	uint64_t calls_when_stalled;
 	uint64_t calls_after_stall;
 	bool resumed;
@@ -1224,6 +1226,19 @@ static bool live_wait_calls(struct live_ctx *live, uint64_t n)
 static void *live_controller(void *arg)
 {
 	struct live_ctx *live = arg;
+
+	struct keel_reactor_stats st;
+
+	/* Without a liveness hook the watchdog (checking every 25 ms here) wakes nobody:
+	 * the idle reactor 1 sleeps through ten of its checks. */
+	do {
+		usleep(1000);
+		keel_reactor_get_stats(1, &st);
+	} while (!st.sleeping || st.thread_count == 0);
+	live->wakeups_before = st.wakeups;
+	usleep(250 * 1000);
+	keel_reactor_get_stats(1, &st);
+	live->wakeups_unhooked = st.wakeups;
 
 	live->set_rc = keel_watchdog_set_liveness(LIVE_PERIOD_US, live_fn, live);
 	/* Both reactors are idle and asleep: the probes must wake them. */
@@ -1265,6 +1280,7 @@ static void test_watchdog_liveness(void)
 	opts.watchdog_ms = 100;
 	CU_ASSERT_EQUAL(run_reactors(&opts, live_start, &live), 0);
 	pthread_join(live.controller, NULL);
+	CU_ASSERT_EQUAL(live.wakeups_unhooked, live.wakeups_before);
 	CU_ASSERT_EQUAL(live.set_rc, 0);
 	CU_ASSERT_TRUE(live.calls_when_stalled >= 3);
 	CU_ASSERT_TRUE(live.calls_after_stall <= live.calls_when_stalled + 1);
