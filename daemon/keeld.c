@@ -545,6 +545,7 @@ int main(int argc, char **argv)
 	if (!g_opts.foreground && !keeld_notify_enabled()) {
 		keeld_daemonize();
 	}
+	keeld_notify_setup_log(); /* stderr is final now */
 	keeld_write_pid(lock_fd);
 
 	/* Before any thread exists, so every reactor inherits the mask. */

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -50,6 +52,22 @@ bool keeld_notify_enabled(void)
 		g_enabled = sock != NULL && sock[0] != '\0';
 	}
 	return g_enabled == 1;
+}
+
+void keeld_notify_setup_log(void)
+{
+	const char *env = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	/* The variable is inherited by children whose stderr went elsewhere: compare. */
+	if (env == NULL || sscanf(env, "%llu:%llu", &dev, &ino) != 2 ||
+	    fstat(STDERR_FILENO, &st) != 0) {
+		return;
+	}
+	if ((unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino) {
+		keel_log_set_journal(true);
+	}
 }
 
 static void notify_send(const char *what)

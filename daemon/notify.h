@@ -26,6 +26,12 @@
  */
 void keeld_notify_init(void);
 
+/**
+ * When stderr is systemd's journal ($JOURNAL_STREAM names its device and inode), log
+ * lines carry their priority (keel_log_set_journal). main(), before anything is logged.
+ */
+void keeld_notify_setup_log(void);
+
 /** Whether keeld runs under a service manager that listens ($NOTIFY_SOCKET set). */
 bool keeld_notify_enabled(void);
 

@@ -24,6 +24,8 @@ static pthread_mutex_t g_log_hook_lock = PTHREAD_MUTEX_INITIALIZER;
 static keel_log_hook_fn g_log_hook;
 static void *g_log_hook_ctx;
 static _Atomic bool g_log_hook_set;
+/* Lines go to systemd's journal: a priority prefix instead of a timestamp. */
+static _Atomic bool g_log_journal;
 
 static const char *const g_level_names[] = {
 	[KEEL_LOG_ERROR] = "ERROR", [KEEL_LOG_WARN] = "WARN",   [KEEL_LOG_NOTICE] = "NOTICE",
@@ -74,6 +76,11 @@ void keel_log_set_fd(int fd)
 	atomic_store(&g_log_fd, fd);
 }
 
+void keel_log_set_journal(bool on)
+{
+	atomic_store(&g_log_journal, on);
+}
+
 void krt_log_thread_name(char *buf, size_t len)
 {
 	struct keel_thread *thread = keel_thread_get_current();
@@ -117,13 +124,23 @@ void keel_vlog(enum keel_log_level level, const char *file, int line, const char
 	    (int)level < KEEL_LOG_ERROR) {
 		return;
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
-	localtime_r(&ts.tv_sec, &tm);
 	krt_log_thread_name(tname, sizeof(tname));
-	off = strftime(buf, sizeof(buf), "[%Y-%m-%d %H:%M:%S", &tm);
-	n = snprintf(buf + off, sizeof(buf) - off, ".%06ld] keel[%s] %s: ", ts.tv_nsec / 1000,
-		     g_level_names[level], tname);
-	off += (n > 0) ? (size_t)n : 0;
+	if (atomic_load_explicit(&g_log_journal, memory_order_relaxed)) {
+		/* sd-daemon(3) prefixes: syslog priorities err..debug; journald stamps the time. */
+		static const int prio[] = {3, 4, 5, 6, 7};
+
+		n = snprintf(buf, sizeof(buf), "<%d>keel[%s] %s: ", prio[level],
+			     g_level_names[level], tname);
+		off = (n > 0) ? (size_t)n : 0;
+	} else {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		localtime_r(&ts.tv_sec, &tm);
+		off = strftime(buf, sizeof(buf), "[%Y-%m-%d %H:%M:%S", &tm);
+		n = snprintf(buf + off, sizeof(buf) - off,
+			     ".%06ld] keel[%s] %s: ", ts.tv_nsec / 1000, g_level_names[level],
+			     tname);
+		off += (n > 0) ? (size_t)n : 0;
+	}
 	if (level >= KEEL_LOG_DEBUG && file != NULL) {
 		const char *base = strrchr(file, '/');
 

@@ -53,6 +53,13 @@ void keel_log_set_hook(keel_log_hook_fn hook, void *ctx);
  */
 void keel_log_set_fd(int fd);
 
+/**
+ * Format lines for systemd's journal (stderr connected to it, $JOURNAL_STREAM): each
+ * starts with its syslog priority ("<3>" error ... "<7>" debug, sd-daemon(3)) instead
+ * of a timestamp, so `journalctl -p warning` filters them. Any thread; default off.
+ */
+void keel_log_set_journal(bool on);
+
 void keel_log(enum keel_log_level level, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void keel_vlog(enum keel_log_level level, const char *file, int line, const char *fmt, va_list ap);

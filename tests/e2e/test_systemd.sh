@@ -121,4 +121,22 @@ stop_keeld || fail "keeld exited with an error"
 has_line "pid=.* STOPPING=1" "$NLOG" || fail "no STOPPING=1 at shutdown: $(tail -n 5 "$NLOG")"
 ok "STOPPING=1 at shutdown"
 
+# Logs into the journal: stderr named by JOURNAL_STREAM gets priority prefixes instead
+# of timestamps (journalctl -p filters on them); any other stderr keeps the plain lines.
+JLOG=$E2E_TMP/journal.log
+: >"$JLOG"
+JOURNAL_STREAM=$(stat -c '%d:%i' "$JLOG") "$KEEL_BIN/keeld" --foreground --rpc-socket "$SOCK" \
+	--state-dir "$STATE" --cpus "$CPUS" 2>>"$JLOG" &
+KEELD_PID=$!
+wait_for_keeld "$KEELD_PID"
+stop_keeld || fail "keeld exited with an error"
+grep -q '^<5>keel\[NOTICE\] main: keeld: ready' "$JLOG" || fail "no journal priorities: $(head -n 3 "$JLOG")"
+if grep -qv '^<[3-7]>keel\[' "$JLOG"; then fail "a journal line without its priority: $(grep -v '^<[3-7]>keel\[' "$JLOG" | head -n 3)"; fi
+ok "with JOURNAL_STREAM on stderr every line carries its priority ($(head -n 1 "$JLOG" | cut -c1-40)...)"
+grep -q '^\[20[0-9-]* [0-9:.]*\] keel\[NOTICE\]' "$KEELD_LOG" || fail "plain log lines lost their timestamp"
+JOURNAL_STREAM=1:1 KEEL_E2E_CPUS=$CPUS start_keeld
+stop_keeld || fail "keeld exited with an error"
+if tail -n 3 "$KEELD_LOG" | grep -q '^<'; then fail "a JOURNAL_STREAM naming another file changed the format"; fi
+ok "JOURNAL_STREAM naming another stream leaves the format alone"
+
 [ -z "${VERIFY_SKIPPED:-}" ] || skip "notifications pass; systemd-analyze is missing (package systemd), so the unit was not verified"
