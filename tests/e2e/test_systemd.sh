@@ -100,8 +100,11 @@ expect_fail "stall: a reactor that does not exist" "no reactor 99" \
 expect_fail "stall: a time out of range" "out of range" \
 	keelctl rpc framework_debug_stall_reactor '{"reactor": 0, "ms": 0}'
 STALL_REACTOR=$(($(keelctl rpc framework_get_reactors | jq '.reactors | length') - 1))
-expect_ok "stall reactor $STALL_REACTOR" keelctl --timeout 60 rpc framework_debug_stall_reactor \
-	"{\"reactor\": $STALL_REACTOR, \"ms\": 20000}"
+# In the background: with one reactor (one CPU) the stalled reactor is the one that
+# answers, after the stall.
+keelctl --timeout 120 rpc framework_debug_stall_reactor \
+	"{\"reactor\": $STALL_REACTOR, \"ms\": 20000}" >"$E2E_TMP/stall.out" 2>&1 &
+STALL_PID=$!
 wait_until 60 "the stall to begin" has_line "reactor $STALL_REACTOR stalls" "$KEELD_LOG"
 pings_at_stall=$(notify_count WATCHDOG=1)
 sleep 5
@@ -114,6 +117,7 @@ ok "no WATCHDOG=1 while reactor $STALL_REACTOR is stuck ($pings_at_stall -> $pin
 has_line "reactor $STALL_REACTOR: stuck for" "$KEELD_LOG" || fail "the reactor watchdog did not report the stall"
 ok "the reactor watchdog names the stuck reactor"
 wait_until 120 "the stall to end" has_line "reactor $STALL_REACTOR resumes" "$KEELD_LOG"
+wait "$STALL_PID" || fail "framework_debug_stall_reactor failed: $(cat "$E2E_TMP/stall.out")"
 wait_until 60 "pings to resume" pings_at_least $((pings_after + 2))
 ok "WATCHDOG=1 resumes once the reactor loops again"
 
