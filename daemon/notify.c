@@ -30,7 +30,12 @@
 /* Changes are folded into one refresh this long after the first. */
 #define NOTIFY_STATUS_DELAY_US 1000000u
 
+/* Each volume restored asks systemd for this much more start-up time. */
+#define NOTIFY_RESTORE_EXTEND_US (60ull * 1000000ull)
+
 static int g_enabled = -1; /* -1: $NOTIFY_SOCKET not looked at yet */
+static bool g_ready;
+static uint64_t g_restore_last_ns;
 static struct keel_poller *g_status_poller;
 static bool g_status_armed;
 static char g_status_sent[256];
@@ -151,6 +156,40 @@ static void notify_watchdog_ping(void *ctx)
 	pthread_mutex_unlock(&g_refresh_lock);
 }
 
+/*
+ * Before READY=1: a volume of the restore is done. A restore of many volumes may take
+ * longer than TimeoutStartSec; while it makes progress keeld asks systemd for more time
+ * (EXTEND_TIMEOUT_USEC), at most once a second and only from progress, never from a
+ * timer, so a restore that hangs still times out.
+ */
+static void notify_restore_progress(void)
+{
+	struct keeld_volumes_summary s;
+	char msg[160];
+	uint64_t now = keel_now_ns();
+
+	if (g_restore_last_ns != 0 && now - g_restore_last_ns < 1000000000ull) {
+		return;
+	}
+	g_restore_last_ns = now;
+	keeld_volumes_summarize(&s);
+	snprintf(msg, sizeof(msg),
+		 "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=restoring volumes: %u of %u assembled",
+		 (unsigned long long)NOTIFY_RESTORE_EXTEND_US, s.online + s.degraded + s.faulted,
+		 s.volumes);
+	notify_send(msg);
+}
+
+static void notify_volumes_changed(void *ctx)
+{
+	(void)ctx;
+	if (!g_ready) {
+		notify_restore_progress();
+		return;
+	}
+	keeld_notify_changed();
+}
+
 void keeld_notify_init(void)
 {
 	uint64_t usec = 0;
@@ -160,6 +199,7 @@ void keeld_notify_init(void)
 		return;
 	}
 	notify_send("STATUS=starting: restoring volumes");
+	keeld_volumes_set_change_listener(notify_volumes_changed, NULL);
 	rc = sd_watchdog_enabled(0, &usec);
 	if (rc < 0) {
 		KEEL_ERRLOG("keeld: the service manager's watchdog settings are unreadable: %s",
@@ -186,12 +226,6 @@ void keeld_notify_init(void)
 		       (unsigned long long)(usec / 1000));
 }
 
-static void notify_volumes_changed(void *ctx)
-{
-	(void)ctx;
-	keeld_notify_changed();
-}
-
 void keeld_notify_ready(void)
 {
 	if (!keeld_notify_enabled()) {
@@ -202,7 +236,7 @@ void keeld_notify_ready(void)
 	if (g_status_poller != NULL) {
 		keel_poller_disarm(g_status_poller); /* armed only while a refresh is due */
 	}
-	keeld_volumes_set_change_listener(notify_volumes_changed, NULL);
+	g_ready = true;
 	pthread_mutex_lock(&g_refresh_lock);
 	g_refresh_thread = keel_thread_get_current();
 	pthread_mutex_unlock(&g_refresh_lock);

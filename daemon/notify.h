@@ -1,7 +1,9 @@
 /*
  * keeld under a service manager: systemd's notification protocol (sd_notify(3)) for
  * a Type=notify unit. READY=1 once the RPC socket serves and the saved volumes are
- * assembled; STATUS= with a one-line summary of volumes and exports; STOPPING=1 when
+ * assembled, and before it, while the restore makes progress, EXTEND_TIMEOUT_USEC= so
+ * that a long restore is not killed by TimeoutStartSec; STATUS= with a one-line
+ * summary of volumes and exports; STOPPING=1 when
  * shutdown begins; WATCHDOG=1 from the reactor watchdog's liveness proof
  * (keel_watchdog_set_liveness) when the unit sets WatchdogSec.
  *

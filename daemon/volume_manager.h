@@ -236,9 +236,10 @@ void keeld_volumes_summarize(struct keeld_volumes_summary *out);
 
 /**
  * Called after every change the manager saves (a volume or replica created, destroyed,
- * faulted by an RPC, an export started or stopped), on the main keel thread. One
- * listener; NULL removes it. For a summary that must follow changes (keeld's status
- * line for systemd).
+ * faulted by an RPC, an export started or stopped) and, during the restore, after each
+ * volume was assembled or given up on, on the main keel thread. One listener; NULL
+ * removes it. For a summary that must follow changes (keeld's status line for
+ * systemd). May be set in main() before the reactors start.
  */
 void keeld_volumes_set_change_listener(void (*fn)(void *ctx), void *ctx);
 

@@ -235,6 +235,10 @@ static void vol_restore_exports(void)
 static void vol_restore_closed(struct vol_op *op)
 {
 	op->vol->busy = false;
+	/* Progress of a long restore (keeld tells systemd it is not stuck). */
+	if (g_change_fn != NULL) {
+		g_change_fn(g_change_ctx);
+	}
 	vol_restore_next(op);
 }
 

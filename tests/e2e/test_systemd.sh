@@ -76,6 +76,13 @@ ok "READY=1 from the process that was started (no fork under NOTIFY_SOCKET)"
 has_line "AT_READY state=online" "$NLOG" ||
 	fail "at READY=1 the volume was not served online: $(grep AT_READY "$NLOG")"
 ok "at READY=1 the RPC socket serves and the restored volume is online"
+# A restore asks for more start-up time as it makes progress, before READY=1.
+restoring=$(grep -n "STATUS=restoring volumes: 1 of 1 assembled" "$NLOG" | head -n 1 | cut -d: -f1)
+extend=$(grep -n "EXTEND_TIMEOUT_USEC=[1-9]" "$NLOG" | head -n 1 | cut -d: -f1)
+ready=$(grep -n "READY=1" "$NLOG" | head -n 1 | cut -d: -f1)
+[ -n "$restoring" ] && [ -n "$extend" ] && [ "$restoring" -lt "$ready" ] && [ "$extend" -lt "$ready" ] ||
+	fail "no restore progress with EXTEND_TIMEOUT_USEC before READY=1: $(cat "$NLOG")"
+ok "restore progress before READY=1: $(grep -m1 -o 'STATUS=restoring.*' "$NLOG"), $(grep -m1 -o 'EXTEND_TIMEOUT_USEC=.*' "$NLOG")"
 has_line "STATUS=1 volume, 0 degraded, 0 exports" "$NLOG" ||
 	fail "no STATUS= summary with the volume: $(cat "$NLOG")"
 ok "STATUS= says $(grep -m1 'STATUS=1 volume' "$NLOG" | sed 's/.*STATUS=//')"
