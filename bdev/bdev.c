@@ -39,6 +39,7 @@ static const char *const g_io_type_names[KEEL_BDEV_IO_NUM_TYPES] = {
 	[KEEL_BDEV_IO_UNMAP] = "unmap",
 	[KEEL_BDEV_IO_WRITE_ZEROES] = "write_zeroes",
 	[KEEL_BDEV_IO_RESET] = "reset",
+	[KEEL_BDEV_IO_GET_ALLOCATION] = "get_allocation",
 };
 
 const char *keel_bdev_io_type_name(enum keel_bdev_io_type type)
@@ -236,6 +237,7 @@ bool keel_bdev_io_type_supported(struct keel_bdev *bdev, enum keel_bdev_io_type 
 	case KEEL_BDEV_IO_READ:
 	case KEEL_BDEV_IO_WRITE:
 	case KEEL_BDEV_IO_UNMAP:
+	case KEEL_BDEV_IO_GET_ALLOCATION:
 		return bdev->internal->native[type];
 	default:
 		return false;

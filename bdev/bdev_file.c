@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "keel/bdev.h"
+#include "keel/bdev_module.h"
 #include "keel/log.h"
 #include "keel/reactor.h"
 
@@ -221,4 +222,98 @@ int bdev_file_open(const char *module, const char *name, const char *filename, u
 out_close_fd:
 	close(fd);
 	return rc;
+}
+
+/* Append a run to \p ext, merged with the previous one of the same flags. */
+static bool bdev_file_add_extent(struct keel_bdev_extent *ext, uint32_t max, uint32_t *n,
+				 uint64_t length, uint32_t flags)
+{
+	if (length == 0) {
+		return true;
+	}
+	if (*n > 0 && ext[*n - 1].flags == flags) {
+		ext[*n - 1].length += length;
+		return true;
+	}
+	if (*n == max) {
+		return false;
+	}
+	ext[*n].length = length;
+	ext[*n].flags = flags;
+	ext[*n].reserved = 0;
+	(*n)++;
+	if (*n < max) {
+		ext[*n].length = 0;
+	}
+	return true;
+}
+
+/* lseek() that treats "nothing of that kind before EOF" (ENXIO) as \p end. */
+static int bdev_file_seek(int fd, uint64_t pos, int whence, uint64_t end, uint64_t *out)
+{
+	off_t r = lseek(fd, (off_t)pos, whence);
+
+	if (r < 0) {
+		if (errno != ENXIO) {
+			return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+		}
+		r = (off_t)end;
+	}
+	*out = (uint64_t)r < end ? (uint64_t)r : end;
+	return 0;
+}
+
+int bdev_file_get_allocation(int fd, uint64_t offset, uint64_t len, uint32_t block_size,
+			     struct keel_bdev_extent *ext, uint32_t max)
+{
+	const uint32_t hole = KEEL_BDEV_EXTENT_HOLE | KEEL_BDEV_EXTENT_ZERO;
+	uint64_t end = offset + len;
+	uint64_t pos = offset;
+	uint32_t n = 0;
+	int rc;
+
+	ext[0].length = 0;
+	while (pos < end) {
+		uint64_t data = end, data_start, hole_at = end, data_end;
+
+		rc = bdev_file_seek(fd, pos, SEEK_DATA, end, &data);
+		if (rc != 0) {
+			return rc;
+		}
+		/* A block that is only partly allocated counts as data. */
+		data_start = data - data % block_size;
+		if (data_start > pos) {
+			if (!bdev_file_add_extent(ext, max, &n, data_start - pos, hole)) {
+				return 0;
+			}
+			pos = data_start;
+		}
+		if (pos >= end) {
+			break;
+		}
+		rc = bdev_file_seek(fd, data, SEEK_HOLE, end, &hole_at);
+		if (rc != 0) {
+			return rc;
+		}
+		data_end = hole_at + (block_size - hole_at % block_size) % block_size;
+		if (data_end > end) {
+			data_end = end;
+		}
+		if (data_end <= pos) {
+			data_end = pos + block_size; /* cannot happen; never loop forever */
+		}
+		if (!bdev_file_add_extent(ext, max, &n, data_end - pos, 0)) {
+			return 0;
+		}
+		pos = data_end;
+	}
+	return 0;
+}
+
+int bdev_file_io_get_allocation(int fd, struct keel_bdev_io *io)
+{
+	return bdev_file_get_allocation(
+		fd, keel_bdev_io_offset_bytes(io), keel_bdev_io_num_bytes(io), io->bdev->block_size,
+		io->iovs[0].iov_base,
+		(uint32_t)(io->iovs[0].iov_len / sizeof(struct keel_bdev_extent)));
 }

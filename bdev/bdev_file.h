@@ -69,4 +69,27 @@ int bdev_file_check_create(const char *module, const char *name, const char *fil
 int bdev_file_open(const char *module, const char *name, const char *filename, uint32_t block_size,
 		   bool refuse_direct, struct bdev_file *out);
 
+struct keel_bdev_extent;
+
+/**
+ * Which parts of [\p offset, \p offset + \p len) of the regular file \p fd hold data,
+ * from lseek(SEEK_DATA/SEEK_HOLE), written to \p ext (at most \p max runs, terminated
+ * by a run of length 0 when fewer): holes as KEEL_BDEV_EXTENT_HOLE | _ZERO, data as 0.
+ * Boundaries are rounded to \p block_size so that holes shrink (a partly allocated
+ * block is data). Stops early when the array is full.
+ * \return 0, or -errno of lseek (-ENOTSUP when the filesystem cannot tell).
+ * BLOCKS (lseek may take the inode lock): blocking-work pool only.
+ */
+int bdev_file_get_allocation(int fd, uint64_t offset, uint64_t len, uint32_t block_size,
+			     struct keel_bdev_extent *ext, uint32_t max);
+
+struct keel_bdev_io;
+
+/**
+ * bdev_file_get_allocation for a KEEL_BDEV_IO_GET_ALLOCATION request \p io on \p fd:
+ * its range, block size and extents array (io->iovs[0]). Same return and BLOCKING
+ * rule; \p io is read only (the submitting reactor does not touch it meanwhile).
+ */
+int bdev_file_io_get_allocation(int fd, struct keel_bdev_io *io);
+
 #endif /* KEEL_BDEV_FILE_H */

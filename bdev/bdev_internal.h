@@ -125,7 +125,8 @@ struct keel_bdev_io_internal {
 	bool counted;      /* counts in ch->inflight[epoch] */
 	bool is_lane;      /* a split chunk (the parent itself or a child) */
 	bool is_child;
-	bool bounce;                             /* the request's buffers need bouncing */
+	bool bounce;       /* the request's buffers need bouncing */
+	uint32_t nextents; /* get_allocation: runs added so far (keel_bdev_io_add_extent) */
 	TAILQ_ENTRY(keel_bdev_io_internal) link; /* deferred / nomem / bounce wait */
 
 	struct iovec flat; /* iovec for the flat-buffer API */

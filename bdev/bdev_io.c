@@ -402,6 +402,7 @@ void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request
 	in->is_lane = false;
 	in->is_child = false;
 	in->bounce_buf = NULL;
+	in->nextents = 0;
 	in->submit_tsc = ch->now_valid ? ch->now_tsc : keel_ticks();
 	io->internal = in;
 	io->bdev = bdev;
@@ -455,12 +456,23 @@ void bdev_io_start(struct bdev_channel *ch, void *obj, const struct bdev_request
 		goto out;
 	case KEEL_BDEV_IO_WRITE_ZEROES:
 		if (!bi->native[KEEL_BDEV_IO_WRITE_ZEROES]) {
+			if (io->flags & KEEL_BDEV_IO_FLAG_NO_EMULATE) {
+				in->status = -ENOTSUP; /* the caller wants no slow zeroing */
+				bdev_defer(ch, in);
+				goto out;
+			}
 			io->iovs = NULL;
 			io->iovcnt = 0;
 			bdev_split_start(ch, in, KEEL_BDEV_IO_WRITE, false);
 			goto out;
 		}
 		break;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		/* The flat iovec is the extents array, never split: the module answers
+		 * for as much of the range as the array holds. */
+		in->flat.iov_len = iov_bytes;
+		ch->submit_fn(ch->module_ch, io);
+		goto out;
 	default:
 		break;
 	}
@@ -537,11 +549,12 @@ __attribute__((always_inline)) static inline int bdev_submit(struct keel_io_chan
 	if (keel_unlikely(offset_blocks >= total || num_blocks > total - offset_blocks)) {
 		return -EINVAL;
 	}
-	if (keel_unlikely(type != KEEL_BDEV_IO_READ && !desc->write)) {
+	if (keel_unlikely(type != KEEL_BDEV_IO_READ && type != KEEL_BDEV_IO_GET_ALLOCATION &&
+			  !desc->write)) {
 		return -EBADF;
 	}
 	if (keel_unlikely((type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE ||
-			   type == KEEL_BDEV_IO_UNMAP) &&
+			   type == KEEL_BDEV_IO_UNMAP || type == KEEL_BDEV_IO_GET_ALLOCATION) &&
 			  !bi->native[type])) {
 		return -ENOTSUP;
 	}
@@ -550,7 +563,9 @@ __attribute__((always_inline)) static inline int bdev_submit(struct keel_io_chan
 	}
 
 	iov_bytes = nbytes;
-	if (type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE) {
+	if (keel_unlikely(type == KEEL_BDEV_IO_GET_ALLOCATION)) {
+		iov_bytes = (uint64_t)req->iovcnt * sizeof(struct keel_bdev_extent);
+	} else if (type == KEEL_BDEV_IO_READ || type == KEEL_BDEV_IO_WRITE) {
 		if (!iovs) {
 			if (keel_unlikely(!req->buf)) {
 				return -EINVAL;
@@ -671,11 +686,77 @@ int keel_bdev_unmap(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uin
 	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_UNMAP, offset, nbytes, cb_fn, cb_arg);
 }
 
+int keel_bdev_write_zeroes_ext(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
+			       uint64_t offset, uint64_t nbytes, uint32_t flags,
+			       keel_bdev_io_cb cb_fn, void *cb_arg)
+{
+	struct bdev_request req = {
+		.desc = desc,
+		.type = KEEL_BDEV_IO_WRITE_ZEROES,
+		.flags = flags,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
+	};
+
+	if (flags & ~(KEEL_BDEV_IO_FLAG_UNMAP | KEEL_BDEV_IO_FLAG_NO_EMULATE)) {
+		return -EINVAL;
+	}
+	return bdev_submit(ch, &req, offset, nbytes);
+}
+
 int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
 			   uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg)
 {
 	return bdev_submit_range(desc, ch, KEEL_BDEV_IO_WRITE_ZEROES, offset, nbytes, cb_fn,
 				 cb_arg);
+}
+
+int keel_bdev_get_allocation(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
+			     uint64_t offset, uint64_t nbytes, struct keel_bdev_extent *extents,
+			     uint32_t max_extents, keel_bdev_io_cb cb_fn, void *cb_arg)
+{
+	/* iovcnt carries the array's capacity; buf the array (see bdev_io_start). */
+	struct bdev_request req = {
+		.desc = desc,
+		.type = KEEL_BDEV_IO_GET_ALLOCATION,
+		.buf = extents,
+		.iovcnt = (int)max_extents,
+		.cb_fn = cb_fn,
+		.cb_arg = cb_arg,
+	};
+
+	if (!extents || max_extents == 0 || max_extents > (1u << 24)) {
+		return -EINVAL;
+	}
+	extents[0].length = 0;
+	return bdev_submit(ch, &req, offset, nbytes);
+}
+
+bool keel_bdev_io_add_extent(struct keel_bdev_io *io, uint64_t length, uint32_t flags)
+{
+	struct keel_bdev_io_internal *in = io->internal;
+	struct keel_bdev_extent *ext = io->iovs[0].iov_base;
+	uint32_t max = (uint32_t)(io->iovs[0].iov_len / sizeof(*ext));
+
+	assert(io->type == KEEL_BDEV_IO_GET_ALLOCATION);
+	if (length == 0) {
+		return true;
+	}
+	if (in->nextents > 0 && ext[in->nextents - 1].flags == flags) {
+		ext[in->nextents - 1].length += length;
+		return true;
+	}
+	if (in->nextents == max) {
+		return false;
+	}
+	ext[in->nextents].length = length;
+	ext[in->nextents].flags = flags;
+	ext[in->nextents].reserved = 0;
+	in->nextents++;
+	if (in->nextents < max) {
+		ext[in->nextents].length = 0;
+	}
+	return true;
 }
 
 int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ioch,

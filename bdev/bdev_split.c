@@ -145,7 +145,9 @@ void bdev_lane_next(struct bdev_channel *ch, struct keel_bdev_io_internal *lin)
 
 	lio->type = p->lane_type;
 	lio->offset_blocks = abs;
-	lio->flags = p->io->flags;
+	/* Zero writes that emulate write_zeroes carry no write_zeroes-only flags. */
+	lio->flags = p->lane_type == KEEL_BDEV_IO_WRITE ? p->io->flags & KEEL_BDEV_IO_FLAG_FUA
+							: p->io->flags;
 	lio->iovs = NULL;
 	lio->iovcnt = 0;
 

@@ -32,6 +32,7 @@
 #include "keel/reactor.h"
 
 #include "aio_group.h"
+#include "bdev_file.h"
 #include "bdev_aio_internal.h"
 
 /* <linux/fs.h> redefines RWF_* that <sys/uio.h> already has, so take only the ioctls. */
@@ -108,6 +109,7 @@ struct aio_io_ctx {
 	enum aio_pool_op pool_op;
 	int fd;
 	bool is_blockdev;
+	bool may_unmap; /* write_zeroes with KEEL_BDEV_IO_FLAG_UNMAP */
 	uint64_t offset;
 	uint64_t len;
 	struct aio_disk *disk;
@@ -332,7 +334,8 @@ static int aio_pool_job(void *arg)
 			rc = ioctl(ctx->fd, BLKZEROOUT, range);
 			break;
 		}
-		if (aio_flag_get(&ctx->disk->zero_range_ok)) {
+		/* write_zeroes is native on files only where punching works. */
+		if (!ctx->may_unmap && aio_flag_get(&ctx->disk->zero_range_ok)) {
 			rc = fallocate(ctx->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
 				       (off_t)ctx->offset, (off_t)ctx->len);
 			if (rc == 0 || (errno != EOPNOTSUPP && errno != EINVAL)) {
@@ -367,6 +370,7 @@ static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op)
 	ctx->pool_op = op;
 	ctx->fd = disk->fd;
 	ctx->is_blockdev = disk->is_blockdev;
+	ctx->may_unmap = io->flags & KEEL_BDEV_IO_FLAG_UNMAP;
 	ctx->offset = keel_bdev_io_offset_bytes(io);
 	ctx->len = keel_bdev_io_num_bytes(io);
 	ctx->disk = disk;
@@ -374,6 +378,29 @@ static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op)
 	rc = keel_spawn_blocking(aio_pool_job, ctx, aio_pool_job_done, io);
 	if (rc != 0) {
 		/* -ENOMEM makes the core retry; anything else is final. */
+		keel_bdev_io_complete(io, rc == -ENOMEM ? -ENOMEM : -EIO);
+	}
+}
+
+/*
+ * Allocation query on the blocking pool: lseek(SEEK_DATA/SEEK_HOLE) may wait for the
+ * inode lock behind a writer. The pool thread reads only this request (the reactor
+ * does not touch it until the completion message) and the file's fd.
+ */
+static int aio_allocation_job(void *arg)
+{
+	struct keel_bdev_io *io = arg;
+
+	return bdev_file_io_get_allocation(aio_disk_of(io)->fd, io);
+}
+
+static void aio_get_allocation(struct keel_bdev_io *io)
+{
+	int rc;
+
+	__atomic_fetch_add(&aio_disk_of(io)->counters.pool_ops, 1, __ATOMIC_RELAXED);
+	rc = keel_spawn_blocking(aio_allocation_job, io, aio_pool_job_done, io);
+	if (rc != 0) {
 		keel_bdev_io_complete(io, rc == -ENOMEM ? -ENOMEM : -EIO);
 	}
 }
@@ -395,6 +422,9 @@ static void aio_submit_request(struct keel_io_channel *_ch, struct keel_bdev_io 
 		break;
 	case KEEL_BDEV_IO_WRITE_ZEROES:
 		aio_pool_submit(io, AIO_POOL_WRITE_ZEROES);
+		break;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		aio_get_allocation(io);
 		break;
 	case KEEL_BDEV_IO_RESET:
 		/* The core already waited for everything submitted before the reset. */
@@ -420,6 +450,8 @@ static bool aio_io_type_supported(void *ctxt, enum keel_bdev_io_type type)
 	case KEEL_BDEV_IO_WRITE_ZEROES:
 		/* Without hole punching the core emulates write_zeroes with writes. */
 		return disk->is_blockdev || disk->punch_hole_ok;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		return !disk->is_blockdev; /* SEEK_DATA means nothing on a block device */
 	default:
 		return false;
 	}

@@ -91,10 +91,18 @@ static void error_pass_through(struct error_channel *ech, struct keel_bdev_io *i
 		rc = keel_bdev_unmap(bd, ech->base_ch, off, len, error_base_done, io);
 		break;
 	case KEEL_BDEV_IO_WRITE_ZEROES:
-		rc = keel_bdev_write_zeroes(bd, ech->base_ch, off, len, error_base_done, io);
+		rc = keel_bdev_write_zeroes_ext(bd, ech->base_ch, off, len, io->flags,
+						error_base_done, io);
 		break;
 	case KEEL_BDEV_IO_RESET:
 		rc = keel_bdev_reset(bd, ech->base_ch, error_base_done, io);
+		break;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		/* The base writes its answer straight into the caller's array. */
+		rc = keel_bdev_get_allocation(
+			bd, ech->base_ch, off, len, io->iovs[0].iov_base,
+			(uint32_t)(io->iovs[0].iov_len / sizeof(struct keel_bdev_extent)),
+			error_base_done, io);
 		break;
 	default:
 		rc = -ENOTSUP;

@@ -203,6 +203,10 @@ static void malloc_execute(struct keel_bdev_io *io)
 	case KEEL_BDEV_IO_FLUSH:
 	case KEEL_BDEV_IO_RESET:
 		break;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		/* RAM is allocated up front: every block is data. */
+		keel_bdev_io_add_extent(io, keel_bdev_io_num_bytes(io), 0);
+		break;
 	default:
 		keel_bdev_io_complete(io, -ENOTSUP);
 		return;

@@ -172,7 +172,11 @@ static int submit_child_write(struct nexus_channel *nch, struct keel_bdev_io *io
 	case KEEL_BDEV_IO_UNMAP:
 		return keel_bdev_unmap(cc->desc, cc->ch, off, len, write_child_done, cio);
 	case KEEL_BDEV_IO_WRITE_ZEROES:
-		return keel_bdev_write_zeroes(cc->desc, cc->ch, off, len, write_child_done, cio);
+		/* UNMAP only: a replica that must emulate still writes (never -ENOTSUP,
+		 * which would fault it); the nexus checked NO_EMULATE for itself. */
+		return keel_bdev_write_zeroes_ext(cc->desc, cc->ch, off, len,
+						  io->flags & KEEL_BDEV_IO_FLAG_UNMAP,
+						  write_child_done, cio);
 	default:
 		return -ENOTSUP;
 	}
@@ -249,6 +253,19 @@ static void submit_write(struct nexus_channel *nch, struct keel_bdev_io *io)
 
 static void submit_read(struct nexus_channel *nch, struct keel_bdev_io *io);
 
+/* The child context of \p io for slot \p s, counted as outstanding on that child. */
+static struct nexus_child_io *child_io_start(struct nexus_channel *nch, struct keel_bdev_io *io,
+					     unsigned s)
+{
+	struct nexus_io *nio = keel_bdev_io_get_ctx(io);
+	struct nexus_child_io *cio = &nio->child[s];
+
+	cio->parent = io;
+	cio->slot = (uint8_t)s;
+	nch->children[s].outstanding++;
+	return cio;
+}
+
 static void read_child_done(void *cb_arg, int status)
 {
 	struct nexus_child_io *cio = cb_arg;
@@ -310,11 +327,8 @@ static void submit_read(struct nexus_channel *nch, struct keel_bdev_io *io)
 			return;
 		}
 		cc = &nch->children[s];
-		cio = &nio->child[s];
-		cio->parent = io;
-		cio->slot = (uint8_t)s;
+		cio = child_io_start(nch, io, (unsigned)s);
 		nio->tried_mask |= nexus_bit((unsigned)s);
-		cc->outstanding++;
 		rc = keel_bdev_readv(cc->desc, cc->ch, io->iovs, io->iovcnt,
 				     keel_bdev_io_offset_bytes(io) + n->data_offset,
 				     keel_bdev_io_num_bytes(io), read_child_done, cio);
@@ -324,6 +338,49 @@ static void submit_read(struct nexus_channel *nch, struct keel_bdev_io *io)
 		cc->outstanding--;
 		nio->last_err = rc;
 		report_fault(nch, (unsigned)s, rc);
+	}
+}
+
+static void allocation_child_done(void *cb_arg, int status)
+{
+	struct nexus_child_io *cio = cb_arg;
+	struct keel_bdev_io *io = cio->parent;
+	struct nexus_io *nio = keel_bdev_io_get_ctx(io);
+	struct nexus_channel *nch = nio->nch;
+
+	nch->children[cio->slot].outstanding--;
+	child_put_if_drained(nch, cio->slot);
+	keel_bdev_io_complete(io, status);
+}
+
+/*
+ * Allocation query: any healthy replica answers for the volume, since they hold the
+ * same data; its answer is about the same range shifted past the replica's label and
+ * metadata area (data_offset), and run lengths need no translation. A replica that
+ * cannot tell (-ENOTSUP) or fails the query is not a data fault: the caller gets the
+ * status and treats the range as data.
+ */
+static void submit_get_allocation(struct nexus_channel *nch, struct keel_bdev_io *io)
+{
+	int s = pick_reader(nch, 0);
+	struct nexus_child_ch *cc;
+	struct nexus_child_io *cio;
+	int rc;
+
+	if (s < 0) {
+		keel_bdev_io_complete(io, -EIO);
+		return;
+	}
+	cc = &nch->children[s];
+	cio = child_io_start(nch, io, (unsigned)s);
+	rc = keel_bdev_get_allocation(
+		cc->desc, cc->ch, keel_bdev_io_offset_bytes(io) + nch->nexus->data_offset,
+		keel_bdev_io_num_bytes(io), io->iovs[0].iov_base,
+		(uint32_t)(io->iovs[0].iov_len / sizeof(struct keel_bdev_extent)),
+		allocation_child_done, cio);
+	if (rc != 0) {
+		cc->outstanding--;
+		keel_bdev_io_complete(io, rc);
 	}
 }
 
@@ -361,6 +418,9 @@ static void nexus_submit_request(struct keel_io_channel *ch, struct keel_bdev_io
 		/* The core drained every earlier request before calling us and the
 		 * children have nothing of ours queued: nothing left to reset. */
 		keel_bdev_io_complete(io, 0);
+		break;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		submit_get_allocation(nch, io);
 		break;
 	default:
 		keel_bdev_io_complete(io, -ENOTSUP);
@@ -635,6 +695,7 @@ static bool nexus_io_type_supported(void *ctx, enum keel_bdev_io_type type)
 	case KEEL_BDEV_IO_FLUSH:
 	case KEEL_BDEV_IO_WRITE_ZEROES:
 	case KEEL_BDEV_IO_RESET:
+	case KEEL_BDEV_IO_GET_ALLOCATION: /* a replica may still answer -ENOTSUP */
 		return true;
 	case KEEL_BDEV_IO_UNMAP:
 		return n->supports_unmap;

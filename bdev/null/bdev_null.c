@@ -78,6 +78,11 @@ static void null_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 		for (int i = 0; i < io->iovcnt; i++) {
 			memset(io->iovs[i].iov_base, 0, io->iovs[i].iov_len);
 		}
+	} else if (io->type == KEEL_BDEV_IO_GET_ALLOCATION) {
+		/* Nothing is stored; reads are zeroes unless they leave buffers untouched. */
+		keel_bdev_io_add_extent(io, keel_bdev_io_num_bytes(io),
+					KEEL_BDEV_EXTENT_HOLE |
+						(d->leave_reads ? 0 : KEEL_BDEV_EXTENT_ZERO));
 	}
 	keel_bdev_io_complete(io, 0);
 }

@@ -209,7 +209,9 @@ static void uring_prep_write_zeroes(struct keel_bdev_io *io)
 	struct uring_disk *disk = uring_disk_of_io(io);
 	int mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
 
-	if (!disk->is_blockdev && !uring_flag_get(&disk->zero_range_ok)) {
+	/* On files write_zeroes is native only where punching works. */
+	if (!disk->is_blockdev &&
+	    (!uring_flag_get(&disk->zero_range_ok) || (io->flags & KEEL_BDEV_IO_FLAG_UNMAP))) {
 		mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 	}
 	uring_prep_fallocate(io, URING_STAGE_WRITE_ZEROES, mode);
@@ -330,6 +332,23 @@ void bdev_uring_cqe(struct keel_bdev_io *io, int res)
 	keel_bdev_io_complete(io, res < 0 ? res : 0);
 }
 
+/*
+ * Allocation query: io_uring has no lseek, so SEEK_DATA/SEEK_HOLE run on the blocking
+ * pool (they may wait for the inode lock). The pool thread reads only this request and
+ * the file's fd; the reactor does not touch the request until the completion message.
+ */
+static int uring_allocation_job(void *arg)
+{
+	struct keel_bdev_io *io = arg;
+
+	return bdev_file_io_get_allocation(uring_disk_of_io(io)->fd, io);
+}
+
+static void uring_allocation_done(void *cb_arg, int rc)
+{
+	keel_bdev_io_complete(cb_arg, rc);
+}
+
 static void uring_submit_request(struct keel_io_channel *_ch, struct keel_bdev_io *io)
 {
 	struct uring_channel *ch = keel_io_channel_get_ctx(_ch);
@@ -352,6 +371,14 @@ static void uring_submit_request(struct keel_io_channel *_ch, struct keel_bdev_i
 		/* The core already waited for everything submitted before the reset. */
 		keel_bdev_io_complete(io, 0);
 		return;
+	case KEEL_BDEV_IO_GET_ALLOCATION: {
+		int rc = keel_spawn_blocking(uring_allocation_job, io, uring_allocation_done, io);
+
+		if (rc != 0) {
+			keel_bdev_io_complete(io, rc == -ENOMEM ? -ENOMEM : -EIO);
+		}
+		return;
+	}
 	default:
 		keel_bdev_io_complete(io, -ENOTSUP);
 		return;
@@ -373,6 +400,8 @@ static bool uring_io_type_supported(void *ctxt, enum keel_bdev_io_type type)
 	case KEEL_BDEV_IO_WRITE_ZEROES:
 		/* Without hole punching the core emulates write_zeroes with writes. */
 		return disk->is_blockdev || disk->punch_hole_ok;
+	case KEEL_BDEV_IO_GET_ALLOCATION:
+		return !disk->is_blockdev; /* SEEK_DATA means nothing on a block device */
 	default:
 		return false;
 	}

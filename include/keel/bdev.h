@@ -50,6 +50,7 @@ enum keel_bdev_io_type {
 	KEEL_BDEV_IO_UNMAP,
 	KEEL_BDEV_IO_WRITE_ZEROES,
 	KEEL_BDEV_IO_RESET,
+	KEEL_BDEV_IO_GET_ALLOCATION, /**< keel_bdev_get_allocation: which ranges hold data */
 	KEEL_BDEV_IO_NUM_TYPES,
 };
 
@@ -58,6 +59,10 @@ const char *keel_bdev_io_type_name(enum keel_bdev_io_type type);
 
 /** Per-request flags. */
 #define KEEL_BDEV_IO_FLAG_FUA (1u << 0) /**< write reaches stable storage before completion */
+/** write_zeroes: the range may be deallocated (a hole in a file) as long as it reads zeroes */
+#define KEEL_BDEV_IO_FLAG_UNMAP (1u << 1)
+/** write_zeroes: fail with -ENOTSUP instead of emulating with writes of zero buffers */
+#define KEEL_BDEV_IO_FLAG_NO_EMULATE (1u << 2)
 
 enum keel_bdev_event_type {
 	/** The bdev is going away: close the descriptor (on its thread) soon. */
@@ -155,6 +160,40 @@ int keel_bdev_unmap(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uin
 		    uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
 int keel_bdev_write_zeroes(struct keel_bdev_desc *desc, struct keel_io_channel *ch, uint64_t offset,
 			   uint64_t nbytes, keel_bdev_io_cb cb_fn, void *cb_arg);
+/** One run of blocks that share an allocation state (keel_bdev_get_allocation). */
+struct keel_bdev_extent {
+	uint64_t length; /**< bytes, a multiple of the block size; 0 ends the list */
+	uint32_t flags;  /**< KEEL_BDEV_EXTENT_* (0: allocated data) */
+	uint32_t reserved;
+};
+#define KEEL_BDEV_EXTENT_HOLE (1u << 0) /**< not allocated in the backing store */
+#define KEEL_BDEV_EXTENT_ZERO (1u << 1) /**< reads back as zeroes */
+
+/**
+ * Ask which parts of [\p offset, \p offset + \p nbytes) are allocated. On status 0,
+ * \p extents[0..n) (1 <= n <= \p max_extents) describe consecutive runs starting at
+ * \p offset, together at most \p nbytes (the module may stop early: ask again from where
+ * the list ends); when n < \p max_extents, extents[n].length is 0. Allowed on read-only
+ * descriptors; never split. The answer is a snapshot: writes racing with it may or
+ * may not show. \p extents must stay valid until cb_fn runs.
+ * Errors as for the other submit functions; -ENOTSUP when the bdev cannot tell
+ * (keel_bdev_io_type_supported(KEEL_BDEV_IO_GET_ALLOCATION) is false): treat the range
+ * as data. A module may also complete with -ENOTSUP (a replica that cannot tell).
+ */
+int keel_bdev_get_allocation(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
+			     uint64_t offset, uint64_t nbytes, struct keel_bdev_extent *extents,
+			     uint32_t max_extents, keel_bdev_io_cb cb_fn, void *cb_arg);
+
+/**
+ * write_zeroes with \p flags: KEEL_BDEV_IO_FLAG_UNMAP lets a file-backed module punch
+ * a hole instead of allocating zeroed blocks; KEEL_BDEV_IO_FLAG_NO_EMULATE completes
+ * with -ENOTSUP where the module cannot zero natively (what a "fast zero" needs).
+ * Errors as keel_bdev_write_zeroes, and -EINVAL for other flags.
+ */
+int keel_bdev_write_zeroes_ext(struct keel_bdev_desc *desc, struct keel_io_channel *ch,
+			       uint64_t offset, uint64_t nbytes, uint32_t flags,
+			       keel_bdev_io_cb cb_fn, void *cb_arg);
+
 /** Abort nothing, but wait until every request submitted before it has completed
  * on every channel, then let the module reset. */
 int keel_bdev_reset(struct keel_bdev_desc *desc, struct keel_io_channel *ch, keel_bdev_io_cb cb_fn,

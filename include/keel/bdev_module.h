@@ -99,6 +99,15 @@ struct keel_bdev_io {
  */
 void keel_bdev_io_complete(struct keel_bdev_io *io, int status);
 
+/**
+ * For KEEL_BDEV_IO_GET_ALLOCATION: append a run of \p length bytes (a multiple of the
+ * block size) with KEEL_BDEV_EXTENT_* \p flags to the answer, merged with the previous
+ * run when the flags match. The extents array is io->iovs[0]; the core keeps the count
+ * and the terminator. \return false once the array is full (the run was not added:
+ * complete the request, the caller asks again from there). Submitting thread.
+ */
+bool keel_bdev_io_add_extent(struct keel_bdev_io *io, uint64_t length, uint32_t flags);
+
 /** The module's per-request context (get_ctx_size bytes, 16-byte aligned). */
 static inline void *keel_bdev_io_get_ctx(struct keel_bdev_io *io)
 {

@@ -350,9 +350,14 @@ static int ut_io_submit(struct ut_io *io, struct iovec *iov, int iovcnt, uint64_
 	case KEEL_BDEV_IO_UNMAP:
 		return keel_bdev_unmap(dev->desc, dev->ch, offset, len, cb, cb_arg);
 	case KEEL_BDEV_IO_WRITE_ZEROES:
-		return keel_bdev_write_zeroes(dev->desc, dev->ch, offset, len, cb, cb_arg);
+		return keel_bdev_write_zeroes_ext(dev->desc, dev->ch, offset, len, io->flags, cb,
+						  cb_arg);
 	case KEEL_BDEV_IO_RESET:
 		return keel_bdev_reset(dev->desc, dev->ch, cb, cb_arg);
+	case KEEL_BDEV_IO_GET_ALLOCATION: /* iov[0] is the extents array */
+		return keel_bdev_get_allocation(
+			dev->desc, dev->ch, offset, len, iov[0].iov_base,
+			(uint32_t)(iov[0].iov_len / sizeof(struct keel_bdev_extent)), cb, cb_arg);
 	default:
 		return -EINVAL;
 	}
@@ -1721,6 +1726,62 @@ static void test_read_past_eof(void)
 	unlink(path);
 }
 
+static int ut_get_allocation(struct ut_dev *dev, uint64_t offset, uint64_t len,
+			     struct keel_bdev_extent *ext, uint32_t max)
+{
+	struct iovec iov = {.iov_base = ext, .iov_len = max * sizeof(*ext)};
+
+	return ut_iov_io(dev, KEEL_BDEV_IO_GET_ALLOCATION, &iov, 1, offset, len, 0);
+}
+
+/*
+ * Allocation query on a sparse file (lseek SEEK_DATA/SEEK_HOLE on the blocking pool):
+ * holes and data where they are, a bounded array, a range inside a hole, and
+ * write_zeroes that may unmap turning data back into a hole.
+ */
+static void test_get_allocation(void)
+{
+	const uint32_t hole = KEEL_BDEV_EXTENT_HOLE | KEEL_BDEV_EXTENT_ZERO;
+	struct keel_bdev_extent ext[8];
+	char path[512];
+	char *buf = ut_alloc(8192);
+	struct ut_dev dev;
+
+	ut_path(path, sizeof(path), AIO_UT_DIR, "sparse.img");
+	ut_make_file(path, UT_MIB);
+	CU_ASSERT_FATAL(ut_create("aio_sparse", path, 512, NULL) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "aio_sparse", 0) == 0);
+	CU_ASSERT(keel_bdev_io_type_supported(dev.bdev, KEEL_BDEV_IO_GET_ALLOCATION));
+	ut_fill(buf, 8192, 3);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE, buf, 256 * 1024, 8192, 0) == 0);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_FLUSH, NULL, 0, UT_MIB, 0) == 0);
+	CU_ASSERT(ut_get_allocation(&dev, 0, UT_MIB, ext, 8) == 0);
+	CU_ASSERT(ext[0].length == 256 * 1024 && ext[0].flags == hole);
+	CU_ASSERT(ext[1].length == 8192 && ext[1].flags == 0);
+	CU_ASSERT(ext[2].length == UT_MIB - 256 * 1024 - 8192 && ext[2].flags == hole);
+	CU_ASSERT(ext[3].length == 0);
+	/* Room for two runs: the answer stops after them, short of the range. */
+	CU_ASSERT(ut_get_allocation(&dev, 0, UT_MIB, ext, 2) == 0);
+	CU_ASSERT(ext[0].length == 256 * 1024 && ext[1].length == 8192);
+	/* From the middle of the data, and entirely inside a hole. */
+	CU_ASSERT(ut_get_allocation(&dev, 256 * 1024 + 4096, 8192, ext, 8) == 0);
+	CU_ASSERT(ext[0].length == 4096 && ext[0].flags == 0);
+	CU_ASSERT(ext[1].length == 4096 && ext[1].flags == hole);
+	CU_ASSERT(ut_get_allocation(&dev, 4096, 4096, ext, 8) == 0);
+	CU_ASSERT(ext[0].length == 4096 && ext[0].flags == hole && ext[1].length == 0);
+	/* write_zeroes that may unmap punches: the data becomes a hole again. */
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE_ZEROES, NULL, 256 * 1024, 8192,
+			    KEEL_BDEV_IO_FLAG_UNMAP) == 0);
+	CU_ASSERT(ut_get_allocation(&dev, 0, UT_MIB, ext, 8) == 0);
+	CU_ASSERT(ext[0].length == UT_MIB && ext[0].flags == hole);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, buf, 256 * 1024, 8192, 0) == 0);
+	CU_ASSERT(ut_is_zero(buf, 8192));
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("aio_sparse") == 0);
+	free(buf);
+	unlink(path);
+}
+
 /*
  * A sparse file on a 1 MiB tmpfs: writing past the space the kernel has gives a short
  * write (-EIO: never a silent partial write) and then -ENOSPC (the kernel's errno).
@@ -1905,6 +1966,7 @@ static const struct {
 	{"interleaved", test_interleaved},
 	{"context_setup_fails", test_context_setup_fails},
 	{"read_past_eof", test_read_past_eof},
+	{"get_allocation", test_get_allocation},
 	{"write_errors", test_write_errors},
 	{"block_device", test_block_device},
 };

@@ -117,6 +117,13 @@ static void stub_submit(struct keel_io_channel *ch, struct keel_bdev_io *io)
 	if (io->type == KEEL_BDEV_IO_UNMAP || io->type == KEEL_BDEV_IO_WRITE_ZEROES) {
 		memset(d->data + io->offset_blocks * STUB_BS, 0, io->num_blocks * STUB_BS);
 	}
+	if (io->type == KEEL_BDEV_IO_GET_ALLOCATION) {
+		/* Two data blocks (merged into one run), then a hole to the end. */
+		keel_bdev_io_add_extent(io, STUB_BS, 0);
+		keel_bdev_io_add_extent(io, STUB_BS, 0);
+		keel_bdev_io_add_extent(io, io->num_blocks * STUB_BS - 2 * STUB_BS,
+					KEEL_BDEV_EXTENT_HOLE | KEEL_BDEV_EXTENT_ZERO);
+	}
 	sio->thread = keel_thread_get_current();
 	if (d->inline_complete) {
 		keel_bdev_io_complete(io, d->status);
@@ -700,6 +707,117 @@ static void test_write_zeroes_emulated(void)
 	CU_ASSERT_EQUAL(d->data[512], 0);
 	CU_ASSERT_EQUAL(d->data[3073 * 512 - 1], 0);
 	CU_ASSERT_EQUAL(d->data[3073 * 512], 0xab);
+	close_disk(desc, ch);
+	teardown();
+}
+
+/* write_zeroes flags: UNMAP reaches the module; NO_EMULATE refuses the slow way. */
+static void test_write_zeroes_flags(void)
+{
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	struct stub_disk *d = stub_create("wzf", 0, 0, 0);
+	struct res r = {0};
+
+	setup(1);
+	open_disk(d, &desc, &ch);
+	CU_ASSERT_EQUAL(keel_bdev_write_zeroes_ext(desc, ch, 0, 4096, 1u << 7, io_done, &r),
+			-EINVAL);
+	g_nrecs = 0;
+	CU_ASSERT_EQUAL(
+		keel_bdev_write_zeroes_ext(desc, ch, 0, 4096,
+					   KEEL_BDEV_IO_FLAG_UNMAP | KEEL_BDEV_IO_FLAG_NO_EMULATE,
+					   io_done, &r),
+		0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(r.status, 0);
+	CU_ASSERT_EQUAL(g_nrecs, 1);
+	CU_ASSERT_EQUAL(g_recs[0].type, KEEL_BDEV_IO_WRITE_ZEROES);
+	CU_ASSERT(g_recs[0].flags & KEEL_BDEV_IO_FLAG_UNMAP);
+	/* Emulated: NO_EMULATE completes -ENOTSUP and writes nothing; without it the
+	 * zero writes do not carry the write_zeroes-only flag. */
+	d->native[KEEL_BDEV_IO_WRITE_ZEROES] = false;
+	close_disk(desc, ch);
+	g_unreg_done = 0;
+	d = stub_create("wzf2", 0, 0, 0);
+	d->native[KEEL_BDEV_IO_WRITE_ZEROES] = false;
+	open_disk(d, &desc, &ch);
+	g_nrecs = 0;
+	r.done = 0;
+	CU_ASSERT_EQUAL(keel_bdev_write_zeroes_ext(desc, ch, 0, 4096, KEEL_BDEV_IO_FLAG_NO_EMULATE,
+						   io_done, &r),
+			0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(r.done, 1);
+	CU_ASSERT_EQUAL(r.status, -ENOTSUP);
+	CU_ASSERT_EQUAL(g_nrecs, 0);
+	CU_ASSERT_EQUAL(
+		keel_bdev_write_zeroes_ext(desc, ch, 0, 4096, KEEL_BDEV_IO_FLAG_UNMAP, io_done, &r),
+		0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(r.status, 0);
+	CU_ASSERT(g_nrecs >= 1);
+	for (int i = 0; i < g_nrecs; i++) {
+		CU_ASSERT_EQUAL(g_recs[i].type, KEEL_BDEV_IO_WRITE);
+		CU_ASSERT_EQUAL(g_recs[i].flags, 0);
+	}
+	close_disk(desc, ch);
+	teardown();
+}
+
+/*
+ * get_allocation: runs merged by the helper, the array's capacity honoured with a
+ * terminator, never split (boundary and max transfer set), allowed read-only, and
+ * refused with -ENOTSUP where the module cannot tell.
+ */
+static void test_get_allocation(void)
+{
+	struct keel_bdev_desc *desc, *ro;
+	struct keel_io_channel *ch;
+	struct stub_disk *d = stub_create("alloc", 0, 8, 16);
+	struct keel_bdev_extent ext[4];
+	struct res r = {0};
+
+	setup(1);
+	open_disk(d, &desc, &ch);
+	CU_ASSERT_TRUE(keel_bdev_io_type_supported(&d->bdev, KEEL_BDEV_IO_GET_ALLOCATION));
+	CU_ASSERT_EQUAL_FATAL(keel_bdev_open_ext(d->name, false, ev_cb, NULL, &ro), 0);
+	g_nrecs = 0;
+	memset(ext, 0xff, sizeof(ext));
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(ro, ch, 1024, 64 * STUB_BS, ext, 4, io_done, &r),
+			0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(r.status, 0);
+	CU_ASSERT_EQUAL(g_nrecs, 1); /* 64 blocks past a boundary of 8: not split */
+	CU_ASSERT_EQUAL(g_recs[0].num, 64);
+	CU_ASSERT_EQUAL(ext[0].length, 2 * STUB_BS);
+	CU_ASSERT_EQUAL(ext[0].flags, 0);
+	CU_ASSERT_EQUAL(ext[1].length, 62 * STUB_BS);
+	CU_ASSERT_EQUAL(ext[1].flags, KEEL_BDEV_EXTENT_HOLE | KEEL_BDEV_EXTENT_ZERO);
+	CU_ASSERT_EQUAL(ext[2].length, 0);
+	/* Room for one run: the first, no terminator needed. */
+	memset(ext, 0xff, sizeof(ext));
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, 0, 8 * STUB_BS, ext, 1, io_done, &r), 0);
+	ut_poll_threads();
+	CU_ASSERT_EQUAL(r.status, 0);
+	CU_ASSERT_EQUAL(ext[0].length, 2 * STUB_BS);
+	CU_ASSERT_EQUAL(ext[1].length, UINT64_MAX);
+	/* Bad arguments. */
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, 0, 0, ext, 4, io_done, &r), -EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, 1, 512, ext, 4, io_done, &r), -EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, 0, 512, ext, 0, io_done, &r), -EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, 0, 512, NULL, 4, io_done, &r), -EINVAL);
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, (uint64_t)STUB_BLOCKS * STUB_BS, 512,
+						 ext, 4, io_done, &r),
+			-EINVAL);
+	keel_bdev_close(ro);
+	close_disk(desc, ch);
+	g_unreg_done = 0;
+	d = stub_create("noalloc", 0, 0, 0);
+	d->native[KEEL_BDEV_IO_GET_ALLOCATION] = false;
+	open_disk(d, &desc, &ch);
+	CU_ASSERT_FALSE(keel_bdev_io_type_supported(&d->bdev, KEEL_BDEV_IO_GET_ALLOCATION));
+	CU_ASSERT_EQUAL(keel_bdev_get_allocation(desc, ch, 0, 512, ext, 4, io_done, &r), -ENOTSUP);
 	close_disk(desc, ch);
 	teardown();
 }
@@ -1413,6 +1531,8 @@ int main(void)
 		{"pool_wait_keeps_request", test_pool_wait_keeps_request},
 		{"nomem_retry", test_nomem_retry},
 		{"reset", test_reset},
+		{"write_zeroes_flags", test_write_zeroes_flags},
+		{"get_allocation", test_get_allocation},
 		{"hot_remove", test_hot_remove},
 		{"hot_remove_auto_close_and_orphan", test_hot_remove_auto_close_and_orphan},
 		{"hot_remove_split_and_reset_waiting", test_hot_remove_split_and_reset_waiting},

@@ -157,6 +157,17 @@ static void test_null_reads_zeroes(void)
 	CU_ASSERT_EQUAL(
 		UT_SYNC(keel_bdev_read(desc, ch, buf, (512ull << 30) - 512, 512, ut_io_done, res)),
 		0);
+	/* Nothing is stored: the whole range is one hole that reads as zeroes. */
+	{
+		struct keel_bdev_extent ext[4];
+
+		CU_ASSERT_EQUAL(UT_SYNC(keel_bdev_get_allocation(desc, ch, 4096, 1 << 30, ext, 4,
+								 ut_io_done, res)),
+				0);
+		CU_ASSERT_EQUAL(ext[0].length, 1 << 30);
+		CU_ASSERT_EQUAL(ext[0].flags, KEEL_BDEV_EXTENT_HOLE | KEEL_BDEV_EXTENT_ZERO);
+		CU_ASSERT_EQUAL(ext[1].length, 0);
+	}
 	keel_put_io_channel(ch);
 	keel_bdev_close(desc);
 	ut_bdev_teardown();
@@ -199,6 +210,30 @@ static void test_null_leave_reads_untouched(void)
 	ut_bdev_teardown();
 }
 
+/* RAM is allocated up front: every range is data. */
+static void test_malloc_allocation(void)
+{
+	struct keel_bdev *b;
+	struct keel_bdev_desc *desc;
+	struct keel_io_channel *ch;
+	struct keel_bdev_extent ext[2];
+
+	ut_bdev_setup(1);
+	CU_ASSERT_EQUAL_FATAL(keel_bdev_malloc_create("ma", NULL, NBLK, BS, &b), 0);
+	CU_ASSERT_EQUAL_FATAL(keel_bdev_open_ext("ma", false, ut_event_cb, NULL, &desc), 0);
+	ch = keel_bdev_get_io_channel(desc);
+	CU_ASSERT_TRUE(keel_bdev_io_type_supported(b, KEEL_BDEV_IO_GET_ALLOCATION));
+	CU_ASSERT_EQUAL(
+		UT_SYNC(keel_bdev_get_allocation(desc, ch, BS, 8 * BS, ext, 2, ut_io_done, res)),
+		0);
+	CU_ASSERT_EQUAL(ext[0].length, 8 * BS);
+	CU_ASSERT_EQUAL(ext[0].flags, 0);
+	CU_ASSERT_EQUAL(ext[1].length, 0);
+	keel_put_io_channel(ch);
+	keel_bdev_close(desc);
+	ut_bdev_teardown();
+}
+
 static void test_dump_json(void)
 {
 	struct keel_bdev *m, *n;
@@ -221,7 +256,7 @@ static void test_dump_json(void)
 	CU_ASSERT_EQUAL(keel_bdev_dump_info_json(n, o), 0);
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "block_size")), 4096);
 	CU_ASSERT_PTR_NOT_NULL(json_object_get(json_object_get(o, "driver_specific"), "null"));
-	CU_ASSERT_EQUAL(json_array_size(json_object_get(o, "supported_io_types")), 6);
+	CU_ASSERT_EQUAL(json_array_size(json_object_get(o, "supported_io_types")), 7);
 	CU_ASSERT_EQUAL(keel_bdev_dump_info_json(NULL, o), -EINVAL);
 	json_decref(o);
 	ut_bdev_teardown();
@@ -235,6 +270,7 @@ int main(void)
 		{"null_reads_zeroes", test_null_reads_zeroes},
 		{"null_leave_reads_untouched", test_null_leave_reads_untouched},
 		{"dump_json", test_dump_json},
+		{"malloc_allocation", test_malloc_allocation},
 		{NULL, NULL},
 	};
 

@@ -548,6 +548,46 @@ static void test_read_retry(void)
 	teardown();
 }
 
+/*
+ * Allocation query: a healthy replica answers for the volume; a replica that cannot
+ * tell or fails the query is not faulted (the query is no data I/O).
+ */
+static void test_allocation_query(void)
+{
+	const char *reps[] = {"e0", "e1"};
+	struct keel_bdev_extent ext[8];
+	struct op_res r;
+	struct vol_user u;
+	struct keel_nexus_info *info;
+
+	setup(2);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_err("e0", "m0");
+	mk_err("e1", "m1");
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	CU_ASSERT(keel_bdev_io_type_supported(keel_bdev_desc_get_bdev(u.desc),
+					      KEEL_BDEV_IO_GET_ALLOCATION));
+	for (uint32_t t = 0; t < 2; t++) {
+		memset(ext, 0xff, sizeof(ext));
+		CU_ASSERT(do_io(&u, t, KEEL_BDEV_IO_GET_ALLOCATION, ext, 4096, MB) == 0);
+		CU_ASSERT(ext[0].length == MB && ext[0].flags == 0 && ext[1].length == 0);
+	}
+	inject("e0", KEEL_BDEV_IO_GET_ALLOCATION, -ENOTSUP);
+	inject("e1", KEEL_BDEV_IO_GET_ALLOCATION, -ENOTSUP);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_GET_ALLOCATION, ext, 0, MB) == -ENOTSUP);
+	inject("e0", KEEL_BDEV_IO_GET_ALLOCATION, -EIO);
+	inject("e1", KEEL_BDEV_IO_GET_ALLOCATION, -EIO);
+	CU_ASSERT(do_io(&u, 1, KEEL_BDEV_IO_GET_ALLOCATION, ext, 0, MB) == -EIO);
+	info = info_of("vol");
+	CU_ASSERT(info->state == KEEL_NEXUS_ONLINE);
+	CU_ASSERT(rep_info(info, "e0")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(rep_info(info, "e1")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	user_close(&u);
+	teardown();
+}
+
 static void test_write_error_faults(void)
 {
 	const char *reps[] = {"e0", "e1", "e2"};
@@ -1704,6 +1744,7 @@ static void test_fault_under_load_two_reactors(void)
 
 static const struct ut_test g_tests[] = {
 	{"crc32c", test_crc32c},
+	{"allocation_query", test_allocation_query},
 	{"label_roundtrip", test_label_roundtrip},
 	{"label_layout", test_label_layout},
 	{"label_corrupt", test_label_corrupt},

@@ -237,6 +237,8 @@ int submit(struct vol_user *u, uint32_t t, enum keel_bdev_io_type type, void *bu
 		return keel_bdev_unmap(u->desc, u->ch[t], off, len, io_cb, r);
 	case KEEL_BDEV_IO_WRITE_ZEROES:
 		return keel_bdev_write_zeroes(u->desc, u->ch[t], off, len, io_cb, r);
+	case KEEL_BDEV_IO_GET_ALLOCATION: /* buf: room for 8 extents */
+		return keel_bdev_get_allocation(u->desc, u->ch[t], off, len, buf, 8, io_cb, r);
 	default:
 		return -EINVAL;
 	}
