@@ -65,17 +65,37 @@ enum nbd_op {
 	NBD_OP_FLUSH,
 	NBD_OP_UNMAP,
 	NBD_OP_WRITE_ZEROES,
+	NBD_OP_BLOCK_STATUS,
+};
+
+/*
+ * The wire bytes in front of a reply's payload: a simple reply, or one structured
+ * chunk header with the fixed part of its payload (OFFSET_DATA's offset, ERROR's error
+ * and message length, BLOCK_STATUS's context id). Contiguous, so header and data
+ * leave in one sendmsg() as two iovecs.
+ */
+union nbd_reply_hdr {
+	struct nbd_simple_reply simple;
+	struct nbd_structured_reply chunk;
+	uint8_t bytes[32];
 };
 
 struct nbd_req {
 	struct nbd_conn *conn;
 	TAILQ_ENTRY(nbd_req) link;
-	struct nbd_simple_reply reply; /* wire bytes */
+	union nbd_reply_hdr rhdr; /* wire bytes of the reply header */
+	uint8_t rhdr_len;
+	uint32_t rdata_len; /* payload bytes sent after the header ... */
+	const void *rdata;  /* ... from here (read data, extents, error message) */
+	uint64_t cookie;    /* opaque: echoed byte for byte */
+	uint32_t err;       /* wire errno of a refused write whose payload is discarded */
+	const char *errmsg; /* why the request was refused (static string), or NULL */
 	uint64_t offset;
 	uint32_t len;
-	uint32_t got;   /* payload bytes received so far */
-	uint16_t type;  /* NBD_CMD_* */
-	uint16_t flags; /* NBD_CMD_FLAG_* */
+	uint32_t buf_len; /* bytes of buf counted in the connection's buf_bytes */
+	uint32_t got;     /* payload bytes received so far */
+	uint16_t type;    /* NBD_CMD_* */
+	uint16_t flags;   /* NBD_CMD_FLAG_* */
 	enum nbd_op op;
 	bool flush_after; /* FUA on trim / write_zeroes: flush the range after it */
 	bool in_bdev;
@@ -105,6 +125,8 @@ struct nbd_conn {
 	enum nbd_phase phase;
 	enum nbd_hs_state hs;
 	bool no_zeroes;
+	bool structured;      /* NBD_OPT_STRUCTURED_REPLY acknowledged */
+	bool meta_allocation; /* base:allocation selected by NBD_OPT_SET_META_CONTEXT */
 	uint32_t skip_option;
 	uint32_t skip_remaining;
 
@@ -163,6 +185,23 @@ void nbd_conn_abort(struct nbd_conn *conn);
  */
 /** Append \p len bytes to the handshake send buffer. \return 0 or -ENOMEM. */
 int nbd_wbuf_append(struct nbd_conn *conn, const void *data, size_t len);
+/** Queue one option reply (header and \p len bytes of \p data). \return 0 or -ENOMEM. */
+int nbd_send_opt_reply(struct nbd_conn *conn, uint32_t option, uint32_t type, const void *data,
+		       size_t len);
+/** Queue an error reply of \p type with \p msg (logged). \return 0 or -ENOMEM. */
+int nbd_send_opt_error(struct nbd_conn *conn, uint32_t option, uint32_t type, const char *msg);
+/** Whether \p name (\p len bytes, not terminated) names the connection's export. */
+bool nbd_name_matches(const struct nbd_conn *conn, const uint8_t *name, uint32_t len);
+/** The transmission flags this connection is told (the export's plus negotiated ones). */
+uint16_t nbd_conn_tflags(const struct nbd_conn *conn);
+
+/*
+ * Structured replies and meta contexts (nbd_meta_context.c): the options. Each answers
+ * in the send buffer and aborts the connection only when it cannot (no memory).
+ */
+void nbd_opt_structured_reply(struct nbd_conn *conn, uint32_t len);
+void nbd_opt_meta_context(struct nbd_conn *conn, uint32_t option, const uint8_t *data,
+			  uint32_t len);
 /**
  * Consume the client flags and options in the receive buffer; answers go to the send
  * buffer. Stops when the buffer holds no complete option, when too many reply bytes
@@ -181,6 +220,30 @@ void nbd_req_put(struct nbd_req *req);
 void nbd_req_submit(struct nbd_req *req);
 /** Submit again the requests the bdev refused with -ENOMEM. \return 1 if any went. */
 int nbd_conn_retry_nomem(struct nbd_conn *conn);
+/**
+ * Queue the reply of \p req: \p nbd_err 0 (success: read data, extents) or a wire errno,
+ * as a simple reply or structured chunks as the connection negotiated (nbd_reply.c).
+ */
+void nbd_req_reply(struct nbd_req *req, uint32_t nbd_err);
+/**
+ * Fill the reply header of \p req (nbd_reply.c) for \p nbd_err. Called by
+ * nbd_req_reply; nothing else.
+ */
+void nbd_reply_build(struct nbd_req *req, uint32_t nbd_err);
+/**
+ * Block status (nbd_block_status.c): take the extent buffer and submit (or answer at
+ * once when the bdev cannot tell). \return 0 (submitted or replied) or the wire errno
+ * to answer with.
+ */
+int nbd_block_status_submit(struct nbd_req *req);
+/** Extents the buffer of a block status request holds (1 with REQ_ONE). */
+uint32_t nbd_block_status_max(const struct nbd_req *req);
+/**
+ * Turn the bdev's answer in req->buf into wire descriptors (in place) and set the
+ * reply length. -ENOTSUP (the bdev cannot tell) becomes one data extent.
+ * \return the status to reply with.
+ */
+int nbd_block_status_encode(struct nbd_req *req, int status);
 /** Consume the requests and payloads in the receive buffer. */
 void nbd_parse_transmission(struct nbd_conn *conn);
 /**

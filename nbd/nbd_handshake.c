@@ -77,8 +77,8 @@ int nbd_wbuf_append(struct nbd_conn *conn, const void *data, size_t len)
 	return 0;
 }
 
-static int nbd_send_opt_reply(struct nbd_conn *conn, uint32_t option, uint32_t type,
-			      const void *data, size_t len)
+int nbd_send_opt_reply(struct nbd_conn *conn, uint32_t option, uint32_t type, const void *data,
+		       size_t len)
 {
 	struct nbd_opt_reply rep = {
 		.magic = htobe64(NBD_REP_MAGIC),
@@ -95,8 +95,7 @@ static int nbd_send_opt_reply(struct nbd_conn *conn, uint32_t option, uint32_t t
 	return rc;
 }
 
-static int nbd_send_opt_error(struct nbd_conn *conn, uint32_t option, uint32_t type,
-			      const char *msg)
+int nbd_send_opt_error(struct nbd_conn *conn, uint32_t option, uint32_t type, const char *msg)
 {
 	KEEL_INFOLOG("%s: option %u refused: %s", conn->label, option, msg);
 	return nbd_send_opt_reply(conn, option, type, msg, strlen(msg));
@@ -106,7 +105,7 @@ static int nbd_send_opt_error(struct nbd_conn *conn, uint32_t option, uint32_t t
 /* Options                                                                        */
 /* ------------------------------------------------------------------------------ */
 
-static bool nbd_name_matches(const struct nbd_conn *conn, const uint8_t *name, uint32_t len)
+bool nbd_name_matches(const struct nbd_conn *conn, const uint8_t *name, uint32_t len)
 {
 	return len == 0 ||
 	       (len == strlen(conn->exp->name) && memcmp(name, conn->exp->name, len) == 0);
@@ -132,7 +131,7 @@ static void nbd_opt_export_name(struct nbd_conn *conn, const uint8_t *data, uint
 		return;
 	}
 	rep.size = htobe64(conn->size);
-	rep.flags = htobe16(conn->tflags);
+	rep.flags = htobe16(nbd_conn_tflags(conn));
 	rc = nbd_wbuf_append(conn, &rep, sizeof(rep));
 	if (rc == 0 && !conn->no_zeroes) {
 		rc = nbd_wbuf_append(conn, zeroes, sizeof(zeroes));
@@ -149,7 +148,7 @@ static int nbd_send_info_export(struct nbd_conn *conn, uint32_t option)
 	struct nbd_info_export info = {
 		.type = htobe16(NBD_INFO_EXPORT),
 		.size = htobe64(conn->exp->size),
-		.flags = htobe16(conn->exp->tflags),
+		.flags = htobe16(nbd_conn_tflags(conn)),
 	};
 
 	return nbd_send_opt_reply(conn, option, NBD_REP_INFO, &info, sizeof(info));
@@ -351,6 +350,13 @@ static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint
 	case NBD_OPT_INFO:
 	case NBD_OPT_GO:
 		nbd_opt_info_go(conn, option, data, len);
+		return;
+	case NBD_OPT_STRUCTURED_REPLY: /* nbd_structured.c */
+		nbd_opt_structured_reply(conn, len);
+		return;
+	case NBD_OPT_LIST_META_CONTEXT:
+	case NBD_OPT_SET_META_CONTEXT:
+		nbd_opt_meta_context(conn, option, data, len);
 		return;
 	default:
 		snprintf(msg, sizeof(msg), "option %u is not supported by keel", option);

@@ -3,8 +3,8 @@
  * keel speaks, in one place. All integers on the wire are big-endian; the packed
  * structs below mirror the byte layout and are filled with htobe*()/be*toh().
  *
- * keel implements the fixed-newstyle handshake and simple replies only; structured
- * replies, extended headers, meta contexts and TLS are refused with NBD_REP_ERR_UNSUP.
+ * keel implements the fixed-newstyle handshake, simple and structured replies and the
+ * base:allocation meta context; what it does not speak is refused with NBD_REP_ERR_UNSUP.
  */
 #ifndef KEEL_NBD_PROTO_H
 #define KEEL_NBD_PROTO_H
@@ -74,6 +74,22 @@
 #define NBD_FLAG_SEND_CACHE (1u << 10)
 #define NBD_FLAG_SEND_FAST_ZERO (1u << 11)
 
+/* ---- structured replies ---- */
+#define NBD_REPLY_FLAG_DONE (1u << 0)
+#define NBD_REPLY_TYPE_NONE 0
+#define NBD_REPLY_TYPE_OFFSET_DATA 1
+#define NBD_REPLY_TYPE_OFFSET_HOLE 2
+#define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_ERROR ((1u << 15) + 1)
+#define NBD_REPLY_TYPE_ERROR_OFFSET ((1u << 15) + 2)
+
+/* ---- meta contexts ---- */
+#define NBD_META_BASE_ALLOCATION "base:allocation"
+/** The id keel gives base:allocation in NBD_REP_META_CONTEXT and block status chunks. */
+#define NBD_META_ID_BASE_ALLOCATION 1u
+#define NBD_STATE_HOLE (1u << 0)
+#define NBD_STATE_ZERO (1u << 1)
+
 /* ---- transmission ---- */
 #define NBD_REQUEST_MAGIC 0x25609513u
 #define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
@@ -120,6 +136,9 @@
 #define NBD_MAX_NAME_LEN 256u
 /** Zero padding after the EXPORT_NAME reply unless NBD_FLAG_C_NO_ZEROES. */
 #define NBD_EXPORT_NAME_PAD 124u
+
+/** Extents one BLOCK_STATUS reply carries at most (the spec asks for <= 2^20). */
+#define NBD_MAX_EXTENTS 2048u
 
 /* ---- packed wire structs ---- */
 
@@ -183,6 +202,21 @@ struct nbd_simple_reply {
 	uint64_t cookie;
 } __attribute__((packed));
 
+/** Structured reply chunk header, followed by \p length bytes of payload. 20 bytes. */
+struct nbd_structured_reply {
+	uint32_t magic;
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint32_t length;
+} __attribute__((packed));
+
+/** One block status descriptor. 8 bytes. */
+struct nbd_block_descriptor {
+	uint32_t length;
+	uint32_t flags;
+} __attribute__((packed));
+
 _Static_assert(sizeof(struct nbd_greeting) == 18, "greeting is 18 bytes");
 _Static_assert(sizeof(struct nbd_opt_hdr) == 16, "option header is 16 bytes");
 _Static_assert(sizeof(struct nbd_opt_reply) == 20, "option reply is 20 bytes");
@@ -191,5 +225,7 @@ _Static_assert(sizeof(struct nbd_info_export) == 12, "NBD_INFO_EXPORT is 12 byte
 _Static_assert(sizeof(struct nbd_info_block_size) == 14, "NBD_INFO_BLOCK_SIZE is 14 bytes");
 _Static_assert(sizeof(struct nbd_request) == 28, "request is 28 bytes");
 _Static_assert(sizeof(struct nbd_simple_reply) == 16, "simple reply is 16 bytes");
+_Static_assert(sizeof(struct nbd_structured_reply) == 20, "structured reply is 20 bytes");
+_Static_assert(sizeof(struct nbd_block_descriptor) == 8, "block descriptor is 8 bytes");
 
 #endif /* KEEL_NBD_PROTO_H */

@@ -39,12 +39,7 @@
 
 static size_t nbd_req_reply_len(const struct nbd_req *req)
 {
-	size_t len = sizeof(req->reply);
-
-	if (req->type == NBD_CMD_READ && req->reply.error == 0) {
-		len += req->len;
-	}
-	return len;
+	return (size_t)req->rhdr_len + req->rdata_len;
 }
 
 /*
@@ -99,17 +94,17 @@ int nbd_conn_tx(struct nbd_conn *conn)
 			if (iovcnt + 2 > NBD_CONN_IOV_MAX) {
 				break;
 			}
-			if (skip < sizeof(req->reply)) {
-				g_tx_iov[iovcnt].iov_base = (uint8_t *)&req->reply + skip;
-				g_tx_iov[iovcnt].iov_len = sizeof(req->reply) - skip;
+			if (skip < req->rhdr_len) {
+				g_tx_iov[iovcnt].iov_base = req->rhdr.bytes + skip;
+				g_tx_iov[iovcnt].iov_len = req->rhdr_len - skip;
 				total += g_tx_iov[iovcnt++].iov_len;
 				skip = 0;
 			} else {
-				skip -= sizeof(req->reply);
+				skip -= req->rhdr_len;
 			}
-			if (req->type == NBD_CMD_READ && req->reply.error == 0 && req->len > 0) {
-				g_tx_iov[iovcnt].iov_base = (uint8_t *)req->buf + skip;
-				g_tx_iov[iovcnt].iov_len = req->len - skip;
+			if (req->rdata_len > 0) {
+				g_tx_iov[iovcnt].iov_base = (uint8_t *)req->rdata + skip;
+				g_tx_iov[iovcnt].iov_len = req->rdata_len - skip;
 				total += g_tx_iov[iovcnt++].iov_len;
 			}
 			skip = 0;

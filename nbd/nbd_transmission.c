@@ -34,14 +34,18 @@
 uint16_t nbd_tflags_for_bdev(struct keel_bdev *bdev, bool read_only)
 {
 	/* FLUSH is always advertised: with no write cache the core completes it at once,
-	 * and clients that only trust FLUSH (qemu, the kernel) then still work. */
-	uint16_t flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_WRITE_ZEROES;
+	 * and clients that only trust FLUSH (qemu, the kernel) then still work. CACHE is
+	 * advisory: answered at once, keel has no cache to fill. */
+	uint16_t flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_WRITE_ZEROES |
+			 NBD_FLAG_SEND_CACHE;
 
 	if (keel_bdev_has_write_cache(bdev)) {
 		flags |= NBD_FLAG_SEND_FUA;
 	}
 	if (keel_bdev_io_type_supported(bdev, KEEL_BDEV_IO_UNMAP)) {
-		flags |= NBD_FLAG_SEND_TRIM;
+		/* Where unmap is native, so is write_zeroes (a file's fallocate, RAM, the
+		 * nexus over such replicas): zeroing is a metadata operation, fast. */
+		flags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_FAST_ZERO;
 	}
 	if (keel_bdev_is_multi_conn_safe(bdev)) {
 		flags |= NBD_FLAG_CAN_MULTI_CONN;
@@ -91,6 +95,7 @@ static int nbd_req_alloc_buf(struct nbd_req *req)
 		return -ENOMEM;
 	}
 	conn->buf_bytes += req->len;
+	req->buf_len = req->len;
 	req->budget = conn->reserved; /* taken when its header was parsed */
 	conn->reserved = 0;
 	return 0;
@@ -101,7 +106,8 @@ void nbd_req_free_buf(struct nbd_req *req)
 	if (req->buf != NULL) {
 		nbd_buf_put(req->buf, req->buf_class);
 		req->buf = NULL;
-		req->conn->buf_bytes -= req->len;
+		req->conn->buf_bytes -= req->buf_len;
+		req->buf_len = 0;
 	}
 	if (req->budget != 0) {
 		nbd_budget_release(req->budget);
@@ -119,13 +125,15 @@ static struct nbd_req *nbd_req_get(struct nbd_conn *conn)
 	req = conn->free_reqs[--conn->nfree];
 	req->got = 0;
 	req->buf = NULL;
+	req->buf_len = 0;
 	req->buf_class = -1;
 	req->budget = 0;
 	req->op = NBD_OP_NONE;
 	req->flush_after = false;
 	req->in_bdev = false;
-	req->reply.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
-	req->reply.error = 0;
+	req->err = 0;
+	req->errmsg = NULL;
+	req->rdata_len = 0;
 	return req;
 }
 
@@ -138,12 +146,11 @@ void nbd_req_put(struct nbd_req *req)
 	conn->rx_stalled = false;
 }
 
-/* Queue the reply of \p req with \p nbd_err (a wire errno). */
-static void nbd_req_reply(struct nbd_req *req, uint32_t nbd_err)
+void nbd_req_reply(struct nbd_req *req, uint32_t nbd_err)
 {
 	struct nbd_conn *conn = req->conn;
 
-	req->reply.error = htobe32(nbd_err);
+	nbd_reply_build(req, nbd_err);
 	if (conn->tx_dead) {
 		nbd_req_put(req);
 		return;
@@ -175,11 +182,36 @@ static void nbd_req_done(void *cb_arg, int status)
 		nbd_req_submit(req);
 		return;
 	}
+	if (req->op == NBD_OP_BLOCK_STATUS) {
+		status = nbd_block_status_encode(req, status);
+	}
 	if (status != 0) {
 		KEEL_DEBUGLOG("%s: cmd %u at %lu len %u failed: %s", conn->label, req->type,
 			      (unsigned long)req->offset, req->len, strerror(-status));
 	}
+	if (status == -ENOTSUP && (req->flags & NBD_CMD_FLAG_FAST_ZERO)) {
+		req->errmsg = "the export cannot zero this range fast";
+		nbd_req_reply(req, NBD_ENOTSUP); /* the one place the spec allows ENOTSUP */
+		return;
+	}
 	nbd_req_reply(req, nbd_wire_errno(status));
+}
+
+/*
+ * Without NO_HOLE a zeroed range may become a hole (punched: less space, same zeroes);
+ * FAST_ZERO forbids the slow way, zero buffers written, and gets ENOTSUP instead.
+ */
+static uint32_t nbd_req_zero_flags(const struct nbd_req *req)
+{
+	uint32_t flags = 0;
+
+	if (!(req->flags & NBD_CMD_FLAG_NO_HOLE)) {
+		flags |= KEEL_BDEV_IO_FLAG_UNMAP;
+	}
+	if (req->flags & NBD_CMD_FLAG_FAST_ZERO) {
+		flags |= KEEL_BDEV_IO_FLAG_NO_EMULATE;
+	}
+	return flags;
 }
 
 static int nbd_req_do_submit(struct nbd_req *req)
@@ -207,8 +239,12 @@ static int nbd_req_do_submit(struct nbd_req *req)
 		return keel_bdev_unmap(conn->desc, conn->ch, req->offset, req->len, nbd_req_done,
 				       req);
 	case NBD_OP_WRITE_ZEROES:
-		return keel_bdev_write_zeroes(conn->desc, conn->ch, req->offset, req->len,
-					      nbd_req_done, req);
+		return keel_bdev_write_zeroes_ext(conn->desc, conn->ch, req->offset, req->len,
+						  nbd_req_zero_flags(req), nbd_req_done, req);
+	case NBD_OP_BLOCK_STATUS:
+		return keel_bdev_get_allocation(conn->desc, conn->ch, req->offset, req->len,
+						req->buf, nbd_block_status_max(req), nbd_req_done,
+						req);
 	case NBD_OP_NONE:
 		break;
 	}
@@ -284,6 +320,13 @@ static const char *nbd_cmd_name(uint16_t type)
 	return type < sizeof(names) / sizeof(names[0]) ? names[type] : "unknown";
 }
 
+/* Refuse \p req with wire errno \p err; \p why goes into a structured error chunk. */
+static uint32_t nbd_req_refuse(struct nbd_req *req, uint32_t err, const char *why)
+{
+	req->errmsg = why;
+	return err;
+}
+
 /*
  * Validate one request. \return 0 (ok) or the wire errno to answer with.
  * Checked in the order the spec implies: command, flags, permission, size, range,
@@ -293,43 +336,72 @@ static uint32_t nbd_req_check(struct nbd_conn *conn, struct nbd_req *req)
 {
 	uint16_t allowed = NBD_CMD_FLAG_FUA;
 	bool read_only = conn->tflags & NBD_FLAG_READ_ONLY;
+	bool writes = false;
 
 	switch (req->type) {
 	case NBD_CMD_READ:
+		if (conn->structured) {
+			allowed |= NBD_CMD_FLAG_DF; /* advertised only then */
+		}
+		break;
 	case NBD_CMD_WRITE:
+		writes = true;
+		break;
 	case NBD_CMD_FLUSH:
+	case NBD_CMD_CACHE:
 		break;
 	case NBD_CMD_TRIM:
 		if (!(conn->tflags & NBD_FLAG_SEND_TRIM)) {
-			return NBD_EINVAL;
+			return nbd_req_refuse(req, NBD_EINVAL,
+					      "trim is not supported by this export");
 		}
+		writes = true;
 		break;
 	case NBD_CMD_WRITE_ZEROES:
 		allowed |= NBD_CMD_FLAG_NO_HOLE;
+		if (conn->tflags & NBD_FLAG_SEND_FAST_ZERO) {
+			allowed |= NBD_CMD_FLAG_FAST_ZERO;
+		}
+		writes = true;
+		break;
+	case NBD_CMD_BLOCK_STATUS:
+		if (!conn->meta_allocation) {
+			return nbd_req_refuse(req, NBD_EINVAL,
+					      "block status without a meta context selected by "
+					      "NBD_OPT_SET_META_CONTEXT");
+		}
+		allowed |= NBD_CMD_FLAG_REQ_ONE;
 		break;
 	default:
-		return NBD_EINVAL;
+		return nbd_req_refuse(req, NBD_EINVAL, "unknown command");
 	}
 	if (req->flags & ~allowed) {
-		return NBD_EINVAL;
+		return nbd_req_refuse(req, NBD_EINVAL, "command flag not valid for this command");
 	}
-	if (read_only && req->type != NBD_CMD_READ && req->type != NBD_CMD_FLUSH) {
-		return NBD_EPERM;
+	if (read_only && writes) {
+		return nbd_req_refuse(req, NBD_EPERM, "the export is read-only");
 	}
 	if (req->type == NBD_CMD_FLUSH) {
 		return 0;
 	}
 	if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
 	    req->len > NBD_MAX_PAYLOAD) {
-		return NBD_EINVAL;
+		return nbd_req_refuse(req, NBD_EINVAL, "payload longer than the 32 MiB maximum");
+	}
+	if (req->type == NBD_CMD_BLOCK_STATUS && req->len == 0) {
+		return nbd_req_refuse(req, NBD_EINVAL, "block status of zero length");
 	}
 	if (!nbd_range_ok(conn, req->offset, req->len)) {
-		return (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES)
-			       ? NBD_ENOSPC
-			       : NBD_EINVAL;
+		return nbd_req_refuse(
+			req,
+			(req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES)
+				? NBD_ENOSPC
+				: NBD_EINVAL,
+			"request beyond the end of the export");
 	}
 	if (!nbd_aligned(conn, req->offset, req->len)) {
-		return NBD_EINVAL;
+		return nbd_req_refuse(req, NBD_EINVAL,
+				      "offset or length not a multiple of the block size");
 	}
 	return 0;
 }
@@ -347,7 +419,7 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 		return;
 	}
 	req = nbd_req_get(conn);
-	req->reply.cookie = wire->cookie; /* opaque: echoed byte for byte */
+	req->cookie = wire->cookie; /* opaque: echoed byte for byte */
 	req->type = be16toh(wire->type);
 	req->flags = be16toh(wire->flags);
 	req->offset = be64toh(wire->offset);
@@ -377,7 +449,7 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 			KEEL_INFOLOG(
 				"%s: write at %lu len %u refused (error %u), payload discarded",
 				conn->label, (unsigned long)req->offset, req->len, err);
-			req->reply.error = htobe32(err);
+			req->err = err;
 			if (req->len == 0) {
 				nbd_req_reply(req, err);
 				return;
@@ -418,12 +490,17 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 		 * the bdev layer refuses flushes on: nothing to make durable. */
 		req->op = (conn->tflags & NBD_FLAG_READ_ONLY) ? NBD_OP_NONE : NBD_OP_FLUSH;
 		break;
+	case NBD_CMD_BLOCK_STATUS:
+		err = (uint32_t)nbd_block_status_submit(req);
+		if (err != 0) {
+			nbd_req_reply(req, err);
+		}
+		return;
 	case NBD_CMD_TRIM:
 	case NBD_CMD_WRITE_ZEROES:
 		if (req->len > 0) {
-			/* Both with and without NO_HOLE keel asks for write_zeroes: the
-			 * core guarantees the range reads back as zeroes, which is all
-			 * NO_HOLE requires; whether space is freed is the module's call. */
+			/* write_zeroes reads back as zeroes either way; without NO_HOLE
+			 * it may also free the space (nbd_req_zero_flags). */
 			req->op = req->type == NBD_CMD_TRIM ? NBD_OP_UNMAP : NBD_OP_WRITE_ZEROES;
 			req->flush_after = (req->flags & NBD_CMD_FLAG_FUA) &&
 					   (conn->tflags & NBD_FLAG_SEND_FUA);
@@ -531,7 +608,7 @@ void nbd_parse_transmission(struct nbd_conn *conn)
 				struct nbd_req *req = conn->rx_req;
 
 				conn->rx_req = NULL;
-				nbd_req_reply(req, be32toh(req->reply.error));
+				nbd_req_reply(req, req->err);
 			}
 			break;
 		}
@@ -552,6 +629,9 @@ int nbd_conn_setup_transmission(struct nbd_conn *conn)
 	conn->buf_align = keel_bdev_get_buf_align(bdev);
 	if (conn->buf_align < 4096) {
 		conn->buf_align = 4096;
+	}
+	if (conn->structured) {
+		conn->tflags |= NBD_FLAG_SEND_DF; /* what nbd_conn_tflags told the client */
 	}
 	conn->ch = keel_bdev_get_io_channel(conn->desc);
 	if (conn->ch == NULL) {

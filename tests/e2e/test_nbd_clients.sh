@@ -33,7 +33,7 @@ for f in can_flush can_zero can_trim can_multi_conn; do
 	[ "$(jget "$J" ".exports[0].$f")" = true ] || fail "$f not advertised: $J"
 done
 [ "$(jget "$J" '.exports[0].is_read_only')" = false ] || fail "read-only: $J"
-[ "$(jget "$J" '.structured')" = false ] || fail "structured replies: $J"
+[ "$(jget "$J" '.structured')" = true ] || fail "structured replies: $J"
 ok "nbdinfo: size, block sizes and flags"
 nbdinfo --list "nbd+unix:///?socket=$NBD" | grep -q 'export="disk0"' || fail "nbdinfo --list"
 ok "nbdinfo --list"

@@ -477,18 +477,19 @@ static void test_options(void)
 	ut_send_cflags(&u, NBD_FLAG_C_FIXED_NEWSTYLE);
 
 	/* Every unsupported option: ERR_UNSUP, and parsing goes on. */
-	ut_send_opt(&u, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	ut_send_opt(&u, NBD_OPT_STRUCTURED_REPLY, "x", 1);
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
-	CU_ASSERT(option == NBD_OPT_STRUCTURED_REPLY && type == NBD_REP_ERR_UNSUP);
+	CU_ASSERT(option == NBD_OPT_STRUCTURED_REPLY && type == NBD_REP_ERR_INVALID);
 	ut_send_opt(&u, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
 	CU_ASSERT(option == NBD_OPT_EXTENDED_HEADERS && type == NBD_REP_ERR_UNSUP);
 	ut_send_opt(&u, NBD_OPT_STARTTLS, NULL, 0);
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
 	CU_ASSERT(type == NBD_REP_ERR_UNSUP);
+	/* Meta contexts before structured replies: ERR_INVALID. */
 	ut_send_opt(&u, NBD_OPT_SET_META_CONTEXT, "xxxxxxxx", 8);
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
-	CU_ASSERT(type == NBD_REP_ERR_UNSUP);
+	CU_ASSERT(type == NBD_REP_ERR_INVALID);
 
 	/* LIST */
 	ut_send_opt(&u, NBD_OPT_LIST, NULL, 0);
@@ -954,6 +955,147 @@ static void test_disconnect_in_flight(void)
 	keel_bdev_error_clear("ut_slow");
 }
 
+/* A meta context option: export name, then \p n queries. \return its length. */
+static uint32_t ut_build_meta(uint8_t *buf, const char *name, const char *const *queries,
+			      uint32_t n)
+{
+	uint32_t pos = 0, v;
+
+	v = htobe32((uint32_t)strlen(name));
+	memcpy(buf, &v, 4);
+	memcpy(buf + 4, name, strlen(name));
+	pos = 4 + (uint32_t)strlen(name);
+	v = htobe32(n);
+	memcpy(buf + pos, &v, 4);
+	pos += 4;
+	for (uint32_t i = 0; i < n; i++) {
+		v = htobe32((uint32_t)strlen(queries[i]));
+		memcpy(buf + pos, &v, 4);
+		memcpy(buf + pos + 4, queries[i], strlen(queries[i]));
+		pos += 4 + (uint32_t)strlen(queries[i]);
+	}
+	return pos;
+}
+
+/* Receive one structured chunk; payload into \p data (cap bytes). */
+static bool ut_recv_chunk(struct ut_conn *u, uint16_t *flags, uint16_t *type, uint64_t *cookie,
+			  void *data, uint32_t cap, uint32_t *len)
+{
+	struct nbd_structured_reply c;
+
+	if (!ut_recv(u, &c, sizeof(c))) {
+		return false;
+	}
+	CU_ASSERT_FATAL(be32toh(c.magic) == NBD_STRUCTURED_REPLY_MAGIC);
+	*flags = be16toh(c.flags);
+	*type = be16toh(c.type);
+	*cookie = be64toh(c.cookie);
+	*len = be32toh(c.length);
+	CU_ASSERT_FATAL(*len <= cap);
+	return ut_recv(u, data, *len);
+}
+
+/*
+ * Structured replies and base:allocation: the options one by one (before and after
+ * STRUCTURED_REPLY, duplicate, wrong export, LIST with and without queries, SET that
+ * replaces), then reads as OFFSET_DATA chunks, errors as ERROR chunks with a message,
+ * DF and REQ_ONE accepted, block status answered for the malloc disk (all data).
+ */
+static void test_structured(void)
+{
+	static const char *const q_alloc[] = {NBD_META_BASE_ALLOCATION};
+	static const char *const q_ns[] = {"base:"};
+	static const char *const q_other[] = {"qemu:dirty-bitmap:x", "base:nope"};
+	uint8_t buf[8192], *data = malloc(65536 + 8);
+	uint32_t option, type, len, v;
+	uint16_t cflags, ctype, tflags;
+	uint64_t cookie;
+	struct ut_conn u;
+
+	ut_open(&u, &g_exp);
+	ut_recv_greeting(&u);
+	ut_send_cflags(&u, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	ut_send_opt(&u, NBD_OPT_LIST_META_CONTEXT, buf, ut_build_meta(buf, "", NULL, 0));
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_ERR_INVALID);
+	ut_send_opt(&u, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(option == NBD_OPT_STRUCTURED_REPLY && type == NBD_REP_ACK);
+	ut_send_opt(&u, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_ERR_INVALID);
+	/* LIST with no queries and with "base:": base:allocation, id 0. */
+	for (int i = 0; i < 2; i++) {
+		ut_send_opt(&u, NBD_OPT_LIST_META_CONTEXT, buf,
+			    ut_build_meta(buf, g_exp.name, i ? q_ns : NULL, i ? 1 : 0));
+		CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+		CU_ASSERT(type == NBD_REP_META_CONTEXT && len == 4 + 15);
+		CU_ASSERT(memcmp(buf + 4, NBD_META_BASE_ALLOCATION, 15) == 0);
+		CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+		CU_ASSERT(type == NBD_REP_ACK);
+	}
+	/* Unknown contexts match nothing; a wrong export is ERR_UNKNOWN; bad lengths. */
+	ut_send_opt(&u, NBD_OPT_SET_META_CONTEXT, buf, ut_build_meta(buf, "", q_other, 2));
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_ACK);
+	ut_send_opt(&u, NBD_OPT_SET_META_CONTEXT, buf, ut_build_meta(buf, "nope", q_alloc, 1));
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_ERR_UNKNOWN);
+	len = ut_build_meta(buf, "", q_alloc, 1);
+	ut_send_opt(&u, NBD_OPT_SET_META_CONTEXT, buf, len - 1);
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_ERR_INVALID);
+	/* SET base:allocation: id 1. */
+	ut_send_opt(&u, NBD_OPT_SET_META_CONTEXT, buf, ut_build_meta(buf, "", q_alloc, 1));
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_META_CONTEXT && len == 4 + 15);
+	memcpy(&v, buf, 4);
+	CU_ASSERT(be32toh(v) == NBD_META_ID_BASE_ALLOCATION);
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(type == NBD_REP_ACK);
+	tflags = ut_go(&u, g_exp.name, g_exp.size);
+	CU_ASSERT(tflags & NBD_FLAG_SEND_DF);
+	CU_ASSERT(tflags & NBD_FLAG_SEND_CACHE);
+
+	/* A read: one OFFSET_DATA chunk with DONE, offset then data (DF changes nothing). */
+	for (int df = 0; df < 2; df++) {
+		ut_send_req(&u, NBD_CMD_READ, df ? NBD_CMD_FLAG_DF : 0, 77, 4096, 65536, NULL, 0);
+		CU_ASSERT_FATAL(ut_recv_chunk(&u, &cflags, &ctype, &cookie, data, 65536 + 8, &len));
+		CU_ASSERT(cflags == NBD_REPLY_FLAG_DONE && ctype == NBD_REPLY_TYPE_OFFSET_DATA);
+		CU_ASSERT(cookie == 77 && len == 65536 + 8);
+		CU_ASSERT(be64toh(*(uint64_t *)data) == 4096);
+	}
+	/* Errors: an ERROR chunk with a message. */
+	ut_send_req(&u, NBD_CMD_READ, 0, 78, UT_SIZE, 512, NULL, 0);
+	CU_ASSERT_FATAL(ut_recv_chunk(&u, &cflags, &ctype, &cookie, buf, sizeof(buf), &len));
+	CU_ASSERT(cflags == NBD_REPLY_FLAG_DONE && ctype == NBD_REPLY_TYPE_ERROR && cookie == 78);
+	memcpy(&v, buf, 4);
+	CU_ASSERT(be32toh(v) == NBD_EINVAL);
+	CU_ASSERT(len == 6u + be16toh(*(uint16_t *)(buf + 4)) && len > 6);
+	/* Block status of the malloc disk: one data extent; REQ_ONE; zero length refused. */
+	for (int one = 0; one < 2; one++) {
+		ut_send_req(&u, NBD_CMD_BLOCK_STATUS, one ? NBD_CMD_FLAG_REQ_ONE : 0, 79, 0,
+			    1u << 20, NULL, 0);
+		CU_ASSERT_FATAL(
+			ut_recv_chunk(&u, &cflags, &ctype, &cookie, buf, sizeof(buf), &len));
+		CU_ASSERT(ctype == NBD_REPLY_TYPE_BLOCK_STATUS && cflags == NBD_REPLY_FLAG_DONE);
+		CU_ASSERT(len == 12);
+		memcpy(&v, buf, 4);
+		CU_ASSERT(be32toh(v) == NBD_META_ID_BASE_ALLOCATION);
+		memcpy(&v, buf + 4, 4);
+		CU_ASSERT(be32toh(v) == 1u << 20);
+		memcpy(&v, buf + 8, 4);
+		CU_ASSERT(v == 0);
+	}
+	ut_send_req(&u, NBD_CMD_BLOCK_STATUS, 0, 80, 0, 0, NULL, 0);
+	CU_ASSERT_FATAL(ut_recv_chunk(&u, &cflags, &ctype, &cookie, buf, sizeof(buf), &len));
+	CU_ASSERT(ctype == NBD_REPLY_TYPE_ERROR);
+	/* Other commands that succeed keep the simple reply. */
+	CU_ASSERT(ut_cmd(&u, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL) == 0);
+	ut_close(&u);
+	free(data);
+}
+
 static void test_bad_requests(void)
 {
 	struct ut_conn u;
@@ -964,11 +1106,14 @@ static void test_bad_requests(void)
 	/* Unknown command and unknown flags: EINVAL, connection goes on. */
 	CU_ASSERT(ut_cmd(&u, 99, 0, 0, 512, NULL, r) == NBD_EINVAL);
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_BLOCK_STATUS, 0, 0, 512, NULL, r) == NBD_EINVAL);
-	CU_ASSERT(ut_cmd(&u, NBD_CMD_CACHE, 0, 0, 512, NULL, r) == NBD_EINVAL);
+	CU_ASSERT(ut_cmd(&u, NBD_CMD_CACHE, 0, 0, 512, NULL, r) == 0); /* advisory */
+	CU_ASSERT(ut_cmd(&u, NBD_CMD_CACHE, 0, UT_SIZE, 512, NULL, r) == NBD_EINVAL);
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_READ, 1u << 7, 0, 512, NULL, r) == NBD_EINVAL);
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 512, NULL, r) == NBD_EINVAL);
+	/* RAM zeroes natively: FAST_ZERO is advertised and honoured. */
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_FAST_ZERO, 0, 512, NULL, NULL) ==
-		  NBD_EINVAL);
+		  0);
+	CU_ASSERT(ut_cmd(&u, NBD_CMD_WRITE_ZEROES, 1u << 5, 0, 512, NULL, NULL) == NBD_EINVAL);
 	/* A write with a bad flag still has its payload consumed. */
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 512, w, NULL) == NBD_EINVAL);
 	CU_ASSERT(ut_cmd(&u, NBD_CMD_READ, 0, 0, 512, NULL, r) == 0);
@@ -1888,6 +2033,7 @@ int main(void)
 	CU_add_test(suite, "handshake_byte_by_byte", test_handshake_byte_by_byte);
 	CU_add_test(suite, "handshake_every_split", test_handshake_every_split);
 	CU_add_test(suite, "options", test_options);
+	CU_add_test(suite, "structured", test_structured);
 	CU_add_test(suite, "info_duplicates", test_info_duplicates);
 	CU_add_test(suite, "export_name_zeroes", test_export_name_zeroes);
 	CU_add_test(suite, "export_name_no_zeroes", test_export_name_no_zeroes);
