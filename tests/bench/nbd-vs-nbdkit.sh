@@ -7,7 +7,8 @@
 # reactor mode in KEEL_MODES (switched with `keelctl reactor mode`) and each row, ROUNDS
 # rounds run keeld, nbdkit, nbdkit, keeld (A B B A: a linear drift of outside load hits
 # both alike); a round's figure per server is the mean of its two runs, a row's the
-# median over the rounds. Prints a table per mode with keeld/nbdkit per row and what
+# median over the rounds. fio's nbd engine (libnbd) negotiates structured replies with
+# both servers: the read rows measure structured (OFFSET_DATA) reads. Prints a table per mode with keeld/nbdkit per row and what
 # both sides ran with, and ends with `min_ratio=X` per mode.
 #
 # Environment: KEEL_BIN (default build/bin), RUNTIME (seconds per run, default 3),
@@ -89,6 +90,15 @@ echo "  ramp, on the same ${SIZE_MB} MiB file in /dev/shm written in full; A B B
 echo "  median of $ROUNDS rounds of the per-round mean; fio cpus ${CLIENT_CPUS:-any}"
 echo "keeld: aio bdev on the file, --cpus $KEEL_CPUS, mode per table (keelctl reactor mode)"
 echo "nbdkit: file plugin on the file, cpus ${NBDKIT_CPUS:-any}, its default threads"
+# fio's nbd engine connects with libnbd, which asks for structured replies: every row
+# runs with them wherever the server offers them (reads are OFFSET_DATA chunks), so the
+# "read 128k QD8" row is the structured-reply read row. Say what was negotiated.
+for u in "$KEEL_URI" "$KIT_URI"; do
+	if command -v nbdinfo >/dev/null; then
+		nbdinfo --can structured-reply "$u" 2>/dev/null && s=yes || s=no
+		echo "$u: structured replies $s (libnbd asks, as fio does)"
+	fi
+done
 echo "load average at start: $(loadavg)"
 for mode in $KEEL_MODES; do
 	KCTL reactor mode "$mode" >/dev/null || { echo "keelctl reactor mode $mode failed"; exit 1; }
