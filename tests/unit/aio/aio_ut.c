@@ -1772,6 +1772,11 @@ static void test_get_allocation(void)
 	/* write_zeroes that may unmap punches: the data becomes a hole again. */
 	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE_ZEROES, NULL, 256 * 1024, 8192,
 			    KEEL_BDEV_IO_FLAG_UNMAP) == 0);
+	{
+		struct stat st; /* punched, not zeroed in place: no block left */
+
+		CU_ASSERT(stat(path, &st) == 0 && st.st_blocks == 0);
+	}
 	CU_ASSERT(ut_get_allocation(&dev, 0, UT_MIB, ext, 8) == 0);
 	CU_ASSERT(ext[0].length == UT_MIB && ext[0].flags == hole);
 	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, buf, 256 * 1024, 8192, 0) == 0);

@@ -380,9 +380,14 @@ static int ut_submit(struct ut_dev *dev, enum keel_bdev_io_type type, struct iov
 	case KEEL_BDEV_IO_UNMAP:
 		return keel_bdev_unmap(dev->desc, dev->ch, offset, len, cb, cb_arg);
 	case KEEL_BDEV_IO_WRITE_ZEROES:
-		return keel_bdev_write_zeroes(dev->desc, dev->ch, offset, len, cb, cb_arg);
+		return keel_bdev_write_zeroes_ext(dev->desc, dev->ch, offset, len, flags, cb,
+						  cb_arg);
 	case KEEL_BDEV_IO_RESET:
 		return keel_bdev_reset(dev->desc, dev->ch, cb, cb_arg);
+	case KEEL_BDEV_IO_GET_ALLOCATION: /* iov[0] is the extents array */
+		return keel_bdev_get_allocation(
+			dev->desc, dev->ch, offset, len, iov[0].iov_base,
+			(uint32_t)(iov[0].iov_len / sizeof(struct keel_bdev_extent)), cb, cb_arg);
 	default:
 		return -EINVAL;
 	}
@@ -1315,6 +1320,48 @@ static void ut_shrink_case(struct ut_dev *dev, const char *path, char *buf)
 }
 
 /*
+ * Allocation query (lseek on the blocking pool) on a sparse file: the hole, the data,
+ * the hole after it; write_zeroes that may unmap punches the data out again.
+ */
+static void test_get_allocation(void)
+{
+	const uint32_t hole = KEEL_BDEV_EXTENT_HOLE | KEEL_BDEV_EXTENT_ZERO;
+	struct keel_bdev_extent ext[8];
+	struct iovec eiov = {.iov_base = ext, .iov_len = sizeof(ext)};
+	char path[512];
+	char *buf = ut_alloc(8192);
+	struct ut_dev dev;
+
+	ut_setup();
+	ut_path(path, sizeof(path), URING_UT_DIR, "sparse.img");
+	ut_make_file(path, UT_MIB);
+	CU_ASSERT_FATAL(ut_create("ur_sparse", path, 512, NULL) == 0);
+	CU_ASSERT_FATAL(ut_open(&dev, "ur_sparse", 0) == 0);
+	ut_fill(buf, 8192, 9);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE, buf, 512 * 1024, 8192, 0) == 0);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_FLUSH, NULL, 0, UT_MIB, 0) == 0);
+	CU_ASSERT(ut_iov_io(&dev, KEEL_BDEV_IO_GET_ALLOCATION, &eiov, 1, 0, UT_MIB, 0) == 0);
+	CU_ASSERT(ext[0].length == 512 * 1024 && ext[0].flags == hole);
+	CU_ASSERT(ext[1].length == 8192 && ext[1].flags == 0);
+	CU_ASSERT(ext[2].length == UT_MIB - 512 * 1024 - 8192 && ext[2].flags == hole);
+	CU_ASSERT(ext[3].length == 0);
+	CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE_ZEROES, NULL, 512 * 1024, 8192,
+			    KEEL_BDEV_IO_FLAG_UNMAP) == 0);
+	{
+		struct stat st; /* punched, not zeroed in place: no block left */
+
+		CU_ASSERT(stat(path, &st) == 0 && st.st_blocks == 0);
+	}
+	CU_ASSERT(ut_iov_io(&dev, KEEL_BDEV_IO_GET_ALLOCATION, &eiov, 1, 0, UT_MIB, 0) == 0);
+	CU_ASSERT(ext[0].length == UT_MIB && ext[0].flags == hole);
+	ut_close(&dev);
+	CU_ASSERT(ut_delete("ur_sparse") == 0);
+	ut_teardown();
+	free(buf);
+	unlink(path);
+}
+
+/*
  * Sizes a consumer should not send: refused by the core before the module (zero,
  * unaligned, beyond the end, overflowing), or handled by the module (more segments than
  * the kernel takes, one request over the whole device, a file shrunk underneath).
@@ -1508,6 +1555,7 @@ int main(void)
 		{"ring_full", test_ring_full},
 		{"eventfd_wakes", test_eventfd_wakes},
 		{"hot_remove", test_hot_remove},
+		{"get_allocation", test_get_allocation},
 		{"error_bdev", test_error_bdev},
 		{"hostile_sizes", test_hostile_sizes},
 		{"write_errors", test_write_errors},
