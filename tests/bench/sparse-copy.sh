@@ -12,7 +12,8 @@
 #
 # Environment: KEEL_BIN (default build/bin), SIZE_MB (default 4096), DATA_PCT (default
 # 10), ROUNDS (default 3), KEEL_CPUS (keeld --cpus, default 0), NBDKIT_CPUS (taskset
-# list for nbdkit, default KEEL_CPUS).
+# list for nbdkit, default KEEL_CPUS), KEEL_MODE (keelctl reactor mode, default adaptive,
+# keeld's own default).
 set -u
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -24,6 +25,7 @@ DATA_PCT=${DATA_PCT:-10}
 ROUNDS=${ROUNDS:-3}
 KEEL_CPUS=${KEEL_CPUS:-0}
 NBDKIT_CPUS=${NBDKIT_CPUS-$KEEL_CPUS}
+KEEL_MODE=${KEEL_MODE:-adaptive}
 
 for tool in nbdcopy nbdkit nbdinfo; do
 	command -v $tool >/dev/null || { echo "SKIP: $tool is needed"; exit 77; }
@@ -63,6 +65,7 @@ for _ in $(seq 1 100); do
 done
 KCTL bdev create aio sparse "$IMG" >/dev/null || { cat "$TMP/keeld.log"; exit 1; }
 KCTL export start sparse --socket "$TMP/keel.nbd" >/dev/null || { cat "$TMP/keeld.log"; exit 1; }
+KCTL reactor mode "$KEEL_MODE" >/dev/null || { echo "keelctl reactor mode $KEEL_MODE failed"; exit 1; }
 if [ -n "$NBDKIT_CPUS" ]; then
 	taskset -c "$NBDKIT_CPUS" nbdkit --exit-with-parent -f -U "$TMP/nbdkit.nbd" file "$IMG" &
 else
@@ -96,7 +99,7 @@ row() {
 }
 
 echo "nbdcopy to null: of a ${SIZE_MB} MiB export with ${DATA_PCT}% written (${DATA_MB} MiB"
-echo "  allocated) in /dev/shm; keeld aio bdev --cpus $KEEL_CPUS vs nbdkit file plugin"
+echo "  allocated) in /dev/shm; keeld aio bdev --cpus $KEEL_CPUS, $KEEL_MODE mode, vs nbdkit file plugin"
 echo "  (cpus ${NBDKIT_CPUS:-any}); A B B A x $ROUNDS, medians; load at start: $(loadavg)"
 for u in "$KEEL_URI" "$KIT_URI"; do
 	nbdinfo --can structured-reply "$u" 2>/dev/null && s=yes || s=no
