@@ -16,9 +16,14 @@
  * Who calls it: nbd_req_reply (nbd_transmission.c), on the connection's thread.
  */
 #include <endian.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "nbd/nbd_conn_internal.h"
+
+_Static_assert(offsetof(struct nbd_simple_reply, cookie) ==
+		       offsetof(struct nbd_structured_reply, cookie),
+	       "both reply headers keep the parsed cookie in place");
 
 /* Longest error message sent; the spec wants them short and human-readable. */
 #define NBD_ERRMSG_MAX 128u
@@ -55,7 +60,6 @@ static void nbd_reply_chunk(struct nbd_req *req, uint16_t type, uint32_t fixed_l
 	chunk->magic = htobe32(NBD_STRUCTURED_REPLY_MAGIC);
 	chunk->flags = htobe16(NBD_REPLY_FLAG_DONE);
 	chunk->type = htobe16(type);
-	chunk->cookie = req->cookie;
 	chunk->length = htobe32(fixed_len + data_len);
 	req->rhdr_len = (uint8_t)(sizeof(*chunk) + fixed_len);
 	req->rdata = data;
@@ -98,7 +102,6 @@ void nbd_reply_build(struct nbd_req *req, uint32_t nbd_err)
 	if (!conn->structured) {
 		req->rhdr.simple.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
 		req->rhdr.simple.error = htobe32(nbd_err);
-		req->rhdr.simple.cookie = req->cookie;
 		req->rhdr_len = sizeof(req->rhdr.simple);
 		req->rdata = req->buf;
 		req->rdata_len = (nbd_err == 0 && req->type == NBD_CMD_READ) ? req->len : 0;
@@ -129,7 +132,6 @@ void nbd_reply_build(struct nbd_req *req, uint32_t nbd_err)
 	default:
 		req->rhdr.simple.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
 		req->rhdr.simple.error = 0;
-		req->rhdr.simple.cookie = req->cookie;
 		req->rhdr_len = sizeof(req->rhdr.simple);
 		req->rdata = NULL;
 		req->rdata_len = 0;

@@ -419,7 +419,7 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 		return;
 	}
 	req = nbd_req_get(conn);
-	req->cookie = wire->cookie; /* opaque: echoed byte for byte */
+	req->rhdr.simple.cookie = wire->cookie; /* opaque: echoed byte for byte, kept in place */
 	req->type = be16toh(wire->type);
 	req->flags = be16toh(wire->flags);
 	req->offset = be64toh(wire->offset);
