@@ -162,6 +162,20 @@ def scenario_options(path, name):
         die("flush reply: magic %x err %d" % (magic, err))
     s.close()
 
+    # Without structured replies: simple replies only; BLOCK_STATUS and DF are
+    # unadvertised there and refused with EINVAL, and SEND_DF is not offered.
+    s = connect(path)
+    expect(option(s, OPT_SET_META, meta_data(name, [ALLOC])), [REP_ERR_INVALID], "SET")
+    _, tflags = go(s, name)
+    if tflags & (1 << 7):
+        die("SEND_DF advertised without structured replies")
+    for cmd, flags, cookie in ((CMD_BLOCK_STATUS, 0, 10), (CMD_READ, 1 << 2, 11)):
+        request(s, cmd, 0, 4096, flags=flags, cookie=cookie)
+        magic, err, got = struct.unpack(">IIQ", recv_exact(s, 16))
+        if magic != SIMPLE_MAGIC or err != errno.EINVAL or got != cookie:
+            die("command %d flags %x without SR: magic %x err %d" % (cmd, flags, magic, err))
+    s.close()
+
 
 def expect_err(what, want, fn, *args, **kw):
     import nbd
