@@ -27,6 +27,7 @@
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
 #include "keel/bdev_uring.h"
+#include "keel/bdev_vcache.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
@@ -578,6 +579,7 @@ int main(int argc, char **argv)
 	keel_bdev_module_register(&keel_bdev_aio_module);
 	keel_bdev_module_register(&keel_bdev_uring_module);
 	keel_bdev_module_register(&keel_bdev_error_module);
+	keel_bdev_module_register(&keel_bdev_vcache_module);
 	keel_bdev_module_register(&keel_bdev_nexus_module);
 
 	rpc_framework_register();
@@ -586,6 +588,7 @@ int main(int argc, char **argv)
 	rpc_rebuild_register();
 	rpc_nbd_register();
 	rpc_debug_register();
+	rpc_vcache_register();
 	keeld_notify_init();
 
 	rc = keel_reactors_start(keeld_start, NULL);

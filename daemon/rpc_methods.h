@@ -31,5 +31,7 @@ void rpc_rebuild_register(void);
 void rpc_nbd_register(void);
 /** Test-only methods, only with KEEL_DEBUG_RPC=1 in the environment (rpc_debug.c). */
 void rpc_debug_register(void);
+/** bdev_vcache_create|delete|power_cut|get_stats (daemon/rpc_vcache.c). */
+void rpc_vcache_register(void);
 
 #endif /* KEEL_DAEMON_RPC_METHODS_H */
