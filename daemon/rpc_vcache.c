@@ -65,8 +65,7 @@ static void rpc_vcache_create(struct keel_rpc_request *req, json_t *params)
 				    p.base_bdev_name);
 		break;
 	case -EPERM:
-		keel_rpc_send_error(req, rc, "base bdev '%s' is already claimed",
-				    p.base_bdev_name);
+		keel_rpc_send_error(req, rc, "base bdev '%s' is already claimed", p.base_bdev_name);
 		break;
 	case -EEXIST:
 		keel_rpc_send_error(req, rc, "bdev '%s' already exists", p.name);
@@ -173,8 +172,7 @@ static void rpc_vcache_power_cut(struct keel_rpc_request *req, json_t *params)
 	rc = keel_bdev_vcache_power_cut(p.name, mode, p.seed, p.keep, rpc_vcache_done, ctx);
 	if (rc) {
 		free(ctx);
-		keel_rpc_send_error(req, rc, "cannot cut the power of vcache bdev '%s': %s",
-				    p.name,
+		keel_rpc_send_error(req, rc, "cannot cut the power of vcache bdev '%s': %s", p.name,
 				    rc == -EALREADY ? "it was cut already: delete and create it "
 						      "again to re-arm"
 						    : strerror(-rc));
@@ -194,14 +192,14 @@ static void rpc_vcache_get_stats(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	keel_rpc_send_result(
-		req, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I}", "name",
-			       p.name, "dirty_writes", (json_int_t)st.dirty_writes, "dirty_bytes",
-			       (json_int_t)st.dirty_bytes, "writes", (json_int_t)st.writes,
-			       "fua_writes", (json_int_t)st.fua_writes, "flushes",
-			       (json_int_t)st.flushes, "writebacks", (json_int_t)st.writebacks,
-			       "forced_writebacks", (json_int_t)st.forced, "dead", st.dead,
-			       "cut_kept", (json_int_t)st.cut_kept, "cut_dropped",
-			       (json_int_t)st.cut_dropped));
+		req,
+		json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I}", "name", p.name,
+			  "dirty_writes", (json_int_t)st.dirty_writes, "dirty_bytes",
+			  (json_int_t)st.dirty_bytes, "writes", (json_int_t)st.writes, "fua_writes",
+			  (json_int_t)st.fua_writes, "flushes", (json_int_t)st.flushes,
+			  "writebacks", (json_int_t)st.writebacks, "forced_writebacks",
+			  (json_int_t)st.forced, "dead", st.dead, "cut_kept",
+			  (json_int_t)st.cut_kept, "cut_dropped", (json_int_t)st.cut_dropped));
 }
 
 void rpc_vcache_register(void)
@@ -211,9 +209,10 @@ void rpc_vcache_register(void)
 				 "max_dirty_bytes?} over a base bdev");
 	keel_rpc_register_method("bdev_vcache_delete", rpc_vcache_delete,
 				 "Delete vcache bdev {name} (its cached writes are dropped)");
-	keel_rpc_register_method("bdev_vcache_power_cut", rpc_vcache_power_cut,
-				 "Cut the power of vcache bdev {name, mode: none|all|random|prefix, "
-				 "seed?, keep?}: keep some cached writes, then fail all I/O");
+	keel_rpc_register_method(
+		"bdev_vcache_power_cut", rpc_vcache_power_cut,
+		"Cut the power of vcache bdev {name, mode: none|all|random|prefix, "
+		"seed?, keep?}: keep some cached writes, then fail all I/O");
 	keel_rpc_register_method("bdev_vcache_get_stats", rpc_vcache_get_stats,
 				 "Counters of vcache bdev {name}: dirty writes and bytes, flushes, "
 				 "power cut");

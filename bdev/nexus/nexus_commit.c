@@ -210,9 +210,24 @@ static void commit_faulted_synced(struct nexus *n)
 
 void nexus_commit(struct nexus *n)
 {
+	struct nexus_op *op = n->cur_op;
+
 	if (nexus_count_healthy(n) == 0) {
 		update_state(n);
 		KEEL_ERRLOG("volume %s: faulted: %s", n->name, n->state_detail);
+		/* A remove or admin fault whose label update failed everywhere (every
+		 * member died meanwhile, as in a power cut) never reached the labels: the
+		 * durable labels still list that replica in sync. Reporting success would
+		 * let the caller forget it (keeld drops a removed replica from its state),
+		 * and the next assembly would find an in-sync member missing and refuse
+		 * to start without force (powercut_ut cut_every_step, seed 3 step 86). */
+		if (op != NULL && op->status == 0 &&
+		    (op->type == NEXUS_OP_REMOVE || op->type == NEXUS_OP_ADMIN_FAULT)) {
+			nexus_op_fail(op, -EIO,
+				      "volume %s faulted before the change reached the labels: "
+				      "they still list replica %s",
+				      n->name, n->replicas[op->slot].bdev_name);
+		}
 		nexus_rebuild_sync(n, commit_faulted_synced);
 		return;
 	}
