@@ -721,6 +721,7 @@ static void test_vcache_limit(void)
 /* Cut at every flush boundary of a short workload                                 */
 
 struct pc_totals {
+	uint64_t acked, durable_writes;
 	uint64_t points, durable_checked, lost, garbage, diff, not_healthy, open_fail, hangs;
 	uint64_t failed;
 };
@@ -728,6 +729,8 @@ struct pc_totals {
 static void totals_add(struct pc_totals *t, const struct pc_result *r)
 {
 	t->points++;
+	t->acked += r->writes_acked;
+	t->durable_writes += r->durable_writes;
 	t->durable_checked += r->late.durable_blocks + r->early.durable_blocks;
 	t->lost += r->early.lost + r->late.lost;
 	t->garbage += r->early.garbage + r->late.garbage;
@@ -741,10 +744,12 @@ static void totals_add(struct pc_totals *t, const struct pc_result *r)
 static void totals_print(const char *what, const struct pc_totals *t)
 {
 	fprintf(stderr,
-		"powercut %s: %llu cut points, %llu durable block checks, lost %llu, garbage "
+		"powercut %s: %llu cut points, %llu writes acknowledged, %llu of them durable at "
+		"the cut, %llu durable block checks, lost %llu, garbage "
 		"%llu, replica blocks differing %llu, replicas not healthy %llu, assemblies "
 		"needing force %llu, hangs %llu, failed points %llu\n",
-		what, (unsigned long long)t->points, (unsigned long long)t->durable_checked,
+		what, (unsigned long long)t->points, (unsigned long long)t->acked,
+		(unsigned long long)t->durable_writes, (unsigned long long)t->durable_checked,
 		(unsigned long long)t->lost, (unsigned long long)t->garbage,
 		(unsigned long long)t->diff, (unsigned long long)t->not_healthy,
 		(unsigned long long)t->open_fail, (unsigned long long)t->hangs,
