@@ -20,6 +20,8 @@
 #include "keel/bdev_module.h"
 #include "keel/log.h"
 
+#include "bdev_stack.h"
+
 #define ERROR_ALL KEEL_BDEV_IO_NUM_TYPES
 #define ERROR_DELAY_POLL_US 50
 
@@ -33,13 +35,11 @@ struct error_rule_state {
 struct error_disk {
 	struct keel_bdev bdev;
 	char name[KEEL_BDEV_NAME_MAX + 1];
-	char io_dev_anchor; /* our io_device; distinct from the bdev's own (bdev + 1) */
-	struct keel_bdev_desc *base_desc;
-	struct keel_thread *base_thread; /* where base_desc was opened and must be closed */
+	char io_dev_anchor;     /* our io_device; distinct from the bdev's own (bdev + 1) */
+	struct bdev_stack base; /* the base bdev, claimed */
 	pthread_mutex_t lock;
 	uint32_t nrules; /* atomic */
 	struct error_rule_state rules[ERROR_ALL + 1];
-	bool removing; /* atomic: set by delete or by the base's REMOVE event */
 };
 
 struct error_channel {
@@ -71,7 +71,7 @@ static void error_base_done(void *cb_arg, int status)
 
 static void error_pass_through(struct error_channel *ech, struct keel_bdev_io *io)
 {
-	struct keel_bdev_desc *bd = ech->disk->base_desc;
+	struct keel_bdev_desc *bd = ech->disk->base.base_desc;
 	uint64_t off = keel_bdev_io_offset_bytes(io), len = keel_bdev_io_num_bytes(io);
 	int rc;
 
@@ -208,7 +208,7 @@ static bool error_io_type_supported(void *ctx, enum keel_bdev_io_type type)
 {
 	struct error_disk *d = ctx;
 
-	return keel_bdev_io_type_supported(keel_bdev_desc_get_bdev(d->base_desc), type);
+	return keel_bdev_io_type_supported(bdev_stack_base(&d->base), type);
 }
 
 static int error_channel_create(void *io_device, void *ctx_buf)
@@ -219,7 +219,7 @@ static int error_channel_create(void *io_device, void *ctx_buf)
 
 	ech->disk = d;
 	TAILQ_INIT(&ech->delayed);
-	ech->base_ch = keel_bdev_get_io_channel(d->base_desc);
+	ech->base_ch = keel_bdev_get_io_channel(d->base.base_desc);
 	return ech->base_ch ? 0 : -ENODEV;
 }
 
@@ -254,31 +254,11 @@ static void error_io_dev_unregistered(void *io_device)
 	free(d);
 }
 
-/* On base_thread: the base desc must be closed where it was opened. */
-static void error_release_base(void *arg)
-{
-	struct error_disk *d = arg;
-
-	keel_bdev_module_release_bdev(keel_bdev_desc_get_bdev(d->base_desc));
-	keel_bdev_close(d->base_desc);
-	keel_io_device_unregister(&d->io_dev_anchor, error_io_dev_unregistered);
-}
-
 static int error_destruct(void *ctx)
 {
 	struct error_disk *d = ctx;
-	int rc = keel_thread_send_msg(d->base_thread, error_release_base, d);
 
-	if (rc) {
-		KEEL_ERRLOG("error bdev %s: cannot reach thread %s to close the base: %s", d->name,
-			    keel_thread_get_name(d->base_thread), strerror(-rc));
-		if (keel_thread_get_current() == d->base_thread) {
-			error_release_base(d);
-			return 1;
-		}
-		return -EIO;
-	}
-	return 1;
+	return bdev_stack_destruct(&d->base);
 }
 
 static void error_dump_info_json(void *ctx, struct json_t *obj)
@@ -292,7 +272,7 @@ static void error_dump_info_json(void *ctx, struct json_t *obj)
 		return;
 	}
 	json_object_set_new(e, "base_bdev",
-			    json_string(keel_bdev_get_name(keel_bdev_desc_get_bdev(d->base_desc))));
+			    json_string(keel_bdev_get_name(bdev_stack_base(&d->base))));
 	pthread_mutex_lock(&d->lock);
 	for (int t = 0; t <= ERROR_ALL; t++) {
 		struct error_rule_state *rs = &d->rules[t];
@@ -329,24 +309,6 @@ static const struct keel_bdev_fn_table g_error_fn_table = {
 	.dump_info_json = error_dump_info_json,
 };
 
-static void error_unregistered(void *cb_arg, int status)
-{
-}
-
-static void error_base_event(enum keel_bdev_event_type type, struct keel_bdev *base, void *ctx)
-{
-	struct error_disk *d = ctx;
-
-	if (type != KEEL_BDEV_EVENT_REMOVE ||
-	    __atomic_exchange_n(&d->removing, true, __ATOMIC_ACQ_REL)) {
-		return;
-	}
-	/* Base going away: so do we; destruct then closes the base desc. */
-	KEEL_NOTICELOG("error bdev %s: base %s is being removed", d->name,
-		       keel_bdev_get_name(base));
-	keel_bdev_unregister(&d->bdev, error_unregistered, NULL);
-}
-
 static void error_create_undo(void *io_device)
 {
 	struct error_disk *d = (struct error_disk *)((char *)io_device -
@@ -358,7 +320,6 @@ static void error_create_undo(void *io_device)
 
 int keel_bdev_error_create(const char *name, const char *base_name, struct keel_bdev **bdev_out)
 {
-	struct keel_bdev *base;
 	struct error_disk *d;
 	int rc;
 
@@ -371,53 +332,25 @@ int keel_bdev_error_create(const char *name, const char *base_name, struct keel_
 	}
 	snprintf(d->name, sizeof(d->name), "%s", name);
 	pthread_mutex_init(&d->lock, NULL);
-	d->base_thread = keel_thread_get_current();
-
-	rc = keel_bdev_open_ext(base_name, true, error_base_event, d, &d->base_desc);
+	d->bdev.name = d->name;
+	d->bdev.module = &keel_bdev_error_module;
+	rc = bdev_stack_open(&d->base, &d->bdev, base_name, &d->io_dev_anchor,
+			     error_io_dev_unregistered);
 	if (rc) {
-		KEEL_ERRLOG("error bdev %s: cannot open base %s: %s", name, base_name,
-			    strerror(-rc));
 		goto out_free_disk;
 	}
-	rc = keel_bdev_module_claim_bdev(d->base_desc, &keel_bdev_error_module);
-	if (rc) {
-		goto out_close_base;
-	}
-	base = keel_bdev_desc_get_bdev(d->base_desc);
-
-	rc = keel_io_device_register(&d->io_dev_anchor, error_channel_create, error_channel_destroy,
-				     sizeof(struct error_channel), d->name);
-	if (rc) {
-		goto out_release_base;
-	}
-
-	d->bdev.name = d->name;
 	d->bdev.product_name = "Error injection disk";
-	d->bdev.block_size = keel_bdev_get_block_size(base);
-	d->bdev.num_blocks = keel_bdev_get_num_blocks(base);
-	d->bdev.required_alignment = keel_bdev_get_buf_align(base);
-	d->bdev.write_cache = keel_bdev_has_write_cache(base);
-	d->bdev.multi_conn_safe = keel_bdev_is_multi_conn_safe(base);
+	d->bdev.write_cache = keel_bdev_has_write_cache(bdev_stack_base(&d->base));
 	d->bdev.ctxt = d;
 	d->bdev.fn_table = &g_error_fn_table;
-	d->bdev.module = &keel_bdev_error_module;
-	rc = keel_bdev_register(&d->bdev);
+	rc = bdev_stack_register(&d->base, error_channel_create, error_channel_destroy,
+				 sizeof(struct error_channel), error_create_undo);
 	if (rc) {
-		goto out_unregister_io_dev;
+		return rc; /* d is freed */
 	}
 	*bdev_out = &d->bdev;
 	return 0;
 
-out_unregister_io_dev:
-	keel_bdev_module_release_bdev(base);
-	keel_bdev_close(d->base_desc);
-	/* The reactor knows d until the unregister completes: free it from there. */
-	keel_io_device_unregister(&d->io_dev_anchor, error_create_undo);
-	return rc;
-out_release_base:
-	keel_bdev_module_release_bdev(keel_bdev_desc_get_bdev(d->base_desc));
-out_close_base:
-	keel_bdev_close(d->base_desc);
 out_free_disk:
 	pthread_mutex_destroy(&d->lock);
 	free(d);
@@ -426,12 +359,7 @@ out_free_disk:
 
 static struct error_disk *error_find(const char *name)
 {
-	struct keel_bdev *bdev = name ? keel_bdev_get_by_name(name) : NULL;
-
-	if (!bdev || bdev->module != &keel_bdev_error_module) {
-		return NULL;
-	}
-	return bdev->ctxt;
+	return bdev_stack_find(name, &keel_bdev_error_module);
 }
 
 int keel_bdev_error_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg)
@@ -441,8 +369,7 @@ int keel_bdev_error_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_a
 	if (!d) {
 		return -ENODEV;
 	}
-	__atomic_store_n(&d->removing, true, __ATOMIC_RELEASE);
-	keel_bdev_unregister(&d->bdev, cb_fn, cb_arg);
+	bdev_stack_delete(&d->base, cb_fn, cb_arg);
 	return 0;
 }
 

@@ -28,6 +28,8 @@
 #include "keel/bdev_vcache.h"
 #include "keel/log.h"
 
+#include "bdev_stack.h"
+
 struct vc_entry {
 	TAILQ_ENTRY(vc_entry) link;
 	uint64_t seq;
@@ -44,11 +46,9 @@ struct vc_cut;
 struct vc_disk {
 	struct keel_bdev bdev;
 	char name[KEEL_BDEV_NAME_MAX + 1];
-	char io_dev_anchor; /* our io_device; distinct from the bdev's own */
-	struct keel_bdev_desc *base_desc;
-	struct keel_thread *base_thread; /* where base_desc was opened and must be closed */
+	char io_dev_anchor;     /* our io_device; distinct from the bdev's own */
+	struct bdev_stack base; /* the base bdev, claimed */
 	uint64_t max_dirty;
-	bool removing; /* atomic */
 
 	pthread_mutex_t lock; /* everything below */
 	TAILQ_HEAD(, vc_entry) entries;
@@ -239,13 +239,13 @@ static void vc_wb_step(struct vc_disk *d)
 	/* next stays valid: only entries at or below durable_seq are ever freed. */
 	if (!next) {
 		/* The core completes it at once when the base has no write cache. */
-		rc = keel_bdev_flush(d->base_desc, d->wb_base_ch, 0,
+		rc = keel_bdev_flush(d->base.base_desc, d->wb_base_ch, 0,
 				     d->bdev.num_blocks * d->bdev.block_size, vc_wb_flushed, d);
 	} else if (next->data) {
-		rc = keel_bdev_write(d->base_desc, d->wb_base_ch, next->data, next->off, next->len,
-				     vc_wb_wrote, d);
+		rc = keel_bdev_write(d->base.base_desc, d->wb_base_ch, next->data, next->off,
+				     next->len, vc_wb_wrote, d);
 	} else {
-		rc = keel_bdev_write_zeroes(d->base_desc, d->wb_base_ch, next->off, next->len,
+		rc = keel_bdev_write_zeroes(d->base.base_desc, d->wb_base_ch, next->off, next->len,
 					    vc_wb_wrote, d);
 	}
 	if (rc) {
@@ -361,7 +361,7 @@ static void vc_read(struct vc_channel *ch, struct keel_bdev_io *io)
 	pthread_mutex_lock(&d->lock);
 	d->users++;
 	pthread_mutex_unlock(&d->lock);
-	rc = keel_bdev_readv(d->base_desc, ch->base_ch, io->iovs, io->iovcnt,
+	rc = keel_bdev_readv(d->base.base_desc, ch->base_ch, io->iovs, io->iovcnt,
 			     keel_bdev_io_offset_bytes(io), keel_bdev_io_num_bytes(io),
 			     vc_read_done, io);
 	if (rc) {
@@ -407,7 +407,7 @@ static void vc_fua_written(void *arg, int status)
 		vc_fua_end(io, status);
 		return;
 	}
-	rc = keel_bdev_flush(d->base_desc, vio->ch->base_ch, 0,
+	rc = keel_bdev_flush(d->base.base_desc, vio->ch->base_ch, 0,
 			     d->bdev.num_blocks * d->bdev.block_size, vc_fua_flushed, io);
 	if (rc) {
 		vc_fua_end(io, rc);
@@ -420,7 +420,7 @@ static void vc_fua_start(struct vc_channel *ch, struct keel_bdev_io *io, struct 
 	int rc;
 
 	vio->ch = ch;
-	rc = keel_bdev_write(ch->disk->base_desc, ch->base_ch, e->data, e->off, e->len,
+	rc = keel_bdev_write(ch->disk->base.base_desc, ch->base_ch, e->data, e->off, e->len,
 			     vc_fua_written, io);
 	if (rc) {
 		vc_fua_end(io, rc);
@@ -553,7 +553,7 @@ static int vc_channel_create(void *io_device, void *ctx_buf)
 
 	ch->disk = d;
 	TAILQ_INIT(&ch->waiting);
-	ch->base_ch = keel_bdev_get_io_channel(d->base_desc);
+	ch->base_ch = keel_bdev_get_io_channel(d->base.base_desc);
 	return ch->base_ch ? 0 : -ENODEV;
 }
 
@@ -599,30 +599,11 @@ static void vc_io_dev_unregistered(void *io_device)
 	vc_free(d);
 }
 
-static void vc_release_base(void *arg)
-{
-	struct vc_disk *d = arg;
-
-	keel_bdev_module_release_bdev(keel_bdev_desc_get_bdev(d->base_desc));
-	keel_bdev_close(d->base_desc);
-	keel_io_device_unregister(&d->io_dev_anchor, vc_io_dev_unregistered);
-}
-
 static int vc_destruct(void *ctx)
 {
 	struct vc_disk *d = ctx;
-	int rc = keel_thread_send_msg(d->base_thread, vc_release_base, d);
 
-	if (rc) {
-		if (keel_thread_get_current() == d->base_thread) {
-			vc_release_base(d);
-			return 1;
-		}
-		KEEL_ERRLOG("vcache bdev %s: cannot reach thread %s to close the base: %s", d->name,
-			    keel_thread_get_name(d->base_thread), strerror(-rc));
-		return -EIO;
-	}
-	return 1;
+	return bdev_stack_destruct(&d->base);
 }
 
 static void vc_dump_info_json(void *ctx, struct json_t *obj)
@@ -636,7 +617,7 @@ static void vc_dump_info_json(void *ctx, struct json_t *obj)
 	st.dead = d->dead;
 	pthread_mutex_unlock(&d->lock);
 	v = json_pack("{s:s, s:I, s:I, s:I, s:b}", "base_bdev",
-		      keel_bdev_get_name(keel_bdev_desc_get_bdev(d->base_desc)), "max_dirty_bytes",
+		      keel_bdev_get_name(bdev_stack_base(&d->base)), "max_dirty_bytes",
 		      (json_int_t)d->max_dirty, "dirty_writes", (json_int_t)st.dirty_writes,
 		      "dirty_bytes", (json_int_t)st.dirty_bytes, "dead", st.dead);
 	if (v) {
@@ -652,23 +633,6 @@ static const struct keel_bdev_fn_table g_vc_fn_table = {
 	.dump_info_json = vc_dump_info_json,
 };
 
-static void vc_unregistered(void *cb_arg, int status)
-{
-}
-
-static void vc_base_event(enum keel_bdev_event_type type, struct keel_bdev *base, void *ctx)
-{
-	struct vc_disk *d = ctx;
-
-	if (type != KEEL_BDEV_EVENT_REMOVE ||
-	    __atomic_exchange_n(&d->removing, true, __ATOMIC_ACQ_REL)) {
-		return;
-	}
-	KEEL_NOTICELOG("vcache bdev %s: base %s is being removed", d->name,
-		       keel_bdev_get_name(base));
-	keel_bdev_unregister(&d->bdev, vc_unregistered, NULL);
-}
-
 static void vc_create_undo(void *io_device)
 {
 	vc_free(vc_from_io_dev(io_device));
@@ -677,7 +641,6 @@ static void vc_create_undo(void *io_device)
 int keel_bdev_vcache_create(const char *name, const char *base_name, uint64_t max_dirty_bytes,
 			    struct keel_bdev **bdev_out)
 {
-	struct keel_bdev *base;
 	struct vc_disk *d;
 	int rc;
 
@@ -693,50 +656,26 @@ int keel_bdev_vcache_create(const char *name, const char *base_name, uint64_t ma
 	pthread_mutex_init(&d->lock, NULL);
 	TAILQ_INIT(&d->entries);
 	d->max_dirty = max_dirty_bytes ? max_dirty_bytes : KEEL_VCACHE_DEFAULT_MAX_DIRTY;
-	d->base_thread = keel_thread_get_current();
-
-	rc = keel_bdev_open_ext(base_name, true, vc_base_event, d, &d->base_desc);
+	d->bdev.name = d->name;
+	d->bdev.module = &keel_bdev_vcache_module;
+	rc = bdev_stack_open(&d->base, &d->bdev, base_name, &d->io_dev_anchor,
+			     vc_io_dev_unregistered);
 	if (rc) {
-		KEEL_ERRLOG("vcache bdev %s: cannot open base %s: %s", name, base_name,
-			    strerror(-rc));
 		goto out_free_disk;
 	}
-	rc = keel_bdev_module_claim_bdev(d->base_desc, &keel_bdev_vcache_module);
-	if (rc) {
-		goto out_close_base;
-	}
-	base = keel_bdev_desc_get_bdev(d->base_desc);
-	rc = keel_io_device_register(&d->io_dev_anchor, vc_channel_create, vc_channel_destroy,
-				     sizeof(struct vc_channel), d->name);
-	if (rc) {
-		goto out_release_base;
-	}
-	d->bdev.name = d->name;
 	d->bdev.product_name = "Volatile write cache disk";
-	d->bdev.block_size = keel_bdev_get_block_size(base);
-	d->bdev.num_blocks = keel_bdev_get_num_blocks(base);
-	d->bdev.required_alignment = keel_bdev_get_buf_align(base);
 	d->bdev.write_cache = true;
-	d->bdev.multi_conn_safe = true;
+	d->bdev.multi_conn_safe = true; /* one cache for every channel */
 	d->bdev.ctxt = d;
 	d->bdev.fn_table = &g_vc_fn_table;
-	d->bdev.module = &keel_bdev_vcache_module;
-	rc = keel_bdev_register(&d->bdev);
+	rc = bdev_stack_register(&d->base, vc_channel_create, vc_channel_destroy,
+				 sizeof(struct vc_channel), vc_create_undo);
 	if (rc) {
-		goto out_unregister_io_dev;
+		return rc; /* d is freed */
 	}
 	*bdev_out = &d->bdev;
 	return 0;
 
-out_unregister_io_dev:
-	keel_bdev_module_release_bdev(base);
-	keel_bdev_close(d->base_desc);
-	keel_io_device_unregister(&d->io_dev_anchor, vc_create_undo);
-	return rc;
-out_release_base:
-	keel_bdev_module_release_bdev(keel_bdev_desc_get_bdev(d->base_desc));
-out_close_base:
-	keel_bdev_close(d->base_desc);
 out_free_disk:
 	pthread_mutex_destroy(&d->lock);
 	free(d);
@@ -745,12 +684,7 @@ out_free_disk:
 
 static struct vc_disk *vc_find(const char *name)
 {
-	struct keel_bdev *bdev = name ? keel_bdev_get_by_name(name) : NULL;
-
-	if (!bdev || bdev->module != &keel_bdev_vcache_module) {
-		return NULL;
-	}
-	return bdev->ctxt;
+	return bdev_stack_find(name, &keel_bdev_vcache_module);
 }
 
 int keel_bdev_vcache_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg)
@@ -760,8 +694,7 @@ int keel_bdev_vcache_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_
 	if (!d) {
 		return -ENODEV;
 	}
-	__atomic_store_n(&d->removing, true, __ATOMIC_RELEASE);
-	keel_bdev_unregister(&d->bdev, cb_fn, cb_arg);
+	bdev_stack_delete(&d->base, cb_fn, cb_arg);
 	return 0;
 }
 
@@ -844,7 +777,7 @@ static int vc_cut_poll(void *arg)
 	}
 	pthread_mutex_unlock(&d->lock);
 	keel_poller_unregister(&cut->poller);
-	base_ch = keel_bdev_get_io_channel(d->base_desc);
+	base_ch = keel_bdev_get_io_channel(d->base.base_desc);
 
 	pthread_mutex_lock(&d->lock);
 	TAILQ_FOREACH(e, &d->entries, link) {
