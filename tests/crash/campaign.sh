@@ -2,9 +2,9 @@
 # Long power-cut campaign (outside CI): runs `powercut_ut campaign` (tests/unit/nexus/
 # powercut_ut.c) for a bounded time, niced, and prints its figures for
 # docs/reliability.md ("Power loss"). Exit 0 when every cut point held the promise,
-# 1 on any failed point (its seed, mode and step are printed: rerun one with
-# `powercut_ut campaign --seed-first S --seeds 1 ...`), 2 on bad usage, 77 when the
-# binary is not built.
+# 1 on any failed point (its parameters are printed: replay one with
+# `powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER`), 2 on bad usage,
+# 77 when the binary is not built.
 set -euo pipefail
 
 usage() {
@@ -19,7 +19,9 @@ usage: tests/crash/campaign.sh [--minutes N] [--seed-first N] [--seeds N] [--poi
   --area BLOCKS   4 KiB blocks the workload writes (default 512, at most 1536)
   --bin DIR       where powercut_ut is (default build/bin/tests)
 Each seed runs once uncut to count its steps, then is cut at random steps, with
-the cut dropping a random subset, all, none or a prefix of each disk's cached writes.
+the cut dropping a random subset, all, none or a prefix of each disk's cached writes;
+every third point cuts one disk first and the others a few steps later (or at the
+end), so the volume goes on without the first one for a while.
 USAGE
 }
 

@@ -50,6 +50,11 @@ struct pc_params {
 	int64_t cut_step;     /* cut at this driver step (-1: no) */
 	enum keel_vcache_cut_mode mode;
 	uint64_t keep; /* prefix mode */
+	/* >= 0: at the cut point only this disk loses power (the volume goes on
+	 * without it: I/O errors, a fault, parked writes); the rest rest_after steps
+	 * later (-1: at the end of the workload). */
+	int one_disk;
+	int64_t rest_after;
 };
 
 struct pc_result {
@@ -102,6 +107,7 @@ static struct {
 	 * adding it and forgets one once its removal completed. */
 	bool listed[NDISK];
 	bool spare_added; /* its add completed */
+	bool dead[NDISK]; /* its power was cut */
 } g;
 
 static uint64_t rnd(void)
@@ -192,13 +198,22 @@ static void cut_done(void *arg, int status)
 	}
 }
 
+static void cut_disk(const struct pc_params *p, int i)
+{
+	if (g.dead[i]) {
+		return;
+	}
+	ut_set_thread(0);
+	g.dead[i] = true;
+	g.cuts_pending++;
+	CU_ASSERT_FATAL(keel_bdev_vcache_power_cut(g_vc[i], p->mode, p->seed * 31 + i, p->keep,
+						   cut_done, NULL) == 0);
+}
+
 static void cut_all(const struct pc_params *p)
 {
-	ut_set_thread(0);
 	for (int i = 0; i < NDISK; i++) {
-		g.cuts_pending++;
-		CU_ASSERT_FATAL(keel_bdev_vcache_power_cut(g_vc[i], p->mode, p->seed * 31 + i,
-							   p->keep, cut_done, NULL) == 0);
+		cut_disk(p, i);
 	}
 }
 
@@ -405,7 +420,8 @@ static void pc_run(const struct pc_params *p, struct pc_result *res)
 	};
 	uint32_t nev = p->membership ? sizeof(ev) / sizeof(ev[0]) : 0, next_ev = 0, issued = 0;
 	struct op_res mem = {.done = true}, r;
-	bool cut = false, mem_pending = false;
+	bool cut = false, mem_pending = false, one_cut = false;
+	uint64_t one_cut_step = 0;
 	uint64_t step = 0, drain = 0;
 
 	memset(res, 0, sizeof(*res));
@@ -428,8 +444,20 @@ static void pc_run(const struct pc_params *p, struct pc_result *res)
 	user_open(&g.u, "vol", NT);
 
 	for (;; step++) {
-		if (!cut && ((p->cut_flush >= 0 && g.flushes_done >= p->cut_flush) ||
-			     (p->cut_step >= 0 && step >= (uint64_t)p->cut_step))) {
+		if (!cut && !one_cut &&
+		    ((p->cut_flush >= 0 && g.flushes_done >= p->cut_flush) ||
+		     (p->cut_step >= 0 && step >= (uint64_t)p->cut_step))) {
+			if (p->one_disk >= 0) {
+				one_cut = true;
+				one_cut_step = step;
+				cut_disk(p, p->one_disk);
+			} else {
+				cut = true;
+				cut_all(p);
+			}
+		}
+		if (!cut && one_cut && p->rest_after >= 0 &&
+		    step >= one_cut_step + (uint64_t)p->rest_after) {
 			cut = true;
 			cut_all(p);
 		}
@@ -526,17 +554,20 @@ static void pc_run(const struct pc_params *p, struct pc_result *res)
 static void pc_print(const struct pc_params *p, const struct pc_result *r, const char *what)
 {
 	fprintf(stderr,
-		"powercut: %s seed %llu mode %d cut_flush %lld cut_step %lld: steps %llu flushes "
+		"powercut: %s seed %llu mode %d one_disk %d rest_after %lld cut_flush %lld "
+		"cut_step "
+		"%lld: steps "
+		"%llu flushes "
 		"%u acked %llu durable %llu%s | open %d faulted %d not_healthy %u diff %llu | "
 		"early lost %llu garbage %llu | late lost %llu garbage %llu checked %llu%s\n",
-		what, (unsigned long long)p->seed, p->mode, (long long)p->cut_flush,
-		(long long)p->cut_step, (unsigned long long)r->steps, r->flushes,
-		(unsigned long long)r->writes_acked, (unsigned long long)r->durable_writes,
-		r->cut_at_end ? " (end)" : "", r->open_status, r->faulted, r->not_healthy,
-		(unsigned long long)r->replica_diff, (unsigned long long)r->early.lost,
-		(unsigned long long)r->early.garbage, (unsigned long long)r->late.lost,
-		(unsigned long long)r->late.garbage, (unsigned long long)r->late.durable_blocks,
-		r->hang ? " HANG" : "");
+		what, (unsigned long long)p->seed, p->mode, p->one_disk, (long long)p->rest_after,
+		(long long)p->cut_flush, (long long)p->cut_step, (unsigned long long)r->steps,
+		r->flushes, (unsigned long long)r->writes_acked,
+		(unsigned long long)r->durable_writes, r->cut_at_end ? " (end)" : "",
+		r->open_status, r->faulted, r->not_healthy, (unsigned long long)r->replica_diff,
+		(unsigned long long)r->early.lost, (unsigned long long)r->early.garbage,
+		(unsigned long long)r->late.lost, (unsigned long long)r->late.garbage,
+		(unsigned long long)r->late.durable_blocks, r->hang ? " HANG" : "");
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -781,8 +812,12 @@ static void cut_every_flush_seed(uint64_t seed)
 {
 	static const enum keel_vcache_cut_mode modes[] = {
 		KEEL_VCACHE_CUT_ALL, KEEL_VCACHE_CUT_RANDOM, KEEL_VCACHE_CUT_NONE};
-	struct pc_params p = {
-		.seed = seed, .ops = 160, .area_blocks = 256, .membership = true, .cut_step = -1};
+	struct pc_params p = {.seed = seed,
+			      .ops = 160,
+			      .area_blocks = 256,
+			      .membership = true,
+			      .cut_step = -1,
+			      .one_disk = -1};
 	struct pc_totals t = {0};
 	struct pc_result first;
 	uint32_t nflush;
@@ -812,7 +847,11 @@ static void cut_every_flush_seed(uint64_t seed)
  * flushed shows only when the cut lands between it and the next flush. */
 static void test_cut_every_step(void)
 {
-	struct pc_params p = {.ops = 120, .area_blocks = 128, .membership = true, .cut_flush = -1};
+	struct pc_params p = {.ops = 120,
+			      .area_blocks = 128,
+			      .membership = true,
+			      .cut_flush = -1,
+			      .one_disk = -1};
 	struct pc_totals t = {0};
 
 	for (uint64_t seed = 1; seed <= 3; seed++) {
@@ -834,6 +873,34 @@ static void test_cut_every_step(void)
 	CU_ASSERT(t.failed == 0);
 }
 
+/* One disk loses power at every step of a short workload and the volume goes on
+ * without it (write errors, the fault reaching the labels, parked writes), then the
+ * rest lose power at the end: the dead disk must come back stale, never trusted. */
+static void test_cut_one_disk_every_step(void)
+{
+	struct pc_params p = {.seed = 2,
+			      .ops = 120,
+			      .area_blocks = 128,
+			      .membership = true,
+			      .cut_flush = -1,
+			      .mode = KEEL_VCACHE_CUT_RANDOM};
+	struct pc_totals t = {0};
+	struct pc_result first;
+
+	p.cut_step = -1;
+	p.one_disk = -1;
+	pc_run(&p, &first);
+	CU_ASSERT(pc_result_ok(&first));
+	for (uint64_t st = 0; st <= first.steps; st++) {
+		p.cut_step = (int64_t)st;
+		p.one_disk = (int)(st % NREP);
+		p.rest_after = (int64_t)(st % 7) - 1; /* the rest at the end, or 0-5 steps later */
+		CU_ASSERT(run_point(&p, &t));
+	}
+	totals_print("one disk, every step", &t);
+	CU_ASSERT(t.failed == 0);
+}
+
 /* Regression: a remove whose label update failed on every member (the power went
  * during it) used to report success; the caller forgot the replica and the volume
  * then could not assemble without force, its durable labels listing that replica
@@ -845,7 +912,8 @@ static void test_remove_cut_before_labels(void)
 			      .area_blocks = 128,
 			      .membership = true,
 			      .cut_flush = -1,
-			      .cut_step = 86};
+			      .cut_step = 86,
+			      .one_disk = -1};
 	struct pc_totals t = {0};
 
 	for (int mode = KEEL_VCACHE_CUT_NONE; mode <= KEEL_VCACHE_CUT_ALL; mode++) {
@@ -860,6 +928,7 @@ static const struct ut_test g_tests[] = {
 	{"cut_every_flush", test_cut_every_flush},
 	{"cut_every_step", test_cut_every_step},
 	{"remove_cut_before_labels", test_remove_cut_before_labels},
+	{"cut_one_disk_every_step", test_cut_one_disk_every_step},
 	{NULL, NULL},
 };
 
@@ -872,8 +941,11 @@ static int usage(void)
 		"usage: powercut_ut campaign [--seed-first N] [--seeds N] [--points N] [--ops N]\n"
 		"                            [--area BLOCKS] [--seconds N]\n"
 		"  For each seed: run the workload once uncut to count its steps, then cut at\n"
-		"  --points random steps (random subsets, all, none, prefixes in turn).\n"
-		"  Stops early after --seconds (wall clock). Exit 1 on any failed point.\n");
+		"  --points random steps (random subsets, all, none, prefixes in turn; every\n"
+		"  third point one disk first, the others a few steps later).\n"
+		"  Stops early after --seconds (wall clock). Exit 1 on any failed point.\n"
+		"       powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER\n"
+		"  Replay one point of a FAILED line.\n");
 	return 2;
 }
 
@@ -891,6 +963,7 @@ static void test_campaign(void)
 				      .membership = true,
 				      .cut_flush = -1,
 				      .cut_step = -1,
+				      .one_disk = -1,
 				      .mode = KEEL_VCACHE_CUT_ALL};
 		struct pc_result r;
 		uint64_t pick = s * 0x2545f4914f6cdd1dull;
@@ -908,6 +981,9 @@ static void test_campaign(void)
 			p.cut_step = (int64_t)((pick >> 17) % (r.steps + 1));
 			p.mode = (enum keel_vcache_cut_mode)(k % 4);
 			p.keep = (pick >> 7) % 8;
+			/* every third point: one disk first, the others at the end */
+			p.one_disk = k % 3 == 2 ? (int)((pick >> 33) % NDISK) : -1;
+			p.rest_after = (int64_t)((pick >> 40) % 24) - 4;
 			run_point(&p, &t);
 		}
 		fprintf(stderr, "powercut campaign: seed %llu done (%llu steps per run)\n",
@@ -953,8 +1029,9 @@ static int campaign(int argc, char **argv)
 	return ut_cunit_run("powercut_campaign", tests);
 }
 
-/* `powercut_ut point SEED OPS AREA STEP MODE`: replay one cut point (from a FAILED
- * line), with NEXUS_UT_DEBUG=1 for the volume's log. */
+/* `powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER`: replay one cut
+ * point (from a FAILED line; ONE_DISK -1 cuts every disk at STEP), with
+ * NEXUS_UT_DEBUG=1 for the volume's log. */
 static struct pc_params g_point;
 
 static void test_point(void)
@@ -976,10 +1053,13 @@ static int one_point(char **argv)
 				     .area_blocks = (uint32_t)strtoul(argv[4], NULL, 10),
 				     .membership = true,
 				     .cut_flush = -1,
+				     .one_disk = (int)strtol(argv[7], NULL, 10),
+				     .rest_after = strtoll(argv[8], NULL, 10),
 				     .cut_step = strtoll(argv[5], NULL, 10),
 				     .mode = (enum keel_vcache_cut_mode)strtoul(argv[6], NULL, 10)};
 	if (g_point.area_blocks < 8 || g_point.area_blocks > 1536 || g_point.ops == 0 ||
-	    g_point.mode > KEEL_VCACHE_CUT_PREFIX) {
+	    g_point.mode > KEEL_VCACHE_CUT_PREFIX || g_point.one_disk < -1 ||
+	    g_point.one_disk >= NDISK) {
 		return usage();
 	}
 	return ut_cunit_run("powercut_point", tests);
@@ -992,7 +1072,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && strcmp(argv[1], "campaign") == 0) {
 		return campaign(argc, argv);
 	}
-	if (argc == 7 && strcmp(argv[1], "point") == 0) {
+	if (argc == 9 && strcmp(argv[1], "point") == 0) {
 		return one_point(argv);
 	}
 	if (argc > 1) {
