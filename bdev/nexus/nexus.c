@@ -766,13 +766,18 @@ static void open_labels_read(struct nexus *n)
 	}
 	n->bm_region_hint = (uint64_t)newest->bitmap_chunk_kib * 1024;
 	if (bitmap_wanted() && nexus_bitmap_create(n) == 0) {
+		uint16_t healthy = 0;
+
 		for (unsigned s = 0; s < NEXUS_MAX; s++) {
 			if (nexus_replica_attached(&n->replicas[s]) &&
 			    n->replicas[s].state == KEEL_NEXUS_REPLICA_HEALTHY) {
-				/* Every healthy member holds the same bitmap. */
-				nexus_bitmap_load(n, s, open_bitmap_loaded);
-				return;
+				healthy |= nexus_bit(s);
 			}
+		}
+		if (healthy != 0) {
+			/* Merged: after a power cut the copies may differ. */
+			nexus_bitmap_load(n, healthy, open_bitmap_loaded);
+			return;
 		}
 	}
 	unclean_resync(n);

@@ -98,9 +98,15 @@ struct nexus_bitmap {
 	void (*full_done)(struct nexus *n, int status);
 	unsigned full_slot;
 	bool full_requested;
-	/* load */
+	/* load: every healthy member's copy, merged */
 	void (*load_done)(struct nexus *n);
 	unsigned load_slot;
+	uint16_t load_mask;   /* slots still to read */
+	uint8_t *load_merged; /* per region: set in some copy read so far */
+	uint32_t load_valid;  /* copies that were valid */
+	uint32_t load_bad;    /* bad bit blocks seen */
+	bool load_invalid;    /* a copy was unreadable or invalid */
+	uint64_t load_ec;     /* smallest events_cleared of the valid copies */
 };
 
 static void encode_header(struct nexus_bitmap *bm)
@@ -724,57 +730,124 @@ static uint32_t load_check_blocks(struct nexus_bitmap *bm)
 	return bad;
 }
 
-static void load_done_cb(void *arg, int status)
-{
-	struct nexus_bitmap *bm = arg;
-	struct nexus *n = bm->n;
-	char why[96] = "read failed";
-	uint32_t set = 0, bad;
+static void load_next(struct nexus_bitmap *bm);
 
-	if (status == 0 && load_header_ok(bm, why, sizeof(why))) {
-		bad = load_check_blocks(bm);
+/* All copies read: the regions set in any of them are set, the coverage is the
+ * weakest one's. Any unreadable or invalid copy makes the whole bitmap invalid
+ * (full copies), as a single invalid copy did. */
+static void load_finish(struct nexus_bitmap *bm)
+{
+	struct nexus *n = bm->n;
+	uint32_t set = 0, merged_in = 0;
+
+	if (!bm->load_invalid && bm->load_valid > 0) {
+		/* bm->image holds the last copy read (valid): add the others' bits. */
 		for (uint32_t r = 0; r < bm->nbits; r++) {
+			if (bm->load_merged[r] && !image_get(bm, r)) {
+				image_set(bm, r, true);
+				merged_in++;
+			}
 			if (image_get(bm, r)) {
 				atomic_store(&bm->bits[r], BIT_SET);
 				set++;
 			}
 		}
+		bm->events_cleared = bm->load_ec;
 		if (set > 0) {
 			clear_schedule(bm);
 		}
-		/* Rewrite every replica's copy at first chance: the bad blocks are
-		 * repaired, and all replicas hold the same bits again. */
-		bm->need_full = bad > 0;
+		/* Rewrite every replica's copy at first chance: bad blocks are repaired
+		 * and all replicas hold the same (merged) bits again. */
+		bm->need_full = bm->load_bad > 0 || merged_in > 0;
 		KEEL_NOTICELOG("volume %s: write-intent bitmap loaded: %u of %u regions of %lu KiB "
-			       "set, events_cleared %lu%s",
+			       "set, events_cleared %lu%s%s",
 			       n->name, set, bm->nbits, (unsigned long)(bm->region_size / 1024),
 			       (unsigned long)bm->events_cleared,
-			       bad ? " (bad blocks counted as set, rewriting the bitmap)" : "");
+			       bm->load_bad ? " (bad blocks counted as set, rewriting the bitmap)"
+					    : "",
+			       merged_in ? " (copies differed: merged, rewriting the bitmap)" : "");
 	} else {
-		KEEL_WARNLOG("volume %s: replica %s: no valid write-intent bitmap (%s): returning "
-			     "replicas get full rebuilds; a new bitmap is written",
-			     n->name, n->replicas[bm->load_slot].bdev_name, why);
 		memset(bm->image, 0, bm->image_len);
 		bm->events_cleared = UINT64_MAX;
 		bm->need_full = true;
 	}
+	free(bm->load_merged);
+	bm->load_merged = NULL;
 	bm->load_done(n);
 }
 
-void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n))
+static void load_done_cb(void *arg, int status)
 {
-	struct nexus_bitmap *bm = n->bm;
-	struct nexus_replica *r = &n->replicas[s];
+	struct nexus_bitmap *bm = arg;
+	struct nexus *n = bm->n;
+	char why[96] = "read failed";
+
+	if (status == 0 && load_header_ok(bm, why, sizeof(why))) {
+		bm->load_bad += load_check_blocks(bm);
+		for (uint32_t r = 0; r < bm->nbits; r++) {
+			bm->load_merged[r] |= image_get(bm, r);
+		}
+		if (bm->events_cleared < bm->load_ec) {
+			bm->load_ec = bm->events_cleared;
+		}
+		bm->load_valid++;
+	} else {
+		KEEL_WARNLOG("volume %s: replica %s: no valid write-intent bitmap (%s): returning "
+			     "replicas get full rebuilds; a new bitmap is written",
+			     n->name, n->replicas[bm->load_slot].bdev_name, why);
+		bm->load_invalid = true;
+	}
+	load_next(bm);
+}
+
+static void load_next(struct nexus_bitmap *bm)
+{
+	struct nexus_replica *r;
 	int rc;
 
-	bm->load_done = done;
-	bm->load_slot = s;
+	if (bm->load_mask == 0 || bm->load_invalid) {
+		load_finish(bm);
+		return;
+	}
+	bm->load_slot = (unsigned)__builtin_ctz(bm->load_mask);
+	bm->load_mask &= (uint16_t)~nexus_bit(bm->load_slot);
+	r = &bm->n->replicas[bm->load_slot];
 	rc = keel_bdev_read(r->desc, r->label_ch, bm->image, NEXUS_BITMAP_OFFSET, bm->image_len,
 			    load_done_cb, bm);
 	if (rc != 0) {
-		/* Finished inline: the only caller (assembly) returns right after. */
 		load_done_cb(bm, rc);
 	}
+}
+
+/*
+ * Assembly reads the copy of every healthy member and merges them. The copies are
+ * the same while members stay up, but not after a power cut: a member whose disk
+ * died first, whose fault then never reached the labels (every other disk died
+ * before), comes back healthy with a copy that misses the regions written after it
+ * died; the others' copies hold them. Reading only the first member's copy let the
+ * unclean-shutdown resync skip such a region, and the replicas stayed different
+ * (powercut_ut one_disk_bitmap_merge).
+ */
+void nexus_bitmap_load(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n))
+{
+	struct nexus_bitmap *bm = n->bm;
+
+	bm->load_done = done;
+	bm->load_mask = mask;
+	bm->load_valid = 0;
+	bm->load_bad = 0;
+	bm->load_invalid = false;
+	bm->load_ec = UINT64_MAX;
+	bm->load_merged = calloc(bm->nbits, 1);
+	if (bm->load_merged == NULL) {
+		/* Cannot merge: trust no copy (full copies), as for an invalid one. */
+		bm->load_invalid = true;
+		load_finish(bm);
+		return;
+	}
+	/* Finishes inline on a failed submit: the only caller (assembly) returns right
+	 * after. */
+	load_next(bm);
 }
 
 bool nexus_bitmap_covers(const struct nexus *n, uint64_t generation)

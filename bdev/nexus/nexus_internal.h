@@ -351,8 +351,9 @@ bool nexus_bitmap_kick(struct nexus *n);
 /* Owner: write the whole image to slot \p s, then call done(n, status). */
 void nexus_bitmap_write_full(struct nexus *n, unsigned s,
 			     void (*done)(struct nexus *n, int status));
-/* Owner: read the bitmap of healthy slot \p s (assembly), then done(n). */
-void nexus_bitmap_load(struct nexus *n, unsigned s, void (*done)(struct nexus *n));
+/* Owner: read the bitmaps of the healthy slots in \p mask (assembly) and merge them
+ * (a region set in any is set), then done(n). */
+void nexus_bitmap_load(struct nexus *n, uint16_t mask, void (*done)(struct nexus *n));
 /* Does the bitmap cover the absence of a member whose label said \p generation? */
 bool nexus_bitmap_covers(const struct nexus *n, uint64_t generation);
 /* Snapshot set regions into \p map (bytes of one bit per region); \return count. */

@@ -18,7 +18,7 @@
  * back) writes, writes those to the base in acknowledgement order, drops the rest, and
  * from then on fails every request with -EIO like a dead disk. What the base then
  * holds is what a disk would hold after the power came back. Re-arm by deleting the
- * vcache bdev and creating a new one over the same base. Deleting a vcache bdev that
+ * vcache bdev (once the cut's callback ran) and creating a new one over the same base. Deleting a vcache bdev that
  * was not cut drops its cached writes (a power cut that keeps none).
  *
  * Memory: one allocation per cached write (a test device, not a data path). A write
