@@ -3,7 +3,7 @@
 # powercut_ut.c) for a bounded time, niced, and prints its figures for
 # docs/reliability.md ("Power loss"). Exit 0 when every cut point held the promise,
 # 1 on any failed point (its parameters are printed: replay one with
-# `powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER`), 2 on bad usage,
+# `powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER KEEP`), 2 on bad usage,
 # 77 when the binary is not built.
 set -euo pipefail
 

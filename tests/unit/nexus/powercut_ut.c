@@ -559,20 +559,19 @@ static void pc_run(const struct pc_params *p, struct pc_result *res)
 static void pc_print(const struct pc_params *p, const struct pc_result *r, const char *what)
 {
 	fprintf(stderr,
-		"powercut: %s seed %llu mode %d one_disk %d rest_after %lld cut_flush %lld "
-		"cut_step "
-		"%lld: steps "
-		"%llu flushes "
-		"%u acked %llu durable %llu%s | open %d faulted %d not_healthy %u diff %llu | "
+		"powercut: %s seed %llu mode %d keep %llu one_disk %d rest_after %lld cut_flush "
+		"%lld cut_step %lld: steps %llu flushes %u acked %llu durable %llu%s | open %d "
+		"faulted %d not_healthy %u diff %llu | "
 		"early lost %llu garbage %llu | late lost %llu garbage %llu checked %llu%s\n",
-		what, (unsigned long long)p->seed, p->mode, p->one_disk, (long long)p->rest_after,
-		(long long)p->cut_flush, (long long)p->cut_step, (unsigned long long)r->steps,
-		r->flushes, (unsigned long long)r->writes_acked,
-		(unsigned long long)r->durable_writes, r->cut_at_end ? " (end)" : "",
-		r->open_status, r->faulted, r->not_healthy, (unsigned long long)r->replica_diff,
-		(unsigned long long)r->early.lost, (unsigned long long)r->early.garbage,
-		(unsigned long long)r->late.lost, (unsigned long long)r->late.garbage,
-		(unsigned long long)r->late.durable_blocks, r->hang ? " HANG" : "");
+		what, (unsigned long long)p->seed, p->mode, (unsigned long long)p->keep,
+		p->one_disk, (long long)p->rest_after, (long long)p->cut_flush,
+		(long long)p->cut_step, (unsigned long long)r->steps, r->flushes,
+		(unsigned long long)r->writes_acked, (unsigned long long)r->durable_writes,
+		r->cut_at_end ? " (end)" : "", r->open_status, r->faulted, r->not_healthy,
+		(unsigned long long)r->replica_diff, (unsigned long long)r->early.lost,
+		(unsigned long long)r->early.garbage, (unsigned long long)r->late.lost,
+		(unsigned long long)r->late.garbage, (unsigned long long)r->late.durable_blocks,
+		r->hang ? " HANG" : "");
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -978,7 +977,7 @@ static int usage(void)
 		"  --points random steps (random subsets, all, none, prefixes in turn; every\n"
 		"  third point one disk first, the others a few steps later).\n"
 		"  Stops early after --seconds (wall clock). Exit 1 on any failed point.\n"
-		"       powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER\n"
+		"       powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER KEEP\n"
 		"  Replay one point of a FAILED line.\n");
 	return 2;
 }
@@ -1063,7 +1062,7 @@ static int campaign(int argc, char **argv)
 	return ut_cunit_run("powercut_campaign", tests);
 }
 
-/* `powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER`: replay one cut
+/* `powercut_ut point SEED OPS AREA STEP MODE ONE_DISK REST_AFTER KEEP`: replay one cut
  * point (from a FAILED line; ONE_DISK -1 cuts every disk at STEP), with
  * NEXUS_UT_DEBUG=1 for the volume's log. */
 static struct pc_params g_point;
@@ -1089,6 +1088,7 @@ static int one_point(char **argv)
 				     .cut_flush = -1,
 				     .one_disk = (int)strtol(argv[7], NULL, 10),
 				     .rest_after = strtoll(argv[8], NULL, 10),
+				     .keep = strtoull(argv[9], NULL, 10),
 				     .cut_step = strtoll(argv[5], NULL, 10),
 				     .mode = (enum keel_vcache_cut_mode)strtoul(argv[6], NULL, 10)};
 	if (g_point.area_blocks < 8 || g_point.area_blocks > 1536 || g_point.ops == 0 ||
@@ -1106,7 +1106,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && strcmp(argv[1], "campaign") == 0) {
 		return campaign(argc, argv);
 	}
-	if (argc == 9 && strcmp(argv[1], "point") == 0) {
+	if (argc == 10 && strcmp(argv[1], "point") == 0) {
 		return one_point(argv);
 	}
 	if (argc > 1) {
