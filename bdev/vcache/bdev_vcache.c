@@ -535,7 +535,17 @@ static void vc_submit(struct keel_io_channel *ich, struct keel_bdev_io *io)
 
 static bool vc_io_type_supported(void *ctx, enum keel_bdev_io_type type)
 {
-	return type != KEEL_BDEV_IO_RESET;
+	/* Not get_allocation: the base's answer would miss the cached writes. */
+	switch (type) {
+	case KEEL_BDEV_IO_READ:
+	case KEEL_BDEV_IO_WRITE:
+	case KEEL_BDEV_IO_FLUSH:
+	case KEEL_BDEV_IO_UNMAP:
+	case KEEL_BDEV_IO_WRITE_ZEROES:
+		return true;
+	default:
+		return false;
+	}
 }
 
 /* ------------------------------------------------------------------------------ */
