@@ -1077,6 +1077,22 @@ static bool rpc_param_store(const struct keel_rpc_param *p, json_t *v, void *out
 	return false;
 }
 
+bool rpc_param_type_ok(enum keel_rpc_param_type type, json_t *v, const char **expected)
+{
+	const struct keel_rpc_param p = {"", type, 0, true};
+	union {
+		const char *s;
+		uint64_t u64;
+		int64_t i64;
+		double d;
+		bool b;
+		json_t *j;
+	} scratch;
+
+	*expected = rpc_param_expected(type);
+	return rpc_param_store(&p, v, &scratch);
+}
+
 bool keel_rpc_decode_params(struct keel_rpc_request *req, json_t *params,
 			    const struct keel_rpc_param *table, size_t count, void *out)
 {

@@ -15,7 +15,10 @@
 #include "keel/bdev_module.h"
 #include "keel/bdev_uring.h"
 #include "keel/log.h"
+#include "keel/reactor.h"
 #include "keel/rpc.h"
+#include "keel/uuid.h"
+#include "rpc_compat.h"
 #include "rpc_methods.h"
 
 #define RPC_BLOCK_SIZE_MIN 512u
@@ -150,7 +153,14 @@ static json_t *rpc_bdev_info(struct keel_bdev *bdev)
 	}
 	if (owner != NULL) {
 		json_object_set_new(obj, "claim_owner", json_string(owner));
+		/* SPDK's name for the one kind of claim keel has: one writer, no other. */
+		json_object_set_new(obj, "claim_type", json_string("exclusive_write"));
 	}
+	/* SPDK's QoS limits (0: unlimited; keel has no QoS) and zoned (never). */
+	json_object_set_new(obj, "assigned_rate_limits",
+			    json_pack("{s:i,s:i,s:i,s:i}", "rw_ios_per_sec", 0, "rw_mbytes_per_sec",
+				      0, "r_mbytes_per_sec", 0, "w_mbytes_per_sec", 0));
+	json_object_set_new(obj, "zoned", json_false());
 	json_object_set_new(obj, "supported_io_types", types);
 	json_object_set_new(obj, "driver_specific", driver);
 	return obj;
@@ -170,11 +180,16 @@ static const struct keel_rpc_param g_required_name[] = {
 
 static void rpc_bdev_get_bdevs(struct keel_rpc_request *req, json_t *params)
 {
+	/* SPDK: lib/bdev/bdev_rpc.c; rpc.py sends timeout only with -t. */
+	static const struct rpc_compat_param spdk[] = {
+		{"timeout", KEEL_RPC_PARAM_UINT64, RPC_COMPAT_DEFAULT_ONLY, "0",
+		 "keel does not wait for a bdev to appear: call bdev_get_bdevs again", NULL},
+	};
 	struct rpc_name_param p = {NULL};
 	struct keel_bdev *bdev;
 	json_t *arr;
 
-	if (!keel_rpc_decode_params(req, params, g_optional_name, 1, &p)) {
+	if (!rpc_compat_decode(req, params, g_optional_name, 1, &p, spdk, 1)) {
 		return;
 	}
 	arr = json_array();
@@ -207,6 +222,43 @@ struct rpc_iostat_ctx {
 
 static void rpc_iostat_step(struct rpc_iostat_ctx *ctx);
 
+/*
+ * SPDK's flat counters for what keel counts: bytes and ops per kind, latency sums and
+ * maxima in ticks (tick_rate is 1e9: nanoseconds). keel keeps no minimum latency and
+ * does no copy I/O (its copy counters stay 0).
+ */
+static void rpc_iostat_spdk_fields(json_t *obj, const struct keel_bdev_io_stats *st)
+{
+	static const struct {
+		enum keel_bdev_io_type type;
+		const char *bytes;
+		const char *ops;
+		const char *lat;
+		const char *max_lat;
+	} kinds[] = {
+		{KEEL_BDEV_IO_READ, "bytes_read", "num_read_ops", "read_latency_ticks",
+		 "max_read_latency_ticks"},
+		{KEEL_BDEV_IO_WRITE, "bytes_written", "num_write_ops", "write_latency_ticks",
+		 "max_write_latency_ticks"},
+		{KEEL_BDEV_IO_UNMAP, "bytes_unmapped", "num_unmap_ops", "unmap_latency_ticks",
+		 "max_unmap_latency_ticks"},
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		json_object_set_new(obj, kinds[i].bytes,
+				    json_integer((json_int_t)st->bytes[kinds[i].type]));
+		json_object_set_new(obj, kinds[i].ops,
+				    json_integer((json_int_t)st->ops[kinds[i].type]));
+		json_object_set_new(obj, kinds[i].lat,
+				    json_integer((json_int_t)st->lat_sum_ns[kinds[i].type]));
+		json_object_set_new(obj, kinds[i].max_lat,
+				    json_integer((json_int_t)st->lat_max_ns[kinds[i].type]));
+	}
+	json_object_set_new(obj, "bytes_copied", json_integer(0));
+	json_object_set_new(obj, "num_copy_ops", json_integer(0));
+}
+
 static void rpc_iostat_done(struct keel_bdev *bdev, const struct keel_bdev_io_stats *stats,
 			    void *cb_arg, int status)
 {
@@ -231,7 +283,10 @@ static void rpc_iostat_done(struct keel_bdev *bdev, const struct keel_bdev_io_st
 		}
 		obj = json_pack("{s:s,s:o,s:o}", "name", keel_bdev_get_name(bdev), "io", io,
 				"lat_hist_log2_us", hist);
-		json_array_append_new(ctx->result, obj);
+		if (obj != NULL) {
+			rpc_iostat_spdk_fields(obj, stats);
+			json_array_append_new(ctx->result, obj);
+		}
 	}
 	rpc_iostat_step(ctx);
 }
@@ -252,18 +307,72 @@ static void rpc_iostat_step(struct rpc_iostat_ctx *ctx)
 		}
 		KEEL_WARNLOG("rpc: bdev %s: cannot read statistics: %s", name, strerror(-rc));
 	}
-	keel_rpc_send_result(ctx->req, json_pack("{s:o}", "bdevs", ctx->result));
+	keel_rpc_send_result(ctx->req,
+			     json_pack("{s:I,s:I,s:o}", "tick_rate", (json_int_t)1000000000,
+				       "ticks", (json_int_t)keel_now_ns(), "bdevs", ctx->result));
 	json_decref(ctx->names);
 	free(ctx);
 }
 
+struct rpc_iostat_params {
+	const char *name;
+	json_t *names;
+};
+
+/* \return whether \p names is an array of names of existing bdevs; replied if not. */
+static bool rpc_iostat_check_names(struct keel_rpc_request *req, json_t *names)
+{
+	json_t *v;
+	size_t i;
+
+	if (!json_is_array(names)) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "names: expected an array of bdev names");
+		return false;
+	}
+	json_array_foreach(names, i, v) {
+		if (!json_is_string(v)) {
+			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+					    "names: element %zu is not a string", i);
+			return false;
+		}
+		if (keel_bdev_get_by_name(json_string_value(v)) == NULL) {
+			rpc_bdev_send_not_found(req, json_string_value(v));
+			return false;
+		}
+	}
+	return true;
+}
+
 static void rpc_bdev_get_iostat(struct keel_rpc_request *req, json_t *params)
 {
-	struct rpc_name_param p = {NULL};
+	static const struct keel_rpc_param table[] = {
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_iostat_params, name), true},
+		{"names", KEEL_RPC_PARAM_JSON, offsetof(struct rpc_iostat_params, names), true},
+	};
+	/* SPDK: lib/bdev/bdev_rpc.c; rpc.py always sends per_channel (false unless -c). */
+	static const struct rpc_compat_param spdk[] = {
+		{"per_channel", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_DEFAULT_ONLY, "false",
+		 "keel reports each bdev's statistics summed over its channels", NULL},
+		{"reset_mode", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, "\"none\"",
+		 "keel does not reset I/O statistics", NULL},
+	};
+	struct rpc_iostat_params p = {NULL, NULL};
 	struct rpc_iostat_ctx *ctx;
 	struct keel_bdev *bdev;
 
-	if (!keel_rpc_decode_params(req, params, g_optional_name, 1, &p)) {
+	if (!rpc_compat_decode(req, params, table, 2, &p, spdk, 2)) {
+		return;
+	}
+	if (p.names != NULL && json_is_null(p.names)) {
+		p.names = NULL;
+	}
+	if (p.name != NULL && p.names != NULL) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "names: give name or names, not both");
+		return;
+	}
+	if (p.names != NULL && !rpc_iostat_check_names(req, p.names)) {
 		return;
 	}
 	if (p.name != NULL && keel_bdev_get_by_name(p.name) == NULL) {
@@ -275,11 +384,11 @@ static void rpc_bdev_get_iostat(struct keel_rpc_request *req, json_t *params)
 		return;
 	}
 	ctx->req = req;
-	ctx->names = json_array();
+	ctx->names = p.names != NULL ? json_copy(p.names) : json_array();
 	ctx->result = json_array();
 	if (p.name != NULL) {
 		json_array_append_new(ctx->names, json_string(p.name));
-	} else {
+	} else if (p.names == NULL) {
 		for (bdev = keel_bdev_first(); bdev != NULL; bdev = keel_bdev_next(bdev)) {
 			json_array_append_new(ctx->names, json_string(keel_bdev_get_name(bdev)));
 		}
@@ -418,36 +527,127 @@ struct rpc_geom_params {
 	const char *name;
 	uint64_t num_blocks;
 	uint32_t block_size;
+	const char *uuid;
 };
 
+/* name is optional for malloc (SPDK names it MallocN), required for null. */
 static const struct keel_rpc_param g_geom_table[] = {
-	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_geom_params, name), false},
+	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_geom_params, name), true},
 	{"num_blocks", KEEL_RPC_PARAM_UINT64, offsetof(struct rpc_geom_params, num_blocks), false},
 	{"block_size", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_geom_params, block_size), true},
+	{"uuid", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_geom_params, uuid), true},
+};
+
+/* Why keel takes some SPDK parameters of a RAM or null disk only at their defaults. */
+#define RPC_NO_METADATA "metadata is not supported by keel"
+#define RPC_NO_DIF "protection information (DIF/DIX) is not supported by keel"
+/* physical_block_size: SPDK's 0 means "the block size". */
+#define RPC_PHYSICAL_BLOCK_SIZE                                                             \
+	{                                                                                   \
+		"physical_block_size", KEEL_RPC_PARAM_UINT32, RPC_COMPAT_DEFAULT_ONLY, "0", \
+			"keel bdevs have a single block size", "block_size"                 \
+	}
+
+/*
+ * SPDK: module/bdev/malloc/bdev_malloc_rpc.c. rpc.py always sends md_interleave and
+ * dif_is_head_of_md (false unless -i / -d), the others only when given.
+ */
+static const struct rpc_compat_param g_malloc_compat[] = {
+	RPC_PHYSICAL_BLOCK_SIZE,
+	RPC_ZERO_ONLY("optimal_io_boundary", KEEL_RPC_PARAM_UINT32,
+		      "keel's malloc bdev does not split I/O at a boundary"),
+	RPC_ZERO_ONLY("md_size", KEEL_RPC_PARAM_UINT32, RPC_NO_METADATA),
+	RPC_FALSE_ONLY("md_interleave", RPC_NO_METADATA),
+	RPC_ZERO_ONLY("dif_type", KEEL_RPC_PARAM_INT64, RPC_NO_DIF),
+	RPC_FALSE_ONLY("dif_is_head_of_md", RPC_NO_DIF),
+	RPC_ZERO_ONLY("dif_pi_format", KEEL_RPC_PARAM_UINT32, RPC_NO_DIF),
+};
+
+/*
+ * SPDK: module/bdev/null/bdev_null_rpc.c. rpc.py always sends dif_is_head_of_md (false
+ * unless -d), the others only when given.
+ */
+#define RPC_NO_HINTS "keel bdevs do not advertise preferred write or unmap geometry"
+static const struct rpc_compat_param g_null_compat[] = {
+	RPC_PHYSICAL_BLOCK_SIZE,
+	RPC_ZERO_ONLY("md_size", KEEL_RPC_PARAM_UINT32, RPC_NO_METADATA),
+	RPC_ZERO_ONLY("dif_type", KEEL_RPC_PARAM_INT64, RPC_NO_DIF),
+	RPC_FALSE_ONLY("dif_is_head_of_md", RPC_NO_DIF),
+	RPC_ZERO_ONLY("dif_pi_format", KEEL_RPC_PARAM_UINT32, RPC_NO_DIF),
+	RPC_ZERO_ONLY("preferred_write_alignment", KEEL_RPC_PARAM_UINT32, RPC_NO_HINTS),
+	RPC_ZERO_ONLY("preferred_write_granularity", KEEL_RPC_PARAM_UINT32, RPC_NO_HINTS),
+	RPC_ZERO_ONLY("optimal_write_size", KEEL_RPC_PARAM_UINT32, RPC_NO_HINTS),
+	RPC_ZERO_ONLY("preferred_unmap_alignment", KEEL_RPC_PARAM_UINT32, RPC_NO_HINTS),
+	RPC_ZERO_ONLY("preferred_unmap_granularity", KEEL_RPC_PARAM_UINT32, RPC_NO_HINTS),
 };
 
 typedef int (*rpc_create_fn)(const char *name, const uint8_t *uuid, uint64_t num_blocks,
 			     uint32_t block_size, struct keel_bdev **bdev);
 
-static void rpc_bdev_create_geom(struct keel_rpc_request *req, json_t *params, const char *module,
-				 rpc_create_fn fn)
+struct rpc_geom_module {
+	const char *module;
+	rpc_create_fn fn;
+	const struct rpc_compat_param *compat;
+	size_t compat_count;
+	const char
+		*default_prefix; /* name given when none is: "Malloc" -> Malloc0; NULL: required */
+};
+
+/* The first free <prefix>N, as SPDK names a malloc bdev created without a name. */
+static void rpc_bdev_default_name(const char *prefix, char *buf, size_t size)
 {
-	struct rpc_geom_params p = {.name = NULL, .num_blocks = 0, .block_size = 512};
+	unsigned i;
+
+	for (i = 0;; i++) {
+		snprintf(buf, size, "%s%u", prefix, i);
+		if (keel_bdev_get_by_name(buf) == NULL) {
+			return;
+		}
+	}
+}
+
+static void rpc_bdev_create_geom(struct keel_rpc_request *req, json_t *params,
+				 const struct rpc_geom_module *m)
+{
+	struct rpc_geom_params p = {.name = NULL, .num_blocks = 0, .block_size = 512, .uuid = NULL};
+	const char *module = m->module;
+	char name[32];
+	uint8_t uuid[KEEL_UUID_LEN];
 	struct keel_bdev *bdev = NULL;
 	int rc;
 
-	if (!keel_rpc_decode_params(req, params, g_geom_table, 3, &p)) {
+	if (!rpc_compat_decode(req, params, g_geom_table, 4, &p, m->compat, m->compat_count)) {
 		return;
+	}
+	if (p.name == NULL && m->default_prefix == NULL) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS, "missing parameter 'name'");
+		return;
+	}
+	if (p.name == NULL) {
+		rpc_bdev_default_name(m->default_prefix, name, sizeof(name));
+		p.name = name;
 	}
 	if (!rpc_bdev_check_name(req, "name", p.name) ||
 	    !rpc_bdev_check_geometry(req, p.num_blocks, p.block_size)) {
+		return;
+	}
+	if (p.uuid != NULL && keel_uuid_parse(p.uuid, uuid) != 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "uuid: '%.64s' is not a UUID "
+				    "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
+				    p.uuid);
+		return;
+	}
+	if (p.uuid != NULL && keel_bdev_get_by_uuid(p.uuid) != NULL) {
+		keel_rpc_send_error(req, -EEXIST, "uuid: a bdev with UUID %s already exists",
+				    p.uuid);
 		return;
 	}
 	if (keel_bdev_get_by_name(p.name) != NULL) {
 		rpc_bdev_send_create_error(req, module, p.name, -EEXIST);
 		return;
 	}
-	rc = fn(p.name, NULL, p.num_blocks, p.block_size, &bdev);
+	rc = m->fn(p.name, p.uuid != NULL ? uuid : NULL, p.num_blocks, p.block_size, &bdev);
 	if (rc != 0) {
 		rpc_bdev_send_create_error(req, module, p.name, rc);
 		return;
@@ -459,12 +659,20 @@ static void rpc_bdev_create_geom(struct keel_rpc_request *req, json_t *params, c
 
 static void rpc_bdev_malloc_create(struct keel_rpc_request *req, json_t *params)
 {
-	rpc_bdev_create_geom(req, params, "malloc", keel_bdev_malloc_create);
+	static const struct rpc_geom_module m = {
+		"malloc", keel_bdev_malloc_create, g_malloc_compat,
+		sizeof(g_malloc_compat) / sizeof(g_malloc_compat[0]), "Malloc"};
+
+	rpc_bdev_create_geom(req, params, &m);
 }
 
 static void rpc_bdev_null_create(struct keel_rpc_request *req, json_t *params)
 {
-	rpc_bdev_create_geom(req, params, "null", keel_bdev_null_create);
+	static const struct rpc_geom_module m = {"null", keel_bdev_null_create, g_null_compat,
+						 sizeof(g_null_compat) / sizeof(g_null_compat[0]),
+						 NULL};
+
+	rpc_bdev_create_geom(req, params, &m);
 }
 
 /* aio and uring: a bdev over a file or block device, created on the blocking pool. */
@@ -541,7 +749,8 @@ static void rpc_bdev_file_created(void *cb_arg, int status, struct keel_bdev *bd
 }
 
 static void rpc_bdev_file_create(struct keel_rpc_request *req, json_t *params, const char *module,
-				 rpc_file_create_fn fn)
+				 rpc_file_create_fn fn, const struct rpc_compat_param *compat,
+				 size_t compat_count)
 {
 	static const struct keel_rpc_param table[] = {
 		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_file_params, name), false},
@@ -554,7 +763,7 @@ static void rpc_bdev_file_create(struct keel_rpc_request *req, json_t *params, c
 	struct rpc_file_ctx *ctx;
 	int rc;
 
-	if (!keel_rpc_decode_params(req, params, table, 3, &p)) {
+	if (!rpc_compat_decode(req, params, table, 3, &p, compat, compat_count)) {
 		return;
 	}
 	if (!rpc_bdev_check_name(req, "name", p.name)) {
@@ -607,14 +816,37 @@ out_nomem:
 	keel_rpc_send_error(req, -ENOMEM, "out of memory");
 }
 
+#define RPC_NO_FILE_UUID "keel gives a file bdev a random UUID of its own"
+
 static void rpc_bdev_aio_create(struct keel_rpc_request *req, json_t *params)
 {
-	rpc_bdev_file_create(req, params, "aio", keel_bdev_aio_create);
+	/*
+	 * SPDK: module/bdev/aio/bdev_aio_rpc.c. rpc.py always sends readonly and
+	 * fallocate (false unless -r / --fallocate), uuid only with -u.
+	 */
+	static const struct rpc_compat_param spdk[] = {
+		{"readonly", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_DEFAULT_ONLY, "false",
+		 "keel's aio bdev opens its file for writing: export it read-only instead "
+		 "(nbd_start_export read_only)",
+		 NULL},
+		{"fallocate", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_ANY, "false",
+		 "keel's aio bdev always unmaps and zeroes with fallocate, off the reactor", NULL},
+		{"uuid", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, NULL, RPC_NO_FILE_UUID,
+		 NULL},
+	};
+
+	rpc_bdev_file_create(req, params, "aio", keel_bdev_aio_create, spdk, 3);
 }
 
 static void rpc_bdev_uring_create(struct keel_rpc_request *req, json_t *params)
 {
-	rpc_bdev_file_create(req, params, "uring", keel_bdev_uring_create);
+	/* SPDK: module/bdev/uring/bdev_uring_rpc.c; rpc.py sends uuid only with -u. */
+	static const struct rpc_compat_param spdk[] = {
+		{"uuid", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, NULL, RPC_NO_FILE_UUID,
+		 NULL},
+	};
+
+	rpc_bdev_file_create(req, params, "uring", keel_bdev_uring_create, spdk, 1);
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -634,12 +866,17 @@ static void rpc_bdev_error_create(struct keel_rpc_request *req, json_t *params)
 		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_error_create_params, name),
 		 true},
 	};
+	/* SPDK: module/bdev/error/vbdev_error_rpc.c; rpc.py sends uuid only with -u. */
+	static const struct rpc_compat_param spdk[] = {
+		{"uuid", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, NULL,
+		 "keel gives an error bdev a random UUID of its own", NULL},
+	};
 	struct rpc_error_create_params p = {NULL, NULL};
 	char name[KEEL_BDEV_NAME_MAX + 8];
 	struct keel_bdev *bdev = NULL, *base;
 	int rc;
 
-	if (!keel_rpc_decode_params(req, params, table, 2, &p)) {
+	if (!rpc_compat_decode(req, params, table, 2, &p, spdk, 1)) {
 		return;
 	}
 	/* SPDK names an error bdev EE_<base>; keep that default. */
@@ -699,6 +936,22 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 		{"delay_us", KEEL_RPC_PARAM_UINT32, offsetof(struct rpc_inject_params, delay_us),
 		 true},
 	};
+	/*
+	 * SPDK: module/bdev/error/vbdev_error_rpc.c. rpc.py sends num, queue_depth,
+	 * corrupt_offset and corrupt_value only when given (-n, -q, -o, -v).
+	 */
+	static const struct rpc_compat_param spdk[] = {
+		RPC_ZERO_ONLY("queue_depth", KEEL_RPC_PARAM_UINT64,
+			      "keel's error bdev does not trigger at a queue depth"),
+		RPC_ZERO_ONLY("corrupt_offset", KEEL_RPC_PARAM_UINT64,
+			      "keel's error bdev does not corrupt data"),
+		RPC_ZERO_ONLY("corrupt_value", KEEL_RPC_PARAM_UINT32,
+			      "keel's error bdev does not corrupt data"),
+		RPC_ZERO_ONLY("nvme_sct", KEEL_RPC_PARAM_UINT32,
+			      "keel bdevs are not NVMe devices: use errno"),
+		RPC_ZERO_ONLY("nvme_sc", KEEL_RPC_PARAM_UINT32,
+			      "keel bdevs are not NVMe devices: use errno"),
+	};
 	struct rpc_inject_params p = {.name = NULL,
 				      .io_type = "all",
 				      .error_type = "failure",
@@ -710,7 +963,7 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 	struct keel_bdev *bdev;
 	int t, rc;
 
-	if (!keel_rpc_decode_params(req, params, table, 7, &p)) {
+	if (!rpc_compat_decode(req, params, table, 7, &p, spdk, sizeof(spdk) / sizeof(spdk[0]))) {
 		return;
 	}
 	bdev = keel_bdev_get_by_name(p.name);
@@ -721,7 +974,8 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 				    p.name);
 		return;
 	}
-	if (strcmp(p.error_type, "clear") == 0) {
+	/* SPDK clears with io_type "clear"; keel also with error_type "clear". */
+	if (strcmp(p.error_type, "clear") == 0 || strcmp(p.io_type, "clear") == 0) {
 		rc = keel_bdev_error_clear(p.name);
 		if (rc != 0) {
 			keel_rpc_send_error(req, rc, "cannot clear the rules of '%s': %s", p.name,
@@ -744,8 +998,8 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 		if (t == KEEL_BDEV_IO_NUM_TYPES) {
 			keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 					    "io_type: unknown '%.32s': "
-					    "use read, write, flush, unmap, write_zeroes, reset "
-					    "or all",
+					    "use read, write, flush, unmap, write_zeroes, reset, "
+					    "all or clear",
 					    p.io_type);
 			return;
 		}
@@ -771,6 +1025,15 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 		}
 		rule.error = 0;
 		rule.delay_us = p.delay_us;
+	} else if (strcmp(p.error_type, "pending") == 0 ||
+		   strcmp(p.error_type, "corrupt_data") == 0 ||
+		   strcmp(p.error_type, "nomem") == 0 ||
+		   strcmp(p.error_type, "nvme_failure") == 0) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "error_type: '%s' (an SPDK error type) is not supported by "
+				    "keel's error bdev: use failure, delay or clear",
+				    p.error_type);
+		return;
 	} else {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 				    "error_type: unknown '%.32s': "
@@ -795,15 +1058,15 @@ void rpc_bdev_register(void)
 	keel_rpc_register_method("bdev_get_bdevs", rpc_bdev_get_bdevs,
 				 "List bdevs, or one with {name}");
 	keel_rpc_register_method("bdev_get_iostat", rpc_bdev_get_iostat,
-				 "I/O statistics of every bdev, or one with {name}");
+				 "I/O statistics of every bdev, or {name} or {names: [...]}");
 	keel_rpc_register_method("bdev_delete", rpc_bdev_delete,
 				 "Delete bdev {name} whatever its module");
 	keel_rpc_register_method("bdev_malloc_create", rpc_bdev_malloc_create,
-				 "RAM disk {name, num_blocks, block_size?=512}");
+				 "RAM disk {name?=MallocN, num_blocks, block_size?=512, uuid?}");
 	keel_rpc_register_method("bdev_malloc_delete", rpc_bdev_malloc_delete,
 				 "Delete RAM disk {name}");
 	keel_rpc_register_method("bdev_null_create", rpc_bdev_null_create,
-				 "Null disk {name, num_blocks, block_size?=512}");
+				 "Null disk {name, num_blocks, block_size?=512, uuid?}");
 	keel_rpc_register_method("bdev_null_delete", rpc_bdev_null_delete,
 				 "Delete null disk {name}");
 	keel_rpc_register_method("bdev_aio_create", rpc_bdev_aio_create,
@@ -817,7 +1080,8 @@ void rpc_bdev_register(void)
 				 "Error-injection bdev {base_name, name?=EE_<base_name>}");
 	keel_rpc_register_method("bdev_error_delete", rpc_bdev_error_delete,
 				 "Delete error bdev {name}");
-	keel_rpc_register_method("bdev_error_inject_error", rpc_bdev_error_inject_error,
-				 "{name, io_type?, error_type?=failure|delay|clear, num?, "
-				 "every_nth?, errno?, delay_us?}");
+	keel_rpc_register_method(
+		"bdev_error_inject_error", rpc_bdev_error_inject_error,
+		"{name, io_type?=all|read|...|clear, error_type?=failure|delay|clear, "
+		"num?, every_nth?, errno?, delay_us?}");
 }

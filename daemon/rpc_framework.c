@@ -13,6 +13,8 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "keel/rpc.h"
+#include "proc_stat.h"
+#include "rpc_compat.h"
 #include "rpc_internal.h"
 #include "rpc_methods.h"
 
@@ -23,6 +25,10 @@
 #define RPC_MAX_POLLERS_SHOWN 64
 /* Pollers that woke a reactor most, per reactor ("(message)" competes with them). */
 #define RPC_WAKERS_SHOWN 5
+/* CPUs a cpumask can name (SPDK's default build allows 1024 too). */
+#define RPC_CPUMASK_MAX_CPUS 1024u
+/* /proc/stat of a machine with 1024 CPUs is about 100 KiB; cpu lines come first. */
+#define RPC_PROC_STAT_MAX (128u << 10)
 
 /* ------------------------------------------------------------------------------ */
 
@@ -52,10 +58,17 @@ static void rpc_get_methods(struct keel_rpc_request *req, json_t *params)
 		{"include_help", KEEL_RPC_PARAM_BOOL,
 		 offsetof(struct rpc_get_methods_params, include_help), true},
 	};
+	/* SPDK: lib/rpc/rpc.c; rpc.py sends both, false unless -c / -i is given. */
+	static const struct rpc_compat_param spdk[] = {
+		{"current", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_ANY, "false",
+		 "every keel method is callable whenever keeld answers", NULL},
+		{"include_aliases", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_ANY, "false",
+		 "keel has no deprecated method aliases", NULL},
+	};
 	struct rpc_get_methods_params p = {.include_help = false};
 	struct rpc_methods_ctx mc;
 
-	if (!keel_rpc_decode_params(req, params, table, 1, &p)) {
+	if (!rpc_compat_decode(req, params, table, 1, &p, spdk, 2)) {
 		return;
 	}
 	mc.include_help = p.include_help;
@@ -85,6 +98,7 @@ struct rpc_stats_ctx {
 	struct keel_rpc_request *req;
 	bool reactors; /* framework_get_reactors rather than thread_get_stats */
 	json_t *threads;
+	char *proc_stat; /* /proc/stat text (framework_get_reactors), or NULL */
 };
 
 static void rpc_stats_visit(void *arg)
@@ -181,14 +195,62 @@ static json_t *rpc_reactor_wakers(json_t *threads, uint32_t idx, uint64_t msg_wa
 	return wakers;
 }
 
-static json_t *rpc_reactors_json(json_t *threads)
+/*
+ * The CPUs a thread may run on in SPDK's cpumask form: hex digits without "0x"
+ * ("1", "3", "20"). A placed thread runs on its reactor's CPU, an unplaced one on any
+ * reactor's.
+ */
+static json_t *rpc_cpumask_json(json_int_t reactor)
+{
+	uint8_t nibbles[RPC_CPUMASK_MAX_CPUS / 4];
+	char text[RPC_CPUMASK_MAX_CPUS / 4 + 1];
+	uint32_t i, count = keel_reactor_count();
+	size_t n = 0, top = 0;
+
+	memset(nibbles, 0, sizeof(nibbles));
+	for (i = 0; i < count; i++) {
+		struct keel_reactor_stats rs;
+
+		if ((reactor >= 0 && (json_int_t)i != reactor) ||
+		    keel_reactor_get_stats(i, &rs) != 0 || rs.cpu >= RPC_CPUMASK_MAX_CPUS) {
+			continue;
+		}
+		nibbles[rs.cpu / 4] |= (uint8_t)(1u << (rs.cpu % 4));
+		if (rs.cpu / 4 + 1 > top) {
+			top = rs.cpu / 4 + 1;
+		}
+	}
+	if (top == 0) {
+		return json_string("0");
+	}
+	while (top > 0) {
+		text[n++] = "0123456789abcdef"[nibbles[--top]];
+	}
+	text[n] = '\0';
+	return json_string(text);
+}
+
+/* SPDK's usr, sys and irq of a reactor: its core's times from /proc/stat (0 if unknown). */
+static void rpc_reactor_cpu_times(json_t *obj, const char *proc_stat, uint32_t cpu)
+{
+	struct proc_cpu_times t = {0, 0, 0};
+
+	if (proc_stat != NULL) {
+		(void)proc_stat_cpu_times(proc_stat, cpu, &t);
+	}
+	json_object_set_new(obj, "irq", json_integer((json_int_t)t.irq));
+	json_object_set_new(obj, "sys", json_integer((json_int_t)t.sys));
+	json_object_set_new(obj, "usr", json_integer((json_int_t)t.usr));
+}
+
+static json_t *rpc_reactors_json(json_t *threads, const char *proc_stat)
 {
 	json_t *reactors = json_array();
 	uint32_t i, count = keel_reactor_count();
 
 	for (i = 0; i < count; i++) {
 		struct keel_reactor_stats rs;
-		json_t *lw = json_array(), *t;
+		json_t *lw = json_array(), *t, *obj;
 		size_t j;
 
 		if (keel_reactor_get_stats(i, &rs) != 0) {
@@ -197,44 +259,49 @@ static json_t *rpc_reactors_json(json_t *threads)
 		}
 		json_array_foreach(threads, j, t) {
 			if (json_integer_value(json_object_get(t, "reactor")) == (json_int_t)i) {
-				json_array_append_new(lw,
-						      json_pack("{s:O,s:O,s:O,s:O}", "name",
-								json_object_get(t, "name"), "id",
-								json_object_get(t, "id"), "busy",
-								json_object_get(t, "busy"), "idle",
-								json_object_get(t, "idle")));
+				/* SPDK's elapsed: how long the thread has run, busy or idle. */
+				json_array_append_new(
+					lw,
+					json_pack("{s:O,s:O,s:O,s:O,s:O,s:I}", "name",
+						  json_object_get(t, "name"), "id",
+						  json_object_get(t, "id"), "busy",
+						  json_object_get(t, "busy"), "idle",
+						  json_object_get(t, "idle"), "cpumask",
+						  json_object_get(t, "cpumask"), "elapsed",
+						  json_integer_value(json_object_get(t, "busy")) +
+							  json_integer_value(
+								  json_object_get(t, "idle"))));
 			}
 		}
-		json_array_append_new(
-			reactors,
-			json_pack(
-				"{s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
-				"s:i,s:I,s:o,s:o}",
-				"lcore", (int)rs.cpu, "reactor", (int)i, "numa_id", rs.numa_node,
-				"tid", (json_int_t)rs.tid, "busy", (json_int_t)rs.busy_ns, "idle",
-				(json_int_t)rs.idle_ns, "sleep", (json_int_t)rs.sleep_ns,
-				"in_interrupt", rs.sleeping, "mode",
-				keel_reactor_mode_name(rs.mode), "loops", (json_int_t)rs.loops,
-				"wakeups", (json_int_t)rs.wakeups, "wakeups_msg",
-				(json_int_t)rs.wakeups_msg, "wakeups_timer",
-				(json_int_t)rs.wakeups_timer, "wakeups_fd",
-				(json_int_t)rs.wakeups_fd, "wakeups_other",
-				(json_int_t)rs.wakeups_other, "fd_polls", (json_int_t)rs.fd_polls,
-				"fd_waiting", (int)rs.fd_waiting, "msgs", (json_int_t)rs.msgs,
-				"wakers", rpc_reactor_wakers(threads, i, rs.wakeups_msg),
-				"lw_threads", lw));
+		obj = json_pack(
+			"{s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+			"s:i,s:I,s:o,s:o}",
+			"lcore", (int)rs.cpu, "reactor", (int)i, "numa_id", rs.numa_node, "tid",
+			(json_int_t)rs.tid, "busy", (json_int_t)rs.busy_ns, "idle",
+			(json_int_t)rs.idle_ns, "sleep", (json_int_t)rs.sleep_ns, "in_interrupt",
+			rs.sleeping, "mode", keel_reactor_mode_name(rs.mode), "loops",
+			(json_int_t)rs.loops, "wakeups", (json_int_t)rs.wakeups, "wakeups_msg",
+			(json_int_t)rs.wakeups_msg, "wakeups_timer", (json_int_t)rs.wakeups_timer,
+			"wakeups_fd", (json_int_t)rs.wakeups_fd, "wakeups_other",
+			(json_int_t)rs.wakeups_other, "fd_polls", (json_int_t)rs.fd_polls,
+			"fd_waiting", (int)rs.fd_waiting, "msgs", (json_int_t)rs.msgs, "wakers",
+			rpc_reactor_wakers(threads, i, rs.wakeups_msg), "lw_threads", lw);
+		if (obj != NULL) {
+			rpc_reactor_cpu_times(obj, proc_stat, rs.cpu);
+			json_array_append_new(reactors, obj);
+		}
 	}
 	return reactors;
 }
 
-static void rpc_stats_done(void *arg)
+static void rpc_stats_reply(struct rpc_stats_ctx *ctx)
 {
-	struct rpc_stats_ctx *ctx = arg;
 	json_t *result;
 
 	if (ctx->reactors) {
 		result = json_pack("{s:I,s:i,s:o}", "tick_rate", (json_int_t)1000000000, "pid",
-				   (int)getpid(), "reactors", rpc_reactors_json(ctx->threads));
+				   (int)getpid(), "reactors",
+				   rpc_reactors_json(ctx->threads, ctx->proc_stat));
 	} else {
 		result = json_pack("{s:I,s:O}", "tick_rate", (json_int_t)1000000000, "threads",
 				   ctx->threads);
@@ -245,7 +312,53 @@ static void rpc_stats_done(void *arg)
 	} else {
 		keel_rpc_send_result(ctx->req, result);
 	}
+	free(ctx->proc_stat);
 	free(ctx);
+}
+
+static int rpc_proc_stat_read(void *arg)
+{
+	struct rpc_stats_ctx *ctx = arg;
+
+	return proc_stat_read(ctx->proc_stat, RPC_PROC_STAT_MAX);
+}
+
+static void rpc_proc_stat_done(void *cb_arg, int rc)
+{
+	struct rpc_stats_ctx *ctx = cb_arg;
+
+	if (rc != 0) {
+		KEEL_WARNLOG("rpc: cannot read /proc/stat: %s; usr, sys and irq read 0",
+			     strerror(-rc));
+		free(ctx->proc_stat);
+		ctx->proc_stat = NULL;
+	}
+	rpc_stats_reply(ctx);
+}
+
+static void rpc_stats_done(void *arg)
+{
+	struct rpc_stats_ctx *ctx = arg;
+	json_t *t;
+	size_t i;
+
+	json_array_foreach(ctx->threads, i, t) {
+		json_object_set_new(
+			t, "cpumask",
+			rpc_cpumask_json(json_integer_value(json_object_get(t, "reactor"))));
+	}
+	if (!ctx->reactors) {
+		rpc_stats_reply(ctx);
+		return;
+	}
+	/* /proc/stat is a file: read it off the reactor. */
+	ctx->proc_stat = malloc(RPC_PROC_STAT_MAX);
+	if (ctx->proc_stat == NULL ||
+	    keel_spawn_blocking(rpc_proc_stat_read, ctx, rpc_proc_stat_done, ctx) != 0) {
+		free(ctx->proc_stat);
+		ctx->proc_stat = NULL;
+		rpc_stats_reply(ctx);
+	}
 }
 
 static void rpc_stats_start(struct keel_rpc_request *req, json_t *params, bool reactors)

@@ -98,6 +98,13 @@ int rpc_error_line(char *buf, size_t size, int code, const char *msg);
  */
 void rpc_conn_close(struct rpc_conn *conn);
 
+/**
+ * Whether \p v has the JSON type a parameter of \p type needs (the same rule as
+ * keel_rpc_decode_params). \p *expected is set to the phrase that completes an error
+ * message ("expected true or false").
+ */
+bool rpc_param_type_ok(enum keel_rpc_param_type type, json_t *v, const char **expected);
+
 /** Visit every registered method in name order. */
 void rpc_method_foreach(void (*fn)(const char *name, const char *help, void *ctx), void *ctx);
 /** Forget every method (unit tests). */

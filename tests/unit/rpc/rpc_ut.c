@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "keel/rpc.h"
+#include "rpc_compat.h"
 #include "rpc_internal.h"
 #include "rpc_methods.h"
 #include "ut_threads.h"
@@ -86,6 +87,33 @@ static void ut_typed(struct keel_rpc_request *req, json_t *params)
 			     json_pack("{s:s,s:I,s:i,s:b,s:I,s:f}", "s", g_typed.s, "u64",
 				       (json_int_t)g_typed.u64, "u32", (int)g_typed.u32, "b",
 				       g_typed.b, "i64", (json_int_t)g_typed.i64, "d", g_typed.d));
+}
+
+struct ut_compat {
+	const char *name;
+	uint32_t bs;
+};
+
+/* SPDK-style parameters: md only at 0, pbs at 0 or equal to bs, flag at any value. */
+static void ut_compat(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct ut_compat, name), false},
+		{"bs", KEEL_RPC_PARAM_UINT32, offsetof(struct ut_compat, bs), true},
+	};
+	static const struct rpc_compat_param compat[] = {
+		RPC_ZERO_ONLY("md", KEEL_RPC_PARAM_UINT32, "metadata is not supported"),
+		{"pbs", KEEL_RPC_PARAM_UINT32, RPC_COMPAT_DEFAULT_ONLY, "0", "one block size",
+		 "bs"},
+		{"flag", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_ANY, "false", "same either way", NULL},
+		{"id", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, NULL, "no ids", NULL},
+	};
+	struct ut_compat p = {NULL, 512};
+
+	if (!rpc_compat_decode(req, params, table, 2, &p, compat, 4)) {
+		return;
+	}
+	keel_rpc_send_result(req, json_pack("{s:s,s:i}", "name", p.name, "bs", (int)p.bs));
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -518,6 +546,55 @@ static void test_params(void)
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(resp, "result"), "u32")),
 			77);
 	json_decref(resp);
+	ut_teardown();
+}
+
+static void test_compat_params(void)
+{
+	json_t *resp, *r;
+
+	ut_setup();
+	/* at SPDK's default, equal to the same_as parameter, any value of an ANY one */
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+		      "{\"name\":\"n\",\"bs\":4096,\"md\":0,\"pbs\":4096,\"flag\":true,"
+		      "\"id\":null}}");
+	r = json_object_get(resp, "result");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "name")), "n");
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "bs")), 4096);
+	json_decref(resp);
+	resp = ut_one("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+		      "{\"name\":\"n\",\"pbs\":0,\"flag\":false}}");
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(resp, "result"), "bs")),
+			512);
+	json_decref(resp);
+	/* other values: named, with the reason and what is accepted */
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"name\":\"n\",\"md\":8}}",
+			KEEL_RPC_INVALID_PARAMS,
+			"md: metadata is not supported (only 0 is accepted)", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"name\":\"n\",\"pbs\":4096}}",
+			KEEL_RPC_INVALID_PARAMS,
+			"pbs: one block size (only 0 or the value of bs is accepted)", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"name\":\"n\",\"id\":\"x\"}}",
+			KEEL_RPC_INVALID_PARAMS, "id: no ids (leave it out)", false);
+	/* the type is checked first, and unknown names stay unknown */
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"name\":\"n\",\"flag\":\"yes\"}}",
+			KEEL_RPC_INVALID_PARAMS, "flag: expected true or false", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"name\":\"n\",\"md\":-1}}",
+			KEEL_RPC_INVALID_PARAMS, "md: expected an integer from 0", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"name\":\"n\",\"md\":0,\"colour\":1}}",
+			KEEL_RPC_INVALID_PARAMS, "unknown parameter 'colour'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":"
+			"{\"md\":0}}",
+			KEEL_RPC_INVALID_PARAMS, "missing parameter 'name'", false);
+	ut_expect_error("{\"jsonrpc\":\"2.0\",\"method\":\"compat\",\"id\":1,\"params\":[1]}",
+			KEEL_RPC_INVALID_PARAMS, "params must be an object", false);
 	ut_teardown();
 }
 
@@ -1014,6 +1091,7 @@ int main(void)
 	keel_rpc_register_method("later", ut_later, "reply later");
 	keel_rpc_register_method("fail", ut_fail, "fail with -EEXIST");
 	keel_rpc_register_method("typed", ut_typed, "decode every type");
+	keel_rpc_register_method("compat", ut_compat, "SPDK-compatible parameters");
 	keel_rpc_register_method("slow", ut_slow, "take 600 us of mock time");
 	rpc_framework_register();
 	rpc_bdev_register();
@@ -1031,6 +1109,7 @@ int main(void)
 	CU_add_test(suite, "unknown_method", test_unknown_method);
 	CU_add_test(suite, "errno_error", test_errno_error);
 	CU_add_test(suite, "params", test_params);
+	CU_add_test(suite, "compat_params", test_compat_params);
 	CU_add_test(suite, "method_params", test_method_params);
 	CU_add_test(suite, "rebuild_rate_range", test_rebuild_rate_range);
 	CU_add_test(suite, "get_methods", test_get_methods);
