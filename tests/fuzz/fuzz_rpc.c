@@ -3,8 +3,9 @@
  * is a byte stream cut into chunks (sizes drawn from its first two bytes, so the
  * fuzzer explores where reads split requests), each fed with rpc_conn_feed() and
  * processed as the socket layer does, output taken after every step. Methods: echo,
- * fail, a typed-parameter decoder and one that answers later (after the stream, as a
- * slow bdev would). Every byte sent back must be whole lines of JSON.
+ * fail, a typed-parameter decoder, one with SPDK-compatible parameters
+ * (daemon/rpc_compat.c) and one that answers later (after the stream, as a slow bdev
+ * would). Every byte sent back must be whole lines of JSON.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -14,6 +15,7 @@
 
 #include "fuzz_common.h"
 #include "keel/rpc.h"
+#include "rpc_compat.h"
 #include "rpc_internal.h"
 
 #define LATER_MAX 64
@@ -72,6 +74,39 @@ static void m_typed(struct keel_rpc_request *req, json_t *params)
 	keel_rpc_send_result(req, json_pack("{s:s,s:I,s:i,s:b,s:I,s:f}", "s", p.s, "u64",
 					    (json_int_t)p.u64, "u32", (int)p.u32, "b", p.b, "i64",
 					    (json_int_t)p.i64, "d", p.d));
+}
+
+struct compat_params {
+	const char *name;
+	uint32_t block_size;
+};
+
+/* Shaped like bdev_malloc_create: SPDK parameters taken only at their defaults. */
+static void m_compat(struct keel_rpc_request *req, json_t *params)
+{
+	static const struct keel_rpc_param table[] = {
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct compat_params, name), false},
+		{"block_size", KEEL_RPC_PARAM_UINT32, offsetof(struct compat_params, block_size),
+		 true},
+	};
+	static const struct rpc_compat_param compat[] = {
+		RPC_ZERO_ONLY("md_size", KEEL_RPC_PARAM_UINT32, "metadata is not supported"),
+		RPC_FALSE_ONLY("md_interleave", "metadata is not supported"),
+		{"physical_block_size", KEEL_RPC_PARAM_UINT32, RPC_COMPAT_DEFAULT_ONLY, "0",
+		 "one block size", "block_size"},
+		{"reset_mode", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, "\"none\"",
+		 "no reset", NULL},
+		{"current", KEEL_RPC_PARAM_BOOL, RPC_COMPAT_ANY, "false", "always current", NULL},
+		{"uuid", KEEL_RPC_PARAM_STRING, RPC_COMPAT_DEFAULT_ONLY, NULL, "random", NULL},
+	};
+	struct compat_params p = {NULL, 512};
+
+	if (!rpc_compat_decode(req, params, table, 2, &p, compat,
+			       sizeof(compat) / sizeof(compat[0]))) {
+		return;
+	}
+	keel_rpc_send_result(
+		req, json_pack("{s:s,s:i}", "name", p.name, "block_size", (int)p.block_size));
 }
 
 struct out_buf {
@@ -148,6 +183,7 @@ static void setup_once(void)
 	keel_rpc_register_method("fail", m_fail, "fail with -EEXIST");
 	keel_rpc_register_method("later", m_later, "reply after the stream");
 	keel_rpc_register_method("typed", m_typed, "decode every parameter type");
+	keel_rpc_register_method("compat", m_compat, "SPDK-compatible parameters");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
