@@ -106,6 +106,9 @@ struct rpc_conn {
 
 	void (*wake_fn)(void *arg); /* a request ended: the socket layer has a look */
 	void *wake_arg;
+
+	/* pending requests with an abandon hook (keel_rpc_request_on_abandon) */
+	struct keel_rpc_request *abandonable;
 };
 
 struct keel_rpc_request {
@@ -113,7 +116,24 @@ struct keel_rpc_request {
 	bool in_batch;
 	json_t *id;      /* NULL for a notification */
 	char method[64]; /* for log lines */
+
+	void (*abandon_fn)(void *arg); /* NULL: not in conn->abandonable */
+	void *abandon_arg;
+	struct keel_rpc_request *abandon_next;
+	struct keel_rpc_request **abandon_pprev;
 };
+
+static void rpc_request_unhook(struct keel_rpc_request *req)
+{
+	if (req->abandon_fn == NULL) {
+		return;
+	}
+	*req->abandon_pprev = req->abandon_next;
+	if (req->abandon_next != NULL) {
+		req->abandon_next->abandon_pprev = req->abandon_pprev;
+	}
+	req->abandon_fn = NULL;
+}
 
 /* ------------------------------------------------------------------------------ */
 /* Method table                                                                    */
@@ -246,6 +266,14 @@ void rpc_conn_close(struct rpc_conn *conn)
 	conn->out = NULL;
 	conn->out_off = conn->out_len = conn->out_cap = 0;
 	rpc_conn_free_input(conn);
+	/* Requests that wait for an event stop waiting; their replies are dropped. */
+	while (conn->abandonable != NULL) {
+		struct keel_rpc_request *req = conn->abandonable;
+		void (*fn)(void *arg) = req->abandon_fn;
+
+		rpc_request_unhook(req);
+		fn(req->abandon_arg);
+	}
 	rpc_conn_put(conn);
 }
 
@@ -487,6 +515,7 @@ static void rpc_request_finish(struct keel_rpc_request *req, const char *key, js
 {
 	struct rpc_conn *conn = req->conn;
 
+	rpc_request_unhook(req);
 	if (req->id != NULL) {
 		rpc_emit(conn, req->in_batch, req->id, key, payload, req->method);
 	} else {
@@ -503,6 +532,25 @@ static void rpc_request_finish(struct keel_rpc_request *req, const char *key, js
 		conn->wake_fn(conn->wake_arg);
 	}
 	rpc_conn_put(conn);
+}
+
+int keel_rpc_request_on_abandon(struct keel_rpc_request *req, void (*fn)(void *arg), void *arg)
+{
+	struct rpc_conn *conn = req->conn;
+
+	if (conn->closed) {
+		return -ENOTCONN;
+	}
+	rpc_request_unhook(req);
+	req->abandon_fn = fn;
+	req->abandon_arg = arg;
+	req->abandon_next = conn->abandonable;
+	req->abandon_pprev = &conn->abandonable;
+	if (conn->abandonable != NULL) {
+		conn->abandonable->abandon_pprev = &req->abandon_next;
+	}
+	conn->abandonable = req;
+	return 0;
 }
 
 void keel_rpc_send_result(struct keel_rpc_request *req, json_t *result)

@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,6 +228,19 @@ static void rpc_sock_conn_pace(struct rpc_sock_conn *sc)
 	}
 }
 
+/*
+ * Whether the peer closed its socket altogether, not just its sending side. A unix
+ * socket reports a hang-up only then; epoll reports it whatever the event mask, so a
+ * connection waiting for slow replies after its client vanished would otherwise be
+ * woken again and again until they come.
+ */
+static bool rpc_sock_peer_gone(int fd)
+{
+	struct pollfd pfd = {.fd = fd, .events = 0, .revents = 0};
+
+	return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 static int rpc_sock_conn_poll(void *arg)
 {
 	struct rpc_sock_conn *sc = arg;
@@ -237,6 +251,11 @@ static int rpc_sock_conn_poll(void *arg)
 	ssize_t n = -1;
 	int rc;
 
+	if (sc->eof && rpc_conn_pending(sc->conn) > 0 && rpc_sock_peer_gone(sc->fd)) {
+		/* Nobody reads the replies: drop them, and let waiting requests stop. */
+		rpc_sock_conn_close(sc);
+		return KEEL_POLLER_BUSY;
+	}
 	if (!sc->eof && rpc_conn_wants_input(sc->conn)) {
 		n = recv(sc->fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (n == 0) {

@@ -58,6 +58,18 @@ void keel_rpc_send_result(struct keel_rpc_request *req, json_t *result);
 void keel_rpc_send_error(struct keel_rpc_request *req, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/**
+ * For a handler that keeps \p req while it waits for an event rather than for an
+ * operation that ends by itself (bdev_get_bdevs waiting for a bdev to appear): have
+ * \p fn(\p arg) called if the client's connection closes first, also when keeld stops
+ * its server at shutdown. \p fn runs on the main thread from inside the close; it must
+ * reply to \p req (the reply is dropped) and release what the wait holds. Replying
+ * normally removes the hook; a second call replaces it.
+ * \return 0, or -ENOTCONN when the connection is already closed (the handler then
+ * replies at once instead of waiting).
+ */
+int keel_rpc_request_on_abandon(struct keel_rpc_request *req, void (*fn)(void *arg), void *arg);
+
 /* ------------------------------------------------------------------------------ */
 /* Parameter decoding                                                              */
 /* ------------------------------------------------------------------------------ */

@@ -89,6 +89,24 @@ static void ut_typed(struct keel_rpc_request *req, json_t *params)
 				       g_typed.b, "i64", (json_int_t)g_typed.i64, "d", g_typed.d));
 }
 
+static struct keel_rpc_request *g_waiter;
+static int g_abandoned;
+
+static void ut_waiter_abandoned(void *arg)
+{
+	CU_ASSERT_PTR_EQUAL(arg, &g_waiter);
+	g_abandoned++;
+	keel_rpc_send_error(g_waiter, -ECANCELED, "gone");
+	g_waiter = NULL;
+}
+
+/* Waits for an event that never comes, until replied to or abandoned. */
+static void ut_waiter(struct keel_rpc_request *req, json_t *params)
+{
+	g_waiter = req;
+	CU_ASSERT_EQUAL(keel_rpc_request_on_abandon(req, ut_waiter_abandoned, &g_waiter), 0);
+}
+
 struct ut_compat {
 	const char *name;
 	uint32_t bs;
@@ -772,6 +790,34 @@ static void test_reply_after_close(void)
 	CU_ASSERT_EQUAL(g_later_count, 3); /* the notification never ran */
 }
 
+static void test_abandon(void)
+{
+	json_t *resp;
+
+	/* replied normally: the hook is gone and never runs */
+	ut_setup();
+	g_abandoned = 0;
+	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"waiter\",\"id\":1}");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g_waiter);
+	keel_rpc_send_result(g_waiter, NULL);
+	g_waiter = NULL;
+	resp = ut_take(g_conn);
+	CU_ASSERT_EQUAL(json_array_size(resp), 1);
+	json_decref(resp);
+	rpc_conn_close(g_conn);
+	g_conn = NULL;
+	CU_ASSERT_EQUAL(g_abandoned, 0);
+
+	/* the client goes away: every waiting request is told, once (ASan: nothing leaks) */
+	g_conn = rpc_conn_create();
+	ut_feed("{\"jsonrpc\":\"2.0\",\"method\":\"waiter\",\"id\":2}");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g_waiter);
+	rpc_conn_close(g_conn);
+	g_conn = NULL;
+	CU_ASSERT_EQUAL(g_abandoned, 1);
+	CU_ASSERT_PTR_NULL(g_waiter);
+}
+
 /* A batch (or stream) of \p n copies of \p member with ids 0..n-1 ("%d" in member). */
 static char *ut_repeat(const char *member, int n, bool batch)
 {
@@ -1092,6 +1138,7 @@ int main(void)
 	keel_rpc_register_method("fail", ut_fail, "fail with -EEXIST");
 	keel_rpc_register_method("typed", ut_typed, "decode every type");
 	keel_rpc_register_method("compat", ut_compat, "SPDK-compatible parameters");
+	keel_rpc_register_method("waiter", ut_waiter, "wait until abandoned");
 	keel_rpc_register_method("slow", ut_slow, "take 600 us of mock time");
 	rpc_framework_register();
 	rpc_bdev_register();
@@ -1115,6 +1162,7 @@ int main(void)
 	CU_add_test(suite, "get_methods", test_get_methods);
 	CU_add_test(suite, "oversized", test_oversized);
 	CU_add_test(suite, "reply_after_close", test_reply_after_close);
+	CU_add_test(suite, "abandon", test_abandon);
 	CU_add_test(suite, "batch_limit", test_batch_limit);
 	CU_add_test(suite, "huge_batch", test_huge_batch);
 	CU_add_test(suite, "batch_incremental", test_batch_incremental);
