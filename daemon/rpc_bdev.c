@@ -170,26 +170,103 @@ struct rpc_name_param {
 	const char *name;
 };
 
-static const struct keel_rpc_param g_optional_name[] = {
-	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_name_param, name), true},
-};
-
 static const struct keel_rpc_param g_required_name[] = {
 	{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_name_param, name), false},
 };
 
+/*
+ * SPDK's timeout: how long bdev_get_bdevs {name} waits for the bdev to appear. Looked
+ * for every RPC_BDEV_WAIT_POLL_US by a timed poller that exists only while a request
+ * waits; a client holds at most its pending-request limit of them.
+ */
+#define RPC_BDEV_WAIT_POLL_US 10000u
+#define RPC_BDEV_WAIT_MAX_MS 3600000u
+
+struct rpc_bdev_wait_ctx {
+	struct keel_rpc_request *req;
+	struct keel_poller *poller;
+	uint64_t deadline_ns;
+	char name[KEEL_BDEV_NAME_MAX + 1];
+};
+
+/* The client went away (or keeld stops): the reply is dropped, the wait ends. */
+static void rpc_bdev_wait_abandoned(void *arg)
+{
+	struct rpc_bdev_wait_ctx *ctx = arg;
+
+	keel_rpc_send_error(ctx->req, -ECANCELED, "the client went away");
+	keel_poller_unregister(&ctx->poller);
+	free(ctx);
+}
+
+static int rpc_bdev_wait_poll(void *arg)
+{
+	struct rpc_bdev_wait_ctx *ctx = arg;
+	struct keel_bdev *bdev = keel_bdev_get_by_name(ctx->name);
+
+	if (bdev == NULL && keel_now_ns() < ctx->deadline_ns) {
+		return KEEL_POLLER_IDLE;
+	}
+	if (bdev != NULL) {
+		json_t *arr = json_array();
+
+		json_array_append_new(arr, rpc_bdev_info(bdev));
+		keel_rpc_send_result(ctx->req, arr);
+	} else {
+		rpc_bdev_send_not_found(ctx->req, ctx->name);
+	}
+	keel_poller_unregister(&ctx->poller);
+	free(ctx);
+	return KEEL_POLLER_BUSY;
+}
+
+struct rpc_get_bdevs_params {
+	const char *name;
+	uint64_t timeout_ms;
+};
+
 static void rpc_bdev_get_bdevs(struct keel_rpc_request *req, json_t *params)
 {
-	/* SPDK: lib/bdev/bdev_rpc.c; rpc.py sends timeout only with -t. */
-	static const struct rpc_compat_param spdk[] = {
-		{"timeout", KEEL_RPC_PARAM_UINT64, RPC_COMPAT_DEFAULT_ONLY, "0",
-		 "keel does not wait for a bdev to appear: call bdev_get_bdevs again", NULL},
+	/* SPDK: lib/bdev/bdev_rpc.c; rpc.py sends timeout only with -t (milliseconds). */
+	static const struct keel_rpc_param table[] = {
+		{"name", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_get_bdevs_params, name), true},
+		{"timeout", KEEL_RPC_PARAM_UINT64,
+		 offsetof(struct rpc_get_bdevs_params, timeout_ms), true},
 	};
-	struct rpc_name_param p = {NULL};
+	struct rpc_get_bdevs_params p = {NULL, 0};
+	struct rpc_bdev_wait_ctx *ctx;
 	struct keel_bdev *bdev;
 	json_t *arr;
 
-	if (!rpc_compat_decode(req, params, g_optional_name, 1, &p, spdk, 1)) {
+	if (!keel_rpc_decode_params(req, params, table, 2, &p)) {
+		return;
+	}
+	if (p.timeout_ms > RPC_BDEV_WAIT_MAX_MS) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "timeout: at most %u ms (an hour)", RPC_BDEV_WAIT_MAX_MS);
+		return;
+	}
+	if (p.name != NULL && p.timeout_ms > 0 && keel_bdev_get_by_name(p.name) == NULL) {
+		if (!rpc_bdev_check_name(req, "name", p.name)) {
+			return;
+		}
+		ctx = rpc_ctx_calloc(req, sizeof(*ctx));
+		if (ctx == NULL) {
+			return;
+		}
+		ctx->req = req;
+		ctx->deadline_ns = keel_now_ns() + p.timeout_ms * 1000000u;
+		snprintf(ctx->name, sizeof(ctx->name), "%s", p.name);
+		ctx->poller = keel_poller_register(rpc_bdev_wait_poll, ctx, RPC_BDEV_WAIT_POLL_US,
+						   "bdev_get_bdevs_wait");
+		if (ctx->poller == NULL) {
+			free(ctx);
+			keel_rpc_send_error(req, -ENOMEM, "out of memory");
+			return;
+		}
+		if (keel_rpc_request_on_abandon(req, rpc_bdev_wait_abandoned, ctx) != 0) {
+			rpc_bdev_wait_abandoned(ctx);
+		}
 		return;
 	}
 	arr = json_array();
@@ -1056,7 +1133,7 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 void rpc_bdev_register(void)
 {
 	keel_rpc_register_method("bdev_get_bdevs", rpc_bdev_get_bdevs,
-				 "List bdevs, or one with {name}");
+				 "List bdevs, or one with {name, timeout?: ms to wait for it}");
 	keel_rpc_register_method("bdev_get_iostat", rpc_bdev_get_iostat,
 				 "I/O statistics of every bdev, or {name} or {names: [...]}");
 	keel_rpc_register_method("bdev_delete", rpc_bdev_delete,

@@ -16,8 +16,7 @@ truncate -s 16M "$E2E_TMP/aio0" "$E2E_TMP/aio1"
 # Requests on stdin (one JSON object a line) are sent one at a time on one connection,
 # each as rpc.py sends it (json.dumps with indent=2, no delimiter); each reply is read
 # the way rpc.py reads it (one JSON value) and printed on a line of its own.
-send_as_rpcpy() {
-	"$PY" -c '
+cat >"$E2E_TMP/rpcpy_client.py" <<'PY'
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(60)
@@ -40,7 +39,9 @@ for line in sys.stdin:
                 sys.exit("keeld closed the connection; unanswered: " + line.strip())
             buf += chunk.decode()
     print(json.dumps(reply), flush=True)
-' "$SOCK"
+PY
+send_as_rpcpy() {
+	"$PY" "$E2E_TMP/rpcpy_client.py" "$SOCK"
 }
 
 # The jq condition a successful reply to request $req must meet (SPDK's result shape).
@@ -166,7 +167,7 @@ bdev_error_create|.params.uuid = "913fc008-79a7-447f-b2c4-c73543638c31"|uuid: ke
 bdev_error_inject_error|.params.queue_depth = 4|queue_depth: keel'"'"'s error bdev does not trigger at a queue depth
 bdev_error_inject_error|.params.corrupt_value = 7|corrupt_value: keel'"'"'s error bdev does not corrupt data
 bdev_error_inject_error|.params.error_type = "corrupt_data"|error_type: '"'"'corrupt_data'"'"' (an SPDK error type) is not supported
-bdev_get_bdevs|.params = {"timeout": 1000}|timeout: keel does not wait for a bdev to appear
+bdev_get_bdevs|.params = {"name": "m0", "timeout": 3600001}|timeout: at most 3600000 ms
 bdev_get_iostat|.params.per_channel = true|per_channel: keel reports each bdev'"'"'s statistics summed
 bdev_get_iostat|.params.reset_mode = "all"|reset_mode: keel does not reset I/O statistics'
 # Every method keel shares: a parameter SPDK does not know either is still refused.
@@ -195,7 +196,7 @@ done <<<"$REPLIES"
 
 # --- 3. values at SPDK's default, or equal to what keel does, are honoured -----------------
 ACCEPTED='{"jsonrpc": "2.0", "method": "bdev_malloc_create", "id": 1, "params": {"num_blocks": 64, "block_size": 512, "name": "pb", "physical_block_size": 512, "uuid": "913fc008-79a7-447f-b2c4-c73543638c31", "optimal_io_boundary": 0, "md_size": 0, "md_interleave": false, "dif_type": 0, "dif_is_head_of_md": false, "dif_pi_format": 0}}
-{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "id": 1, "params": {"name": "pb", "timeout": 0}}
+{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "id": 1, "params": {"name": "pb", "timeout": 1000}}
 {"jsonrpc": "2.0", "method": "bdev_get_iostat", "id": 1, "params": {"name": "pb", "per_channel": false, "reset_mode": "none"}}
 {"jsonrpc": "2.0", "method": "rpc_get_methods", "id": 1, "params": {"current": true, "include_aliases": true}}
 {"jsonrpc": "2.0", "method": "bdev_malloc_delete", "id": 1, "params": {"name": "pb"}}'
@@ -205,7 +206,47 @@ jq -se '(.[0].result == "pb") and (.[1].result[0].uuid == "913fc008-79a7-447f-b2
 	<<<"$REPLIES" >/dev/null || fail "requests at SPDK's defaults: $REPLIES"
 ok "SPDK defaults, physical_block_size = block_size and uuid are honoured"
 
-# --- 4. the deletes, and nothing refused was created -------------------------------------
+# --- 4. bdev_get_bdevs -b NAME -t MS waits for the bdev, as SPDK's does ------------------
+# Wait (up to 60 s) until thread_get_stats meets the jq condition $1.
+wait_poller() { # $1: jq condition on thread_get_stats
+	for _ in $(seq 1 600); do
+		keelctl rpc thread_get_stats | jq -e "$1" >/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+REPLIES=$(send_as_rpcpy <<<'{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "id": 1, "params": {"name": "late", "timeout": 100}}') ||
+	fail "bdev_get_bdevs with a timeout"
+jq -e '.error.code == -19' <<<"$REPLIES" >/dev/null || fail "no bdev within 100 ms: want -19, got $REPLIES"
+ok "bdev_get_bdevs -t 100 for a bdev that never comes: -19 once the time is up"
+"$PY" "$E2E_TMP/rpcpy_client.py" "$SOCK" >"$E2E_TMP/late.out" 2>&1 \
+	<<<'{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "id": 1, "params": {"name": "late", "timeout": 60000}}' &
+WAITER=$!
+E2E_EXTRA_PIDS="${E2E_EXTRA_PIDS:-} $WAITER" # killed by the cleanup if we fail
+wait_poller 'any(.threads[].pollers[]; .name == "bdev_get_bdevs_wait")' ||
+	fail "the waiting bdev_get_bdevs never showed its poller"
+keelctl rpc bdev_malloc_create '{"name": "late", "num_blocks": 64}' >/dev/null || fail "create late"
+wait $WAITER || fail "waiting bdev_get_bdevs: $(cat "$E2E_TMP/late.out")"
+jq -e '.result[0].name == "late"' "$E2E_TMP/late.out" >/dev/null ||
+	fail "waiting bdev_get_bdevs: $(cat "$E2E_TMP/late.out")"
+keelctl rpc thread_get_stats | jq -e 'all(.threads[].pollers[]; .name != "bdev_get_bdevs_wait")' \
+	>/dev/null || fail "the wait poller outlived its request"
+keelctl rpc bdev_malloc_delete '{"name": "late"}' >/dev/null || fail "delete late"
+ok "bdev_get_bdevs -t waits for a bdev created meanwhile, and its poller goes"
+# A client that gives up ends the wait: the poller goes with its connection.
+"$PY" "$E2E_TMP/rpcpy_client.py" "$SOCK" >/dev/null 2>&1 \
+	<<<'{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "id": 1, "params": {"name": "never", "timeout": 3600000}}' &
+WAITER=$!
+E2E_EXTRA_PIDS="${E2E_EXTRA_PIDS:-} $WAITER" # killed by the cleanup if we fail
+wait_poller 'any(.threads[].pollers[]; .name == "bdev_get_bdevs_wait")' ||
+	fail "the second waiting bdev_get_bdevs never showed its poller"
+kill "$WAITER"
+wait "$WAITER" 2>/dev/null
+wait_poller 'all(.threads[].pollers[]; .name != "bdev_get_bdevs_wait")' ||
+	fail "the wait poller outlived its client"
+ok "a client that goes away ends its bdev_get_bdevs wait"
+
+# --- 5. the deletes, and nothing refused was created -------------------------------------
 REPLIES=$(send_as_rpcpy <<<"$DELETES") || fail "sending rpc.py's deletes"
 check_replies "$DELETES" "$REPLIES"
 REPLIES=$(send_as_rpcpy <<<'{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "id": 1}') ||
