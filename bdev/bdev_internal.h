@@ -310,7 +310,7 @@ static inline void bdev_stats_record(struct bdev_channel *ch, unsigned type, uin
 	if (lat > s->lat_max_ns[type]) {
 		s->lat_max_ns[type] = lat;
 	}
-	s->lat_hist[b]++;
+	s->lat_hist[type][b]++;
 }
 
 #endif /* KEEL_BDEV_INTERNAL_H */

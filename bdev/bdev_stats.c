@@ -43,9 +43,9 @@ void bdev_stats_add(struct keel_bdev_io_stats *dst, const struct keel_bdev_io_st
 		if (src->lat_max_ns[t] > dst->lat_max_ns[t]) {
 			dst->lat_max_ns[t] = src->lat_max_ns[t];
 		}
-	}
-	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++) {
-		dst->lat_hist[b] += src->lat_hist[b];
+		for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++) {
+			dst->lat_hist[t][b] += src->lat_hist[t][b];
+		}
 	}
 }
 

@@ -356,7 +356,12 @@ static void rpc_iostat_done(struct keel_bdev *bdev, const struct keel_bdev_io_st
 		}
 		hist = json_array();
 		for (t = 0; t < KEEL_BDEV_LAT_BUCKETS; t++) {
-			json_array_append_new(hist, json_integer((json_int_t)stats->lat_hist[t]));
+			json_int_t sum = 0;
+
+			for (int op = 0; op < KEEL_BDEV_IO_NUM_TYPES; op++) {
+				sum += (json_int_t)stats->lat_hist[op][t];
+			}
+			json_array_append_new(hist, json_integer(sum));
 		}
 		obj = json_pack("{s:s,s:o,s:o}", "name", keel_bdev_get_name(bdev), "io", io,
 				"lat_hist_log2_us", hist);

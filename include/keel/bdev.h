@@ -211,7 +211,9 @@ struct keel_bdev_io_stats {
 	uint64_t errors[KEEL_BDEV_IO_NUM_TYPES];
 	uint64_t lat_sum_ns[KEEL_BDEV_IO_NUM_TYPES];
 	uint64_t lat_max_ns[KEEL_BDEV_IO_NUM_TYPES];
-	uint64_t lat_hist[KEEL_BDEV_LAT_BUCKETS];
+	/** Latency histogram per I/O type (log2 of microseconds, see KEEL_BDEV_LAT_BUCKETS):
+	 * lat_hist[type] sums to ops[type]. */
+	uint64_t lat_hist[KEEL_BDEV_IO_NUM_TYPES][KEEL_BDEV_LAT_BUCKETS];
 };
 
 typedef void (*keel_bdev_stats_cb)(struct keel_bdev *bdev, const struct keel_bdev_io_stats *stats,

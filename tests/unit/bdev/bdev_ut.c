@@ -1249,7 +1249,7 @@ static void test_stats(void)
 	struct stub_disk *d = stub_create("stats", 0, 0, 0);
 	struct res r = {0};
 	char buf[4096];
-	uint64_t hist = 0;
+	uint64_t hist = 0, write_hist = 0;
 
 	setup(2);
 	open_disk(d, &desc, &ch0);
@@ -1280,9 +1280,11 @@ static void test_stats(void)
 	CU_ASSERT(g_stats.lat_max_ns[KEEL_BDEV_IO_READ] * 3 >=
 		  g_stats.lat_sum_ns[KEEL_BDEV_IO_READ]);
 	for (int b = 0; b < KEEL_BDEV_LAT_BUCKETS; b++) {
-		hist += g_stats.lat_hist[b];
+		hist += g_stats.lat_hist[KEEL_BDEV_IO_READ][b];
+		write_hist += g_stats.lat_hist[KEEL_BDEV_IO_WRITE][b];
 	}
-	CU_ASSERT_EQUAL(hist, 4);
+	CU_ASSERT_EQUAL(hist, 3);
+	CU_ASSERT_EQUAL(write_hist, 1);
 	close_disk(desc, ch0);
 	teardown();
 }
@@ -1312,7 +1314,7 @@ static void test_stats_latency_bucket(void)
 	ut_poll_threads();
 	CU_ASSERT_EQUAL_FATAL(g_stats_done, 1);
 	for (int b = 11; b < KEEL_BDEV_LAT_BUCKETS; b++) {
-		slow += g_stats.lat_hist[b];
+		slow += g_stats.lat_hist[KEEL_BDEV_IO_READ][b];
 	}
 	CU_ASSERT_EQUAL(slow, 1);
 	CU_ASSERT(g_stats.lat_max_ns[KEEL_BDEV_IO_READ] >= 3000000);
