@@ -173,6 +173,21 @@ struct nbd_conn {
 	char *refuse;              /* refuse the first option with this message */
 };
 
+/* Socket bytes of an export's connection (nbd_export_traffic); kernel devices have none. */
+static inline void nbd_conn_count_in(struct nbd_conn *conn, ssize_t n)
+{
+	if (conn->exp != NULL && conn->exp->traffic != NULL) {
+		nbd_traffic_add(&conn->exp->traffic->bytes_in, n);
+	}
+}
+
+static inline void nbd_conn_count_out(struct nbd_conn *conn, ssize_t n)
+{
+	if (conn->exp != NULL && conn->exp->traffic != NULL) {
+		nbd_traffic_add(&conn->exp->traffic->bytes_out, n);
+	}
+}
+
 /*
  * Lifetime (nbd_conn.c)
  */

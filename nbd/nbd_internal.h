@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/types.h>
 
 #include "keel/bdev.h"
 #include "keel/nbd.h"
@@ -17,8 +18,28 @@ struct nbd_conn;
 struct keel_thread;
 
 /**
+ * Bytes an export's connections received and sent on their sockets (NBD headers and
+ * payloads, the handshake included), for keel_nbd_export_get_traffic(). Each NBD thread
+ * adds with one relaxed atomic per recv()/send() call, which already batches many
+ * requests; the main thread reads.
+ */
+struct nbd_export_traffic {
+	uint64_t bytes_in;
+	uint64_t bytes_out;
+};
+
+/** Count the \p n bytes of a recv()/send() result into \p counter (nothing for n <= 0). */
+static inline void nbd_traffic_add(uint64_t *counter, ssize_t n)
+{
+	if (n > 0) {
+		__atomic_fetch_add(counter, (uint64_t)n, __ATOMIC_RELAXED);
+	}
+}
+
+/**
  * What a handshake needs to know about an export. Immutable while any connection
- * uses it, so NBD threads read it without messages.
+ * uses it, so NBD threads read it without messages (traffic points at counters they
+ * add to).
  */
 struct nbd_export_info {
 	char name[257];
@@ -27,6 +48,7 @@ struct nbd_export_info {
 	uint32_t block_size;
 	uint16_t tflags; /* transmission flags incl. NBD_FLAG_HAS_FLAGS */
 	struct keel_bdev_desc *desc;
+	struct nbd_export_traffic *traffic; /* NULL: nothing counts */
 };
 
 /**

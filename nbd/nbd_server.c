@@ -88,6 +88,7 @@ struct keel_nbd_export {
 	int unix_fd;
 	int tcp_fd;
 	struct nbd_waiter_list waiters;
+	struct nbd_export_traffic traffic; /* info.traffic points here */
 };
 
 struct nbd_worker {
@@ -911,6 +912,7 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 	snprintf(exp->description, sizeof(exp->description), "keel %s bdev %s",
 		 keel_bdev_get_module_name(bdev), keel_bdev_get_name(bdev));
 	exp->info.description = exp->description;
+	exp->info.traffic = &exp->traffic;
 	exp->state = NBD_EXPORT_STARTING;
 
 	rc = keel_spawn_blocking(nbd_listen_blocking, exp, nbd_export_listen_done, exp);
@@ -1075,4 +1077,11 @@ bool keel_nbd_export_is_read_only(const struct keel_nbd_export *exp)
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp)
 {
 	return exp->num_conns - exp->num_refusing;
+}
+
+void keel_nbd_export_get_traffic(const struct keel_nbd_export *exp, uint64_t *bytes_in,
+				 uint64_t *bytes_out)
+{
+	*bytes_in = __atomic_load_n(&exp->traffic.bytes_in, __ATOMIC_RELAXED);
+	*bytes_out = __atomic_load_n(&exp->traffic.bytes_out, __ATOMIC_RELAXED);
 }

@@ -74,6 +74,7 @@ int nbd_conn_tx(struct nbd_conn *conn)
 			return 1;
 		}
 		conn->wsent += (size_t)n;
+		nbd_conn_count_out(conn, n);
 		conn->tx_wait_since_ns = 0;
 		work = 1;
 	}
@@ -125,6 +126,7 @@ int nbd_conn_tx(struct nbd_conn *conn)
 			return 1;
 		}
 		work = 1;
+		nbd_conn_count_out(conn, n);
 		conn->tx_wait_since_ns = 0;
 		/* Retire every reply that went out completely. */
 		{
@@ -236,6 +238,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 			iov[1].iov_len = NBD_DIRECT_RECV_TAIL;
 			want = pay + NBD_DIRECT_RECV_TAIL;
 			n = recvmsg(conn->fd, &msg, MSG_DONTWAIT);
+			nbd_conn_count_in(conn, n);
 			if (n > 0) {
 				work = 1;
 				conn->rx_wait_since_ns = 0;
@@ -268,6 +271,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 				break;
 			}
 			n = recv(conn->fd, conn->rbuf + conn->rlen, want, MSG_DONTWAIT);
+			nbd_conn_count_in(conn, n);
 			if (n > 0) {
 				work = 1;
 				conn->rx_wait_since_ns = 0;

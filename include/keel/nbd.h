@@ -91,6 +91,13 @@ const char *keel_nbd_export_get_tcp(const struct keel_nbd_export *exp);
 bool keel_nbd_export_is_read_only(const struct keel_nbd_export *exp);
 /** Number of open client connections (handshake or transmission). */
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp);
+/**
+ * Bytes the export's socket connections received (\p bytes_in) and sent (\p bytes_out)
+ * since it started, NBD headers and the handshake included. Main keel thread (the
+ * export's lifetime); the counters themselves are read atomically.
+ */
+void keel_nbd_export_get_traffic(const struct keel_nbd_export *exp, uint64_t *bytes_in,
+				 uint64_t *bytes_out);
 
 /** Whether \p name is a valid export name (see keel_nbd_export_opts.name). */
 bool keel_nbd_export_name_is_valid(const char *name);
