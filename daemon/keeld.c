@@ -32,6 +32,7 @@
 #include "keel/nexus.h"
 #include "keel/reactor.h"
 #include "keel/rpc.h"
+#include "metrics.h"
 #include "options.h"
 #include "paths.h"
 #include "rebuild_history.h"
@@ -151,6 +152,7 @@ static void keeld_shutdown(void)
 	KEEL_NOTICELOG("keeld: shutting down");
 	keeld_notify_stopping();
 	keel_rpc_server_stop();
+	keeld_metrics_stop(); /* a scrape waiting on us gets 503 now */
 	keel_poller_unregister(&g_signal_poller);
 	if (g_signal_fd >= 0) {
 		close(g_signal_fd);
@@ -234,6 +236,16 @@ static void keeld_rpc_start(void)
 					     strerror(-rc));
 		}
 		return;
+	}
+	if (g_opts.metrics_listen[0] != '\0') {
+		struct keeld_metrics_opts mopts = {.listen = g_opts.metrics_listen};
+		char err[256];
+
+		rc = keeld_metrics_start(&mopts, err, sizeof(err));
+		if (rc != 0) {
+			keeld_startup_failed("%s", err);
+			return;
+		}
 	}
 	KEEL_NOTICELOG("keeld: ready (rpc socket %s, %u reactors, pid %d)", g_opts.rpc_socket,
 		       keel_reactor_count(), (int)getpid());

@@ -46,6 +46,11 @@ static void keeld_usage(FILE *f)
 		"  --volume-backend aio|uring  what opens the replica files of volumes created\n"
 		"                       without --backend (default aio); uring falls back to\n"
 		"                       aio with a log line where io_uring is refused\n"
+		"  --metrics-listen ADDR  serve Prometheus metrics at http://ADDR/metrics;\n"
+		"                       ADDR is PORT (loopback 127.0.0.1), IP:PORT or\n"
+		"                       [IPV6]:PORT. Off unless given. A non-loopback address\n"
+		"                       is used only when written out here: the page has no\n"
+		"                       authentication (docs/monitoring.md)\n"
 		"  --foreground         stay in the foreground and log to stderr; without it\n"
 		"                       keeld detaches once the socket is ready and logs to\n"
 		"                       STATE_DIR/keeld.log\n"
@@ -115,6 +120,7 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		OPT_NBD_HANDSHAKE,
 		OPT_NBD_STALL,
 		OPT_VOLUME_BACKEND,
+		OPT_METRICS_LISTEN,
 	};
 	static const struct option longopts[] = {
 		{"cpus", required_argument, NULL, OPT_CPUS},
@@ -133,6 +139,7 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 		{"nbd-handshake-timeout", required_argument, NULL, OPT_NBD_HANDSHAKE},
 		{"nbd-stall-timeout", required_argument, NULL, OPT_NBD_STALL},
 		{"volume-backend", required_argument, NULL, OPT_VOLUME_BACKEND},
+		{"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -270,6 +277,17 @@ int keeld_opts_parse(int argc, char **argv, struct keeld_opts *opts, FILE *out, 
 				return -EINVAL;
 			}
 			break;
+		case OPT_METRICS_LISTEN: {
+			struct sockaddr_storage addr;
+			socklen_t alen;
+
+			if (keeld_metrics_addr_parse(optarg, &addr, &alen, why, sizeof(why)) != 0) {
+				fprintf(err, "keeld: --metrics-listen '%s': %s\n", optarg, why);
+				return -EINVAL;
+			}
+			snprintf(opts->metrics_listen, sizeof(opts->metrics_listen), "%s", optarg);
+			break;
+		}
 		case 'h':
 			keeld_usage(out);
 			return 1;

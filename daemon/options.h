@@ -10,6 +10,7 @@
 #include "keel/nbd.h"
 #include "keel/reactor.h"
 #include "keel/rpc.h"
+#include "metrics.h"
 #include "volume_manager.h"
 
 struct keeld_opts {
@@ -22,6 +23,7 @@ struct keeld_opts {
 	struct keel_rpc_server_opts rpc;   /* --rpc-max-connections, --rpc-idle-timeout, ... */
 	struct keel_nbd_options nbd;       /* --nbd-buffer-budget, --nbd-max-connections, ... */
 	enum keeld_backend volume_backend; /* --volume-backend: of volumes created without one */
+	char metrics_listen[KEELD_METRICS_ADDR_MAX + 1]; /* --metrics-listen; "": off */
 };
 
 /**
