@@ -208,18 +208,22 @@ static void rpc_nbd_get_exports(struct keel_rpc_request *req, json_t *params)
 	}
 	arr = json_array();
 	for (exp = keel_nbd_export_first(); exp != NULL; exp = keel_nbd_export_next(exp)) {
+		uint64_t bytes_in, bytes_out;
+
 		if (name != NULL && strcmp(name, keel_nbd_export_get_name(exp)) != 0) {
 			continue;
 		}
+		keel_nbd_export_get_traffic(exp, &bytes_in, &bytes_out);
 		json_array_append_new(
 			arr,
-			json_pack("{s:s, s:s, s:o, s:o, s:b, s:I}", "name",
+			json_pack("{s:s, s:s, s:o, s:o, s:b, s:I, s:I, s:I}", "name",
 				  keel_nbd_export_get_name(exp), "bdev_name",
 				  keel_nbd_export_get_bdev_name(exp), "socket",
 				  rpc_nbd_string_or_null(keel_nbd_export_get_socket_path(exp)),
 				  "tcp", rpc_nbd_string_or_null(keel_nbd_export_get_tcp(exp)),
 				  "read_only", keel_nbd_export_is_read_only(exp), "connections",
-				  (json_int_t)keel_nbd_export_get_connection_count(exp)));
+				  (json_int_t)keel_nbd_export_get_connection_count(exp), "bytes_in",
+				  (json_int_t)bytes_in, "bytes_out", (json_int_t)bytes_out));
 	}
 	keel_rpc_send_result(req, arr);
 }

@@ -161,6 +161,12 @@ out1=$(int keel_export_sent_bytes_total export=v1,bdev=v1)
 [ "$in1" -ge $((in0 + 2097152)) ] || fail "export bytes in did not move by 2 MiB: $in0 -> $in1"
 [ "$out1" -ge $((out0 + 1048576)) ] || fail "export bytes out did not move by 1 MiB: $out0 -> $out1"
 fcmp "$(val keel_reactor_busy_seconds_total reactor=0,cpu=0)" ">" "$busy0" || fail "reactor 0 busy time did not move"
+# RPC and the page read the same counters (nothing moved since the scrape).
+exports=$(keelctl rpc nbd_get_exports '{"name":"v1"}') || fail "nbd_get_exports: $exports"
+[ "$(jget "$exports" '.[0].bytes_in')" = "$in1" ] || fail "nbd_get_exports bytes_in $(jget "$exports" '.[0].bytes_in') != metrics $in1"
+[ "$(jget "$exports" '.[0].bytes_out')" = "$out1" ] || fail "nbd_get_exports bytes_out != metrics $out1"
+iostat=$(keelctl rpc bdev_get_iostat '{"name":"v1"}') || fail "bdev_get_iostat: $iostat"
+[ "$(jget "$iostat" '.bdevs[0].io.write.ops')" = "$w1" ] || fail "bdev_get_iostat write ops != metrics $w1"
 ok "counters moved: writes $w0 -> $w1 ($wb0 -> $wb1 bytes), histogram count $hc, export in $in0 -> $in1, out $out0 -> $out1"
 
 [ "$(q hold "$URI")" = ok ] || fail "cannot hold an NBD connection to v1"

@@ -92,7 +92,8 @@ static int count_lines(const char *text, const char *prefix)
 {
 	int n = 0;
 
-	for (const char *p = text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : p) {
+	for (const char *p = text; p != NULL && *p != '\0';
+	     p = strchr(p, '\n'), p = p ? p + 1 : p) {
 		n += strncmp(p, prefix, strlen(prefix)) == 0;
 	}
 	return n;
@@ -104,24 +105,26 @@ static void test_render(void)
 	char *text;
 
 	for (int b = 0; b < 32; b++) {
-		json_array_append_new(hist, json_integer(b == 3 ? 2 : b == 40 ? 9 : b == 31 ? 1 : 0));
+		json_array_append_new(hist, json_integer(b == 3    ? 2
+							 : b == 40 ? 9
+							 : b == 31 ? 1
+								   : 0));
 	}
 	snap = json_pack(
 		"{s:[{s:s,s:s,s:I,s:[{s:s,s:s,s:{s:{s:I,s:I,s:I,s:I}}},{s:s,s:s}],"
 		"s:[{s:s,s:s,s:I,s:I,s:I,s:f,s:I}],s:{s:{s:I,s:I,s:I,s:I,s:o}}}],"
 		"s:[{s:s,s:s,s:I,s:I,s:I}],s:[{s:i,s:i,s:s,s:I,s:I,s:I}]}",
 		"volumes", "name", "v\"1\\\n", "state", "degraded", "size", (json_int_t)1048576,
-		"replicas", "bdev", "v.r0", "state", "healthy", "io", "read", "ops",
-		(json_int_t)1, "bytes", (json_int_t)1, "errors", (json_int_t)2, "lat_sum_ns",
-		(json_int_t)1, "uuid", "u-1", "state", "offline", "rebuilds", "target", "v.r2",
-		"state", "running", "blocks_total", (json_int_t)100, "blocks_done", (json_int_t)25,
-		"block_size", (json_int_t)512, "rate_mib_s", 2.0, "eta_s", (json_int_t)-1, "io",
-		"write", "ops", (json_int_t)3, "bytes", (json_int_t)12288, "errors",
-		(json_int_t)0, "lat_sum_ns", (json_int_t)1500000000, "lat_hist", hist, "exports",
-		"name", "e1", "bdev", "v", "connections", (json_int_t)2, "bytes_in",
-		(json_int_t)10, "bytes_out", (json_int_t)20, "reactors", "reactor", 0, "cpu", 3,
-		"mode", "poll", "busy_ns", (json_int_t)1500000000, "idle_ns", (json_int_t)0,
-		"wakeups", (json_int_t)7);
+		"replicas", "bdev", "v.r0", "state", "healthy", "io", "read", "ops", (json_int_t)1,
+		"bytes", (json_int_t)1, "errors", (json_int_t)2, "lat_sum_ns", (json_int_t)1,
+		"uuid", "u-1", "state", "offline", "rebuilds", "target", "v.r2", "state", "running",
+		"blocks_total", (json_int_t)100, "blocks_done", (json_int_t)25, "block_size",
+		(json_int_t)512, "rate_mib_s", 2.0, "eta_s", (json_int_t)-1, "io", "write", "ops",
+		(json_int_t)3, "bytes", (json_int_t)12288, "errors", (json_int_t)0, "lat_sum_ns",
+		(json_int_t)1500000000, "lat_hist", hist, "exports", "name", "e1", "bdev", "v",
+		"connections", (json_int_t)2, "bytes_in", (json_int_t)10, "bytes_out",
+		(json_int_t)20, "reactors", "reactor", 0, "cpu", 3, "mode", "poll", "busy_ns",
+		(json_int_t)1500000000, "idle_ns", (json_int_t)0, "wakeups", (json_int_t)7);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(snap);
 	text = render(snap);
 	/* Label values escaped: quote, backslash, newline. */
@@ -147,9 +150,12 @@ static void test_render(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "replica=\"v.r2\"} 12800\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "replica=\"v.r2\"} 2097152\n"));
 	CU_ASSERT_EQUAL(count_lines(text, "keel_volume_rebuild_eta_seconds{"), 0);
-	CU_ASSERT_PTR_NOT_NULL(strstr(text, "keel_export_sent_bytes_total{export=\"e1\",bdev=\"v\"} 20\n"));
-	CU_ASSERT_PTR_NOT_NULL(strstr(text, "keel_reactor_busy_seconds_total{reactor=\"0\",cpu=\"3\"} 1.5\n"));
-	CU_ASSERT_PTR_NOT_NULL(strstr(text, "keel_reactor_mode{reactor=\"0\",cpu=\"3\",mode=\"poll\"} 1\n"));
+	CU_ASSERT_PTR_NOT_NULL(
+		strstr(text, "keel_export_sent_bytes_total{export=\"e1\",bdev=\"v\"} 20\n"));
+	CU_ASSERT_PTR_NOT_NULL(
+		strstr(text, "keel_reactor_busy_seconds_total{reactor=\"0\",cpu=\"3\"} 1.5\n"));
+	CU_ASSERT_PTR_NOT_NULL(
+		strstr(text, "keel_reactor_mode{reactor=\"0\",cpu=\"3\",mode=\"poll\"} 1\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "process_resident_memory_bytes 4096\n"));
 	/* Every family once, HELP and TYPE together. */
 	CU_ASSERT_EQUAL(count_lines(text, "# TYPE keel_volume_state gauge"), 1);
@@ -178,8 +184,8 @@ static void *answer_thread(void *arg)
 {
 	(void)arg;
 	usleep(20000);
-	keeld_metrics_snapshot_ready(json_pack("{s:[],s:[],s:[]}", "volumes", "exports",
-					       "reactors"));
+	keeld_metrics_snapshot_ready(
+		json_pack("{s:[],s:[],s:[]}", "volumes", "exports", "reactors"));
 	return NULL;
 }
 
@@ -245,7 +251,7 @@ static void test_http_timeout(void)
 	t0 = keel_now_ns();
 	CU_ASSERT_EQUAL(http("GET /metrics HTTP/1.0\r\n\r\n", body, sizeof(body)), 503);
 	ms = (keel_now_ns() - t0) / 1000000;
-	CU_ASSERT(ms >= 150); /* it did wait for the daemon... */
+	CU_ASSERT(ms >= 150);  /* it did wait for the daemon... */
 	CU_ASSERT(ms < 10000); /* ...but not for ever */
 	CU_ASSERT_PTR_NOT_NULL(strstr(body, "did not answer in time"));
 	/* The first snapshot is still being gathered: no second ask piles on. */
@@ -283,7 +289,7 @@ static void test_http_requests(void)
 	CU_ASSERT_EQUAL(http("PUT /x HTTP/1.0\r\n\r\n", NULL, 0), 405);
 	code = http("garbage\r\n\r\n", NULL, 0);
 	CU_ASSERT(code == 0 || code / 100 == 4); /* refused or closed, never served */
-	CU_ASSERT_EQUAL(g_asks, 3); /* the two GETs and the HEAD */
+	CU_ASSERT_EQUAL(g_asks, 3);              /* the two GETs and the HEAD */
 	keeld_metrics_stop();
 	keeld_metrics_stop(); /* idempotent */
 }
