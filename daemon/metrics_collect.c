@@ -161,6 +161,19 @@ static json_t *metrics_collect_exports(void)
 	return arr;
 }
 
+/* The daemon-wide NBD counters nbd_get_stats returns. */
+static json_t *metrics_collect_nbd(void)
+{
+	struct keel_nbd_stats st;
+
+	keel_nbd_get_stats(&st);
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "connections", (json_int_t)st.connections,
+			 "connections_refused", (json_int_t)st.connections_refused, "buffer_bytes",
+			 (json_int_t)st.buffer_bytes, "buffer_waits", (json_int_t)st.buffer_waits,
+			 "handshake_timeouts", (json_int_t)st.handshake_timeouts, "stall_timeouts",
+			 (json_int_t)st.stall_timeouts);
+}
+
 static json_t *metrics_collect_reactors(void)
 {
 	json_t *arr = json_array();
@@ -190,8 +203,9 @@ void metrics_collect(void *arg)
 	if (ctx == NULL || volumes == NULL) {
 		goto out_nomem;
 	}
-	ctx->snapshot = json_pack("{s:o,s:o,s:O}", "exports", metrics_collect_exports(), "reactors",
-				  metrics_collect_reactors(), "volumes", volumes);
+	ctx->snapshot = json_pack("{s:o,s:o,s:o,s:O}", "exports", metrics_collect_exports(), "nbd",
+				  metrics_collect_nbd(), "reactors", metrics_collect_reactors(),
+				  "volumes", volumes);
 	if (ctx->snapshot == NULL || metrics_collect_volumes(ctx, volumes) != 0) {
 		json_decref(ctx->snapshot);
 		goto out_nomem;

@@ -266,13 +266,16 @@ static enum MHD_Result metrics_serve(struct MHD_Connection *conn)
 	struct metrics_process proc;
 	struct MHD_Response *resp;
 	json_t *snapshot = NULL;
+	uint64_t t0, waited_ns;
 	enum MHD_Result ret;
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *out;
 	int rc;
 
+	t0 = keel_now_ns();
 	rc = metrics_wait_snapshot(&snapshot);
+	waited_ns = keel_now_ns() - t0;
 	if (rc == -ETIMEDOUT) {
 		/* A stuck daemon is scraped every few seconds: one line a minute is enough. */
 		KEEL_WARNLOG_RATELIMITED(60000,
@@ -289,6 +292,7 @@ static enum MHD_Result metrics_serve(struct MHD_Connection *conn)
 					 NULL);
 	}
 	metrics_process_read(&proc);
+	proc.collect_seconds = (double)waited_ns / 1e9;
 	out = open_memstream(&buf, &len);
 	if (out == NULL) {
 		json_decref(snapshot);

@@ -9,6 +9,7 @@
  *   {"volumes": [volume_get's object, plus "io": iostat (below) for the volume bdev and
  *                for each replica that has a bdev],
  *    "exports": [{"name", "bdev", "connections", "bytes_in", "bytes_out"}],
+ *    "nbd": nbd_get_stats' counters,
  *    "reactors": [{"reactor", "cpu", "mode", "busy_ns", "idle_ns", "wakeups"}]}
  * iostat: {"read"|"write"|...: {"ops", "bytes", "errors", "lat_sum_ns",
  *          "lat_hist": [KEEL_BDEV_LAT_BUCKETS counts]}}.
@@ -46,6 +47,7 @@ struct metrics_process {
 	bool have_cpu;
 	double cpu_seconds;
 	double start_time_seconds; /**< since the epoch; 0 when unknown */
+	double collect_seconds;    /**< how long the daemon took to answer this scrape */
 };
 
 /** Fill \p proc from /proc/self (what cannot be read stays unset). Not on a reactor. */

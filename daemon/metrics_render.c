@@ -412,6 +412,35 @@ static void render_replicas(FILE *o, json_t *volumes)
 /* Exports, reactors, the process                                                  */
 /* ------------------------------------------------------------------------------ */
 
+/*
+ * Families whose samples are a numeric field of each object of \p objects, labelled by
+ * \p labels_fn (NULL: no labels).
+ */
+static void render_fields(FILE *o, const struct field_family *rows, size_t n, json_t *objects,
+			  void (*labels_fn)(struct labels *l, json_t *obj))
+{
+	struct labels l;
+	json_t *obj;
+	size_t i;
+
+	for (size_t r = 0; r < n; r++) {
+		family(o, rows[r].name, rows[r].type, rows[r].help);
+		json_array_foreach(objects, i, obj) {
+			labels_init(&l);
+			if (labels_fn != NULL) {
+				labels_fn(&l, obj);
+			}
+			put_u64(o, rows[r].name, &l, ju64(obj, rows[r].field));
+		}
+	}
+}
+
+static void labels_export(struct labels *l, json_t *e)
+{
+	labels_add(l, "export", jstr(e, "name"));
+	labels_add(l, "bdev", jstr(e, "bdev"));
+}
+
 static void render_exports(FILE *o, json_t *exports)
 {
 	static const struct field_family rows[] = {
@@ -422,19 +451,32 @@ static void render_exports(FILE *o, json_t *exports)
 		{"keel_export_sent_bytes_total", "counter", NULL, "bytes_out",
 		 "Bytes sent to the export's NBD clients (headers and payload)"},
 	};
-	struct labels l;
-	json_t *e;
-	size_t i, r;
 
-	for (r = 0; r < ARRAY_LEN(rows); r++) {
-		family(o, rows[r].name, rows[r].type, rows[r].help);
-		json_array_foreach(exports, i, e) {
-			labels_init(&l);
-			labels_add(&l, "export", jstr(e, "name"));
-			labels_add(&l, "bdev", jstr(e, "bdev"));
-			put_u64(o, rows[r].name, &l, ju64(e, rows[r].field));
-		}
+	render_fields(o, rows, ARRAY_LEN(rows), exports, labels_export);
+}
+
+static void render_nbd(FILE *o, json_t *nbd)
+{
+	static const struct field_family rows[] = {
+		{"keel_nbd_connections", "gauge", NULL, "connections",
+		 "NBD socket connections open, all exports"},
+		{"keel_nbd_connections_refused_total", "counter", NULL, "connections_refused",
+		 "NBD connections refused because a connection limit was reached"},
+		{"keel_nbd_buffer_bytes", "gauge", NULL, "buffer_bytes",
+		 "Payload bytes NBD requests hold now (the buffer budget's use)"},
+		{"keel_nbd_buffer_waits_total", "counter", NULL, "buffer_waits",
+		 "Times an NBD connection waited for the buffer budget"},
+		{"keel_nbd_handshake_timeouts_total", "counter", NULL, "handshake_timeouts",
+		 "NBD connections closed for not choosing an export in time"},
+		{"keel_nbd_stall_timeouts_total", "counter", NULL, "stall_timeouts",
+		 "NBD connections closed because the client stalled"},
+	};
+	json_t *one = json_pack("[O]", nbd);
+
+	if (nbd != NULL && one != NULL) {
+		render_fields(o, rows, ARRAY_LEN(rows), one, NULL);
 	}
+	json_decref(one);
 }
 
 static void labels_reactor(struct labels *l, json_t *r)
@@ -506,6 +548,11 @@ static void render_process(FILE *o, const struct metrics_process *p)
 		       "Start time of the process since the epoch in seconds");
 		put_f(o, "process_start_time_seconds", NULL, p->start_time_seconds);
 	}
+	if (p->collect_seconds > 0) {
+		family(o, "keel_metrics_collect_seconds", "gauge",
+		       "How long keeld took to gather the snapshot of this scrape");
+		put_f(o, "keel_metrics_collect_seconds", NULL, p->collect_seconds);
+	}
 	family(o, "keel_build_info", "gauge", "Always 1; the version of keeld in a label");
 	labels_init(&l);
 	labels_add(&l, "version", KEEL_VERSION);
@@ -521,6 +568,7 @@ int metrics_render(FILE *out, json_t *snapshot, const struct metrics_process *pr
 	render_rebuilds(out, volumes);
 	render_replicas(out, volumes);
 	render_exports(out, json_object_get(snapshot, "exports"));
+	render_nbd(out, json_object_get(snapshot, "nbd"));
 	render_reactors(out, json_object_get(snapshot, "reactors"));
 	render_process(out, proc);
 	return ferror(out) ? -EIO : 0;

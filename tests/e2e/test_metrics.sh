@@ -94,6 +94,9 @@ for ft in keel_volume_state:gauge keel_volume_size_bytes:gauge keel_volume_repli
 	keel_volume_rebuild_eta_seconds:gauge keel_replica_state:gauge \
 	keel_replica_io_errors_total:counter keel_export_connections:gauge \
 	keel_export_received_bytes_total:counter keel_export_sent_bytes_total:counter \
+	keel_nbd_connections:gauge keel_nbd_connections_refused_total:counter \
+	keel_nbd_buffer_bytes:gauge keel_nbd_stall_timeouts_total:counter \
+	keel_metrics_collect_seconds:gauge \
 	keel_reactor_busy_seconds_total:counter keel_reactor_idle_seconds_total:counter \
 	keel_reactor_wakeups_total:counter keel_reactor_mode:gauge \
 	process_resident_memory_bytes:gauge process_open_fds:gauge keel_build_info:gauge; do
@@ -130,6 +133,7 @@ ok "docs/monitoring.md lists every family; its alert rules parse and use served 
 [ "$(int keel_reactor_mode reactor=0,mode=adaptive)" = 1 ] || fail "reactor 0 not adaptive in the metrics"
 rss=$(int process_resident_memory_bytes -)
 [ "$rss" -gt 1048576 ] || fail "process_resident_memory_bytes $rss is not plausible"
+fcmp "$(val keel_metrics_collect_seconds -)" "<" 5 || fail "keel_metrics_collect_seconds not below the 5 s timeout"
 fds=$(int process_open_fds -)
 [ "$fds" -gt 3 ] || fail "process_open_fds $fds is not plausible"
 ok "v1 online with 2 healthy replicas; process RSS $rss bytes, $fds fds"
@@ -172,6 +176,7 @@ ok "counters moved: writes $w0 -> $w1 ($wb0 -> $wb1 bytes), histogram count $hc,
 [ "$(q hold "$URI")" = ok ] || fail "cannot hold an NBD connection to v1"
 scrape
 [ "$(int keel_export_connections export=v1,bdev=v1)" = 1 ] || fail "a connected client is not counted"
+[ "$(int keel_nbd_connections -)" = 1 ] || fail "keel_nbd_connections is not 1 with one client"
 [ "$(q release)" = ok ] || fail "cannot close the NBD connection"
 ok "a connected NBD client shows in keel_export_connections"
 
