@@ -399,8 +399,7 @@ int keeld_metrics_start(const struct keeld_metrics_opts *opts, char *err, size_t
 						     : KEELD_METRICS_DEFAULT_MAX_CONNECTIONS),
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)KEELD_METRICS_IDLE_TIMEOUT_S,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)KEELD_METRICS_MAX_REQUEST_BYTES,
-		MHD_OPTION_LISTEN_BACKLOG_SIZE, 16u, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-		MHD_OPTION_END);
+		MHD_OPTION_LISTEN_BACKLOG_SIZE, 16u, MHD_OPTION_END);
 	if (g_m.mhd == NULL) {
 		int rc = errno != 0 ? -errno : -EIO;
 

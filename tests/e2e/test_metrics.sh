@@ -41,6 +41,14 @@ start_keeld --metrics-listen "127.0.0.1:$PORT"
 [ "$(keeld_tcp_listeners)" = 1 ] || fail "keeld does not listen on one TCP port with --metrics-listen"
 ss -Hltn "sport = :$PORT" | grep -q "127.0.0.1:$PORT" || fail "metrics port $PORT not bound to 127.0.0.1"
 
+# A second keeld on the same port stops at startup and says why.
+out=$(timeout 60 "$KEEL_BIN/keeld" --foreground --rpc-socket "$E2E_TMP/second.sock" \
+	--state-dir "$E2E_TMP/second" --cpus "${KEEL_E2E_CPUS:-0}" --metrics-listen "127.0.0.1:$PORT" 2>&1)
+rc=$?
+[ $rc -eq 1 ] || fail "a second keeld on metrics port $PORT exited with $rc, want 1: $out"
+case "$out" in *"address is in use"*) ;; *) fail "a second keeld on the same port does not say why: $out" ;; esac
+ok "a second keeld on the same metrics port exits 1: the address is in use"
+
 coproc PROM { "$PY" -u "$E2E_DIR/metrics/prom_client.py" "http://127.0.0.1:$PORT/metrics" 2>&1; }
 E2E_EXTRA_PIDS=$PROM_PID
 
