@@ -126,6 +126,9 @@ static void test_render(void)
 		(json_int_t)20, "reactors", "reactor", 0, "cpu", 3, "mode", "poll", "busy_ns",
 		(json_int_t)1500000000, "idle_ns", (json_int_t)0, "wakeups", (json_int_t)7);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(snap);
+	json_object_set_new(snap, "nbd",
+			    json_pack("{s:I,s:I}", "connections", (json_int_t)4,
+				      "connections_refused", (json_int_t)9));
 	text = render(snap);
 	/* Label values escaped: quote, backslash, newline. */
 	CU_ASSERT_PTR_NOT_NULL(
@@ -157,6 +160,9 @@ static void test_render(void)
 	CU_ASSERT_PTR_NOT_NULL(
 		strstr(text, "keel_reactor_mode{reactor=\"0\",cpu=\"3\",mode=\"poll\"} 1\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "process_resident_memory_bytes 4096\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nkeel_nbd_connections 4\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nkeel_nbd_connections_refused_total 9\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nkeel_nbd_stall_timeouts_total 0\n"));
 	/* Every family once, HELP and TYPE together. */
 	CU_ASSERT_EQUAL(count_lines(text, "# TYPE keel_volume_state gauge"), 1);
 	CU_ASSERT_EQUAL(count_lines(text, "# TYPE keel_volume_io_latency_seconds histogram"), 1);
