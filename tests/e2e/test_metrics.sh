@@ -7,7 +7,9 @@
 #  - a faulted replica shows in the gauges; a rebuild shows progress, rate and ETA
 #    (rate-limited far below anything that could finish while we look);
 #  - hostile HTTP (wrong path, POST with a body, a huge header, a flood of idle
-#    connections) gets clear answers and keeld keeps serving.
+#    connections) gets clear answers and keeld keeps serving;
+#  - a main thread that does not answer (a test-only stall) gets scrapes a 503 after
+#    the timeout, never a hang; scrapes work again once it runs.
 # One python process parses every page (tests/e2e/metrics/prom_client.py).
 . "$(dirname "$0")/lib.sh"
 
@@ -37,7 +39,8 @@ stop_keeld || fail "keeld exited with an error"
 
 # --- on a free loopback port --------------------------------------------------------
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-start_keeld --metrics-listen "127.0.0.1:$PORT"
+# KEEL_DEBUG_RPC=1: the test-only method that stalls a reactor (the 503 check below).
+KEEL_DEBUG_RPC=1 start_keeld --metrics-listen "127.0.0.1:$PORT"
 [ "$(keeld_tcp_listeners)" = 1 ] || fail "keeld does not listen on one TCP port with --metrics-listen"
 ss -Hltn "sport = :$PORT" | grep -q "127.0.0.1:$PORT" || fail "metrics port $PORT not bound to 127.0.0.1"
 
@@ -271,6 +274,30 @@ scrape_ok() { case "$(q scrape)" in ok*) return 0 ;; *) return 1 ;; esac; }
 wait_until 60 "a scrape after the flood" scrape_ok
 keeld_alive || fail "keeld died"
 ok "100 idle connections: keeld held $n (limit 16), RPC kept answering, scrapes work again once they close"
+
+# --- a daemon that does not answer -----------------------------------------------------
+# Reactor 0 runs the main keel thread, which gathers snapshots: stalled for 30 s, it
+# cannot answer, and the scrape gets 503 after keeld's 5 s timeout instead of hanging.
+# The second scrape finds the first snapshot still pending and waits for it rather
+# than queue another. The stall (30 s) outlasts both (about 10 s after it began).
+keelctl --timeout 120 rpc framework_debug_stall_reactor '{"reactor": 0, "ms": 30000}' \
+	>"$E2E_TMP/stall.out" 2>&1 &
+STALL_PID=$!
+stall_began() { grep -q "reactor 0 stalls" "$KEELD_LOG"; }
+wait_until 60 "the stall to begin" stall_began
+t0=$SECONDS
+a=$(q scrape)
+[ "$a" = "error http 503" ] || fail "a scrape while the main thread is stuck: $a, want 503"
+a=$(q scrape)
+[ "$a" = "error http 503" ] || fail "a second scrape while the main thread is stuck: $a, want 503"
+t1=$SECONDS
+grep -q "reactor 0 resumes" "$KEELD_LOG" &&
+	fail "the 30 s stall ended before the two scrapes did: the machine is too slow for this check"
+[ $((t1 - t0)) -ge 8 ] || fail "two scrapes answered 503 in $((t1 - t0)) s: they did not wait 5 s each"
+ok "main thread stuck: two scrapes got 503 after the timeout ($((t1 - t0)) s for both)"
+wait "$STALL_PID" || fail "framework_debug_stall_reactor failed: $(cat "$E2E_TMP/stall.out")"
+wait_until 60 "a scrape after the stall" scrape_ok
+ok "scrapes answer again once the main thread runs"
 
 q release >/dev/null
 exec {PROM[1]}>&-
