@@ -24,6 +24,9 @@ struct rpc_nbd_start {
 	const char *socket;
 	const char *tcp;
 	bool read_only;
+	const char *tls;
+	const char *tls_psk_file;
+	const char *tls_certs_dir;
 };
 
 struct rpc_nbd_start_ctx {
@@ -36,6 +39,23 @@ struct rpc_nbd_start_ctx {
 static void rpc_nbd_send_start_error(struct keel_rpc_request *req, const char *name,
 				     const char *bdev_name, const char *where, int rc, bool async)
 {
+	if (async && keel_nbd_export_start_error() != NULL) {
+		keel_rpc_send_error(
+			req, rc,
+			"cannot load the TLS credentials: %s; make a key with 'psktool "
+			"-u USER -p FILE' or certificates with certtool (see docs/nbd.md)",
+			keel_nbd_export_start_error());
+		return;
+	}
+	if (rc == -EACCES && !async) {
+		keel_rpc_send_error(
+			req, rc,
+			"%s is not a loopback address: serving a disk to the network "
+			"needs TLS (tls \"require\" with tls_psk_file or tls_certs_dir), "
+			"or tls \"off\" given explicitly to serve it in plaintext",
+			where);
+		return;
+	}
 	if (rc == -EEXIST && async) {
 		keel_rpc_send_error(req, rc,
 				    "%s exists and is not a socket: remove it or choose "
@@ -72,7 +92,8 @@ static void rpc_nbd_send_start_error(struct keel_rpc_request *req, const char *n
 		keel_rpc_send_error(req, rc,
 				    "invalid export: the name must have 1-256 printable "
 				    "characters without spaces or '/', socket paths at most 107 "
-				    "bytes, tcp HOST:PORT with a numeric host");
+				    "bytes, tcp HOST:PORT with a numeric host; tls on/require need "
+				    "tls_psk_file or tls_certs_dir, tls off takes neither");
 		break;
 	case -ESHUTDOWN:
 		keel_rpc_send_error(req, rc, "keeld is shutting down");
@@ -106,6 +127,11 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 		{"socket", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, socket), true},
 		{"tcp", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, tcp), true},
 		{"read_only", KEEL_RPC_PARAM_BOOL, offsetof(struct rpc_nbd_start, read_only), true},
+		{"tls", KEEL_RPC_PARAM_STRING, offsetof(struct rpc_nbd_start, tls), true},
+		{"tls_psk_file", KEEL_RPC_PARAM_STRING,
+		 offsetof(struct rpc_nbd_start, tls_psk_file), true},
+		{"tls_certs_dir", KEEL_RPC_PARAM_STRING,
+		 offsetof(struct rpc_nbd_start, tls_certs_dir), true},
 	};
 	struct rpc_nbd_start p = {0};
 	struct keel_nbd_export_opts opts = {0};
@@ -119,6 +145,12 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 	if ((p.socket == NULL || p.socket[0] == '\0') && (p.tcp == NULL || p.tcp[0] == '\0')) {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 				    "give socket (a unix socket path) or tcp (HOST:PORT), or both");
+		return;
+	}
+	if (p.tls != NULL && !keel_nbd_tls_mode_parse(p.tls, &opts.tls)) {
+		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
+				    "tls: '%.32s' is not a TLS mode: use off, on or require",
+				    p.tls);
 		return;
 	}
 	name = (p.name != NULL && p.name[0] != '\0') ? p.name : p.bdev_name;
@@ -144,6 +176,8 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 	opts.socket_path = p.socket;
 	opts.tcp = p.tcp;
 	opts.read_only = p.read_only;
+	opts.tls_psk_file = p.tls_psk_file;
+	opts.tls_certs_dir = p.tls_certs_dir;
 	rc = keel_nbd_export_start(&opts, rpc_nbd_start_done, ctx);
 	if (rc != 0) {
 		rpc_nbd_send_start_error(req, ctx->name, ctx->bdev_name, ctx->where, rc, false);
@@ -209,21 +243,28 @@ static void rpc_nbd_get_exports(struct keel_rpc_request *req, json_t *params)
 	arr = json_array();
 	for (exp = keel_nbd_export_first(); exp != NULL; exp = keel_nbd_export_next(exp)) {
 		uint64_t bytes_in, bytes_out;
+		json_t *o;
 
 		if (name != NULL && strcmp(name, keel_nbd_export_get_name(exp)) != 0) {
 			continue;
 		}
 		keel_nbd_export_get_traffic(exp, &bytes_in, &bytes_out);
-		json_array_append_new(
-			arr,
-			json_pack("{s:s, s:s, s:o, s:o, s:b, s:I, s:I, s:I}", "name",
-				  keel_nbd_export_get_name(exp), "bdev_name",
-				  keel_nbd_export_get_bdev_name(exp), "socket",
-				  rpc_nbd_string_or_null(keel_nbd_export_get_socket_path(exp)),
-				  "tcp", rpc_nbd_string_or_null(keel_nbd_export_get_tcp(exp)),
-				  "read_only", keel_nbd_export_is_read_only(exp), "connections",
-				  (json_int_t)keel_nbd_export_get_connection_count(exp), "bytes_in",
-				  (json_int_t)bytes_in, "bytes_out", (json_int_t)bytes_out));
+		o = json_pack("{s:s, s:s, s:o, s:o, s:b, s:I, s:I, s:I}", "name",
+			      keel_nbd_export_get_name(exp), "bdev_name",
+			      keel_nbd_export_get_bdev_name(exp), "socket",
+			      rpc_nbd_string_or_null(keel_nbd_export_get_socket_path(exp)), "tcp",
+			      rpc_nbd_string_or_null(keel_nbd_export_get_tcp(exp)), "read_only",
+			      keel_nbd_export_is_read_only(exp), "connections",
+			      (json_int_t)keel_nbd_export_get_connection_count(exp), "bytes_in",
+			      (json_int_t)bytes_in, "bytes_out", (json_int_t)bytes_out);
+		json_object_set_new(
+			o, "tls",
+			json_string(keel_nbd_tls_mode_name(keel_nbd_export_get_tls(exp))));
+		json_object_set_new(o, "tls_psk_file",
+				    rpc_nbd_string_or_null(keel_nbd_export_get_tls_psk_file(exp)));
+		json_object_set_new(o, "tls_certs_dir",
+				    rpc_nbd_string_or_null(keel_nbd_export_get_tls_certs_dir(exp)));
+		json_array_append_new(arr, o);
 	}
 	keel_rpc_send_result(req, arr);
 }

@@ -293,13 +293,22 @@ json_t *vol_exports_state(void)
 			if (!vol_is_persisted_volume(keel_nbd_export_get_bdev_name(x))) {
 				continue;
 			}
-			json_array_append_new(
-				arr, json_pack("{s:s, s:s, s:o, s:o, s:b}", "name",
-					       keel_nbd_export_get_name(x), "bdev",
-					       keel_nbd_export_get_bdev_name(x), "socket",
-					       vol_str_or_null(keel_nbd_export_get_socket_path(x)),
-					       "tcp", vol_str_or_null(keel_nbd_export_get_tcp(x)),
-					       "read_only", keel_nbd_export_is_read_only(x)));
+			json_t *o = json_pack("{s:s, s:s, s:o, s:o, s:b}", "name",
+					      keel_nbd_export_get_name(x), "bdev",
+					      keel_nbd_export_get_bdev_name(x), "socket",
+					      vol_str_or_null(keel_nbd_export_get_socket_path(x)),
+					      "tcp", vol_str_or_null(keel_nbd_export_get_tcp(x)),
+					      "read_only", keel_nbd_export_is_read_only(x));
+
+			/* TLS as started (never "unset"), so a restart serves it the same way. */
+			json_object_set_new(
+				o, "tls",
+				json_string(keel_nbd_tls_mode_name(keel_nbd_export_get_tls(x))));
+			json_object_set_new(o, "tls_psk_file",
+					    vol_str_or_null(keel_nbd_export_get_tls_psk_file(x)));
+			json_object_set_new(o, "tls_certs_dir",
+					    vol_str_or_null(keel_nbd_export_get_tls_certs_dir(x)));
+			json_array_append_new(arr, o);
 		}
 	}
 	/* An unassembled volume keeps the exports it had, for when it comes back. */

@@ -188,6 +188,12 @@ static void vol_restore_export(json_t *e, const char *name, const char *bdev)
 	opts.socket_path = json_string_value(json_object_get(e, "socket"));
 	opts.tcp = json_string_value(json_object_get(e, "tcp"));
 	opts.read_only = json_is_true(json_object_get(e, "read_only"));
+	opts.tls_psk_file = json_string_value(json_object_get(e, "tls_psk_file"));
+	opts.tls_certs_dir = json_string_value(json_object_get(e, "tls_certs_dir"));
+	/* Saved before TLS existed: it was served in plaintext then, so it stays so. */
+	if (!keel_nbd_tls_mode_parse(json_string_value(json_object_get(e, "tls")), &opts.tls)) {
+		opts.tls = KEEL_NBD_TLS_OFF;
+	}
 	rc = ctx == NULL ? -ENOMEM : keel_nbd_export_start(&opts, vol_restore_export_done, ctx);
 	if (rc != 0) {
 		KEEL_ERRLOG("keeld: export %s not restored: %s", name, strerror(-rc));

@@ -32,6 +32,7 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "nbd/nbd_conn_internal.h"
+#include "nbd/nbd_tls.h"
 
 /* A connection waiting for the buffer budget looks again this often (microseconds). */
 #define NBD_BUDGET_RETRY_US 1000u
@@ -83,6 +84,7 @@ bool nbd_conn_in_transmission(const struct nbd_conn *conn)
 static void nbd_conn_free(struct nbd_conn *conn)
 {
 	keel_poller_unregister(&conn->poller);
+	nbd_tls_conn_free(conn);
 	if (conn->fd >= 0) {
 		close(conn->fd);
 	}

@@ -82,6 +82,8 @@ union nbd_reply_hdr {
 	uint8_t bytes[32];
 };
 
+struct nbd_tls_session;
+
 struct nbd_req {
 	struct nbd_conn *conn;
 	TAILQ_ENTRY(nbd_req) link;
@@ -171,6 +173,10 @@ struct nbd_conn {
 	uint64_t rx_wait_since_ns; /* a write payload it does not send */
 	uint64_t timer_due_ns;     /* when the poller's timer fires (0: not armed) */
 	char *refuse;              /* refuse the first option with this message */
+
+	/* TLS (nbd_tls.c): the session while its handshake runs, then once records flow */
+	struct nbd_tls_session *tls_pending;
+	struct nbd_tls_session *tls;
 };
 
 /* Socket bytes of an export's connection (nbd_export_traffic); kernel devices have none. */

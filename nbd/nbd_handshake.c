@@ -21,6 +21,7 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "nbd/nbd_conn_internal.h"
+#include "nbd/nbd_tls.h"
 
 /* Stop parsing options while this many handshake reply bytes wait to be sent. */
 #define NBD_HS_WBUF_HIGH (64u * 1024u)
@@ -333,6 +334,9 @@ static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint
 		nbd_refuse_option(conn, option);
 		return;
 	}
+	if (!nbd_tls_option_allowed(conn, option)) {
+		return; /* refused: TLS is required first */
+	}
 
 	switch (option) {
 	case NBD_OPT_EXPORT_NAME:
@@ -346,6 +350,9 @@ static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint
 		return;
 	case NBD_OPT_LIST:
 		nbd_opt_list(conn, len);
+		return;
+	case NBD_OPT_STARTTLS:
+		nbd_tls_opt_starttls(conn, len);
 		return;
 	case NBD_OPT_INFO:
 	case NBD_OPT_GO:

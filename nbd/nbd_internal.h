@@ -15,6 +15,7 @@
 #include "keel/nbd.h"
 
 struct nbd_conn;
+struct nbd_tls_creds;
 struct keel_thread;
 
 /**
@@ -48,7 +49,9 @@ struct nbd_export_info {
 	uint32_t block_size;
 	uint16_t tflags; /* transmission flags incl. NBD_FLAG_HAS_FLAGS */
 	struct keel_bdev_desc *desc;
-	struct nbd_export_traffic *traffic; /* NULL: nothing counts */
+	struct nbd_export_traffic *traffic;    /* NULL: nothing counts */
+	enum keel_nbd_tls_mode tls_mode;       /* OFF, ON or REQUIRE (never UNSET here) */
+	const struct nbd_tls_creds *tls_creds; /* NULL when tls_mode is OFF */
 };
 
 /**

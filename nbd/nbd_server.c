@@ -32,6 +32,7 @@
 #include "keel/reactor.h"
 #include "nbd/nbd_internal.h"
 #include "nbd/nbd_proto.h"
+#include "nbd/nbd_tls.h"
 
 #define NBD_ACCEPT_BATCH 16
 /*
@@ -75,6 +76,10 @@ struct keel_nbd_export {
 	char *socket_path;
 	char *tcp;
 	bool read_only;
+	char *tls_psk_file;
+	char *tls_certs_dir;
+	struct nbd_tls_creds *tls_creds; /* info.tls_creds, owned here */
+	char tls_err[512];               /* why loading the credentials failed */
 	enum nbd_export_state state;
 	bool stop_requested; /* stop (or hot remove) arrived while starting */
 	bool listeners_gone; /* socket file removed, connections told to close */
@@ -116,6 +121,7 @@ static uint32_t g_num_conns;    /* served socket connections, all exports */
 static uint32_t g_num_refusing; /* connections being refused, all exports */
 static uint64_t g_refuse_logged_ns;
 static uint64_t g_refuse_unlogged;
+static const char *g_start_error; /* keel_nbd_export_start_error(), inside a start cb */
 static keel_nbd_export_listener_fn g_export_listener;
 static void *g_export_listener_ctx;
 
@@ -592,11 +598,20 @@ static int nbd_listen_tcp(const char *spec, int *fdp)
 	return 0;
 }
 
-/* Blocking-work pool: create the listening sockets. */
+/* Blocking-work pool: read the TLS credentials, create the listening sockets. */
 static int nbd_listen_blocking(void *arg)
 {
 	struct keel_nbd_export *exp = arg;
 	int rc;
+
+	if (exp->info.tls_mode != KEEL_NBD_TLS_OFF) {
+		rc = nbd_tls_creds_load(exp->tls_psk_file, exp->tls_certs_dir, &exp->tls_creds,
+					exp->tls_err, sizeof(exp->tls_err));
+		if (rc != 0) {
+			return rc;
+		}
+		exp->info.tls_creds = exp->tls_creds;
+	}
 
 	if (exp->socket_path != NULL) {
 		rc = nbd_listen_unix(exp->socket_path, &exp->unix_fd);
@@ -634,6 +649,9 @@ static int nbd_unlink_blocking(void *arg)
 
 static void nbd_export_free(struct keel_nbd_export *exp)
 {
+	nbd_tls_creds_free(exp->tls_creds);
+	free(exp->tls_psk_file);
+	free(exp->tls_certs_dir);
 	free(exp->bdev_name);
 	free(exp->socket_path);
 	free(exp->tcp);
@@ -735,10 +753,15 @@ static void nbd_export_listen_done(void *cb_arg, int rc)
 	if (rc == 0) {
 		rc = nbd_listeners_register(exp);
 	}
-	if (rc != 0) {
+	if (rc != 0 && exp->tls_err[0] != '\0') {
+		KEEL_ERRLOG("nbd export %s: cannot load TLS credentials: %s", exp->info.name,
+			    exp->tls_err);
+	} else if (rc != 0) {
 		KEEL_ERRLOG("nbd export %s: cannot listen (socket %s, tcp %s): %s", exp->info.name,
 			    exp->socket_path ? exp->socket_path : "-", exp->tcp ? exp->tcp : "-",
 			    strerror(-rc));
+	}
+	if (rc != 0) {
 		nbd_listeners_close(exp);
 		if (exp->unix_fd >= 0) {
 			close(exp->unix_fd);
@@ -754,7 +777,9 @@ static void nbd_export_listen_done(void *cb_arg, int rc)
 		}
 		keel_bdev_close(exp->info.desc);
 		TAILQ_REMOVE(&g_exports, exp, link);
+		g_start_error = exp->tls_err[0] != '\0' ? exp->tls_err : NULL;
 		cb_fn(start_arg, rc);
+		g_start_error = NULL;
 		/* A stop that arrived while starting is satisfied: the export is gone. */
 		nbd_waiters_wake(&exp->waiters);
 		nbd_export_free(exp);
@@ -762,12 +787,20 @@ static void nbd_export_listen_done(void *cb_arg, int rc)
 	}
 	exp->state = NBD_EXPORT_RUNNING;
 	nbd_exports_changed();
-	KEEL_NOTICELOG("nbd export %s: serving bdev %s (%lu bytes, block size %u%s) on%s%s%s%s",
+	KEEL_NOTICELOG("nbd export %s: serving bdev %s (%lu bytes, block size %u%s, tls %s%s%s) "
+		       "on%s%s%s%s",
 		       exp->info.name, exp->bdev_name, (unsigned long)exp->info.size,
 		       exp->info.block_size, exp->read_only ? ", read-only" : "",
+		       keel_nbd_tls_mode_name(exp->info.tls_mode), exp->tls_creds ? " " : "",
+		       exp->tls_creds ? nbd_tls_creds_kind(exp->tls_creds) : "",
 		       exp->socket_path ? " unix:" : "", exp->socket_path ? exp->socket_path : "",
 		       exp->tcp ? " tcp:" : "", exp->tcp ? exp->tcp : "");
 	cb_fn(start_arg, 0);
+}
+
+const char *keel_nbd_export_start_error(void)
+{
+	return g_start_error;
 }
 
 bool keel_nbd_export_name_is_valid(const char *name)
@@ -803,6 +836,97 @@ static struct keel_nbd_export *nbd_export_find_any(const char *name)
 	return NULL;
 }
 
+const char *keel_nbd_tls_mode_name(enum keel_nbd_tls_mode mode)
+{
+	switch (mode) {
+	case KEEL_NBD_TLS_OFF:
+		return "off";
+	case KEEL_NBD_TLS_ON:
+		return "on";
+	case KEEL_NBD_TLS_REQUIRE:
+		return "require";
+	case KEEL_NBD_TLS_UNSET:
+		break;
+	}
+	return "unset";
+}
+
+bool keel_nbd_tls_mode_parse(const char *s, enum keel_nbd_tls_mode *mode)
+{
+	static const enum keel_nbd_tls_mode modes[] = {KEEL_NBD_TLS_OFF, KEEL_NBD_TLS_ON,
+						       KEEL_NBD_TLS_REQUIRE};
+
+	for (size_t i = 0; s != NULL && i < sizeof(modes) / sizeof(modes[0]); i++) {
+		if (strcmp(s, keel_nbd_tls_mode_name(modes[i])) == 0) {
+			*mode = modes[i];
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Whether a TCP listener on \p tcp is reachable from this machine only. */
+static bool nbd_tcp_is_loopback(const char *tcp)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	if (nbd_parse_tcp(tcp, &ss, &len) != 0) {
+		return false;
+	}
+	if (ss.ss_family == AF_INET) {
+		return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss.ss_family == AF_INET6) {
+		const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+/*
+ * The TLS policy an export gets: see enum keel_nbd_tls_mode. \return 0, -EINVAL
+ * (credentials and mode do not fit) or -EACCES (network TCP without a word on TLS).
+ */
+static int nbd_export_tls_mode(const char *name, const struct keel_nbd_export_opts *opts,
+			       enum keel_nbd_tls_mode *modep)
+{
+	bool creds = (opts->tls_psk_file != NULL && opts->tls_psk_file[0] != '\0') ||
+		     (opts->tls_certs_dir != NULL && opts->tls_certs_dir[0] != '\0');
+	enum keel_nbd_tls_mode mode = opts->tls;
+
+	if (mode > KEEL_NBD_TLS_REQUIRE) {
+		return -EINVAL;
+	}
+	if (mode == KEEL_NBD_TLS_UNSET) {
+		if (creds) {
+			mode = KEEL_NBD_TLS_REQUIRE;
+		} else if (opts->tcp != NULL && opts->tcp[0] != '\0' &&
+			   !nbd_tcp_is_loopback(opts->tcp)) {
+			KEEL_ERRLOG("nbd export %s: tcp %s is not a loopback address: give TLS "
+				    "credentials (tls require), or tls off to serve the disk to "
+				    "the network in plaintext",
+				    name, opts->tcp);
+			return -EACCES;
+		} else {
+			mode = KEEL_NBD_TLS_OFF;
+		}
+	}
+	if (mode != KEEL_NBD_TLS_OFF && !creds) {
+		KEEL_ERRLOG("nbd export %s: tls %s needs a PSK file or a certificate directory",
+			    name, keel_nbd_tls_mode_name(mode));
+		return -EINVAL;
+	}
+	if (mode == KEEL_NBD_TLS_OFF && creds) {
+		KEEL_ERRLOG("nbd export %s: TLS credentials given with tls off", name);
+		return -EINVAL;
+	}
+	*modep = mode;
+	return 0;
+}
+
 static char *nbd_strdup_opt(const char *s, bool *failed)
 {
 	char *d;
@@ -824,6 +948,7 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 	struct keel_bdev *bdev;
 	struct sockaddr_storage ss;
 	socklen_t sslen;
+	enum keel_nbd_tls_mode tls_mode;
 	const char *name;
 	bool oom = false;
 	int rc;
@@ -858,6 +983,10 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 			name, opts->tcp);
 		return -EINVAL;
 	}
+	rc = nbd_export_tls_mode(name, opts, &tls_mode);
+	if (rc != 0) {
+		return rc;
+	}
 	if (nbd_export_find_any(name) != NULL) {
 		return -EEXIST;
 	}
@@ -889,6 +1018,9 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 	exp->socket_path = nbd_strdup_opt(opts->socket_path, &oom);
 	exp->tcp = nbd_strdup_opt(opts->tcp, &oom);
 	exp->read_only = opts->read_only;
+	exp->tls_psk_file = nbd_strdup_opt(opts->tls_psk_file, &oom);
+	exp->tls_certs_dir = nbd_strdup_opt(opts->tls_certs_dir, &oom);
+	exp->info.tls_mode = tls_mode;
 	exp->unix_fd = -1;
 	exp->tcp_fd = -1;
 	exp->start_cb = cb_fn;
@@ -1072,6 +1204,21 @@ const char *keel_nbd_export_get_tcp(const struct keel_nbd_export *exp)
 bool keel_nbd_export_is_read_only(const struct keel_nbd_export *exp)
 {
 	return exp->read_only;
+}
+
+enum keel_nbd_tls_mode keel_nbd_export_get_tls(const struct keel_nbd_export *exp)
+{
+	return exp->info.tls_mode;
+}
+
+const char *keel_nbd_export_get_tls_psk_file(const struct keel_nbd_export *exp)
+{
+	return exp->tls_psk_file;
+}
+
+const char *keel_nbd_export_get_tls_certs_dir(const struct keel_nbd_export *exp)
+{
+	return exp->tls_certs_dir;
 }
 
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp)

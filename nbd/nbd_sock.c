@@ -25,6 +25,7 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "nbd/nbd_conn_internal.h"
+#include "nbd/nbd_tls.h"
 
 /* Payload tails at least this long go straight from the socket into the buffer. */
 #define NBD_DIRECT_RECV_MIN (16u * 1024u)
@@ -58,8 +59,16 @@ int nbd_conn_tx(struct nbd_conn *conn)
 	}
 	conn->tx_blocked = false;
 	while (conn->wsent < conn->wlen) {
-		ssize_t n = send(conn->fd, conn->wbuf + conn->wsent, conn->wlen - conn->wsent,
+		ssize_t n;
+
+		if (conn->tls != NULL) {
+			struct iovec iov = {conn->wbuf + conn->wsent, conn->wlen - conn->wsent};
+
+			n = nbd_tls_sendv(conn, &iov, 1);
+		} else {
+			n = send(conn->fd, conn->wbuf + conn->wsent, conn->wlen - conn->wsent,
 				 MSG_DONTWAIT | MSG_NOSIGNAL);
+		}
 
 		if (n < 0) {
 			if (errno == EINTR) {
@@ -112,7 +121,8 @@ int nbd_conn_tx(struct nbd_conn *conn)
 		}
 		msg.msg_iov = g_tx_iov;
 		msg.msg_iovlen = iovcnt;
-		n = sendmsg(conn->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+		n = conn->tls != NULL ? nbd_tls_sendv(conn, g_tx_iov, (int)iovcnt)
+				      : sendmsg(conn->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR) {
 				continue;
@@ -205,6 +215,9 @@ int nbd_conn_rx(struct nbd_conn *conn)
 	int work = 0;
 
 	if (conn->phase == NBD_PHASE_HANDSHAKE) {
+		if (conn->tls_pending != NULL) {
+			return nbd_tls_handshake_poll(conn);
+		}
 		conn->rx_stalled = false; /* re-evaluated against the reply backlog */
 	}
 	if (conn->rpos < conn->rlen && !conn->rx_stalled) {
@@ -221,10 +234,11 @@ int nbd_conn_rx(struct nbd_conn *conn)
 		 * A long payload tail goes straight into its buffer (no copy), and the
 		 * same recvmsg() picks up what follows into the receive buffer: the next
 		 * header, or a batch of small requests. The tail segment is short so a
-		 * following large write lands mostly in its own buffer, not here.
+		 * following large write lands mostly in its own buffer, not here. Under TLS
+		 * records are decrypted into the receive buffer (a copy either way).
 		 */
 		if (conn->phase == NBD_PHASE_TRANSMISSION && conn->rx == NBD_RX_PAYLOAD &&
-		    conn->rpos == conn->rlen &&
+		    conn->tls == NULL && conn->rpos == conn->rlen &&
 		    conn->rx_req->len - conn->rx_req->got >= NBD_DIRECT_RECV_MIN) {
 			struct nbd_req *req = conn->rx_req;
 			struct iovec iov[2];
@@ -270,7 +284,9 @@ int nbd_conn_rx(struct nbd_conn *conn)
 			if (want == 0) {
 				break;
 			}
-			n = recv(conn->fd, conn->rbuf + conn->rlen, want, MSG_DONTWAIT);
+			n = conn->tls != NULL
+				    ? nbd_tls_recv(conn, conn->rbuf + conn->rlen, want)
+				    : recv(conn->fd, conn->rbuf + conn->rlen, want, MSG_DONTWAIT);
 			nbd_conn_count_in(conn, n);
 			if (n > 0) {
 				work = 1;

@@ -22,6 +22,9 @@ enum {
 	EXPORT_OPT_NBD_DEVICE,
 	EXPORT_OPT_IO_TIMEOUT,
 	EXPORT_OPT_DEAD_TIMEOUT,
+	EXPORT_OPT_TLS,
+	EXPORT_OPT_TLS_PSK,
+	EXPORT_OPT_TLS_CERTS,
 };
 
 static const char g_help_export[] =
@@ -29,6 +32,10 @@ static const char g_help_export[] =
 	"  start BDEV --socket PATH [--name NAME] [--tcp HOST:PORT] [--read-only]\n"
 	"        serve BDEV (a bdev or volume) over NBD on unix socket PATH (and TCP if\n"
 	"        given); the export name defaults to the bdev name\n"
+	"        [--tls off|on|require] [--tls-psk FILE] [--tls-certs DIR]: NBD over TLS\n"
+	"        with a psktool key file or a directory with server-cert.pem and\n"
+	"        server-key.pem; credentials alone mean --tls require. TCP on an address\n"
+	"        other than loopback needs TLS, or --tls off to serve plaintext anyway\n"
 	"  start BDEV --nbd [/dev/nbdN] [--read-only] [--io-timeout SEC] [--dead-timeout SEC]\n"
 	"        serve BDEV to this machine's kernel as /dev/nbdN (root, nbd module loaded);\n"
 	"        without a device the kernel picks a free one. The device may also be given\n"
@@ -46,6 +53,9 @@ struct export_start_args {
 	const char *nbd_device;
 	const char *io_timeout;
 	const char *dead_timeout;
+	const char *tls;
+	const char *tls_psk;
+	const char *tls_certs;
 	bool nbd;
 	bool read_only;
 };
@@ -61,6 +71,9 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		{"nbd-device", required_argument, NULL, EXPORT_OPT_NBD_DEVICE},
 		{"io-timeout", required_argument, NULL, EXPORT_OPT_IO_TIMEOUT},
 		{"dead-timeout", required_argument, NULL, EXPORT_OPT_DEAD_TIMEOUT},
+		{"tls", required_argument, NULL, EXPORT_OPT_TLS},
+		{"tls-psk", required_argument, NULL, EXPORT_OPT_TLS_PSK},
+		{"tls-certs", required_argument, NULL, EXPORT_OPT_TLS_CERTS},
 		KEELCTL_HELP_OPTION,
 		{0},
 	};
@@ -89,6 +102,15 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		case EXPORT_OPT_DEAD_TIMEOUT:
 			a->dead_timeout = g.value;
 			break;
+		case EXPORT_OPT_TLS:
+			a->tls = g.value;
+			break;
+		case EXPORT_OPT_TLS_PSK:
+			a->tls_psk = g.value;
+			break;
+		case EXPORT_OPT_TLS_CERTS:
+			a->tls_certs = g.value;
+			break;
 		case EXPORT_OPT_NBD:
 		case EXPORT_OPT_NBD_DEVICE:
 			a->nbd = true;
@@ -112,6 +134,15 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 	if (a->nbd && (a->socket != NULL || a->tcp != NULL || a->name != NULL)) {
 		keelctl_die(KEELCTL_EXIT_USAGE, "--nbd cannot be combined with --socket, --tcp "
 						"or --name: a kernel device is named /dev/nbdN");
+	}
+	if (a->nbd && (a->tls != NULL || a->tls_psk != NULL || a->tls_certs != NULL)) {
+		keelctl_die(KEELCTL_EXIT_USAGE, "--tls, --tls-psk and --tls-certs are for socket "
+						"exports: the kernel device is local");
+	}
+	if (a->tls != NULL && strcmp(a->tls, "off") != 0 && strcmp(a->tls, "on") != 0 &&
+	    strcmp(a->tls, "require") != 0) {
+		keelctl_die_usage(g_help_export, "--tls takes off, on or require, not '%s'",
+				  a->tls);
 	}
 	if (!a->nbd && (a->io_timeout != NULL || a->dead_timeout != NULL)) {
 		keelctl_die(KEELCTL_EXIT_USAGE, "--io-timeout and --dead-timeout are for --nbd");
@@ -176,6 +207,15 @@ static int export_start(const struct keelctl_ctx *ctx, int argc, char **argv)
 	if (a.read_only) {
 		json_object_set_new(params, "read_only", json_true());
 	}
+	if (a.tls != NULL) {
+		json_object_set_new(params, "tls", json_string(a.tls));
+	}
+	if (a.tls_psk != NULL) {
+		json_object_set_new(params, "tls_psk_file", keelctl_abs_path(a.tls_psk));
+	}
+	if (a.tls_certs != NULL) {
+		json_object_set_new(params, "tls_certs_dir", keelctl_abs_path(a.tls_certs));
+	}
 	result = keelctl_call("nbd_start_export", params);
 	if (ctx->json) {
 		keelctl_print_json(result);
@@ -229,7 +269,7 @@ static void export_list_json(json_t *exports, json_t *disks)
 
 static void export_list_table(json_t *exports, json_t *disks)
 {
-	struct keelctl_table t = {.ncols = 6};
+	struct keelctl_table t = {.ncols = 7};
 	json_t *e;
 	size_t i;
 
@@ -237,7 +277,7 @@ static void export_list_table(json_t *exports, json_t *disks)
 		printf("no exports\n");
 		return;
 	}
-	keelctl_table_row(&t, "NAME", "BDEV", "SOCKET", "TCP", "READ-ONLY", "CLIENTS");
+	keelctl_table_row(&t, "NAME", "BDEV", "SOCKET", "TCP", "READ-ONLY", "CLIENTS", "TLS");
 	json_array_foreach(exports, i, e) {
 		char conns[16];
 
@@ -247,7 +287,8 @@ static void export_list_table(json_t *exports, json_t *disks)
 			keelctl_str_or_dash(json_object_get(e, "socket")),
 			keelctl_str_or_dash(json_object_get(e, "tcp")),
 			json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
-			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")));
+			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")),
+			keelctl_str_or_dash(json_object_get(e, "tls")));
 	}
 	/* Kernel devices in the same table: the kernel is the client, with one connection
 	 * per queue; SOCKET says what state the device is in. */
@@ -260,7 +301,8 @@ static void export_list_table(json_t *exports, json_t *disks)
 			&t, keelctl_str_or_dash(json_object_get(e, "nbd_device")),
 			json_string_value(json_object_get(e, "bdev_name")), where, "-",
 			json_is_true(json_object_get(e, "read_only")) ? "yes" : "no",
-			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")));
+			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")),
+			"-");
 	}
 	keelctl_table_print(&t);
 }

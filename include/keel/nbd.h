@@ -31,6 +31,30 @@ struct keel_nbd_export;
 /** Longest export name in bytes. */
 #define KEEL_NBD_EXPORT_NAME_MAX 256
 
+/**
+ * TLS policy of an export (NBD_OPT_STARTTLS). UNSET is what a caller that says nothing
+ * gets: OFF on unix sockets and loopback TCP, REQUIRE when credentials are given, and a
+ * refusal (-EACCES) for TCP on any other address: a disk goes to the network in plaintext
+ * only when OFF is asked for explicitly.
+ */
+enum keel_nbd_tls_mode {
+	KEEL_NBD_TLS_UNSET = 0,
+	/** No TLS: STARTTLS is answered NBD_REP_ERR_UNSUP. */
+	KEEL_NBD_TLS_OFF,
+	/** Plaintext and TLS clients are both served. */
+	KEEL_NBD_TLS_ON,
+	/**
+	 * Before STARTTLS every option but STARTTLS and ABORT is answered
+	 * NBD_REP_ERR_TLS_REQD (NBD_OPT_EXPORT_NAME, which has no error reply, closes).
+	 */
+	KEEL_NBD_TLS_REQUIRE,
+};
+
+/** "off", "on", "require" (and "unset"). */
+const char *keel_nbd_tls_mode_name(enum keel_nbd_tls_mode mode);
+/** Parse "off", "on" or "require". \return false for anything else. */
+bool keel_nbd_tls_mode_parse(const char *s, enum keel_nbd_tls_mode *mode);
+
 struct keel_nbd_export_opts {
 	/** Bdev to export (required). */
 	const char *bdev_name;
@@ -48,16 +72,33 @@ struct keel_nbd_export_opts {
 	const char *tcp;
 	/** Answer writes, trims and write-zeroes with EPERM and open the bdev read-only. */
 	bool read_only;
+	/** TLS policy; see enum keel_nbd_tls_mode. */
+	enum keel_nbd_tls_mode tls;
+	/**
+	 * psktool key file (lines "username:hexkey", as `psktool -u USER -p FILE` writes),
+	 * read once at start; or NULL.
+	 */
+	const char *tls_psk_file;
+	/**
+	 * Directory with server-cert.pem and server-key.pem (ca-cert.pem optional), as
+	 * qemu and nbdkit name them; read once at start; or NULL.
+	 */
+	const char *tls_certs_dir;
 };
 
 typedef void (*keel_nbd_done_cb)(void *cb_arg, int status);
 
 /**
- * Start an export. The bdev is opened at once; the listeners are created on the
- * blocking-work pool (socket files are stat'ed and unlinked there), then \p cb_fn
- * runs with 0 or: -EADDRINUSE (a server answers on the path/port), -EEXIST (the path
- * exists and is not a socket), -errno from socket/bind/listen.
- * \return 0 (cb_fn runs later), -EINVAL (bad name, no listener, malformed tcp),
+ * Start an export. The bdev is opened at once; TLS credentials are read and the
+ * listeners created on the blocking-work pool (socket files are stat'ed and unlinked
+ * there), then \p cb_fn runs with 0 or: -EADDRINUSE (a server answers on the
+ * path/port), -EEXIST (the path exists and is not a socket), -errno from
+ * socket/bind/listen; for TLS credentials -ENOENT (file or directory missing), -EACCES
+ * (unreadable), -EKEYREJECTED (malformed key file or certificate; the log says which
+ * line or file). Nothing is left behind on failure.
+ * \return 0 (cb_fn runs later), -EINVAL (bad name, no listener, malformed tcp, tls
+ * on/require without credentials, credentials with tls off), -EACCES (TCP on an
+ * address other than loopback with tls UNSET),
  * -EEXIST (export name taken), -EADDRINUSE (another export uses that path or tcp),
  * -ENODEV (no such bdev), -EPERM (bdev claimed and not read_only), -ENOMEM,
  * -ESHUTDOWN (keel_nbd_stop_all ran).
@@ -65,6 +106,13 @@ typedef void (*keel_nbd_done_cb)(void *cb_arg, int status);
  */
 int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done_cb cb_fn,
 			  void *cb_arg);
+
+/**
+ * Inside the callback of a keel_nbd_export_start() that failed: a one-line explanation
+ * when there is more to say than the errno (which TLS credential file or line is bad),
+ * else NULL. Valid only during that callback. Main keel thread.
+ */
+const char *keel_nbd_export_start_error(void);
 
 /**
  * Stop an export: stop listening, remove the socket file, close every connection
@@ -89,6 +137,11 @@ const char *keel_nbd_export_get_socket_path(const struct keel_nbd_export *exp);
 /** TCP address as given ("host:port"), or NULL. */
 const char *keel_nbd_export_get_tcp(const struct keel_nbd_export *exp);
 bool keel_nbd_export_is_read_only(const struct keel_nbd_export *exp);
+/** TLS policy in force (never UNSET). */
+enum keel_nbd_tls_mode keel_nbd_export_get_tls(const struct keel_nbd_export *exp);
+/** PSK file / certificate directory as given, or NULL. */
+const char *keel_nbd_export_get_tls_psk_file(const struct keel_nbd_export *exp);
+const char *keel_nbd_export_get_tls_certs_dir(const struct keel_nbd_export *exp);
 /** Number of open client connections (handshake or transmission). */
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp);
 /**
