@@ -131,40 +131,14 @@ OUT=$("$PY" "$TLS_CLIENT" "$E2E_TMP/off.sock" off0 off-refused 2>&1) || fail "$O
 ok "tls off: $OUT"
 
 # ---- X.509 certificates made by certtool ----
-mkdir -p certs client
-cat >ca.info <<EOF
-cn = keel test CA
-ca
-cert_signing_key
-expiration_days = 2
-EOF
-cat >server.info <<EOF
-organization = keel test
-cn = localhost
-dns_name = localhost
-ip_address = 127.0.0.1
-tls_www_server
-encryption_key
-signing_key
-expiration_days = 2
-EOF
-{
-	certtool --generate-privkey --outfile ca-key.pem &&
-		certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
-			--outfile certs/ca-cert.pem &&
-		certtool --generate-privkey --outfile certs/server-key.pem &&
-		certtool --generate-certificate --load-privkey certs/server-key.pem \
-			--load-ca-certificate certs/ca-cert.pem --load-ca-privkey ca-key.pem \
-			--template server.info --outfile certs/server-cert.pem
-} >certtool.log 2>&1 || fail "certtool: $(tail -5 certtool.log)"
-cp certs/ca-cert.pem client/ca-cert.pem
+OUT=$(bash "$E2E_DIR/nbd/make_certs.sh" "$E2E_TMP/x509" 2>&1) || fail "certtool: $OUT"
 expect_ok "export with certificates" keelctl export start m0 --socket "$E2E_TMP/x509.sock" \
-	--name x0 --tls-certs certs
-OUT=$(nbdinfo "nbds+unix:///x0?socket=$E2E_TMP/x509.sock&tls-certificates=$E2E_TMP/client&tls-verify-peer=false" 2>&1) ||
+	--name x0 --tls-certs x509/server
+OUT=$(nbdinfo "nbds+unix:///x0?socket=$E2E_TMP/x509.sock&tls-certificates=$E2E_TMP/x509/client&tls-verify-peer=false" 2>&1) ||
 	fail "nbdinfo with X.509: $OUT"
 echo "$OUT" | grep -q "with TLS" || fail "X.509: nbdinfo does not report TLS: $OUT"
 ok "nbdinfo with X.509 certificates"
-OUT=$("$PY" "$TLS_CLIENT" "$E2E_TMP/x509.sock" x0 x509-twice "$E2E_TMP/certs/ca-cert.pem" 2>&1) ||
+OUT=$("$PY" "$TLS_CLIENT" "$E2E_TMP/x509.sock" x0 x509-twice "$E2E_TMP/x509/client/ca-cert.pem" 2>&1) ||
 	fail "$OUT"
 ok "X.509: $OUT"
 
@@ -172,7 +146,7 @@ ok "X.509: $OUT"
 # program allows it, which fio does not: certificates from $HOME/.pki/libnbd work) ----
 if command -v fio >/dev/null; then
 	mkdir -p home/.pki
-	cp -r client home/.pki/libnbd
+	cp -r x509/client home/.pki/libnbd
 	HOME=$E2E_TMP/home fio --name=v --ioengine=nbd \
 		--uri="nbds+unix:///x0?socket=$E2E_TMP/x509.sock&tls-verify-peer=false" \
 		--rw=randwrite --bs=4k --iodepth=32 --size=16M --verify=crc32c --verify_fatal=1 \

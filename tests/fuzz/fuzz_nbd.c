@@ -3,7 +3,10 @@
  * nbd_transmission.c, nbd_sock.c) as a client drives it: the input is what a client
  * sends on its socket. The first byte picks the phase the connection starts in: even,
  * the handshake (greeting, options, then transmission after GO/EXPORT_NAME); odd,
- * transmission only (what the kernel frontend uses). Then the client's side of the
+ * transmission only (what the kernel frontend uses). For the handshake, bits 1-2 pick
+ * the export's TLS mode: 0 off, 1 on, 2 and 3 require (with a PSK, so STARTTLS is
+ * acknowledged and what follows is fed to GnuTLS as a client hello: the fuzzer cannot
+ * speak TLS, but it drives the option order and the refusals before it). Then the client's side of the
  * socket is shut for writing (EOF) and the server is polled until it has closed the
  * connection; every reply byte is read and dropped.
  *
@@ -26,6 +29,7 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 #include "nbd/nbd_internal.h"
+#include "nbd/nbd_tls.h"
 
 #define DISK_BLOCK_SIZE 512u
 #define DISK_BLOCKS 8192u /* 4 MiB */
@@ -34,6 +38,8 @@
 
 static struct keel_thread *g_thread;
 static struct nbd_export_info g_exp;
+static struct nbd_export_info g_exp_tls_on;
+static struct nbd_export_info g_exp_tls_require;
 static int g_init_status = 1;
 
 static void init_done(void *cb_arg, int status)
@@ -60,6 +66,8 @@ static void __attribute__((noreturn)) die(const char *what)
 	fprintf(stderr, "fuzz_nbd: %s\n", what);
 	abort();
 }
+
+static void setup_tls(void);
 
 static void setup_once(void)
 {
@@ -96,6 +104,32 @@ static void setup_once(void)
 	g_exp.block_size = DISK_BLOCK_SIZE;
 	g_exp.tflags = nbd_tflags_for_bdev(bdev, false);
 	g_exp.desc = desc;
+	g_exp.tls_mode = KEEL_NBD_TLS_OFF;
+	setup_tls();
+}
+
+/* The TLS exports: the same disk, with a PSK read from a file made here. */
+static void setup_tls(void)
+{
+	static const char key[] = "fz:00112233445566778899aabbccddeeff\n";
+	struct nbd_tls_creds *creds;
+	char path[] = "/tmp/fuzz_nbd_psk.XXXXXX";
+	char err[256];
+	int fd = mkstemp(path);
+
+	if (fd < 0 || write(fd, key, sizeof(key) - 1) != (ssize_t)(sizeof(key) - 1)) {
+		die("cannot write the PSK file");
+	}
+	close(fd);
+	if (nbd_tls_creds_load(path, NULL, &creds, err, sizeof(err)) != 0) {
+		die(err);
+	}
+	unlink(path);
+	g_exp_tls_on = g_exp;
+	g_exp_tls_on.tls_mode = KEEL_NBD_TLS_ON;
+	g_exp_tls_on.tls_creds = creds;
+	g_exp_tls_require = g_exp_tls_on;
+	g_exp_tls_require.tls_mode = KEEL_NBD_TLS_REQUIRE;
 }
 
 /* Read and drop what the server sent. \return false once it closed its side. */
@@ -131,7 +165,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		rc = nbd_conn_create_transmission(sv[1], g_exp.desc, g_exp.tflags, conn_done, &done,
 						  &conn);
 	} else {
-		rc = nbd_conn_create_handshake(sv[1], &g_exp, conn_done, &done, &conn);
+		static const struct nbd_export_info *exps[] = {
+			&g_exp, &g_exp_tls_on, &g_exp_tls_require, &g_exp_tls_require};
+
+		rc = nbd_conn_create_handshake(sv[1], exps[(data[0] >> 1) & 3], conn_done, &done,
+					       &conn);
 	}
 	if (rc != 0) {
 		die("cannot create the connection");
