@@ -1,12 +1,15 @@
 /*
  * Unit tests of the NBD parsers that run without devices or a daemon (and are
- * fuzzed, tests/fuzz/): the kernel's netlink STATUS replies and the kernel devices
- * document keeld hands back at restart.
+ * fuzzed, tests/fuzz/): the kernel's netlink STATUS replies, the kernel devices
+ * document keeld hands back at restart, and TLS credentials (the psktool key file).
  */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <linux/nbd-netlink.h>
@@ -14,6 +17,7 @@
 
 #include "nbd/kernel/nbd_netlink.h"
 #include "nbd/nbd_internal.h"
+#include "nbd/nbd_tls.h"
 #include "keel/log.h"
 #include "ut_cunit.h"
 
@@ -137,12 +141,62 @@ static void test_disk_records_parse(void)
 	CU_ASSERT_EQUAL(nbd_disk_records_parse(NULL), 0);
 }
 
+/* Load a PSK file holding \p text; \return what nbd_tls_creds_load returned. */
+static int load_psk(const char *text, char *err, size_t err_len)
+{
+	char path[] = "/tmp/nbd_parse_ut_psk.XXXXXX";
+	struct nbd_tls_creds *creds = NULL;
+	int fd = mkstemp(path), rc;
+
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT_FATAL(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+	close(fd);
+	err[0] = '\0';
+	rc = nbd_tls_creds_load(path, NULL, &creds, err, err_len);
+	unlink(path);
+	if (rc == 0) {
+		CU_ASSERT_STRING_EQUAL(nbd_tls_creds_kind(creds), "psk");
+		nbd_tls_creds_free(creds);
+	}
+	return rc;
+}
+
+static void test_tls_psk_file(void)
+{
+	struct nbd_tls_creds *creds = NULL;
+	char err[512];
+
+	/* psktool's format, CRLF and blank lines tolerated, several users. */
+	CU_ASSERT_EQUAL(load_psk("keel:00112233445566778899AABBccddeeff\n", err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(load_psk("a:0011\r\n\nb:ff\n", err, sizeof(err)), 0);
+	/* Each malformed file is refused with the line named. */
+	CU_ASSERT_EQUAL(load_psk("keel:0g\n", err, sizeof(err)), -EKEYREJECTED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "line 1: the key is not hexadecimal"));
+	CU_ASSERT_EQUAL(load_psk("ok:00\nkeel:001\n", err, sizeof(err)), -EKEYREJECTED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "line 2"));
+	CU_ASSERT_EQUAL(load_psk("no-colon\n", err, sizeof(err)), -EKEYREJECTED);
+	CU_ASSERT_EQUAL(load_psk(":00\n", err, sizeof(err)), -EKEYREJECTED);
+	CU_ASSERT_EQUAL(load_psk("keel:\n", err, sizeof(err)), -EKEYREJECTED);
+	CU_ASSERT_EQUAL(load_psk("\n\n", err, sizeof(err)), -EKEYREJECTED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "holds no key"));
+	/* Missing files and directories say so; nothing is returned. */
+	CU_ASSERT_EQUAL(nbd_tls_creds_load("/nonexistent/keys.psk", NULL, &creds, err, sizeof(err)),
+			-ENOENT);
+	CU_ASSERT_EQUAL(nbd_tls_creds_load(NULL, "/nonexistent", &creds, err, sizeof(err)),
+			-ENOENT);
+	CU_ASSERT_EQUAL(nbd_tls_creds_load(NULL, "/tmp", &creds, err, sizeof(err)), -ENOENT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "server-cert.pem"));
+	CU_ASSERT_EQUAL(nbd_tls_creds_load(NULL, NULL, &creds, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NULL(creds);
+}
+
 int main(void)
 {
 	static const struct ut_test tests[] = {
 		{"status_decode", test_status_decode},
 		{"status_decode_malformed", test_status_decode_malformed},
 		{"disk_records_parse", test_disk_records_parse},
+		{"tls_psk_file", test_tls_psk_file},
 		{NULL, NULL},
 	};
 
