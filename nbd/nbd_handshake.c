@@ -1,6 +1,8 @@
 /*
  * The fixed-newstyle handshake of one NBD connection: client flags, then options
- * (EXPORT_NAME, INFO, GO, LIST, ABORT; anything else is answered NBD_REP_ERR_UNSUP),
+ * (EXPORT_NAME, INFO, GO, LIST, ABORT, STARTTLS through nbd_tls.c, which also refuses
+ * options before TLS on exports that require it; anything else is answered
+ * NBD_REP_ERR_UNSUP),
  * refusals of a connection over a limit (nbd_conn_refuse), and the send buffer the
  * option replies are written to (nbd_sock.c sends it).
  *

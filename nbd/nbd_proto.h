@@ -3,8 +3,9 @@
  * keel speaks, in one place. All integers on the wire are big-endian; the packed
  * structs below mirror the byte layout and are filled with htobe*()/be*toh().
  *
- * keel implements the fixed-newstyle handshake, simple and structured replies and the
- * base:allocation meta context; what it does not speak is refused with NBD_REP_ERR_UNSUP.
+ * keel implements the fixed-newstyle handshake, STARTTLS (nbd_tls.c), simple and
+ * structured replies and the base:allocation meta context; what it does not speak is
+ * refused with NBD_REP_ERR_UNSUP.
  */
 #ifndef KEEL_NBD_PROTO_H
 #define KEEL_NBD_PROTO_H

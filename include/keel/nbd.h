@@ -4,7 +4,7 @@
  * An export serves one bdev under one name on its own listeners (a unix socket
  * path and/or a TCP "host:port"; the two cannot be shared between exports). Clients
  * negotiate with the fixed-newstyle handshake (NBD_OPT_GO/INFO/EXPORT_NAME/LIST/
- * ABORT) and get simple replies. Each accepted connection lives on one NBD keel
+ * ABORT, and STARTTLS on exports with TLS) and get simple replies. Each accepted connection lives on one NBD keel
  * thread; there is one such thread per reactor ("nbd_N") and connections are spread
  * over them round robin.
  *

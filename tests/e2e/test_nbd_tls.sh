@@ -5,7 +5,8 @@
 # exports checked option by option with a scripted client, a client that stalls after
 # STARTTLS closed by the handshake timeout, X.509 certificates made by certtool (nbdinfo,
 # and a second STARTTLS under TLS refused), bad credentials refused at start with
-# nothing left behind, and TCP on a non-loopback address refused without TLS.
+# nothing left behind, TCP on a non-loopback address refused without TLS, and a
+# volume's TLS export restored with its settings after a restart.
 . "$(dirname "$0")/lib.sh"
 
 for tool in nbdinfo nbdcopy qemu-io psktool certtool cmp; do
@@ -171,6 +172,25 @@ expect_ok "loopback TCP without TLS" keelctl export start m0 --name lo0 \
 	--tcp "127.0.0.1:$PORT" --read-only
 expect_ok "stop it" keelctl export stop lo0
 
+# ---- a volume's export keeps its TLS settings across a restart ----
+need_aio_free 2048
+make_volumes 1
+expect_ok "export volume v1 with TLS" keelctl export start v1 --socket "$E2E_TMP/v1.sock" \
+	--tls require --tls-psk "$PSK"
+qemu_io_psk_v1() {
+	qemu-io --object "tls-creds-psk,id=tls0,endpoint=client,dir=$E2E_TMP/psk,username=keel" \
+		--image-opts "driver=nbd,server.type=unix,server.path=$E2E_TMP/v1.sock,export=v1,tls-creds=tls0" \
+		"$@" 2>&1
+}
+OUT=$(qemu_io_psk_v1 -c 'write -P 0x6b 0 1M') || fail "write to v1 over TLS: $OUT"
 keeld_alive || fail "keeld died"
 stop_keeld || fail "keeld did not stop cleanly"
 ok "keeld stopped cleanly"
+start_keeld
+v1_exported() { [ "$(keelctl --json export list | jq -r '.[] | select(.name == "v1") | .tls')" = require ]; }
+wait_until 60 "v1 exported again with tls require" v1_exported
+OUT=$(qemu_io_psk_v1 -c 'read -P 0x6b 0 1M') || fail "read from v1 after the restart: $OUT"
+case "$OUT" in *"verification failed"* | *[Ee]rror*) fail "v1 after the restart: $OUT" ;; esac
+expect_fail "plaintext still refused after the restart" "" nbdinfo "nbd+unix:///v1?socket=$E2E_TMP/v1.sock"
+ok "the export of a volume comes back with tls require and its key after a restart"
+stop_keeld || fail "keeld did not stop cleanly after the restart"
