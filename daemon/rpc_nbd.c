@@ -27,6 +27,7 @@ struct rpc_nbd_start {
 	const char *tls;
 	const char *tls_psk_file;
 	const char *tls_certs_dir;
+	bool tls_verify_client;
 };
 
 struct rpc_nbd_start_ctx {
@@ -93,7 +94,8 @@ static void rpc_nbd_send_start_error(struct keel_rpc_request *req, const char *n
 				    "invalid export: the name must have 1-256 printable "
 				    "characters without spaces or '/', socket paths at most 107 "
 				    "bytes, tcp HOST:PORT with a numeric host; tls on/require need "
-				    "tls_psk_file or tls_certs_dir, tls off takes neither");
+				    "tls_psk_file or tls_certs_dir, tls off takes neither, "
+				    "tls_verify_client needs tls_certs_dir");
 		break;
 	case -ESHUTDOWN:
 		keel_rpc_send_error(req, rc, "keeld is shutting down");
@@ -132,6 +134,8 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 		 offsetof(struct rpc_nbd_start, tls_psk_file), true},
 		{"tls_certs_dir", KEEL_RPC_PARAM_STRING,
 		 offsetof(struct rpc_nbd_start, tls_certs_dir), true},
+		{"tls_verify_client", KEEL_RPC_PARAM_BOOL,
+		 offsetof(struct rpc_nbd_start, tls_verify_client), true},
 	};
 	struct rpc_nbd_start p = {0};
 	struct keel_nbd_export_opts opts = {0};
@@ -178,6 +182,7 @@ static void rpc_nbd_start_export(struct keel_rpc_request *req, json_t *params)
 	opts.read_only = p.read_only;
 	opts.tls_psk_file = p.tls_psk_file;
 	opts.tls_certs_dir = p.tls_certs_dir;
+	opts.tls_verify_client = p.tls_verify_client;
 	rc = keel_nbd_export_start(&opts, rpc_nbd_start_done, ctx);
 	if (rc != 0) {
 		rpc_nbd_send_start_error(req, ctx->name, ctx->bdev_name, ctx->where, rc, false);
@@ -264,6 +269,8 @@ static void rpc_nbd_get_exports(struct keel_rpc_request *req, json_t *params)
 				    rpc_nbd_string_or_null(keel_nbd_export_get_tls_psk_file(exp)));
 		json_object_set_new(o, "tls_certs_dir",
 				    rpc_nbd_string_or_null(keel_nbd_export_get_tls_certs_dir(exp)));
+		json_object_set_new(o, "tls_verify_client",
+				    json_boolean(keel_nbd_export_get_tls_verify_client(exp)));
 		json_array_append_new(arr, o);
 	}
 	keel_rpc_send_result(req, arr);

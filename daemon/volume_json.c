@@ -308,6 +308,8 @@ json_t *vol_exports_state(void)
 					    vol_str_or_null(keel_nbd_export_get_tls_psk_file(x)));
 			json_object_set_new(o, "tls_certs_dir",
 					    vol_str_or_null(keel_nbd_export_get_tls_certs_dir(x)));
+			json_object_set_new(o, "tls_verify_client",
+					    json_boolean(keel_nbd_export_get_tls_verify_client(x)));
 			json_array_append_new(arr, o);
 		}
 	}

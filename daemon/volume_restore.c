@@ -190,6 +190,7 @@ static void vol_restore_export(json_t *e, const char *name, const char *bdev)
 	opts.read_only = json_is_true(json_object_get(e, "read_only"));
 	opts.tls_psk_file = json_string_value(json_object_get(e, "tls_psk_file"));
 	opts.tls_certs_dir = json_string_value(json_object_get(e, "tls_certs_dir"));
+	opts.tls_verify_client = json_is_true(json_object_get(e, "tls_verify_client"));
 	/* Saved before TLS existed: it was served in plaintext then, so it stays so. */
 	if (!keel_nbd_tls_mode_parse(json_string_value(json_object_get(e, "tls")), &opts.tls)) {
 		opts.tls = KEEL_NBD_TLS_OFF;

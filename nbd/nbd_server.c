@@ -78,6 +78,7 @@ struct keel_nbd_export {
 	bool read_only;
 	char *tls_psk_file;
 	char *tls_certs_dir;
+	bool tls_verify_client;
 	struct nbd_tls_creds *tls_creds; /* info.tls_creds, owned here */
 	char tls_err[512];               /* why loading the credentials failed */
 	enum nbd_export_state state;
@@ -607,6 +608,10 @@ static int nbd_listen_blocking(void *arg)
 	if (exp->info.tls_mode != KEEL_NBD_TLS_OFF) {
 		rc = nbd_tls_creds_load(exp->tls_psk_file, exp->tls_certs_dir, &exp->tls_creds,
 					exp->tls_err, sizeof(exp->tls_err));
+		if (rc == 0 && exp->tls_verify_client) {
+			rc = nbd_tls_creds_require_client_cert(exp->tls_creds, exp->tls_err,
+							       sizeof(exp->tls_err));
+		}
 		if (rc != 0) {
 			return rc;
 		}
@@ -919,6 +924,13 @@ static int nbd_export_tls_mode(const char *name, const struct keel_nbd_export_op
 			    name, keel_nbd_tls_mode_name(mode));
 		return -EINVAL;
 	}
+	if (opts->tls_verify_client &&
+	    (opts->tls_certs_dir == NULL || opts->tls_certs_dir[0] == '\0')) {
+		KEEL_ERRLOG("nbd export %s: verifying client certificates needs a certificate "
+			    "directory",
+			    name);
+		return -EINVAL;
+	}
 	if (mode == KEEL_NBD_TLS_OFF && creds) {
 		KEEL_ERRLOG("nbd export %s: TLS credentials given with tls off", name);
 		return -EINVAL;
@@ -1020,6 +1032,7 @@ int keel_nbd_export_start(const struct keel_nbd_export_opts *opts, keel_nbd_done
 	exp->read_only = opts->read_only;
 	exp->tls_psk_file = nbd_strdup_opt(opts->tls_psk_file, &oom);
 	exp->tls_certs_dir = nbd_strdup_opt(opts->tls_certs_dir, &oom);
+	exp->tls_verify_client = opts->tls_verify_client;
 	exp->info.tls_mode = tls_mode;
 	exp->unix_fd = -1;
 	exp->tcp_fd = -1;
@@ -1219,6 +1232,11 @@ const char *keel_nbd_export_get_tls_psk_file(const struct keel_nbd_export *exp)
 const char *keel_nbd_export_get_tls_certs_dir(const struct keel_nbd_export *exp)
 {
 	return exp->tls_certs_dir;
+}
+
+bool keel_nbd_export_get_tls_verify_client(const struct keel_nbd_export *exp)
+{
+	return exp->tls_verify_client;
 }
 
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp)

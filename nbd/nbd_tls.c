@@ -59,6 +59,8 @@ struct nbd_tls_creds {
 	gnutls_priority_t priority;
 	struct nbd_tls_psk *psk;
 	size_t npsk;
+	bool has_ca;        /* ca-cert.pem loaded as the trust list */
+	bool verify_client; /* certificate handshakes need a client certificate */
 };
 
 struct nbd_tls_session {
@@ -320,6 +322,7 @@ static int nbd_tls_x509_load(struct nbd_tls_creds *creds, const char *dir, char 
 			snprintf(err, err_len, "%s: %s", ca, gnutls_strerror(rc));
 			return -EKEYREJECTED;
 		}
+		creds->has_ca = true;
 	}
 	gnutls_certificate_set_known_dh_params(creds->x509_cred, GNUTLS_SEC_PARAM_MEDIUM);
 	return 0;
@@ -372,6 +375,18 @@ int nbd_tls_creds_load(const char *psk_file, const char *certs_dir, struct nbd_t
 out_free:
 	nbd_tls_creds_free(creds);
 	return rc;
+}
+
+int nbd_tls_creds_require_client_cert(struct nbd_tls_creds *creds, char *err, size_t err_len)
+{
+	if (creds->x509_cred == NULL || !creds->has_ca) {
+		snprintf(err, err_len,
+			 "verifying client certificates needs a certificate directory with "
+			 "ca-cert.pem (the CA that signed the clients' certificates)");
+		return -ENOENT;
+	}
+	creds->verify_client = true;
+	return 0;
 }
 
 void nbd_tls_creds_free(struct nbd_tls_creds *creds)
@@ -433,6 +448,12 @@ int nbd_tls_start(struct nbd_conn *conn, const struct nbd_tls_creds *creds)
 	}
 	if (rc == 0 && creds->x509_cred != NULL) {
 		rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, creds->x509_cred);
+	}
+	if (rc == 0 && creds->verify_client) {
+		/* The handshake fails unless the client's certificate chains to ca-cert.pem
+		 * (no host name: a client is not named by an address). */
+		gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_REQUIRE);
+		gnutls_session_set_verify_cert(t->session, NULL, 0);
 	}
 	if (rc < 0) {
 		KEEL_WARNLOG("%s: cannot set up a TLS session: %s", conn->label,

@@ -32,6 +32,14 @@ struct nbd_tls_creds;
 int nbd_tls_creds_load(const char *psk_file, const char *certs_dir, struct nbd_tls_creds **credsp,
 		       char *err, size_t err_len);
 
+/**
+ * Make every certificate handshake demand a client certificate signed by the
+ * directory's ca-cert.pem (clients that use the PSK authenticate with the key instead).
+ * Before any session uses \p creds. \return 0, or -ENOENT (no certificates or no
+ * ca-cert.pem were loaded; \p err says so).
+ */
+int nbd_tls_creds_require_client_cert(struct nbd_tls_creds *creds, char *err, size_t err_len);
+
 /** Free credentials no session uses any more. NULL is a no-op. Any thread. */
 void nbd_tls_creds_free(struct nbd_tls_creds *creds);
 

@@ -25,6 +25,7 @@ enum {
 	EXPORT_OPT_TLS,
 	EXPORT_OPT_TLS_PSK,
 	EXPORT_OPT_TLS_CERTS,
+	EXPORT_OPT_TLS_VERIFY_CLIENT,
 };
 
 static const char g_help_export[] =
@@ -35,7 +36,9 @@ static const char g_help_export[] =
 	"        [--tls off|on|require] [--tls-psk FILE] [--tls-certs DIR]: NBD over TLS\n"
 	"        with a psktool key file or a directory with server-cert.pem and\n"
 	"        server-key.pem; credentials alone mean --tls require. TCP on an address\n"
-	"        other than loopback needs TLS, or --tls off to serve plaintext anyway\n"
+	"        other than loopback needs TLS, or --tls off to serve plaintext anyway.\n"
+	"        [--tls-verify-client]: certificate clients must present a certificate\n"
+	"        signed by the directory's ca-cert.pem\n"
 	"  start BDEV --nbd [/dev/nbdN] [--read-only] [--io-timeout SEC] [--dead-timeout SEC]\n"
 	"        serve BDEV to this machine's kernel as /dev/nbdN (root, nbd module loaded);\n"
 	"        without a device the kernel picks a free one. The device may also be given\n"
@@ -58,6 +61,7 @@ struct export_start_args {
 	const char *tls_certs;
 	bool nbd;
 	bool read_only;
+	bool tls_verify_client;
 };
 
 static void export_start_parse(int argc, char **argv, struct export_start_args *a)
@@ -74,6 +78,7 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		{"tls", required_argument, NULL, EXPORT_OPT_TLS},
 		{"tls-psk", required_argument, NULL, EXPORT_OPT_TLS_PSK},
 		{"tls-certs", required_argument, NULL, EXPORT_OPT_TLS_CERTS},
+		{"tls-verify-client", no_argument, NULL, EXPORT_OPT_TLS_VERIFY_CLIENT},
 		KEELCTL_HELP_OPTION,
 		{0},
 	};
@@ -111,6 +116,9 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		case EXPORT_OPT_TLS_CERTS:
 			a->tls_certs = g.value;
 			break;
+		case EXPORT_OPT_TLS_VERIFY_CLIENT:
+			a->tls_verify_client = true;
+			break;
 		case EXPORT_OPT_NBD:
 		case EXPORT_OPT_NBD_DEVICE:
 			a->nbd = true;
@@ -135,8 +143,10 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		keelctl_die(KEELCTL_EXIT_USAGE, "--nbd cannot be combined with --socket, --tcp "
 						"or --name: a kernel device is named /dev/nbdN");
 	}
-	if (a->nbd && (a->tls != NULL || a->tls_psk != NULL || a->tls_certs != NULL)) {
-		keelctl_die(KEELCTL_EXIT_USAGE, "--tls, --tls-psk and --tls-certs are for socket "
+	if (a->nbd && (a->tls != NULL || a->tls_psk != NULL || a->tls_certs != NULL ||
+		       a->tls_verify_client)) {
+		keelctl_die(KEELCTL_EXIT_USAGE, "--tls, --tls-psk, --tls-certs and "
+						"--tls-verify-client are for socket "
 						"exports: the kernel device is local");
 	}
 	if (a->tls != NULL && strcmp(a->tls, "off") != 0 && strcmp(a->tls, "on") != 0 &&
@@ -215,6 +225,9 @@ static int export_start(const struct keelctl_ctx *ctx, int argc, char **argv)
 	}
 	if (a.tls_certs != NULL) {
 		json_object_set_new(params, "tls_certs_dir", keelctl_abs_path(a.tls_certs));
+	}
+	if (a.tls_verify_client) {
+		json_object_set_new(params, "tls_verify_client", json_true());
 	}
 	result = keelctl_call("nbd_start_export", params);
 	if (ctx->json) {

@@ -84,6 +84,11 @@ struct keel_nbd_export_opts {
 	 * qemu and nbdkit name them; read once at start; or NULL.
 	 */
 	const char *tls_certs_dir;
+	/**
+	 * Certificate clients must present a certificate signed by tls_certs_dir's
+	 * ca-cert.pem, or the handshake fails (PSK clients authenticate with the key).
+	 */
+	bool tls_verify_client;
 };
 
 typedef void (*keel_nbd_done_cb)(void *cb_arg, int status);
@@ -97,7 +102,8 @@ typedef void (*keel_nbd_done_cb)(void *cb_arg, int status);
  * (unreadable), -EKEYREJECTED (malformed key file or certificate; the log says which
  * line or file). Nothing is left behind on failure.
  * \return 0 (cb_fn runs later), -EINVAL (bad name, no listener, malformed tcp, tls
- * on/require without credentials, credentials with tls off), -EACCES (TCP on an
+ * on/require without credentials, credentials with tls off, tls_verify_client without
+ * tls_certs_dir), -EACCES (TCP on an
  * address other than loopback with tls UNSET),
  * -EEXIST (export name taken), -EADDRINUSE (another export uses that path or tcp),
  * -ENODEV (no such bdev), -EPERM (bdev claimed and not read_only), -ENOMEM,
@@ -142,6 +148,8 @@ enum keel_nbd_tls_mode keel_nbd_export_get_tls(const struct keel_nbd_export *exp
 /** PSK file / certificate directory as given, or NULL. */
 const char *keel_nbd_export_get_tls_psk_file(const struct keel_nbd_export *exp);
 const char *keel_nbd_export_get_tls_certs_dir(const struct keel_nbd_export *exp);
+/** Whether certificate clients must present a certificate (tls_verify_client). */
+bool keel_nbd_export_get_tls_verify_client(const struct keel_nbd_export *exp);
 /** Number of open client connections (handshake or transmission). */
 uint32_t keel_nbd_export_get_connection_count(const struct keel_nbd_export *exp);
 /**

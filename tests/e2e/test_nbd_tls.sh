@@ -139,6 +139,21 @@ OUT=$(nbdinfo "nbds+unix:///x0?socket=$E2E_TMP/x509.sock&tls-certificates=$E2E_T
 	fail "nbdinfo with X.509: $OUT"
 echo "$OUT" | grep -q "with TLS" || fail "X.509: nbdinfo does not report TLS: $OUT"
 ok "nbdinfo with X.509 certificates"
+# Client certificates: demanded with --tls-verify-client, checked against ca-cert.pem.
+expect_fail "--tls-verify-client without certificates" "needs tls_certs_dir" \
+	keelctl export start m0 --socket "$E2E_TMP/x1.sock" --name x1 --tls-psk "$PSK" --tls-verify-client
+expect_ok "export verifying client certificates" keelctl export start m0 \
+	--socket "$E2E_TMP/x1.sock" --name x1 --tls-certs x509/server --tls-verify-client --read-only
+[ "$(keelctl --json export list | jq -r '.[] | select(.name == "x1") | .tls_verify_client')" = true ] ||
+	fail "tls_verify_client not listed"
+OUT=$(nbdinfo "nbds+unix:///x1?socket=$E2E_TMP/x1.sock&tls-certificates=$E2E_TMP/x509/client&tls-verify-peer=false" 2>&1) ||
+	fail "nbdinfo with a client certificate: $OUT"
+ok "a client with a certificate signed by the CA is served"
+expect_fail "a client without a certificate is refused" "" \
+	nbdinfo "nbds+unix:///x1?socket=$E2E_TMP/x1.sock&tls-certificates=$E2E_TMP/x509/client-nocert&tls-verify-peer=false"
+# The same client is served where certificates are not demanded.
+nbdinfo "nbds+unix:///x0?socket=$E2E_TMP/x509.sock&tls-certificates=$E2E_TMP/x509/client-nocert&tls-verify-peer=false" >/dev/null ||
+	fail "a client without a certificate on an export that does not ask for one"
 OUT=$("$PY" "$TLS_CLIENT" "$E2E_TMP/x509.sock" x0 x509-twice "$E2E_TMP/x509/client/ca-cert.pem" 2>&1) ||
 	fail "$OUT"
 ok "X.509: $OUT"
