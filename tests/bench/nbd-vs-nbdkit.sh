@@ -17,7 +17,8 @@
 # servers get the same CPUs), SIZE_MB (default 1024), CLIENT_CPUS (taskset list for
 # fio, default none: the client may use any CPU, for both servers alike), TLS_ROWS (1,
 # the default: also 4k randread QD32 and 128k read QD8 over TLS, keeld --tls require vs
-# nbdkit --tls=require with the same certificates, adaptive mode; 0: skip them).
+# nbdkit --tls=require with the same certificates, per mode; 0: skip them), PLAIN_ROWS
+# (1, the default; 0: only the TLS rows).
 set -u
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -138,6 +139,7 @@ for u in "$KEEL_URI" "$KIT_URI"; do
 done
 echo "load average at start: $(loadavg)"
 for mode in $KEEL_MODES; do
+	[ "${PLAIN_ROWS:-1}" = 1 ] || break
 	KCTL reactor mode "$mode" >/dev/null || { echo "keelctl reactor mode $mode failed"; exit 1; }
 	echo
 	echo "keeld --mode $mode"
@@ -164,17 +166,20 @@ if [ "${TLS_ROWS:-1}" = 1 ] && command -v certtool >/dev/null; then
 		--tls-certificates="$TMP/x509/server" file "$IMG" &
 	NBDKIT_TLS_PID=$!
 	for _ in $(seq 1 100); do [ -S "$TMP/nbdkit-tls.nbd" ] && break; sleep 0.1; done
-	KCTL reactor mode adaptive >/dev/null || exit 1
-	echo
-	echo "TLS (X.509, same certificates; nbdkit --tls=require; fio via libnbd), keeld --mode adaptive"
-	printf "%-22s %14s %14s %8s\n" "workload" "keeld" "nbdkit" "ratio"
-	min_ratio=
-	for r in "randread 4k 32" "read 128k 8"; do
-		# shellcheck disable=SC2086 # the row's three words
-		HOME=$TMP/home ROW_PREFIX="tls " row "nbds+unix:///tls?socket=$TMP/keel-tls.nbd&tls-verify-peer=false" \
-			"nbds+unix:///?socket=$TMP/nbdkit-tls.nbd&tls-verify-peer=false" $r
+	for mode in $KEEL_MODES; do
+		KCTL reactor mode "$mode" >/dev/null || exit 1
+		echo
+		echo "TLS (X.509, same certificates; nbdkit --tls=require; fio via libnbd), keeld --mode $mode"
+		printf "%-22s %14s %14s %8s\n" "workload" "keeld" "nbdkit" "ratio"
+		min_ratio=
+		for r in "randread 4k 32" "read 128k 8"; do
+			# shellcheck disable=SC2086 # the row's three words
+			HOME=$TMP/home ROW_PREFIX="tls " row \
+				"nbds+unix:///tls?socket=$TMP/keel-tls.nbd&tls-verify-peer=false" \
+				"nbds+unix:///?socket=$TMP/nbdkit-tls.nbd&tls-verify-peer=false" $r
+		done
+		echo "min_ratio=$min_ratio (tls, $mode)"
 	done
-	echo "min_ratio=$min_ratio (tls)"
 fi
 kill -0 "$KEELD_PID" 2>/dev/null || { echo "keeld died:"; tail -20 "$TMP/keeld.log"; exit 1; }
 echo "load average at the end: $(loadavg)"
