@@ -527,26 +527,30 @@ static void rpc_nbd_get_options(struct keel_rpc_request *req, json_t *params)
 static void rpc_nbd_get_stats(struct keel_rpc_request *req, json_t *params)
 {
 	struct keel_nbd_stats st;
+	json_t *res;
 
 	if (!keel_rpc_decode_params(req, params, NULL, 0, NULL)) {
 		return;
 	}
 	keel_nbd_get_stats(&st);
-	keel_rpc_send_result(req, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
-					    (json_int_t)st.connections, "connections_refused",
-					    (json_int_t)st.connections_refused, "buffer_bytes",
-					    (json_int_t)st.buffer_bytes, "buffer_waits",
-					    (json_int_t)st.buffer_waits, "handshake_timeouts",
-					    (json_int_t)st.handshake_timeouts, "stall_timeouts",
-					    (json_int_t)st.stall_timeouts, "cached_buffer_bytes",
-					    (json_int_t)st.cached_buffer_bytes));
+	res = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
+			(json_int_t)st.connections, "connections_refused",
+			(json_int_t)st.connections_refused, "buffer_bytes",
+			(json_int_t)st.buffer_bytes, "buffer_waits", (json_int_t)st.buffer_waits,
+			"handshake_timeouts", (json_int_t)st.handshake_timeouts, "stall_timeouts",
+			(json_int_t)st.stall_timeouts, "cached_buffer_bytes",
+			(json_int_t)st.cached_buffer_bytes);
+	json_object_set_new(res, "tls_handshakes", json_integer((json_int_t)st.tls_handshakes));
+	json_object_set_new(res, "tls_failures", json_integer((json_int_t)st.tls_failures));
+	keel_rpc_send_result(req, res);
 }
 
 void rpc_nbd_register(void)
 {
 	keel_rpc_register_method(
 		"nbd_start_export", rpc_nbd_start_export,
-		"export a bdev over NBD: {bdev_name, name?, socket?, tcp?, read_only?}");
+		"export a bdev over NBD: {bdev_name, name?, socket?, tcp?, read_only?, tls?, "
+		"tls_psk_file?, tls_certs_dir?, tls_verify_client?}");
 	keel_rpc_register_method("nbd_stop_export", rpc_nbd_stop_export,
 				 "stop an NBD export and close its connections: {name}");
 	keel_rpc_register_method("nbd_get_exports", rpc_nbd_get_exports,

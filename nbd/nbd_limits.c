@@ -105,6 +105,8 @@ void keel_nbd_get_stats(struct keel_nbd_stats *stats)
 	stats->buffer_waits = NBD_LOAD(g_stats[NBD_STAT_BUFFER_WAITS]);
 	stats->handshake_timeouts = NBD_LOAD(g_stats[NBD_STAT_HANDSHAKE_TIMEOUTS]);
 	stats->stall_timeouts = NBD_LOAD(g_stats[NBD_STAT_STALL_TIMEOUTS]);
+	stats->tls_handshakes = NBD_LOAD(g_stats[NBD_STAT_TLS_HANDSHAKES]);
+	stats->tls_failures = NBD_LOAD(g_stats[NBD_STAT_TLS_FAILURES]);
 	stats->cached_buffer_bytes = nbd_buf_cached_bytes();
 }
 

@@ -491,10 +491,12 @@ int nbd_tls_handshake_poll(struct nbd_conn *conn)
 	conn->rx_stalled = false;
 	if (rc < 0) {
 		KEEL_WARNLOG("%s: TLS handshake failed: %s", conn->label, gnutls_strerror(rc));
+		nbd_stat_inc(NBD_STAT_TLS_FAILURES);
 		nbd_conn_abort(conn);
 		return 1;
 	}
 	t->established = true;
+	nbd_stat_inc(NBD_STAT_TLS_HANDSHAKES);
 	conn->tls = t;
 	conn->tls_pending = NULL;
 	/* The spec: after STARTTLS the option haggling starts over, now encrypted, and

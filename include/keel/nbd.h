@@ -243,6 +243,8 @@ struct keel_nbd_stats {
 	uint64_t handshake_timeouts;  /**< connections closed for choosing no export in time */
 	uint64_t stall_timeouts;      /**< connections closed for a stalled client */
 	uint64_t cached_buffer_bytes; /**< idle buffers kept by the NBD threads' caches */
+	uint64_t tls_handshakes;      /**< TLS handshakes completed (STARTTLS) */
+	uint64_t tls_failures;        /**< TLS handshakes that failed (wrong key, bad client) */
 };
 
 /** Counters since start. Main keel thread (the counters are read without a lock). */

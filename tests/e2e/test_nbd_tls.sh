@@ -96,10 +96,15 @@ cmp -n $((48 << 20)) src.img back4.img || fail "nbdcopy 4 connections: data diff
 ok "nbdcopy over TLS with 4 connections"
 
 # ---- wrong key, unknown user, plaintext ----
+FAILS=$(keelctl rpc nbd_get_stats | jq .tls_failures)
 expect_fail "wrong key refused" "" nbdinfo "nbds+unix://keel@/disk0?socket=$NBD&tls-psk-file=$E2E_TMP/wrong/keys.psk"
 expect_fail "unknown user refused" "" nbdinfo "nbds+unix://other@/disk0?socket=$NBD&tls-psk-file=$E2E_TMP/wrong/other.psk"
 expect_fail "plaintext client refused" "" nbdinfo "nbd+unix:///disk0?socket=$NBD"
 grep -q "TLS handshake failed" "$KEELD_LOG" || fail "no log line for the failed handshake"
+J=$(keelctl rpc nbd_get_stats)
+[ "$(jget "$J" .tls_failures)" -ge $((FAILS + 2)) ] || fail "tls_failures did not count them: $J"
+[ "$(jget "$J" .tls_handshakes)" -ge 1 ] || fail "tls_handshakes: $J"
+ok "nbd_get_stats counts TLS handshakes ($(jget "$J" .tls_handshakes)) and failures ($(jget "$J" .tls_failures))"
 OUT=$("$PY" "$TLS_CLIENT" "$NBD" disk0 require-refusals 2>&1) || fail "$OUT"
 ok "require, before TLS: $OUT"
 OUT=$("$PY" "$TLS_CLIENT" "$NBD" disk0 require-export-name 2>&1) || fail "$OUT"
