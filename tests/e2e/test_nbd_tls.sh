@@ -57,6 +57,9 @@ J=$(keelctl --json export list)
 OUT=$(nbdinfo "$URI" 2>&1) || fail "nbdinfo over TLS: $OUT"
 echo "$OUT" | grep -q "newstyle-fixed with TLS" || fail "nbdinfo does not report TLS: $OUT"
 ok "nbdinfo with a PSK: $(echo "$OUT" | head -n 1)"
+# Structured replies and block status work under TLS too (records carry the chunks).
+OUT=$(nbdinfo --map "$URI" 2>&1) || fail "nbdinfo --map over TLS: $OUT"
+ok "nbdinfo --map over TLS: $(echo "$OUT" | head -n 1 | tr -s ' \t' ' ')"
 
 qemu_io_psk() {
 	local what=$1 dir=$2 out rc
@@ -162,6 +165,11 @@ nbdinfo "nbds+unix:///x0?socket=$E2E_TMP/x509.sock&tls-certificates=$E2E_TMP/x50
 OUT=$("$PY" "$TLS_CLIENT" "$E2E_TMP/x509.sock" x0 x509-twice "$E2E_TMP/x509/client/ca-cert.pem" 2>&1) ||
 	fail "$OUT"
 ok "X.509: $OUT"
+expect_ok "export with certificates, tls on" keelctl export start m0 --socket "$E2E_TMP/x2.sock" \
+	--name x2 --tls on --tls-certs x509/server --read-only
+OUT=$("$PY" "$TLS_CLIENT" "$E2E_TMP/x2.sock" x2 x509-reset "$E2E_TMP/x509/client/ca-cert.pem" 2>&1) ||
+	fail "$OUT"
+ok "STARTTLS starts the haggling over: $OUT"
 
 # ---- fio's nbd engine over TLS (libnbd lets URIs name local files only when the
 # program allows it, which fio does not: certificates from $HOME/.pki/libnbd work) ----

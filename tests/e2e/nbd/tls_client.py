@@ -13,6 +13,9 @@ Scenarios (exit 0 when the server answered as the NBD protocol document demands)
                     server closed (the handshake timeout)
   x509-twice        (CA_FILE) TLS with certificates, a second STARTTLS under TLS gets
                     ERR_INVALID, then GO and a read work under TLS
+  x509-reset        (CA_FILE, an export with tls on) STRUCTURED_REPLY in plaintext, then
+                    STARTTLS: under TLS it is not negotiated any more (a second
+                    STRUCTURED_REPLY is acknowledged, not refused as a repeat)
 """
 import os
 import socket
@@ -133,6 +136,27 @@ def x509_twice(path, name, ca_file):
     print("%s; second STARTTLS INVALID; GO and a 4 KiB read under TLS" % t.version())
 
 
+def tls_wrap(s, ca_file):
+    option(s, OPT_STARTTLS)
+    expect_reply(s, OPT_STARTTLS, REP_ACK, "STARTTLS")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca_file)
+    ctx.check_hostname = False
+    return ctx.wrap_socket(s, server_hostname="localhost")
+
+
+def x509_reset(path, name, ca_file):
+    s = connect(path)
+    option(s, OPT_STRUCTURED_REPLY)
+    expect_reply(s, OPT_STRUCTURED_REPLY, REP_ACK, "STRUCTURED_REPLY in plaintext")
+    t = tls_wrap(s, ca_file)
+    option(t, OPT_STRUCTURED_REPLY)
+    expect_reply(t, OPT_STRUCTURED_REPLY, REP_ACK, "STRUCTURED_REPLY again under TLS")
+    go(t, name)
+    t.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, CMD_DISC, 8, 0, 0))
+    print("structured replies negotiated in plaintext were forgotten at STARTTLS")
+
+
 def main():
     if len(sys.argv) < 4:
         die(__doc__)
@@ -146,6 +170,8 @@ def main():
     }
     if scenario == "x509-twice":
         x509_twice(path, name, sys.argv[4])
+    elif scenario == "x509-reset":
+        x509_reset(path, name, sys.argv[4])
     elif scenario in scenarios:
         scenarios[scenario](path, name)
     else:
