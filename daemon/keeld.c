@@ -26,6 +26,7 @@
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
+#include "keel/bdev_nbd_client.h"
 #include "keel/bdev_uring.h"
 #include "keel/bdev_vcache.h"
 #include "keel/log.h"
@@ -593,6 +594,7 @@ int main(int argc, char **argv)
 	keel_bdev_module_register(&keel_bdev_error_module);
 	keel_bdev_module_register(&keel_bdev_vcache_module);
 	keel_bdev_module_register(&keel_bdev_nexus_module);
+	keel_bdev_module_register(&keel_bdev_nbd_client_module);
 
 	rpc_framework_register();
 	rpc_bdev_register();
@@ -602,6 +604,7 @@ int main(int argc, char **argv)
 	rpc_debug_register();
 	rpc_vcache_register();
 	keeld_notify_init();
+	rpc_nbd_client_register();
 
 	rc = keel_reactors_start(keeld_start, NULL);
 	if (rc != 0) {

@@ -13,6 +13,7 @@
 
 #include "keel/bdev.h"
 #include "keel/bdev_module.h"
+#include "keel/bdev_nbd_client.h"
 #include "keel/bdev_uring.h"
 #include "keel/log.h"
 #include "keel/reactor.h"
@@ -569,7 +570,7 @@ static const struct {
 } g_deleters[] = {
 	{"malloc", keel_bdev_malloc_delete}, {"null", keel_bdev_null_delete},
 	{"aio", keel_bdev_aio_delete},       {"uring", keel_bdev_uring_delete},
-	{"error", keel_bdev_error_delete},
+	{"error", keel_bdev_error_delete},   {"nbd_client", keel_bdev_nbd_client_delete},
 };
 
 /* keelctl's "bdev delete NAME" does not know the module; this finds it. */

@@ -33,5 +33,7 @@ void rpc_nbd_register(void);
 void rpc_debug_register(void);
 /** bdev_vcache_create|delete|power_cut|get_stats (daemon/rpc_vcache.c). */
 void rpc_vcache_register(void);
+/** bdev_nbd_client_create, bdev_nbd_client_delete (daemon/rpc_nbd_client.c). */
+void rpc_nbd_client_register(void);
 
 #endif /* KEEL_DAEMON_RPC_METHODS_H */

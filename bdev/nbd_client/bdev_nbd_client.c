@@ -50,7 +50,7 @@ struct nbdc_disk {
 enum nbdc_state {
 	NBDC_CONNECTING, /* first connect of the channel: requests wait */
 	NBDC_UP,
-	NBDC_DOWN,       /* lost: requests fail; a reconnect is armed or running */
+	NBDC_DOWN, /* lost: requests fail; a reconnect is armed or running */
 };
 
 TAILQ_HEAD(nbdc_io_list, keel_bdev_io);
@@ -66,8 +66,8 @@ struct nbdc_channel {
 	uint32_t events;
 	struct nbdc_conn_job *job; /* connect attempt running */
 	uint64_t backoff_us;
-	uint64_t retry_at_ns; /* DOWN without a job: when to try again */
-	bool closing;         /* inside nbdc_drop: callbacks are ignored */
+	uint64_t retry_at_ns;         /* DOWN without a job: when to try again */
+	bool closing;                 /* inside nbdc_drop: callbacks are ignored */
 	struct nbdc_io_list inflight; /* issued, in submission order (deadlines ascending) */
 	struct nbdc_io_list done;     /* answered, to complete */
 	struct nbdc_io_list waiting;  /* submitted during the first connect */
@@ -76,11 +76,11 @@ struct nbdc_channel {
 struct nbdc_req {
 	struct nbdc_channel *ch;
 	uint64_t deadline_ns;
-	uint32_t pending;    /* commands in flight + 1 while issuing */
+	uint32_t pending; /* commands in flight + 1 while issuing */
 	int status;
-	bool flush_after;    /* FUA write on a server without FUA: flush once written */
-	bool flush_phase;    /* that flush is what is in flight now */
-	bool listed;         /* on ch->inflight */
+	bool flush_after; /* FUA write on a server without FUA: flush once written */
+	bool flush_phase; /* that flush is what is in flight now */
+	bool listed;      /* on ch->inflight */
 };
 
 static __thread char g_nbdc_last_error[512];
@@ -204,8 +204,8 @@ static void nbdc_drop(struct nbdc_channel *ch, const char *why)
 	struct keel_bdev_io *io;
 
 	if (ch->state == NBDC_UP) {
-		KEEL_WARNLOG("nbd_client bdev %s: connection to %s lost: %s; reconnecting",
-			     d->name, d->uri, why);
+		KEEL_WARNLOG("nbd_client bdev %s: connection to %s lost: %s; reconnecting", d->name,
+			     d->uri, why);
 		atomic_fetch_add(&d->disconnects, 1);
 		atomic_fetch_sub(&d->channels_up, 1);
 		atomic_fetch_add(&d->channels_down, 1);
@@ -430,7 +430,8 @@ static void nbdc_adopt(struct nbdc_channel *ch, struct nbd_handle *h)
 	int fd = nbd_aio_get_fd(h);
 
 	ch->io_poller = keel_poller_register(nbdc_io_poll, ch, 0, "nbd_client");
-	if (fd < 0 || ch->io_poller == NULL || keel_poller_register_fd(ch->io_poller, fd, EPOLLIN)) {
+	if (fd < 0 || ch->io_poller == NULL ||
+	    keel_poller_register_fd(ch->io_poller, fd, EPOLLIN)) {
 		KEEL_ERRLOG("nbd_client bdev %s: cannot watch the connection's socket", d->name);
 		keel_poller_unregister(&ch->io_poller);
 		nbd_close(h);
@@ -528,7 +529,8 @@ static int nbdc_timer(void *arg)
 			if (now >= ch->retry_at_ns) {
 				nbdc_start_connect(ch);
 			} else {
-				(void)keel_poller_arm(ch->timer, (ch->retry_at_ns - now) / 1000u + 1);
+				(void)keel_poller_arm(ch->timer,
+						      (ch->retry_at_ns - now) / 1000u + 1);
 			}
 		}
 		return KEEL_POLLER_BUSY;
@@ -714,16 +716,15 @@ static void nbdc_create_fail(struct nbdc_create_ctx *c, int rc, const char *why)
 	c->cb_fn(c->cb_arg, rc, NULL);
 }
 
-/* Block size: the server's preferred one when it is a power of two keel takes, else 512
- * (NBD's default minimum); at least the server's minimum. */
+/* Block size: the server's minimum (the granularity it requires), at least 512 (NBD's
+ * default when the server says nothing), as a power of two keel takes. Not the preferred
+ * size: a replica must match the block size of the volume's other replicas, and a keel
+ * export of a 512-byte aio bdev prefers 4096. */
 static uint32_t nbdc_block_size(const struct nbdc_conn_job *job)
 {
-	int64_t bs = job->pref_block > 0 ? job->pref_block : 512;
+	int64_t bs = job->min_block > 512 ? job->min_block : 512;
 
-	if (job->min_block > bs) {
-		bs = job->min_block;
-	}
-	if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0) {
+	if (bs > 65536 || (bs & (bs - 1)) != 0) {
 		bs = 4096;
 	}
 	return (uint32_t)bs;
@@ -738,13 +739,7 @@ static void nbdc_create_done(void *cb_arg, int rc)
 	char why[800];
 
 	if (rc != 0) {
-		if (strstr(job->err, "gnutls") != NULL) {
-			snprintf(why, sizeof(why), "%s (TLS failed: check the user and key of "
-				 "tls-psk-file against the server's)", job->err);
-			nbdc_create_fail(c, rc, why);
-		} else {
-			nbdc_create_fail(c, rc, job->err);
-		}
+		nbdc_create_fail(c, rc, job->err);
 		goto out_free;
 	}
 	bs = nbdc_block_size(job);

@@ -5,21 +5,28 @@
  * asynchronous connect with nbd_poll() so that a deadline bounds the whole attempt.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include <libnbd.h>
 
+#include "keel/bdev_nbd_client.h"
 #include "keel/reactor.h"
 #include "nbd_client_internal.h"
 
 static void nbdc_job_err(struct nbdc_conn_job *job, const char *what)
 {
 	const char *why = nbd_get_error();
+	bool tls = why != NULL && strstr(why, "gnutls") != NULL;
 
-	snprintf(job->err, sizeof(job->err), "%s: %s", what,
-		 why != NULL && why[0] != '\0' ? why : "connection closed by the server");
+	/* GnuTLS says how the handshake broke, not that the key is the likely cause. */
+	snprintf(job->err, sizeof(job->err), "%s: %s%s", what,
+		 why != NULL && why[0] != '\0' ? why : "connection closed by the server",
+		 tls ? " (TLS failed: check the user and key of tls-psk-file against the "
+		       "server's)"
+		     : "");
 }
 
 /* Real time, not nbdc_mono_ns(): the unit tests mock that clock, and this deadline
@@ -112,6 +119,31 @@ int nbdc_connect_blocking(void *arg)
 out_close:
 	nbd_close(job->h);
 	job->h = NULL;
+	return rc;
+}
+
+int keel_bdev_nbd_client_read_head(const char *uri, uint32_t timeout_ms, void *buf, size_t len,
+				   size_t *got, uint64_t *size, char *err, size_t errlen)
+{
+	struct nbdc_conn_job job;
+	int rc;
+
+	memset(&job, 0, sizeof(job));
+	job.uri = (char *)uri;
+	job.timeout_ms = timeout_ms != 0 ? timeout_ms : KEEL_NBD_CLIENT_TIMEOUT_MS_DEFAULT;
+	rc = nbdc_connect_blocking(&job);
+	if (rc != 0) {
+		snprintf(err, errlen, "cannot connect to %s: %s", uri, job.err);
+		return rc;
+	}
+	*size = job.size;
+	*got = len < job.size ? len : (size_t)job.size;
+	if (*got > 0 && nbd_pread(job.h, buf, *got, 0, 0) == -1) {
+		snprintf(err, errlen, "cannot read %s: %s", uri, nbd_get_error());
+		rc = nbdc_errno(-EIO);
+	}
+	(void)nbd_shutdown(job.h, 0);
+	nbd_close(job.h);
 	return rc;
 }
 

@@ -1,4 +1,4 @@
-/* keelctl bdev: create (aio, uring, malloc, null), delete and list bdevs. */
+/* keelctl bdev: create (aio, uring, malloc, null, remote), delete and list bdevs. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +9,8 @@
 #include "keelctl_transport.h"
 
 enum {
-	BDEV_OPT_BLOCK_SIZE = 256
+	BDEV_OPT_BLOCK_SIZE = 256,
+	BDEV_OPT_TIMEOUT_MS,
 };
 
 static const char g_help_bdev[] =
@@ -22,6 +23,8 @@ static const char g_help_bdev[] =
 	"                                            container that allow io_uring)\n"
 	"  create malloc NAME SIZE [--block-size N]  RAM disk of SIZE bytes (K, M, G, T suffixes)\n"
 	"  create null NAME SIZE [--block-size N]    null disk of SIZE bytes\n"
+	"  create remote NAME URI [--timeout-ms N]   an export of an NBD server (nbd://HOST/EXP,\n"
+	"                                            nbds://..., nbd+unix:///EXP?socket=PATH)\n"
 	"  delete NAME                               delete a bdev (its I/O drains first)\n"
 	"  list                                      table of bdevs (--json: bdev_get_bdevs)\n";
 
@@ -33,6 +36,8 @@ static const char g_help_bdev_create[] =
 	"  malloc NAME SIZE   RAM disk; SIZE is bytes with an optional K, M, G or T suffix\n"
 	"                     (powers of 1024), e.g. 64M\n"
 	"  null NAME SIZE     null disk of SIZE bytes\n"
+	"  remote NAME URI    an NBD export as libnbd parses URIs; --timeout-ms N: request\n"
+	"                     timeout (default 5000)\n"
 	"  --block-size N     512 (default for malloc/null) up to 65536, a power of two\n"
 	"NAME: up to 63 characters, no '/' or spaces.\n";
 
@@ -92,24 +97,38 @@ static int bdev_create(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
 		{"block-size", required_argument, NULL, BDEV_OPT_BLOCK_SIZE},
+		{"timeout-ms", required_argument, NULL, BDEV_OPT_TIMEOUT_MS},
 		KEELCTL_HELP_OPTION,
 		{0},
 	};
 	struct keelctl_getopt g;
-	uint32_t block_size = 0;
+	uint32_t block_size = 0, timeout_ms = 0;
 	const char *type;
 	char method[32];
 	json_t *params, *result;
+	int opt;
 
 	keelctl_getopt_init(&g, argc, argv, options, g_help_bdev_create, false);
-	while (keelctl_getopt_next(&g) != -1) {
-		/* --block-size is the only option */
-		block_size = keelctl_parse_u32(g.value, "--block-size");
+
+	while ((opt = keelctl_getopt_next(&g)) != -1) {
+		if (opt == BDEV_OPT_TIMEOUT_MS) {
+			timeout_ms = keelctl_parse_u32(g.value, "--timeout-ms");
+		} else {
+			block_size = keelctl_parse_u32(g.value, "--block-size");
+		}
 	}
 	keelctl_need_pos(&g, 3, 3);
 	type = g.pos[0];
-	params = bdev_create_params(type, g.pos[1], g.pos[2], block_size);
-	snprintf(method, sizeof(method), "bdev_%s_create", type);
+	if (strcmp(type, "remote") == 0) {
+		params = json_pack("{s:s,s:s}", "name", g.pos[1], "uri", g.pos[2]);
+		if (timeout_ms != 0) {
+			json_object_set_new(params, "timeout_ms", json_integer(timeout_ms));
+		}
+		snprintf(method, sizeof(method), "bdev_nbd_client_create");
+	} else {
+		params = bdev_create_params(type, g.pos[1], g.pos[2], block_size);
+		snprintf(method, sizeof(method), "bdev_%s_create", type);
+	}
 	result = keelctl_call(method, params);
 	if (ctx->json) {
 		keelctl_print_json(result);

@@ -18,6 +18,7 @@
 #define KEEL_BDEV_NBD_CLIENT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "keel/bdev_module.h"
@@ -72,6 +73,15 @@ const char *keel_bdev_nbd_client_last_error(void);
 
 /** Delete by name. \return 0 (cb runs) or -ENODEV (no such NBD client bdev). */
 int keel_bdev_nbd_client_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg);
+
+/**
+ * Connect to \p uri, read the export's size and its first \p len bytes (fewer when the
+ * export is smaller: *got says how many), and disconnect. For looking at a replica target
+ * before it becomes a bdev (the volume manager's probe). BLOCKS: blocking-work pool only.
+ * \return 0, or a negative errno with \p err (one line) saying why.
+ */
+int keel_bdev_nbd_client_read_head(const char *uri, uint32_t timeout_ms, void *buf, size_t len,
+				   size_t *got, uint64_t *size, char *err, size_t errlen);
 
 /** Counters of one NBD client bdev, summed over its channels. */
 struct keel_bdev_nbd_client_stats {

@@ -470,14 +470,12 @@ static void test_nbdkit_tls(void)
 	snprintf(g_uri, sizeof(g_uri), "nbd+unix:///?socket=%s", g_sock);
 	CU_ASSERT_NOT_EQUAL(ut_create(g_uri, 2000, &bdev), 0);
 	/* the wrong key: refused, with words saying so */
-	snprintf(g_uri, sizeof(g_uri), "nbds+unix://keel@/?socket=%s&tls-psk-file=%s", g_sock,
-		 bad);
+	snprintf(g_uri, sizeof(g_uri), "nbds+unix://keel@/?socket=%s&tls-psk-file=%s", g_sock, bad);
 	CU_ASSERT_NOT_EQUAL(ut_create(g_uri, 2000, &bdev), 0);
 	CU_ASSERT_PTR_NULL(keel_bdev_get_by_name("r0"));
-	CU_ASSERT_NOT_EQUAL(keel_bdev_nbd_client_last_error()[0], '\0');
+	CU_ASSERT_PTR_NOT_NULL(strstr(keel_bdev_nbd_client_last_error(), "TLS failed"));
 	/* the right key */
-	snprintf(g_uri, sizeof(g_uri), "nbds+unix://keel@/?socket=%s&tls-psk-file=%s", g_sock,
-		 psk);
+	snprintf(g_uri, sizeof(g_uri), "nbds+unix://keel@/?socket=%s&tls-psk-file=%s", g_sock, psk);
 	CU_ASSERT_EQUAL_FATAL(ut_create(g_uri, 2000, &bdev), 0);
 	ut_open(&o);
 	memset(buf, 0x5c, sizeof(buf));
