@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keel/bdev_nbd_client.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "state.h"
@@ -105,11 +106,12 @@ static bool state_check_volume(json_t *vol, size_t i, json_t *seen_names, json_t
 		json_t *path = json_object_get(rep, "path");
 
 		if (!json_is_object(rep) || !json_is_string(path) ||
-		    json_string_value(path)[0] != '/' ||
+		    (json_string_value(path)[0] != '/' &&
+		     !keel_bdev_nbd_client_is_uri(json_string_value(path))) ||
 		    strlen(json_string_value(path)) >= PATH_MAX) {
 			snprintf(err, errlen,
 				 "volumes[%zu].replicas[%zu].path: expected an "
-				 "absolute path",
+				 "absolute path or NBD URI",
 				 i, j);
 			return false;
 		}

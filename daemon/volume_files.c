@@ -1,6 +1,8 @@
 /*
  * The file replica backends: replica files (and block devices) opened as aio bdevs or
- * as uring bdevs. Both prepare their targets the same way.
+ * as uring bdevs. Both prepare their targets the same way. A replica given as an NBD
+ * URI instead of a path is an NBD client bdev under either backend (replica_remote.h):
+ * probed through its export, never created or removed here.
  *
  * prepare never writes over data by mistake (daemon/replica_probe.h decides what a
  * target holds), creates a missing file at its full size with the space reserved, and
@@ -13,12 +15,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "keel/bdev_nbd_client.h"
 #include "keel/bdev_uring.h"
 #include "keel/file.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "replica_backend.h"
 #include "replica_probe.h"
+#include "replica_remote.h"
 
 /* An existing target: identity, content and size. */
 static int files_check_existing(struct keeld_replica_prep *prep, const char *path,
@@ -124,6 +128,14 @@ static int files_prepare(struct keeld_replica_prep *prep)
 
 	keeld_replica_set_stat(prep->in_use);
 	for (size_t i = 0; i < prep->n && rc == 0; i++) {
+		if (keel_bdev_nbd_client_is_uri(prep->locators[i])) {
+			/* An export on a server: looked at through it, never created here. */
+			rc = keeld_replica_check_uri(
+				prep->locators[i], prep->need,
+				prep->volume_uuid[0] != '\0' ? prep->volume_uuid : NULL,
+				prep->force, prep->err, sizeof(prep->err));
+			continue;
+		}
 		/* Never write over data by mistake: see daemon/replica_probe.h. */
 		rc = keeld_replica_probe(prep->locators[i], &probe, prep->err, sizeof(prep->err));
 		if (rc == 0) {
@@ -138,15 +150,29 @@ static int files_prepare(struct keeld_replica_prep *prep)
 	return rc;
 }
 
+/* A replica given as an NBD URI: an NBD client bdev, whatever the file backend. */
+static int remote_open(const char *bdev_name, const char *uri, keel_bdev_create_cb cb_fn,
+		       void *cb_arg)
+{
+	struct keel_bdev_nbd_client_opts opts = {.name = bdev_name, .uri = uri};
+
+	return keel_bdev_nbd_client_create(&opts, cb_fn, cb_arg);
+}
+
 static int files_open(const char *bdev_name, const char *path, keel_bdev_create_cb cb_fn,
 		      void *cb_arg)
 {
+	if (keel_bdev_nbd_client_is_uri(path)) {
+		return remote_open(bdev_name, path, cb_fn, cb_arg);
+	}
 	return keel_bdev_aio_create(bdev_name, path, 0, cb_fn, cb_arg);
 }
 
 static int files_close(const char *bdev_name, keel_bdev_done_cb cb_fn, void *cb_arg)
 {
-	return keel_bdev_aio_delete(bdev_name, cb_fn, cb_arg);
+	int rc = keel_bdev_aio_delete(bdev_name, cb_fn, cb_arg);
+
+	return rc == -ENODEV ? keel_bdev_nbd_client_delete(bdev_name, cb_fn, cb_arg) : rc;
 }
 
 static const char *files_open_error_text(int status)
@@ -176,12 +202,17 @@ const struct keeld_replica_backend keeld_replica_backend_files = {
 static int uring_open(const char *bdev_name, const char *path, keel_bdev_create_cb cb_fn,
 		      void *cb_arg)
 {
+	if (keel_bdev_nbd_client_is_uri(path)) {
+		return remote_open(bdev_name, path, cb_fn, cb_arg);
+	}
 	return keel_bdev_uring_create(bdev_name, path, 0, cb_fn, cb_arg);
 }
 
 static int uring_close(const char *bdev_name, keel_bdev_done_cb cb_fn, void *cb_arg)
 {
-	return keel_bdev_uring_delete(bdev_name, cb_fn, cb_arg);
+	int rc = keel_bdev_uring_delete(bdev_name, cb_fn, cb_arg);
+
+	return rc == -ENODEV ? keel_bdev_nbd_client_delete(bdev_name, cb_fn, cb_arg) : rc;
 }
 
 static const char *uring_open_error_text(int status)

@@ -144,6 +144,11 @@ struct keeld_volume *vol_get_for_change(struct vol_op *op, const char *name, boo
 /* Prepare the targets of \p op (op->rep, or every replica with a path) through the
  * backend on the blocking pool, or with \p unprepare remove those it created. */
 void vol_files(struct vol_op *op, bool unprepare, vol_step_fn done);
+
+/* Replicas on other hosts re-added once their server answers (volume_remote.c): started
+ * with the restore, stopped with the shutdown. Main keel thread. */
+void vol_remote_start(void);
+void vol_remote_stop(void);
 /* Open a bdev for every replica of op->vol that has none (only op->rep when set). */
 void vol_open_replicas(struct vol_op *op, vol_step_fn next);
 /* Close the bdevs keeld opened for op->vol (only op->rep's when set). */

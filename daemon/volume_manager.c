@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "keel/bdev.h"
+#include "keel/bdev_nbd_client.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
@@ -267,10 +268,11 @@ static bool vol_replica_list_valid(const char *const *list, uint32_t n, bool pat
 		if (s == NULL || s[0] == '\0') {
 			return vol_why(why, len, "%s[%u]: expected a non-empty string", field, i);
 		}
-		if (paths && (s[0] != '/' || strlen(s) >= PATH_MAX)) {
+		if (paths && !keel_bdev_nbd_client_is_uri(s) &&
+		    (s[0] != '/' || strlen(s) >= PATH_MAX)) {
 			return vol_why(why, len,
-				       "%s[%u]: '%.200s' is not an absolute path (keeld "
-				       "does not share your working directory)",
+				       "%s[%u]: '%.200s' is neither an absolute path (keeld "
+				       "does not share your working directory) nor an NBD URI",
 				       field, i, s);
 		}
 		if (!paths && strlen(s) > KEEL_BDEV_NAME_MAX) {

@@ -353,6 +353,7 @@ void keeld_volumes_restore(keeld_volumes_done_cb cb_fn, void *cb_arg)
 	uint32_t i;
 
 	keeld_store_set_snapshot(KEELD_DOC_STATE, vol_snapshot, NULL);
+	vol_remote_start();
 	g_restore_done_fn = cb_fn;
 	g_restore_done_arg = cb_arg;
 	g_restore_cursor = keeld_volume_first();
@@ -431,6 +432,7 @@ static void vol_shutdown_kick_msg(void *arg)
 void keeld_volumes_shutdown(keeld_volumes_done_cb cb_fn, void *cb_arg)
 {
 	keel_nbd_set_export_listener(NULL, NULL);
+	vol_remote_stop();
 	g_stopping = true;
 	g_shutdown_cb = cb_fn;
 	g_shutdown_arg = cb_arg;

@@ -121,6 +121,15 @@ void nexus_op_finish(struct nexus *n)
 	nexus_kick(n);
 }
 
+static keel_nexus_fault_fn g_fault_hook;
+static void *g_fault_hook_ctx;
+
+void keel_nexus_set_fault_hook(keel_nexus_fault_fn fn, void *ctx)
+{
+	g_fault_hook = fn;
+	g_fault_hook_ctx = ctx;
+}
+
 static void run_fault_pass(struct nexus *n)
 {
 	bool changed = false;
@@ -145,6 +154,9 @@ static void run_fault_pass(struct nexus *n)
 		snprintf(r->detail, sizeof(r->detail), "I/O error: %s", strerror(-st));
 		n->unreadable_mask |= nexus_bit(s);
 		changed = true;
+		if (g_fault_hook != NULL) {
+			g_fault_hook(g_fault_hook_ctx, n->name, r->bdev_name);
+		}
 	}
 	if (!changed) {
 		n->busy = false;

@@ -267,8 +267,8 @@ json_t *keelctl_abs_path(const char *path)
 {
 	char abs[PATH_MAX], cwd[PATH_MAX];
 
-	if (path[0] == '/') {
-		return json_string(path);
+	if (path[0] == '/' || strstr(path, "://") != NULL) {
+		return json_string(path); /* absolute, or a URI (a replica on an NBD server) */
 	}
 	if (getcwd(cwd, sizeof(cwd)) == NULL ||
 	    (size_t)snprintf(abs, sizeof(abs), "%s/%s", cwd, path) >= sizeof(abs)) {

@@ -373,6 +373,15 @@ uint32_t keel_rebuild_list(const char *volume,
 typedef void (*keel_rebuild_end_fn)(void *ctx, const struct keel_rebuild_stats *st);
 void keel_rebuild_set_end_hook(keel_rebuild_end_fn fn, void *ctx);
 
+/**
+ * Called on the management thread when replica \p replica_bdev of volume \p volume
+ * faults on an I/O error (not when an administrator faults it). The daemon uses it to
+ * bring a replica on another host back once its server answers again. One hook; NULL
+ * removes it.
+ */
+typedef void (*keel_nexus_fault_fn)(void *ctx, const char *volume, const char *replica_bdev);
+void keel_nexus_set_fault_hook(keel_nexus_fault_fn fn, void *ctx);
+
 /** \p st as a new jansson object (volume, source, target, state, ... error). */
 struct json_t *keel_rebuild_stats_to_json(const struct keel_rebuild_stats *st);
 

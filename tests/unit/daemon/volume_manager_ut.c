@@ -756,8 +756,19 @@ static void test_refusals(void)
 	/* malformed: -EINVAL at once, the callback never runs; the checker says why */
 	CU_ASSERT_EQUAL(finish(keeld_volume_create(&o, op_cb, &r), &r), -EINVAL);
 	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
-	CU_ASSERT_STRING_EQUAL(why, "replicas[0]: 'm0' is not an absolute path (keeld does not "
-				    "share your working directory)");
+	CU_ASSERT_STRING_EQUAL(why, "replicas[0]: 'm0' is neither an absolute path (keeld does not "
+				    "share your working directory) nor an NBD URI");
+	{
+		/* a replica on another host is given as an NBD URI instead of a path */
+		const char *uri[] = {"nbd+unix:///x?socket=/tmp/s"};
+		const char *const *saved = o.replicas;
+
+		o.replicas = uri;
+		CU_ASSERT_TRUE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
+		uri[0] = "nbdx://host/x";
+		CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
+		o.replicas = saved;
+	}
 	o.replicas = twice;
 	o.num_replicas = 2;
 	CU_ASSERT_FALSE(keeld_volume_create_opts_valid(&o, why, sizeof(why)));
