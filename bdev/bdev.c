@@ -338,6 +338,22 @@ static bool bdev_name_valid(const char *name)
 	return true;
 }
 
+static keel_bdev_registry_fn g_registry_fn;
+static void *g_registry_ctx;
+
+void keel_bdev_set_registry_listener(keel_bdev_registry_fn fn, void *ctx)
+{
+	g_registry_fn = fn;
+	g_registry_ctx = ctx;
+}
+
+static void bdev_registry_changed(void)
+{
+	if (g_registry_fn != NULL) {
+		g_registry_fn(g_registry_ctx);
+	}
+}
+
 int keel_bdev_register(struct keel_bdev *bdev)
 {
 	struct keel_bdev_internal *bi;
@@ -425,6 +441,7 @@ int keel_bdev_register(struct keel_bdev *bdev)
 	KEEL_INFOLOG("bdev %s: registered (%s, %lu blocks of %u bytes, uuid %s)", bi->name,
 		     keel_bdev_get_module_name(bdev), (unsigned long)bdev->num_blocks,
 		     bdev->block_size, bi->uuid_str);
+	bdev_registry_changed();
 	return 0;
 
 out_unlock:
@@ -796,6 +813,7 @@ void keel_bdev_unregister(struct keel_bdev *bdev, keel_bdev_done_cb cb_fn, void 
 	pthread_mutex_unlock(&bi->lock);
 	pthread_mutex_unlock(&g_bdev_lock);
 	KEEL_INFOLOG("bdev %s: unregistering", bi->name);
+	bdev_registry_changed();
 	keel_for_each_channel(bi->io_dev, bdev_remove_visit, bdev, bdev_remove_notify);
 }
 

@@ -25,8 +25,8 @@ int keeld_replica_probe_uri(const char *uri, struct keeld_replica_probe *out, ch
 		snprintf(err, errlen, "out of memory probing replica %s", uri);
 		return -ENOMEM;
 	}
-	rc = keel_bdev_nbd_client_read_head(uri, 0, buf, KEELD_REPLICA_PROBE_SPAN, &got,
-					    &out->size, err, errlen);
+	rc = keel_bdev_nbd_client_read_head(uri, 0, buf, KEELD_REPLICA_PROBE_SPAN, &got, &out->size,
+					    err, errlen);
 	if (rc != 0) {
 		goto out_free;
 	}

@@ -199,6 +199,11 @@ bool keeld_state_validate(json_t *doc, char *err, size_t errlen)
 		snprintf(err, errlen, "exports: expected an array");
 		return false;
 	}
+	if (json_object_get(doc, "bdevs") != NULL &&
+	    !json_is_array(json_object_get(doc, "bdevs"))) {
+		snprintf(err, errlen, "bdevs: expected an array");
+		return false;
+	}
 	names = json_object();
 	paths = json_object();
 	if (names == NULL || paths == NULL) {

@@ -10,6 +10,7 @@
 
 #include "keel/nexus.h"
 #include "state.h"
+#include "bdev_persist.h"
 #include "volume_internal.h"
 #include "volume_json.h"
 #include "keel/nbd.h"
@@ -290,7 +291,8 @@ json_t *vol_exports_state(void)
 		struct keel_nbd_export *x;
 
 		for (x = keel_nbd_export_first(); x != NULL; x = keel_nbd_export_next(x)) {
-			if (!vol_is_persisted_volume(keel_nbd_export_get_bdev_name(x))) {
+			if (!vol_is_persisted_volume(keel_nbd_export_get_bdev_name(x)) &&
+			    !keeld_bdevs_is_persisted(keel_nbd_export_get_bdev_name(x))) {
 				continue;
 			}
 			json_t *o = json_pack("{s:s, s:s, s:o, s:o, s:b}", "name",
@@ -359,6 +361,7 @@ json_t *vol_state_document(json_t *exports)
 	json_object_set_new(doc, "version", json_integer(KEELD_STATE_VERSION));
 	json_object_set_new(doc, "volumes", vols);
 	json_object_set_new(doc, "exports", exports);
+	json_object_set_new(doc, "bdevs", keeld_bdevs_state());
 	return doc;
 
 out_nomem:

@@ -21,6 +21,7 @@
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
+#include "bdev_persist.h"
 #include "replica_probe.h"
 #include "store.h"
 #include "volume_internal.h"
@@ -200,6 +201,7 @@ void keeld_volumes_fini(void)
 		vol_free(v);
 	}
 	vol_restore_fini();
+	keeld_bdevs_fini();
 }
 
 /* Whether some replica record of any volume reserved \p name (its bdev may not be

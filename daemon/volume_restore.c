@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keel/bdev_module.h"
 #include "keel/log.h"
 #include "keel/nexus.h"
 #include "keel/reactor.h"
+#include "bdev_persist.h"
 #include "store.h"
 #include "volume_internal.h"
 #include "keel/nbd.h"
@@ -137,6 +139,7 @@ int keeld_volumes_load(json_t *doc)
 			}
 		}
 	}
+	keeld_bdevs_load(doc);
 	json_decref(g_loaded_exports);
 	g_loaded_exports = json_object_get(doc, "exports");
 	json_incref(g_loaded_exports);
@@ -216,6 +219,10 @@ static void vol_restore_exports(void)
 		const char *bdev = json_string_value(json_object_get(e, "bdev"));
 		struct keeld_volume *v = keeld_volume_find(bdev, NULL, 0);
 
+		if (v == NULL && bdev != NULL && keeld_bdevs_is_persisted(bdev)) {
+			vol_restore_export(e, name, bdev); /* of a plain bdev restored before */
+			continue;
+		}
 		if (v == NULL) {
 			KEEL_WARNLOG("keeld: export %s of '%s' not restored: no such volume", name,
 				     bdev);
@@ -348,14 +355,34 @@ static void vol_restore_next(struct vol_op *op)
 	vol_open_replicas(op, vol_restore_assemble);
 }
 
+/* A bdev joined or left: plain ones are part of the state document. */
+static void vol_bdevs_changed(void *ctx)
+{
+	(void)ctx;
+	if (g_restored && !g_stopping) {
+		vol_state_save(NULL, NULL);
+	}
+}
+
+static void vol_restore_volumes(void *arg);
+
 void keeld_volumes_restore(keeld_volumes_done_cb cb_fn, void *cb_arg)
 {
-	uint32_t i;
-
 	keeld_store_set_snapshot(KEELD_DOC_STATE, vol_snapshot, NULL);
+	g_restored = false; /* no save on each bdev the restore makes: one at its end */
+	keel_bdev_set_registry_listener(vol_bdevs_changed, NULL);
 	vol_remote_start();
 	g_restore_done_fn = cb_fn;
 	g_restore_done_arg = cb_arg;
+	/* Plain bdevs first: exports of them start with the volumes' exports. */
+	keeld_bdevs_restore(vol_restore_volumes, NULL);
+}
+
+static void vol_restore_volumes(void *arg)
+{
+	uint32_t i;
+
+	(void)arg;
 	g_restore_cursor = keeld_volume_first();
 	/* One lane is held until every lane is started, so none can finish the restore
 	 * early; it ends through vol_restore_next like the others. */
@@ -432,6 +459,8 @@ static void vol_shutdown_kick_msg(void *arg)
 void keeld_volumes_shutdown(keeld_volumes_done_cb cb_fn, void *cb_arg)
 {
 	keel_nbd_set_export_listener(NULL, NULL);
+	keel_bdev_set_registry_listener(NULL, NULL);
+	keeld_bdevs_freeze();
 	vol_remote_stop();
 	g_stopping = true;
 	g_shutdown_cb = cb_fn;

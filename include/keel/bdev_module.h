@@ -65,8 +65,11 @@ struct keel_bdev {
 	uint32_t max_transfer_blocks; /**< blocks; 0 = unlimited. Larger I/O is split */
 	bool write_cache;             /**< volatile cache: flush/FUA reach the module */
 	bool multi_conn_safe;         /**< concurrent writers see consistent data after flush */
-	uint8_t uuid[16];             /**< all zero: the core generates a random one */
-	void *ctxt;                   /**< passed to the fn_table callbacks */
+	/** Reads cost more here than elsewhere (another host's disk): a consumer that has a
+	 * choice, such as the nexus, reads from other bdevs first (md's write-mostly). */
+	bool read_last;
+	uint8_t uuid[16]; /**< all zero: the core generates a random one */
+	void *ctxt;       /**< passed to the fn_table callbacks */
 	const struct keel_bdev_fn_table *fn_table;
 	struct keel_bdev_module *module;
 
@@ -175,6 +178,15 @@ int keel_bdev_register(struct keel_bdev *bdev);
  * and then \p cb_fn(cb_arg, 0) on this thread. Keel threads only.
  */
 void keel_bdev_unregister(struct keel_bdev *bdev, keel_bdev_done_cb cb_fn, void *cb_arg);
+
+/**
+ * Call \p fn(ctx) on the registering or unregistering thread each time a bdev joins
+ * or leaves the registry (after keel_bdev_register succeeded; when
+ * keel_bdev_unregister took it out of lookup). For a daemon that saves the list of its
+ * bdevs. One listener; NULL removes it. Set it before the first bdev is made.
+ */
+typedef void (*keel_bdev_registry_fn)(void *ctx);
+void keel_bdev_set_registry_listener(keel_bdev_registry_fn fn, void *ctx);
 
 /** For a destruct that returned 1. */
 void keel_bdev_destruct_done(struct keel_bdev *bdev);

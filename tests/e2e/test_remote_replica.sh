@@ -100,9 +100,8 @@ fio_run "$E2E_TMP/w2.json" --do_verify=0 --randseed=43 ||
 
 # Host B comes back: the replica rejoins by itself.
 start_keeld2
-if ! keelctl2 export list 2>/dev/null | grep -q rb; then
-	serve_rb # until plain bdevs and exports persist across a restart
-fi
+expect_ok "host B restored its bdev and export by itself" keelctl2 export list
+case "$OUT" in *rb*) ;; *) fail "host B lost its export rb across the restart: $OUT" ;; esac
 wait_until 60 "remote replica healthy again" state_is healthy
 expect_ok "volume online" keelctl rpc volume_get '{"name":"v"}'
 [ "$(jget "$OUT" .state)" = online ] || fail "volume state $(jget "$OUT" .state), want online"
