@@ -780,6 +780,7 @@ static void nbdc_create_done(void *cb_arg, int rc)
 	d->bdev.required_alignment = 1;
 	d->bdev.write_cache = d->can_flush;
 	d->bdev.multi_conn_safe = d->can_multi_conn;
+	d->bdev.read_last = true; /* another host, or at least another process */
 	{
 		uint64_t max = NBDC_MAX_REQUEST;
 

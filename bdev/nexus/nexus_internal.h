@@ -192,6 +192,7 @@ struct nexus_child_ch {
 	bool writable;
 	bool failed;    /* an error was seen here; fault requested */
 	bool detaching; /* dropped by the config; put when outstanding == 0 */
+	bool read_last; /* its bdev says reads are costly (a replica on another host) */
 };
 
 struct nexus_channel {

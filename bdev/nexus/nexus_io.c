@@ -286,23 +286,31 @@ static void read_child_done(void *cb_arg, int status)
 	submit_read(nch, io);
 }
 
-/* Least outstanding I/O on this channel; ties go round robin from nch->rr. */
+/*
+ * Least outstanding I/O on this channel; ties go round robin from nch->rr. Replicas
+ * whose bdev reads last (on another host) are chosen only when no other can read:
+ * a remote read costs a network round trip that a local one does not.
+ */
 static int pick_reader(struct nexus_channel *nch, uint16_t exclude)
 {
 	int best = -1;
-	uint32_t best_out = UINT32_MAX;
 	unsigned n = nch->n_readers;
 
-	for (unsigned k = 0; k < n; k++) {
-		unsigned s = nch->readers[(nch->rr + k) % n];
-		struct nexus_child_ch *cc = &nch->children[s];
+	for (int pass = 0; pass < 2 && best < 0; pass++) {
+		uint32_t best_out = UINT32_MAX;
 
-		if ((exclude & nexus_bit(s)) || cc->failed) {
-			continue;
-		}
-		if (cc->outstanding < best_out) {
-			best_out = cc->outstanding;
-			best = (int)s;
+		for (unsigned k = 0; k < n; k++) {
+			unsigned s = nch->readers[(nch->rr + k) % n];
+			struct nexus_child_ch *cc = &nch->children[s];
+
+			if ((exclude & nexus_bit(s)) || cc->failed ||
+			    cc->read_last != (pass == 1)) {
+				continue;
+			}
+			if (cc->outstanding < best_out) {
+				best_out = cc->outstanding;
+				best = (int)s;
+			}
 		}
 	}
 	if (best >= 0) {
@@ -456,6 +464,7 @@ static void channel_sync(struct nexus_channel *nch)
 			cc->desc = slot->desc;
 			cc->outstanding = 0;
 			cc->failed = false;
+			cc->read_last = keel_bdev_desc_get_bdev(slot->desc)->read_last;
 			cc->ch = keel_bdev_get_io_channel(slot->desc);
 			if (cc->ch == NULL) {
 				KEEL_ERRLOG("volume %s: replica %s: no I/O channel on this thread",

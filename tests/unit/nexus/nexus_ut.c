@@ -505,6 +505,65 @@ static void test_mirror_write_read(void)
 	teardown();
 }
 
+static void reads_of_cb(struct keel_bdev *bdev, const struct keel_bdev_io_stats *st, void *arg,
+			int status)
+{
+	uint64_t *out = arg;
+
+	(void)bdev;
+	*out = status == 0 ? st->ops[KEEL_BDEV_IO_READ] : UINT64_MAX;
+}
+
+/* Reads that replica \p name served so far (every channel summed). */
+static uint64_t reads_of(const char *name)
+{
+	uint64_t n = UINT64_MAX;
+
+	CU_ASSERT_FATAL(keel_bdev_get_io_stats(keel_bdev_get_by_name(name), reads_of_cb, &n) == 0);
+	ut_poll_threads();
+	return n;
+}
+
+/* A replica whose bdev reads last (on another host) serves no read while another
+ * healthy replica can, and serves them all once it is the only one left. */
+static void test_read_prefers_local(void)
+{
+	const char *reps[] = {"e0", "m1"};
+	struct op_res r;
+	struct vol_user u;
+	uint8_t *w = abuf(8192), *rd = abuf(8192);
+	uint64_t m1_before, e0_before;
+
+	setup(2);
+	mk_malloc("m0", REPLICA_BLOCKS, BS);
+	mk_malloc("m1", REPLICA_BLOCKS, BS);
+	mk_err("e0", "m0");
+	keel_bdev_get_by_name("m1")->read_last = true; /* as an NBD client bdev says */
+	CU_ASSERT_FATAL(create_vol("vol", reps, 2, false, &r) == 0);
+	user_open(&u, "vol", 2);
+	fill(w, 8192, 5);
+	CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_WRITE, w, 0, 8192) == 0);
+	m1_before = reads_of("m1"); /* label reads at create */
+	e0_before = reads_of("e0");
+	for (int i = 0; i < 16; i++) {
+		CU_ASSERT(do_io(&u, (uint32_t)i % 2, KEEL_BDEV_IO_READ, rd, 0, 8192) == 0);
+	}
+	CU_ASSERT_EQUAL(reads_of("m1"), m1_before);
+	CU_ASSERT(reads_of("e0") >= e0_before + 16);
+	/* the local replica fails: reads fall back to the remote one, no error */
+	inject("e0", KEEL_BDEV_IO_READ, -EIO);
+	for (int i = 0; i < 4; i++) {
+		memset(rd, 0, 8192);
+		CU_ASSERT(do_io(&u, (uint32_t)i % 2, KEEL_BDEV_IO_READ, rd, 0, 8192) == 0);
+		CU_ASSERT(memcmp(w, rd, 8192) == 0);
+	}
+	CU_ASSERT(reads_of("m1") >= m1_before + 4);
+	user_close(&u);
+	free(w);
+	free(rd);
+	teardown();
+}
+
 static void test_read_retry(void)
 {
 	const char *reps[] = {"e0", "e1"};
@@ -1753,6 +1812,7 @@ static const struct ut_test g_tests[] = {
 	{"bitmap_format", test_bitmap_format},
 	{"mirror_write_read", test_mirror_write_read},
 	{"read_retry", test_read_retry},
+	{"read_prefers_local", test_read_prefers_local},
 	{"write_error_faults", test_write_error_faults},
 	{"parked_flush_bitmap", test_parked_flush_bitmap},
 	{"last_healthy_eio", test_last_healthy_eio},
