@@ -188,7 +188,8 @@ static void bdevs_created(void *cb_arg, int status, struct keel_bdev *bdev)
 	} else if (!c->retry) {
 		KEEL_ERRLOG("keeld: bdev %s not restored: %s%s%s (%s)", name, strerror(-status),
 			    remote ? ": " : "", remote ? keel_bdev_nbd_client_last_error() : "",
-			    remote ? "retrying in the background" : "kept: the next start tries again");
+			    remote ? "retrying in the background"
+				   : "kept: the next start tries again");
 		if (g_failed == NULL) {
 			g_failed = json_array();
 		}
@@ -223,7 +224,8 @@ static int bdevs_create(json_t *rec, struct bdevs_create *c)
 		struct keel_bdev_nbd_client_opts o = {
 			.name = name,
 			.uri = json_string_value(json_object_get(rec, "uri")),
-			.timeout_ms = (uint32_t)json_integer_value(json_object_get(rec, "timeout_ms")),
+			.timeout_ms = (uint32_t)json_integer_value(
+				json_object_get(rec, "timeout_ms")),
 		};
 
 		return o.uri == NULL ? -EINVAL : keel_bdev_nbd_client_create(&o, bdevs_created, c);

@@ -202,6 +202,25 @@ static void ut_scripted_start(void)
 	snprintf(g_uri, sizeof(g_uri), "nbd+unix:///?socket=%s", g_sock);
 }
 
+/* Harness, scripted server, bdev r0 over it with a short timeout. */
+static struct keel_bdev *ut_scripted_setup(void)
+{
+	struct keel_bdev *bdev = NULL;
+
+	ut_setup();
+	ut_scripted_start();
+	CU_ASSERT_EQUAL_FATAL(ut_create(g_uri, UT_TIMEOUT_MS, &bdev), 0);
+	return bdev;
+}
+
+static void ut_scripted_teardown(struct ut_open *o)
+{
+	ut_close(o);
+	ut_delete();
+	ss_stop();
+	ut_teardown();
+}
+
 static void test_bad_input(void)
 {
 	struct keel_bdev_nbd_client_opts o = {.name = "r0", .uri = "/tmp/file"};
@@ -233,9 +252,7 @@ static void test_timeout_and_reconnect(void)
 	static char buf[4096], back[4096];
 	struct ut_wait w = {0};
 
-	ut_setup();
-	ut_scripted_start();
-	CU_ASSERT_EQUAL_FATAL(ut_create(g_uri, UT_TIMEOUT_MS, &bdev), 0);
+	bdev = ut_scripted_setup();
 	CU_ASSERT_EQUAL(keel_bdev_get_num_blocks(bdev) * keel_bdev_get_block_size(bdev),
 			UT_EXPORT_SIZE);
 	ut_open(&o);
@@ -266,22 +283,16 @@ static void test_timeout_and_reconnect(void)
 	CU_ASSERT_EQUAL(ut_stats().connects, 2);
 	CU_ASSERT_EQUAL(ut_rw(&o, false, back, 4096, sizeof(back)), 0);
 	CU_ASSERT_EQUAL(memcmp(buf, back, sizeof(buf)), 0);
-	ut_close(&o);
-	ut_delete();
-	ss_stop();
-	ut_teardown();
+	ut_scripted_teardown(&o);
 }
 
 /* The server closes the connection: in-flight requests fail at once (no time passes). */
 static void test_connection_closed(void)
 {
-	struct keel_bdev *bdev = NULL;
 	struct ut_open o;
 	static char buf[4096];
 
-	ut_setup();
-	ut_scripted_start();
-	CU_ASSERT_EQUAL_FATAL(ut_create(g_uri, UT_TIMEOUT_MS, &bdev), 0);
+	(void)ut_scripted_setup();
 	ut_open(&o);
 	ss_set_mode(SS_CLOSE);
 	CU_ASSERT_EQUAL(ut_rw(&o, false, buf, 0, sizeof(buf)), -EIO);
@@ -290,10 +301,7 @@ static void test_connection_closed(void)
 	ss_set_mode(SS_ANSWER);
 	CU_ASSERT_TRUE(ut_wait_up());
 	CU_ASSERT_EQUAL(ut_rw(&o, true, buf, 0, sizeof(buf)), 0);
-	ut_close(&o);
-	ut_delete();
-	ss_stop();
-	ut_teardown();
+	ut_scripted_teardown(&o);
 }
 
 /* Replies that break the protocol end the connection and fail the request; nothing
@@ -301,13 +309,10 @@ static void test_connection_closed(void)
 static void test_odd_replies(void)
 {
 	static const enum ss_mode modes[] = {SS_BAD_MAGIC, SS_BAD_COOKIE};
-	struct keel_bdev *bdev = NULL;
 	struct ut_open o;
 	static char buf[4096];
 
-	ut_setup();
-	ut_scripted_start();
-	CU_ASSERT_EQUAL_FATAL(ut_create(g_uri, UT_TIMEOUT_MS, &bdev), 0);
+	(void)ut_scripted_setup();
 	ut_open(&o);
 	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 		struct ut_wait w = {0};
@@ -328,10 +333,7 @@ static void test_odd_replies(void)
 		CU_ASSERT_TRUE(ut_wait_up());
 		CU_ASSERT_EQUAL(ut_rw(&o, true, buf, 0, sizeof(buf)), 0);
 	}
-	ut_close(&o);
-	ut_delete();
-	ss_stop();
-	ut_teardown();
+	ut_scripted_teardown(&o);
 }
 
 /* ---- nbdkit ----------------------------------------------------------------- */
