@@ -25,9 +25,12 @@
 #include "bdev_persist.h"
 #include "volume_internal.h"
 
-static json_t *g_loaded;   /* "bdevs" of the state file, until restored */
-static json_t *g_failed;   /* records that could not be created again: kept */
-static json_t *g_frozen;   /* the list when shutdown began (the bdevs go next) */
+static json_t *g_loaded; /* "bdevs" of the state file, until restored */
+static json_t *g_failed; /* records that could not be created again: kept */
+static json_t *g_frozen; /* the list when shutdown began (the bdevs go next) */
+/* Exports of failed records, kept for the state file and started once the bdev is back. */
+static json_t *g_held_exports;
+static void (*g_back_fn)(json_t *export);
 static uint32_t g_pending; /* creates in flight, +1 while issuing */
 static void (*g_done_fn)(void *arg);
 static void *g_done_arg;
@@ -160,6 +163,54 @@ static void bdevs_one_done(void)
 	}
 }
 
+bool keeld_bdevs_hold_export(const char *bdev, json_t *export)
+{
+	json_t *rec;
+	size_t i;
+
+	json_array_foreach(g_failed, i, rec) {
+		if (bdev != NULL &&
+		    strcmp(json_string_value(json_object_get(rec, "name")), bdev) == 0) {
+			if (g_held_exports == NULL) {
+				g_held_exports = json_array();
+			}
+			json_array_append(g_held_exports, export);
+			return true;
+		}
+	}
+	return false;
+}
+
+json_t *keeld_bdevs_held_exports(void)
+{
+	return g_held_exports;
+}
+
+void keeld_bdevs_set_back_hook(void (*fn)(json_t *export))
+{
+	g_back_fn = fn;
+}
+
+/* Bdev \p name is back: start the exports held for it. */
+static void bdevs_release_exports(const char *name)
+{
+	size_t i = 0;
+
+	while (g_held_exports != NULL && i < json_array_size(g_held_exports)) {
+		json_t *e = json_array_get(g_held_exports, i);
+		const char *bdev = json_string_value(json_object_get(e, "bdev"));
+
+		if (bdev == NULL || strcmp(bdev, name) != 0) {
+			i++;
+			continue;
+		}
+		if (g_back_fn != NULL) {
+			g_back_fn(e);
+		}
+		json_array_remove(g_held_exports, i);
+	}
+}
+
 static void bdevs_forget_failed(json_t *rec)
 {
 	size_t i;
@@ -184,6 +235,7 @@ static void bdevs_created(void *cb_arg, int status, struct keel_bdev *bdev)
 		KEEL_NOTICELOG("keeld: bdev %s restored", name);
 		if (c->retry) {
 			bdevs_forget_failed(c->rec);
+			bdevs_release_exports(name);
 		}
 	} else if (!c->retry) {
 		KEEL_ERRLOG("keeld: bdev %s not restored: %s%s%s (%s)", name, strerror(-status),
@@ -318,6 +370,8 @@ void keeld_bdevs_freeze(void)
 
 void keeld_bdevs_fini(void)
 {
+	json_decref(g_held_exports);
+	g_held_exports = NULL;
 	keel_poller_unregister(&g_retry);
 	json_decref(g_frozen);
 	g_frozen = NULL;

@@ -315,6 +315,10 @@ json_t *vol_exports_state(void)
 			json_array_append_new(arr, o);
 		}
 	}
+	/* A plain bdev not back yet keeps its exports too (daemon/bdev_persist.c). */
+	json_array_foreach(keeld_bdevs_held_exports(), i, e) {
+		json_array_append(arr, e);
+	}
 	/* An unassembled volume keeps the exports it had, for when it comes back. */
 	for (v = keeld_volume_first(); v != NULL; v = keeld_volume_next(v)) {
 		if (v->status == VOL_UNASSEMBLED && v->pending_exports != NULL) {

@@ -223,6 +223,10 @@ static void vol_restore_exports(void)
 			vol_restore_export(e, name, bdev); /* of a plain bdev restored before */
 			continue;
 		}
+		if (v == NULL && keeld_bdevs_hold_export(bdev, e)) {
+			KEEL_WARNLOG("keeld: export %s waits for its bdev %s", name, bdev);
+			continue;
+		}
 		if (v == NULL) {
 			KEEL_WARNLOG("keeld: export %s of '%s' not restored: no such volume", name,
 				     bdev);
@@ -355,6 +359,37 @@ static void vol_restore_next(struct vol_op *op)
 	vol_open_replicas(op, vol_restore_assemble);
 }
 
+static void vol_late_export_done(void *cb_arg, int status)
+{
+	char *name = cb_arg;
+
+	if (status != 0) {
+		KEEL_ERRLOG("keeld: export %s not restored: %s", name, strerror(-status));
+	} else {
+		KEEL_NOTICELOG("keeld: export %s restored (its bdev is back)", name);
+	}
+	free(name);
+}
+
+/* A plain bdev that could not be made at start is back: start its held export. */
+static void vol_start_held_export(json_t *e)
+{
+	struct keel_nbd_export_opts opts = {0};
+	char *ctx;
+
+	opts.bdev_name = json_string_value(json_object_get(e, "bdev"));
+	opts.name = json_string_value(json_object_get(e, "name"));
+	opts.socket_path = json_string_value(json_object_get(e, "socket"));
+	opts.tcp = json_string_value(json_object_get(e, "tcp"));
+	opts.read_only = json_is_true(json_object_get(e, "read_only"));
+	ctx = opts.name != NULL ? strdup(opts.name) : NULL;
+	if (ctx == NULL || g_stopping ||
+	    keel_nbd_export_start(&opts, vol_late_export_done, ctx) != 0) {
+		KEEL_ERRLOG("keeld: export %s not restored", opts.name != NULL ? opts.name : "?");
+		free(ctx);
+	}
+}
+
 /* A bdev joined or left: plain ones are part of the state document. */
 static void vol_bdevs_changed(void *ctx)
 {
@@ -371,6 +406,7 @@ void keeld_volumes_restore(keeld_volumes_done_cb cb_fn, void *cb_arg)
 	keeld_store_set_snapshot(KEELD_DOC_STATE, vol_snapshot, NULL);
 	g_restored = false; /* no save on each bdev the restore makes: one at its end */
 	keel_bdev_set_registry_listener(vol_bdevs_changed, NULL);
+	keeld_bdevs_set_back_hook(vol_start_held_export);
 	vol_remote_start();
 	g_restore_done_fn = cb_fn;
 	g_restore_done_arg = cb_arg;

@@ -33,7 +33,7 @@ expect_fail "no replicas (rpc)" "give replicas" keelctl rpc volume_create '{"nam
 expect_fail "empty replica list" "non-empty array" keelctl rpc volume_create '{"name":"vol2","size":16777216,"replicas":[]}'
 expect_fail "replicas not an array" "non-empty array" keelctl rpc volume_create '{"name":"vol2","size":16777216,"replicas":"/x"}'
 expect_fail "replica not a string" "non-empty string" keelctl rpc volume_create '{"name":"vol2","size":16777216,"replicas":[5]}'
-expect_fail "relative replica path" "not an absolute path" keelctl rpc volume_create '{"name":"vol2","size":16777216,"replicas":["rel/x"]}'
+expect_fail "relative replica path" "neither an absolute path" keelctl rpc volume_create '{"name":"vol2","size":16777216,"replicas":["rel/x"]}'
 expect_fail "same replica twice" "given twice" keelctl rpc volume_create "{\"name\":\"vol2\",\"size\":16777216,\"replicas\":[\"$D/y\",\"$D/y\"]}"
 expect_fail "17 replicas" "at most 16" keelctl rpc volume_create "{\"name\":\"vol2\",\"size\":16777216,\"replicas\":[$(for i in $(seq 1 17); do printf '"%s/r%d",' "$D" "$i"; done | sed 's/,$//')]}"
 expect_fail "missing size" "size" keelctl rpc volume_create "{\"name\":\"vol2\",\"replicas\":[\"$D/y\"]}"
