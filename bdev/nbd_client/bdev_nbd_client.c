@@ -466,7 +466,7 @@ static void nbdc_connect_done(void *cb_arg, int rc)
 	struct nbdc_channel *ch = job->ch;
 
 	if (ch == NULL) { /* the channel went away meanwhile */
-		nbdc_handle_close(job->h);
+		bdev_nbdc_handle_close(job->h);
 		free(job->uri);
 		free(job);
 		return;
@@ -500,7 +500,7 @@ static void nbdc_start_connect(struct nbdc_channel *ch)
 		job->ch = ch;
 	}
 	if (job == NULL || job->uri == NULL ||
-	    keel_spawn_blocking(nbdc_connect_blocking, job, nbdc_connect_done, job) != 0) {
+	    keel_spawn_blocking(bdev_nbdc_connect_blocking, job, nbdc_connect_done, job) != 0) {
 		if (job != NULL) {
 			free(job->uri);
 			free(job);
@@ -616,7 +616,7 @@ static void nbdc_channel_destroy(void *io_device, void *ctx_buf)
 		atomic_fetch_sub(&ch->disk->channels_down, 1);
 	}
 	if (ch->h != NULL) {
-		nbdc_handle_close(ch->h);
+		bdev_nbdc_handle_close(ch->h);
 		ch->h = NULL;
 	}
 }
@@ -625,7 +625,7 @@ static void nbdc_channel_destroy(void *io_device, void *ctx_buf)
 
 static void nbdc_disk_free(struct nbdc_disk *d)
 {
-	nbdc_handle_close(atomic_exchange(&d->spare, NULL));
+	bdev_nbdc_handle_close(atomic_exchange(&d->spare, NULL));
 	free(d->uri);
 	free(d);
 }
@@ -818,7 +818,7 @@ static void nbdc_create_done(void *cb_arg, int rc)
 
 out_close:
 	free(d);
-	nbdc_handle_close(job->h);
+	bdev_nbdc_handle_close(job->h);
 out_free:
 	free(job->uri);
 	free(c);
@@ -853,7 +853,7 @@ int keel_bdev_nbd_client_create(const struct keel_bdev_nbd_client_opts *opts,
 	snprintf(c->name, sizeof(c->name), "%s", opts->name);
 	c->cb_fn = cb_fn;
 	c->cb_arg = cb_arg;
-	rc = keel_spawn_blocking(nbdc_connect_blocking, &c->job, nbdc_create_done, c);
+	rc = keel_spawn_blocking(bdev_nbdc_connect_blocking, &c->job, nbdc_create_done, c);
 	if (rc != 0) {
 		free(c->job.uri);
 		free(c);

@@ -69,7 +69,7 @@ static int nbdc_job_probe(struct nbdc_conn_job *job)
 	return 0;
 }
 
-int nbdc_connect_blocking(void *arg)
+int bdev_nbdc_connect_blocking(void *arg)
 {
 	struct nbdc_conn_job *job = arg;
 	uint64_t deadline = nbdc_mono_ns() + (uint64_t)job->timeout_ms * 1000000u;
@@ -131,7 +131,7 @@ int keel_bdev_nbd_client_read_head(const char *uri, uint32_t timeout_ms, void *b
 	memset(&job, 0, sizeof(job));
 	job.uri = (char *)uri;
 	job.timeout_ms = timeout_ms != 0 ? timeout_ms : KEEL_NBD_CLIENT_TIMEOUT_MS_DEFAULT;
-	rc = nbdc_connect_blocking(&job);
+	rc = bdev_nbdc_connect_blocking(&job);
 	if (rc != 0) {
 		snprintf(err, errlen, "cannot connect to %s: %s", uri, job.err);
 		return rc;
@@ -158,7 +158,7 @@ static void nbdc_close_done(void *cb_arg, int rc)
 {
 }
 
-void nbdc_handle_close(struct nbd_handle *h)
+void bdev_nbdc_handle_close(struct nbd_handle *h)
 {
 	if (h == NULL) {
 		return;

@@ -11,7 +11,7 @@
 struct nbd_handle;
 struct nbdc_channel;
 
-/** One connect attempt. Filled by its owner, run by nbdc_connect_blocking. */
+/** One connect attempt. Filled by its owner, run by bdev_nbdc_connect_blocking. */
 struct nbdc_conn_job {
 	char *uri;
 	uint32_t timeout_ms;
@@ -30,9 +30,9 @@ struct nbdc_conn_job {
  * Connect job->h to job->uri within job->timeout_ms and read the export's properties.
  * Blocking pool. \return 0, or a negative errno with job->err filled and job->h NULL.
  */
-int nbdc_connect_blocking(void *arg);
+int bdev_nbdc_connect_blocking(void *arg);
 
 /** Close an idle handle (no command in flight) on the blocking pool. NULL is a no-op. */
-void nbdc_handle_close(struct nbd_handle *h);
+void bdev_nbdc_handle_close(struct nbd_handle *h);
 
 #endif /* KEEL_BDEV_NBD_CLIENT_INTERNAL_H */
