@@ -10,6 +10,7 @@
 
 #include "keel/nexus.h"
 #include "state.h"
+#include "keel/bdev_nbd_client.h"
 #include "bdev_persist.h"
 #include "volume_internal.h"
 #include "volume_json.h"
@@ -53,12 +54,18 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 	json_object_set_new(o, "path", vol_str_or_null(r != NULL ? r->path : NULL));
 	/* What serves the replica now; what was asked for (and is kept in the state file)
 	 * only when a restore had to fall back from it. */
-	json_object_set_new(
-		o, "backend",
-		vol_str_or_null(r != NULL && r->path != NULL
-					? keeld_backend_name(vol_replica_backend_in_use(r))
-					: NULL));
-	if (r != NULL && r->path != NULL && vol_replica_backend_in_use(r) != r->backend) {
+	if (r != NULL && r->path != NULL && keel_bdev_nbd_client_is_uri(r->path)) {
+		/* an export on a server, whatever the volume's file backend */
+		json_object_set_new(o, "backend", json_string("nbd"));
+	} else {
+		json_object_set_new(
+			o, "backend",
+			vol_str_or_null(r != NULL && r->path != NULL
+						? keeld_backend_name(vol_replica_backend_in_use(r))
+						: NULL));
+	}
+	if (r != NULL && r->path != NULL && !keel_bdev_nbd_client_is_uri(r->path) &&
+	    vol_replica_backend_in_use(r) != r->backend) {
 		json_object_set_new(o, "backend_requested",
 				    json_string(keeld_backend_name(r->backend)));
 	}

@@ -76,6 +76,9 @@ start_keeld
 expect_ok "volume over a local file and the remote export" \
 	keelctl volume create v --size 64M --replica "$D/a.img" --replica "$RURI"
 wait_until 30 "remote replica healthy" state_is healthy
+expect_ok "volume_get" keelctl rpc volume_get '{"name":"v"}'
+[ "$(jget "$OUT" --arg p "$RURI" '.replicas[] | select(.path == $p) | .backend')" = nbd ] ||
+	fail "the remote replica's backend is not shown as nbd: $OUT"
 expect_ok "export v" keelctl export start v --socket "$VSOCK"
 expect_ok "bdev list shows the nbd_client bdev" keelctl bdev list
 case "$OUT" in *nbd_client*) ;; *) fail "no nbd_client bdev listed: $OUT" ;; esac
