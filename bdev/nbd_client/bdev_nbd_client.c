@@ -45,6 +45,14 @@ struct nbdc_disk {
 	_Atomic(struct nbd_handle *) spare;
 	atomic_uint_fast64_t connects, connect_errors, timeouts, disconnects;
 	atomic_int channels_up, channels_down;
+	/* Without multi-conn every request goes through one connection, the channel of
+	 * the creating thread (owner_ch, a reference held until destruct): a flush then
+	 * covers every write. Other threads forward by message and get the completion
+	 * back the same way. */
+	bool shared;
+	struct keel_thread *owner;
+	struct keel_io_channel *owner_kch;
+	struct nbdc_channel *owner_ch;
 };
 
 enum nbdc_state {
@@ -68,6 +76,7 @@ struct nbdc_channel {
 	uint64_t backoff_us;
 	uint64_t retry_at_ns;         /* DOWN without a job: when to try again */
 	bool closing;                 /* inside nbdc_drop: callbacks are ignored */
+	bool forward;                 /* no connection of its own: requests go to disk->owner_ch */
 	struct nbdc_io_list inflight; /* issued, in submission order (deadlines ascending) */
 	struct nbdc_io_list done;     /* answered, to complete */
 	struct nbdc_io_list waiting;  /* submitted during the first connect */
@@ -78,9 +87,10 @@ struct nbdc_req {
 	uint64_t deadline_ns;
 	uint32_t pending; /* commands in flight + 1 while issuing */
 	int status;
-	bool flush_after; /* FUA write on a server without FUA: flush once written */
-	bool flush_phase; /* that flush is what is in flight now */
-	bool listed;      /* on ch->inflight */
+	bool flush_after;           /* FUA write on a server without FUA: flush once written */
+	bool flush_phase;           /* that flush is what is in flight now */
+	bool listed;                /* on ch->inflight */
+	struct keel_thread *origin; /* forwarded: the submitting thread, which completes */
 };
 
 static __thread char g_nbdc_last_error[512];
@@ -158,6 +168,29 @@ static int nbdc_cmd_done(void *user_data, int *error)
 
 static void nbdc_issue(struct nbdc_channel *ch, struct keel_bdev_io *io);
 
+static void nbdc_complete_msg(void *arg)
+{
+	struct keel_bdev_io *io = arg;
+	struct nbdc_req *req = keel_bdev_io_get_ctx(io);
+
+	keel_bdev_io_complete(io, req->status);
+}
+
+/* Complete \p io with \p status on the thread that submitted it. */
+static void nbdc_finish(struct keel_bdev_io *io, int status)
+{
+	struct nbdc_req *req = keel_bdev_io_get_ctx(io);
+
+	req->status = status;
+	if (req->origin != NULL && req->origin != keel_thread_get_current()) {
+		/* The origin outlives its requests: its channel is put only when they are
+		 * done. */
+		(void)keel_thread_send_msg_reliable(req->origin, nbdc_complete_msg, io, NULL);
+		return;
+	}
+	keel_bdev_io_complete(io, status);
+}
+
 /* Complete what the server answered; re-issue FUA writes that still need their flush. */
 static int nbdc_complete_done(struct nbdc_channel *ch)
 {
@@ -175,7 +208,7 @@ static int nbdc_complete_done(struct nbdc_channel *ch)
 			continue;
 		}
 		n++;
-		keel_bdev_io_complete(io, req->status);
+		nbdc_finish(io, req->status);
 	}
 	return n;
 }
@@ -397,12 +430,10 @@ static void nbdc_issue(struct nbdc_channel *ch, struct keel_bdev_io *io)
 	}
 }
 
-static void nbdc_submit(struct keel_io_channel *kch, struct keel_bdev_io *io)
+static void nbdc_submit_on(struct nbdc_channel *ch, struct keel_bdev_io *io)
 {
-	struct nbdc_channel *ch = keel_io_channel_get_ctx(kch);
 	struct nbdc_req *req = keel_bdev_io_get_ctx(io);
 
-	memset(req, 0, sizeof(*req));
 	req->ch = ch;
 	switch (ch->state) {
 	case NBDC_UP:
@@ -418,7 +449,40 @@ static void nbdc_submit(struct keel_io_channel *kch, struct keel_bdev_io *io)
 	case NBDC_DOWN:
 		break;
 	}
-	keel_bdev_io_complete(io, -EIO);
+	nbdc_finish(io, -EIO);
+}
+
+/* On the owner thread: a request another thread forwarded. */
+static void nbdc_forward_msg(void *arg)
+{
+	struct keel_bdev_io *io = arg;
+	struct nbdc_disk *d = io->bdev->ctxt;
+
+	nbdc_submit_on(d->owner_ch, io);
+}
+
+/* The owner thread is gone (the bdev is being torn down): fail the request here. */
+static void nbdc_forward_drop(void *arg)
+{
+	keel_bdev_io_complete(arg, -EIO);
+}
+
+static void nbdc_submit(struct keel_io_channel *kch, struct keel_bdev_io *io)
+{
+	struct nbdc_channel *ch = keel_io_channel_get_ctx(kch);
+	struct nbdc_req *req = keel_bdev_io_get_ctx(io);
+
+	memset(req, 0, sizeof(*req));
+	req->ch = ch;
+	if (ch->forward) {
+		req->origin = keel_thread_get_current();
+		if (keel_thread_send_msg_reliable(ch->disk->owner, nbdc_forward_msg, io,
+						  nbdc_forward_drop) != 0) {
+			keel_bdev_io_complete(io, -EIO);
+		}
+		return;
+	}
+	nbdc_submit_on(ch, io);
 }
 
 /* ---- connecting ------------------------------------------------------------- */
@@ -559,7 +623,7 @@ static int nbdc_timer(void *arg)
 				break;
 			}
 			TAILQ_REMOVE(&ch->waiting, io, module_link);
-			keel_bdev_io_complete(io, -EIO);
+			nbdc_finish(io, -EIO);
 		}
 		return KEEL_POLLER_BUSY;
 	}
@@ -584,6 +648,10 @@ static int nbdc_channel_create(void *io_device, void *ctx_buf)
 	TAILQ_INIT(&ch->inflight);
 	TAILQ_INIT(&ch->done);
 	TAILQ_INIT(&ch->waiting);
+	if (d->shared && ch->thread != d->owner) {
+		ch->forward = true; /* no connection: requests go to the owner's */
+		return 0;
+	}
 	ch->timer = keel_poller_register(nbdc_timer, ch, NBDC_BACKOFF_MAX_US, "nbd_client_timer");
 	if (ch->timer == NULL) {
 		return -ENOMEM;
@@ -603,6 +671,9 @@ static void nbdc_channel_destroy(void *io_device, void *ctx_buf)
 {
 	struct nbdc_channel *ch = ctx_buf;
 
+	if (ch->forward) {
+		return;
+	}
 	/* The core puts a channel only once every request of it completed. */
 	if (ch->job != NULL) {
 		ch->job->ch = NULL;
@@ -643,8 +714,27 @@ static void nbdc_io_device_gone(void *io_device)
 	nbdc_disk_free(d);
 }
 
+static void nbdc_owner_put_msg(void *arg)
+{
+	struct nbdc_disk *d = arg;
+
+	keel_put_io_channel(d->owner_kch);
+	d->owner_kch = NULL;
+	keel_io_device_unregister(d, nbdc_io_device_gone);
+}
+
 static int nbdc_destruct(void *ctx)
 {
+	struct nbdc_disk *d = ctx;
+
+	if (d->owner_kch != NULL) {
+		/* The owner's channel is put on its thread, then the device goes. */
+		if (keel_thread_send_msg_reliable(d->owner, nbdc_owner_put_msg, d, NULL) == 0) {
+			return 1;
+		}
+		KEEL_ERRLOG("nbd_client bdev %s: its owner thread is gone", d->name);
+		d->owner_kch = NULL;
+	}
 	keel_io_device_unregister(ctx, nbdc_io_device_gone);
 	return 1;
 }
@@ -766,13 +856,9 @@ static void nbdc_create_done(void *cb_arg, int rc)
 	d->can_zero = job->can_zero;
 	d->can_multi_conn = job->can_multi_conn;
 	d->read_only = job->read_only;
-	if (!d->can_multi_conn) {
-		/* Each keel thread has its own connection; without multi-conn a flush on one
-		 * connection need not cover writes of another. */
-		KEEL_WARNLOG("nbd_client bdev %s: %s does not advertise multi-conn: a flush "
-			     "covers only the writes of its own thread's connection",
-			     d->name, d->uri);
-	}
+	/* Without multi-conn a flush on one connection need not cover the writes of
+	 * another: one connection, shared by message. */
+	d->shared = !d->can_multi_conn;
 	d->bdev.name = d->name;
 	d->bdev.product_name = "NBD client";
 	d->bdev.block_size = bs;
@@ -801,9 +887,22 @@ static void nbdc_create_done(void *cb_arg, int rc)
 		nbdc_disk_free(d);
 		goto out_free;
 	}
+	if (d->shared) {
+		d->owner = keel_thread_get_current();
+		d->owner_kch = keel_get_io_channel(d); /* connects with the spare handle */
+		if (d->owner_kch == NULL) {
+			nbdc_create_fail(c, -ENOMEM, "cannot make the owner's channel");
+			keel_io_device_unregister(d, nbdc_io_device_free);
+			goto out_free;
+		}
+		d->owner_ch = keel_io_channel_get_ctx(d->owner_kch);
+	}
 	rc = keel_bdev_register(&d->bdev);
 	if (rc != 0) {
 		snprintf(why, sizeof(why), "cannot register the bdev: %s", strerror(-rc));
+		if (d->owner_kch != NULL) {
+			keel_put_io_channel(d->owner_kch);
+		}
 		nbdc_create_fail(c, rc, why);
 		keel_io_device_unregister(d, nbdc_io_device_free);
 		goto out_free;

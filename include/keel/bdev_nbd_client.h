@@ -5,7 +5,9 @@
  *
  * Each keel thread that uses the bdev has its own connection (its I/O channel owns one
  * libnbd handle, driven only by that thread: the handle's fd sits in the thread's
- * epoll, completions run there). Connecting (DNS, TCP, TLS handshake, NBD handshake)
+ * epoll, completions run there) when the server advertises multi-conn; otherwise the
+ * creating thread's channel holds the only connection and the other threads forward
+ * their requests to it by message (completions come back the same way). Connecting (DNS, TCP, TLS handshake, NBD handshake)
  * runs on the blocking-work pool, never on a reactor.
  *
  * Failures: every request has a deadline (timeout_ms). A request that misses it, or a

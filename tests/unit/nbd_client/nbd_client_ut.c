@@ -336,6 +336,43 @@ static void test_odd_replies(void)
 	ut_scripted_teardown(&o);
 }
 
+/* A server without multi-conn: one connection for every thread (requests of other
+ * threads go to the creating thread's connection by message and complete back home). */
+static void test_no_multi_conn(void)
+{
+	struct keel_bdev *bdev = NULL;
+	struct ut_open o;
+	static char buf[4096], back[4096];
+	unsigned conns;
+
+	ut_threads_init(2);
+	ut_set_thread(0);
+	keel_bdev_module_register(&keel_bdev_nbd_client_module);
+	{
+		struct ut_wait w = {0};
+
+		CU_ASSERT_EQUAL(keel_bdev_subsystem_init(ut_done_cb, &w), 0);
+		ut_poll_threads();
+	}
+	ut_scripted_start();
+	ss_set_multi_conn(false);
+	CU_ASSERT_EQUAL_FATAL(ut_create(g_uri, UT_TIMEOUT_MS, &bdev), 0);
+	conns = ss_connections();
+	ut_set_thread(1);
+	ut_open(&o);
+	memset(buf, 0x3c, sizeof(buf));
+	CU_ASSERT_EQUAL(ut_rw(&o, true, buf, 8192, sizeof(buf)), 0);
+	CU_ASSERT_EQUAL(ut_rw(&o, false, back, 8192, sizeof(back)), 0);
+	CU_ASSERT_EQUAL(memcmp(buf, back, sizeof(buf)), 0);
+	CU_ASSERT_EQUAL(ss_connections(), conns); /* no second connection */
+	ut_close(&o);
+	ut_set_thread(0);
+	ut_delete();
+	ss_set_multi_conn(true);
+	ss_stop();
+	ut_teardown();
+}
+
 /* ---- nbdkit ----------------------------------------------------------------- */
 
 static pid_t g_nbdkit = -1;
@@ -497,6 +534,7 @@ int main(void)
 		{"timeout_and_reconnect", test_timeout_and_reconnect},
 		{"connection_closed", test_connection_closed},
 		{"odd_replies", test_odd_replies},
+		{"no_multi_conn", test_no_multi_conn},
 		{"nbdkit_io", test_nbdkit_io},
 		{"nbdkit_tls", test_nbdkit_tls},
 		{NULL, NULL},

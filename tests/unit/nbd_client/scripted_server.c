@@ -39,12 +39,18 @@ static pthread_t g_thread;
 static atomic_int g_mode;
 static atomic_bool g_stop;
 static atomic_uint g_conns;
+static atomic_bool g_multi_conn = true;
 static uint8_t *g_data;
 static uint64_t g_size;
 
 void ss_set_mode(enum ss_mode mode)
 {
 	atomic_store(&g_mode, mode);
+}
+
+void ss_set_multi_conn(bool on)
+{
+	atomic_store(&g_multi_conn, on);
 }
 
 unsigned ss_connections(void)
@@ -139,7 +145,10 @@ static bool ss_handshake(int fd)
 		free(data);
 		if (opt == NBD_OPT_GO) {
 			uint8_t info[12];
-			uint16_t type = 0, flags = htobe16(SS_TX_FLAGS);
+			uint16_t type = 0;
+			uint16_t flags = htobe16(atomic_load(&g_multi_conn)
+							 ? SS_TX_FLAGS
+							 : SS_TX_FLAGS & ~(1u << 8));
 			uint64_t size = htobe64(g_size);
 
 			memcpy(info, &type, 2);

@@ -7,6 +7,7 @@
 #ifndef KEEL_UT_SCRIPTED_SERVER_H
 #define KEEL_UT_SCRIPTED_SERVER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 enum ss_mode {
@@ -21,6 +22,8 @@ enum ss_mode {
 int ss_start(const char *path, uint64_t size);
 /** What the server does with the next request (any connection). */
 void ss_set_mode(enum ss_mode mode);
+/** Whether the next handshakes advertise CAN_MULTI_CONN (true at start). */
+void ss_set_multi_conn(bool on);
 /** Connections accepted so far. */
 unsigned ss_connections(void);
 /** Stop the server and free it. */
