@@ -11,6 +11,7 @@
 [ "$(id -u)" = 0 ] || skip "needs root for ip netns"
 command -v ip >/dev/null || skip "needs iproute2"
 command -v fio >/dev/null || skip "fio is needed (package fio)"
+command -v psktool >/dev/null || skip "psktool is needed (package gnutls-bin)"
 fio --enghelp 2>/dev/null | grep -qw nbd || skip "this fio has no nbd engine"
 
 NS=kb$$
@@ -22,7 +23,8 @@ D=$E2E_TMP/disks
 mkdir -p "$D"
 truncate -s 65M "$D/b.img"
 S2=$E2E_TMP/keeld2.sock
-RURI="nbd://$IPB:10809/rb"
+PSK=$E2E_TMP/keys.psk
+RURI="nbds://keel@$IPB:10809/rb?tls-psk-file=$PSK"
 VSOCK=$E2E_TMP/v.nbd
 VURI="nbd+unix:///v?socket=$VSOCK"
 
@@ -30,7 +32,13 @@ netns_cleanup() {
 	ip link del "$VA" 2>/dev/null
 	ip netns del "$NS" 2>/dev/null
 }
-trap 'netns_cleanup; e2e_cleanup' EXIT
+netns_exit() {
+	local rc=$?
+	netns_cleanup
+	(exit $rc) # e2e_cleanup exits with the status it finds in $?
+	e2e_cleanup
+}
+trap netns_exit EXIT
 
 ip netns add "$NS" || skip "cannot create a network namespace here"
 ip link add "$VA" type veth peer name "$VB" netns "$NS" || fail "veth pair"
@@ -49,8 +57,11 @@ K2PID=$!
 E2E_EXTRA_PIDS="${E2E_EXTRA_PIDS:-} $K2PID"
 SOCK=$S2 wait_for_keeld "$K2PID"
 expect_ok "host B: aio bdev rb" keelctl2 bdev create aio rb "$D/b.img"
-expect_ok "host B: export rb on TCP" keelctl2 export start rb --socket "$E2E_TMP/rb.nbd" \
-	--tcp "$IPB:10809"
+psktool -u keel -p "$PSK" >/dev/null 2>&1 || fail "psktool could not make a key"
+expect_fail "host B: a plaintext TCP export on the veth is refused" "needs TLS" \
+	keelctl2 export start rb --socket "$E2E_TMP/rb0.nbd" --tcp "$IPB:10809"
+expect_ok "host B: export rb on TCP with TLS" keelctl2 export start rb --socket "$E2E_TMP/rb.nbd" \
+	--tcp "$IPB:10809" --tls require --tls-psk "$PSK"
 
 start_keeld
 expect_ok "volume on a local file and B's export over TCP" \
