@@ -194,7 +194,7 @@ static json_t *metrics_collect_reactors(void)
 	return arr;
 }
 
-void metrics_collect(void *arg)
+void keeld_metrics_collect(void *arg)
 {
 	struct metrics_collect_ctx *ctx = calloc(1, sizeof(*ctx));
 	json_t *volumes = json_array();

@@ -180,7 +180,7 @@ static int metrics_ask_main_thread(void)
 		return -EAGAIN;
 	}
 	/* -ENOMEM (a full ring) is backpressure: this scrape gets 503, the next retries. */
-	return keel_thread_send_msg(main_thread, metrics_collect, NULL);
+	return keel_thread_send_msg(main_thread, keeld_metrics_collect, NULL);
 }
 
 /*
@@ -291,7 +291,7 @@ static enum MHD_Result metrics_serve(struct MHD_Connection *conn)
 							  : "keeld cannot gather metrics now\n",
 					 NULL);
 	}
-	metrics_process_read(&proc);
+	keeld_metrics_process_read(&proc);
 	proc.collect_seconds = (double)waited_ns / 1e9;
 	out = open_memstream(&buf, &len);
 	if (out == NULL) {
@@ -299,7 +299,7 @@ static enum MHD_Result metrics_serve(struct MHD_Connection *conn)
 		return metrics_send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n",
 					 NULL);
 	}
-	rc = metrics_render(out, snapshot, &proc);
+	rc = keeld_metrics_render(out, snapshot, &proc);
 	json_decref(snapshot);
 	if (fclose(out) != 0 || rc != 0) {
 		free(buf);

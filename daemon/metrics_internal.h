@@ -35,7 +35,7 @@ void keeld_metrics_snapshot_ready(json_t *snapshot);
  * main keel thread (the owner of volumes and exports), which the HTTP thread messages.
  * Bdev statistics are summed over every channel by message, one bdev at a time.
  */
-void metrics_collect(void *arg);
+void keeld_metrics_collect(void *arg);
 
 /** Figures of the keeld process, read from /proc on the HTTP thread. */
 struct metrics_process {
@@ -51,12 +51,12 @@ struct metrics_process {
 };
 
 /** Fill \p proc from /proc/self (what cannot be read stays unset). Not on a reactor. */
-void metrics_process_read(struct metrics_process *proc);
+void keeld_metrics_process_read(struct metrics_process *proc);
 
 /**
  * Write \p snapshot (may be NULL: only the process figures) and \p proc as Prometheus
  * text to \p out. Any thread. \return 0 or -EIO when writing failed.
  */
-int metrics_render(FILE *out, json_t *snapshot, const struct metrics_process *proc);
+int keeld_metrics_render(FILE *out, json_t *snapshot, const struct metrics_process *proc);
 
 #endif /* KEEL_DAEMON_METRICS_INTERNAL_H */

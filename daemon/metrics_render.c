@@ -559,7 +559,7 @@ static void render_process(FILE *o, const struct metrics_process *p)
 	put_u64(o, "keel_build_info", &l, 1);
 }
 
-int metrics_render(FILE *out, json_t *snapshot, const struct metrics_process *proc)
+int keeld_metrics_render(FILE *out, json_t *snapshot, const struct metrics_process *proc)
 {
 	json_t *volumes = json_object_get(snapshot, "volumes");
 
@@ -619,7 +619,7 @@ static void metrics_read_stat(struct metrics_process *p)
 	}
 }
 
-void metrics_process_read(struct metrics_process *p)
+void keeld_metrics_process_read(struct metrics_process *p)
 {
 	unsigned long long pages, resident;
 	struct rlimit rl;

@@ -11,7 +11,7 @@
 
 #include "proc_stat.h"
 
-int proc_stat_read(char *buf, size_t size)
+int keeld_proc_stat_read(char *buf, size_t size)
 {
 	size_t len = 0;
 	ssize_t n;
@@ -43,7 +43,7 @@ int proc_stat_read(char *buf, size_t size)
 	return rc;
 }
 
-int proc_stat_cpu_times(const char *text, uint32_t cpu, struct proc_cpu_times *out)
+int keeld_proc_stat_cpu_times(const char *text, uint32_t cpu, struct proc_cpu_times *out)
 {
 	uint64_t user, nice, system, idle, iowait, irq;
 	char prefix[24];

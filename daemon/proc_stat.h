@@ -18,13 +18,13 @@ struct proc_cpu_times {
  * Blocks (open and read): call it on the blocking-work pool, never on a reactor.
  * \return 0 or a negative errno.
  */
-int proc_stat_read(char *buf, size_t size);
+int keeld_proc_stat_read(char *buf, size_t size);
 
 /**
  * Find core \p cpu's line ("cpuN user nice system idle iowait irq ...") in \p text
- * (as proc_stat_read() returns it) and fill \p out. Pure: any thread.
+ * (as keeld_proc_stat_read() returns it) and fill \p out. Pure: any thread.
  * \return 0, or -ENOENT when the text has no such line.
  */
-int proc_stat_cpu_times(const char *text, uint32_t cpu, struct proc_cpu_times *out);
+int keeld_proc_stat_cpu_times(const char *text, uint32_t cpu, struct proc_cpu_times *out);
 
 #endif /* KEEL_DAEMON_PROC_STAT_H */

@@ -236,7 +236,7 @@ static void rpc_reactor_cpu_times(json_t *obj, const char *proc_stat, uint32_t c
 	struct proc_cpu_times t = {0, 0, 0};
 
 	if (proc_stat != NULL) {
-		(void)proc_stat_cpu_times(proc_stat, cpu, &t);
+		(void)keeld_proc_stat_cpu_times(proc_stat, cpu, &t);
 	}
 	json_object_set_new(obj, "irq", json_integer((json_int_t)t.irq));
 	json_object_set_new(obj, "sys", json_integer((json_int_t)t.sys));
@@ -320,7 +320,7 @@ static int rpc_proc_stat_read(void *arg)
 {
 	struct rpc_stats_ctx *ctx = arg;
 
-	return proc_stat_read(ctx->proc_stat, RPC_PROC_STAT_MAX);
+	return keeld_proc_stat_read(ctx->proc_stat, RPC_PROC_STAT_MAX);
 }
 
 static void rpc_proc_stat_done(void *cb_arg, int rc)

@@ -83,7 +83,7 @@ static char *render(json_t *snapshot)
 	FILE *out = open_memstream(&buf, &len);
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(out);
-	CU_ASSERT_EQUAL(metrics_render(out, snapshot, &proc), 0);
+	CU_ASSERT_EQUAL(keeld_metrics_render(out, snapshot, &proc), 0);
 	fclose(out);
 	return buf;
 }

@@ -19,15 +19,15 @@ static void test_core_lines(void)
 {
 	struct proc_cpu_times t = {0, 0, 0};
 
-	CU_ASSERT_EQUAL(proc_stat_cpu_times(g_sample, 0, &t), 0);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times(g_sample, 0, &t), 0);
 	CU_ASSERT_EQUAL(t.usr, 100);
 	CU_ASSERT_EQUAL(t.sys, 200);
 	CU_ASSERT_EQUAL(t.irq, 40);
-	CU_ASSERT_EQUAL(proc_stat_cpu_times(g_sample, 1, &t), 0);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times(g_sample, 1, &t), 0);
 	CU_ASSERT_EQUAL(t.usr, 11);
 	CU_ASSERT_EQUAL(t.sys, 22);
 	CU_ASSERT_EQUAL(t.irq, 33);
-	CU_ASSERT_EQUAL(proc_stat_cpu_times(g_sample, 10, &t), 0);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times(g_sample, 10, &t), 0);
 	CU_ASSERT_EQUAL(t.usr, 444);
 	CU_ASSERT_EQUAL(t.irq, 666);
 }
@@ -36,9 +36,9 @@ static void test_missing_or_short(void)
 {
 	struct proc_cpu_times t = {0, 0, 0};
 
-	CU_ASSERT_EQUAL(proc_stat_cpu_times(g_sample, 2, &t), -ENOENT);
-	CU_ASSERT_EQUAL(proc_stat_cpu_times("cpu0 1 2 3\n", 0, &t), -ENOENT);
-	CU_ASSERT_EQUAL(proc_stat_cpu_times("", 0, &t), -ENOENT);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times(g_sample, 2, &t), -ENOENT);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times("cpu0 1 2 3\n", 0, &t), -ENOENT);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times("", 0, &t), -ENOENT);
 }
 
 static void test_this_machine(void)
@@ -48,13 +48,13 @@ static void test_this_machine(void)
 	struct proc_cpu_times t = {0, 0, 0};
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
-	CU_ASSERT_EQUAL(proc_stat_read(buf, size), 0);
-	CU_ASSERT_EQUAL(proc_stat_cpu_times(buf, 0, &t), 0);
+	CU_ASSERT_EQUAL(keeld_proc_stat_read(buf, size), 0);
+	CU_ASSERT_EQUAL(keeld_proc_stat_cpu_times(buf, 0, &t), 0);
 	CU_ASSERT_TRUE(t.usr + t.sys > 0);
 	/* truncated to what fits, still NUL-terminated */
-	CU_ASSERT_EQUAL(proc_stat_read(buf, 8), 0);
+	CU_ASSERT_EQUAL(keeld_proc_stat_read(buf, 8), 0);
 	CU_ASSERT_EQUAL(buf[7], '\0');
-	CU_ASSERT_EQUAL(proc_stat_read(buf, 0), -EINVAL);
+	CU_ASSERT_EQUAL(keeld_proc_stat_read(buf, 0), -EINVAL);
 	free(buf);
 }
 
