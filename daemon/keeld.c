@@ -44,6 +44,7 @@
 #include "volume_manager.h"
 #include "keel/nbd.h"
 #include "notify.h"
+#include "keel/ublk.h"
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -64,6 +65,7 @@ static bool g_shutdown_deferred; /* shutdown came while restoring */
 static int g_exit_code;
 /* The kernel devices an earlier keeld left, read in main(); handed over at restore. */
 static json_t *g_nbd_disks_doc;
+static json_t *g_ublk_disks_doc;
 
 /* Tell the parent (or the terminal) that startup failed, then shut down. */
 static void keeld_startup_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -138,10 +140,27 @@ static void keeld_nbd_stopped(void *cb_arg, int status)
 	keeld_nbd_saved(NULL, 0);
 }
 
-static void keeld_volumes_stopped(void *arg)
+static void keeld_ublk_saved(void *cb_arg, int status)
 {
 	/* Exports hold bdev descriptors: they go before the bdev layer. */
 	keel_nbd_stop_all(keeld_nbd_stopped, NULL);
+}
+
+static void keeld_ublk_stopped(void *cb_arg, int status, const char *err)
+{
+	keel_ublk_set_listener(NULL, NULL);
+	json_decref(g_ublk_disks_doc);
+	g_ublk_disks_doc = NULL;
+	if (keeld_store_busy(KEELD_DOC_UBLK_DISKS) &&
+	    keeld_store_save(KEELD_DOC_UBLK_DISKS, keeld_ublk_saved, NULL) == 0) {
+		return;
+	}
+	keeld_ublk_saved(NULL, 0);
+}
+
+static void keeld_volumes_stopped(void *arg)
+{
+	keel_ublk_stop_all(keeld_ublk_stopped, NULL);
 }
 
 static void keeld_shutdown(void)
@@ -188,9 +207,26 @@ static int keeld_signal_poll(void *arg)
 
 static void keeld_rpc_start(void);
 
-static void keeld_nbd_disks_restored(void *cb_arg, int status)
+static void keeld_ublk_disks_restored(void *cb_arg, int status, const char *err)
 {
 	keeld_rpc_start();
+}
+
+static void keeld_nbd_disks_restored(void *cb_arg, int status)
+{
+	keel_ublk_disk_restore(g_ublk_disks_doc, keeld_ublk_disks_restored, NULL);
+	json_decref(g_ublk_disks_doc);
+	g_ublk_disks_doc = NULL;
+}
+
+static json_t *keeld_ublk_disks_snapshot(void *ctx)
+{
+	return keel_ublk_disk_snapshot();
+}
+
+static void keeld_ublk_disks_changed(void *ctx)
+{
+	keeld_store_save(KEELD_DOC_UBLK_DISKS, NULL, NULL);
 }
 
 /* The NBD library keeps its device records; keeld stores them. */
@@ -525,6 +561,14 @@ int main(int argc, char **argv)
 		}
 		keeld_store_set_snapshot(KEELD_DOC_NBD_DISKS, keeld_nbd_disks_snapshot, NULL);
 		keel_nbd_disk_set_listener(keeld_nbd_disks_changed, NULL);
+		if (keeld_store_read(KEELD_DOC_UBLK_DISKS, &g_ublk_disks_doc, err, sizeof(err)) !=
+		    0) {
+			KEEL_ERRLOG("keeld: %s; ublk devices of an earlier keeld are not "
+				    "re-attached",
+				    err);
+		}
+		keeld_store_set_snapshot(KEELD_DOC_UBLK_DISKS, keeld_ublk_disks_snapshot, NULL);
+		keel_ublk_set_listener(keeld_ublk_disks_changed, NULL);
 		/* The options parser checked every range: this cannot fail. */
 		if (keel_nbd_set_options(&g_opts.nbd, err, sizeof(err)) != 0) {
 			fprintf(stderr, "keeld: %s\n", err);
@@ -605,6 +649,7 @@ int main(int argc, char **argv)
 	rpc_vcache_register();
 	keeld_notify_init();
 	rpc_nbd_client_register();
+	rpc_ublk_register();
 
 	rc = keel_reactors_start(keeld_start, NULL);
 	if (rc != 0) {

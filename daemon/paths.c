@@ -112,6 +112,7 @@ int keel_path_state_file(const char *state_dir, enum keel_state_file file, char 
 		[KEEL_STATE_FILE_NBD_DISKS] = "/nbd-disks.json",
 		[KEEL_STATE_FILE_LOCK] = "/keeld.lock",
 		[KEEL_STATE_FILE_LOG] = "/keeld.log",
+		[KEEL_STATE_FILE_UBLK_DISKS] = "/ublk-disks.json",
 	};
 
 	if ((size_t)file >= sizeof(names) / sizeof(names[0])) {

@@ -34,6 +34,7 @@ enum keel_state_file {
 	KEEL_STATE_FILE_NBD_DISKS,       /**< nbd-disks.json: kernel devices */
 	KEEL_STATE_FILE_LOCK,            /**< keeld.lock: one keeld per directory, its pid */
 	KEEL_STATE_FILE_LOG,             /**< keeld.log: stderr of a detached keeld */
+	KEEL_STATE_FILE_UBLK_DISKS,      /**< ublk-disks.json: ublk devices to re-attach */
 };
 
 /** "STATE_DIR/<name of file>". \return 0, -EINVAL (unknown file) or -ENAMETOOLONG. */

@@ -36,4 +36,7 @@ void rpc_vcache_register(void);
 /** bdev_nbd_client_create, bdev_nbd_client_delete (daemon/rpc_nbd_client.c). */
 void rpc_nbd_client_register(void);
 
+/** ublk_create_target, ublk_start_disk, ublk_get_disks, ... (daemon/rpc_ublk.c). */
+void rpc_ublk_register(void);
+
 #endif /* KEEL_DAEMON_RPC_METHODS_H */

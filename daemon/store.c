@@ -59,6 +59,9 @@ static struct store_doc g_docs[KEELD_DOC_COUNT] = {
 	[KEELD_DOC_NBD_DISKS] = {.what = "kernel devices",
 				 .file_what = "kernel device file",
 				 .file = KEEL_STATE_FILE_NBD_DISKS},
+	[KEELD_DOC_UBLK_DISKS] = {.what = "ublk devices",
+				  .file_what = "ublk device file",
+				  .file = KEEL_STATE_FILE_UBLK_DISKS},
 };
 
 int keeld_store_init(const char *state_dir)

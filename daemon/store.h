@@ -32,6 +32,7 @@ enum keeld_doc {
 	KEELD_DOC_STATE,           /**< volumes and their exports (daemon/state.h) */
 	KEELD_DOC_REBUILD_HISTORY, /**< ended rebuild jobs per volume */
 	KEELD_DOC_NBD_DISKS,       /**< kernel devices to reattach (keel_nbd_disk_snapshot) */
+	KEELD_DOC_UBLK_DISKS,      /**< ublk devices to re-attach (keel_ublk_disk_snapshot) */
 	KEELD_DOC_COUNT,
 };
 

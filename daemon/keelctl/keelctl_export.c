@@ -1,6 +1,7 @@
 /*
  * keelctl export: serve a bdev over NBD (unix socket, TCP) or to this machine's kernel
- * as /dev/nbdN, stop and list exports. The methods live in daemon/rpc_nbd.c.
+ * as /dev/nbdN or /dev/ublkbN, stop and list exports. The methods live in
+ * daemon/rpc_nbd.c and daemon/rpc_ublk.c.
  *
  * The kernel device of `export start BDEV --nbd` is never guessed from the next word:
  * --nbd is a flag, and the device is either the second positional argument
@@ -26,6 +27,9 @@ enum {
 	EXPORT_OPT_TLS_PSK,
 	EXPORT_OPT_TLS_CERTS,
 	EXPORT_OPT_TLS_VERIFY_CLIENT,
+	EXPORT_OPT_UBLK,
+	EXPORT_OPT_QUEUES,
+	EXPORT_OPT_QUEUE_DEPTH,
 };
 
 static const char g_help_export[] =
@@ -44,9 +48,13 @@ static const char g_help_export[] =
 	"        without a device the kernel picks a free one. The device may also be given\n"
 	"        as --nbd-device /dev/nbdN or --nbd=/dev/nbdN. --dead-timeout (default 60):\n"
 	"        how long the kernel holds I/O for a restarted keeld to reattach.\n"
+	"  start BDEV --ublk [ID] [--queues N] [--queue-depth N]\n"
+	"        serve BDEV to this machine's kernel as /dev/ublkbID (root, ublk_drv module\n"
+	"        loaded); without ID the kernel picks one. One queue per reactor by default.\n"
 	"  stop NAME     stop export NAME (clients are disconnected)\n"
 	"  stop /dev/nbdN  disconnect the kernel device (unmount it first)\n"
-	"  list          list exports and kernel devices\n";
+	"  stop /dev/ublkbN  stop and delete the ublk device (unmount it first)\n"
+	"  list          list exports and kernel devices (nbd and ublk)\n";
 
 struct export_start_args {
 	const char *bdev;
@@ -59,6 +67,10 @@ struct export_start_args {
 	const char *tls;
 	const char *tls_psk;
 	const char *tls_certs;
+	const char *ublk_id;
+	const char *queues;
+	const char *queue_depth;
+	bool ublk;
 	bool nbd;
 	bool read_only;
 	bool tls_verify_client;
@@ -79,6 +91,9 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		{"tls-psk", required_argument, NULL, EXPORT_OPT_TLS_PSK},
 		{"tls-certs", required_argument, NULL, EXPORT_OPT_TLS_CERTS},
 		{"tls-verify-client", no_argument, NULL, EXPORT_OPT_TLS_VERIFY_CLIENT},
+		{"ublk", optional_argument, NULL, EXPORT_OPT_UBLK},
+		{"queues", required_argument, NULL, EXPORT_OPT_QUEUES},
+		{"queue-depth", required_argument, NULL, EXPORT_OPT_QUEUE_DEPTH},
 		KEELCTL_HELP_OPTION,
 		{0},
 	};
@@ -119,6 +134,16 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 		case EXPORT_OPT_TLS_VERIFY_CLIENT:
 			a->tls_verify_client = true;
 			break;
+		case EXPORT_OPT_UBLK:
+			a->ublk = true;
+			a->ublk_id = g.value;
+			break;
+		case EXPORT_OPT_QUEUES:
+			a->queues = g.value;
+			break;
+		case EXPORT_OPT_QUEUE_DEPTH:
+			a->queue_depth = g.value;
+			break;
 		case EXPORT_OPT_NBD:
 		case EXPORT_OPT_NBD_DEVICE:
 			a->nbd = true;
@@ -130,8 +155,26 @@ static void export_start_parse(int argc, char **argv, struct export_start_args *
 			break;
 		}
 	}
-	keelctl_need_pos(&g, 1, a->nbd ? 2 : 1);
+	keelctl_need_pos(&g, 1, a->nbd || a->ublk ? 2 : 1);
 	a->bdev = g.pos[0];
+	if (a->ublk) {
+		if (a->nbd || a->socket != NULL || a->tcp != NULL || a->name != NULL ||
+		    a->read_only || a->io_timeout != NULL || a->dead_timeout != NULL) {
+			keelctl_die(KEELCTL_EXIT_USAGE,
+				    "--ublk takes only an id, --queues and --queue-depth");
+		}
+		if (g.npos == 2 && a->ublk_id != NULL) {
+			keelctl_die_usage(g_help_export, "the id is given twice: '%s' and '%s'",
+					  a->ublk_id, g.pos[1]);
+		}
+		if (g.npos == 2) {
+			a->ublk_id = g.pos[1];
+		}
+		return;
+	}
+	if (a->queues != NULL || a->queue_depth != NULL) {
+		keelctl_die(KEELCTL_EXIT_USAGE, "--queues and --queue-depth are for --ublk");
+	}
 	if (g.npos == 2 && a->nbd_device != NULL) {
 		keelctl_die_usage(g_help_export, "the device is given twice: '%s' and '%s'",
 				  a->nbd_device, g.pos[1]);
@@ -195,12 +238,47 @@ static int export_start_disk(const struct keelctl_ctx *ctx, const struct export_
 	return 0;
 }
 
+static int export_start_ublk(const struct keelctl_ctx *ctx, const struct export_start_args *a)
+{
+	json_t *params = json_pack("{s:s}", "bdev_name", a->bdev);
+	json_t *result;
+
+	if (a->ublk_id != NULL) {
+		const char *id = strncmp(a->ublk_id, "/dev/ublkb", 10) == 0 ? a->ublk_id + 10
+									    : a->ublk_id;
+
+		json_object_set_new(params, "ublk_id",
+				    json_integer(keelctl_parse_u32(id, "--ublk")));
+	}
+	if (a->queues != NULL) {
+		json_object_set_new(params, "num_queues",
+				    json_integer(keelctl_parse_u32(a->queues, "--queues")));
+	}
+	if (a->queue_depth != NULL) {
+		json_object_set_new(
+			params, "queue_depth",
+			json_integer(keelctl_parse_u32(a->queue_depth, "--queue-depth")));
+	}
+	result = keelctl_call("ublk_start_disk", params);
+	if (ctx->json) {
+		keelctl_print_json(result);
+	} else {
+		printf("serving %s as /dev/ublkb%lld\n", a->bdev,
+		       (long long)json_integer_value(result));
+	}
+	json_decref(result);
+	return 0;
+}
+
 static int export_start(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
 	struct export_start_args a;
 	json_t *params, *result;
 
 	export_start_parse(argc, argv, &a);
+	if (a.ublk) {
+		return export_start_ublk(ctx, &a);
+	}
 	if (a.nbd) {
 		return export_start_disk(ctx, &a);
 	}
@@ -250,7 +328,11 @@ static int export_stop(const struct keelctl_ctx *ctx, int argc, char **argv)
 	keelctl_getopt_positionals(&g, argc, argv, g_help_export, 1, 1);
 	what = g.pos[0];
 	/* Export names cannot contain '/', so a path is always a kernel device. */
-	if (strncmp(what, "/dev/", 5) == 0) {
+	if (strncmp(what, "/dev/ublkb", 10) == 0) {
+		result = keelctl_call("ublk_stop_disk", json_pack("{s:I}", "ublk_id",
+								  (json_int_t)keelctl_parse_u32(
+									  what + 10, "device")));
+	} else if (strncmp(what, "/dev/", 5) == 0) {
 		result = keelctl_call("nbd_stop_disk", json_pack("{s:s}", "nbd_device", what));
 	} else {
 		result = keelctl_call("nbd_stop_export", json_pack("{s:s}", "name", what));
@@ -266,10 +348,17 @@ static int export_stop(const struct keelctl_ctx *ctx, int argc, char **argv)
 
 /* Kernel devices join the exports' array (so scripts that read exports keep working),
  * named by their device; "nbd_device" tells them apart. */
-static void export_list_json(json_t *exports, json_t *disks)
+static void export_list_json(json_t *exports, json_t *disks, json_t *ublks)
 {
 	json_t *e;
 	size_t i;
+
+	json_array_foreach(ublks, i, e) {
+		json_t *d = json_deep_copy(e);
+
+		json_object_set(d, "name", json_object_get(e, "ublk_device"));
+		json_array_append_new(exports, d);
+	}
 
 	json_array_foreach(disks, i, e) {
 		json_t *d = json_deep_copy(e);
@@ -280,13 +369,14 @@ static void export_list_json(json_t *exports, json_t *disks)
 	keelctl_print_json(exports);
 }
 
-static void export_list_table(json_t *exports, json_t *disks)
+static void export_list_table(json_t *exports, json_t *disks, json_t *ublks)
 {
 	struct keelctl_table t = {.ncols = 7};
 	json_t *e;
 	size_t i;
 
-	if (json_array_size(exports) == 0 && json_array_size(disks) == 0) {
+	if (json_array_size(exports) == 0 && json_array_size(disks) == 0 &&
+	    json_array_size(ublks) == 0) {
 		printf("no exports\n");
 		return;
 	}
@@ -317,22 +407,35 @@ static void export_list_table(json_t *exports, json_t *disks)
 			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "connections")),
 			"-");
 	}
+	/* ublk devices: one "connection" per queue. */
+	json_array_foreach(ublks, i, e) {
+		char conns[16], where[48];
+
+		snprintf(where, sizeof(where), "ublk (%s)",
+			 keelctl_str_or_dash(json_object_get(e, "state")));
+		keelctl_table_row(
+			&t, keelctl_str_or_dash(json_object_get(e, "ublk_device")),
+			json_string_value(json_object_get(e, "bdev_name")), where, "-", "no",
+			keelctl_fmt_int(conns, sizeof(conns), json_object_get(e, "num_queues")));
+	}
 	keelctl_table_print(&t);
 }
 
 static int export_list(const struct keelctl_ctx *ctx, int argc, char **argv)
 {
 	struct keelctl_getopt g;
-	json_t *exports, *disks;
+	json_t *exports, *disks, *ublks;
 
 	keelctl_getopt_positionals(&g, argc, argv, g_help_export, 0, 0);
 	exports = keelctl_call("nbd_get_exports", NULL);
 	disks = keelctl_call("nbd_get_disks", NULL);
+	ublks = keelctl_call("ublk_get_disks", NULL);
 	if (ctx->json) {
-		export_list_json(exports, disks);
+		export_list_json(exports, disks, ublks);
 	} else {
-		export_list_table(exports, disks);
+		export_list_table(exports, disks, ublks);
 	}
+	json_decref(ublks);
 	json_decref(disks);
 	json_decref(exports);
 	return 0;

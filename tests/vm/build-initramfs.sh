@@ -129,7 +129,11 @@ for spec in "${modules[@]}"; do
 	params=
 	[ "$rel" != "$spec" ] && params=${spec#* }
 	case $params in *[!A-Za-z0-9_=,.\ -]*) vm_die "module parameters '$params': unsafe characters" ;; esac
-	src=$(vm_kernel_module "$kdir" "$rel") || vm_die "module $rel not found in $kdir"
+	if ! src=$(vm_kernel_module "$kdir" "$rel"); then
+		# Another kernel build may have it built in (Debian's cloud kernel: ext4).
+		vm_kernel_builtin "$kdir" "$rel" && continue
+		vm_die "module $rel not found in $kdir"
+	fi
 	base=$(printf '%02d-%s.ko' "$i" "$(basename "${rel%.ko}")")
 	case $src in
 	*.ko) cp "$src" "$root/lib/modules/keel/$base" ;;

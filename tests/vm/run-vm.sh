@@ -4,7 +4,7 @@
 #
 # usage: run-vm.sh --name NAME --payload SCRIPT [--bin PATH[:DEST]]... [--file SRC:DEST]...
 #                  [--module REL]... [--build-dir DIR] [--timeout SEC] [--mem MB] [--smp N]
-#                  [--keep-log]
+#                  [--kernel-pkg REGEX] [--keep-log]
 #
 #   exit 0   the guest printed "KEEL-VM-PASS NAME"
 #   exit 1   it printed "KEEL-VM-FAIL NAME: ...", or nothing before the timeout / power-off;
@@ -13,6 +13,8 @@
 #
 # The kernel package is downloaded once into BUILD_DIR/vm-cache and reused; the initramfs
 # and the console log go to BUILD_DIR/vm/NAME.{cpio.gz,log}.
+# --kernel-pkg boots the newest Debian kernel package whose name matches REGEX instead of
+# the default kernel (the ublk tests: 'linux-image-6\.12\..*-cloud-amd64-unsigned').
 # Environment: KEEL_VM_KERNEL_PKG pins the kernel package; KEEL_VM_QEMU_ARGS adds qemu flags.
 set -euo pipefail
 
@@ -20,7 +22,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=vm-lib.sh
 . "$here/vm-lib.sh"
 
-name='' payload='' timeout=240 mem=1024 smp=2
+name='' payload='' timeout=240 mem=1024 smp=2 kernel_pkg=''
 build_dir=${KEEL_BUILD_DIR:-$(cd "$here/../.." && pwd)/build}
 initramfs_args=()
 while [ $# -gt 0 ]; do
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
 	--timeout) timeout=$2; shift 2 ;;
 	--mem) mem=$2; shift 2 ;;
 	--smp) smp=$2; shift 2 ;;
+	--kernel-pkg) kernel_pkg=$2; shift 2 ;;
 	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
 	*) vm_die "run-vm: unknown argument $1 (see --help)" ;;
 	esac
@@ -43,8 +46,8 @@ t0=$(date +%s.%N)
 vm_ensure_host_tools
 # Parallel ctest runs share the cache: one downloads, the others wait for it.
 mkdir -p "$build_dir/vm-cache"
-kdir=$(flock "$build_dir/vm-cache/.lock" bash -c '. "$1"; vm_ensure_kernel "$2"' _ \
-	"$here/vm-lib.sh" "$build_dir/vm-cache")
+kdir=$(flock "$build_dir/vm-cache/.lock" bash -c '. "$1"; vm_ensure_kernel "$2" "$3"' _ \
+	"$here/vm-lib.sh" "$build_dir/vm-cache" "$kernel_pkg")
 kernel=$(vm_kernel_image "$kdir")
 
 workdir=$build_dir/vm

@@ -56,14 +56,34 @@ file_is_static() {
 	! ldd "$1" >/dev/null 2>&1
 }
 
-# vm_ensure_kernel CACHE_DIR: prints the folder into which Debian's current kernel image
-# package is unpacked (CACHE_DIR/kernel-<pkg>), downloading it once. linux-image-amd64 is a
-# metapackage; the real image is the package it depends on.
+# vm_kernel_pkg_match PATTERN: the newest package whose name matches the extended regular
+# expression PATTERN (e.g. 'linux-image-6\.12\..*-cloud-amd64-unsigned'); empty if none.
+vm_kernel_pkg_match() {
+	apt-cache search --names-only "^$1\$" 2>/dev/null | awk '{ print $1 }' | sort -V | tail -n1
+}
+
+# vm_ensure_kernel CACHE_DIR [PATTERN]: prints the folder into which a Debian kernel image
+# package is unpacked (CACHE_DIR/kernel-<pkg>), downloading it once. Without PATTERN it is
+# the current default kernel: linux-image-amd64 is a metapackage, the real image is the
+# package it depends on. With PATTERN (a regular expression for package names, see
+# vm_kernel_pkg_match) it is the newest match, e.g. Debian 12's 6.12 kernel for ublk.
 vm_ensure_kernel() {
-	local cache=$1 pkg dir deb
+	local cache=$1 pattern=${2:-} pkg dir deb
 	mkdir -p "$cache"
 	if [ -n "${KEEL_VM_KERNEL_PKG:-}" ]; then
 		pkg=$KEEL_VM_KERNEL_PKG
+	elif [ -n "$pattern" ]; then
+		pkg=$(vm_kernel_pkg_match "$pattern")
+		if [ -z "$pkg" ]; then
+			vm_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+			VM_APT_UPDATED=1
+			pkg=$(vm_kernel_pkg_match "$pattern")
+		fi
+		if [ -z "$pkg" ]; then
+			dir=$(ls -d "$cache"/kernel-* 2>/dev/null | grep -E "/kernel-$pattern\$" | sort -V | tail -n1)
+			[ -n "$dir" ] && [ -f "$dir/.complete" ] && { echo "$dir"; return 0; }
+			vm_skip "no kernel package matches '$pattern' (apt-get update failed?)"
+		fi
 	else
 		pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
 			awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
@@ -108,6 +128,16 @@ vm_ensure_kernel() {
 
 # vm_kernel_image KERNEL_DIR
 vm_kernel_image() { ls "$1"/boot/vmlinuz-* | sort -V | tail -n1; }
+
+# vm_kernel_builtin KERNEL_DIR REL: whether module REL is built into the kernel image
+# (listed in modules.builtin), so there is nothing to load.
+vm_kernel_builtin() {
+	local kdir=$1 rel=${2%.ko} f
+	for f in "$kdir"/lib/modules/*/modules.builtin "$kdir"/usr/lib/modules/*/modules.builtin; do
+		[ -f "$f" ] && grep -qx "kernel/$rel.ko" "$f" && return 0
+	done
+	return 1
+}
 
 # vm_kernel_module KERNEL_DIR REL: path of module REL (e.g. drivers/block/nbd.ko) in the
 # package, whatever its compression (.ko, .ko.xz, .ko.zst); empty if absent.
