@@ -607,8 +607,6 @@ static struct keel_ublk_disk *ublk_disk_alloc(const char *bdev_name, int64_t id)
 
 static void ublk_disk_finish(struct keel_ublk_disk *d)
 {
-	bool recorded = d->state == UBLK_DISK_STOPPING && d->start_cb == NULL;
-
 	if (d->desc != NULL) {
 		keel_bdev_close(d->desc);
 		d->desc = NULL;
@@ -621,7 +619,7 @@ static void ublk_disk_finish(struct keel_ublk_disk *d)
 	for (uint32_t i = 0; i < d->nwaiters; i++) {
 		d->waiters[i].cb_fn(d->waiters[i].cb_arg, 0, "");
 	}
-	if (d->rc == 0 || recorded) {
+	if (d->rc == 0) {
 		KEEL_NOTICELOG("ublk%lld (bdev %s): stopped and deleted", (long long)d->id,
 			       d->bdev_name);
 	}
@@ -738,8 +736,8 @@ void ublk_disk_queue_started(void *arg)
 	d->queues_reported++;
 	if (q->started) {
 		d->queues_live++;
-	} else {
-		ublk_disk_fail(d, q->start_rc, NULL);
+	} else if (d->rc == 0) {
+		d->rc = q->start_rc;
 		snprintf(d->err, sizeof(d->err), "ublk queue %u cannot start: %s", q->q_id,
 			 strerror(-q->start_rc));
 	}
@@ -773,10 +771,11 @@ static void ublk_disk_setup_done(void *arg, int rc)
 		KEEL_ERRLOG("ublk%lld (bdev %s): %s", (long long)d->id, d->bdev_name, d->err);
 		/* Nothing was fetched: the queues are still ours and never reported. */
 		d->queues_reported = d->queues != NULL ? d->nqueues : 0;
-		if (d->recover && !d->stop_requested) {
-			/* A device we could not re-attach keeps its data and waits for the
-			 * next attempt (ublk_recover_disk); it is not deleted. */
-			d->owns_device = d->owns_device && d->queues != NULL;
+		if (d->recover) {
+			/* A device we could not re-attach holds the data of whoever mounted
+			 * it: never delete it here; the person decides (ublk_stop_disk after
+			 * ublk_recover_disk, or the ublk tools). */
+			d->owns_device = false;
 		}
 		ublk_disk_begin_stop(d);
 		return;

@@ -10,31 +10,8 @@ ST=/tmp/keel-state
 K="keelctl -s $S --timeout 60"
 IMG=/tmp/disk.img
 
-step() { echo "KEEL-VM-STEP $*"; }
-fail() {
-	echo "KEEL-VM-FAIL $N: $*"
-	echo "---- keeld.log (tail)"
-	tail -n 40 "$ST/keeld.log" 2>/dev/null
-	dmesg | grep -i nbd | tail -n 20
-	exit 1
-}
-keeld_pid() { head -n1 "$ST/keeld.lock" 2>/dev/null; }
-start_keeld() {
-	# Two reactors in interrupt mode: TCG has 2 slow vCPUs, busy polling would starve fio/mkfs.
-	keeld --cpus 0-1 --mode interrupt --rpc-socket "$S" --state-dir "$ST" ||
-		fail "keeld did not start"
-}
-# expect_fail WHAT PATTERN CMD...: CMD must exit 1 and print PATTERN on stderr.
-expect_fail() {
-	what=$1 pat=$2
-	shift 2
-	"$@" >/tmp/out 2>/tmp/err
-	rc=$?
-	[ "$rc" -eq 1 ] || fail "$what: exit $rc, expected 1 ($(cat /tmp/out /tmp/err))"
-	grep -q "$pat" /tmp/err || fail "$what: message '$(cat /tmp/err)' lacks '$pat'"
-	grep -q 'Sanitizer' /tmp/err && fail "$what: sanitizer report from keelctl: $(cat /tmp/err)"
-	step "$what -> $(head -n1 /tmp/err)"
-}
+DEVWORD=nbd
+. /guest-lib.sh
 wait_state() { # DEV STATE SECONDS
 	i=0
 	while [ $i -lt $(($3 * 5)) ]; do
@@ -46,20 +23,10 @@ wait_state() { # DEV STATE SECONDS
 	return 1
 }
 
-mkdir -p /mnt/a
 truncate -s 128M "$IMG" || fail "truncate"
 start_keeld
 $K bdev create aio disk0 "$IMG" || fail "bdev create"
-# PR_SET_IO_FLUSHER on every thread (reactors, blocking pool, watchdog): the kernel shows
-# PF_MEMALLOC_NOIO (0x80000) in field 9 of /proc/PID/task/TID/stat.
-pid=$(keeld_pid)
-nt=0
-for t in /proc/$pid/task/*; do
-	set -- $(cat "$t/stat")
-	[ $(( $9 & 0x80000 )) -ne 0 ] || fail "thread $2 of keeld lacks PF_MEMALLOC_NOIO (flags $9)"
-	nt=$((nt + 1))
-done
-step "PR_SET_IO_FLUSHER on all $nt keeld threads; $(grep VmLck /proc/$pid/status | tr -s ' \t' ' ')"
+check_io_flusher
 out=$($K export start disk0 --nbd /dev/nbd0 --dead-timeout 120) || fail "export start --nbd: $out"
 [ "$out" = "serving disk0 as /dev/nbd0" ] || fail "unexpected answer '$out'"
 step "connected: $out; pid $(cat /sys/block/nbd0/pid) backend $(cat /sys/block/nbd0/backend 2>/dev/null)"
@@ -70,18 +37,7 @@ nq=$(ls /sys/block/nbd0/mq | wc -l)
 step "hardware queues: $nq"
 [ "$nq" = 2 ] || fail "expected 2 queues (one socket per reactor), got $nq"
 
-mkfs.ext4 -q -F /dev/nbd0 || fail "mkfs.ext4"
-mount -t ext4 /dev/nbd0 /mnt/a || fail "mount"
-for i in 1 2 3 4 5 6; do
-	dd if=/dev/urandom of=/mnt/a/f$i bs=64k count=$((i * 4)) 2>/dev/null || fail "write f$i"
-done
-(cd /mnt/a && md5sum f* >/tmp/sums) || fail "md5sum"
-sync
-umount /mnt/a || fail "umount"
-echo 3 >/proc/sys/vm/drop_caches
-mount -t ext4 /dev/nbd0 /mnt/a || fail "mount again"
-(cd /mnt/a && md5sum -c -s /tmp/sums) || fail "checksums after remount"
-step "mkfs, mount, write, umount, mount, verify: ok"
+fs_make_and_verify /dev/nbd0
 
 # kill -9 with the filesystem mounted; writes issued while keeld is dead wait in the
 # kernel (dead-connection timeout) and complete after the reattach.
@@ -104,20 +60,7 @@ step "reattached: $(grep -o 'nbd0: reattached.*' "$ST/keeld.log" | tail -n1)"
 grep -q 'LINK_DEAD' "$ST/keeld.log" && step "keeld logged LINK_DEAD"
 wait "$writer"
 [ -f /tmp/during.ok ] || fail "the write issued while keeld was dead failed"
-echo 3 >/proc/sys/vm/drop_caches
-(cd /mnt/a && md5sum -c -s /tmp/sums) || fail "old files after the restart"
-md5sum -c -s /tmp/during.sum || fail "file written during the restart"
-dd if=/dev/urandom of=/mnt/a/after bs=64k count=16 2>/dev/null || fail "write after restart"
-md5sum /mnt/a/after >/tmp/after.sum
-sync
-umount /mnt/a || fail "umount after restart"
-echo 3 >/proc/sys/vm/drop_caches
-e2fsck -fn /dev/nbd0 >/tmp/fsck 2>&1 || { cat /tmp/fsck; fail "e2fsck after the restart"; }
-mount -t ext4 /dev/nbd0 /mnt/a || fail "mount after fsck"
-md5sum -c -s /tmp/after.sum || fail "file written after the restart"
-(cd /mnt/a && md5sum -c -s /tmp/sums) || fail "old files after remount"
-umount /mnt/a || fail "umount"
-step "after kill -9 + restart: old files, a write held over the restart, new writes, e2fsck: ok"
+fs_verify_after_restart /dev/nbd0
 
 # Clean errors: unknown device, device served by us, device busy in the kernel, bad index.
 truncate -s 16M /tmp/disk1.img
@@ -156,9 +99,5 @@ kill -0 "$pid" 2>/dev/null && fail "keeld did not exit on SIGTERM"
 [ -e /sys/block/nbd2/pid ] && fail "/dev/nbd2 still connected after keeld shut down"
 grep -q 'nbd2 (bdev disk1): disconnected' "$ST/keeld.log" || fail "no disconnect logged at shutdown"
 step "shutdown disconnects: ok"
-# A sanitizer build reports to stderr, which is keeld.log once it detaches.
-if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$ST/keeld.log"; then
-	grep -A30 -E 'AddressSanitizer|LeakSanitizer|runtime error:' "$ST/keeld.log" | head -n 60
-	fail "sanitizer report in keeld.log"
-fi
+check_sanitizer
 exit 0

@@ -10,29 +10,8 @@ S=/tmp/keeld.sock
 ST=/tmp/keel-state
 K="keelctl -s $S --timeout 120"
 
-step() { echo "KEEL-VM-STEP $*"; }
-fail() {
-	echo "KEEL-VM-FAIL $N: $*"
-	echo "---- keeld.log (tail)"
-	tail -n 40 "$ST/keeld.log" 2>/dev/null
-	dmesg | grep -i ublk | tail -n 20
-	exit 1
-}
-keeld_pid() { head -n1 "$ST/keeld.lock" 2>/dev/null; }
-start_keeld() {
-	# Two reactors in interrupt mode: TCG has 2 slow vCPUs, busy polling would starve fio/mkfs.
-	keeld --cpus 0-1 --mode interrupt --rpc-socket "$S" --state-dir "$ST" ||
-		fail "keeld did not start"
-}
-expect_fail() { # WHAT PATTERN CMD...: CMD must exit 1 and print PATTERN on stderr
-	what=$1 pat=$2
-	shift 2
-	"$@" >/tmp/out 2>/tmp/err
-	rc=$?
-	[ "$rc" -eq 1 ] || fail "$what: exit $rc, expected 1 ($(cat /tmp/out /tmp/err))"
-	grep -q "$pat" /tmp/err || fail "$what: message '$(cat /tmp/err)' lacks '$pat'"
-	step "$what -> $(head -n1 /tmp/err)"
-}
+DEVWORD=ublk
+. /guest-lib.sh
 wait_state() { # ID STATE SECONDS
 	i=0
 	while [ $i -lt $(($3 * 5)) ]; do
@@ -45,14 +24,8 @@ wait_state() { # ID STATE SECONDS
 }
 
 [ -c /dev/ublk-control ] || fail "/dev/ublk-control missing after insmod ublk_drv"
-mkdir -p /mnt/a
 start_keeld
-pid=$(keeld_pid)
-for t in /proc/$pid/task/*; do
-	set -- $(cat "$t/stat")
-	[ $(($9 & 0x80000)) -ne 0 ] || fail "thread $2 of keeld lacks PF_MEMALLOC_NOIO (flags $9)"
-done
-step "PR_SET_IO_FLUSHER on every keeld thread; $(grep VmLck /proc/$pid/status | tr -s ' \t' ' ')"
+check_io_flusher
 
 $K volume create v --size 128M --replica /tmp/r0 --replica /tmp/r1 >/dev/null ||
 	fail "volume create"
@@ -68,18 +41,7 @@ step "/dev/ublkb0 up: $nq queues, $(cat /sys/block/ublkb0/queue/logical_block_si
 [ "$nq" = 2 ] || fail "expected 2 queues (one per reactor), got $nq"
 $K export list
 
-mkfs.ext4 -q -F /dev/ublkb0 || fail "mkfs.ext4"
-mount -t ext4 /dev/ublkb0 /mnt/a || fail "mount"
-for i in 1 2 3 4 5 6; do
-	dd if=/dev/urandom of=/mnt/a/f$i bs=64k count=$((i * 4)) 2>/dev/null || fail "write f$i"
-done
-(cd /mnt/a && md5sum f* >/tmp/sums) || fail "md5sum"
-sync
-umount /mnt/a || fail "umount"
-echo 3 >/proc/sys/vm/drop_caches
-mount -t ext4 /dev/ublkb0 /mnt/a || fail "mount again"
-(cd /mnt/a && md5sum -c -s /tmp/sums) || fail "checksums after remount"
-step "mkfs, mount, write, umount, mount, verify on /dev/ublkb0: ok"
+fs_make_and_verify /dev/ublkb0
 
 # A replica that fails writes under fio verify: the volume faults it, fio sees nothing.
 truncate -s 33M /tmp/fr0 /tmp/fr1
@@ -113,7 +75,14 @@ $K export stop /dev/ublkb1 >/dev/null || fail "stop ublkb1"
 step "replica faulted, device stopped and deleted"
 
 # kill -9 with the file system mounted and a write in flight; the restarted keeld
-# re-attaches from its records and the held I/O completes.
+# re-attaches from its records and the held I/O completes. /dev/ublkb3 is left out of
+# the records: the restarted keeld must refuse to start over it and re-attach it on
+# request (ublk_recover_disk).
+truncate -s 16M /tmp/d1
+$K bdev create aio d1 /tmp/d1 >/dev/null || fail "bdev d1"
+$K export start d1 --ublk 3 >/dev/null || fail "start ublkb3"
+dd if=/dev/urandom of=/tmp/pat3 bs=1M count=4 2>/dev/null
+dd if=/tmp/pat3 of=/dev/ublkb3 bs=1M oflag=direct 2>/dev/null || fail "write ublkb3"
 pid=$(keeld_pid)
 (dd if=/dev/urandom of=/mnt/a/during bs=64k count=64 conv=fsync 2>/dev/null &&
 	md5sum /mnt/a/during >/tmp/during.sum && echo ok >/tmp/during.ok) &
@@ -123,29 +92,27 @@ while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 step "keeld $pid killed with /dev/ublkb0 mounted"
 sleep 1
 [ -f /tmp/during.ok ] && step "(the write finished before the kill)"
+grep -q '"ublk_id": 3' "$ST/ublk-disks.json" || fail "ublkb3 not recorded: $(cat "$ST/ublk-disks.json")"
+echo '{"version": 1, "disks": [{"ublk_id": 0, "bdev_name": "v"}]}' >"$ST/ublk-disks.json"
 start_keeld
 wait_state 0 running 60 || fail "/dev/ublkb0 was not re-attached"
 step "re-attached: $(grep -o 'ublk0 (bdev v): recovered.*' "$ST/keeld.log" | tail -n1)"
 wait "$writer"
 [ -f /tmp/during.ok ] || fail "the write issued around the kill failed"
-echo 3 >/proc/sys/vm/drop_caches
-(cd /mnt/a && md5sum -c -s /tmp/sums) || fail "old files after the restart"
-md5sum -c -s /tmp/during.sum || fail "file written around the restart"
-dd if=/dev/urandom of=/mnt/a/after bs=64k count=16 2>/dev/null || fail "write after restart"
-md5sum /mnt/a/after >/tmp/after.sum
-sync
-umount /mnt/a || fail "umount after restart"
-echo 3 >/proc/sys/vm/drop_caches
-e2fsck -fn /dev/ublkb0 >/tmp/fsck 2>&1 || { cat /tmp/fsck; fail "e2fsck after the restart"; }
-mount -t ext4 /dev/ublkb0 /mnt/a || fail "mount after fsck"
-md5sum -c -s /tmp/after.sum || fail "file written after the restart"
-(cd /mnt/a && md5sum -c -s /tmp/sums) || fail "old files after remount"
-umount /mnt/a || fail "umount"
-step "after kill -9 + restart: old files, a write held over the restart, new writes, e2fsck: ok"
+fs_verify_after_restart /dev/ublkb0
+
+# A device of a dead keeld that this keeld did not record: busy in the kernel, and
+# re-attached on request with its data.
+$K bdev create aio d1 /tmp/d1 >/dev/null || fail "bdev d1 after the restart"
+expect_fail "start on an id in use in the kernel" "in use in the kernel" $K export start d1 --ublk 3
+[ "$($K --json rpc ublk_recover_disk '{"bdev_name":"d1","ublk_id":3}')" = 3 ] ||
+	fail "ublk_recover_disk of ublkb3"
+[ "$(md5sum </tmp/pat3)" = "$(dd if=/dev/ublkb3 bs=1M count=4 iflag=direct 2>/dev/null | md5sum)" ] ||
+	fail "ublkb3 data after ublk_recover_disk"
+$K export stop /dev/ublkb3 >/dev/null || fail "stop ublkb3"
+step "ublk_recover_disk re-attached an unrecorded device of the dead keeld; data intact"
 
 # Clean errors; nothing half-created.
-truncate -s 16M /tmp/d1
-$K bdev create aio d1 /tmp/d1 >/dev/null || fail "bdev d1"
 expect_fail "start on an id keeld serves" "already served" $K export start d1 --ublk 0
 expect_fail "start on a missing bdev" "not found" $K export start nope --ublk 5
 expect_fail "too many queues" "num_queues" $K export start d1 --ublk 5 --queues 9
@@ -176,8 +143,5 @@ if dmesg | grep -qE 'WARNING:|BUG:|Call Trace'; then
 	dmesg | grep -B5 -A30 -E 'WARNING:|BUG:|Call Trace' | head -n 80
 	fail "kernel warning during the test"
 fi
-if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$ST/keeld.log"; then
-	grep -A30 -E 'AddressSanitizer|LeakSanitizer|runtime error:' "$ST/keeld.log" | head -n 60
-	fail "sanitizer report in keeld.log"
-fi
+check_sanitizer
 exit 0
