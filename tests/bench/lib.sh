@@ -55,3 +55,59 @@ qio_close_all() {
 	QIO_FDS=()
 	QIO_PIDS=()
 }
+
+# The VM benchmarks (vm-nbd.sh, vm-ublk.sh): the same options and the same clients.
+# vm_bench_args SCRIPT-NAME ARGS...: sets build_dir (absolute), runtime and rounds from
+# --build-dir DIR (default: SRC/build; src must be set), --runtime SEC (4), --rounds N (3).
+vm_bench_args() {
+	local name=$1
+	shift
+	build_dir=$src/build runtime=4 rounds=3
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--build-dir) build_dir=$2; shift 2 ;;
+		--runtime) runtime=$2; shift 2 ;;
+		--rounds) rounds=$2; shift 2 ;;
+		*) echo "usage: $name [--build-dir DIR] [--runtime SEC] [--rounds N]" >&2; exit 2 ;;
+		esac
+	done
+	case $runtime in *[!0-9]* | '' | 0) echo "--runtime: seconds" >&2; exit 2 ;; esac
+	case $rounds in *[!0-9]* | '' | 0) echo "--rounds: a count" >&2; exit 2 ;; esac
+	build_dir=$(cd "$build_dir" && pwd)
+}
+
+# vm_bench_clients SCRIPT-NAME: keeld and keelctl built; fio and nbdkit installed; sets
+# plugin (nbdkit's file plugin) and nbdc (nbd-client from Debian's package, unpacked
+# into the VM cache, not installed on the host). Exits 77 when one cannot be had.
+vm_bench_clients() {
+	local name=$1 p t dl
+	for t in keeld keelctl; do
+		[ -x "$build_dir/bin/$t" ] || cmake --build "$build_dir" --target "$t"
+	done
+	for p in fio:fio nbdkit:nbdkit; do
+		command -v "${p%%:*}" >/dev/null 2>&1 && continue
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			"${p#*:}" >/dev/null 2>&1 || { echo "$name: SKIP: cannot install ${p#*:}" >&2; exit 77; }
+	done
+	plugin=$(ls /usr/lib/*/nbdkit/plugins/nbdkit-file-plugin.so 2>/dev/null | head -n1)
+	[ -n "$plugin" ] || { echo "$name: SKIP: nbdkit file plugin not found" >&2; exit 77; }
+	nbdc=$build_dir/vm-cache/nbd-client/sbin/nbd-client
+	if [ ! -x "$nbdc" ]; then
+		dl=$(mktemp -d)
+		(cd "$dl" && apt-get download nbd-client >/dev/null 2>&1) ||
+			{ echo "$name: SKIP: cannot download nbd-client" >&2; exit 77; }
+		mkdir -p "$build_dir/vm-cache/nbd-client"
+		dpkg -x "$dl"/nbd-client_*.deb "$build_dir/vm-cache/nbd-client"
+		rm -rf "$dl"
+		[ -x "$nbdc" ] || { echo "$name: SKIP: no sbin/nbd-client in the package" >&2; exit 77; }
+	fi
+}
+
+# An awk function for the VM benchmarks' tables: median("" " 3 1 2") -> 2 (a string of
+# space-separated numbers; the mean of the middle two for an even count).
+AWK_MEDIAN='
+	function median(s,    a, n, i, j, t) {
+		n = split(s, a, " ")
+		for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}'

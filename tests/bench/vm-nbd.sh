@@ -23,42 +23,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/../.." && pwd)
-build_dir=$src/build
-runtime=4
-rounds=3
-while [ $# -gt 0 ]; do
-	case $1 in
-	--build-dir) build_dir=$2; shift 2 ;;
-	--runtime) runtime=$2; shift 2 ;;
-	--rounds) rounds=$2; shift 2 ;;
-	*) echo "usage: $0 [--build-dir DIR] [--runtime SEC] [--rounds N]" >&2; exit 2 ;;
-	esac
-done
-case $runtime in *[!0-9]* | '' | 0) echo "--runtime: seconds" >&2; exit 2 ;; esac
-case $rounds in *[!0-9]* | '' | 0) echo "--rounds: a count" >&2; exit 2 ;; esac
-build_dir=$(cd "$build_dir" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+vm_bench_args vm-nbd "$@"
 started=$(date +%s)
 
-skip() { echo "vm-nbd: SKIP: $*" >&2; exit 77; }
-for t in keeld keelctl; do
-	[ -x "$build_dir/bin/$t" ] || cmake --build "$build_dir" --target "$t"
-done
-for p in fio:fio nbdkit:nbdkit; do
-	command -v "${p%%:*}" >/dev/null 2>&1 && continue
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${p#*:}" \
-		>/dev/null 2>&1 || skip "cannot install ${p#*:}"
-done
-plugin=$(ls /usr/lib/*/nbdkit/plugins/nbdkit-file-plugin.so 2>/dev/null | head -n1)
-[ -n "$plugin" ] || skip "nbdkit file plugin not found"
-nbdc=$build_dir/vm-cache/nbd-client/sbin/nbd-client
-if [ ! -x "$nbdc" ]; then
-	dl=$(mktemp -d)
-	(cd "$dl" && apt-get download nbd-client >/dev/null 2>&1) || skip "cannot download nbd-client"
-	mkdir -p "$build_dir/vm-cache/nbd-client"
-	dpkg -x "$dl"/nbd-client_*.deb "$build_dir/vm-cache/nbd-client"
-	rm -rf "$dl"
-	[ -x "$nbdc" ] || skip "no sbin/nbd-client in the package"
-fi
+vm_bench_clients vm-nbd
 
 jobs="randread:4k:32 randwrite:4k:32 randread:4k:1 read:128k:8 write:128k:8"
 payload=$(mktemp "${TMPDIR:-/tmp}/keel-vm-bench.XXXXXX.sh")
@@ -117,12 +87,7 @@ echo "  client and server; A B B A per round, median of $rounds rounds of the pe
 echo "keeld: aio bdev on the file, keelctl export start --nbd (netlink), --cpus 0-1, mode as"
 echo "  in the row (keelctl reactor mode); nbdkit: file plugin on the same file, nbd-client"
 echo "  -unix over netlink with as many connections as keeld's queues"
-grep -ao 'KEEL-BENCH [a-z].*' "$log" | awk '
-	function median(s,    a, n, i, j, t) {
-		n = split(s, a, " ")
-		for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-	}
+grep -ao 'KEEL-BENCH [a-z].*' "$log" | awk "$AWK_MEDIAN"'
 	{
 		key = $2 " " $3; run[key, $4, $5] += $6 / 2
 		if (!(key in seen)) { seen[key] = 1; order[n++] = key }
