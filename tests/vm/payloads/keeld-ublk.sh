@@ -43,6 +43,14 @@ $K export list
 
 fs_make_and_verify /dev/ublkb0
 
+# An idle device costs nothing: its queues sleep in the kernel, their rings' fds in epoll.
+sync
+$K --json reactor stats --interval 2000 >/tmp/stats.json || fail "reactor stats"
+idle=$(jq -r '[.reactors.reactors[] | "\(.wakeups_per_sec * 10 | round / 10)"] | join(" ")' /tmp/stats.json)
+[ "$(jq '[.reactors.reactors[] | select(.wakeups_per_sec > 20)] | length' /tmp/stats.json)" = 0 ] ||
+	fail "an idle /dev/ublkb0 wakes reactors: $idle wake-ups/s"
+step "idle with /dev/ublkb0 mounted: $idle wake-ups/s per reactor (bound 20)"
+
 # A replica that fails writes under fio verify: the volume faults it, fio sees nothing.
 truncate -s 33M /tmp/fr0 /tmp/fr1
 $K bdev create aio fr0 /tmp/fr0 >/dev/null && $K bdev create aio fr1 /tmp/fr1 >/dev/null ||
