@@ -117,8 +117,19 @@ expect_fail "start on an id in use in the kernel" "in use in the kernel" $K expo
 	fail "ublk_recover_disk of ublkb3"
 [ "$(md5sum </tmp/pat3)" = "$(dd if=/dev/ublkb3 bs=1M count=4 iflag=direct 2>/dev/null | md5sum)" ] ||
 	fail "ublkb3 data after ublk_recover_disk"
+# Write-zeroes (util-linux blkdiscard -z: BLKZEROOUT; by path, busybox sh prefers its
+# own applet) and discard reach the bdev.
+zero=$(dd if=/dev/zero bs=1M count=1 2>/dev/null | md5sum)
+/usr/local/sbin/blkdiscard -z -o 0 -l 1048576 /dev/ublkb3 || fail "write-zeroes on ublkb3"
+[ "$(dd if=/dev/ublkb3 bs=1M count=1 iflag=direct 2>/dev/null | md5sum)" = "$zero" ] ||
+	fail "ublkb3 not zero after write-zeroes"
+/usr/local/sbin/blkdiscard -o 1048576 -l 1048576 /dev/ublkb3 || fail "discard on ublkb3"
+[ "$(dd if=/dev/ublkb3 bs=1M skip=2 count=2 iflag=direct 2>/dev/null | md5sum)" = \
+	"$(dd if=/tmp/pat3 bs=1M skip=2 count=2 2>/dev/null | md5sum)" ] ||
+	fail "ublkb3 data beyond the discarded range changed"
 $K export stop /dev/ublkb3 >/dev/null || fail "stop ublkb3"
-step "ublk_recover_disk re-attached an unrecorded device of the dead keeld; data intact"
+step "ublk_recover_disk re-attached an unrecorded device of the dead keeld; data intact;" \
+	"write-zeroes and discard ok"
 
 # Clean errors; nothing half-created.
 expect_fail "start on an id keeld serves" "already served" $K export start d1 --ublk 0
