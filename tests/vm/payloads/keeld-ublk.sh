@@ -148,6 +148,17 @@ $K export stop /dev/ublkb0 >/dev/null || fail "stop /dev/ublkb0"
 grep -q '"disks": \[\]' "$ST/ublk-disks.json" || fail "records still list disks: $(cat "$ST/ublk-disks.json")"
 step "stop: ok"
 
+# Hot remove: deleting the bdev under a device stops and deletes the device.
+truncate -s 16M /tmp/d2
+$K bdev create aio d2 /tmp/d2 >/dev/null || fail "bdev d2"
+$K export start d2 --ublk 4 >/dev/null || fail "start ublkb4"
+$K bdev delete d2 >/dev/null || fail "bdev delete d2 under /dev/ublkb4"
+i=0
+while [ -e /sys/block/ublkb4 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+[ -e /sys/block/ublkb4 ] && fail "/dev/ublkb4 still there after its bdev was deleted"
+[ "$($K --json rpc ublk_get_disks)" = "[]" ] || fail "disks left: $($K --json rpc ublk_get_disks)"
+step "bdev deleted under /dev/ublkb4: device stopped and deleted"
+
 # A clean shutdown (SIGTERM) stops and deletes devices.
 $K export start d1 --ublk 2 >/dev/null || fail "start ublkb2"
 pid=$(keeld_pid)
