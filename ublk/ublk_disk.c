@@ -1081,52 +1081,79 @@ static int ublk_wait_poll(void *arg)
 	return KEEL_POLLER_IDLE;
 }
 
-void keel_ublk_disk_restore(const json_t *doc, keel_ublk_done_cb cb_fn, void *cb_arg)
+int ublk_disk_records_parse(const json_t *doc, ublk_record_fn fn, void *ctx)
 {
 	json_t *disks = json_object_get(doc, "disks"), *e;
-	char err[256];
-	bool waiting = false;
+	int n = 0;
 	size_t i;
 
-	ublk_main_init();
-	if (doc != NULL &&
-	    (json_integer_value(json_object_get(doc, "version")) != UBLK_STATE_VERSION ||
-	     !json_is_array(disks))) {
-		KEEL_ERRLOG("ublk: the device records are not a version %d list; ignored",
-			    UBLK_STATE_VERSION);
-		disks = NULL;
+	if (doc == NULL) {
+		return 0;
 	}
-	if (json_array_size(disks) > 0 && ublk_ensure_target(err, sizeof(err)) != 0) {
-		KEEL_ERRLOG("ublk: devices are not re-attached: %s", err);
-		disks = NULL;
+	if (json_integer_value(json_object_get(doc, "version")) != UBLK_STATE_VERSION ||
+	    !json_is_array(disks)) {
+		return -EINVAL;
 	}
 	json_array_foreach(disks, i, e) {
 		json_t *id = json_object_get(e, "ublk_id");
 		const char *bdev = json_string_value(json_object_get(e, "bdev_name"));
-		struct keel_ublk_disk *d;
 
 		if (!json_is_integer(id) || json_integer_value(id) < 0 ||
-		    json_integer_value(id) > UBLK_CTRL_MAX_ID || bdev == NULL ||
-		    strlen(bdev) > KEEL_BDEV_NAME_MAX ||
-		    ublk_disk_find(json_integer_value(id)) != NULL) {
+		    json_integer_value(id) > UBLK_CTRL_MAX_ID || bdev == NULL || bdev[0] == '\0' ||
+		    strlen(bdev) > KEEL_BDEV_NAME_MAX) {
 			KEEL_WARNLOG("ublk: device records: disks[%zu] is malformed; skipped", i);
 			continue;
 		}
-		d = ublk_disk_alloc(bdev, json_integer_value(id));
-		if (d == NULL) {
-			continue;
+		if (fn != NULL) {
+			fn((uint32_t)json_integer_value(id), bdev, ctx);
 		}
-		d->state = UBLK_DISK_WAITING;
-		TAILQ_INSERT_TAIL(&g_disks, d, link);
-		KEEL_NOTICELOG("ublk%lld: served bdev %s before the restart; re-attaching%s",
-			       (long long)d->id, bdev,
-			       keel_bdev_get_by_name(bdev) ? "" : " once the bdev exists");
-		d->start_cb = ublk_restore_started;
-		d->start_arg = d;
-		if (ublk_disk_try_recover(d) != 0) {
-			d->start_cb = NULL;
-		}
-		waiting |= d->state == UBLK_DISK_WAITING;
+		n++;
+	}
+	return n;
+}
+
+/* One record of an earlier keeld: wait for its bdev, then re-attach. */
+static void ublk_restore_record(uint32_t id, const char *bdev, void *ctx)
+{
+	bool *waiting = ctx;
+	struct keel_ublk_disk *d;
+
+	if (ublk_disk_find(id) != NULL) {
+		KEEL_WARNLOG("ublk%u: recorded twice; the first record is used", id);
+		return;
+	}
+	d = ublk_disk_alloc(bdev, id);
+	if (d == NULL) {
+		KEEL_ERRLOG("ublk%u: out of memory; not re-attached", id);
+		return;
+	}
+	d->state = UBLK_DISK_WAITING;
+	TAILQ_INSERT_TAIL(&g_disks, d, link);
+	KEEL_NOTICELOG("ublk%u: served bdev %s before the restart; re-attaching%s", id, bdev,
+		       keel_bdev_get_by_name(bdev) ? "" : " once the bdev exists");
+	d->start_cb = ublk_restore_started;
+	d->start_arg = d;
+	if (ublk_disk_try_recover(d) != 0) {
+		d->start_cb = NULL;
+	}
+	*waiting |= d->state == UBLK_DISK_WAITING;
+}
+
+void keel_ublk_disk_restore(const json_t *doc, keel_ublk_done_cb cb_fn, void *cb_arg)
+{
+	char err[256];
+	bool waiting = false;
+	int n;
+
+	ublk_main_init();
+	n = ublk_disk_records_parse(doc, NULL, NULL);
+	if (n < 0) {
+		KEEL_ERRLOG("ublk: the device records are not a version %d list; ignored",
+			    UBLK_STATE_VERSION);
+	} else if (n > 0 && ublk_ensure_target(err, sizeof(err)) != 0) {
+		KEEL_ERRLOG("ublk: devices are not re-attached: %s", err);
+	} else if (n > 0) {
+		ublk_disk_records_parse(doc, ublk_restore_record, &waiting);
 	}
 	if (waiting && g_wait_poller == NULL) {
 		g_wait_poller = keel_poller_register(ublk_wait_poll, NULL, UBLK_WAIT_PERIOD_US,

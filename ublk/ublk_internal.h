@@ -74,6 +74,15 @@ void ublk_disk_queue_gone(void *arg);
 struct keel_bdev_desc *ublk_disk_desc(struct keel_ublk_disk *disk);
 int ublk_disk_cfd(struct keel_ublk_disk *disk);
 uint32_t ublk_disk_id(struct keel_ublk_disk *disk);
+/* One well-formed entry of the device records. */
+typedef void (*ublk_record_fn)(uint32_t id, const char *bdev_name, void *ctx);
+/*
+ * Decode the records of keel_ublk_disk_snapshot() (NULL: none): \p fn (may be NULL) for
+ * each well-formed entry; malformed ones are skipped with a warning. \return the number
+ * of well-formed entries, or -EINVAL (not a version 1 list). Pure apart from the log:
+ * any input, any thread.
+ */
+int ublk_disk_records_parse(const json_t *doc, ublk_record_fn fn, void *ctx);
 /* The main keel thread (where devices live). */
 struct keel_thread *ublk_disk_main(void);
 
