@@ -159,8 +159,18 @@ while [ -e /sys/block/ublkb4 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); do
 [ "$($K --json rpc ublk_get_disks)" = "[]" ] || fail "disks left: $($K --json rpc ublk_get_disks)"
 step "bdev deleted under /dev/ublkb4: device stopped and deleted"
 
-# A clean shutdown (SIGTERM) stops and deletes devices.
+# The target: destroy stops its devices; a target on CPU 0 only gives devices one queue.
 $K export start d1 --ublk 2 >/dev/null || fail "start ublkb2"
+[ "$($K --json rpc ublk_destroy_target)" = true ] || fail "ublk_destroy_target"
+[ -e /sys/block/ublkb2 ] && fail "/dev/ublkb2 still there after ublk_destroy_target"
+[ "$($K --json rpc ublk_create_target '{"cpumask":"0x1"}')" = true ] || fail "ublk_create_target 0x1"
+expect_fail "a second target" "already exists" $K rpc ublk_create_target
+expect_fail "two queues on a one-reactor target" "must be 1..1" $K export start d1 --ublk 2 --queues 2
+$K export start d1 --ublk 2 >/dev/null || fail "start ublkb2 on the one-reactor target"
+[ "$(ls /sys/block/ublkb2/mq | wc -l)" = 1 ] || fail "ublkb2 has $(ls /sys/block/ublkb2/mq | wc -l) queues"
+step "ublk_destroy_target stopped ublkb2; a target on CPU 0 serves it with one queue"
+
+# A clean shutdown (SIGTERM) stops and deletes devices.
 pid=$(keeld_pid)
 kill -TERM "$pid"
 i=0
