@@ -30,6 +30,7 @@ declare -A PREFIXES=(
 	[libkeel_bdev.a]="bdev_"                # the bdev core and its modules (bdev_aio_, ...)
 	[libkeel_nexus.a]="nexus_"              # replicated volumes
 	[libkeel_nbd.a]="nbd_"                  # NBD server and kernel frontend
+	[libkeel_ublk.a]="ublk_"                # ublk frontend (/dev/ublkbN)
 	[libkeel_daemon.a]="keeld_ rpc_ vol_"   # keeld: API, JSON-RPC, volume manager steps
 	[libkeel_test_common.a]="ut_"           # the unit-test harness (tests only)
 )
