@@ -95,6 +95,8 @@ static json_t *vol_replica_json(const struct vol_replica *r,
 					    ? "missing"
 					    : keel_nexus_fault_reason_name(ri->reason)));
 		json_object_set_new(o, "generation", json_integer((json_int_t)ri->generation));
+		json_object_set_new(o, "read_errors_repaired",
+				    json_integer((json_int_t)ri->read_errors_repaired));
 	} else {
 		json_object_set_new(
 			o, "state",

@@ -3,7 +3,8 @@
  * and injects failures by rule. One rule per I/O type plus one for every type;
  * a type rule wins over the catch-all. A rule fails `count` matching requests (0 =
  * until cleared), only every Nth one if every_nth > 1, with `error`, after an
- * optional delay. Delayed requests wait in a per-channel queue drained by a timed
+ * optional delay, or completes them without touching the base (drop: a disk that
+ * loses writes). Delayed requests wait in a per-channel queue drained by a timed
  * poller, then fail or pass through. Everything else passes through to the base.
  *
  * Rules change at run time from any keel thread while I/O runs on others, so they
@@ -52,6 +53,7 @@ struct error_channel {
 struct error_io {
 	uint64_t deadline_ns;
 	int error;
+	bool drop;
 };
 
 static uint32_t error_get_ctx_size(void)
@@ -119,6 +121,8 @@ static void error_finish(struct error_channel *ech, struct keel_bdev_io *io)
 
 	if (eio->error) {
 		keel_bdev_io_complete(io, eio->error);
+	} else if (eio->drop) {
+		keel_bdev_io_complete(io, 0);
 	} else {
 		error_pass_through(ech, io);
 	}
@@ -164,6 +168,7 @@ static bool error_match(struct error_disk *d, enum keel_bdev_io_type type, struc
 		if (inject) {
 			rs->injected++;
 			eio->error = rs->rule.error;
+			eio->drop = rs->rule.drop;
 			eio->deadline_ns = rs->rule.delay_us
 						   ? keel_now_ns() +
 							     (uint64_t)rs->rule.delay_us * 1000
@@ -378,8 +383,8 @@ int keel_bdev_error_inject(const char *name, const struct keel_bdev_error_rule *
 	struct error_disk *d;
 
 	if (!rule || (unsigned)rule->io_type > KEEL_BDEV_IO_NUM_TYPES || rule->error > 0 ||
-	    (rule->error == 0 && rule->delay_us == 0) ||
-	    (rule->error == -ENOMEM && rule->count == 0)) {
+	    (rule->error == 0 && rule->delay_us == 0 && !rule->drop) ||
+	    (rule->error != 0 && rule->drop) || (rule->error == -ENOMEM && rule->count == 0)) {
 		return -EINVAL;
 	}
 	d = error_find(name);

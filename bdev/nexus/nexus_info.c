@@ -91,6 +91,7 @@ int keel_nexus_get_info(struct keel_nexus *nexus, struct keel_nexus_info *info)
 		ri->reason = r->state == KEEL_NEXUS_REPLICA_FAULTED ? r->reason
 								    : KEEL_NEXUS_REASON_NONE;
 		ri->generation = r->generation;
+		ri->read_errors_repaired = atomic_load(&r->read_errors_repaired);
 		if (r->state != KEEL_NEXUS_REPLICA_HEALTHY) {
 			snprintf(ri->detail, sizeof(ri->detail), "%s", r->detail);
 		}
@@ -131,6 +132,8 @@ struct json_t *keel_nexus_info_to_json(const struct keel_nexus_info *info)
 				    json_string(keel_nexus_fault_reason_name(ri->reason)));
 		json_object_set_new(r, "generation", json_integer((json_int_t)ri->generation));
 		json_object_set_new(r, "detail", json_string(ri->detail));
+		json_object_set_new(r, "read_errors_repaired",
+				    json_integer((json_int_t)ri->read_errors_repaired));
 		json_array_append_new(arr, r);
 	}
 	json_object_set_new(obj, "replicas", arr);

@@ -9,6 +9,7 @@
 #ifndef KEEL_NEXUS_INTERNAL_H
 #define KEEL_NEXUS_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -26,7 +27,9 @@
 #define NEXUS_MAX KEEL_NEXUS_MAX_REPLICAS
 /* Range locks one channel can hold at once: every task of every rebuild job of
  * the volume holds at most one (nexus_rebuild.c caps tasks accordingly). */
-#define NEXUS_MAX_LOCKS 128
+#define NEXUS_MAX_LOCKS (128 + NEXUS_REPAIR_MAX)
+/* Read-error repairs (nexus_repair.c) running at once per volume; each holds a lock. */
+#define NEXUS_REPAIR_MAX 8
 
 struct nexus;
 struct nexus_bitmap;
@@ -50,6 +53,8 @@ struct nexus_replica {
 	 * message to the owner, so a burst of errors costs one message. */
 	atomic_bool fault_requested;
 	atomic_int fault_status;
+	/* Read errors fixed by rewriting the range (nexus_repair.c), any thread. */
+	_Atomic uint64_t read_errors_repaired;
 	bool fault_seen;    /* owner: the request behind fault_requested arrived */
 	bool fault_pending; /* owner: a fault message arrived, not yet committed */
 	bool foreign;       /* refused: labelled for another volume */
@@ -151,6 +156,7 @@ struct nexus {
 	atomic_uint fault_msgs;
 	bool free_deferred;
 	void (*sync_cont)(struct nexus *n);
+	atomic_uint repairs_active; /* nexus_repair.c, any thread */
 	TAILQ_ENTRY(nexus) link;
 };
 
@@ -169,6 +175,7 @@ struct nexus_io {
 	uint16_t failed_mask;  /* children that failed (or were known bad) */
 	uint16_t ok_healthy;   /* healthy children that succeeded */
 	uint16_t tried_mask;   /* reads: children tried so far */
+	uint16_t repair_mask;  /* reads: children whose read failed, to repair */
 	int last_err;
 	struct nexus_child_io child[NEXUS_MAX];
 };
@@ -264,6 +271,24 @@ static inline bool nexus_replica_attached(const struct nexus_replica *r)
 	       (r->state == KEEL_NEXUS_REPLICA_HEALTHY ||
 		r->state == KEEL_NEXUS_REPLICA_REBUILDING);
 }
+
+/* Channel thread: an I/O the caller submitted on child \p s of \p nch (after
+ * outstanding++) is done; puts a detaching child once drained. */
+void nexus_child_io_end(struct nexus_channel *nch, unsigned s);
+
+/* nexus_repair.c */
+/* A read error that may be a bad range (a media error), worth rewriting: -EIO and the
+ * codes a checksum or media check reports. Others (the device is gone, the
+ * connection dropped: -ENXIO, -ENODEV, -ENOTCONN, ...) fault the replica at once. */
+static inline bool nexus_read_error_repairable(int status)
+{
+	return status == -EIO || status == -EILSEQ || status == -EBADMSG || status == -ENODATA;
+}
+/* Channel thread: a read of volume bytes \p off + \p len failed on slot \p bad and
+ * succeeded on \p src. Rewrite the range on \p bad from \p src under a range lock and
+ * read it back; fault \p bad only if that fails. Runs on its own (no callback). */
+void nexus_repair_start(struct nexus_channel *nch, unsigned bad, unsigned src, uint64_t off,
+			uint64_t len);
 
 /* nexus.c: lifecycle */
 int nexus_destruct(void *ctx);

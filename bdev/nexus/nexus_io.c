@@ -80,6 +80,12 @@ static void report_fault(struct nexus_channel *nch, unsigned s, int status)
 
 static void lock_waits_check(struct nexus_channel *nch);
 
+void nexus_child_io_end(struct nexus_channel *nch, unsigned s)
+{
+	nch->children[s].outstanding--;
+	child_put_if_drained(nch, s);
+}
+
 static bool io_tracked(const struct keel_bdev_io *io)
 {
 	return io->type != KEEL_BDEV_IO_FLUSH;
@@ -277,11 +283,23 @@ static void read_child_done(void *cb_arg, int status)
 	nch->children[s].outstanding--;
 	if (status == 0) {
 		child_put_if_drained(nch, s);
+		/* Replicas that failed this read get the good data written back. */
+		for (unsigned b = 0; nio->repair_mask != 0 && b < NEXUS_MAX; b++) {
+			if (nio->repair_mask & nexus_bit(b)) {
+				nexus_repair_start(nch, b, s, keel_bdev_io_offset_bytes(io),
+						   keel_bdev_io_num_bytes(io));
+			}
+		}
 		keel_bdev_io_complete(io, 0);
 		return;
 	}
 	nio->last_err = status;
-	report_fault(nch, s, status);
+	if (nexus_read_error_repairable(status)) {
+		/* Not faulted yet: retried elsewhere, then repaired (nexus_repair.c). */
+		nio->repair_mask |= nexus_bit(s);
+	} else {
+		report_fault(nch, s, status);
+	}
 	child_put_if_drained(nch, s);
 	submit_read(nch, io);
 }
@@ -331,6 +349,12 @@ static void submit_read(struct nexus_channel *nch, struct keel_bdev_io *io)
 		int rc;
 
 		if (s < 0) {
+			/* No copy could be read: nothing to repair from. */
+			for (unsigned b = 0; nio->repair_mask != 0 && b < NEXUS_MAX; b++) {
+				if (nio->repair_mask & nexus_bit(b)) {
+					report_fault(nch, b, nio->last_err);
+				}
+			}
 			keel_bdev_io_complete(io, -EIO);
 			return;
 		}
@@ -409,6 +433,7 @@ static void nexus_submit_request(struct keel_io_channel *ch, struct keel_bdev_io
 	switch (io->type) {
 	case KEEL_BDEV_IO_READ:
 		nio->tried_mask = 0;
+		nio->repair_mask = 0;
 		nio->last_err = 0;
 		submit_read(nch, io);
 		break;

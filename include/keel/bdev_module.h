@@ -250,6 +250,9 @@ struct keel_bdev_error_rule {
 	uint32_t every_nth;
 	int error;         /**< negative errno to complete with (0 = only delay) */
 	uint32_t delay_us; /**< added latency (0 = none) */
+	/** With error 0: complete matching requests as successful without passing them
+	 * to the base (a disk that loses writes; a read leaves the buffer untouched). */
+	bool drop;
 };
 /** Create error bdev \p name wrapping \p base_name (claims the base). */
 int keel_bdev_error_create(const char *name, const char *base_name, struct keel_bdev **bdev);

@@ -211,6 +211,8 @@ struct keel_nexus_replica_info {
 	enum keel_nexus_fault_reason reason;
 	uint64_t generation; /**< label generation last read or written */
 	char detail[160];    /**< why it is not healthy ("" if it is) */
+	/** Read errors repaired by rewriting the range from another replica. */
+	uint64_t read_errors_repaired;
 };
 
 struct keel_nexus_info {

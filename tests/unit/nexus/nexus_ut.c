@@ -1300,7 +1300,8 @@ static void read_error_then_close(struct vol_user *u, uint32_t *noops, uint32_t 
 	user_open(u, "vol", 2);
 	fill(rd, 4096, 3);
 	CU_ASSERT(do_io(u, 0, KEEL_BDEV_IO_WRITE, rd, 0, 4096) == 0);
-	inject("e0", KEEL_BDEV_IO_READ, -EIO);
+	/* "Device gone": faulted at once (an -EIO would be repaired first). */
+	inject("e0", KEEL_BDEV_IO_READ, -ENXIO);
 	*queued = fill_ring(1, 0, noops);
 	CU_ASSERT(*queued > 0);
 	/* Reads alternate between the replicas: two reach e0 at least once. */
