@@ -19,6 +19,7 @@
  * good copy and the next read of that range tries again.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,13 @@ struct nexus_repair {
 	struct nexus_lock_range lock;
 	unsigned bad;
 	unsigned src;
+	/* What this channel had attached in those slots at the start: the slot is
+	 * still that replica while our channel's child has the same descriptor (a
+	 * release detaches it from every channel first). Names are copied here
+	 * because replicas[] belongs to the owner thread. */
+	struct keel_bdev_desc *bad_desc;
+	char bad_name[KEEL_BDEV_NAME_MAX + 1];
+	char src_name[KEEL_BDEV_NAME_MAX + 1];
 	uint64_t off; /* volume bytes */
 	uint64_t len;
 	uint8_t *good;
@@ -65,23 +73,24 @@ static void repair_unlocked(struct keel_io_channel_iter *iter, int status)
 static void repair_finish(struct nexus_repair *rp, int status, const char *why)
 {
 	struct nexus *n = rp->n;
-	struct nexus_replica *r = &n->replicas[rp->bad];
+	struct nexus_child_ch *cc = &rp->nch->children[rp->bad];
+	bool same = cc->desc == rp->bad_desc && !cc->detaching;
 
-	if (status == 0) {
-		atomic_fetch_add(&r->read_errors_repaired, 1);
+	if (status == 0 && same) {
+		atomic_fetch_add(&n->replicas[rp->bad].read_errors_repaired, 1);
 		KEEL_NOTICELOG("volume %s: replica %s: read error at %lu+%lu repaired from %s",
-			       n->name, r->bdev_name, (unsigned long)rp->off,
-			       (unsigned long)rp->len, n->replicas[rp->src].bdev_name);
-	} else if (why != NULL) {
+			       n->name, rp->bad_name, (unsigned long)rp->off,
+			       (unsigned long)rp->len, rp->src_name);
+	} else if (why != NULL && same) {
 		KEEL_ERRLOG("volume %s: replica %s: read error at %lu+%lu not repaired: %s",
-			    n->name, r->bdev_name, (unsigned long)rp->off, (unsigned long)rp->len,
+			    n->name, rp->bad_name, (unsigned long)rp->off, (unsigned long)rp->len,
 			    why);
 		nexus_request_fault(n, rp->bad, status);
 	} else {
 		/* The good copy could not be read again, or a replica left meanwhile:
 		 * nothing is known about the bad one beyond the first error. */
 		KEEL_WARNLOG("volume %s: replica %s: read error at %lu+%lu: repair abandoned",
-			     n->name, r->bdev_name, (unsigned long)rp->off, (unsigned long)rp->len);
+			     n->name, rp->bad_name, (unsigned long)rp->off, (unsigned long)rp->len);
 	}
 	keel_for_each_channel(n, nexus_channel_unlock, &rp->lock, repair_unlocked);
 }
@@ -171,6 +180,14 @@ static void repair_locked(struct keel_io_channel_iter *iter, int status)
 	}
 }
 
+/* The bdev name of the child in slot \p s of \p nch ("?" when none is attached). */
+static const char *child_name(struct nexus_channel *nch, unsigned s)
+{
+	struct keel_bdev_desc *desc = nch->children[s].desc;
+
+	return desc != NULL ? keel_bdev_get_name(keel_bdev_desc_get_bdev(desc)) : "?";
+}
+
 void nexus_repair_start(struct nexus_channel *nch, unsigned bad, unsigned src, uint64_t off,
 			uint64_t len)
 {
@@ -182,7 +199,7 @@ void nexus_repair_start(struct nexus_channel *nch, unsigned bad, unsigned src, u
 		KEEL_WARNLOG_RATELIMITED(1000,
 					 "volume %s: replica %s: read error at %lu+%lu: too many "
 					 "repairs running, skipped",
-					 n->name, n->replicas[bad].bdev_name, (unsigned long)off,
+					 n->name, child_name(nch, bad), (unsigned long)off,
 					 (unsigned long)len);
 		return;
 	}
@@ -204,6 +221,9 @@ void nexus_repair_start(struct nexus_channel *nch, unsigned bad, unsigned src, u
 	rp->nch = keel_io_channel_get_ctx(rp->ch);
 	rp->bad = bad;
 	rp->src = src;
+	rp->bad_desc = nch->children[bad].desc;
+	snprintf(rp->bad_name, sizeof(rp->bad_name), "%s", child_name(nch, bad));
+	snprintf(rp->src_name, sizeof(rp->src_name), "%s", child_name(nch, src));
 	rp->off = off;
 	rp->len = len;
 	rp->lock.start = off;

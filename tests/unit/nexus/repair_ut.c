@@ -33,13 +33,13 @@ static void run_ms(uint32_t ms)
 static uint8_t *g_w;
 
 /* The volume with the pattern in [0, LEN) on m1 and garbage there on m0. */
-static void vol_with_bad_e0(struct vol_user *u)
+static void vol_with_bad_e0_on(struct vol_user *u, uint32_t nthreads)
 {
 	const char *reps[] = {"e0", "e1"};
 	struct op_res r;
 	uint8_t *junk = abuf(LEN);
 
-	setup(1);
+	setup(nthreads);
 	mk_malloc("m0", REPLICA_BLOCKS, BS);
 	mk_malloc("m1", REPLICA_BLOCKS, BS);
 	mk_err("e0", "m0");
@@ -54,8 +54,13 @@ static void vol_with_bad_e0(struct vol_user *u)
 	fill(junk, LEN, 99);
 	CU_ASSERT_FATAL(raw_io("e0", true, junk, DATA_OFF, LEN) == 0);
 	CU_ASSERT_FATAL(open_vol("vol", reps, 2, false, &r) == 0);
-	user_open(u, "vol", 1);
+	user_open(u, "vol", nthreads);
 	free(junk);
+}
+
+static void vol_with_bad_e0(struct vol_user *u)
+{
+	vol_with_bad_e0_on(u, 1);
 }
 
 static void vol_done(struct vol_user *u)
@@ -83,17 +88,22 @@ static void inject_rule(const char *bdev, enum keel_bdev_io_type type, uint32_t 
 
 /* Read [0, LEN) \p times (the reads alternate between replicas), each must return the
  * pattern; mock time runs between them so repairs finish. */
-static void read_ok_times(struct vol_user *u, int times)
+static void read_ok_times_on(struct vol_user *u, uint32_t t, int times)
 {
 	uint8_t *rd = abuf(LEN);
 
 	for (int i = 0; i < times; i++) {
 		memset(rd, 0, LEN);
-		CU_ASSERT(do_io(u, 0, KEEL_BDEV_IO_READ, rd, 0, LEN) == 0);
+		CU_ASSERT(do_io(u, t, KEEL_BDEV_IO_READ, rd, 0, LEN) == 0);
 		CU_ASSERT(memcmp(rd, g_w, LEN) == 0);
 		run_ms(5);
 	}
 	free(rd);
+}
+
+static void read_ok_times(struct vol_user *u, int times)
+{
+	read_ok_times_on(u, 0, times);
 }
 
 static bool m0_holds_pattern(void)
@@ -122,6 +132,23 @@ static void test_repair_ok(void)
 	CU_ASSERT(rep_info(info, "e0")->state == KEEL_NEXUS_REPLICA_HEALTHY);
 	CU_ASSERT(rep_info(info, "e0")->read_errors_repaired == 1);
 	CU_ASSERT(rep_info(info, "e1")->read_errors_repaired == 0);
+	CU_ASSERT(m0_holds_pattern());
+	vol_done(&u);
+}
+
+/* The read error on a thread that does not own the volume: the repair's lock walks
+ * both channels, the counter is the owner's to show. */
+static void test_repair_other_thread(void)
+{
+	struct vol_user u;
+	struct keel_nexus_info *info;
+
+	vol_with_bad_e0_on(&u, 2);
+	inject_rule("e0", KEEL_BDEV_IO_READ, 1, -EIO, 0, false);
+	read_ok_times_on(&u, 1, 4);
+	info = info_of("vol");
+	CU_ASSERT(rep_info(info, "e0")->state == KEEL_NEXUS_REPLICA_HEALTHY);
+	CU_ASSERT(rep_info(info, "e0")->read_errors_repaired == 1);
 	CU_ASSERT(m0_holds_pattern());
 	vol_done(&u);
 }
@@ -248,6 +275,7 @@ static void test_device_gone_not_repaired(void)
 
 static const struct ut_test g_tests[] = {
 	{"repair_ok", test_repair_ok},
+	{"repair_other_thread", test_repair_other_thread},
 	{"repair_write_fails", test_repair_write_fails},
 	{"repair_readback_mismatch", test_repair_readback_mismatch},
 	{"all_replicas_fail", test_all_replicas_fail},
