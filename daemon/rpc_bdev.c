@@ -1108,19 +1108,23 @@ static void rpc_bdev_error_inject_error(struct keel_rpc_request *req, json_t *pa
 		}
 		rule.error = 0;
 		rule.delay_us = p.delay_us;
+	} else if (strcmp(p.error_type, "drop") == 0) {
+		rule.error = 0;
+		rule.delay_us = p.delay_us;
+		rule.drop = true;
 	} else if (strcmp(p.error_type, "pending") == 0 ||
 		   strcmp(p.error_type, "corrupt_data") == 0 ||
 		   strcmp(p.error_type, "nomem") == 0 ||
 		   strcmp(p.error_type, "nvme_failure") == 0) {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 				    "error_type: '%s' (an SPDK error type) is not supported by "
-				    "keel's error bdev: use failure, delay or clear",
+				    "keel's error bdev: use failure, delay, drop or clear",
 				    p.error_type);
 		return;
 	} else {
 		keel_rpc_send_error(req, KEEL_RPC_INVALID_PARAMS,
 				    "error_type: unknown '%.32s': "
-				    "use failure, delay or clear",
+				    "use failure, delay, drop or clear",
 				    p.error_type);
 		return;
 	}

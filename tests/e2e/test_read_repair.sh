@@ -3,6 +3,8 @@
 # bdev that fails a few reads. The client sees no error, every failed read is rewritten
 # on that replica and read back (read_errors_repaired counts them), the replica stays
 # healthy, the log names each repaired range, and the replica files stay identical.
+# Then a disk that loses the rewrite (error bdev "drop" rule): the read-back differs
+# and the replica is faulted.
 #
 # The failing replica is an error bdev over an aio bdev (volume_create's replica_bdevs
 # test hook, as in test_volume_fault.sh).
@@ -10,6 +12,7 @@
 
 command -v fio >/dev/null || skip "fio is needed (package fio)"
 fio --enghelp 2>/dev/null | grep -qw nbd || skip "this fio has no nbd engine"
+command -v qemu-io >/dev/null || skip "qemu-io is needed (package qemu-utils)"
 
 D=$E2E_TMP/disks
 NBD=$E2E_TMP/rr.nbd
@@ -62,10 +65,34 @@ n=$(grep -c "volume rr: replica e0: read error at [0-9]*+[0-9]* repaired from r1
 [ "$n" = "$ERRS" ] || fail "$n repair log lines, expected $ERRS"
 ok "each repair logged with its range"
 
-expect_ok "destroy rr" keelctl volume destroy rr
 DOFF=$((1024 * 1024)) # past the label and bitmap area (KEEL_NEXUS_DATA_OFFSET)
 cmp -s -i "$DOFF" "$D/r0" "$D/r1" || fail "replica files differ past the label area"
 ok "replica files identical past the label area"
+
+# A disk that loses the rewrite: flip one block of r0 behind keeld's back, make e0 fail
+# its next read and drop writes. The repair's read-back sees the flipped block, so e0
+# is faulted (and never serves that block).
+BLK=$((64 * 1024))
+head -c 4096 /dev/zero | tr '\0' '\377' >"$E2E_TMP/ff"
+dd if="$E2E_TMP/ff" of="$D/r0" bs=4096 seek=$(((DOFF + BLK) / 4096)) conv=notrunc oflag=direct \
+	status=none || fail "cannot flip a block of r0"
+expect_ok "e0 fails its next read" keelctl rpc bdev_error_inject_error \
+	'{"name":"e0","io_type":"read","num":1}'
+expect_ok "e0 drops writes" keelctl rpc bdev_error_inject_error \
+	'{"name":"e0","io_type":"write","error_type":"drop","num":0}'
+qemu_io_ok "read the flipped block twice (one read meets e0)" "$URI" -r \
+	"read $BLK 4096" "read $BLK 4096"
+e0_state() {
+	keelctl rpc volume_get '{"name":"rr"}' |
+		jq -r '.replicas[] | select(.bdev == "e0") | "\(.state) \(.reason)"'
+}
+e0_faulted() { [ "$(e0_state)" = "faulted io_error" ]; }
+wait_until 30 "e0 faulted after a lost rewrite (now: $(e0_state))" e0_faulted
+grep -q "volume rr: replica e0: read error at $BLK+4096 not repaired: read-back differs" \
+	"$KEELD_LOG" || fail "no log line for the failed read-back"
+ok "lost rewrite: e0 faulted, logged with its range"
+
+expect_ok "destroy rr" keelctl volume destroy rr
 keeld_alive || fail "keeld died"
 stop_keeld || fail "keeld exited with an error (sanitizer report?)"
 echo "PASS $E2E_NAME"
