@@ -257,6 +257,34 @@ static void test_write_waits_for_repair(void)
 	vol_done(&u);
 }
 
+/* The volume is destroyed while a repair waits on a slow read: the destroy waits
+ * for the repair's channel and completes; nothing leaks (ASan build). */
+static void test_destroy_during_repair(void)
+{
+	struct vol_user u;
+	struct nexus *n;
+	uint8_t *rd = abuf(LEN);
+	int tries = 0;
+
+	vol_with_bad_e0(&u);
+	n = (struct nexus *)keel_nexus_get_by_name("vol");
+	CU_ASSERT_FATAL(n != NULL);
+	inject_rule("e0", KEEL_BDEV_IO_READ, 1, -EIO, 0, false);
+	inject_rule("e1", KEEL_BDEV_IO_READ, 0, 0, 20000, false);
+	while (atomic_load(&n->repairs_active) == 0 && tries++ < 4) {
+		CU_ASSERT(do_io(&u, 0, KEEL_BDEV_IO_READ, rd, 0, LEN) == 0);
+	}
+	CU_ASSERT_FATAL(atomic_load(&n->repairs_active) == 1);
+	user_close(&u);
+	CU_ASSERT(destroy_vol("vol", false) == 0);
+	CU_ASSERT(keel_nexus_get_by_name("vol") == NULL);
+	keel_bdev_error_clear("e1");
+	free(rd);
+	free(g_w);
+	g_w = NULL;
+	teardown();
+}
+
 /* A "device gone" error is not a bad range: faulted at once, no repair tried. */
 static void test_device_gone_not_repaired(void)
 {
@@ -280,6 +308,7 @@ static const struct ut_test g_tests[] = {
 	{"repair_readback_mismatch", test_repair_readback_mismatch},
 	{"all_replicas_fail", test_all_replicas_fail},
 	{"write_waits_for_repair", test_write_waits_for_repair},
+	{"destroy_during_repair", test_destroy_during_repair},
 	{"device_gone_not_repaired", test_device_gone_not_repaired},
 	{NULL, NULL},
 };
