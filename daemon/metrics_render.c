@@ -406,6 +406,20 @@ static void render_replicas(FILE *o, json_t *volumes)
 			put_u64(o, "keel_replica_io_errors_total", &l, errors);
 		}
 	}
+	family(o, "keel_replica_read_errors_repaired_total", "counter",
+	       "Read errors repaired by rewriting the range from another replica (since the "
+	       "volume was opened)");
+	json_array_foreach(volumes, i, v) {
+		json_array_foreach(json_object_get(v, "replicas"), j, r) {
+			if (json_object_get(r, "read_errors_repaired") == NULL) {
+				continue;
+			}
+			labels_volume(&l, v);
+			labels_add(&l, "replica", replica_label(r));
+			put_u64(o, "keel_replica_read_errors_repaired_total", &l,
+				ju64(r, "read_errors_repaired"));
+		}
+	}
 }
 
 /* ------------------------------------------------------------------------------ */

@@ -103,7 +103,8 @@ for ft in keel_volume_state:gauge keel_volume_size_bytes:gauge keel_volume_repli
 	keel_volume_rebuild_state:gauge keel_volume_rebuild_progress_ratio:gauge \
 	keel_volume_rebuild_done_bytes:gauge keel_volume_rebuild_rate_bytes_per_second:gauge \
 	keel_volume_rebuild_eta_seconds:gauge keel_replica_state:gauge \
-	keel_replica_io_errors_total:counter keel_export_connections:gauge \
+	keel_replica_io_errors_total:counter keel_replica_read_errors_repaired_total:counter \
+	keel_export_connections:gauge \
 	keel_export_received_bytes_total:counter keel_export_sent_bytes_total:counter \
 	keel_nbd_connections:gauge keel_nbd_connections_refused_total:counter \
 	keel_nbd_buffer_bytes:gauge keel_nbd_stall_timeouts_total:counter \
