@@ -2,7 +2,8 @@
 # Run the libFuzzer harnesses for a bounded time: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #
 #   SECONDS  per target (default 30, libFuzzer -max_total_time)
-#   TARGET   label bitmap state history nbd_disks netlink rpc nbd (default: all built)
+#   TARGET   label bitmap state history nbd_disks netlink rpc nbd ublk_disks tls_psk
+#            (default: all built)
 #
 # Builds build-fuzz (CC=clang, -DKEEL_FUZZ=ON) when needed, runs the targets
 # KEEL_FUZZ_JOBS at a time (default 2), each on a working copy of its seed corpus
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/../.."
 SRC=tests/fuzz
 BUILD=${KEEL_FUZZ_BUILD:-build-fuzz}
 JOBS=${KEEL_FUZZ_JOBS:-2}
-ALL="label bitmap state history nbd_disks netlink rpc nbd"
+ALL="label bitmap state history nbd_disks netlink rpc nbd ublk_disks tls_psk"
 
 secs=30
 if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then
