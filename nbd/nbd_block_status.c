@@ -9,6 +9,10 @@
  * buffer at 32 KiB; the client asks again from where the answer ended. A bdev that
  * cannot tell gets the whole range reported as data, which the spec allows.
  *
+ * With extended headers the descriptors are the 16-byte BLOCK_STATUS_EXT ones, the
+ * same size as the bdev's runs, so they are converted in place one for one and the
+ * request length may exceed 32 bits.
+ *
  * Who calls it: nbd_transmission.c (request handling, submission and completion), on
  * the connection's thread.
  */
@@ -28,7 +32,15 @@ static void nbd_block_status_all_data(struct nbd_req *req)
 {
 	struct nbd_block_descriptor *d = req->buf;
 
-	d->length = htobe32(req->len);
+	if (req->conn->extended) {
+		struct nbd_block_descriptor_ext *e = req->buf;
+
+		e->length = htobe64(req->len);
+		e->flags = 0;
+		req->rdata_len = sizeof(*e);
+		return;
+	}
+	d->length = htobe32((uint32_t)req->len);
 	d->flags = 0;
 	req->rdata_len = sizeof(*d);
 }
@@ -50,6 +62,8 @@ int nbd_block_status_encode(struct nbd_req *req, int status)
 {
 	const struct keel_bdev_extent *ext = req->buf;
 	struct nbd_block_descriptor *d = req->buf;
+	struct nbd_block_descriptor_ext *e = req->buf;
+	bool extended = req->conn->extended;
 	uint32_t max = nbd_block_status_max(req);
 	uint64_t covered = 0;
 	uint32_t n = 0;
@@ -73,15 +87,21 @@ int nbd_block_status_encode(struct nbd_req *req, int status)
 			length = req->len - covered; /* never past what was asked */
 		}
 		covered += length;
-		d[n].length = htobe32((uint32_t)length);
-		d[n].flags = htobe32(state);
+		if (extended) {
+			/* run i is read whole before descriptor i, same place, is written */
+			e[n].length = htobe64(length);
+			e[n].flags = htobe64(state);
+		} else {
+			d[n].length = htobe32((uint32_t)length);
+			d[n].flags = htobe32(state);
+		}
 		n++;
 	}
 	if (n == 0) {
 		nbd_block_status_all_data(req); /* a module that said nothing: data */
 		return 0;
 	}
-	req->rdata_len = n * (uint32_t)sizeof(*d);
+	req->rdata_len = n * (uint32_t)(extended ? sizeof(*e) : sizeof(*d));
 	return 0;
 }
 

@@ -69,9 +69,9 @@ enum nbd_op {
 };
 
 /*
- * The wire bytes in front of a reply's payload: a simple reply, or one structured
- * chunk header with the fixed part of its payload (OFFSET_DATA's offset, ERROR's error
- * and message length, BLOCK_STATUS's context id). Contiguous, so header and data
+ * The wire bytes in front of a reply's payload: a simple reply, or one structured or
+ * extended chunk header with the fixed part of its payload (OFFSET_DATA's offset,
+ * ERROR's error and message length, BLOCK_STATUS's context id and, EXT, count). Contiguous, so header and data
  * leave in one sendmsg() as two iovecs. Both headers keep the cookie at bytes 8..15:
  * it is stored there when the request is parsed and never rewritten (256 requests per
  * connection, so 8 bytes less each is 2 KiB less per client).
@@ -79,7 +79,8 @@ enum nbd_op {
 union nbd_reply_hdr {
 	struct nbd_simple_reply simple;
 	struct nbd_structured_reply chunk;
-	uint8_t bytes[32];
+	struct nbd_extended_reply ext;
+	uint8_t bytes[40]; /* the extended header (32) and the longest fixed part (8) */
 };
 
 struct nbd_tls_session;
@@ -93,11 +94,11 @@ struct nbd_req {
 	uint64_t offset;
 	uint32_t rdata_len; /* bytes at rdata */
 	uint32_t err;       /* wire errno of a refused write whose payload is discarded */
-	uint32_t len;
-	uint32_t buf_len; /* bytes of buf counted in the connection's buf_bytes */
-	uint32_t got;     /* payload bytes received so far */
-	uint16_t type;    /* NBD_CMD_* */
-	uint16_t flags;   /* NBD_CMD_FLAG_* */
+	uint64_t len;       /* 64 bits only with extended headers (trim, zeroes, status) */
+	uint32_t buf_len;   /* bytes of buf counted in the connection's buf_bytes */
+	uint32_t got;       /* payload bytes received so far */
+	uint16_t type;      /* NBD_CMD_* */
+	uint16_t flags;     /* NBD_CMD_FLAG_* */
 	enum nbd_op op;
 	bool flush_after; /* FUA on trim / write_zeroes: flush the range after it */
 	bool in_bdev;
@@ -130,6 +131,7 @@ struct nbd_conn {
 	bool no_zeroes;
 	bool structured;      /* NBD_OPT_STRUCTURED_REPLY acknowledged */
 	bool meta_allocation; /* base:allocation selected by NBD_OPT_SET_META_CONTEXT */
+	bool extended;        /* NBD_OPT_EXTENDED_HEADERS acknowledged (implies structured) */
 	uint32_t skip_option;
 	uint32_t skip_remaining;
 
@@ -225,6 +227,11 @@ void nbd_opt_structured_reply(struct nbd_conn *conn, uint32_t len);
 void nbd_opt_meta_context(struct nbd_conn *conn, uint32_t option, const uint8_t *data,
 			  uint32_t len);
 /**
+ * Extended headers (nbd_ext.c): the option. Answers in the send buffer; aborts the
+ * connection only when it cannot (no memory).
+ */
+void nbd_opt_extended_headers(struct nbd_conn *conn, uint32_t len);
+/**
  * Consume the client flags and options in the receive buffer; answers go to the send
  * buffer. Stops when the buffer holds no complete option, when too many reply bytes
  * wait (rx_stalled), or when an option moved the connection to transmission.
@@ -266,6 +273,25 @@ uint32_t nbd_block_status_max(const struct nbd_req *req);
  * \return the status to reply with.
  */
 int nbd_block_status_encode(struct nbd_req *req, int status);
+/** A request header in host order, compact or extended (nbd_ext.c). */
+struct nbd_req_hdr {
+	uint64_t cookie; /* wire bytes, echoed unchanged */
+	uint64_t offset;
+	uint64_t len;
+	uint16_t flags;
+	uint16_t type;
+	bool magic_ok; /* the magic of the negotiated header format */
+	uint32_t magic;
+};
+/** Bytes of one request header on this connection: 28, or 32 with extended headers. */
+size_t nbd_req_hdr_size(const struct nbd_conn *conn);
+/** Decode the nbd_req_hdr_size() bytes at \p wire into \p hdr. */
+void nbd_req_hdr_decode(const struct nbd_conn *conn, const uint8_t *wire, struct nbd_req_hdr *hdr);
+/**
+ * Write the extended chunk header of \p req (DONE, \p type, the request's offset,
+ * \p length bytes of payload). Called by nbd_reply_build; nothing else.
+ */
+void nbd_reply_ext_header(struct nbd_req *req, uint16_t type, uint64_t length);
 /** Consume the requests and payloads in the receive buffer. */
 void nbd_parse_transmission(struct nbd_conn *conn);
 /**

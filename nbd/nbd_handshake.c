@@ -342,6 +342,12 @@ static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint
 
 	switch (option) {
 	case NBD_OPT_EXPORT_NAME:
+		if (conn->extended) { /* forbidden then, and it has no error reply */
+			KEEL_WARNLOG("%s: NBD_OPT_EXPORT_NAME after extended headers, closing",
+				     conn->label);
+			nbd_conn_abort(conn);
+			return;
+		}
 		nbd_opt_export_name(conn, data, len);
 		return;
 	case NBD_OPT_ABORT:
@@ -362,6 +368,9 @@ static void nbd_handle_option(struct nbd_conn *conn, uint32_t option, const uint
 		return;
 	case NBD_OPT_STRUCTURED_REPLY: /* nbd_structured.c */
 		nbd_opt_structured_reply(conn, len);
+		return;
+	case NBD_OPT_EXTENDED_HEADERS: /* nbd_ext.c */
+		nbd_opt_extended_headers(conn, len);
 		return;
 	case NBD_OPT_LIST_META_CONTEXT:
 	case NBD_OPT_SET_META_CONTEXT:

@@ -4,8 +4,8 @@
  * structs below mirror the byte layout and are filled with htobe*()/be*toh().
  *
  * keel implements the fixed-newstyle handshake, STARTTLS (nbd_tls.c), simple and
- * structured replies and the base:allocation meta context; what it does not speak is
- * refused with NBD_REP_ERR_UNSUP.
+ * structured replies, extended headers (nbd_ext.c) and the base:allocation meta context;
+ * what it does not speak is refused with NBD_REP_ERR_UNSUP.
  */
 #ifndef KEEL_NBD_PROTO_H
 #define KEEL_NBD_PROTO_H
@@ -54,6 +54,7 @@
 #define NBD_REP_ERR_SHUTDOWN (NBD_REP_FLAG_ERROR | 7u)
 #define NBD_REP_ERR_BLOCK_SIZE_REQD (NBD_REP_FLAG_ERROR | 8u)
 #define NBD_REP_ERR_TOO_BIG (NBD_REP_FLAG_ERROR | 9u)
+#define NBD_REP_ERR_EXT_HEADER_REQD (NBD_REP_FLAG_ERROR | 10u)
 
 /* ---- NBD_REP_INFO payload types (u16 first in the payload) ---- */
 #define NBD_INFO_EXPORT 0      /* u64 size, u16 transmission flags */
@@ -81,6 +82,7 @@
 #define NBD_REPLY_TYPE_OFFSET_DATA 1
 #define NBD_REPLY_TYPE_OFFSET_HOLE 2
 #define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_BLOCK_STATUS_EXT 6 /* extended headers: 64-bit descriptors */
 #define NBD_REPLY_TYPE_ERROR ((1u << 15) + 1)
 #define NBD_REPLY_TYPE_ERROR_OFFSET ((1u << 15) + 2)
 
@@ -95,6 +97,9 @@
 #define NBD_REQUEST_MAGIC 0x25609513u
 #define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
 #define NBD_STRUCTURED_REPLY_MAGIC 0x668e33efu
+/* NBD_OPT_EXTENDED_HEADERS: every request and reply uses these (nbd_ext.c) */
+#define NBD_EXTENDED_REQUEST_MAGIC 0x21e41c71u
+#define NBD_EXTENDED_REPLY_MAGIC 0x6e8a278cu
 
 #define NBD_CMD_READ 0
 #define NBD_CMD_WRITE 1
@@ -110,6 +115,7 @@
 #define NBD_CMD_FLAG_DF (1u << 2)
 #define NBD_CMD_FLAG_REQ_ONE (1u << 3)
 #define NBD_CMD_FLAG_FAST_ZERO (1u << 4)
+#define NBD_CMD_FLAG_PAYLOAD_LEN (1u << 5) /* extended headers: length is a payload's */
 
 /* ---- error values on the wire (a restricted set, not the host's errno) ---- */
 #define NBD_EPERM 1
@@ -196,6 +202,16 @@ struct nbd_request {
 	uint32_t len;
 } __attribute__((packed));
 
+/** Extended request header (NBD_OPT_EXTENDED_HEADERS): a 64-bit length. 32 bytes. */
+struct nbd_extended_request {
+	uint32_t magic;
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint64_t offset;
+	uint64_t len;
+} __attribute__((packed));
+
 /** Simple reply header, followed by the data of a successful READ. 16 bytes. */
 struct nbd_simple_reply {
 	uint32_t magic;
@@ -212,6 +228,25 @@ struct nbd_structured_reply {
 	uint32_t length;
 } __attribute__((packed));
 
+/**
+ * Extended reply chunk header, the only reply format once extended headers are
+ * negotiated: \p offset echoes the request's, \p length is the payload's. 32 bytes.
+ */
+struct nbd_extended_reply {
+	uint32_t magic;
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint64_t offset;
+	uint64_t length;
+} __attribute__((packed));
+
+/** One extended block status descriptor (BLOCK_STATUS_EXT). 16 bytes. */
+struct nbd_block_descriptor_ext {
+	uint64_t length;
+	uint64_t flags;
+} __attribute__((packed));
+
 /** One block status descriptor. 8 bytes. */
 struct nbd_block_descriptor {
 	uint32_t length;
@@ -225,6 +260,9 @@ _Static_assert(sizeof(struct nbd_export_name_reply) == 10, "export name reply is
 _Static_assert(sizeof(struct nbd_info_export) == 12, "NBD_INFO_EXPORT is 12 bytes");
 _Static_assert(sizeof(struct nbd_info_block_size) == 14, "NBD_INFO_BLOCK_SIZE is 14 bytes");
 _Static_assert(sizeof(struct nbd_request) == 28, "request is 28 bytes");
+_Static_assert(sizeof(struct nbd_extended_request) == 32, "extended request is 32 bytes");
+_Static_assert(sizeof(struct nbd_extended_reply) == 32, "extended reply is 32 bytes");
+_Static_assert(sizeof(struct nbd_block_descriptor_ext) == 16, "extended descriptor is 16 bytes");
 _Static_assert(sizeof(struct nbd_simple_reply) == 16, "simple reply is 16 bytes");
 _Static_assert(sizeof(struct nbd_structured_reply) == 20, "structured reply is 20 bytes");
 _Static_assert(sizeof(struct nbd_block_descriptor) == 8, "block descriptor is 8 bytes");

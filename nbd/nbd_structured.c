@@ -46,6 +46,11 @@ void nbd_opt_structured_reply(struct nbd_conn *conn, uint32_t len)
 			       "NBD_OPT_STRUCTURED_REPLY takes no data");
 		return;
 	}
+	if (conn->extended) {
+		nbd_opt_refuse(conn, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_EXT_HEADER_REQD,
+			       "extended headers are negotiated: they carry structured replies");
+		return;
+	}
 	if (conn->structured) {
 		nbd_opt_refuse(conn, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_INVALID,
 			       "structured replies are already negotiated");

@@ -500,9 +500,11 @@ int nbd_tls_handshake_poll(struct nbd_conn *conn)
 	conn->tls = t;
 	conn->tls_pending = NULL;
 	/* The spec: after STARTTLS the option haggling starts over, now encrypted, and
-	 * nothing negotiated in plaintext (structured replies, meta contexts) holds. */
+	 * nothing negotiated in plaintext (structured replies, extended headers, meta
+	 * contexts) holds. */
 	conn->hs = NBD_HS_OPT;
 	conn->structured = false;
+	conn->extended = false;
 	conn->meta_allocation = false;
 	conn->rpos = conn->rlen = 0;
 	KEEL_INFOLOG("%s: TLS established (%s)", conn->label,

@@ -90,12 +90,12 @@ static int nbd_req_alloc_buf(struct nbd_req *req)
 {
 	struct nbd_conn *conn = req->conn;
 
-	req->buf = nbd_buf_get(req->len, conn->buf_align, &req->buf_class);
+	req->buf = nbd_buf_get((uint32_t)req->len, conn->buf_align, &req->buf_class);
 	if (req->buf == NULL) {
 		return -ENOMEM;
 	}
 	conn->buf_bytes += req->len;
-	req->buf_len = req->len;
+	req->buf_len = (uint32_t)req->len;
 	req->budget = conn->reserved; /* taken when its header was parsed */
 	conn->reserved = 0;
 	return 0;
@@ -186,8 +186,9 @@ static void nbd_req_done(void *cb_arg, int status)
 		status = nbd_block_status_encode(req, status);
 	}
 	if (status != 0) {
-		KEEL_DEBUGLOG("%s: cmd %u at %lu len %u failed: %s", conn->label, req->type,
-			      (unsigned long)req->offset, req->len, strerror(-status));
+		KEEL_DEBUGLOG("%s: cmd %u at %lu len %lu failed: %s", conn->label, req->type,
+			      (unsigned long)req->offset, (unsigned long)req->len,
+			      strerror(-status));
 	}
 	if (status == -ENOTSUP && (req->flags & NBD_CMD_FLAG_FAST_ZERO)) {
 		req->errmsg = "the export cannot zero this range fast";
@@ -220,8 +221,8 @@ static int nbd_req_do_submit(struct nbd_req *req)
 
 	switch (req->op) {
 	case NBD_OP_READ:
-		return keel_bdev_read(conn->desc, conn->ch, req->buf, req->offset, req->len,
-				      nbd_req_done, req);
+		return keel_bdev_read(conn->desc, conn->ch, req->buf, req->offset,
+				      (uint32_t)req->len, nbd_req_done, req);
 	case NBD_OP_WRITE:
 		req->iov.iov_base = req->buf;
 		req->iov.iov_len = req->len;
@@ -302,12 +303,12 @@ int nbd_conn_retry_nomem(struct nbd_conn *conn)
 /* Parsing                                                                        */
 /* ------------------------------------------------------------------------------ */
 
-static bool nbd_range_ok(const struct nbd_conn *conn, uint64_t offset, uint32_t len)
+static bool nbd_range_ok(const struct nbd_conn *conn, uint64_t offset, uint64_t len)
 {
 	return len <= conn->size && offset <= conn->size - len;
 }
 
-static bool nbd_aligned(const struct nbd_conn *conn, uint64_t offset, uint32_t len)
+static bool nbd_aligned(const struct nbd_conn *conn, uint64_t offset, uint64_t len)
 {
 	return ((offset | len) & (conn->block_size - 1)) == 0;
 }
@@ -345,6 +346,9 @@ static uint32_t nbd_req_check(struct nbd_conn *conn, struct nbd_req *req)
 		}
 		break;
 	case NBD_CMD_WRITE:
+		if (conn->extended) {
+			allowed |= NBD_CMD_FLAG_PAYLOAD_LEN; /* its length is the payload's */
+		}
 		writes = true;
 		break;
 	case NBD_CMD_FLUSH:
@@ -406,24 +410,30 @@ static uint32_t nbd_req_check(struct nbd_conn *conn, struct nbd_req *req)
 	return 0;
 }
 
+/* Whether \p req announces a payload although it is not a WRITE (extended headers). */
+static bool nbd_req_stray_payload(const struct nbd_req *req)
+{
+	return req->type != NBD_CMD_WRITE && (req->flags & NBD_CMD_FLAG_PAYLOAD_LEN);
+}
+
 /* Handle one parsed header. Sets the receive state for a following payload. */
-static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *wire)
+static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_req_hdr *wire)
 {
 	struct nbd_req *req;
 	uint32_t err;
 
-	if (be32toh(wire->magic) != NBD_REQUEST_MAGIC) {
-		KEEL_WARNLOG("%s: bad request magic 0x%08x, closing the connection", conn->label,
-			     be32toh(wire->magic));
+	if (!wire->magic_ok) {
+		KEEL_WARNLOG("%s: bad request magic 0x%08x (%s headers), closing the connection",
+			     conn->label, wire->magic, conn->extended ? "extended" : "compact");
 		nbd_conn_abort(conn);
 		return;
 	}
 	req = nbd_req_get(conn);
 	req->rhdr.simple.cookie = wire->cookie; /* opaque: echoed byte for byte, kept in place */
-	req->type = be16toh(wire->type);
-	req->flags = be16toh(wire->flags);
-	req->offset = be64toh(wire->offset);
-	req->len = be32toh(wire->len);
+	req->type = wire->type;
+	req->flags = wire->flags;
+	req->offset = wire->offset;
+	req->len = wire->len;
 
 	if (req->type == NBD_CMD_DISC) {
 		KEEL_INFOLOG("%s: client disconnects", conn->label);
@@ -433,11 +443,17 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 	}
 
 	err = nbd_req_check(conn, req);
-	if (req->type == NBD_CMD_WRITE) {
+	if (conn->extended && nbd_req_stray_payload(req)) {
+		/* keel takes no payload but a write's: drop it, refuse the request */
+		err = nbd_req_refuse(req, NBD_EINVAL,
+				     "NBD_CMD_FLAG_PAYLOAD_LEN is only supported on write");
+	}
+	if (req->type == NBD_CMD_WRITE || (conn->extended && nbd_req_stray_payload(req))) {
 		if (err != 0 && req->len > NBD_MAX_DISCARD_PAYLOAD) {
-			KEEL_WARNLOG("%s: write of %u bytes at %lu is beyond any sane payload, "
+			KEEL_WARNLOG("%s: write of %lu bytes at %lu is beyond any sane payload, "
 				     "closing the connection",
-				     conn->label, req->len, (unsigned long)req->offset);
+				     conn->label, (unsigned long)req->len,
+				     (unsigned long)req->offset);
 			nbd_req_put(req);
 			nbd_conn_abort(conn);
 			return;
@@ -446,9 +462,9 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 			err = NBD_ENOMEM;
 		}
 		if (err != 0) {
-			KEEL_INFOLOG(
-				"%s: write at %lu len %u refused (error %u), payload discarded",
-				conn->label, (unsigned long)req->offset, req->len, err);
+			KEEL_INFOLOG("%s: %s at %lu len %lu refused (error %u), payload discarded",
+				     conn->label, nbd_cmd_name(req->type),
+				     (unsigned long)req->offset, (unsigned long)req->len, err);
 			req->err = err;
 			if (req->len == 0) {
 				nbd_req_reply(req, err);
@@ -469,9 +485,9 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 		return;
 	}
 	if (err != 0) {
-		KEEL_INFOLOG("%s: %s at %lu len %u flags 0x%x refused (error %u)", conn->label,
-			     nbd_cmd_name(req->type), (unsigned long)req->offset, req->len,
-			     req->flags, err);
+		KEEL_INFOLOG("%s: %s at %lu len %lu flags 0x%x refused (error %u)", conn->label,
+			     nbd_cmd_name(req->type), (unsigned long)req->offset,
+			     (unsigned long)req->len, req->flags, err);
 		nbd_req_reply(req, err);
 		return;
 	}
@@ -513,12 +529,10 @@ static void nbd_handle_request(struct nbd_conn *conn, const struct nbd_request *
 }
 
 /* Whether a valid-looking header will take a payload buffer (for the memory cap). */
-static bool nbd_req_needs_buf(const struct nbd_request *wire)
+static bool nbd_req_needs_buf(const struct nbd_req_hdr *wire)
 {
-	uint16_t type = be16toh(wire->type);
-
-	return (type == NBD_CMD_READ || type == NBD_CMD_WRITE) &&
-	       be32toh(wire->len) <= NBD_MAX_PAYLOAD;
+	return (wire->type == NBD_CMD_READ || wire->type == NBD_CMD_WRITE) &&
+	       wire->len <= NBD_MAX_PAYLOAD;
 }
 
 /*
@@ -554,21 +568,22 @@ void nbd_parse_transmission(struct nbd_conn *conn)
 
 		switch (conn->rx) {
 		case NBD_RX_HEADER: {
-			struct nbd_request wire;
+			struct nbd_req_hdr wire;
+			size_t hdr_size = nbd_req_hdr_size(conn);
 
-			if (avail < sizeof(wire)) {
+			if (avail < hdr_size) {
 				return;
 			}
 			if (conn->nfree == 0) {
 				conn->rx_stalled = true;
 				return;
 			}
-			memcpy(&wire, conn->rbuf + conn->rpos, sizeof(wire));
+			nbd_req_hdr_decode(conn, conn->rbuf + conn->rpos, &wire);
 			if (nbd_req_needs_buf(&wire) &&
-			    !nbd_conn_take_budget(conn, be32toh(wire.len))) {
+			    !nbd_conn_take_budget(conn, (uint32_t)wire.len)) {
 				return;
 			}
-			conn->rpos += sizeof(wire);
+			conn->rpos += hdr_size;
 			nbd_handle_request(conn, &wire);
 			if (conn->reserved != 0) { /* refused, or no memory: no buffer took it */
 				nbd_budget_release(conn->reserved);

@@ -1,7 +1,8 @@
 /*
  * Fuzz the NBD connection state machine (nbd/nbd_conn.c, nbd_handshake.c,
  * nbd_transmission.c, nbd_sock.c) as a client drives it: the input is what a client
- * sends on its socket. The first byte picks the phase the connection starts in: even,
+ * sends on its socket (compact or, after NBD_OPT_EXTENDED_HEADERS, extended requests;
+ * seed hs_extended_headers). The first byte picks the phase the connection starts in: even,
  * the handshake (greeting, options, then transmission after GO/EXPORT_NAME); odd,
  * transmission only (what the kernel frontend uses). For the handshake, bits 1-2 pick
  * the export's TLS mode: 0 off, 1 on, 2 and 3 require (with a PSK, so STARTTLS is

@@ -112,7 +112,7 @@ def main():
         s.sendall(struct.pack(">QII", 0x1122334455667788, OPT_GO, 0))
         expect_closed(s, scenario)
     elif scenario == "unknown-options":
-        for opt in (11, 5, 0x7654321):
+        for opt in (12, 5, 0x7654321):
             option(s, opt, b"" if opt != 0x7654321 else b"junk")
             o, rtype, _ = opt_reply(s)
             if o != opt or rtype != REP_ERR_UNSUP:

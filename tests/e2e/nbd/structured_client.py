@@ -269,4 +269,5 @@ def main():
     print("structured_client: %s ok" % " ".join(sys.argv[3:]))
 
 
-main()
+if __name__ == "__main__":  # extended_client.py imports the helpers
+    main()

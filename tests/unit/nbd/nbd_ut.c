@@ -480,9 +480,12 @@ static void test_options(void)
 	ut_send_opt(&u, NBD_OPT_STRUCTURED_REPLY, "x", 1);
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
 	CU_ASSERT(option == NBD_OPT_STRUCTURED_REPLY && type == NBD_REP_ERR_INVALID);
-	ut_send_opt(&u, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
+	ut_send_opt(&u, NBD_OPT_EXTENDED_HEADERS, "x", 1); /* takes no data: not negotiated */
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
-	CU_ASSERT(option == NBD_OPT_EXTENDED_HEADERS && type == NBD_REP_ERR_UNSUP);
+	CU_ASSERT(option == NBD_OPT_EXTENDED_HEADERS && type == NBD_REP_ERR_INVALID);
+	ut_send_opt(&u, 12, NULL, 0); /* no such option */
+	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
+	CU_ASSERT(option == 12 && type == NBD_REP_ERR_UNSUP);
 	ut_send_opt(&u, NBD_OPT_STARTTLS, NULL, 0);
 	CU_ASSERT(ut_recv_opt_reply(&u, &option, &type, buf, sizeof(buf), &len));
 	CU_ASSERT(type == NBD_REP_ERR_UNSUP);
