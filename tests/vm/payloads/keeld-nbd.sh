@@ -37,6 +37,33 @@ nq=$(ls /sys/block/nbd0/mq | wc -l)
 step "hardware queues: $nq"
 [ "$nq" = 2 ] || fail "expected 2 queues (one socket per reactor), got $nq"
 
+# WRITE_ZEROES: keel always advertises NBD_FLAG_SEND_WRITE_ZEROES; Linux 6.12+ acts on it
+# (write_zeroes_max_bytes > 0, BLKZEROOUT becomes NBD_CMD_WRITE_ZEROES), 6.1 ignores the
+# bit and zeroes by writing zero pages. Either way the range must read back as zeroes.
+wz=$(cat /sys/block/nbd0/queue/write_zeroes_max_bytes)
+step "kernel $(uname -r): write_zeroes_max_bytes $wz"
+kmajor=$(uname -r | cut -d. -f1)
+kminor=$(uname -r | cut -d. -f2)
+if [ "$kmajor" -gt 6 ] || { [ "$kmajor" -eq 6 ] && [ "$kminor" -ge 12 ]; }; then
+	[ "$wz" -gt 0 ] || fail "kernel $(uname -r) did not take NBD_FLAG_SEND_WRITE_ZEROES"
+fi
+zops() {
+	$K rpc bdev_get_iostat '{"name":"disk0"}' | tr -d ' \n\t' |
+		grep -o '"write_zeroes":{"ops":[0-9]*' | grep -o '[0-9]*$'
+}
+z0=$(zops) || fail "bdev_get_iostat"
+dd if=/dev/urandom of=/tmp/rnd bs=64k count=16 2>/dev/null
+dd if=/tmp/rnd of=/dev/nbd0 bs=64k count=16 oflag=direct 2>/dev/null || fail "write 1 MiB"
+/usr/local/sbin/blkdiscard -z -o 0 -l 1048576 /dev/nbd0 || fail "blkdiscard -z"
+dd if=/dev/nbd0 of=/tmp/back bs=64k count=16 iflag=direct 2>/dev/null || fail "read back"
+dd if=/dev/zero of=/tmp/zero bs=64k count=16 2>/dev/null
+cmp -s /tmp/back /tmp/zero || fail "blkdiscard -z: the range does not read back as zeroes"
+z1=$(zops)
+step "blkdiscard -z: zeroes read back; keeld write_zeroes ops $z0 -> $z1"
+if [ "$wz" -gt 0 ] && [ "$z1" -le "$z0" ]; then
+	fail "the kernel advertises write zeroes but keeld saw no NBD_CMD_WRITE_ZEROES"
+fi
+
 fs_make_and_verify /dev/nbd0
 
 # kill -9 with the filesystem mounted; writes issued while keeld is dead wait in the
