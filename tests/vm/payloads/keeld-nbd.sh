@@ -78,10 +78,10 @@ writer=$!
 sleep 1
 [ -f /tmp/during.ok ] && fail "a write completed while keeld was dead?"
 start_keeld
-# The aio bdev is not persisted: until it exists again the device waits for it.
-wait_state /dev/nbd0 waiting-for-bdev 10 || fail "restarted keeld does not list /dev/nbd0 as waiting"
-$K bdev create aio disk0 "$IMG" || fail "bdev create after restart"
+# Plain bdevs persist in the state dir: the restarted keeld restores the aio bdev itself
+# ("bdev disk0 restored") and reattaches the device (RECONFIGURE) without a new create.
 wait_state /dev/nbd0 running 20 || fail "/dev/nbd0 was not reattached"
+grep -q 'bdev disk0 restored' "$ST/keeld.log" || fail "the aio bdev was not restored"
 grep -q 'reattached' "$ST/keeld.log" || fail "no reattach in the log"
 step "reattached: $(grep -o 'nbd0: reattached.*' "$ST/keeld.log" | tail -n1)"
 grep -q 'LINK_DEAD' "$ST/keeld.log" && step "keeld logged LINK_DEAD"
