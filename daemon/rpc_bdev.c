@@ -515,7 +515,9 @@ static void rpc_bdev_delete_with(struct keel_rpc_request *req, const char *modul
 		rpc_bdev_send_not_found(req, name);
 		return;
 	}
-	if (strcmp(keel_bdev_get_module_name(bdev), module) != 0) {
+	/* An aio create may hand a file that refuses O_DIRECT to io_uring: still "aio". */
+	if (strcmp(keel_bdev_get_module_name(bdev), module) != 0 &&
+	    !(strcmp(module, "aio") == 0 && keel_bdev_aio_created(bdev))) {
 		keel_rpc_send_error(req, -ENODEV,
 				    "bdev '%s' is a %s bdev, not %s: use "
 				    "bdev_delete or bdev_%s_delete",

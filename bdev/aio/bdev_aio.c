@@ -31,9 +31,11 @@
 #include "keel/log.h"
 #include "keel/reactor.h"
 
+#include "../uring/bdev_uring_internal.h"
 #include "aio_group.h"
 #include "bdev_file.h"
 #include "bdev_aio_internal.h"
+#include "keel/bdev_uring.h"
 
 /* <linux/fs.h> redefines RWF_* that <sys/uio.h> already has, so take only the ioctls. */
 #ifndef BLKSSZGET
@@ -61,6 +63,8 @@ enum aio_pool_op {
 	AIO_POOL_FDATASYNC,
 	AIO_POOL_UNMAP,
 	AIO_POOL_WRITE_ZEROES,
+	AIO_POOL_READ, /* buffered files: see aio_prep_rw */
+	AIO_POOL_WRITE,
 };
 
 struct aio_disk {
@@ -82,6 +86,8 @@ struct aio_disk {
 	void *create_cb_arg;
 	uint32_t requested_block_size;
 	int open_errno_direct; /* why O_DIRECT was refused, for the warning */
+	bool uring_ok;         /* io_uring usable here (probed on the pool at create) */
+	char uring_why[160];   /* why not, for the log */
 	int create_status;
 
 	struct bdev_aio_counters counters; /* relaxed atomics */
@@ -113,6 +119,9 @@ struct aio_io_ctx {
 	uint64_t offset;
 	uint64_t len;
 	struct aio_disk *disk;
+	struct iovec *iovs; /* AIO_POOL_READ/WRITE: the request's own buffers */
+	int iovcnt;
+	bool fua;
 };
 
 /* The group finds its aio_req at the start of every request's context. */
@@ -182,6 +191,15 @@ static void aio_prep_rw(struct aio_channel *ch, struct keel_bdev_io *io)
 	long long offset = (long long)keel_bdev_io_offset_bytes(io);
 	bool write = io->type == KEEL_BDEV_IO_WRITE;
 
+	if (!disk->direct) {
+		/*
+		 * Linux performs buffered aio synchronously inside io_submit, which would
+		 * stall this reactor for every page-cache miss or writeback wait: run it on
+		 * the blocking pool. (Where io_uring works such files are uring bdevs.)
+		 */
+		aio_pool_submit(io, write ? AIO_POOL_WRITE : AIO_POOL_READ);
+		return;
+	}
 	if (io->iovcnt == 1) {
 		/* PREAD/PWRITE skip the kernel's iovec import. */
 		if (write) {
@@ -308,12 +326,53 @@ void bdev_aio_refused(struct keel_bdev_io *io, int rc)
 	keel_bdev_io_complete(io, rc);
 }
 
+/* Buffered read or write of a whole request on a pool thread; past EOF reads as zeroes. */
+static int aio_pool_rw(struct aio_io_ctx *ctx, bool write)
+{
+	uint64_t off = ctx->offset;
+	int i;
+
+	for (i = 0; i < ctx->iovcnt; i++) {
+		char *base = ctx->iovs[i].iov_base;
+		size_t left = ctx->iovs[i].iov_len;
+
+		while (left > 0) {
+			ssize_t n = write ? pwrite(ctx->fd, base, left, (off_t)off)
+					  : pread(ctx->fd, base, left, (off_t)off);
+
+			if (n < 0 && errno == EINTR) {
+				continue;
+			}
+			if (n < 0) {
+				return -errno;
+			}
+			if (n == 0) {
+				if (write || ctx->is_blockdev) {
+					return -EIO;
+				}
+				memset(base, 0, left);
+				n = (ssize_t)left;
+			}
+			base += n;
+			left -= (size_t)n;
+			off += (uint64_t)n;
+		}
+	}
+	if (write && ctx->fua && fdatasync(ctx->fd) != 0) {
+		return -errno;
+	}
+	return 0;
+}
+
 static int aio_pool_job(void *arg)
 {
 	struct aio_io_ctx *ctx = arg;
 	int rc = 0;
 
 	switch (ctx->pool_op) {
+	case AIO_POOL_READ:
+	case AIO_POOL_WRITE:
+		return aio_pool_rw(ctx, ctx->pool_op == AIO_POOL_WRITE);
 	case AIO_POOL_FDATASYNC:
 		rc = fdatasync(ctx->fd);
 		break;
@@ -374,6 +433,9 @@ static void aio_pool_submit(struct keel_bdev_io *io, enum aio_pool_op op)
 	ctx->offset = keel_bdev_io_offset_bytes(io);
 	ctx->len = keel_bdev_io_num_bytes(io);
 	ctx->disk = disk;
+	ctx->iovs = io->iovs;
+	ctx->iovcnt = io->iovcnt;
+	ctx->fua = (io->flags & KEEL_BDEV_IO_FLAG_FUA) != 0;
 	__atomic_fetch_add(&disk->counters.pool_ops, 1, __ATOMIC_RELAXED);
 	rc = keel_spawn_blocking(aio_pool_job, ctx, aio_pool_job_done, io);
 	if (rc != 0) {
@@ -539,6 +601,8 @@ static void aio_dump_info_json(void *ctxt, struct json_t *obj)
 	json_object_set_new(obj, "filename", json_string(disk->filename));
 	json_object_set_new(obj, "block_size", json_integer(disk->bdev.block_size));
 	json_object_set_new(obj, "direct", json_boolean(disk->direct));
+	/* Where reads and writes run: buffered ones never go through io_submit. */
+	json_object_set_new(obj, "io_path", json_string(disk->direct ? "aio" : "blocking_pool"));
 }
 
 static const struct keel_bdev_fn_table g_aio_fn_table = {
@@ -549,6 +613,11 @@ static const struct keel_bdev_fn_table g_aio_fn_table = {
 	.dump_info_json = aio_dump_info_json,
 };
 
+bool keel_bdev_aio_created(struct keel_bdev *bdev)
+{
+	return bdev != NULL && (aio_disk_from_bdev(bdev) != NULL || bdev_uring_is_for_aio(bdev));
+}
+
 int keel_bdev_aio_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg)
 {
 	struct keel_bdev *bdev;
@@ -557,6 +626,10 @@ int keel_bdev_aio_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg
 		return -ENODEV;
 	}
 	bdev = keel_bdev_get_by_name(name);
+	if (bdev != NULL && bdev_uring_is_for_aio(bdev)) {
+		/* Created as aio, served by io_uring (aio_hand_to_uring): delete it there. */
+		return keel_bdev_uring_delete(name, cb_fn, cb_arg);
+	}
 	if (aio_disk_from_bdev(bdev) == NULL) {
 		return -ENODEV;
 	}
@@ -712,6 +785,11 @@ static int aio_open_job(void *arg)
 	disk->bdev.block_size = block_size;
 	disk->bdev.num_blocks = size / block_size;
 	disk->bdev.required_alignment = disk->direct ? block_size : 1;
+	if (!disk->direct) {
+		/* Here, not on the reactor: the first probe sets up a ring. */
+		disk->uring_ok = keel_bdev_uring_available(disk->uring_why,
+							   sizeof(disk->uring_why));
+	}
 	return 0;
 
 out_close_fd:
@@ -740,6 +818,34 @@ static void aio_create_fail_unregistered(void *io_device)
 	aio_create_fail(disk, disk->create_status);
 }
 
+/*
+ * A file whose filesystem refused O_DIRECT: Linux would perform its buffered aio inside
+ * io_submit, on the reactor. Where io_uring works (which makes buffered I/O
+ * asynchronous) the file becomes a uring bdev of the same name, and this disk goes.
+ * \return true when the uring create took over the caller's callback.
+ */
+static bool aio_hand_to_uring(struct aio_disk *disk)
+{
+	int rc;
+
+	if (!disk->uring_ok) {
+		return false;
+	}
+	rc = bdev_uring_create_for_aio(disk->bdev.name, disk->filename, disk->requested_block_size,
+				       disk->create_cb, disk->create_cb_arg);
+	if (rc != 0) {
+		snprintf(disk->uring_why, sizeof(disk->uring_why), "uring create: %s",
+			 strerror(-rc));
+		return false;
+	}
+	KEEL_NOTICELOG("aio bdev %s: %s does not support O_DIRECT (%s); serving it with "
+		       "io_uring, which keeps buffered I/O off the reactor",
+		       disk->bdev.name, disk->filename, strerror(disk->open_errno_direct));
+	bdev_aio_close_async(disk->fd, -1, NULL, false);
+	aio_disk_free(disk);
+	return true;
+}
+
 static void aio_open_done(void *cb_arg, int rc)
 {
 	struct aio_disk *disk = cb_arg;
@@ -749,9 +855,13 @@ static void aio_open_done(void *cb_arg, int rc)
 		return;
 	}
 	if (!disk->direct) {
-		KEEL_WARNLOG("aio bdev %s: %s does not support O_DIRECT (%s); using buffered I/O "
-			     "through the page cache",
-			     disk->bdev.name, disk->filename, strerror(disk->open_errno_direct));
+		if (aio_hand_to_uring(disk)) {
+			return;
+		}
+		KEEL_WARNLOG("aio bdev %s: %s does not support O_DIRECT (%s) and io_uring is "
+			     "unavailable (%s); buffered reads and writes run on the blocking pool",
+			     disk->bdev.name, disk->filename, strerror(disk->open_errno_direct),
+			     disk->uring_why[0] != '\0' ? disk->uring_why : "?");
 	}
 
 	rc = keel_io_device_register(disk, aio_channel_create, aio_channel_destroy,

@@ -60,6 +60,7 @@ struct uring_disk {
 	void *create_cb_arg;
 	uint32_t requested_block_size;
 	bool refuse_direct;
+	bool for_aio; /* an aio create handed this buffered file over (bdev_aio.c) */
 	int direct_errno;
 	uint32_t dio_align;
 	int create_status;
@@ -501,6 +502,10 @@ static void uring_dump_info_json(void *ctxt, struct json_t *obj)
 	json_object_set_new(obj, "block_size", json_integer(disk->bdev.block_size));
 	json_object_set_new(obj, "direct", json_boolean(disk->direct));
 	json_object_set_new(obj, "inline_issue", json_boolean(disk->inline_issue));
+	if (disk->for_aio) {
+		/* Asked for as an aio bdev; O_DIRECT was refused, so io_uring serves it. */
+		json_object_set_new(obj, "requested_as", json_string("aio"));
+	}
 }
 
 static const struct keel_bdev_fn_table g_uring_fn_table = {
@@ -630,8 +635,8 @@ static void uring_open_done(void *cb_arg, int rc)
 	disk->create_cb(disk->create_cb_arg, 0, &disk->bdev);
 }
 
-int keel_bdev_uring_create(const char *name, const char *filename, uint32_t block_size,
-			   keel_bdev_create_cb cb_fn, void *cb_arg)
+static int uring_create(const char *name, const char *filename, uint32_t block_size, bool for_aio,
+			keel_bdev_create_cb cb_fn, void *cb_arg)
 {
 	struct uring_disk *disk;
 	int rc;
@@ -659,7 +664,8 @@ int keel_bdev_uring_create(const char *name, const char *filename, uint32_t bloc
 	disk->fua_native = true;
 	disk->zero_range_ok = true;
 	disk->blk_punch_ok = true;
-	disk->refuse_direct = __atomic_load_n(&g_refuse_direct, __ATOMIC_RELAXED);
+	disk->refuse_direct = for_aio || __atomic_load_n(&g_refuse_direct, __ATOMIC_RELAXED);
+	disk->for_aio = for_aio;
 	disk->requested_block_size = block_size;
 	disk->create_cb = cb_fn;
 	disk->create_cb_arg = cb_arg;
@@ -681,6 +687,25 @@ int keel_bdev_uring_create(const char *name, const char *filename, uint32_t bloc
 out_free_disk:
 	uring_disk_free(disk);
 	return rc;
+}
+
+int keel_bdev_uring_create(const char *name, const char *filename, uint32_t block_size,
+			   keel_bdev_create_cb cb_fn, void *cb_arg)
+{
+	return uring_create(name, filename, block_size, false, cb_fn, cb_arg);
+}
+
+int bdev_uring_create_for_aio(const char *name, const char *filename, uint32_t block_size,
+			      keel_bdev_create_cb cb_fn, void *cb_arg)
+{
+	return uring_create(name, filename, block_size, true, cb_fn, cb_arg);
+}
+
+bool bdev_uring_is_for_aio(struct keel_bdev *bdev)
+{
+	struct uring_disk *disk = uring_disk_from_bdev(bdev);
+
+	return disk != NULL && disk->for_aio;
 }
 
 bool keel_bdev_uring_available(char *why, size_t len)

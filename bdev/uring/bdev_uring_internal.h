@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "keel/bdev_module.h"
+
 struct keel_bdev;
 struct io_uring;
 struct io_uring_params;
@@ -98,6 +100,19 @@ void bdev_uring_get_module_stats(struct bdev_uring_module_stats *out);
 
 /** Whether \p bdev was opened with O_DIRECT. */
 bool bdev_uring_is_direct(struct keel_bdev *bdev);
+
+/**
+ * For the aio module: create uring bdev \p name over a file whose filesystem refused
+ * O_DIRECT (buffered I/O, which io_uring keeps off the reactor, where aio would perform
+ * it inside io_submit). Same contract as keel_bdev_uring_create(); the bdev is opened
+ * buffered whatever the filesystem says now, its info says "requested_as": "aio", and
+ * keel_bdev_aio_delete() deletes it.
+ */
+int bdev_uring_create_for_aio(const char *name, const char *filename, uint32_t block_size,
+			      keel_bdev_create_cb cb_fn, void *cb_arg);
+
+/** Whether \p bdev is a uring bdev made by bdev_uring_create_for_aio(). Any thread. */
+bool bdev_uring_is_for_aio(struct keel_bdev *bdev);
 
 /**
  * The eventfd of the current keel thread's ring, or -1 without one (tests check that

@@ -228,7 +228,10 @@ int keel_bdev_null_leave_reads_untouched(struct keel_bdev *bdev);
 /**
  * AIO bdev over a regular file or block device. \p block_size 0 = the device's
  * logical block size (BLKSSZGET) or 512 for regular files. The open runs on the
- * blocking-work pool; \p cb_fn(cb_arg, status, bdev) on this thread.
+ * blocking-work pool; \p cb_fn(cb_arg, status, bdev) on this thread. Where the
+ * filesystem refuses O_DIRECT, \p bdev is a uring bdev when io_uring works, else an
+ * aio bdev doing its reads and writes on the blocking pool (keel_bdev_aio_created()):
+ * buffered I/O never runs inside io_submit on a reactor.
  * status: 0, -ENOENT, -EACCES, -EINVAL (size not a multiple of block size, bad block
  * size), -EEXIST, -errno from open/ioctl/io_setup.
  * \return 0 (cb runs), or a negative errno (cb never runs).
@@ -236,7 +239,17 @@ int keel_bdev_null_leave_reads_untouched(struct keel_bdev *bdev);
 typedef void (*keel_bdev_create_cb)(void *cb_arg, int status, struct keel_bdev *bdev);
 int keel_bdev_aio_create(const char *name, const char *filename, uint32_t block_size,
 			 keel_bdev_create_cb cb_fn, void *cb_arg);
-/** Delete by name if it is a bdev of that module. \return 0 (cb runs) or -ENODEV. */
+/**
+ * Whether \p bdev came from keel_bdev_aio_create(): an aio bdev, or, for a file whose
+ * filesystem refused O_DIRECT, a uring bdev (Linux performs buffered aio inside
+ * io_submit, which would block the reactor; io_uring does not). Without io_uring such a
+ * file stays an aio bdev whose reads and writes run on the blocking pool. Any thread.
+ */
+bool keel_bdev_aio_created(struct keel_bdev *bdev);
+/**
+ * Delete by name if it is a bdev of that module (for aio: keel_bdev_aio_created()).
+ * \return 0 (cb runs) or -ENODEV.
+ */
 int keel_bdev_aio_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg);
 int keel_bdev_malloc_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg);
 int keel_bdev_null_delete(const char *name, keel_bdev_done_cb cb_fn, void *cb_arg);

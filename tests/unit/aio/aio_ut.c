@@ -719,7 +719,8 @@ static void test_direct_file(void)
 	CU_ASSERT(strcmp(keel_bdev_get_module_name(dev.bdev), "aio") == 0);
 	CU_ASSERT(keel_bdev_has_write_cache(dev.bdev));
 	ut_dump(bdev, json, sizeof(json));
-	snprintf(expect, sizeof(expect), "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\"}",
+	snprintf(expect, sizeof(expect),
+		 "{\"block_size\":%u,\"direct\":true,\"filename\":\"%s\",\"io_path\":\"aio\"}",
 		 dev.block_size, path);
 	CU_ASSERT(strcmp(json, expect) == 0);
 
@@ -778,7 +779,24 @@ static void ut_buffered_case(const char *name, const char *path, bool expect_dir
 	CU_ASSERT(expect_direct ? dev.align == 512 : dev.align <= 1);
 	ut_dump(bdev, json, sizeof(json));
 	CU_ASSERT(strstr(json, expect_direct ? "\"direct\":true" : "\"direct\":false") != NULL);
+	/* Buffered reads and writes never go through io_submit (synchronous there). */
+	CU_ASSERT(strstr(json, expect_direct ? "\"io_path\":\"aio\""
+					     : "\"io_path\":\"blocking_pool\"") != NULL);
 
+	if (!expect_direct) {
+		struct bdev_aio_counters before, after;
+		char *buf = ut_alloc(8192);
+
+		/* One write and one read: both on the pool, neither through io_submit. */
+		ut_fill(buf, 8192, 7);
+		CU_ASSERT(bdev_aio_get_counters(bdev, &before) == 0);
+		CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_WRITE, buf, 4096, 8192, 0) == 0);
+		CU_ASSERT(ut_buf_io(&dev, KEEL_BDEV_IO_READ, buf, 4096, 8192, 0) == 0);
+		CU_ASSERT(bdev_aio_get_counters(bdev, &after) == 0);
+		CU_ASSERT(after.pool_ops == before.pool_ops + 2);
+		CU_ASSERT(after.iocbs_submitted == before.iocbs_submitted);
+		free(buf);
+	}
 	ut_rw_suite(&dev, path);
 
 	ut_close(&dev);
