@@ -145,6 +145,7 @@ struct nbd_conn {
 	uint64_t discard_remaining;
 	bool rx_stop;    /* no more reading (DISC, EOF, ABORT, error) */
 	bool rx_stalled; /* no free request: wait for one */
+	bool rx_drained; /* the last recv came back short or empty: epoll reports more */
 
 	/* send side */
 	uint8_t *wbuf; /* handshake bytes */

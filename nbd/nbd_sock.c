@@ -223,6 +223,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 	if (conn->rpos < conn->rlen && !conn->rx_stalled) {
 		nbd_parse(conn);
 	}
+	conn->rx_drained = false;
 	for (int round = 0; round < NBD_RX_ROUNDS && !conn->rx_stop; round++) {
 		ssize_t n;
 		size_t want;
@@ -258,7 +259,8 @@ int nbd_conn_rx(struct nbd_conn *conn)
 				conn->rx_wait_since_ns = 0;
 				if ((size_t)n < pay) {
 					req->got += (uint32_t)n;
-					break; /* socket drained */
+					conn->rx_drained = true;
+					break;
 				}
 				req->got = req->len;
 				conn->rlen = (size_t)n - pay;
@@ -267,6 +269,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 				nbd_req_submit(req);
 				nbd_parse(conn);
 				if ((size_t)n < want) {
+					conn->rx_drained = true;
 					break;
 				}
 				continue;
@@ -294,6 +297,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 				conn->rlen += (size_t)n;
 				nbd_parse(conn);
 				if ((size_t)n < want) {
+					conn->rx_drained = true;
 					break;
 				}
 				nbd_rbuf_grow(conn);
@@ -312,6 +316,7 @@ int nbd_conn_rx(struct nbd_conn *conn)
 			work = 1;
 			nbd_conn_rx_error(conn, errno);
 		}
+		conn->rx_drained = true;
 		break;
 	}
 	return work;
