@@ -62,7 +62,7 @@ vm_bench_clients vm-nbd
 
 jobs="randread:4k:32 randwrite:4k:32 randread:4k:1 read:128k:8 write:128k:8"
 payload=$(mktemp "${TMPDIR:-/tmp}/keel-vm-bench.XXXXXX.sh")
-disk_img=$build_dir/vm/vm-nbd-disk.img
+disk_img=$build_dir/vm/vm-nbd-disk.$$.img # per run: parallel runs do not share it
 trap 'rm -f "$payload" "$disk_img"' EXIT
 
 # report_counts LOG: system calls per request of each server, by kind, from KEEL-SC lines.
