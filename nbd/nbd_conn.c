@@ -283,7 +283,14 @@ static int nbd_conn_poll(void *arg)
 	if (!conn->tx_blocked && !conn->tx_dead && !TAILQ_EMPTY(&conn->replies)) {
 		return KEEL_POLLER_BUSY;
 	}
-	return work && !conn->rx_drained && !conn->rx_stop ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
+	if (!work) {
+		return KEEL_POLLER_IDLE;
+	}
+	/* A stalled receive (STARTTLS, no free request) is released by a rerun, as before. */
+	if (conn->rx_stalled || conn->tls_pending != NULL) {
+		return KEEL_POLLER_BUSY;
+	}
+	return !conn->rx_drained && !conn->rx_stop ? KEEL_POLLER_BUSY : KEEL_POLLER_IDLE;
 }
 
 /* ------------------------------------------------------------------------------ */

@@ -214,8 +214,10 @@ int nbd_conn_rx(struct nbd_conn *conn)
 {
 	int work = 0;
 
+	conn->rx_drained = false;
 	if (conn->phase == NBD_PHASE_HANDSHAKE) {
 		if (conn->tls_pending != NULL) {
+			/* GnuTLS drives its own reads: rerun after any progress, as before. */
 			return nbd_tls_handshake_poll(conn);
 		}
 		conn->rx_stalled = false; /* re-evaluated against the reply backlog */
@@ -223,7 +225,6 @@ int nbd_conn_rx(struct nbd_conn *conn)
 	if (conn->rpos < conn->rlen && !conn->rx_stalled) {
 		nbd_parse(conn);
 	}
-	conn->rx_drained = false;
 	for (int round = 0; round < NBD_RX_ROUNDS && !conn->rx_stop; round++) {
 		ssize_t n;
 		size_t want;
