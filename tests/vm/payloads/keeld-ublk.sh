@@ -111,7 +111,13 @@ fs_verify_after_restart /dev/ublkb0
 
 # A device of a dead keeld that this keeld did not record: busy in the kernel, and
 # re-attached on request with its data.
-$K bdev create aio d1 /tmp/d1 >/dev/null || fail "bdev d1 after the restart"
+# d1 is a plain aio bdev: plain bdevs persist, so the restarted keeld brings it back.
+n=0
+until $K --json rpc bdev_get_bdevs '{"name":"d1"}' >/dev/null 2>&1; do
+	n=$((n + 1))
+	[ $n -le 300 ] || fail "bdev d1 was not restored after the restart"
+	sleep 0.1
+done
 expect_fail "start on an id in use in the kernel" "in use in the kernel" $K export start d1 --ublk 3
 [ "$($K --json rpc ublk_recover_disk '{"bdev_name":"d1","ublk_id":3}')" = 3 ] ||
 	fail "ublk_recover_disk of ublkb3"
