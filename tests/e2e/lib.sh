@@ -232,6 +232,30 @@ wait_until() {
 	done
 }
 
+# fio_nbd_verify OUT URI SIZE IODEPTH SEED [FIO-ARGS...]: fio's nbd engine on URI, random
+# 4k writes carrying crc32c verify data (seeded, so a later pass can verify them); JSON
+# results in OUT, fio's stderr in OUT.err. Runs in the temp dir: fio leaves its
+# verify-state file in the working directory.
+fio_nbd_verify() {
+	local out=$1 uri=$2 size=$3 depth=$4 seed=$5
+	shift 5
+	(cd "$E2E_TMP" && fio --name=vol --ioengine=nbd --uri="$uri" --size="$size" --bs=4k \
+		--iodepth="$depth" --rw=randwrite --verify=crc32c --randrepeat=1 --randseed="$seed" \
+		--output-format=json --output="$out" "$@" >/dev/null 2>"$out.err")
+}
+
+# fio_errors OUT: the errors fio counted over every job of its JSON results OUT.
+fio_errors() {
+	jq '[.jobs[] | .error + (.total_err // 0)] | add' "$1"
+}
+
+# volume_replica_state VOLUME PATH: the state volume_get shows for the replica at PATH
+# (empty when there is none).
+volume_replica_state() {
+	keelctl rpc volume_get "{\"name\":\"$1\"}" 2>/dev/null |
+		jq -r --arg p "$2" '.replicas[] | select(.path == $p) | .state' | head -n 1
+}
+
 # qemu_io_ok WHAT URI [-r] CMD...: run the qemu-io commands on URI (-r: read-only). qemu-io
 # must exit 0 and print no failure: it prints "read N/N bytes" even after "Pattern
 # verification failed", so that line proves nothing.

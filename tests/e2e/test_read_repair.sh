@@ -32,12 +32,7 @@ expect_ok "export rr" keelctl export start rr --socket "$NBD"
 fio_run() {
 	local out=$1
 	shift
-	(cd "$E2E_TMP" && fio --name=vol --ioengine=nbd --uri="$URI" --size=32M --bs=4k --iodepth=16 \
-		--rw=randwrite --verify=crc32c --randrepeat=1 --randseed=99 \
-		--output-format=json --output="$out" "$@" >/dev/null 2>"$out.err")
-}
-fio_errors() {
-	jq '[.jobs[] | .error + (.total_err // 0)] | add' "$1"
+	fio_nbd_verify "$out" "$URI" 32M 16 99 "$@"
 }
 
 fio_run "$E2E_TMP/write.json" --do_verify=0 || fail "fio write failed: $(cat "$E2E_TMP/write.json.err")"

@@ -69,8 +69,7 @@ expect_ok "volume on a local file and B's export over TCP" \
 expect_ok "export v" keelctl export start v --socket "$VSOCK"
 
 replica_state() {
-	keelctl rpc volume_get '{"name":"v"}' 2>/dev/null |
-		jq -r --arg p "$RURI" '.replicas[] | select(.path == $p) | .state' | head -n 1
+	volume_replica_state v "$RURI"
 }
 state_is() {
 	[ "$(replica_state)" = "$1" ]
@@ -78,12 +77,7 @@ state_is() {
 fio_run() {
 	local out=$1
 	shift
-	(cd "$E2E_TMP" && fio --name=vol --ioengine=nbd --uri="$VURI" --size=32M --bs=4k \
-		--iodepth=8 --rw=randwrite --verify=crc32c --randrepeat=1 --randseed=7 \
-		--output-format=json --output="$out" "$@" >/dev/null 2>"$out.err")
-}
-fio_errors() {
-	jq '[.jobs[] | .error + (.total_err // 0)] | add' "$1"
+	fio_nbd_verify "$out" "$VURI" 32M 8 7 "$@"
 }
 
 fio_run "$E2E_TMP/w.json" --do_verify=0 --time_based --runtime=14 &

@@ -42,8 +42,7 @@ serve_rb() {
 }
 
 replica_state() {
-	keelctl rpc volume_get '{"name":"v"}' 2>/dev/null |
-		jq -r --arg p "$RURI" '.replicas[] | select(.path == $p) | .state' | head -n 1
+	volume_replica_state v "$RURI"
 }
 
 state_is() {
@@ -53,9 +52,7 @@ state_is() {
 fio_run() {
 	local out=$1
 	shift
-	(cd "$E2E_TMP" && fio --name=vol --ioengine=nbd --uri="$VURI" --size=32M --bs=4k \
-		--iodepth=16 --rw=randwrite --verify=crc32c --randrepeat=1 --randseed=42 \
-		--output-format=json --output="$out" "$@" >/dev/null 2>"$out.err")
+	fio_nbd_verify "$out" "$VURI" 32M 16 42 "$@"
 }
 
 # Host B's rb bdev has seen more than $1 writes.
@@ -64,10 +61,6 @@ rb_written() {
 
 	n=$(keelctl2 rpc bdev_get_iostat '{"name":"rb"}' 2>/dev/null | jq '.bdevs[0].io.write.ops')
 	[ -n "$n" ] && [ "$n" -gt "$1" ]
-}
-
-fio_errors() {
-	jq '[.jobs[] | .error + (.total_err // 0)] | add' "$1"
 }
 
 start_keeld2

@@ -32,10 +32,7 @@ expect_ok "inject write errors into e0" keelctl rpc bdev_error_inject_error \
 fio_run() {
 	local out=$1
 	shift
-	# In the temp dir: fio leaves its verify-state file in the working directory.
-	(cd "$E2E_TMP" && fio --name=vol --ioengine=nbd --uri="$URI" --size=64M --bs=4k --iodepth=32 \
-		--rw=randwrite --verify=crc32c --randrepeat=1 --randseed=1234 \
-		--output-format=json --output="$out" "$@" >/dev/null 2>"$out.err")
+	fio_nbd_verify "$out" "$URI" 64M 32 1234 "$@"
 }
 
 fio_run "$E2E_TMP/write.json" --do_verify=0 || fail "fio write pass failed: $(cat "$E2E_TMP/write.json.err")"
